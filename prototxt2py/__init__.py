@@ -1,0 +1,68 @@
+"""prototxt2py: legacy Caffe models (prototxt, caffemodel, solver) on PyTorch, ONNX and Graphviz.
+
+Python API::
+
+    import prototxt2py
+    net = prototxt2py.load("deploy.prototxt", weights="model.caffemodel")   # torch.nn.Module
+    out = net(image)                                                        # {blob name: tensor}
+    graph = prototxt2py.graph("deploy.prototxt")                            # the intermediate graph
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from .errors import Prototxt2pyError
+from .ir import Graph, build_graph
+from .netstate import State
+from .reader import NetSource, read_net
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .backends.torch_runtime import CaffeNet
+
+__version__ = "0.1.0"
+__all__ = ["Graph", "NetSource", "Prototxt2pyError", "State", "graph", "load", "read_net", "__version__"]
+
+
+def graph(
+    net: str | os.PathLike | NetSource,
+    phase: str = "TEST",
+    stages: Iterable[str] = (),
+    level: int = 0,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    allow_unknown_types: bool = False,
+    infer: bool = True,
+) -> Graph:
+    """Read (and upgrade) a net definition and build its intermediate graph with inferred shapes."""
+    source = net if isinstance(net, NetSource) else read_net(net)
+    return build_graph(
+        source.net,
+        State.from_args(phase, level, stages),
+        locations=source.locations,
+        dropped=source.dropped,
+        input_shapes=input_shapes,
+        file=source.file,
+        allow_unknown_types=allow_unknown_types,
+        infer=infer,
+    )
+
+
+def load(
+    net: str | os.PathLike | NetSource | Graph,
+    weights: str | os.PathLike | None = None,
+    phase: str = "TEST",
+    stages: Iterable[str] = (),
+    level: int = 0,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> CaffeNet:
+    """Build a ``torch.nn.Module`` for a Caffe net, optionally with weights from a ``.caffemodel``."""
+    from .backends.torch_runtime import CaffeNet
+    from .weights import load_weights
+
+    g = net if isinstance(net, Graph) else graph(net, phase, stages, level, input_shapes)
+    module = CaffeNet(g)
+    if weights is not None:
+        module.load_report = load_weights(module, weights)
+    return module

@@ -1,0 +1,1 @@
+"""Backends over the IR: PyTorch runtime, ONNX export, diagrams."""

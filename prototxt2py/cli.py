@@ -1,0 +1,117 @@
+"""The ``prototxt2py`` command line: a thin layer over the Python API.
+
+Exit codes: 0 success; 1 a problem with the input (the message names file:line:col or layer);
+2 wrong usage (click); 3 an internal error (a bug: please report it; set PROTOTXT2PY_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .errors import Prototxt2pyError
+
+EXIT_INPUT, EXIT_INTERNAL = 1, 3
+
+
+def _user_errors(fn: Callable) -> Callable:
+    """Turn library errors into one line on stderr and a documented exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Prototxt2pyError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_INPUT)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except Exception as e:  # a bug: say so in one line
+            if os.environ.get("PROTOTXT2PY_DEBUG"):
+                raise
+            click.echo(f"internal error: {type(e).__name__}: {e} (set PROTOTXT2PY_DEBUG=1 for details)", err=True)
+            sys.exit(EXIT_INTERNAL)
+
+    return wrapper
+
+
+def _parse_inputs(values: tuple[str, ...]) -> dict[str, list[int]]:
+    out = {}
+    for v in values:
+        name, sep, dims = v.partition("=")
+        try:
+            shape = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
+        except ValueError:
+            shape = []
+        if not sep or not name or not shape or any(d <= 0 for d in shape):
+            raise click.BadParameter(f"{v!r}: expected NAME=D0,D1,... with positive integers", param_hint="--input")
+        out[name] = shape
+    return out
+
+
+def _state_options(fn: Callable) -> Callable:
+    fn = click.option("--level", type=int, default=0, show_default=True, help="NetState level.")(fn)
+    fn = click.option("--stage", "stages", multiple=True, help="NetState stage (repeatable).")(fn)
+    return fn
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="prototxt2py")
+def main() -> None:
+    """Inspect, draw, run and convert Caffe models without Caffe."""
+
+
+@main.command()
+@click.argument("net", type=click.Path(dir_okay=False))
+@click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST", show_default=True)
+@_state_options
+@click.option("--input", "inputs", multiple=True, metavar="NAME=D0,D1,...", help="Override an input blob's shape.")
+@click.option("--json", "as_json", is_flag=True, help="Print blob shapes, parameter shapes and totals as JSON.")
+@_user_errors
+def summary(net: str, phase: str, stages: tuple[str, ...], level: int, inputs: tuple[str, ...], as_json: bool) -> None:
+    """Print a layer table (output shapes, parameters, MACs) of NET."""
+    from . import graph as build
+    from .reader import read_net
+    from .summary import summary_json, summary_table
+
+    source = read_net(net)
+    _warn(source.warnings)
+    g = build(source, phase.upper(), stages, level, _parse_inputs(inputs))
+    if as_json:
+        click.echo(json.dumps(summary_json(g), indent=1))
+    else:
+        click.echo(summary_table(g))
+
+
+@main.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
+@_user_errors
+def upgrade(src: str, dst: str) -> None:
+    """Upgrade a legacy net (text or binary .caffemodel) or solver to the current format."""
+    from .upgrade_io import upgrade_file
+
+    kind, report = upgrade_file(src, dst)
+    _warn(report.errors + report.warnings)
+    steps = ", ".join(report.steps) if report.steps else "already in the latest format"
+    click.echo(f"{kind}: {steps} -> {dst}")
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print a Markdown table (the README's layer table).")
+def layers(markdown: bool) -> None:
+    """List supported layer types and which backends support each."""
+    from .layer_table import layer_table
+
+    click.echo(layer_table(markdown))

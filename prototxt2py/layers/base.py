@@ -1,0 +1,151 @@
+"""The layer-spec contract: everything prototxt2py knows about one Caffe layer type lives in one spec class.
+
+A spec is a stateless singleton registered by Caffe type name. Backends never switch on layer types; they
+ask the node's spec:
+
+* ``attrs(layer)``          normalised attributes, Caffe defaults applied (default: the ``*_param`` message)
+* ``infer_shapes``          output shapes from input shapes (Caffe's ``Reshape``)
+* ``param_shapes``          shapes of the parameter blobs, in Caffe's blob order
+* ``macs``                  multiply-accumulate count, for summaries
+* ``build_torch``           a ``torch.nn.Module`` computing the layer exactly as Caffe does
+* ``to_onnx``               standard ONNX nodes for the layer (see ``backends/onnx_export.py``)
+
+A backend supports a layer iff the spec overrides the matching method, so ``prototxt2py layers`` is derived,
+never hand-maintained. Plugins add types with :func:`register` (or the ``prototxt2py.layers`` entry point).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import ShapeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ..ir import Node
+
+Shape = tuple[int, ...]
+MaybeShape = Shape | None
+
+class Unknowable(Exception):
+    """Raised by a spec when a shape cannot be known statically (not an error in the net), e.g. a data
+    layer reading images of unknown size, or a ``Python`` layer whose code is never run."""
+
+
+#: ``type`` string -> spec instance.
+REGISTRY: dict[str, LayerSpec] = {}
+
+
+def register(cls: type[LayerSpec]) -> type[LayerSpec]:
+    """Class decorator: register a spec under its ``type`` (and ``aliases``). Later registrations win,
+    so a plugin may replace a built-in spec."""
+    inst = cls()
+    for name in (cls.type, *cls.aliases):
+        REGISTRY[name] = inst
+    return cls
+
+
+def get_spec(type_name: str) -> LayerSpec | None:
+    return REGISTRY.get(type_name)
+
+
+def _param_field_map() -> dict[str, str]:
+    """``*Parameter`` message name (minus the suffix) -> LayerParameter field, from the descriptor
+    (as Caffe's net_spec does), so "Convolution" -> "convolution_param" needs no hand table."""
+    from ..proto import caffe_pb2
+
+    out: dict[str, str] = {}
+    for f in caffe_pb2.LayerParameter.DESCRIPTOR.fields:
+        if f.name.endswith("_param") and f.message_type is not None:
+            msg_name = f.message_type.name
+            if msg_name.endswith("Parameter"):
+                out.setdefault(msg_name[: -len("Parameter")], f.name)
+    return out
+
+
+_PARAM_FIELDS: dict[str, str] | None = None
+
+
+def param_field_for(type_name: str) -> str | None:
+    global _PARAM_FIELDS
+    if _PARAM_FIELDS is None:
+        _PARAM_FIELDS = _param_field_map()
+    return _PARAM_FIELDS.get(type_name)
+
+
+class LayerSpec:
+    """Base class of every layer spec. Subclasses set ``type`` and override what they support."""
+
+    #: Caffe type string, as in ``layer { type: "..." }`` after upgrade.
+    type: ClassVar[str] = ""
+    #: Other type strings handled by the same spec (e.g. fork spellings).
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: LayerParameter field holding this type's parameters; ``None`` = derive from the descriptor.
+    param_field: ClassVar[str | None] = None
+    #: Allowed numbers of bottoms and tops (inclusive); ``None`` as max = unbounded.
+    bottoms: ClassVar[tuple[int, int | None]] = (1, 1)
+    tops: ClassVar[tuple[int, int | None]] = (1, 1)
+    #: Loss layers get loss_weight 1 on their first top unless the prototxt says otherwise (Caffe's LossLayer).
+    is_loss: ClassVar[bool] = False
+    #: Layers that read data from files (Data, ImageData...): in a deployed net their tops become inputs.
+    is_data: ClassVar[bool] = False
+    #: Names of the parameter blobs in Caffe order, used as attribute names on torch modules and as
+    #: state_dict keys (``<layer>.<blob name>``).
+    blob_names: ClassVar[tuple[str, ...]] = ()
+    #: One line for ``prototxt2py layers``.
+    summary: ClassVar[str] = ""
+    #: Which family/file the layer belongs to (for docs).
+    family: ClassVar[str] = ""
+
+    # -- parameters ------------------------------------------------------------------------------------
+    def field_name(self) -> str | None:
+        return self.param_field or param_field_for(self.type)
+
+    def attrs(self, layer: Any) -> Any:
+        """Normalised attributes. Default: the layer's ``*_param`` message (protobuf applies Caffe's
+        defaults on read). Specs with derived values (kernel h/w from ``kernel_size`` ...) return a
+        dataclass instead."""
+        field = self.field_name()
+        return getattr(layer, field) if field else None
+
+    # -- shapes ----------------------------------------------------------------------------------------
+    def infer_shapes(self, node: Node, in_shapes: Sequence[Shape]) -> list[Shape]:
+        """Output shapes. Default: every top has the shape of bottom 0 (elementwise layers)."""
+        return [tuple(in_shapes[0])] * len(node.tops)
+
+    def param_shapes(self, node: Node, in_shapes: Sequence[Shape]) -> list[Shape]:
+        return []
+
+    def macs(self, node: Node, in_shapes: Sequence[Shape], out_shapes: Sequence[Shape]) -> int:
+        return 0
+
+    # -- backends --------------------------------------------------------------------------------------
+    def build_torch(self, node: Node) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        raise NotImplementedError
+
+    # -- helpers for subclasses ------------------------------------------------------------------------
+    def supports(self, backend: str) -> bool:
+        method = {"torch": "build_torch", "onnx": "to_onnx", "shape": "infer_shapes"}[backend]
+        return getattr(type(self), method) is not getattr(LayerSpec, method) or backend == "shape"
+
+    def fail(self, node: Node, message: str) -> ShapeError:
+        """A ShapeError naming the layer and its source location."""
+        return ShapeError(message, node.location, layer=node.name)
+
+
+def canonical_axis(node: Node, spec: LayerSpec, axis: int, num_axes: int) -> int:
+    """Caffe's ``Blob::CanonicalAxisIndex``: negative axes count from the end; out of range is an error."""
+    if not -num_axes <= axis < max(num_axes, 1) and not (num_axes == 0 and axis in (0, -1)):
+        raise spec.fail(node, f"axis {axis} out of range for a {num_axes}-axis blob")
+    return axis + num_axes if axis < 0 else axis
+
+
+def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
+    """Product of ``shape[start:end]`` (Caffe's ``Blob::count``); 1 for an empty range."""
+    return math.prod(shape[start:end])

@@ -1,0 +1,39 @@
+"""``Input``: the net's entry points (also what net-level ``input:`` fields are upgraded into)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import LayerSpec, Unknowable, register
+from .torch_util import CaffeLayer
+
+
+class _MissingInput(CaffeLayer):
+    """Stands in for an input blob; reaching its forward means the caller did not pass that input."""
+
+    def __init__(self, names: list[str]):
+        super().__init__()
+        self.names = names
+
+    def forward(self) -> torch.Tensor:
+        raise TypeError(f"input blob(s) {self.names} were not given to the net")
+
+
+@register
+class Input(LayerSpec):
+    type = "Input"
+    bottoms = (0, 0)
+    tops = (1, None)
+    family = "data"
+    summary = "net input blobs with declared shapes (input_param.shape, one per top or one for all)"
+
+    def infer_shapes(self, node, in_shapes):
+        shapes = list(node.attrs.shape)
+        if not shapes:
+            raise Unknowable("Input layer declares no shape; pass --input NAME=D0,D1,...")
+        if len(shapes) not in (1, len(node.tops)):
+            raise self.fail(node, f"input_param has {len(shapes)} shapes for {len(node.tops)} tops")
+        return [tuple(int(d) for d in shapes[0 if len(shapes) == 1 else i].dim) for i in range(len(node.tops))]
+
+    def build_torch(self, node):
+        return _MissingInput(list(node.tops))

@@ -1,0 +1,89 @@
+"""Bad input gives one line naming the place, exit code 1, no traceback and no output file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from golden import GOLDEN, SHARED
+from prototxt2py.cli import main
+
+GOOD_HEAD = 'name: "t"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(main, list(args))
+    return r.exit_code, r.stdout, r.stderr
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "net.prototxt") -> str:
+    p = tmp_path / name
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(p)
+
+
+BAD = {
+    "missing_file": (None, "no such file"),
+    "empty_file": ("", "file is empty"),
+    "binary_as_text": (b"\x0a\x05lenet\x12\x00\x00\x01", "binary protobuf"),
+    "syntax_error": (GOOD_HEAD + "layer { name: 'x' type: 'ReLU' bottom: 'data' top: 'data' \n", ":4:1: unexpected end of file"),
+    "unknown_layer_type": (GOOD_HEAD + 'layer { name: "odd" type: "NoSuchLayer" bottom: "data" top: "o" }\n',
+                           "unknown layer type: 'NoSuchLayer' (layer 'odd' at"),
+    "missing_bottom": (GOOD_HEAD + 'layer { name: "r" type: "ReLU" bottom: "nothere" top: "r" }\n',
+                       "layer 'r': bottom 'nothere' is not produced by any earlier layer"),
+    "duplicate_top": (GOOD_HEAD + 'layer { name: "a" type: "ReLU" bottom: "data" top: "x" }\n'
+                      'layer { name: "b" type: "ReLU" bottom: "data" top: "x" }\n',
+                      "layer 'b': top 'x' is produced by more than one layer"),
+    "include_and_exclude": (GOOD_HEAD + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" '
+                            'include { phase: TEST } exclude { phase: TRAIN } }\n', "layer 'r': layer has both include"),
+    "bad_enum": (GOOD_HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: MEDIAN } }\n',
+                 ":3:81: unknown value 'MEDIAN'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line(case: str, tmp_path: Path) -> None:
+    content, expected = BAD[case]
+    path = str(tmp_path / "absent.prototxt") if content is None else write(tmp_path, content)
+    code, out, err = run("summary", path)
+    assert code == 1, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert expected in lines[0]
+    assert path in lines[0] or case in ("unknown_layer_type",)
+    assert "Traceback" not in err
+
+
+def test_upgrade_failure_writes_nothing(tmp_path: Path) -> None:
+    src = write(tmp_path, 'layers { name: "a" type: NOT_A_TYPE }\n')
+    dst = tmp_path / "out.prototxt"
+    code, _, err = run("upgrade", src, str(dst))
+    assert code == 1 and "1:26" in err and "NOT_A_TYPE" in err
+    assert not dst.exists() and list(tmp_path.iterdir()) == [Path(src)]
+
+
+def test_summary_json_alexnet_total_params() -> None:
+    case = json.loads((GOLDEN / "zoo/bvlc_alexnet/case.json").read_text())
+    code, out, err = run("summary", str(SHARED / case["prototxt"]), "--json")
+    assert code == 0, err
+    js = json.loads(out)
+    assert js["total_params"] == 60_965_224
+    assert js["blob_shapes"]["pool5"] == [10, 256, 6, 6]
+
+
+def test_summary_input_override() -> None:
+    case = json.loads((GOLDEN / "zoo/bvlc_alexnet/case.json").read_text())
+    code, out, err = run("summary", str(SHARED / case["prototxt"]), "--json", "--input", "data=1,3,227,227")
+    assert code == 0, err
+    assert json.loads(out)["blob_shapes"]["prob"] == [1, 1000]
+
+
+def test_console_script_runs() -> None:
+    exe = Path(sys.executable).with_name("prototxt2py")
+    r = subprocess.run([str(exe), "layers"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Convolution" in r.stdout
