@@ -115,3 +115,58 @@ def layers(markdown: bool) -> None:
     from .layer_table import layer_table
 
     click.echo(layer_table(markdown))
+
+
+def _load_net(net: str, weights: str | None, phase: str, stages, level: int, input_shapes=None):
+    from . import graph as build
+    from .backends.torch_runtime import CaffeNet
+    from .reader import read_net
+    from .weights import load_weights
+
+    source = read_net(net)
+    _warn(source.warnings)
+    module = CaffeNet(build(source, phase.upper(), stages, level, input_shapes))
+    if weights:
+        _warn(load_weights(module, weights).warnings())
+    return module
+
+
+@main.command()
+@click.argument("net", type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Path(dir_okay=False), help="Trained .caffemodel.")
+@click.option("--inputs", "inputs_path", required=True, type=click.Path(dir_okay=False),
+              help=".npz with one array per input blob (by name).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .npz.")
+@click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST", show_default=True)
+@_state_options
+@click.option("--all-blobs", is_flag=True, help="Write every blob (by Caffe name), not only the outputs.")
+@_user_errors
+def run(net, weights, inputs_path, output, phase, stages, level, all_blobs) -> None:
+    """Run a forward pass of NET on named input arrays and write the results to an .npz."""
+    from .runner import run_npz
+
+    run_npz(lambda shapes: _load_net(net, weights, phase, stages, level, shapes), inputs_path, output, all_blobs)
+    click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.argument("net", type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Path(dir_okay=False), help="Trained .caffemodel (else Caffe's fillers).")
+@click.option("--to", "target", required=True,
+              type=click.Choice(["pytorch", "safetensors", "caffemodel", "onnx"], case_sensitive=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST", show_default=True)
+@_state_options
+@click.option("--input", "inputs", multiple=True, metavar="NAME=D0,D1,...", help="Override an input blob's shape.")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default: see README).")
+@click.option("--dynamic-batch/--static", default=False, help="ONNX: make the batch axis dynamic.")
+@_user_errors
+def convert(net, weights, target, output, phase, stages, level, inputs, opset, dynamic_batch) -> None:
+    """Convert NET (+ weights) to a PyTorch state_dict, safetensors, a .caffemodel, or ONNX."""
+    from .convert import convert_net
+
+    module = _load_net(net, weights, phase, stages, level, _parse_inputs(inputs))
+    if not weights:
+        _warn(["no --weights given: parameters hold Caffe's filler values"])
+    convert_net(module, target.lower(), output, opset=opset, dynamic_batch=dynamic_batch)
+    click.echo(f"wrote {output}")

@@ -1,21 +1,43 @@
 """Weights I/O: ``.caffemodel`` <-> the PyTorch runtime, matched by layer name as Caffe does.
 
+Speed and memory: a caffemodel is mostly packed float arrays. Decoding it with protobuf materialises every
+float as a Python-visible repeated field (seconds for AlexNet's 61M values, and a second full copy). Instead
+the file is memory-mapped and only the protobuf *framing* is walked (layer names, blob shapes, where each
+packed array starts); each array is then read from the file straight into the memory of the parameter
+tensor that will hold it (``os.preadv``), so loading costs about one plain read and no extra copy.
+
 Blob shapes come from ``shape`` or the legacy ``num/channels/height/width`` fields (V1 files); Caffe accepts
 a legacy 4-D blob for a target whose shape, left-padded with 1s to 4 axes, is the same, and so do we.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 from .errors import Location, WeightsError
-from .reader import read_bytes
+
+# Field numbers (caffe.proto): NetParameter.layer = 100 (V2), .layers = 2 (V1); LayerParameter name 1,
+# blobs 7; V1LayerParameter name 4, blobs 6, V0 wrapper 1; V0LayerParameter name 1, blobs 50;
+# BlobProto num..width 1-4, data 5, shape 7, double_data 8; BlobShape dim 1.
+_LEN, _VARINT, _I64, _I32 = 2, 0, 1, 5
+
+
+@dataclass
+class BlobRef:
+    """Where one blob's values are in the file, and its shape."""
+
+    shape: tuple[int, ...]
+    legacy: bool
+    dtype: str  # "<f4" or "<f8"
+    offset: int
+    count: int
 
 
 @dataclass
@@ -41,90 +63,333 @@ class LoadReport:
         return out
 
 
-def _blob_array(blob: Any, where: str) -> Blob:
-    legacy = not blob.HasField("shape") and any(
-        blob.HasField(f) for f in ("num", "channels", "height", "width")
-    )
-    if blob.HasField("shape"):
-        shape = tuple(int(d) for d in blob.shape.dim)
-    elif legacy:
-        shape = (blob.num, blob.channels, blob.height, blob.width)
-    else:
-        shape = (len(blob.data) or len(blob.double_data),)
-    if len(blob.data):
-        arr = np.asarray(blob.data, dtype=np.float32)
-    elif len(blob.double_data):
-        arr = np.asarray(blob.double_data, dtype=np.float64).astype(np.float32)
-    else:
-        arr = np.zeros(0, dtype=np.float32)
-    expected = int(np.prod(shape)) if shape else 1
-    if arr.size != expected:
-        raise WeightsError(f"blob of {where} declares shape {shape} but holds {arr.size} values", None)
-    return Blob(arr.reshape(shape), legacy)
+class _Corrupt(Exception):
+    pass
 
 
-def read_caffemodel(path: str | os.PathLike) -> dict[str, list[Blob]]:
-    """Layer name -> its blobs, from a V2 (``layer``) or V1 (``layers``) binary NetParameter."""
-    from .proto import caffe_pb2
+def _varint(buf, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _Corrupt("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
 
-    data = read_bytes(path)
-    net = caffe_pb2.NetParameter()
-    try:
-        net.ParseFromString(data)
-    except Exception:
-        raise WeightsError("not a valid .caffemodel (truncated or corrupt protobuf)", Location(str(path))) from None
-    out: dict[str, list[Blob]] = {}
-    for entries in (net.layer, net.layers):
-        for layer in entries:
-            if len(layer.blobs):
-                out[layer.name] = [_blob_array(b, f"layer '{layer.name}'") for b in layer.blobs]
-    if not out and not len(net.layer) and not len(net.layers):
-        raise WeightsError("file holds no layers: not a .caffemodel?", Location(str(path)))
+
+def _fields(buf, pos: int, end: int):
+    """Yield (field number, wire type, value or (start, end) for LEN fields)."""
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if wire == _VARINT:
+            value, pos = _varint(buf, pos, end)
+            yield number, wire, value
+        elif wire == _LEN:
+            n, pos = _varint(buf, pos, end)
+            if pos + n > end:
+                raise _Corrupt("length runs past the end of its message")
+            yield number, wire, (pos, pos + n)
+            pos += n
+        elif wire == _I32:
+            if pos + 4 > end:
+                raise _Corrupt("truncated fixed32")
+            yield number, wire, (pos, pos + 4)
+            pos += 4
+        elif wire == _I64:
+            if pos + 8 > end:
+                raise _Corrupt("truncated fixed64")
+            yield number, wire, (pos, pos + 8)
+            pos += 8
+        else:
+            raise _Corrupt(f"unsupported wire type {wire}")
+
+
+def _packed_varints(buf, start: int, end: int) -> list[int]:
+    out = []
+    while start < end:
+        v, start = _varint(buf, start, end)
+        out.append(v)
     return out
 
 
-def _fits(target: tuple[int, ...], blob: Blob) -> bool:
-    got = blob.array.shape
-    if target == got:
+def _blob_ref(buf, start: int, end: int) -> BlobRef:
+    dims: list[int] = []
+    legacy = [0, 0, 0, 0]
+    has_legacy = has_shape = False
+    data = None
+    unpacked: list[float] = []
+    for number, wire, value in _fields(buf, start, end):
+        if number in (1, 2, 3, 4) and wire == _VARINT:
+            legacy[number - 1] = value
+            has_legacy = True
+        elif number == 7 and wire == _LEN:
+            has_shape = True
+            for n2, w2, v2 in _fields(buf, *value):
+                if n2 == 1 and w2 == _LEN:
+                    dims += _packed_varints(buf, *v2)
+                elif n2 == 1 and w2 == _VARINT:
+                    dims.append(v2)
+        elif number == 5 and wire == _LEN:
+            data = ("<f4", value)
+        elif number == 8 and wire == _LEN and data is None:
+            data = ("<f8", value)
+        elif number == 5 and wire == _I32:  # unpacked floats (non-canonical, but legal)
+            unpacked.append(value)
+    if unpacked:
+        raise _Corrupt("unpacked float data")  # handled by the protobuf fallback
+    if has_shape:
+        shape = tuple(dims)
+    elif has_legacy:
+        shape = tuple(legacy)
+    else:
+        shape = None
+    if data is None:
+        dtype, offset, count = "<f4", start, 0
+    else:
+        dtype, (a, b) = data
+        size = 4 if dtype == "<f4" else 8
+        if (b - a) % size:
+            raise _Corrupt("packed array length is not a multiple of the element size")
+        offset, count = a, (b - a) // size
+    if shape is None:
+        shape = (count,)
+    return BlobRef(tuple(int(d) for d in shape), has_legacy and not has_shape, dtype, offset, count)
+
+
+def _layer(buf, start: int, end: int, name_field: int, blobs_field: int) -> tuple[str, list[BlobRef]]:
+    name, blobs = "", []
+    for number, wire, value in _fields(buf, start, end):
+        if number == name_field and wire == _LEN:
+            name = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
+        elif number == blobs_field and wire == _LEN:
+            blobs.append(_blob_ref(buf, *value))
+        elif number == 1 and wire == _LEN and name_field == 4:  # V0 layer nested in a V1 entry
+            name, blobs = _layer(buf, *value, name_field=1, blobs_field=50)
+    return name, blobs
+
+
+def scan_caffemodel(buf) -> dict[str, list[BlobRef]]:
+    """Walk a binary NetParameter's framing: layer name -> blob references (first layer of a name wins)."""
+    out: dict[str, list[BlobRef]] = {}
+    layers = 0
+    for number, wire, value in _fields(buf, 0, len(buf)):
+        if wire != _LEN or number not in (2, 100):
+            continue
+        layers += 1
+        name, blobs = _layer(buf, *value, name_field=1 if number == 100 else 4,
+                             blobs_field=7 if number == 100 else 6)
+        if blobs and name not in out:
+            out[name] = blobs
+    if layers == 0:
+        raise _Corrupt("no layers")
+    return out
+
+
+def _open_refs(path: str | os.PathLike) -> tuple[int, mmap.mmap | None, dict[str, list[BlobRef]]]:
+    file = str(path)
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except FileNotFoundError:
+        raise WeightsError("no such file", Location(file)) from None
+    except OSError as e:
+        raise WeightsError(f"cannot open: {e.strerror}", Location(file)) from None
+    size = os.fstat(fd).st_size
+    if size == 0:
+        os.close(fd)
+        raise WeightsError("file is empty", Location(file))
+    mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    try:
+        refs = scan_caffemodel(mm)
+    except _Corrupt as e:
+        refs = _protobuf_refs(mm, file, str(e))
+    for blobs in refs.values():
+        for b in blobs:
+            expected = int(np.prod(b.shape)) if b.shape else 1
+            if b.count != expected and not isinstance(b, _InlineRef):
+                mm.close()
+                os.close(fd)
+                raise WeightsError(f"a blob declares shape {b.shape} but holds {b.count} values", Location(file))
+    return fd, mm, refs
+
+
+@dataclass
+class _InlineRef(BlobRef):
+    """A blob decoded by protobuf (fallback for non-canonical files): values held in memory."""
+
+    values: np.ndarray | None = None
+
+
+def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
+    """Slow path for files the framing walk does not handle (unpacked arrays); real corruption is reported."""
+    from .proto import caffe_pb2
+
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(bytes(buf))
+    except Exception:
+        raise WeightsError(f"not a valid .caffemodel (truncated or corrupt: {why})", Location(file)) from None
+    out: dict[str, list[BlobRef]] = {}
+    for entries in (net.layer, net.layers):
+        for layer in entries:
+            if layer.name in out or not len(layer.blobs):
+                continue
+            refs = []
+            for b in layer.blobs:
+                legacy = not b.HasField("shape")
+                shape = tuple(b.shape.dim) if b.HasField("shape") else (b.num, b.channels, b.height, b.width)
+                values = np.asarray(b.data if len(b.data) else b.double_data, dtype=np.float32)
+                refs.append(_InlineRef(tuple(int(d) for d in shape), legacy, "<f4", 0, values.size, values))
+            out[layer.name] = refs
+    if not out and not len(net.layer) and not len(net.layers):
+        raise WeightsError("file holds no layers: not a .caffemodel?", Location(file))
+    return out
+
+
+def _read_into(fd: int, ref: BlobRef, target: torch.Tensor) -> None:
+    """Fill ``target`` (contiguous float32 CPU) with the blob's values, reading the file directly into it."""
+    flat = target.detach().view(-1)
+    if isinstance(ref, _InlineRef):
+        flat.copy_(torch.from_numpy(ref.values.reshape(-1)))
+        return
+    if ref.dtype == "<f4" and flat.is_contiguous() and flat.dtype == torch.float32:
+        view = memoryview(flat.numpy()).cast("B")
+        done = 0
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], ref.offset + done)
+            if n <= 0:
+                raise WeightsError("file ended while reading a blob (truncated?)")
+            done += n
+        return
+    raw = os.pread(fd, ref.count * 8, ref.offset)
+    flat.copy_(torch.from_numpy(np.frombuffer(raw, dtype="<f8").astype(np.float32)))
+
+
+def read_caffemodel(path: str | os.PathLike) -> dict[str, list[Blob]]:
+    """Layer name -> its blobs as float32 arrays (for inspection; ``load_weights`` avoids this copy)."""
+    fd, mm, refs = _open_refs(path)
+    try:
+        out: dict[str, list[Blob]] = {}
+        for name, blobs in refs.items():
+            arrays = []
+            for ref in blobs:
+                t = torch.empty(ref.shape, dtype=torch.float32)
+                _read_into(fd, ref, t)
+                arrays.append(Blob(t.numpy(), ref.legacy))
+            out[name] = arrays
+        return out
+    finally:
+        mm.close()
+        os.close(fd)
+
+
+def _fits(target: tuple[int, ...], shape: tuple[int, ...], legacy: bool) -> bool:
+    if target == shape:
         return True
-    if blob.legacy and len(target) <= 4:
-        return (1,) * (4 - len(target)) + target == got
+    if legacy and len(target) <= 4:
+        return (1,) * (4 - len(target)) + target == shape
     return False
 
 
-def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike, file: str = "") -> LoadReport:
-    """Copy stored blobs into a ``CaffeNet``'s layer modules, by layer name; shapes are checked."""
-    if not isinstance(weights, Mapping):
-        file = str(weights)
-        weights = read_caffemodel(weights)
-    report = LoadReport()
-    loc = Location(file) if file else None
-    for node in net.graph.nodes:
-        module = net.layer(node.name)
-        names = getattr(module, "blob_names", ())
-        if not names:
-            continue
-        blobs = weights.get(node.name)
-        if blobs is None:
-            report.missing.append(node.name)
-            continue
-        if len(blobs) != len(names):
-            raise WeightsError(
-                f"weights file has {len(blobs)} blobs for this layer, the net expects {len(names)}", loc,
-                layer=node.name,
-            )
-        with torch.no_grad():
-            for i, (name, blob) in enumerate(zip(names, blobs, strict=True)):
+def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike) -> LoadReport:
+    """Copy stored blobs into a ``CaffeNet``'s layer modules, by layer name; counts and shapes are checked
+    before anything is written (a mismatching file leaves the net unchanged)."""
+    if isinstance(weights, Mapping):
+        refs = {k: [_InlineRef(tuple(b.array.shape), b.legacy, "<f4", 0, b.array.size, b.array) for b in v]
+                for k, v in weights.items()}
+        fd, mm, loc = -1, None, None
+    else:
+        fd, mm, refs = _open_refs(weights)
+        loc = Location(str(weights))
+    try:
+        report = LoadReport()
+        plan = []
+        for node in net.graph.nodes:
+            module = net.layer(node.name)
+            names = getattr(module, "blob_names", ())
+            if not names:
+                continue
+            blobs = refs.get(node.name)
+            if blobs is None:
+                report.missing.append(node.name)
+                continue
+            if len(blobs) != len(names):
+                raise WeightsError(f"weights file has {len(blobs)} blobs for this layer, the net expects "
+                                   f"{len(names)}", loc, layer=node.name)
+            for i, (name, ref) in enumerate(zip(names, blobs, strict=True)):
                 target = getattr(module, name)
-                if not _fits(tuple(target.shape), blob):
-                    raise WeightsError(
-                        f"blob {i} ({name}) has shape {tuple(blob.array.shape)} in the weights file, "
-                        f"the net expects {tuple(target.shape)}",
-                        loc,
-                        layer=node.name,
-                    )
-                target.copy_(torch.from_numpy(blob.array.reshape(tuple(target.shape))))
-        report.loaded.append(node.name)
-    known = {n.name for n in net.graph.nodes}
-    report.extra = [name for name in weights if name not in known]
-    return report
+                if not _fits(tuple(target.shape), ref.shape, ref.legacy):
+                    raise WeightsError(f"blob {i} ({name}) has shape {ref.shape} in the weights file, the net "
+                                       f"expects {tuple(target.shape)}", loc, layer=node.name)
+                plan.append((ref, target))
+            report.loaded.append(node.name)
+        if fd >= 0:
+            size = os.fstat(fd).st_size
+            for ref, _ in plan:
+                if ref.offset + ref.count * (4 if ref.dtype == "<f4" else 8) > size:
+                    raise WeightsError("file is truncated", loc)
+        with torch.no_grad():
+            for ref, target in plan:
+                _read_into(fd, ref, target)
+        known = {n.name for n in net.graph.nodes}
+        report.extra = [name for name in refs if name not in known]
+        return report
+    finally:
+        if mm is not None:
+            mm.close()
+            os.close(fd)
+
+
+# -- writing -----------------------------------------------------------------------------------------------
+def _enc_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _len_field(number: int, length: int) -> bytes:
+    return _enc_varint((number << 3) | _LEN) + _enc_varint(length)
+
+
+def _blob_parts(t: torch.Tensor) -> tuple[list, int]:
+    """BlobProto wire parts (bytes and one array to stream) and their total length."""
+    arr = t.detach().to(torch.float32).contiguous().cpu().numpy()
+    dims = b"".join(_enc_varint(int(d)) for d in arr.shape)
+    shape_inner = (_len_field(1, len(dims)) + dims) if arr.ndim else b""
+    head = _len_field(7, len(shape_inner)) + shape_inner
+    data_head = _len_field(5, arr.nbytes)
+    parts = [head, data_head, arr.astype("<f4", copy=False)]
+    return parts, len(head) + len(data_head) + arr.nbytes
+
+
+def write_caffemodel(net: Any, f: IO[bytes]) -> None:
+    """Write a V2 binary NetParameter with every layer (its definition and blobs), readable by Caffe/OpenCV.
+
+    Arrays are streamed from the tensors' memory; nothing holds a second copy of the model."""
+    from .proto import caffe_pb2
+
+    name = net.graph.name.encode()
+    if name:
+        f.write(_len_field(1, len(name)) + name)
+    for node in net.graph.nodes:
+        layer = caffe_pb2.LayerParameter()
+        layer.CopyFrom(node.proto)
+        del layer.blobs[:]
+        head = layer.SerializeToString()
+        module = net.layer(node.name)
+        blobs = [_blob_parts(getattr(module, n)) for n in getattr(module, "blob_names", ())]
+        body = len(head) + sum(len(_len_field(7, size)) + size for _, size in blobs)
+        f.write(_len_field(100, body) + head)
+        for parts, size in blobs:
+            f.write(_len_field(7, size))
+            for part in parts:
+                f.write(part if isinstance(part, bytes) else memoryview(part).cast("B"))

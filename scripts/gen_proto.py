@@ -92,8 +92,10 @@ def render(fdp: descriptor_pb2.FileDescriptorProto) -> str:
     serialized = fdp.SerializeToString(deterministic=True)
     messages = [m.name for m in fdp.message_type]
     enums = [(e.name, [(v.name, v.number) for v in e.value]) for e in fdp.enum_type]
-    exported = sorted(["DESCRIPTOR", *messages, *(name for name, _ in enums)])
-    exported += sorted(value for _, values in enums for value, _ in values)
+    names = ["DESCRIPTOR", *messages, *(name for name, _ in enums)]
+    names += [value for _, values in enums for value, _ in values]
+    # isort-style order (CONSTANTS, then Classes), as ruff's RUF022 expects
+    exported = sorted(names, key=lambda name: (not name.isupper(), name))
 
     src = [
         HEADER,
@@ -104,11 +106,11 @@ def render(fdp: descriptor_pb2.FileDescriptorProto) -> str:
         "from google.protobuf import descriptor_pool",
         "from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper\n",
         "try:",
-        "    from google.protobuf.message_factory import GetMessageClass",
+        "    from google.protobuf.message_factory import GetMessageClass as _get_message_class",
         "except ImportError:  # protobuf < 4.22",
-        "    from google.protobuf.message_factory import MessageFactory as _MessageFactory\n",
-        "    def GetMessageClass(descriptor):  # noqa: N802 - mirrors the protobuf API name",
-        "        return _MessageFactory(descriptor.file.pool).GetPrototype(descriptor)\n\n",
+        "    from google.protobuf.message_factory import MessageFactory\n",
+        "    def _get_message_class(descriptor):",
+        "        return MessageFactory(descriptor.file.pool).GetPrototype(descriptor)\n\n",
         "_SERIALIZED = (",
         *(f"    {line}" for line in _bytes_lines(serialized)),
         ")\n",
@@ -116,7 +118,7 @@ def render(fdp: descriptor_pb2.FileDescriptorProto) -> str:
         "_POOL.AddSerializedFile(_SERIALIZED)",
         f'DESCRIPTOR = _POOL.FindFileByName("{fdp.name}")\n\n',
         "def _message(name):",
-        "    cls = GetMessageClass(DESCRIPTOR.message_types_by_name[name])",
+        "    cls = _get_message_class(DESCRIPTOR.message_types_by_name[name])",
         "    cls.__module__ = __name__",
         "    return cls\n\n",
         "def _enum(name):",

@@ -10,12 +10,12 @@ from google.protobuf import descriptor_pool
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 try:
-    from google.protobuf.message_factory import GetMessageClass
+    from google.protobuf.message_factory import GetMessageClass as _get_message_class
 except ImportError:  # protobuf < 4.22
-    from google.protobuf.message_factory import MessageFactory as _MessageFactory
+    from google.protobuf.message_factory import MessageFactory
 
-    def GetMessageClass(descriptor):  # noqa: N802 - mirrors the protobuf API name
-        return _MessageFactory(descriptor.file.pool).GetPrototype(descriptor)
+    def _get_message_class(descriptor):
+        return MessageFactory(descriptor.file.pool).GetPrototype(descriptor)
 
 
 _SERIALIZED = (
@@ -631,7 +631,7 @@ DESCRIPTOR = _POOL.FindFileByName("caffe.proto")
 
 
 def _message(name):
-    cls = GetMessageClass(DESCRIPTOR.message_types_by_name[name])
+    cls = _get_message_class(DESCRIPTOR.message_types_by_name[name])
     cls.__module__ = __name__
     return cls
 
@@ -769,6 +769,15 @@ YoloDetectionOutputParameter = _message("YoloDetectionOutputParameter")
 Yolov3DetectionOutputParameter = _message("Yolov3DetectionOutputParameter")
 
 __all__ = [
+    "BOOL",
+    "DESCRIPTOR",
+    "DOUBLE",
+    "FLOAT",
+    "FLOAT16",
+    "INT",
+    "TEST",
+    "TRAIN",
+    "UINT",
     "AccuracyParameter",
     "AdaptiveBiasChannelParameter",
     "AnnotatedDataParameter",
@@ -791,7 +800,6 @@ __all__ = [
     "ContrastiveLossParameter",
     "ConvolutionParameter",
     "CropParameter",
-    "DESCRIPTOR",
     "DataParameter",
     "Datum",
     "DenseCRFParameter",
@@ -886,12 +894,4 @@ __all__ = [
     "WindowDataParameter",
     "YoloDetectionOutputParameter",
     "Yolov3DetectionOutputParameter",
-    "BOOL",
-    "DOUBLE",
-    "FLOAT",
-    "FLOAT16",
-    "INT",
-    "TEST",
-    "TRAIN",
-    "UINT",
 ]

@@ -1,0 +1,343 @@
+"""Convolution, Deconvolution, Im2col, InnerProduct and Embed.
+
+Caffe facts kept here: kernel/stride/pad/dilation come either as ``kernel_h``/``kernel_w`` (2-D only) or as
+repeated fields with one value for every spatial axis or one per axis; convolution output sizes round
+*down*; Deconvolution's weight blob is ``(C_in, C_out/group, k...)`` (which is exactly what
+``conv_transpose`` expects); InnerProduct flattens everything from ``axis`` and stores ``(N, K)`` or, with
+``transpose``, ``(K, N)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .base import LayerSpec, canonical_axis, count, register
+from .torch_util import CaffeLayer, filler_of
+
+
+@dataclass(frozen=True)
+class ConvAttrs:
+    num_output: int
+    bias_term: bool
+    group: int
+    axis: int
+    kernel: tuple[int, ...]  # per spatial axis; () = not given
+    stride: tuple[int, ...]
+    pad: tuple[int, ...]
+    dilation: tuple[int, ...]
+    weight_filler: object
+    bias_filler: object
+
+
+def _per_axis(values: Sequence[int], h: int | None, w: int | None, default: int, n: int, what: str) -> tuple[int, ...]:
+    """One value per spatial axis from Caffe's ``x`` (repeated) or ``x_h``/``x_w`` spellings."""
+    if h is not None or w is not None:
+        if values:
+            raise ValueError(f"{what} given both as {what}_size/{what} and as {what}_h/{what}_w")
+        if n != 2:
+            raise ValueError(f"{what}_h/{what}_w need 2 spatial axes, the input has {n}")
+        return (default if h is None else h, default if w is None else w)
+    if not values:
+        return (default,) * n
+    if len(values) == 1:
+        return (values[0],) * n
+    if len(values) != n:
+        raise ValueError(f"{len(values)} {what} values for {n} spatial axes")
+    return tuple(values)
+
+
+def _opt(p, name: str) -> int | None:
+    return getattr(p, name) if p.HasField(name) else None
+
+
+class _ConvBase(LayerSpec):
+    param_field = "convolution_param"
+    bottoms = (1, None)
+    tops = (1, None)
+    family = "conv"
+    blob_names = ("weight", "bias")
+
+    def attrs(self, layer) -> ConvAttrs:
+        p = layer.convolution_param
+        if p.num_output <= 0 and not isinstance(self, Im2col):
+            raise ValueError("convolution_param.num_output must be positive")
+        return ConvAttrs(
+            num_output=p.num_output,
+            bias_term=p.bias_term,
+            group=p.group,
+            axis=p.axis,
+            kernel=tuple(p.kernel_size),
+            stride=tuple(p.stride),
+            pad=tuple(p.pad),
+            dilation=tuple(p.dilation),
+            weight_filler=filler_of(p, "weight_filler"),
+            bias_filler=filler_of(p, "bias_filler"),
+        )
+
+    def geometry(self, node, in_shape: Sequence[int]) -> tuple[int, tuple, tuple, tuple, tuple]:
+        """(channel axis, kernel, stride, pad, dilation) resolved for this input's rank."""
+        p = node.proto.convolution_param
+        a = node.attrs
+        axis = canonical_axis(node, self, a.axis, len(in_shape))
+        n = len(in_shape) - axis - 1
+        kernel = _per_axis(a.kernel, _opt(p, "kernel_h"), _opt(p, "kernel_w"), 0, n, "kernel")
+        if any(k <= 0 for k in kernel):
+            raise self.fail(node, f"kernel size must be positive, got {kernel}")
+        stride = _per_axis(a.stride, _opt(p, "stride_h"), _opt(p, "stride_w"), 1, n, "stride")
+        pad = _per_axis(a.pad, _opt(p, "pad_h"), _opt(p, "pad_w"), 0, n, "pad")
+        dilation = _per_axis(a.dilation, None, None, 1, n, "dilation")
+        return axis, kernel, stride, pad, dilation
+
+    def _check_bottoms(self, node, in_shapes) -> None:
+        if len(node.bottoms) != len(node.tops):
+            raise self.fail(node, f"needs one top per bottom, got {len(node.bottoms)} bottoms, {len(node.tops)} tops")
+        if any(tuple(s) != tuple(in_shapes[0]) for s in in_shapes[1:]):
+            raise self.fail(node, f"all bottoms must have the same shape, got {[tuple(s) for s in in_shapes]}")
+
+    def _channels(self, node, in_shape, axis) -> int:
+        c = in_shape[axis]
+        g = node.attrs.group
+        if g <= 0 or c % g:
+            raise self.fail(node, f"input channels {c} not divisible by group {g}")
+        if node.attrs.num_output % g:
+            raise self.fail(node, f"num_output {node.attrs.num_output} not divisible by group {g}")
+        return c
+
+    def build_torch(self, node):
+        shapes = node.param_shapes
+        module = _ConvModule(isinstance(self, Deconvolution), node)
+        module.add_blob("weight", shapes[0], node.attrs.weight_filler)
+        if node.attrs.bias_term:
+            module.add_blob("bias", shapes[1], node.attrs.bias_filler)
+        return module
+
+
+@register
+class Convolution(_ConvBase):
+    type = "Convolution"
+    summary = "N-D convolution: groups, dilation, per-axis kernel/stride/pad, shared weights for several bottoms"
+
+    def infer_shapes(self, node, in_shapes):
+        self._check_bottoms(node, in_shapes)
+        shape = in_shapes[0]
+        axis, kernel, stride, pad, dilation = self.geometry(node, shape)
+        self._channels(node, shape, axis)
+        spatial = []
+        for i, k, s, p, d in zip(shape[axis + 1 :], kernel, stride, pad, dilation, strict=True):
+            extent = d * (k - 1) + 1
+            size = (i + 2 * p - extent) // s + 1
+            if size <= 0:
+                raise self.fail(node, f"output size {size} <= 0 (input {i}, kernel {k}, pad {p}, stride {s})")
+            spatial.append(size)
+        out = (*shape[:axis], node.attrs.num_output, *spatial)
+        return [out] * len(node.tops)
+
+    def param_shapes(self, node, in_shapes):
+        shape = in_shapes[0]
+        axis, kernel, *_ = self.geometry(node, shape)
+        c = self._channels(node, shape, axis)
+        a = node.attrs
+        blobs = [(a.num_output, c // a.group, *kernel)]
+        return blobs + [(a.num_output,)] if a.bias_term else blobs
+
+    def macs(self, node, in_shapes, out_shapes):
+        axis, kernel, *_ = self.geometry(node, in_shapes[0])
+        per_out = in_shapes[0][axis] // node.attrs.group * math.prod(kernel)
+        return sum(count(s) * per_out for s in out_shapes)
+
+
+@register
+class Deconvolution(_ConvBase):
+    type = "Deconvolution"
+    summary = "transposed convolution; weight (C_in, C_out/group, k...), groups (bilinear upsampling), dilation"
+
+    def infer_shapes(self, node, in_shapes):
+        self._check_bottoms(node, in_shapes)
+        shape = in_shapes[0]
+        axis, kernel, stride, pad, dilation = self.geometry(node, shape)
+        self._channels(node, shape, axis)
+        spatial = []
+        for i, k, s, p, d in zip(shape[axis + 1 :], kernel, stride, pad, dilation, strict=True):
+            size = s * (i - 1) + d * (k - 1) + 1 - 2 * p
+            if size <= 0:
+                raise self.fail(node, f"output size {size} <= 0 (input {i}, kernel {k}, pad {p}, stride {s})")
+            spatial.append(size)
+        return [(*shape[:axis], node.attrs.num_output, *spatial)] * len(node.tops)
+
+    def param_shapes(self, node, in_shapes):
+        shape = in_shapes[0]
+        axis, kernel, *_ = self.geometry(node, shape)
+        c = self._channels(node, shape, axis)
+        a = node.attrs
+        blobs = [(c, a.num_output // a.group, *kernel)]
+        return blobs + [(a.num_output,)] if a.bias_term else blobs
+
+    def macs(self, node, in_shapes, out_shapes):
+        axis, kernel, *_ = self.geometry(node, in_shapes[0])
+        per_in = node.attrs.num_output // node.attrs.group * math.prod(kernel)
+        return sum(count(s) * per_in for s in in_shapes)
+
+
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_DECONV_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+class _ConvModule(CaffeLayer):
+    """Applies the same weights to every bottom (Caffe allows several bottom/top pairs)."""
+
+    def __init__(self, transposed: bool, node):
+        super().__init__()
+        self.transposed = transposed
+        self.spec = node.spec
+        a = node.attrs
+        self.group = a.group
+        self._node = node  # geometry is resolved on first use from the actual input rank
+        self._geometry: tuple | None = None
+
+    def _resolve(self, x: torch.Tensor) -> tuple:
+        if self._geometry is None:
+            axis, kernel, stride, pad, dilation = self.spec.geometry(self._node, tuple(x.shape))
+            if axis != 1 or len(kernel) not in _CONV_FN:
+                raise ValueError(f"convolution over axis {axis} with {len(kernel)} spatial axes is not supported")
+            self._geometry = (stride, pad, dilation)
+        return self._geometry
+
+    def _one(self, x: torch.Tensor) -> torch.Tensor:
+        stride, pad, dilation = self._resolve(x)
+        bias = self.bias if "bias" in self.blob_names else None
+        n = len(stride)
+        if self.transposed:
+            return _DECONV_FN[n](x, self.weight, bias, stride, pad, 0, self.group, dilation)
+        return _CONV_FN[n](x, self.weight, bias, stride, pad, dilation, self.group)
+
+    def forward(self, *bottoms: torch.Tensor):
+        if len(bottoms) == 1:
+            return self._one(bottoms[0])
+        return tuple(self._one(x) for x in bottoms)
+
+
+@register
+class Im2col(_ConvBase):
+    type = "Im2col"
+    bottoms = (1, 1)
+    tops = (1, 1)
+    blob_names = ()
+    summary = "image patches to columns, Caffe's (N, C*kh*kw, H_out, W_out) channel-major layout"
+
+    def infer_shapes(self, node, in_shapes):
+        shape = in_shapes[0]
+        axis, kernel, stride, pad, dilation = self.geometry(node, shape)
+        spatial = [
+            (i + 2 * p - (d * (k - 1) + 1)) // s + 1
+            for i, k, s, p, d in zip(shape[axis + 1 :], kernel, stride, pad, dilation, strict=True)
+        ]
+        return [(*shape[:axis], shape[axis] * math.prod(kernel), *spatial)]
+
+    def build_torch(self, node):
+        return _Im2colModule(node)
+
+
+class _Im2colModule(CaffeLayer):
+    def __init__(self, node):
+        super().__init__()
+        self._node = node
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axis, kernel, stride, pad, dilation = self._node.spec.geometry(self._node, tuple(x.shape))
+        if axis != 1 or len(kernel) != 2:
+            raise ValueError("Im2col is supported for 2-D spatial inputs on axis 1")
+        cols = F.unfold(x, kernel, dilation=dilation, padding=pad, stride=stride)
+        h = (x.shape[2] + 2 * pad[0] - (dilation[0] * (kernel[0] - 1) + 1)) // stride[0] + 1
+        w = (x.shape[3] + 2 * pad[1] - (dilation[1] * (kernel[1] - 1) + 1)) // stride[1] + 1
+        return cols.reshape(x.shape[0], cols.shape[1], h, w)
+
+
+@register
+class InnerProduct(LayerSpec):
+    type = "InnerProduct"
+    family = "conv"
+    blob_names = ("weight", "bias")
+    summary = "fully connected over all axes from `axis`; weight (N, K) or (K, N) with transpose"
+
+    def _k(self, node, shape) -> tuple[int, int]:
+        axis = canonical_axis(node, self, node.attrs.axis, len(shape))
+        return axis, count(shape, axis)
+
+    def infer_shapes(self, node, in_shapes):
+        if node.attrs.num_output <= 0:
+            raise self.fail(node, "inner_product_param.num_output must be positive")
+        axis, _ = self._k(node, in_shapes[0])
+        return [(*in_shapes[0][:axis], node.attrs.num_output)]
+
+    def param_shapes(self, node, in_shapes):
+        _, k = self._k(node, in_shapes[0])
+        a = node.attrs
+        w = (k, a.num_output) if a.transpose else (a.num_output, k)
+        return [w, (a.num_output,)] if a.bias_term else [w]
+
+    def macs(self, node, in_shapes, out_shapes):
+        return count(in_shapes[0]) * node.attrs.num_output
+
+    def build_torch(self, node):
+        a = node.attrs
+        module = _InnerProductModule(a.axis, a.transpose)
+        module.add_blob("weight", node.param_shapes[0], filler_of(a, "weight_filler"))
+        if a.bias_term:
+            module.add_blob("bias", node.param_shapes[1], filler_of(a, "bias_filler"))
+        return module
+
+
+class _InnerProductModule(CaffeLayer):
+    def __init__(self, axis: int, transpose: bool):
+        super().__init__()
+        self.axis = axis
+        self.transpose = transpose
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axis = self.axis % x.dim() if x.dim() else 0
+        flat = x.reshape(*x.shape[:axis], -1)
+        weight = self.weight.t() if self.transpose else self.weight
+        bias = self.bias if "bias" in self.blob_names else None
+        return F.linear(flat, weight, bias)
+
+
+@register
+class Embed(LayerSpec):
+    type = "Embed"
+    family = "conv"
+    blob_names = ("weight", "bias")
+    summary = "lookup table: integer-valued input -> rows of a (input_dim, num_output) weight"
+
+    def infer_shapes(self, node, in_shapes):
+        return [(*in_shapes[0], node.attrs.num_output)]
+
+    def param_shapes(self, node, in_shapes):
+        a = node.attrs
+        w = (a.input_dim, a.num_output)
+        return [w, (a.num_output,)] if a.bias_term else [w]
+
+    def build_torch(self, node):
+        a = node.attrs
+        module = _EmbedModule(a.input_dim)
+        module.add_blob("weight", node.param_shapes[0], filler_of(a, "weight_filler"))
+        if a.bias_term:
+            module.add_blob("bias", node.param_shapes[1], filler_of(a, "bias_filler"))
+        return module
+
+
+class _EmbedModule(CaffeLayer):
+    def __init__(self, input_dim: int):
+        super().__init__()
+        self.input_dim = input_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = x.detach().long()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.input_dim):
+            raise ValueError(f"Embed index out of range [0, {self.input_dim})")
+        out = F.embedding(index, self.weight)
+        return out + self.bias if "bias" in self.blob_names else out

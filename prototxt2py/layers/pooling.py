@@ -1,0 +1,467 @@
+"""Pooling, SPP, LRN and MVN.
+
+Caffe facts kept here (see ``shared/docs/caffe-semantics.md`` rows 1-4 and 17):
+
+* Pooling output sizes round up by default (``round_mode: CEIL``; forks spell FLOOR as ``ceil_mode: false`` or
+  ``torch_pooling: true``); when any padding is set, a last window that would start at or after ``in + pad``
+  is dropped (on both axes). Without padding no window is ever dropped, even one lying wholly past the input.
+* MAX windows are clipped to the input (padding never wins); ties go to the first maximum in row-major scan
+  order, which is also where the gradient goes. The optional second top is that argmax as a float flat index
+  into H*W.
+* AVE divides the sum over the clipped window by the window size clipped to ``[-pad, in + pad)``: zero padding
+  counts, the ceil overhang does not.
+* STOCHASTIC in TEST is the probability-weighted average ``sum(x^2) / sum(x)`` (0 where ``sum(x) <= 0``); in
+  TRAIN one element is sampled per window with probability proportional to its value.
+* SPP is Caffe's stack of pooling levels ``i < pyramid_height`` with ``2^i`` bins, kernel ``ceil(in / bins)``,
+  pad ``(kernel * bins - in + 1) // 2`` and stride = kernel, each flattened and concatenated; with one level the
+  (N, C, 1, 1) pooling output is the top itself.
+* LRN ACROSS_CHANNELS is ``x / (k + alpha/n * sum of x^2 over n channels)^beta``; WITHIN_CHANNEL is
+  ``x / (1 + alpha * avg of x^2 over an n x n zero-padded window)^beta`` (Caffe builds it from layers: ``k`` is
+  not used and alpha is not divided again).
+* MVN adds ``eps`` to the standard deviation (not the variance), and its top is always 4-D (legacy
+  num/channels/height/width).
+
+Everything runs on torch's native pooling kernels: they are used with their own padding whenever their output
+size rule and divisor agree with Caffe's, otherwise the input is padded explicitly and the divisor fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .base import LayerSpec, Shape, count, register
+from .torch_util import CaffeLayer
+
+MAX, AVE, STOCHASTIC = "MAX", "AVE", "STOCHASTIC"
+
+#: Caffe initialises MAX outputs to -FLT_MAX, so a window with nothing above it yields -FLT_MAX, not -inf.
+_FLT_MAX = float(torch.finfo(torch.float32).max)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Window geometry
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PoolAttrs:
+    """``pooling_param`` normalised: ``kernel`` is ``None`` for global pooling (kernel = H x W, decided per input)."""
+
+    pool: str
+    kernel: tuple[int, int] | None
+    pad: tuple[int, int]
+    stride: tuple[int, int]
+    ceil: bool
+
+    def plan(self, height: int, width: int) -> PoolPlan:
+        kernel = (height, width) if self.kernel is None else self.kernel
+        return PoolPlan.make(self.pool, (height, width), kernel, self.pad, self.stride, self.ceil)
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One pooling on one input size: Caffe's geometry plus how to run it on torch's kernels."""
+
+    pool: str
+    size: tuple[int, int]
+    kernel: tuple[int, int]
+    pad: tuple[int, int]
+    stride: tuple[int, int]
+    ceil: bool
+    out: tuple[int, int]
+
+    @staticmethod
+    def make(
+        pool: str, size: tuple[int, int], kernel: tuple[int, int], pad: tuple[int, int], stride: tuple[int, int],
+        ceil: bool,
+    ) -> PoolPlan:
+        """Caffe's ``PoolingLayer::Reshape``; ValueError where Caffe would refuse the layer."""
+        if any(p and p >= k for p, k in zip(pad, kernel, strict=True)):
+            raise ValueError(f"pad {pad} must be smaller than the kernel {kernel}")
+        if any(pad) and pool == STOCHASTIC:
+            raise ValueError("padding is implemented only for MAX and AVE pooling")
+        out = [_pooled_size(n, k, p, s, ceil) for n, k, p, s in zip(size, kernel, pad, stride, strict=True)]
+        if any(pad):  # the last window must start inside the image (applies to both axes)
+            out = [o - 1 if (o - 1) * s >= n + p else o for o, n, p, s in zip(out, size, pad, stride, strict=True)]
+        if min(out) < 1:
+            raise ValueError(f"kernel {kernel} with pad {pad} does not fit the {size[0]}x{size[1]} input")
+        return PoolPlan(pool, size, kernel, pad, stride, ceil, (out[0], out[1]))
+
+    @property
+    def native(self) -> bool:
+        """Whether torch's pooling with its own padding computes exactly this: torch allows pad <= kernel/2 only,
+        and drops a ceil window starting at or after ``in + pad`` even without padding (Caffe then keeps it)."""
+        return all(
+            p <= k // 2 and _torch_pooled_size(n, k, p, s, self.ceil) == o
+            for n, k, p, s, o in zip(self.size, self.kernel, self.pad, self.stride, self.out, strict=True)
+        )
+
+    @property
+    def explicit_pad(self) -> tuple[int, int, int, int]:
+        """``F.pad`` amounts (left, right, top, bottom) making the input exactly as large as the windows cover
+        (negative where the last window ends before the input does)."""
+        (h, w), (kh, kw), (ph, pw), (sh, sw), (oh, ow) = self.size, self.kernel, self.pad, self.stride, self.out
+        return (pw, (ow - 1) * sw + kw - pw - w, ph, (oh - 1) * sh + kh - ph - h)
+
+    @property
+    def uniform_divisor(self) -> bool:
+        """No window reaches past ``in + pad`` (so every AVE divisor is the full kernel area)."""
+        return all(
+            (o - 1) * s - p + k <= n + p
+            for n, k, p, s, o in zip(self.size, self.kernel, self.pad, self.stride, self.out, strict=True)
+        )
+
+    @property
+    def macs(self) -> int:
+        return self.kernel[0] * self.kernel[1]
+
+
+def _pooled_size(n: int, k: int, p: int, s: int, ceil: bool) -> int:
+    span = n + 2 * p - k
+    return (-(-span // s) if ceil else span // s) + 1
+
+
+def _torch_pooled_size(n: int, k: int, p: int, s: int, ceil: bool) -> int:
+    out = (n + 2 * p - k + (s - 1 if ceil else 0)) // s + 1
+    return out - 1 if ceil and (out - 1) * s >= n + p else out
+
+
+def _clipped_lengths(n: int, k: int, p: int, s: int, out: int, like: torch.Tensor) -> torch.Tensor:
+    """Per output position, the window length clipped to ``[-pad, in + pad)`` (Caffe's AVE divisor factor)."""
+    start = torch.arange(out, device=like.device, dtype=like.dtype) * s - p
+    return (start + k).clamp(max=n + p) - start
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pooling on torch
+# ----------------------------------------------------------------------------------------------------------
+def _sum_pool(x: torch.Tensor, plan: PoolPlan) -> torch.Tensor:
+    """Window sums over the clipped window (padding adds zeros)."""
+    if plan.native:
+        return F.avg_pool2d(x, plan.kernel, plan.stride, plan.pad, ceil_mode=plan.ceil, divisor_override=1)
+    return F.avg_pool2d(F.pad(x, plan.explicit_pad), plan.kernel, plan.stride, divisor_override=1)
+
+
+def _ave_pool(x: torch.Tensor, plan: PoolPlan) -> torch.Tensor:
+    if plan.native:  # torch's count_include_pad divisor is Caffe's: the window clipped to [-pad, in + pad)
+        return F.avg_pool2d(x, plan.kernel, plan.stride, plan.pad, ceil_mode=plan.ceil, count_include_pad=True)
+    padded = F.pad(x, plan.explicit_pad)
+    if plan.uniform_divisor:
+        return F.avg_pool2d(padded, plan.kernel, plan.stride)
+    sums = F.avg_pool2d(padded, plan.kernel, plan.stride, divisor_override=1)
+    args = zip(plan.size, plan.kernel, plan.pad, plan.stride, plan.out, strict=True)
+    rows, cols = (_clipped_lengths(*a, like=sums) for a in args)
+    return sums / (rows[:, None] * cols[None, :])
+
+
+def _max_pool(x: torch.Tensor, plan: PoolPlan, with_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """MAX pooling; torch's kernels, like Caffe's, keep the first strict maximum in row-major order and send the
+    gradient there, so autograd is Caffe's backward. The mask is the argmax as a float flat index into H*W."""
+    if plan.native:
+        if not with_mask:
+            return F.max_pool2d(x, plan.kernel, plan.stride, plan.pad, ceil_mode=plan.ceil), None
+        y, idx = F.max_pool2d(x, plan.kernel, plan.stride, plan.pad, ceil_mode=plan.ceil, return_indices=True)
+        return y, idx.to(x.dtype)
+    left, right, top, bottom = plan.explicit_pad
+    padded = F.pad(x, (left, right, top, bottom), value=-_FLT_MAX)
+    if not with_mask:
+        return F.max_pool2d(padded, plan.kernel, plan.stride), None
+    y, idx = F.max_pool2d(padded, plan.kernel, plan.stride, return_indices=True)
+    width = plan.size[1] + left + right
+    h, w = idx.div(width, rounding_mode="floor") - top, idx.remainder(width) - left
+    inside = (h >= 0) & (h < plan.size[0]) & (w >= 0) & (w < plan.size[1])
+    return y, torch.where(inside, h * plan.size[1] + w, -1).to(x.dtype)  # -1: Caffe's "nothing won"
+
+
+def _stochastic_pool(x: torch.Tensor, plan: PoolPlan, training: bool) -> torch.Tensor:
+    """TEST: ``sum(x^2) / sum(x)`` per window, 0 where the sum is not positive. TRAIN: sample one element per
+    window with probability proportional to its value (Caffe: the first position whose running sum reaches
+    ``u * sum``, u uniform in [0, 1)); the gradient goes to the sampled element."""
+    if not training:
+        total = _sum_pool(x, plan)
+        positive = total > 0
+        return torch.where(positive, _sum_pool(x * x, plan) / torch.where(positive, total, 1), 0)
+    n, c = x.shape[:2]
+    cols = F.unfold(F.pad(x, plan.explicit_pad), plan.kernel, stride=plan.stride)
+    cols = cols.view(n, c, plan.kernel[0] * plan.kernel[1], -1)
+    running = cols.detach().cumsum(2)
+    threshold = torch.rand_like(running[:, :, -1:]) * running[:, :, -1:]
+    pick = (running >= threshold).to(torch.uint8).argmax(2, keepdim=True)  # first position reaching it
+    return cols.gather(2, pick).view(n, c, *plan.out)
+
+
+def caffe_pool(x: torch.Tensor, plan: PoolPlan, training: bool = False, with_mask: bool = False):
+    """Caffe's pooling of a 4-D tensor; returns ``(top, mask or None)``."""
+    if plan.pool == MAX:
+        return _max_pool(x, plan, with_mask)
+    if plan.pool == AVE:
+        return _ave_pool(x, plan), None
+    return _stochastic_pool(x, plan, training), None
+
+
+class _Pooling(CaffeLayer):
+    def __init__(self, attrs: PoolAttrs, with_mask: bool):
+        super().__init__()
+        self.attrs = attrs
+        self.with_mask = with_mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        y, mask = caffe_pool(x, self.attrs.plan(x.shape[2], x.shape[3]), self.training, self.with_mask)
+        return (y, mask) if self.with_mask else y
+
+    def extra_repr(self) -> str:
+        a = self.attrs
+        kernel = "global" if a.kernel is None else f"kernel={a.kernel}"
+        return f"{a.pool}, {kernel}, stride={a.stride}, pad={a.pad}, {'ceil' if a.ceil else 'floor'}"
+
+
+def _pool_method(param: Any) -> str:
+    return type(param).PoolMethod.Name(param.pool)
+
+
+def _pair(param: Any, name: str, default: int) -> tuple[int, int]:
+    """Caffe's rule for pad/stride: either ``name`` or both ``name_h`` and ``name_w``, never a mix."""
+    has_h, has_w = param.HasField(f"{name}_h"), param.HasField(f"{name}_w")
+    if has_h or has_w:
+        if param.HasField(name) or not (has_h and has_w):
+            raise ValueError(f"{name} is {name} OR {name}_h and {name}_w")
+        return getattr(param, f"{name}_h"), getattr(param, f"{name}_w")
+    value = getattr(param, name) if param.HasField(name) else default
+    return value, value
+
+
+@register
+class Pooling(LayerSpec):
+    type = "Pooling"
+    tops = (1, 2)
+    family = "pooling"
+    summary = "MAX/AVE/STOCHASTIC pooling, Caffe's CEIL sizes and clipped windows; optional argmax mask top (MAX)"
+
+    def attrs(self, layer: Any) -> PoolAttrs:
+        p = layer.pooling_param
+        has_size, has_hw = p.HasField("kernel_size"), p.HasField("kernel_h") and p.HasField("kernel_w")
+        if p.global_pooling:
+            if has_size or p.HasField("kernel_h") or p.HasField("kernel_w"):
+                raise ValueError("with global_pooling: true the kernel size cannot be specified")
+            kernel = None
+        elif has_size == has_hw:
+            raise ValueError("kernel is kernel_size OR kernel_h and kernel_w (both needed for non-square kernels)")
+        else:
+            kernel = (p.kernel_size, p.kernel_size) if has_size else (p.kernel_h, p.kernel_w)
+            if min(kernel) <= 0:
+                raise ValueError("kernel dimensions must be positive")
+        pad, stride = _pair(p, "pad", 0), _pair(p, "stride", 1)
+        if min(stride) <= 0:
+            raise ValueError("stride must be positive")
+        if kernel is None and (any(pad) or stride != (1, 1)):
+            raise ValueError("with global_pooling: true only pad 0 and stride 1 are allowed")
+        ceil = p.round_mode == p.CEIL
+        if not p.HasField("round_mode"):  # fork spellings of FLOOR
+            ceil = (p.ceil_mode if p.HasField("ceil_mode") else True) and not p.torch_pooling
+        return PoolAttrs(_pool_method(p), kernel, pad, stride, ceil)
+
+    def _plan(self, node: Any, shape: Shape) -> PoolPlan:
+        if len(shape) != 4:
+            raise self.fail(node, f"input must have 4 axes (num, channels, height, width), got {tuple(shape)}")
+        try:
+            return node.attrs.plan(shape[2], shape[3])
+        except ValueError as e:
+            raise self.fail(node, str(e)) from None
+
+    def infer_shapes(self, node: Any, in_shapes: Sequence[Shape]) -> list[Shape]:
+        if len(node.tops) == 2 and node.attrs.pool != MAX:
+            raise self.fail(node, f"only MAX pooling has a second (mask) top, this is {node.attrs.pool}")
+        plan = self._plan(node, in_shapes[0])
+        return [(*in_shapes[0][:2], *plan.out)] * len(node.tops)
+
+    def macs(self, node: Any, in_shapes: Sequence[Shape], out_shapes: Sequence[Shape]) -> int:
+        return self._plan(node, in_shapes[0]).macs * count(out_shapes[0])
+
+    def build_torch(self, node: Any) -> _Pooling:
+        return _Pooling(node.attrs, with_mask=len(node.tops) == 2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SPP
+# ----------------------------------------------------------------------------------------------------------
+def spp_plans(pool: str, pyramid_height: int, height: int, width: int) -> list[PoolPlan]:
+    """Caffe's ``SPPLayer::GetPoolingParam`` for every level (CEIL rounding, pad rule included)."""
+    plans = []
+    for level in range(pyramid_height):
+        bins = 2**level
+        kernel = (-(-height // bins), -(-width // bins))
+        pad = ((kernel[0] * bins - height + 1) // 2, (kernel[1] * bins - width + 1) // 2)
+        plans.append(PoolPlan.make(pool, (height, width), kernel, pad, kernel, True))
+    return plans
+
+
+class _SPP(CaffeLayer):
+    def __init__(self, pool: str, pyramid_height: int):
+        super().__init__()
+        self.pool = pool
+        self.pyramid_height = pyramid_height
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = [caffe_pool(x, plan, self.training)[0]
+                  for plan in spp_plans(self.pool, self.pyramid_height, x.shape[2], x.shape[3])]
+        if len(levels) == 1:  # Caffe runs the single pooling layer straight into the top: (N, C, 1, 1)
+            return levels[0]
+        return torch.cat([y.flatten(1) for y in levels], 1)
+
+
+@register
+class SPP(LayerSpec):
+    type = "SPP"
+    family = "pooling"
+    summary = "spatial pyramid pooling: levels of 2^i x 2^i bins (MAX/AVE), flattened and concatenated"
+
+    def _plans(self, node: Any, shape: Shape) -> list[PoolPlan]:
+        p = node.attrs
+        if len(shape) != 4:
+            raise self.fail(node, f"input must have 4 axes (num, channels, height, width), got {tuple(shape)}")
+        if p.pyramid_height < 1:
+            raise self.fail(node, "spp_param.pyramid_height must be at least 1")
+        try:
+            return spp_plans(_pool_method(p), p.pyramid_height, shape[2], shape[3])
+        except ValueError as e:
+            raise self.fail(node, f"pyramid level too fine for this input: {e}") from None
+
+    def infer_shapes(self, node: Any, in_shapes: Sequence[Shape]) -> list[Shape]:
+        n, c = in_shapes[0][:2]
+        plans = self._plans(node, in_shapes[0])
+        if len(plans) == 1:
+            return [(n, c, *plans[0].out)]
+        return [(n, c * sum(p.out[0] * p.out[1] for p in plans))]
+
+    def macs(self, node: Any, in_shapes: Sequence[Shape], out_shapes: Sequence[Shape]) -> int:
+        n, c = in_shapes[0][:2]
+        return n * c * sum(p.macs * p.out[0] * p.out[1] for p in self._plans(node, in_shapes[0]))
+
+    def build_torch(self, node: Any) -> _SPP:
+        return _SPP(_pool_method(node.attrs), node.attrs.pyramid_height)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LRN
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LRNAttrs:
+    local_size: int
+    alpha: float
+    beta: float
+    k: float
+    across_channels: bool
+
+
+class _LRN(CaffeLayer):
+    def __init__(self, attrs: LRNAttrs):
+        super().__init__()
+        self.attrs = attrs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attrs
+        n, pad = a.local_size, (a.local_size - 1) // 2
+        square = x * x
+        if a.across_channels:  # window sum over channels: pool a (N, 1, C, H, W) view along C, zero padded
+            sums = F.avg_pool3d(square.unsqueeze(1), (n, 1, 1), 1, (pad, 0, 0), divisor_override=1).squeeze(1)
+            scale = sums * (a.alpha / n) + a.k
+        else:  # stride 1 and pad (n-1)/2 keep every window inside [-pad, in + pad): the divisor is always n*n
+            scale = F.avg_pool2d(square, n, 1, pad, count_include_pad=True) * a.alpha + 1
+        return x * scale.pow(-a.beta)
+
+    def extra_repr(self) -> str:
+        a = self.attrs
+        region = "ACROSS_CHANNELS" if a.across_channels else "WITHIN_CHANNEL"
+        return f"{region}, local_size={a.local_size}, alpha={a.alpha:g}, beta={a.beta:g}, k={a.k:g}"
+
+
+@register
+class LRN(LayerSpec):
+    type = "LRN"
+    family = "pooling"
+    summary = "local response normalisation, ACROSS_CHANNELS (alpha/n, k) or WITHIN_CHANNEL (n x n window)"
+
+    def attrs(self, layer: Any) -> LRNAttrs:
+        p = layer.lrn_param
+        if p.local_size % 2 != 1:
+            raise ValueError(f"LRN only supports odd values for local_size, got {p.local_size}")
+        return LRNAttrs(p.local_size, p.alpha, p.beta, p.k, p.norm_region == p.ACROSS_CHANNELS)
+
+    def infer_shapes(self, node: Any, in_shapes: Sequence[Shape]) -> list[Shape]:
+        if len(in_shapes[0]) != 4:
+            raise self.fail(node, f"input must have 4 axes (num, channels, height, width), got {tuple(in_shapes[0])}")
+        return [tuple(in_shapes[0])]
+
+    def macs(self, node: Any, in_shapes: Sequence[Shape], out_shapes: Sequence[Shape]) -> int:
+        n = node.attrs.local_size
+        return count(in_shapes[0]) * ((n if node.attrs.across_channels else n * n) + 2)
+
+    def build_torch(self, node: Any) -> _LRN:
+        return _LRN(node.attrs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MVN
+# ----------------------------------------------------------------------------------------------------------
+class _NormalizeVariance(torch.autograd.Function):
+    """``y = (x - mean) / (std + eps)`` per row, with Caffe's backward
+    ``(dy - mean(dy) - y * mean(y * dy)) / (std + eps)``: it treats ``eps`` as part of the std, which keeps it
+    finite on constant rows where the exact derivative of the square root is infinite."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor, eps: float) -> torch.Tensor:
+        centred = rows - rows.mean(1, keepdim=True)
+        std = (centred * centred).mean(1, keepdim=True).sqrt() + eps
+        y = centred / std
+        ctx.save_for_backward(y, std)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, None]:
+        y, std = ctx.saved_tensors
+        return (dy - dy.mean(1, keepdim=True) - y * (y * dy).mean(1, keepdim=True)) / std, None
+
+
+class _MVN(CaffeLayer):
+    def __init__(self, normalize_variance: bool, across_channels: bool, eps: float):
+        super().__init__()
+        self.normalize_variance = normalize_variance
+        self.across_channels = across_channels
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = _legacy_4d(x.shape)
+        rows = x.reshape(shape[0] if self.across_channels else shape[0] * shape[1], -1)
+        if self.normalize_variance:
+            y = _NormalizeVariance.apply(rows, self.eps)
+        else:
+            y = rows - rows.mean(1, keepdim=True)
+        return y.reshape(shape)
+
+
+def _legacy_4d(shape: Sequence[int]) -> Shape:
+    """Caffe's num/channels/height/width of a blob with at most 4 axes (missing trailing axes are 1)."""
+    return (*shape, *(1,) * (4 - len(shape)))
+
+
+@register
+class MVN(LayerSpec):
+    type = "MVN"
+    family = "pooling"
+    summary = "mean-variance normalisation per channel or per sample (eps added to the std); top is 4-D"
+
+    def infer_shapes(self, node: Any, in_shapes: Sequence[Shape]) -> list[Shape]:
+        if len(in_shapes[0]) > 4:
+            raise self.fail(node, f"MVN takes blobs of at most 4 axes (num, channels, height, width), "
+                                  f"got {tuple(in_shapes[0])}")
+        return [_legacy_4d(in_shapes[0])]
+
+    def macs(self, node: Any, in_shapes: Sequence[Shape], out_shapes: Sequence[Shape]) -> int:
+        return count(in_shapes[0]) * (3 if node.attrs.normalize_variance else 1)
+
+    def build_torch(self, node: Any) -> _MVN:
+        a = node.attrs
+        return _MVN(a.normalize_variance, a.across_channels, a.eps)

@@ -1,0 +1,43 @@
+"""``prototxt2py run``: named input arrays in, output (or all) blobs out, as .npz files."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputFileError, Location
+from .fsutil import write_bytes_atomic
+from .reader import read_bytes
+
+
+def read_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    data = read_bytes(path)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            return {k: np.ascontiguousarray(f[k], dtype=np.float32) for k in f.files}
+    except (ValueError, OSError) as e:
+        raise InputFileError(f"not a readable .npz of arrays: {e}", Location(str(path))) from None
+
+
+def run_npz(make_net: Callable[[dict], Any], inputs_path: str, output: str, all_blobs: bool) -> None:
+    """Build the net for the given input shapes, run it, write an .npz atomically."""
+    arrays = read_inputs(inputs_path)
+    net = make_net({k: list(v.shape) for k, v in arrays.items()})
+    unknown = [k for k in arrays if k not in net.input_names]
+    if unknown:
+        raise InputFileError(
+            f"arrays {unknown} match no input blob (the net's inputs: {net.input_names})", Location(inputs_path)
+        )
+    missing = [k for k in net.input_names if k not in arrays]
+    if missing:
+        raise InputFileError(f"no array for input blob(s) {missing}", Location(inputs_path))
+    with torch.no_grad():
+        blobs = net(**{k: torch.from_numpy(v) for k, v in arrays.items()}, all_blobs=all_blobs)
+    buf = io.BytesIO()
+    np.savez(buf, **{k: v.detach().cpu().numpy() for k, v in blobs.items()})
+    write_bytes_atomic(output, buf.getvalue())
