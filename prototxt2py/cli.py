@@ -170,3 +170,22 @@ def convert(net, weights, target, output, phase, stages, level, inputs, opset, d
         _warn(["no --weights given: parameters hold Caffe's filler values"])
     convert_net(module, target.lower(), output, opset=opset, dynamic_batch=dynamic_batch)
     click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.argument("net", type=click.Path(dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--rankdir", type=click.Choice(["LR", "TB", "BT", "RL"]), default="LR", show_default=True)
+@click.option("--phase", type=click.Choice(["TRAIN", "TEST", "ALL"], case_sensitive=False), default="ALL",
+              show_default=True)
+@click.option("--display-lrm", is_flag=True, help="Show lr_mult of Convolution/Deconvolution/InnerProduct layers.")
+@_state_options
+@click.option("--shapes", is_flag=True, help="Annotate blobs with inferred shapes and layers with parameter counts.")
+@click.option("--no-blobs", is_flag=True, help="Compact: layer-to-layer edges without blob nodes.")
+@_user_errors
+def draw(net, output, rankdir, phase, display_lrm, stages, level, shapes, no_blobs) -> None:
+    """Draw NET as a diagram; the format follows OUTPUT's extension (.png .svg .pdf .dot ...)."""
+    from .backends.draw import draw_file
+
+    draw_file(net, output, rankdir, phase.upper(), display_lrm, stages, level, shapes, no_blobs)
+    click.echo(f"wrote {output}")

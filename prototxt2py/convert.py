@@ -37,7 +37,8 @@ def convert_net(net: Any, target: str, output: str | os.PathLike, *, opset: int 
         try:
             from safetensors.torch import save
         except ImportError:
-            raise Prototxt2pyError("--to safetensors needs the 'safetensors' package (pip install safetensors)") from None
+            raise Prototxt2pyError("--to safetensors needs the 'safetensors' package (pip install safetensors)") \
+                from None
         write_bytes_atomic(output, save(state_dict_by_caffe_name(net)))
     elif target == "caffemodel":
         from .weights import write_caffemodel

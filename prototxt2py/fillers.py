@@ -67,8 +67,8 @@ def bilinear_kernel(shape: Sequence[int]) -> torch.Tensor:
         raise ValueError("bilinear filler needs a 4-D blob with square kernels")
     k = shape[-1]
     f = math.ceil(k / 2.0)
-    c = (2 * f - 1 - f % 2) / (2.0 * f)
-    x = torch.arange(k, dtype=torch.float64)
+    c = torch.tensor((k - 1) / (2.0 * f), dtype=torch.float32)  # Caffe master computes this in float32
+    x = torch.arange(k, dtype=torch.float32)
     w1 = 1 - (x / f - c).abs()
-    kernel = (w1[:, None] * w1[None, :]).to(torch.float32)
+    kernel = w1[:, None] * w1[None, :]
     return kernel.expand(*shape).clone()

@@ -167,6 +167,8 @@ def build_graph(
             duplicate_names.append(name)
         names_seen.add(name)
         bottoms, tops = list(layer.bottom), list(layer.top)
+        if spec.is_loss and len(tops) < spec.tops[0]:  # Caffe's AutoTopBlobs: old loss layers had no top
+            tops += [f"({name} automatic {i})" for i in range(len(tops), spec.tops[0])]
         _check_counts(spec, name, bottoms, tops, loc)
         inputs = []
         for b in bottoms:

@@ -38,6 +38,7 @@ class NetSource:
     dropped: list[list[DroppedField]] = field(default_factory=list)  # aligned with net.layer
     info: SourceInfo | None = None
     report: upgrade.UpgradeReport | None = None
+    raw: Any = None  # the message as written, before the upgrade (text files only)
 
     @property
     def warnings(self) -> list[str]:
@@ -108,9 +109,11 @@ def read_net_text(text: str, file: str = "<string>") -> NetSource:
     info = textformat.parse(text, net, file)
     fmt = text_format_version(net)
     before = _layer_origins(net, info, fmt)
+    raw = caffe_pb2.NetParameter()
+    raw.CopyFrom(net)
     report = upgrade.upgrade_net(net, file=file, source=info)
     locations, dropped = _map_origins(net, before, file)
-    return NetSource(net, file, fmt, locations, dropped, info, report)
+    return NetSource(net, file, fmt, locations, dropped, info, report, raw)
 
 
 def read_net(path: str | os.PathLike, *, allow_binary: bool = False) -> NetSource:

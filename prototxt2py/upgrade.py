@@ -154,6 +154,7 @@ _V1_TYPES: dict[str, str] = {
     "TANH": "TanH",
     "WINDOW_DATA": "WindowData",
     "THRESHOLD": "Threshold",
+    "CROP": "Crop",  # fork value (CRF-RNN / FCN-era forks), the layer BVLC later added as "Crop"
 }
 # V1 fields handled explicitly; every other set message field is copied to the same-named LayerParameter field.
 _V1_DIRECT = (
@@ -176,7 +177,8 @@ _V1_DIRECT = (
 _DATA_TRANSFORM_PARAMS: dict[str, str] = {"DATA": _DATA, "IMAGE_DATA": _IMAGES, "WINDOW_DATA": _WINDOW}
 _TRANSFORM_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
 
-# SolverParameter.SolverType enum names -> current ``type`` strings.
+# SolverParameter.SolverType enum names -> current ``type`` strings. NVCaffe's fork value SAG has no BVLC
+# solver, so it is refused rather than guessed.
 _SOLVER_TYPES: dict[str, str] = {
     "SGD": "SGD",
     "NESTEROV": "Nesterov",

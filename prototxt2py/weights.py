@@ -155,8 +155,8 @@ def _blob_ref(buf, start: int, end: int) -> BlobRef:
         if (b - a) % size:
             raise _Corrupt("packed array length is not a multiple of the element size")
         offset, count = a, (b - a) // size
-    if shape is None:
-        shape = (count,)
+    if shape is None:  # Caffe writes a 0-axis blob (e.g. a shared PReLU slope) with no shape fields at all
+        shape = ()
     return BlobRef(tuple(int(d) for d in shape), has_legacy and not has_shape, dtype, offset, count)
 
 
@@ -239,8 +239,8 @@ def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
                 continue
             refs = []
             for b in layer.blobs:
-                legacy = not b.HasField("shape")
-                shape = tuple(b.shape.dim) if b.HasField("shape") else (b.num, b.channels, b.height, b.width)
+                legacy = not b.HasField("shape") and any(b.HasField(f) for f in ("num", "channels", "height", "width"))
+                shape = (b.num, b.channels, b.height, b.width) if legacy else tuple(b.shape.dim)
                 values = np.asarray(b.data if len(b.data) else b.double_data, dtype=np.float32)
                 refs.append(_InlineRef(tuple(int(d) for d in shape), legacy, "<f4", 0, values.size, values))
             out[layer.name] = refs

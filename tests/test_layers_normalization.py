@@ -68,6 +68,7 @@ def test_normalize_per_position_per_channel_scale():
     xd, dyd, s = x.astype(np.float64), dy.astype(np.float64), scale.astype(np.float64)[None, :, None, None]
     norm = np.sqrt((xd**2).sum(axis=1, keepdims=True) + 0.01)
     np.testing.assert_allclose(y, s * xd / norm, rtol=1e-5, atol=1e-5)
+    # SSD Caffe's input gradient leaves the per-channel scale out of the dot product (not the true derivative).
     dot = (xd * dyd).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(grads["x"], s * (dyd - xd * dot / norm**2) / norm, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(net.layer("n").weight.grad.numpy(), (xd / norm * dyd).sum(axis=(0, 2, 3)),
@@ -147,7 +148,7 @@ def test_batchnorm_affine_folds_with_scale():
     np.testing.assert_allclose(offset.numpy(), -np.array([1.0, -2.0, 0.4]) * multiplier.numpy(), rtol=1e-6)
 
     x = rand(2, 3, 4, 4)
-    z = net(x=torch.from_numpy(x))["z"].numpy()
+    z = net(x=torch.from_numpy(x))["z"].detach().numpy()
     g, b = sc.weight.detach().numpy(), sc.bias.detach().numpy()
     folded_mult, folded_off = multiplier.numpy() * g, offset.numpy() * g + b
     np.testing.assert_allclose(z, x * folded_mult[:, None, None] + folded_off[:, None, None], rtol=1e-5, atol=1e-6)

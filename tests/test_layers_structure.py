@@ -145,7 +145,6 @@ def test_dummydata_legacy_dims_per_top_and_random_refill() -> None:
     assert not torch.equal(first["b"], second["b"])  # Caffe refills non-constant fillers every pass
 
 
-@pytest.mark.xfail(strict=True, reason="fillers.bilinear_kernel uses (2f-1-f%2)/(2f) as centre, Caffe (k-1)/(2f)")
 def test_dummydata_bilinear_odd_kernel_matches_caffe() -> None:
     net = net_of("""
         layer { name: "d" type: "DummyData" top: "w"

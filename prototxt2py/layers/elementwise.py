@@ -42,7 +42,10 @@ class Elementwise(CaffeLayer):
         return self.fn(x)
 
     def extra_repr(self) -> str:
-        return repr(self.fn) if isinstance(self.fn, functools.partial) else getattr(self.fn, "__name__", "")
+        if isinstance(self.fn, functools.partial):
+            args = ", ".join(f"{k}={v}" for k, v in self.fn.keywords.items())
+            return f"{self.fn.func.__name__}, {args}"
+        return getattr(self.fn, "__name__", "")
 
 
 class _ElementwiseSpec(LayerSpec):

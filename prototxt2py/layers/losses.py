@@ -281,6 +281,8 @@ class _SigmoidCEFn(torch.autograd.Function):
 
 
 class SigmoidCrossEntropy(CaffeLayer):
+    """Targets are used as floats (soft targets work); only the ignore test truncates them to int."""
+
     def __init__(self, attrs: LossAttrs):
         super().__init__()
         self.attrs = attrs
@@ -443,6 +445,8 @@ class _ContrastiveFn(torch.autograd.Function):
 
 
 class Contrastive(CaffeLayer):
+    """Features flattened to (N, C); pairs are similar when ``static_cast<int>(y) != 0`` (0.5 is dissimilar)."""
+
     def __init__(self, attrs: ContrastiveAttrs):
         super().__init__()
         self.attrs = attrs

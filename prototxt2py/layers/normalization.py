@@ -68,24 +68,32 @@ class BatchNormAttrs:
 
 
 class _BatchStatsNorm(torch.autograd.Function):
-    """``y = (x - mean) / std`` with batch statistics, differentiated the way Caffe's BatchNorm does:
-    ``dx = (dy - (sum(dy) + y * sum(dy * y)) / m) / std`` (sums over every axis but 1, ``m`` elements per
-    channel). Only ``y`` and ``std`` are kept for backward, as Caffe keeps ``x_norm_`` and ``temp_``."""
+    """Normalisation with batch statistics, computed in Caffe's order: mean, ``x - mean``, biased variance
+    ``mean((x - mean)^2)``, division by ``sqrt(var + eps)`` (not a folded ``x * a + b``, which loses absolute
+    precision for channels of small variance). Returns ``(y, mean, var)``; the statistics are not
+    differentiable. Backward is Caffe's closed form ``dx = (dy - (sum(dy) + y * sum(dy * y)) / m) / std``
+    (sums over every axis but 1, ``m`` elements per channel), keeping only ``y`` and ``std`` as Caffe does."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        y = (x - mean) / std
+    def forward(ctx: Any, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dims = _reduce_dims(x.dim())
+        mean = x.mean(dims, keepdim=True)
+        y = x - mean
+        var = (y * y).mean(dims, keepdim=True)
+        std = (var + eps).sqrt()
+        y.div_(std)
         ctx.save_for_backward(y, std)
-        return y
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: Any, dy: torch.Tensor, *_stats: torch.Tensor) -> tuple[torch.Tensor, None]:
         y, std = ctx.saved_tensors
         dims = _reduce_dims(y.dim())
         m = y.numel() // std.numel()
         sums = dy.sum(dims, keepdim=True) + y * (dy * y).sum(dims, keepdim=True)
-        return (dy - sums * (1.0 / m)) / std, None, None
+        return (dy - sums * (1.0 / m)) / std, None
 
 
 class BatchNormModule(CaffeLayer):
@@ -135,12 +143,11 @@ class BatchNormModule(CaffeLayer):
         if self.uses_global_stats():
             mean, var = self.stored_stats()
             # Caffe subtracts then divides by sqrt(var + eps); its backward is then dy / std, as autograd's.
-            return (x - _channel_view(mean, x.dim())) / _channel_view((var + self.eps).sqrt(), x.dim())
+            return (x - _channel_view(mean, x.dim())).div_(_channel_view((var + self.eps).sqrt(), x.dim()))
+        y, mean, var = _BatchStatsNorm.apply(x, self.eps)
         with torch.no_grad():
-            var, mean = torch.var_mean(x, dim=_reduce_dims(x.dim()), correction=0, keepdim=True)
             self._accumulate(mean.flatten(), var.flatten(), x.numel() // var.numel())
-            std = (var + self.eps).sqrt()
-        return _BatchStatsNorm.apply(x, mean, std)
+        return y
 
     def _accumulate(self, mean: torch.Tensor, var: torch.Tensor, m: int) -> None:
         """Caffe's moving sums; the stored variance gets the unbiased correction ``m / (m - 1)``."""
@@ -318,11 +325,47 @@ class Bias(_BroadcastSpec):
 
 
 # -- Normalize (SSD fork) ----------------------------------------------------------------------------------
+def _norm_dims(x: torch.Tensor, across_spatial: bool) -> tuple[int, ...]:
+    """Axes Normalize sums squares over: ``C*H*W`` of each sample, or ``C`` at each position."""
+    return tuple(range(1, x.dim())) if across_spatial else (1,)
+
+
+class _NormalizeFn(torch.autograd.Function):
+    """``y = x / sqrt(sum(x^2) + eps) * weight`` with SSD Caffe's backward. For the input Caffe computes
+    ``weight * (dy - x * sum(x * dy) / norm^2) / norm``: the dot product leaves the weight out, so with a
+    per-channel weight (``channel_shared: false``) its input gradient is *not* the true derivative, and is
+    reproduced here. The weight gradient, ``sum(x / norm * dy)``, is the true one (Caffe computes it as
+    ``sum(y * dy) / weight``, which is the same for non-zero weights)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, across_spatial: bool, eps: float) -> torch.Tensor:
+        norm = ((x * x).sum(_norm_dims(x, across_spatial), keepdim=True) + eps).sqrt()
+        ctx.save_for_backward(x, weight, norm)
+        ctx.across_spatial = across_spatial
+        return x / norm * _weight_view(weight, x.dim())
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        x, weight, norm = ctx.saved_tensors
+        dx = dweight = None
+        if ctx.needs_input_grad[0]:
+            dot = (x * dy).sum(_norm_dims(x, ctx.across_spatial), keepdim=True)
+            dx = (dy - x * (dot / (norm * norm))) / norm * _weight_view(weight, x.dim())
+        if ctx.needs_input_grad[1]:
+            product = x / norm * dy
+            dweight = product.sum() if weight.dim() == 0 else product.sum(_reduce_dims(x.dim()))
+        return dx, dweight, None, None
+
+
+def _weight_view(weight: torch.Tensor, ndim: int) -> torch.Tensor:
+    return weight if weight.dim() == 0 else _channel_view(weight, ndim)
+
+
 class NormalizeModule(CaffeLayer):
     """SSD's ``Normalize``: L2-normalise each sample over ``C*H*W`` (``across_spatial``) or each position
     over ``C``, with ``eps`` added to the sum of squares inside the square root, then multiply by ``weight``
-    (a 0-axis scalar if ``channel_shared``, else ``(C,)``). Caffe's backward is the exact derivative of this
-    (its ``dot(y, dy) / scale`` for the weight equals autograd's ``dot(x / norm, dy)`` for non-zero scales)."""
+    (a 0-axis scalar if ``channel_shared``, else ``(C,)``)."""
 
     def __init__(self, shape: Shape, across_spatial: bool, eps: float, filler: Any):
         super().__init__()
@@ -331,14 +374,7 @@ class NormalizeModule(CaffeLayer):
         self.add_blob("weight", shape, filler)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        squares = x * x
-        if self.across_spatial:
-            inv_norm = (squares.flatten(1).sum(1) + self.eps).sqrt().reciprocal()
-            y = x * inv_norm.reshape((-1,) + (1,) * (x.dim() - 1))
-        else:
-            y = x / (squares.sum(1, keepdim=True) + self.eps).sqrt()
-        weight = self.weight if self.weight.dim() == 0 else _channel_view(self.weight, x.dim())
-        return y * weight
+        return _NormalizeFn.apply(x, self.weight, self.across_spatial, self.eps)
 
 
 @register

@@ -184,13 +184,12 @@ def _stochastic_pool(x: torch.Tensor, plan: PoolPlan, training: bool) -> torch.T
         total = _sum_pool(x, plan)
         positive = total > 0
         return torch.where(positive, _sum_pool(x * x, plan) / torch.where(positive, total, 1), 0)
-    n, c = x.shape[:2]
-    cols = F.unfold(F.pad(x, plan.explicit_pad), plan.kernel, stride=plan.stride)
-    cols = cols.view(n, c, plan.kernel[0] * plan.kernel[1], -1)
-    running = cols.detach().cumsum(2)
-    threshold = torch.rand_like(running[:, :, -1:]) * running[:, :, -1:]
-    pick = (running >= threshold).to(torch.uint8).argmax(2, keepdim=True)  # first position reaching it
-    return cols.gather(2, pick).view(n, c, *plan.out)
+    windows = F.pad(x, plan.explicit_pad).unfold(2, plan.kernel[0], plan.stride[0])
+    windows = windows.unfold(3, plan.kernel[1], plan.stride[1]).flatten(4)  # (N, C, out_h, out_w, kh*kw)
+    running = windows.detach().cumsum(4)
+    threshold = torch.rand_like(running[..., -1:]) * running[..., -1:]
+    pick = (running >= threshold).to(torch.uint8).argmax(4, keepdim=True)  # first position reaching it
+    return windows.gather(4, pick).squeeze(4)
 
 
 def caffe_pool(x: torch.Tensor, plan: PoolPlan, training: bool = False, with_mask: bool = False):
@@ -365,9 +364,8 @@ class _LRN(CaffeLayer):
         a = self.attrs
         n, pad = a.local_size, (a.local_size - 1) // 2
         square = x * x
-        if a.across_channels:  # window sum over channels: pool a (N, 1, C, H, W) view along C, zero padded
-            sums = F.avg_pool3d(square.unsqueeze(1), (n, 1, 1), 1, (pad, 0, 0), divisor_override=1).squeeze(1)
-            scale = sums * (a.alpha / n) + a.k
+        if a.across_channels:
+            scale = _channel_window_sum(square, n) * (a.alpha / n) + a.k
         else:  # stride 1 and pad (n-1)/2 keep every window inside [-pad, in + pad): the divisor is always n*n
             scale = F.avg_pool2d(square, n, 1, pad, count_include_pad=True) * a.alpha + 1
         return x * scale.pow(-a.beta)
@@ -376,6 +374,17 @@ class _LRN(CaffeLayer):
         a = self.attrs
         region = "ACROSS_CHANNELS" if a.across_channels else "WITHIN_CHANNEL"
         return f"{region}, local_size={a.local_size}, alpha={a.alpha:g}, beta={a.beta:g}, k={a.k:g}"
+
+
+def _channel_window_sum(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Sum over the ``n`` channels centred on each channel, zero padded: ``n`` whole-tensor adds of shifted
+    views (torch's CPU pooling kernels along the channel axis are about ten times slower)."""
+    channels, pad = x.shape[1], (n - 1) // 2
+    padded = F.pad(x, (0, 0, 0, 0, pad, pad))
+    total = padded.narrow(1, 0, channels).clone()
+    for offset in range(1, n):
+        total += padded.narrow(1, offset, channels)
+    return total
 
 
 @register

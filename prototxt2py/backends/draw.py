@@ -1,0 +1,239 @@
+"""draw_net-style diagrams with Graphviz, node for node and edge for edge what Caffe's ``draw.py`` draws.
+
+Caffe's rules reproduced here: a layer node is labelled ``name``, ``(Type)`` (``(Pooling MAX)``), kernel /
+stride / pad for convolution and pooling, optionally ``lr mult``; layers with the same name and type are
+one node; blobs are octagons; an in-place layer (one bottom == one top) is a green "neuron" node forming a
+two-edge cycle with its blob; a blob keeps the style of its *last* mention (filled when last read, plain
+when last written); edges out of a layer are labelled with ``Batch N`` (Data) or ``num_output``.
+
+Beyond Caffe: V0/V1 nets (drawn after upgrade), NetState stage/level filtering, ``shapes`` (blob shapes and
+parameter counts from the IR), ``no_blobs`` (layer-to-layer edges, for huge nets).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputFileError, Location, Prototxt2pyError
+from ..fsutil import write_bytes_atomic, write_text_atomic
+from ..netstate import PHASES, State, layer_included
+
+LAYER_COLOR_DEFAULT = "#6495ED"
+NEURON_COLOR = "#90EE90"
+BLOB_COLOR = "#E0E0E0"
+LAYER_COLORS = {"Convolution": "#FF5050", "Deconvolution": "#FF5050", "Pooling": "#FF9900", "InnerProduct": "#CC33FF"}
+RANKDIRS = ("LR", "TB", "BT", "RL")
+FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf", ".jpg": "jpg", ".jpeg": "jpg", ".gif": "gif",
+           ".ps": "ps", ".dot": None, ".gv": None}
+
+
+@dataclass
+class DiagramNode:
+    id: str
+    kind: str  # "layer" or "blob"
+    attrs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Diagram:
+    """The drawing as plain data (what the golden structure tests compare), convertible to Graphviz."""
+
+    name: str
+    rankdir: str
+    nodes: dict[str, DiagramNode] = field(default_factory=dict)  # insertion order = order of first mention
+    edges: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def to_digraph(self) -> Any:
+        import graphviz
+
+        g = graphviz.Digraph(self.name, graph_attr={"rankdir": self.rankdir})
+        # DOT ids are short and safe ("a:b" would read as a port); the text goes in the label.
+        ids = {node.id: f"n{i}" for i, node in enumerate(self.nodes.values())}
+        for node in self.nodes.values():
+            label = _record_escape(node.id) if node.attrs.get("shape") == "record" else node.id
+            g.node(ids[node.id], label=label, **node.attrs)
+        for src, dst, label in self.edges:
+            if label:
+                g.edge(ids[src], ids[dst], label=label)
+            else:
+                g.edge(ids[src], ids[dst])
+        return g
+
+    def source(self) -> str:
+        return self.to_digraph().source
+
+
+def _record_escape(text: str) -> str:
+    """Characters with a meaning inside Graphviz record labels are escaped."""
+    for ch in "{}|<>":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def _pool_name(layer: Any) -> str:
+    desc = layer.pooling_param.DESCRIPTOR.fields_by_name["pool"].enum_type
+    return desc.values_by_number[layer.pooling_param.pool].name
+
+
+def _lr_mults(layer: Any) -> tuple[float, float]:
+    mults = [p.lr_mult for p in layer.param[:2]]
+    return (mults + [1.0, 1.0][len(mults) :])[0], (mults + [1.0, 1.0][len(mults) :])[1]
+
+
+def layer_label(layer: Any, rankdir: str, display_lrm: bool = False, extra: list[str] | None = None) -> str:
+    sep = " " if rankdir in ("TB", "BT") else "\\n"
+    parts = [layer.name]
+    parts.append(f"({layer.type} {_pool_name(layer)})" if layer.type == "Pooling" else f"({layer.type})")
+    if layer.type in ("Convolution", "Deconvolution", "Pooling"):
+        if layer.type == "Pooling":
+            p = layer.pooling_param
+            k, s, pad = p.kernel_size, p.stride, p.pad
+        else:
+            c = layer.convolution_param
+            k = c.kernel_size[0] if len(c.kernel_size) else 1
+            s = c.stride[0] if len(c.stride) else 1
+            pad = c.pad[0] if len(c.pad) else 0
+        parts.append(sep.join([f"kernel size: {k}", f"stride: {s}", f"pad: {pad}"]))
+    if display_lrm and layer.type in ("Convolution", "Deconvolution", "InnerProduct"):
+        if len(layer.param) > 2:
+            raise Prototxt2pyError(f"layer '{layer.name}' has {len(layer.param)} param specs; cannot show lr_mult")
+        a, b = _lr_mults(layer)
+        if a or b:
+            parts.append(f"lr mult: {a:.1f}, {b:.1f}")
+    parts += extra or []
+    return sep.join(parts)
+
+
+def edge_label(layer: Any) -> str:
+    if layer.type == "Data":
+        return f"Batch {layer.data_param.batch_size}"
+    if layer.type in ("Convolution", "Deconvolution"):
+        return str(layer.convolution_param.num_output)
+    if layer.type == "InnerProduct":
+        return str(layer.inner_product_param.num_output)
+    return ""
+
+
+def _included(layer: Any, phase: int | None, state: State | None) -> bool:
+    if state is not None:  # full NetState rules (beyond Caffe's draw.py, which looks at the phase only)
+        return layer_included(layer, state)
+    if phase is None:
+        return True
+    if len(layer.include) and len(layer.exclude):
+        raise Prototxt2pyError("layer has both include and exclude rules", layer=layer.name)
+    included = not len(layer.include) or any(r.phase == phase for r in layer.include)
+    return included and not any(r.phase == phase for r in layer.exclude)
+
+
+def build_diagram(
+    net: Any,
+    rankdir: str = "LR",
+    phase: str | None = None,
+    display_lrm: bool = False,
+    label_edges: bool = True,
+    state: State | None = None,
+    shapes: dict[str, Any] | None = None,
+    param_counts: dict[str, int] | None = None,
+    no_blobs: bool = False,
+) -> Diagram:
+    """Caffe's ``get_pydot_graph`` as data. ``phase`` is "TRAIN", "TEST" or None/"ALL" (every layer)."""
+    if rankdir not in RANKDIRS:
+        raise Prototxt2pyError(f"rankdir must be one of {', '.join(RANKDIRS)}, got {rankdir!r}")
+    phase_num = None if phase in (None, "ALL") else PHASES[phase]
+    sep = " " if rankdir in ("TB", "BT") else "\\n"
+    d = Diagram(net.name or "Net", rankdir)
+    layer_ids: dict[str, str] = {}
+    producer: dict[str, str] = {}  # for no_blobs: blob -> id of the layer that last wrote it
+    for layer in net.layer:
+        if not _included(layer, phase_num, state):
+            continue
+        extra = []
+        if param_counts and param_counts.get(layer.name):
+            extra.append(f"params: {param_counts[layer.name]:,}")
+        label = layer_label(layer, rankdir, display_lrm, extra)
+        key = f"{layer.name}_{layer.type}"
+        in_place = len(layer.bottom) == 1 and len(layer.top) == 1 and layer.bottom[0] == layer.top[0]
+        color = NEURON_COLOR if in_place else LAYER_COLORS.get(layer.type, LAYER_COLOR_DEFAULT)
+        layer_ids[key] = label
+        d.nodes[key] = DiagramNode(label, "layer", {"shape": "record", "fillcolor": color, "style": "filled"})
+        if no_blobs:
+            for b in layer.bottom:
+                if b in producer and not in_place:
+                    d.edges.append((producer[b], label, ""))
+            for t in layer.top:
+                if not in_place:
+                    producer[t] = label
+            continue
+        for b in layer.bottom:
+            # Like Caffe's dict of pydot nodes: the first mention fixes the position, the last the style.
+            d.nodes[f"{b}_blob"] = DiagramNode(_blob_id(b, shapes, sep), "blob",
+                                               {"shape": "octagon", "fillcolor": BLOB_COLOR, "style": "filled"})
+            d.edges.append((_blob_id(b, shapes, sep), label, ""))
+        for t in layer.top:
+            d.nodes[f"{t}_blob"] = DiagramNode(_blob_id(t, shapes, sep), "blob", {})
+            d.edges.append((label, _blob_id(t, shapes, sep), edge_label(layer) if label_edges else ""))
+    return d
+
+
+def _blob_id(blob: str, shapes: dict[str, Any] | None, sep: str) -> str:
+    if shapes and shapes.get(blob) is not None:
+        return f"{blob}{sep}({', '.join(str(x) for x in shapes[blob])})"
+    return blob
+
+
+def render(diagram: Diagram, output: str | os.PathLike) -> None:
+    """Write DOT source (``.dot``/``.gv``) or render with Graphviz's ``dot`` by the output's extension."""
+    ext = Path(output).suffix.lower()
+    if ext not in FORMATS:
+        raise InputFileError(f"unknown output format '{ext}' (use one of: {', '.join(FORMATS)})", Location(str(output)))
+    fmt = FORMATS[ext]
+    source = diagram.source()
+    if fmt is None:
+        write_text_atomic(output, source)
+        return
+    import graphviz
+
+    try:
+        data = graphviz.Source(source).pipe(format=fmt)
+    except graphviz.ExecutableNotFound:
+        raise Prototxt2pyError(
+            "Graphviz's 'dot' program was not found: install it (Debian/Ubuntu: apt-get install graphviz; "
+            "macOS: brew install graphviz), or write .dot output instead"
+        ) from None
+    except graphviz.CalledProcessError as e:
+        raise Prototxt2pyError(f"Graphviz failed to render: {str(e.stderr or e)[:200]}") from None
+    write_bytes_atomic(output, data)
+
+
+def draw_file(
+    net_path: str | os.PathLike,
+    output: str | os.PathLike,
+    rankdir: str = "LR",
+    phase: str = "ALL",
+    display_lrm: bool = False,
+    stages: tuple[str, ...] = (),
+    level: int = 0,
+    shapes: bool = False,
+    no_blobs: bool = False,
+) -> Diagram:
+    """Read a net file and draw it. V2 files are drawn as written (as Caffe does); V0/V1 after upgrade."""
+    from ..reader import read_net
+
+    source = read_net(net_path)
+    net = source.raw if source.format == "V2" and source.raw is not None else source.net
+    state = None
+    if stages or level:
+        state = State.from_args("TEST" if phase == "ALL" else phase, level, stages).merged_with_net(net)
+    blob_shapes = counts = None
+    if shapes:
+        from .. import graph as build
+
+        g = build(source, "TEST" if phase == "ALL" else phase, stages, level, allow_unknown_types=True)
+        blob_shapes = g.blob_shapes()
+        counts = {n.name: n.num_params for n in g.nodes}
+    diagram = build_diagram(net, rankdir, phase, display_lrm, True, state, blob_shapes, counts, no_blobs)
+    render(diagram, output)
+    return diagram

@@ -1,0 +1,209 @@
+"""Caffe's data-reading layers (Data, ImageData, WindowData, HDF5Data, MemoryData), the HDF5Output sink and
+``Python`` layers, for the IR and shape inference.
+
+What a prototxt tells about a data layer's tops (Caffe's ``DataLayerSetUp``):
+
+* the batch size always (``*_data_param.batch_size``);
+* H and W from ``transform_param.crop_size`` (the crop is taken from the image whatever its size), from
+  ImageData's ``new_height``/``new_width`` resize, or MemoryData's declared ``height``/``width``;
+* channels from ImageData's ``is_color`` (OpenCV decodes to 3 or 1 channels) or MemoryData's ``channels``;
+  a Datum's channel count lives in the database, so Data and WindowData never know it.
+
+Whatever is missing is only in the data, so such a layer raises :class:`Unknowable` with the dims it does
+know, for ``--input`` to complete. Labels are ``(batch,)`` (``Data``/``ImageData``/``WindowData``); MemoryData
+sets ``(batch,)`` at setup but reshapes its label to ``(batch, 1, 1, 1)`` on every forward pass, which is what
+the layers after it see, so that is its shape here.
+
+In a deployed net the data layers' tops are net inputs: their torch modules only raise if the caller did not
+pass those blobs. ``Python`` layers are user code named by the model file; it is never imported or run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .base import LayerSpec, Shape, Unknowable, register
+from .inputs import _MissingInput
+from .torch_util import CaffeLayer
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..ir import Node
+
+FAMILY = "data"
+
+
+@dataclass(frozen=True)
+class DataAttrs:
+    """What the prototxt fixes about a data layer's tops; ``None`` = only the data knows."""
+
+    batch: int
+    channels: int | None
+    height: int | None
+    width: int | None
+    source: str
+    kind: str  # what ``source`` is, for messages ("LMDB", "image list", ...)
+
+
+def crop_size(layer: Any) -> int:
+    return layer.transform_param.crop_size if layer.HasField("transform_param") else 0
+
+
+def _dims(a: DataAttrs) -> str:
+    return ",".join(str(d) if d is not None else n for d, n in
+                    ((a.batch, "N"), (a.channels, "C"), (a.height, "H"), (a.width, "W")))
+
+
+class DataLayerSpec(LayerSpec):
+    """Layers producing net inputs from files: no bottoms; a data top and (usually) a label top."""
+
+    bottoms = (0, 0)
+    tops = (2, 2)
+    is_data = True
+    family = FAMILY
+
+    def data_attrs(self, layer: Any) -> DataAttrs:
+        raise NotImplementedError
+
+    def label_shape(self, a: DataAttrs) -> Shape:
+        """Shape of the label top (Caffe's classification labels: one value per item)."""
+        return (a.batch,)
+
+    def attrs(self, layer):
+        a = self.data_attrs(layer)
+        if a.batch <= 0:
+            raise ValueError(f"{self.field_name()}.batch_size must be positive, got {a.batch}")
+        return a
+
+    def infer_shapes(self, node: Node, in_shapes: Sequence[Shape]) -> list[Shape]:
+        a: DataAttrs = node.attrs
+        if None in (a.channels, a.height, a.width):
+            missing = [w for v, w in ((a.height, "image size"), (a.channels, "channel count")) if v is None]
+            raise Unknowable(
+                f"layer reads {a.source or '(no source)'} ({a.kind}), {' and '.join(missing)} unknown without the "
+                f"data; give --input {node.tops[0]}={_dims(a)}"
+            )
+        return [(a.batch, a.channels, a.height, a.width), self.label_shape(a)][: len(node.tops)]
+
+    def build_torch(self, node: Node) -> torch.nn.Module:
+        return _MissingInput(list(node.tops))
+
+
+@register
+class Data(DataLayerSpec):
+    type = "Data"
+    tops = (1, 2)
+    summary = "batches of Datums from an LMDB/LevelDB (data_param), transformed by transform_param; a net input"
+
+    def data_attrs(self, layer):
+        p = layer.data_param
+        crop = crop_size(layer) or None
+        backend = p.DESCRIPTOR.fields_by_name["backend"].enum_type.values_by_number[p.backend].name
+        return DataAttrs(p.batch_size, None, crop, crop, p.source, backend)
+
+
+@register
+class ImageData(DataLayerSpec):
+    type = "ImageData"
+    summary = "batches of image files listed in image_data_param.source (optional resize, crop); a net input"
+
+    def data_attrs(self, layer):
+        p = layer.image_data_param
+        if (p.new_height > 0) != (p.new_width > 0):
+            raise ValueError("image_data_param: new_height and new_width must be set together")
+        crop = crop_size(layer)
+        h, w = (crop, crop) if crop else (p.new_height or None, p.new_width or None)
+        return DataAttrs(p.batch_size, 3 if p.is_color else 1, h, w, p.source, "image list")
+
+
+@register
+class WindowData(DataLayerSpec):
+    type = "WindowData"
+    summary = "R-CNN windows cropped and warped to transform_param.crop_size from a window file; a net input"
+
+    def data_attrs(self, layer):
+        p = layer.window_data_param
+        crop = crop_size(layer)
+        if crop <= 0:
+            raise ValueError("WindowData needs transform_param.crop_size > 0")
+        return DataAttrs(p.batch_size, None, crop, crop, p.source, "window file")
+
+
+@register
+class MemoryData(DataLayerSpec):
+    type = "MemoryData"
+    summary = "arrays handed in by the caller (memory_data_param batch_size, channels, height, width); a net input"
+
+    def label_shape(self, a):
+        return (a.batch, 1, 1, 1)
+
+    def data_attrs(self, layer):
+        p = layer.memory_data_param
+        if min(p.channels, p.height, p.width) <= 0:
+            raise ValueError("memory_data_param: batch_size, channels, height and width must all be positive")
+        return DataAttrs(p.batch_size, p.channels, p.height, p.width, "", "memory")
+
+
+@register
+class HDF5Data(LayerSpec):
+    type = "HDF5Data"
+    bottoms = (0, 0)
+    tops = (1, None)
+    is_data = True
+    family = FAMILY
+    summary = "batches of the HDF5 datasets named by the tops, from the files listed in source; a net input"
+
+    def infer_shapes(self, node, in_shapes):
+        p = node.attrs
+        if p.batch_size <= 0:
+            raise self.fail(node, f"hdf5_data_param.batch_size must be positive, got {p.batch_size}")
+        first = ", ".join(f"--input {t}={p.batch_size},..." for t in node.tops)
+        raise Unknowable(
+            f"layer reads {p.source or '(no source)'} (HDF5 file list), dataset shapes unknown without the data; "
+            f"give {first}"
+        )
+
+    def build_torch(self, node):
+        return _MissingInput(list(node.tops))
+
+
+class _Sink(CaffeLayer):
+    """HDF5Output: Caffe appends its bottoms to an HDF5 file. Here the forward pass writes nothing: the
+    bottoms are in the caller's hands (``all_blobs=True``)."""
+
+    def forward(self, *bottoms: torch.Tensor) -> tuple[()]:
+        return ()
+
+
+@register
+class HDF5Output(LayerSpec):
+    type = "HDF5Output"
+    bottoms = (2, 2)
+    tops = (0, 0)
+    family = FAMILY
+    summary = "sink: Caffe writes (data, label) to hdf5_output_param.file_name; writes nothing here"
+
+    def infer_shapes(self, node, in_shapes):
+        data, label = in_shapes
+        if not data or not label or data[0] != label[0]:
+            raise self.fail(node, f"data {tuple(data)} and label {tuple(label)} must have the same first dimension")
+        return []
+
+    def build_torch(self, node):
+        return _Sink()
+
+
+@register
+class Python(LayerSpec):
+    type = "Python"
+    bottoms = (0, None)
+    tops = (0, None)
+    family = FAMILY
+    summary = "user Python code (python_param module.layer): never imported or run, so no shapes and no backend"
+
+    def infer_shapes(self, node, in_shapes):
+        p = node.attrs
+        raise Unknowable(f"Python layer {p.module}.{p.layer} is user code; it is not run (not supported)")
