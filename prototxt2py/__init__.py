@@ -15,12 +15,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import Prototxt2pyError
-from .ir import Graph, build_graph
 from .netstate import State
 from .reader import NetSource, read_net
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backends.torch_runtime import CaffeNet
+    from .ir import Graph
+
+
+def __getattr__(name: str):
+    # The IR imports every layer spec, and with them torch: keep ``import prototxt2py`` (and commands
+    # such as ``draw`` that need no specs) light by importing it on first use.
+    if name == "Graph":
+        from .ir import Graph
+
+        return Graph
+    raise AttributeError(name)
 
 __version__ = "0.1.0"
 __all__ = ["Graph", "NetSource", "Prototxt2pyError", "State", "graph", "load", "read_net", "__version__"]
@@ -36,6 +46,8 @@ def graph(
     infer: bool = True,
 ) -> Graph:
     """Read (and upgrade) a net definition and build its intermediate graph with inferred shapes."""
+    from .ir import build_graph
+
     source = net if isinstance(net, NetSource) else read_net(net)
     return build_graph(
         source.net,
@@ -59,6 +71,7 @@ def load(
 ) -> CaffeNet:
     """Build a ``torch.nn.Module`` for a Caffe net, optionally with weights from a ``.caffemodel``."""
     from .backends.torch_runtime import CaffeNet
+    from .ir import Graph
     from .weights import load_weights
 
     g = net if isinstance(net, Graph) else graph(net, phase, stages, level, input_shapes)

@@ -13,6 +13,17 @@ from golden import assert_close, case_params, meta, npz
 
 CASES = case_params("layers") + case_params("mixed")
 
+# Gradients deliberately not compared (forward still is). HingeLoss's Caffe backward reads margins that its
+# forward pass stores in the bottom's diff buffer; the golden protocol zeroes all diffs between forward and
+# backward, which erases them, so the recorded gradient is 0. Caffe's own solver (forward then backward
+# without clearing) and its gradient checker use the true hinge subgradient, which we reproduce and test in
+# tests/test_layers_losses.py.
+GRADIENT_EXCLUDED = {
+    "hinge_l1": "golden diff erased by the protocol (see above)",
+    "hinge_l1_scaled": "golden diff erased by the protocol (see above)",
+    "hinge_l2": "golden diff erased by the protocol (see above)",
+}
+
 
 def run_golden_case(case: Path) -> None:
     m = meta(case)
@@ -26,7 +37,7 @@ def run_golden_case(case: Path) -> None:
         level=m.get("level", 0),
     )
     inputs = npz(case / "inputs.npz")
-    grads = npz(case / "grads.npz") if m.get("backward") else {}
+    grads = npz(case / "grads.npz") if m.get("backward") and case.name not in GRADIENT_EXCLUDED else {}
     feed = {}
     for name, arr in inputs.items():
         t = torch.from_numpy(arr.copy())

@@ -20,6 +20,12 @@ SLOW_ZOO = {
     "caffenet_full_conv", "colorization", "openpose_body25", "x2paddle_3class", "mobilenet_v2",
 }
 
+# Cases whose stored tolerance is below the float32 summation-order noise between BLAS libraries, measured
+# against a float64 run of the same net: Caffe's own outputs are that far from the float64 values.
+ATOL_MEASURED = {
+    "mtcnn_det3": 1e-5,  # conv6-2: Caffe 3.6e-6 from float64, ours 3.2e-6 (case atol 1e-6, rtol 1e-5)
+}
+
 
 @pytest.mark.parametrize("case", case_params("nets"))
 def test_net_with_trained_weights(case: Path) -> None:
@@ -67,5 +73,6 @@ def test_zoo_forward_with_recipe_weights(case: Path) -> None:
     feed = {k: torch.from_numpy(v) for k, v in inputs.items() if k in net.input_names}
     with torch.no_grad():
         blobs = net(**feed, all_blobs=True)
+    atol = ATOL_MEASURED.get(case.name, m.get("atol", 1e-6))
     for name, want in npz(case / "outputs.npz").items():
-        assert_close(blobs[name].numpy(), want, m.get("rtol", 1e-5), m.get("atol", 1e-6), f"blob '{name}'")
+        assert_close(blobs[name].numpy(), want, m.get("rtol", 1e-5), atol, f"blob '{name}'")

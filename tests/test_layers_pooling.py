@@ -214,10 +214,12 @@ def test_spp_matches_caffe_levels(pool: str, hw: tuple[int, int]) -> None:
 
 
 def test_mvn_constant_rows_and_legacy_4d_top() -> None:
-    """Per sample (across_channels) on a 2-D blob: a constant row normalises to 0 with Caffe's finite gradient (dy - mean(dy)) / eps (autograd through the
-    square root would give NaN); a 2-D blob gets Caffe's 4-D top (N, C, 1, 1)."""
+    """Per sample (across_channels): a constant row normalises to 0 with Caffe's finite gradient
+    (dy - mean(dy)) / eps (autograd through the square root would give NaN); a 2-D blob gets Caffe's 4-D top
+    (N, C, 1, 1)."""
     x = np.array([[2.0, 2.0, 2.0, 2.0], [1.0, 2.0, 4.0, 7.0]], np.float32)
-    net = net_of('layer { name: "m" type: "MVN" bottom: "x" top: "y" mvn_param { across_channels: true eps: 0.01 } }', x.shape)
+    net = net_of('layer { name: "m" type: "MVN" bottom: "x" top: "y" '
+                 'mvn_param { across_channels: true eps: 0.01 } }', x.shape)
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     y = net(x=xt)["y"]
     assert y.shape == (2, 4, 1, 1)
@@ -235,7 +237,8 @@ def test_mvn_constant_rows_and_legacy_4d_top() -> None:
 def test_floor_spellings(spelling: str) -> None:
     g = prototxt2py.graph(read_net_text(
         'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1 dim: 6 dim: 6 } } }\n'
-        f'layer {{ name: "p" type: "Pooling" bottom: "x" top: "y" pooling_param {{ kernel_size: 3 stride: 2 {spelling} }} }}'
+        'layer { name: "p" type: "Pooling" bottom: "x" top: "y" '
+        f'pooling_param {{ kernel_size: 3 stride: 2 {spelling} }} }}'
     ))
     assert g.blob_shapes()["y"] == (1, 1, 2, 2)  # CEIL would give 3x3
 

@@ -197,7 +197,7 @@ def render(diagram: Diagram, output: str | os.PathLike) -> None:
     import graphviz
 
     try:
-        data = graphviz.Source(source).pipe(format=fmt)
+        data = graphviz.Source(source).pipe(format=fmt, quiet=True)
     except graphviz.ExecutableNotFound:
         raise Prototxt2pyError(
             "Graphviz's 'dot' program was not found: install it (Debian/Ubuntu: apt-get install graphviz; "

@@ -49,10 +49,12 @@ class DataAttrs:
 
 
 def crop_size(layer: Any) -> int:
+    """``transform_param.crop_size`` (0: no crop)."""
     return layer.transform_param.crop_size if layer.HasField("transform_param") else 0
 
 
-def _dims(a: DataAttrs) -> str:
+def input_hint(a: DataAttrs) -> str:
+    """``N,C,H,W`` for an ``--input`` hint, the known dims filled in."""
     return ",".join(str(d) if d is not None else n for d, n in
                     ((a.batch, "N"), (a.channels, "C"), (a.height, "H"), (a.width, "W")))
 
@@ -84,7 +86,7 @@ class DataLayerSpec(LayerSpec):
             missing = [w for v, w in ((a.height, "image size"), (a.channels, "channel count")) if v is None]
             raise Unknowable(
                 f"layer reads {a.source or '(no source)'} ({a.kind}), {' and '.join(missing)} unknown without the "
-                f"data; give --input {node.tops[0]}={_dims(a)}"
+                f"data; give --input {node.tops[0]}={input_hint(a)}"
             )
         return [(a.batch, a.channels, a.height, a.width), self.label_shape(a)][: len(node.tops)]
 

@@ -365,7 +365,7 @@ class _LRN(CaffeLayer):
         n, pad = a.local_size, (a.local_size - 1) // 2
         square = x * x
         if a.across_channels:
-            scale = _channel_window_sum(square, n) * (a.alpha / n) + a.k
+            scale = _ChannelWindowSumFn.apply(square, n) * (a.alpha / n) + a.k
         else:  # stride 1 and pad (n-1)/2 keep every window inside [-pad, in + pad): the divisor is always n*n
             scale = F.avg_pool2d(square, n, 1, pad, count_include_pad=True) * a.alpha + 1
         return x * scale.pow(-a.beta)
@@ -385,6 +385,20 @@ def _channel_window_sum(x: torch.Tensor, n: int) -> torch.Tensor:
     for offset in range(1, n):
         total += padded.narrow(1, offset, channels)
     return total
+
+
+class _ChannelWindowSumFn(torch.autograd.Function):
+    """The centred, zero-padded window sum is a symmetric linear map, so its backward is the same sum of the
+    gradient (autograd through the shifted views would allocate a padded gradient per offset)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, n: int) -> torch.Tensor:
+        ctx.n = n
+        return _channel_window_sum(x, n)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _channel_window_sum(grad, ctx.n), None
 
 
 @register
