@@ -59,10 +59,13 @@ def rule_matches(rule, state: State) -> bool:
 
 
 def layer_included(layer, state: State, location: Location | None = None) -> bool:
-    if len(layer.include) and len(layer.exclude):
+    n_include, n_exclude = len(layer.include), len(layer.exclude)
+    if not n_include and not n_exclude:
+        return True
+    if n_include and n_exclude:
         raise GraphError(
             "layer has both include and exclude rules; specify only one of them", location, layer=layer.name
         )
-    if len(layer.include):
+    if n_include:
         return any(rule_matches(r, state) for r in layer.include)
     return not any(rule_matches(r, state) for r in layer.exclude)

@@ -87,13 +87,16 @@ def decode_text(data: bytes, file: str) -> str:
 
 def text_kind(text: str, file: str) -> str:
     """``net``, ``solver`` or ``labelmap`` from the top-level field names."""
-    names = set(textformat.iter_top_level_names(text, file))
-    if names & _NET_FIELDS:
-        return "net"
-    if names & _SOLVER_FIELDS:
-        return "solver"
-    if "item" in names:
-        return "labelmap"
+    try:
+        for name in textformat.iter_top_level_names(text, file):
+            if name in _NET_FIELDS:
+                return "net"
+            if name in _SOLVER_FIELDS:
+                return "solver"
+            if name == "item":
+                return "labelmap"
+    except ParseError:
+        pass  # the real parse reports the syntax error with its location
     return "net"
 
 

@@ -412,19 +412,18 @@ def parse(text: str, message: Message, file: str = "<string>", strict: bool = Fa
 
 
 def iter_top_level_names(text: str, file: str = "<string>", limit: int = 64) -> Iterator[str]:
-    """Names of the first top-level fields of a text-format file, used to tell nets from solvers."""
-    tokens = tokenize(text, file)
+    """Names of the first top-level fields of a text-format file (lazily), used to tell nets from solvers."""
     depth = 0
     count = 0
-    for i, tok in enumerate(tokens[:-1]):
+    prev: Token | None = None
+    for tok in iter_tokens(text, file):
+        if prev is not None and depth == 0 and prev.kind == "ident" and tok.kind == "punct" and tok.text in ":{<":
+            yield prev.text
+            count += 1
+            if count >= limit:
+                return
         if tok.kind == "punct" and tok.text in "{<[":
             depth += 1
         elif tok.kind == "punct" and tok.text in "}>]":
             depth -= 1
-        elif depth == 0 and tok.kind == "ident":
-            nxt = tokens[i + 1]
-            if nxt.kind == "punct" and nxt.text in ":{<":
-                yield tok.text
-                count += 1
-                if count >= limit:
-                    return
+        prev = tok
