@@ -33,7 +33,7 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 __version__ = "0.1.0"
-__all__ = ["Graph", "NetSource", "Prototxt2pyError", "State", "graph", "load", "read_net", "__version__"]
+__all__ = ["Graph", "NetSource", "Prototxt2pyError", "State", "draw", "graph", "load", "read_net", "__version__"]
 
 
 def graph(
@@ -79,3 +79,20 @@ def load(
     if weights is not None:
         module.load_report = load_weights(module, weights)
     return module
+
+
+def draw(
+    net: str | os.PathLike,
+    rankdir: str = "LR",
+    phase: str = "ALL",
+    display_lrm: bool = False,
+    stages: Iterable[str] = (),
+    level: int = 0,
+    shapes: bool = False,
+    no_blobs: bool = False,
+):
+    """A ``graphviz.Digraph`` of the net, as Caffe's draw_net draws it (notebooks display it inline;
+    ``.source`` is the DOT text, ``.render()`` writes files)."""
+    from .backends.draw import diagram_of
+
+    return diagram_of(net, rankdir, phase, display_lrm, tuple(stages), level, shapes, no_blobs).to_digraph()

@@ -208,9 +208,8 @@ def render(diagram: Diagram, output: str | os.PathLike) -> None:
     write_bytes_atomic(output, data)
 
 
-def draw_file(
+def diagram_of(
     net_path: str | os.PathLike,
-    output: str | os.PathLike,
     rankdir: str = "LR",
     phase: str = "ALL",
     display_lrm: bool = False,
@@ -219,7 +218,8 @@ def draw_file(
     shapes: bool = False,
     no_blobs: bool = False,
 ) -> Diagram:
-    """Read a net file and draw it. V2 files are drawn as written (as Caffe does); V0/V1 after upgrade."""
+    """Read a net file and build its diagram. V2 files are drawn as written (as Caffe does); V0/V1 after
+    upgrade (Caffe cannot draw them at all)."""
     from ..reader import read_net
 
     source = read_net(net_path)
@@ -234,6 +234,21 @@ def draw_file(
         g = build(source, "TEST" if phase == "ALL" else phase, stages, level, allow_unknown_types=True)
         blob_shapes = g.blob_shapes()
         counts = {n.name: n.num_params for n in g.nodes}
-    diagram = build_diagram(net, rankdir, phase, display_lrm, True, state, blob_shapes, counts, no_blobs)
+    return build_diagram(net, rankdir, phase, display_lrm, True, state, blob_shapes, counts, no_blobs)
+
+
+def draw_file(
+    net_path: str | os.PathLike,
+    output: str | os.PathLike,
+    rankdir: str = "LR",
+    phase: str = "ALL",
+    display_lrm: bool = False,
+    stages: tuple[str, ...] = (),
+    level: int = 0,
+    shapes: bool = False,
+    no_blobs: bool = False,
+) -> Diagram:
+    """Read a net file and write its diagram to ``output`` (format from the extension)."""
+    diagram = diagram_of(net_path, rankdir, phase, display_lrm, stages, level, shapes, no_blobs)
     render(diagram, output)
     return diagram
