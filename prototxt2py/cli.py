@@ -187,5 +187,6 @@ def draw(net, output, rankdir, phase, display_lrm, stages, level, shapes, no_blo
     """Draw NET as a diagram; the format follows OUTPUT's extension (.png .svg .pdf .dot ...)."""
     from .backends.draw import draw_file
 
-    draw_file(net, output, rankdir, phase.upper(), display_lrm, stages, level, shapes, no_blobs)
+    draw_file(net, output, rankdir=rankdir, phase=phase.upper(), display_lrm=display_lrm, stages=stages, level=level,
+              shapes=shapes, no_blobs=no_blobs)
     click.echo(f"wrote {output}")

@@ -237,18 +237,9 @@ def diagram_of(
     return build_diagram(net, rankdir, phase, display_lrm, True, state, blob_shapes, counts, no_blobs)
 
 
-def draw_file(
-    net_path: str | os.PathLike,
-    output: str | os.PathLike,
-    rankdir: str = "LR",
-    phase: str = "ALL",
-    display_lrm: bool = False,
-    stages: tuple[str, ...] = (),
-    level: int = 0,
-    shapes: bool = False,
-    no_blobs: bool = False,
-) -> Diagram:
-    """Read a net file and write its diagram to ``output`` (format from the extension)."""
-    diagram = diagram_of(net_path, rankdir, phase, display_lrm, stages, level, shapes, no_blobs)
+def draw_file(net_path: str | os.PathLike, output: str | os.PathLike, **options: Any) -> Diagram:
+    """Read a net file and write its diagram to ``output`` (format from the extension); ``options`` as for
+    :func:`diagram_of`."""
+    diagram = diagram_of(net_path, **options)
     render(diagram, output)
     return diagram

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -108,6 +109,48 @@ class _ConvBase(LayerSpec):
             raise self.fail(node, f"num_output {node.attrs.num_output} not divisible by group {g}")
         return c
 
+    # Subclasses define the output-size rule and the weight layout; the rest is shared.
+    def out_size(self, i: int, k: int, s: int, p: int, d: int) -> int:
+        raise NotImplementedError
+
+    def weight_shape(self, c_in: int, a: ConvAttrs, kernel: tuple[int, ...]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def infer_shapes(self, node, in_shapes):
+        self._check_bottoms(node, in_shapes)
+        shape = in_shapes[0]
+        axis, kernel, stride, pad, dilation = self.geometry(node, shape)
+        self._channels(node, shape, axis)
+        spatial = []
+        for i, k, s, p, d in zip(shape[axis + 1 :], kernel, stride, pad, dilation, strict=True):
+            size = self.out_size(i, k, s, p, d)
+            if size <= 0:
+                raise self.fail(node, f"output size {size} <= 0 (input {i}, kernel {k}, pad {p}, stride {s})")
+            spatial.append(size)
+        return [(*shape[:axis], node.attrs.num_output, *spatial)] * len(node.tops)
+
+    def param_shapes(self, node, in_shapes):
+        shape = in_shapes[0]
+        axis, kernel, *_ = self.geometry(node, shape)
+        a = node.attrs
+        blobs = [self.weight_shape(self._channels(node, shape, axis), a, kernel)]
+        return blobs + [(a.num_output,)] if a.bias_term else blobs
+
+    def to_onnx(self, node, ctx):
+        """ONNX ``Conv``/``ConvTranspose`` take Caffe's weight layouts as they are (Deconvolution's
+        ``(C_in, C_out/group, k...)`` included) and Caffe's symmetric pads; output sizes agree (both round
+        down / ``stride*(in-1) + dilation*(k-1) + 1 - 2*pad``). Several bottoms share one weight initializer."""
+        axis, kernel, stride, pad, dilation = self.geometry(node, ctx.in_shape(0))
+        if axis != 1:
+            ctx.unsupported(f"convolution over axis {axis}: ONNX convolves from axis 1")
+        weights = [ctx.const(ctx.param(0), "weight")]
+        if node.attrs.bias_term:
+            weights.append(ctx.const(ctx.param(1), "bias"))
+        op = "ConvTranspose" if isinstance(self, Deconvolution) else "Conv"
+        for i in range(ctx.num_inputs):
+            ctx.add(op, [ctx.input(i), *weights], ctx.output(i), kernel_shape=list(kernel), strides=list(stride),
+                    pads=list(pad) * 2, dilations=list(dilation), group=node.attrs.group)
+
     def build_torch(self, node):
         shapes = node.param_shapes
         module = _ConvModule(isinstance(self, Deconvolution), node)
@@ -122,28 +165,11 @@ class Convolution(_ConvBase):
     type = "Convolution"
     summary = "N-D convolution: groups, dilation, per-axis kernel/stride/pad, shared weights for several bottoms"
 
-    def infer_shapes(self, node, in_shapes):
-        self._check_bottoms(node, in_shapes)
-        shape = in_shapes[0]
-        axis, kernel, stride, pad, dilation = self.geometry(node, shape)
-        self._channels(node, shape, axis)
-        spatial = []
-        for i, k, s, p, d in zip(shape[axis + 1 :], kernel, stride, pad, dilation, strict=True):
-            extent = d * (k - 1) + 1
-            size = (i + 2 * p - extent) // s + 1
-            if size <= 0:
-                raise self.fail(node, f"output size {size} <= 0 (input {i}, kernel {k}, pad {p}, stride {s})")
-            spatial.append(size)
-        out = (*shape[:axis], node.attrs.num_output, *spatial)
-        return [out] * len(node.tops)
+    def out_size(self, i, k, s, p, d):
+        return (i + 2 * p - (d * (k - 1) + 1)) // s + 1  # rounds down
 
-    def param_shapes(self, node, in_shapes):
-        shape = in_shapes[0]
-        axis, kernel, *_ = self.geometry(node, shape)
-        c = self._channels(node, shape, axis)
-        a = node.attrs
-        blobs = [(a.num_output, c // a.group, *kernel)]
-        return blobs + [(a.num_output,)] if a.bias_term else blobs
+    def weight_shape(self, c_in, a, kernel):
+        return (a.num_output, c_in // a.group, *kernel)
 
     def macs(self, node, in_shapes, out_shapes):
         axis, kernel, *_ = self.geometry(node, in_shapes[0])
@@ -156,26 +182,11 @@ class Deconvolution(_ConvBase):
     type = "Deconvolution"
     summary = "transposed convolution; weight (C_in, C_out/group, k...), groups (bilinear upsampling), dilation"
 
-    def infer_shapes(self, node, in_shapes):
-        self._check_bottoms(node, in_shapes)
-        shape = in_shapes[0]
-        axis, kernel, stride, pad, dilation = self.geometry(node, shape)
-        self._channels(node, shape, axis)
-        spatial = []
-        for i, k, s, p, d in zip(shape[axis + 1 :], kernel, stride, pad, dilation, strict=True):
-            size = s * (i - 1) + d * (k - 1) + 1 - 2 * p
-            if size <= 0:
-                raise self.fail(node, f"output size {size} <= 0 (input {i}, kernel {k}, pad {p}, stride {s})")
-            spatial.append(size)
-        return [(*shape[:axis], node.attrs.num_output, *spatial)] * len(node.tops)
+    def out_size(self, i, k, s, p, d):
+        return s * (i - 1) + d * (k - 1) + 1 - 2 * p
 
-    def param_shapes(self, node, in_shapes):
-        shape = in_shapes[0]
-        axis, kernel, *_ = self.geometry(node, shape)
-        c = self._channels(node, shape, axis)
-        a = node.attrs
-        blobs = [(c, a.num_output // a.group, *kernel)]
-        return blobs + [(a.num_output,)] if a.bias_term else blobs
+    def weight_shape(self, c_in, a, kernel):
+        return (c_in, a.num_output // a.group, *kernel)
 
     def macs(self, node, in_shapes, out_shapes):
         axis, kernel, *_ = self.geometry(node, in_shapes[0])
@@ -222,7 +233,9 @@ class _ConvModule(CaffeLayer):
 
 
 @register
-class Im2col(_ConvBase):
+class Im2col(Convolution):
+    """Convolution's geometry without weights: the patches Caffe's convolution multiplies."""
+
     type = "Im2col"
     bottoms = (1, 1)
     tops = (1, 1)
@@ -232,14 +245,30 @@ class Im2col(_ConvBase):
     def infer_shapes(self, node, in_shapes):
         shape = in_shapes[0]
         axis, kernel, stride, pad, dilation = self.geometry(node, shape)
-        spatial = [
-            (i + 2 * p - (d * (k - 1) + 1)) // s + 1
-            for i, k, s, p, d in zip(shape[axis + 1 :], kernel, stride, pad, dilation, strict=True)
-        ]
+        spatial = [self.out_size(*g) for g in zip(shape[axis + 1 :], kernel, stride, pad, dilation, strict=True)]
         return [(*shape[:axis], shape[axis] * math.prod(kernel), *spatial)]
+
+    def param_shapes(self, node, in_shapes):
+        return []
+
+    def macs(self, node, in_shapes, out_shapes):
+        return 0
 
     def build_torch(self, node):
         return _Im2colModule(node)
+
+    def to_onnx(self, node, ctx):
+        """A grouped convolution with one-hot kernels: group ``c`` copies each of the ``k = prod(kernel)``
+        window positions of channel ``c`` to output channel ``c*k + j``, which is Caffe's channel-major
+        column layout (multiplying by 1 and adding zeros is exact)."""
+        axis, kernel, stride, pad, dilation = self.geometry(node, ctx.in_shape(0))
+        if axis != 1:
+            ctx.unsupported(f"Im2col over axis {axis}: ONNX convolves from axis 1")
+        channels, k = ctx.in_shape(0)[1], math.prod(kernel)
+        one_hot = np.eye(k, dtype=np.float32).reshape(k, 1, *kernel)
+        weight = np.tile(one_hot, (channels,) + (1,) * (one_hot.ndim - 1))
+        ctx.add("Conv", [ctx.input(0), ctx.const(weight, "one_hot")], ctx.output(0), kernel_shape=list(kernel),
+                strides=list(stride), pads=list(pad) * 2, dilations=list(dilation), group=channels)
 
 
 class _Im2colModule(CaffeLayer):
@@ -252,8 +281,7 @@ class _Im2colModule(CaffeLayer):
         if axis != 1 or len(kernel) != 2:
             raise ValueError("Im2col is supported for 2-D spatial inputs on axis 1")
         cols = F.unfold(x, kernel, dilation=dilation, padding=pad, stride=stride)
-        h = (x.shape[2] + 2 * pad[0] - (dilation[0] * (kernel[0] - 1) + 1)) // stride[0] + 1
-        w = (x.shape[3] + 2 * pad[1] - (dilation[1] * (kernel[1] - 1) + 1)) // stride[1] + 1
+        h, w = (self._node.spec.out_size(x.shape[2 + i], kernel[i], stride[i], pad[i], dilation[i]) for i in (0, 1))
         return cols.reshape(x.shape[0], cols.shape[1], h, w)
 
 
@@ -282,6 +310,23 @@ class InnerProduct(LayerSpec):
 
     def macs(self, node, in_shapes, out_shapes):
         return count(in_shapes[0]) * node.attrs.num_output
+
+    def to_onnx(self, node, ctx):
+        """``Gemm`` on the input flattened from axis 1 (the common case; transB reads Caffe's (N, K) weight
+        as is), else a reshape to ``(*shape[:axis], K)`` and ``MatMul`` by the (K, N) weight."""
+        a, shape = node.attrs, ctx.in_shape(0)
+        axis, k = self._k(node, shape)
+        weight = ctx.param(0)
+        bias = [ctx.const(ctx.param(1), "bias")] if a.bias_term else []
+        if axis == 1:
+            x = ctx.input(0) if len(shape) == 2 else ctx.add("Flatten", [ctx.input(0)], axis=1)
+            ctx.add("Gemm", [x, ctx.const(weight, "weight"), *bias], ctx.output(0), transB=0 if a.transpose else 1)
+            return
+        x = ctx.reshape(ctx.input(0), shape, (*shape[:axis], k))
+        y = ctx.add("MatMul", [x, ctx.const(weight if a.transpose else weight.T, "weight")],
+                    None if bias else ctx.output(0))
+        if bias:
+            ctx.add("Add", [y, *bias], ctx.output(0))
 
     def build_torch(self, node):
         a = node.attrs
@@ -320,6 +365,15 @@ class Embed(LayerSpec):
         a = node.attrs
         w = (a.input_dim, a.num_output)
         return [w, (a.num_output,)] if a.bias_term else [w]
+
+    def to_onnx(self, node, ctx):
+        """``Gather`` of weight rows; the float indices are cast to int64, truncating as Caffe's
+        ``static_cast<int>`` does."""
+        index = ctx.add("Cast", [ctx.input(0)], to=ctx.INT64)
+        bias = node.attrs.bias_term
+        y = ctx.add("Gather", [ctx.const(ctx.param(0), "weight"), index], None if bias else ctx.output(0), axis=0)
+        if bias:
+            ctx.add("Add", [y, ctx.const(ctx.param(1), "bias")], ctx.output(0))
 
     def build_torch(self, node):
         a = node.attrs

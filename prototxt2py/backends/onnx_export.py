@@ -1,0 +1,453 @@
+"""ONNX export: standard ONNX built straight from the IR, checked before anything is written.
+
+Why not ``torch.onnx.export`` of the runtime module: tracing would bake in whatever torch ops the runtime
+happens to use (custom autograd functions, explicit padding tricks) and is slow for big nets. Here every layer
+spec states its Caffe semantics once, with standard ONNX ops, in ``to_onnx(node, ctx)``; the exporter only
+walks the IR and hands each spec an :class:`OnnxContext`. Nothing is traced, and initializers are made from
+numpy arrays in one copy (``numpy_helper.from_array``), so exporting ResNet-50 takes well under a second.
+
+Guarantees:
+
+* only standard ``ai.onnx`` ops: a layer without a mapping (or a configuration its spec refuses, e.g. a
+  random ``DummyData`` filler) stops the export with one :class:`UnsupportedLayerError` naming every such
+  layer (type, name, location) — never a custom op, never a skipped layer;
+* the model passes ``onnx.checker.check_model(full_check=True)`` (strict shape inference included) before it
+  is written, atomically; models whose weights exceed protobuf's 2 GB limit keep them as ONNX external data in
+  ``<output>.data`` next to the model;
+* graph inputs and outputs are named by their Caffe blobs, nodes by their Caffe layers (extra nodes of a
+  layer get a ``/<op>`` suffix); intermediate in-place versions of a blob get unique names (``blob@1`` ...).
+
+Opsets: :data:`MIN_OPSET` (13: per-axis ``Softmax``, ``ReduceSum``/``Split``/``Squeeze`` taking tensors) up to
+:func:`newest_opset` — the newest that both the installed ``onnx`` and (if installed) ``onnxruntime`` accept.
+The default, :data:`DEFAULT_OPSET` = 17, is what current runtimes (onnxruntime, TensorRT >= 8.6, OpenVINO)
+all load; no Caffe layer needs anything newer.
+
+``dynamic_batch`` makes the first axis of every input, and of every output that has the batch as its first
+axis, the symbol ``N``. Specs then build reshape targets with :meth:`OnnxContext.reshape`, which writes the
+batch axis as ``0`` (copy) or ``-1`` (infer), so the graph stays valid at any batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import InputFileError, Location, Prototxt2pyError, ShapeError, UnsupportedLayerError
+from ..fsutil import write_bytes_atomic
+from ..ir import Node
+from ..layers.base import Shape
+from ..netstate import TRAIN
+
+#: Oldest opset exported: the first with per-axis Softmax and axes given as tensors to ReduceSum/Squeeze.
+MIN_OPSET = 13
+#: Default opset: loaded by every current ONNX runtime, and nothing newer is needed for Caffe's layers.
+DEFAULT_OPSET = 17
+#: Above this many bytes of weights the model is written with external data (protobuf refuses messages of
+#: 2 GiB or more; the headroom is for the graph itself).
+EXTERNAL_DATA_LIMIT = 2**31 - 2**26
+#: Symbol of the batch axis with ``dynamic_batch``.
+BATCH_SYMBOL = "N"
+
+_FLOAT = np.dtype(np.float32)
+_INT = np.dtype(np.int64)
+
+
+@functools.cache
+def newest_opset() -> int:
+    """The newest opset that the installed ``onnx`` knows and the installed ``onnxruntime`` (if any) loads.
+
+    onnxruntime has no API for this, so a one-node model is offered to it at each opset from onnx's newest
+    down (in practice the first try succeeds; the answer is cached)."""
+    newest = onnx.defs.onnx_opset_version()
+    try:
+        import onnxruntime
+    except ImportError:  # pragma: no cover - onnxruntime is optional for exporting
+        return newest
+    for opset in range(newest, MIN_OPSET, -1):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+        model = _make_model(graph, opset)
+        try:
+            onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception:  # onnxruntime's exception types are not part of its API
+            continue
+        return opset
+    return MIN_OPSET
+
+
+def resolve_opset(opset: int | None) -> int:
+    """``opset`` checked against the supported range, or the default."""
+    if opset is None:
+        return DEFAULT_OPSET
+    newest = newest_opset()
+    if not MIN_OPSET <= opset <= newest:
+        raise Prototxt2pyError(f"ONNX opset {opset} is not supported: choose {MIN_OPSET} to {newest} "
+                               f"(default {DEFAULT_OPSET})")
+    return int(opset)
+
+
+def _make_model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
+    """A model at ``opset`` with the oldest IR version that allows it, so older runtimes can load it."""
+    opsets = [helper.make_opsetid("", opset)]
+    from .. import __version__
+
+    return helper.make_model(
+        graph,
+        opset_imports=opsets,
+        producer_name="prototxt2py",
+        producer_version=__version__,
+        ir_version=helper.find_min_ir_version_for(opsets, ignore_unknown=True),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The context handed to the specs
+# ---------------------------------------------------------------------------------------------------------
+class OnnxContext:
+    """What a spec's ``to_onnx(node, ctx)`` builds with.
+
+    Tensor names: ``input(i)``/``output(i)`` are the names of the layer's bottoms/tops; a spec must produce
+    every top with :meth:`add` (the last node of a chain writes ``output(i)``). ``in_shape``/``out_shape`` are
+    the IR's inferred (static) shapes; with ``dynamic_batch`` the batch axis may differ at run time, so shape
+    constants go through :meth:`reshape`. ``param(i)`` is the layer's Caffe blob ``i`` (float32, Caffe's
+    shape); :meth:`const` turns arrays into initializers. A configuration that standard ONNX cannot express
+    calls :meth:`unsupported`, which the exporter reports together with every other unsupported layer.
+    """
+
+    #: ONNX element types for ``Cast`` (so specs need not import onnx).
+    FLOAT = TensorProto.FLOAT
+    INT64 = TensorProto.INT64
+
+    def __init__(self, net: Any, opset: int, dynamic_batch: bool):
+        self.net = net
+        self.graph = net.graph
+        self.opset = opset
+        self.dynamic_batch = dynamic_batch
+        #: Whether the net was instantiated in TRAIN (dropout, batch statistics ...).
+        self.training = self.graph.state.phase == TRAIN
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[TensorProto] = []
+        self.initializer_bytes = 0
+        self.silenced: list[str] = []
+        self.node: Node | None = None
+        self.module: Any = None
+        self._tensor_names: set[str] = set()
+        self._node_names: set[str] = set()
+        self._produced: set[str] = set()
+        self._small_consts: dict[tuple, str] = {}
+        self._param_arrays: dict[int, np.ndarray] = {}  # id(torch blob) -> its float32 array
+        self._param_by_array: dict[int, np.ndarray] = {}  # id(array) -> array, for arrays from param()
+        self._param_consts: dict[int, str] = {}  # id(array) -> initializer name
+        self.value_names = self._name_values()
+        self._graph_inputs = {self.value_names[v] for v in self.graph.inputs}
+
+    # -- naming ------------------------------------------------------------------------------------------
+    def _claim(self, preferred: str) -> str:
+        name, i = preferred, 1
+        while name in self._tensor_names:
+            i += 1
+            name = f"{preferred}_{i}"
+        self._tensor_names.add(name)
+        return name
+
+    def _name_values(self) -> dict[str, str]:
+        """Tensor name of every IR value: Caffe blob names for graph inputs and outputs (their final
+        versions), value ids (``blob@k``) elsewhere, made unique."""
+        g = self.graph
+        names: dict[str, str] = {}
+        for vid in g.inputs:
+            names[vid] = self._claim(g.values[vid].blob)
+        for vid in g.outputs:
+            if vid not in names:
+                blob = g.values[vid].blob
+                names[vid] = self._claim(blob if blob not in self._tensor_names else vid)
+        for vid, value in g.values.items():
+            if vid not in names:
+                names[vid] = self._claim(vid if vid not in self._tensor_names else f"{value.blob}@{value.version}")
+        return names
+
+    def tmp(self, hint: str) -> str:
+        """A fresh tensor name for an intermediate result of the current layer."""
+        return self._claim(f"{self._layer_name()}/{hint}")
+
+    def _layer_name(self) -> str:
+        return self.node.name if self.node is not None else "graph"
+
+    # -- the current layer -------------------------------------------------------------------------------
+    def begin(self, node: Node, module: Any) -> None:
+        self.node, self.module = node, module
+
+    def finish(self) -> None:
+        """Check that the spec produced every top of the layer."""
+        node = self.node
+        for i, vid in enumerate(node.outputs):
+            name = self.value_names[vid]
+            if name not in self._produced and name not in self._graph_inputs:
+                raise Prototxt2pyError(f"internal: the ONNX mapping did not produce top {i} ('{node.tops[i]}')",
+                                       node.location, layer=node.name)
+        self.node = self.module = None
+
+    def input(self, i: int = 0) -> str:
+        return self.value_names[self.node.inputs[i]]
+
+    def output(self, i: int = 0) -> str:
+        return self.value_names[self.node.outputs[i]]
+
+    def in_shape(self, i: int = 0) -> Shape:
+        return self.graph.values[self.node.inputs[i]].shape
+
+    def out_shape(self, i: int = 0) -> Shape:
+        return self.graph.values[self.node.outputs[i]].shape
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.node.inputs)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.node.outputs)
+
+    @property
+    def num_params(self) -> int:
+        return len(getattr(self.module, "blob_names", ()))
+
+    def param(self, i: int) -> np.ndarray:
+        """The layer's Caffe blob ``i`` as float32 with Caffe's shape (shared blobs are the same array, so
+        passing it unchanged to :meth:`const` stores it once)."""
+        tensor = getattr(self.module, self.module.blob_names[i])
+        array = self._param_arrays.get(id(tensor))
+        if array is None:
+            array = tensor.detach().cpu().numpy().astype(_FLOAT, copy=False)
+            self._param_arrays[id(tensor)] = array
+            self._param_by_array[id(array)] = array
+        return array
+
+    def unsupported(self, reason: str) -> NoReturn:
+        """Refuse this layer's configuration; reported with every other unsupported layer."""
+        raise UnsupportedLayerError(reason, self.node.location, layer=self.node.name)
+
+    def silence(self, name: str) -> None:
+        """Record a blob consumed by a ``Silence`` layer: if the net has no other output, these become the
+        outputs (what Caffe's net reports in that case)."""
+        self.silenced.append(name)
+
+    # -- constants ---------------------------------------------------------------------------------------
+    def const(self, value: Any, hint: str = "const") -> str:
+        """An initializer holding ``value`` (floats as float32, integers as int64, booleans kept); small
+        constants with equal contents are shared across the graph."""
+        if isinstance(value, np.ndarray) and self._param_by_array.get(id(value)) is value:
+            if id(value) not in self._param_consts:
+                self._param_consts[id(value)] = self._add_initializer(value, hint)
+            return self._param_consts[id(value)]
+        array = np.asarray(value)
+        if array.dtype.kind == "f":
+            array = array.astype(_FLOAT, copy=False)
+        elif array.dtype.kind in "iu":
+            array = array.astype(_INT, copy=False)
+        if array.size > 16:
+            return self._add_initializer(array, hint)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._small_consts:
+            self._small_consts[key] = self._add_initializer(array, hint)
+        return self._small_consts[key]
+
+    def _add_initializer(self, array: np.ndarray, hint: str) -> str:
+        name = self._claim(f"{self._layer_name()}/{hint}")
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.initializer_bytes += array.nbytes
+        return name
+
+    def scalar(self, value: float) -> str:
+        """A float32 scalar (0-D, broadcasts against anything)."""
+        return self.const(np.array(value, dtype=_FLOAT), "scalar")
+
+    def ints(self, values: Sequence[int], hint: str = "ints") -> str:
+        """A 1-D int64 tensor (shapes, axes, pads, starts ...)."""
+        return self.const(np.array(list(values), dtype=_INT).reshape(-1), hint)
+
+    # -- nodes -------------------------------------------------------------------------------------------
+    def add(self, op_type: str, inputs: Sequence[str], outputs: str | Sequence[str] | None = None,
+            **attrs: Any) -> str:
+        """Append a node of the current layer; returns its (first) output name, a fresh one if not given.
+        The layer's first node is named after the layer, later ones ``<layer>/<op>``."""
+        if outputs is None:
+            outputs = [self.tmp(op_type.lower())]
+        elif isinstance(outputs, str):
+            outputs = [outputs]
+        base = self._layer_name()
+        name = base if base not in self._node_names else f"{base}/{op_type}"
+        i = 1
+        while name in self._node_names:
+            i += 1
+            name = f"{base}/{op_type}_{i}"
+        self._node_names.add(name)
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        self.nodes.append(helper.make_node(op_type, list(inputs), list(outputs), name=name, **attrs))
+        self._produced.update(outputs)
+        return outputs[0]
+
+    def identity(self, x: str, out: str) -> str:
+        return self.add("Identity", [x], out)
+
+    def reshape(self, x: str, x_shape: Sequence[int], target: Sequence[int], out: str | None = None) -> str:
+        """Reshape ``x`` (static shape ``x_shape``) to ``target``. With a dynamic batch the first axis is
+        written as 0 (copy) when it is ``x``'s batch axis, else as -1 (infer: the batch is folded into it)."""
+        shape = [int(d) for d in target]
+        if self.dynamic_batch and shape and x_shape and -1 not in shape[1:]:
+            shape[0] = 0 if shape[0] == x_shape[0] else -1
+        return self.add("Reshape", [x, self.ints(shape, "shape")], out)
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: bool = True,
+               out: str | None = None) -> str:
+        """``Reduce*`` over ``axes``: an input tensor for ReduceSum and from opset 18 on, an attribute before."""
+        if op_type == "ReduceSum" or self.opset >= 18:
+            return self.add(op_type, [x, self.ints(axes, "axes")], out, keepdims=int(keepdims))
+        return self.add(op_type, [x], out, axes=list(axes), keepdims=int(keepdims))
+
+    def slice(self, x: str, starts: Sequence[int], ends: Sequence[int], axes: Sequence[int],
+              steps: Sequence[int] | None = None, out: str | None = None) -> str:
+        inputs = [x, self.ints(starts, "starts"), self.ints(ends, "ends"), self.ints(axes, "axes")]
+        if steps is not None:
+            inputs.append(self.ints(steps, "steps"))
+        return self.add("Slice", inputs, out)
+
+    def broadcast_const(self, array: np.ndarray, axis: int, rank: int, hint: str) -> str:
+        """An operand covering axes ``axis .. axis + array.ndim`` of a ``rank``-axis tensor, as an
+        initializer with trailing ones so that ONNX's trailing-aligned broadcasting lines it up."""
+        return self.const(array.reshape(array.shape + (1,) * (rank - axis - array.ndim)), hint)
+
+    def broadcast(self, x: str, x_rank: int, axis: int, rank: int) -> str:
+        """A runtime operand of ``x_rank`` axes lined up at ``axis`` of a ``rank``-axis tensor (Unsqueeze
+        adds the trailing ones; no shape constant, so any batch size works)."""
+        trailing = rank - axis - x_rank
+        if x_rank == 0 or trailing == 0:
+            return x
+        return self.add("Unsqueeze", [x, self.ints(range(x_rank, x_rank + trailing), "axes")])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building and writing the model
+# ---------------------------------------------------------------------------------------------------------
+def _describe(node: Node, reason: str | None = None) -> str:
+    text = f"'{node.type}' (layer '{node.name}' at {node.location})"
+    return f"{text}: {reason}" if reason else text
+
+
+def _require_shapes(graph: Any) -> None:
+    """ONNX export needs every shape; name the layers whose shapes could not be inferred."""
+    unknown = [n for n in graph.nodes if any(graph.values[v].shape is None for v in n.outputs)]
+    causes = [n for n in unknown if n.shape_note] or unknown
+    if causes:
+        details = "; ".join(_describe(n, n.shape_note) for n in causes[:5])
+        more = f" (and {len(causes) - 5} more)" if len(causes) > 5 else ""
+        raise ShapeError(f"ONNX export needs every blob shape; unknown for {details}{more}", Location(graph.file))
+
+
+def _value_info(name: str, shape: Shape, batch: int | None) -> onnx.ValueInfoProto:
+    """A float32 graph input/output; the first axis becomes the batch symbol when it is the batch."""
+    dims: list[int | str] = list(shape)
+    if batch is not None and dims and dims[0] == batch:
+        dims[0] = BATCH_SYMBOL
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+
+def _build(net: Any, opset: int | None, dynamic_batch: bool) -> tuple[onnx.ModelProto, int]:
+    """The unchecked model and its weight payload in bytes."""
+    opset = resolve_opset(opset)
+    graph = net.graph
+    _require_shapes(graph)
+    ctx = OnnxContext(net, opset, dynamic_batch)
+    problems: list[str] = []
+    for node, module in zip(graph.nodes, net.layers.values(), strict=True):
+        if not node.spec.supports("onnx"):
+            problems.append(_describe(node))
+            continue
+        ctx.begin(node, module)
+        try:
+            node.spec.to_onnx(node, ctx)
+        except UnsupportedLayerError as e:
+            problems.append(_describe(node, e.message))
+            ctx.node = None
+            continue
+        except Prototxt2pyError:
+            raise
+        except (ValueError, TypeError, IndexError) as e:
+            raise Prototxt2pyError(f"cannot export to ONNX: {e}", node.location, layer=node.name) from None
+        ctx.finish()
+    if problems:
+        raise UnsupportedLayerError(f"no ONNX mapping for {len(problems)} layer(s): " + "; ".join(problems),
+                                    Location(graph.file))
+
+    names = ctx.value_names
+    input_ids = list(graph.inputs)
+    batch = graph.values[input_ids[0]].shape[0] if dynamic_batch and input_ids and graph.values[
+        input_ids[0]].shape else None
+    inputs = [_value_info(names[v], graph.values[v].shape, batch) for v in input_ids]
+    output_ids = [v for v in graph.outputs if v not in set(input_ids)]
+    outputs = [_value_info(names[v], graph.values[v].shape, batch) for v in output_ids]
+    if not outputs:
+        by_name = {names[v]: v for v in graph.values}
+        outputs = [_value_info(n, graph.values[by_name[n]].shape, batch) for n in dict.fromkeys(ctx.silenced)]
+    if not outputs:
+        raise Prototxt2pyError("nothing to export: the net has no output blobs", Location(graph.file))
+    for info in outputs:  # a graph output must be computed by a node (not be an input or an initializer)
+        if info.name in {i.name for i in inputs}:
+            raise Prototxt2pyError(f"output blob '{info.name}' is a net input", Location(graph.file))
+    onnx_graph = helper.make_graph(ctx.nodes, graph.name or "caffe_net", inputs, outputs,
+                                   initializer=ctx.initializers)
+    onnx_graph.doc_string = f"Caffe net {graph.file}, converted by prototxt2py"
+    return _make_model(onnx_graph, opset), ctx.initializer_bytes
+
+
+def to_onnx_model(net: Any, opset: int | None = None, dynamic_batch: bool = False) -> onnx.ModelProto:
+    """The net (a :class:`~prototxt2py.backends.torch_runtime.CaffeNet`, weights included) as an ONNX model.
+
+    Checked with ``onnx.checker.check_model(full_check=True)`` when it fits in one protobuf message (under
+    2 GB); bigger models are checked by :func:`export_onnx` once written with external data."""
+    model, payload = _build(net, opset, dynamic_batch)
+    if payload < EXTERNAL_DATA_LIMIT:
+        onnx.checker.check_model(model.SerializeToString(), full_check=True)
+    return model
+
+
+def export_onnx(net: Any, output: str | os.PathLike, opset: int | None = None, dynamic_batch: bool = False) -> None:
+    """Write the net as a checked ONNX model to ``output`` (atomically: nothing is written if anything
+    fails). Over 2 GB of weights go to ``<output>.data`` as ONNX external data."""
+    model, payload = _build(net, opset, dynamic_batch)
+    if payload < EXTERNAL_DATA_LIMIT:
+        data = model.SerializeToString()
+        onnx.checker.check_model(data, full_check=True)
+        write_bytes_atomic(output, data)
+    else:
+        _write_with_external_data(model, Path(output))
+
+
+def _write_with_external_data(model: onnx.ModelProto, target: Path) -> None:
+    """Save model + ``<name>.data`` in a temporary folder next to ``target``, check the saved model (the
+    checker reads external data only from files), then move both into place."""
+    directory = target.parent if str(target.parent) else Path(".")
+    if not directory.is_dir():
+        raise InputFileError("output directory does not exist", Location(str(target)))
+    location = f"{target.name}.data"
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=directory) as tmp:
+        staged = Path(tmp) / target.name
+        onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=location, size_threshold=1024)
+        onnx.checker.check_model(staged, full_check=True)
+        os.replace(Path(tmp) / location, directory / location)
+        try:
+            os.replace(staged, target)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(directory / location)
+            raise
