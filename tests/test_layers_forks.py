@@ -365,7 +365,7 @@ def test_interp_matches_pspnet(params: str, hw: tuple[int, int], pad: int) -> No
     want = caffe_interp(x.detach().numpy(), *hw, pad, 5 + 2 * pad, 4 + 2 * pad)
     np.testing.assert_allclose(out["y"].detach().numpy(), want, rtol=1e-6, atol=1e-6)
     # the loss is 0.5 * sum(y^2), so dL/dx = J^T y with J the (linear) forward map, built column by column
-    out["l"].backward()
+    net.loss(out).backward()
     basis = np.eye(x.numel(), dtype=f32).reshape(-1, *x.shape)
     jac = np.stack([caffe_interp(e, *hw, pad, 5 + 2 * pad, 4 + 2 * pad).ravel() for e in basis], 1)
     np.testing.assert_allclose(x.grad.numpy().ravel(), jac.T @ want.ravel(), rtol=1e-5, atol=1e-5)
@@ -394,7 +394,7 @@ def test_upsample_unpools_with_caffe_collisions() -> None:
     want = np.zeros((1, 2, 9), dtype=f32)
     for c in range(2):  # Caffe: zero, then top[mask[i]] = x[i] for i in order; later hits win
         for i in range(4):
-            want[0, c, int(m[0, c].flatten()[i])] = x[0, c].flatten()[i]
+            want[0, c, int(m[0, c].flatten()[i])] = x.detach()[0, c].flatten()[i]
     np.testing.assert_array_equal(y.detach().numpy().reshape(1, 2, 9), want)
     g = torch.arange(18, dtype=torch.float32).view(1, 2, 3, 3)
     y.backward(g)
@@ -586,7 +586,7 @@ def test_smooth_l1_loss_with_weights() -> None:
     small = np.abs(d) < 1 / 4
     err = np.where(small, 0.5 * d * d * 4, np.abs(d) - 0.5 / 4)
     assert out["loss"].shape == ()
-    assert float(out["loss"]) == pytest.approx((wo * err).sum() / 2, rel=1e-6)
+    assert float(out["loss"].detach()) == pytest.approx((wo * err).sum() / 2, rel=1e-6)
     net.loss(out).backward()
     deriv = np.where(small, 4 * d, np.sign(d)) * wi * wo / 2
     np.testing.assert_allclose(at.grad.numpy(), deriv, rtol=1e-5, atol=1e-7)

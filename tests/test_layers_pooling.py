@@ -110,6 +110,7 @@ GEOMETRIES = random_geometries(120) + [
     ((4, 5), (1, 2), (0, 0), (2, 2), True),  # unpadded ceil: last row of windows lies wholly past the input
     ((6, 4), (3, 1), (1, 0), (2, 2), True),  # pad_h only: the padding rule drops a width window too
     ((2, 3), (3, 3), (0, 0), (2, 2), True),  # kernel larger than the input
+    ((4, 5), (4, 5), (0, 0), (2, 3), True),  # one window covering the plane, as global pooling
 ]
 
 
@@ -253,7 +254,7 @@ def test_floor_spellings(spelling: str) -> None:
         ("Pooling", "pooling_param { kernel_size: 2 pad: 2 }", ShapeError, "smaller than the kernel"),
         ("Pooling", "pooling_param { pool: STOCHASTIC kernel_size: 3 pad: 1 }", ShapeError, "padding"),
         ("Pooling", "pooling_param { kernel_size: 7 round_mode: FLOOR }", ShapeError, "does not fit"),
-        ("SPP", "spp_param { pyramid_height: 4 }", ShapeError, "pyramid level"),
+        ("SPP", "spp_param { pyramid_height: 4 }", ShapeError, "too large for a 5x5"),
         ("LRN", "lrn_param { local_size: 4 }", GraphError, "odd"),
     ],
 )

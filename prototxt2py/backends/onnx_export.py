@@ -324,6 +324,8 @@ class OnnxContext:
     def broadcast_const(self, array: np.ndarray, axis: int, rank: int, hint: str) -> str:
         """An operand covering axes ``axis .. axis + array.ndim`` of a ``rank``-axis tensor, as an
         initializer with trailing ones so that ONNX's trailing-aligned broadcasting lines it up."""
+        if array.ndim == 0:
+            return self.const(array, hint)
         return self.const(array.reshape(array.shape + (1,) * (rank - axis - array.ndim)), hint)
 
     def broadcast(self, x: str, x_rank: int, axis: int, rank: int) -> str:
@@ -341,6 +343,17 @@ class OnnxContext:
 def _describe(node: Node, reason: str | None = None) -> str:
     text = f"'{node.type}' (layer '{node.name}' at {node.location})"
     return f"{text}: {reason}" if reason else text
+
+
+def _raise_unsupported(problems: Sequence[tuple[Node, str | None]]) -> None:
+    """One error for every layer without an ONNX mapping (or with a configuration its spec refuses)."""
+    if len(problems) == 1:
+        node, reason = problems[0]
+        raise UnsupportedLayerError(f"no ONNX mapping for '{node.type}'" + (f": {reason}" if reason else ""),
+                                    node.location, layer=node.name)
+    if problems:
+        raise UnsupportedLayerError(f"no ONNX mapping for {len(problems)} layers: "
+                                    + "; ".join(_describe(node, reason) for node, reason in problems))
 
 
 def _require_shapes(graph: Any) -> None:
@@ -367,26 +380,23 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool) -> tuple[onnx.Model
     graph = net.graph
     _require_shapes(graph)
     ctx = OnnxContext(net, opset, dynamic_batch)
-    problems: list[str] = []
+    problems: list[tuple[Node, str | None]] = []
     for node, module in zip(graph.nodes, net.layers.values(), strict=True):
         if not node.spec.supports("onnx"):
-            problems.append(_describe(node))
+            problems.append((node, None))
             continue
         ctx.begin(node, module)
         try:
             node.spec.to_onnx(node, ctx)
         except UnsupportedLayerError as e:
-            problems.append(_describe(node, e.message))
-            ctx.node = None
+            problems.append((node, e.message))
             continue
         except Prototxt2pyError:
             raise
         except (ValueError, TypeError, IndexError) as e:
             raise Prototxt2pyError(f"cannot export to ONNX: {e}", node.location, layer=node.name) from None
         ctx.finish()
-    if problems:
-        raise UnsupportedLayerError(f"no ONNX mapping for {len(problems)} layer(s): " + "; ".join(problems),
-                                    Location(graph.file))
+    _raise_unsupported(problems)
 
     names = ctx.value_names
     input_ids = list(graph.inputs)

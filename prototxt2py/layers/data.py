@@ -53,10 +53,9 @@ def crop_size(layer: Any) -> int:
     return layer.transform_param.crop_size if layer.HasField("transform_param") else 0
 
 
-def input_hint(a: DataAttrs) -> str:
-    """``N,C,H,W`` for an ``--input`` hint, the known dims filled in."""
-    return ",".join(str(d) if d is not None else n for d, n in
-                    ((a.batch, "N"), (a.channels, "C"), (a.height, "H"), (a.width, "W")))
+def input_hint(shape: Sequence[int | None]) -> str:
+    """An ``--input`` value for a shape: known dims as numbers, unknown ones as N/C/H/W by position."""
+    return ",".join(str(d) if d is not None else "NCHW"[i] for i, d in enumerate(shape))
 
 
 class DataLayerSpec(LayerSpec):
@@ -70,7 +69,7 @@ class DataLayerSpec(LayerSpec):
     def data_attrs(self, layer: Any) -> DataAttrs:
         raise NotImplementedError
 
-    def label_shape(self, a: DataAttrs) -> Shape:
+    def label_shape(self, a: DataAttrs) -> tuple[int | None, ...]:
         """Shape of the label top (Caffe's classification labels: one value per item)."""
         return (a.batch,)
 
@@ -82,13 +81,14 @@ class DataLayerSpec(LayerSpec):
 
     def infer_shapes(self, node: Node, in_shapes: Sequence[Shape]) -> list[Shape]:
         a: DataAttrs = node.attrs
+        shapes = [(a.batch, a.channels, a.height, a.width), self.label_shape(a)][: len(node.tops)]
         if None in (a.channels, a.height, a.width):
             missing = [w for v, w in ((a.height, "image size"), (a.channels, "channel count")) if v is None]
             raise Unknowable(
                 f"layer reads {a.source or '(no source)'} ({a.kind}), {' and '.join(missing)} unknown without the "
-                f"data; give --input {node.tops[0]}={input_hint(a)}"
+                "data; give " + " ".join(f"--input {t}={input_hint(s)}" for t, s in zip(node.tops, shapes, strict=True))
             )
-        return [(a.batch, a.channels, a.height, a.width), self.label_shape(a)][: len(node.tops)]
+        return shapes
 
     def build_torch(self, node: Node) -> torch.nn.Module:
         return _MissingInput(list(node.tops))
@@ -162,10 +162,10 @@ class HDF5Data(LayerSpec):
         p = node.attrs
         if p.batch_size <= 0:
             raise self.fail(node, f"hdf5_data_param.batch_size must be positive, got {p.batch_size}")
-        first = ", ".join(f"--input {t}={p.batch_size},..." for t in node.tops)
+        hints = " ".join(f"--input {t}={p.batch_size},..." for t in node.tops)
         raise Unknowable(
             f"layer reads {p.source or '(no source)'} (HDF5 file list), dataset shapes unknown without the data; "
-            f"give {first}"
+            f"give {hints}"
         )
 
     def build_torch(self, node):

@@ -54,6 +54,29 @@ class _ElementwiseSpec(LayerSpec):
     family = FAMILY
 
 
+#: One ONNX step of an elementwise chain: op type, inputs after the running value, attributes.
+OnnxStep = tuple[str, list[str], dict[str, Any]]
+
+
+def onnx_chain(ctx: Any, steps: Sequence[OnnxStep]) -> None:
+    """Apply ``steps`` to the bottom in order, the last one writing the top (an Identity if there are none).
+    The neuron layers' ONNX mappings are such chains, built in Caffe's order of operations."""
+    x = ctx.input(0)
+    steps = list(steps) or [("Identity", [], {})]
+    for i, (op, extra, attrs) in enumerate(steps):
+        x = ctx.add(op, [x, *extra], ctx.output(0) if i == len(steps) - 1 else None, **attrs)
+
+
+def onnx_scale_shift(ctx: Any, scale: float, shift: float) -> list[OnnxStep]:
+    """``x * scale + shift`` as Caffe's Power/Log compute it: each step only when it changes anything."""
+    steps: list[OnnxStep] = []
+    if scale != 1.0:
+        steps.append(("Mul", [ctx.scalar(scale)], {}))
+    if shift != 0.0:
+        steps.append(("Add", [ctx.scalar(shift)], {}))
+    return steps
+
+
 # -- plain activations ------------------------------------------------------------------------------------
 @register
 class ReLU(_ElementwiseSpec):
@@ -66,6 +89,10 @@ class ReLU(_ElementwiseSpec):
             return Elementwise(torch.relu)
         return Elementwise(functools.partial(F.leaky_relu, negative_slope=slope))
 
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        slope = float(node.attrs.negative_slope)
+        onnx_chain(ctx, [("Relu", [], {})] if slope == 0.0 else [("LeakyRelu", [], {"alpha": slope})])
+
 
 @register
 class ReLU6(_ElementwiseSpec):
@@ -74,6 +101,9 @@ class ReLU6(_ElementwiseSpec):
 
     def build_torch(self, node: Node) -> torch.nn.Module:
         return Elementwise(F.relu6)
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        onnx_chain(ctx, [("Clip", [ctx.scalar(0.0), ctx.scalar(6.0)], {})])
 
 
 @register
@@ -84,6 +114,9 @@ class Sigmoid(_ElementwiseSpec):
     def build_torch(self, node: Node) -> torch.nn.Module:
         return Elementwise(torch.sigmoid)
 
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        onnx_chain(ctx, [("Sigmoid", [], {})])
+
 
 @register
 class TanH(_ElementwiseSpec):
@@ -93,6 +126,9 @@ class TanH(_ElementwiseSpec):
     def build_torch(self, node: Node) -> torch.nn.Module:
         return Elementwise(torch.tanh)
 
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        onnx_chain(ctx, [("Tanh", [], {})])
+
 
 @register
 class AbsVal(_ElementwiseSpec):
@@ -101,6 +137,9 @@ class AbsVal(_ElementwiseSpec):
 
     def build_torch(self, node: Node) -> torch.nn.Module:
         return Elementwise(torch.abs)
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        onnx_chain(ctx, [("Abs", [], {})])
 
 
 @register
@@ -112,6 +151,13 @@ class BNLL(_ElementwiseSpec):
         # softplus switches to the identity above x = 20, where Caffe's x + log(1 + exp(-x)) is x in float32.
         return Elementwise(F.softplus)
 
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        """Caffe's overflow-free form ``max(x, 0) + log(1 + exp(-|x|))`` (ONNX Softplus may overflow)."""
+        x = ctx.input(0)
+        tail = ctx.add("Log", [ctx.add("Add", [ctx.add("Exp", [ctx.add("Neg", [ctx.add("Abs", [x])])]),
+                                               ctx.scalar(1.0)])])
+        ctx.add("Add", [ctx.add("Relu", [x]), tail], ctx.output(0))
+
 
 @register
 class Threshold(_ElementwiseSpec):
@@ -120,6 +166,9 @@ class Threshold(_ElementwiseSpec):
 
     def build_torch(self, node: Node) -> torch.nn.Module:
         return ThresholdModule(float(node.attrs.threshold))
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        onnx_chain(ctx, [("Greater", [ctx.scalar(float(node.attrs.threshold))], {}), ("Cast", [], {"to": ctx.FLOAT})])
 
 
 class ThresholdModule(CaffeLayer):
@@ -145,6 +194,11 @@ class ELU(_ElementwiseSpec):
     def build_torch(self, node: Node) -> torch.nn.Module:
         p = node.attrs
         return ELUModule(float(p.alpha), float(getattr(p, "lambda", 1.0)))
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        m = ctx.module
+        steps: list[OnnxStep] = [("Elu", [], {"alpha": m.alpha})]
+        onnx_chain(ctx, steps + ([("Mul", [ctx.scalar(m.scale)], {})] if m.scale != 1.0 else []))
 
 
 class ELUModule(CaffeLayer):
@@ -172,6 +226,12 @@ class Swish(_ElementwiseSpec):
         beta = float(node.attrs.beta)
         return Elementwise(F.silu) if beta == 1.0 else SwishModule(beta)
 
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        """``x * sigmoid(beta * x)``, as Caffe computes it."""
+        beta, x = float(node.attrs.beta), ctx.input(0)
+        gate = ctx.add("Sigmoid", [x if beta == 1.0 else ctx.add("Mul", [x, ctx.scalar(beta)])])
+        ctx.add("Mul", [x, gate], ctx.output(0))
+
 
 class SwishModule(CaffeLayer):
     def __init__(self, beta: float):
@@ -198,6 +258,14 @@ class Clip(_ElementwiseSpec):
 
     def build_torch(self, node: Node) -> torch.nn.Module:
         return ClipModule(float(node.attrs.min), float(node.attrs.max))
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        """``Clip``; with min > max, Caffe's order (``min(x, max)`` first), which ONNX leaves undefined."""
+        lo, hi = ctx.scalar(float(node.attrs.min)), ctx.scalar(float(node.attrs.max))
+        if node.attrs.min <= node.attrs.max:
+            onnx_chain(ctx, [("Clip", [lo, hi], {})])
+        else:
+            onnx_chain(ctx, [("Min", [hi], {}), ("Max", [lo], {})])
 
 
 class ClipModule(CaffeLayer):
@@ -227,6 +295,17 @@ class Power(_ElementwiseSpec):
     def build_torch(self, node: Node) -> torch.nn.Module:
         p = node.attrs
         return PowerModule(float(p.power), float(p.scale), float(p.shift))
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        """``(shift + scale * x) ^ power`` step by step; Caffe's constant case is the constant expanded to the
+        input's shape (read at run time, so any batch size works)."""
+        m = ctx.module
+        if m.constant is not None:
+            shape = ctx.add("Shape", [ctx.input(0)])
+            ctx.add("Expand", [ctx.scalar(m.constant), shape], ctx.output(0))
+            return
+        steps = onnx_scale_shift(ctx, m.scale, m.shift)
+        onnx_chain(ctx, steps + ([("Pow", [ctx.scalar(m.power)], {})] if m.power != 1.0 else []))
 
 
 class PowerModule(CaffeLayer):
@@ -288,6 +367,13 @@ class Exp(_ElementwiseSpec):
             outer = _powf(p.base, p.shift)
         return ExpModule(inner, outer)
 
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        """Caffe's ``outer * exp(inner * x)``."""
+        m = ctx.module
+        steps: list[OnnxStep] = [("Mul", [ctx.scalar(m.inner_scale)], {})] if m.inner_scale != 1.0 else []
+        steps.append(("Exp", [], {}))
+        onnx_chain(ctx, steps + ([("Mul", [ctx.scalar(m.outer_scale)], {})] if m.outer_scale != 1.0 else []))
+
 
 class ExpModule(CaffeLayer):
     """Caffe's factorisation ``base^(shift + scale*x) = base^shift * exp(log(base) * scale * x)``."""
@@ -319,6 +405,12 @@ class Log(_ElementwiseSpec):
     def build_torch(self, node: Node) -> torch.nn.Module:
         p = node.attrs
         return LogModule(float(p.scale), float(p.shift), 1.0 / _log_base(self.type, p.base))
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        """Caffe's ``log(x * scale + shift) * (1 / ln(base))``."""
+        m = ctx.module
+        steps = [*onnx_scale_shift(ctx, m.scale, m.shift), ("Log", [], {})]
+        onnx_chain(ctx, steps + ([("Mul", [ctx.scalar(m.base_scale)], {})] if m.base_scale != 1.0 else []))
 
 
 class LogModule(CaffeLayer):
@@ -365,6 +457,11 @@ class PReLU(_ElementwiseSpec):
             raise self.fail(node, "PReLU needs the number of input channels, but the input shape is unknown")
         return PReLUModule(shape, p.filler if p.HasField("filler") else None)
 
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        """``PRelu`` with the slopes as ``(C, 1, ...)`` (or a scalar when shared), broadcasting along axis 1."""
+        slope = ctx.broadcast_const(ctx.param(0), 1, len(ctx.in_shape(0)), "slope")
+        onnx_chain(ctx, [("PRelu", [slope], {})])
+
 
 class PReLUModule(CaffeLayer):
     """Slopes in ``weight`` with Caffe's blob shape, ``(C,)`` or ``()``; the default filler is constant
@@ -395,6 +492,14 @@ class Dropout(_ElementwiseSpec):
             scale_train=bool(getattr(p, "scale_train", True)),
             sample_test=bool(getattr(p, "sample_weights_test", False)),
         )
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        """Identity at test time (times ``1 - ratio`` without ``scale_train``); random masks (TRAIN, or
+        SegNet's ``sample_weights_test``) have no deterministic ONNX form."""
+        m = ctx.module
+        if ctx.training or m.sample_test:
+            ctx.unsupported("dropout samples random masks here (TRAIN phase or sample_weights_test)")
+        onnx_chain(ctx, [] if m.scale_train else [("Mul", [ctx.scalar(1.0 - m.ratio)], {})])
 
 
 class DropoutModule(CaffeLayer):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .base import LayerSpec, Shape, Unknowable, count, register
 from .conv import Convolution
-from .data import DataAttrs, DataLayerSpec, crop_size, input_hint
+from .data import DataAttrs, DataLayerSpec, ImageData, crop_size, input_hint
 from .torch_util import CaffeLayer, filler_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -449,11 +449,11 @@ class AnnotatedData(DataLayerSpec):
         return DataAttrs(p.batch_size, None, h, w, p.source, "LMDB of AnnotatedDatum")
 
     def infer_shapes(self, node, in_shapes):
+        a: DataAttrs = node.attrs
+        hint = f"--input {node.tops[0]}={input_hint((a.batch, a.channels, a.height, a.width))}"
         if len(node.tops) > 1:
-            raise Unknowable(
-                f"layer reads {node.attrs.source} (LMDB of AnnotatedDatum): its label top holds a data-dependent "
-                f"number of boxes (1, 1, boxes, 8); give --input {node.tops[0]}={input_hint(node.attrs)}"
-            )
+            raise Unknowable(f"layer reads {a.source} (LMDB of AnnotatedDatum), its label top holds a data-dependent "
+                             f"number of boxes (1, 1, B, 8); give {hint} --input {node.tops[1]}=1,1,B,8")
         return super().infer_shapes(node, in_shapes)
 
 
@@ -1126,7 +1126,7 @@ class Axpy(LayerSpec):
 
 
 # =========================================================================================================
-# SegNet: DenseImageData
+# SegNet, HED: DenseImageData, ImageLabelmapData
 # =========================================================================================================
 @register
 class DenseImageData(DataLayerSpec):
@@ -1145,6 +1145,16 @@ class DenseImageData(DataLayerSpec):
         else:
             h, w = p.new_height or None, p.new_width or None
         return DataAttrs(p.batch_size, 3 if p.is_color else 1, h, w, p.source, "image/label list")
+
+    def label_shape(self, a):
+        return (a.batch, 1, a.height, a.width)
+
+
+@register
+class ImageLabelmapData(ImageData):
+    type = "ImageLabelmapData"
+    family = FAMILY
+    summary = "HED: images and edge maps (N, 1, H, W) from a list of file pairs (image_data_param); a net input"
 
     def label_shape(self, a):
         return (a.batch, 1, a.height, a.width)

@@ -146,6 +146,8 @@ def _sum_pool(x: torch.Tensor, plan: PoolPlan) -> torch.Tensor:
 
 
 def _ave_pool(x: torch.Tensor, plan: PoolPlan) -> torch.Tensor:
+    if plan.kernel == plan.size and not any(plan.pad):  # one window covering the plane (global pooling)
+        return x.mean((2, 3), keepdim=True)  # several times faster than avg_pool2d with a plane-sized kernel
     if plan.native:  # torch's count_include_pad divisor is Caffe's: the window clipped to [-pad, in + pad)
         return F.avg_pool2d(x, plan.kernel, plan.stride, plan.pad, ceil_mode=plan.ceil, count_include_pad=True)
     padded = F.pad(x, plan.explicit_pad)
@@ -192,7 +194,9 @@ def _stochastic_pool(x: torch.Tensor, plan: PoolPlan, training: bool) -> torch.T
     return windows.gather(4, pick).squeeze(4)
 
 
-def caffe_pool(x: torch.Tensor, plan: PoolPlan, training: bool = False, with_mask: bool = False):
+def caffe_pool(
+    x: torch.Tensor, plan: PoolPlan, training: bool = False, with_mask: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Caffe's pooling of a 4-D tensor; returns ``(top, mask or None)``."""
     if plan.pool == MAX:
         return _max_pool(x, plan, with_mask)
@@ -326,7 +330,8 @@ class SPP(LayerSpec):
         try:
             return spp_plans(_pool_method(p), p.pyramid_height, shape[2], shape[3])
         except ValueError as e:
-            raise self.fail(node, f"pyramid level too fine for this input: {e}") from None
+            raise self.fail(node, f"pyramid_height {p.pyramid_height} is too large for a {shape[2]}x{shape[3]} "
+                                  f"input: {e}") from None
 
     def infer_shapes(self, node: Any, in_shapes: Sequence[Shape]) -> list[Shape]:
         n, c = in_shapes[0][:2]

@@ -87,6 +87,13 @@ class Concat(LayerSpec):
     def build_torch(self, node):
         return _Concat(node.attrs.axis)
 
+    def to_onnx(self, node, ctx):
+        if ctx.num_inputs == 1:
+            ctx.identity(ctx.input(0), ctx.output(0))
+            return
+        axis = _resolve_axis(node, self, node.attrs.axis, node.attrs.legacy, len(ctx.in_shape(0)))
+        ctx.add("Concat", [ctx.input(i) for i in range(ctx.num_inputs)], ctx.output(0), axis=axis)
+
 
 @dataclass(frozen=True)
 class SliceAttrs(AxisAttrs):
@@ -147,6 +154,16 @@ class Slice(LayerSpec):
     def build_torch(self, node):
         return _Slice(node.attrs.axis, node.attrs.slice_points, len(node.tops))
 
+    def to_onnx(self, node, ctx):
+        """``Split`` with the tops' sizes along the axis (taken from the inferred top shapes)."""
+        if ctx.num_outputs == 1:
+            ctx.identity(ctx.input(0), ctx.output(0))
+            return
+        axis = _resolve_axis(node, self, node.attrs.axis, node.attrs.legacy, len(ctx.in_shape(0)))
+        sizes = [ctx.out_shape(i)[axis] for i in range(ctx.num_outputs)]
+        ctx.add("Split", [ctx.input(0), ctx.ints(sizes, "split")], [ctx.output(i) for i in range(ctx.num_outputs)],
+                axis=axis)
+
 
 class _Split(CaffeLayer):
     def __init__(self, n_tops: int):
@@ -171,6 +188,10 @@ class Split(LayerSpec):
     def build_torch(self, node):
         return _Split(len(node.tops))
 
+    def to_onnx(self, node, ctx):
+        for i in range(ctx.num_outputs):
+            ctx.identity(ctx.input(0), ctx.output(i))
+
 
 class _Silence(CaffeLayer):
     def forward(self, *bottoms: torch.Tensor) -> tuple[()]:
@@ -190,6 +211,11 @@ class Silence(LayerSpec):
 
     def build_torch(self, node):
         return _Silence()
+
+    def to_onnx(self, node, ctx):
+        """Computes nothing; the exporter makes silenced blobs the outputs of a net that has no other."""
+        for i in range(ctx.num_inputs):
+            ctx.silence(ctx.input(i))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -225,6 +251,10 @@ class ReshapeLike(LayerSpec):
 
     def build_torch(self, node):
         return _View(self, node.attrs)
+
+    def to_onnx(self, node, ctx):
+        """A ``Reshape`` to the inferred top shape (0/-1 for the batch axis when it is dynamic)."""
+        ctx.reshape(ctx.input(0), ctx.in_shape(0), ctx.out_shape(0), ctx.output(0))
 
 
 @dataclass(frozen=True)
@@ -356,6 +386,15 @@ class Crop(LayerSpec):
     def build_torch(self, node):
         return _Crop(node.attrs)
 
+    def to_onnx(self, node, ctx):
+        """``Slice`` of every axis from ``axis`` on, at Caffe's offsets, to the reference's size."""
+        shape, out = ctx.in_shape(0), ctx.out_shape(0)
+        axis = canonical_axis(node, self, node.attrs.axis, len(shape))
+        offsets = _crop_offsets(shape, ctx.in_shape(1), node.attrs, axis)
+        axes = range(axis, len(shape))
+        ctx.slice(ctx.input(0), [offsets[i] for i in axes], [offsets[i] + out[i] for i in axes], axes,
+                  out=ctx.output(0))
+
 
 @dataclass(frozen=True)
 class TileAttrs:
@@ -394,6 +433,12 @@ class Tile(LayerSpec):
 
     def build_torch(self, node):
         return _Tile(node.attrs)
+
+    def to_onnx(self, node, ctx):
+        shape = ctx.in_shape(0)
+        repeats = [1] * len(shape)
+        repeats[canonical_axis(node, self, node.attrs.axis, len(shape))] = node.attrs.tiles
+        ctx.add("Tile", [ctx.input(0), ctx.ints(repeats, "repeats")], ctx.output(0))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -508,6 +553,21 @@ class Eltwise(LayerSpec):
     def build_torch(self, node):
         return _Eltwise(node.attrs)
 
+    def to_onnx(self, node, ctx):
+        """MAX is ``Max`` (ties pick an equal value, so the forward result is Caffe's); PROD and SUM are
+        chains in bottom order, as Caffe accumulates (SUM: ``top += coeff_i * bottom_i``)."""
+        a = node.attrs
+        xs = [ctx.input(i) for i in range(ctx.num_inputs)]
+        if a.operation == "MAX":
+            ctx.add("Max", xs, ctx.output(0))
+            return
+        if a.operation == "SUM":
+            xs = [x if c == 1 else ctx.add("Mul", [x, ctx.scalar(c)]) for x, c in zip(xs, a.coeffs, strict=True)]
+        op = "Mul" if a.operation == "PROD" else "Add"
+        top = xs[0]
+        for i, x in enumerate(xs[1:], 2):
+            top = ctx.add(op, [top, x], ctx.output(0) if i == len(xs) else None)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Softmax / Reduction / ArgMax
@@ -533,6 +593,10 @@ class Softmax(LayerSpec):
 
     def build_torch(self, node):
         return _Softmax(node.attrs.axis)
+
+    def to_onnx(self, node, ctx):
+        axis = canonical_axis(node, self, node.attrs.axis, len(ctx.in_shape(0)))
+        ctx.add("Softmax", [ctx.input(0)], ctx.output(0), axis=axis)
 
 
 @dataclass(frozen=True)
@@ -586,6 +650,20 @@ class Reduction(LayerSpec):
 
     def build_torch(self, node):
         return _Reduction(node.attrs)
+
+    def to_onnx(self, node, ctx):
+        """A reduction over all axes from ``axis`` on, then one multiply by the float32 coefficient (MEAN's
+        ``1/dim`` folded into it, as Caffe does)."""
+        a, shape = node.attrs, ctx.in_shape(0)
+        axis = canonical_axis(node, self, a.axis, len(shape))
+        op = {"SUM": "ReduceSum", "MEAN": "ReduceSum", "ASUM": "ReduceL1", "SUMSQ": "ReduceSumSquare"}[a.operation]
+        coeff = np.float32(a.coeff)
+        if a.operation == "MEAN":
+            coeff = coeff / np.float32(count(shape, axis))
+        y = ctx.reduce(op, ctx.input(0), range(axis, len(shape)), keepdims=False,
+                       out=ctx.output(0) if coeff == 1 else None)
+        if coeff != 1:
+            ctx.add("Mul", [y, ctx.scalar(coeff)], ctx.output(0))
 
 
 @dataclass(frozen=True)
@@ -646,6 +724,34 @@ class ArgMax(LayerSpec):
     def build_torch(self, node):
         return _ArgMax(node.attrs)
 
+    def to_onnx(self, node, ctx):
+        """``TopK`` on the reversed axis: ONNX puts the lower index first among equal values, Caffe the higher
+        one, so indices are taken on the flipped axis and mapped back with ``n - 1 - i``. Without ``axis``
+        each sample is flattened, and (index, value) rows are stacked as Caffe's ``(N, 1|2, top_k)``."""
+        a, shape = node.attrs, ctx.in_shape(0)
+        x = ctx.input(0)
+        if a.axis is None:
+            axis = 1
+            x = ctx.reshape(x, shape, (shape[0], count(shape, 1)))
+        else:
+            axis = canonical_axis(node, self, a.axis, len(shape))
+        n = count(shape, 1) if a.axis is None else shape[axis]
+        flipped = ctx.slice(x, [-1], [np.iinfo(np.int64).min], [axis], [-1])
+        values, flipped_index = ctx.tmp("values"), ctx.tmp("flipped_index")
+        if a.axis is not None and a.out_max_val:
+            values = ctx.output(0)
+        ctx.add("TopK", [flipped, ctx.ints([a.top_k], "k")], [values, flipped_index], axis=axis, largest=1, sorted=1)
+        if a.axis is not None and a.out_max_val:
+            return
+        index = ctx.add("Sub", [ctx.const(np.int64(n - 1), "last"), flipped_index])
+        index = ctx.add("Cast", [index], ctx.output(0) if a.axis is not None else None, to=ctx.FLOAT)
+        if a.axis is not None:
+            return
+        rows = [ctx.add("Unsqueeze", [t, ctx.ints([1], "axes")]) for t in ([index, values] if a.out_max_val
+                                                                           else [index])]
+        stacked = rows[0] if len(rows) == 1 else ctx.add("Concat", rows, axis=1)
+        ctx.reshape(stacked, (shape[0], len(rows), a.top_k), ctx.out_shape(0), ctx.output(0))
+
 
 # ---------------------------------------------------------------------------------------------------------
 # BatchReindex / Filter
@@ -670,6 +776,11 @@ class BatchReindex(LayerSpec):
 
     def build_torch(self, node):
         return _BatchReindex()
+
+    def to_onnx(self, node, ctx):
+        """``Gather`` along axis 0; float indices truncate to int64 as Caffe's ``static_cast<int>``."""
+        index = ctx.add("Cast", [ctx.input(1)], to=ctx.INT64)
+        ctx.add("Gather", [ctx.input(0), index], ctx.output(0), axis=0)
 
 
 class _Filter(CaffeLayer):
@@ -740,6 +851,9 @@ class Parameter(LayerSpec):
     def build_torch(self, node):
         return _Parameter(node.param_shapes[0] if node.param_shapes else node.attrs)
 
+    def to_onnx(self, node, ctx):
+        ctx.identity(ctx.const(ctx.param(0), "weight"), ctx.output(0))
+
 
 @dataclass(frozen=True)
 class DummyDataAttrs:
@@ -802,3 +916,12 @@ class DummyData(LayerSpec):
 
     def build_torch(self, node):
         return _DummyData(node.attrs)
+
+    def to_onnx(self, node, ctx):
+        """Fixed fillers (constant, bilinear) become initializers; a random filler is drawn again on every
+        forward pass in Caffe, which a standard ONNX graph cannot reproduce."""
+        for i, filler in enumerate(node.attrs.fillers):
+            if not ctx.module.fixed[i]:
+                ctx.unsupported(f"top {i} uses the random '{filler.type}' filler, drawn anew on every pass")
+            value = getattr(ctx.module, f"top{i}").detach().cpu().numpy()
+            ctx.identity(ctx.const(value, f"top{i}"), ctx.output(i))
