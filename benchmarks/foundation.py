@@ -51,7 +51,7 @@ def main() -> None:
             except text_format.ParseError:  # fork fields: protobuf cannot parse the file at all
                 text_format.Parse(text, caffe_pb2.NetParameter(), allow_unknown_field=True)
 
-        def ours_parse(text: str = text) -> None:
+        def ours_parse(text: str = text, path: Path = path) -> None:
             textformat.parse(text, caffe_pb2.NetParameter(), str(path))
 
         def full(path: Path = path) -> None:

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from golden import GOLDEN, SHARED
+
 from prototxt2py.cli import main
 
-GOOD_HEAD = 'name: "t"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+GOOD_HEAD = (
+    'name: "t"\n'
+    'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }\n'
+)
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -31,7 +34,9 @@ BAD = {
     "missing_file": (None, "no such file"),
     "empty_file": ("", "file is empty"),
     "binary_as_text": (b"\x0a\x05lenet\x12\x00\x00\x01", "binary protobuf"),
-    "syntax_error": (GOOD_HEAD + "layer { name: 'x' type: 'ReLU' bottom: 'data' top: 'data' \n", ":4:1: unexpected end of file"),
+    "syntax_error": (
+        GOOD_HEAD + "layer { name: 'x' type: 'ReLU' bottom: 'data' top: 'data' \n", ":4:1: unexpected end of file"
+    ),
     "unknown_layer_type": (GOOD_HEAD + 'layer { name: "odd" type: "NoSuchLayer" bottom: "data" top: "o" }\n',
                            "unknown layer type: 'NoSuchLayer' (layer 'odd' at"),
     "missing_bottom": (GOOD_HEAD + 'layer { name: "r" type: "ReLU" bottom: "nothere" top: "r" }\n',
@@ -39,10 +44,15 @@ BAD = {
     "duplicate_top": (GOOD_HEAD + 'layer { name: "a" type: "ReLU" bottom: "data" top: "x" }\n'
                       'layer { name: "b" type: "ReLU" bottom: "data" top: "x" }\n',
                       "layer 'b': top 'x' is produced by more than one layer"),
-    "include_and_exclude": (GOOD_HEAD + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" '
-                            'include { phase: TEST } exclude { phase: TRAIN } }\n', "layer 'r': layer has both include"),
-    "bad_enum": (GOOD_HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: MEDIAN } }\n',
-                 ":3:81: unknown value 'MEDIAN'"),
+    "include_and_exclude": (
+        GOOD_HEAD + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" '
+        'include { phase: TEST } exclude { phase: TRAIN } }\n',
+        "layer 'r': layer has both include",
+    ),
+    "bad_enum": (
+        GOOD_HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: MEDIAN } }\n',
+        ":3:81: unknown value 'MEDIAN'",
+    ),
 }
 
 

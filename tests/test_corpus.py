@@ -8,9 +8,9 @@ import csv
 import re
 
 import pytest
+from golden import CORPUS
 
 import prototxt2py
-from golden import CORPUS
 from prototxt2py.errors import GraphError, ParseError
 from prototxt2py.reader import read_net, read_solver
 
@@ -22,7 +22,8 @@ BROKEN = {
     "BVLC__caffe@238700e/examples/mnist/lenet_solver.prototxt": (26, 1),
     "BVLC__caffe@2c9abcb/examples/mnist/lenet_conv_pool.prototxt": (9, 17),
     "BVLC__caffe@e3ba6ef/examples/crfasrnn_segmentation/TVG_CRFRNN_new_deploy.prototxt": (680, 9),
-    "soeaver__caffe-model@afa5e22/det/rfcn/models/pascal_voc/resnext101-32x4d/rfcn_voc_resnext101-32x4d-merge-ohem.prototxt": (5079, 1),
+    "soeaver__caffe-model@afa5e22/det/rfcn/models/pascal_voc/resnext101-32x4d/"
+    "rfcn_voc_resnext101-32x4d-merge-ohem.prototxt": (5079, 1),
     "chuanqi305__MobileNet-SSD/template/MobileNetSSD_deploy_template.prototxt": (2397, 17),
 }
 LOC_RE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): ")

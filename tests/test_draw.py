@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from golden import CORPUS, SHARED, case_params, meta
+
 from prototxt2py.backends.draw import build_diagram
 from prototxt2py.cli import main
 from prototxt2py.reader import read_net

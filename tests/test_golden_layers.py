@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from golden import assert_close, case_params, meta, npz
 
 import prototxt2py
-from golden import assert_close, case_params, meta, npz
 
 CASES = case_params("layers") + case_params("mixed")
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from golden import SHARED, assert_close, case_params, meta, npz
 
 import prototxt2py
-from golden import SHARED, assert_close, case_params, meta, npz
 
 # Zoo nets whose forward pass takes more than a few seconds on 2 cores: run with `pytest -m slow`.
 SLOW_ZOO = {

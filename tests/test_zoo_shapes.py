@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from golden import SHARED, case_params, meta
 
 import prototxt2py
-from golden import SHARED, case_params, meta
 from prototxt2py.summary import summary_json
 
 

@@ -1,0 +1,387 @@
+"""ONNX export against Caffe: golden layer cases, nets and zoo nets are exported, checked with the full ONNX
+checker, run in onnxruntime and compared with Caffe's blobs; corpus deploy nets export and agree with the
+PyTorch runtime; plus error reporting, opsets, a dynamic batch and external data."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import prototxt2py
+from golden import CORPUS, SHARED, assert_close, case_params, meta, npz
+from prototxt2py.backends import onnx_export
+from prototxt2py.backends.onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx, newest_opset, to_onnx_model
+from prototxt2py.cli import main
+from prototxt2py.errors import Prototxt2pyError, UnsupportedLayerError
+from prototxt2py.layers import get_spec
+from prototxt2py.reader import read_net
+from test_golden_nets import SLOW_ZOO, recipe_weights
+
+#: Golden layer cases that cannot be exported, and why; each must fail with an error naming a layer.
+EXCLUDED = {
+    **{case: "only a training-time loss/metric on the inputs: nothing is left for inference" for case in (
+        "accuracy_axis2", "accuracy_ignore", "accuracy_per_class", "accuracy_top1", "accuracy_top3",
+        "contrastive_2d_margin05", "contrastive_default", "contrastive_legacy_margin15", "euclidean_basic",
+        "hinge_l1", "hinge_l1_scaled", "hinge_l2", "multinomial_logistic",
+        "sigmoidce_default", "sigmoidce_ignore_valid", "sigmoidce_none_weight", "softmaxloss_axis2",
+        "softmaxloss_batch_size_spatial", "softmaxloss_full_ignore_spatial", "softmaxloss_ignore_valid",
+        "softmaxloss_none", "softmaxloss_valid_2d")},
+    **{case: "LSTM/RNN/LSTMUnit have no ONNX mapping (Caffe's cont-gated recurrence is not ONNX's LSTM/RNN)"
+       for case in ("lstm_basic", "lstm_expose_hidden", "lstm_reset_midseq", "lstmunit_basic", "rnn_basic",
+                    "rnn_expose_hidden", "rnn_static")},
+    "filter_basic": "Filter's output size depends on the selector's values (no static shape)",
+}
+
+#: Training-only layer types dropped before exporting a golden case, as a deploy net would not have them.
+TRAINING_ONLY = {"Accuracy"}
+
+
+def run_onnx(model: onnx.ModelProto | str | Path, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a model in onnxruntime (CPU) on the inputs it declares; outputs by name."""
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    results = session.run(names, {i.name: feed[i.name] for i in session.get_inputs()})
+    return dict(zip(names, results, strict=True))
+
+
+def runtime_blobs(net: prototxt2py.backends.torch_runtime.CaffeNet, feed: Mapping[str, np.ndarray]) -> dict:
+    with torch.no_grad():
+        blobs = net(**{k: torch.from_numpy(v) for k, v in feed.items() if k in net.input_names}, all_blobs=True)
+    return {k: v.numpy() for k, v in blobs.items()}
+
+
+def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], rtol: float, atol: float) -> None:
+    """Every ONNX output that Caffe reports must match; at least one must be compared."""
+    common = [name for name in got if name in want]
+    assert common, f"no ONNX output ({list(got)}) among the reference blobs"
+    for name in common:
+        assert_close(got[name], want[name], rtol, atol, f"ONNX output '{name}'")
+
+
+def inference_net(case: Path, m: dict) -> prototxt2py.backends.torch_runtime.CaffeNet:
+    """The case's net without its losses and metrics (what a deploy net keeps), with the case's weights."""
+    source = read_net(case / "net.prototxt")
+    keep = [i for i, layer in enumerate(source.net.layer)
+            if not ((spec := get_spec(layer.type)) is not None and spec.is_loss or layer.type in TRAINING_ONLY)]
+    net = type(source.net)()
+    net.CopyFrom(source.net)
+    del net.layer[:]
+    net.layer.extend(source.net.layer[i] for i in keep)
+    stripped = dataclasses.replace(source, net=net, locations=[source.locations[i] for i in keep],
+                                   dropped=[source.dropped[i] for i in keep] if source.dropped else [])
+    g = prototxt2py.graph(stripped, phase=m.get("phase", "TEST"), stages=m.get("stages", ()), level=m.get("level", 0))
+    weights = case / "weights.caffemodel"
+    return prototxt2py.load(g, weights=weights if weights.exists() else None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Golden suites
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("opset", [MIN_OPSET, DEFAULT_OPSET, newest_opset()])
+@pytest.mark.parametrize("case", case_params("layers") + case_params("mixed"))
+def test_golden_layer_case(case: Path, opset: int) -> None:
+    m = meta(case)
+    if case.name in EXCLUDED:
+        with pytest.raises(Prototxt2pyError, match="layer"):
+            to_onnx_model(inference_net(case, m), opset=opset)
+        return
+    model = to_onnx_model(inference_net(case, m), opset=opset)
+    got = run_onnx(model, npz(case / "inputs.npz"))
+    compare(got, npz(case / "outputs.npz"), m.get("rtol", 1e-5), m.get("atol", 1e-6))
+
+
+def golden_net(case: Path) -> prototxt2py.backends.torch_runtime.CaffeNet:
+    """A nets/ case's net with its trained weights, at the input shapes of its inputs."""
+    m = meta(case)
+    shapes = {k: list(v.shape) for k, v in npz(case / "inputs.npz").items()}
+    return prototxt2py.load(SHARED / m["prototxt"], weights=SHARED / m["weights"], input_shapes=shapes)
+
+
+@pytest.mark.parametrize("case", case_params("nets"))
+def test_golden_net(case: Path) -> None:
+    m = meta(case)
+    inputs = npz(case / "inputs.npz")
+    got = run_onnx(to_onnx_model(golden_net(case)), inputs)
+    compare(got, npz(case / "outputs.npz"), m.get("rtol", 1e-5), m.get("atol", 1e-6))
+
+
+def zoo_net_and_inputs(case: Path) -> tuple[prototxt2py.backends.torch_runtime.CaffeNet, dict[str, np.ndarray]]:
+    m = meta(case)
+    inputs = npz(case / "inputs.npz")
+    if not inputs:
+        shapes = {**m.get("declared_input_shapes", {}), **m.get("run_input_shapes", {})}
+        rng = np.random.default_rng(m["seed"])
+        inputs = {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in m["inputs"]}
+    net = prototxt2py.load(SHARED / m["prototxt"], input_shapes={k: list(v.shape) for k, v in inputs.items()})
+    recipe_weights(net, m["seed"])
+    return net, inputs
+
+
+#: Zoo nets that only repeat bvlc_alexnet's layers in another file format or with another head, 60M parameters
+#: each (drawing the recipe weights, exporting and loading them takes seconds): slow, like SLOW_ZOO.
+ALEXNET_VARIANTS = {"alexnet_v1", "bvlc_finetune_flickr_style", "bvlc_rcnn_ilsvrc13", "bvlc_reference_caffenet",
+                    "flickr_style_v1", "imagenet_v0", "rcnn_ilsvrc13_v1"}
+
+
+@pytest.mark.parametrize("case", case_params("zoo", slow=SLOW_ZOO | ALEXNET_VARIANTS))
+def test_golden_zoo_net(case: Path) -> None:
+    m = meta(case)
+    net, inputs = zoo_net_and_inputs(case)
+    got = run_onnx(to_onnx_model(net), inputs)
+    compare(got, npz(case / "outputs.npz"), m.get("rtol", 1e-5), m.get("atol", 1e-6))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Corpus deploy nets: export, check, run, and agree with the PyTorch runtime on the same random inputs
+# ---------------------------------------------------------------------------------------------------------
+ROWS = list(csv.DictReader((CORPUS / "MANIFEST.tsv").open(), delimiter="\t")) if CORPUS.is_dir() else []
+DEPLOY = [r["file"] for r in ROWS if r["kind"] == "deploy" and r["format"] in ("V0", "V1", "V2")]
+#: A corpus net with more multiply-accumulates or parameters than this is `slow` (weights are drawn, the net
+#: exported and run twice).
+SLOW_MACS, SLOW_PARAMS = 300_000_000, 10_000_000
+
+
+def _deploy_params() -> list:
+    out = []
+    for rel in DEPLOY:
+        try:
+            g = prototxt2py.graph(CORPUS / rel)
+            big = g.total_macs > SLOW_MACS or g.total_params > SLOW_PARAMS
+        except Prototxt2pyError:
+            big = False
+        out.append(pytest.param(rel, id=rel, marks=[pytest.mark.slow] if big else []))
+    return out
+
+
+@pytest.mark.parametrize("rel", _deploy_params())
+def test_corpus_deploy_net(rel: str) -> None:
+    try:
+        g = prototxt2py.graph(CORPUS / rel)
+    except Prototxt2pyError as e:
+        pytest.skip(f"no IR: {e}")
+    if g.unresolved():
+        pytest.skip(f"shapes not inferable from the file alone: {g.unresolved()}")
+    try:
+        net = prototxt2py.load(g)
+    except Prototxt2pyError as e:
+        pytest.skip(f"the PyTorch runtime cannot build it: {e}")
+    recipe_weights(net, 0)
+    rng = np.random.default_rng(0)
+    feed = {net.graph.values[v].blob: rng.standard_normal(net.graph.values[v].shape).astype(np.float32)
+            for v in net.graph.inputs}
+    got = run_onnx(to_onnx_model(net), feed)
+    want = runtime_blobs(net, feed)
+    for name, value in got.items():
+        scale = float(np.abs(want[name]).max(initial=0.0))
+        assert_close(value, want[name], 1e-4, 1e-5 * max(scale, 1.0), f"ONNX output '{name}' vs the runtime")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Edges the golden data does not reach, against the PyTorch runtime
+# ---------------------------------------------------------------------------------------------------------
+EDGE_NET = """
+name: "edges"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 7 dim: 9 } } }
+layer { name: "max_past" type: "Pooling" bottom: "data" top: "max_past" top: "max_mask"
+        pooling_param { pool: MAX kernel_size: 1 stride: 3 } }
+layer { name: "ave_past" type: "Pooling" bottom: "data" top: "ave_past" pooling_param { pool: AVE kernel_size: 2 stride: 4 } }
+layer { name: "stoch" type: "Pooling" bottom: "data" top: "stoch" pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 } }
+layer { name: "mask_pad" type: "Pooling" bottom: "data" top: "mask_pad_y" top: "mask_pad"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "global" type: "Pooling" bottom: "data" top: "global" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "spp" type: "SPP" bottom: "data" top: "spp" spp_param { pyramid_height: 2 pool: AVE } }
+layer { name: "lrn" type: "LRN" bottom: "data" top: "lrn" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 } }
+layer { name: "within" type: "LRN" bottom: "data" top: "within"
+        lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 norm_region: WITHIN_CHANNEL } }
+layer { name: "mvn" type: "MVN" bottom: "data" top: "mvn" mvn_param { across_channels: true } }
+layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" batch_norm_param { use_global_stats: false } }
+layer { name: "flat" type: "Flatten" bottom: "data" top: "flat" }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 5 axis: 2 } }
+layer { name: "argmax" type: "ArgMax" bottom: "flat" top: "argmax" argmax_param { top_k: 3 out_max_val: true } }
+layer { name: "reshape" type: "Reshape" bottom: "data" top: "reshape" reshape_param { shape { dim: 0 dim: -1 dim: 9 } } }
+layer { name: "red" type: "Reduction" bottom: "reshape" top: "red" reduction_param { operation: MEAN axis: 1 } }
+layer { name: "power0" type: "Power" bottom: "data" top: "power0" power_param { power: 2 scale: 0 shift: 3 } }
+layer { name: "clip" type: "Clip" bottom: "data" top: "clip" clip_param { min: 0.5 max: -0.5 } }
+layer { name: "flat_global" type: "Flatten" bottom: "global" top: "flat_global" }
+layer { name: "scale" type: "Scale" bottom: "data" bottom: "flat_global" top: "scale" scale_param { axis: 0 } }
+"""
+
+
+def edge_net(tmp_path: Path, batch: int = 2) -> prototxt2py.backends.torch_runtime.CaffeNet:
+    path = tmp_path / "edges.prototxt"
+    path.write_text(EDGE_NET)
+    net = prototxt2py.load(path, input_shapes={"data": [batch, 3, 7, 9]})
+    recipe_weights(net, 7)
+    return net
+
+
+def edge_input(batch: int) -> dict[str, np.ndarray]:
+    return {"data": np.random.default_rng(batch).standard_normal((batch, 3, 7, 9)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("opset", [MIN_OPSET, DEFAULT_OPSET, newest_opset()])
+def test_edges_match_the_runtime(tmp_path: Path, opset: int) -> None:
+    net = edge_net(tmp_path)
+    feed = edge_input(2)
+    got = run_onnx(to_onnx_model(net, opset=opset), feed)
+    want = runtime_blobs(net, feed)
+    assert set(got) == set(net.output_names)
+    for name, value in got.items():
+        assert_close(value, want[name], 1e-5, 1e-5, f"ONNX output '{name}'")
+
+
+def test_dynamic_batch_runs_at_batch_1_and_3(tmp_path: Path) -> None:
+    model = to_onnx_model(edge_net(tmp_path), dynamic_batch=True)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    for batch in (1, 3):
+        feed = edge_input(batch)
+        got = run_onnx(model, feed)
+        want = runtime_blobs(edge_net(tmp_path, batch), feed)
+        for name, value in got.items():
+            assert_close(value, want[name], 1e-5, 1e-5, f"batch {batch}: ONNX output '{name}'")
+
+
+def test_dynamic_batch_golden_net(tmp_path: Path) -> None:
+    """A real net (Softmax, InnerProduct after Flatten) exported with --dynamic-batch by the CLI."""
+    case = next(p for p in (SHARED / "golden" / "nets").iterdir() if p.name == "mtcnn_det3_onet")
+    m = meta(case)
+    inputs = npz(case / "inputs.npz")
+    out = tmp_path / "onet.onnx"
+    args = ["convert", str(SHARED / m["prototxt"]), "--weights", str(SHARED / m["weights"]), "--to", "onnx",
+            "-o", str(out), "--dynamic-batch"]
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    want = npz(case / "outputs.npz")
+    for batch in (1, 3):
+        feed = {k: np.concatenate([v] * 3)[:batch] for k, v in inputs.items()}
+        got = run_onnx(out, feed)
+        expected = {k: np.concatenate([v] * 3)[:batch] for k, v in want.items() if k in got}
+        compare(got, expected, m.get("rtol", 1e-5), m.get("atol", 1e-6))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line, errors, opsets, external data
+# ---------------------------------------------------------------------------------------------------------
+def cli(*args: str) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+UNSUPPORTED_NET = """
+name: "unsupported"
+layer { name: "data" type: "Input" top: "data" top: "label" input_param { shape { dim: 2 dim: 4 } shape { dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 3 } }
+layer { name: "acc" type: "Accuracy" bottom: "ip" bottom: "label" top: "acc" }
+layer { name: "pick" type: "Filter" bottom: "ip" bottom: "label" top: "picked" }
+"""
+
+
+def test_unsupported_layers_are_all_named_and_nothing_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "net.prototxt"
+    path.write_text(UNSUPPORTED_NET)
+    out = tmp_path / "net.onnx"
+    with pytest.raises(UnsupportedLayerError) as e:
+        export_onnx(prototxt2py.load(path), out)
+    message = str(e.value)
+    for fragment in ("'Accuracy' (layer 'acc' at", f"{path}:5:", "'Filter' (layer 'pick' at", f"{path}:6:"):
+        assert fragment in message
+    assert "'ip'" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.prototxt"]
+    code, output = cli("convert", str(path), "--to", "onnx", "-o", str(out))
+    lines = [line for line in output.splitlines() if line.startswith("error")]
+    assert code == 1 and len(lines) == 1 and "'acc'" in lines[0] and "'pick'" in lines[0], output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("opset", [MIN_OPSET, newest_opset()])
+def test_cli_opsets(tmp_path: Path, opset: int) -> None:
+    case = SHARED / "golden" / "nets" / "cifar10_full"
+    m = meta(case)
+    out = tmp_path / "cifar.onnx"
+    shape = ",".join(str(d) for d in npz(case / "inputs.npz")["data"].shape)
+    code, output = cli("convert", str(SHARED / m["prototxt"]), "--weights", str(SHARED / m["weights"]), "--to", "onnx",
+                       "-o", str(out), "--opset", str(opset), "--input", f"data={shape}")
+    assert code == 0, output
+    model = onnx.load(out)
+    assert model.opset_import[0].version == opset
+    onnx.checker.check_model(model, full_check=True)
+    compare(run_onnx(out, npz(case / "inputs.npz")), npz(case / "outputs.npz"), m.get("rtol", 1e-5),
+            m.get("atol", 1e-6))
+
+
+def test_unsupported_opset_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "net.prototxt"
+    path.write_text(EDGE_NET)
+    code, output = cli("convert", str(path), "--to", "onnx", "-o", str(tmp_path / "x.onnx"), "--opset",
+                       str(MIN_OPSET - 1))
+    assert code == 1 and f"choose {MIN_OPSET} to {newest_opset()}" in output, output
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_names_follow_caffe(tmp_path: Path) -> None:
+    """Graph inputs/outputs carry blob names, nodes layer names; in-place versions get unique names."""
+    net = golden_net(SHARED / "golden" / "nets" / "lenet_v2")
+    model = to_onnx_model(net)
+    assert [i.name for i in model.graph.input] == net.input_names
+    assert [o.name for o in model.graph.output] == net.output_names
+    layer_names = {n.name for n in net.graph.nodes if n.type != "Input"}
+    assert layer_names <= {n.name for n in model.graph.node}
+    assert not {i.name for i in model.graph.initializer} & {i.name for i in model.graph.input}
+    tensor_names = [o for n in model.graph.node for o in n.output]
+    assert len(tensor_names) == len(set(tensor_names))
+
+
+def test_shared_weights_are_stored_once(tmp_path: Path) -> None:
+    net_text = """
+    layer { name: "data" type: "Input" top: "a" top: "b" input_param { shape { dim: 2 dim: 6 } } }
+    layer { name: "ip_a" type: "InnerProduct" bottom: "a" top: "fa" param { name: "w" } param { name: "bias" }
+            inner_product_param { num_output: 4 } }
+    layer { name: "ip_b" type: "InnerProduct" bottom: "b" top: "fb" param { name: "w" } param { name: "bias" }
+            inner_product_param { num_output: 4 } }
+    """
+    path = tmp_path / "siamese.prototxt"
+    path.write_text(net_text)
+    net = prototxt2py.load(path)
+    recipe_weights(net, 3)
+    model = to_onnx_model(net)
+    assert len(model.graph.initializer) == 2
+    feed = {"a": np.ones((2, 6), np.float32), "b": np.full((2, 6), 2.0, np.float32)}
+    got, want = run_onnx(model, feed), runtime_blobs(net, feed)
+    for name in ("fa", "fb"):
+        assert_close(got[name], want[name], 1e-6, 1e-6, name)
+
+
+def test_external_data_for_big_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models over protobuf's 2 GB limit keep their weights in <output>.data (limit lowered for the test)."""
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_LIMIT", 1000)
+    case = SHARED / "golden" / "nets" / "lenet_v2"
+    m = meta(case)
+    net = golden_net(case)
+    out = tmp_path / "lenet.onnx"
+    export_onnx(net, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet.onnx", "lenet.onnx.data"]
+    assert out.stat().st_size < 100_000 < (tmp_path / "lenet.onnx.data").stat().st_size
+    onnx.checker.check_model(str(out), full_check=True)
+    compare(run_onnx(out, npz(case / "inputs.npz")), npz(case / "outputs.npz"), m.get("rtol", 1e-5),
+            m.get("atol", 1e-6))
+
+
+def test_unknown_shapes_are_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "net.prototxt"
+    path.write_text('layer { name: "data" type: "Input" top: "data" }\n'
+                    'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n')
+    with pytest.raises(Prototxt2pyError, match="ONNX export needs every blob shape.*'data'"):
+        to_onnx_model(prototxt2py.load(path))
