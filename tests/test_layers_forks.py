@@ -133,6 +133,21 @@ def test_depthwise_and_shuffle_nets() -> None:
     assert g.unresolved() == {}
 
 
+def test_fork_data_layers() -> None:
+    # SegNet: crop_height/crop_width fix the size, is_color the channels; labels are (N, 1, H, W) maps.
+    # HED: image_data_param with transform_param.crop_size; gray images give 1 channel
+    g = graph_of("""
+        layer { name: "seg" type: "DenseImageData" top: "data" top: "label"
+                dense_image_data_param { source: "pairs.txt" batch_size: 4 crop_height: 224 crop_width: 320 } }
+        layer { name: "hed" type: "ImageLabelmapData" top: "img" top: "edges" transform_param { crop_size: 100 }
+                image_data_param { source: "pairs.txt" batch_size: 2 is_color: false } }
+    """)
+    s = g.blob_shapes()
+    assert s["data"] == (4, 3, 224, 320) and s["label"] == (4, 1, 224, 320)
+    assert s["img"] == (2, 1, 100, 100) and s["edges"] == (2, 1, 100, 100)
+    assert g.node("seg").spec.family == g.node("hed").spec.family == "forks"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # PriorBox
 # ---------------------------------------------------------------------------------------------------------
@@ -653,3 +668,59 @@ def test_pspnet_bn_frozen_and_training() -> None:
     m = net.layer("bn")
     np.testing.assert_allclose(m.mean.numpy(), 0.1 * bm + 0.9 * c(mean), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m.variance.numpy(), 0.1 * bv + 0.9 * c(var), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ONNX export of the fork layers: standard ops (Transpose, Resize, MaxUnpool, MaxRoiPool ...) must compute
+# what the runtime computes (the runtime is checked against the fork ports above)
+# ---------------------------------------------------------------------------------------------------------
+def _rois() -> torch.Tensor:
+    return torch.tensor([[0, 0, 0, 31, 31], [1, 4.5, 2, 20, 13], [1, 10, 10, 10, 10], [0, -8, 3, 5, 60],
+                         [1, 30, 30, 50, 50], [0, 2, 2, 3.4, 20], [1, 0, 0, 43, 35]])
+
+
+def _normal(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+
+
+#: case -> (input blobs with their values, the layer under test; bottoms named after the inputs, top "y")
+ONNX_CASES = {
+    "permute": ({"x": _normal(2, 3, 5, 4)},
+                'type: "Permute" bottom: "x" permute_param { order: 0 order: 2 order: 3 }'),
+    "interp_crop_zoom": ({"x": _normal(2, 3, 5, 4)},
+                         'type: "Interp" bottom: "x" interp_param { zoom_factor: 2 pad_beg: -1 pad_end: -1 }'),
+    "interp_to_1x1": ({"x": _normal(2, 3, 5, 4)}, 'type: "Interp" bottom: "x" interp_param { height: 1 width: 1 }'),
+    "shuffle": ({"x": _normal(1, 6, 2, 2)}, 'type: "ShuffleChannel" bottom: "x" shuffle_channel_param { group: 3 }'),
+    "upsample_nearest": ({"x": _normal(1, 2, 2, 3)}, 'type: "Upsample" bottom: "x" upsample_param { scale: 2 }'),
+    "upsample_unpool": ({"x": _normal(1, 2, 2, 2), "m": torch.tensor([[[[0.0, 4], [4, 8]], [[2, 3], [6, 2.9]]]])},
+                        'type: "Upsample" bottom: "x" bottom: "m" upsample_param { upsample_h: 3 upsample_w: 3 }'),
+    "roi_pooling": ({"x": _normal(2, 3, 9, 11), "r": _rois()}, 'type: "ROIPooling" bottom: "x" bottom: "r" '
+                    "roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.25 }"),
+    "bn_segnet": ({"x": _normal(3, 2, 2, 3)}, 'type: "BN" bottom: "x" bn_param { bn_mode: INFERENCE }'),
+    "bn_pspnet": ({"x": _normal(3, 2, 2, 3)}, 'type: "BN" bottom: "x" bn_param { frozen: true eps: 0.001 }'),
+    "axpy": ({"a": _normal(2, 3), "x": _normal(2, 3, 2, 2), "b": _normal(2, 3, 2, 2)},
+             'type: "Axpy" bottom: "a" bottom: "x" bottom: "b"'),
+    "prior_box": ({"x": _normal(1, 1, 3, 2), "img": _normal(1, 3, 30, 20)}, 'type: "PriorBox" bottom: "x" '
+                  'bottom: "img" prior_box_param { min_size: 4 max_size: 9 aspect_ratio: 2 clip: true }'),
+    "depthwise": ({"x": _normal(1, 4, 6, 6)}, 'type: "DepthwiseConvolution" bottom: "x" convolution_param { '
+                  'kernel_size: 3 pad: 1 stride: 2 weight_filler { type: "gaussian" std: 1 } bias_filler { '
+                  'type: "constant" value: 0.3 } }'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ONNX_CASES))
+def test_onnx_export_matches_runtime(case: str) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from prototxt2py.backends.onnx_export import to_onnx_model
+
+    feed, layer = ONNX_CASES[case]
+    inputs = "".join(f'layer {{ name: "in_{k}" type: "Input" top: "{k}" input_param {{ shape {{ '
+                     + " ".join(f"dim: {d}" for d in v.shape) + " } } }\n" for k, v in feed.items())
+    net = net_of(f'{inputs}layer {{ name: "l" top: "y" {layer} }}')
+    gen = torch.Generator().manual_seed(0)
+    for name in net.layer("l").blob_names:  # BN statistics: positive variances
+        with torch.no_grad():
+            getattr(net.layer("l"), name).uniform_(0.5, 1.5, generator=gen)
+    session = ort.InferenceSession(to_onnx_model(net).SerializeToString())
+    (got,) = session.run(["y"], {k: v.numpy() for k, v in feed.items()})
+    np.testing.assert_allclose(got, net(**feed)["y"].detach().numpy(), rtol=1e-5, atol=1e-6)

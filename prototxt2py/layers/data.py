@@ -76,7 +76,7 @@ class DataLayerSpec(LayerSpec):
     def attrs(self, layer):
         a = self.data_attrs(layer)
         if a.batch <= 0:
-            raise ValueError(f"{self.field_name()}.batch_size must be positive, got {a.batch}")
+            raise ValueError(f"batch_size must be positive, got {a.batch}")
         return a
 
     def infer_shapes(self, node: Node, in_shapes: Sequence[Shape]) -> list[Shape]:
@@ -92,6 +92,9 @@ class DataLayerSpec(LayerSpec):
 
     def build_torch(self, node: Node) -> torch.nn.Module:
         return _MissingInput(list(node.tops))
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        """The tops are graph inputs, which the exporter declares: nothing to compute."""
 
 
 @register
@@ -170,6 +173,9 @@ class HDF5Data(LayerSpec):
 
     def build_torch(self, node):
         return _MissingInput(list(node.tops))
+
+    def to_onnx(self, node, ctx):
+        """The tops are graph inputs, which the exporter declares: nothing to compute."""
 
 
 class _Sink(CaffeLayer):

@@ -1,13 +1,14 @@
 """Layers of Caffe forks found in published nets: SSD (Permute, PriorBox, DetectionOutput, MultiBoxLoss,
-AnnotatedData), PSPNet/DeepLab (Interp, BN), SegNet (Upsample, BN, DenseImageData), Faster R-CNN / R-FCN
-(ROIPooling, PSROIPooling, SmoothL1Loss), ShuffleNet (ShuffleChannel), MobileNet ports (ConvolutionDepthwise)
-and SENet ports (Axpy).
+AnnotatedData), PSPNet (Interp, BN), SegNet (Upsample, BN, DenseImageData), HED (ImageLabelmapData), Faster
+R-CNN / R-FCN (ROIPooling, PSROIPooling, SmoothL1Loss), ShuffleNet (ShuffleChannel), MobileNet ports
+(ConvolutionDepthwise) and SENet ports (Axpy).
 
 Each follows its fork's own source (weiliu89/caffe ``ssd``, hszhao/PSPNet, alexgkendall/caffe-segnet,
 rbgirshick/caffe-fast-rcnn ``faster-rcnn``, daijifeng001/caffe-rfcn, yonghenglh6's depthwise layer), including
 its quirks: PriorBox truncates ``min_size``/``max_size`` to integers, ROIPooling rounds half away from zero
 and takes the first maximum in row-major order, Interp is bilinear with aligned corners after an optional crop,
 SegNet's Upsample writes later mask hits over earlier ones but sends every bottom its top's gradient.
+Where a standard ONNX op has the same definition (Transpose, Resize, MaxUnpool, MaxRoiPool) the layer exports.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..proto import caffe_pb2
 from .base import LayerSpec, Shape, Unknowable, count, register
 from .conv import Convolution
 from .data import DataAttrs, DataLayerSpec, ImageData, crop_size, input_hint
@@ -80,6 +83,10 @@ class Permute(LayerSpec):
 
     def build_torch(self, node):
         return _Permute(node)
+
+    def to_onnx(self, node, ctx):
+        perm = _permute_order(node, self, len(ctx.in_shape(0)))
+        ctx.add("Transpose", [ctx.input(0)], ctx.output(0), perm=list(perm))
 
 
 @dataclass(frozen=True)
@@ -181,10 +188,10 @@ def prior_boxes(a: PriorBoxAttrs, layer_h: int, layer_w: int, img_h: int, img_w:
         sizes.extend((m * math.sqrt(ar), m / math.sqrt(ar)) for ar in a.aspect_ratios if abs(ar - 1.0) >= 1e-6)
     wh = torch.tensor(sizes, dtype=torch.float32).double()  # (P, 2)
     f32 = torch.float32
-    step_w = torch.tensor(a.step_w if a.step_w and a.step_h else img_w, dtype=f32)
-    step_h = torch.tensor(a.step_h if a.step_w and a.step_h else img_h, dtype=f32)
-    if not (a.step_w and a.step_h):
-        step_w, step_h = step_w / layer_w, step_h / layer_h
+    if a.step_w:
+        step_w, step_h = torch.tensor(a.step_w, dtype=f32), torch.tensor(a.step_h, dtype=f32)
+    else:  # float(image size) / feature map size, in float
+        step_w, step_h = torch.tensor(img_w, dtype=f32) / layer_w, torch.tensor(img_h, dtype=f32) / layer_h
     offset = torch.tensor(a.offset, dtype=f32)
     cx = ((torch.arange(layer_w, dtype=f32) + offset) * step_w).double().view(1, layer_w, 1)
     cy = ((torch.arange(layer_h, dtype=f32) + offset) * step_h).double().view(layer_h, 1, 1)
@@ -238,6 +245,13 @@ class PriorBox(LayerSpec):
         if node.attrs.unsupported:
             raise ValueError(f"PriorBox with OpenCV's {'/'.join(node.attrs.unsupported)} fields is not supported")
         return _PriorBox(node.attrs)
+
+    def to_onnx(self, node, ctx):
+        """The boxes depend on the bottoms' sizes only, which the export fixes: a constant."""
+        a: PriorBoxAttrs = node.attrs
+        _, _, h, w = _legacy(ctx.in_shape(0))
+        img_h, img_w = (a.img_h, a.img_w) if a.img_h else _legacy(ctx.in_shape(1))[2:]
+        ctx.identity(ctx.const(prior_boxes(a, h, w, img_h, img_w).numpy(), "priors"), ctx.output(0))
 
 
 @dataclass(frozen=True)
@@ -350,10 +364,9 @@ class _DetectionOutput(CaffeLayer):
             boxes = decoded.expand(len(classes), -1, -1) if a.share_location else decoded[classes]
             scores = conf[i][classes]
             order, keep = _nms(a, boxes, scores)
-            label = classes.unsqueeze(1).expand_as(order)[keep]  # class-major, score order within a class
-            idx = order[keep]
-            box_of = boxes[keep.nonzero()[:, 0], idx] if len(idx) else torch.zeros(0, 4)
-            score = scores[keep.nonzero()[:, 0], idx]
+            ci, rank = keep.nonzero(as_tuple=True)  # class-major, score order within a class
+            idx = order[ci, rank]
+            label, score, box_of = classes[ci], scores[ci, idx], boxes[ci, idx]
             if a.keep_top_k > -1 and len(idx) > a.keep_top_k:
                 top = torch.sort(score, descending=True, stable=True).indices[: a.keep_top_k]
                 top = top[torch.argsort(label[top], stable=True)]  # std::map: labels ascending
@@ -438,14 +451,20 @@ class MultiBoxLoss(LayerSpec):
 @register
 class AnnotatedData(DataLayerSpec):
     type = "AnnotatedData"
+    family = FAMILY
     tops = (1, 2)
     summary = "SSD: images + boxes from an LMDB of AnnotatedDatum (data_param, resize_param); a net input"
 
     def data_attrs(self, layer):
         p = layer.data_param
-        t = layer.transform_param
+        r = layer.transform_param.resize_param
         crop = crop_size(layer)
-        h, w = (crop, crop) if crop else (t.resize_param.height or None, t.resize_param.width or None)
+        if crop:
+            h, w = crop, crop
+        elif r.resize_mode == r.WARP:  # other modes keep the aspect ratio: the size depends on the image
+            h, w = r.height or None, r.width or None
+        else:
+            h = w = None
         return DataAttrs(p.batch_size, None, h, w, p.source, "LMDB of AnnotatedDatum")
 
     def infer_shapes(self, node, in_shapes):
@@ -538,6 +557,25 @@ class Interp(LayerSpec):
 
     def build_torch(self, node):
         return _Interp(node.attrs)
+
+    def to_onnx(self, node, ctx):
+        """Slice (the crop), then ``Resize`` linear with ``align_corners`` (a 1-pixel output reads pixel 0)."""
+        a: InterpAttrs = node.attrs
+        n, c, h_in, w_in = _legacy(ctx.in_shape(0))
+        h_eff, w_eff, h, w = _interp_size(a, h_in, w_in)
+        x = ctx.input(0)
+        if (h_eff, w_eff) != (h_in, w_in):
+            x = ctx.slice(x, [-a.pad_beg] * 2, [-a.pad_beg + h_eff, -a.pad_beg + w_eff], [2, 3])
+        ctx.add("Resize", [x, "", "", _onnx_sizes(ctx, x, (h, w))], ctx.output(0), mode="linear",
+                coordinate_transformation_mode="align_corners")
+
+
+def _onnx_sizes(ctx: Any, x: str, hw: tuple[int, int]) -> str:
+    """``Resize``'s sizes input: N and C of ``x`` (read at run time with a dynamic batch), then ``hw``."""
+    if not ctx.dynamic_batch:
+        return ctx.ints([*ctx.in_shape(0)[:2], *hw], "sizes")
+    nc = ctx.slice(ctx.add("Shape", [x]), [0], [2], [0])
+    return ctx.add("Concat", [nc, ctx.ints(hw, "hw")], axis=0)
 
 
 # =========================================================================================================
@@ -639,6 +677,29 @@ class Upsample(LayerSpec):
     def build_torch(self, node):
         return _Upsample(node.attrs)
 
+    def to_onnx(self, node, ctx):
+        """Nearest: ``Resize`` by the integer scales. Unpooling: ``MaxUnpool``, whose indices count over the
+        whole tensor, so each plane's offset is added to the mask (a later hit overwrites, as in Caffe)."""
+        a: UpsampleAttrs = node.attrs
+        n, c, h, w = ctx.in_shape(0)
+        if ctx.num_inputs == 1:
+            scales = ctx.const(np.array([1, 1, a.scale_h, a.scale_w], dtype=np.float32), "scales")
+            ctx.add("Resize", [ctx.input(0), "", scales], ctx.output(0), mode="nearest",
+                    coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+            return
+        if ctx.dynamic_batch:
+            ctx.unsupported("unpooling indices need a fixed batch size")
+        out_h, out_w = _upsample_size(a, h, w)
+        offsets = (np.arange(n * c, dtype=np.int64) * (out_h * out_w)).reshape(n, c, 1, 1)
+        from onnx import TensorProto  # the export backend's dependency, not the runtime's
+
+        index = ctx.add("Add", [ctx.add("Cast", [ctx.input(1)], to=TensorProto.INT64), ctx.const(offsets, "plane")])
+        if out_h < h or out_w < w:
+            ctx.unsupported(f"unpooling {h}x{w} to a smaller {out_h}x{out_w}")
+        # a 1x1 kernel makes MaxUnpool's own size rule give the input size, which output_shape may exceed
+        ctx.add("MaxUnpool", [ctx.input(0), index, ctx.ints([n, c, out_h, out_w], "shape")], ctx.output(0),
+                kernel_shape=[1, 1], strides=[1, 1])
+
 
 # =========================================================================================================
 # Faster R-CNN / R-FCN: ROIPooling, PSROIPooling, SmoothL1Loss
@@ -665,42 +726,46 @@ def _bit_length(e: torch.Tensor, levels: int) -> torch.Tensor:
     return k
 
 
+def _shifted(t: torch.Tensor, s: int, dim: int, fill: float) -> torch.Tensor:
+    """``t`` moved ``s`` places towards 0 along ``dim``, padded with ``fill`` (never read by a query)."""
+    n = t.shape[dim]
+    pad = torch.full_like(t.narrow(dim, 0, min(s, n)), fill)
+    return torch.cat([t.narrow(dim, s, n - s), pad], dim) if s < n else pad
+
+
 def _rect_max(x: torch.Tensor, b: torch.Tensor, hs: torch.Tensor, he: torch.Tensor, ws: torch.Tensor,
-              we: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max and first argmax (flat ``h * W + w``) of ``x[b, :, hs:he, ws:we]`` for every ROI bin.
+              we: torch.Tensor, with_index: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Max (and, with ``with_index``, first argmax as flat ``h * W + w``) of ``x[b, :, hs:he, ws:we]`` for
+    every ROI bin.
 
     ``b (R,)``, ``hs/he (R, PH)``, ``ws/we (R, PW)``; returns ``(R, C, PH, PW)`` values (0 for empty bins) and
-    argmaxes (-1 for empty bins). A 2-D sparse table of power-of-two window maxima answers every bin with four
-    overlapping lookups, so the cost does not depend on the bin sizes.
+    argmaxes (-1 for empty bins). A 2-D sparse table of power-of-two window maxima, channels last so that a
+    lookup reads one contiguous row, answers every bin with four overlapping lookups: the cost does not
+    depend on the bin sizes.
     """
     bsz, c, height, width = x.shape
     r, ph, pw = b.shape[0], hs.shape[1], ws.shape[1]
     eh, ew = (he - hs).clamp(min=0), (we - ws).clamp(min=0)
     lh = max(int(eh.max()) if eh.numel() else 1, 1).bit_length()
     lw = max(int(ew.max()) if ew.numel() else 1, 1).bit_length()
-    flat = torch.arange(height * width, device=x.device).view(1, 1, height, width).expand(bsz, c, -1, -1)
+    v = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+    i = torch.arange(height * width, dtype=torch.int32, device=x.device).view(1, height, width, 1)
+    i = i.expand(bsz, height, width, c) if with_index else None
 
-    def shifted(t: torch.Tensor, s: int, dim: int, fill: float | int) -> torch.Tensor:
-        pad = torch.full_like(t.narrow(dim, 0, min(s, t.shape[dim])), fill)
-        return torch.cat([t.narrow(dim, s, t.shape[dim] - s), pad], dim) if s < t.shape[dim] else pad.expand_as(t)
+    def combine(va, ia, s: int, dim: int):
+        vb = _shifted(va, s, dim, -math.inf)
+        if ia is None:
+            return torch.maximum(va, vb), None
+        return _first_max(va, ia, vb, _shifted(ia, s, dim, 0))
 
-    vals, idxs = [], []
-    row_v, row_i = [x], [flat]
+    row = [(v, i)]
     for j in range(1, lw):
-        s = 1 << (j - 1)
-        v, i = _first_max(row_v[-1], row_i[-1], shifted(row_v[-1], s, 3, -math.inf), shifted(row_i[-1], s, 3, 0))
-        row_v.append(v)
-        row_i.append(i)
-    level_v, level_i = row_v, row_i
-    for k in range(lh):
-        if k:
-            s = 1 << (k - 1)
-            pairs = [_first_max(v, i, shifted(v, s, 2, -math.inf), shifted(i, s, 2, 0))
-                     for v, i in zip(level_v, level_i, strict=True)]
-            level_v, level_i = [p[0] for p in pairs], [p[1] for p in pairs]
-        vals.append(torch.stack(level_v))
-        idxs.append(torch.stack(level_i))
-    table_v, table_i = torch.stack(vals), torch.stack(idxs)  # (Lh, Lw, B, C, H, W)
+        row.append(combine(*row[-1], 1 << (j - 1), 2))
+    levels = [row]
+    for k in range(1, lh):
+        levels.append([combine(va, ia, 1 << (k - 1), 1) for va, ia in levels[-1]])
+    table_v = torch.stack([torch.stack([va for va, _ in lv]) for lv in levels])  # (Lh, Lw, B, H, W, C)
+    table_i = torch.stack([torch.stack([ia for _, ia in lv]) for lv in levels]) if with_index else None
 
     kh = _bit_length(eh, lh).view(r, ph, 1).expand(r, ph, pw)
     kw = _bit_length(ew, lw).view(r, 1, pw).expand(r, ph, pw)
@@ -708,16 +773,27 @@ def _rect_max(x: torch.Tensor, b: torch.Tensor, hs: torch.Tensor, he: torch.Tens
     w1 = ws.clamp(0, width - 1).view(r, 1, pw).expand(r, ph, pw)
     h2 = (he.view(r, ph, 1) - (1 << kh)).clamp(0, height - 1)
     w2 = (we.view(r, 1, pw) - (1 << kw)).clamp(0, width - 1)
-    bb = b.view(r, 1, 1).expand(r, ph, pw)
-    best_v, best_i = None, None
+    cell = ((kh * lw + kw) * bsz + b.view(r, 1, 1)) * height  # row of the flattened (Lh, Lw, B, H, W) table
+    rows_v = table_v.view(-1, c)
+    rows_i = table_i.view(-1, c) if with_index else None
+    best_v = best_i = None
     for hh, ww in ((h1, w1), (h1, w2), (h2, w1), (h2, w2)):
-        v = table_v[kh, kw, bb, :, hh, ww]  # (R, PH, PW, C)
-        i = table_i[kh, kw, bb, :, hh, ww]
-        best_v, best_i = (v, i) if best_v is None else _first_max(best_v, best_i, v, i)
-    empty = ((eh.view(r, ph, 1) <= 0) | (ew.view(r, 1, pw) <= 0)).unsqueeze(-1)
+        at = ((cell + hh) * width + ww).reshape(-1)
+        cv = rows_v.index_select(0, at)  # (R * PH * PW, C)
+        ci = rows_i.index_select(0, at) if with_index else None
+        if best_v is None:
+            best_v, best_i = cv, ci
+        elif with_index:
+            best_v, best_i = _first_max(best_v, best_i, cv, ci)
+        else:
+            best_v = torch.maximum(best_v, cv)
+    empty = ((eh.view(r, ph, 1) <= 0) | (ew.view(r, 1, pw) <= 0)).reshape(-1, 1)
     best_v = torch.where(empty, torch.zeros((), dtype=x.dtype, device=x.device), best_v)
-    best_i = torch.where(empty, torch.full((), -1, dtype=best_i.dtype, device=x.device), best_i)
-    return best_v.permute(0, 3, 1, 2).contiguous(), best_i.permute(0, 3, 1, 2).contiguous()
+    best_v = best_v.view(r, ph, pw, c).permute(0, 3, 1, 2).contiguous()
+    if with_index:
+        best_i = torch.where(empty, torch.full((), -1, dtype=best_i.dtype, device=x.device), best_i)
+        best_i = best_i.view(r, ph, pw, c).permute(0, 3, 1, 2).contiguous()
+    return best_v, best_i
 
 
 def _roi_pool_bins(rois: torch.Tensor, scale: float, ph: int, pw: int, height: int, width: int):
@@ -748,7 +824,7 @@ class _ROIPoolFn(torch.autograd.Function):
         rois = rois.reshape(rois.shape[0], -1)
         b = _roi_batch(rois, x.shape[0])
         hs, he, ws, we = _roi_pool_bins(rois, scale, ph, pw, x.shape[2], x.shape[3])
-        top, arg = _rect_max(x, b, hs, he, ws, we)
+        top, arg = _rect_max(x, b, hs, he, ws, we, with_index=ctx.needs_input_grad[0])
         ctx.save_for_backward(b, arg)
         ctx.in_shape = x.shape
         return top
@@ -757,11 +833,12 @@ class _ROIPoolFn(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         b, arg = ctx.saved_tensors
         bsz, c, h, w = ctx.in_shape
+        size = bsz * c * h * w
         base = (b.view(-1, 1, 1, 1) * c + torch.arange(c, device=grad.device).view(1, c, 1, 1)) * (h * w)
-        hit = arg >= 0
-        out = torch.zeros(bsz * c * h * w, dtype=grad.dtype, device=grad.device)
-        out.index_add_(0, (base + arg)[hit], grad[hit])
-        return out.view(ctx.in_shape), None, None, None, None
+        target = torch.where(arg >= 0, base + arg, size)  # empty bins go to a spare slot
+        out = torch.zeros(size + 1, dtype=grad.dtype, device=grad.device)
+        out.index_add_(0, target.reshape(-1), grad.reshape(-1))
+        return out[:size].view(ctx.in_shape), None, None, None, None
 
 
 class _ROIPooling(CaffeLayer):
@@ -799,6 +876,16 @@ class ROIPooling(LayerSpec):
     def build_torch(self, node):
         p = node.attrs
         return _ROIPooling(p.pooled_h, p.pooled_w, p.spatial_scale)
+
+    def to_onnx(self, node, ctx):
+        """ONNX's ``MaxRoiPool`` is Fast R-CNN's layer (rounded corners, floor/ceil bins, empty bins 0)."""
+        p = node.attrs
+        rois = ctx.input(1)
+        if len(ctx.in_shape(1)) != 2 or ctx.in_shape(1)[1] != 5:
+            rois = ctx.reshape(rois, ctx.in_shape(1), [ctx.in_shape(1)[0], -1])
+            rois = ctx.slice(rois, [0], [5], [1])
+        ctx.add("MaxRoiPool", [ctx.input(0), rois], ctx.output(0), pooled_shape=[p.pooled_h, p.pooled_w],
+                spatial_scale=p.spatial_scale)
 
 
 class _PSROIPooling(CaffeLayer):
@@ -913,7 +1000,7 @@ class SmoothL1Loss(LayerSpec):
 
     def build_torch(self, node):
         sigma = node.attrs.sigma
-        return _SmoothL1(sigma * sigma)
+        return _SmoothL1(_f32(sigma * sigma))  # Caffe keeps sigma^2 as a float
 
 
 # =========================================================================================================
@@ -933,6 +1020,11 @@ class BNAttrs:
     shift_filler: Any
 
 
+def _channel_shape(x: torch.Tensor) -> tuple[int, ...]:
+    """``(1, C, 1, ...)`` for ``x``: the fork blobs are ``(1, C, 1, 1)`` whatever the bottom's rank."""
+    return (1, -1) + (1,) * (x.dim() - 2)
+
+
 class _SegNetBN(CaffeLayer):
     """SegNet's BN: INFERENCE is ``x * scale + shift`` (statistics folded in); LEARN normalises with the
     batch mean and ``E[x^2] - E[x]^2`` (+1e-9) in any phase, and can output them as tops 2 and 3."""
@@ -942,12 +1034,13 @@ class _SegNetBN(CaffeLayer):
         self.learn, self.n_tops = learn, n_tops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        scale, shift = (t.reshape(_channel_shape(x)) for t in (self.scale, self.shift))
         if not self.learn:
-            return x * self.scale + self.shift
+            return x * scale + shift
         dims = [0, *range(2, x.dim())]
         mean = x.mean(dims, keepdim=True)
         var = (x * x).mean(dims, keepdim=True) - mean * mean
-        y = (x - mean) / torch.sqrt(var + 1e-9) * self.scale + self.shift
+        y = (x - mean) / torch.sqrt(var + 1e-9) * scale + shift
         stats = (mean.reshape(self.shift.shape), var.reshape(self.shift.shape))
         return y if self.n_tops == 1 else (y, *stats[: self.n_tops - 1])
 
@@ -962,11 +1055,11 @@ class _PSPNetBN(CaffeLayer):
         self.frozen, self.momentum, self.eps = a.frozen, a.momentum, a.eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.scale, self.shift
+        scale, shift = (t.reshape(_channel_shape(x)) for t in (self.scale, self.shift))
         if self.frozen:
             scale, shift = scale.detach(), shift.detach()
         if self.frozen or not self.training:
-            mean, var = self.mean, self.variance
+            mean, var = (t.reshape(_channel_shape(x)) for t in (self.mean, self.variance))
         else:
             dims = [0, *range(2, x.dim())]
             mean = x.mean(dims, keepdim=True)
@@ -1022,10 +1115,28 @@ class BN(LayerSpec):
             module.add_blob("variance", shape, var_init, trainable=False)
         return module
 
+    def to_onnx(self, node, ctx):
+        """Inference forms only: SegNet's ``x * scale + shift``, PSPNet's stored statistics (TEST or frozen)
+        as ``(x - mean) * (var + eps)^-0.5 * scale + shift``, the inverse std computed in float32 as Caffe."""
+        a: BNAttrs = node.attrs
+        if a.learn or (a.pspnet and ctx.module.training and not a.frozen):
+            ctx.unsupported("BN normalising with batch statistics (SegNet LEARN mode, PSPNet TRAIN unfrozen)")
+        rank = len(ctx.in_shape(0))
+
+        def per_channel(array: np.ndarray, hint: str) -> str:
+            return ctx.broadcast_const(array.reshape(-1), 1, rank, hint)
+
+        x = ctx.input(0)
+        if a.pspnet:
+            var = ctx.param(3).astype(np.float32)
+            inv_std = np.power(var + np.float32(a.eps), np.float32(-0.5), dtype=np.float32)
+            x = ctx.add("Sub", [x, per_channel(ctx.param(2), "mean")])
+            x = ctx.add("Mul", [x, per_channel(inv_std, "inv_std")])
+        x = ctx.add("Mul", [x, per_channel(ctx.param(0), "scale")])
+        ctx.add("Add", [x, per_channel(ctx.param(1), "shift")], ctx.output(0))
+
 
 def _constant_filler(value: float) -> Any:
-    from ..proto import caffe_pb2
-
     return caffe_pb2.FillerParameter(type="constant", value=value)
 
 
@@ -1058,6 +1169,14 @@ class ShuffleChannel(LayerSpec):
     def build_torch(self, node):
         return _ShuffleChannel(node.attrs.group)
 
+    def to_onnx(self, node, ctx):
+        shape = ctx.in_shape(0)
+        g = node.attrs.group
+        grid = [shape[0], g, shape[1] // g, *shape[2:]]
+        x = ctx.reshape(ctx.input(0), shape, grid)
+        x = ctx.add("Transpose", [x], perm=[0, 2, 1, *range(3, len(grid))])
+        ctx.reshape(x, [shape[0], shape[1] // g, g, *shape[2:]], shape, ctx.output(0))
+
 
 @register
 class ConvolutionDepthwise(Convolution):
@@ -1079,23 +1198,26 @@ class ConvolutionDepthwise(Convolution):
             layer = copy
         return super().attrs(layer)
 
-    def _depthwise(self, node: Node, channels: int) -> Node:
-        return replace(node, attrs=replace(node.attrs, group=channels, num_output=channels))
+    def _grouped(self, node: Node, shape: Sequence[int]) -> Node:
+        """The node as the Convolution it is: ``group = num_output = `` the input's channels."""
+        c = shape[self.geometry(node, shape)[0]]
+        return replace(node, attrs=replace(node.attrs, group=c, num_output=c))
 
     def infer_shapes(self, node, in_shapes):
-        axis = self.geometry(node, in_shapes[0])[0]
-        return super().infer_shapes(self._depthwise(node, in_shapes[0][axis]), in_shapes)
+        return super().infer_shapes(self._grouped(node, in_shapes[0]), in_shapes)
 
     def param_shapes(self, node, in_shapes):
-        axis = self.geometry(node, in_shapes[0])[0]
-        return super().param_shapes(self._depthwise(node, in_shapes[0][axis]), in_shapes)
+        return super().param_shapes(self._grouped(node, in_shapes[0]), in_shapes)
 
     def macs(self, node, in_shapes, out_shapes):
-        axis = self.geometry(node, in_shapes[0])[0]
-        return super().macs(self._depthwise(node, in_shapes[0][axis]), in_shapes, out_shapes)
+        return super().macs(self._grouped(node, in_shapes[0]), in_shapes, out_shapes)
+
+    def to_onnx(self, node, ctx):
+        return super().to_onnx(self._grouped(node, ctx.in_shape(0)), ctx)
 
     def build_torch(self, node):
-        return super().build_torch(self._depthwise(node, node.param_shapes[0][0]))
+        c = node.param_shapes[0][0]  # weight (C, 1, kh, kw)
+        return super().build_torch(replace(node, attrs=replace(node.attrs, group=c, num_output=c)))
 
 
 class _Axpy(CaffeLayer):
@@ -1124,6 +1246,11 @@ class Axpy(LayerSpec):
     def build_torch(self, node):
         return _Axpy()
 
+    def to_onnx(self, node, ctx):
+        a_shape, x_shape = ctx.in_shape(0), ctx.in_shape(1)
+        scale = ctx.reshape(ctx.input(0), a_shape, [*x_shape[:2], *([1] * (len(x_shape) - 2))])
+        ctx.add("Add", [ctx.add("Mul", [scale, ctx.input(1)]), ctx.input(2)], ctx.output(0))
+
 
 # =========================================================================================================
 # SegNet, HED: DenseImageData, ImageLabelmapData
@@ -1131,6 +1258,7 @@ class Axpy(LayerSpec):
 @register
 class DenseImageData(DataLayerSpec):
     type = "DenseImageData"
+    family = FAMILY
     summary = "SegNet: images and label maps (N, 1, H, W) from a list of file pairs; a net input"
 
     def data_attrs(self, layer):
