@@ -145,6 +145,7 @@ def test_invalid_parameters(params: str, message: str) -> None:
 
 
 def test_dropout_train_is_inverted_and_test_is_identity() -> None:
+    torch.manual_seed(0)
     x = np.random.default_rng(3).uniform(1, 2, (64, 256)).astype(np.float32)
     layers = layer("Dropout", "dropout_param { dropout_ratio: 0.25 }")
     train = net_of(layers, x.shape, phase="TRAIN")
@@ -152,7 +153,7 @@ def test_dropout_train_is_inverted_and_test_is_identity() -> None:
     y = train(x=xt)["y"]
     y.sum().backward()
     kept = y.detach().numpy() != 0
-    assert abs(kept.mean() - 0.75) < 0.01
+    assert abs(kept.mean() - 0.75) < 0.03  # > 5 standard deviations of the sample mean
     np.testing.assert_allclose(y.detach().numpy()[kept], x[kept] / np.float32(0.75), rtol=1e-6)
     np.testing.assert_allclose(xt.grad.numpy(), kept / np.float32(0.75), rtol=1e-6)
     test = net_of(layers, x.shape, phase="TEST")
@@ -160,11 +161,12 @@ def test_dropout_train_is_inverted_and_test_is_identity() -> None:
 
 
 def test_dropout_fork_fields() -> None:
+    torch.manual_seed(0)
     x = torch.rand(128, 128) + 1
     unscaled = DropoutModule(0.4, scale_train=False)  # Faster R-CNN / R-FCN scale_train: false
     y = unscaled(x)
     kept = y != 0
-    assert abs(kept.float().mean().item() - 0.6) < 0.01
+    assert abs(kept.float().mean().item() - 0.6) < 0.02  # > 5 standard deviations of the sample mean
     assert torch.equal(y[kept], x[kept])
     unscaled.eval()
     np.testing.assert_allclose(unscaled(x).numpy(), x.numpy() * 0.6, rtol=1e-6)
