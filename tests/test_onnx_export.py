@@ -14,18 +14,20 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from click.testing import CliRunner
+from golden import CORPUS, SHARED, assert_close, case_params, meta, npz
+from test_golden_nets import SLOW_ZOO, recipe_weights
 
 import prototxt2py
-from golden import CORPUS, SHARED, assert_close, case_params, meta, npz
 from prototxt2py.backends import onnx_export
 from prototxt2py.backends.onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx, newest_opset, to_onnx_model
 from prototxt2py.cli import main
 from prototxt2py.errors import Prototxt2pyError, UnsupportedLayerError
 from prototxt2py.layers import get_spec
 from prototxt2py.reader import read_net
-from test_golden_nets import SLOW_ZOO, recipe_weights
 
-#: Golden layer cases that cannot be exported, and why; each must fail with an error naming a layer.
+#: Golden layer cases that cannot be exported, and why; exporting each must fail with one error naming every
+#: layer that has no mapping.
 EXCLUDED = {
     **{case: "only a training-time loss/metric on the inputs: nothing is left for inference" for case in (
         "accuracy_axis2", "accuracy_ignore", "accuracy_per_class", "accuracy_top1", "accuracy_top3",
@@ -56,7 +58,7 @@ def run_onnx(model: onnx.ModelProto | str | Path, feed: Mapping[str, np.ndarray]
 def runtime_blobs(net: prototxt2py.backends.torch_runtime.CaffeNet, feed: Mapping[str, np.ndarray]) -> dict:
     with torch.no_grad():
         blobs = net(**{k: torch.from_numpy(v) for k, v in feed.items() if k in net.input_names}, all_blobs=True)
-    return {k: v.numpy() for k, v in blobs.items()}
+    return {k: v.detach().numpy() for k, v in blobs.items()}
 
 
 def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], rtol: float, atol: float) -> None:
@@ -67,11 +69,12 @@ def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], rtol:
         assert_close(got[name], want[name], rtol, atol, f"ONNX output '{name}'")
 
 
-def inference_net(case: Path, m: dict) -> prototxt2py.backends.torch_runtime.CaffeNet:
-    """The case's net without its losses and metrics (what a deploy net keeps), with the case's weights."""
+def case_net(case: Path, m: dict, inference_only: bool = True) -> prototxt2py.backends.torch_runtime.CaffeNet:
+    """The case's net with the case's weights; ``inference_only`` drops its losses and metrics (what a deploy
+    net would not have)."""
     source = read_net(case / "net.prototxt")
-    keep = [i for i, layer in enumerate(source.net.layer)
-            if not ((spec := get_spec(layer.type)) is not None and spec.is_loss or layer.type in TRAINING_ONLY)]
+    keep = [i for i, layer in enumerate(source.net.layer) if not inference_only
+            or not ((spec := get_spec(layer.type)) is not None and spec.is_loss or layer.type in TRAINING_ONLY)]
     net = type(source.net)()
     net.CopyFrom(source.net)
     del net.layer[:]
@@ -91,10 +94,13 @@ def inference_net(case: Path, m: dict) -> prototxt2py.backends.torch_runtime.Caf
 def test_golden_layer_case(case: Path, opset: int) -> None:
     m = meta(case)
     if case.name in EXCLUDED:
-        with pytest.raises(Prototxt2pyError, match="layer"):
-            to_onnx_model(inference_net(case, m), opset=opset)
+        net = case_net(case, m, inference_only=False)
+        with pytest.raises(UnsupportedLayerError) as e:
+            to_onnx_model(net, opset=opset)
+        unsupported = [n.name for n in net.graph.nodes if not n.spec.supports("onnx")]
+        assert unsupported and all(f"layer '{name}'" in str(e.value) for name in unsupported), str(e.value)
         return
-    model = to_onnx_model(inference_net(case, m), opset=opset)
+    model = to_onnx_model(case_net(case, m), opset=opset)
     got = run_onnx(model, npz(case / "inputs.npz"))
     compare(got, npz(case / "outputs.npz"), m.get("rtol", 1e-5), m.get("atol", 1e-6))
 
@@ -162,6 +168,22 @@ def _deploy_params() -> list:
     return out
 
 
+def random_inputs(graph: prototxt2py.Graph) -> dict[str, np.ndarray]:
+    """N(0, 1) inputs, except ROI lists (bottom 1 of an ROI pooling layer): image 0, corners in [0, 64)."""
+    rng = np.random.default_rng(0)
+    roi_inputs = {n.inputs[1] for n in graph.nodes if n.type in ("ROIPooling", "PSROIPooling")}
+    feed = {}
+    for vid in graph.inputs:
+        shape = graph.values[vid].shape
+        if vid in roi_inputs:
+            corners = np.sort(rng.uniform(0, 64, (shape[0], 2, 2)), axis=1).reshape(shape[0], 4)
+            value = np.concatenate([np.zeros((shape[0], 1)), corners], axis=1).reshape(shape)
+        else:
+            value = rng.standard_normal(shape)
+        feed[graph.values[vid].blob] = value.astype(np.float32)
+    return feed
+
+
 @pytest.mark.parametrize("rel", _deploy_params())
 def test_corpus_deploy_net(rel: str) -> None:
     try:
@@ -175,12 +197,15 @@ def test_corpus_deploy_net(rel: str) -> None:
     except Prototxt2pyError as e:
         pytest.skip(f"the PyTorch runtime cannot build it: {e}")
     recipe_weights(net, 0)
-    rng = np.random.default_rng(0)
-    feed = {net.graph.values[v].blob: rng.standard_normal(net.graph.values[v].shape).astype(np.float32)
-            for v in net.graph.inputs}
+    with torch.no_grad():  # the recipe draws fork BN statistics (1, C, 1, 1) like weights: keep variances valid
+        for name, blob in net.named_buffers():
+            if name.endswith(".variance"):
+                blob.abs_()
+    feed = random_inputs(net.graph)
     got = run_onnx(to_onnx_model(net), feed)
     want = runtime_blobs(net, feed)
     for name, value in got.items():
+        assert np.isfinite(want[name]).all(), f"runtime output '{name}' is not finite: nothing to compare"
         scale = float(np.abs(want[name]).max(initial=0.0))
         assert_close(value, want[name], 1e-4, 1e-5 * max(scale, 1.0), f"ONNX output '{name}' vs the runtime")
 
@@ -193,8 +218,10 @@ name: "edges"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 7 dim: 9 } } }
 layer { name: "max_past" type: "Pooling" bottom: "data" top: "max_past" top: "max_mask"
         pooling_param { pool: MAX kernel_size: 1 stride: 3 } }
-layer { name: "ave_past" type: "Pooling" bottom: "data" top: "ave_past" pooling_param { pool: AVE kernel_size: 2 stride: 4 } }
-layer { name: "stoch" type: "Pooling" bottom: "data" top: "stoch" pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 } }
+layer { name: "ave_past" type: "Pooling" bottom: "data" top: "ave_past"
+        pooling_param { pool: AVE kernel_size: 2 stride: 4 } }
+layer { name: "stoch" type: "Pooling" bottom: "data" top: "stoch"
+        pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 } }
 layer { name: "mask_pad" type: "Pooling" bottom: "data" top: "mask_pad_y" top: "mask_pad"
         pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
 layer { name: "global" type: "Pooling" bottom: "data" top: "global" pooling_param { pool: AVE global_pooling: true } }
@@ -205,9 +232,12 @@ layer { name: "within" type: "LRN" bottom: "data" top: "within"
 layer { name: "mvn" type: "MVN" bottom: "data" top: "mvn" mvn_param { across_channels: true } }
 layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" batch_norm_param { use_global_stats: false } }
 layer { name: "flat" type: "Flatten" bottom: "data" top: "flat" }
+layer { name: "param" type: "Parameter" top: "param" parameter_param { shape { dim: 2 dim: 5 } } }
+layer { name: "bn2d" type: "BatchNorm" bottom: "flat" top: "bn2d" batch_norm_param { use_global_stats: true } }
 layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 5 axis: 2 } }
 layer { name: "argmax" type: "ArgMax" bottom: "flat" top: "argmax" argmax_param { top_k: 3 out_max_val: true } }
-layer { name: "reshape" type: "Reshape" bottom: "data" top: "reshape" reshape_param { shape { dim: 0 dim: -1 dim: 9 } } }
+layer { name: "reshape" type: "Reshape" bottom: "data" top: "reshape"
+        reshape_param { shape { dim: 0 dim: -1 dim: 9 } } }
 layer { name: "red" type: "Reduction" bottom: "reshape" top: "red" reduction_param { operation: MEAN axis: 1 } }
 layer { name: "power0" type: "Power" bottom: "data" top: "power0" power_param { power: 2 scale: 0 shift: 3 } }
 layer { name: "clip" type: "Clip" bottom: "data" top: "clip" clip_param { min: 0.5 max: -0.5 } }
@@ -241,7 +271,9 @@ def test_edges_match_the_runtime(tmp_path: Path, opset: int) -> None:
 
 def test_dynamic_batch_runs_at_batch_1_and_3(tmp_path: Path) -> None:
     model = to_onnx_model(edge_net(tmp_path), dynamic_batch=True)
-    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    first_dims = {v.name: v.type.tensor_type.shape.dim[0] for v in (*model.graph.input, *model.graph.output)}
+    assert first_dims["data"].dim_param == first_dims["bn2d"].dim_param == first_dims["argmax"].dim_param == "N"
+    assert first_dims["param"].dim_value == 2  # a constant's first axis is not the batch, even of that size
     for batch in (1, 3):
         feed = edge_input(batch)
         got = run_onnx(model, feed)
@@ -258,10 +290,8 @@ def test_dynamic_batch_golden_net(tmp_path: Path) -> None:
     out = tmp_path / "onet.onnx"
     args = ["convert", str(SHARED / m["prototxt"]), "--weights", str(SHARED / m["weights"]), "--to", "onnx",
             "-o", str(out), "--dynamic-batch"]
-    from click.testing import CliRunner
-
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
+    code, output = cli(*args)
+    assert code == 0, output
     want = npz(case / "outputs.npz")
     for batch in (1, 3):
         feed = {k: np.concatenate([v] * 3)[:batch] for k, v in inputs.items()}
@@ -274,8 +304,6 @@ def test_dynamic_batch_golden_net(tmp_path: Path) -> None:
 # Command line, errors, opsets, external data
 # ---------------------------------------------------------------------------------------------------------
 def cli(*args: str) -> tuple[int, str]:
-    from click.testing import CliRunner
-
     result = CliRunner().invoke(main, list(args))
     return result.exit_code, result.output
 

@@ -4,7 +4,7 @@ Why not ``torch.onnx.export`` of the runtime module: tracing would bake in whate
 happens to use (custom autograd functions, explicit padding tricks) and is slow for big nets. Here every layer
 spec states its Caffe semantics once, with standard ONNX ops, in ``to_onnx(node, ctx)``; the exporter only
 walks the IR and hands each spec an :class:`OnnxContext`. Nothing is traced, and initializers are made from
-numpy arrays in one copy (``numpy_helper.from_array``), so exporting ResNet-50 takes well under a second.
+numpy arrays with one copy, straight into the model, so exporting ResNet-50 takes well under a second.
 
 Guarantees:
 
@@ -22,9 +22,10 @@ Opsets: :data:`MIN_OPSET` (13: per-axis ``Softmax``, ``ReduceSum``/``Split``/``S
 The default, :data:`DEFAULT_OPSET` = 17, is what current runtimes (onnxruntime, TensorRT >= 8.6, OpenVINO)
 all load; no Caffe layer needs anything newer.
 
-``dynamic_batch`` makes the first axis of every input, and of every output that has the batch as its first
-axis, the symbol ``N``. Specs then build reshape targets with :meth:`OnnxContext.reshape`, which writes the
-batch axis as ``0`` (copy) or ``-1`` (infer), so the graph stays valid at any batch size.
+``dynamic_batch`` makes the first axis of every input the symbol ``N``; outputs get the shapes ONNX shape
+inference derives from that (``N`` where they follow the batch). Specs build reshape targets with
+:meth:`OnnxContext.reshape`, which writes the batch axis as ``0`` (copy) or ``-1`` (infer), so the graph stays
+valid at any batch size.
 """
 
 from __future__ import annotations
@@ -39,13 +40,12 @@ from typing import Any, NoReturn
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ..errors import InputFileError, Location, Prototxt2pyError, ShapeError, UnsupportedLayerError
 from ..fsutil import write_bytes_atomic
 from ..ir import Node
 from ..layers.base import Shape
-from ..netstate import TRAIN
 
 #: Oldest opset exported: the first with per-axis Softmax and axes given as tensors to ReduceSum/Squeeze.
 MIN_OPSET = 13
@@ -75,8 +75,9 @@ def newest_opset() -> int:
     for opset in range(newest, MIN_OPSET, -1):
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
         y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
-        model = _make_model(graph, opset)
+        model = onnx.ModelProto()
+        model.graph.CopyFrom(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y]))
+        _stamp(model, opset)
         try:
             onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         except Exception:  # onnxruntime's exception types are not part of its API
@@ -96,18 +97,14 @@ def resolve_opset(opset: int | None) -> int:
     return int(opset)
 
 
-def _make_model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
-    """A model at ``opset`` with the oldest IR version that allows it, so older runtimes can load it."""
-    opsets = [helper.make_opsetid("", opset)]
+def _stamp(model: onnx.ModelProto, opset: int) -> None:
+    """Opset, producer and the oldest IR version that allows the opset, so older runtimes can load it."""
     from .. import __version__
 
-    return helper.make_model(
-        graph,
-        opset_imports=opsets,
-        producer_name="prototxt2py",
-        producer_version=__version__,
-        ir_version=helper.find_min_ir_version_for(opsets, ignore_unknown=True),
-    )
+    model.opset_import.append(helper.make_opsetid("", opset))
+    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.producer_name = "prototxt2py"
+    model.producer_version = __version__
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -133,10 +130,13 @@ class OnnxContext:
         self.graph = net.graph
         self.opset = opset
         self.dynamic_batch = dynamic_batch
-        #: Whether the net was instantiated in TRAIN (dropout, batch statistics ...).
-        self.training = self.graph.state.phase == TRAIN
+        #: Whether the runtime module is in training mode (TRAIN phase unless changed with ``net.eval()``):
+        #: the export computes what the module computes (batch statistics, random dropout are refused ...).
+        self.training = bool(net.training)
+        #: The model under construction: initializers go straight into it (copying 100s of MB of weights
+        #: from one message into another is what would make exporting slow).
+        self.model = onnx.ModelProto()
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[TensorProto] = []
         self.initializer_bytes = 0
         self.silenced: list[str] = []
         self.node: Node | None = None
@@ -262,8 +262,14 @@ class OnnxContext:
         return self._small_consts[key]
 
     def _add_initializer(self, array: np.ndarray, hint: str) -> str:
+        """A tensor built in place in the model: one copy of the array's bytes, no Python loop over the
+        elements (``numpy_helper.from_array`` and then adding its result to the graph would copy twice more)."""
         name = self._claim(f"{self._layer_name()}/{hint}")
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        tensor = self.model.graph.initializer.add()
+        tensor.name = name
+        tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+        tensor.dims.extend(array.shape)
+        tensor.raw_data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
         self.initializer_bytes += array.nbytes
         return name
 
@@ -366,12 +372,56 @@ def _require_shapes(graph: Any) -> None:
         raise ShapeError(f"ONNX export needs every blob shape; unknown for {details}{more}", Location(graph.file))
 
 
-def _value_info(name: str, shape: Shape, batch: int | None) -> onnx.ValueInfoProto:
-    """A float32 graph input/output; the first axis becomes the batch symbol when it is the batch."""
-    dims: list[int | str] = list(shape)
+def _value_info(name: str, shape: Shape | None, batch: int | None = None) -> onnx.ValueInfoProto:
+    """A float32 graph input/output (no shape if ``shape`` is None); with ``batch``, a first axis of that size
+    becomes the batch symbol."""
+    dims: list[int | str] | None = None if shape is None else list(shape)
     if batch is not None and dims and dims[0] == batch:
         dims[0] = BATCH_SYMBOL
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+
+def _declare_io(onnx_graph: onnx.GraphProto, ctx: OnnxContext, dynamic_batch: bool) -> None:
+    """Graph inputs (the net's input blobs) and outputs: the blobs no layer consumes, except inputs passed
+    through untouched; failing any, the blobs consumed by Silence layers (what Caffe reports then). With a
+    dynamic batch the outputs are declared without shapes here (see :func:`_infer_output_shapes`)."""
+    graph, names = ctx.graph, ctx.value_names
+    first = graph.values[graph.inputs[0]].shape if graph.inputs else None
+    batch = first[0] if dynamic_batch and first else None
+    inputs = set(graph.inputs)
+    outputs = [v for v in graph.outputs if v not in inputs]
+    if not outputs:
+        by_name = {names[v]: v for v in graph.values}
+        outputs = [by_name[n] for n in dict.fromkeys(ctx.silenced) if by_name[n] not in inputs]
+    if not outputs:
+        raise Prototxt2pyError("nothing to export: the net computes no output blob", Location(graph.file))
+    onnx_graph.input.extend(_value_info(names[v], graph.values[v].shape, batch) for v in graph.inputs)
+    onnx_graph.output.extend(_value_info(names[v], None if dynamic_batch else graph.values[v].shape)
+                             for v in outputs)
+
+
+def _infer_output_shapes(model: onnx.ModelProto) -> None:
+    """Declare the outputs of a dynamic-batch model with the shapes ONNX shape inference derives from the
+    symbolic inputs: an output follows the batch (``N``) only where the graph makes it do so (a PriorBox or
+    a full Reduction does not). Inference runs on a copy whose large initializers are stubs with dims only,
+    so no weights are copied."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    g = light.graph
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    for tensor in model.graph.initializer:
+        stub = g.initializer.add()
+        if np.prod(tensor.dims) <= 64:  # shape-like constants: inference reads their values
+            stub.CopyFrom(tensor)
+        else:
+            stub.name, stub.data_type = tensor.name, tensor.data_type
+            stub.dims.extend(tensor.dims)
+    inferred = onnx.shape_inference.infer_shapes(light)
+    for declared, found in zip(model.graph.output, inferred.graph.output, strict=True):
+        declared.type.CopyFrom(found.type)
 
 
 def _build(net: Any, opset: int | None, dynamic_batch: bool) -> tuple[onnx.ModelProto, int]:
@@ -398,25 +448,15 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool) -> tuple[onnx.Model
         ctx.finish()
     _raise_unsupported(problems)
 
-    names = ctx.value_names
-    input_ids = list(graph.inputs)
-    batch = graph.values[input_ids[0]].shape[0] if dynamic_batch and input_ids and graph.values[
-        input_ids[0]].shape else None
-    inputs = [_value_info(names[v], graph.values[v].shape, batch) for v in input_ids]
-    output_ids = [v for v in graph.outputs if v not in set(input_ids)]
-    outputs = [_value_info(names[v], graph.values[v].shape, batch) for v in output_ids]
-    if not outputs:
-        by_name = {names[v]: v for v in graph.values}
-        outputs = [_value_info(n, graph.values[by_name[n]].shape, batch) for n in dict.fromkeys(ctx.silenced)]
-    if not outputs:
-        raise Prototxt2pyError("nothing to export: the net has no output blobs", Location(graph.file))
-    for info in outputs:  # a graph output must be computed by a node (not be an input or an initializer)
-        if info.name in {i.name for i in inputs}:
-            raise Prototxt2pyError(f"output blob '{info.name}' is a net input", Location(graph.file))
-    onnx_graph = helper.make_graph(ctx.nodes, graph.name or "caffe_net", inputs, outputs,
-                                   initializer=ctx.initializers)
-    onnx_graph.doc_string = f"Caffe net {graph.file}, converted by prototxt2py"
-    return _make_model(onnx_graph, opset), ctx.initializer_bytes
+    model = ctx.model
+    _declare_io(model.graph, ctx, dynamic_batch)
+    model.graph.name = graph.name or "caffe_net"
+    model.graph.doc_string = f"Caffe net {Path(graph.file).name}, converted by prototxt2py"
+    model.graph.node.extend(ctx.nodes)
+    _stamp(model, opset)
+    if dynamic_batch:
+        _infer_output_shapes(model)
+    return model, ctx.initializer_bytes
 
 
 def to_onnx_model(net: Any, opset: int | None = None, dynamic_batch: bool = False) -> onnx.ModelProto:

@@ -691,9 +691,7 @@ class Upsample(LayerSpec):
             ctx.unsupported("unpooling indices need a fixed batch size")
         out_h, out_w = _upsample_size(a, h, w)
         offsets = (np.arange(n * c, dtype=np.int64) * (out_h * out_w)).reshape(n, c, 1, 1)
-        from onnx import TensorProto  # the export backend's dependency, not the runtime's
-
-        index = ctx.add("Add", [ctx.add("Cast", [ctx.input(1)], to=TensorProto.INT64), ctx.const(offsets, "plane")])
+        index = ctx.add("Add", [ctx.add("Cast", [ctx.input(1)], to=ctx.INT64), ctx.const(offsets, "plane")])
         if out_h < h or out_w < w:
             ctx.unsupported(f"unpooling {h}x{w} to a smaller {out_h}x{out_w}")
         # a 1x1 kernel makes MaxUnpool's own size rule give the input size, which output_shape may exceed

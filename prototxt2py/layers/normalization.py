@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -194,6 +195,25 @@ class BatchNorm(LayerSpec):
         channels = _blob_shapes(self, node, 1)[0][0]
         return BatchNormModule(channels, node.attrs)
 
+    def to_onnx(self, node, ctx):
+        """Stored statistics: ``BatchNormalization`` with the scale factor folded in (mean/s, var/s, 0 for
+        s == 0, computed as the runtime does), scale 1 and bias 0 — the form runtimes fuse into a preceding
+        convolution. Batch statistics: Caffe's computation spelled out (mean, ``x - mean``, biased variance,
+        division by ``sqrt(var + eps)``); the running sums Caffe updates in TRAIN are not outputs."""
+        module, x, rank = ctx.module, ctx.input(0), len(ctx.in_shape(0))
+        if module.uses_global_stats():
+            mean, var = (t.detach().cpu().numpy() for t in module.stored_stats())
+            ones, zeros = np.ones_like(mean), np.zeros_like(mean)
+            ctx.add("BatchNormalization", [x, ctx.const(ones, "scale"), ctx.const(zeros, "bias"),
+                                           ctx.const(mean, "mean"), ctx.const(var, "var")],
+                    ctx.output(0), epsilon=float(module.eps))
+            return
+        axes = _reduce_dims(rank)
+        centred = ctx.add("Sub", [x, ctx.reduce("ReduceMean", x, axes)])
+        var = ctx.reduce("ReduceMean", ctx.add("Mul", [centred, centred]), axes)
+        std = ctx.add("Sqrt", [ctx.add("Add", [var, ctx.scalar(module.eps)])])
+        ctx.add("Div", [centred, std], ctx.output(0))
+
 
 # -- Scale and Bias ----------------------------------------------------------------------------------------
 def _learned_operand_shape(spec: LayerSpec, node: Any, x: Shape, axis: int, num_axes: int) -> Shape:
@@ -275,6 +295,16 @@ class _BroadcastSpec(LayerSpec):
             _learned_operand_shape(self, node, x, p.axis, p.num_axes)
         return [x]
 
+    def onnx_operand(self, node: Any, ctx: Any, blob: int | None) -> str:
+        """The operand lined up with bottom 0 for ONNX's trailing-aligned broadcasting: bottom 1 (``blob``
+        None, given trailing axes by Unsqueeze) or learned blob ``blob`` (reshaped with trailing ones)."""
+        rank = len(ctx.in_shape(0))
+        operand = self.operand_shape(node, [ctx.in_shape(i) for i in range(ctx.num_inputs)])
+        axis = canonical_axis(node, self, node.attrs.axis, rank) if operand else 0
+        if blob is None:
+            return ctx.broadcast(ctx.input(1), len(operand), axis, rank)
+        return ctx.broadcast_const(ctx.param(blob), axis, rank, self.blob_names[blob])
+
     def operand_shape(self, node: Any, in_shapes: Sequence[Shape]) -> Shape:
         """The scale/bias operand's shape, learned or given by bottom 1 (that is also the bias blob's
         shape in a Scale with ``bias_term``)."""
@@ -307,6 +337,14 @@ class Scale(_BroadcastSpec):
         filler = _filler_or_constant(p, "filler", 1.0)
         return ScaleModule(p.axis, shapes, learned, p.bias_term, filler, filler_of(p, "bias_filler"))
 
+    def to_onnx(self, node, ctx):
+        """``Mul`` then ``Add``: Caffe's Scale multiplies, then its internal Bias layer adds."""
+        bias = node.attrs.bias_term
+        factor = self.onnx_operand(node, ctx, 0 if ctx.num_inputs == 1 else None)
+        y = ctx.add("Mul", [ctx.input(0), factor], None if bias else ctx.output(0))
+        if bias:
+            ctx.add("Add", [y, self.onnx_operand(node, ctx, ctx.num_params - 1)], ctx.output(0))
+
 
 @register
 class Bias(_BroadcastSpec):
@@ -322,6 +360,10 @@ class Bias(_BroadcastSpec):
         learned = len(node.bottoms) == 1
         shape = _blob_shapes(self, node, 1)[0] if learned else None
         return BiasModule(node.attrs.axis, shape, filler_of(node.attrs, "filler"))
+
+    def to_onnx(self, node, ctx):
+        operand = self.onnx_operand(node, ctx, 0 if ctx.num_inputs == 1 else None)
+        ctx.add("Add", [ctx.input(0), operand], ctx.output(0))
 
 
 # -- Normalize (SSD fork) ----------------------------------------------------------------------------------
@@ -403,3 +445,12 @@ class Normalize(LayerSpec):
         shape = _blob_shapes(self, node, 1)[0]
         # SSD's default scale filler is constant 1 (SSD nets set 20 explicitly).
         return NormalizeModule(shape, p.across_spatial, p.eps, _filler_or_constant(p, "scale_filler", 1.0))
+
+    def to_onnx(self, node, ctx):
+        """``x / sqrt(sum(x^2) + eps) * weight``, summing over C*H*W (across_spatial) or over C."""
+        p, x = node.attrs, ctx.input(0)
+        rank = len(ctx.in_shape(0))
+        squares = ctx.reduce("ReduceSumSquare", x, range(1, rank) if p.across_spatial else [1])
+        norm = ctx.add("Sqrt", [ctx.add("Add", [squares, ctx.scalar(p.eps)])])
+        weight = ctx.broadcast_const(ctx.param(0), 1, rank, "weight")
+        ctx.add("Mul", [ctx.add("Div", [x, norm]), weight], ctx.output(0))

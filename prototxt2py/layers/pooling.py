@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -205,6 +206,107 @@ def caffe_pool(
     return _stochastic_pool(x, plan, training), None
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Pooling in ONNX
+# ----------------------------------------------------------------------------------------------------------
+def _onnx_pads(plan: PoolPlan) -> tuple[int, int, int, int]:
+    """ONNX pads ``(top, left, bottom, right)`` covering exactly Caffe's windows: the end pads are what the
+    last window overhangs (never negative: a last window ending inside the input just leaves the rest
+    unread, and the floor-rounded ONNX output size is then still Caffe's)."""
+    left, right, top, bottom = plan.explicit_pad
+    return top, left, max(bottom, 0), max(right, 0)
+
+
+def _onnx_pool_attrs(plan: PoolPlan, pads: Sequence[int]) -> dict[str, Any]:
+    return {"kernel_shape": list(plan.kernel), "strides": list(plan.stride), "pads": list(pads)}
+
+
+def _pad_input(ctx: Any, x: str, pads: Sequence[int], value: float) -> str:
+    """``x`` padded explicitly (H and W only) with ``value``; ``x`` itself when there is nothing to pad."""
+    if not any(pads):
+        return x
+    top, left, bottom, right = pads
+    return ctx.add("Pad", [x, ctx.ints([0, 0, top, left, 0, 0, bottom, right], "pads"), ctx.scalar(value)])
+
+
+def _padded_average(ctx: Any, x: str, plan: PoolPlan, pads: Sequence[int]) -> str:
+    """AveragePool over the zero-padded input: every window sum divided by the full kernel area."""
+    return ctx.add("AveragePool", [_pad_input(ctx, x, pads, 0.0)], **_onnx_pool_attrs(plan, (0, 0, 0, 0)))
+
+
+def _ave_divisor_correction(plan: PoolPlan) -> np.ndarray:
+    """``kernel area / Caffe's divisor`` per output position, ``(1, 1, out_h, out_w)``: the divisor is the
+    window clipped to ``[-pad, in + pad)``; a window wholly past the input (possible without padding) sums
+    to zero, and gets factor 0."""
+    like = torch.zeros((), dtype=torch.float64)
+    rows, cols = (_clipped_lengths(*a, like=like).numpy() for a in
+                  zip(plan.size, plan.kernel, plan.pad, plan.stride, plan.out, strict=True))
+    divisor = rows[:, None] * cols[None, :]
+    area = float(plan.kernel[0] * plan.kernel[1])
+    factor = np.divide(area, divisor, out=np.zeros_like(divisor), where=divisor != 0)
+    return factor.astype(np.float32).reshape(1, 1, *plan.out)
+
+
+def _onnx_mask(ctx: Any, index: str, plan: PoolPlan, pads: Sequence[int], padded: bool, out: str) -> None:
+    """Caffe's mask top from MaxPool's flat indices: the argmax as a float index into H*W. Indices into an
+    explicitly padded input are mapped back, -1 where the maximum is padding (Caffe: nothing won)."""
+    (h, w), top, left = plan.size, pads[0], pads[1]
+    if not padded:
+        ctx.add("Cast", [ctx.add("Mod", [index, ctx.const(np.int64(h * w), "plane")])], out, to=ctx.FLOAT)
+        return
+    width = w + left + pads[3]
+    plane = ctx.add("Mod", [index, ctx.const(np.int64((h + top + pads[2]) * width), "plane")])
+    row = ctx.add("Sub", [ctx.add("Div", [plane, ctx.const(np.int64(width), "width")]), ctx.const(np.int64(top))])
+    col = ctx.add("Sub", [ctx.add("Mod", [plane, ctx.const(np.int64(width), "width")]), ctx.const(np.int64(left))])
+    inside = None
+    for value, size in ((row, h), (col, w)):
+        zero, limit = ctx.const(np.int64(-1)), ctx.const(np.int64(size))
+        ok = ctx.add("And", [ctx.add("Greater", [value, zero]), ctx.add("Less", [value, limit])])
+        inside = ok if inside is None else ctx.add("And", [inside, ok])
+    flat = ctx.add("Add", [ctx.add("Mul", [row, ctx.const(np.int64(w), "w")]), col])
+    flat = ctx.add("Where", [inside, flat, ctx.const(np.int64(-1))])
+    ctx.add("Cast", [flat], out, to=ctx.FLOAT)
+
+
+def onnx_pool(ctx: Any, x: str, plan: PoolPlan, out: str | None = None, mask_out: str | None = None) -> str:
+    """Caffe's pooling of ``x`` in standard ONNX; returns the pooled tensor's name.
+
+    ``ceil_mode`` is never used (runtimes disagree on its overhang rules): the end pads are computed from
+    Caffe's output size. Pads the runtimes' pooling accepts (smaller than the kernel) go into the pooling
+    op; otherwise (a window wholly past the input) the input is padded explicitly, with -FLT_MAX for MAX
+    (Caffe's initial value) and zeros for AVE. AVE divides by the full kernel area where every window lies
+    within ``[-pad, in + pad)`` (count_include_pad), else the average of the zero-padded windows is
+    rescaled by a per-position constant to Caffe's clipped divisor. Whole-input windows are Global*Pool.
+    """
+    pads = _onnx_pads(plan)
+    if plan.pool == STOCHASTIC:
+        if ctx.training:
+            ctx.unsupported("STOCHASTIC pooling samples randomly in TRAIN")
+        # TEST: sum(x^2) / sum(x) over each window, 0 where the sum is not positive (no padding allowed)
+        area = ctx.scalar(float(plan.kernel[0] * plan.kernel[1]))
+        total = ctx.add("Mul", [_padded_average(ctx, x, plan, pads), area])
+        squares = ctx.add("Mul", [_padded_average(ctx, ctx.add("Mul", [x, x]), plan, pads), area])
+        positive = ctx.add("Greater", [total, ctx.scalar(0.0)])
+        ratio = ctx.add("Div", [squares, ctx.add("Where", [positive, total, ctx.scalar(1.0)])])
+        return ctx.add("Where", [positive, ratio, ctx.scalar(0.0)], out)
+    if plan.kernel == plan.size and not any(plan.pad) and mask_out is None:
+        return ctx.add("GlobalMaxPool" if plan.pool == MAX else "GlobalAveragePool", [x], out)
+    in_op = all(p < k for p, k in zip(pads, plan.kernel * 2, strict=True))
+    if plan.pool == MAX:
+        source = x if in_op else _pad_input(ctx, x, pads, -_FLT_MAX)
+        attrs = _onnx_pool_attrs(plan, pads if in_op else (0, 0, 0, 0))
+        if mask_out is None:
+            return ctx.add("MaxPool", [source], out, **attrs)
+        index = ctx.tmp("argmax")
+        y = ctx.add("MaxPool", [source], [out or ctx.tmp("maxpool"), index], **attrs)
+        _onnx_mask(ctx, index, plan, pads, not in_op, mask_out)
+        return y
+    if plan.uniform_divisor:
+        return ctx.add("AveragePool", [x], out, count_include_pad=1, **_onnx_pool_attrs(plan, pads))
+    correction = ctx.const(_ave_divisor_correction(plan), "divisor_correction")
+    return ctx.add("Mul", [_padded_average(ctx, x, plan, pads), correction], out)
+
+
 class _Pooling(CaffeLayer):
     def __init__(self, attrs: PoolAttrs, with_mask: bool):
         super().__init__()
@@ -286,6 +388,10 @@ class Pooling(LayerSpec):
     def build_torch(self, node: Any) -> _Pooling:
         return _Pooling(node.attrs, with_mask=len(node.tops) == 2)
 
+    def to_onnx(self, node: Any, ctx: Any) -> None:
+        plan = self._plan(node, ctx.in_shape(0))
+        onnx_pool(ctx, ctx.input(0), plan, ctx.output(0), ctx.output(1) if ctx.num_outputs == 2 else None)
+
 
 # ----------------------------------------------------------------------------------------------------------
 # SPP
@@ -346,6 +452,16 @@ class SPP(LayerSpec):
 
     def build_torch(self, node: Any) -> _SPP:
         return _SPP(_pool_method(node.attrs), node.attrs.pyramid_height)
+
+    def to_onnx(self, node: Any, ctx: Any) -> None:
+        """Each level pooled as Pooling does, flattened from axis 1 and concatenated (one level: the pooled
+        ``(N, C, 1, 1)`` itself, as in Caffe)."""
+        plans = self._plans(node, ctx.in_shape(0))
+        if len(plans) == 1:
+            onnx_pool(ctx, ctx.input(0), plans[0], ctx.output(0))
+            return
+        levels = [ctx.add("Flatten", [onnx_pool(ctx, ctx.input(0), plan)], axis=1) for plan in plans]
+        ctx.add("Concat", levels, ctx.output(0), axis=1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -430,6 +546,20 @@ class LRN(LayerSpec):
     def build_torch(self, node: Any) -> _LRN:
         return _LRN(node.attrs)
 
+    def to_onnx(self, node: Any, ctx: Any) -> None:
+        """ACROSS_CHANNELS is ONNX ``LRN`` exactly (it too divides alpha by size, and ``bias`` is Caffe's
+        ``k``). WITHIN_CHANNEL is decomposed as Caffe builds it: ``x * (1 + alpha * avg(x^2))^-beta``, the
+        average over an n x n window with zero padding counted (stride 1: the divisor is always n*n)."""
+        a, x = node.attrs, ctx.input(0)
+        if a.across_channels:
+            ctx.add("LRN", [x], ctx.output(0), size=a.local_size, alpha=a.alpha, beta=a.beta, bias=a.k)
+            return
+        n, pad = a.local_size, (a.local_size - 1) // 2
+        average = ctx.add("AveragePool", [ctx.add("Mul", [x, x])], kernel_shape=[n, n], strides=[1, 1],
+                          pads=[pad] * 4, count_include_pad=1)
+        base = ctx.add("Add", [ctx.add("Mul", [average, ctx.scalar(a.alpha)]), ctx.scalar(1.0)])
+        ctx.add("Mul", [x, ctx.add("Pow", [base, ctx.scalar(-a.beta)])], ctx.output(0))
+
 
 # ----------------------------------------------------------------------------------------------------------
 # MVN
@@ -493,3 +623,17 @@ class MVN(LayerSpec):
     def build_torch(self, node: Any) -> _MVN:
         a = node.attrs
         return _MVN(a.normalize_variance, a.across_channels, a.eps)
+
+    def to_onnx(self, node: Any, ctx: Any) -> None:
+        """On the 4-D legacy view: subtract the mean over C*H*W (across_channels) or H*W, then divide by
+        ``sqrt(mean of squares) + eps`` (eps on the std, as Caffe)."""
+        a, x = node.attrs, ctx.input(0)
+        if len(ctx.in_shape(0)) < 4:
+            x = ctx.reshape(x, ctx.in_shape(0), ctx.out_shape(0))
+        axes = [1, 2, 3] if a.across_channels else [2, 3]
+        centred = ctx.add("Sub", [x, ctx.reduce("ReduceMean", x, axes)],
+                          None if a.normalize_variance else ctx.output(0))
+        if not a.normalize_variance:
+            return
+        std = ctx.add("Sqrt", [ctx.reduce("ReduceMean", ctx.add("Mul", [centred, centred]), axes)])
+        ctx.add("Div", [centred, ctx.add("Add", [std, ctx.scalar(a.eps)])], ctx.output(0))
