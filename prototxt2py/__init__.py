@@ -69,16 +69,14 @@ def load(
     level: int = 0,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> CaffeNet:
-    """Build a ``torch.nn.Module`` for a Caffe net, optionally with weights from a ``.caffemodel``."""
+    """Build a ``torch.nn.Module`` for a Caffe net, optionally with weights from a ``.caffemodel`` (then
+    blobs are not filled before the weights overwrite them; ``net.load_report`` lists layers the file lacked,
+    which keep their fillers)."""
     from .backends.torch_runtime import CaffeNet
     from .ir import Graph
-    from .weights import load_weights
 
     g = net if isinstance(net, Graph) else graph(net, phase, stages, level, input_shapes)
-    module = CaffeNet(g)
-    if weights is not None:
-        module.load_report = load_weights(module, weights)
-    return module
+    return CaffeNet(g) if weights is None else CaffeNet.from_weights(g, weights)
 
 
 def draw(

@@ -121,13 +121,14 @@ def _load_net(net: str, weights: str | None, phase: str, stages, level: int, inp
     from . import graph as build
     from .backends.torch_runtime import CaffeNet
     from .reader import read_net
-    from .weights import load_weights
 
     source = read_net(net)
     _warn(source.warnings)
-    module = CaffeNet(build(source, phase.upper(), stages, level, input_shapes))
-    if weights:
-        _warn(load_weights(module, weights).warnings())
+    g = build(source, phase.upper(), stages, level, input_shapes)
+    if not weights:
+        return CaffeNet(g)
+    module = CaffeNet.from_weights(g, weights)  # blobs not filled first; the ones the file lacks are, after
+    _warn(module.load_report.warnings())
     return module
 
 

@@ -1,0 +1,266 @@
+"""Runtime benchmark: caffemodel -> ready ``nn.Module`` (time and peak memory) and forward latency.
+
+Run from the checkout: ``python benchmarks/runtime.py`` (``--quick`` for fewer rounds, ``--rounds N``).
+Every ratio is measured in the same run, with the contenders interleaved round by round (on a shared machine
+the load drifts; interleaving keeps the comparison fair) and the median of the rounds reported.
+
+Contenders: a plain read of the caffemodel's bytes (the floor for loading), OpenCV's ``cv2.dnn`` (an
+independent C++ implementation reading the same files), and, for AlexNet, a hand-written PyTorch model of the
+same architecture (``nn.Sequential`` with ``nn.LocalResponseNorm`` and ``ceil_mode`` max pooling).
+The models are the corpus deploy prototxts with generated weights, written once per run by our writer into a
+temporary directory: AlexNet (61M parameters, 244 MB) and ResNet-50 (BatchNorm + Scale, 102 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import prototxt2py  # noqa: E402
+from prototxt2py.backends.torch_runtime import CaffeNet  # noqa: E402
+from prototxt2py.weights import load_weights, write_caffemodel  # noqa: E402
+
+try:
+    import cv2
+except ImportError:  # the OpenCV columns are then left out
+    cv2 = None
+
+CORPUS = ROOT.parent / "shared" / "corpus"
+PARTS = ["load", "memory", "forward"]
+MODELS = {
+    "AlexNet": (CORPUS / "BVLC__caffe/models/bvlc_alexnet/deploy.prototxt", (3, 227, 227)),
+    "ResNet-50": (CORPUS / "KaimingHe__deep-residual-networks/prototxt/ResNet-50-deploy.prototxt", (3, 224, 224)),
+}
+
+
+# -- weights -------------------------------------------------------------------------------------------------
+def generate_weights(prototxt: Path, out: Path, seed: int = 0) -> None:
+    """Plausible random weights (fan-in scaled, BatchNorm statistics with scale factor 1) written by our writer,
+    so activations stay finite through deep nets and the forward timings are representative."""
+    net = prototxt2py.load(prototxt)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for node in net.graph.nodes:
+            module = net.layer(node.name)
+            for i, blob in enumerate(getattr(module, "caffe_blobs", list)()):
+                if node.type == "BatchNorm":
+                    blob.copy_((torch.randn(blob.shape, generator=gen) * 0.1, torch.rand(blob.shape, generator=gen)
+                                + 0.5, torch.ones(blob.shape))[i])
+                elif blob.dim() >= 2:
+                    blob.normal_(0.0, math.sqrt(1.0 / (blob.numel() // blob.shape[0])), generator=gen)
+                elif node.type == "Scale" and i == 0:
+                    blob.uniform_(0.5, 1.5, generator=gen)
+                else:
+                    blob.uniform_(-0.1, 0.1, generator=gen)
+    with open(out, "wb") as f:
+        write_caffemodel(net, f)
+
+
+# -- timing --------------------------------------------------------------------------------------------------
+Timings = dict[str, tuple[float, float]]  # contender -> (best, median) seconds
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> Timings:
+    """(best, median) seconds per contender; each round runs every contender once, in turn. The best round is
+    the one least disturbed by other processes, the figure the ratios use; the median shows the spread."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            gc.collect()
+            start = time.perf_counter()
+            result = fn()
+            times[name].append(time.perf_counter() - start)
+            del result
+    return {name: (min(ts), statistics.median(ts)) for name, ts in times.items()}
+
+
+def load_times(prototxt: Path, weights: Path, rounds: int) -> Timings:
+    graph = prototxt2py.graph(prototxt)
+    contenders: dict[str, Callable[[], object]] = {
+        "plain read of the file": weights.read_bytes,
+        "prototxt2py.load (prototxt + weights)": lambda: prototxt2py.load(prototxt, weights=weights),
+        "  of which: modules + weights": lambda: CaffeNet.from_weights(graph, weights),
+        "  the same, blobs filled before loading (no deferral)": lambda: load_weights(CaffeNet(graph), weights),
+    }
+    if cv2 is not None:
+        contenders["cv2.dnn.readNetFromCaffe"] = lambda: cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
+    return interleaved(contenders, rounds)
+
+
+_PEAK_SCRIPT = r"""
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch, prototxt2py
+how, prototxt, weights = sys.argv[2:5]
+if how == "opencv":
+    import cv2
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+graph = prototxt2py.graph(prototxt)
+try:  # reset the high-water mark to the current RSS (Linux >= 4.0), so the peak is the loading's own
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+base = status("VmRSS:")
+start = time.perf_counter()
+if how == "ours":
+    obj = prototxt2py.load(graph, weights=weights)
+elif how == "opencv":
+    obj = cv2.dnn.readNetFromCaffe(prototxt, weights)
+else:
+    obj = open(weights, "rb").read()
+seconds = time.perf_counter() - start
+print(json.dumps({"peak": status("VmHWM:") - base, "after": status("VmRSS:") - base, "seconds": seconds}))
+"""
+
+
+def peak_memory(how: str, prototxt: Path, weights: Path) -> dict[str, float]:
+    """Peak RSS above the baseline while loading, in a fresh process (a high-water mark is per process), and
+    the time of that first load (no memory recycled from earlier loads; the prototxt is already parsed)."""
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(ROOT), how, str(prototxt), str(weights)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# -- forward -------------------------------------------------------------------------------------------------
+def hand_written_alexnet(net: CaffeNet) -> nn.Sequential:
+    """AlexNet as one would write it in PyTorch, with the Caffe net's weights copied in."""
+    lrn = dict(size=5, alpha=1e-4, beta=0.75, k=1.0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(inplace=True), nn.LocalResponseNorm(**lrn),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(96, 256, 5, padding=2, groups=2), nn.ReLU(inplace=True), nn.LocalResponseNorm(**lrn),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 384, 3, padding=1, groups=2), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, ceil_mode=True), nn.Flatten(),
+        nn.Linear(9216, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(4096, 1000), nn.Softmax(dim=1),
+    )
+    weighted = [m for m in model if isinstance(m, nn.Conv2d | nn.Linear)]
+    names = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+    with torch.no_grad():
+        for module, name in zip(weighted, names, strict=True):
+            module.weight.copy_(net.layer(name).weight)
+            module.bias.copy_(net.layer(name).bias)
+    return model.eval()
+
+
+def forward_times(name: str, prototxt: Path, weights: Path, batch: int, rounds: int) -> Timings:
+    chw = MODELS[name][1]
+    net = prototxt2py.load(prototxt, weights=weights, input_shapes={"data": [batch, *chw]}).eval()
+    x = torch.from_numpy(np.random.default_rng(batch).uniform(-1, 1, (batch, *chw)).astype(np.float32))
+    out_name = net.output_names[0]
+    contenders: dict[str, Callable[[], object]] = {"prototxt2py": lambda: net(x)}
+    if name == "AlexNet":
+        model = hand_written_alexnet(net)
+        contenders["hand-written PyTorch"] = lambda: model(x)
+    else:
+        contenders["prototxt2py, no folding (all_blobs=True)"] = lambda: net(x, all_blobs=True)
+    if cv2 is not None:
+        cv_net = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
+        blob = x.numpy()
+
+        def opencv() -> np.ndarray:
+            cv_net.setInput(blob)
+            return cv_net.forward()
+
+        contenders["OpenCV dnn"] = opencv
+    def output(result: object) -> np.ndarray:
+        return np.asarray(result[out_name] if isinstance(result, dict) else result)
+
+    with torch.no_grad():
+        ref = output(net(x, all_blobs=True))
+        for k, fn in contenders.items():  # the contenders must compute the same thing
+            err = float(np.abs(output(fn()).reshape(ref.shape) - ref).max())
+            if err > 1e-4 * max(1.0, float(np.abs(ref).max())):
+                raise SystemExit(f"{name}: {k} differs from prototxt2py by {err:g}")
+        return interleaved(contenders, rounds)
+
+
+# -- report --------------------------------------------------------------------------------------------------
+def table(title: str, rows: Timings, ref: str) -> str:
+    lines = [f"\n{title}", f"  {'':58s} {'best ms':>9s} {'median':>9s}   best / best of '{ref}'"]
+    for name, (best, median) in rows.items():
+        lines.append(f"  {name:58s} {best * 1e3:9.1f} {median * 1e3:9.1f}   {best / rows[ref][0]:.2f}x")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9, help="timing rounds per measurement")
+    parser.add_argument("--quick", action="store_true", help="3 rounds")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for torch and OpenCV alike (default: their defaults, one per core)")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS, help="what to measure")
+    args = parser.parse_args()
+    rounds = 3 if args.quick else args.rounds
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        if cv2 is not None:
+            cv2.setNumThreads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+          + (f", OpenCV {cv2.__version__}" if cv2 is not None else ", no OpenCV") + f"; {load_average()}")
+    with tempfile.TemporaryDirectory(prefix="prototxt2py-bench-") as tmp:
+        files = {}
+        for name in args.models:
+            files[name] = Path(tmp) / f"{name}.caffemodel"
+            generate_weights(MODELS[name][0], files[name])
+        for name in args.models:
+            prototxt, weights = MODELS[name][0], files[name]
+            size = weights.stat().st_size
+            print(f"\n=== {name}: {size / 1e6:.1f} MB caffemodel")
+            if "load" in args.parts:
+                print(table(f"caffemodel -> ready module ({rounds} rounds)", load_times(prototxt, weights, rounds),
+                            "plain read of the file"))
+            if "memory" in args.parts:
+                print("\npeak memory above the baseline while loading, and the time, in a fresh process each")
+            for how, label in (("read", "plain read of the file"), ("ours", "prototxt2py.load"),
+                               ("opencv", "cv2.dnn.readNetFromCaffe")):
+                if "memory" not in args.parts or (how == "opencv" and cv2 is None):
+                    continue
+                mem = peak_memory(how, prototxt, weights)
+                print(f"  {label:40s} {mem['peak'] / 1e6:8.1f} MB  {mem['peak'] / size:.2f}x the file"
+                      f" (kept after: {mem['after'] / 1e6:.1f} MB)  {mem['seconds'] * 1e3:6.1f} ms")
+            for batch in (1, 16) if "forward" in args.parts else ():
+                n = max(3, rounds // 2) if batch == 16 and name == "ResNet-50" else rounds
+                times = forward_times(name, prototxt, weights, batch, n)
+                print(table(f"forward, batch {batch} ({n} rounds)", times, "prototxt2py"))
+            print(f"\n({load_average()})")
+
+
+def load_average() -> str:
+    """Other processes skew timings (OpenMP threads suffer most when cores are oversubscribed): say how busy."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+if __name__ == "__main__":
+    main()
