@@ -499,6 +499,8 @@ class _LRN(CaffeLayer):
             scale = _ChannelWindowSumFn.apply(square, n) * (a.alpha / n) + a.k
         else:  # stride 1 and pad (n-1)/2 keep every window inside [-pad, in + pad): the divisor is always n*n
             scale = F.avg_pool2d(square, n, 1, pad, count_include_pad=True) * a.alpha + 1
+        if a.beta == 0.75:  # AlexNet/CaffeNet/GoogLeNet's value: two rsqrts are twice as fast as pow (<= 2 ulp)
+            return x * torch.rsqrt(scale) * torch.rsqrt(torch.sqrt(scale))
         return x * scale.pow(-a.beta)
 
     def extra_repr(self) -> str:
