@@ -97,3 +97,12 @@ def test_console_script_runs() -> None:
     exe = Path(sys.executable).with_name("prototxt2py")
     r = subprocess.run([str(exe), "layers"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "Convolution" in r.stdout
+
+
+def test_run_without_known_input_shapes_names_the_cause() -> None:
+    import prototxt2py
+
+    net = SHARED / "corpus/alexgkendall__SegNet-Tutorial/Models/segnet_inference.prototxt"
+    with pytest.raises(prototxt2py.Prototxt2pyError) as e:
+        prototxt2py.load(net)
+    assert "shapes are unknown from layer 'data'" in str(e.value) and "--input data=" in str(e.value)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import Prototxt2pyError, UnsupportedLayerError
+from ..errors import Prototxt2pyError, ShapeError, UnsupportedLayerError
 from ..ir import Graph, Node
 from ..netstate import TRAIN
 
@@ -166,14 +166,23 @@ class CaffeNet(nn.Module):
         self.layer_keys: dict[str, str] = {}
         plan = []
         self._node_keys: list[str] = []  # per node (layer names may repeat; keys do not)
+        unresolved = graph.unresolved()
         for node in graph.nodes:
             key = module_key(node.name, taken)
             self._node_keys.append(key)
+            if node.spec.blob_names and not node.param_shapes and unresolved:
+                # Parameter blobs are sized from inferred shapes; name the layer whose shapes are unknown.
+                layer, why = next(iter(unresolved.items()))
+                raise ShapeError(
+                    f"cannot size this layer's parameters: shapes are unknown from layer '{layer}' on ({why})",
+                    node.location,
+                    layer=node.name,
+                )
             try:
                 module = node.spec.build_torch(node)
             except Prototxt2pyError:
                 raise
-            except (ValueError, TypeError, RuntimeError) as e:
+            except (ValueError, TypeError, RuntimeError, IndexError) as e:
                 raise Prototxt2pyError(f"cannot build PyTorch module: {e}", node.location, layer=node.name) from None
             self.layers[key] = module
             self.layer_keys.setdefault(node.name, key)
