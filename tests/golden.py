@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+import prototxt2py
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GOLDEN = SHARED / "golden"
@@ -52,3 +57,36 @@ def assert_close(got: np.ndarray, want: np.ndarray, rtol: float, atol: float, wh
             f"{what}: max excess error {float(err.max()):.3g} at {i}: got {got[i]!r}, Caffe {want[i]!r} "
             f"(rtol {rtol}, atol {atol})"
         )
+
+
+def recipe_weights(net, seed: int) -> None:
+    """The golden README's ``zoo-recipe-1``: seeded per (layer, blob index), float64 then float32."""
+    with torch.no_grad():
+        for node in net.graph.nodes:
+            module = net.layer(node.name)
+            for i, name in enumerate(getattr(module, "blob_names", ())):
+                if i < len(node.params) and node.params[i].owner is not None:
+                    continue
+                blob = getattr(module, name)
+                shape = tuple(blob.shape)
+                rng = np.random.default_rng([seed, zlib.crc32(node.name.encode()), i])
+                if node.type == "BatchNorm" and i == 2:
+                    value = np.ones(shape)
+                elif len(shape) >= 2:
+                    value = rng.standard_normal(shape) * math.sqrt(1.0 / int(np.prod(shape[1:])))
+                else:
+                    value = rng.uniform(0.5, 1.5, shape)
+                blob.copy_(torch.from_numpy(value.astype(np.float32)))
+
+
+def zoo_net_and_inputs(case: Path):
+    """A zoo case's net with the recipe weights, and its recipe input (``inputs.npz`` where stored)."""
+    m = meta(case)
+    inputs = npz(case / "inputs.npz")
+    if not inputs:
+        shapes = {**m.get("declared_input_shapes", {}), **m.get("run_input_shapes", {})}
+        rng = np.random.default_rng(m["seed"])
+        inputs = {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in m["inputs"]}
+    net = prototxt2py.load(SHARED / m["prototxt"], input_shapes={k: list(v.shape) for k, v in inputs.items()})
+    recipe_weights(net, m["seed"])
+    return net, inputs

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from golden import SHARED, assert_close, case_params, meta, npz
+from golden import SHARED, assert_close, case_params, meta, npz, zoo_net_and_inputs
 
 import prototxt2py
 
@@ -40,36 +37,10 @@ def test_net_with_trained_weights(case: Path) -> None:
         assert_close(blobs[name].numpy(), want, m.get("rtol", 1e-5), m.get("atol", 1e-6), f"blob '{name}'")
 
 
-def recipe_weights(net: prototxt2py.backends.torch_runtime.CaffeNet, seed: int) -> None:
-    """The golden README's ``zoo-recipe-1``: seeded per (layer, blob index), float64 then float32."""
-    with torch.no_grad():
-        for node in net.graph.nodes:
-            module = net.layer(node.name)
-            for i, name in enumerate(getattr(module, "blob_names", ())):
-                if i < len(node.params) and node.params[i].owner is not None:
-                    continue
-                blob = getattr(module, name)
-                shape = tuple(blob.shape)
-                rng = np.random.default_rng([seed, zlib.crc32(node.name.encode()), i])
-                if node.type == "BatchNorm" and i == 2:
-                    value = np.ones(shape)
-                elif len(shape) >= 2:
-                    value = rng.standard_normal(shape) * math.sqrt(1.0 / int(np.prod(shape[1:])))
-                else:
-                    value = rng.uniform(0.5, 1.5, shape)
-                blob.copy_(torch.from_numpy(value.astype(np.float32)))
-
-
 @pytest.mark.parametrize("case", case_params("zoo", slow=SLOW_ZOO))
 def test_zoo_forward_with_recipe_weights(case: Path) -> None:
     m = meta(case)
-    shapes = {**m.get("declared_input_shapes", {}), **m.get("run_input_shapes", {})}
-    inputs = npz(case / "inputs.npz")
-    if not inputs:
-        rng = np.random.default_rng(m["seed"])
-        inputs = {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in m["inputs"]}
-    net = prototxt2py.load(SHARED / m["prototxt"], input_shapes={k: list(v.shape) for k, v in inputs.items()})
-    recipe_weights(net, m["seed"])
+    net, inputs = zoo_net_and_inputs(case)
     feed = {k: torch.from_numpy(v) for k, v in inputs.items() if k in net.input_names}
     with torch.no_grad():
         blobs = net(**feed, all_blobs=True)

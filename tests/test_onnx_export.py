@@ -15,8 +15,8 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from golden import CORPUS, SHARED, assert_close, case_params, meta, npz
-from test_golden_nets import SLOW_ZOO, recipe_weights
+from golden import CORPUS, SHARED, assert_close, case_params, meta, npz, recipe_weights, zoo_net_and_inputs
+from test_golden_nets import SLOW_ZOO
 
 import prototxt2py
 from prototxt2py.backends import onnx_export
@@ -118,18 +118,6 @@ def test_golden_net(case: Path) -> None:
     inputs = npz(case / "inputs.npz")
     got = run_onnx(to_onnx_model(golden_net(case)), inputs)
     compare(got, npz(case / "outputs.npz"), m.get("rtol", 1e-5), m.get("atol", 1e-6))
-
-
-def zoo_net_and_inputs(case: Path) -> tuple[prototxt2py.backends.torch_runtime.CaffeNet, dict[str, np.ndarray]]:
-    m = meta(case)
-    inputs = npz(case / "inputs.npz")
-    if not inputs:
-        shapes = {**m.get("declared_input_shapes", {}), **m.get("run_input_shapes", {})}
-        rng = np.random.default_rng(m["seed"])
-        inputs = {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in m["inputs"]}
-    net = prototxt2py.load(SHARED / m["prototxt"], input_shapes={k: list(v.shape) for k, v in inputs.items()})
-    recipe_weights(net, m["seed"])
-    return net, inputs
 
 
 #: Zoo nets that only repeat bvlc_alexnet's layers in another file format or with another head, 60M parameters

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from golden import CORPUS, assert_close, case_params, meta, npz
-from golden import SHARED as SHARED_DIR
-from test_golden_nets import SLOW_ZOO, recipe_weights
+from golden import CORPUS, assert_close, case_params, meta, npz, zoo_net_and_inputs
+from test_golden_nets import SLOW_ZOO
 
 import prototxt2py
 from prototxt2py.backends.torch_runtime import CaffeNet
@@ -339,13 +338,7 @@ def test_real_resnet_stem_folded_matches_caffe(tmp_path: Path) -> None:
 def test_inference_plan_matches_caffe_on_the_zoo(case: Path) -> None:
     """The eval-mode outputs-only path (folds, oneDNN InnerProducts) against real Caffe's outputs."""
     m = meta(case)
-    shapes = {**m.get("declared_input_shapes", {}), **m.get("run_input_shapes", {})}
-    inputs = npz(case / "inputs.npz")
-    if not inputs:
-        rng = np.random.default_rng(m["seed"])
-        inputs = {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in m["inputs"]}
-    net = prototxt2py.load(SHARED_DIR / m["prototxt"], input_shapes={k: list(v.shape) for k, v in inputs.items()})
-    recipe_weights(net, m["seed"])
+    net, inputs = zoo_net_and_inputs(case)
     net.eval()
     with torch.no_grad():
         blobs = net(**{k: torch.from_numpy(v) for k, v in inputs.items() if k in net.input_names})
