@@ -50,6 +50,14 @@ class AxisAttrs:
     legacy: bool  # axis came from concat_dim / slice_dim
 
 
+def _axis_or_legacy(p: Any, legacy_field: str) -> tuple[int, bool]:
+    """``axis`` or the pre-``axis`` spelling (``concat_dim`` / ``slice_dim``); giving both is refused."""
+    if p.HasField("axis") and p.HasField(legacy_field):
+        raise ValueError(f"either axis or {legacy_field} may be given, not both")
+    legacy = p.HasField(legacy_field)
+    return (getattr(p, legacy_field) if legacy else p.axis), legacy
+
+
 class _Concat(CaffeLayer):
     def __init__(self, axis: int):
         super().__init__()
@@ -67,11 +75,7 @@ class Concat(LayerSpec):
     summary = "join bottoms along axis (default 1; legacy concat_dim); other dims must agree"
 
     def attrs(self, layer):
-        p = layer.concat_param
-        if p.HasField("axis") and p.HasField("concat_dim"):
-            raise ValueError("either axis or concat_dim may be given, not both")
-        legacy = p.HasField("concat_dim")
-        return AxisAttrs(p.concat_dim if legacy else p.axis, legacy)
+        return AxisAttrs(*_axis_or_legacy(layer.concat_param, "concat_dim"))
 
     def infer_shapes(self, node, in_shapes):
         first = in_shapes[0]
@@ -137,10 +141,7 @@ class Slice(LayerSpec):
 
     def attrs(self, layer):
         p = layer.slice_param
-        if p.HasField("axis") and p.HasField("slice_dim"):
-            raise ValueError("either axis or slice_dim may be given, not both")
-        legacy = p.HasField("slice_dim")
-        return SliceAttrs(p.slice_dim if legacy else p.axis, legacy, tuple(p.slice_point))
+        return SliceAttrs(*_axis_or_legacy(p, "slice_dim"), tuple(p.slice_point))
 
     def infer_shapes(self, node, in_shapes):
         shape = in_shapes[0]
