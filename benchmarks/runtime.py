@@ -182,7 +182,7 @@ def forward_times(name: str, prototxt: Path, weights: Path, batch: int, rounds: 
         model = hand_written_alexnet(net)
         contenders["hand-written PyTorch"] = lambda: model(x)
     else:
-        contenders["prototxt2py, no folding (all_blobs=True)"] = lambda: net(x, all_blobs=True)
+        contenders["prototxt2py, layer by layer (all_blobs=True)"] = lambda: net(x, all_blobs=True)
     if cv2 is not None:
         cv_net = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
         blob = x.numpy()

@@ -18,8 +18,13 @@ Both use the stored statistics only: a BatchNorm normalising with batch statisti
 false``) runs its chain layer by layer. Folded and packed weights are cached, keyed by the version counters
 and addresses of every blob they come from, so loading or editing weights invalidates them.
 
-Channels-last values flow on through layers known to compute the same on any memory layout (activations,
-pooling, Eltwise, Concat, ...); any other layer, and the net's outputs, get contiguous NCHW tensors.
+Channels-last values flow on through layers whose spec says they compute the same on any memory layout
+(``LayerSpec.layout_agnostic``: activations, pooling, Eltwise, Concat, ...); any other layer, and the net's
+outputs, get contiguous NCHW tensors.
+
+Unlike the other backends, this pass matches specific layer types (Convolution, BatchNorm, Scale, Eltwise,
+ReLU): it is an optimisation whose rewrites are only valid for those types' semantics. A type it does not
+know simply runs as its own module.
 """
 
 from __future__ import annotations
@@ -38,12 +43,6 @@ from ..ir import Graph, Node
 # Plan step kinds (shared with the runtime): a layer, an input layer, a fused chain, an InnerProduct on oneDNN,
 # and a layer whose inputs must first be made contiguous (they may be channels-last).
 LAYER, INPUT, FUSED, LINEAR, DENSE = range(5)
-
-#: Layer types whose results do not depend on the memory layout of their (4-D) inputs.
-LAYOUT_AGNOSTIC = frozenset({
-    "ReLU", "ReLU6", "Sigmoid", "TanH", "AbsVal", "BNLL", "ELU", "Swish", "Clip", "Power", "Exp", "Log",
-    "Dropout", "Split", "Pooling", "Eltwise", "Concat",
-})
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -178,7 +177,7 @@ def plan_inference(graph: Graph, node_keys: list[str], plan: tuple, fusions: lis
     layers that may receive channels-last values but are not known to handle them marked DENSE."""
     replaced = {step[1]: fusion for fusion in fusions for step in fusion.steps}
     last = {fusion.steps[-1][1] for fusion in fusions}
-    types = dict(zip(node_keys, (n.type for n in graph.nodes), strict=True))
+    agnostic = {key for node, key in zip(graph.nodes, node_keys, strict=True) if node.spec.layout_agnostic}
     linear = {key for node, key in zip(graph.nodes, node_keys, strict=True) if is_plain_inner_product(node)}
     channels_last: set[str] = set()  # values that may be channels-last
     out = []
@@ -192,7 +191,7 @@ def plan_inference(graph: Graph, node_keys: list[str], plan: tuple, fusions: lis
         if key in linear and ONEDNN_LINEAR is not None:
             out.append((LINEAR, key, ins, outs))
         elif kind == LAYER and channels_last.intersection(ins):
-            if types[key] in LAYOUT_AGNOSTIC:
+            if key in agnostic:
                 out.append((kind, key, ins, outs))
                 channels_last.update(outs)
             else:

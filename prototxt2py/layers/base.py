@@ -99,6 +99,10 @@ class LayerSpec:
     summary: ClassVar[str] = ""
     #: Which family/file the layer belongs to (for docs).
     family: ClassVar[str] = ""
+    #: Whether the torch module computes the same values whatever the memory layout of its inputs (checked by
+    #: tests/test_fusion.py): the runtime's inference plan then lets channels-last tensors flow through it
+    #: instead of converting them back to NCHW first.
+    layout_agnostic: ClassVar[bool] = False
 
     # -- parameters ------------------------------------------------------------------------------------
     def field_name(self) -> str | None:

@@ -81,6 +81,7 @@ def onnx_scale_shift(ctx: Any, scale: float, shift: float) -> list[OnnxStep]:
 @register
 class ReLU(_ElementwiseSpec):
     type = "ReLU"
+    layout_agnostic = True
     summary = "max(x, 0) + negative_slope * min(x, 0) (leaky with relu_param.negative_slope)"
 
     def build_torch(self, node: Node) -> torch.nn.Module:
@@ -97,6 +98,7 @@ class ReLU(_ElementwiseSpec):
 @register
 class ReLU6(_ElementwiseSpec):
     type = "ReLU6"
+    layout_agnostic = True
     summary = "min(max(x, 0), 6) (MobileNet-SSD fork); gradient only on the open interval (0, 6)"
 
     def build_torch(self, node: Node) -> torch.nn.Module:
@@ -109,6 +111,7 @@ class ReLU6(_ElementwiseSpec):
 @register
 class Sigmoid(_ElementwiseSpec):
     type = "Sigmoid"
+    layout_agnostic = True
     summary = "1 / (1 + exp(-x))"
 
     def build_torch(self, node: Node) -> torch.nn.Module:
@@ -121,6 +124,7 @@ class Sigmoid(_ElementwiseSpec):
 @register
 class TanH(_ElementwiseSpec):
     type = "TanH"
+    layout_agnostic = True
     summary = "tanh(x)"
 
     def build_torch(self, node: Node) -> torch.nn.Module:
@@ -133,6 +137,7 @@ class TanH(_ElementwiseSpec):
 @register
 class AbsVal(_ElementwiseSpec):
     type = "AbsVal"
+    layout_agnostic = True
     summary = "|x| (gradient sign(x), 0 at 0)"
 
     def build_torch(self, node: Node) -> torch.nn.Module:
@@ -145,6 +150,7 @@ class AbsVal(_ElementwiseSpec):
 @register
 class BNLL(_ElementwiseSpec):
     type = "BNLL"
+    layout_agnostic = True
     summary = "binomial normal log likelihood log(1 + exp(x)) (softplus)"
 
     def build_torch(self, node: Node) -> torch.nn.Module:
@@ -189,6 +195,7 @@ class ThresholdModule(CaffeLayer):
 @register
 class ELU(_ElementwiseSpec):
     type = "ELU"
+    layout_agnostic = True
     summary = "x if x > 0 else alpha * (exp(x) - 1) (times lambda where the NVCaffe field is set)"
 
     def build_torch(self, node: Node) -> torch.nn.Module:
@@ -220,6 +227,7 @@ class ELUModule(CaffeLayer):
 @register
 class Swish(_ElementwiseSpec):
     type = "Swish"
+    layout_agnostic = True
     summary = "x * sigmoid(beta * x)"
 
     def build_torch(self, node: Node) -> torch.nn.Module:
@@ -248,6 +256,7 @@ class SwishModule(CaffeLayer):
 @register
 class Clip(_ElementwiseSpec):
     type = "Clip"
+    layout_agnostic = True
     summary = "max(min, min(x, max)); gradient passes on the closed interval [min, max]"
 
     def attrs(self, layer: Any) -> Any:
@@ -290,6 +299,7 @@ class ClipModule(CaffeLayer):
 @register
 class Power(_ElementwiseSpec):
     type = "Power"
+    layout_agnostic = True
     summary = "(shift + scale * x) ^ power"
 
     def build_torch(self, node: Node) -> torch.nn.Module:
@@ -349,6 +359,7 @@ def _log_base(layer_type: str, base: float) -> float:
 @register
 class Exp(_ElementwiseSpec):
     type = "Exp"
+    layout_agnostic = True
     summary = "base ^ (shift + scale * x), base -1 = e"
 
     def attrs(self, layer: Any) -> Any:
@@ -394,6 +405,7 @@ class ExpModule(CaffeLayer):
 @register
 class Log(_ElementwiseSpec):
     type = "Log"
+    layout_agnostic = True
     summary = "log_base(shift + scale * x), base -1 = e"
 
     def attrs(self, layer: Any) -> Any:
@@ -483,6 +495,7 @@ class PReLUModule(CaffeLayer):
 @register
 class Dropout(_ElementwiseSpec):
     type = "Dropout"
+    layout_agnostic = True
     summary = "inverted dropout: zero with dropout_ratio and scale by 1/(1-ratio) in TRAIN, identity in TEST"
 
     def build_torch(self, node: Node) -> torch.nn.Module:

@@ -351,6 +351,7 @@ def _pair(param: Any, name: str, default: int) -> tuple[int, int]:
 @register
 class Pooling(LayerSpec):
     type = "Pooling"
+    layout_agnostic = True
     tops = (1, 2)
     family = "pooling"
     summary = "MAX/AVE/STOCHASTIC pooling, Caffe's CEIL sizes and clipped windows; optional argmax mask top (MAX)"

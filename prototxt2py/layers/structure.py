@@ -70,6 +70,7 @@ class _Concat(CaffeLayer):
 @register
 class Concat(LayerSpec):
     type = "Concat"
+    layout_agnostic = True
     bottoms = (1, None)
     family = FAMILY
     summary = "join bottoms along axis (default 1; legacy concat_dim); other dims must agree"
@@ -178,6 +179,7 @@ class _Split(CaffeLayer):
 @register
 class Split(LayerSpec):
     type = "Split"
+    layout_agnostic = True
     tops = (1, None)
     family = FAMILY
     summary = "copy the bottom to every top (backward sums the top diffs)"
@@ -529,6 +531,7 @@ class _Eltwise(CaffeLayer):
 @register
 class Eltwise(LayerSpec):
     type = "Eltwise"
+    layout_agnostic = True
     bottoms = (2, None)
     family = FAMILY
     summary = "elementwise PROD, SUM (coeff per bottom) or MAX (diff to Caffe's arg-max) of same-shape bottoms"
