@@ -300,8 +300,9 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -> Non
             node.param_shapes = [tuple(s) for s in node.spec.param_shapes(node, in_shapes)]
         except Unknowable as e:
             node.shape_note = str(e)
-            for vid in node.outputs:
-                graph.values[vid].shape = None
+            known = e.shapes if e.shapes is not None and len(e.shapes) == len(node.outputs) else []
+            for i, vid in enumerate(node.outputs):
+                graph.values[vid].shape = tuple(known[i]) if known and known[i] is not None else None
             continue
         except Prototxt2pyError:
             raise
@@ -328,8 +329,8 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -> Non
 def _input_override(node: Node, overrides: Mapping[str, Shape]) -> list[Shape | None]:
     try:
         default = node.spec.infer_shapes(node, [])
-    except Unknowable:
-        default = [None] * len(node.tops)
+    except Unknowable as e:
+        default = e.shapes if e.shapes is not None and len(e.shapes) == len(node.tops) else [None] * len(node.tops)
     return [overrides.get(t, default[i]) for i, t in enumerate(node.tops)]
 
 

@@ -84,8 +84,9 @@ def test_lmdb_train_val_needs_input() -> None:
     assert "examples/imagenet/ilsvrc12_train_lmdb" in why["data"] and "(LMDB)" in why["data"]
     assert "--input data=256,C,227,227" in why["data"]
     assert g.blob_shapes()["conv1"] is None
+    assert g.blob_shapes()["label"] == (256,)  # known without the data: one label per item
     g = prototxt2py.graph(CORPUS / "BVLC__caffe/models/bvlc_alexnet/train_val.prototxt", phase="TRAIN",
-                          input_shapes={"data": (256, 3, 227, 227), "label": (256,)})
+                          input_shapes={"data": (256, 3, 227, 227)})
     assert g.unresolved() == {}
     assert g.blob_shapes()["conv1"] == (256, 96, 55, 55) and g.blob_shapes()["loss"] == ()
 
@@ -118,6 +119,7 @@ def test_window_data_knows_all_but_channels() -> None:
     """)
     why = g.unresolved()["d"]
     assert "windows.txt (window file)" in why and "channel count" in why and "--input data=128,C,227,227" in why
+    assert g.blob_shapes() == {"data": None, "label": (128,)}
 
 
 def test_hdf5_data_and_output() -> None:

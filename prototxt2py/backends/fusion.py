@@ -230,11 +230,7 @@ class FusionCache:
         blobs = [*conv.caffe_blobs(), *bn.caffe_blobs(), *(scale.caffe_blobs() if scale is not None else ())]
         entry = self._entry(fusion.conv, blobs, bn.eps)
         if "weight" not in entry:
-            with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable outside inference mode
-                multiplier, offset = bn_scale_affine(bn, scale)
-                weight = conv.weight * multiplier.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
-                bias = offset if "bias" not in conv.blob_names else torch.addcmul(offset, conv.bias, multiplier)
-            entry["weight"], entry["bias"] = weight, bias
+            entry["weight"], entry["bias"] = _fold(conv, bn, scale)
         return entry["weight"], entry["bias"]
 
     def packed(self, fusion: Fusion, modules: Mapping[str, nn.Module], shape: tuple[int, ...]
@@ -247,20 +243,26 @@ class FusionCache:
                  *(scale.caffe_blobs() if scale is not None else ())]
         entry = self._entry(fusion.conv, blobs, bn.eps if bn is not None else None)
         if "packed" not in entry:
+            if bn is None:
+                weight, bias = conv.weight, conv.bias if "bias" in conv.blob_names else None
+            else:
+                weight, bias = (entry["weight"], entry["bias"]) if "weight" in entry else _fold(conv, bn, scale)
             with torch.inference_mode(False), torch.no_grad():
-                if bn is None:
-                    weight, bias = conv.weight, conv.bias if "bias" in conv.blob_names else None
-                elif "weight" in entry:
-                    weight, bias = entry["weight"], entry["bias"]
-                else:
-                    multiplier, offset = bn_scale_affine(bn, scale)
-                    weight = conv.weight * multiplier.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
-                    bias = offset if "bias" not in conv.blob_names else torch.addcmul(offset, conv.bias, multiplier)
                 stride, pad, dilation, group = fusion.conv_args
                 entry["packed"] = ONEDNN_PACK(weight.contiguous(), list(pad), list(stride), list(dilation), group,
                                                list(shape))
                 entry["packed_bias"] = None if bias is None else bias.detach().contiguous()
         return entry["packed"], entry["packed_bias"]
+
+
+def _fold(conv: nn.Module, bn: nn.Module, scale: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The convolution's weight and bias with BatchNorm (+ Scale) folded in, as normal tensors (usable outside
+    ``inference_mode`` later) that autograd does not track."""
+    with torch.inference_mode(False), torch.no_grad():
+        multiplier, offset = bn_scale_affine(bn, scale)
+        weight = conv.weight * multiplier.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
+        bias = offset if "bias" not in conv.blob_names else torch.addcmul(offset, conv.bias, multiplier)
+    return weight, bias
 
 
 def _bn_and_scale(fusion: Fusion, modules: Mapping[str, nn.Module]) -> tuple[nn.Module | None, nn.Module | None]:

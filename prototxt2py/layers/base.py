@@ -32,7 +32,12 @@ MaybeShape = Shape | None
 
 class Unknowable(Exception):
     """Raised by a spec when a shape cannot be known statically (not an error in the net), e.g. a data
-    layer reading images of unknown size, or a ``Python`` layer whose code is never run."""
+    layer reading images of unknown size, or a ``Python`` layer whose code is never run. ``shapes`` may give
+    the tops that are known anyway (None for the others), e.g. a data layer's ``(batch,)`` label."""
+
+    def __init__(self, message: str, shapes: Sequence[Shape | None] | None = None):
+        super().__init__(message)
+        self.shapes = list(shapes) if shapes is not None else None
 
 
 #: ``type`` string -> spec instance.

@@ -84,9 +84,11 @@ class DataLayerSpec(LayerSpec):
         shapes = [(a.batch, a.channels, a.height, a.width), self.label_shape(a)][: len(node.tops)]
         if None in (a.channels, a.height, a.width):
             missing = [w for v, w in ((a.height, "image size"), (a.channels, "channel count")) if v is None]
+            hints = " ".join(f"--input {t}={input_hint(s)}" for t, s in zip(node.tops, shapes, strict=True))
             raise Unknowable(
                 f"layer reads {a.source or '(no source)'} ({a.kind}), {' and '.join(missing)} unknown without the "
-                "data; give " + " ".join(f"--input {t}={input_hint(s)}" for t, s in zip(node.tops, shapes, strict=True))
+                f"data; give {hints}",
+                shapes=[None, *(s if None not in s else None for s in shapes[1:])],  # a label may be known
             )
         return shapes
 
