@@ -36,6 +36,12 @@ X = torch.randn(2, 4, 9, 9, generator=torch.Generator().manual_seed(3))
 ONEDNN = fusion.ONEDNN_CONV is not None and fusion.ONEDNN_PACK is not None
 
 
+@pytest.fixture(autouse=True)
+def no_size_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These nets are tiny: take oneDNN whatever the size (the floor itself is tested below)."""
+    monkeypatch.setattr(fusion, "ONEDNN_MIN_MACS", 0)
+
+
 @pytest.fixture
 def net(tmp_path: Path) -> CaffeNet:
     net = build(tmp_path, NET)
@@ -170,6 +176,12 @@ layer { name: "relu" type: "ReLU" bottom: "c1" top: "relu" }
 layer { name: "relu6" type: "ReLU6" bottom: "c1" top: "relu6" }
 layer { name: "sig" type: "Sigmoid" bottom: "c1" top: "sig" }
 layer { name: "tanh" type: "TanH" bottom: "c1" top: "tanh" }
+layer { name: "prelu" type: "PReLU" bottom: "c1" top: "prelu" }
+layer { name: "scale" type: "Scale" bottom: "c1" top: "scale" scale_param { bias_term: true } }
+layer { name: "scale2" type: "Scale" bottom: "c1" bottom: "c2" top: "scale2" scale_param { axis: 0 } }
+layer { name: "bias" type: "Bias" bottom: "c2" top: "bias" }
+layer { name: "flat" type: "Flatten" bottom: "c1" top: "flat" flatten_param { axis: 2 } }
+layer { name: "reshape" type: "Reshape" bottom: "c2" top: "reshape" reshape_param { shape { dim: 0 dim: 3 dim: -1 } } }
 """
 
 
@@ -193,3 +205,20 @@ def test_layout_agnostic_layers_give_the_same_on_channels_last_values(tmp_path: 
     for name, value in fused.items():
         assert value.is_contiguous()
         torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_small_layers_skip_onednn(net: CaffeNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below ``ONEDNN_MIN_MACS`` the fused call's fixed cost outweighs its speed: the layers run as torch ops
+    (BatchNorm still folded), with the same results."""
+    # (N*H*W positions) x weight.numel(): c2 5,832, c1 17,496, c3 52,488
+    monkeypatch.setattr(fusion, "ONEDNN_MIN_MACS", 20_000)
+    calls = _conv_calls(net)
+    with torch.no_grad():
+        fused, reference = net(X), net(X, all_blobs=True)
+        calls.clear()
+        net(X)
+    # c1 and its ReLU as layers; c2 as F.conv2d with BatchNorm/Scale folded, then Eltwise and ReLU as layers;
+    # c3 (big enough) on oneDNN
+    assert calls == ["c1", "r1", "sum", "relu"]
+    for name, value in fused.items():
+        torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-5)

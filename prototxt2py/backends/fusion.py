@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import Prototxt2pyError
 from ..ir import Graph, Node
 
 # Plan step kinds (shared with the runtime): a layer, an input layer, a fused chain, an InnerProduct on oneDNN,
@@ -86,19 +85,6 @@ def _scale_is_per_channel(node: Node, shape: tuple[int, ...] | None) -> bool:
     return axis == 1 and tuple(node.param_shapes[0]) == (shape[1],)
 
 
-def _conv_args(node: Node, shape: tuple[int, ...] | None) -> tuple | None:
-    """``(stride, pad, dilation, group)`` of a Convolution over axis 1 with 1-3 spatial axes, else None."""
-    if shape is None:
-        return None
-    try:
-        axis, kernel, stride, pad, dilation = node.spec.geometry(node, shape)
-    except Prototxt2pyError:
-        return None
-    if axis != 1 or len(kernel) not in _CONV:
-        return None
-    return stride, pad, dilation, node.attrs.group
-
-
 def is_plain_inner_product(node: Node) -> bool:
     """An InnerProduct flattening everything after axis 0 with an ``(N, K)`` weight: a plain 2-D matmul for
     inputs of any rank (``axis: 1`` literally; a negative axis would depend on the rank)."""
@@ -132,8 +118,9 @@ def find_fusions(graph: Graph, node_keys: list[str], layers: nn.ModuleDict, plan
         if id(node) in taken:
             continue
         conv_args = None
-        if node.type == "Convolution" and one_to_one(node):
-            conv_args = _conv_args(node, values[node.inputs[0]].shape)
+        shape = values[node.inputs[0]].shape if node.inputs else None
+        if one_to_one(node) and shape is not None:
+            conv_args = node.spec.plain_convolution(node, shape)
         if conv_args is None and not is_bn(node):  # (a BatchNorm a convolution's chain took is in ``taken``)
             continue
         chain = {"conv": node if conv_args is not None else None}
@@ -309,6 +296,19 @@ def _wants_grad(tensors: Any) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+#: Below about this many multiply-adds a layer is faster through ``F.conv2d``/``F.linear``: oneDNN's fused call
+#: costs some 15-40 us more per call (MTCNN's 24x24 R-Net: 0.7 ms fused, 0.4 ms layer by layer; its 3->28
+#: channel 3x3 convolution, 0.4 M multiply-adds, 43 us in oneDNN and 30 us in ``F.conv2d``, on a 2-core
+#: AVX-512 machine).
+ONEDNN_MIN_MACS = 1 << 20
+
+
+def _worth_onednn(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...]) -> bool:
+    """Whether a convolution is big enough for oneDNN:
+    ``N*H*W / stride`` output positions (padding ignored) times ``weight.numel()`` multiply-adds, roughly."""
+    return x.numel() // max(x.shape[1], 1) * weight.numel() >= ONEDNN_MIN_MACS * stride[0] * stride[1]
+
+
 def run_fusion(fusion: Fusion, modules: Mapping[str, nn.Module], cache: FusionCache, env: dict[str, Any],
                execute: Callable[[tuple, dict[str, Any]], dict[str, Any]]) -> torch.Tensor:
     """One fused step: oneDNN where it applies, else the BatchNorm fold and the other members as layers, else
@@ -323,7 +323,7 @@ def run_fusion(fusion: Fusion, modules: Mapping[str, nn.Module], cache: FusionCa
     conv = modules[fusion.conv]
     blobs = [*conv.caffe_blobs(), *(scale.caffe_blobs() if scale is not None else ())]
     if (ONEDNN_CONV is not None and ONEDNN_PACK is not None and not _symbolic(x) and x.device.type == "cpu"
-            and x.dim() == 4 and len(fusion.conv_args[0]) == 2
+            and x.dim() == 4 and len(fusion.conv_args[0]) == 2 and _worth_onednn(x, conv.weight, fusion.conv_args[0])
             and all(t.dtype == torch.float32 for t in (x, *blobs) + ((other,) if other is not None else ()))
             and not _wants_grad([x, other, *blobs])):
         return _onednn_conv(fusion, modules, cache, x, other)

@@ -32,6 +32,7 @@ from torch import nn
 from ..errors import Prototxt2pyError, ShapeError, UnsupportedLayerError
 from ..ir import Graph
 from ..netstate import TRAIN
+from . import fusion
 from .fusion import (
     DENSE,
     FUSED,
@@ -233,6 +234,7 @@ class CaffeNet(nn.Module):
         bias = module.bias if "bias" in module.blob_names else None
         if (isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling() or x.device.type != "cpu"
                 or x.dtype != torch.float32 or weight.dtype != torch.float32 or not weight.is_contiguous()
+                or x.numel() * weight.shape[0] < fusion.ONEDNN_MIN_MACS
                 or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias) if t is not None))):
             return call_layer(module, x)
         return ONEDNN_LINEAR(x.reshape(x.shape[0], -1), weight, bias, "none", [], "")

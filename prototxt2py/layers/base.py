@@ -138,6 +138,12 @@ class LayerSpec:
     def to_onnx(self, node: Node, ctx: Any) -> None:
         raise NotImplementedError
 
+    def plain_convolution(self, node: Node, in_shape: Shape) -> tuple | None:
+        """``(stride, pad, dilation, group)`` if, on a bottom of ``in_shape``, this layer is exactly a
+        ``torch.nn.functional.conv1d/2d/3d`` of that bottom (channels on axis 1) with its module's ``weight``
+        and optional ``bias`` blobs: the runtime may then fuse it with what follows. Default: not one."""
+        return None
+
     # -- helpers for subclasses ------------------------------------------------------------------------
     def supports(self, backend: str) -> bool:
         method = {"torch": "build_torch", "onnx": "to_onnx", "shape": "infer_shapes"}[backend]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ShapeError
 from .base import LayerSpec, canonical_axis, count, register
 from .torch_util import CaffeLayer, filler_of
 
@@ -171,6 +172,15 @@ class Convolution(_ConvBase):
     def weight_shape(self, c_in, a, kernel):
         return (a.num_output, c_in // a.group, *kernel)
 
+    def plain_convolution(self, node, in_shape):
+        if len(node.bottoms) != 1 or len(in_shape) not in (3, 4, 5):
+            return None
+        try:
+            axis, _, stride, pad, dilation = self.geometry(node, in_shape)
+        except (ShapeError, ValueError):
+            return None
+        return (stride, pad, dilation, node.attrs.group) if axis == 1 else None
+
     def macs(self, node, in_shapes, out_shapes):
         axis, kernel, *_ = self.geometry(node, in_shapes[0])
         per_out = in_shapes[0][axis] // node.attrs.group * math.prod(kernel)
@@ -235,6 +245,9 @@ class _ConvModule(CaffeLayer):
 @register
 class Im2col(Convolution):
     """Convolution's geometry without weights: the patches Caffe's convolution multiplies."""
+
+    def plain_convolution(self, node, in_shape):
+        return None  # no weights: not a convolution to fuse
 
     type = "Im2col"
     bottoms = (1, 1)

@@ -447,6 +447,7 @@ class LogModule(CaffeLayer):
 @register
 class PReLU(_ElementwiseSpec):
     type = "PReLU"
+    layout_agnostic = True
     blob_names = ("weight",)
     summary = "max(x, 0) + slope[c] * min(x, 0), one learned slope per channel (axis 1) or one shared"
 

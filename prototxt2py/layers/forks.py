@@ -1213,6 +1213,9 @@ class ConvolutionDepthwise(Convolution):
     def to_onnx(self, node, ctx):
         return super().to_onnx(self._grouped(node, ctx.in_shape(0)), ctx)
 
+    def plain_convolution(self, node, in_shape):
+        return super().plain_convolution(self._grouped(node, in_shape), in_shape)
+
     def build_torch(self, node):
         c = node.param_shapes[0][0]  # weight (C, 1, kh, kw)
         return super().build_torch(replace(node, attrs=replace(node.attrs, group=c, num_output=c)))

@@ -316,6 +316,7 @@ class _BroadcastSpec(LayerSpec):
 @register
 class Scale(_BroadcastSpec):
     type = "Scale"
+    layout_agnostic = True
     blob_names = ("weight", "bias")
     family = FAMILY
     summary = ("multiply by a learned blob or a second bottom broadcast over x.shape[axis:axis+k] "
@@ -349,6 +350,7 @@ class Scale(_BroadcastSpec):
 @register
 class Bias(_BroadcastSpec):
     type = "Bias"
+    layout_agnostic = True
     blob_names = ("bias",)
     family = FAMILY
     summary = "add a learned blob or a second bottom broadcast over x.shape[axis:axis+k] (axis 1, num_axes 1)"

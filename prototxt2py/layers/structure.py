@@ -269,6 +269,7 @@ class FlattenAttrs:
 @register
 class Flatten(ReshapeLike):
     type = "Flatten"
+    layout_agnostic = True
     summary = "merge axes axis..end_axis (defaults 1, -1; inclusive) into one"
 
     def attrs(self, layer):
@@ -293,6 +294,7 @@ class ReshapeAttrs:
 @register
 class Reshape(ReshapeLike):
     type = "Reshape"
+    layout_agnostic = True
     summary = "new shape with 0 = copy the bottom dim, -1 = infer; axis/num_axes reshape only a sub-range"
 
     def attrs(self, layer):
