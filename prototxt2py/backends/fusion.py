@@ -5,8 +5,10 @@ which chains found here replace their layers (``all_blobs=True`` and train mode 
 reference path). A chain's inner blobs are read by the next member alone and are not net outputs, so nobody
 can miss them. The chains:
 
-* ``Convolution [-> BatchNorm [-> Scale]] [-> Eltwise SUM with one other blob] [-> ReLU]``: on CPU float32
-  with nothing needing gradients, one oneDNN call (``torch.ops.mkldnn._convolution_pointwise``, the kernel
+* ``Convolution [-> BatchNorm [-> Scale]] [-> Eltwise SUM with one other blob] [-> ReLU]``, where the
+  convolution is any layer whose spec says it is a plain one (``LayerSpec.plain_convolution``: Convolution,
+  ConvolutionDepthwise): on CPU float32 with nothing needing gradients, and big enough to be worth it
+  (``ONEDNN_MIN_MACS``), one oneDNN call (``torch.ops.mkldnn._convolution_pointwise``, the kernel
   ``torch.compile`` emits on CPU) with the weights packed once into oneDNN's blocked layout, BatchNorm/Scale
   folded into them, and the addition and ReLU applied as post-ops, in channels-last memory. Measured on a
   2-core AVX-512 machine at batch 1: 1.2-5x faster per convolution than ``F.conv2d`` on NCHW tensors,
@@ -16,15 +18,17 @@ can miss them. The chains:
 
 Both use the stored statistics only: a BatchNorm normalising with batch statistics (``use_global_stats:
 false``) runs its chain layer by layer. Folded and packed weights are cached, keyed by the version counters
-and addresses of every blob they come from, so loading or editing weights invalidates them.
+and addresses of every blob they come from, so loading or editing weights invalidates them. The packed copy
+costs memory once the first eval-mode forward has run (about the convolution weights' size again: ResNet-50
++94 MB, AlexNet +9 MB); :meth:`~.torch_runtime.CaffeNet.clear_fold_cache` frees it.
 
 Channels-last values flow on through layers whose spec says they compute the same on any memory layout
 (``LayerSpec.layout_agnostic``: activations, pooling, Eltwise, Concat, ...); any other layer, and the net's
 outputs, get contiguous NCHW tensors.
 
-Unlike the other backends, this pass matches specific layer types (Convolution, BatchNorm, Scale, Eltwise,
-ReLU): it is an optimisation whose rewrites are only valid for those types' semantics. A type it does not
-know simply runs as its own module.
+Unlike the other backends, this pass matches specific layer types (BatchNorm, Scale, Eltwise, ReLU, after
+a spec-declared convolution): it is an optimisation whose rewrites are only valid for those types'
+semantics. A type it does not know simply runs as its own module.
 """
 
 from __future__ import annotations
