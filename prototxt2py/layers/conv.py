@@ -217,16 +217,25 @@ class _ConvModule(CaffeLayer):
         self.spec = node.spec
         a = node.attrs
         self.group = a.group
-        self._node = node  # geometry is resolved on first use from the actual input rank
+        self._node = node
         self._geometry: tuple | None = None
+        if node.param_shapes:  # the weight's rank gives the input's: resolve now (torch.compile-friendly)
+            try:
+                self._resolve_rank(len(node.param_shapes[0]))
+            except (ValueError, ShapeError):
+                self._geometry = None  # left to the first call, which reports it with the actual input
+
+    def _resolve_rank(self, rank: int) -> tuple:
+        """(stride, pad, dilation) for inputs of ``rank`` axes: only the rank matters to the geometry."""
+        axis, kernel, stride, pad, dilation = self.spec.geometry(self._node, (1,) * rank)
+        if axis != 1 or len(kernel) not in _CONV_FN:
+            raise ValueError(f"convolution over axis {axis} with {len(kernel)} spatial axes is not supported")
+        self._geometry = (stride, pad, dilation)
+        return self._geometry
 
     def _resolve(self, x: torch.Tensor) -> tuple:
-        if self._geometry is None:
-            axis, kernel, stride, pad, dilation = self.spec.geometry(self._node, tuple(x.shape))
-            if axis != 1 or len(kernel) not in _CONV_FN:
-                raise ValueError(f"convolution over axis {axis} with {len(kernel)} spatial axes is not supported")
-            self._geometry = (stride, pad, dilation)
-        return self._geometry
+        """Known from the weights at build time; else (weights of unknown shape) from the first input."""
+        return self._geometry if self._geometry is not None else self._resolve_rank(x.dim())
 
     def _one(self, x: torch.Tensor) -> torch.Tensor:
         stride, pad, dilation = self._resolve(x)
