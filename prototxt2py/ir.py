@@ -224,7 +224,7 @@ def build_graph(
         )
     consumed_last = {vid for n in nodes for vid in n.inputs}
     outputs = sorted((vid for vid in current.values() if vid not in consumed_last), key=lambda v: values[v].blob)
-    inputs = [vid for n in nodes if n.spec.type == "Input" or n.spec.is_data for vid in n.outputs]
+    inputs = [vid for n in nodes if n.spec.is_input(n) for vid in n.outputs]
     graph = Graph(
         name=net.name,
         state=state,
@@ -293,7 +293,7 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -> Non
                 graph.values[vid].shape = None
             continue
         try:
-            if (node.spec.type == "Input" or node.spec.is_data) and any(t in overrides for t in node.tops):
+            if node.spec.is_input(node) and any(t in overrides for t in node.tops):
                 out_shapes = _input_override(node, overrides)
             else:
                 out_shapes = node.spec.infer_shapes(node, in_shapes)

@@ -153,3 +153,42 @@ def test_python_layer_is_never_imported() -> None:
     with pytest.raises(UnsupportedLayerError, match="Python"):
         prototxt2py.load(g)
     assert module not in sys.modules
+
+
+def test_python_data_layer_tops_are_net_inputs() -> None:
+    """A Python layer without bottoms (FCN's VOC reader) is a data layer: never imported, its tops are net
+    inputs the caller feeds, and the rest of the net runs."""
+    module = "prototxt2py_test_untrusted_reader"
+    text = f"""
+        layer {{ name: "data" type: "Python" top: "data" top: "label"
+                python_param {{ module: "{module}" layer: "VOCSegDataLayer" param_str: "boom" }} }}
+        layer {{ name: "score" type: "Convolution" bottom: "data" top: "score"
+                convolution_param {{ num_output: 3 kernel_size: 1 }} }}
+        layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss"
+                loss_param {{ normalize: false }} }}
+    """
+    g = graph_of(text)
+    assert [g.values[v].blob for v in g.inputs] == ["data", "label"]
+    assert g.unresolved() == {"data": f"Python data layer {module}.VOCSegDataLayer is user code and is not run: its "
+                                      "tops are net inputs of unknown shape; give --input data=... --input label=..."}
+    g = graph_of(text, input_shapes={"data": (2, 4, 3, 5), "label": (2, 1, 3, 5)})
+    assert g.unresolved() == {} and g.blob_shapes()["score"] == (2, 3, 3, 5)
+    net = prototxt2py.load(g)
+    x = torch.randn(2, 4, 3, 5, generator=torch.Generator().manual_seed(0))
+    label = torch.randint(0, 3, (2, 1, 3, 5), generator=torch.Generator().manual_seed(1)).float()
+    with torch.no_grad():
+        score = torch.nn.functional.conv2d(x, net.layer("score").weight, net.layer("score").bias)
+        want = torch.nn.functional.cross_entropy(score, label[:, 0].long(), reduction="sum") / 2  # by batch size
+        torch.testing.assert_close(net(x, label)["loss"], want)
+    with pytest.raises(TypeError, match=r"\['data', 'label'\] were not given"):
+        net()
+    assert module not in sys.modules
+
+
+@needs_corpus
+def test_fcn_train_net_with_a_python_data_layer() -> None:
+    g = prototxt2py.graph(CORPUS / "shelhamer__fcn.berkeleyvision.org/voc-fcn32s/train.prototxt",
+                          input_shapes={"data": (1, 3, 100, 120), "label": (1, 1, 100, 120)})
+    assert [g.values[v].blob for v in g.inputs] == ["data", "label"] and g.unresolved() == {}
+    # FCN's 100-pixel padding and 32x upscoring, cropped back to the input by the Crop layer
+    assert g.blob_shapes()["score"] == (1, 21, 100, 120) and g.blob_shapes()["loss"] == ()

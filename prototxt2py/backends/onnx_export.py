@@ -432,7 +432,7 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool) -> tuple[onnx.Model
     ctx = OnnxContext(net, opset, dynamic_batch)
     problems: list[tuple[Node, str | None]] = []
     for node, module in zip(graph.nodes, net.layers.values(), strict=True):
-        if not node.spec.supports("onnx"):
+        if not node.spec.supports("onnx", node):
             problems.append((node, None))
             continue
         ctx.begin(node, module)

@@ -76,7 +76,7 @@ class CaffeNet(nn.Module):
         super().__init__()
         self.graph = graph
         missing = [f"'{n.type}' (layer '{n.name}' at {n.location})" for n in graph.nodes
-                   if not n.spec.supports("torch")]
+                   if not n.spec.supports("torch", n)]
         if missing:
             raise UnsupportedLayerError("no PyTorch implementation for: " + ", ".join(missing))
         self.layers = nn.ModuleDict()
@@ -104,7 +104,7 @@ class CaffeNet(nn.Module):
                 raise Prototxt2pyError(f"cannot build PyTorch module: {e}", node.location, layer=node.name) from None
             self.layers[key] = module
             self.layer_keys.setdefault(node.name, key)
-            kind = INPUT if node.spec.type == "Input" or node.spec.is_data else LAYER
+            kind = INPUT if node.spec.is_input(node) else LAYER
             plan.append((kind, key, tuple(node.inputs), tuple(node.outputs)))
         self._plan = tuple(plan)
         self._tie_shared_params()

@@ -144,8 +144,15 @@ class LayerSpec:
         and optional ``bias`` blobs: the runtime may then fuse it with what follows. Default: not one."""
         return None
 
+    def is_input(self, node: Node) -> bool:
+        """Whether the layer's tops are net inputs, fed by the caller (Input, and data layers, which read
+        files this tool never opens)."""
+        return self.type == "Input" or self.is_data
+
     # -- helpers for subclasses ------------------------------------------------------------------------
-    def supports(self, backend: str) -> bool:
+    def supports(self, backend: str, node: Node | None = None) -> bool:
+        """Whether ``backend`` handles this type (or, given ``node``, that one layer): the spec overrides the
+        backend's method."""
         method = {"torch": "build_torch", "onnx": "to_onnx", "shape": "infer_shapes"}[backend]
         return getattr(type(self), method) is not getattr(LayerSpec, method) or backend == "shape"
 

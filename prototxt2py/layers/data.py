@@ -212,8 +212,28 @@ class Python(LayerSpec):
     bottoms = (0, None)
     tops = (0, None)
     family = FAMILY
-    summary = "user Python code (python_param module.layer): never imported or run, so no shapes and no backend"
+    summary = ("user Python code (python_param module.layer): never imported or run; one without bottoms is a data "
+               "layer whose tops are net inputs")
+
+    def is_input(self, node):
+        """A Python layer with tops and no bottoms is a data layer (FCN's VOC reader, py-faster-rcnn's RoI data):
+        its tops become net inputs, as other data layers', so the rest of the net runs on arrays the caller
+        gives. Python layers computing something from bottoms stay unsupported."""
+        return not node.bottoms and bool(node.tops)
+
+    def supports(self, backend, node=None):
+        return backend == "shape" or (node is not None and self.is_input(node))
 
     def infer_shapes(self, node, in_shapes):
         p = node.attrs
+        if self.is_input(node):
+            hints = " ".join(f"--input {t}=..." for t in node.tops)
+            raise Unknowable(f"Python data layer {p.module}.{p.layer} is user code and is not run: its tops are net "
+                             f"inputs of unknown shape; give {hints}")
         raise Unknowable(f"Python layer {p.module}.{p.layer} is user code; it is not run (not supported)")
+
+    def build_torch(self, node):
+        return _MissingInput(list(node.tops))  # only for data layers (``supports``)
+
+    def to_onnx(self, node, ctx):
+        """Only for data layers: their tops are graph inputs, which the exporter declares."""
