@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import zlib
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import prototxt2py
+from prototxt2py.errors import Prototxt2pyError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GOLDEN = SHARED / "golden"
@@ -90,3 +92,61 @@ def zoo_net_and_inputs(case: Path):
     net = prototxt2py.load(SHARED / m["prototxt"], input_shapes={k: list(v.shape) for k, v in inputs.items()})
     recipe_weights(net, m["seed"])
     return net, inputs
+
+
+# -- corpus deploy nets (no golden outputs: backends are compared with each other) ---------------------------
+_ROWS = list(csv.DictReader((CORPUS / "MANIFEST.tsv").open(), delimiter="\t")) if CORPUS.is_dir() else []
+DEPLOY = [r["file"] for r in _ROWS if r["kind"] == "deploy" and r["format"] in ("V0", "V1", "V2")]
+#: A corpus net with more multiply-accumulates or parameters than this is `slow` (weights are drawn, the net
+#: run more than once).
+SLOW_MACS, SLOW_PARAMS = 300_000_000, 10_000_000
+
+
+def corpus_deploy_params() -> list:
+    """pytest params: every corpus deploy prototxt, the big ones marked ``slow``."""
+    out = []
+    for rel in DEPLOY:
+        try:
+            g = prototxt2py.graph(CORPUS / rel)
+            big = g.total_macs > SLOW_MACS or g.total_params > SLOW_PARAMS
+        except Prototxt2pyError:
+            big = False
+        out.append(pytest.param(rel, id=rel, marks=[pytest.mark.slow] if big else []))
+    return out
+
+
+def random_inputs(graph: prototxt2py.Graph) -> dict[str, np.ndarray]:
+    """N(0, 1) inputs, except ROI lists (bottom 1 of an ROI pooling layer): image 0, corners in [0, 64)."""
+    rng = np.random.default_rng(0)
+    roi_inputs = {n.inputs[1] for n in graph.nodes if n.type in ("ROIPooling", "PSROIPooling")}
+    feed = {}
+    for vid in graph.inputs:
+        shape = graph.values[vid].shape
+        if vid in roi_inputs:
+            corners = np.sort(rng.uniform(0, 64, (shape[0], 2, 2)), axis=1).reshape(shape[0], 4)
+            value = np.concatenate([np.zeros((shape[0], 1)), corners], axis=1).reshape(shape)
+        else:
+            value = rng.standard_normal(shape)
+        feed[graph.values[vid].blob] = value.astype(np.float32)
+    return feed
+
+
+def corpus_net_and_inputs(rel: str):
+    """A corpus deploy net on the PyTorch runtime with the recipe weights (seed 0) and random inputs; skips the
+    test where the file alone does not give an IR, shapes or a runtime module."""
+    try:
+        g = prototxt2py.graph(CORPUS / rel)
+    except Prototxt2pyError as e:
+        pytest.skip(f"no IR: {e}")
+    if g.unresolved():
+        pytest.skip(f"shapes not inferable from the file alone: {g.unresolved()}")
+    try:
+        net = prototxt2py.load(g)
+    except Prototxt2pyError as e:
+        pytest.skip(f"the PyTorch runtime cannot build it: {e}")
+    recipe_weights(net, 0)
+    with torch.no_grad():  # the recipe draws fork BN statistics (1, C, 1, 1) like weights: keep variances valid
+        for name, blob in net.named_buffers():
+            if name.endswith(".variance"):
+                blob.abs_()
+    return net, random_inputs(net.graph)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from golden import assert_close, corpus_deploy_params, corpus_net_and_inputs
 from test_runtime import build, randomise
 
 from prototxt2py.backends import fusion
@@ -222,3 +224,22 @@ def test_small_layers_skip_onednn(net: CaffeNet, monkeypatch: pytest.MonkeyPatch
     assert calls == ["c1", "r1", "sum", "relu"]
     for name, value in fused.items():
         torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rel", corpus_deploy_params())
+def test_corpus_deploy_net_fused_as_layer_by_layer(rel: str) -> None:
+    """Every corpus deploy net the runtime builds: the fused plan's outputs are the layer-by-layer ones, with every
+    chain on oneDNN whatever its size (this file's size floor is 0)."""
+    net, feed = corpus_net_and_inputs(rel)
+    net.eval()
+    inputs = {k: torch.from_numpy(v) for k, v in feed.items()}
+    with torch.no_grad():
+        reference = net(**inputs, all_blobs=True)
+        fused = net(**inputs)
+    if not fused:
+        pytest.skip("every top is consumed (a Silence layer): the net has no outputs to compare")
+    for name, value in fused.items():
+        want = reference[name].numpy()
+        scale = float(np.abs(want).max(initial=0.0))
+        assert value.is_contiguous()
+        assert_close(value.numpy(), want, 1e-4, 1e-5 * max(scale, 1.0), f"output '{name}'")

@@ -4,7 +4,6 @@ PyTorch runtime; plus error reporting, opsets, a dynamic batch and external data
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +14,17 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from golden import CORPUS, SHARED, assert_close, case_params, meta, npz, recipe_weights, zoo_net_and_inputs
+from golden import (
+    SHARED,
+    assert_close,
+    case_params,
+    corpus_deploy_params,
+    corpus_net_and_inputs,
+    meta,
+    npz,
+    recipe_weights,
+    zoo_net_and_inputs,
+)
 from test_golden_nets import SLOW_ZOO
 
 import prototxt2py
@@ -137,59 +146,9 @@ def test_golden_zoo_net(case: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # Corpus deploy nets: export, check, run, and agree with the PyTorch runtime on the same random inputs
 # ---------------------------------------------------------------------------------------------------------
-ROWS = list(csv.DictReader((CORPUS / "MANIFEST.tsv").open(), delimiter="\t")) if CORPUS.is_dir() else []
-DEPLOY = [r["file"] for r in ROWS if r["kind"] == "deploy" and r["format"] in ("V0", "V1", "V2")]
-#: A corpus net with more multiply-accumulates or parameters than this is `slow` (weights are drawn, the net
-#: exported and run twice).
-SLOW_MACS, SLOW_PARAMS = 300_000_000, 10_000_000
-
-
-def _deploy_params() -> list:
-    out = []
-    for rel in DEPLOY:
-        try:
-            g = prototxt2py.graph(CORPUS / rel)
-            big = g.total_macs > SLOW_MACS or g.total_params > SLOW_PARAMS
-        except Prototxt2pyError:
-            big = False
-        out.append(pytest.param(rel, id=rel, marks=[pytest.mark.slow] if big else []))
-    return out
-
-
-def random_inputs(graph: prototxt2py.Graph) -> dict[str, np.ndarray]:
-    """N(0, 1) inputs, except ROI lists (bottom 1 of an ROI pooling layer): image 0, corners in [0, 64)."""
-    rng = np.random.default_rng(0)
-    roi_inputs = {n.inputs[1] for n in graph.nodes if n.type in ("ROIPooling", "PSROIPooling")}
-    feed = {}
-    for vid in graph.inputs:
-        shape = graph.values[vid].shape
-        if vid in roi_inputs:
-            corners = np.sort(rng.uniform(0, 64, (shape[0], 2, 2)), axis=1).reshape(shape[0], 4)
-            value = np.concatenate([np.zeros((shape[0], 1)), corners], axis=1).reshape(shape)
-        else:
-            value = rng.standard_normal(shape)
-        feed[graph.values[vid].blob] = value.astype(np.float32)
-    return feed
-
-
-@pytest.mark.parametrize("rel", _deploy_params())
+@pytest.mark.parametrize("rel", corpus_deploy_params())
 def test_corpus_deploy_net(rel: str) -> None:
-    try:
-        g = prototxt2py.graph(CORPUS / rel)
-    except Prototxt2pyError as e:
-        pytest.skip(f"no IR: {e}")
-    if g.unresolved():
-        pytest.skip(f"shapes not inferable from the file alone: {g.unresolved()}")
-    try:
-        net = prototxt2py.load(g)
-    except Prototxt2pyError as e:
-        pytest.skip(f"the PyTorch runtime cannot build it: {e}")
-    recipe_weights(net, 0)
-    with torch.no_grad():  # the recipe draws fork BN statistics (1, C, 1, 1) like weights: keep variances valid
-        for name, blob in net.named_buffers():
-            if name.endswith(".variance"):
-                blob.abs_()
-    feed = random_inputs(net.graph)
+    net, feed = corpus_net_and_inputs(rel)
     got = run_onnx(to_onnx_model(net), feed)
     want = runtime_blobs(net, feed)
     for name, value in got.items():
