@@ -13,18 +13,6 @@ import prototxt2py
 
 CASES = case_params("layers") + case_params("mixed")
 
-# Gradients deliberately not compared (forward still is). HingeLoss's Caffe backward reads margins that its
-# forward pass stores in the bottom's diff buffer; the golden protocol zeroes all diffs between forward and
-# backward, which erases them, so the recorded gradient is 0. Caffe's own solver (forward then backward
-# without clearing) and its gradient checker use the true hinge subgradient, which we reproduce and test in
-# tests/test_layers_losses.py.
-GRADIENT_EXCLUDED = {
-    "hinge_l1": "golden diff erased by the protocol (see above)",
-    "hinge_l1_scaled": "golden diff erased by the protocol (see above)",
-    "hinge_l2": "golden diff erased by the protocol (see above)",
-}
-
-
 def run_golden_case(case: Path) -> None:
     m = meta(case)
     rtol, atol = m.get("rtol", 1e-5), m.get("atol", 1e-6)
@@ -37,7 +25,7 @@ def run_golden_case(case: Path) -> None:
         level=m.get("level", 0),
     )
     inputs = npz(case / "inputs.npz")
-    grads = npz(case / "grads.npz") if m.get("backward") and case.name not in GRADIENT_EXCLUDED else {}
+    grads = npz(case / "grads.npz") if m.get("backward") else {}
     feed = {}
     for name, arr in inputs.items():
         t = torch.from_numpy(arr.copy())
@@ -82,34 +70,3 @@ def run_golden_case(case: Path) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_layer_case(case: Path) -> None:
     run_golden_case(case)
-
-
-@pytest.mark.parametrize("case", [c for c in CASES if c.id in GRADIENT_EXCLUDED])
-def test_excluded_gradients_are_the_protocol_artifact_and_ours_are_dl_dx(case: Path) -> None:
-    """For each case whose gradient is not compared: the stored gradient is all zeros (the erased diff), while
-    the README defines it as dL/dx with L = sum of the loss blobs; ours equals dL/dx measured by central
-    differences in float64 on the case's own inputs."""
-    m = meta(case)
-    stored = npz(case / "grads.npz")
-    assert stored and all(not g.any() for g in stored.values()), "the golden gradient is no longer all zeros"
-    net = prototxt2py.load(case / "net.prototxt", phase=m.get("phase", "TEST")).double()
-    inputs = {k: torch.from_numpy(v.astype(np.float64)) for k, v in npz(case / "inputs.npz").items()}
-    weights = m["loss_weights"]
-
-    def loss(**feed: torch.Tensor) -> torch.Tensor:
-        blobs = net(**feed, all_blobs=True)
-        return sum(blobs[b].sum() * w for b, w in weights.items())
-
-    for key in stored:
-        name = key.removeprefix("blob/")
-        x = inputs[name].clone().requires_grad_(True)
-        loss(**{**inputs, name: x}).backward()
-        numeric, h = torch.zeros_like(x), 1e-6
-        for i in range(x.numel()):
-            step = torch.zeros(x.numel(), dtype=x.dtype)
-            step[i] = h
-            plus = float(loss(**{**inputs, name: inputs[name] + step.view_as(x)}))
-            minus = float(loss(**{**inputs, name: inputs[name] - step.view_as(x)}))
-            numeric.view(-1)[i] = (plus - minus) / (2 * h)
-        assert x.grad.abs().max() > 0.01  # a real, non-zero gradient
-        torch.testing.assert_close(x.grad, numeric, rtol=1e-5, atol=1e-7)

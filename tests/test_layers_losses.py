@@ -35,8 +35,7 @@ def loss_and_grad(layer: str, x: np.ndarray, label: np.ndarray, top: str = "loss
 
 def test_hinge_gradient() -> None:
     """Caffe's HingeLoss backward reads the margins its forward wrote into bottom[0]'s diff, so the gradient
-    is the hinge subgradient only when nothing clears diffs in between, as in Solver::Step. The golden cases
-    zero every diff after the forward pass and so record 0; this checks the solver's gradient, kinks
+    is the hinge subgradient (forward then backward, nothing cleared in between, as in Solver::Step); kinks
     included (margin exactly 0 gives sign(0) = 0)."""
     x = np.array([[1.0, -1.0, 0.3, -2.0], [-0.5, 0.2, 2.0, -1.5], [0.0, 0.7, -0.2, 3.0]], dtype=np.float32)
     label = np.array([0, 2, 3], dtype=np.float32)

@@ -157,6 +157,12 @@ class CaffeNet(nn.Module):
         """The submodule of a Caffe layer, by its Caffe name."""
         return self.layers[self.layer_keys[caffe_name]]
 
+    def layer_blobs(self, caffe_name: str) -> list[torch.Tensor]:
+        """The parameter blobs of a Caffe layer in Caffe's order (``net.params[name]`` in pycaffe): parameters
+        or buffers with Caffe's shapes; a blob shared through ``param { name }`` is the owner's tensor."""
+        module = self.layer(caffe_name)
+        return [getattr(module, n) for n in getattr(module, "blob_names", ())]
+
     # -- running -----------------------------------------------------------------------------------------------
     def _bind_inputs(self, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         env: dict[str, torch.Tensor] = {}
