@@ -1,0 +1,3 @@
+"""Imports every built-in reader module so that it registers itself (explicitly, no swallowed import errors)."""
+
+from __future__ import annotations
