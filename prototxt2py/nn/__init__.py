@@ -25,7 +25,9 @@ from typing import Any
 
 def module_names() -> list[str]:
     """The modules of this package, sorted (the order their sources are scanned)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return sorted(
+        m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")
+    )
 
 
 _HELPERS: dict[str, Any] | None = None

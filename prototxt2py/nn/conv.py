@@ -33,10 +33,25 @@ class SharedConvolution(nn.Module):
         if self.transposed:
             fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
             return fn(
-                x, self.weight, self.bias, self.stride, self.padding, 0, self.groups, self.dilation
+                x,
+                self.weight,
+                self.bias,
+                self.stride,
+                self.padding,
+                0,
+                self.groups,
+                self.dilation,
             )
         fn = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
-        return fn(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return fn(
+            x,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+        )
 
     def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self._one(x) for x in bottoms)
@@ -56,7 +71,9 @@ class InnerProduct(nn.Module):
     ) -> None:
         super().__init__()
         self.axis, self.transpose = axis, transpose
-        shape = (in_features, out_features) if transpose else (out_features, in_features)
+        shape = (
+            (in_features, out_features) if transpose else (out_features, in_features)
+        )
         self.weight = nn.Parameter(torch.zeros(shape))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
@@ -70,7 +87,9 @@ class Embed(nn.Module):
     """Caffe's Embed: float-valued indices (truncated like ``static_cast<int>``) pick rows of a
     ``(num_embeddings, embedding_dim)`` weight, plus an optional bias."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, bias: bool = True) -> None:
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, bias: bool = True
+    ) -> None:
         super().__init__()
         self.num_embeddings = num_embeddings
         self.weight = nn.Parameter(torch.zeros(num_embeddings, embedding_dim))
@@ -78,7 +97,9 @@ class Embed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         index = x.detach().long()
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_embeddings):
+        if index.numel() and (
+            int(index.min()) < 0 or int(index.max()) >= self.num_embeddings
+        ):
             raise ValueError(f"Embed index out of range [0, {self.num_embeddings})")
         out = F.embedding(index, self.weight)
         return out if self.bias is None else out + self.bias
@@ -101,7 +122,12 @@ class Im2col(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
         h, w = (
-            (x.shape[2 + i] + 2 * self.padding[i] - self.dilation[i] * (self.kernel_size[i] - 1) - 1)
+            (
+                x.shape[2 + i]
+                + 2 * self.padding[i]
+                - self.dilation[i] * (self.kernel_size[i] - 1)
+                - 1
+            )
             // self.stride[i]
             + 1
             for i in (0, 1)
