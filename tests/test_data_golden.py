@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from golden import case_params, meta, npz
 
 from prototxt2py.data import open_source
 from prototxt2py.data.layers import data_layers
 from prototxt2py.reader import read_net_text
-
-from golden import case_params, meta, npz
 
 pytest.importorskip("lmdb")
 pytest.importorskip("cv2")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import db_data  # noqa: F401  (Data)
-from . import dummy_data  # noqa: F401  (DummyData)
-from . import image_data  # noqa: F401  (ImageData)
-from . import memory_data  # noqa: F401  (MemoryData)
-from . import window_data  # noqa: F401  (WindowData)
+import prototxt2py.data.db_data  # noqa: F401  (Data)
+import prototxt2py.data.dummy_data  # noqa: F401  (DummyData)
+import prototxt2py.data.image_data  # noqa: F401  (ImageData)
+import prototxt2py.data.memory_data  # noqa: F401  (MemoryData)
+import prototxt2py.data.window_data  # noqa: F401  (WindowData)

@@ -43,7 +43,8 @@ def datum_image(
     n = c * h * w
     if datum.data:
         if len(datum.data) != n:
-            raise DataError(f"record '{key}' holds {len(datum.data)} bytes, its shape {c}x{h}x{w} needs {n}", layer=layer)
+            msg = f"record '{key}' holds {len(datum.data)} bytes, its shape {c}x{h}x{w} needs {n}"
+            raise DataError(msg, layer=layer)
         return np.frombuffer(datum.data, dtype=np.uint8).reshape(c, h, w)
     if len(datum.float_data) != n:
         raise DataError(
