@@ -57,7 +57,12 @@ def image_datum(chw: np.ndarray, label: int) -> caffe_pb2.Datum:
     """A raw ``uint8`` Datum from a ``(C, H, W)`` image (Caffe's ``CVMatToDatum``)."""
     c, h, w = chw.shape
     return caffe_pb2.Datum(
-        channels=c, height=h, width=w, data=np.ascontiguousarray(chw, dtype=np.uint8).tobytes(), label=int(label)
+        channels=c,
+        height=h,
+        width=w,
+        data=np.ascontiguousarray(chw, dtype=np.uint8).tobytes(),
+        label=int(label),
+        encoded=False,  # written explicitly, as CVMatToDatum does: records are byte-identical to Caffe's
     )
 
 
