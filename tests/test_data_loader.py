@@ -84,3 +84,29 @@ def test_spawned_workers_while_an_lmdb_is_open(monkeypatch: pytest.MonkeyPatch) 
     finally:
         held.close()
     assert [b[1].tolist() for b in got] == [[float((5 * i + j) % 16) for j in range(5)] for i in range(3)]
+
+
+def test_train_val_net_gives_the_phase_data_layer_and_its_shapes() -> None:
+    """NetState rules pick the layer; top_shapes sizes the net's inputs from the data, as Caffe's set-up does."""
+    import prototxt2py
+    from prototxt2py.data.layers import data_layers, top_shapes
+    from prototxt2py.reader import read_net_text
+
+    def data(phase: str, batch: int, crop: int) -> str:
+        return f"""layer {{ name: "d_{phase}" type: "Data" top: "data" top: "label" include {{ phase: {phase} }}
+          transform_param {{ crop_size: {crop} }}
+          data_param {{ source: "{DATASETS / 'color_raw_lmdb'}" batch_size: {batch} backend: LMDB }} }}"""
+
+    text = data("TRAIN", 4, 16) + data("TEST", 2, 12) + """
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+      inner_product_param { num_output: 16 weight_filler { type: "xavier" } } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }"""
+    src = read_net_text(text)
+    (train,) = data_layers(src.net, "TRAIN")
+    (test,) = data_layers(src.net, "TEST")
+    assert (train.name, test.name) == ("d_TRAIN", "d_TEST")
+    assert top_shapes([test]) == {"data": [2, 3, 12, 12], "label": [2]}
+    net = prototxt2py.load(src, phase="TRAIN", input_shapes=top_shapes([train]))
+    with DataFeed([train], workers=0) as feed:
+        loss = net(**feed.next())["loss"]
+    assert loss.shape == () and torch.isfinite(loss)
