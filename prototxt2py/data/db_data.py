@@ -10,6 +10,8 @@ start (older Caffe's behaviour; Caffe 1.0's Data layer ignores the field).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import DataError, DataLayer, register_reader
@@ -40,6 +42,7 @@ class DbData:
         self.cursor = Cursor(p.source, p.backend, layer=layer.name)
         if not self.cursor.valid():
             raise DataError(f"data source '{p.source}' holds no records", layer=layer.name)
+        self._warned = False
         self.offset = 0  # records passed so far (Caffe's offset_, for the rank stride)
         self.stride = layer.world if layer.phase == "TRAIN" and layer.world > 1 else 1
         if p.rand_skip:
@@ -66,6 +69,10 @@ class DbData:
             self._to_kept()
             key = self.cursor.key().decode("utf-8", "replace")
             datum = parse_datum(self.cursor.value(), key, self.layer.name)
+            if (force_color or force_gray) and not datum.encoded and not self._warned:
+                self._warned = True  # Caffe logs this too, and ignores the flags
+                warnings.warn(f"layer '{self.layer.name}': force_color and force_gray only apply to encoded "
+                              "Datums", stacklevel=2)
             img = datum_image(datum, force_color, force_gray, key, self.layer.name)
             if data is None:
                 data = np.empty((self.batch_size, *self.transformer.out_shape(img.shape)), dtype=np.float32)

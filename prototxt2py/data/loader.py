@@ -166,7 +166,8 @@ class DataFeed:
             if layer.type in IN_PROCESS or workers <= 0:
                 self._sources[layer.name] = open_reader(layer, seed)
             else:
-                self._iters[layer.name] = iter(make_loader(layer, workers, prefetch, seed))
+                ahead = int(getattr(layer.param, "prefetch", 0) or prefetch)  # data_param.prefetch when set
+                self._iters[layer.name] = iter(make_loader(layer, workers, ahead, seed))
 
     def source(self, layer: str) -> BatchSource:
         """The in-process source of ``layer`` (MemoryData: call ``reset(data, labels)`` on it)."""
