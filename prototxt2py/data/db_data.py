@@ -63,7 +63,7 @@ class DbData:
         t = self.layer.transform
         force_color = bool(t is not None and t.force_color)
         force_gray = bool(t is not None and t.force_gray)
-        data: np.ndarray | None = None
+        imgs = []
         labels = np.empty((self.batch_size,), dtype=np.float32)
         for i in range(self.batch_size):
             self._to_kept()
@@ -73,14 +73,10 @@ class DbData:
                 self._warned = True  # Caffe logs this too, and ignores the flags
                 warnings.warn(f"layer '{self.layer.name}': force_color and force_gray only apply to encoded "
                               "Datums", stacklevel=2)
-            img = datum_image(datum, force_color, force_gray, key, self.layer.name)
-            if data is None:
-                data = np.empty((self.batch_size, *self.transformer.out_shape(img.shape)), dtype=np.float32)
-            self.transformer(img, data[i])
+            imgs.append(datum_image(datum, force_color, force_gray, key, self.layer.name))
             labels[i] = datum.label
             self._next()
-        assert data is not None
-        return [data, labels][: len(self.layer.tops)]
+        return [self.transformer.batch(imgs), labels][: len(self.layer.tops)]
 
     def skip_batches(self, n: int) -> None:
         """Pass over ``n`` batches without decoding them (loader workers take every k-th batch)."""

@@ -104,19 +104,15 @@ class ImageData:
             self._next()
 
     def next_batch(self) -> list[np.ndarray]:
-        data: np.ndarray | None = None
+        imgs = []
         labels = np.empty((self.batch_size,), dtype=np.float32)
         for i in range(self.batch_size):
             self._to_kept()
             name, label = self.lines[self.pos]
-            img = self._read(name)
-            if data is None:
-                data = np.empty((self.batch_size, *self.transformer.out_shape(img.shape)), dtype=np.float32)
-            self.transformer(img, data[i])
+            imgs.append(self._read(name))
             labels[i] = label
             self._next()
-        assert data is not None
-        return [data, labels]
+        return [self.transformer.batch(imgs), labels]
 
     def skip_batches(self, n: int) -> None:
         """Pass over ``n`` batches without reading their images."""

@@ -24,6 +24,7 @@ class DataTransformer:
         self.layer = layer
         self.phase = phase
         self.rng = rng if rng is not None else np.random.default_rng()
+        self._draws: list[int] = []
         self.scale = np.float32(param.scale if param is not None else 1.0)
         self.mirror = bool(param is not None and param.mirror)
         self.crop = int(param.crop_size) if param is not None else 0
@@ -50,40 +51,72 @@ class DataTransformer:
         return (c, self.crop, self.crop) if self.crop else (c, h, w)
 
     def _rand(self, n: int) -> int:
-        return int(self.rng.integers(n))
+        """Caffe's ``Rand(n)``: a 32-bit draw modulo ``n`` (draws are buffered: one numpy call per 4096)."""
+        if not self._draws:
+            self._draws = self.rng.integers(0, 1 << 32, size=4096, dtype=np.uint64).tolist()[::-1]
+        return self._draws.pop() % n
 
     def __call__(self, img: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Transform a ``(C, H, W)`` uint8 or float32 image into ``out`` (float32, the :meth:`out_shape`)."""
-        c, h, w = img.shape
-        oc, oh, ow = self.out_shape((c, h, w))
+        """Transform one ``(C, H, W)`` uint8 or float32 image into ``out`` (float32, the :meth:`out_shape`)."""
+        result = self.batch([img])[0]
         if out is None:
-            out = np.empty((oc, oh, ow), dtype=np.float32)
-        elif out.shape != (oc, oh, ow):
+            return result
+        if out.shape != result.shape:
             raise DataError(
-                f"an image of {c}x{h}x{w} gives {oc}x{oh}x{ow} after transformation, but the batch was sized "
-                f"{'x'.join(map(str, out.shape))} by its first image",
+                f"an image of {'x'.join(map(str, img.shape))} gives {'x'.join(map(str, result.shape))} after "
+                f"transformation, the blob is {'x'.join(map(str, out.shape))}",
                 layer=self.layer,
             )
-        do_mirror = self.mirror and self._rand(2) == 1
-        h_off = w_off = 0
-        if self.crop:
-            if self.phase == "TRAIN":
-                h_off = self._rand(h - self.crop + 1)
-                w_off = self._rand(w - self.crop + 1)
-            else:
-                h_off, w_off = (h - self.crop) // 2, (w - self.crop) // 2
-        window = (slice(None), slice(h_off, h_off + oh), slice(w_off, w_off + ow))
-        pixels = img[window].astype(np.float32)
-        if self.mean is not None:
-            if self.mean.shape != (c, h, w):
+        out[...] = result
+        return out
+
+    def batch(self, imgs: list[np.ndarray]) -> np.ndarray:
+        """Transform a batch of ``(C, H, W)`` images into one float32 ``(N, C', H', W')`` array. The batch is
+        sized by its first image (as Caffe's data layers do); the others must give the same shape. Random
+        draws are made per image in Caffe's order (mirror, then crop offsets); the arithmetic runs on the
+        whole batch at once, element for element the same float32 operations as Caffe's loop."""
+        c, oh, ow = self.out_shape(imgs[0].shape)
+        n = len(imgs)
+        stacked = np.empty((n, c, oh, ow), dtype=np.result_type(*(im.dtype for im in imgs)))
+        mirrors = np.zeros(n, dtype=bool)
+        offsets = []
+        for i, img in enumerate(imgs):
+            ic, h, w = img.shape
+            if self.out_shape(img.shape) != (c, oh, ow):
                 raise DataError(
-                    f"mean_file is {'x'.join(map(str, self.mean.shape))} but the image is {c}x{h}x{w}", layer=self.layer
+                    f"an image of {ic}x{h}x{w} gives {'x'.join(map(str, self.out_shape(img.shape)))} after "
+                    f"transformation, but the batch was sized {c}x{oh}x{ow} by its first image",
+                    layer=self.layer,
                 )
-            pixels -= self.mean[window]
+            mirrors[i] = self.mirror and self._rand(2) == 1
+            h_off = w_off = 0
+            if self.crop:
+                if self.phase == "TRAIN":
+                    h_off = self._rand(h - self.crop + 1)
+                    w_off = self._rand(w - self.crop + 1)
+                else:
+                    h_off, w_off = (h - self.crop) // 2, (w - self.crop) // 2
+            offsets.append((h_off, w_off))
+            stacked[i] = img[:, h_off : h_off + oh, w_off : w_off + ow]
+        out = stacked.astype(np.float32)
+        if self.mean is not None:
+            for img in imgs:
+                if self.mean.shape != img.shape:
+                    raise DataError(
+                        f"mean_file is {'x'.join(map(str, self.mean.shape))} but the image is "
+                        f"{'x'.join(map(str, img.shape))}",
+                        layer=self.layer,
+                    )
+            if len(set(offsets)) == 1:
+                h_off, w_off = offsets[0]
+                out -= self.mean[None, :, h_off : h_off + oh, w_off : w_off + ow]
+            else:
+                out -= np.stack([self.mean[:, y : y + oh, x : x + ow] for y, x in offsets])
         elif self.mean_values is not None:
-            pixels -= self._channel_means(c)[:, None, None]
-        pixels *= self.scale
-        out[...] = pixels[:, :, ::-1] if do_mirror else pixels
+            out -= self._channel_means(c)[None, :, None, None]
+        out *= self.scale
+        if mirrors.any():
+            out[mirrors] = out[mirrors][..., ::-1]
         return out
 
     def _channel_means(self, channels: int) -> np.ndarray:
