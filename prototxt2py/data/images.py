@@ -100,7 +100,8 @@ def _decode_pillow(buf: bytes, mode: Mode, layer: str | None) -> np.ndarray | No
 
 
 def _gray(im) -> np.ndarray:
-    """One channel as OpenCV gets it: libpng's fixed-point ``rgb_to_gray`` for PNG, the decoder's own otherwise."""
+    """One channel as OpenCV gets it: libpng's fixed-point ``rgb_to_gray`` (exact for PNG; JPEGs never get
+    here, libjpeg gives their luma plane; other formats may differ from OpenCV by a grey level)."""
     if im.mode == "L":
         return np.asarray(im)
     if im.mode in ("LA",):
