@@ -28,6 +28,8 @@ def _per_top(values: tuple, n: int, what: str, layer: str) -> list:
 class DummyData:
     """A ``DummyData`` layer's source: ``next_batch()`` -> one array per top."""
 
+    independent_batches = True  # every batch is a fresh random draw: loader workers need not skip
+
     def __init__(self, layer: DataLayer, seed: int | None = None, worker: int = 0):
         self.layer = layer
         p = layer.param

@@ -2,8 +2,9 @@
 thread, here worker processes).
 
 :class:`LayerBatches` is an endless ``IterableDataset`` of one layer's batches (tuples of tensors in top
-order). With ``k`` loader workers, worker ``w`` produces the layer's batches ``w, w + k, w + 2k, ...`` (sources
-with a cursor skip the others without decoding them), and ``DataLoader`` hands them out round-robin, so the
+order). With ``k`` loader workers, worker ``w`` produces the layer's batches ``w, w + k, w + 2k, ...`` (a reader
+with ``skip_batches(n)`` passes over the others without decoding them; one marked ``independent_batches``, whose
+batches are random draws, needs no skipping), and ``DataLoader`` hands them out round-robin, so the
 sequence of batches is the one a single reader produces, as in Caffe. Rank sharding under torchrun is the
 reader's job (``DataLayer.rank``/``world``).
 
@@ -59,9 +60,16 @@ def _close(source: BatchSource) -> None:
 
 
 def _skip(source: BatchSource, n: int) -> None:
-    """Pass over ``n`` batches; sources without a cursor (random ones) need no skipping."""
-    if n > 0 and hasattr(source, "skip_batches"):
-        source.skip_batches(n)
+    """Pass over ``n`` batches: cheaply with the source's ``skip_batches``, not at all for sources whose batches
+    are independent random draws (``independent_batches = True``), else by reading and dropping them."""
+    if n <= 0 or getattr(source, "independent_batches", False):
+        return
+    skip = getattr(source, "skip_batches", None)
+    if skip is not None:
+        skip(n)
+        return
+    for _ in range(n):
+        source.next_batch()
 
 
 class LayerBatches(IterableDataset):

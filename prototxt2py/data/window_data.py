@@ -64,6 +64,8 @@ def read_window_file(path: str, root: str, layer: str | None = None):
 class WindowData:
     """A ``WindowData`` layer's source: ``next_batch()`` -> ``[data (N, C, crop, crop), label (N,)]``."""
 
+    independent_batches = True  # every batch is a fresh random draw: loader workers need not skip
+
     def __init__(self, layer: DataLayer, seed: int | None = None, worker: int = 0):
         self.layer = layer
         p, t = layer.param, layer.transform
