@@ -110,3 +110,22 @@ def test_train_val_net_gives_the_phase_data_layer_and_its_shapes() -> None:
     with DataFeed([train], workers=0) as feed:
         loss = net(**feed.next())["loss"]
     assert loss.shape == () and torch.isfinite(loss)
+
+
+class _Counter:
+    """A reader without skip_batches: batch i holds the number i."""
+
+    def __init__(self, layer) -> None:
+        self.i = 0
+
+    def next_batch(self) -> list[np.ndarray]:
+        self.i += 1
+        return [np.array([self.i - 1], dtype=np.float32)]
+
+
+def test_readers_without_skip_keep_their_order_under_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prototxt2py.data import READERS, DataLayer
+
+    monkeypatch.setitem(READERS, "Counter", _Counter)
+    layer = DataLayer("c", "Counter", ("n",), None, None, "TRAIN")
+    assert [b[0].item() for b in _take(make_loader(layer, workers=2), 6)] == [0, 1, 2, 3, 4, 5]
