@@ -60,9 +60,7 @@ class DbData:
             self._next()
 
     def next_batch(self) -> list[np.ndarray]:
-        t = self.layer.transform
-        force_color = bool(t is not None and t.force_color)
-        force_gray = bool(t is not None and t.force_gray)
+        force_color, force_gray = self.transformer.force_color, self.transformer.force_gray
         imgs = []
         labels = np.empty((self.batch_size,), dtype=np.float32)
         for i in range(self.batch_size):

@@ -1,4 +1,4 @@
-"""Caffe's ``DataTransformer``: crop, mirror, mean subtraction and scaling of one image, in Caffe's order.
+"""Caffe's ``DataTransformer``: crop, mirror, mean subtraction and scaling of images, in Caffe's order.
 
 For every output pixel Caffe computes ``(pixel - mean) * scale`` in float32, where ``mean`` is the
 ``mean_file`` blob at the same (uncropped) position or ``mean_value[c]``; the crop window is random in TRAIN
