@@ -124,8 +124,9 @@ class _Counter:
 
 
 def test_readers_without_skip_keep_their_order_under_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prototxt2py.data import READERS, DataLayer
+    from prototxt2py.data import READERS, DataLayer, db
 
-    monkeypatch.setitem(READERS, "Counter", _Counter)
+    monkeypatch.setitem(READERS, "Counter", _Counter)  # registered here only: the workers must be forked
+    monkeypatch.setattr(db, "_LMDB_ENVS", {})
     layer = DataLayer("c", "Counter", ("n",), None, None, "TRAIN")
     assert [b[0].item() for b in _take(make_loader(layer, workers=2), 6)] == [0, 1, 2, 3, 4, 5]

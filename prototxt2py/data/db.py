@@ -6,6 +6,7 @@ key order, and a writer for ``convert-imageset``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -111,6 +112,10 @@ class Cursor:
             else:
                 self._db.close()
             self._db = None
+
+    def __del__(self) -> None:  # a reader dropped without close() still releases its LMDB environment
+        with contextlib.suppress(Exception):
+            self.close()
 
     def __enter__(self) -> Cursor:
         return self
