@@ -196,3 +196,8 @@ def draw(net, output, rankdir, phase, display_lrm, stages, level, shapes, no_blo
     draw_file(net, output, rankdir=rankdir, phase=phase.upper(), display_lrm=display_lrm, stages=stages, level=level,
               shapes=shapes, no_blobs=no_blobs)
     click.echo(f"wrote {output}")
+
+
+from .cli_data import register as _register_data  # noqa: E402  (dataset tools live in their own module)
+
+_register_data(main)
