@@ -82,8 +82,13 @@ def derive_deploy(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     stages: Iterable[str] = (),
     level: int = 0,
+    check_inputs: bool = True,
+    need_shapes: bool = True,
 ) -> DeployResult:
-    """The deploy net of an upgraded train_val net (see the module docstring for the rules)."""
+    """The deploy net of an upgraded train_val net (see the module docstring for the rules). With
+    ``check_inputs``, an ``input_shapes`` entry that names no input of the deploy net is an error (``run``
+    turns it off: it reports unused arrays of its own). Without ``need_shapes`` (diagrams), an input whose
+    shape only the data knows is declared without one instead of raising."""
     net = source.net
     locs = list(source.locations) or [Location(source.file)] * len(net.layer)
     state = State.from_args("TEST", level, stages).merged_with_net(net)
@@ -108,7 +113,8 @@ def derive_deploy(
         if is_data_layer(layer):
             if not input_done:
                 out.layer.append(_input_layer([layers[j] for j in data_idx], [locations[j] for j in data_idx],
-                                              [live_tops[j] for j in data_idx], shapes, source.file, used_names))
+                                              [live_tops[j] for j in data_idx], shapes, source.file, used_names,
+                                              need_shapes))
                 out_locs.append(locations[i])
                 input_done = True
             continue
@@ -118,7 +124,7 @@ def derive_deploy(
         new.ClearField("exclude")
         out_locs.append(locations[i])
     unknown = sorted(set(shapes) - {t for lay in out.layer if lay.type == "Input" for t in lay.top})
-    if unknown:
+    if unknown and check_inputs:
         raise GraphError(f"--input names {', '.join(unknown)}, which is not an input of the deploy net",
                          Location(source.file))
     return DeployResult(out, out_locs, notes)
@@ -129,9 +135,11 @@ def deploy_source(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     stages: Iterable[str] = (),
     level: int = 0,
+    check_inputs: bool = True,
+    need_shapes: bool = True,
 ) -> NetSource:
     """A :class:`NetSource` holding the derived deploy net, for every command's ``--deploy``."""
-    result = derive_deploy(source, input_shapes, stages, level)
+    result = derive_deploy(source, input_shapes, stages, level, check_inputs, need_shapes)
     return NetSource(result.net, source.file, "V2", result.locations, [[] for _ in result.locations],
                      None, source.report)
 
@@ -290,6 +298,7 @@ def _input_layer(
     shapes: dict[str, list[int]],
     file: str,
     used_names: set[str],
+    need_shapes: bool = True,
 ) -> Any:
     """One ``Input`` layer for the surviving tops of every data layer."""
     layer = caffe_pb2.LayerParameter()
@@ -299,7 +308,12 @@ def _input_layer(
     for data, loc, names in zip(data_layers, locations, tops, strict=True):
         for top in names:
             layer.top.append(top)
-            shape = shapes.get(top) or _derived_shape(data, list(data.top).index(top), loc, file)
+            try:
+                shape = shapes.get(top) or _derived_shape(data, list(data.top).index(top), loc, file)
+            except GraphError:
+                if need_shapes:
+                    raise
+                shape = []  # a diagram needs no shape: an empty one says "unknown"
             layer.input_param.shape.add().dim.extend(shape)
     return layer
 
