@@ -8,7 +8,8 @@ The transformation works on the upgraded ``NetParameter`` (protobuf level, befor
    other metric or sink layers are dropped. The *main* losses — those with the largest loss weight, so that
    GoogLeNet's 0.3-weighted auxiliary heads do not count — define the outputs: a main ``SoftmaxWithLoss``
    becomes a ``Softmax`` over its scores (named ``prob`` with top ``prob`` when there is one such head and the
-   name is free, as in BVLC's deploy files; otherwise it keeps the loss layer's name and top), and the
+   name is free, as in BVLC's deploy files, otherwise after the loss layer; its top is the loss's second top,
+   the probabilities, where it has one), and the
    predictions of any other main loss (its bottoms except labels straight from a data layer) stay outputs.
 3. **Label-only branches**: a layer whose tops all feed dropped layers is dropped too (repeatedly, so
    auxiliary classifiers vanish whole), and so is a layer that reads a dropped layer's top. Layers whose tops
@@ -206,10 +207,11 @@ def _convert_heads(layers: list[Any], main: float | None, notes: list[str]) -> l
             soft = caffe_pb2.LayerParameter()
             soft.type = "Softmax"
             soft.bottom.append(layer.bottom[0])
-            if single:
-                soft.name, top = "prob", "prob"
+            soft.name = "prob" if single else layer.name
+            if len(layer.top) > 1:  # the loss's optional second top already names the probabilities
+                top = layer.top[1]
             else:
-                soft.name, top = layer.name, layer.top[1] if len(layer.top) > 1 else layer.top[0]
+                top = "prob" if single else layer.top[0]
             soft.top.append(top)
             if layer.HasField("softmax_param"):
                 soft.softmax_param.CopyFrom(layer.softmax_param)
