@@ -34,7 +34,7 @@ def test_torch_is_a_range_and_extras_exist() -> None:
     assert torch_req == ["torch>=2.5"]
     extras = project["optional-dependencies"]
     assert {"onnx", "train", "test"} <= set(extras)
-    assert {r.split(">")[0].split("<")[0] for r in extras["train"]} == {"lmdb", "h5py", "pillow"}
+    assert {"lmdb", "h5py", "pillow"} <= {r.split(">")[0].split("<")[0] for r in extras["train"]}
     assert "torch==2.13.0" in (ROOT / "scripts/setup.sh").read_text()  # a fresh machine still gets the CPU build
 
 
