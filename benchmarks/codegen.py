@@ -28,10 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from runtime import CORPUS, generate_weights, hand_written_alexnet, interleaved, load_average  # noqa: E402
+
 import prototxt2py  # noqa: E402
 from prototxt2py.backends.codegen import generate  # noqa: E402
 from prototxt2py.convert import write_python  # noqa: E402
-from runtime import CORPUS, generate_weights, hand_written_alexnet, interleaved, load_average  # noqa: E402
 
 ALEXNET = CORPUS / "BVLC__caffe/models/bvlc_alexnet/deploy.prototxt"
 RESNET152 = CORPUS / "KaimingHe__deep-residual-networks/prototxt/ResNet-152-deploy.prototxt"
