@@ -84,7 +84,7 @@ def table(title: str, rows: dict[str, tuple[float, float]], ref: str) -> None:
     print(f"\n{title}")
     print(f"  {'':32s} {'best ms':>9s} {'median':>9s}   best / best of '{ref}'")
     for name, (best, median) in rows.items():
-        print(f"  {name:32s} {best * 1e3:9.2f} {median * 1e3:9.2f}   {best / rows[ref][0]:.3f}x")
+        print(f"  {name:32s} {best * 1e3:9.2f} {median * 1e3:9.2f}   {best / rows[ref][0]:.2f}x")
 
 
 def generation_times(prototxt: Path, rounds: int) -> None:
