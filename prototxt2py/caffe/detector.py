@@ -1,0 +1,2 @@
+"""placeholder"""
+Detector = None

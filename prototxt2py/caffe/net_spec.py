@@ -1,0 +1,2 @@
+"""placeholder"""
+layers = params = NetSpec = to_proto = None
