@@ -697,4 +697,5 @@ class Net:
         self._callbacks["ab"].append(fn)
 
     def __repr__(self) -> str:
-        return f"<caffe.Net '{self._graph.name}' {self._phase}: {len(self.layers)} layers, {len(self._blobs_dict)} blobs>"
+        layers, blobs = len(self.layers), len(self._blobs_dict)
+        return f"<caffe.Net '{self._graph.name}' {self._phase}: {layers} layers, {blobs} blobs>"
