@@ -32,10 +32,12 @@ __all__ = ["TEST", "TRAIN", "Blob", "CaffeUsageError", "Classifier", "Detector",
 def __getattr__(name: str):
     """Solvers live in :mod:`prototxt2py.train` (another part of the project): imported on first use."""
     if name in _SOLVERS:
-        try:
-            from .. import train
-        except ImportError:
-            raise AttributeError(f"caffe.{name}: the solvers need prototxt2py.train, which is not installed") from None
+        import importlib
+        import importlib.util
+
+        if importlib.util.find_spec("prototxt2py.train") is None:
+            raise AttributeError(f"caffe.{name}: the solvers need prototxt2py.train, which is not installed")
+        train = importlib.import_module("prototxt2py.train")
         if not hasattr(train, name):
             raise AttributeError(f"caffe.{name}: prototxt2py.train has no {name}")
         return getattr(train, name)
