@@ -159,3 +159,25 @@ def test_detector_windows_and_context_pad(tmp_path: Path) -> None:
     np.testing.assert_allclose(crop[0, 0], det.crop_mean[0, 0])
     plain = caffe.Detector(str(CIFAR / "cifar10_quick.prototxt"), None)
     np.testing.assert_array_equal(plain.crop(img, windows[1]), img[2:img.shape[0] - 1, 3:20])
+
+
+@pytest.mark.slow
+def test_readme_pycaffe_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The README's classification example, verbatim, on AlexNet with drawn weights (no trained ones here)."""
+    cv2 = pytest.importorskip("cv2")
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    section = text[text.index("## pycaffe scripts"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[: code.index("```")]
+    weights, image = tmp_path / "w.caffemodel", tmp_path / "cat.jpg"
+    caffe.set_random_seed(0)
+    caffe.Net(str(root / "fixtures/alexnet/deploy.prototxt"), caffe.TEST).save(str(weights))
+    cv2.imwrite(str(image), cv2.resize(cv2.imread(str(IMAGES / "color_00.png")), (300, 240)))
+    monkeypatch.chdir(root)
+    scope: dict = {}
+    exec(code.replace('"bvlc_alexnet.caffemodel"', repr(str(weights))).replace('"cat.jpg"', repr(str(image))), scope)
+    top5 = scope["top5"]
+    assert len(top5) == 5 and scope["probs"].shape == (1000,)
+    assert scope["prob"].shape == (1000,) and abs(float(scope["prob"].sum()) - 1) < 1e-4
+    assert str(int(top5[0])) in capsys.readouterr().out
