@@ -379,3 +379,17 @@ def test_pycaffe_script_deletes_prototxt_after_construction(tmp_path: Path) -> N
     os.remove(path)
     net.reshape()  # still works: everything was read at construction
     assert net.forward()["loss"].shape == ()
+
+
+def test_train_val_with_data_layers_needs_shapes_once() -> None:
+    path = str(CORPUS / "BVLC__caffe/examples/mnist/lenet_train_test.prototxt")
+    with pytest.raises(Prototxt2pyError, match="cannot size this layer's parameters"):
+        caffe.Net(path, caffe.TRAIN)  # the LMDB is not read: one clear line, no traceback from the runtime
+    net = caffe.Net(path, caffe.TRAIN, input_shapes={"data": [4, 1, 28, 28], "label": [4]})
+    assert net.inputs == [] and net.blobs["ip2"].shape == [4, 10]
+    net.blobs["data"].data[...] = np.random.default_rng(8).uniform(size=(4, 1, 28, 28))
+    net.blobs["label"].data[...] = [1, 2, 3, 4]
+    loss = float(net.forward()["loss"])
+    assert 0 < loss < 10 and [layer.type for layer in net.layers][0] == "Data"
+    net.backward()
+    assert np.abs(net.params["conv1"][0].diff).max() > 0

@@ -71,11 +71,14 @@ def _phase_name(phase: Any) -> str:
 
 class Net:
     """``caffe.Net(prototxt, phase, level=0, stages=None, weights=None)`` or legacy ``caffe.Net(prototxt,
-    weights, phase)``. The prototxt is read once, so it may be deleted right after construction."""
+    weights, phase)``. The prototxt is read once, so it may be deleted right after construction.
+
+    Beyond pycaffe, ``input_shapes={'data': [64, 1, 28, 28], 'label': [64]}`` sizes input or data-layer blobs
+    whose shapes the file alone does not give (Caffe reads them from the data source, which is not opened here)."""
 
     def __init__(self, network_file: str | os.PathLike, *args: Any, level: int = 0,
                  stages: Sequence[str] | None = None, weights: str | os.PathLike | None = None,
-                 phase: Any = None):
+                 phase: Any = None, input_shapes: Mapping[str, Sequence[int]] | None = None):
         if len(args) == 2:  # legacy Net(proto, weights, phase)
             if weights is not None:
                 raise CaffeUsageError("weights given twice (legacy positional form and weights=)")
@@ -96,11 +99,11 @@ class Net:
         self._device = _mode.device()
         self._callbacks: dict[str, list[Callable[[int], Any]]] = {k: [] for k in ("bf", "af", "bb", "ab")}
         self._memory_data: tuple[np.ndarray, np.ndarray, int] | None = None
-        self._build(weights)
+        self._build(weights, input_shapes)
 
     # -- construction ----------------------------------------------------------------------------------------
-    def _build(self, weights: str | os.PathLike | None) -> None:
-        graph = prototxt2py.graph(self._source, self._phase, self._stages, self._level)
+    def _build(self, weights: str | os.PathLike | None, input_shapes: Mapping[str, Sequence[int]] | None) -> None:
+        graph = prototxt2py.graph(self._source, self._phase, self._stages, self._level, input_shapes=input_shapes)
         runtime = prototxt2py.load(graph, weights=weights)
         self._graph = graph
         self._net = runtime.to(self._device)
