@@ -393,3 +393,21 @@ def test_train_val_with_data_layers_needs_shapes_once() -> None:
     assert 0 < loss < 10 and [layer.type for layer in net.layers][0] == "Data"
     net.backward()
     assert np.abs(net.params["conv1"][0].diff).max() > 0
+
+
+def test_host_mirror_state_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off the CPU a Blob keeps a host mirror (Caffe's SyncedMemory); simulated here with a CPU 'device' tensor."""
+    from prototxt2py.caffe import _blob
+
+    monkeypatch.setattr(_blob._Synced, "on_cpu", property(lambda self: False))
+    blob = caffe.Blob(torch.zeros(2, 3))
+    view = blob.data
+    assert view.ctypes.data != blob._data.tensor.data_ptr()  # a mirror, not the device memory
+    view[...] = 4.0  # a host write reaches the device before the next computation
+    assert float(blob.tensor().sum()) == 24.0
+    blob.write(torch.ones(2, 3))  # a layer result on the device: the next access refreshes the same array
+    assert blob.data is not None and (view == 1.0).all()
+    blob.tensor().add_(1.0)  # changed by outside code (a solver): still seen by the next access
+    assert (blob.data == 2.0).all()
+    blob.reshape(3, 2)
+    assert blob.data.shape == (3, 2) and blob.shape == [3, 2]

@@ -6,9 +6,10 @@ So a Blob owns (or, for parameters, borrows from the runtime) one tensor for dat
 written into them in place (``copy_``), and ``.data``/``.diff`` are ``tensor.numpy()`` views.
 
 On a CUDA device numpy cannot view the memory. Like Caffe's ``SyncedMemory``, each side then has a host mirror:
-reading ``.data`` copies the device values into the mirror (once per change) and marks the mirror as possibly
-written; the next computation copies it back first. Arrays taken earlier are refreshed in place by the next
-``.data`` access, as in Caffe.
+reading ``.data`` copies the device values into the mirror and marks the mirror as possibly written; the next
+forward/backward pass copies it back first. Arrays taken earlier are refreshed in place by the next ``.data``
+access, as in Caffe. Code that changes a parameter tensor on the device between a ``.data`` access and the next
+pass (a solver update) must call ``blob.mark_device_written()``, or the pass would copy the older host values back.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class _Synced:
         if self._host is None or self._host.shape != self.tensor.shape:
             self._host = torch.empty(self.tensor.shape, dtype=self.tensor.dtype)
             self._head = _DEVICE
-        if self._head == _DEVICE:
+        if self._head != _HOST:  # SYNCED too: code outside (a solver) may have changed the device tensor
             self._host.copy_(self.tensor.detach())
         self._head = _HOST
         return self._host.numpy()
@@ -154,6 +155,11 @@ class Blob:
                 target.add_(value.detach().reshape(target.shape))
             else:
                 target.copy_(value.detach().reshape(target.shape))
+        self._diff.written()
+
+    def mark_device_written(self) -> None:
+        """The data and diff tensors were changed on the device by code outside this class (a solver update)."""
+        self._data.written()
         self._diff.written()
 
     def fill_diff(self, value: float) -> None:

@@ -353,6 +353,7 @@ class Net:
     def _forward(self, start: int, end: int) -> float:
         """Caffe's ``ForwardFromTo``: layers ``start``..``end`` inclusive; returns the loss of that range."""
         loss = 0.0
+        self._push_params()  # off the CPU: values written through params' host arrays reach the device
         for i in range(start, end + 1):
             for fn in self._callbacks["bf"]:
                 fn(i)
@@ -438,6 +439,7 @@ class Net:
     def _backward(self, start: int, end: int) -> None:
         """Caffe's ``BackwardFromTo``: layers ``start`` down to ``end``, where Caffe computes gradients."""
         written: set[str] = set()
+        self._push_params()
         for i in range(start, end - 1, -1):
             for fn in self._callbacks["bb"]:
                 fn(i)
@@ -677,9 +679,13 @@ class Net:
         self._mark_params_written()
 
     def _push_params(self) -> None:
+        """Modules read their parameters directly: copy host writes (off the CPU) to the device first."""
+        if self._device.type == "cpu":
+            return
         for blobs in self._node_params:
             for b in blobs:
                 b.tensor()
+                b.diff_tensor()
 
     def _mark_params_written(self) -> None:
         for blobs in self._node_params:
