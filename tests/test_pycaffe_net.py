@@ -411,3 +411,19 @@ def test_host_mirror_state_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (blob.data == 2.0).all()
     blob.reshape(3, 2)
     assert blob.data.shape == (3, 2) and blob.shape == [3, 2]
+
+
+def test_dropout_backward_uses_the_forward_mask(tmp_path: Path) -> None:
+    """Dropout keeps its mask (a private copy in Caffe): backward, even twice, scales the same positions."""
+    text = """force_backward: true
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 50 } } }
+    layer { name: "drop" type: "Dropout" bottom: "data" top: "out" dropout_param { dropout_ratio: 0.4 } }
+    """
+    net = caffe.Net(write(tmp_path, text), caffe.TRAIN)
+    net.blobs["data"].data[...] = np.random.default_rng(9).uniform(1, 2, size=(4, 50))
+    out = net.forward()["out"].copy()
+    kept = out != 0
+    assert 0 < kept.mean() < 1
+    for _ in range(2):
+        dx = net.backward(out=np.ones((4, 50), np.float32))["data"]
+        np.testing.assert_allclose(dx, kept / 0.6, rtol=1e-6)
