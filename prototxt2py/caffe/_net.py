@@ -7,9 +7,9 @@ Caffe's ``ForwardFromTo``/``BackwardFromTo`` do. An in-place layer's top is the 
 
 Backward. Caffe decides once, at construction, which layers and bottoms need a gradient
 (``layer_need_backward``, ``bottom_need_backward``: along paths from learnable parameters to a loss, everything
-under ``force_backward`` except the bottoms a layer refuses, see :data:`._inplace.NO_FORCE_BACKWARD`); this
-class computes the same sets. ``backward()`` then visits those layers in reverse and computes each gradient as
-Caffe's ``Backward_cpu`` does, from the blobs' *current* contents (see :mod:`._inplace` for the three ways).
+under ``force_backward`` except the bottoms a layer refuses, see :data:`._inplace.NO_FORCE_BACKWARD`);
+:mod:`._backward` computes the same sets. ``backward()`` then visits those layers in reverse and computes each
+gradient as Caffe's ``Backward_cpu`` does, from the blobs' *current* contents (see :mod:`._inplace` for the three ways).
 Bottom diffs are overwritten (summed where one value feeds several layers, which is what Caffe's inserted Split
 layers do); parameter diffs accumulate, as in Caffe, until ``clear_param_diffs()``.
 
@@ -35,6 +35,7 @@ from ..errors import InputFileError, Location, Prototxt2pyError, WeightsError
 from ..fsutil import atomic_output
 from ..reader import NetSource, read_net
 from . import _inplace, _mode
+from ._backward import layer_gradients, need_backward
 from ._blob import Blob
 
 TRAIN, TEST = 0, 1
@@ -170,62 +171,8 @@ class Net:
             self._blobs_dict[name].fill_diff(w)
 
     def _compute_need_backward(self) -> None:
-        """Caffe's ``Net::Init`` bookkeeping of which layers, bottoms and parameters get gradients."""
-        g = self._graph
-        blob_need: dict[str, bool] = {}
-        layer_need: list[bool] = []
-        bottom_need: list[list[bool]] = []
-        param_need: list[list[bool]] = []
-        for i, node in enumerate(g.nodes):
-            proto = self._protos.get(node.name)
-            prop = list(proto.propagate_down) if proto is not None else []
-            bneed = [prop[j] if prop else blob_need.get(b, False) for j, b in enumerate(node.bottoms)]
-            need = any(blob_need.get(b, False) for b in node.bottoms)
-            pneed = []
-            for k in range(len(self._node_params[i])):
-                lr = node.params[k].lr_mult if k < len(node.params) else 1.0
-                pneed.append(lr != 0)
-            need = need or any(pneed)
-            for t in node.tops:
-                blob_need.setdefault(t, False)
-            if need:
-                for t in node.tops:
-                    blob_need[t] = True
-            layer_need.append(need)
-            bottom_need.append(bneed)
-            param_need.append(pneed)
-        under_loss: set[str] = set()
-        skip: set[str] = set()
-        for i in range(len(g.nodes) - 1, -1, -1):
-            node = g.nodes[i]
-            contributes, skip_down = False, True
-            for k, t in enumerate(node.tops):
-                if (k < len(node.loss_weights) and node.loss_weights[k]) or t in under_loss:
-                    contributes = True
-                if t not in skip:
-                    skip_down = False
-                if contributes and not skip_down:
-                    break
-            if layer_need[i] and skip_down:
-                layer_need[i] = False
-                bottom_need[i] = [False] * len(node.bottoms)
-            if not contributes:
-                layer_need[i] = False
-            for j, b in enumerate(node.bottoms):
-                if contributes:
-                    under_loss.add(b)
-                else:
-                    bottom_need[i][j] = False
-                if not bottom_need[i][j]:
-                    skip.add(b)
-        if g.force_backward:
-            refused = _inplace.NO_FORCE_BACKWARD
-            for i, node in enumerate(g.nodes):
-                layer_need[i] = True
-                no = refused.get(node.type, frozenset())
-                bottom_need[i] = [bottom_need[i][j] or j not in no for j in range(len(node.bottoms))]
-                param_need[i] = [True] * len(param_need[i])
-        self._layer_need, self._bottom_need, self._param_need = layer_need, bottom_need, param_need
+        need = need_backward(self._graph, self._protos, [len(p) for p in self._node_params])
+        self._layer_need, self._bottom_need, self._param_need = need.layer, need.bottom, need.param
 
     # -- pycaffe's properties ----------------------------------------------------------------------------------
     @property
@@ -456,80 +403,32 @@ class Net:
                 fn(i)
 
     def _backward_layer(self, i: int, written: set[str]) -> None:
+        """One layer's backward: bottom diffs overwritten (summed where a value feeds several layers, as Caffe's
+        Split layers do), parameter diffs accumulated."""
         kind, key, ins, outs = self._plan[i]
         node = self._graph.nodes[i]
-        if kind == INPUT:
-            return
         need_b = self._bottom_need[i]
-        params = self._node_params[i]
-        need_p = [n and isinstance(p._data.tensor, torch.nn.Parameter) for p, n in
-                  zip(params, self._param_need[i], strict=True)]
-        if not any(need_b) and not any(need_p):
+        blobs = self._node_params[i]
+        params = [b._data.tensor if n and isinstance(b._data.tensor, torch.nn.Parameter) else None
+                  for b, n in zip(blobs, self._param_need[i], strict=True)]
+        if kind == INPUT or (not any(need_b) and all(p is None for p in params)):
             return
-        top_diffs = [self._value_blob[v].diff_tensor() for v in outs]
-        bottom_grads: list[torch.Tensor | None] = [None] * len(ins)
-        param_grads: list[torch.Tensor | None] = [None] * len(params)
-        proto = self._protos.get(node.name)
-        done = False
-        if node.type in _inplace.FORMULAS and len(ins) == 1 and len(outs) == 1 and need_b[0]:
-            x = self._value_blob[ins[0]].tensor()
-            y = self._value_blob[outs[0]].tensor()
-            g = _inplace.FORMULAS[node.type](x, y, top_diffs[0], proto, node.in_place)
-            if g is not None:
-                bottom_grads[0], done = g, True
-        elif node.type in _inplace.SAVES_INPUT and i in self._saved and need_b[0]:
-            y = self._value_blob[outs[0]].tensor()
-            bottom_grads[0] = _inplace.swish_private(self._saved[i][0][0], y, top_diffs[0], proto.swish_param.beta)
-            done = True
-        if not done:
-            saved = self._saved.get(i) if node.type in _inplace.PRIVATE else None
-            if saved is not None and saved[1] is not None:
-                leaves, produced = saved
-            else:
-                module = self._net.layers[key]
-                leaves = []
-                for v, need in zip(ins, need_b, strict=True):
-                    t = self._value_blob[v].tensor().detach()
-                    if need and t.is_floating_point():
-                        t = t.clone().requires_grad_(True) if node.in_place else t.requires_grad_(True)
-                    leaves.append(t)
-                with torch.enable_grad():
-                    out = module(*leaves)
-                produced = out if isinstance(out, (tuple, list)) else (out,)
-            wrt = [leaf for leaf, need in zip(leaves, need_b, strict=True) if need and leaf.requires_grad]
-            wrt_p = [p._data.tensor for p, n in zip(params, need_p, strict=True) if n]
-            outputs, grads_out = [], []
-            for value, diff in zip(produced, top_diffs, strict=False):
-                if isinstance(value, torch.Tensor) and value.requires_grad:
-                    outputs.append(value)
-                    grads_out.append(diff.reshape(value.shape).to(value.dtype))
-            if outputs and (wrt or wrt_p):
-                grads = torch.autograd.grad(outputs, wrt + wrt_p, grads_out, allow_unused=True, retain_graph=True)
-            else:
-                grads = [None] * (len(wrt) + len(wrt_p))
-            it = iter(grads[: len(wrt)])
-            for j, (leaf, need) in enumerate(zip(leaves, need_b, strict=True)):
-                if need and leaf.requires_grad:
-                    bottom_grads[j] = next(it)
-            it = iter(grads[len(wrt):])
-            for k, n in enumerate(need_p):
-                if n:
-                    param_grads[k] = next(it)
-        for j, (v, need) in enumerate(zip(ins, need_b, strict=True)):
+        bottom_grads, param_grads = layer_gradients(
+            node, self._net.layers[key], self._protos.get(node.name),
+            [self._value_blob[v].tensor() for v in ins], [self._value_blob[v].tensor() for v in outs],
+            [self._value_blob[v].diff_tensor() for v in outs], need_b, params, self._saved.get(i))
+        for v, need, g in zip(ins, need_b, bottom_grads, strict=True):
             if not need:
                 continue
             blob = self._value_blob[v]
-            g = bottom_grads[j]
             if g is None:
-                if node.type == "Silence":  # Caffe's Silence writes zeros; other unused bottoms keep their diff
-                    g = torch.zeros_like(blob.diff_tensor())
-                else:
+                if node.type != "Silence":  # Caffe's Silence writes zeros; other unused bottoms keep their diff
                     continue
+                g = torch.zeros_like(blob.diff_tensor())
             blob.write_diff(g, accumulate=v in written)
             written.add(v)
-        for k, g in enumerate(param_grads):
+        for blob, g in zip(blobs, param_grads, strict=True):
             if g is not None:
-                blob = params[k]
                 tensor = blob._data.tensor
                 if tensor.grad is not blob._diff.tensor:  # re-link after e.g. zero_grad(set_to_none=True)
                     tensor.grad = blob._diff.tensor
