@@ -71,3 +71,14 @@ def test_lstm_unit_module_and_double() -> None:
     want_c = f * c.reshape(2, 3) + torch.sigmoid(i) * torch.tanh(gg)
     torch.testing.assert_close(c1.reshape(2, 3), want_c)
     torch.testing.assert_close(h1.reshape(2, 3), torch.sigmoid(o) * torch.tanh(want_c))
+
+
+def test_plain_filler_variance_norm_is_honoured() -> None:
+    """Fillers reach the runtime as plain values (``variance_norm`` by name): xavier FAN_OUT on W_xc
+    (4H, I) = (200, 4) draws from +-sqrt(3 / fan_out) with fan_out = 200, not fan_in = 4's +-0.87."""
+    net = net_of({"x": (3, 2, 4), "cont": (3, 2)},
+                 'layer { name: "r" type: "LSTM" bottom: "x" bottom: "cont" top: "h" recurrent_param { '
+                 'num_output: 50 weight_filler { type: "xavier" variance_norm: FAN_OUT } } }')
+    w = net.layer_blobs("r")[0].detach()
+    assert tuple(w.shape) == (200, 4)
+    assert 0.1 < float(w.abs().max()) <= (3 / 200) ** 0.5
