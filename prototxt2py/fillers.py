@@ -27,11 +27,12 @@ def _fans(shape: Sequence[int]) -> tuple[float, float]:
     return fan_in, fan_out
 
 
-def _norm(shape: Sequence[int], variance_norm: int) -> float:
+def _norm(shape: Sequence[int], variance_norm: int | str) -> float:
+    """The fan ``variance_norm`` names: a ``FillerParameter`` number or a plain :class:`Filler`'s name."""
     fan_in, fan_out = _fans(shape)
-    if variance_norm == FAN_OUT:
+    if variance_norm in (FAN_OUT, "FAN_OUT"):
         return fan_out
-    if variance_norm == AVERAGE:
+    if variance_norm in (AVERAGE, "AVERAGE"):
         return (fan_in + fan_out) / 2
     return fan_in
 
