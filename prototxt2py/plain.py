@@ -14,6 +14,7 @@ pickle and deep-copy like any dataclass.
 from __future__ import annotations
 
 import dataclasses
+import struct
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,8 +99,28 @@ def _value(fd: FieldDescriptor, v: Any) -> Any:
     if fd.type == FieldDescriptor.TYPE_ENUM:
         ev = fd.enum_type.values_by_number.get(v)
         return ev.name if ev is not None else int(v)
-    if fd.type in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
+    if fd.type == FieldDescriptor.TYPE_FLOAT:
+        return shortest_float32(v)
+    if fd.type == FieldDescriptor.TYPE_DOUBLE:
         return float(v)
+    return v
+
+
+def shortest_float32(v: float) -> float:
+    """The shortest decimal that rounds to the same float32 as ``v`` (``0.9`` for float32 0.9, not
+    0.8999999761581421): the value Caffe computes with, written as the file wrote it. Torch casts a Python
+    scalar to a float32 tensor's type, so kernels see exactly Caffe's float32."""
+    v = float(v)
+    if v != v or v in (float("inf"), float("-inf")) or v == 0.0:
+        return v
+    target = struct.pack("<f", v)
+    for digits in range(1, 10):
+        candidate = float(f"{v:.{digits}g}")
+        try:
+            if struct.pack("<f", candidate) == target:
+                return candidate
+        except OverflowError:  # rounded past FLT_MAX
+            continue
     return v
 
 

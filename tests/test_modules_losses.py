@@ -56,10 +56,10 @@ def _foreign(value: Any, seen: set[int], path: str) -> str | None:
 def check_modules(net: prototxt2py.CaffeNet) -> list[str]:
     """Every layer module that a spec describes by ``module()``: its class is exactly the Call's (a stock
     ``torch.nn`` class or a helper of :mod:`prototxt2py.nn`), it deep-copies and pickles, and nothing in it
-    refers to the IR. Returns the Call targets (for the caller's expectations)."""
+    refers to the IR. Returns the Call targets of the non-input layers (for the caller's expectations)."""
     targets = []
     for node in net.graph.nodes:
-        if not node.spec.overrides("module"):
+        if not node.spec.overrides("module") or node.spec.is_input(node):
             continue
         recipe = node.spec.module(node)
         module = net.layer(node.name)
