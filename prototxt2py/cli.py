@@ -191,3 +191,12 @@ def draw(net, output, rankdir, phase, display_lrm, stages, level, shapes, no_blo
     draw_file(net, output, rankdir=rankdir, phase=phase.upper(), display_lrm=display_lrm, stages=stages, level=level,
               shapes=shapes, no_blobs=no_blobs)
     click.echo(f"wrote {output}")
+
+
+def _register_extra_commands() -> None:
+    from . import cli_train
+
+    cli_train.register(main, _user_errors)
+
+
+_register_extra_commands()

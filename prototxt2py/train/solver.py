@@ -97,15 +97,11 @@ def _read_net(path: str) -> Any:
     return read_net(path)
 
 
-def _state_args(state: Any) -> tuple[tuple[str, ...], int]:
-    return tuple(state.stage), int(state.level)
-
-
-def _build(source: Any, phase: str, state: Any, rank: int, world: int, device: torch.device) -> tuple[Any, Feeder]:
+def build_fed_net(source: Any, phase: str, stages: tuple[str, ...], level: int, rank: int, world: int,
+                  device: torch.device) -> tuple[Any, Feeder]:
     """Open the net's readers (their first batches give the input shapes), then build the module."""
     from .. import graph, load
 
-    stages, level = _state_args(state)
     skeleton = graph(source, phase, stages, level, infer=False)
     feeder = Feeder(skeleton, phase, rank, world)
     g = graph(source, phase, stages, level, input_shapes=feeder.shapes())
@@ -187,7 +183,8 @@ class Solver:
                               + (f" (it sets {', '.join(given)})" if given else ""), Location(self.file))
         f = given[0]
         source = _net_source(getattr(p, f), self.file) if f.endswith("_param") else _read_net(getattr(p, f))
-        net, feeder = _build(source, "TRAIN", p.train_state, self.rank, self.world, self.device)
+        net, feeder = build_fed_net(source, "TRAIN", tuple(p.train_state.stage), p.train_state.level, self.rank,
+                                    self.world, self.device)
         net.train()
         return net, feeder
 
@@ -211,7 +208,8 @@ class Solver:
             sources.append(_net_source(p.net_param, self.file) if p.HasField("net_param") else _read_net(p.net))
         for i, source in enumerate(sources):
             state = p.test_state[i] if p.test_state else type(p.train_state)()
-            net, feeder = _build(source, "TEST", state, self.rank, self.world, self.device)
+            net, feeder = build_fed_net(source, "TEST", tuple(state.stage), state.level, self.rank, self.world,
+                                        self.device)
             net.eval()
             self._share_trained_layers(net)
             self.test_nets.append(net)
@@ -266,7 +264,7 @@ class Solver:
 
     def _forward_backward(self) -> float:
         inputs = {k: v.to(self.device) for k, v in self.feeder.next().items()}
-        blobs = _forward(self.net, inputs)
+        blobs = forward_for_loss(self.net, inputs)
         loss = self.net.loss(blobs)
         if loss.requires_grad:
             loss.backward()
@@ -425,7 +423,7 @@ class Solver:
         if p.display and self.iter % p.display == 0 and self.is_root:
             with torch.no_grad():
                 inputs = {k: v.to(self.device) for k, v in self.feeder.next().items()}
-                loss = float(f32(self.net.loss(_forward(self.net, inputs)).item()))
+                loss = float(f32(self.net.loss(forward_for_loss(self.net, inputs)).item()))
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             self.log(f"Iteration {self.iter}, loss = {self.smoothed_loss:g}")
         if p.test_interval and self.iter % p.test_interval == 0 and self.is_root:
@@ -541,7 +539,7 @@ class Solver:
         self.current_step = state.current_step
 
 
-def _forward(net: Any, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def forward_for_loss(net: Any, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A forward pass returning the loss-weighted blobs (every blob when a loss blob is not a net output)."""
     need_all = not set(net.loss_weights) <= set(net.output_names)
     try:
