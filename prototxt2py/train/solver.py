@@ -155,6 +155,8 @@ class Solver:
             for name in (s.strip() for s in w.split(",")):
                 self.load_weights(name)
         self.learnables = self._learnables()
+        if self.world > 1:
+            self._broadcast_from_root()
         self.update: Update = UPDATES[self.type](p, [lp.tensor for lp in self.learnables])
         self.iter = 0
         self.current_step = 0
@@ -337,6 +339,14 @@ class Solver:
             self.smoothed_loss = float(f32(f32(self.smoothed_loss) + (f32(loss) - f32(self._losses[idx])) /
                                            average_loss))
             self._losses[idx] = loss
+
+    def _broadcast_from_root(self) -> None:
+        """Every rank starts from rank 0's weights (Caffe's P2PSync copies the root solver's parameters)."""
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for lp in self.learnables:
+                dist.broadcast(lp.tensor, 0)
 
     def _all_reduce_gradients(self) -> None:
         """Sum every rank's gradients and divide by the number of ranks (Caffe's P2PSync), in one flat
