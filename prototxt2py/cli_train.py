@@ -99,7 +99,8 @@ def _echo(rank: int) -> Callable[[str], None]:
 
 
 def train_command(solver: str, weights: str | None, snapshot: str | None, iterations: int | None,
-                  sigint_effect: str, sighup_effect: str, device: str, quiet: bool) -> None:
+                  sigint_effect: str, sighup_effect: str, device: str, quiet: bool, stages: tuple[str, ...] = (),
+                  level: int = 0) -> None:
     """``caffe train``: solve, optionally fine-tuning from weights or resuming from a snapshot."""
     from .train import get_solver, read_solver_param
     from .train.errors import SolverError
@@ -110,8 +111,12 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
     param = read_solver_param(solver)
     if iterations is not None:
         param.max_iter = iterations
+    param.train_state.level = level
+    param.train_state.stage.extend(stages)
+    if snapshot or weights:  # as Caffe's train: the snapshot's weights, or --weights, replace the solver's list
+        del param.weights[:]
     if weights:
-        param.weights.append(weights)  # Caffe's train: --weights joins the solver's own weights list
+        param.weights.append(weights)
     s = get_solver(param, rank=rank, world=world, device=device)
     s.file = solver
     log = _echo(rank)
@@ -196,11 +201,15 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
     @click.option("--sighup-effect", type=click.Choice(EFFECTS), default="snapshot", show_default=True,
                   help="What SIGHUP does.")
     @click.option("--quiet", is_flag=True, help="No progress display (Caffe's log lines only).")
+    @click.option("--stage", "stages", multiple=True, help="TRAIN net NetState stage (repeatable).")
+    @click.option("--level", type=int, default=0, show_default=True, help="TRAIN net NetState level.")
     @device_opt
     @user_errors
-    def train(solver, weights, snapshot, iterations, sigint_effect, sighup_effect, quiet, device) -> None:
+    def train(solver, weights, snapshot, iterations, sigint_effect, sighup_effect, quiet, stages, level,
+              device) -> None:
         """Train with Caffe's solver rules (as `caffe train --solver=SOLVER`); works under torchrun."""
-        train_command(solver, weights, snapshot, iterations, sigint_effect, sighup_effect, device, quiet)
+        train_command(solver, weights, snapshot, iterations, sigint_effect, sighup_effect, device, quiet, stages,
+                      level)
 
     @main.command("test")
     @click.argument("net", type=click.Path(dir_okay=False))
