@@ -82,16 +82,23 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _distributed(device: str) -> tuple[int, int]:
-    """Join torchrun's process group when there is one; ``(rank, world)``."""
+def _distributed(device: str) -> tuple[int, int, str]:
+    """Join torchrun's process group when there is one; ``(rank, world, device)``: with ``cuda`` each rank takes
+    the GPU of its ``LOCAL_RANK``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1
+        return 0, 1, device
     import torch.distributed as dist
 
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     if not dist.is_initialized():
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.set_device(torch.device(device))
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def _echo(rank: int) -> Callable[[str], None]:
@@ -107,7 +114,7 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
 
     if weights and snapshot:
         raise SolverError("give --snapshot to resume training or --weights to fine-tune, not both")
-    rank, world = _distributed(device)
+    rank, world, device = _distributed(device)
     param = read_solver_param(solver)
     if iterations is not None:
         param.max_iter = iterations

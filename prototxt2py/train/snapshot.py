@@ -95,13 +95,14 @@ def _blob_array(blob, file: str, i: int) -> np.ndarray:
 
 
 def read_solverstate(path: str | os.PathLike) -> SolverState:
-    """Read a binary ``.solverstate`` (the HDF5 ``.solverstate.h5`` variant is not supported)."""
+    """Read a ``.solverstate`` (binary proto, or HDF5 when the name ends in ``.h5``, as Caffe decides)."""
     from ..proto import caffe_pb2
 
     file = str(path)
     if file.endswith(".h5"):
-        raise SolverError("HDF5 solver states (snapshot_format: HDF5) are not supported; use BINARYPROTO",
-                          Location(file))
+        from .hdf5_snapshot import read_solverstate_h5
+
+        return read_solverstate_h5(file)
     p = Path(file)
     if not p.is_file():
         raise SolverError("solver state file not found", Location(file))
@@ -144,7 +145,7 @@ def write_together(files: Sequence[tuple[str, Callable[[IO[bytes]], None]]]) -> 
             except OSError as e:
                 raise SolverError(f"cannot write snapshot {target}: {e.strerror}") from None
             temps.append((tmp, target))
-            with os.fdopen(fd, "wb") as f:
+            with os.fdopen(fd, "w+b") as f:  # h5py needs to read what it writes
                 writer(f)
         mask = os.umask(0)
         os.umask(mask)

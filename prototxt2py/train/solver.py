@@ -141,8 +141,6 @@ class Solver:
             raise SolverError("iter_size should be at least 1", Location(self.file))
         if p.regularization_type not in ("L1", "L2"):
             raise SolverError(f"unknown regularization_type '{p.regularization_type}' (L1 or L2)", Location(self.file))
-        if p.snapshot_format != 1:  # BINARYPROTO
-            raise SolverError("snapshot_format HDF5 is not supported; use BINARYPROTO", Location(self.file))
         if self.is_root and p.snapshot:
             check_writable(p.snapshot_prefix)
         if p.random_seed >= 0:
@@ -255,6 +253,14 @@ class Solver:
         get the weights too)."""
         from ..weights import load_weights
 
+        if str(path).endswith(".h5"):  # Caffe's choice of format, by name
+            from .hdf5_snapshot import read_caffemodel_h5
+
+            load_weights(self.net, read_caffemodel_h5(path, self.net))
+            for net in self.test_nets:
+                load_weights(net, read_caffemodel_h5(path, net))
+                net.clear_fold_cache()
+            return
         load_weights(self.net, path)
         for net in self.test_nets:
             load_weights(net, path)
@@ -503,17 +509,26 @@ class Solver:
 
     # -- snapshots -------------------------------------------------------------------------------------------
     def snapshot(self) -> tuple[str, str]:
-        """Caffe's ``Snapshot``: ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``, both or neither."""
+        """Caffe's ``Snapshot``: ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (``.caffemodel.h5`` and
+        ``.solverstate.h5`` with ``snapshot_format: HDF5``), both or neither."""
         from ..weights import write_caffemodel
 
         prefix = self.param.snapshot_prefix
-        model = snapshot_filename(prefix, self.iter, ".caffemodel")
-        state = snapshot_filename(prefix, self.iter, ".solverstate")
-        self.log(f"Snapshotting to binary proto file {model}")
-        self.log(f"Snapshotting solver state to binary proto file {state}")
+        hdf5 = self.param.snapshot_format == 0  # SolverParameter.HDF5
+        ext, kind = (".h5", "HDF5 file") if hdf5 else ("", "binary proto file")
+        model = snapshot_filename(prefix, self.iter, ".caffemodel" + ext)
+        state = snapshot_filename(prefix, self.iter, ".solverstate" + ext)
+        self.log(f"Snapshotting to {kind} {model}")
+        self.log(f"Snapshotting solver state to {kind} {state}")
+        if hdf5:
+            from .hdf5_snapshot import write_caffemodel_h5, write_solverstate_h5
+
+            write_model, write_state = write_caffemodel_h5, write_solverstate_h5
+        else:
+            write_model, write_state = write_caffemodel, write_solverstate
         write_together([
-            (model, lambda f: write_caffemodel(self.net, f)),
-            (state, lambda f: write_solverstate(f, self.iter, model, self.current_step, self.update.history)),
+            (model, lambda f: write_model(self.net, f)),
+            (state, lambda f: write_state(f, self.iter, model, self.current_step, self.update.history)),
         ])
         self.last_snapshot = (model, state)
         return model, state
