@@ -270,6 +270,29 @@ class Solver:
     def _requested_action(self) -> str:
         return self.action_request() if self.action_request is not None else NONE
 
+    def _root_action(self) -> str:
+        """The root's requested action, the same on every rank (a signal reaches ranks at different times; all
+        must stop at the same iteration or the others would wait forever in the next all-reduce)."""
+        request = self._requested_action()
+        if self.world == 1:
+            return request
+        import torch.distributed as dist
+
+        actions = (NONE, STOP, SNAPSHOT)
+        code = torch.tensor([actions.index(request)], device=self.learnables[0].tensor.device)
+        dist.broadcast(code, 0)
+        return actions[int(code.item())]
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (a NaN loss on one rank stops them all)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([float(flag)], device=self.learnables[0].tensor.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def _forward_backward(self) -> float:
         inputs = {k: v.to(self.device) for k, v in self.feeder.next().items()}
         blobs = forward_for_loss(self.net, inputs)
@@ -308,7 +331,7 @@ class Solver:
                 self.log(f"Iteration {self.iter} ({per_s:g} iter/s, {lapse:g}s/{p.display} iters), "
                          f"loss = {self.smoothed_loss:g}")
                 timer, iters_last = time.perf_counter(), self.iter
-            if not math.isfinite(loss) and self.on_diverge == STOP:
+            if self.on_diverge == STOP and self._any_rank(not math.isfinite(loss)):
                 self._diverged(loss)
             if self.world > 1:
                 self._all_reduce_gradients()
@@ -319,8 +342,8 @@ class Solver:
             self.trajectory.append(entry)
             if self.on_iteration is not None and self.is_root:
                 self.on_iteration({**entry, "smoothed_loss": self.smoothed_loss, "max_iter": p.max_iter})
-            request = self._requested_action()
-            if (p.snapshot and self.iter % p.snapshot == 0 and self.is_root) or request == SNAPSHOT:
+            request = self._root_action()
+            if (p.snapshot and self.iter % p.snapshot == 0 and self.is_root) or (request == SNAPSHOT and self.is_root):
                 self.snapshot()
             if request == STOP:
                 self.requested_early_exit = True
@@ -331,8 +354,9 @@ class Solver:
         if self.is_root:
             model, _ = self.snapshot()
             where = f"; the weights before this iteration are in {model}"
-        raise DivergedError(f"loss is {loss} at iteration {self.iter}{where} (lower base_lr, check the data, or "
-                            "add clip_gradients)")
+        what = "the loss of another rank is NaN or infinite" if math.isfinite(loss) else f"loss is {loss}"
+        raise DivergedError(f"{what} at iteration {self.iter}{where} (lower base_lr, check the data, or add "
+                            "clip_gradients)")
 
     def _update_smoothed_loss(self, loss: float, start_iter: int, average_loss: int) -> None:
         """Caffe's running mean of the last ``average_loss`` iteration losses (for display)."""
