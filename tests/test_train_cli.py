@@ -39,6 +39,7 @@ def test_train_cli_logs_snapshots_and_learns(tmp_path: Path, monkeypatch: pytest
     assert "Iteration 0, Testing net (#0)" in err and "Iteration 40, Testing net (#0)" in err
     assert re.search(r"Iteration 10 \([\d.e+-]+ iter/s, [\d.e+-]+s/10 iters\), loss = [\d.]+", err)
     assert "Iteration 10, lr = 0.05" in err
+    assert re.search(r"    Train net output #0: loss = [\d.]+ \(\* 1 = [\d.]+ loss\)", err)
     assert re.search(r"    Test net output #0: accuracy = [\d.]+", err)
     assert re.search(r"    Test net output #1: loss = [\d.]+ \(\* 1 = [\d.]+ loss\)", err)
     # not a terminal: plain progress lines with iteration, loss, lr, images/s and ETA

@@ -168,6 +168,7 @@ class Solver:
         self.action_request: Callable[[], str] | None = None  # Caffe's GetRequestedAction (signals)
         self.on_diverge = STOP  # NaN/inf loss: snapshot and raise DivergedError ("none": go on, as Caffe)
         self.last_snapshot: tuple[str, str] | None = None
+        self._last_outputs: dict[str, torch.Tensor] = {}
 
     @property
     def is_root(self) -> bool:
@@ -296,6 +297,7 @@ class Solver:
     def _forward_backward(self) -> float:
         inputs = {k: v.to(self.device) for k, v in self.feeder.next().items()}
         blobs = forward_for_loss(self.net, inputs)
+        self._last_outputs = {name: blobs[name].detach() for name in self.net.output_names if name in blobs}
         loss = self.net.loss(blobs)
         if loss.requires_grad:
             loss.backward()
@@ -331,6 +333,7 @@ class Solver:
                 self.log(f"Iteration {self.iter} ({per_s:g} iter/s, {lapse:g}s/{p.display} iters), "
                          f"loss = {self.smoothed_loss:g}")
                 timer, iters_last = time.perf_counter(), self.iter
+                self._log_outputs("Train", self._last_outputs, self.net.loss_weights)
             if self.on_diverge == STOP and self._any_rank(not math.isfinite(loss)):
                 self._diverged(loss)
             if self.world > 1:
@@ -348,6 +351,16 @@ class Solver:
             if request == STOP:
                 self.requested_early_exit = True
                 break
+
+    def _log_outputs(self, which: str, outputs: dict[str, torch.Tensor], loss_weights: dict[str, float]) -> None:
+        """Caffe's ``Train net output #k: name = v (* w = w*v loss)`` lines, one per output element."""
+        k = 0
+        for name, blob in outputs.items():
+            weight = loss_weights.get(name, 0.0)
+            for v in blob.cpu().numpy().astype(np.float32).ravel():
+                extra = f" (* {weight:g} = {float(f32(weight) * v):g} loss)" if weight else ""
+                self.log(f"    {which} net output #{k}: {name} = {v:g}{extra}")
+                k += 1
 
     def _diverged(self, loss: float) -> None:
         where = ""
