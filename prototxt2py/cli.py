@@ -154,8 +154,8 @@ def run(net, weights, inputs_path, output, phase, stages, level, all_blobs) -> N
 @click.argument("net", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Path(dir_okay=False), help="Trained .caffemodel (else Caffe's fillers).")
 @click.option("--to", "target", required=True,
-              type=click.Choice(["pytorch", "safetensors", "caffemodel", "onnx"], case_sensitive=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+              type=click.Choice(["pytorch", "safetensors", "caffemodel", "onnx", "python"], case_sensitive=False))
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output file (a folder for --to python).")
 @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST", show_default=True)
 @_state_options
 @click.option("--input", "inputs", multiple=True, metavar="NAME=D0,D1,...", help="Override an input blob's shape.")
@@ -163,10 +163,15 @@ def run(net, weights, inputs_path, output, phase, stages, level, all_blobs) -> N
 @click.option("--dynamic-batch/--static", default=False, help="ONNX: make the batch axis dynamic.")
 @_user_errors
 def convert(net, weights, target, output, phase, stages, level, inputs, opset, dynamic_batch) -> None:
-    """Convert NET (+ weights) to a PyTorch state_dict, safetensors, a .caffemodel, or ONNX."""
-    from .convert import convert_net
+    """Convert NET (+ weights) to a PyTorch state_dict, safetensors, a .caffemodel, ONNX, or a generated Python
+    module (``--to python -o OUTDIR``: OUTDIR/<net>.py, and OUTDIR/<net>.pt with --weights)."""
+    from .convert import convert_net, write_python
 
     module = _load_net(net, weights, phase, stages, level, _parse_inputs(inputs))
+    if target.lower() == "python":
+        written = [p for p in write_python(module, output, with_weights=bool(weights)) if p]
+        click.echo(f"wrote {', '.join(written)}")
+        return
     if not weights:
         _warn(["no --weights given: parameters hold Caffe's filler values"])
     convert_net(module, target.lower(), output, opset=opset, dynamic_batch=dynamic_batch)
@@ -193,10 +198,10 @@ def draw(net, output, rankdir, phase, display_lrm, stages, level, shapes, no_blo
     click.echo(f"wrote {output}")
 
 
-def _register_extra_commands() -> None:
-    from . import cli_train
+from .cli_data import register as _register_data  # noqa: E402  (dataset tools live in their own module)
 
-    cli_train.register(main, _user_errors)
+_register_data(main)
 
+from .cli_train import register as _register_train  # noqa: E402  (train/test/time live in their own module)
 
-_register_extra_commands()
+_register_train(main, _user_errors)

@@ -98,6 +98,18 @@ def fill(shape: Sequence[int], filler: Any | None, generator: torch.Generator | 
     return out
 
 
+def fill_blob(out: torch.Tensor, filler: Any | None) -> None:
+    """Fill an existing blob as :func:`fill` would (recorded, not filled, inside :func:`deferred_fills`)."""
+    deferred = _DEFERRED.get()
+    _check(tuple(out.shape), filler)
+    if deferred is not None:
+        if out.numel():
+            deferred.pending.append((out, filler, None))
+        return
+    with torch.no_grad():
+        _fill_into(out, filler, None)
+
+
 _KINDS = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")
 
 

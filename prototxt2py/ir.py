@@ -55,6 +55,7 @@ class Node:
     loss_weights: list[float] = field(default_factory=list)
     params: list[ParamInfo] = field(default_factory=list)
     param_shapes: list[Shape] = field(default_factory=list)
+    in_shapes: list[Shape | None] = field(default_factory=list)  # bottom shapes, set by shape inference
     dropped: list[DroppedField] = field(default_factory=list)
     shape_note: str | None = None
     macs: int = 0
@@ -288,6 +289,7 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -> Non
     by_name = {n.name: n for n in graph.nodes}
     for node in graph.nodes:
         in_shapes = [graph.values[v].shape for v in node.inputs]
+        node.in_shapes = in_shapes
         if any(s is None for s in in_shapes):
             for vid in node.outputs:
                 graph.values[vid].shape = None

@@ -23,14 +23,13 @@ from typing import Any
 import numpy as np
 
 from . import DataError, DataLayer, register_reader
+from .seeding import base_seed, stream
 
 
-def _h5py() -> Any:
-    try:
-        import h5py
-    except ImportError:
-        raise DataError("HDF5Data needs h5py: pip install 'prototxt2py[train]'") from None
-    return h5py
+def _h5py(layer: str | None = None) -> Any:
+    from ._deps import require
+
+    return require("h5py", "HDF5Data", layer)
 
 
 def read_list(source: str, layer: str) -> list[str]:
@@ -52,7 +51,7 @@ def read_list(source: str, layer: str) -> list[str]:
 
 def load_file(filename: str, tops: tuple[str, ...], layer: str) -> list[np.ndarray]:
     """Every top's dataset of one file, as float32 arrays with the same first dimension."""
-    h5py = _h5py()
+    h5py = _h5py(layer)
     if not Path(filename).is_file():
         raise DataError(f"HDF5 file not found: {filename} (listed in the source; relative to the working "
                         f"directory {os.getcwd()})", layer=layer)
@@ -85,18 +84,19 @@ def load_file(filename: str, tops: tuple[str, ...], layer: str) -> list[np.ndarr
 class HDF5Source:
     """A cursor over the listed files, in Caffe's row order (see the module docstring)."""
 
-    def __init__(self, layer: DataLayer):
+    def __init__(self, layer: DataLayer, seed: int | None = None):
         p = layer.param
         self.layer = layer
         self.batch_size = int(p.batch_size)
         if self.batch_size <= 0:
             raise DataError(f"hdf5_data_param.batch_size must be positive, got {self.batch_size}", layer=layer.name)
-        if layer.transform is not None:
+        if layer.transform is not None and layer.transform._present:  # Caffe: has_transform_param()
             raise DataError("HDF5Data does not transform data: remove transform_param", layer=layer.name)
         self.shuffle = bool(p.shuffle)
         self.files = read_list(p.source, layer.name)
         self.file_order = list(range(len(self.files)))
-        self._rng = np.random.default_rng(int(_torch_seed()))
+        # which rows are read depends only on the seed and the layer: every rank and loader worker agrees
+        self._rng = stream(base_seed(seed), layer.name, "shuffle")
         if self.shuffle:
             self._rng.shuffle(self.file_order)
         self.current_file = 0
@@ -133,6 +133,17 @@ class HDF5Source:
     def _skip(self) -> bool:
         return self.skip_others and self.offset % self.layer.world != self.layer.rank
 
+    def _advance(self, n: int) -> None:
+        """Pass over ``n`` kept rows (the loader's ``skip_batches``: no copying)."""
+        for _ in range(n):
+            while self._skip():
+                self._next()
+            self._next()
+
+    def skip_batches(self, n: int) -> None:
+        """Pass over ``n`` batches without copying them (loader workers stride over the batch sequence)."""
+        self._advance(n * self.batch_size)
+
     def top_shapes(self) -> list[tuple[int, ...]]:
         """Caffe's top shapes: ``(batch_size, *row shape)`` of each dataset."""
         return [(self.batch_size, *s) for s in self.shapes]
@@ -159,15 +170,6 @@ class HDF5Source:
         return out
 
 
-def _torch_seed() -> int:
-    """A seed drawn from torch's global generator, so ``random_seed`` makes shuffles repeatable."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return 0
-    return int(torch.randint(0, 2**31 - 1, ()).item())
-
-
 @register_reader("HDF5Data")
-def open_hdf5(layer: DataLayer) -> HDF5Source:
-    return HDF5Source(layer)
+def open_hdf5(layer: DataLayer, seed: int | None = None) -> HDF5Source:
+    return HDF5Source(layer, seed)

@@ -1216,9 +1216,9 @@ class ConvolutionDepthwise(Convolution):
     def plain_convolution(self, node, in_shape):
         return super().plain_convolution(self._grouped(node, in_shape), in_shape)
 
-    def build_torch(self, node):
+    def module(self, node):
         c = node.param_shapes[0][0]  # weight (C, 1, kh, kw)
-        return super().build_torch(replace(node, attrs=replace(node.attrs, group=c, num_output=c)))
+        return super().module(replace(node, attrs=replace(node.attrs, group=c, num_output=c)))
 
 
 class _Axpy(CaffeLayer):

@@ -193,7 +193,7 @@ class _RecurrentSpec(LayerSpec):
     #: recurrent states (h; LSTM h and c) and how many gate blocks of num_output the weights have
     num_states = 1
     gates = 1
-    module: type[_RecurrentModule] = _RecurrentModule
+    module_class: type[_RecurrentModule] = _RecurrentModule
 
     def attrs(self, layer: Any) -> Any:
         p = layer.recurrent_param
@@ -251,14 +251,14 @@ class _RecurrentSpec(LayerSpec):
         names = list(self.blob_names)
         if self._static(node):
             names.insert(2, names[0] + "_static")
-        return self.module(node, names)
+        return self.module_class(node, names)
 
 
 @register
 class RNN(_RecurrentSpec):
     type = "RNN"
     blob_names = ("W_xh", "b_h", "W_hh", "W_ho", "b_o")
-    module = RNNModule
+    module_class = RNNModule
     summary = ("Elman RNN over (T, N, ...) with cont flags: h_t = tanh(W_hh cont_t h_{t-1} + W_xh x_t + b_h), "
                "output tanh(W_ho h_t + b_o); W_xh_static after b_h with x_static")
 
@@ -272,7 +272,7 @@ class LSTM(_RecurrentSpec):
     blob_names = ("W_xc", "b_c", "W_hc")
     num_states = 2
     gates = 4
-    module = LSTMModule
+    module_class = LSTMModule
     summary = ("LSTM over (T, N, ...) with cont flags, gates i,f,o,g; W_xc_static after b_c with x_static; "
                "expose_hidden adds h_0, c_0 bottoms and h_T, c_T tops")
 

@@ -98,12 +98,12 @@ def _read_net(path: str) -> Any:
 
 
 def build_fed_net(source: Any, phase: str, stages: tuple[str, ...], level: int, rank: int, world: int,
-                  device: torch.device) -> tuple[Any, Feeder]:
+                  device: torch.device, seed: int | None = None, workers: int | None = None) -> tuple[Any, Feeder]:
     """Open the net's readers (their first batches give the input shapes), then build the module."""
     from .. import graph, load
 
     skeleton = graph(source, phase, stages, level, infer=False)
-    feeder = Feeder(skeleton, phase, rank, world)
+    feeder = Feeder(skeleton, phase, rank, world, seed, workers)
     g = graph(source, phase, stages, level, input_shapes=feeder.shapes())
     missing = [n for n in (g.values[v].blob for v in g.inputs) if n not in feeder.shapes()]
     if missing:
@@ -122,7 +122,7 @@ class Solver:
     solver_type: str | None = None
 
     def __init__(self, solver: str | os.PathLike | Any, *, rank: int | None = None, world: int | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", data_workers: int | None = None):
         self.param = read_solver_param(solver) if isinstance(solver, (str, os.PathLike)) else solver
         self.file = str(solver) if isinstance(solver, (str, os.PathLike)) else "<solver>"
         if rank is None or world is None:
@@ -145,6 +145,8 @@ class Solver:
             check_writable(p.snapshot_prefix)
         if p.random_seed >= 0:
             torch.manual_seed(p.random_seed + self.rank)
+        self.data_workers = data_workers
+        self.data_seed = self._shared_data_seed()
         self.net, self.feeder = self._init_train_net()
         self.test_nets: list[Any] = []
         self.test_feeders: list[Feeder] = []
@@ -175,6 +177,25 @@ class Solver:
         return self.rank == 0
 
     # -- nets ------------------------------------------------------------------------------------------------
+    def _shared_data_seed(self) -> int:
+        """The readers' seed: ``random_seed`` (the same on every rank, so shuffles agree and the ranks' row
+        shares stay disjoint), or rank 0's torch seed when the solver sets none."""
+        if self.param.random_seed >= 0:
+            return int(self.param.random_seed)
+        seed = torch.initial_seed() & 0x7FFFFFFF
+        if self.world > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([seed], dtype=torch.int64)
+            dist.broadcast(t, 0)
+            seed = int(t.item())
+        return int(seed)
+
+    def close(self) -> None:
+        """Stop the data loaders' worker processes."""
+        for feeder in (self.feeder, *self.test_feeders):
+            feeder.close()
+
     def _init_train_net(self) -> tuple[Any, Feeder]:
         p = self.param
         given = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
@@ -185,7 +206,7 @@ class Solver:
         f = given[0]
         source = _net_source(getattr(p, f), self.file) if f.endswith("_param") else _read_net(getattr(p, f))
         net, feeder = build_fed_net(source, "TRAIN", tuple(p.train_state.stage), p.train_state.level, self.rank,
-                                    self.world, self.device)
+                                    self.world, self.device, self.data_seed, self.data_workers)
         net.train()
         return net, feeder
 
@@ -210,7 +231,7 @@ class Solver:
         for i, source in enumerate(sources):
             state = p.test_state[i] if p.test_state else type(p.train_state)()
             net, feeder = build_fed_net(source, "TEST", tuple(state.stage), state.level, self.rank, self.world,
-                                        self.device)
+                                        self.device, self.data_seed, self.data_workers)
             net.eval()
             self._share_trained_layers(net)
             self.test_nets.append(net)
