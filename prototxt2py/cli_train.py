@@ -107,7 +107,7 @@ def _echo(rank: int) -> Callable[[str], None]:
 
 def train_command(solver: str, weights: str | None, snapshot: str | None, iterations: int | None,
                   sigint_effect: str, sighup_effect: str, device: str, quiet: bool, stages: tuple[str, ...] = (),
-                  level: int = 0) -> None:
+                  level: int = 0, data_workers: int | None = None) -> None:
     """``caffe train``: solve, optionally fine-tuning from weights or resuming from a snapshot."""
     from .train import get_solver, read_solver_param
     from .train.errors import SolverError
@@ -124,7 +124,7 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
         del param.weights[:]
     if weights:
         param.weights.append(weights)
-    s = get_solver(param, rank=rank, world=world, device=device)
+    s = get_solver(param, rank=rank, world=world, device=device, data_workers=data_workers)
     s.file = solver
     log = _echo(rank)
     s.log = log
@@ -138,6 +138,7 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
         finally:
             if progress is not None:
                 progress.close()
+            s.close()
     if s.last_snapshot and rank == 0:
         log(f"last snapshot: {s.last_snapshot[0]}")
 
@@ -210,13 +211,15 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
     @click.option("--quiet", is_flag=True, help="No progress display (Caffe's log lines only).")
     @click.option("--stage", "stages", multiple=True, help="TRAIN net NetState stage (repeatable).")
     @click.option("--level", type=int, default=0, show_default=True, help="TRAIN net NetState level.")
+    @click.option("--data-workers", type=int, default=None,
+                  help="Loader processes per data layer (default: 2, or 0 for in-memory readers like HDF5Data).")
     @device_opt
     @user_errors
     def train(solver, weights, snapshot, iterations, sigint_effect, sighup_effect, quiet, stages, level,
-              device) -> None:
+              data_workers, device) -> None:
         """Train with Caffe's solver rules (as `caffe train --solver=SOLVER`); works under torchrun."""
         train_command(solver, weights, snapshot, iterations, sigint_effect, sighup_effect, device, quiet, stages,
-                      level)
+                      level, data_workers)
 
     @main.command("test")
     @click.argument("net", type=click.Path(dir_okay=False))

@@ -153,3 +153,55 @@ def test_pycaffe_style_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert np.array_equal(fresh.net.layer_blobs("ip2")[0].detach().numpy(), blobs["ip2"][0].array)
     for a, b in zip(fresh.update.history, s.update.history, strict=True):
         assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_loader_workers_keep_caffe_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches from loader worker processes come in a single reader's order: the same trajectory."""
+    from golden import GOLDEN
+
+    case = GOLDEN / "solvers" / "sgd_plain_fixed"
+    if not case.is_dir():
+        pytest.skip("golden solvers suite absent")
+    monkeypatch.chdir(case)
+    runs = []
+    for workers in (0, 2):
+        s = get_solver("solver.prototxt", data_workers=workers)
+        s.load_weights("init.caffemodel")
+        s.step(10)
+        s.close()
+        runs.append([e["loss"] for e in s.trajectory])
+    assert runs[0] == runs[1]
+
+
+LMDB_NET = """name: "lmdb_net"
+layer {{ name: "data" type: "Data" top: "data" top: "label"
+  transform_param {{ scale: 0.00390625 mirror: true crop_size: 16 mean_file: "{mean}" }}
+  data_param {{ source: "{source}" batch_size: 4 backend: LMDB }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "relu" type: "ReLU" bottom: "conv" top: "conv" }}
+layer {{ name: "fc" type: "InnerProduct" bottom: "conv" top: "fc"
+  inner_product_param {{ num_output: 16 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }}
+"""
+
+
+def test_train_from_lmdb_with_transforms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Data layer (LMDB, mean file, random crops and mirrors in TRAIN) trains through loader workers."""
+    from golden import GOLDEN
+
+    pytest.importorskip("lmdb")
+    datasets = GOLDEN / "data" / "datasets"
+    if not (datasets / "color_raw_lmdb").is_dir():
+        pytest.skip("golden data suite absent")
+    (tmp_path / "net.prototxt").write_text(LMDB_NET.format(source=datasets / "color_raw_lmdb",
+                                                           mean=datasets / "color_mean.binaryproto"))
+    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.01\nmomentum: 0.9\nlr_policy: '
+                                              '"fixed"\nmax_iter: 8\nsnapshot_after_train: false\nrandom_seed: 3\n')
+    monkeypatch.chdir(tmp_path)
+    s = get_solver("solver.prototxt")
+    assert s.feeder.workers == 2
+    assert s.feeder.shapes() == {"data": [4, 3, 16, 16], "label": [4]}
+    s.solve()
+    s.close()
+    assert s.iter == 8 and all(np.isfinite(e["loss"]) for e in s.trajectory)
