@@ -175,6 +175,7 @@ def test_command(net: str, weights: str | None, iterations: int, phase: str, sta
             names, scores = [n for n, _ in flat], [x for _, x in flat]
         else:
             scores = [f32(s + x) for s, (_, x) in zip(scores, flat, strict=True)]
+    feeder.close()
     loss = f32(loss / f32(iterations))
     click.echo(f"Loss: {loss:g}")
     out = []

@@ -98,6 +98,8 @@ def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cp
             for leaf, vid in zip(bottoms, in_ids, strict=True):
                 if leaf.grad is not None:
                     grads[vid] = grads[vid] + leaf.grad if vid in grads else leaf.grad
+    if feeder is not None:
+        feeder.close()
     ms = 1000.0 / iterations
     lines = ["Average time per layer:"]
     for i, (_, node) in enumerate(steps):
