@@ -2,12 +2,12 @@
 hand-written in PyTorch with a plain ``DataLoader`` and ``torch.optim.SGD``, in one run.
 
 Run from the checkout: ``python benchmarks/training.py`` (``--rounds N``, ``--iters K``, ``--threads T``);
-``--smoke`` runs a few iterations of each contender (what the test suite runs). The nets are the corpus
-``lenet_train_test.prototxt`` and ``cifar10_quick_train_test.prototxt`` with their LMDB ``Data`` layers swapped
-for ``HDF5Data`` over synthetic files written to a temporary directory (MNIST-like 1x28x28 and CIFAR-like 3x32x32
-images, 10 classes; LeNet's ``scale`` is applied when writing, CIFAR's mean subtraction is left out), trained
-with SGD (momentum 0.9, weight decay 5e-4, lr 0.01 fixed). Rounds interleave the two contenders and the median
-images/s is reported, with the ratio ours / hand-written (the issue's goal: >= 0.95).
+``--smoke`` runs a few iterations of each contender (``tests/test_benchmarks_smoke.py`` runs it). The nets are
+the corpus ``lenet_train_test.prototxt`` and ``cifar10_quick_train_test.prototxt`` with their LMDB ``Data``
+layers swapped for ``HDF5Data`` over synthetic files written to a temporary directory (MNIST-like 1x28x28 and
+CIFAR-like 3x32x32 images, 10 classes; LeNet's ``scale`` is applied when writing, CIFAR's mean subtraction is
+left out), trained with SGD (momentum 0.9, weight decay 5e-4, lr 0.01 fixed). Rounds interleave the two
+contenders and the median images/s is reported, with the ratio ours / hand-written (the issue's goal: >= 0.95).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float]]:
                 b.append(hand.run(iters))
             mine, theirs = statistics.median(a), statistics.median(b)
             results.append((name, mine, theirs))
-            print(f"{name:16} {ours.batch:>5} {mine:>11.0f} {theirs:>14.0f} {mine / theirs:>6.2f}")
+            print(f"{name:16} {ours.batch:>5} {mine:>11.0f} {theirs:>14.0f} {mine / theirs:>6.2f}x")
     return results
 
 

@@ -141,3 +141,14 @@ def filler(msg: Any) -> Filler | None:
         sparse=int(msg.sparse),
         variance_norm=enum.values_by_number[msg.variance_norm].name,
     )
+
+
+def __getattr__(name: str) -> type:
+    """Plain classes are made on first use; a fresh process unpickling a plain value (a data-loader worker)
+    asks for its class by name before any was made, so make it from Caffe's schema then."""
+    from .proto import caffe_pb2
+
+    descriptor = caffe_pb2.DESCRIPTOR.message_types_by_name.get(name)
+    if descriptor is None:
+        raise AttributeError(name)
+    return plain_class(descriptor)

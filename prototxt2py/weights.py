@@ -214,9 +214,12 @@ def _open_refs(path: str | os.PathLike) -> tuple[int, mmap.mmap | None, dict[str
     except OSError as e:
         raise WeightsError(f"cannot open: {e.strerror}", Location(file)) from None
     info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise WeightsError("file is empty" if stat.S_ISREG(info.st_mode) else "not a regular file", Location(file))
+        raise WeightsError("not a regular file", Location(file))
+    if info.st_size == 0:  # the serialisation of a NetParameter without layers: Caffe reads it as one
+        os.close(fd)
+        return -1, None, {}
     mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     try:
         _refuse_text(mm, file)
@@ -275,9 +278,7 @@ def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
                 values = np.asarray(b.data if len(b.data) else b.double_data, dtype=np.float32)
                 refs.append(_InlineRef(tuple(int(d) for d in shape), legacy, "<f4", 0, values.size, values))
             out[layer.name] = refs
-    if not out and not len(net.layer) and not len(net.layers):
-        raise WeightsError("file holds no layers: not a .caffemodel?", Location(file))
-    return out
+    return out  # no layers at all is valid (Caffe copies nothing); load_weights says if the net needed some
 
 
 _CHUNK = 8 << 20  # bytes per read: big blobs are split so that the threads share them
@@ -337,8 +338,9 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[Blob]]:
         tensors = iter(plan)
         return {name: [Blob(next(tensors)[1].numpy(), ref.legacy) for ref in blobs] for name, blobs in refs.items()}
     finally:
-        mm.close()
-        os.close(fd)
+        if mm is not None:
+            mm.close()
+            os.close(fd)
 
 
 def _names(names: Iterable[str], limit: int = 5) -> str:
@@ -388,6 +390,9 @@ def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike
                                        f"expects {tuple(target.shape)}", loc, layer=node.name)
                 plan.append((ref, target))
             report.loaded.append(node.name)
+        if report.missing and not refs:
+            raise WeightsError("the weights file holds no blobs (valid only for a net without parameters, which "
+                               f"Caffe would leave to its fillers): the net needs {_names(report.missing)}", loc)
         if report.missing and not report.loaded and refs:
             raise WeightsError("no layer of the weights file matches a layer of the net (weights of another "
                                f"net?): the file has {_names(refs)}, the net needs {_names(report.missing)}", loc)

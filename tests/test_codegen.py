@@ -23,7 +23,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from golden import CORPUS, SHARED, case_params, corpus_deploy_params, corpus_net_and_inputs, meta, npz, zoo_net_and_inputs
+from golden import (
+    CORPUS,
+    SHARED,
+    case_params,
+    corpus_deploy_params,
+    corpus_net_and_inputs,
+    meta,
+    npz,
+    zoo_net_and_inputs,
+)
 
 import prototxt2py
 from prototxt2py.backends.codegen import Namespace, class_name, file_stem, generate, helper_definitions
@@ -267,10 +276,11 @@ def test_namespace_makes_hostile_names_legal_and_unique() -> None:
 
 def test_hostile_names_stay_data(tmp_path: Path) -> None:
     """Layer, blob and net names made of quotes, backslashes, newlines and code never become code."""
-    evil = 'x"""\\n import os; os.system(\'echo pwned\') #'
-    text = (f'name: "{evil}"\nlayer {{ name: "in\\n" type: "Input" top: "class" input_param {{ shape {{ dim: 1 dim: 2 }} }} }}\n'
+    evil = r'x\"\"\"\\n import os; os.system(\'echo pwned\') #'  # prototxt escapes: x"""\n import os...
+    text = (f'name: "{evil}"\n'
+            'layer { name: "in\\n" type: "Input" top: "class" input_param { shape { dim: 1 dim: 2 } } }\n'
             f'layer {{ name: "{evil}" type: "InnerProduct" bottom: "class" top: "print"\n'
-            f'        inner_product_param {{ num_output: 3 }} }}\n')
+            '        inner_product_param { num_output: 3 } }\n')
     net = prototxt2py.load(read_net_text(text))
     code = generate(net.graph)
     path = tmp_path / "evil.py"
@@ -282,8 +292,9 @@ def test_hostile_names_stay_data(tmp_path: Path) -> None:
 
 
 def test_unsupported_layers_reported_together_nothing_written(tmp_path: Path) -> None:
-    text = NET + ('layer { name: "p1" type: "Python" bottom: "fc" top: "p1" python_param { module: "m" layer: "L" } }\n'
-                  'layer { name: "p2" type: "Python" bottom: "p1" top: "p2" python_param { module: "m" layer: "L" } }\n')
+    python = 'type: "Python" python_param { module: "m" layer: "L" } }\n'
+    text = NET + f'layer {{ name: "p1" bottom: "fc" top: "p1" {python}'
+    text += f'layer {{ name: "p2" bottom: "p1" top: "p2" {python}'
     g = prototxt2py.graph(read_net_text(text))
     with pytest.raises(UnsupportedLayerError, match=r"layer 'p1'.*layer 'p2'"):
         generate(g)

@@ -264,7 +264,7 @@ def _calls(graph: Graph) -> list[_Step]:
         if node.spec.is_input(node):
             steps.append(_Step(node, None))
             continue
-        if not node.spec.overrides("module"):
+        if not (node.spec.overrides("module") and node.spec.supports("torch", node)):
             missing.append(f"'{node.type}' (layer '{node.name}' at {node.location})")
             continue
         steps.append(_Step(node, node.spec.module(node)))

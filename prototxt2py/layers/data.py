@@ -75,7 +75,9 @@ class DataLayerSpec(LayerSpec):
         a = self.data_attrs(layer)
         if a.batch <= 0:
             raise ValueError(f"batch_size must be positive, got {a.batch}")
-        return replace(a, param=plain(getattr(layer, self.field_name())), transform=plain(layer.transform_param))
+        field = self.field_name()
+        param = plain(getattr(layer, field)) if field else None
+        return replace(a, param=param, transform=plain(layer.transform_param))
 
     def infer_shapes(self, node: Node, in_shapes: Sequence[Shape]) -> list[Shape]:
         a: DataAttrs = node.attrs

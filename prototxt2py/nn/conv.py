@@ -58,8 +58,8 @@ class SharedConvolution(nn.Module):
 
 
 class InnerProduct(nn.Module):
-    """Caffe's InnerProduct: flattens every axis from ``axis`` and applies a ``(out, in)`` weight, or an
-    ``(in, out)`` one with ``transpose`` (``nn.Linear`` covers the plain 2-D case)."""
+    """Caffe's InnerProduct: flattens every axis from ``axis`` (non-negative) and applies a ``(out, in)``
+    weight, or an ``(in, out)`` one with ``transpose`` (``nn.Linear`` covers the plain 2-D case)."""
 
     def __init__(
         self,
@@ -78,7 +78,7 @@ class InnerProduct(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(self.axis % x.dim()) if x.dim() else x.reshape(1)
+        flat = x.flatten(self.axis)
         weight = self.weight.t() if self.transpose else self.weight
         return F.linear(flat, weight, self.bias)
 
