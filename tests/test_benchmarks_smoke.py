@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RATIO = r"\d+\.\d\dx"
 #: script -> regular expressions its output must match (its ratio lines, or its table rows where it has none)
 EXPECTED = {
-    "codegen.py": [rf"generated module +\d+\.\d\d +\d+\.\d\d +{RATIO}", rf"runtime module +\d+\.\d\d +\d+\.\d\d +{RATIO}",
+    "codegen.py": [rf"generated module +\d+\.\d\d +\d+\.\d\d +{RATIO}",
+                   rf"runtime module +\d+\.\d\d +\d+\.\d\d +{RATIO}",
                    r"generate deploy\.prototxt: \d+ layers -> \d+ lines; read \+ IR \+ emit \d+ ms"],
     "onnx_export.py": [r"CIFAR-10 quick .* export .* s", rf"batch  1: torch .* torch/onnxruntime +{RATIO}",
                        rf"batch 16: torch .* torch/onnxruntime +{RATIO}"],
