@@ -212,3 +212,7 @@ from .cli_data import register as _register_data  # noqa: E402  (dataset tools l
 
 _register_data(main)
 register_deploy(main, _parse_inputs, _state_options, _user_errors, _warn)
+
+from .cli_train import register as _register_train  # noqa: E402  (train/test/time live in their own module)
+
+_register_train(main, _user_errors)

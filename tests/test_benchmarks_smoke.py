@@ -26,6 +26,7 @@ EXPECTED = {
     "draw.py": [r"lenet\.prototxt +9 +\d+\.\d\ds +\d+\.\d\ds +\d+\.\d\ds +\d+\.\d\ds"],
     "foundation.py": [rf"lenet\.prototxt +\d+ +9 +.*ms +{RATIO}"],
     "zoo_forward.py": [rf"lenet_deploy +\d+\.\d +\d+\.\d +{RATIO}", rf"1 nets: layer-by-layer / fused from {RATIO}"],
+    "training.py": [rf"LeNet +64 +\d+ +\d+ +{RATIO}", rf"CIFAR-10 quick +100 +\d+ +\d+ +{RATIO}"],
     "runtime.py": [r"=== CIFAR-10 quick: \d+\.\d MB caffemodel", rf"plain read of the file +\d+\.\d +\d+\.\d +{RATIO}",
                    rf"prototxt2py\.load +\d+\.\d MB +{RATIO} the file",
                    rf"prototxt2py, layer by layer \(all_blobs=True\) +\d+\.\d +\d+\.\d +{RATIO}",
