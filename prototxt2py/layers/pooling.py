@@ -412,6 +412,7 @@ class LRNAttrs:
 class LRN(LayerSpec):
     type = "LRN"
     family = "pooling"
+    layout_agnostic = True  # elementwise ops and shifted channel views: the same values on channels-last inputs
     summary = "local response normalisation, ACROSS_CHANNELS (alpha/n, k) or WITHIN_CHANNEL (n x n window)"
 
     def attrs(self, layer: Any) -> LRNAttrs:

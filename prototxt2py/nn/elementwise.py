@@ -1,8 +1,9 @@
 """Neuron-layer modules where no ``torch.nn`` class has Caffe's exact semantics.
 
-ReLU, ReLU6, Sigmoid, TanH, BNLL (softplus), plain ELU, Swish with beta 1 (SiLU), per-channel PReLU and
-standard Dropout are stock ``torch.nn`` modules; these classes cover the rest, each with the torch op whose
-autograd agrees with Caffe's backward at the kinks.
+ReLU, ReLU6, Sigmoid, TanH, BNLL (softplus), plain ELU, Swish with beta 1 (SiLU),
+per-channel PReLU and standard Dropout are stock ``torch.nn`` modules; these classes
+cover the rest, each with the torch op whose autograd agrees with Caffe's backward at
+the kinks.
 """
 
 import math
@@ -13,15 +14,17 @@ from torch import nn
 
 
 class AbsVal(nn.Module):
-    """Caffe's AbsVal: ``|x|``, gradient ``sign(x)`` with sign(0) = 0 (``torch.abs`` has the same)."""
+    """Caffe's AbsVal: ``|x|``, gradient ``sign(x)`` with sign(0) = 0 (``torch.abs`` has
+    the same)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.abs(x)
 
 
 class BinaryThreshold(nn.Module):
-    """Caffe's Threshold: 1 where ``x > threshold`` (strictly) else 0, a float blob with no gradient
-    (``nn.Threshold`` is a different function: it passes ``x`` through above the threshold)."""
+    """Caffe's Threshold: 1 where ``x > threshold`` (strictly) else 0, a float blob with
+    no gradient (``nn.Threshold`` is a different function: it passes ``x`` through above
+    the threshold)."""
 
     def __init__(self, threshold: float = 0.0) -> None:
         super().__init__()
@@ -35,8 +38,8 @@ class BinaryThreshold(nn.Module):
 
 
 class ScaledELU(nn.Module):
-    """ELU times NVCaffe's ``lambda`` (SELU-like with the file's own constants, which ``nn.SELU``
-    does not take)."""
+    """ELU times NVCaffe's ``lambda`` (SELU-like with the file's own constants, which
+    ``nn.SELU`` does not take)."""
 
     def __init__(self, alpha: float = 1.0, scale: float = 1.0) -> None:
         super().__init__()
@@ -65,9 +68,10 @@ class Swish(nn.Module):
 
 
 class Clip(nn.Module):
-    """Caffe's Clip: ``max(min, min(x, max))``, the gradient passing on the closed interval
-    ``[min, max]`` as ``torch.clamp`` does (``nn.Hardtanh`` passes it on the open one only).
-    With min > max every output is ``min`` (Caffe's order), where one clamp would give ``max``."""
+    """Caffe's Clip: ``max(min, min(x, max))``, the gradient passing on the closed
+    interval ``[min, max]`` as ``torch.clamp`` does (``nn.Hardtanh`` passes it on the
+    open one only). With min > max every output is ``min`` (Caffe's order), where one
+    clamp would give ``max``."""
 
     def __init__(self, min_val: float, max_val: float) -> None:
         super().__init__()
@@ -85,10 +89,11 @@ class Clip(nn.Module):
 class Power(nn.Module):
     """Caffe's Power ``(shift + scale * x) ^ power``.
 
-    When ``power * scale == 0`` Caffe ignores the input: the top is the constant ``shift ^ power``
-    (1 for power 0, computed in the input's precision) and the bottom gradient is 0. The constant is
-    selected by ``torch.where`` so the top stays in the autograd graph with that zero gradient, and
-    an inf/nan input does not leak into it."""
+    When ``power * scale == 0`` Caffe ignores the input: the top is the constant
+    ``shift ^ power`` (1 for power 0, computed in the input's precision) and the bottom
+    gradient is 0. The constant is selected by ``torch.where`` so the top stays in the
+    autograd graph with that zero gradient, and an inf/nan input does not leak into it.
+    """
 
     def __init__(
         self, power: float = 1.0, scale: float = 1.0, shift: float = 0.0
@@ -116,8 +121,8 @@ def _elementwise_log_base(base: float) -> float:
 
 
 class Exp(nn.Module):
-    """Caffe's Exp ``base ^ (shift + scale * x)`` (base -1 = e), factorised as Caffe does:
-    ``base^shift * exp(log(base) * scale * x)``."""
+    """Caffe's Exp ``base ^ (shift + scale * x)`` (base -1 = e), factorised as Caffe
+    does: ``base^shift * exp(log(base) * scale * x)``."""
 
     def __init__(
         self, base: float = -1.0, scale: float = 1.0, shift: float = 0.0
@@ -140,8 +145,8 @@ class Exp(nn.Module):
 
 
 class Log(nn.Module):
-    """Caffe's Log ``log_base(shift + scale * x)`` (base -1 = e), computed as Caffe does:
-    ``log(x * scale + shift) * (1 / ln(base))``."""
+    """Caffe's Log ``log_base(shift + scale * x)`` (base -1 = e), computed as Caffe
+    does: ``log(x * scale + shift) * (1 / ln(base))``."""
 
     def __init__(
         self, base: float = -1.0, scale: float = 1.0, shift: float = 0.0
@@ -162,8 +167,8 @@ class Log(nn.Module):
 
 
 class SharedPReLU(nn.Module):
-    """Caffe's PReLU with ``channel_shared``: one slope for every channel, kept as Caffe's 0-axis
-    blob (``nn.PReLU(1)`` would store it with shape ``(1,)``)."""
+    """Caffe's PReLU with ``channel_shared``: one slope for every channel, kept as
+    Caffe's 0-axis blob (``nn.PReLU(1)`` would store it with shape ``(1,)``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -174,9 +179,10 @@ class SharedPReLU(nn.Module):
 
 
 class ForkDropout(nn.Module):
-    """Dropout with fork fields: ``scale_train: false`` (Faster R-CNN/R-FCN) keeps the kept units
-    unscaled in training and scales by ``1 - ratio`` at test instead; ``sample_test`` (SegNet's
-    ``sample_weights_test``) samples masks at test time too (Monte Carlo dropout)."""
+    """Dropout with fork fields: ``scale_train: false`` (Faster R-CNN/R-FCN) keeps the
+    kept units unscaled in training and scales by ``1 - ratio`` at test instead;
+    ``sample_test`` (SegNet's ``sample_weights_test``) samples masks at test time too
+    (Monte Carlo dropout)."""
 
     def __init__(
         self, ratio: float = 0.5, scale_train: bool = True, sample_test: bool = False
@@ -192,4 +198,5 @@ class ForkDropout(nn.Module):
         return x if self.scale_train else x * (1.0 - self.ratio)
 
     def extra_repr(self) -> str:
-        return f"ratio={self.ratio}, scale_train={self.scale_train}, sample_test={self.sample_test}"
+        flags = f"scale_train={self.scale_train}, sample_test={self.sample_test}"
+        return f"ratio={self.ratio}, {flags}"

@@ -1,13 +1,14 @@
-"""Pooling-family modules: Caffe's pooling where ``nn.MaxPool2d``/``nn.AvgPool2d`` differ, SPP,
-LRN and MVN.
+"""Pooling-family modules: Caffe's pooling where ``nn.MaxPool2d``/``nn.AvgPool2d``
+differ, SPP, LRN and MVN.
 
-Caffe's pooling geometry (``PoolingLayer::Reshape``): output sizes round up by default; when any
-padding is set, a last window starting at or after ``in + pad`` is dropped (on both axes), and
-without padding none is, even one lying wholly past the input. MAX windows are clipped to the input
-(ties go to the first maximum in row-major order, where the gradient goes too); AVE divides the
-window sum by the window clipped to ``[-pad, in + pad)``. Everything runs on torch's native pooling
-kernels: with their own padding wherever their output size rule and divisor agree with Caffe's for
-the input at hand, else on an explicitly padded input with the divisor fixed.
+Caffe's pooling geometry (``PoolingLayer::Reshape``): output sizes round up by default;
+when any padding is set, a last window starting at or after ``in + pad`` is dropped (on
+both axes), and without padding none is, even one lying wholly past the input. MAX
+windows are clipped to the input (ties go to the first maximum in row-major order, where
+the gradient goes too); AVE divides the window sum by the window clipped to ``[-pad, in
++ pad)``. Everything runs on torch's native pooling kernels: with their own padding
+wherever their output size rule and divisor agree with Caffe's for the input at hand,
+else on an explicitly padded input with the divisor fixed.
 """
 
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Caffe initialises MAX outputs to -FLT_MAX: a window with nothing above it yields that, not -inf.
+#: Caffe starts MAX outputs at -FLT_MAX: an empty window yields that, not -inf.
 _POOL_FLT_MAX = 3.4028234663852886e38
 
 _PoolPair = tuple[int, int]
@@ -25,7 +26,7 @@ _PoolPair = tuple[int, int]
 def _pool_output_size(
     size: _PoolPair, kernel: _PoolPair, pad: _PoolPair, stride: _PoolPair, ceil: bool
 ) -> _PoolPair:
-    """Caffe's pooled size, its padding rule included (ValueError where Caffe refuses)."""
+    """Caffe's pooled size with its padding rule (ValueError where Caffe refuses)."""
     if any(p and p >= k for p, k in zip(pad, kernel, strict=True)):
         raise ValueError(f"pad {pad} must be smaller than the kernel {kernel}")
     out = []
@@ -50,8 +51,9 @@ def _pool_native(
     ceil: bool,
     out: _PoolPair,
 ) -> bool:
-    """Whether torch's pooling with its own padding makes exactly Caffe's windows here: torch takes
-    pad <= kernel/2 only, and drops a ceil window starting at or after ``in + pad`` even unpadded."""
+    """Whether torch's pooling with its own padding makes exactly Caffe's windows here:
+    torch takes pad <= kernel/2 only, and drops a ceil window starting at or after ``in
+    + pad`` even unpadded."""
     for n, k, p, s, o in zip(size, kernel, pad, stride, out, strict=True):
         torch_out = (n + 2 * p - k + (s - 1 if ceil else 0)) // s + 1
         if ceil and (torch_out - 1) * s >= n + p:
@@ -68,8 +70,9 @@ def _pool_explicit_pad(
     stride: _PoolPair,
     out: _PoolPair,
 ) -> tuple[int, int, int, int]:
-    """``F.pad`` amounts (left, right, top, bottom) making the input exactly as large as Caffe's
-    windows cover (negative where the last window ends before the input does)."""
+    """``F.pad`` amounts (left, right, top, bottom) making the input exactly as large as
+    Caffe's windows cover (negative where the last window ends before the input does).
+    """
     (h, w), (kh, kw), (ph, pw), (sh, sw), (oh, ow) = size, kernel, pad, stride, out
     return (pw, (ow - 1) * sw + kw - pw - w, ph, (oh - 1) * sh + kh - ph - h)
 
@@ -77,8 +80,8 @@ def _pool_explicit_pad(
 def _pool_clipped_lengths(
     n: int, k: int, p: int, s: int, out: int, like: torch.Tensor
 ) -> torch.Tensor:
-    """Per output position, the window length clipped to ``[-pad, in + pad)``: a factor of Caffe's
-    AVE divisor."""
+    """Per output position, the window length clipped to ``[-pad, in + pad)``: a factor
+    of Caffe's AVE divisor."""
     start = torch.arange(out, device=like.device, dtype=like.dtype) * s - p
     return (start + k).clamp(max=n + p) - start
 
@@ -86,9 +89,10 @@ def _pool_clipped_lengths(
 def _pool_channels_last_max(
     x: torch.Tensor, kernel: _PoolPair, stride: _PoolPair, pad: _PoolPair, ceil: bool
 ) -> torch.Tensor:
-    """Max pooling in the input's layout, run channels-last: torch's CPU kernel is a scalar loop on
-    NCHW tensors but vectorised over channels on channels-last ones (2-4x faster there and back),
-    with the same values and the same first-maximum gradient routing."""
+    """Max pooling in the input's layout, run channels-last: torch's CPU kernel is a
+    scalar loop on NCHW tensors but vectorised over channels on channels-last ones (2-4x
+    faster there and back), with the same values and the same first-maximum gradient
+    routing."""
     if x.dim() != 4 or x.is_cuda:
         return F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil)
     y = F.max_pool2d(
@@ -111,8 +115,8 @@ def caffe_pool(
     training: bool = False,
     with_mask: bool = False,
 ) -> tuple[torch.Tensor, Any]:
-    """Caffe's pooling of a 4-D tensor: ``(top, mask or None)``; the mask is MAX's argmax as a
-    float flat index into H*W (-1 where only padding was in the window)."""
+    """Caffe's pooling of a 4-D tensor: ``(top, mask or None)``; the mask is MAX's
+    argmax as a float flat index into H*W (-1 where only padding was in the window)."""
     size = (x.shape[2], x.shape[3])
     if pool == "STOCHASTIC" and any(pad):
         raise ValueError("padding is implemented only for MAX and AVE pooling")
@@ -141,7 +145,9 @@ def caffe_pool(
             pad
         ):  # one window over the plane: mean is several times faster
             return x.mean((2, 3), keepdim=True), None
-        if native:  # torch's count_include_pad divisor is Caffe's window clipped to [-pad, in + pad)
+        # torch's count_include_pad divisor is Caffe's: the window clipped to
+        # [-pad, in + pad)
+        if native:
             return F.avg_pool2d(x, kernel, stride, pad, ceil_mode=ceil), None
         padded = F.pad(x, explicit)
         uniform = (
@@ -180,9 +186,10 @@ def _pool_stochastic(
     explicit: tuple[int, int, int, int],
     training: bool,
 ) -> torch.Tensor:
-    """TEST: ``sum(x^2) / sum(x)`` per window, 0 where the sum is not positive. TRAIN: one element
-    per window with probability proportional to its value (Caffe: the first position whose running
-    sum reaches ``u * sum``, u uniform in [0, 1)); the gradient goes to the sampled element."""
+    """TEST: ``sum(x^2) / sum(x)`` per window, 0 where the sum is not positive. TRAIN:
+    one element per window with probability proportional to its value (Caffe: the first
+    position whose running sum reaches ``u * sum``, u uniform in [0, 1)); the gradient
+    goes to the sampled element."""
     if not training:
         total = _pool_window_sum(x, kernel, stride, explicit)
         positive = total > 0
@@ -201,9 +208,10 @@ def _pool_stochastic(
 
 
 class Pooling(nn.Module):
-    """Caffe's Pooling (MAX/AVE/STOCHASTIC) for any geometry; ``kernel_size=None`` is global
-    pooling (the kernel is the input plane). With ``return_mask`` (MAX only) it also returns
-    Caffe's mask top. STOCHASTIC samples in training mode and averages by weight in eval mode."""
+    """Caffe's Pooling (MAX/AVE/STOCHASTIC) for any geometry; ``kernel_size=None`` is
+    global pooling (the kernel is the input plane). With ``return_mask`` (MAX only) it
+    also returns Caffe's mask top. STOCHASTIC samples in training mode and averages by
+    weight in eval mode."""
 
     def __init__(
         self,
@@ -243,9 +251,10 @@ class Pooling(nn.Module):
 
 
 class SPP(nn.Module):
-    """Caffe's spatial pyramid pooling: level ``i < pyramid_height`` pools into ``2^i`` bins with
-    kernel ``ceil(in / bins)``, pad ``(kernel * bins - in + 1) // 2`` and stride = kernel (CEIL
-    rounding); the levels are flattened and concatenated. One level: its ``(N, C, 1, 1)`` output."""
+    """Caffe's spatial pyramid pooling: level ``i < pyramid_height`` pools into ``2^i``
+    bins with kernel ``ceil(in / bins)``, pad ``(kernel * bins - in + 1) // 2`` and
+    stride = kernel (CEIL rounding); the levels are flattened and concatenated. One
+    level: its ``(N, C, 1, 1)`` output."""
 
     def __init__(self, pool: str, pyramid_height: int) -> None:
         super().__init__()
@@ -272,8 +281,9 @@ class SPP(nn.Module):
 
 
 def _lrn_channel_window_sum(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Sum over the ``n`` channels centred on each channel, zero padded: ``n`` whole-tensor adds of
-    shifted views (torch's CPU pooling kernels along the channel axis are about ten times slower)."""
+    """Sum over the ``n`` channels centred on each channel, zero padded: ``n``
+    whole-tensor adds of shifted views (torch's CPU pooling kernels along the channel
+    axis are about ten times slower)."""
     channels, pad = x.shape[1], (n - 1) // 2
     padded = F.pad(x, (0, 0, 0, 0, pad, pad))
     total = padded.narrow(1, 0, channels).clone()
@@ -283,9 +293,9 @@ def _lrn_channel_window_sum(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class _LRNChannelWindowSum(torch.autograd.Function):
-    """The centred, zero-padded window sum is a symmetric linear map, so its backward is the same
-    sum of the gradient (autograd through the shifted views would allocate a padded gradient per
-    offset)."""
+    """The centred, zero-padded window sum is a symmetric linear map, so its backward is
+    the same sum of the gradient (autograd through the shifted views would allocate a
+    padded gradient per offset)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -298,10 +308,11 @@ class _LRNChannelWindowSum(torch.autograd.Function):
 
 
 class LRN(nn.Module):
-    """Caffe's LRN. ACROSS_CHANNELS: ``x / (k + alpha/n * sum of x^2 over n channels)^beta``;
-    WITHIN_CHANNEL: ``x / (1 + alpha * avg of x^2 over an n x n zero-padded window)^beta`` (Caffe
-    builds it from layers: ``k`` is not used and alpha is not divided again). ``nn.LocalResponseNorm``
-    rounds differently (``alpha * avg`` instead of ``alpha/n * sum``)."""
+    """Caffe's LRN. ACROSS_CHANNELS: ``x / (k + alpha/n * sum of x^2 over n
+    channels)^beta``; WITHIN_CHANNEL: ``x / (1 + alpha * avg of x^2 over an n x n
+    zero-padded window)^beta`` (Caffe builds it from layers: ``k`` is not used and alpha
+    is not divided again). ``nn.LocalResponseNorm`` rounds differently (``alpha * avg``
+    instead of ``alpha/n * sum``)."""
 
     def __init__(
         self,
@@ -316,15 +327,15 @@ class LRN(nn.Module):
         self.across_channels = across_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Without autograd the same operations run in place on the intermediates (same order, same
-        bits; at batch 16 half the time of allocating each one)."""
+        """Without autograd the same operations run in place on the intermediates (same
+        order, same bits; at batch 16 half the time of allocating each one)."""
         n, pad = self.local_size, (self.local_size - 1) // 2
         square = x * x
         if torch.is_grad_enabled() and x.requires_grad:
             if self.across_channels:
                 total = _LRNChannelWindowSum.apply(square, n)
                 scale = total * (self.alpha / n) + self.k
-            else:  # stride 1, pad (n-1)/2: every window is inside [-pad, in + pad), divisor n*n
+            else:  # stride 1, pad (n-1)/2: windows inside [-pad, in + pad), divisor n*n
                 average = F.avg_pool2d(square, n, 1, pad, count_include_pad=True)
                 scale = average * self.alpha + 1
             if self.beta == 0.75:  # two rsqrts are twice as fast as pow (<= 2 ulp)
@@ -349,9 +360,9 @@ class LRN(nn.Module):
 
 
 class _MVNNormalize(torch.autograd.Function):
-    """``y = (x - mean) / (std + eps)`` per row, with Caffe's backward
-    ``(dy - mean(dy) - y * mean(y * dy)) / (std + eps)``: it treats ``eps`` as part of the std,
-    which keeps it finite on constant rows where the square root's derivative is infinite."""
+    """``y = (x - mean) / (std + eps)`` per row, with Caffe's backward ``(dy - mean(dy)
+    - y * mean(y * dy)) / (std + eps)``: it treats ``eps`` as part of the std, which
+    keeps it finite on constant rows where the square root's derivative is infinite."""
 
     @staticmethod
     def forward(ctx: Any, rows: torch.Tensor, eps: float) -> torch.Tensor:
@@ -369,9 +380,9 @@ class _MVNNormalize(torch.autograd.Function):
 
 
 class MVN(nn.Module):
-    """Caffe's MVN: subtract the mean (per channel, or per sample ``across_channels``), optionally
-    divide by ``std + eps`` (eps on the std, not the variance). The top is always 4-D: Caffe's
-    legacy num/channels/height/width, missing trailing axes 1."""
+    """Caffe's MVN: subtract the mean (per channel, or per sample ``across_channels``),
+    optionally divide by ``std + eps`` (eps on the std, not the variance). The top is
+    always 4-D: Caffe's legacy num/channels/height/width, missing trailing axes 1."""
 
     def __init__(
         self,
