@@ -185,7 +185,7 @@ class ELU(_ElementwiseSpec):
         """``nn.ELU`` (its ``x <= 0`` branch is Caffe's); :class:`ScaledELU` with a ``lambda``."""
         a = node.attrs
         if a.scale != 1.0:
-            return call("ScaledELU", a.alpha, a.scale)
+            return call("ScaledELU", alpha=a.alpha, scale=a.scale)
         return call("nn.ELU") if a.alpha == 1.0 else call("nn.ELU", a.alpha)
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
@@ -236,6 +236,12 @@ class Clip(_ElementwiseSpec):
 
 
 # -- Power / Exp / Log ------------------------------------------------------------------------------------
+def _non_default(attrs: Any, **defaults: float) -> dict[str, float]:
+    """The fields of ``attrs`` named in ``defaults`` whose value differs from the default there (the helpers'
+    keyword arguments, so a module is written as briefly as a person would)."""
+    return {name: getattr(attrs, name) for name, default in defaults.items() if getattr(attrs, name) != default}
+
+
 def power_constant(power: float, scale: float, shift: float) -> float | None:
     """The constant top of a Power that ignores its input (``power * scale == 0``: ``shift ^ power``, 1 for
     power 0, in float32 as Caffe's ``pow`` on Dtype, so overflow is inf and (-2)^0.5 nan), else None."""
@@ -254,8 +260,7 @@ class Power(_ElementwiseSpec):
     summary = "(shift + scale * x) ^ power"
 
     def module(self, node: Node) -> Call:
-        a = node.attrs
-        return call("Power", a.power, a.scale, a.shift)
+        return call("Power", **_non_default(node.attrs, power=1.0, scale=1.0, shift=0.0))
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         """``(shift + scale * x) ^ power`` step by step; Caffe's constant case is the constant expanded to the
@@ -291,8 +296,7 @@ class Exp(_ElementwiseSpec):
         return p
 
     def module(self, node: Node) -> Call:
-        a = node.attrs
-        return call("Exp", a.base, a.scale, a.shift)
+        return call("Exp", **_non_default(node.attrs, base=-1.0, scale=1.0, shift=0.0))
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         """Caffe's ``outer * exp(inner * x)`` with ``inner = log(base) * scale``, ``outer = base ^ shift``."""
@@ -320,8 +324,7 @@ class Log(_ElementwiseSpec):
         return p
 
     def module(self, node: Node) -> Call:
-        a = node.attrs
-        return call("Log", a.base, a.scale, a.shift)
+        return call("Log", **_non_default(node.attrs, base=-1.0, scale=1.0, shift=0.0))
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         """Caffe's ``log(x * scale + shift) * (1 / ln(base))``."""
@@ -381,7 +384,10 @@ class Dropout(_ElementwiseSpec):
         a = node.attrs
         if a.scale_train and not a.sample_weights_test:
             return call("nn.Dropout", a.dropout_ratio)
-        return call("ForkDropout", a.dropout_ratio, scale_train=a.scale_train, sample_test=a.sample_weights_test)
+        flags = {"scale_train": False} if not a.scale_train else {}
+        if a.sample_weights_test:
+            flags["sample_test"] = True
+        return call("ForkDropout", a.dropout_ratio, **flags)
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         """Identity at test time (times ``1 - ratio`` without ``scale_train``); random masks (TRAIN, or

@@ -326,7 +326,11 @@ class Pooling(LayerSpec):
                 if a.ceil:
                     kwargs["ceil_mode"] = True
                 return call(f"nn.{stock}", _scalar(a.kernel), **kwargs)
-        kwargs = {"stride": a.stride, "padding": a.pad}
+        kwargs = {}
+        if a.stride != (1, 1):
+            kwargs["stride"] = a.stride
+        if any(a.pad):
+            kwargs["padding"] = a.pad
         if not a.ceil:
             kwargs["ceil_mode"] = False
         if mask:
@@ -480,7 +484,10 @@ class MVN(LayerSpec):
 
     def module(self, node: Any) -> Call:
         a = node.attrs
-        return call("MVN", a.normalize_variance, a.across_channels, a.eps)
+        kwargs: dict[str, Any] = {} if a.normalize_variance else {"normalize_variance": False}
+        if a.across_channels:
+            kwargs["across_channels"] = True
+        return call("MVN", **kwargs, eps=a.eps)
 
     def to_onnx(self, node: Any, ctx: Any) -> None:
         """On the 4-D legacy view: subtract the mean over C*H*W (across_channels) or H*W, then divide by
