@@ -65,9 +65,10 @@ def test_chains_found(net: CaffeNet) -> None:
     c2 = net._fusions[1]
     assert net.graph.values[c2.other].blob == "c3" and c2.other_first  # c3 is the Eltwise's bottom 0
     kinds = {step[1] if isinstance(step[1], str) else step[1].conv: step[0] for step in net._inference_plan}
-    # LRN and Deconvolution may receive channels-last values and are not known to handle them: made dense.
-    assert kinds["lrn"] == kinds["up"] == fusion.DENSE
-    assert kinds["pool"] == kinds["ave"] == fusion.LAYER
+    # Deconvolution may receive channels-last values and is not known to handle them: made dense. LRN and
+    # pooling take them as they are (layout-agnostic).
+    assert kinds["up"] == fusion.DENSE
+    assert kinds["lrn"] == kinds["pool"] == kinds["ave"] == fusion.LAYER
     assert kinds["c1"] == kinds["c2"] == kinds["c3"] == fusion.FUSED
 
 
