@@ -187,3 +187,27 @@ def test_helper_checks_geometry_at_run_time() -> None:
         Pooling("MAX", (5, 5), (1, 1), (0, 0), ceil_mode=False)(torch.zeros(1, 1, 3, 3))
     with pytest.raises(ValueError, match="padding"):
         Pooling("STOCHASTIC", (3, 3), (1, 1), (1, 1))(torch.zeros(1, 1, 5, 5))
+
+
+@pytest.mark.slow
+def test_helpers_compile_without_graph_breaks() -> None:
+    """Every helper of both families under ``torch.compile(fullgraph=True)``: eager's values, and a backward."""
+    from prototxt2py.nn.elementwise import Clip, Exp, ForkDropout, Log, Power, ScaledELU, SharedPReLU, Swish
+
+    helpers = [Pooling("AVE", (3, 3), padding=(2, 2)), Pooling("MAX", (2, 2), (2, 2), return_mask=True),
+               Pooling("STOCHASTIC", (2, 2)), SPP("MAX", 3), LRN(3, alpha=0.1, beta=0.6, k=2.0),
+               LRN(5, across_channels=False), MVN(across_channels=True), Power(0.0, 1.0, 5.0), Power(2.0, 0.5, 1.0),
+               Exp(2.0, 0.5, 1.0), Log(10.0, 1.0, 1.0), Clip(0.5, -0.5), ForkDropout(0.5, scale_train=False),
+               ScaledELU(1.5, 1.1), Swish(2.0), SharedPReLU()]
+    x = torch.randn(2, 3, 9, 10, generator=torch.Generator().manual_seed(5))
+    for module in helpers:
+        module.eval()
+        want = module(x)
+        got = torch.compile(module, backend="aot_eager", fullgraph=True)(x)
+        for a, b in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,),
+                        strict=True):
+            torch.testing.assert_close(a, b, equal_nan=True, msg=repr(module))
+        xg = x.clone().requires_grad_(True)
+        y = torch.compile(module, backend="aot_eager", fullgraph=True)(xg)
+        (y[0] if isinstance(y, tuple) else y).sum().backward()
+        assert xg.grad is not None, repr(module)
