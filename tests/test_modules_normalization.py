@@ -5,6 +5,7 @@ net runs in float64."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from plain_module_checks import check_modules
 
@@ -81,3 +82,16 @@ def test_float_fields_stay_float32_in_float64() -> None:
     net(torch.from_numpy(x), torch.from_numpy(s))
     assert custom.scale_factor.item() == np.float64(np.float32(0.9)) + 1  # two passes: s = 0 -> 1 -> maf + 1
     assert custom.eps == np.float64(np.float32(0.001))
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager_and_updates_statistics() -> None:
+    torch._dynamo.reset()
+    net, compiled_net = net_of(NET), net_of(NET)
+    x, s = torch.randn(2, 3, 4, 5), torch.randn(3, 4)
+    want = net(x, s)
+    got = torch.compile(compiled_net, backend="aot_eager")(x, s)
+    for name, value in got.items():
+        torch.testing.assert_close(value, want[name], rtol=1e-6, atol=1e-6)
+    for blob, ref in zip(compiled_net.layer_blobs("bn_custom"), net.layer_blobs("bn_custom"), strict=True):
+        torch.testing.assert_close(blob, ref)  # the in-place moving sums survive compilation

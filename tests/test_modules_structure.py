@@ -145,3 +145,16 @@ def test_unknown_dummy_filler_is_refused_at_build() -> None:
     with pytest.raises(prototxt2py.errors.Prototxt2pyError, match="unknown filler type 'nope'"):
         net_of('layer { name: "dd" type: "DummyData" top: "d" '
                'dummy_data_param { shape { dim: 3 } data_filler { type: "nope" } } }')
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager() -> None:
+    torch._dynamo.reset()
+    net = net_of(NET)
+    inputs = feed()
+    want = net(*inputs)
+    got = torch.compile(net, backend="aot_eager")(*inputs)
+    assert sorted(got) == sorted(want)
+    for name, value in got.items():
+        if name not in ("d1", "d2", "d0"):  # DummyData: random tops are drawn anew
+            torch.testing.assert_close(value, want[name], rtol=0, atol=0)
