@@ -27,11 +27,13 @@ def _fans(shape: Sequence[int]) -> tuple[float, float]:
     return fan_in, fan_out
 
 
-def _norm(shape: Sequence[int], variance_norm: int) -> float:
+def _norm(shape: Sequence[int], variance_norm: int | str) -> float:
+    """The fan xavier/msra divide by; ``variance_norm`` is the enum's number (a ``FillerParameter``) or its name
+    (a plain :class:`~prototxt2py.plain.Filler`)."""
     fan_in, fan_out = _fans(shape)
-    if variance_norm == FAN_OUT:
+    if variance_norm in (FAN_OUT, "FAN_OUT"):
         return fan_out
-    if variance_norm == AVERAGE:
+    if variance_norm in (AVERAGE, "AVERAGE"):
         return (fan_in + fan_out) / 2
     return fan_in
 

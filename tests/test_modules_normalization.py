@@ -95,3 +95,14 @@ def test_torch_compile_matches_eager_and_updates_statistics() -> None:
         torch.testing.assert_close(value, want[name], rtol=1e-6, atol=1e-6)
     for blob, ref in zip(compiled_net.layer_blobs("bn_custom"), net.layer_blobs("bn_custom"), strict=True):
         torch.testing.assert_close(blob, ref)  # the in-place moving sums survive compilation
+
+
+def test_plain_filler_variance_norm_is_honoured() -> None:
+    """Fillers reach the runtime as plain values (variance_norm by name): FAN_OUT must not fall back to FAN_IN."""
+    net = net_of("""
+        layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 400 } } }
+        layer { name: "s" type: "Scale" bottom: "x" top: "y"
+                scale_param { filler { type: "xavier" variance_norm: FAN_OUT } } }
+    """)
+    weight = net.layer("s").weight  # shape (400,): fan_in = 400 / 400 = 1, fan_out = 400 (no axis 1)
+    assert weight.abs().max() <= (3 / 400) ** 0.5 and weight.abs().max() > 0
