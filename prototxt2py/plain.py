@@ -14,6 +14,7 @@ pickle and deep-copy like any dataclass.
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -63,6 +64,12 @@ _SCALAR_TYPES = {
 }
 
 
+def _attr(name: str) -> str:
+    """Attribute name of a field: a Python keyword gets a trailing underscore (ELU's ``lambda`` -> ``lambda_``);
+    ``has()`` keeps the schema's spelling."""
+    return f"{name}_" if keyword.iskeyword(name) else name
+
+
 def _repeated(fd: FieldDescriptor) -> bool:
     """Repeated field (``is_repeated`` on newer protobuf, ``label`` on older ones)."""
     flag = getattr(fd, "is_repeated", None)
@@ -85,7 +92,7 @@ def plain_class(descriptor: Descriptor) -> type:
     key = descriptor.full_name
     cls = _CLASSES.get(key)
     if cls is None:
-        fields = [(fd.name, Any, field(default=_default(fd))) for fd in descriptor.fields]
+        fields = [(_attr(fd.name), Any, field(default=_default(fd))) for fd in descriptor.fields]
         cls = dataclasses.make_dataclass(descriptor.name, fields, bases=(Plain,), frozen=True)
         cls.__module__ = __name__
         _CLASSES[key] = cls
@@ -136,14 +143,14 @@ def plain(msg: Any) -> Any:
     for fd, v in msg.ListFields():
         present.append(fd.name)
         if _repeated(fd):
-            values[fd.name] = tuple(_value(fd, x) for x in v)
+            values[_attr(fd.name)] = tuple(_value(fd, x) for x in v)
         else:
-            values[fd.name] = _value(fd, v)
+            values[_attr(fd.name)] = _value(fd, v)
     # Unset sub-messages read as their defaults, as protobuf does (``p.weight_filler.type`` is "constant").
     for fd in descriptor.fields:
         if fd.type == FieldDescriptor.TYPE_MESSAGE and not _repeated(fd):
-            if fd.name not in values:
-                values[fd.name] = plain(getattr(msg, fd.name))
+            if _attr(fd.name) not in values:
+                values[_attr(fd.name)] = plain(getattr(msg, fd.name))
     return plain_class(descriptor)(_present=frozenset(present), **values)
 
 

@@ -95,14 +95,7 @@ class Expr:
 
 
 def _flat(a: Any) -> str:
-    return a.flat() if isinstance(a, Expr) else a[1].flat() if isinstance(a, tuple) else a
-
-
-def _arg_text(a: Any) -> str:
-    """An argument as text: plain string, Expr, or ``(keyword_prefix, Expr)``."""
-    if isinstance(a, tuple):
-        return a[0] + a[1].flat()
-    return _flat(a)
+    return a.flat() if isinstance(a, Expr) else a[0] + a[1].flat() if isinstance(a, tuple) else a
 
 
 def layout(prefix: str, e: Expr, suffix: str, indent: int) -> list[str]:
@@ -113,7 +106,7 @@ def layout(prefix: str, e: Expr, suffix: str, indent: int) -> list[str]:
     if len(one) <= LINE and not e.comments:
         return [one]
     inner = " " * (indent + 4)
-    body = ", ".join(_arg_text(a) for a in e.args)
+    body = ", ".join(_flat(a) for a in e.args)
     if not e.comments and len(inner) + len(body) <= LINE:
         return [f"{pad}{prefix}{e.open}", inner + body, f"{pad}{e.brackets[1]}{suffix}"]
     lines = [f"{pad}{prefix}{e.open}"]
@@ -352,6 +345,8 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
     """The source of a module computing ``graph`` with the same modules as the runtime."""
     steps = _calls(graph)
     cls = class_name(name if name is not None else graph.name)
+    if cls in helper_definitions():  # a net named like a helper class it may need
+        cls += "Net"
     attrs = Namespace(_MODULE_ATTRS | _FILE_GLOBALS | {cls})
     local = Namespace(_FILE_GLOBALS | {cls})
     inner = Namespace(_MODULE_ATTRS)  # names inside Sequential blocks share one pool (readability)

@@ -63,6 +63,11 @@ def module_key(layer_name: str, taken: set[str]) -> str:
     return key
 
 
+# fx wraps a function in the globals of the module that registers it: the runtime calls its own import of
+# ``call_layer``, so it registers it here too (layers stay leaf calls when the net is traced).
+torch.fx.wrap("call_layer")
+
+
 def build_module(node: Any) -> nn.Module:
     """The layer's module from its spec's :class:`~prototxt2py.layers.base.Call`: built on the meta device (no
     initialisation work), given uninitialised storage, then filled with Caffe's fillers (deferred when weights

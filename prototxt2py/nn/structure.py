@@ -7,6 +7,7 @@ the modules round them to float32 once, so generated code may show the decimal t
 prototxt wrote and still compute with Caffe's exact value.
 """
 
+import itertools
 import math
 import struct
 
@@ -45,7 +46,7 @@ class Slice(nn.Module):
         if not self.slice_point:
             return torch.split(x, dim // self.tops, dim=self.axis)
         bounds = (0, *self.slice_point, dim)
-        sizes = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+        sizes = [b - a for a, b in itertools.pairwise(bounds)]
         return torch.split(x, sizes, dim=self.axis)
 
 
