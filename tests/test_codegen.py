@@ -377,3 +377,17 @@ def test_helper_definitions_are_unique_and_torch_only() -> None:
     assert set(seen) <= set(helper_definitions())
     r = subprocess.run([str(RUFF), "format", "--check", str(folder)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
+
+
+def test_ir_and_layer_specs_never_import_torch() -> None:
+    """The IR, the layer specs and code generation are torch-free: ``import prototxt2py.ir`` and building a graph
+    of a net using every family leave torch out of ``sys.modules`` (a fresh interpreter)."""
+    script = (
+        "import sys, prototxt2py.ir, prototxt2py.layers, prototxt2py.backends.codegen as cg, prototxt2py\n"
+        f"g = prototxt2py.graph({str(TEXT_CASES['googlenet'])!r})\n"
+        "assert len(g.nodes) > 100\n"
+        "print('torch' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

@@ -437,10 +437,10 @@ def _comment_text(name: str) -> str:
 
 
 def _assign(graph: Graph, outs: Sequence[str], rhs: str, v: Any) -> str:
-    if not outs:
-        return f"        {rhs}"
-    targets = ", ".join(v(o) for o in outs)
-    return f"        {targets} = {rhs}"
+    """One forward line ``targets = self.layer(args)``, split as ruff format splits a long call."""
+    head, _, args = rhs.partition("(")
+    prefix = f"{', '.join(v(o) for o in outs)} = " if outs else ""
+    return "\n".join(layout(prefix, Expr(head, [a for a in args[:-1].split(", ") if a]), "", 8))
 
 
 def _runtime_keys(graph: Graph) -> dict[str, str]:
