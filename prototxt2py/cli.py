@@ -171,8 +171,15 @@ def run(net, weights, inputs_path, output, phase, stages, level, all_blobs, as_d
 def convert(net, weights, target, output, phase, stages, level, inputs, opset, dynamic_batch, as_deploy) -> None:
     """Convert NET (+ weights) to a PyTorch state_dict, safetensors, a .caffemodel, ONNX, or a generated Python
     module (``--to python -o OUTDIR``: OUTDIR/<net>.py, and OUTDIR/<net>.pt with --weights)."""
-    from .convert import convert_net, write_python
+    from .convert import ARRAY_TARGETS, convert_net, write_python
 
+    if target.lower() in ARRAY_TARGETS:  # arrays only: no torch (see convert.convert_graph)
+        from .cli_convert import convert_arrays
+
+        convert_arrays(net, weights, target.lower(), output, phase, stages, level, _parse_inputs(inputs), opset,
+                       dynamic_batch, as_deploy, _warn)
+        click.echo(f"wrote {output}")
+        return
     module = _load_net(net, weights, phase, stages, level, _parse_inputs(inputs), as_deploy)
     if target.lower() == "python":
         written = [p for p in write_python(module, output, with_weights=bool(weights)) if p]

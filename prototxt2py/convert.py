@@ -1,4 +1,9 @@
-"""``prototxt2py convert``: a runtime net to a PyTorch state_dict, safetensors, a .caffemodel, ONNX or Python."""
+"""``prototxt2py convert``: a runtime net to a PyTorch state_dict, safetensors, a .caffemodel, ONNX or Python.
+
+The formats that only store arrays (ONNX, .caffemodel, safetensors) are also written from an IR graph and its
+blobs as numpy arrays (:func:`convert_graph`, :mod:`.blobstore`): that path never imports torch, so the CLI
+converts a model in well under the time importing torch takes.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,16 @@ import contextlib
 import io
 import os
 import tempfile
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import Location, Prototxt2pyError
 from .fsutil import atomic_output, write_bytes_atomic
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+#: Targets :func:`convert_graph` writes without torch.
+ARRAY_TARGETS = ("onnx", "caffemodel", "safetensors")
 
 
 def state_dict_by_caffe_name(net: Any) -> dict[str, torch.Tensor]:
@@ -31,30 +40,67 @@ def state_dict_by_caffe_name(net: Any) -> dict[str, torch.Tensor]:
 
 def convert_net(net: Any, target: str, output: str | os.PathLike, *, opset: int | None = None,
                 dynamic_batch: bool = False) -> None:
-    if target == "pytorch":
+    """Write a runtime net (``CaffeNet``) as ``target``."""
+    if target in ARRAY_TARGETS:
+        from .blobstore import NetBlobs
+
+        _write_arrays(net, NetBlobs(net), target, output, opset=opset, dynamic_batch=dynamic_batch)
+    elif target == "pytorch":
+        import torch
+
         buf = io.BytesIO()
         torch.save(net.state_dict(), buf)
         write_bytes_atomic(output, buf.getvalue())
-    elif target == "safetensors":
+    elif target == "python":
+        write_python(net, output)
+    else:  # pragma: no cover - click restricts the choices
+        raise Prototxt2pyError(f"unknown target {target!r}")
+
+
+def convert_graph(graph: Any, blobs: Any, target: str, output: str | os.PathLike, *, opset: int | None = None,
+                  dynamic_batch: bool = False) -> None:
+    """Write an IR graph with its blobs (a :class:`~.blobstore.GraphBlobs`) as ONNX, a .caffemodel or
+    safetensors, without torch (except for specs not yet converted to torch-free ONNX mappings)."""
+    if target not in ARRAY_TARGETS:
+        raise Prototxt2pyError(f"--to {target} needs the PyTorch runtime; the array formats are {ARRAY_TARGETS}")
+    _write_arrays(graph, blobs, target, output, opset=opset, dynamic_batch=dynamic_batch)
+
+
+def _write_arrays(source: Any, blobs: Any, target: str, output: str | os.PathLike, *, opset: int | None,
+                  dynamic_batch: bool) -> None:
+    """The array formats, from a net or a graph (``source``) and its blob provider."""
+    graph = blobs.graph
+    if target == "safetensors":
         try:
-            from safetensors.torch import save
+            from safetensors.numpy import save
         except ImportError:
             raise Prototxt2pyError("--to safetensors needs the 'safetensors' package (pip install safetensors)") \
                 from None
-        write_bytes_atomic(output, save(state_dict_by_caffe_name(net)))
+        write_bytes_atomic(output, save(_arrays_by_caffe_name(graph, blobs)))
     elif target == "caffemodel":
-        from .weights import write_caffemodel
+        from .weights import write_caffemodel_blobs
 
         with atomic_output(output, "wb") as f:
-            write_caffemodel(net, f)
-    elif target == "python":
-        write_python(net, output)
-    elif target == "onnx":
+            write_caffemodel_blobs(graph, blobs, f)
+    else:
         from .backends.onnx_export import export_onnx
 
-        export_onnx(net, output, opset=opset, dynamic_batch=dynamic_batch)
-    else:  # pragma: no cover - click restricts the choices
-        raise Prototxt2pyError(f"unknown target {target!r}")
+        export_onnx(source, output, opset=opset, dynamic_batch=dynamic_batch,
+                    weights=None if hasattr(source, "layer_blobs") else blobs)
+
+
+def _arrays_by_caffe_name(graph: Any, blobs: Any) -> dict[str, Any]:
+    """``{"<caffe layer>.<blob name>": array}`` (shared blobs listed once), contiguous float32."""
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    seen: set[int] = set()
+    for node in graph.nodes:
+        for name, array in zip(blobs.names(node), blobs.blobs(node), strict=True):
+            if id(array) not in seen:
+                seen.add(id(array))
+                out[f"{node.name}.{name}"] = np.ascontiguousarray(array, dtype=np.float32)
+    return out
 
 
 def write_python(net: Any, outdir: str | os.PathLike, *, with_weights: bool = True) -> tuple[str, str | None]:
@@ -74,6 +120,8 @@ def write_python(net: Any, outdir: str | os.PathLike, *, with_weights: bool = Tr
     py_path, pt_path = folder / f"{stem}.py", folder / f"{stem}.pt"
     weights = None
     if with_weights:
+        import torch
+
         state = net.state_dict()
         weights = {new: state[old].detach().contiguous().clone() for old, new in code.keys.items()}
         buf = io.BytesIO()

@@ -4,6 +4,10 @@ When trained weights are about to overwrite every blob, filling them first is wa
 over AlexNet's 61M values, seconds with the Gaussian filler). :func:`deferred_fills` makes :func:`fill` hand
 out uninitialised tensors and remember how each should be filled, so the loader fills only what the weights
 file did not provide.
+
+Two implementations share the formulas here (fans, scales, the sparse mask's probability, the bilinear
+kernel): :func:`fill` makes torch tensors for the runtime, :func:`fill_array` numpy arrays for the torch-free
+commands (ONNX/caffemodel/safetensors export without weights). torch is imported only by the torch path.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ import contextvars
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 FAN_IN, FAN_OUT, AVERAGE = 0, 1, 2
 
@@ -37,6 +44,12 @@ def _norm(shape: Sequence[int], variance_norm: int | str) -> float:
     return fan_in
 
 
+def _sparse_keep(shape: Sequence[int], sparse: int) -> float:
+    """Probability that the Gaussian filler keeps a value when ``sparse >= 0``: Caffe's GaussianFiller keeps
+    ``sparse`` of each output's inputs on average, outputs being axis 0 (``sparse / shape(0)``)."""
+    return sparse / shape[0] if shape[0] else 0.0
+
+
 @dataclass
 class DeferredFills:
     """Tensors handed out uninitialised by :func:`fill` inside :func:`deferred_fills`, with their fillers."""
@@ -48,6 +61,8 @@ class DeferredFills:
         net's parameters and buffers) and was not overwritten (shares no storage with ``written``).
         Returns how many were filled. Tensors nobody holds any more (a blob replaced by a shared one) are
         skipped: filling them would be wasted work again."""
+
+        import torch
 
         def storage(t: torch.Tensor) -> int:
             return t.untyped_storage().data_ptr()
@@ -86,6 +101,8 @@ def fill(shape: Sequence[int], filler: Any | None, generator: torch.Generator | 
     """A float32 tensor of ``shape`` filled as Caffe's filler of that type would (not bit-identical to
     Caffe's RNG, same distribution). ``filler`` is a ``FillerParameter`` or ``None`` (constant 0).
     Inside :func:`deferred_fills` the tensor is left uninitialised and its filling is recorded instead."""
+    import torch
+
     shape = tuple(int(d) for d in shape)
     deferred = _DEFERRED.get()
     if deferred is not None:
@@ -107,6 +124,8 @@ def fill_blob(out: torch.Tensor, filler: Any | None) -> None:
         if out.numel():
             deferred.pending.append((out, filler, None))
         return
+    import torch
+
     with torch.no_grad():
         _fill_into(out, filler, None)
 
@@ -131,6 +150,8 @@ def _check_bilinear(shape: Sequence[int]) -> None:
 
 def _fill_into(out: torch.Tensor, filler: Any | None, generator: torch.Generator | None) -> None:
     """Fill ``out`` in place as the filler would (``None`` = constant 0)."""
+    import torch
+
     shape = tuple(out.shape)
     if filler is None or out.numel() == 0:
         out.zero_()
@@ -143,8 +164,8 @@ def _fill_into(out: torch.Tensor, filler: Any | None, generator: torch.Generator
         out.uniform_(filler.min, filler.max, generator=generator)
     elif kind == "gaussian":
         out.normal_(filler.mean, filler.std, generator=generator)
-        if filler.sparse >= 0 and len(shape) >= 2:
-            keep = torch.rand(shape, generator=generator) < (filler.sparse / shape[1])
+        if filler.sparse >= 0 and shape:
+            keep = torch.rand(shape, generator=generator) < _sparse_keep(shape, filler.sparse)
             out.mul_(keep)
     elif kind == "positive_unitball":
         out.uniform_(0, 1, generator=generator)
@@ -162,11 +183,50 @@ def _fill_into(out: torch.Tensor, filler: Any | None, generator: torch.Generator
 
 def bilinear_kernel(shape: Sequence[int]) -> torch.Tensor:
     """Caffe's ``bilinear`` filler: the upsampling kernel FCN uses with Deconvolution."""
+    import torch
+
+    return torch.from_numpy(bilinear_array(shape))
+
+
+def bilinear_array(shape: Sequence[int]) -> np.ndarray:
+    """:func:`bilinear_kernel` as a numpy array (float32, computed in float32 as Caffe master does)."""
     _check_bilinear(shape)
     k = shape[-1]
     f = math.ceil(k / 2.0)
-    c = torch.tensor((k - 1) / (2.0 * f), dtype=torch.float32)  # Caffe master computes this in float32
-    x = torch.arange(k, dtype=torch.float32)
-    w1 = 1 - (x / f - c).abs()
+    c = np.float32((k - 1) / (2.0 * f))
+    x = np.arange(k, dtype=np.float32)
+    w1 = np.float32(1) - np.abs(x / np.float32(f) - c)
     kernel = w1[:, None] * w1[None, :]
-    return kernel.expand(*shape).clone()
+    return np.ascontiguousarray(np.broadcast_to(kernel, tuple(shape)), dtype=np.float32)
+
+
+def fill_array(shape: Sequence[int], filler: Any | None, rng: np.random.Generator | None = None) -> np.ndarray:
+    """A float32 numpy array of ``shape`` filled as :func:`fill` fills a tensor (same formulas and
+    distributions, numpy's random generator): what the torch-free exporters use for blobs that no weights
+    file provides. ``filler`` is a ``FillerParameter``, a plain ``Filler`` or ``None`` (constant 0)."""
+    shape = tuple(int(d) for d in shape)
+    _check(shape, filler)
+    if filler is None or math.prod(shape) == 0:
+        return np.zeros(shape, dtype=np.float32)
+    rng = rng if rng is not None else np.random.default_rng()
+    kind = filler.type
+    if kind == "constant":
+        out = np.full(shape, filler.value, dtype=np.float32)
+    elif kind == "uniform":
+        out = rng.uniform(filler.min, filler.max, shape)
+    elif kind == "gaussian":
+        out = rng.normal(filler.mean, filler.std, shape)
+        if filler.sparse >= 0 and shape:
+            out *= rng.random(shape) < _sparse_keep(shape, filler.sparse)
+    elif kind == "positive_unitball":
+        out = rng.uniform(0.0, 1.0, shape)
+        flat = out.reshape(shape[0] if shape else 1, -1)
+        flat /= np.maximum(flat.sum(axis=1, keepdims=True), 1e-12)
+    elif kind == "xavier":
+        scale = math.sqrt(3.0 / _norm(shape, filler.variance_norm))
+        out = rng.uniform(-scale, scale, shape)
+    elif kind == "msra":
+        out = rng.normal(0.0, math.sqrt(2.0 / _norm(shape, filler.variance_norm)), shape)
+    else:  # bilinear (_check refused every other type)
+        return bilinear_array(shape)
+    return np.asarray(out, dtype=np.float32)

@@ -21,10 +21,9 @@ import stat
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .errors import Location, WeightsError
 
@@ -32,6 +31,9 @@ from .errors import Location, WeightsError
 # blobs 7; V1LayerParameter name 4, blobs 6, V0 wrapper 1; V0LayerParameter name 1, blobs 50;
 # BlobProto num..width 1-4, data 5, shape 7, double_data 8; BlobShape dim 1.
 _LEN, _VARINT, _I64, _I32 = 2, 0, 1, 5
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported where tensors are made (the reading part is torch-free)
+    import torch
 
 
 @dataclass
@@ -296,6 +298,8 @@ def _pread_exact(fd: int, offset: int, view: memoryview) -> None:
 
 def _convert_into(fd: int, ref: BlobRef, flat: torch.Tensor) -> None:
     """The slow cases: values decoded by protobuf, ``double_data``, or a target that is not plain float32."""
+    import torch
+
     if isinstance(ref, _InlineRef):
         values = ref.values.reshape(-1)
     else:
@@ -309,6 +313,8 @@ def _read_all(fd: int, plan: list[tuple[BlobRef, torch.Tensor]]) -> None:
     tensors' memory, in chunks, by several threads when there is enough to read: ``preadv`` releases the GIL,
     so the copies and the first touches of fresh tensor memory (a page fault per 4 KiB) run on every core,
     which makes loading faster than a plain single-threaded read of the file."""
+    import torch
+
     jobs: list[tuple[int, memoryview]] = []
     for ref, target in plan:
         flat = target.detach().view(-1)
@@ -331,6 +337,8 @@ def _read_all(fd: int, plan: list[tuple[BlobRef, torch.Tensor]]) -> None:
 
 def read_caffemodel(path: str | os.PathLike) -> dict[str, list[Blob]]:
     """Layer name -> its blobs as float32 arrays (for inspection; ``load_weights`` avoids this copy)."""
+    import torch
+
     fd, mm, refs = _open_refs(path)
     try:
         plan = [(ref, torch.empty(ref.shape, dtype=torch.float32)) for blobs in refs.values() for ref in blobs]
@@ -361,6 +369,8 @@ def _fits(target: tuple[int, ...], shape: tuple[int, ...], legacy: bool) -> bool
 def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike) -> LoadReport:
     """Copy stored blobs into a ``CaffeNet``'s layer modules, by layer name; counts and shapes are checked
     before anything is written (a mismatching file leaves the net unchanged)."""
+    import torch
+
     if isinstance(weights, Mapping):
         refs = {k: [_InlineRef(tuple(b.array.shape), b.legacy, "<f4", 0, b.array.size, b.array) for b in v]
                 for k, v in weights.items()}
@@ -430,36 +440,42 @@ def _len_field(number: int, length: int) -> bytes:
     return _enc_varint((number << 3) | _LEN) + _enc_varint(length)
 
 
-def _blob_parts(t: torch.Tensor) -> tuple[list, int]:
+def _blob_parts(arr: np.ndarray) -> tuple[list, int]:
     """BlobProto wire parts (bytes and one array to stream) and their total length."""
-    arr = t.detach().to(torch.float32).contiguous().cpu().numpy()
+    arr = np.ascontiguousarray(arr, dtype="<f4")
     dims = b"".join(_enc_varint(int(d)) for d in arr.shape)
     shape_inner = (_len_field(1, len(dims)) + dims) if arr.ndim else b""
     head = _len_field(7, len(shape_inner)) + shape_inner
     data_head = _len_field(5, arr.nbytes)
-    parts = [head, data_head, arr.astype("<f4", copy=False)]
+    parts = [head, data_head, arr]
     return parts, len(head) + len(data_head) + arr.nbytes
 
 
 def write_caffemodel(net: Any, f: IO[bytes]) -> None:
-    """Write a V2 binary NetParameter with every layer (its definition and blobs), readable by Caffe/OpenCV.
+    """Write a runtime net as a V2 binary NetParameter with every layer (its definition and blobs), readable by
+    Caffe/OpenCV. Arrays are streamed from the tensors' memory; nothing holds a second copy of the model."""
+    from .blobstore import NetBlobs
 
-    Arrays are streamed from the tensors' memory; nothing holds a second copy of the model."""
+    write_caffemodel_blobs(net.graph, NetBlobs(net), f)
+
+
+def write_caffemodel_blobs(graph: Any, blobs: Any, f: IO[bytes]) -> None:
+    """:func:`write_caffemodel` for an IR graph and a blob provider (``blobs.blobs(node)`` -> float32 arrays,
+    see :mod:`.blobstore`): torch-free, each array streamed from wherever it lives (a mapped .caffemodel)."""
     from .proto import caffe_pb2
 
-    name = net.graph.name.encode()
+    name = graph.name.encode()
     if name:
         f.write(_len_field(1, len(name)) + name)
-    for node in net.graph.nodes:
+    for node in graph.nodes:
         layer = caffe_pb2.LayerParameter()
         layer.CopyFrom(node.proto)
         del layer.blobs[:]
         head = layer.SerializeToString()
-        module = net.layer(node.name)
-        blobs = [_blob_parts(getattr(module, n)) for n in getattr(module, "blob_names", ())]
-        body = len(head) + sum(len(_len_field(7, size)) + size for _, size in blobs)
+        parts = [_blob_parts(array) for array in blobs.blobs(node)]
+        body = len(head) + sum(len(_len_field(7, size)) + size for _, size in parts)
         f.write(_len_field(100, body) + head)
-        for parts, size in blobs:
+        for blob, size in parts:
             f.write(_len_field(7, size))
-            for part in parts:
+            for part in blob:
                 f.write(part if isinstance(part, bytes) else memoryview(part).cast("B"))

@@ -204,6 +204,9 @@ class FusionCache:
     (``copy_``, ``load_state_dict``, the caffemodel reader) bump a tensor's version, and a replaced tensor
     (``.data = ...``, ``.to()``) has another address. The entry keeps the old storages alive, so no new tensor
     can take over an address it is keyed by. Writes through ``.data`` bump no version: :meth:`clear` after those.
+    Inference tensors (made under ``torch.inference_mode()``, e.g. by ``net.to(device)`` there) have no version
+    counter at all: they are keyed by address only, so in-place writes to them (possible only inside inference
+    mode) need :meth:`clear` too.
     """
 
     def __init__(self) -> None:
@@ -213,7 +216,7 @@ class FusionCache:
         self.entries.clear()
 
     def _entry(self, key: str, blobs: list[torch.Tensor], eps: float | None) -> dict[str, Any]:
-        stamp = (eps, *[(t._version, t.data_ptr()) for t in blobs])
+        stamp = (eps, *[(None if t.is_inference() else t._version, t.data_ptr()) for t in blobs])
         entry = self.entries.get(key)
         if entry is None or entry["stamp"] != stamp:
             entry = {"stamp": stamp, "keep": [t.untyped_storage() for t in blobs]}

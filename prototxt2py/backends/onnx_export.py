@@ -42,10 +42,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..blobstore import GraphBlobs, blobs_for
 from ..errors import InputFileError, Location, Prototxt2pyError, ShapeError, UnsupportedLayerError
 from ..fsutil import write_bytes_atomic
 from ..ir import Node
 from ..layers.base import Shape
+from ..netstate import TRAIN
 
 #: Oldest opset exported: the first with per-axis Softmax and axes given as tensors to ReduceSum/Squeeze.
 MIN_OPSET = 13
@@ -125,14 +127,18 @@ class OnnxContext:
     FLOAT = TensorProto.FLOAT
     INT64 = TensorProto.INT64
 
-    def __init__(self, net: Any, opset: int, dynamic_batch: bool):
-        self.net = net
-        self.graph = net.graph
+    def __init__(self, net: Any, opset: int, dynamic_batch: bool, blobs: Any = None):
+        #: The runtime net, or None when exporting an IR graph (torch-free: blobs from a file or fillers).
+        self.net = net if hasattr(net, "layer_blobs") else None
+        self.graph = net.graph if self.net is not None else net
         self.opset = opset
         self.dynamic_batch = dynamic_batch
-        #: Whether the runtime module is in training mode (TRAIN phase unless changed with ``net.eval()``):
-        #: the export computes what the module computes (batch statistics, random dropout are refused ...).
-        self.training = bool(net.training)
+        #: Where ``param(i)`` comes from: the net's tensors, or a :class:`~prototxt2py.blobstore.GraphBlobs`.
+        self.blobs = blobs if blobs is not None else blobs_for(net)
+        #: Whether the runtime module is in training mode (TRAIN phase unless changed with ``net.eval()``; for
+        #: a graph, its phase): the export computes what the module computes (batch statistics, random dropout
+        #: are refused ...).
+        self.training = bool(net.training) if self.net is not None else self.graph.state.phase == TRAIN
         #: The model under construction: initializers go straight into it (copying 100s of MB of weights
         #: from one message into another is what would make exporting slow).
         self.model = onnx.ModelProto()
@@ -140,12 +146,11 @@ class OnnxContext:
         self.initializer_bytes = 0
         self.silenced: list[str] = []
         self.node: Node | None = None
-        self.module: Any = None
+        self._module: Any = None
         self._tensor_names: set[str] = set()
         self._node_names: set[str] = set()
         self._produced: set[str] = set()
         self._small_consts: dict[tuple, str] = {}
-        self._param_arrays: dict[int, np.ndarray] = {}  # id(torch blob) -> its float32 array
         self._param_by_array: dict[int, np.ndarray] = {}  # id(array) -> array, for arrays from param()
         self._param_consts: dict[int, str] = {}  # id(array) -> initializer name
         self.value_names = self._name_values()
@@ -184,8 +189,20 @@ class OnnxContext:
         return self.node.name if self.node is not None else "graph"
 
     # -- the current layer -------------------------------------------------------------------------------
-    def begin(self, node: Node, module: Any) -> None:
-        self.node, self.module = node, module
+    def begin(self, node: Node) -> None:
+        self.node, self._module = node, None
+
+    @property
+    def module(self) -> Any:
+        """The layer's runtime module (for specs whose mapping reads it). Exporting a graph, it is built on
+        first use, with torch, and given the exported blobs; specs that read only ``node.attrs`` and
+        :meth:`param` keep the export torch-free."""
+        if self._module is None and self.node is not None:
+            if self.net is not None:
+                self._module = self.blobs.module(self.node)
+            else:
+                self._module = _runtime_module(self.node, self.blobs.blobs(self.node), self.training)
+        return self._module
 
     def finish(self) -> None:
         """Check that the spec produced every top of the layer."""
@@ -195,7 +212,7 @@ class OnnxContext:
             if name not in self._produced and name not in self._graph_inputs:
                 raise Prototxt2pyError(f"internal: the ONNX mapping did not produce top {i} ('{node.tops[i]}')",
                                        node.location, layer=node.name)
-        self.node = self.module = None
+        self.node = self._module = None
 
     def input(self, i: int = 0) -> str:
         return self.value_names[self.node.inputs[i]]
@@ -219,17 +236,13 @@ class OnnxContext:
 
     @property
     def num_params(self) -> int:
-        return len(getattr(self.module, "blob_names", ()))
+        return len(self.blobs.names(self.node))
 
     def param(self, i: int) -> np.ndarray:
         """The layer's Caffe blob ``i`` as float32 with Caffe's shape (shared blobs are the same array, so
         passing it unchanged to :meth:`const` stores it once)."""
-        tensor = getattr(self.module, self.module.blob_names[i])
-        array = self._param_arrays.get(id(tensor))
-        if array is None:
-            array = tensor.detach().cpu().numpy().astype(_FLOAT, copy=False)
-            self._param_arrays[id(tensor)] = array
-            self._param_by_array[id(array)] = array
+        array = self.blobs.blobs(self.node)[i]
+        self._param_by_array[id(array)] = array
         return array
 
     def unsupported(self, reason: str) -> NoReturn:
@@ -346,6 +359,27 @@ class OnnxContext:
 # ---------------------------------------------------------------------------------------------------------
 # Building and writing the model
 # ---------------------------------------------------------------------------------------------------------
+def _blob_source(net: Any, weights: Any) -> Any:
+    """The blobs of a runtime net (its tensors) or of a graph (``weights``: path, provider or None)."""
+    if isinstance(weights, GraphBlobs):
+        return weights
+    return blobs_for(net, weights)
+
+
+def _runtime_module(node: Node, blobs: Sequence[np.ndarray], training: bool) -> Any:
+    """The torch module of one layer holding ``blobs``, for a spec whose ONNX mapping reads its module while a
+    graph is exported (TRANSITIONAL: such mappings import torch; the others never do)."""
+    import torch
+
+    from .torch_runtime import build_module
+
+    module = build_module(node)
+    with torch.no_grad():
+        for name, array in zip(getattr(module, "blob_names", ()), blobs, strict=True):
+            getattr(module, name).copy_(torch.from_numpy(np.array(array, dtype=_FLOAT)))
+    return module.train(training)
+
+
 def _describe(node: Node, reason: str | None = None) -> str:
     text = f"'{node.type}' (layer '{node.name}' at {node.location})"
     return f"{text}: {reason}" if reason else text
@@ -424,18 +458,18 @@ def _infer_output_shapes(model: onnx.ModelProto) -> None:
         declared.type.CopyFrom(found.type)
 
 
-def _build(net: Any, opset: int | None, dynamic_batch: bool) -> tuple[onnx.ModelProto, int]:
+def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None) -> tuple[onnx.ModelProto, int]:
     """The unchecked model and its weight payload in bytes."""
     opset = resolve_opset(opset)
-    graph = net.graph
+    graph = net.graph if hasattr(net, "layer_blobs") else net
     _require_shapes(graph)
-    ctx = OnnxContext(net, opset, dynamic_batch)
+    ctx = OnnxContext(net, opset, dynamic_batch, _blob_source(net, weights))
     problems: list[tuple[Node, str | None]] = []
-    for node, module in zip(graph.nodes, net.layers.values(), strict=True):
+    for node in graph.nodes:
         if not node.spec.supports("onnx", node):
             problems.append((node, None))
             continue
-        ctx.begin(node, module)
+        ctx.begin(node)
         try:
             node.spec.to_onnx(node, ctx)
         except UnsupportedLayerError as e:
@@ -459,21 +493,26 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool) -> tuple[onnx.Model
     return model, ctx.initializer_bytes
 
 
-def to_onnx_model(net: Any, opset: int | None = None, dynamic_batch: bool = False) -> onnx.ModelProto:
-    """The net (a :class:`~prototxt2py.backends.torch_runtime.CaffeNet`, weights included) as an ONNX model.
+def to_onnx_model(net: Any, opset: int | None = None, dynamic_batch: bool = False,
+                  weights: Any = None) -> onnx.ModelProto:
+    """The net as an ONNX model: a :class:`~prototxt2py.backends.torch_runtime.CaffeNet` (its weights), or an
+    IR graph with ``weights`` (a ``.caffemodel`` path, a :class:`~prototxt2py.blobstore.GraphBlobs`, or None
+    for Caffe's fillers) — the graph path never imports torch for specs whose mapping reads no module.
 
     Checked with ``onnx.checker.check_model(full_check=True)`` when it fits in one protobuf message (under
     2 GB); bigger models are checked by :func:`export_onnx` once written with external data."""
-    model, payload = _build(net, opset, dynamic_batch)
+    model, payload = _build(net, opset, dynamic_batch, weights)
     if payload < EXTERNAL_DATA_LIMIT:
         onnx.checker.check_model(model.SerializeToString(), full_check=True)
     return model
 
 
-def export_onnx(net: Any, output: str | os.PathLike, opset: int | None = None, dynamic_batch: bool = False) -> None:
-    """Write the net as a checked ONNX model to ``output`` (atomically: nothing is written if anything
-    fails). Over 2 GB of weights go to ``<output>.data`` as ONNX external data."""
-    model, payload = _build(net, opset, dynamic_batch)
+def export_onnx(net: Any, output: str | os.PathLike, opset: int | None = None, dynamic_batch: bool = False,
+                weights: Any = None) -> None:
+    """Write the net (a runtime net, or a graph with ``weights``, see :func:`to_onnx_model`) as a checked ONNX
+    model to ``output`` (atomically: nothing is written if anything fails). Over 2 GB of weights go to
+    ``<output>.data`` as ONNX external data."""
+    model, payload = _build(net, opset, dynamic_batch, weights)
     if payload < EXTERNAL_DATA_LIMIT:
         data = model.SerializeToString()
         onnx.checker.check_model(data, full_check=True)

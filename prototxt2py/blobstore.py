@@ -1,0 +1,231 @@
+"""Parameter blobs as numpy arrays, without torch: what the commands that compute nothing need.
+
+``convert --to onnx|caffemodel|safetensors`` only moves arrays from one file format to another; importing torch
+for that (1-2 s) would cost more than the conversion. This module gives each layer's blobs as numpy arrays:
+
+* :func:`read_blobs` reads a ``.caffemodel``: the framing walk of :mod:`.weights` finds every packed array, and
+  float32 arrays (nearly every real file) become read-only **views over a memory map of the file**: no read,
+  no copy; pages are touched only when a writer copies them out. ``double_data`` and files that need protobuf
+  decoding (unpacked arrays) give converted float32 copies. Legacy V1 files keep their 4-D shapes here.
+* :class:`GraphBlobs` lines those arrays up with an IR graph, as ``CaffeNet.from_weights`` does with tensors:
+  matched by layer name, counts and shapes checked with the same messages (legacy 4-D blobs accepted where
+  Caffe accepts them), blobs shared through ``param { name }`` are one array, and the blobs the file lacks
+  (or all of them, without a file) are filled by Caffe's fillers (:func:`~.fillers.fill_array`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import Location, Prototxt2pyError, ShapeError, WeightsError
+from .fillers import fill_array
+from .weights import Blob, LoadReport, _fits, _InlineRef, _names, _open_refs
+
+_FLOAT = np.dtype(np.float32)
+
+
+def read_stored(path: str | os.PathLike) -> dict[str, list[Blob]]:
+    """Layer name -> its blobs (array with the shape stored in the file, and whether that shape came from the
+    legacy 4-D fields). Float32 arrays are read-only views over a memory map of the file, which stays mapped
+    as long as one of them is alive."""
+    fd, mm, refs = _open_refs(path)
+    if mm is None:
+        return {}
+    os.close(fd)  # the map keeps the file open
+    out: dict[str, list[Blob]] = {}
+    for name, blobs in refs.items():
+        arrays = []
+        for ref in blobs:
+            if isinstance(ref, _InlineRef):
+                array = np.asarray(ref.values, dtype=_FLOAT)
+            elif ref.count == 0:
+                array = np.zeros(0, dtype=_FLOAT)
+            else:
+                array = np.frombuffer(mm, dtype=ref.dtype, count=ref.count, offset=ref.offset)
+                if ref.dtype != "<f4":
+                    array = array.astype(_FLOAT)
+            arrays.append(Blob(array.reshape(ref.shape), ref.legacy))
+        out[name] = arrays
+    return out
+
+
+def read_blobs(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
+    """Layer name -> its blobs as float32 numpy arrays in Caffe's blob order (see :func:`read_stored`)."""
+    return {name: [b.array for b in blobs] for name, blobs in read_stored(path).items()}
+
+
+def _check_shapes_known(graph: Any) -> None:
+    """Parameter shapes come from inferred blob shapes: name the layer that stopped inference (what the
+    runtime says when it cannot size a layer's blobs)."""
+    unresolved = graph.unresolved()
+    if not unresolved:
+        return
+    for node in graph.nodes:
+        if node.spec.blob_names and not node.param_shapes:
+            layer, why = next(iter(unresolved.items()))
+            raise ShapeError(f"cannot size this layer's parameters: shapes are unknown from layer '{layer}' on "
+                             f"({why})", node.location, layer=node.name)
+
+
+class GraphBlobs:
+    """Every layer's parameter blobs for an IR graph, as float32 numpy arrays in Caffe's blob order.
+
+    ``weights``: a ``.caffemodel`` path, a mapping layer -> arrays (or :class:`~.weights.Blob`), or None (every
+    blob from its filler). Problems with the file raise :class:`WeightsError` before anything is returned;
+    ``report`` lists the layers loaded, missing (left to their fillers) and extra, as the runtime's
+    ``load_report`` does. ``rng`` drives the random fillers."""
+
+    def __init__(self, graph: Any, weights: str | os.PathLike | Mapping[str, Sequence[Any]] | None = None,
+                 rng: np.random.Generator | None = None):
+        self.graph = graph
+        self.report = LoadReport()
+        self._rng = rng
+        _check_shapes_known(graph)
+        self._shapes = {(n.name, i): tuple(s) for n in graph.nodes for i, s in enumerate(n.param_shapes)}
+        if weights is None:
+            stored: Mapping[str, Sequence[Any]] = {}
+            loc = None
+        elif isinstance(weights, Mapping):
+            stored, loc = weights, None
+        else:
+            stored, loc = read_stored(weights), Location(str(weights))
+        self._arrays: dict[tuple[str, int], np.ndarray] = {}
+        self._load(stored, loc, weights is not None)
+
+    # -- matching the file to the graph ------------------------------------------------------------------
+    def _targets(self, node: Any) -> list[tuple[tuple[str, int], tuple[int, ...]]]:
+        """(sharing key, target shape) per blob: a blob shared through ``param { name }`` is its owner's, with
+        the owner's shape (as in Caffe, where the sharer's blob *is* the owner's)."""
+        out = []
+        for i, shape in enumerate(node.param_shapes):
+            owner = node.params[i].owner if i < len(node.params) else None
+            key = (owner[0], owner[1]) if owner is not None else (node.name, i)
+            out.append((key, self._shapes.get(key, tuple(shape))))
+        return out
+
+    def _load(self, stored: Mapping[str, Sequence[Any]], loc: Location | None, have_file: bool) -> None:
+        report = self.report
+        for node in self.graph.nodes:
+            if not node.param_shapes:
+                continue
+            blobs = stored.get(node.name)
+            if blobs is None:
+                report.missing.append(node.name)
+                continue
+            names = self.names(node)
+            if len(blobs) != len(names):
+                raise WeightsError(f"weights file has {len(blobs)} blobs for this layer, the net expects "
+                                   f"{len(names)}", loc, layer=node.name)
+            for i, ((key, target), blob) in enumerate(zip(self._targets(node), blobs, strict=True)):
+                array, legacy = (blob.array, blob.legacy) if isinstance(blob, Blob) else (np.asarray(blob), False)
+                if not _fits(target, tuple(array.shape), legacy):
+                    raise WeightsError(f"blob {i} ({names[i]}) has shape {tuple(array.shape)} in the weights file, "
+                                       f"the net expects {target}", loc, layer=node.name)
+                self._arrays[key] = np.asarray(array, dtype=_FLOAT).reshape(target)  # later layers win, as in Caffe
+            report.loaded.append(node.name)
+        if have_file and report.missing and not stored:
+            raise WeightsError("the weights file holds no blobs (valid only for a net without parameters, which "
+                               f"Caffe would leave to its fillers): the net needs {_names(report.missing)}", loc)
+        if report.missing and not report.loaded and stored:
+            raise WeightsError("no layer of the weights file matches a layer of the net (weights of another "
+                               f"net?): the file has {_names(stored)}, the net needs {_names(report.missing)}", loc)
+        known = {n.name for n in self.graph.nodes}
+        report.extra = [name for name in stored if name not in known]
+        if not have_file:
+            report.missing = []  # nothing was asked of a file
+
+    # -- what writers ask for --------------------------------------------------------------------------------
+    @staticmethod
+    def names(node: Any) -> tuple[str, ...]:
+        """The layer's blob names in Caffe's order (attribute names of the runtime module)."""
+        return tuple(node.spec.node_blob_names(node))
+
+    def blobs(self, node: Any) -> list[np.ndarray]:
+        """The layer's blobs, float32 with Caffe's shapes; a blob shared with another layer is the same array
+        object for both (writers store it once)."""
+        targets = self._targets(node)
+        if any(key not in self._arrays for key, _ in targets):
+            self._fill(node)
+        return [self._arrays[key] for key, _ in targets]
+
+    def _fill(self, node: Any) -> None:
+        """Fill the blobs no file provided, with their owners' fillers (Caffe fills a shared blob once, as the
+        owner's). Specs still built by ``build_torch`` have no filler list: their module is built (with torch)
+        and its blobs are taken."""
+        for key, target in self._targets(node):
+            if key in self._arrays:
+                continue
+            owner = self.graph.node(key[0]) if key[0] != node.name else node
+            try:
+                if not owner.spec.overrides("module"):  # TRANSITIONAL: not described by a Call yet
+                    self._arrays[key] = _torch_blobs(owner)[key[1]].reshape(target)
+                    continue
+                filler = list(owner.spec.fillers(owner))[key[1]]
+                self._arrays[key] = fill_array(target, filler, self._rng)
+            except Prototxt2pyError:
+                raise
+            except (ValueError, TypeError, IndexError) as e:
+                raise Prototxt2pyError(f"cannot fill parameter blob {key[1]}: {e}", owner.location,
+                                       layer=owner.name) from None
+
+    def arrays_by_name(self) -> dict[str, np.ndarray]:
+        """``{"<layer>.<blob name>": array}`` for every blob, shared blobs listed once (under their first
+        layer): the safetensors layout of ``convert``."""
+        out: dict[str, np.ndarray] = {}
+        seen: set[int] = set()
+        for node in self.graph.nodes:
+            for name, array in zip(self.names(node), self.blobs(node), strict=False):
+                if id(array) not in seen:
+                    seen.add(id(array))
+                    out[f"{node.name}.{name}"] = array
+        return out
+
+
+def _torch_blobs(node: Any) -> list[np.ndarray]:
+    """Blobs of a layer whose spec builds its torch module itself (filled inside that module)."""
+    from .backends.torch_runtime import build_module
+
+    module = build_module(node)
+    return [getattr(module, n).detach().float().numpy() for n in getattr(module, "blob_names", ())]
+
+
+class NetBlobs:
+    """The same interface over a runtime ``CaffeNet``: its parameter tensors as float32 numpy arrays (a shared
+    tensor gives one array)."""
+
+    def __init__(self, net: Any):
+        self.net = net
+        self.graph = net.graph
+        self._modules = dict(zip((id(n) for n in net.graph.nodes), net.layers.values(), strict=True))
+        self._arrays: dict[int, np.ndarray] = {}
+
+    def module(self, node: Any) -> Any:
+        return self._modules[id(node)]
+
+    def names(self, node: Any) -> tuple[str, ...]:
+        return tuple(getattr(self.module(node), "blob_names", ()))
+
+    def blobs(self, node: Any) -> list[np.ndarray]:
+        module, out = self.module(node), []
+        for name in self.names(node):
+            tensor = getattr(module, name)
+            array = self._arrays.get(id(tensor))
+            if array is None:
+                array = tensor.detach().float().cpu().numpy()  # bfloat16 has no numpy type: convert first
+                self._arrays[id(tensor)] = array
+            out.append(array)
+        return out
+
+
+def blobs_for(source: Any, weights: str | os.PathLike | Mapping[str, Sequence[Any]] | None = None
+              ) -> GraphBlobs | NetBlobs:
+    """The blob provider for a runtime net (its tensors) or an IR graph (``weights`` or fillers)."""
+    if hasattr(source, "layer_blobs"):
+        if weights is not None:
+            raise TypeError("weights are given with a graph; a net already holds its own")
+        return NetBlobs(source)
+    return GraphBlobs(source, weights)
