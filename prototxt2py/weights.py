@@ -26,12 +26,14 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from .errors import Location, WeightsError
+from . import limits
+from .errors import Location, Prototxt2pyError, WeightsError
+from .fsutil import note_input
 
 # Field numbers (caffe.proto): NetParameter.layer = 100 (V2), .layers = 2 (V1); LayerParameter name 1,
 # blobs 7; V1LayerParameter name 4, blobs 6, V0 wrapper 1; V0LayerParameter name 1, blobs 50;
 # BlobProto num..width 1-4, data 5, shape 7, double_data 8; BlobShape dim 1.
-_LEN, _VARINT, _I64, _I32 = 2, 0, 1, 5
+from .wire import _I32, _LEN, _VARINT, _Corrupt, _fields, _NonCanonical, _packed_varints, _signed32, _signed64
 
 
 @dataclass
@@ -70,68 +72,6 @@ class LoadReport:
         return out
 
 
-class _Corrupt(Exception):
-    pass
-
-
-def _varint(buf, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise _Corrupt("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf, pos: int, end: int):
-    """Yield (field number, wire type, value or (start, end) for LEN fields). Keys and most lengths are
-    one-byte varints: that case is decoded inline (the walk is per field, in Python)."""
-    while pos < end:
-        key = buf[pos]
-        if key < 0x80:
-            pos += 1
-        else:
-            key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if wire == _VARINT:
-            value, pos = _varint(buf, pos, end)
-            yield number, wire, value
-        elif wire == _LEN:
-            n = buf[pos] if pos < end else 0x80
-            if n < 0x80:
-                pos += 1
-            else:
-                n, pos = _varint(buf, pos, end)
-            if pos + n > end:
-                raise _Corrupt("length runs past the end of its message")
-            yield number, wire, (pos, pos + n)
-            pos += n
-        elif wire == _I32:
-            if pos + 4 > end:
-                raise _Corrupt("truncated fixed32")
-            yield number, wire, (pos, pos + 4)
-            pos += 4
-        elif wire == _I64:
-            if pos + 8 > end:
-                raise _Corrupt("truncated fixed64")
-            yield number, wire, (pos, pos + 8)
-            pos += 8
-        else:
-            raise _Corrupt(f"unsupported wire type {wire}")
-
-
-def _packed_varints(buf, start: int, end: int) -> list[int]:
-    out = []
-    while start < end:
-        v, start = _varint(buf, start, end)
-        out.append(v)
-    return out
-
-
 def _blob_ref(buf, start: int, end: int) -> BlobRef:
     dims: list[int] = []
     legacy = [0, 0, 0, 0]
@@ -140,7 +80,7 @@ def _blob_ref(buf, start: int, end: int) -> BlobRef:
     unpacked: list[float] = []
     for number, wire, value in _fields(buf, start, end):
         if number in (1, 2, 3, 4) and wire == _VARINT:
-            legacy[number - 1] = value
+            legacy[number - 1] = _signed32(value)
             has_legacy = True
         elif number == 7 and wire == _LEN:
             has_shape = True
@@ -148,7 +88,7 @@ def _blob_ref(buf, start: int, end: int) -> BlobRef:
                 if n2 == 1 and w2 == _LEN:
                     dims += _packed_varints(buf, *v2)
                 elif n2 == 1 and w2 == _VARINT:
-                    dims.append(v2)
+                    dims.append(_signed64(v2))
         elif number == 5 and wire == _LEN:
             data = ("<f4", value)
         elif number == 8 and wire == _LEN and data is None:
@@ -156,7 +96,7 @@ def _blob_ref(buf, start: int, end: int) -> BlobRef:
         elif number == 5 and wire == _I32:  # unpacked floats (non-canonical, but legal)
             unpacked.append(value)
     if unpacked:
-        raise _Corrupt("unpacked float data")  # handled by the protobuf fallback
+        raise _NonCanonical("unpacked float data")  # handled by the protobuf fallback
     if has_shape:
         shape = tuple(dims)
     elif has_legacy:
@@ -213,6 +153,7 @@ def _open_refs(path: str | os.PathLike) -> tuple[int, mmap.mmap | None, dict[str
         raise WeightsError("no such file", Location(file)) from None
     except OSError as e:
         raise WeightsError(f"cannot open: {e.strerror}", Location(file)) from None
+    note_input(fd)
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
         os.close(fd)
@@ -222,21 +163,36 @@ def _open_refs(path: str | os.PathLike) -> tuple[int, mmap.mmap | None, dict[str
         _refuse_text(mm, file)
         try:
             refs = scan_caffemodel(mm)
-        except _Corrupt as e:
+        except _NonCanonical as e:
             refs = _protobuf_refs(mm, file, str(e))
+        except _Corrupt as e:  # never handed to protobuf: a corrupt 1 GB file must not be copied and decoded
+            if str(e) == "no layers":
+                raise WeightsError("file holds no layers: not a .caffemodel?", Location(file)) from None
+            raise WeightsError(f"not a valid .caffemodel (truncated or corrupt: {e})", Location(file)) from None
     except WeightsError:
         mm.close()
         os.close(fd)
         raise
-    for name, blobs in refs.items():
-        for i, b in enumerate(blobs):
-            expected = math.prod(b.shape)
-            if b.count != expected:
-                mm.close()
-                os.close(fd)
-                raise WeightsError(f"blob {i} declares shape {b.shape} but holds {b.count} values", Location(file),
-                                   layer=name)
+    try:
+        for name, blobs in refs.items():
+            for i, b in enumerate(blobs):
+                if any(d < 0 for d in b.shape):
+                    raise WeightsError(f"blob {i} has a negative dimension in shape {_short_shape(b.shape)}",
+                                       Location(file), layer=name)
+                expected = math.prod(b.shape)
+                if b.count != expected:
+                    raise WeightsError(f"blob {i} declares shape {_short_shape(b.shape)} but holds {b.count} values",
+                                       Location(file), layer=name)
+                limits.check_shape(b.shape, f"blob {i}", layer=name, location=Location(file))
+    except Prototxt2pyError:
+        mm.close()
+        os.close(fd)
+        raise
     return fd, mm, refs
+
+
+def _short_shape(shape: tuple[int, ...]) -> str:
+    return str(shape) if len(shape) <= 8 else f"({', '.join(map(str, shape[:8]))}, ... {len(shape)} axes)"
 
 
 def _refuse_text(buf, file: str) -> None:
