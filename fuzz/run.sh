@@ -18,11 +18,15 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PROTOTXT2PY_DEBUG=1
 for t in "${TARGETS[@]}"; do
   mkdir -p "$OUT/$t/corpus" "$OUT/$t/artifacts"
-  if [ "$t" = binary ]; then seeds="$OUT/seeds-binary"; maxlen=400000; else seeds="$OUT/seeds-text"; maxlen=65536; fi
+  case "$t" in
+    binary) seeds="$OUT/seeds-binary"; maxlen=400000 ;;
+    parse) seeds="$OUT/seeds-text $OUT/seeds-small"; maxlen=65536 ;;
+    *) seeds="$OUT/seeds-small"; maxlen=8192 ;;  # small nets: many executions per second where each is slow
+  esac
   echo "== $t: ${SECONDS_PER_TARGET}s"
   # -timeout: an input over 10 s is a hang; -rss_limit_mb: a memory blow-up; both are findings.
   "$PY" fuzz/harness.py "$t" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=3072 \
     -max_len="$maxlen" -dict="$OUT/caffe.dict" -print_final_stats=1 -close_fd_mask=1 \
-    -artifact_prefix="$OUT/$t/artifacts/" "$OUT/$t/corpus" "$seeds" 2>&1 | tee "$OUT/$t.log" | \
+    -artifact_prefix="$OUT/$t/artifacts/" "$OUT/$t/corpus" $seeds 2>&1 | tee "$OUT/$t.log" | \
     grep -E "^#[0-9]+.*(pulse|DONE)|stat::|ERROR|Traceback|==" || true
 done

@@ -40,6 +40,10 @@ def main(out: Path) -> None:
         except Prototxt2pyError:
             continue
         (bin_dir / digest).write_bytes(net.SerializeToString())
+    small_dir = out / "seeds-small"
+    small_dir.mkdir(parents=True, exist_ok=True)
+    for text in small_nets(rows):
+        (small_dir / hashlib.sha1(text.encode()).hexdigest()[:16]).write_text(text)
     for path in list(CORPUS.rglob("*.caffemodel")) + list(CORPUS.rglob("*.binaryproto")):
         if path.stat().st_size <= 400_000:
             (bin_dir / hashlib.sha1(path.read_bytes()).hexdigest()[:16]).write_bytes(path.read_bytes())
@@ -64,8 +68,48 @@ def main(out: Path) -> None:
     lines = [f'"{w}"' for w in sorted(words)] + ['"{"', '"}"', '":"', '"\\""', '"inf"', '"nan"', '"-1"',
                                                   '"2147483648"', '"\\\\x"', '"\\\\"']
     (out / "caffe.dict").write_text("\n".join(lines) + "\n")
-    print(f"{len(list(text_dir.iterdir()))} text seeds, {len(list(bin_dir.iterdir()))} binary seeds, "
+    print(f"{len(list(small_dir.iterdir()))} small nets, {len(list(text_dir.iterdir()))} text seeds, {len(list(bin_dir.iterdir()))} binary seeds, "
           f"{len(words)} dictionary words")
+
+
+def small_nets(rows: list[dict]) -> list[str]:
+    """One tiny net per distinct layer definition of the corpus: Input blobs (1, 4, 8, 8) named as its bottoms,
+    then the layer. Fast to build, export and run, so the slow targets (onnx, run) get many executions."""
+    from google.protobuf import text_format
+
+    from prototxt2py.errors import Prototxt2pyError
+    from prototxt2py.reader import read_net_text
+
+    seen: set[str] = set()
+    per_type: dict[str, int] = {}
+    out = []
+    for row in rows:
+        path = CORPUS / row["file"]
+        if row["format"] not in ("V0", "V1", "V2") or not path.is_file():
+            continue
+        try:
+            net = read_net_text(path.read_text(errors="replace"), str(path)).net
+        except Prototxt2pyError:
+            continue
+        for layer in net.layer:
+            if not len(layer.bottom) or layer.type in ("Python",):
+                continue
+            del layer.blobs[:]
+            body = text_format.MessageToString(layer, as_one_line=True)
+            bare = type(layer)()
+            bare.CopyFrom(layer)
+            bare.ClearField("name")
+            del bare.bottom[:], bare.top[:]
+            key = text_format.MessageToString(bare, as_one_line=True)
+            if key in seen or per_type.get(layer.type, 0) >= 6:
+                continue
+            seen.add(key)
+            per_type[layer.type] = per_type.get(layer.type, 0) + 1
+            inputs = "".join(
+                f'layer {{ name: "in{i}" type: "Input" top: "{b}" input_param {{ shape {{ dim: 1 dim: 4 dim: 8 '
+                f'dim: 8 }} }} }}\n' for i, b in enumerate(dict.fromkeys(layer.bottom)))
+            out.append(f'name: "small"\n{inputs}layer {{ {body} }}\n')
+    return out
 
 
 if __name__ == "__main__":
