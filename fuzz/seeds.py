@@ -68,8 +68,8 @@ def main(out: Path) -> None:
     lines = [f'"{w}"' for w in sorted(words)] + ['"{"', '"}"', '":"', '"\\""', '"inf"', '"nan"', '"-1"',
                                                   '"2147483648"', '"\\\\x"', '"\\\\"']
     (out / "caffe.dict").write_text("\n".join(lines) + "\n")
-    print(f"{len(list(small_dir.iterdir()))} small nets, {len(list(text_dir.iterdir()))} text seeds, {len(list(bin_dir.iterdir()))} binary seeds, "
-          f"{len(words)} dictionary words")
+    counts = [len(list(d.iterdir())) for d in (small_dir, text_dir, bin_dir)]
+    print(f"{counts[0]} small nets, {counts[1]} text seeds, {counts[2]} binary seeds, {len(words)} dictionary words")
 
 
 def small_nets(rows: list[dict]) -> list[str]:

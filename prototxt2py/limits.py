@@ -38,9 +38,9 @@ _SPEC: dict[str, tuple[str, int | None]] = {
     "max_param_bytes": ("PROTOTXT2PY_MAX_PARAM_BYTES", 16 << 30),
     # One temporary of one step (an exporter's Im2col/pooling expansion, a Tile at run time).
     "max_temp_bytes": ("PROTOTXT2PY_MAX_TEMP_BYTES", 8 << 30),
-    # Text nets: the parser keeps a location per message, so memory grows with the file (about 25x); the
-    # biggest real prototxts are a few MB. Text weights (``blobs { data: ... }``) need this raised.
-    "max_text_bytes": ("PROTOTXT2PY_MAX_TEXT_BYTES", 64 << 20),
+    # Text nets: parsing takes about 17 bytes of memory per byte of text and is pure Python (about 1 MB/s);
+    # the biggest real prototxts are well under 1 MB. Text weights (``blobs { data: ... }``) need it raised.
+    "max_text_bytes": ("PROTOTXT2PY_MAX_TEXT_BYTES", 16 << 20),
     # Binary protobuf messages are limited to 2 GiB by protobuf itself.
     "max_binary_bytes": ("PROTOTXT2PY_MAX_BINARY_BYTES", (2 << 30) - 1),
 }
@@ -50,11 +50,11 @@ _SPEC: dict[str, tuple[str, int | None]] = {
 class Limits:
     """The limits in force. ``None`` disables one."""
 
-    max_blob_elements: int | None = INT32_MAX
-    max_param_bytes: int | None = 16 << 30
-    max_temp_bytes: int | None = 8 << 30
-    max_text_bytes: int | None = 64 << 20
-    max_binary_bytes: int | None = (2 << 30) - 1
+    max_blob_elements: int | None = _SPEC["max_blob_elements"][1]
+    max_param_bytes: int | None = _SPEC["max_param_bytes"][1]
+    max_temp_bytes: int | None = _SPEC["max_temp_bytes"][1]
+    max_text_bytes: int | None = _SPEC["max_text_bytes"][1]
+    max_binary_bytes: int | None = _SPEC["max_binary_bytes"][1]
 
 
 def _parse_env(name: str, default: int | None) -> int | None:

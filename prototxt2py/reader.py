@@ -294,10 +294,15 @@ def check_values(msg: Any, file: str) -> None:
             if fd.message_type is not None:
                 items = value if textformat._is_repeated(fd) else [value]
                 for item in items:
-                    sub_layer = item.name if fd.message_type.full_name in _LAYER_TYPES and item.name else here
+                    named = fd.message_type.full_name in _LAYER_TYPES and isinstance(item.name, str) and item.name
+                    sub_layer = item.name if named else here
                     walk(item, sub_layer)
                 continue
             values = value if textformat._is_repeated(fd) else [value]
+            if fd.type == fd.TYPE_STRING and any(isinstance(v, bytes) for v in values):
+                # proto2 strings are not validated by protobuf: invalid UTF-8 comes back as bytes
+                raise ParseError(f"field '{fd.name}' is not valid UTF-8", Location(file),
+                                 layer if isinstance(layer, str) else None)
             if fd.type in (fd.TYPE_FLOAT, fd.TYPE_DOUBLE):
                 for v in values:
                     if not math.isfinite(v) and (math.isnan(v) or name not in _INFINITY_OK):

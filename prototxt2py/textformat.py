@@ -309,9 +309,10 @@ class _Parser:
             if tok.kind != "number":
                 raise self.error(tok, f"expected an integer for field '{fd.name}', got {_short(tok.text)!r}")
             value = self.to_int(tok, fd)
-            lo, hi = _NARROWED.get(fd.full_name, _INT_RANGES[t])
+            narrowed = _narrowed(fd)
+            lo, hi = narrowed or _INT_RANGES[t]
             if not lo <= value <= hi:
-                why = " (Caffe holds it in a 32-bit int)" if fd.full_name in _NARROWED else ""
+                why = " (Caffe holds it in a 32-bit int)" if narrowed else ""
                 raise self.error(tok, f"integer {_short(value)} out of range for field '{fd.name}'{why}")
             return value
         raise self.error(tok, f"unsupported field type for '{fd.name}'")  # pragma: no cover
@@ -425,6 +426,18 @@ class _Parser:
                     if t.text != stack[-1]:
                         raise self.error(t, f"expected '{stack[-1]}', got '{t.text}'")
                     stack.pop()
+
+
+_narrowed_cache: dict[FieldDescriptor, tuple[int, int] | None] = {}
+
+
+def _narrowed(fd: FieldDescriptor) -> tuple[int, int] | None:
+    """``_NARROWED`` by descriptor (``fd.full_name`` costs microseconds; this runs for every integer)."""
+    try:
+        return _narrowed_cache[fd]
+    except KeyError:
+        _narrowed_cache[fd] = _NARROWED.get(fd.full_name)
+        return _narrowed_cache[fd]
 
 
 def _short(text: object, limit: int = 40) -> str:

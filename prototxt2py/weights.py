@@ -222,7 +222,8 @@ def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
     out: dict[str, list[BlobRef]] = {}
     for entries in (net.layer, net.layers):
         for layer in entries:
-            if layer.name in out or not len(layer.blobs):
+            name = layer.name if isinstance(layer.name, str) else layer.name.decode("utf-8", "replace")  # proto2
+            if name in out or not len(layer.blobs):
                 continue
             refs = []
             for b in layer.blobs:
@@ -230,7 +231,7 @@ def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
                 shape = (b.num, b.channels, b.height, b.width) if legacy else tuple(b.shape.dim)
                 values = np.asarray(b.data if len(b.data) else b.double_data, dtype=np.float32)
                 refs.append(_InlineRef(tuple(int(d) for d in shape), legacy, "<f4", 0, values.size, values))
-            out[layer.name] = refs
+            out[name] = refs
     if not out and not len(net.layer) and not len(net.layers):
         raise WeightsError("file holds no layers: not a .caffemodel?", Location(file))
     return out
