@@ -118,6 +118,10 @@ def _human(nbytes: int) -> str:
     return f"{nbytes} bytes"
 
 
+def _count(n: int) -> str:
+    return f"{n:,}" if n < 10**15 else f"about {float(n):.2g}"
+
+
 def _fmt_shape(shape: Sequence[int]) -> str:
     dims = [str(d) for d in shape]
     if len(dims) > 8:
@@ -159,7 +163,7 @@ def check_shape(shape: Sequence[Any], what: str, *, layer: str | None = None,
         count *= d
     limit = current().max_blob_elements
     if limit is not None and count > limit:
-        raise ResourceLimitError(f"{what}: shape {_fmt_shape(shape)} has {count:,} elements, over the limit of "
+        raise ResourceLimitError(f"{what}: shape {_fmt_shape(shape)} has {_count(count)} elements, over the limit of "
                                  f"{limit:,} (Caffe's INT_MAX); {_raise_hint('max_blob_elements')}", location, layer)
     return count
 
@@ -191,7 +195,7 @@ def check_param_bytes(total_elements: int, itemsize: int = 4, location: Location
     limit = current().max_param_bytes
     nbytes = total_elements * itemsize
     if limit is not None and nbytes > limit:
-        raise ResourceLimitError(f"the net's parameters need {_human(nbytes)} ({total_elements:,} values), over "
+        raise ResourceLimitError(f"the net's parameters need {_human(nbytes)} ({_count(total_elements)} values), over "
                                  f"the {_human(limit)} limit; {_raise_hint('max_param_bytes')}", location)
 
 
