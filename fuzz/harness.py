@@ -18,8 +18,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("PROTOTXT2PY_DEBUG", "1")
-
 #: Limits while fuzzing: small enough that one input can never take more than a few hundred MB.
 FUZZ_LIMITS = {
     "max_blob_elements": 4_000_000,
@@ -160,6 +158,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
 def main() -> None:
     import atheris
 
+    os.environ.setdefault("PROTOTXT2PY_DEBUG", "1")  # any catch-all on the way re-raises: bugs are seen
     name = sys.argv.pop(1)
     target = TARGETS[name]
     import numpy  # noqa: F401  (heavy imports before instrumentation: only this package is instrumented)
