@@ -33,7 +33,7 @@ from .fsutil import note_input
 # Field numbers (caffe.proto): NetParameter.layer = 100 (V2), .layers = 2 (V1); LayerParameter name 1,
 # blobs 7; V1LayerParameter name 4, blobs 6, V0 wrapper 1; V0LayerParameter name 1, blobs 50;
 # BlobProto num..width 1-4, data 5, shape 7, double_data 8; BlobShape dim 1.
-from .wire import _I32, _LEN, _VARINT, _Corrupt, _fields, _NonCanonical, _packed_varints, _signed32, _signed64
+from .wire import _I32, _I64, _LEN, _VARINT, _Corrupt, _fields, _NonCanonical, _packed_varints, _signed32, _signed64
 
 
 @dataclass
@@ -77,7 +77,6 @@ def _blob_ref(buf, start: int, end: int) -> BlobRef:
     legacy = [0, 0, 0, 0]
     has_legacy = has_shape = False
     data = None
-    unpacked: list[float] = []
     for number, wire, value in _fields(buf, start, end):
         if number in (1, 2, 3, 4) and wire == _VARINT:
             legacy[number - 1] = _signed32(value)
@@ -86,17 +85,20 @@ def _blob_ref(buf, start: int, end: int) -> BlobRef:
             has_shape = True
             for n2, w2, v2 in _fields(buf, *value):
                 if n2 == 1 and w2 == _LEN:
+                    if v2[1] - v2[0] > 10 * MAX_BLOB_AXES:
+                        raise _Corrupt(f"a blob shape with more than {MAX_BLOB_AXES} axes")
                     dims += _packed_varints(buf, *v2)
                 elif n2 == 1 and w2 == _VARINT:
                     dims.append(_signed64(v2))
+                if len(dims) > MAX_BLOB_AXES:
+                    raise _Corrupt(f"a blob shape with more than {MAX_BLOB_AXES} axes")
         elif number == 5 and wire == _LEN:
             data = ("<f4", value)
         elif number == 8 and wire == _LEN and data is None:
             data = ("<f8", value)
-        elif number == 5 and wire == _I32:  # unpacked floats (non-canonical, but legal)
-            unpacked.append(value)
-    if unpacked:
-        raise _NonCanonical("unpacked float data")  # handled by the protobuf fallback
+        elif (number == 5 and wire == _I32) or (number == 8 and wire == _I64):
+            # unpacked floats/doubles (non-canonical, but legal): handled by the protobuf fallback, at once
+            raise _NonCanonical("unpacked float data")
     if has_shape:
         shape = tuple(dims)
     elif has_legacy:
@@ -116,9 +118,18 @@ def _blob_ref(buf, start: int, end: int) -> BlobRef:
     return BlobRef(tuple(int(d) for d in shape), has_legacy and not has_shape, dtype, offset, count)
 
 
+#: Bounds of the framing walk (pure Python, per field): far beyond any real net, they keep a hostile file
+#: of millions of tiny fields from taking minutes. Caffe allows at most 32 axes per blob (kMaxBlobAxes).
+MAX_LAYERS = 1_000_000
+MAX_FIELDS_PER_LAYER = 1_000_000
+MAX_BLOB_AXES = 32
+
+
 def _layer(buf, start: int, end: int, name_field: int, blobs_field: int) -> tuple[str, list[BlobRef]]:
     name, blobs = "", []
-    for number, wire, value in _fields(buf, start, end):
+    for count, (number, wire, value) in enumerate(_fields(buf, start, end)):
+        if count >= MAX_FIELDS_PER_LAYER:
+            raise _Corrupt(f"a layer with more than {MAX_FIELDS_PER_LAYER:,} fields")
         if number == name_field and wire == _LEN:
             name = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
         elif number == blobs_field and wire == _LEN:
@@ -136,6 +147,8 @@ def scan_caffemodel(buf) -> dict[str, list[BlobRef]]:
         if wire != _LEN or number not in (2, 100):
             continue
         layers += 1
+        if layers > MAX_LAYERS:
+            raise _Corrupt(f"more than {MAX_LAYERS:,} layers")
         name, blobs = _layer(buf, *value, name_field=1 if number == 100 else 4,
                              blobs_field=7 if number == 100 else 6)
         if blobs and name not in out:

@@ -268,3 +268,45 @@ def test_fifo_is_refused(tmp_path: Path) -> None:
 
 def test_errors_are_the_projects_own_type() -> None:
     assert issubclass(ResourceLimitError, Prototxt2pyError)
+
+
+# -- caffemodel framing walk bounds ------------------------------------------------------------------------
+def test_caffemodel_of_millions_of_tiny_layers_is_refused_quickly(tmp_path: Path) -> None:
+    import time
+
+    from prototxt2py.errors import WeightsError
+    from prototxt2py.weights import MAX_LAYERS, read_caffemodel
+
+    path = tmp_path / "tiny.caffemodel"
+    path.write_bytes(b"\xa2\x06\x00" * (MAX_LAYERS + 10))  # 3 MB of empty V2 layers
+    start = time.monotonic()
+    with pytest.raises(WeightsError, match="more than 1,000,000 layers"):
+        read_caffemodel(path)
+    assert time.monotonic() - start < 30
+
+
+def test_caffemodel_blob_with_too_many_axes(tmp_path: Path) -> None:
+    from prototxt2py.errors import WeightsError
+    from prototxt2py.weights import read_caffemodel
+
+    net = caffe_pb2.NetParameter()
+    net.layer.add(name="c").blobs.add().shape.dim.extend([1] * 40)
+    path = tmp_path / "axes.caffemodel"
+    path.write_bytes(net.SerializeToString())
+    with pytest.raises(WeightsError, match="more than 32 axes"):
+        read_caffemodel(path)
+
+
+def test_caffemodel_unpacked_doubles_are_read(tmp_path: Path) -> None:
+    """Legal but non-canonical (unpacked) arrays go to protobuf instead of being misread."""
+    import struct
+
+    from prototxt2py.weights import read_caffemodel
+
+    unpacked = b"".join(b"\x41" + struct.pack("<d", v) for v in (1.5, -2.0))  # field 8, wire type 1, per value
+    blob = b"\x3a\x02\x08\x02" + unpacked  # shape { dim: 2 }, then the doubles
+    layer = b"\x0a\x01c" + b"\x3a" + bytes([len(blob)]) + blob  # name "c", blobs (field 7)
+    path = tmp_path / "unpacked.caffemodel"
+    path.write_bytes(b"\xa2\x06" + bytes([len(layer)]) + layer)
+    assert list(caffe_pb2.NetParameter.FromString(path.read_bytes()).layer[0].blobs[0].double_data) == [1.5, -2.0]
+    assert read_caffemodel(path)["c"][0].array.tolist() == [1.5, -2.0]
