@@ -159,6 +159,43 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
 }
 
 
+HANG_SECONDS = float(os.environ.get("FUZZ_HANG_SECONDS", "10"))
+
+
+def _with_watchdog(target: Callable[[bytes], None], name: str) -> Callable[[bytes], None]:
+    """Hang detection by a watchdog thread: libFuzzer's ``-timeout`` relies on SIGALRM, whose handler does not
+    survive in the torch targets (the process died of "Alarm clock" without an artifact). An input running
+    over ``HANG_SECONDS`` is saved as ``fuzz/out/<target>/artifacts/hang-<sha1>`` and the process exits 77."""
+    import hashlib
+    import threading
+    import time
+
+    state: dict = {"start": None, "data": b""}
+
+    def run(data: bytes) -> None:
+        state["data"], state["start"] = data, time.monotonic()
+        try:
+            target(data)
+        finally:
+            state["start"] = None
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.25)
+            start = state["start"]
+            if start is not None and time.monotonic() - start > HANG_SECONDS:
+                data = state["data"]
+                out = Path(__file__).resolve().parent / "out" / name / "artifacts"
+                out.mkdir(parents=True, exist_ok=True)
+                path = out / f"hang-{hashlib.sha1(data).hexdigest()}"
+                path.write_bytes(data)
+                print(f"==HANG== input over {HANG_SECONDS:g} s, saved to {path}", file=sys.stderr, flush=True)
+                os._exit(77)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return run
+
+
 def main() -> None:
     import atheris
 
@@ -180,7 +217,7 @@ def main() -> None:
     import onnxruntime  # noqa: F401
 
     target(_WARM_UP)
-    atheris.Setup(sys.argv, target)
+    atheris.Setup(sys.argv, _with_watchdog(target, name))
     atheris.Fuzz()
 
 
