@@ -1,7 +1,8 @@
 """Diagram speed: building and rendering big nets (ResNet-152: 500+ layers) to SVG and PNG.
 
 Run: ``.venv/bin/python benchmarks/draw.py [--all]``. ``--all`` also renders every corpus net to SVG and PNG
-and reports failures (the check behind "every corpus net draws").
+and reports failures (the check behind "every corpus net draws"). ``--smoke`` draws LeNet only (seconds; the
+tests run it so that the script cannot rot).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ BIG = [
     "soeaver__caffe-model/cls/inception/deploy_inception-resnet-v2.prototxt",
     "BVLC__caffe/models/bvlc_googlenet/train_val.prototxt",
 ]
+SMOKE = ["BVLC__caffe/examples/mnist/lenet.prototxt"]
 
 
 def timed(fn) -> float:
@@ -31,7 +33,7 @@ def timed(fn) -> float:
 def main() -> None:
     out = Path(tempfile.mkdtemp())
     print(f"{'net':45} {'layers':>6} {'build':>8} {'svg':>8} {'png':>8} {'svg --no-blobs':>15}")
-    for rel in BIG:
+    for rel in SMOKE if "--smoke" in sys.argv else BIG:
         path = CORPUS / rel
         d = diagram_of(path)
         t_build = timed(lambda path=path: diagram_of(path))

@@ -1,8 +1,9 @@
 """Parse + upgrade + shape inference of the largest corpus nets, against protobuf's own text parser.
 
-Run: ``.venv/bin/python benchmarks/foundation.py``. Prints per-net timings (best of N runs) and the ratio of our
-full pipeline (location-aware parse, upgrade, IR, shapes) to a bare ``google.protobuf.text_format.Parse`` of
-the same file measured in the same run (the floor any Python tool pays to read the text).
+Run: ``.venv/bin/python benchmarks/foundation.py`` (``--smoke``: LeNet, one run, for the tests). Prints
+per-net timings (best of N runs) and the ratio of our full pipeline (location-aware parse, upgrade, IR, shapes)
+to a bare ``google.protobuf.text_format.Parse`` of the same file measured in the same run (the floor any Python
+tool pays to read the text).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ NETS = [
     "KaimingHe__deep-residual-networks/prototxt/ResNet-152-deploy.prototxt",
     "BVLC__caffe@11a4c16/models/bvlc_googlenet/deploy.prototxt",  # V1: includes the upgrade
 ]
+SMOKE = ["BVLC__caffe/examples/mnist/lenet.prototxt"]
+RUNS = 1 if "--smoke" in sys.argv else 5
 
 
-def best(fn, runs: int = 5) -> float:
+def best(fn, runs: int = RUNS) -> float:
     times = []
     for _ in range(runs):
         t = time.perf_counter()
@@ -39,7 +42,7 @@ def best(fn, runs: int = 5) -> float:
 
 def main() -> None:
     rows = []
-    for rel in NETS:
+    for rel in SMOKE if "--smoke" in sys.argv else NETS:
         path = CORPUS / rel
         if not path.exists():
             continue

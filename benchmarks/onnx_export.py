@@ -3,6 +3,7 @@
 Run from the repository root (needs the shared corpus next to the checkout, onnx and onnxruntime)::
 
     .venv/bin/python benchmarks/onnx_export.py [--repeat 5]
+    .venv/bin/python benchmarks/onnx_export.py --smoke    # CIFAR-10 quick, one timed run: seconds (the tests)
 
 Models: ResNet-50 deploy (~25.6M parameters, ~100 MB of float32 weights) and BVLC AlexNet deploy
 (~61M parameters, ~240 MB), with the golden README's zoo-recipe weights (random, seeded; the values do not
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
 sys.path.insert(0, str(ROOT / "tests"))  # the zoo weight recipe lives with the golden tests
 
-from test_golden_nets import recipe_weights  # noqa: E402
+from golden import recipe_weights  # noqa: E402
 
 import prototxt2py  # noqa: E402
 from prototxt2py.backends.onnx_export import export_onnx  # noqa: E402
@@ -40,6 +41,7 @@ MODELS = {
     "ResNet-50": CORPUS / "KaimingHe__deep-residual-networks/prototxt/ResNet-50-deploy.prototxt",
     "AlexNet": CORPUS / "BVLC__caffe/models/bvlc_alexnet/deploy.prototxt",
 }
+SMOKE_MODELS = {"CIFAR-10 quick": CORPUS / "BVLC__caffe/examples/cifar10/cifar10_quick.prototxt"}
 BATCHES = (1, 16)
 
 
@@ -84,11 +86,13 @@ def bench(name: str, prototxt: Path, repeat: int, workdir: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (median reported)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny net, one timed run (checks the script runs)")
     args = parser.parse_args()
+    models, repeat = (SMOKE_MODELS, 1) if args.smoke else (MODELS, args.repeat)
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, path in MODELS.items():
-            for row in bench(name, path, args.repeat, Path(tmp)):
+        for name, path in models.items():
+            for row in bench(name, path, repeat, Path(tmp)):
                 print(row, flush=True)
 
 

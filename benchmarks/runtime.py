@@ -1,6 +1,7 @@
 """Runtime benchmark: caffemodel -> ready ``nn.Module`` (time and peak memory) and forward latency.
 
-Run from the checkout: ``python benchmarks/runtime.py`` (``--quick`` for fewer rounds, ``--rounds N``).
+Run from the checkout: ``python benchmarks/runtime.py`` (``--quick`` for fewer rounds, ``--rounds N``;
+``--smoke``: CIFAR-10 quick, one round, seconds, which the tests run so that the script cannot rot).
 Every ratio is measured in the same run, with the contenders interleaved round by round (on a shared machine
 the load drifts; interleaving keeps the comparison fair) and the median of the rounds reported.
 
@@ -48,6 +49,7 @@ MODELS = {
     "AlexNet": (CORPUS / "BVLC__caffe/models/bvlc_alexnet/deploy.prototxt", (3, 227, 227)),
     "ResNet-50": (CORPUS / "KaimingHe__deep-residual-networks/prototxt/ResNet-50-deploy.prototxt", (3, 224, 224)),
 }
+SMOKE_MODELS = {"CIFAR-10 quick": (CORPUS / "BVLC__caffe/examples/cifar10/cifar10_quick.prototxt", (3, 32, 32))}
 
 
 # -- weights -------------------------------------------------------------------------------------------------
@@ -220,8 +222,12 @@ def main() -> None:
                         help="threads for torch and OpenCV alike (default: their defaults, one per core)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS, help="what to measure")
+    parser.add_argument("--smoke", action="store_true", help="a tiny net, one round (checks the script runs)")
     args = parser.parse_args()
     rounds = 3 if args.quick else args.rounds
+    if args.smoke:
+        MODELS.update(SMOKE_MODELS)
+        args.models, rounds = list(SMOKE_MODELS), 1
     if args.threads:
         torch.set_num_threads(args.threads)
         if cv2 is not None:

@@ -3,6 +3,7 @@
 Run from the checkout (needs ``../shared/golden/zoo`` and the corpus)::
 
     .venv/bin/python benchmarks/zoo_forward.py [--rounds 7] [NAME ...]
+    .venv/bin/python benchmarks/zoo_forward.py --smoke    # LeNet, one round: seconds (the tests run this)
 
 Each net is built from its corpus prototxt with the golden README's weight recipe and run on the recipe input
 (``inputs.npz`` where the case stores one), in eval mode under ``torch.no_grad()``: ``net(x)`` (fused chains,
@@ -31,7 +32,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="zoo case names (default: all)")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--smoke", action="store_true", help="LeNet only, one round (checks the script runs)")
     args = parser.parse_args()
+    if args.smoke:
+        args.names, args.rounds = ["lenet_deploy"], 1
     cases = [p.values[0] for p in case_params("zoo")]
     if not cases:
         raise SystemExit("no golden zoo cases found next to the checkout (../shared/golden/zoo)")

@@ -33,7 +33,8 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 __version__ = "0.1.0"
-__all__ = ["Graph", "NetSource", "Prototxt2pyError", "State", "draw", "graph", "load", "read_net", "__version__"]
+__all__ = ["Graph", "NetSource", "Prototxt2pyError", "State", "draw", "graph", "load", "python_source", "read_net",
+           "__version__"]
 
 
 def graph(
@@ -94,3 +95,18 @@ def draw(
     from .backends.draw import diagram_of
 
     return diagram_of(net, rankdir, phase, display_lrm, tuple(stages), level, shapes, no_blobs).to_digraph()
+
+
+def python_source(
+    net: str | os.PathLike | NetSource | Graph,
+    phase: str = "TEST",
+    stages: Sequence[str] = (),
+    level: int = 0,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> str:
+    """The generated PyTorch module for ``net`` (what ``convert --to python`` writes): one self-contained file
+    that imports only torch and the standard library."""
+    from .backends.codegen import generate
+
+    g = net if hasattr(net, "nodes") else graph(net, phase, stages, level, input_shapes)
+    return generate(g).source

@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from .cli_deploy import deploy_option, net_source
+from .cli_deploy import register as register_deploy
 from .errors import Prototxt2pyError, one_line
 
 EXIT_INPUT, EXIT_INTERNAL = 1, 3
@@ -91,14 +93,15 @@ def main() -> None:
 @_state_options
 @click.option("--input", "inputs", multiple=True, metavar="NAME=D0,D1,...", help="Override an input blob's shape.")
 @click.option("--json", "as_json", is_flag=True, help="Print blob shapes, parameter shapes and totals as JSON.")
+@deploy_option
 @_user_errors
-def summary(net: str, phase: str, stages: tuple[str, ...], level: int, inputs: tuple[str, ...], as_json: bool) -> None:
+def summary(net: str, phase: str, stages: tuple[str, ...], level: int, inputs: tuple[str, ...], as_json: bool,
+            as_deploy: bool) -> None:
     """Print a layer table (output shapes, parameters, MACs) of NET."""
     from . import graph as build
-    from .reader import read_net
     from .summary import summary_json, summary_table
 
-    source = read_net(net)
+    source = net_source(net, as_deploy, _parse_inputs(inputs), stages, level)
     _warn(source.warnings)
     g = build(source, phase.upper(), stages, level, _parse_inputs(inputs))
     if as_json:
@@ -130,12 +133,12 @@ def layers(markdown: bool) -> None:
     click.echo(layer_table(markdown))
 
 
-def _load_net(net: str, weights: str | None, phase: str, stages, level: int, input_shapes=None):
+def _load_net(net: str, weights: str | None, phase: str, stages, level: int, input_shapes=None, as_deploy=False,
+              check_inputs=True):
     from . import graph as build
     from .backends.torch_runtime import CaffeNet
-    from .reader import read_net
 
-    source = read_net(net)
+    source = net_source(net, as_deploy, input_shapes, stages, level, check_inputs)
     _warn(source.warnings)
     g = build(source, phase.upper(), stages, level, input_shapes)
     if not weights:
@@ -154,12 +157,14 @@ def _load_net(net: str, weights: str | None, phase: str, stages, level: int, inp
 @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST", show_default=True)
 @_state_options
 @click.option("--all-blobs", is_flag=True, help="Write every blob (by Caffe name), not only the outputs.")
+@deploy_option
 @_user_errors
-def run(net, weights, inputs_path, output, phase, stages, level, all_blobs) -> None:
+def run(net, weights, inputs_path, output, phase, stages, level, all_blobs, as_deploy) -> None:
     """Run a forward pass of NET on named input arrays and write the results to an .npz."""
     from .runner import run_npz
 
-    run_npz(lambda shapes: _load_net(net, weights, phase, stages, level, shapes), inputs_path, output, all_blobs)
+    run_npz(lambda shapes: _load_net(net, weights, phase, stages, level, shapes, as_deploy, False), inputs_path,
+            output, all_blobs)
     click.echo(f"wrote {output}")
 
 
@@ -167,19 +172,25 @@ def run(net, weights, inputs_path, output, phase, stages, level, all_blobs) -> N
 @click.argument("net", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Path(dir_okay=False), help="Trained .caffemodel (else Caffe's fillers).")
 @click.option("--to", "target", required=True,
-              type=click.Choice(["pytorch", "safetensors", "caffemodel", "onnx"], case_sensitive=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+              type=click.Choice(["pytorch", "safetensors", "caffemodel", "onnx", "python"], case_sensitive=False))
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output file (a folder for --to python).")
 @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST", show_default=True)
 @_state_options
 @click.option("--input", "inputs", multiple=True, metavar="NAME=D0,D1,...", help="Override an input blob's shape.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: see README).")
 @click.option("--dynamic-batch/--static", default=False, help="ONNX: make the batch axis dynamic.")
+@deploy_option
 @_user_errors
-def convert(net, weights, target, output, phase, stages, level, inputs, opset, dynamic_batch) -> None:
-    """Convert NET (+ weights) to a PyTorch state_dict, safetensors, a .caffemodel, or ONNX."""
-    from .convert import convert_net
+def convert(net, weights, target, output, phase, stages, level, inputs, opset, dynamic_batch, as_deploy) -> None:
+    """Convert NET (+ weights) to a PyTorch state_dict, safetensors, a .caffemodel, ONNX, or a generated Python
+    module (``--to python -o OUTDIR``: OUTDIR/<net>.py, and OUTDIR/<net>.pt with --weights)."""
+    from .convert import convert_net, write_python
 
-    module = _load_net(net, weights, phase, stages, level, _parse_inputs(inputs))
+    module = _load_net(net, weights, phase, stages, level, _parse_inputs(inputs), as_deploy)
+    if target.lower() == "python":
+        written = [p for p in write_python(module, output, with_weights=bool(weights)) if p]
+        click.echo(f"wrote {', '.join(written)}")
+        return
     if not weights:
         _warn(["no --weights given: parameters hold Caffe's filler values"])
     convert_net(module, target.lower(), output, opset=opset, dynamic_batch=dynamic_batch)
@@ -196,11 +207,25 @@ def convert(net, weights, target, output, phase, stages, level, inputs, opset, d
 @_state_options
 @click.option("--shapes", is_flag=True, help="Annotate blobs with inferred shapes and layers with parameter counts.")
 @click.option("--no-blobs", is_flag=True, help="Compact: layer-to-layer edges without blob nodes.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=D0,D1,...", help="An input blob's shape (--shapes).")
+@deploy_option
 @_user_errors
-def draw(net, output, rankdir, phase, display_lrm, stages, level, shapes, no_blobs) -> None:
+def draw(net, output, rankdir, phase, display_lrm, stages, level, shapes, no_blobs, inputs, as_deploy) -> None:
     """Draw NET as a diagram; the format follows OUTPUT's extension (.png .svg .pdf .dot ...)."""
     from .backends.draw import draw_file
 
-    draw_file(net, output, rankdir=rankdir, phase=phase.upper(), display_lrm=display_lrm, stages=stages, level=level,
-              shapes=shapes, no_blobs=no_blobs)
+    input_shapes = _parse_inputs(inputs)
+    source = net_source(net, True, input_shapes, stages, level, need_shapes=shapes) if as_deploy else net
+    draw_file(source, output, rankdir=rankdir, phase=phase.upper(), display_lrm=display_lrm, stages=stages, level=level,
+              shapes=shapes, no_blobs=no_blobs, input_shapes=input_shapes)
     click.echo(f"wrote {output}")
+
+
+from .cli_data import register as _register_data  # noqa: E402  (dataset tools live in their own module)
+
+_register_data(main)
+register_deploy(main, _parse_inputs, _state_options, _user_errors, _warn)
+
+from .cli_train import register as _register_train  # noqa: E402  (train/test/time live in their own module)
+
+_register_train(main, _user_errors)

@@ -27,11 +27,12 @@ def _fans(shape: Sequence[int]) -> tuple[float, float]:
     return fan_in, fan_out
 
 
-def _norm(shape: Sequence[int], variance_norm: int) -> float:
+def _norm(shape: Sequence[int], variance_norm: int | str) -> float:
+    """The fan ``variance_norm`` names: a ``FillerParameter`` number or a plain :class:`Filler`'s name."""
     fan_in, fan_out = _fans(shape)
-    if variance_norm == FAN_OUT:
+    if variance_norm in (FAN_OUT, "FAN_OUT"):
         return fan_out
-    if variance_norm == AVERAGE:
+    if variance_norm in (AVERAGE, "AVERAGE"):
         return (fan_in + fan_out) / 2
     return fan_in
 
@@ -96,6 +97,18 @@ def fill(shape: Sequence[int], filler: Any | None, generator: torch.Generator | 
     out = torch.empty(shape, dtype=torch.float32)  # every filler writes all of it: one pass, not two
     _fill_into(out, filler, generator)
     return out
+
+
+def fill_blob(out: torch.Tensor, filler: Any | None) -> None:
+    """Fill an existing blob as :func:`fill` would (recorded, not filled, inside :func:`deferred_fills`)."""
+    deferred = _DEFERRED.get()
+    _check(tuple(out.shape), filler)
+    if deferred is not None:
+        if out.numel():
+            deferred.pending.append((out, filler, None))
+        return
+    with torch.no_grad():
+        _fill_into(out, filler, None)
 
 
 _KINDS = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")

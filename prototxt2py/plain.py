@@ -14,6 +14,8 @@ pickle and deep-copy like any dataclass.
 from __future__ import annotations
 
 import dataclasses
+import keyword
+import struct
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +64,12 @@ _SCALAR_TYPES = {
 }
 
 
+def _attr(name: str) -> str:
+    """Attribute name of a field: a Python keyword gets a trailing underscore (ELU's ``lambda`` -> ``lambda_``);
+    ``has()`` keeps the schema's spelling."""
+    return f"{name}_" if keyword.iskeyword(name) else name
+
+
 def _repeated(fd: FieldDescriptor) -> bool:
     """Repeated field (``is_repeated`` on newer protobuf, ``label`` on older ones)."""
     flag = getattr(fd, "is_repeated", None)
@@ -84,7 +92,7 @@ def plain_class(descriptor: Descriptor) -> type:
     key = descriptor.full_name
     cls = _CLASSES.get(key)
     if cls is None:
-        fields = [(fd.name, Any, field(default=_default(fd))) for fd in descriptor.fields]
+        fields = [(_attr(fd.name), Any, field(default=_default(fd))) for fd in descriptor.fields]
         cls = dataclasses.make_dataclass(descriptor.name, fields, bases=(Plain,), frozen=True)
         cls.__module__ = __name__
         _CLASSES[key] = cls
@@ -98,8 +106,28 @@ def _value(fd: FieldDescriptor, v: Any) -> Any:
     if fd.type == FieldDescriptor.TYPE_ENUM:
         ev = fd.enum_type.values_by_number.get(v)
         return ev.name if ev is not None else int(v)
-    if fd.type in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
+    if fd.type == FieldDescriptor.TYPE_FLOAT:
+        return shortest_float32(v)
+    if fd.type == FieldDescriptor.TYPE_DOUBLE:
         return float(v)
+    return v
+
+
+def shortest_float32(v: float) -> float:
+    """The shortest decimal that rounds to the same float32 as ``v`` (``0.9`` for float32 0.9, not
+    0.8999999761581421): the value Caffe computes with, written as the file wrote it. Torch casts a Python
+    scalar to a float32 tensor's type, so kernels see exactly Caffe's float32."""
+    v = float(v)
+    if v != v or v in (float("inf"), float("-inf")) or v == 0.0:
+        return v
+    target = struct.pack("<f", v)
+    for digits in range(1, 10):
+        candidate = float(f"{v:.{digits}g}")
+        try:
+            if struct.pack("<f", candidate) == target:
+                return candidate
+        except OverflowError:  # rounded past FLT_MAX
+            continue
     return v
 
 
@@ -115,14 +143,14 @@ def plain(msg: Any) -> Any:
     for fd, v in msg.ListFields():
         present.append(fd.name)
         if _repeated(fd):
-            values[fd.name] = tuple(_value(fd, x) for x in v)
+            values[_attr(fd.name)] = tuple(_value(fd, x) for x in v)
         else:
-            values[fd.name] = _value(fd, v)
+            values[_attr(fd.name)] = _value(fd, v)
     # Unset sub-messages read as their defaults, as protobuf does (``p.weight_filler.type`` is "constant").
     for fd in descriptor.fields:
         if fd.type == FieldDescriptor.TYPE_MESSAGE and not _repeated(fd):
-            if fd.name not in values:
-                values[fd.name] = plain(getattr(msg, fd.name))
+            if _attr(fd.name) not in values:
+                values[_attr(fd.name)] = plain(getattr(msg, fd.name))
     return plain_class(descriptor)(_present=frozenset(present), **values)
 
 
@@ -141,3 +169,14 @@ def filler(msg: Any) -> Filler | None:
         sparse=int(msg.sparse),
         variance_norm=enum.values_by_number[msg.variance_norm].name,
     )
+
+
+def __getattr__(name: str) -> type:
+    """Plain classes are made on first use; a fresh process unpickling a plain value (a data-loader worker)
+    asks for its class by name before any was made, so make it from Caffe's schema then."""
+    from .proto import caffe_pb2
+
+    descriptor = caffe_pb2.DESCRIPTOR.message_types_by_name.get(name)
+    if descriptor is None:
+        raise AttributeError(name)
+    return plain_class(descriptor)

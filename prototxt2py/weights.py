@@ -153,8 +153,8 @@ def scan_caffemodel(buf) -> dict[str, list[BlobRef]]:
                              blobs_field=7 if number == 100 else 6)
         if blobs and name not in out:
             out[name] = blobs
-    if layers == 0:
-        raise _Corrupt("no layers")
+    if layers == 0:  # valid (Caffe copies nothing) if protobuf agrees it is a NetParameter at all
+        raise _NonCanonical("no layers")
     return out
 
 
@@ -168,9 +168,12 @@ def _open_refs(path: str | os.PathLike) -> tuple[int, mmap.mmap | None, dict[str
         raise WeightsError(f"cannot open: {e.strerror}", Location(file)) from None
     note_input(fd)
     info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise WeightsError("file is empty" if stat.S_ISREG(info.st_mode) else "not a regular file", Location(file))
+        raise WeightsError("not a regular file", Location(file))
+    if info.st_size == 0:  # the serialisation of a NetParameter without layers: Caffe reads it as one
+        os.close(fd)
+        return -1, None, {}
     mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     try:
         _refuse_text(mm, file)
@@ -179,8 +182,6 @@ def _open_refs(path: str | os.PathLike) -> tuple[int, mmap.mmap | None, dict[str
         except _NonCanonical as e:
             refs = _protobuf_refs(mm, file, str(e))
         except _Corrupt as e:  # never handed to protobuf: a corrupt 1 GB file must not be copied and decoded
-            if str(e) == "no layers":
-                raise WeightsError("file holds no layers: not a .caffemodel?", Location(file)) from None
             raise WeightsError(f"not a valid .caffemodel (truncated or corrupt: {e})", Location(file)) from None
     except WeightsError:
         mm.close()
@@ -245,9 +246,7 @@ def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
                 values = np.asarray(b.data if len(b.data) else b.double_data, dtype=np.float32)
                 refs.append(_InlineRef(tuple(int(d) for d in shape), legacy, "<f4", 0, values.size, values))
             out[name] = refs
-    if not out and not len(net.layer) and not len(net.layers):
-        raise WeightsError("file holds no layers: not a .caffemodel?", Location(file))
-    return out
+    return out  # no layers at all is valid (Caffe copies nothing); load_weights says if the net needed some
 
 
 _CHUNK = 8 << 20  # bytes per read: big blobs are split so that the threads share them
@@ -307,8 +306,9 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[Blob]]:
         tensors = iter(plan)
         return {name: [Blob(next(tensors)[1].numpy(), ref.legacy) for ref in blobs] for name, blobs in refs.items()}
     finally:
-        mm.close()
-        os.close(fd)
+        if mm is not None:
+            mm.close()
+            os.close(fd)
 
 
 def _names(names: Iterable[str], limit: int = 5) -> str:
@@ -358,6 +358,9 @@ def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike
                                        f"expects {tuple(target.shape)}", loc, layer=node.name)
                 plan.append((ref, target))
             report.loaded.append(node.name)
+        if report.missing and not refs:
+            raise WeightsError("the weights file holds no blobs (valid only for a net without parameters, which "
+                               f"Caffe would leave to its fillers): the net needs {_names(report.missing)}", loc)
         if report.missing and not report.loaded and refs:
             raise WeightsError("no layer of the weights file matches a layer of the net (weights of another "
                                f"net?): the file has {_names(refs)}, the net needs {_names(report.missing)}", loc)

@@ -15,7 +15,8 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-# torch first and pinned, so that no later requirement can pull a multi-GB CUDA wheel.
+# torch first and pinned to the tested CPU build, so that no later requirement can pull a multi-GB CUDA wheel;
+# the package itself only asks for a range (pyproject.toml), which this build satisfies and pip then keeps.
 # Set PIP_EXTRA_INDEX_URL to PyTorch's CPU wheel index on machines that do not already have the CPU wheel.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test]"

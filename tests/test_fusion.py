@@ -65,9 +65,10 @@ def test_chains_found(net: CaffeNet) -> None:
     c2 = net._fusions[1]
     assert net.graph.values[c2.other].blob == "c3" and c2.other_first  # c3 is the Eltwise's bottom 0
     kinds = {step[1] if isinstance(step[1], str) else step[1].conv: step[0] for step in net._inference_plan}
-    # LRN and Deconvolution may receive channels-last values and are not known to handle them: made dense.
-    assert kinds["lrn"] == kinds["up"] == fusion.DENSE
-    assert kinds["pool"] == kinds["ave"] == fusion.LAYER
+    # Deconvolution may receive channels-last values and is not known to handle them: made dense. LRN and
+    # pooling take them as they are (layout-agnostic).
+    assert kinds["up"] == fusion.DENSE
+    assert kinds["lrn"] == kinds["pool"] == kinds["ave"] == fusion.LAYER
     assert kinds["c1"] == kinds["c2"] == kinds["c3"] == fusion.FUSED
 
 
@@ -161,6 +162,8 @@ layer { name: "pm" type: "Pooling" bottom: "s1" top: "pm" top: "mask"
 layer { name: "pa" type: "Pooling" bottom: "s2" top: "pa" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
 layer { name: "ps" type: "Pooling" bottom: "c1" top: "ps" pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 } }
 layer { name: "pg" type: "Pooling" bottom: "c1" top: "pg" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "lrn" type: "LRN" bottom: "c1" top: "lrn" lrn_param { local_size: 3 alpha: 0.1 beta: 0.75 } }
+layer { name: "lrnw" type: "LRN" bottom: "c2" top: "lrnw" lrn_param { norm_region: WITHIN_CHANNEL beta: 0.6 } }
 layer { name: "emax" type: "Eltwise" bottom: "c1" bottom: "c2" top: "emax" eltwise_param { operation: MAX } }
 layer { name: "eprod" type: "Eltwise" bottom: "c1" bottom: "c2" top: "eprod" eltwise_param { operation: PROD } }
 layer { name: "esum" type: "Eltwise" bottom: "c1" bottom: "c2" top: "esum" eltwise_param { coeff: 0.5 coeff: -2 } }

@@ -11,7 +11,7 @@ import torch
 
 import prototxt2py
 from prototxt2py.errors import GraphError, ShapeError
-from prototxt2py.layers.elementwise import DropoutModule, ELUModule
+from prototxt2py.nn.elementwise import ForkDropout, ScaledELU
 from prototxt2py.reader import read_net_text
 
 # Points on every kink of the layers below: 0, the clip bounds -0.5 / 0.8, 6, the threshold 0.3.
@@ -163,14 +163,14 @@ def test_dropout_train_is_inverted_and_test_is_identity() -> None:
 def test_dropout_fork_fields() -> None:
     torch.manual_seed(0)
     x = torch.rand(128, 128) + 1
-    unscaled = DropoutModule(0.4, scale_train=False)  # Faster R-CNN / R-FCN scale_train: false
+    unscaled = ForkDropout(0.4, scale_train=False)  # Faster R-CNN / R-FCN scale_train: false
     y = unscaled(x)
     kept = y != 0
     assert abs(kept.float().mean().item() - 0.6) < 0.02  # > 5 standard deviations of the sample mean
     assert torch.equal(y[kept], x[kept])
     unscaled.eval()
     np.testing.assert_allclose(unscaled(x).numpy(), x.numpy() * 0.6, rtol=1e-6)
-    mc = DropoutModule(0.5, sample_test=True).eval()  # SegNet sample_weights_test: masks at test time
+    mc = ForkDropout(0.5, sample_test=True).eval()  # SegNet sample_weights_test: masks at test time
     y = mc(x)
     assert 0.45 < (y == 0).float().mean().item() < 0.55
 
@@ -178,4 +178,4 @@ def test_dropout_fork_fields() -> None:
 def test_elu_lambda_scales_output() -> None:
     x = torch.from_numpy(X)
     want = 1.0507 * np.where(X > 0, X, 1.6733 * (np.exp(np.minimum(X, 0)) - 1))
-    np.testing.assert_allclose(ELUModule(1.6733, 1.0507)(x).numpy(), want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ScaledELU(1.6733, 1.0507)(x).numpy(), want, rtol=1e-6, atol=1e-7)

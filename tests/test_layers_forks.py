@@ -14,7 +14,7 @@ from golden import CORPUS
 
 import prototxt2py
 from prototxt2py.errors import GraphError, ShapeError
-from prototxt2py.layers.forks import DetectionOutputAttrs, _DetectionOutput
+from prototxt2py.nn.forks import DetectionOutput
 from prototxt2py.reader import read_net_text
 
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="shared corpus not available")
@@ -312,8 +312,9 @@ def test_detection_output_matches_ssd(share, code, keep_top_k, eta, top_k, thr, 
     prior = np.zeros((1, 2, num_priors * 4), dtype=f32)
     prior[0, 0] = np.concatenate([corner, corner + wh], 1).reshape(-1)
     prior[0, 1] = np.tile([0.1, 0.1, 0.2, 0.2], num_priors)
-    attrs = DetectionOutputAttrs(num_classes, share, 0, code, False, keep_top_k, thr, 0.45, eta, top_k)
-    got = _DetectionOutput(attrs)(*(torch.from_numpy(a) for a in (loc, conf, prior))).numpy()
+    module = DetectionOutput(num_classes, share, 0, ("CORNER", "CENTER_SIZE", "CORNER_SIZE")[code - 1], False,
+                             keep_top_k, thr, 0.45, eta, top_k)
+    got = module(*(torch.from_numpy(a) for a in (loc, conf, prior))).numpy()
     want = ssd_detection_output(loc, conf, prior, num_classes, share, code, keep_top_k, thr, 0.45, eta, top_k)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)

@@ -67,7 +67,7 @@ def test_state_carried_between_forwards() -> None:
         short = load({"x": (steps, n, 2), "cont": (steps, n)}, layer)
         full = load({"x": x.shape, "cont": cont.shape}, layer)
         with torch.no_grad():
-            for a, b in zip(full.layer("r").caffe_blobs(), short.layer("r").caffe_blobs(), strict=True):
+            for a, b in zip(full.layer_blobs("r"), short.layer_blobs("r"), strict=True):
                 b.copy_(a)
             want = full(x=torch.from_numpy(x), cont=torch.from_numpy(cont))["h"].numpy()
             first = short(x=torch.from_numpy(x[:steps]), cont=torch.from_numpy(cont[:steps]))["h"].numpy()
@@ -76,7 +76,7 @@ def test_state_carried_between_forwards() -> None:
             short.layer("r").reset()
             restarted = short(x=torch.from_numpy(x[steps:]), cont=ones)["h"].numpy()
             zero_start = load({"x": (steps, n, 2), "cont": (steps, n)}, layer)
-            for a, b in zip(full.layer("r").caffe_blobs(), zero_start.layer("r").caffe_blobs(), strict=True):
+            for a, b in zip(full.layer_blobs("r"), zero_start.layer_blobs("r"), strict=True):
                 b.copy_(a)
             from_zero = zero_start(x=torch.from_numpy(x[steps:]), cont=ones)["h"].numpy()
         np.testing.assert_allclose(first, want[:steps], rtol=1e-5, atol=1e-6)
@@ -93,9 +93,8 @@ def test_rnn_flattens_trailing_axes() -> None:
     net = load({"x": x.shape, "cont": cont.shape},
                'layer { name: "r" type: "RNN" bottom: "x" bottom: "cont" top: "o" recurrent_param { num_output: 3 '
                'weight_filler { type: "uniform" min: -1 max: 1 } bias_filler { type: "uniform" min: -1 max: 1 } } }')
-    rnn = net.layer("r")
-    assert [tuple(b.shape) for b in rnn.caffe_blobs()] == [(hid, 6), (hid,), (hid, hid), (hid, hid), (hid,)]
-    w_xh, b_h, w_hh, w_ho, b_o = (b.detach().numpy() for b in rnn.caffe_blobs())
+    assert [tuple(b.shape) for b in net.layer_blobs("r")] == [(hid, 6), (hid,), (hid, hid), (hid, hid), (hid,)]
+    w_xh, b_h, w_hh, w_ho, b_o = (b.detach().numpy() for b in net.layer_blobs("r"))
     h = np.zeros((n, hid), dtype=np.float32)
     want = []
     for t in range(steps):

@@ -22,3 +22,16 @@ def test_readme_opens_with_the_two_commands() -> None:
     head = text[: text.index("## Command line")]
     assert "bash scripts/demo.sh" in head and "bash scripts/test.sh" in head
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_shows_the_generated_alexnet() -> None:
+    """The README's excerpt of the generated AlexNet is what `convert --to python` writes today: its header is
+    the file's beginning and its class the file's end (only the helper classes in between are elided)."""
+    import prototxt2py
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- alexnet-excerpt -->\n```python\n", 1)[1].split("```\n<!-- /alexnet-excerpt -->")[0]
+    head, _, cls = block.partition("# ... the Caffe-exact helper classes AlexNet needs (InnerProduct, LRN) ...")
+    source = prototxt2py.python_source(ROOT / "fixtures" / "alexnet" / "deploy.prototxt")
+    assert source.startswith(head.rstrip() + "\n\n\n") and source.endswith(cls.lstrip())
+    assert "class InnerProduct(nn.Module):" in source and "class LRN(nn.Module):" in source

@@ -453,3 +453,19 @@ def test_from_weights_accepts_arrays() -> None:
     x = torch.rand(2, 1, 28, 28)
     logits = F.softmax(from_arrays(x, all_blobs=True)["ip2"], dim=1)
     torch.testing.assert_close(from_file(x)["prob"], logits)
+
+
+def test_fx_traces_nets_with_shape_dependent_helpers() -> None:
+    """Layers are leaf calls under torch.fx even when their module reads input shapes (AVE pooling with Caffe's
+    rounding, SPP): the runtime registers its ``call_layer`` with fx."""
+    from prototxt2py.reader import read_net_text
+
+    net = prototxt2py.load(read_net_text("""
+        layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 dim: 9 dim: 9 } } }
+        layer { name: "p" type: "Pooling" bottom: "x" top: "p"
+                pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+        layer { name: "s" type: "SPP" bottom: "p" top: "s" spp_param { pyramid_height: 2 } }
+    """)).eval()
+    traced = torch.fx.symbolic_trace(net)
+    x = torch.randn(1, 2, 9, 9)
+    torch.testing.assert_close(traced(x)["s"], net(x)["s"])

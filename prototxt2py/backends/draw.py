@@ -244,12 +244,13 @@ def diagram_of(
     level: int = 0,
     shapes: bool = False,
     no_blobs: bool = False,
+    input_shapes: dict[str, list[int]] | None = None,
 ) -> Diagram:
     """Read a net file and build its diagram. V2 files are drawn as written (as Caffe does); V0/V1 after
-    upgrade (Caffe cannot draw them at all)."""
-    from ..reader import read_net
+    upgrade (Caffe cannot draw them at all). A :class:`NetSource` (a derived deploy net) is drawn as it is."""
+    from ..reader import NetSource, read_net
 
-    source = read_net(net_path)
+    source = net_path if isinstance(net_path, NetSource) else read_net(net_path)
     net = source.raw if source.format == "V2" and source.raw is not None else source.net
     state = None
     if stages or level:
@@ -258,7 +259,8 @@ def diagram_of(
     if shapes:
         from .. import graph as build
 
-        g = build(source, "TEST" if phase == "ALL" else phase, stages, level, allow_unknown_types=True)
+        g = build(source, "TEST" if phase == "ALL" else phase, stages, level, input_shapes,
+                  allow_unknown_types=True)
         blob_shapes = g.blob_shapes()
         counts = {n.name: n.num_params for n in g.nodes}
     return build_diagram(net, rankdir, phase, display_lrm, True, state, blob_shapes, counts, no_blobs)

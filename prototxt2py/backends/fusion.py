@@ -50,6 +50,11 @@ LAYER, INPUT, FUSED, LINEAR, DENSE = range(5)
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+
+def blobs_of(module: Any) -> list[Any]:
+    """A layer module's Caffe blobs, in Caffe's order (``blob_names`` is set on every runtime module)."""
+    return [getattr(module, n) for n in module.blob_names]
+
 def _onednn_op(name: str) -> Any:
     """A oneDNN op of this torch build, if it has it (private ops: any failure means "use the public path")."""
     try:
@@ -218,7 +223,7 @@ class FusionCache:
     def folded(self, fusion: Fusion, conv: nn.Module, bn: nn.Module, scale: nn.Module | None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """The convolution's weight and bias with BatchNorm (+ Scale) folded in."""
-        blobs = [*conv.caffe_blobs(), *bn.caffe_blobs(), *(scale.caffe_blobs() if scale is not None else ())]
+        blobs = [*blobs_of(conv), *blobs_of(bn), *(blobs_of(scale) if scale is not None else ())]
         entry = self._entry(fusion.conv, blobs, bn.eps)
         if "weight" not in entry:
             entry["weight"], entry["bias"] = _fold(conv, bn, scale)
@@ -230,12 +235,12 @@ class FusionCache:
         and the bias. A folded weight made only to be packed is not kept."""
         conv = modules[fusion.conv]
         bn, scale = _bn_and_scale(fusion, modules)
-        blobs = [*conv.caffe_blobs(), *(bn.caffe_blobs() if bn is not None else ()),
-                 *(scale.caffe_blobs() if scale is not None else ())]
+        blobs = [*blobs_of(conv), *(blobs_of(bn) if bn is not None else ()),
+                 *(blobs_of(scale) if scale is not None else ())]
         entry = self._entry(fusion.conv, blobs, bn.eps if bn is not None else None)
         if "packed" not in entry:
             if bn is None:
-                weight, bias = conv.weight, conv.bias if "bias" in conv.blob_names else None
+                weight, bias = conv.weight, getattr(conv, "bias", None)
             else:
                 weight, bias = (entry["weight"], entry["bias"]) if "weight" in entry else _fold(conv, bn, scale)
             with torch.inference_mode(False), torch.no_grad():
@@ -252,7 +257,7 @@ def _fold(conv: nn.Module, bn: nn.Module, scale: nn.Module | None) -> tuple[torc
     with torch.inference_mode(False), torch.no_grad():
         multiplier, offset = bn_scale_affine(bn, scale)
         weight = conv.weight * multiplier.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
-        bias = offset if "bias" not in conv.blob_names else torch.addcmul(offset, conv.bias, multiplier)
+        bias = offset if getattr(conv, "bias", None) is None else torch.addcmul(offset, conv.bias, multiplier)
     return weight, bias
 
 
@@ -267,7 +272,7 @@ def bn_scale_affine(bn: nn.Module, scale: nn.Module | None) -> tuple[torch.Tenso
     if scale is not None:
         offset = offset * scale.weight
         multiplier = multiplier * scale.weight
-        if "bias" in scale.blob_names:
+        if getattr(scale, "bias", None) is not None:
             offset = offset + scale.bias
     return multiplier, offset
 
@@ -325,7 +330,7 @@ def run_fusion(fusion: Fusion, modules: Mapping[str, nn.Module], cache: FusionCa
     if fusion.conv is None:
         return apply_bn_scale(bn, scale, x)
     conv = modules[fusion.conv]
-    blobs = [*conv.caffe_blobs(), *(scale.caffe_blobs() if scale is not None else ())]
+    blobs = [*blobs_of(conv), *(blobs_of(scale) if scale is not None else ())]
     if (ONEDNN_CONV is not None and ONEDNN_PACK is not None and not _symbolic(x) and x.device.type == "cpu"
             and x.dim() == 4 and len(fusion.conv_args[0]) == 2 and _worth_onednn(x, conv.weight, fusion.conv_args[0])
             and all(t.dtype == torch.float32 for t in (x, *blobs) + ((other,) if other is not None else ()))

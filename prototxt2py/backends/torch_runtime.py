@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import Prototxt2pyError, ShapeError, UnsupportedLayerError
+from ..fillers import fill_blob
 from ..ir import Graph
 from ..netstate import TRAIN
 from . import fusion
@@ -60,6 +61,32 @@ def module_key(layer_name: str, taken: set[str]) -> str:
         key = f"{base}_{i}"
     taken.add(key)
     return key
+
+
+# fx wraps a function in the globals of the module that registers it: the runtime calls its own import of
+# ``call_layer``, so it registers it here too (layers stay leaf calls when the net is traced).
+torch.fx.wrap("call_layer")
+
+
+def build_module(node: Any) -> nn.Module:
+    """The layer's module from its spec's :class:`~prototxt2py.layers.base.Call`: built on the meta device (no
+    initialisation work), given uninitialised storage, then filled with Caffe's fillers (deferred when weights
+    follow). Its blob attribute names go on the module as ``blob_names``."""
+    spec = node.spec
+    if not spec.overrides("module"):
+        return spec.build_torch(node)  # TRANSITIONAL: specs not converted yet
+    recipe = spec.module(node)
+    with torch.device("meta"):
+        module = recipe.build()
+    module = module.to_empty(device="cpu")
+    names = spec.node_blob_names(node)
+    for name, shape, filler in zip(names, node.param_shapes, spec.fillers(node), strict=True):
+        blob = getattr(module, name)
+        if tuple(blob.shape) != tuple(shape):
+            raise RuntimeError(f"{recipe.target} made blob '{name}' of shape {tuple(blob.shape)}, Caffe's is {shape}")
+        fill_blob(blob, filler)
+    module.blob_names = names
+    return module
 
 
 # -- the module ----------------------------------------------------------------------------------------------
@@ -97,7 +124,7 @@ class CaffeNet(nn.Module):
                     layer=node.name,
                 )
             try:
-                module = node.spec.build_torch(node)
+                module = build_module(node)
             except Prototxt2pyError:
                 raise
             except (ValueError, TypeError, RuntimeError, IndexError) as e:
@@ -237,7 +264,7 @@ class CaffeNet(nn.Module):
         """A plain InnerProduct on oneDNN when nothing needs gradients (the op has no autograd formula) and the
         operands are what it takes: CPU float32, contiguous weights; else the layer as it is."""
         weight = module.weight
-        bias = module.bias if "bias" in module.blob_names else None
+        bias = getattr(module, "bias", None)
         if (isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling() or x.device.type != "cpu"
                 or x.dtype != torch.float32 or weight.dtype != torch.float32 or not weight.is_contiguous()
                 or x.numel() * weight.shape[0] < fusion.ONEDNN_MIN_MACS

@@ -1,3 +1,10 @@
 """Imports every built-in reader module so that it registers itself (explicitly, no swallowed import errors)."""
 
 from __future__ import annotations
+
+import prototxt2py.data.db_data  # noqa: F401  (Data)
+import prototxt2py.data.dummy_data  # noqa: F401  (DummyData)
+import prototxt2py.data.hdf5  # noqa: F401  (HDF5Data)
+import prototxt2py.data.image_data  # noqa: F401  (ImageData)
+import prototxt2py.data.memory_data  # noqa: F401  (MemoryData)
+import prototxt2py.data.window_data  # noqa: F401  (WindowData)

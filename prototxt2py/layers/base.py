@@ -7,7 +7,10 @@ ask the node's spec:
 * ``infer_shapes``          output shapes from input shapes (Caffe's ``Reshape``)
 * ``param_shapes``          shapes of the parameter blobs, in Caffe's blob order
 * ``macs``                  multiply-accumulate count, for summaries
-* ``build_torch``           a ``torch.nn.Module`` computing the layer exactly as Caffe does
+* ``module``                the torch module computing the layer exactly as Caffe does, as a :class:`Call` of
+                            plain values (a ``torch.nn`` class or a helper from :mod:`prototxt2py.nn`); the
+                            runtime builds it and the code generator writes it, so both run the same code
+* ``fillers``               Caffe's filler of each parameter blob (used when no weights are loaded)
 * ``to_onnx``               standard ONNX nodes for the layer (see ``backends/onnx_export.py``)
 
 A backend supports a layer iff the spec overrides the matching method, so ``prototxt2py layers`` is derived,
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ShapeError
@@ -29,6 +33,30 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Shape = tuple[int, ...]
 MaybeShape = Shape | None
+
+
+@dataclass(frozen=True)
+class Call:
+    """A module construction ``target(*args, **kwargs)`` of plain values only.
+
+    ``target`` is ``"nn.<Class>"`` (a stock ``torch.nn`` module) or the name of a helper class of
+    :mod:`prototxt2py.nn`. ``num_outputs`` names the keyword (or positional index) holding the layer's output
+    count, so generated code can expose it (``num_classes`` of a final classifier)."""
+
+    target: str
+    args: tuple = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+    num_outputs: str | int | None = None
+
+    def build(self) -> torch.nn.Module:
+        from ..nn import resolve
+
+        return resolve(self.target)(*self.args, **dict(self.kwargs))
+
+
+def call(target: str, *args: Any, num_outputs: str | int | None = None, **kwargs: Any) -> Call:
+    """:class:`Call` with keyword arguments in the order given (the order generated code shows)."""
+    return Call(target, tuple(args), tuple(kwargs.items()), num_outputs)
 
 class Unknowable(Exception):
     """Raised by a spec when a shape cannot be known statically (not an error in the net), e.g. a data
@@ -108,17 +136,25 @@ class LayerSpec:
     #: tests/test_fusion.py): the runtime's inference plan then lets channels-last tensors flow through it
     #: instead of converting them back to NCHW first.
     layout_agnostic: ClassVar[bool] = False
+    #: TRANSITIONAL: the default ``attrs`` gives a plain value (True) or the protobuf message (False, specs not
+    #: converted yet). Removed once every family is converted.
+    plain_attrs: ClassVar[bool] = False
 
     # -- parameters ------------------------------------------------------------------------------------
     def field_name(self) -> str | None:
         return self.param_field or param_field_for(self.type)
 
     def attrs(self, layer: Any) -> Any:
-        """Normalised attributes. Default: the layer's ``*_param`` message (protobuf applies Caffe's
-        defaults on read). Specs with derived values (kernel h/w from ``kernel_size`` ...) return a
-        dataclass instead."""
+        """Normalised attributes as plain frozen values, read once from the ``LayerParameter``. Default: the
+        layer's ``*_param`` message as a :func:`~prototxt2py.plain.plain` value (Caffe's defaults applied, enums
+        as names). Specs with derived values (kernel h/w from ``kernel_size`` ...) return their own dataclass.
+        Nothing after this step reads the protobuf message."""
+        from ..plain import plain
+
         field = self.field_name()
-        return getattr(layer, field) if field else None
+        if not field:
+            return None
+        return plain(getattr(layer, field)) if self.plain_attrs else getattr(layer, field)
 
     # -- shapes ----------------------------------------------------------------------------------------
     def infer_shapes(self, node: Node, in_shapes: Sequence[Shape]) -> list[Shape]:
@@ -132,7 +168,22 @@ class LayerSpec:
         return 0
 
     # -- backends --------------------------------------------------------------------------------------
+    def module(self, node: Node) -> Call:
+        """The torch module of this layer, as a :class:`Call` (see :mod:`prototxt2py.nn`)."""
+        raise NotImplementedError
+
+    def fillers(self, node: Node) -> Sequence[Any]:
+        """Caffe's filler (:class:`~prototxt2py.plain.Filler` or ``None`` = constant 0) of each parameter
+        blob, in blob order. Default: constant 0 for every blob."""
+        return [None] * len(node.param_shapes)
+
+    def node_blob_names(self, node: Node) -> tuple[str, ...]:
+        """Attribute names of this layer's parameter blobs on its module, in Caffe's blob order. Default: the
+        first ``len(param_shapes)`` of :attr:`blob_names` (optional blobs such as a bias come last)."""
+        return tuple(self.blob_names[: len(node.param_shapes)])
+
     def build_torch(self, node: Node) -> torch.nn.Module:
+        """Legacy construction path for specs not yet described by :meth:`module`."""
         raise NotImplementedError
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
@@ -153,8 +204,14 @@ class LayerSpec:
     def supports(self, backend: str, node: Node | None = None) -> bool:
         """Whether ``backend`` handles this type (or, given ``node``, that one layer): the spec overrides the
         backend's method."""
-        method = {"torch": "build_torch", "onnx": "to_onnx", "shape": "infer_shapes"}[backend]
-        return getattr(type(self), method) is not getattr(LayerSpec, method) or backend == "shape"
+        if backend == "torch":
+            return self.overrides("module") or self.overrides("build_torch")
+        method = {"onnx": "to_onnx", "shape": "infer_shapes"}[backend]
+        return self.overrides(method) or backend == "shape"
+
+    def overrides(self, method: str) -> bool:
+        """Whether this spec's class overrides ``method`` of :class:`LayerSpec`."""
+        return getattr(type(self), method) is not getattr(LayerSpec, method)
 
     def fail(self, node: Node, message: str) -> ShapeError:
         """A ShapeError naming the layer and its source location."""

@@ -14,12 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..errors import ShapeError
-from .base import LayerSpec, canonical_axis, count, register
-from .torch_util import CaffeLayer, filler_of
+from ..plain import Filler, filler
+from .base import LayerSpec, call, canonical_axis, count, register
 
 
 @dataclass(frozen=True)
@@ -28,12 +26,16 @@ class ConvAttrs:
     bias_term: bool
     group: int
     axis: int
-    kernel: tuple[int, ...]  # per spatial axis; () = not given
+    kernel: tuple[int, ...]  # as written (kernel_size); () = not given
     stride: tuple[int, ...]
     pad: tuple[int, ...]
     dilation: tuple[int, ...]
-    weight_filler: object
-    bias_filler: object
+    weight_filler: Filler | None
+    bias_filler: Filler | None
+    # the 2-D spellings, None where the file does not set them
+    kernel_hw: tuple[int | None, int | None] = (None, None)
+    stride_hw: tuple[int | None, int | None] = (None, None)
+    pad_hw: tuple[int | None, int | None] = (None, None)
 
 
 def _per_axis(values: Sequence[int], h: int | None, w: int | None, default: int, n: int, what: str) -> tuple[int, ...]:
@@ -57,6 +59,10 @@ def _opt(p, name: str) -> int | None:
     return getattr(p, name) if p.HasField(name) else None
 
 
+def _hw(p, name: str) -> tuple[int | None, int | None]:
+    return _opt(p, f"{name}_h"), _opt(p, f"{name}_w")
+
+
 class _ConvBase(LayerSpec):
     param_field = "convolution_param"
     bottoms = (1, None)
@@ -77,21 +83,23 @@ class _ConvBase(LayerSpec):
             stride=tuple(p.stride),
             pad=tuple(p.pad),
             dilation=tuple(p.dilation),
-            weight_filler=filler_of(p, "weight_filler"),
-            bias_filler=filler_of(p, "bias_filler"),
+            weight_filler=filler(p.weight_filler) if p.HasField("weight_filler") else None,
+            bias_filler=filler(p.bias_filler) if p.HasField("bias_filler") else None,
+            kernel_hw=_hw(p, "kernel"),
+            stride_hw=_hw(p, "stride"),
+            pad_hw=_hw(p, "pad"),
         )
 
     def geometry(self, node, in_shape: Sequence[int]) -> tuple[int, tuple, tuple, tuple, tuple]:
         """(channel axis, kernel, stride, pad, dilation) resolved for this input's rank."""
-        p = node.proto.convolution_param
         a = node.attrs
         axis = canonical_axis(node, self, a.axis, len(in_shape))
         n = len(in_shape) - axis - 1
-        kernel = _per_axis(a.kernel, _opt(p, "kernel_h"), _opt(p, "kernel_w"), 0, n, "kernel")
+        kernel = _per_axis(a.kernel, *a.kernel_hw, 0, n, "kernel")
         if any(k <= 0 for k in kernel):
             raise self.fail(node, f"kernel size must be positive, got {kernel}")
-        stride = _per_axis(a.stride, _opt(p, "stride_h"), _opt(p, "stride_w"), 1, n, "stride")
-        pad = _per_axis(a.pad, _opt(p, "pad_h"), _opt(p, "pad_w"), 0, n, "pad")
+        stride = _per_axis(a.stride, *a.stride_hw, 1, n, "stride")
+        pad = _per_axis(a.pad, *a.pad_hw, 0, n, "pad")
         dilation = _per_axis(a.dilation, None, None, 1, n, "dilation")
         return axis, kernel, stride, pad, dilation
 
@@ -152,13 +160,33 @@ class _ConvBase(LayerSpec):
             ctx.add(op, [ctx.input(i), *weights], ctx.output(i), kernel_shape=list(kernel), strides=list(stride),
                     pads=list(pad) * 2, dilations=list(dilation), group=node.attrs.group)
 
-    def build_torch(self, node):
-        shapes = node.param_shapes
-        module = _ConvModule(isinstance(self, Deconvolution), node)
-        module.add_blob("weight", shapes[0], node.attrs.weight_filler)
-        if node.attrs.bias_term:
-            module.add_blob("bias", shapes[1], node.attrs.bias_filler)
-        return module
+    def module(self, node):
+        """``nn.Conv{1,2,3}d``/``nn.ConvTranspose{1,2,3}d`` for one bottom (exactly Caffe's symmetric padding,
+        rounding and weight layouts); :class:`SharedConvolution` when several bottoms share the weights."""
+        a, weight = node.attrs, node.param_shapes[0]
+        axis, kernel, stride, pad, dilation = self.geometry(node, node.in_shapes[0])
+        transposed = isinstance(self, Deconvolution)
+        if axis != 1 or len(kernel) not in (1, 2, 3):
+            raise self.fail(node, f"convolution over axis {axis} with {len(kernel)} spatial axes is not supported")
+        if len(node.bottoms) > 1:
+            return call("SharedConvolution", weight, a.bias_term, stride, pad, dilation, a.group, transposed)
+        c_in = weight[0] if transposed else weight[1] * a.group
+        target = f"nn.{'ConvTranspose' if transposed else 'Conv'}{len(kernel)}d"
+        options = {"stride": stride, "padding": pad, "dilation": dilation}
+        kwargs = {k: _scalar(v) for k, v in options.items() if any(x != (k != "padding") for x in v)}
+        if a.group != 1:
+            kwargs["groups"] = a.group
+        if not a.bias_term:
+            kwargs["bias"] = False
+        return call(target, c_in, a.num_output, _scalar(kernel), num_outputs=1, **kwargs)
+
+    def fillers(self, node):
+        return [node.attrs.weight_filler, node.attrs.bias_filler][: len(node.param_shapes)]
+
+
+def _scalar(values: tuple[int, ...]) -> int | tuple[int, ...]:
+    """One number where every spatial axis has the same value (how people write ``nn.Conv2d``)."""
+    return values[0] if len(set(values)) == 1 else tuple(values)
 
 
 @register
@@ -204,53 +232,6 @@ class Deconvolution(_ConvBase):
         return sum(count(s) * per_in for s in in_shapes)
 
 
-_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_DECONV_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
-
-
-class _ConvModule(CaffeLayer):
-    """Applies the same weights to every bottom (Caffe allows several bottom/top pairs)."""
-
-    def __init__(self, transposed: bool, node):
-        super().__init__()
-        self.transposed = transposed
-        self.spec = node.spec
-        a = node.attrs
-        self.group = a.group
-        self._node = node
-        self._geometry: tuple | None = None
-        if node.param_shapes:  # the weight's rank gives the input's: resolve now (torch.compile-friendly)
-            try:
-                self._resolve_rank(len(node.param_shapes[0]))
-            except (ValueError, ShapeError):
-                self._geometry = None  # left to the first call, which reports it with the actual input
-
-    def _resolve_rank(self, rank: int) -> tuple:
-        """(stride, pad, dilation) for inputs of ``rank`` axes: only the rank matters to the geometry."""
-        axis, kernel, stride, pad, dilation = self.spec.geometry(self._node, (1,) * rank)
-        if axis != 1 or len(kernel) not in _CONV_FN:
-            raise ValueError(f"convolution over axis {axis} with {len(kernel)} spatial axes is not supported")
-        self._geometry = (stride, pad, dilation)
-        return self._geometry
-
-    def _resolve(self, x: torch.Tensor) -> tuple:
-        """Known from the weights at build time; else (weights of unknown shape) from the first input."""
-        return self._geometry if self._geometry is not None else self._resolve_rank(x.dim())
-
-    def _one(self, x: torch.Tensor) -> torch.Tensor:
-        stride, pad, dilation = self._resolve(x)
-        bias = self.bias if "bias" in self.blob_names else None
-        n = len(stride)
-        if self.transposed:
-            return _DECONV_FN[n](x, self.weight, bias, stride, pad, 0, self.group, dilation)
-        return _CONV_FN[n](x, self.weight, bias, stride, pad, dilation, self.group)
-
-    def forward(self, *bottoms: torch.Tensor):
-        if len(bottoms) == 1:
-            return self._one(bottoms[0])
-        return tuple(self._one(x) for x in bottoms)
-
-
 @register
 class Im2col(Convolution):
     """Convolution's geometry without weights: the patches Caffe's convolution multiplies."""
@@ -276,8 +257,11 @@ class Im2col(Convolution):
     def macs(self, node, in_shapes, out_shapes):
         return 0
 
-    def build_torch(self, node):
-        return _Im2colModule(node)
+    def module(self, node):
+        axis, kernel, stride, pad, dilation = self.geometry(node, node.in_shapes[0])
+        if axis != 1 or len(kernel) != 2:
+            raise self.fail(node, "Im2col is supported for 2-D spatial inputs on axis 1")
+        return call("Im2col", kernel, stride, pad, dilation)
 
     def to_onnx(self, node, ctx):
         """A grouped convolution with one-hot kernels: group ``c`` copies each of the ``k = prod(kernel)``
@@ -293,23 +277,10 @@ class Im2col(Convolution):
                 strides=list(stride), pads=list(pad) * 2, dilations=list(dilation), group=channels)
 
 
-class _Im2colModule(CaffeLayer):
-    def __init__(self, node):
-        super().__init__()
-        self._node = node
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        axis, kernel, stride, pad, dilation = self._node.spec.geometry(self._node, tuple(x.shape))
-        if axis != 1 or len(kernel) != 2:
-            raise ValueError("Im2col is supported for 2-D spatial inputs on axis 1")
-        cols = F.unfold(x, kernel, dilation=dilation, padding=pad, stride=stride)
-        h, w = (self._node.spec.out_size(x.shape[2 + i], kernel[i], stride[i], pad[i], dilation[i]) for i in (0, 1))
-        return cols.reshape(x.shape[0], cols.shape[1], h, w)
-
-
 @register
 class InnerProduct(LayerSpec):
     type = "InnerProduct"
+    plain_attrs = True
     family = "conv"
     blob_names = ("weight", "bias")
     summary = "fully connected over all axes from `axis`; weight (N, K) or (K, N) with transpose"
@@ -350,32 +321,29 @@ class InnerProduct(LayerSpec):
         if bias:
             ctx.add("Add", [y, *bias], ctx.output(0))
 
-    def build_torch(self, node):
+    def module(self, node):
+        """``nn.Linear`` on a 2-D bottom at axis 1 (Caffe's (N, K) weight is torch's), else
+        :class:`InnerProduct`, which flattens from ``axis`` first and knows the transposed layout."""
         a = node.attrs
-        module = _InnerProductModule(a.axis, a.transpose)
-        module.add_blob("weight", node.param_shapes[0], filler_of(a, "weight_filler"))
-        if a.bias_term:
-            module.add_blob("bias", node.param_shapes[1], filler_of(a, "bias_filler"))
-        return module
+        shape = node.in_shapes[0]
+        axis, k = self._k(node, shape)
+        if axis == 1 and len(shape) == 2 and not a.transpose:
+            return call("nn.Linear", k, a.num_output, num_outputs=1, **({} if a.bias_term else {"bias": False}))
+        kwargs = {"bias": False} if not a.bias_term else {}
+        if axis != 1:
+            kwargs["axis"] = axis
+        if a.transpose:
+            kwargs["transpose"] = True
+        return call("InnerProduct", k, a.num_output, num_outputs=1, **kwargs)
 
-
-class _InnerProductModule(CaffeLayer):
-    def __init__(self, axis: int, transpose: bool):
-        super().__init__()
-        self.axis = axis
-        self.transpose = transpose
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        axis = self.axis % x.dim() if x.dim() else 0
-        flat = x.reshape(*x.shape[:axis], -1)
-        weight = self.weight.t() if self.transpose else self.weight
-        bias = self.bias if "bias" in self.blob_names else None
-        return F.linear(flat, weight, bias)
+    def fillers(self, node):
+        return [node.attrs.weight_filler, node.attrs.bias_filler][: len(node.param_shapes)]
 
 
 @register
 class Embed(LayerSpec):
     type = "Embed"
+    plain_attrs = True
     family = "conv"
     blob_names = ("weight", "bias")
     summary = "lookup table: integer-valued input -> rows of a (input_dim, num_output) weight"
@@ -397,23 +365,9 @@ class Embed(LayerSpec):
         if bias:
             ctx.add("Add", [y, ctx.const(ctx.param(1), "bias")], ctx.output(0))
 
-    def build_torch(self, node):
+    def module(self, node):
         a = node.attrs
-        module = _EmbedModule(a.input_dim)
-        module.add_blob("weight", node.param_shapes[0], filler_of(a, "weight_filler"))
-        if a.bias_term:
-            module.add_blob("bias", node.param_shapes[1], filler_of(a, "bias_filler"))
-        return module
+        return call("Embed", a.input_dim, a.num_output, **({} if a.bias_term else {"bias": False}))
 
-
-class _EmbedModule(CaffeLayer):
-    def __init__(self, input_dim: int):
-        super().__init__()
-        self.input_dim = input_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        index = x.detach().long()
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.input_dim):
-            raise ValueError(f"Embed index out of range [0, {self.input_dim})")
-        out = F.embedding(index, self.weight)
-        return out + self.bias if "bias" in self.blob_names else out
+    def fillers(self, node):
+        return [node.attrs.weight_filler, node.attrs.bias_filler][: len(node.param_shapes)]

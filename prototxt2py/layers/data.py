@@ -10,9 +10,8 @@ What a prototxt tells about a data layer's tops (Caffe's ``DataLayerSetUp``):
   a Datum's channel count lives in the database, so Data and WindowData never know it.
 
 Whatever is missing is only in the data, so such a layer raises :class:`Unknowable` with the dims it does
-know, for ``--input`` to complete. Labels are ``(batch,)`` (``Data``/``ImageData``/``WindowData``); MemoryData
-sets ``(batch,)`` at setup but reshapes its label to ``(batch, 1, 1, 1)`` on every forward pass, which is what
-the layers after it see, so that is its shape here.
+know, for ``--input`` to complete. Labels are ``(batch,)``, MemoryData's too (the shape Caffe's setup gives it;
+its forward pass later views the same values as ``(batch, 1, 1, 1)``).
 
 In a deployed net the data layers' tops are net inputs: their torch modules only raise if the caller did not
 pass those blobs. ``Python`` layers are user code named by the model file; it is never imported or run.
@@ -21,14 +20,11 @@ pass those blobs. ``Python`` layers are user code named by the model file; it is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .base import LayerSpec, Shape, Unknowable, register
-from .inputs import _MissingInput
-from .torch_util import CaffeLayer
+from ..plain import plain
+from .base import LayerSpec, Shape, Unknowable, call, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ir import Node
@@ -46,11 +42,13 @@ class DataAttrs:
     width: int | None
     source: str
     kind: str  # what ``source`` is, for messages ("LMDB", "image list", ...)
+    param: Any = None  # the layer's ``*_param`` and ``transform_param`` as plain values, for the data readers
+    transform: Any = None
 
 
 def crop_size(layer: Any) -> int:
     """``transform_param.crop_size`` (0: no crop)."""
-    return layer.transform_param.crop_size if layer.HasField("transform_param") else 0
+    return layer.transform_param.crop_size
 
 
 def input_hint(shape: Sequence[int | None]) -> str:
@@ -77,7 +75,9 @@ class DataLayerSpec(LayerSpec):
         a = self.data_attrs(layer)
         if a.batch <= 0:
             raise ValueError(f"batch_size must be positive, got {a.batch}")
-        return a
+        field = self.field_name()
+        param = plain(getattr(layer, field)) if field else None
+        return replace(a, param=param, transform=plain(layer.transform_param))
 
     def infer_shapes(self, node: Node, in_shapes: Sequence[Shape]) -> list[Shape]:
         a: DataAttrs = node.attrs
@@ -92,8 +92,8 @@ class DataLayerSpec(LayerSpec):
             )
         return shapes
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        return _MissingInput(list(node.tops))
+    def module(self, node: Node) -> Any:
+        return call("NetInput", tuple(node.tops))
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         """The tops are graph inputs, which the exporter declares: nothing to compute."""
@@ -144,9 +144,6 @@ class MemoryData(DataLayerSpec):
     type = "MemoryData"
     summary = "arrays handed in by the caller (memory_data_param batch_size, channels, height, width); a net input"
 
-    def label_shape(self, a):
-        return (a.batch, 1, 1, 1)
-
     def data_attrs(self, layer):
         p = layer.memory_data_param
         if min(p.channels, p.height, p.width) <= 0:
@@ -173,19 +170,13 @@ class HDF5Data(LayerSpec):
             f"give {hints}"
         )
 
-    def build_torch(self, node):
-        return _MissingInput(list(node.tops))
+    plain_attrs = True
+
+    def module(self, node):
+        return call("NetInput", tuple(node.tops))
 
     def to_onnx(self, node, ctx):
         """The tops are graph inputs, which the exporter declares: nothing to compute."""
-
-
-class _Sink(CaffeLayer):
-    """HDF5Output: Caffe appends its bottoms to an HDF5 file. Here the forward pass writes nothing: the
-    bottoms are in the caller's hands (``all_blobs=True``)."""
-
-    def forward(self, *bottoms: torch.Tensor) -> tuple[()]:
-        return ()
 
 
 @register
@@ -202,8 +193,8 @@ class HDF5Output(LayerSpec):
             raise self.fail(node, f"data {tuple(data)} and label {tuple(label)} must have the same first dimension")
         return []
 
-    def build_torch(self, node):
-        return _Sink()
+    def module(self, node):
+        return call("Sink")
 
 
 @register
@@ -232,8 +223,10 @@ class Python(LayerSpec):
                              f"inputs of unknown shape; give {hints}")
         raise Unknowable(f"Python layer {p.module}.{p.layer} is user code; it is not run (not supported)")
 
-    def build_torch(self, node):
-        return _MissingInput(list(node.tops))  # only for data layers (``supports``)
+    plain_attrs = True
+
+    def module(self, node):
+        return call("NetInput", tuple(node.tops))  # only for data layers (``supports``)
 
     def to_onnx(self, node, ctx):
         """Only for data layers: their tops are graph inputs, which the exporter declares."""

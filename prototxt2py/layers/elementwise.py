@@ -8,21 +8,24 @@ Caffe's backward passes are matched by choosing torch ops whose autograd agrees 
 ``abs`` has sign(0) = 0 as ``caffe_cpu_sign``, ``clamp`` passes the gradient on the closed interval
 ``[min, max]`` as ClipLayer, ``relu6`` (hardtanh) only on the open interval ``(0, 6)`` as the MobileNet-SSD
 ReLU6 layer, and ``elu`` uses the ``alpha * exp(x)`` branch for ``x <= 0``. Threshold has no gradient (Caffe's
-ThresholdLayer has no backward).
+ThresholdLayer has no backward). A Power that ignores its input (power or scale 0) stays in the autograd graph
+with a zero bottom gradient, as Caffe's backward sets it.
+
+The modules are stock ``torch.nn`` classes where one is exactly Caffe's layer, else the helpers of
+:mod:`prototxt2py.nn.elementwise`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
-from .base import LayerSpec, Shape, register
-from .torch_util import CaffeLayer
+from ..plain import Filler
+from .base import Call, LayerSpec, Shape, call, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ir import Node
@@ -30,28 +33,11 @@ if TYPE_CHECKING:  # pragma: no cover
 FAMILY = "elementwise"
 
 
-class Elementwise(CaffeLayer):
-    """A parameter-free elementwise layer: ``fn`` is a torch function (or a ``functools.partial`` of one, so
-    the module stays picklable and traceable by ``torch.fx``)."""
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
-
-    def extra_repr(self) -> str:
-        if isinstance(self.fn, functools.partial):
-            args = ", ".join(f"{k}={v}" for k, v in self.fn.keywords.items())
-            return f"{self.fn.func.__name__}, {args}"
-        return getattr(self.fn, "__name__", "")
-
-
 class _ElementwiseSpec(LayerSpec):
-    """Shared defaults of the neuron layers: one bottom, one top, same shape."""
+    """Shared defaults of the neuron layers: one bottom, one top, same shape, plain attributes."""
 
     family = FAMILY
+    plain_attrs = True
 
 
 #: One ONNX step of an elementwise chain: op type, inputs after the running value, attributes.
@@ -84,14 +70,13 @@ class ReLU(_ElementwiseSpec):
     layout_agnostic = True
     summary = "max(x, 0) + negative_slope * min(x, 0) (leaky with relu_param.negative_slope)"
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        slope = float(node.attrs.negative_slope)
-        if slope == 0.0:
-            return Elementwise(torch.relu)
-        return Elementwise(functools.partial(F.leaky_relu, negative_slope=slope))
+    def module(self, node: Node) -> Call:
+        """``nn.ReLU``/``nn.LeakyReLU``: both take the positive branch only for ``x > 0``, as Caffe."""
+        slope = node.attrs.negative_slope
+        return call("nn.ReLU") if slope == 0.0 else call("nn.LeakyReLU", slope)
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
-        slope = float(node.attrs.negative_slope)
+        slope = node.attrs.negative_slope
         onnx_chain(ctx, [("Relu", [], {})] if slope == 0.0 else [("LeakyRelu", [], {"alpha": slope})])
 
 
@@ -101,8 +86,8 @@ class ReLU6(_ElementwiseSpec):
     layout_agnostic = True
     summary = "min(max(x, 0), 6) (MobileNet-SSD fork); gradient only on the open interval (0, 6)"
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        return Elementwise(F.relu6)
+    def module(self, node: Node) -> Call:
+        return call("nn.ReLU6")
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         onnx_chain(ctx, [("Clip", [ctx.scalar(0.0), ctx.scalar(6.0)], {})])
@@ -114,8 +99,8 @@ class Sigmoid(_ElementwiseSpec):
     layout_agnostic = True
     summary = "1 / (1 + exp(-x))"
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        return Elementwise(torch.sigmoid)
+    def module(self, node: Node) -> Call:
+        return call("nn.Sigmoid")
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         onnx_chain(ctx, [("Sigmoid", [], {})])
@@ -127,8 +112,8 @@ class TanH(_ElementwiseSpec):
     layout_agnostic = True
     summary = "tanh(x)"
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        return Elementwise(torch.tanh)
+    def module(self, node: Node) -> Call:
+        return call("nn.Tanh")
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         onnx_chain(ctx, [("Tanh", [], {})])
@@ -140,8 +125,8 @@ class AbsVal(_ElementwiseSpec):
     layout_agnostic = True
     summary = "|x| (gradient sign(x), 0 at 0)"
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        return Elementwise(torch.abs)
+    def module(self, node: Node) -> Call:
+        return call("AbsVal")
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         onnx_chain(ctx, [("Abs", [], {})])
@@ -153,9 +138,9 @@ class BNLL(_ElementwiseSpec):
     layout_agnostic = True
     summary = "binomial normal log likelihood log(1 + exp(x)) (softplus)"
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
+    def module(self, node: Node) -> Call:
         # softplus switches to the identity above x = 20, where Caffe's x + log(1 + exp(-x)) is x in float32.
-        return Elementwise(F.softplus)
+        return call("nn.Softplus")
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         """Caffe's overflow-free form ``max(x, 0) + log(1 + exp(-|x|))`` (ONNX Softplus may overflow)."""
@@ -170,58 +155,43 @@ class Threshold(_ElementwiseSpec):
     type = "Threshold"
     summary = "1 where x > threshold else 0 (no gradient)"
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        return ThresholdModule(float(node.attrs.threshold))
+    def module(self, node: Node) -> Call:
+        return call("BinaryThreshold", node.attrs.threshold)
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
-        onnx_chain(ctx, [("Greater", [ctx.scalar(float(node.attrs.threshold))], {}), ("Cast", [], {"to": ctx.FLOAT})])
-
-
-class ThresholdModule(CaffeLayer):
-    """Caffe compares strictly (``x > t``); the result is a float blob and carries no gradient."""
-
-    def __init__(self, threshold: float):
-        super().__init__()
-        self.threshold = threshold
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x > self.threshold).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"threshold={self.threshold}"
+        onnx_chain(ctx, [("Greater", [ctx.scalar(node.attrs.threshold)], {}), ("Cast", [], {"to": ctx.FLOAT})])
 
 
 # -- parametrised activations -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ELUAttrs:
+    """``elu_param``: NVCaffe's ``lambda`` (a Python keyword, so not a generated field) is ``scale``."""
+
+    alpha: float = 1.0
+    scale: float = 1.0
+
+
 @register
 class ELU(_ElementwiseSpec):
     type = "ELU"
     layout_agnostic = True
     summary = "x if x > 0 else alpha * (exp(x) - 1) (times lambda where the NVCaffe field is set)"
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        p = node.attrs
-        return ELUModule(float(p.alpha), float(getattr(p, "lambda", 1.0)))
+    def attrs(self, layer: Any) -> ELUAttrs:
+        p = layer.elu_param
+        return ELUAttrs(float(p.alpha), float(getattr(p, "lambda", 1.0)))
+
+    def module(self, node: Node) -> Call:
+        """``nn.ELU`` (its ``x <= 0`` branch is Caffe's); :class:`ScaledELU` with a ``lambda``."""
+        a = node.attrs
+        if a.scale != 1.0:
+            return call("ScaledELU", alpha=a.alpha, scale=a.scale)
+        return call("nn.ELU") if a.alpha == 1.0 else call("nn.ELU", a.alpha)
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
-        m = ctx.module
-        steps: list[OnnxStep] = [("Elu", [], {"alpha": m.alpha})]
-        onnx_chain(ctx, steps + ([("Mul", [ctx.scalar(m.scale)], {})] if m.scale != 1.0 else []))
-
-
-class ELUModule(CaffeLayer):
-    """ELU; NVCaffe's ``lambda`` scales the whole output (SELU with alpha 1.6733, lambda 1.0507)."""
-
-    def __init__(self, alpha: float, scale: float = 1.0):
-        super().__init__()
-        self.alpha = alpha
-        self.scale = scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.elu(x, self.alpha)
-        return y if self.scale == 1.0 else y * self.scale
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, lambda={self.scale}"
+        a = node.attrs
+        steps: list[OnnxStep] = [("Elu", [], {"alpha": a.alpha})]
+        onnx_chain(ctx, steps + ([("Mul", [ctx.scalar(a.scale)], {})] if a.scale != 1.0 else []))
 
 
 @register
@@ -230,27 +200,15 @@ class Swish(_ElementwiseSpec):
     layout_agnostic = True
     summary = "x * sigmoid(beta * x)"
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        beta = float(node.attrs.beta)
-        return Elementwise(F.silu) if beta == 1.0 else SwishModule(beta)
+    def module(self, node: Node) -> Call:
+        beta = node.attrs.beta
+        return call("nn.SiLU") if beta == 1.0 else call("Swish", beta)
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         """``x * sigmoid(beta * x)``, as Caffe computes it."""
-        beta, x = float(node.attrs.beta), ctx.input(0)
+        beta, x = node.attrs.beta, ctx.input(0)
         gate = ctx.add("Sigmoid", [x if beta == 1.0 else ctx.add("Mul", [x, ctx.scalar(beta)])])
         ctx.add("Mul", [x, gate], ctx.output(0))
-
-
-class SwishModule(CaffeLayer):
-    def __init__(self, beta: float):
-        super().__init__()
-        self.beta = beta
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(x * self.beta)
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta}"
 
 
 @register
@@ -261,90 +219,60 @@ class Clip(_ElementwiseSpec):
 
     def attrs(self, layer: Any) -> Any:
         p = super().attrs(layer)
-        if not (p.HasField("min") and p.HasField("max")):
+        if not (p.has("min") and p.has("max")):
             raise ValueError("clip_param needs both min and max")
         return p
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        return ClipModule(float(node.attrs.min), float(node.attrs.max))
+    def module(self, node: Node) -> Call:
+        return call("Clip", node.attrs.min, node.attrs.max)
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         """``Clip``; with min > max, Caffe's order (``min(x, max)`` first), which ONNX leaves undefined."""
-        lo, hi = ctx.scalar(float(node.attrs.min)), ctx.scalar(float(node.attrs.max))
+        lo, hi = ctx.scalar(node.attrs.min), ctx.scalar(node.attrs.max)
         if node.attrs.min <= node.attrs.max:
             onnx_chain(ctx, [("Clip", [lo, hi], {})])
         else:
             onnx_chain(ctx, [("Min", [hi], {}), ("Max", [lo], {})])
 
 
-class ClipModule(CaffeLayer):
-    """Caffe applies ``min(x, max)`` first, then ``max(min, .)``: with min > max every output is ``min``
-    (``torch.clamp`` would give ``max``), so that case clamps in Caffe's order."""
-
-    def __init__(self, lo: float, hi: float):
-        super().__init__()
-        self.lo = lo
-        self.hi = hi
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.lo <= self.hi:
-            return torch.clamp(x, self.lo, self.hi)
-        return torch.clamp(torch.clamp(x, max=self.hi), min=self.lo)
-
-    def extra_repr(self) -> str:
-        return f"min={self.lo}, max={self.hi}"
-
-
 # -- Power / Exp / Log ------------------------------------------------------------------------------------
+def _non_default(attrs: Any, **defaults: float) -> dict[str, float]:
+    """The fields of ``attrs`` named in ``defaults`` whose value differs from the default there (the helpers'
+    keyword arguments, so a module is written as briefly as a person would)."""
+    return {name: getattr(attrs, name) for name, default in defaults.items() if getattr(attrs, name) != default}
+
+
+def power_constant(power: float, scale: float, shift: float) -> float | None:
+    """The constant top of a Power that ignores its input (``power * scale == 0``: ``shift ^ power``, 1 for
+    power 0, in float32 as Caffe's ``pow`` on Dtype, so overflow is inf and (-2)^0.5 nan), else None."""
+    if power * scale != 0.0:
+        return None
+    if power == 0.0:
+        return 1.0
+    with np.errstate(all="ignore"):
+        return float(np.power(np.float32(shift), np.float32(power)))
+
+
 @register
 class Power(_ElementwiseSpec):
     type = "Power"
     layout_agnostic = True
     summary = "(shift + scale * x) ^ power"
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        p = node.attrs
-        return PowerModule(float(p.power), float(p.scale), float(p.shift))
+    def module(self, node: Node) -> Call:
+        return call("Power", **_non_default(node.attrs, power=1.0, scale=1.0, shift=0.0))
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         """``(shift + scale * x) ^ power`` step by step; Caffe's constant case is the constant expanded to the
         input's shape (read at run time, so any batch size works)."""
-        m = ctx.module
-        if m.constant is not None:
+        a = node.attrs
+        constant = power_constant(a.power, a.scale, a.shift)
+        if constant is not None:
             shape = ctx.add("Shape", [ctx.input(0)])
-            ctx.add("Expand", [ctx.scalar(m.constant), shape], ctx.output(0))
+            ctx.add("Expand", [ctx.scalar(constant), shape], ctx.output(0))
             return
-        steps = onnx_scale_shift(ctx, m.scale, m.shift)
-        onnx_chain(ctx, steps + ([("Pow", [ctx.scalar(m.power)], {})] if m.power != 1.0 else []))
-
-
-class PowerModule(CaffeLayer):
-    """``(shift + scale * x) ^ power``. When ``power * scale == 0`` Caffe ignores the input: the output is
-    the constant ``shift ^ power`` (1 for power 0) and the bottom gradient is 0."""
-
-    def __init__(self, power: float, scale: float, shift: float):
-        super().__init__()
-        self.power = power
-        self.scale = scale
-        self.shift = shift
-        self.constant = None if power * scale != 0.0 else 1.0 if power == 0.0 else _powf(shift, power)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.constant is not None:
-            return torch.full_like(x, self.constant)
-        y = x if self.scale == 1.0 else x * self.scale
-        if self.shift != 0.0:
-            y = y + self.shift
-        return y if self.power == 1.0 else torch.pow(y, self.power)
-
-    def extra_repr(self) -> str:
-        return f"power={self.power}, scale={self.scale}, shift={self.shift}"
-
-
-def _powf(base: float, exponent: float) -> float:
-    """``base ^ exponent`` in float32 as Caffe's ``pow`` on Dtype: overflow gives inf, 0^-1 inf and (-2)^0.5
-    nan, where Python's ``**`` would raise or go complex."""
-    return float(torch.tensor(base, dtype=torch.float32).pow(exponent))
+        steps = onnx_scale_shift(ctx, a.scale, a.shift)
+        onnx_chain(ctx, steps + ([("Pow", [ctx.scalar(a.power)], {})] if a.power != 1.0 else []))
 
 
 def _log_base(layer_type: str, base: float) -> float:
@@ -367,39 +295,20 @@ class Exp(_ElementwiseSpec):
         _log_base(self.type, p.base)
         return p
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        p = node.attrs
-        inner = _log_base(self.type, p.base) * p.scale
-        if p.shift == 0.0:
-            outer = 1.0
-        elif p.base == -1.0:
-            outer = float(torch.tensor(p.shift, dtype=torch.float32).exp())
-        else:
-            outer = _powf(p.base, p.shift)
-        return ExpModule(inner, outer)
+    def module(self, node: Node) -> Call:
+        return call("Exp", **_non_default(node.attrs, base=-1.0, scale=1.0, shift=0.0))
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
-        """Caffe's ``outer * exp(inner * x)``."""
-        m = ctx.module
-        steps: list[OnnxStep] = [("Mul", [ctx.scalar(m.inner_scale)], {})] if m.inner_scale != 1.0 else []
+        """Caffe's ``outer * exp(inner * x)`` with ``inner = log(base) * scale``, ``outer = base ^ shift``."""
+        a = node.attrs
+        inner = _log_base(self.type, a.base) * a.scale
+        try:
+            outer = 1.0 if a.shift == 0.0 else math.exp(a.shift) if a.base == -1.0 else a.base**a.shift
+        except OverflowError:
+            outer = math.inf
+        steps: list[OnnxStep] = [("Mul", [ctx.scalar(inner)], {})] if inner != 1.0 else []
         steps.append(("Exp", [], {}))
-        onnx_chain(ctx, steps + ([("Mul", [ctx.scalar(m.outer_scale)], {})] if m.outer_scale != 1.0 else []))
-
-
-class ExpModule(CaffeLayer):
-    """Caffe's factorisation ``base^(shift + scale*x) = base^shift * exp(log(base) * scale * x)``."""
-
-    def __init__(self, inner_scale: float, outer_scale: float):
-        super().__init__()
-        self.inner_scale = inner_scale
-        self.outer_scale = outer_scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.exp(x if self.inner_scale == 1.0 else x * self.inner_scale)
-        return y if self.outer_scale == 1.0 else y * self.outer_scale
-
-    def extra_repr(self) -> str:
-        return f"inner_scale={self.inner_scale}, outer_scale={self.outer_scale}"
+        onnx_chain(ctx, steps + ([("Mul", [ctx.scalar(outer)], {})] if outer != 1.0 else []))
 
 
 @register
@@ -414,33 +323,15 @@ class Log(_ElementwiseSpec):
             raise ValueError("Log base 1 has no logarithm")
         return p
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        p = node.attrs
-        return LogModule(float(p.scale), float(p.shift), 1.0 / _log_base(self.type, p.base))
+    def module(self, node: Node) -> Call:
+        return call("Log", **_non_default(node.attrs, base=-1.0, scale=1.0, shift=0.0))
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         """Caffe's ``log(x * scale + shift) * (1 / ln(base))``."""
-        m = ctx.module
-        steps = [*onnx_scale_shift(ctx, m.scale, m.shift), ("Log", [], {})]
-        onnx_chain(ctx, steps + ([("Mul", [ctx.scalar(m.base_scale)], {})] if m.base_scale != 1.0 else []))
-
-
-class LogModule(CaffeLayer):
-    def __init__(self, scale: float, shift: float, base_scale: float):
-        super().__init__()
-        self.scale = scale
-        self.shift = shift
-        self.base_scale = base_scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x if self.scale == 1.0 else x * self.scale
-        if self.shift != 0.0:
-            y = y + self.shift
-        y = torch.log(y)
-        return y if self.base_scale == 1.0 else y * self.base_scale
-
-    def extra_repr(self) -> str:
-        return f"scale={self.scale}, shift={self.shift}, base_scale={self.base_scale}"
+        a = node.attrs
+        base_scale = 1.0 / _log_base(self.type, a.base)
+        steps = [*onnx_scale_shift(ctx, a.scale, a.shift), ("Log", [], {})]
+        onnx_chain(ctx, steps + ([("Mul", [ctx.scalar(base_scale)], {})] if base_scale != 1.0 else []))
 
 
 # -- PReLU ------------------------------------------------------------------------------------------------
@@ -460,36 +351,24 @@ class PReLU(_ElementwiseSpec):
         # channel_shared: a 0-axis blob (Caffe's Blob(vector<int>(0))), else one slope per channel.
         return [()] if node.attrs.channel_shared else [(in_shapes[0][1],)]
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        p = node.attrs
-        if node.param_shapes:
-            shape = node.param_shapes[0]
-        elif p.channel_shared:
-            shape = ()
-        else:
+    def module(self, node: Node) -> Call:
+        """``nn.PReLU(C)`` (a ``(C,)`` slope along axis 1, Caffe's blob); :class:`SharedPReLU` keeps the shared
+        slope as Caffe's 0-axis blob."""
+        if node.attrs.channel_shared:
+            return call("SharedPReLU")
+        if not node.param_shapes:
             raise self.fail(node, "PReLU needs the number of input channels, but the input shape is unknown")
-        return PReLUModule(shape, p.filler if p.HasField("filler") else None)
+        return call("nn.PReLU", node.param_shapes[0][0])
+
+    def fillers(self, node: Node) -> Sequence[Any]:
+        """The file's filler, else Caffe's default constant 0.25 (not the zero filler of other layers)."""
+        a = node.attrs
+        return [a.filler if a.has("filler") else Filler(type="constant", value=0.25)]
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         """``PRelu`` with the slopes as ``(C, 1, ...)`` (or a scalar when shared), broadcasting along axis 1."""
         slope = ctx.broadcast_const(ctx.param(0), 1, len(ctx.in_shape(0)), "slope")
         onnx_chain(ctx, [("PRelu", [slope], {})])
-
-
-class PReLUModule(CaffeLayer):
-    """Slopes in ``weight`` with Caffe's blob shape, ``(C,)`` or ``()``; the default filler is constant
-    0.25, as in Caffe (not the zero filler of other layers)."""
-
-    def __init__(self, shape: Shape, filler: Any | None):
-        super().__init__()
-        self.add_blob("weight", shape, filler)
-        if filler is None:
-            with torch.no_grad():
-                self.weight.fill_(0.25)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # F.prelu broadcasts a one-element weight over every channel; its 0-axis form needs a reshape.
-        return F.prelu(x, self.weight.reshape(-1))
 
 
 # -- Dropout ----------------------------------------------------------------------------------------------
@@ -499,43 +378,21 @@ class Dropout(_ElementwiseSpec):
     layout_agnostic = True
     summary = "inverted dropout: zero with dropout_ratio and scale by 1/(1-ratio) in TRAIN, identity in TEST"
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        p = node.attrs
-        return DropoutModule(
-            float(p.dropout_ratio),
-            scale_train=bool(getattr(p, "scale_train", True)),
-            sample_test=bool(getattr(p, "sample_weights_test", False)),
-        )
+    def module(self, node: Node) -> Call:
+        """``nn.Dropout`` (Caffe's inverted dropout, identity at test); :class:`ForkDropout` for the fork fields
+        ``scale_train: false`` and ``sample_weights_test``."""
+        a = node.attrs
+        if a.scale_train and not a.sample_weights_test:
+            return call("nn.Dropout", a.dropout_ratio)
+        flags = {"scale_train": False} if not a.scale_train else {}
+        if a.sample_weights_test:
+            flags["sample_test"] = True
+        return call("ForkDropout", a.dropout_ratio, **flags)
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         """Identity at test time (times ``1 - ratio`` without ``scale_train``); random masks (TRAIN, or
         SegNet's ``sample_weights_test``) have no deterministic ONNX form."""
-        m = ctx.module
-        if ctx.training or m.sample_test:
+        a = node.attrs
+        if ctx.training or a.sample_weights_test:
             ctx.unsupported("dropout samples random masks here (TRAIN phase or sample_weights_test)")
-        onnx_chain(ctx, [] if m.scale_train else [("Mul", [ctx.scalar(1.0 - m.ratio)], {})])
-
-
-class DropoutModule(CaffeLayer):
-    """Caffe's dropout, by phase (``self.training``).
-
-    ``scale_train: false`` (Faster R-CNN/R-FCN forks) keeps the kept units unscaled in training and scales by
-    ``1 - ratio`` at test instead. ``sample_weights_test`` (SegNet) samples masks at test time too (Monte
-    Carlo dropout).
-    """
-
-    def __init__(self, ratio: float, scale_train: bool = True, sample_test: bool = False):
-        super().__init__()
-        self.ratio = ratio
-        self.scale_train = scale_train
-        self.sample_test = sample_test
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or self.sample_test:
-            if self.scale_train:
-                return F.dropout(x, self.ratio, training=True)
-            return x * torch.empty_like(x).bernoulli_(1.0 - self.ratio)
-        return x if self.scale_train else x * (1.0 - self.ratio)
-
-    def extra_repr(self) -> str:
-        return f"ratio={self.ratio}, scale_train={self.scale_train}, sample_test={self.sample_test}"
+        onnx_chain(ctx, [] if a.scale_train else [("Mul", [ctx.scalar(1.0 - a.dropout_ratio)], {})])

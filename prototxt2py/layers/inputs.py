@@ -2,21 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
-from .base import LayerSpec, Unknowable, register
-from .torch_util import CaffeLayer
-
-
-class _MissingInput(CaffeLayer):
-    """Stands in for an input blob; reaching its forward means the caller did not pass that input."""
-
-    def __init__(self, names: list[str]):
-        super().__init__()
-        self.names = names
-
-    def forward(self) -> torch.Tensor:
-        raise TypeError(f"input blob(s) {self.names} were not given to the net")
+from .base import LayerSpec, Unknowable, call, register
 
 
 @register
@@ -35,8 +21,10 @@ class Input(LayerSpec):
             raise self.fail(node, f"input_param has {len(shapes)} shapes for {len(node.tops)} tops")
         return [tuple(int(d) for d in shapes[0 if len(shapes) == 1 else i].dim) for i in range(len(node.tops))]
 
-    def build_torch(self, node):
-        return _MissingInput(list(node.tops))
+    plain_attrs = True
+
+    def module(self, node):
+        return call("NetInput", tuple(node.tops))
 
     def to_onnx(self, node, ctx):
         """The tops are graph inputs, which the exporter declares: nothing to compute."""

@@ -12,9 +12,9 @@ edges other converters get wrong, all reproduced here:
 * Scale/Bias apply an operand of shape ``x.shape[axis:axis + k]`` (``num_axes`` 0 = scalar, -1 = all the
   remaining axes), either learned (one bottom) or given as a second bottom that then receives a gradient.
 
-For inference speed, :meth:`BatchNormModule.affine` gives the per-channel ``(multiplier, offset)`` that a
-runtime can fold, together with a following per-channel ``Scale``, into one multiply-add (or into the
-preceding convolution).
+The modules are :mod:`prototxt2py.nn.normalization`'s. For inference speed, their ``BatchNorm.affine`` gives
+the per-channel ``(multiplier, offset)`` that a runtime can fold, together with a following per-channel
+``Scale``, into one multiply-add (or into the preceding convolution).
 """
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from torch.autograd.function import once_differentiable
 
-from .base import LayerSpec, Shape, canonical_axis, count, register
-from .torch_util import CaffeLayer, filler_of
+from ..plain import Filler
+from .base import Call, LayerSpec, Shape, call, canonical_axis, count, register
 
 FAMILY = "normalization"
 
@@ -38,17 +36,16 @@ def _reduce_dims(ndim: int) -> tuple[int, ...]:
     return (0, *range(2, ndim))
 
 
-def _channel_view(v: torch.Tensor, ndim: int) -> torch.Tensor:
-    """A ``(C,)`` vector shaped to broadcast along axis 1 of an ``ndim``-axis blob."""
-    return v.reshape((-1,) + (1,) * (ndim - 2))
+def short_float(value: float) -> float:
+    """The shortest decimal that is the same float32 as ``value`` (a protobuf ``float`` field read as a Python
+    float, e.g. 9.99999974738e-06 -> 1e-05). Modules round their float arguments to float32 again, so the
+    generated code can show what the prototxt says and still compute with Caffe's exact value."""
+    return float(str(np.float32(value)))
 
 
-def _filler_or_constant(param: Any, field: str, value: float) -> Any:
-    """The ``FillerParameter`` in ``param.<field>``, else ``constant value`` (the layer's identity default)."""
-    from ..proto import caffe_pb2
-
-    filler = filler_of(param, field)
-    return caffe_pb2.FillerParameter(type="constant", value=value) if filler is None else filler
+def _filler_or_constant(p: Any, field: str, value: float) -> Filler:
+    """The filler in ``p.<field>`` if the file gives one, else ``constant value`` (the layer's identity)."""
+    return getattr(p, field) if p.has(field) else Filler(type="constant", value=value)
 
 
 def _blob_shapes(spec: LayerSpec, node: Any, wanted: int) -> list[Shape]:
@@ -68,100 +65,10 @@ class BatchNormAttrs:
     eps: float
 
 
-class _BatchStatsNorm(torch.autograd.Function):
-    """Normalisation with batch statistics, computed in Caffe's order: mean, ``x - mean``, biased variance
-    ``mean((x - mean)^2)``, division by ``sqrt(var + eps)`` (not a folded ``x * a + b``, which loses absolute
-    precision for channels of small variance). Returns ``(y, mean, var)``; the statistics are not
-    differentiable. Backward is Caffe's closed form ``dx = (dy - (sum(dy) + y * sum(dy * y)) / m) / std``
-    (sums over every axis but 1, ``m`` elements per channel), keeping only ``y`` and ``std`` as Caffe does."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        dims = _reduce_dims(x.dim())
-        mean = x.mean(dims, keepdim=True)
-        y = x - mean
-        var = (y * y).mean(dims, keepdim=True)
-        std = (var + eps).sqrt()
-        y.div_(std)
-        ctx.save_for_backward(y, std)
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, dy: torch.Tensor, *_stats: torch.Tensor) -> tuple[torch.Tensor, None]:
-        y, std = ctx.saved_tensors
-        dims = _reduce_dims(y.dim())
-        m = y.numel() // std.numel()
-        sums = dy.sum(dims, keepdim=True) + y * (dy * y).sum(dims, keepdim=True)
-        return (dy - sums * (1.0 / m)) / std, None
-
-
-class BatchNormModule(CaffeLayer):
-    """Caffe's ``BatchNorm``: blobs ``mean`` / ``variance`` (sums, ``(C,)``) and ``scale_factor`` (``(1,)``),
-    all buffers. With batch statistics the forward pass updates them in place, as Caffe's does:
-    ``s = s * maf + 1``, ``mean += ...`` with the batch mean, ``variance += ...`` with the unbiased batch
-    variance (so layers sharing the blobs through ``param { name }`` see the update)."""
-
-    def __init__(self, channels: int, attrs: BatchNormAttrs):
-        super().__init__()
-        self.use_global_stats = attrs.use_global_stats
-        self.moving_average_fraction = attrs.moving_average_fraction
-        self.eps = attrs.eps
-        self.add_blob("mean", (channels,), trainable=False)
-        self.add_blob("variance", (channels,), trainable=False)
-        self.add_blob("scale_factor", (1,), trainable=False)
-
-    def uses_global_stats(self) -> bool:
-        """Whether the stored statistics are used: the explicit ``use_global_stats``, else ``not training``."""
-        return not self.training if self.use_global_stats is None else self.use_global_stats
-
-    def stored_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mean, variance)`` from the stored sums: divided by the scale factor, or 0 if it is 0."""
-        s = self.scale_factor
-        factor = torch.where(s == 0, 0.0, s.reciprocal())
-        return self.mean * factor, self.variance * factor
-
-    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The per-channel ``(multiplier, offset)``, both ``(C,)``, with ``y = x * multiplier + offset``
-        equal to this layer's output when it uses stored statistics (eval mode by default).
-
-        For folding at inference: a following per-channel ``Scale`` (weight ``g``, bias ``b``) becomes
-        ``(multiplier * g, offset * g + b)``, and both fold into a preceding convolution's weights and bias.
-        A folded multiply-add rounds differently from Caffe's ``(x - mean) / sqrt(var + eps)``, by about one
-        float32 ulp of ``|x| * multiplier``. Raises if the layer normalises with batch statistics, which
-        have no fixed affine form.
-        """
-        if not self.uses_global_stats():
-            raise RuntimeError("BatchNorm uses batch statistics here (training, or use_global_stats: false): "
-                               "it has no fixed affine form")
-        with torch.no_grad():
-            mean, var = self.stored_stats()
-            multiplier = (var + self.eps).rsqrt()
-            return multiplier, -mean * multiplier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.uses_global_stats():
-            mean, var = self.stored_stats()
-            # Caffe subtracts then divides by sqrt(var + eps); its backward is then dy / std, as autograd's.
-            return (x - _channel_view(mean, x.dim())).div_(_channel_view((var + self.eps).sqrt(), x.dim()))
-        y, mean, var = _BatchStatsNorm.apply(x, self.eps)
-        with torch.no_grad():
-            self._accumulate(mean.flatten(), var.flatten(), x.numel() // var.numel())
-        return y
-
-    def _accumulate(self, mean: torch.Tensor, var: torch.Tensor, m: int) -> None:
-        """Caffe's moving sums; the stored variance gets the unbiased correction ``m / (m - 1)``."""
-        maf = self.moving_average_fraction
-        correction = m / (m - 1) if m > 1 else 1.0
-        self.scale_factor.mul_(maf).add_(1.0)
-        self.mean.mul_(maf).add_(mean)
-        self.variance.mul_(maf).add_(var * correction)
-
-
 @register
 class BatchNorm(LayerSpec):
     type = "BatchNorm"
+    plain_attrs = True
     blob_names = ("mean", "variance", "scale_factor")
     family = FAMILY
     summary = ("standardise per channel (axis 1); blobs are sums of means/variances and a scale factor, "
@@ -191,9 +98,15 @@ class BatchNorm(LayerSpec):
     def macs(self, node, in_shapes, out_shapes):
         return count(in_shapes[0])
 
-    def build_torch(self, node):
+    def module(self, node) -> Call:
+        a = node.attrs
         channels = _blob_shapes(self, node, 1)[0][0]
-        return BatchNormModule(channels, node.attrs)
+        kwargs: dict[str, Any] = {} if a.use_global_stats is None else {"use_global_stats": a.use_global_stats}
+        for name, default in (("moving_average_fraction", 0.999), ("eps", 1e-5)):
+            value = short_float(getattr(a, name))
+            if value != default:
+                kwargs[name] = value
+        return call("BatchNorm", channels, **kwargs)
 
     def to_onnx(self, node, ctx):
         """Stored statistics: ``BatchNormalization`` with the scale factor folded in (mean/s, var/s, 0 for
@@ -235,56 +148,11 @@ def _check_operand(spec: LayerSpec, node: Any, x: Shape, operand: Shape, axis: i
         raise spec.fail(node, f"operand of shape {tuple(operand)} does not match input {tuple(x)} from axis {axis}")
 
 
-class _Broadcast(CaffeLayer):
-    """Base of Scale/Bias modules: applies an operand covering ``x.shape[axis:axis + operand.dim()]``."""
-
-    def __init__(self, axis: int):
-        super().__init__()
-        self.axis = axis
-
-    def _expand(self, operand: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if operand.dim() == 0:
-            return operand
-        axis = self.axis + x.dim() if self.axis < 0 else self.axis
-        return operand.reshape(operand.shape + (1,) * (x.dim() - axis - operand.dim()))
-
-
-class ScaleModule(_Broadcast):
-    """Caffe's ``Scale``: ``x * scale (+ bias)``; ``scale`` is the ``weight`` blob or the second bottom.
-    Blobs in Caffe's order: ``weight`` (one-bottom form only), then ``bias`` (if ``bias_term``)."""
-
-    def __init__(self, axis: int, shapes: Sequence[Shape], learned_scale: bool, bias_term: bool,
-                 filler: Any, bias_filler: Any):
-        super().__init__(axis)
-        self.bias_term = bias_term
-        if learned_scale:
-            self.add_blob("weight", shapes[0], filler)
-        if bias_term:
-            self.add_blob("bias", shapes[-1], bias_filler)
-
-    def forward(self, x: torch.Tensor, *scale: torch.Tensor) -> torch.Tensor:
-        factor = self._expand(scale[0] if scale else self.weight, x)
-        if self.bias_term:
-            return torch.addcmul(self._expand(self.bias, x), x, factor)
-        return x * factor
-
-
-class BiasModule(_Broadcast):
-    """Caffe's ``Bias``: ``x + bias``; ``bias`` is the ``bias`` blob or the second bottom."""
-
-    def __init__(self, axis: int, shape: Shape | None, filler: Any):
-        super().__init__(axis)
-        if shape is not None:
-            self.add_blob("bias", shape, filler)
-
-    def forward(self, x: torch.Tensor, *bias: torch.Tensor) -> torch.Tensor:
-        return x + self._expand(bias[0] if bias else self.bias, x)
-
-
 class _BroadcastSpec(LayerSpec):
     """Shape rules shared by Scale and Bias (one- or two-bottom form)."""
 
     bottoms = (1, 2)
+    plain_attrs = True
 
     def infer_shapes(self, node, in_shapes):
         p = node.attrs
@@ -330,13 +198,28 @@ class Scale(_BroadcastSpec):
     def macs(self, node, in_shapes, out_shapes):
         return count(in_shapes[0])
 
-    def build_torch(self, node):
+    def module(self, node) -> Call:
         p = node.attrs
         learned = len(node.bottoms) == 1
         shapes = _blob_shapes(self, node, int(learned) + int(p.bias_term))
+        args = (shapes[-1],) if shapes else ()  # weight and bias are both the operand's shape
+        kwargs: dict[str, Any] = {} if p.axis == 1 else {"axis": p.axis}
+        if p.bias_term:
+            kwargs["bias"] = True
+        if not learned:
+            kwargs["learned"] = False
+        return call("Scale", *args, **kwargs)
+
+    def fillers(self, node) -> list[Filler | None]:
+        p = node.attrs
         # Caffe's Scale starts as the identity: constant 1 unless a filler is given.
-        filler = _filler_or_constant(p, "filler", 1.0)
-        return ScaleModule(p.axis, shapes, learned, p.bias_term, filler, filler_of(p, "bias_filler"))
+        weight = [_filler_or_constant(p, "filler", 1.0)] if len(node.bottoms) == 1 else []
+        bias = [p.bias_filler if p.has("bias_filler") else None] if p.bias_term else []
+        return weight + bias
+
+    def node_blob_names(self, node) -> tuple[str, ...]:
+        """``weight`` (one-bottom form only), then ``bias`` (with ``bias_term``)."""
+        return (("weight",) if len(node.bottoms) == 1 else ()) + (("bias",) if node.attrs.bias_term else ())
 
     def to_onnx(self, node, ctx):
         """``Mul`` then ``Add``: Caffe's Scale multiplies, then its internal Bias layer adds."""
@@ -358,10 +241,14 @@ class Bias(_BroadcastSpec):
     def param_shapes(self, node, in_shapes):
         return [self.operand_shape(node, in_shapes)] if len(in_shapes) == 1 else []
 
-    def build_torch(self, node):
+    def module(self, node) -> Call:
         learned = len(node.bottoms) == 1
-        shape = _blob_shapes(self, node, 1)[0] if learned else None
-        return BiasModule(node.attrs.axis, shape, filler_of(node.attrs, "filler"))
+        args = (_blob_shapes(self, node, 1)[0],) if learned else ()
+        return call("Bias", *args, **({} if node.attrs.axis == 1 else {"axis": node.attrs.axis}))
+
+    def fillers(self, node) -> list[Filler | None]:
+        p = node.attrs
+        return [p.filler if p.has("filler") else None] if len(node.bottoms) == 1 else []
 
     def to_onnx(self, node, ctx):
         operand = self.onnx_operand(node, ctx, 0 if ctx.num_inputs == 1 else None)
@@ -369,61 +256,10 @@ class Bias(_BroadcastSpec):
 
 
 # -- Normalize (SSD fork) ----------------------------------------------------------------------------------
-def _norm_dims(x: torch.Tensor, across_spatial: bool) -> tuple[int, ...]:
-    """Axes Normalize sums squares over: ``C*H*W`` of each sample, or ``C`` at each position."""
-    return tuple(range(1, x.dim())) if across_spatial else (1,)
-
-
-class _NormalizeFn(torch.autograd.Function):
-    """``y = x / sqrt(sum(x^2) + eps) * weight`` with SSD Caffe's backward. For the input Caffe computes
-    ``weight * (dy - x * sum(x * dy) / norm^2) / norm``: the dot product leaves the weight out, so with a
-    per-channel weight (``channel_shared: false``) its input gradient is *not* the true derivative, and is
-    reproduced here. The weight gradient, ``sum(x / norm * dy)``, is the true one (Caffe computes it as
-    ``sum(y * dy) / weight``, which is the same for non-zero weights)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, across_spatial: bool, eps: float) -> torch.Tensor:
-        norm = ((x * x).sum(_norm_dims(x, across_spatial), keepdim=True) + eps).sqrt()
-        ctx.save_for_backward(x, weight, norm)
-        ctx.across_spatial = across_spatial
-        return x / norm * _weight_view(weight, x.dim())
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
-        x, weight, norm = ctx.saved_tensors
-        dx = dweight = None
-        if ctx.needs_input_grad[0]:
-            dot = (x * dy).sum(_norm_dims(x, ctx.across_spatial), keepdim=True)
-            dx = (dy - x * (dot / (norm * norm))) / norm * _weight_view(weight, x.dim())
-        if ctx.needs_input_grad[1]:
-            product = x / norm * dy
-            dweight = product.sum() if weight.dim() == 0 else product.sum(_reduce_dims(x.dim()))
-        return dx, dweight, None, None
-
-
-def _weight_view(weight: torch.Tensor, ndim: int) -> torch.Tensor:
-    return weight if weight.dim() == 0 else _channel_view(weight, ndim)
-
-
-class NormalizeModule(CaffeLayer):
-    """SSD's ``Normalize``: L2-normalise each sample over ``C*H*W`` (``across_spatial``) or each position
-    over ``C``, with ``eps`` added to the sum of squares inside the square root, then multiply by ``weight``
-    (a 0-axis scalar if ``channel_shared``, else ``(C,)``)."""
-
-    def __init__(self, shape: Shape, across_spatial: bool, eps: float, filler: Any):
-        super().__init__()
-        self.across_spatial = across_spatial
-        self.eps = eps
-        self.add_blob("weight", shape, filler)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _NormalizeFn.apply(x, self.weight, self.across_spatial, self.eps)
-
-
 @register
 class Normalize(LayerSpec):
     type = "Normalize"
+    plain_attrs = True
     blob_names = ("weight",)
     family = FAMILY
     summary = ("SSD fork: L2-normalise per sample (across_spatial) or per position over channels, "
@@ -442,11 +278,21 @@ class Normalize(LayerSpec):
     def macs(self, node, in_shapes, out_shapes):
         return 2 * count(in_shapes[0])
 
-    def build_torch(self, node):
+    def module(self, node) -> Call:
         p = node.attrs
-        shape = _blob_shapes(self, node, 1)[0]
+        _blob_shapes(self, node, 1)
+        kwargs: dict[str, Any] = {}
+        if not p.across_spatial:
+            kwargs["across_spatial"] = False
+        if not p.channel_shared:
+            kwargs["channel_shared"] = False
+        if short_float(p.eps) != 1e-10:
+            kwargs["eps"] = short_float(p.eps)
+        return call("Normalize", node.in_shapes[0][1], **kwargs)
+
+    def fillers(self, node) -> list[Filler]:
         # SSD's default scale filler is constant 1 (SSD nets set 20 explicitly).
-        return NormalizeModule(shape, p.across_spatial, p.eps, _filler_or_constant(p, "scale_filler", 1.0))
+        return [_filler_or_constant(node.attrs, "scale_filler", 1.0)]
 
     def to_onnx(self, node, ctx):
         """``x / sqrt(sum(x^2) + eps) * weight``, summing over C*H*W (across_spatial) or over C."""

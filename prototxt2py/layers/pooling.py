@@ -21,8 +21,9 @@ Caffe facts kept here (see ``shared/docs/caffe-semantics.md`` rows 1-4 and 17):
 * MVN adds ``eps`` to the standard deviation (not the variance), and its top is always 4-D (legacy
   num/channels/height/width).
 
-Everything runs on torch's native pooling kernels: they are used with their own padding whenever their output
-size rule and divisor agree with Caffe's, otherwise the input is padded explicitly and the divisor fixed.
+The modules are ``nn.MaxPool2d``/``nn.AvgPool2d`` (and their adaptive forms for global pooling) wherever torch's
+output-size rule and divisor provably equal Caffe's for every input size, else the helpers of
+:mod:`prototxt2py.nn.pooling`, which run torch's native kernels on explicitly padded inputs where needed.
 """
 
 from __future__ import annotations
@@ -32,16 +33,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .base import LayerSpec, Shape, count, register
-from .torch_util import CaffeLayer
+from ..plain import plain
+from .base import Call, LayerSpec, Shape, call, count, register
 
 MAX, AVE, STOCHASTIC = "MAX", "AVE", "STOCHASTIC"
 
 #: Caffe initialises MAX outputs to -FLT_MAX, so a window with nothing above it yields -FLT_MAX, not -inf.
-_FLT_MAX = float(torch.finfo(torch.float32).max)
+_FLT_MAX = float(np.finfo(np.float32).max)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -130,91 +129,20 @@ def _torch_pooled_size(n: int, k: int, p: int, s: int, ceil: bool) -> int:
     return out - 1 if ceil and (out - 1) * s >= n + p else out
 
 
-def _clipped_lengths(n: int, k: int, p: int, s: int, out: int, like: torch.Tensor) -> torch.Tensor:
+def _clipped_lengths(n: int, k: int, p: int, s: int, out: int) -> np.ndarray:
     """Per output position, the window length clipped to ``[-pad, in + pad)`` (Caffe's AVE divisor factor)."""
-    start = torch.arange(out, device=like.device, dtype=like.dtype) * s - p
-    return (start + k).clamp(max=n + p) - start
+    start = np.arange(out, dtype=np.float64) * s - p
+    return np.minimum(start + k, n + p) - start
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Pooling on torch
-# ----------------------------------------------------------------------------------------------------------
-def _sum_pool(x: torch.Tensor, plan: PoolPlan) -> torch.Tensor:
-    """Window sums over the clipped window (padding adds zeros)."""
-    if plan.native:
-        return F.avg_pool2d(x, plan.kernel, plan.stride, plan.pad, ceil_mode=plan.ceil, divisor_override=1)
-    return F.avg_pool2d(F.pad(x, plan.explicit_pad), plan.kernel, plan.stride, divisor_override=1)
-
-
-def _ave_pool(x: torch.Tensor, plan: PoolPlan) -> torch.Tensor:
-    if plan.kernel == plan.size and not any(plan.pad):  # one window covering the plane (global pooling)
-        return x.mean((2, 3), keepdim=True)  # several times faster than avg_pool2d with a plane-sized kernel
-    if plan.native:  # torch's count_include_pad divisor is Caffe's: the window clipped to [-pad, in + pad)
-        return F.avg_pool2d(x, plan.kernel, plan.stride, plan.pad, ceil_mode=plan.ceil, count_include_pad=True)
-    padded = F.pad(x, plan.explicit_pad)
-    if plan.uniform_divisor:
-        return F.avg_pool2d(padded, plan.kernel, plan.stride)
-    sums = F.avg_pool2d(padded, plan.kernel, plan.stride, divisor_override=1)
-    args = zip(plan.size, plan.kernel, plan.pad, plan.stride, plan.out, strict=True)
-    rows, cols = (_clipped_lengths(*a, like=sums) for a in args)
-    return sums / (rows[:, None] * cols[None, :])
-
-
-def _channels_last_max(x: torch.Tensor, kernel, stride, pad, ceil: bool) -> torch.Tensor:
-    """torch's CPU max pooling is a scalar loop on NCHW tensors but vectorised over channels on channels-last
-    ones: converting there and back is 2-4x faster (AlexNet's pool1: 1.3 ms -> 0.36 ms) and gives the same
-    values, and the same first-maximum gradient routing. A channels-last input (the runtime's fused plan) gets
-    a channels-last result, an NCHW one an NCHW result."""
-    if x.dim() != 4 or x.is_cuda:
-        return F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil)
-    y = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), kernel, stride, pad, ceil_mode=ceil)
-    return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()  # the input's layout
-
-
-def _max_pool(x: torch.Tensor, plan: PoolPlan, with_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """MAX pooling; torch's kernels, like Caffe's, keep the first strict maximum in row-major order and send the
-    gradient there, so autograd is Caffe's backward. The mask is the argmax as a float flat index into H*W."""
-    if plan.native:
-        if not with_mask:
-            return _channels_last_max(x, plan.kernel, plan.stride, plan.pad, plan.ceil), None
-        y, idx = F.max_pool2d(x, plan.kernel, plan.stride, plan.pad, ceil_mode=plan.ceil, return_indices=True)
-        return y, idx.to(x.dtype)
-    left, right, top, bottom = plan.explicit_pad
-    padded = F.pad(x, (left, right, top, bottom), value=-_FLT_MAX)
-    if not with_mask:
-        return _channels_last_max(padded, plan.kernel, plan.stride, (0, 0), False), None
-    y, idx = F.max_pool2d(padded, plan.kernel, plan.stride, return_indices=True)
-    width = plan.size[1] + left + right
-    h, w = idx.div(width, rounding_mode="floor") - top, idx.remainder(width) - left
-    inside = (h >= 0) & (h < plan.size[0]) & (w >= 0) & (w < plan.size[1])
-    return y, torch.where(inside, h * plan.size[1] + w, -1).to(x.dtype)  # -1: Caffe's "nothing won"
-
-
-def _stochastic_pool(x: torch.Tensor, plan: PoolPlan, training: bool) -> torch.Tensor:
-    """TEST: ``sum(x^2) / sum(x)`` per window, 0 where the sum is not positive. TRAIN: sample one element per
-    window with probability proportional to its value (Caffe: the first position whose running sum reaches
-    ``u * sum``, u uniform in [0, 1)); the gradient goes to the sampled element."""
-    if not training:
-        total = _sum_pool(x, plan)
-        positive = total > 0
-        return torch.where(positive, _sum_pool(x * x, plan) / torch.where(positive, total, 1), 0)
-    windows = F.pad(x, plan.explicit_pad).unfold(2, plan.kernel[0], plan.stride[0])
-    windows = windows.unfold(3, plan.kernel[1], plan.stride[1]).flatten(4)  # (N, C, out_h, out_w, kh*kw)
-    running = windows.detach().cumsum(4)
-    threshold = torch.rand_like(running[..., -1:]) * running[..., -1:]
-    pick = (running >= threshold).to(torch.uint8).argmax(4, keepdim=True)  # first position reaching it
-    return windows.gather(4, pick).squeeze(4)
-
-
-def caffe_pool(
-    x: torch.Tensor, plan: PoolPlan, training: bool = False, with_mask: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Caffe's pooling of a 4-D tensor; returns ``(top, mask or None)``."""
-    if plan.pool == MAX:
-        return _max_pool(x, plan, with_mask)
-    if plan.pool == AVE:
-        return _ave_pool(x, plan), None
-    return _stochastic_pool(x, plan, training), None
+def torch_pools_as_caffe(kernel: tuple[int, int], pad: tuple[int, int], stride: tuple[int, int], ceil: bool) -> bool:
+    """Whether torch's pooling (``nn.MaxPool2d``/``nn.AvgPool2d`` with ``count_include_pad``) makes Caffe's windows
+    and divisors for *every* input size. Torch takes pad <= kernel/2 only. Both drop a last ceil window starting
+    at or after ``in + pad`` when padded; unpadded, Caffe never drops one and torch does, but that window exists
+    only if a stride exceeds its kernel (the last window starts before ``ceil((in-k)/s)*s < in - k + s``)."""
+    if any(p > k // 2 for p, k in zip(pad, kernel, strict=True)):
+        return False
+    return not ceil or any(pad) or all(s <= k for s, k in zip(stride, kernel, strict=True))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -249,9 +177,8 @@ def _ave_divisor_correction(plan: PoolPlan) -> np.ndarray:
     """``kernel area / Caffe's divisor`` per output position, ``(1, 1, out_h, out_w)``: the divisor is the
     window clipped to ``[-pad, in + pad)``; a window wholly past the input (possible without padding) sums
     to zero, and gets factor 0."""
-    like = torch.zeros((), dtype=torch.float64)
-    rows, cols = (_clipped_lengths(*a, like=like).numpy() for a in
-                  zip(plan.size, plan.kernel, plan.pad, plan.stride, plan.out, strict=True))
+    geometry = zip(plan.size, plan.kernel, plan.pad, plan.stride, plan.out, strict=True)
+    rows, cols = (_clipped_lengths(*a) for a in geometry)
     divisor = rows[:, None] * cols[None, :]
     area = float(plan.kernel[0] * plan.kernel[1])
     factor = np.divide(area, divisor, out=np.zeros_like(divisor), where=divisor != 0)
@@ -318,35 +245,20 @@ def onnx_pool(ctx: Any, x: str, plan: PoolPlan, out: str | None = None, mask_out
     return ctx.add("Mul", [_padded_average(ctx, x, plan, pads), correction], out)
 
 
-class _Pooling(CaffeLayer):
-    def __init__(self, attrs: PoolAttrs, with_mask: bool):
-        super().__init__()
-        self.attrs = attrs
-        self.with_mask = with_mask
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        y, mask = caffe_pool(x, self.attrs.plan(x.shape[2], x.shape[3]), self.training, self.with_mask)
-        return (y, mask) if self.with_mask else y
-
-    def extra_repr(self) -> str:
-        a = self.attrs
-        kernel = "global" if a.kernel is None else f"kernel={a.kernel}"
-        return f"{a.pool}, {kernel}, stride={a.stride}, pad={a.pad}, {'ceil' if a.ceil else 'floor'}"
-
-
-def _pool_method(param: Any) -> str:
-    return type(param).PoolMethod.Name(param.pool)
-
-
 def _pair(param: Any, name: str, default: int) -> tuple[int, int]:
     """Caffe's rule for pad/stride: either ``name`` or both ``name_h`` and ``name_w``, never a mix."""
-    has_h, has_w = param.HasField(f"{name}_h"), param.HasField(f"{name}_w")
+    has_h, has_w = param.has(f"{name}_h"), param.has(f"{name}_w")
     if has_h or has_w:
-        if param.HasField(name) or not (has_h and has_w):
+        if param.has(name) or not (has_h and has_w):
             raise ValueError(f"{name} is {name} OR {name}_h and {name}_w")
         return getattr(param, f"{name}_h"), getattr(param, f"{name}_w")
-    value = getattr(param, name) if param.HasField(name) else default
+    value = getattr(param, name) if param.has(name) else default
     return value, value
+
+
+def _scalar(values: tuple[int, int]) -> int | tuple[int, int]:
+    """One number where both axes agree (how people write ``nn.MaxPool2d``)."""
+    return values[0] if values[0] == values[1] else tuple(values)
 
 
 @register
@@ -358,10 +270,10 @@ class Pooling(LayerSpec):
     summary = "MAX/AVE/STOCHASTIC pooling, Caffe's CEIL sizes and clipped windows; optional argmax mask top (MAX)"
 
     def attrs(self, layer: Any) -> PoolAttrs:
-        p = layer.pooling_param
-        has_size, has_hw = p.HasField("kernel_size"), p.HasField("kernel_h") and p.HasField("kernel_w")
+        p = plain(layer.pooling_param)
+        has_size, has_hw = p.has("kernel_size"), p.has("kernel_h") and p.has("kernel_w")
         if p.global_pooling:
-            if has_size or p.HasField("kernel_h") or p.HasField("kernel_w"):
+            if has_size or p.has("kernel_h") or p.has("kernel_w"):
                 raise ValueError("with global_pooling: true the kernel size cannot be specified")
             kernel = None
         elif has_size == has_hw:
@@ -375,10 +287,10 @@ class Pooling(LayerSpec):
             raise ValueError("stride must be positive")
         if kernel is None and (any(pad) or stride != (1, 1)):
             raise ValueError("with global_pooling: true only pad 0 and stride 1 are allowed")
-        ceil = p.round_mode == p.CEIL
-        if not p.HasField("round_mode"):  # fork spellings of FLOOR
-            ceil = (p.ceil_mode if p.HasField("ceil_mode") else True) and not p.torch_pooling
-        return PoolAttrs(_pool_method(p), kernel, pad, stride, ceil)
+        ceil = p.round_mode == "CEIL"
+        if not p.has("round_mode"):  # fork spellings of FLOOR
+            ceil = (p.ceil_mode if p.has("ceil_mode") else True) and not p.torch_pooling
+        return PoolAttrs(p.pool, kernel, pad, stride, ceil)
 
     def _plan(self, node: Any, shape: Shape) -> PoolPlan:
         if len(shape) != 4:
@@ -397,8 +309,33 @@ class Pooling(LayerSpec):
     def macs(self, node: Any, in_shapes: Sequence[Shape], out_shapes: Sequence[Shape]) -> int:
         return self._plan(node, in_shapes[0]).macs * count(out_shapes[0])
 
-    def build_torch(self, node: Any) -> _Pooling:
-        return _Pooling(node.attrs, with_mask=len(node.tops) == 2)
+    def module(self, node: Any) -> Call:
+        """Stock torch pooling where it is Caffe's for every input size (see :func:`torch_pools_as_caffe`):
+        global MAX/AVE as adaptive pooling to 1x1, MAX/AVE as ``nn.MaxPool2d``/``nn.AvgPool2d``; the helper
+        :class:`~prototxt2py.nn.pooling.Pooling` otherwise, and for STOCHASTIC or a mask top."""
+        a = node.attrs
+        mask = len(node.tops) == 2
+        if not mask and a.pool in (MAX, AVE):
+            stock = "MaxPool2d" if a.pool == MAX else "AvgPool2d"
+            if a.kernel is None:
+                return call(f"nn.Adaptive{stock}", 1)
+            if torch_pools_as_caffe(a.kernel, a.pad, a.stride, a.ceil):
+                kwargs: dict[str, Any] = {"stride": _scalar(a.stride)}
+                if any(a.pad):
+                    kwargs["padding"] = _scalar(a.pad)
+                if a.ceil:
+                    kwargs["ceil_mode"] = True
+                return call(f"nn.{stock}", _scalar(a.kernel), **kwargs)
+        kwargs = {}
+        if a.stride != (1, 1):
+            kwargs["stride"] = a.stride
+        if any(a.pad):
+            kwargs["padding"] = a.pad
+        if not a.ceil:
+            kwargs["ceil_mode"] = False
+        if mask:
+            kwargs["return_mask"] = True
+        return call("Pooling", a.pool, a.kernel, **kwargs)
 
     def to_onnx(self, node: Any, ctx: Any) -> None:
         plan = self._plan(node, ctx.in_shape(0))
@@ -419,24 +356,11 @@ def spp_plans(pool: str, pyramid_height: int, height: int, width: int) -> list[P
     return plans
 
 
-class _SPP(CaffeLayer):
-    def __init__(self, pool: str, pyramid_height: int):
-        super().__init__()
-        self.pool = pool
-        self.pyramid_height = pyramid_height
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        levels = [caffe_pool(x, plan, self.training)[0]
-                  for plan in spp_plans(self.pool, self.pyramid_height, x.shape[2], x.shape[3])]
-        if len(levels) == 1:  # Caffe runs the single pooling layer straight into the top: (N, C, 1, 1)
-            return levels[0]
-        return torch.cat([y.flatten(1) for y in levels], 1)
-
-
 @register
 class SPP(LayerSpec):
     type = "SPP"
     family = "pooling"
+    plain_attrs = True
     summary = "spatial pyramid pooling: levels of 2^i x 2^i bins (MAX/AVE), flattened and concatenated"
 
     def _plans(self, node: Any, shape: Shape) -> list[PoolPlan]:
@@ -446,7 +370,7 @@ class SPP(LayerSpec):
         if p.pyramid_height < 1:
             raise self.fail(node, "spp_param.pyramid_height must be at least 1")
         try:
-            return spp_plans(_pool_method(p), p.pyramid_height, shape[2], shape[3])
+            return spp_plans(p.pool, p.pyramid_height, shape[2], shape[3])
         except ValueError as e:
             raise self.fail(node, f"pyramid_height {p.pyramid_height} is too large for a {shape[2]}x{shape[3]} "
                                   f"input: {e}") from None
@@ -462,8 +386,8 @@ class SPP(LayerSpec):
         n, c = in_shapes[0][:2]
         return n * c * sum(p.macs * p.out[0] * p.out[1] for p in self._plans(node, in_shapes[0]))
 
-    def build_torch(self, node: Any) -> _SPP:
-        return _SPP(_pool_method(node.attrs), node.attrs.pyramid_height)
+    def module(self, node: Any) -> Call:
+        return call("SPP", node.attrs.pool, node.attrs.pyramid_height)
 
     def to_onnx(self, node: Any, ctx: Any) -> None:
         """Each level pooled as Pooling does, flattened from axis 1 and concatenated (one level: the pooled
@@ -488,76 +412,18 @@ class LRNAttrs:
     across_channels: bool
 
 
-class _LRN(CaffeLayer):
-    def __init__(self, attrs: LRNAttrs):
-        super().__init__()
-        self.attrs = attrs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x * (k + alpha/n * window_sum(x^2))^-beta``. Without autograd the same operations run in place on
-        the intermediate tensors (same order, same bits; at batch 16 half the time of allocating each one)."""
-        a = self.attrs
-        n, pad = a.local_size, (a.local_size - 1) // 2
-        square = x * x
-        if torch.is_grad_enabled() and x.requires_grad:
-            if a.across_channels:
-                scale = _ChannelWindowSumFn.apply(square, n) * (a.alpha / n) + a.k
-            else:  # stride 1 and pad (n-1)/2 keep every window inside [-pad, in + pad): the divisor is n*n
-                scale = F.avg_pool2d(square, n, 1, pad, count_include_pad=True) * a.alpha + 1
-            if a.beta == 0.75:  # AlexNet/CaffeNet/GoogLeNet's value: two rsqrts are twice as fast as pow (<= 2 ulp)
-                return x * torch.rsqrt(scale) * torch.rsqrt(torch.sqrt(scale))
-            return x * scale.pow(-a.beta)
-        if a.across_channels:
-            scale = _channel_window_sum(square, n).mul_(a.alpha / n).add_(a.k)
-        else:
-            scale = F.avg_pool2d(square, n, 1, pad, count_include_pad=True).mul_(a.alpha).add_(1)
-        if a.beta == 0.75:
-            top = torch.mul(x, torch.rsqrt(scale, out=square))
-            return top.mul_(scale.sqrt_().rsqrt_())
-        return x * scale.pow_(-a.beta)
-
-    def extra_repr(self) -> str:
-        a = self.attrs
-        region = "ACROSS_CHANNELS" if a.across_channels else "WITHIN_CHANNEL"
-        return f"{region}, local_size={a.local_size}, alpha={a.alpha:g}, beta={a.beta:g}, k={a.k:g}"
-
-
-def _channel_window_sum(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Sum over the ``n`` channels centred on each channel, zero padded: ``n`` whole-tensor adds of shifted
-    views (torch's CPU pooling kernels along the channel axis are about ten times slower)."""
-    channels, pad = x.shape[1], (n - 1) // 2
-    padded = F.pad(x, (0, 0, 0, 0, pad, pad))
-    total = padded.narrow(1, 0, channels).clone()
-    for offset in range(1, n):
-        total += padded.narrow(1, offset, channels)
-    return total
-
-
-class _ChannelWindowSumFn(torch.autograd.Function):
-    """The centred, zero-padded window sum is a symmetric linear map, so its backward is the same sum of the
-    gradient (autograd through the shifted views would allocate a padded gradient per offset)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, n: int) -> torch.Tensor:
-        ctx.n = n
-        return _channel_window_sum(x, n)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return _channel_window_sum(grad, ctx.n), None
-
-
 @register
 class LRN(LayerSpec):
     type = "LRN"
     family = "pooling"
+    layout_agnostic = True  # elementwise ops and shifted channel views: the same values on channels-last inputs
     summary = "local response normalisation, ACROSS_CHANNELS (alpha/n, k) or WITHIN_CHANNEL (n x n window)"
 
     def attrs(self, layer: Any) -> LRNAttrs:
-        p = layer.lrn_param
+        p = plain(layer.lrn_param)
         if p.local_size % 2 != 1:
             raise ValueError(f"LRN only supports odd values for local_size, got {p.local_size}")
-        return LRNAttrs(p.local_size, p.alpha, p.beta, p.k, p.norm_region == p.ACROSS_CHANNELS)
+        return LRNAttrs(p.local_size, p.alpha, p.beta, p.k, p.norm_region == "ACROSS_CHANNELS")
 
     def infer_shapes(self, node: Any, in_shapes: Sequence[Shape]) -> list[Shape]:
         if len(in_shapes[0]) != 4:
@@ -568,8 +434,14 @@ class LRN(LayerSpec):
         n = node.attrs.local_size
         return count(in_shapes[0]) * ((n if node.attrs.across_channels else n * n) + 2)
 
-    def build_torch(self, node: Any) -> _LRN:
-        return _LRN(node.attrs)
+    def module(self, node: Any) -> Call:
+        a = node.attrs
+        kwargs: dict[str, Any] = {"alpha": a.alpha, "beta": a.beta}
+        if a.k != 1.0:
+            kwargs["k"] = a.k
+        if not a.across_channels:
+            kwargs["across_channels"] = False
+        return call("LRN", a.local_size, **kwargs)
 
     def to_onnx(self, node: Any, ctx: Any) -> None:
         """ACROSS_CHANNELS is ONNX ``LRN`` exactly (it too divides alpha by size, and ``bias`` is Caffe's
@@ -589,42 +461,6 @@ class LRN(LayerSpec):
 # ----------------------------------------------------------------------------------------------------------
 # MVN
 # ----------------------------------------------------------------------------------------------------------
-class _NormalizeVariance(torch.autograd.Function):
-    """``y = (x - mean) / (std + eps)`` per row, with Caffe's backward
-    ``(dy - mean(dy) - y * mean(y * dy)) / (std + eps)``: it treats ``eps`` as part of the std, which keeps it
-    finite on constant rows where the exact derivative of the square root is infinite."""
-
-    @staticmethod
-    def forward(ctx: Any, rows: torch.Tensor, eps: float) -> torch.Tensor:
-        centred = rows - rows.mean(1, keepdim=True)
-        std = (centred * centred).mean(1, keepdim=True).sqrt() + eps
-        y = centred / std
-        ctx.save_for_backward(y, std)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, None]:
-        y, std = ctx.saved_tensors
-        return (dy - dy.mean(1, keepdim=True) - y * (y * dy).mean(1, keepdim=True)) / std, None
-
-
-class _MVN(CaffeLayer):
-    def __init__(self, normalize_variance: bool, across_channels: bool, eps: float):
-        super().__init__()
-        self.normalize_variance = normalize_variance
-        self.across_channels = across_channels
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = _legacy_4d(x.shape)
-        rows = x.reshape(shape[0] if self.across_channels else shape[0] * shape[1], -1)
-        if self.normalize_variance:
-            y = _NormalizeVariance.apply(rows, self.eps)
-        else:
-            y = rows - rows.mean(1, keepdim=True)
-        return y.reshape(shape)
-
-
 def _legacy_4d(shape: Sequence[int]) -> Shape:
     """Caffe's num/channels/height/width of a blob with at most 4 axes (missing trailing axes are 1)."""
     return (*shape, *(1,) * (4 - len(shape)))
@@ -634,6 +470,7 @@ def _legacy_4d(shape: Sequence[int]) -> Shape:
 class MVN(LayerSpec):
     type = "MVN"
     family = "pooling"
+    plain_attrs = True
     summary = "mean-variance normalisation per channel or per sample (eps added to the std); top is 4-D"
 
     def infer_shapes(self, node: Any, in_shapes: Sequence[Shape]) -> list[Shape]:
@@ -645,9 +482,12 @@ class MVN(LayerSpec):
     def macs(self, node: Any, in_shapes: Sequence[Shape], out_shapes: Sequence[Shape]) -> int:
         return count(in_shapes[0]) * (3 if node.attrs.normalize_variance else 1)
 
-    def build_torch(self, node: Any) -> _MVN:
+    def module(self, node: Any) -> Call:
         a = node.attrs
-        return _MVN(a.normalize_variance, a.across_channels, a.eps)
+        kwargs: dict[str, Any] = {} if a.normalize_variance else {"normalize_variance": False}
+        if a.across_channels:
+            kwargs["across_channels"] = True
+        return call("MVN", **kwargs, eps=a.eps)
 
     def to_onnx(self, node: Any, ctx: Any) -> None:
         """On the 4-D legacy view: subtract the mean over C*H*W (across_channels) or H*W, then divide by

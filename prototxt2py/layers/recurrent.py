@@ -1,7 +1,8 @@
 """Recurrent layers: RNN, LSTM and the LSTMUnit step they are built from.
 
-Caffe runs RNN/LSTM as an unrolled inner net (``recurrent_layer.cpp``); the modules here compute the same
-thing step by step, with the input transforms done once for all timesteps as Caffe does. Facts kept:
+Caffe runs RNN/LSTM as an unrolled inner net (``recurrent_layer.cpp``); the modules
+(:mod:`prototxt2py.nn.recurrent`) compute the same thing step by step, with the input transforms done once for
+all timesteps as Caffe does. Facts kept:
 
 * Bottoms ``x (T, N, ...)``, ``cont (T, N)``, optional ``x_static (N, ...)``, then with ``expose_hidden``
   the initial states (``h_0``; LSTM ``h_0, c_0``), each ``(1, N, num_output)``. Tops: the sequence output,
@@ -23,11 +24,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-
-from .base import LayerSpec, Shape, count, register
-from .torch_util import CaffeLayer, filler_of
+from ..plain import plain
+from .base import Call, LayerSpec, Shape, call, count, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ir import Node
@@ -36,48 +34,6 @@ FAMILY = "recurrent"
 
 
 # -- LSTM unit ----------------------------------------------------------------------------------------------
-class _LSTMUnitFn(torch.autograd.Function):
-    """One LSTM step on ``(N, H)`` / ``(N, 4H)`` / ``(N,)`` tensors with Caffe's backward.
-
-    ``f = cont * sigmoid(x_f)`` (0 when cont == 0), ``c = f c_prev + i g``, ``h = o tanh(c)``. Caffe's
-    forget-gate gradient is ``dc_term * c_prev * f (1 - f)``, which equals the derivative only for cont in
-    {0, 1}; this keeps Caffe's formula for any cont."""
-
-    @staticmethod
-    def forward(ctx: Any, c_prev: torch.Tensor, gates: torch.Tensor, cont: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        xi, xf, xo, xg = gates.chunk(4, dim=1)
-        i, o, g = torch.sigmoid(xi), torch.sigmoid(xo), torch.tanh(xg)
-        keep = cont.unsqueeze(1)
-        f = torch.where(keep == 0, torch.zeros_like(xf), keep * torch.sigmoid(xf))
-        c = f * c_prev + i * g
-        tanh_c = torch.tanh(c)
-        ctx.save_for_backward(c_prev, i, f, o, g, tanh_c)
-        return c, o * tanh_c
-
-    @staticmethod
-    def backward(ctx: Any, dc: torch.Tensor, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        c_prev, i, f, o, g, tanh_c = ctx.saved_tensors
-        dc_term = dc + dh * o * (1 - tanh_c * tanh_c)
-        dgates = torch.cat(
-            (dc_term * g * i * (1 - i), dc_term * c_prev * f * (1 - f), dh * tanh_c * o * (1 - o),
-             dc_term * i * (1 - g * g)),
-            dim=1,
-        )
-        return dc_term * f, dgates, None
-
-
-class LSTMUnitModule(CaffeLayer):
-    """Caffe's ``LSTMUnit``: bottoms ``c_prev (1, N, H)``, gates ``(1, N, 4H)``, ``cont (1, N)``; tops c, h."""
-
-    def forward(self, c_prev: torch.Tensor, gates: torch.Tensor, cont: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        n, hidden = c_prev.shape[1], c_prev.shape[2]
-        c, h = _LSTMUnitFn.apply(c_prev.reshape(n, hidden), gates.reshape(n, 4 * hidden),
-                                 cont.detach().reshape(n).to(c_prev.dtype))
-        return c.reshape(1, n, hidden), h.reshape(1, n, hidden)
-
-
 @register
 class LSTMUnit(LayerSpec):
     type = "LSTMUnit"
@@ -98,91 +54,11 @@ class LSTMUnit(LayerSpec):
             raise self.fail(node, f"gates have {gates[2]} channels, need 4 x {c_prev[2]}")
         return [c_prev, c_prev]
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        return LSTMUnitModule()
+    def module(self, node: Node) -> Call:
+        return call("LSTMUnit")
 
 
 # -- RNN / LSTM ---------------------------------------------------------------------------------------------
-class _RecurrentModule(CaffeLayer):
-    """Shared plumbing: bottoms, initial state (exposed, carried over, or zeros) and the tops."""
-
-    num_states = 1
-
-    def __init__(self, node: Node, names: Sequence[str]):
-        super().__init__()
-        attrs = node.attrs
-        self.hidden = int(attrs.num_output)
-        self.expose_hidden = bool(attrs.expose_hidden)
-        self.static = len(node.bottoms) > 2 + self.num_states * self.expose_hidden
-        if not node.param_shapes:
-            raise ValueError("input shapes are unknown, so the recurrent weights cannot be sized")
-        weight, bias = filler_of(attrs, "weight_filler"), filler_of(attrs, "bias_filler")
-        for name, shape in zip(names, node.param_shapes, strict=True):
-            self.add_blob(name, shape, bias if len(shape) == 1 else weight)
-        self._carried: tuple[torch.Tensor, ...] | None = None
-
-    def reset(self) -> None:
-        """Forget the state carried over from the previous forward pass (Caffe's ``RecurrentLayer::Reset``)."""
-        self._carried = None
-
-    def _inputs(self, x: torch.Tensor, cont: torch.Tensor, rest: Sequence[torch.Tensor]
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
-        """(x as (T, N, I), cont as (T, N) floats, x_static as (N, S) or None, initial states (N, H))."""
-        steps, n = x.shape[0], x.shape[1]
-        x_static = rest[0].reshape(n, -1) if self.static else None
-        if self.expose_hidden:
-            states = [s.detach().reshape(n, self.hidden) for s in rest[int(self.static):]]
-        elif self._carried is not None and self._carried[0].shape == (n, self.hidden):
-            states = [s.to(x) for s in self._carried]
-        else:
-            states = [x.new_zeros(n, self.hidden) for _ in range(self.num_states)]
-        return x.reshape(steps, n, -1), cont.detach().to(x.dtype), x_static, states
-
-    def _tops(self, out: torch.Tensor, finals: Sequence[torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        finals = [s.detach() for s in finals]
-        if not self.expose_hidden:
-            self._carried = tuple(finals)
-            return out
-        return (out, *(s.unsqueeze(0) for s in finals))
-
-
-class RNNModule(_RecurrentModule):
-    """``h_t = tanh(W_hh (cont_t h_{t-1}) + W_xh x_t + b_h [+ W_xh_static x_static])``,
-    ``o_t = tanh(W_ho h_t + b_o)``; top 0 is o."""
-
-    def forward(self, x: torch.Tensor, cont: torch.Tensor, *rest: torch.Tensor
-                ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        x, cont, x_static, (h,) = self._inputs(x, cont, rest)
-        x_in = F.linear(x, self.W_xh, self.b_h)
-        static_in = None if x_static is None else F.linear(x_static, self.W_xh_static)
-        hs = []
-        for t in range(x.shape[0]):
-            pre = F.linear(cont[t].unsqueeze(1) * h, self.W_hh) + x_in[t]
-            h = torch.tanh(pre if static_in is None else pre + static_in)
-            hs.append(h)
-        out = torch.tanh(F.linear(torch.stack(hs), self.W_ho, self.b_o))
-        return self._tops(out, (h,))
-
-
-class LSTMModule(_RecurrentModule):
-    """``gates_t = W_hc (cont_t h_{t-1}) + W_xc x_t + b_c [+ W_xc_static x_static]`` then an LSTM unit step;
-    top 0 is h."""
-
-    num_states = 2
-
-    def forward(self, x: torch.Tensor, cont: torch.Tensor, *rest: torch.Tensor
-                ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        x, cont, x_static, (h, c) = self._inputs(x, cont, rest)
-        x_in = F.linear(x, self.W_xc, self.b_c)
-        static_in = None if x_static is None else F.linear(x_static, self.W_xc_static)
-        hs = []
-        for t in range(x.shape[0]):
-            gates = F.linear(cont[t].unsqueeze(1) * h, self.W_hc) + x_in[t]
-            c, h = _LSTMUnitFn.apply(c, gates if static_in is None else gates + static_in, cont[t])
-            hs.append(h)
-        return self._tops(torch.stack(hs), (h, c))
-
-
 class _RecurrentSpec(LayerSpec):
     """RNN/LSTM: counts of bottoms and tops depend on ``expose_hidden`` (Caffe's Min/MaxBottomBlobs)."""
 
@@ -193,10 +69,11 @@ class _RecurrentSpec(LayerSpec):
     #: recurrent states (h; LSTM h and c) and how many gate blocks of num_output the weights have
     num_states = 1
     gates = 1
-    module: type[_RecurrentModule] = _RecurrentModule
+
+    plain_attrs = True
 
     def attrs(self, layer: Any) -> Any:
-        p = layer.recurrent_param
+        p = plain(layer.recurrent_param)
         if p.num_output <= 0:
             raise ValueError(f"{self.type} needs recurrent_param.num_output > 0")
         exposed = self.num_states if p.expose_hidden else 0
@@ -247,18 +124,36 @@ class _RecurrentSpec(LayerSpec):
         static = count(shapes[2]) if self._static(node) else 0
         return steps * n * (per_step - static) + n * static
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
+    def node_blob_names(self, node: Node) -> tuple[str, ...]:
+        """Caffe's blob order: the x_static weight comes right after the input bias when there is one."""
         names = list(self.blob_names)
         if self._static(node):
             names.insert(2, names[0] + "_static")
-        return self.module(node, names)
+        return tuple(names)
+
+    def module(self, node: Node) -> Call:
+        if not node.param_shapes:
+            raise ValueError("input shapes are unknown, so the recurrent weights cannot be sized")
+        shapes = node.param_shapes
+        kwargs: dict[str, Any] = {}
+        if self._static(node):
+            kwargs["static_size"] = shapes[2][1]
+        if node.attrs.expose_hidden:
+            kwargs["expose_hidden"] = True
+        return call(self.type, shapes[0][1], int(node.attrs.num_output), **kwargs)
+
+    def fillers(self, node: Node) -> Sequence[Any]:
+        """``weight_filler`` for the matrices, ``bias_filler`` for the biases (Caffe's unrolled net)."""
+        a = node.attrs
+        weight = a.weight_filler if a.has("weight_filler") else None
+        bias = a.bias_filler if a.has("bias_filler") else None
+        return [bias if len(shape) == 1 else weight for shape in node.param_shapes]
 
 
 @register
 class RNN(_RecurrentSpec):
     type = "RNN"
     blob_names = ("W_xh", "b_h", "W_hh", "W_ho", "b_o")
-    module = RNNModule
     summary = ("Elman RNN over (T, N, ...) with cont flags: h_t = tanh(W_hh cont_t h_{t-1} + W_xh x_t + b_h), "
                "output tanh(W_ho h_t + b_o); W_xh_static after b_h with x_static")
 
@@ -272,7 +167,6 @@ class LSTM(_RecurrentSpec):
     blob_names = ("W_xc", "b_c", "W_hc")
     num_states = 2
     gates = 4
-    module = LSTMModule
     summary = ("LSTM over (T, N, ...) with cont flags, gates i,f,o,g; W_xc_static after b_c with x_static; "
                "expose_hidden adds h_0, c_0 bottoms and h_T, c_T tops")
 

@@ -1,5 +1,6 @@
 """Blob-structure and routing layers: Concat, Slice, Split, Silence, Flatten, Reshape, Crop, Tile, Eltwise,
-Softmax, Reduction, ArgMax, BatchReindex, Filter, Parameter and DummyData.
+Softmax, Reduction, ArgMax, BatchReindex, Filter, Parameter and DummyData; their modules are
+:mod:`prototxt2py.nn.structure`'s (Flatten and Softmax are ``nn.Flatten``/``nn.Softmax``).
 
 Shape rules follow Caffe's ``Reshape`` methods (legacy ``concat_dim``/``slice_dim`` are not canonicalised,
 ``Reshape``'s 0/-1 rules, ``ArgMax``'s 3-axis minimum ...). Backward passes that autograd would compute
@@ -13,11 +14,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from ..fillers import fill
-from .base import LayerSpec, Shape, canonical_axis, count, register
-from .torch_util import CaffeLayer
+from ..plain import Filler, filler
+from .base import Call, LayerSpec, Shape, call, canonical_axis, count, register
+from .normalization import short_float
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ir import Node
@@ -58,18 +58,10 @@ def _axis_or_legacy(p: Any, legacy_field: str) -> tuple[int, bool]:
     return (getattr(p, legacy_field) if legacy else p.axis), legacy
 
 
-class _Concat(CaffeLayer):
-    def __init__(self, axis: int):
-        super().__init__()
-        self.axis = axis
-
-    def forward(self, *bottoms: torch.Tensor) -> torch.Tensor:
-        return bottoms[0] if len(bottoms) == 1 else torch.cat(bottoms, dim=self.axis)
-
-
 @register
 class Concat(LayerSpec):
     type = "Concat"
+    plain_attrs = True
     layout_agnostic = True
     bottoms = (1, None)
     family = FAMILY
@@ -89,8 +81,8 @@ class Concat(LayerSpec):
             out[axis] += s[axis]
         return [tuple(out)]
 
-    def build_torch(self, node):
-        return _Concat(node.attrs.axis)
+    def module(self, node) -> Call:
+        return call("Concat", **({} if node.attrs.axis == 1 else {"axis": node.attrs.axis}))
 
     def to_onnx(self, node, ctx):
         if ctx.num_inputs == 1:
@@ -124,18 +116,10 @@ def _slice_sizes(dim: int, points: Sequence[int], n_tops: int) -> list[int]:
     return sizes
 
 
-class _Slice(CaffeLayer):
-    def __init__(self, axis: int, points: tuple[int, ...], n_tops: int):
-        super().__init__()
-        self.axis, self.points, self.n_tops = axis, points, n_tops
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return torch.split(x, _slice_sizes(x.shape[self.axis], self.points, self.n_tops), dim=self.axis)
-
-
 @register
 class Slice(LayerSpec):
     type = "Slice"
+    plain_attrs = True
     tops = (1, None)
     family = FAMILY
     summary = "cut bottom along axis (default 1; legacy slice_dim) at slice_point, or into equal parts"
@@ -153,8 +137,12 @@ class Slice(LayerSpec):
             raise self.fail(node, str(e)) from None
         return [(*shape[:axis], s, *shape[axis + 1:]) for s in sizes]
 
-    def build_torch(self, node):
-        return _Slice(node.attrs.axis, node.attrs.slice_points, len(node.tops))
+    def module(self, node) -> Call:
+        a = node.attrs
+        kwargs: dict[str, Any] = {} if a.axis == 1 else {"axis": a.axis}
+        if a.slice_points:
+            kwargs["slice_point"] = a.slice_points
+        return call("Slice", len(node.tops), **kwargs)
 
     def to_onnx(self, node, ctx):
         """``Split`` with the tops' sizes along the axis (taken from the inferred top shapes)."""
@@ -167,18 +155,10 @@ class Slice(LayerSpec):
                 axis=axis)
 
 
-class _Split(CaffeLayer):
-    def __init__(self, n_tops: int):
-        super().__init__()
-        self.n_tops = n_tops
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (x,) * self.n_tops  # autograd sums the tops' gradients, as Caffe's Split backward does
-
-
 @register
 class Split(LayerSpec):
     type = "Split"
+    plain_attrs = True
     layout_agnostic = True
     tops = (1, None)
     family = FAMILY
@@ -188,22 +168,18 @@ class Split(LayerSpec):
         _no_in_place(layer)
         return None
 
-    def build_torch(self, node):
-        return _Split(len(node.tops))
+    def module(self, node) -> Call:
+        return call("Split", len(node.tops))
 
     def to_onnx(self, node, ctx):
         for i in range(ctx.num_outputs):
             ctx.identity(ctx.input(0), ctx.output(i))
 
 
-class _Silence(CaffeLayer):
-    def forward(self, *bottoms: torch.Tensor) -> tuple[()]:
-        return ()  # contributes no gradient: Caffe zeroes the bottoms' diffs
-
-
 @register
 class Silence(LayerSpec):
     type = "Silence"
+    plain_attrs = True
     bottoms = (1, None)
     tops = (0, 0)
     family = FAMILY
@@ -212,8 +188,8 @@ class Silence(LayerSpec):
     def infer_shapes(self, node, in_shapes):
         return []
 
-    def build_torch(self, node):
-        return _Silence()
+    def module(self, node) -> Call:
+        return call("Silence")
 
     def to_onnx(self, node, ctx):
         """Computes nothing; the exporter makes silenced blobs the outputs of a net that has no other."""
@@ -224,17 +200,6 @@ class Silence(LayerSpec):
 # ---------------------------------------------------------------------------------------------------------
 # Flatten / Reshape
 # ---------------------------------------------------------------------------------------------------------
-class _View(CaffeLayer):
-    """Flatten and Reshape: Caffe shares data and diff with the bottom, i.e. a view."""
-
-    def __init__(self, spec: ReshapeLike, attrs: Any):
-        super().__init__()
-        self.spec, self.attrs = spec, attrs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(self.spec.target(tuple(x.shape), self.attrs))
-
-
 class ReshapeLike(LayerSpec):
     """Shared plumbing of Flatten and Reshape: ``target`` maps an input shape to the output shape."""
 
@@ -252,9 +217,6 @@ class ReshapeLike(LayerSpec):
             raise self.fail(node, f"output {out} has a different count than input {tuple(in_shapes[0])}")
         return [out]
 
-    def build_torch(self, node):
-        return _View(self, node.attrs)
-
     def to_onnx(self, node, ctx):
         """A ``Reshape`` to the inferred top shape (0/-1 for the batch axis when it is dynamic)."""
         ctx.reshape(ctx.input(0), ctx.in_shape(0), ctx.out_shape(0), ctx.output(0))
@@ -269,6 +231,7 @@ class FlattenAttrs:
 @register
 class Flatten(ReshapeLike):
     type = "Flatten"
+    plain_attrs = True
     layout_agnostic = True
     summary = "merge axes axis..end_axis (defaults 1, -1; inclusive) into one"
 
@@ -283,6 +246,23 @@ class Flatten(ReshapeLike):
             raise ValueError(f"axis {attrs.axis} / end_axis {attrs.end_axis} invalid for a {n}-axis blob")
         return (*shape[:start], count(shape, start, end + 1), *shape[end + 1:])
 
+    def module(self, node) -> Call:
+        """``nn.Flatten`` (the same inclusive axis range, and a view where possible as Caffe's is); an empty
+        range (``end_axis`` just before ``axis``, which Caffe allows) inserts an axis of 1, a Reshape."""
+        a = node.attrs
+        start, end = a.axis, a.end_axis
+        shape = node.in_shapes[0] if node.in_shapes else None
+        if shape is not None:
+            n = len(shape)
+            start, end = (x + n if x < 0 else x for x in (start, end))
+            if end + 1 == start:
+                return call("Reshape", (1,), axis=start, num_axes=0)
+            start, end = a.axis, a.end_axis
+        kwargs = {} if start == 1 else {"start_dim": start}
+        if end != -1:
+            kwargs["end_dim"] = end
+        return call("nn.Flatten", **kwargs)
+
 
 @dataclass(frozen=True)
 class ReshapeAttrs:
@@ -294,6 +274,7 @@ class ReshapeAttrs:
 @register
 class Reshape(ReshapeLike):
     type = "Reshape"
+    plain_attrs = True
     layout_agnostic = True
     summary = "new shape with 0 = copy the bottom dim, -1 = infer; axis/num_axes reshape only a sub-range"
 
@@ -331,6 +312,13 @@ class Reshape(ReshapeLike):
             new[new.index(-1)] = total // known
         return (*shape[:start], *new, *shape[end:])
 
+    def module(self, node) -> Call:
+        a = node.attrs
+        kwargs: dict[str, Any] = {} if a.axis == 0 else {"axis": a.axis}
+        if a.num_axes != -1:
+            kwargs["num_axes"] = a.num_axes
+        return call("Reshape", a.dims, **kwargs)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Crop / Tile
@@ -356,22 +344,10 @@ def _crop_offsets(shape: Shape, ref: Shape, attrs: CropAttrs, axis: int) -> list
     return offsets
 
 
-class _Crop(CaffeLayer):
-    def __init__(self, attrs: CropAttrs):
-        super().__init__()
-        self.attrs = attrs
-
-    def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        axis = self.attrs.axis % x.dim()
-        offsets = _crop_offsets(tuple(x.shape), tuple(ref.shape), self.attrs, axis)
-        # only the reference's shape is read: no gradient reaches it, as in Caffe
-        index = tuple(slice(None) if i < axis else slice(o, o + ref.shape[i]) for i, o in enumerate(offsets))
-        return x[index]
-
-
 @register
 class Crop(LayerSpec):
     type = "Crop"
+    plain_attrs = True
     bottoms = (2, 2)
     family = FAMILY
     summary = "crop bottom 0 to bottom 1's shape from axis (default 2) on, at offset (one, or one per axis)"
@@ -388,8 +364,12 @@ class Crop(LayerSpec):
             raise self.fail(node, str(e)) from None
         return [(*shape[:axis], *ref[axis:len(shape)])]
 
-    def build_torch(self, node):
-        return _Crop(node.attrs)
+    def module(self, node) -> Call:
+        a = node.attrs
+        kwargs: dict[str, Any] = {} if a.axis == 2 else {"axis": a.axis}
+        if a.offsets:
+            kwargs["offset"] = a.offsets
+        return call("Crop", **kwargs)
 
     def to_onnx(self, node, ctx):
         """``Slice`` of every axis from ``axis`` on, at Caffe's offsets, to the reference's size."""
@@ -407,20 +387,10 @@ class TileAttrs:
     tiles: int
 
 
-class _Tile(CaffeLayer):
-    def __init__(self, attrs: TileAttrs):
-        super().__init__()
-        self.attrs = attrs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        reps = [1] * x.dim()
-        reps[self.attrs.axis % x.dim()] = self.attrs.tiles
-        return x.repeat(reps)  # autograd sums the copies, as Caffe's Tile backward
-
-
 @register
 class Tile(LayerSpec):
     type = "Tile"
+    plain_attrs = True
     family = FAMILY
     summary = "repeat the sub-blob from axis on `tiles` times along axis (default 1)"
 
@@ -436,8 +406,9 @@ class Tile(LayerSpec):
         shape[axis] *= node.attrs.tiles
         return [tuple(shape)]
 
-    def build_torch(self, node):
-        return _Tile(node.attrs)
+    def module(self, node) -> Call:
+        a = node.attrs
+        return call("Tile", a.tiles, **({} if a.axis == 1 else {"axis": a.axis}))
 
     def to_onnx(self, node, ctx):
         shape = ctx.in_shape(0)
@@ -456,83 +427,10 @@ class EltwiseAttrs:
     stable_prod_grad: bool
 
 
-class _EltwiseProd(torch.autograd.Function):
-    """Caffe's PROD backward: the product of the other bottoms (stable), or top / bottom (unstable, which
-    gives inf/nan where a bottom is 0, exactly as Caffe)."""
-
-    @staticmethod
-    def forward(ctx: Any, stable: bool, *xs: torch.Tensor) -> torch.Tensor:
-        top = xs[0] * xs[1]
-        for x in xs[2:]:
-            top = top * x
-        ctx.stable = stable
-        ctx.save_for_backward(top, *xs)
-        return top
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        top, *xs = ctx.saved_tensors
-        grads: list[torch.Tensor | None] = [None]
-        for i, x in enumerate(xs):
-            if not ctx.needs_input_grad[i + 1]:
-                grads.append(None)
-                continue
-            if ctx.stable:
-                others = [y for j, y in enumerate(xs) if j != i]
-                g = others[0]
-                for y in others[1:]:
-                    g = g * y
-            else:
-                g = top / x
-            grads.append(g * grad)
-        return tuple(grads)
-
-
-class _EltwiseMax(torch.autograd.Function):
-    """Caffe's MAX: bottom 1 wins a tie with bottom 0 (``a > b ? a : b``), later bottoms only replace the
-    running max when strictly greater; the whole diff goes to the recorded winner."""
-
-    @staticmethod
-    def forward(ctx: Any, *xs: torch.Tensor) -> torch.Tensor:
-        first = xs[0] > xs[1]
-        top = torch.where(first, xs[0], xs[1])
-        mask = (~first).to(torch.uint8)
-        for i, x in enumerate(xs[2:], 2):
-            greater = x > top
-            top = torch.where(greater, x, top)
-            mask = mask.masked_fill(greater, i)
-        ctx.save_for_backward(mask)
-        return top
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (mask,) = ctx.saved_tensors
-        zero = grad.new_zeros(())
-        return tuple(torch.where(mask == i, grad, zero) if need else None
-                     for i, need in enumerate(ctx.needs_input_grad))
-
-
-class _Eltwise(CaffeLayer):
-    def __init__(self, attrs: EltwiseAttrs):
-        super().__init__()
-        self.attrs = attrs
-
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        op = self.attrs.operation
-        if op == "PROD":
-            return _EltwiseProd.apply(self.attrs.stable_prod_grad, *xs)
-        if op == "MAX":
-            return _EltwiseMax.apply(*xs)
-        coeffs = self.attrs.coeffs
-        top = xs[0] if coeffs[0] == 1 else xs[0] * coeffs[0]
-        for x, c in zip(xs[1:], coeffs[1:], strict=True):
-            top = top + x if c == 1 else torch.add(top, x, alpha=c)
-        return top
-
-
 @register
 class Eltwise(LayerSpec):
     type = "Eltwise"
+    plain_attrs = True
     layout_agnostic = True
     bottoms = (2, None)
     family = FAMILY
@@ -556,8 +454,14 @@ class Eltwise(LayerSpec):
                 raise self.fail(node, f"bottom {i} has shape {tuple(s)}, bottom 0 {tuple(in_shapes[0])}")
         return [tuple(in_shapes[0])]
 
-    def build_torch(self, node):
-        return _Eltwise(node.attrs)
+    def module(self, node) -> Call:
+        a = node.attrs
+        kwargs: dict[str, Any] = {} if a.operation == "SUM" else {"operation": a.operation}
+        if any(c != 1 for c in a.coeffs):
+            kwargs["coeff"] = tuple(short_float(c) for c in a.coeffs)
+        if a.operation == "PROD" and not a.stable_prod_grad:
+            kwargs["stable_prod_grad"] = False
+        return call("Eltwise", **kwargs)
 
     def to_onnx(self, node, ctx):
         """MAX is ``Max`` (ties pick an equal value, so the forward result is Caffe's); PROD and SUM are
@@ -578,18 +482,10 @@ class Eltwise(LayerSpec):
 # ---------------------------------------------------------------------------------------------------------
 # Softmax / Reduction / ArgMax
 # ---------------------------------------------------------------------------------------------------------
-class _Softmax(CaffeLayer):
-    def __init__(self, axis: int):
-        super().__init__()
-        self.axis = axis
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(x, dim=self.axis)
-
-
 @register
 class Softmax(LayerSpec):
     type = "Softmax"
+    plain_attrs = True
     family = FAMILY
     summary = "softmax over axis (default 1, the channels; not the last axis)"
 
@@ -597,8 +493,8 @@ class Softmax(LayerSpec):
         canonical_axis(node, self, node.attrs.axis, len(in_shapes[0]))
         return [tuple(in_shapes[0])]
 
-    def build_torch(self, node):
-        return _Softmax(node.attrs.axis)
+    def module(self, node) -> Call:
+        return call("nn.Softmax", dim=node.attrs.axis)
 
     def to_onnx(self, node, ctx):
         axis = canonical_axis(node, self, node.attrs.axis, len(ctx.in_shape(0)))
@@ -612,34 +508,10 @@ class ReductionAttrs:
     coeff: float
 
 
-class _Reduction(CaffeLayer):
-    def __init__(self, attrs: ReductionAttrs):
-        super().__init__()
-        self.attrs = attrs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        axis = self.attrs.axis % x.dim() if x.dim() else 0
-        outer = x.shape[:axis]
-        flat = x.reshape(count(outer), -1)
-        op = self.attrs.operation
-        if op == "ASUM":
-            y = flat.abs().sum(1)  # abs' subgradient at 0 is 0, Caffe's sign(0)
-        elif op == "SUMSQ":
-            y = (flat * flat).sum(1)
-        else:
-            y = flat.sum(1)
-        # Caffe folds MEAN's 1/dim into the float32 coeff
-        coeff = np.float32(self.attrs.coeff)
-        if op == "MEAN":
-            coeff = coeff / np.float32(flat.shape[1])
-        if coeff != 1:
-            y = y * float(coeff)
-        return y.reshape(outer)
-
-
 @register
 class Reduction(LayerSpec):
     type = "Reduction"
+    plain_attrs = True
     family = FAMILY
     summary = "SUM/ASUM/SUMSQ/MEAN over all axes from axis (default 0) on, times coeff; top = bottom.shape[:axis]"
 
@@ -654,8 +526,14 @@ class Reduction(LayerSpec):
     def macs(self, node, in_shapes, out_shapes):
         return count(in_shapes[0])  # one dot product over every bottom element
 
-    def build_torch(self, node):
-        return _Reduction(node.attrs)
+    def module(self, node) -> Call:
+        a = node.attrs
+        kwargs: dict[str, Any] = {} if a.operation == "SUM" else {"operation": a.operation}
+        if a.axis != 0:
+            kwargs["axis"] = a.axis
+        if a.coeff != 1:
+            kwargs["coeff"] = short_float(a.coeff)
+        return call("Reduction", **kwargs)
 
     def to_onnx(self, node, ctx):
         """A reduction over all axes from ``axis`` on, then one multiply by the float32 coefficient (MEAN's
@@ -679,34 +557,10 @@ class ArgMaxAttrs:
     axis: int | None  # None: per sample over the flattened rest
 
 
-def _top_k(x: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest values along ``dim`` and their indices, ties resolved as Caffe's ``partial_sort`` of
-    (value, index) pairs with ``std::greater``: among equal values the larger index comes first."""
-    n = x.shape[dim]
-    values, rev = torch.sort(x.flip(dim), dim=dim, descending=True, stable=True)
-    return values.narrow(dim, 0, k), (n - 1 - rev).narrow(dim, 0, k)
-
-
-class _ArgMax(CaffeLayer):
-    def __init__(self, attrs: ArgMaxAttrs):
-        super().__init__()
-        self.attrs = attrs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.attrs
-        x = x.detach()  # Caffe has no ArgMax backward
-        if a.axis is not None:
-            values, idx = _top_k(x, a.top_k, a.axis % x.dim())
-            return values if a.out_max_val else idx.to(x.dtype)
-        values, idx = _top_k(x.reshape(x.shape[0], -1), a.top_k, 1)
-        parts = (idx.to(x.dtype), values) if a.out_max_val else (idx.to(x.dtype),)
-        out = torch.stack(parts, dim=1)
-        return out.reshape(*out.shape, *([1] * (x.dim() - 3)))
-
-
 @register
 class ArgMax(LayerSpec):
     type = "ArgMax"
+    plain_attrs = True
     family = FAMILY
     summary = "top_k indices (or values with out_max_val) along axis, or per sample: (N, 1|2, top_k)"
 
@@ -727,8 +581,14 @@ class ArgMax(LayerSpec):
             raise self.fail(node, f"top_k {a.top_k} exceeds the per-sample size of {shape}")
         return [(shape[0], 2 if a.out_max_val else 1, a.top_k, *([1] * (len(shape) - 3)))]
 
-    def build_torch(self, node):
-        return _ArgMax(node.attrs)
+    def module(self, node) -> Call:
+        a = node.attrs
+        kwargs: dict[str, Any] = {} if a.top_k == 1 else {"top_k": a.top_k}
+        if a.axis is not None:
+            kwargs["axis"] = a.axis
+        if a.out_max_val:
+            kwargs["out_max_val"] = True
+        return call("ArgMax", **kwargs)
 
     def to_onnx(self, node, ctx):
         """``TopK`` on the reversed axis: ONNX puts the lower index first among equal values, Caffe the higher
@@ -762,15 +622,10 @@ class ArgMax(LayerSpec):
 # ---------------------------------------------------------------------------------------------------------
 # BatchReindex / Filter
 # ---------------------------------------------------------------------------------------------------------
-class _BatchReindex(CaffeLayer):
-    def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        # float indices truncate as Caffe's static_cast<int>; index_select's backward accumulates repeats
-        return x.index_select(0, index.detach().to(torch.long))
-
-
 @register
 class BatchReindex(LayerSpec):
     type = "BatchReindex"
+    plain_attrs = True
     bottoms = (2, 2)
     family = FAMILY
     summary = "gather items of bottom 0 along axis 0 by the indices in bottom 1 (no gradient to the indices)"
@@ -780,8 +635,8 @@ class BatchReindex(LayerSpec):
             raise self.fail(node, f"index bottom must be 1-D, got {tuple(in_shapes[1])}")
         return [(in_shapes[1][0], *in_shapes[0][1:])]
 
-    def build_torch(self, node):
-        return _BatchReindex()
+    def module(self, node) -> Call:
+        return call("BatchReindex")
 
     def to_onnx(self, node, ctx):
         """``Gather`` along axis 0; float indices truncate to int64 as Caffe's ``static_cast<int>``."""
@@ -789,17 +644,10 @@ class BatchReindex(LayerSpec):
         ctx.add("Gather", [ctx.input(0), index], ctx.output(0), axis=0)
 
 
-class _Filter(CaffeLayer):
-    def forward(self, *bottoms: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        selector = bottoms[-1].detach()
-        keep = torch.nonzero(selector.reshape(selector.shape[0]) != 0).squeeze(1)
-        tops = tuple(b.index_select(0, keep) for b in bottoms[:-1])
-        return tops[0] if len(tops) == 1 else tops
-
-
 @register
 class Filter(LayerSpec):
     type = "Filter"
+    plain_attrs = True
     bottoms = (2, None)
     tops = (1, None)
     family = FAMILY
@@ -821,25 +669,17 @@ class Filter(LayerSpec):
                 raise self.fail(node, f"bottom {i} {tuple(s)} does not have the selector's {sel[0]} items")
         return [tuple(s) for s in in_shapes[:-1]]
 
-    def build_torch(self, node):
-        return _Filter()
+    def module(self, node) -> Call:
+        return call("Filter")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Parameter / DummyData
 # ---------------------------------------------------------------------------------------------------------
-class _Parameter(CaffeLayer):
-    def __init__(self, shape: Shape):
-        super().__init__()
-        self.add_blob("weight", shape)  # Caffe leaves the blob at zero unless weights are loaded
-
-    def forward(self) -> torch.Tensor:
-        return self.weight
-
-
 @register
 class Parameter(LayerSpec):
     type = "Parameter"
+    plain_attrs = True
     bottoms = (0, 0)
     family = FAMILY
     blob_names = ("weight",)
@@ -854,8 +694,9 @@ class Parameter(LayerSpec):
     def param_shapes(self, node, in_shapes):
         return [node.attrs]
 
-    def build_torch(self, node):
-        return _Parameter(node.param_shapes[0] if node.param_shapes else node.attrs)
+    def module(self, node) -> Call:
+        # Caffe leaves the blob at zero unless weights are loaded (the default filler).
+        return call("ParameterLayer", node.param_shapes[0] if node.param_shapes else node.attrs)
 
     def to_onnx(self, node, ctx):
         ctx.identity(ctx.const(ctx.param(0), "weight"), ctx.output(0))
@@ -864,33 +705,32 @@ class Parameter(LayerSpec):
 @dataclass(frozen=True)
 class DummyDataAttrs:
     shapes: tuple[Shape, ...]  # one per top
-    fillers: tuple[Any, ...]  # FillerParameter (None = constant 0), one per top
+    fillers: tuple[Filler | None, ...]  # None = constant 0; one per top
 
 
 #: Fillers whose value never changes; every other filler is drawn again on each forward pass, as Caffe does.
 _FIXED_FILLERS = ("constant", "bilinear")
+_FILLERS = (*_FIXED_FILLERS, "uniform", "gaussian", "positive_unitball", "xavier", "msra")
 
 
-class _DummyData(CaffeLayer):
-    def __init__(self, attrs: DummyDataAttrs):
-        super().__init__()
-        self.attrs = attrs
-        self.fixed = [filler is None or filler.type in _FIXED_FILLERS for filler in attrs.fillers]
-        for i, (shape, filler, fixed) in enumerate(zip(attrs.shapes, attrs.fillers, self.fixed, strict=True)):
-            # a fixed top is filled once; a random one keeps an empty buffer that only tracks the device
-            self.register_buffer(f"top{i}", fill(shape, filler) if fixed else torch.empty(0), persistent=False)
-
-    def forward(self) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        tops = []
-        for i, (shape, filler, fixed) in enumerate(zip(self.attrs.shapes, self.attrs.fillers, self.fixed, strict=True)):
-            buf: torch.Tensor = getattr(self, f"top{i}")
-            tops.append(buf if fixed else fill(shape, filler).to(buf.device))
-        return tops[0] if len(tops) == 1 else tuple(tops)
+def _filler_fields(f: Filler | None) -> tuple[tuple[str, Any], ...]:
+    """A filler as the ``(field, value)`` pairs that differ from Caffe's defaults (the type always), floats
+    shown as the prototxt's decimals; ``()`` for none (constant 0)."""
+    if f is None:
+        return ()
+    default = Filler()
+    fields: list[tuple[str, Any]] = [("type", f.type)]
+    for name in ("value", "min", "max", "mean", "std", "sparse", "variance_norm"):
+        value = getattr(f, name)
+        if value != getattr(default, name):
+            fields.append((name, short_float(value) if isinstance(value, float) else value))
+    return tuple(fields)
 
 
 @register
 class DummyData(LayerSpec):
     type = "DummyData"
+    plain_attrs = True
     bottoms = (0, 0)
     tops = (1, None)
     family = FAMILY
@@ -906,7 +746,7 @@ class DummyData(LayerSpec):
 
         if len(p.data_filler) not in (0, 1, n):
             raise ValueError(f"give 0, 1 or {n} data_filler(s), not {len(p.data_filler)}")
-        fillers = per_top(p.data_filler, "data_filler") if len(p.data_filler) else [None] * n
+        fillers = [filler(f) for f in per_top(p.data_filler, "data_filler")] if len(p.data_filler) else [None] * n
         legacy = [p.num, p.channels, p.height, p.width]
         if any(len(v) for v in legacy):
             if len(p.shape):
@@ -920,14 +760,25 @@ class DummyData(LayerSpec):
     def infer_shapes(self, node, in_shapes):
         return list(node.attrs.shapes)
 
-    def build_torch(self, node):
-        return _DummyData(node.attrs)
+    def module(self, node) -> Call:
+        a = node.attrs
+        for shape, f in zip(a.shapes, a.fillers, strict=True):
+            if f is not None and f.type not in _FILLERS:
+                raise ValueError(f"unknown filler type {f.type!r}")
+            if f is not None and f.type == "bilinear" and (len(shape) != 4 or shape[-1] != shape[-2]):
+                raise ValueError("bilinear filler needs a 4-D blob with square kernels")
+        if all(f is None for f in a.fillers):
+            return call("DummyData", a.shapes)
+        return call("DummyData", a.shapes, data_filler=tuple(_filler_fields(f) for f in a.fillers))
 
     def to_onnx(self, node, ctx):
         """Fixed fillers (constant, bilinear) become initializers; a random filler is drawn again on every
         forward pass in Caffe, which a standard ONNX graph cannot reproduce."""
-        for i, filler in enumerate(node.attrs.fillers):
-            if not ctx.module.fixed[i]:
-                ctx.unsupported(f"top {i} uses the random '{filler.type}' filler, drawn anew on every pass")
-            value = getattr(ctx.module, f"top{i}").detach().cpu().numpy()
-            ctx.identity(ctx.const(value, f"top{i}"), ctx.output(i))
+        fillers = node.attrs.fillers
+        for i, f in enumerate(fillers):
+            if f is not None and f.type not in _FIXED_FILLERS:
+                ctx.unsupported(f"top {i} uses the random '{f.type}' filler, drawn anew on every pass")
+        tops = ctx.module()
+        tops = tops if isinstance(tops, tuple) else (tops,)
+        for i, top in enumerate(tops):
+            ctx.identity(ctx.const(top.detach().cpu().numpy(), f"top{i}"), ctx.output(i))

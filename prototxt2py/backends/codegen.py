@@ -1,0 +1,503 @@
+"""Generated PyTorch source: the IR as one plain, self-contained ``nn.Module`` file.
+
+The emitter walks the IR once, as ``torch.fx``'s code generator walks its graph: every layer's module is the
+:class:`~prototxt2py.layers.base.Call` its spec gives (the very object the runtime builds), written as source;
+helper classes the net uses are copied verbatim from :mod:`prototxt2py.nn` (only those, with what they need);
+identifiers come from one deterministic namespace. Chains of three or more single-input, single-output layers
+become ``nn.Sequential`` blocks, the rest one line per layer. The result imports only ``torch`` and the
+standard library, and is laid out as ``ruff format`` (default settings) lays it out, so generating twice gives
+the same bytes and a formatter finds nothing to change.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import keyword
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UnsupportedLayerError
+from ..ir import Graph, Node
+from ..layers.base import Call
+
+LINE = 88  # ruff format's default line length
+MIN_RUN = 3  # shortest chain emitted as nn.Sequential
+
+# Attribute names of nn.Module (torch 2.x) that a submodule must not shadow, and the file's own globals.
+_MODULE_ATTRS = frozenset(
+    """T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double
+    dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter get_submodule half ipu
+    load_state_dict modules mtia named_buffers named_children named_modules named_parameters parameters
+    register_backward_hook register_buffer register_forward_hook register_forward_pre_hook
+    register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook
+    register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook
+    register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory smart_apply
+    state_dict to to_empty train training type xpu zero_grad""".split()
+)
+_FILE_GLOBALS = frozenset({"torch", "nn", "F", "math", "OrderedDict", "self", "annotations"})
+
+
+class Namespace:
+    """Legal, unique Python identifiers for arbitrary Caffe names, in order of request (deterministic)."""
+
+    def __init__(self, reserved: frozenset[str] | set[str] = frozenset()):
+        self._taken: set[str] = set(reserved)
+        self._reserved = set(reserved)
+
+    def name(self, wanted: str, fallback: str = "x") -> str:
+        base = re.sub(r"\W", "_", wanted, flags=re.ASCII).strip("_") or fallback
+        if base[0].isdigit():
+            base = f"{fallback}_{base}"
+        if keyword.iskeyword(base) or keyword.issoftkeyword(base) or hasattr(builtins, base):
+            base += "_"
+        candidate, i = base, 1
+        while candidate in self._taken:
+            i += 1
+            candidate = f"{base}_{i}"
+        self._taken.add(candidate)
+        return candidate
+
+
+def class_name(net_name: str) -> str:
+    """``CamelCase`` class name for a net name (``"ResNet-50"`` -> ``ResNet50``, ``"bvlc_googlenet"`` ->
+    ``BvlcGooglenet``); ``Net`` when nothing usable is left."""
+    parts = [p for p in re.split(r"[^0-9A-Za-z]+", net_name) if p]
+    name = "".join(p[:1].upper() + p[1:] for p in parts) or "Net"
+    return f"Net{name}" if name[0].isdigit() else name
+
+
+def file_stem(net_name: str) -> str:
+    """``snake_case`` module file name for a net (``"ResNet-50"`` -> ``resnet_50``)."""
+    stem = re.sub(r"[^0-9a-z]+", "_", net_name.lower()).strip("_") or "net"
+    return f"net_{stem}" if stem[0].isdigit() else stem
+
+
+# -- source layout ---------------------------------------------------------------------------------------------
+@dataclass
+class Expr:
+    """A call expression ``head(args)`` (args are strings or nested Exprs), laid out as black/ruff would."""
+
+    head: str
+    args: list[Any] = field(default_factory=list)
+    comments: dict[int, str] = field(default_factory=dict)  # arg index -> comment line above it
+    brackets: str = "()"
+
+    @property
+    def open(self) -> str:
+        return self.head + self.brackets[0]
+
+    def flat(self) -> str:
+        return f"{self.open}{', '.join(_flat(a) for a in self.args)}{self.brackets[1]}"
+
+
+def _flat(a: Any) -> str:
+    return a.flat() if isinstance(a, Expr) else a[0] + a[1].flat() if isinstance(a, tuple) else a
+
+
+def layout(prefix: str, e: Expr, suffix: str, indent: int) -> list[str]:
+    """Lines for ``prefix + e + suffix`` at ``indent`` spaces: one line if it fits; else the arguments on one
+    indented line; else one argument per line with a trailing comma (a single argument is split inside)."""
+    pad = " " * indent
+    one = f"{pad}{prefix}{e.flat()}{suffix}"
+    if len(one) <= LINE and not e.comments:
+        return [one]
+    inner = " " * (indent + 4)
+    body = ", ".join(_flat(a) for a in e.args)
+    if not e.comments and len(inner) + len(body) <= LINE:
+        return [f"{pad}{prefix}{e.open}", inner + body, f"{pad}{e.brackets[1]}{suffix}"]
+    lines = [f"{pad}{prefix}{e.open}"]
+    if len(e.args) == 1 and not e.comments:
+        a = e.args[0]
+        lines += _arg_lines(a, "", indent + 4)
+    else:
+        for i, a in enumerate(e.args):
+            if i in e.comments:
+                lines.append(f"{inner}# {e.comments[i]}")
+            lines += _arg_lines(a, ",", indent + 4)
+    lines.append(f"{pad}{e.brackets[1]}{suffix}")
+    return lines
+
+
+def _arg_lines(a: Any, suffix: str, indent: int) -> list[str]:
+    if isinstance(a, tuple):
+        return layout(a[0], a[1], suffix, indent)
+    if isinstance(a, Expr):
+        return layout("", a, suffix, indent)
+    return [" " * indent + a + suffix]
+
+
+def quoted(text: str) -> str:
+    """A string literal in double quotes, as ruff format writes it; every character that is not printable
+    ASCII is escaped, so a hostile name cannot end the literal or the line."""
+    body = text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return f'"{body}"'
+
+
+def literal(value: Any) -> str:
+    """Source text of a plain constructor argument."""
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return f'float("{value}")'
+        return repr(value)
+    if isinstance(value, tuple):
+        inner = ", ".join(literal(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, str):
+        return quoted(value)
+    if isinstance(value, (bool, int)) or value is None:
+        return repr(value)
+    raise TypeError(f"not a plain constructor argument: {value!r}")
+
+
+# -- helper sources ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Definition:
+    name: str
+    source: str
+    uses: frozenset[str]
+    imports: frozenset[str]  # import statements (as written in its file) of the names it uses
+
+
+_DEFINITIONS: dict[str, _Definition] | None = None
+
+
+def helper_definitions() -> dict[str, _Definition]:
+    """Top-level definitions of the :mod:`prototxt2py.nn` files, read as text (never imported here)."""
+    global _DEFINITIONS
+    if _DEFINITIONS is None:
+        folder = Path(__file__).resolve().parent.parent / "nn"
+        found: dict[str, _Definition] = {}
+        for path in sorted(folder.glob("*.py")):
+            if path.name.startswith("_"):
+                continue
+            text = path.read_text(encoding="utf-8")
+            lines = text.splitlines()
+            tree = ast.parse(text)
+            imported = _imported_names(tree)
+            for stmt in tree.body:
+                names = _defined_names(stmt)
+                if not names:
+                    continue
+                start = min([stmt.lineno, *(d.lineno for d in getattr(stmt, "decorator_list", []))])
+                source = "\n".join(lines[start - 1 : stmt.end_lineno])
+                used = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name)}
+                used |= {n.value.id for n in ast.walk(stmt) if isinstance(n, ast.Attribute)
+                         and isinstance(n.value, ast.Name)}
+                for name in names:
+                    found[name] = _Definition(name, source, frozenset(used - {name}),
+                                              frozenset(imported[n] for n in used if n in imported))
+        _DEFINITIONS = found
+    return _DEFINITIONS
+
+
+def _imported_names(tree: ast.Module) -> dict[str, str]:
+    """Local name -> the import statement binding it, for a file's top-level imports."""
+    out: dict[str, str] = {}
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Import):
+            for a in stmt.names:
+                local = a.asname or a.name.split(".")[0]
+                out[local] = f"import {a.name}" + (f" as {a.asname}" if a.asname else "")
+        elif isinstance(stmt, ast.ImportFrom) and stmt.module != "__future__":
+            for a in stmt.names:
+                out[a.asname or a.name] = f"from {stmt.module} import {a.name}" + (f" as {a.asname}" if a.asname
+                                                                                    else "")
+    return out
+
+
+def _import_block(statements: set[str]) -> list[str]:
+    """Import lines in isort's order: the standard library, then torch; plain imports before ``from``."""
+    def key(line: str) -> tuple:
+        module = line.split()[1]
+        return (module.split(".")[0] == "torch", line.startswith("from"), module, line)
+
+    stdlib = sorted((s for s in statements if s.split()[1].split(".")[0] != "torch"), key=key)
+    third = sorted((s for s in statements if s.split()[1].split(".")[0] == "torch"), key=key)
+    return [*stdlib, *([""] if stdlib and third else []), *third]
+
+
+def _defined_names(stmt: ast.stmt) -> list[str]:
+    if isinstance(stmt, (ast.ClassDef, ast.FunctionDef)):
+        return [stmt.name]
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        return [t.id for t in targets if isinstance(t, ast.Name)]
+    return []
+
+
+def helper_closure(names: Sequence[str]) -> list[_Definition]:
+    """The definitions ``names`` need, transitively, in dependency order (ties by name)."""
+    defs = helper_definitions()
+    needed: set[str] = set()
+    stack = list(names)
+    while stack:
+        n = stack.pop()
+        if n in needed or n not in defs:
+            continue
+        needed.add(n)
+        stack.extend(defs[n].uses)
+    ordered: list[_Definition] = []
+    done: set[str] = set()
+
+    def visit(n: str, seen: frozenset[str]) -> None:
+        if n in done or n in seen:
+            return
+        for dep in sorted(defs[n].uses & needed):
+            visit(dep, seen | {n})
+        done.add(n)
+        if all(d.source != defs[n].source for d in ordered):
+            ordered.append(defs[n])
+
+    for n in sorted(needed):
+        visit(n, frozenset())
+    return ordered
+
+
+# -- the emitter -------------------------------------------------------------------------------------------------
+@dataclass
+class GeneratedCode:
+    """Generated source and what ties it to the runtime: ``keys`` maps each runtime ``state_dict`` key
+    (``layers.<key>.<blob>``) to the generated module's key."""
+
+    source: str
+    class_name: str
+    keys: dict[str, str]
+    inputs: list[str]
+    outputs: list[str]
+
+
+@dataclass
+class _Step:
+    node: Node
+    call: Call | None  # None for input layers
+    ident: str = ""
+
+
+def _calls(graph: Graph) -> list[_Step]:
+    missing = []
+    steps = []
+    for node in graph.nodes:
+        if node.spec.is_input(node):
+            steps.append(_Step(node, None))
+            continue
+        if not (node.spec.overrides("module") and node.spec.supports("torch", node)):
+            missing.append(f"'{node.type}' (layer '{node.name}' at {node.location})")
+            continue
+        steps.append(_Step(node, node.spec.module(node)))
+    if missing:
+        raise UnsupportedLayerError("no generated code for: " + ", ".join(missing))
+    return steps
+
+
+def _runs(graph: Graph, steps: list[_Step]) -> list[list[_Step]]:
+    """Group layer steps into maximal chains (each link: one output value consumed only by the next layer,
+    which has one input and one output, and is not a net output)."""
+    outputs = set(graph.outputs)
+    groups: list[list[_Step]] = []
+    for step in steps:
+        node = step.node
+        if step.call is None:
+            continue
+        single = len(node.inputs) == 1 and len(node.outputs) == 1
+        prev = groups[-1][-1].node if groups else None
+        if (single and prev is not None and len(prev.outputs) == 1 and len(prev.inputs) == 1
+                and node.inputs[0] == prev.outputs[0] and prev.outputs[0] not in outputs
+                and graph.values[prev.outputs[0]].consumers == [node.name]):
+            groups[-1].append(step)
+        else:
+            groups.append([step])
+    return groups
+
+
+def _classifier(graph: Graph, steps: list[_Step]) -> _Step | None:
+    """The final classifier: the last layer with parameters whose Call declares its output count, with a
+    (N, C) output and only parameter-free layers after it."""
+    found = None
+    for step in steps:
+        if step.call is None:
+            continue
+        if step.node.param_shapes:
+            found = step if step.call.num_outputs is not None else None
+    if found is None or len(found.node.outputs) != 1:
+        return None
+    shape = graph.values[found.node.outputs[0]].shape
+    return found if shape is not None and len(shape) == 2 else None
+
+
+def _call_expr(call: Call, override: tuple[str | int, str] | None = None) -> Expr:
+    head = call.target
+    args = [literal(a) for a in call.args]
+    kwargs = [(k, literal(v)) for k, v in call.kwargs]
+    if override is not None:
+        where, text = override
+        if isinstance(where, int):
+            args[where] = text
+        else:
+            kwargs = [(k, text if k == where else v) for k, v in kwargs]
+    return Expr(head, args + [f"{k}={v}" for k, v in kwargs])
+
+
+def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
+    """The source of a module computing ``graph`` with the same modules as the runtime."""
+    steps = _calls(graph)
+    cls = class_name(name if name is not None else graph.name)
+    if cls in helper_definitions():  # a net named like a helper class it may need
+        cls += "Net"
+    attrs = Namespace(_MODULE_ATTRS | _FILE_GLOBALS | {cls})
+    local = Namespace(_FILE_GLOBALS | {cls})
+    inner = Namespace(_MODULE_ATTRS)  # names inside Sequential blocks share one pool (readability)
+    groups = _runs(graph, steps)
+    whole = len(groups) == 1 and len(groups[0]) >= MIN_RUN
+    classifier = _classifier(graph, steps)
+    helpers = sorted({s.call.target for s in steps if s.call is not None and not s.call.target.startswith("nn.")})
+
+    # forward variables: one per Caffe blob (in-place versions reassign it)
+    var: dict[str, str] = {}
+
+    def v(vid: str) -> str:
+        blob = graph.values[vid].blob
+        if blob not in var:
+            var[blob] = local.name(blob, "x")
+        return var[blob]
+
+    input_vars = [v(vid) for vid in graph.inputs]
+    init: list[str] = []
+    body: list[str] = []
+    keys: dict[str, str] = {}
+    runtime_key = _runtime_keys(graph)
+    ident_of: dict[str, str] = {}
+    ctor_params: list[str] = []
+    if classifier is not None:
+        ctor_params.append(f"num_classes: int = {_num_outputs(classifier.call)}")
+
+    def expr_of(step: _Step) -> Expr:
+        override = None
+        if step is classifier:
+            override = (step.call.num_outputs, "num_classes")
+        return _call_expr(step.call, override)
+
+    def note(step: _Step, ident: str) -> str | None:
+        return None if ident == step.node.name else f'Caffe layer "{_comment_text(step.node.name)}" ({step.node.type})'
+
+    for group in groups:
+        if len(group) >= MIN_RUN:
+            first, last = group[0].node, group[-1].node
+            block = attrs.name("layers" if whole else f"{first.name}_to_{last.name}", "block")
+            items: list[Any] = []
+            comments: dict[int, str] = {}
+            for i, step in enumerate(group):
+                ident = inner.name(step.node.name, "layer")
+                ident_of[step.node.name] = f"{block}.{ident}"
+                if (c := note(step, ident)) is not None:
+                    comments[i] = c
+                items.append((f"{ident}=", expr_of(step)))
+                for blob in step.node.spec.node_blob_names(step.node):
+                    keys[f"{runtime_key[step.node.name]}.{blob}"] = f"{block}.{ident}.{blob}"
+            seq = Expr("nn.Sequential", [Expr("OrderedDict", items, comments)])
+            init += layout(f"self.{block} = ", seq, "", 8)
+            body.append(_assign(graph, group[-1].node.outputs, f"self.{block}({v(first.inputs[0])})", v))
+            continue
+        for step in group:
+            ident = attrs.name(step.node.name, "layer")
+            ident_of[step.node.name] = ident
+            if (c := note(step, ident)) is not None:
+                init.append(f"        # {c}")
+            init += layout(f"self.{ident} = ", expr_of(step), "", 8)
+            for blob in step.node.spec.node_blob_names(step.node):
+                keys[f"{runtime_key[step.node.name]}.{blob}"] = f"{ident}.{blob}"
+            args = ", ".join(v(i) for i in step.node.inputs)
+            body.append(_assign(graph, step.node.outputs, f"self.{ident}({args})", v))
+    init += _ties(graph, ident_of, keys, runtime_key)
+
+    outputs = [graph.values[o].blob for o in graph.outputs]
+    if len(graph.outputs) == 1:
+        ret, ret_type = v(graph.outputs[0]), "torch.Tensor"
+    else:
+        ret = Expr("", [f"{literal(graph.values[o].blob)}: {v(o)}" for o in graph.outputs], brackets="{}")
+        ret_type = "dict[str, torch.Tensor]"
+    source = _assemble(cls, ctor_params, init, input_vars, body, ret, ret_type, helpers, graph)
+    inputs = [graph.values[i].blob for i in graph.inputs]
+    return GeneratedCode(source, cls, keys, inputs, outputs)
+
+
+def _num_outputs(call: Call) -> str:
+    where = call.num_outputs
+    if isinstance(where, int):
+        return literal(call.args[where])
+    return literal(dict(call.kwargs)[where])
+
+
+def _comment_text(name: str) -> str:
+    """A Caffe name safe inside a one-line comment (control characters escaped)."""
+    return name.encode("unicode_escape").decode("ascii")
+
+
+def _assign(graph: Graph, outs: Sequence[str], rhs: str, v: Any) -> str:
+    if not outs:
+        return f"        {rhs}"
+    targets = ", ".join(v(o) for o in outs)
+    return f"        {targets} = {rhs}"
+
+
+def _runtime_keys(graph: Graph) -> dict[str, str]:
+    from .torch_runtime import module_key
+
+    taken: set[str] = set()
+    out: dict[str, str] = {}
+    for node in graph.nodes:
+        key = module_key(node.name, taken)
+        out.setdefault(node.name, f"layers.{key}")
+    return out
+
+
+def _ties(graph: Graph, ident_of: Mapping[str, str], keys: dict[str, str], runtime_key: Mapping[str, str]) -> list[str]:
+    """Shared parameters (``param { name }``): the later layers use the owner's tensor, as in Caffe."""
+    lines = []
+    by_name = {n.name: n for n in graph.nodes}
+    for node in graph.nodes:
+        names = node.spec.node_blob_names(node) if node.name in ident_of else ()
+        for i, p in enumerate(node.params):
+            if p.owner is None or i >= len(names) or p.owner[0] not in ident_of:
+                continue
+            owner = by_name[p.owner[0]]
+            owner_blob = owner.spec.node_blob_names(owner)[p.owner[1]]
+            lines.append(f"        self.{ident_of[node.name]}.{names[i]} = self.{ident_of[owner.name]}.{owner_blob}")
+            keys.pop(f"{runtime_key[node.name]}.{names[i]}", None)
+    return lines
+
+
+def _assemble(cls: str, ctor_params: list[str], init: list[str], input_vars: list[str], body: list[str],
+              ret: Any, ret_type: str, helpers: list[str], graph: Graph) -> str:
+    defs = helper_closure(helpers)
+    head = [f'"""{cls}: generated by prototxt2py from the Caffe net {quoted(graph.name)}."""', ""]
+    head.append("from __future__ import annotations")
+    head.append("")
+    statements = {imp for d in defs for imp in d.imports} | {"import torch", "from torch import nn"}
+    if "OrderedDict(" in "\n".join(init):
+        statements.add("from collections import OrderedDict")
+    head += _import_block(statements)
+    parts = ["\n".join(head)]
+    for d in defs:
+        parts.append(d.source)
+    params = ", ".join(["self", *ctor_params])
+    init_sig = f"    def __init__({params}) -> None:"
+    if len(init_sig) > LINE:
+        init_sig = "    def __init__(\n" + "".join(f"        {p},\n" for p in ["self", *ctor_params]) + "    ) -> None:"
+    fwd_params = ", ".join(["self", *(f"{x}: torch.Tensor" for x in input_vars)])
+    fwd_sig = f"    def forward({fwd_params}) -> {ret_type}:"
+    if len(fwd_sig) > LINE:
+        inner = ", ".join(f"{x}: torch.Tensor" for x in ["self", *input_vars]).replace("self: torch.Tensor", "self")
+        if len(inner) + 8 <= LINE:
+            fwd_sig = f"    def forward(\n        {inner}\n    ) -> {ret_type}:"
+        else:
+            fwd_sig = ("    def forward(\n" + "".join(f"        {p},\n" for p in
+                       ["self", *(f"{x}: torch.Tensor" for x in input_vars)]) + f"    ) -> {ret_type}:")
+    ret_lines = layout("return ", ret, "", 8) if isinstance(ret, Expr) else [f"        return {ret}"]
+    cls_lines = [f"class {cls}(nn.Module):", init_sig, "        super().__init__()", *init, "",
+                 fwd_sig, *body, *ret_lines]
+    parts.append("\n".join(cls_lines))
+    return "\n\n\n".join(parts) + "\n"

@@ -1,0 +1,76 @@
+"""Caffe's HDF5 weights format (``Net::ToHDF5`` / ``CopyTrainedLayersFromHDF5``), via h5py.
+
+Layout: group ``data``, one sub-group per layer (in net order, also for layers without parameters), one
+dataset per parameter blob named by its index. A blob shared through ``param { name }`` is written only by its
+owner; reading skips missing datasets of shared blobs, as Caffe does.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..errors import InputFileError, Location, WeightsError
+from ..fsutil import atomic_output
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._net import Net
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise InputFileError("HDF5 weights need h5py: pip install h5py (or prototxt2py[pycaffe])") from None
+    return h5py
+
+
+def save_params(net: Net, filename: str | os.PathLike) -> None:
+    h5py = _h5py()
+    with atomic_output(filename, "w+b") as f, h5py.File(f, "w") as h5:
+        data = h5.create_group("data")
+        for i, layer in enumerate(net.layers):
+            group = data.require_group(layer.name)
+            node = net._graph.nodes[i]
+            for k, blob in enumerate(layer.blobs):
+                if k < len(node.params) and node.params[k].owner is not None:
+                    continue
+                group.create_dataset(str(k), data=blob.tensor().detach().cpu().numpy())
+
+
+def load_params(net: Net, filename: str | os.PathLike) -> None:
+    h5py = _h5py()
+    loc = Location(os.fspath(filename))
+    try:
+        h5 = h5py.File(os.fspath(filename), "r")
+    except OSError as e:
+        raise WeightsError(f"not an HDF5 file: {e}", loc) from None
+    with h5:
+        if "data" not in h5:
+            raise WeightsError("no 'data' group (not a Caffe HDF5 weights file)", loc)
+        plan = []
+        for name, group in h5["data"].items():
+            if name not in net._layer_names:
+                continue  # Caffe ignores layers the net lacks
+            i = net._layer_names.index(name)
+            blobs, node = net.layers[i].blobs, net._graph.nodes[i]
+            if len(group) > len(blobs):
+                raise WeightsError(f"Incompatible number of blobs for layer {name}: {len(group)} in the file, "
+                                   f"{len(blobs)} in the net", loc, layer=name)
+            for k, blob in enumerate(blobs):
+                if str(k) not in group:
+                    if k < len(node.params) and node.params[k].owner is not None:
+                        continue
+                    raise WeightsError(f"Incompatible number of blobs for layer {name}: blob {k} is missing",
+                                       loc, layer=name)
+                arr = np.asarray(group[str(k)], dtype=np.float32)
+                if list(arr.shape) != blob.shape:
+                    raise WeightsError(f"blob {k} has shape {arr.shape} in the file, the net expects "
+                                       f"{tuple(blob.shape)}", loc, layer=name)
+                plan.append((blob, arr))
+        with torch.no_grad():
+            for blob, arr in plan:
+                blob.tensor().copy_(torch.from_numpy(arr))

@@ -1,0 +1,609 @@
+"""pycaffe's ``caffe.Net`` on the PyTorch runtime: persistent blobs, layer ranges, Caffe's backward semantics.
+
+A ``caffe.Net`` wraps a :class:`~prototxt2py.backends.torch_runtime.CaffeNet` and walks its plan (``net._plan``,
+one step per layer in Caffe's order) itself, over one :class:`~._blob.Blob` per Caffe blob name, so that
+``forward(start=..., end=...)`` and ``backward(...)`` can run any range of layers on what the blobs hold, as
+Caffe's ``ForwardFromTo``/``BackwardFromTo`` do. An in-place layer's top is the same Blob as its bottom.
+
+Backward. Caffe decides once, at construction, which layers and bottoms need a gradient
+(``layer_need_backward``, ``bottom_need_backward``: along paths from learnable parameters to a loss, everything
+under ``force_backward`` except the bottoms a layer refuses, see :data:`._inplace.NO_FORCE_BACKWARD`);
+:mod:`._backward` computes the same sets. ``backward()`` then visits those layers in reverse and computes each
+gradient as Caffe's ``Backward_cpu`` does, from the blobs' *current* contents (see :mod:`._inplace` for the three ways).
+Bottom diffs are overwritten (summed where one value feeds several layers, which is what Caffe's inserted Split
+layers do); parameter diffs accumulate, as in Caffe, until ``clear_param_diffs()``.
+
+Data layers (Data, ImageData, HDF5Data, ...) do not read their sources here: their tops are blobs the caller
+fills (``net.blobs[name].data[...] = ...``), or ``set_input_arrays`` for a MemoryData layer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import zip_longest
+from typing import Any
+
+import numpy as np
+import torch
+
+import prototxt2py
+
+from ..backends.fusion import INPUT
+from ..errors import InputFileError, Location, Prototxt2pyError, WeightsError
+from ..fsutil import atomic_output
+from ..reader import NetSource, read_net
+from . import _inplace, _mode
+from ._backward import layer_gradients, need_backward
+from ._blob import Blob
+
+TRAIN, TEST = 0, 1
+_PHASES = {TRAIN: "TRAIN", TEST: "TEST", "TRAIN": "TRAIN", "TEST": "TEST"}
+
+
+class CaffeUsageError(Prototxt2pyError, ValueError):
+    """A pycaffe call that Caffe would refuse (unknown layer or blob, inputs not matching the net, ...)."""
+
+
+class Layer:
+    """pycaffe's ``caffe.Layer`` of a net: ``.type`` and ``.blobs`` (the same Blob objects as ``net.params``)."""
+
+    def __init__(self, name: str, type_: str, blobs: list[Blob]):
+        self.name = name
+        self.type = type_
+        self.blobs = blobs
+
+    def __repr__(self) -> str:
+        return f"<caffe.Layer '{self.name}' type={self.type}>"
+
+
+def _check_file(path: str | os.PathLike | None) -> None:
+    """Caffe's ``CheckFile``: a clear error before any parsing when a model file is missing."""
+    if path is not None and not os.path.isfile(os.fspath(path)):
+        raise InputFileError(f"Could not open file {os.fspath(path)}", Location(os.fspath(path)))
+
+
+def _phase_name(phase: Any) -> str:
+    if phase not in _PHASES:
+        raise CaffeUsageError(f"phase must be caffe.TRAIN or caffe.TEST, got {phase!r}")
+    return _PHASES[phase]
+
+
+class Net:
+    """``caffe.Net(prototxt, phase, level=0, stages=None, weights=None)`` or legacy ``caffe.Net(prototxt,
+    weights, phase)``. The prototxt is read once, so it may be deleted right after construction.
+
+    Beyond pycaffe, ``input_shapes={'data': [64, 1, 28, 28], 'label': [64]}`` sizes input or data-layer blobs
+    whose shapes the file alone does not give (Caffe reads them from the data source, which is not opened here)."""
+
+    def __init__(self, network_file: str | os.PathLike, *args: Any, level: int = 0,
+                 stages: Sequence[str] | None = None, weights: str | os.PathLike | None = None,
+                 phase: Any = None, input_shapes: Mapping[str, Sequence[int]] | None = None):
+        if len(args) == 2:  # legacy Net(proto, weights, phase)
+            if weights is not None:
+                raise CaffeUsageError("weights given twice (legacy positional form and weights=)")
+            weights, phase = args
+        elif len(args) == 1:
+            phase = args[0]
+        elif args:
+            raise CaffeUsageError("Net(network_file, phase, level=0, stages=None, weights=None) or legacy "
+                                  "Net(network_file, weights, phase)")
+        if phase is None:
+            raise CaffeUsageError("Net() needs a phase: caffe.TRAIN or caffe.TEST")
+        _check_file(network_file)
+        _check_file(weights)
+        self._phase = _phase_name(phase)
+        self._level = int(level)
+        self._stages = tuple(stages or ())
+        self._source: NetSource = read_net(network_file)
+        self._device = _mode.device()
+        self._callbacks: dict[str, list[Callable[[int], Any]]] = {k: [] for k in ("bf", "af", "bb", "ab")}
+        self._memory_data: tuple[np.ndarray, np.ndarray, int] | None = None
+        self._build(weights, input_shapes)
+
+    # -- construction ----------------------------------------------------------------------------------------
+    def _build(self, weights: str | os.PathLike | None, input_shapes: Mapping[str, Sequence[int]] | None) -> None:
+        graph = prototxt2py.graph(self._source, self._phase, self._stages, self._level, input_shapes=input_shapes)
+        runtime = prototxt2py.load(graph, weights=weights)
+        self._graph = graph
+        self._net = runtime.to(self._device)
+        self._protos = {}
+        for layer in self._source.net.layer:
+            self._protos.setdefault(layer.name, layer)
+        self._layer_names = [n.name for n in graph.nodes]
+        self._plan = runtime._plan
+        # Blobs in Caffe's creation order: a layer's new tops, in order; in-place tops reuse their blob.
+        self._blobs_dict: OrderedDict[str, Blob] = OrderedDict()
+        for value in graph.values.values():
+            if value.blob not in self._blobs_dict:
+                shape = value.shape if value.shape is not None else (0,)
+                self._blobs_dict[value.blob] = Blob(torch.zeros(shape, device=self._device))
+        self._value_blob = {vid: self._blobs_dict[v.blob] for vid, v in graph.values.items()}
+        self._node_params: list[list[Blob]] = []
+        seen: dict[int, Blob] = {}
+        for node in graph.nodes:
+            blobs = []
+            for t in runtime.layer_blobs(node.name):
+                if id(t) not in seen:
+                    if isinstance(t, torch.nn.Parameter):
+                        if t.grad is None or t.grad.shape != t.shape:
+                            t.grad = torch.zeros_like(t)
+                        seen[id(t)] = Blob(t, t.grad)
+                    else:
+                        seen[id(t)] = Blob(t, torch.zeros_like(t))
+                blobs.append(seen[id(t)])
+            self._node_params.append(blobs)
+        self.layers = [Layer(n.name, n.type, b) for n, b in zip(graph.nodes, self._node_params, strict=True)]
+        self._loss_weight = {}
+        for node in graph.nodes:
+            for vid, w in zip(node.outputs, node.loss_weights, strict=False):
+                if w:
+                    self._loss_weight[graph.values[vid].blob] = float(w)
+        self._fixed_tops = self._dummy_fixed_tops()
+        self._compute_need_backward()
+        self._saved: dict[int, tuple] = {}
+        self._reset_loss_diffs()
+        self._run_fixed_fills()
+
+    def _dummy_fixed_tops(self) -> dict[int, set[int]]:
+        """DummyData tops with a constant filler: Caffe fills them once, so values written by the caller stay."""
+        fixed: dict[int, set[int]] = {}
+        for i, node in enumerate(self._graph.nodes):
+            if node.type != "DummyData":
+                continue
+            fillers = list(self._protos[node.name].dummy_data_param.data_filler)
+            tops = set()
+            for t in range(len(node.tops)):
+                filler = fillers[0] if len(fillers) == 1 else (fillers[t] if fillers else None)
+                if filler is None or filler.type == "constant":
+                    tops.add(t)
+            fixed[i] = tops
+        return fixed
+
+    def _run_fixed_fills(self) -> None:
+        for i in self._fixed_tops:
+            self._forward_layer(i, initial=True)
+
+    def _reset_loss_diffs(self) -> None:
+        """Caffe's ``SetLossWeights``: a loss top's diff holds its loss weight, so ``backward()`` needs no seed."""
+        for name, w in self._loss_weight.items():
+            self._blobs_dict[name].fill_diff(w)
+
+    def _compute_need_backward(self) -> None:
+        need = need_backward(self._graph, self._protos, [len(p) for p in self._node_params])
+        self._layer_need, self._bottom_need, self._param_need = need.layer, need.bottom, need.param
+
+    # -- pycaffe's properties ----------------------------------------------------------------------------------
+    @property
+    def blobs(self) -> OrderedDict[str, Blob]:
+        """Blobs by Caffe name, in Caffe's creation order (Caffe's automatic Split copies do not exist here)."""
+        return self._blobs_dict
+
+    @property
+    def _blob_names(self) -> list[str]:
+        return list(self._blobs_dict)
+
+    @property
+    def _blobs(self) -> list[Blob]:
+        return list(self._blobs_dict.values())
+
+    @property
+    def params(self) -> OrderedDict[str, list[Blob]]:
+        """Layer name -> its parameter Blobs, for layers that have any (a shared blob is the same object)."""
+        return OrderedDict((layer.name, layer.blobs) for layer in self.layers if layer.blobs)
+
+    @property
+    def layer_dict(self) -> OrderedDict[str, Layer]:
+        return OrderedDict(zip(self._layer_names, self.layers, strict=True))
+
+    @property
+    def _blob_loss_weights(self) -> list[float]:
+        return [self._loss_weight.get(name, 0.0) for name in self._blobs_dict]
+
+    @property
+    def blob_loss_weights(self) -> OrderedDict[str, float]:
+        return OrderedDict(zip(self._blobs_dict, self._blob_loss_weights, strict=True))
+
+    @property
+    def inputs(self) -> list[str]:
+        """Tops of ``Input`` layers (and upgraded ``input:`` fields), as pycaffe; data layers' tops are not."""
+        return [t for n in self._graph.nodes if n.type == "Input" for t in n.tops]
+
+    @property
+    def outputs(self) -> list[str]:
+        """Blobs no layer consumes, sorted by name as Caffe lists them."""
+        return [self._graph.values[v].blob for v in self._graph.outputs]
+
+    @property
+    def _inputs(self) -> list[int]:
+        names = self._blob_names
+        return [names.index(b) for b in self.inputs]
+
+    @property
+    def _outputs(self) -> list[int]:
+        names = self._blob_names
+        return [names.index(b) for b in self.outputs]
+
+    def _top_ids(self, i: int) -> list[int]:
+        names = self._blob_names
+        return [names.index(t) for t in self._graph.nodes[i].tops]
+
+    def _bottom_ids(self, i: int) -> list[int]:
+        names = self._blob_names
+        return [names.index(b) for b in self._graph.nodes[i].bottoms]
+
+    @property
+    def top_names(self) -> OrderedDict[str, list[str]]:
+        return OrderedDict((n.name, list(n.tops)) for n in self._graph.nodes)
+
+    @property
+    def bottom_names(self) -> OrderedDict[str, list[str]]:
+        return OrderedDict((n.name, list(n.bottoms)) for n in self._graph.nodes)
+
+    @property
+    def runtime(self) -> torch.nn.Module:
+        """The underlying :class:`~prototxt2py.backends.torch_runtime.CaffeNet` (shares the parameters)."""
+        return self._net
+
+    @property
+    def layer_need_backward(self) -> list[bool]:
+        """Caffe's ``layer_need_backward_``: layers ``backward()`` visits."""
+        return list(self._layer_need)
+
+    # -- running -----------------------------------------------------------------------------------------------
+    def _layer_index(self, name: str | None, default: int) -> int:
+        if name is None:
+            return default
+        try:
+            return self._layer_names.index(name)
+        except ValueError:
+            raise CaffeUsageError(f"no layer named '{name}' in the net") from None
+
+    def _forward_layer(self, i: int, initial: bool = False) -> None:
+        kind, key, ins, outs = self._plan[i]
+        node = self._graph.nodes[i]
+        if node.type == "MemoryData" and self._memory_data is not None:
+            self._next_memory_batch(outs)
+            return
+        if kind == INPUT:
+            return  # Input and data layers: their tops hold what the caller wrote
+        module = self._net.layers[key]
+        bottoms = [self._value_blob[v].tensor() for v in ins]
+        if self._layer_need[i] and (node.type in _inplace.PRIVATE or node.type in _inplace.SAVES_INPUT):
+            leaves = [b.detach().clone() for b in bottoms]
+            if node.type in _inplace.PRIVATE:
+                for leaf, need in zip(leaves, self._bottom_need[i], strict=True):
+                    if need and leaf.is_floating_point():
+                        leaf.requires_grad_(True)
+                with torch.enable_grad():
+                    produced = module(*leaves)
+                self._saved[i] = (leaves, produced if isinstance(produced, tuple) else (produced,))
+            else:
+                with torch.no_grad():
+                    produced = module(*bottoms)
+                self._saved[i] = (leaves, None)
+        else:
+            with torch.no_grad():
+                produced = module(*bottoms)
+        tops = produced if isinstance(produced, (tuple, list)) else (produced,)
+        fixed = self._fixed_tops.get(i, ())
+        for k, (vid, value) in enumerate(zip(outs, tops, strict=False)):
+            if k in fixed and not initial:
+                continue
+            blob = self._value_blob[vid]
+            if blob.write(value):
+                name = self._graph.values[vid].blob
+                if name in self._loss_weight:
+                    blob.fill_diff(self._loss_weight[name])
+
+    def _forward(self, start: int, end: int) -> float:
+        """Caffe's ``ForwardFromTo``: layers ``start``..``end`` inclusive; returns the loss of that range."""
+        loss = 0.0
+        self._push_params()  # off the CPU: values written through params' host arrays reach the device
+        for i in range(start, end + 1):
+            for fn in self._callbacks["bf"]:
+                fn(i)
+            try:
+                self._forward_layer(i)
+            except Prototxt2pyError:
+                raise
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                node = self._graph.nodes[i]
+                shapes = {b: self._value_blob[v].shape for b, v in zip(node.bottoms, node.inputs, strict=True)}
+                raise Prototxt2pyError(f"forward failed on bottoms {shapes}: {str(e).splitlines()[0]}",
+                                       node.location, layer=node.name) from None
+            node = self._graph.nodes[i]
+            for vid, w in zip(node.outputs, node.loss_weights, strict=False):
+                if w:
+                    loss += w * float(self._value_blob[vid].tensor().sum())
+            for fn in self._callbacks["af"]:
+                fn(i)
+        return loss
+
+    def forward(self, blobs: Iterable[str] | None = None, start: str | None = None, end: str | None = None,
+                **kwargs: np.ndarray) -> dict[str, np.ndarray]:
+        """Run layers ``start``..``end`` (names, inclusive) on the blobs; ``kwargs`` set input blobs first.
+        Returns ``{blob: data}`` for the outputs (or ``end``'s tops) plus ``blobs``."""
+        blobs = list(blobs or [])
+        self._check_names(blobs)
+        start_i = self._layer_index(start, 0)
+        if end is not None:
+            end_i = self._layer_index(end, 0)
+            outputs = set(self.top_names[self._layer_names[end_i]] + blobs)
+        else:
+            end_i = len(self.layers) - 1
+            outputs = set(self.outputs + blobs)
+        if kwargs:
+            if set(kwargs) != set(self.inputs):
+                raise CaffeUsageError(f"Input blob arguments do not match net inputs: got {sorted(kwargs)}, "
+                                      f"the net's inputs are {self.inputs}")
+            for name, value in kwargs.items():
+                self._assign(name, "data", value, "Input is not batch sized")
+        self._forward(start_i, end_i)
+        return {out: self._blobs_dict[out].data for out in outputs}
+
+    def backward(self, diffs: Iterable[str] | None = None, start: str | None = None, end: str | None = None,
+                 **kwargs: np.ndarray) -> dict[str, np.ndarray]:
+        """Backpropagate from layer ``start`` down to ``end`` (names, inclusive); ``kwargs`` set output diffs
+        first. Returns ``{blob: diff}`` for the inputs (or ``end``'s bottoms) plus ``diffs``."""
+        diffs = list(diffs or [])
+        self._check_names(diffs)
+        start_i = self._layer_index(start, len(self.layers) - 1)
+        if end is not None:
+            end_i = self._layer_index(end, 0)
+            outputs = set(self.bottom_names[self._layer_names[end_i]] + diffs)
+        else:
+            end_i = 0
+            outputs = set(self.inputs + diffs)
+        if kwargs:
+            if set(kwargs) != set(self.outputs):
+                raise CaffeUsageError(f"Top diff arguments do not match net outputs: got {sorted(kwargs)}, "
+                                      f"the net's outputs are {self.outputs}")
+            for name, value in kwargs.items():
+                self._assign(name, "diff", value, "Diff is not batch sized")
+        self._backward(start_i, end_i)
+        return {out: self._blobs_dict[out].diff for out in outputs}
+
+    def _check_names(self, names: Iterable[str]) -> None:
+        unknown = [n for n in names if n not in self._blobs_dict]
+        if unknown:
+            raise CaffeUsageError(f"no blob named {', '.join(repr(n) for n in unknown)} in the net")
+
+    def _assign(self, name: str, field: str, value: Any, batch_message: str) -> None:
+        blob = self._blobs_dict[name]
+        value = np.asarray(value)
+        if value.ndim == 0 or not blob.shape or value.shape[0] != blob.shape[0]:
+            raise CaffeUsageError(f"{batch_message}: '{name}' has shape {tuple(blob.shape)}, got an array of shape "
+                                  f"{value.shape} (reshape the blob and call net.reshape() for another size)")
+        try:
+            getattr(blob, field)[...] = value
+        except ValueError:
+            raise CaffeUsageError(f"array of shape {value.shape} does not fit blob '{name}' of shape "
+                                  f"{tuple(blob.shape)} (reshape the blob and call net.reshape() first)") from None
+
+    # -- backward ----------------------------------------------------------------------------------------------
+    def _backward(self, start: int, end: int) -> None:
+        """Caffe's ``BackwardFromTo``: layers ``start`` down to ``end``, where Caffe computes gradients."""
+        written: set[str] = set()
+        self._push_params()
+        for i in range(start, end - 1, -1):
+            for fn in self._callbacks["bb"]:
+                fn(i)
+            if self._layer_need[i]:
+                try:
+                    self._backward_layer(i, written)
+                except Prototxt2pyError:
+                    raise
+                except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                    node = self._graph.nodes[i]
+                    raise Prototxt2pyError(f"backward failed: {str(e).splitlines()[0]}", node.location,
+                                           layer=node.name) from None
+            for fn in self._callbacks["ab"]:
+                fn(i)
+
+    def _backward_layer(self, i: int, written: set[str]) -> None:
+        """One layer's backward: bottom diffs overwritten (summed where a value feeds several layers, as Caffe's
+        Split layers do), parameter diffs accumulated."""
+        kind, key, ins, outs = self._plan[i]
+        node = self._graph.nodes[i]
+        need_b = self._bottom_need[i]
+        blobs = self._node_params[i]
+        params = [b._data.tensor if n and isinstance(b._data.tensor, torch.nn.Parameter) else None
+                  for b, n in zip(blobs, self._param_need[i], strict=True)]
+        if kind == INPUT or (not any(need_b) and all(p is None for p in params)):
+            return
+        bottom_grads, param_grads = layer_gradients(
+            node, self._net.layers[key], self._protos.get(node.name),
+            [self._value_blob[v].tensor() for v in ins], [self._value_blob[v].tensor() for v in outs],
+            [self._value_blob[v].diff_tensor() for v in outs], need_b, params, self._saved.get(i))
+        for v, need, g in zip(ins, need_b, bottom_grads, strict=True):
+            if not need:
+                continue
+            blob = self._value_blob[v]
+            if g is None:
+                if node.type != "Silence":  # Caffe's Silence writes zeros; other unused bottoms keep their diff
+                    continue
+                g = torch.zeros_like(blob.diff_tensor())
+            blob.write_diff(g, accumulate=v in written)
+            written.add(v)
+        for blob, g in zip(blobs, param_grads, strict=True):
+            if g is not None:
+                tensor = blob._data.tensor
+                if tensor.grad is not blob._diff.tensor:  # re-link after e.g. zero_grad(set_to_none=True)
+                    tensor.grad = blob._diff.tensor
+                blob.write_diff(g, accumulate=True)
+
+    # -- batches -------------------------------------------------------------------------------------------
+    def _batch(self, blobs: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """Split arrays into the net's batch size, the last batch padded with zeros (pycaffe's ``_batch``)."""
+        num = len(next(iter(blobs.values())))
+        batch_size = next(iter(self._blobs_dict.values())).shape[0]
+        for i in range(0, num - num % batch_size, batch_size):
+            yield {name: blobs[name][i:i + batch_size] for name in blobs}
+        remainder = num % batch_size
+        if remainder:
+            yield {name: np.concatenate([blobs[name][-remainder:],
+                                         np.zeros((batch_size - remainder,) + blobs[name].shape[1:])])
+                   for name in blobs}
+
+    def forward_all(self, blobs: Iterable[str] | None = None, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
+        """``forward`` over arrays of any length, batch by batch; outputs concatenated, padding dropped."""
+        blobs = list(blobs or [])
+        all_outs: dict[str, list] = {out: [] for out in set(self.outputs + blobs)}
+        for batch in self._batch(kwargs):
+            for out, value in self.forward(blobs=blobs, **batch).items():
+                all_outs[out].extend(value.copy())
+        result = {out: np.asarray(v) for out, v in all_outs.items()}
+        pad = len(next(iter(result.values()))) - len(next(iter(kwargs.values())))
+        return {k: v[:-pad] for k, v in result.items()} if pad else result
+
+    def forward_backward_all(self, blobs: Iterable[str] | None = None, diffs: Iterable[str] | None = None,
+                             **kwargs: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """``forward`` + ``backward`` batch by batch: inputs and output diffs from ``kwargs``."""
+        blobs, diffs = list(blobs or []), list(diffs or [])
+        all_outs: dict[str, list] = {out: [] for out in set(self.outputs + blobs)}
+        all_diffs: dict[str, list] = {d: [] for d in set(self.inputs + diffs)}
+        fwd = self._batch({k: kwargs[k] for k in self.inputs if k in kwargs}) if any(
+            k in kwargs for k in self.inputs) else iter(())
+        bwd = self._batch({k: kwargs[k] for k in self.outputs if k in kwargs}) if any(
+            k in kwargs for k in self.outputs) else iter(())
+        for fb, bb in zip_longest(fwd, bwd, fillvalue={}):
+            for out, value in self.forward(blobs=blobs, **fb).items():
+                all_outs[out].extend(value.copy())
+            for d, value in self.backward(diffs=diffs, **bb).items():
+                all_diffs[d].extend(value.copy())
+        outs = {k: np.asarray(v) for k, v in all_outs.items()}
+        grads = {k: np.asarray(v) for k, v in all_diffs.items()}
+        pad = len(next(iter(outs.values()))) - len(next(iter(kwargs.values())))
+        if pad:
+            outs = {k: v[:-pad] for k, v in outs.items()}
+            grads = {k: v[:-pad] for k, v in grads.items()}
+        return outs, grads
+
+    def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
+        """Feed a ``MemoryData`` first layer: ``forward()`` then takes the next batch of ``data``/``labels``."""
+        if not self._graph.nodes or self._graph.nodes[0].type != "MemoryData":
+            raise CaffeUsageError("set_input_arrays may only be called if the first layer is a MemoryDataLayer")
+        if labels.ndim == 1:
+            labels = labels[:, None, None, None]
+        p = self._protos[self._graph.nodes[0].name].memory_data_param
+        for what, arr in (("data array", data), ("labels array", labels)):
+            if arr.dtype != np.float32 or arr.ndim != 4:
+                raise CaffeUsageError(f"{what} must be 4-d float32")
+        if data.shape[1:] != (p.channels, p.height, p.width):
+            raise CaffeUsageError(f"data array has shape {data.shape[1:]} per item, the layer expects "
+                                  f"{(p.channels, p.height, p.width)}")
+        if len(data) != len(labels):
+            raise CaffeUsageError("data and labels must have the same first dimension")
+        if len(data) % p.batch_size:
+            raise CaffeUsageError("first dimensions of input arrays must be a multiple of batch size")
+        self._memory_data = (np.ascontiguousarray(data), np.ascontiguousarray(labels), 0)
+
+    def _next_memory_batch(self, outs: Sequence[str]) -> None:
+        data, labels, pos = self._memory_data
+        n = self._protos[self._graph.nodes[0].name].memory_data_param.batch_size
+        for vid, arr in zip(outs, (data, labels), strict=False):
+            self._value_blob[vid].write(torch.from_numpy(arr[pos:pos + n]).to(self._device))
+        self._memory_data = (data, labels, (pos + n) % len(data))
+
+    # -- shapes, weights ---------------------------------------------------------------------------------------
+    def reshape(self) -> None:
+        """Propagate the current shapes of the input blobs through the net (Caffe's ``Net::Reshape``)."""
+        inputs = {self._graph.values[v].blob for v in self._graph.inputs}
+        shapes = {b: self._blobs_dict[b].shape for b in inputs}
+        graph = prototxt2py.graph(self._source, self._phase, self._stages, self._level, input_shapes=shapes)
+        for vid, value in graph.values.items():
+            if value.shape is not None and value.blob not in inputs:
+                self._value_blob[vid].reshape(*value.shape)
+        self._reset_loss_diffs()
+
+    def clear_param_diffs(self) -> None:
+        """Zero every parameter diff, in place (arrays taken earlier see the zeros)."""
+        for blobs in self._node_params:
+            for b in blobs:
+                b.fill_diff(0.0)
+
+    def copy_from(self, weights: str | os.PathLike) -> None:
+        """Load a ``.caffemodel`` into the parameters, in place, by layer name (Caffe's
+        ``CopyTrainedLayersFrom``)."""
+        _check_file(weights)
+        self._push_params()
+        from ..weights import load_weights
+
+        load_weights(self._net, weights)
+        self._mark_params_written()
+
+    def share_with(self, other: Net) -> None:
+        """Use ``other``'s parameter data for every layer of the same name (Caffe's ``ShareTrainedLayersWith``):
+        data is shared, diffs stay separate."""
+        for name, src in other.params.items():
+            if name not in self._layer_names:
+                continue
+            dst = self.layers[self._layer_names.index(name)].blobs
+            if len(dst) != len(src):
+                raise WeightsError(f"Incompatible number of blobs for layer {name}: {len(dst)} here, "
+                                   f"{len(src)} in the other net", layer=name)
+            for k, (d, s) in enumerate(zip(dst, src, strict=True)):
+                if d.shape != s.shape:
+                    raise WeightsError(f"Cannot share param {k} weights from layer '{name}': shape {s.shape}, "
+                                       f"this net has {d.shape}", layer=name)
+                with torch.no_grad():
+                    d._data.tensor.set_(s.tensor().detach())
+                d._data._host = None
+
+    def save(self, filename: str | os.PathLike) -> None:
+        """Write a binary ``.caffemodel`` (every layer and its blobs) that Caffe and OpenCV load."""
+        from ..weights import write_caffemodel
+
+        self._push_params()
+        with atomic_output(filename) as f:
+            write_caffemodel(self._net, f)
+
+    def save_hdf5(self, filename: str | os.PathLike) -> None:
+        """Caffe's ``ToHDF5``: group ``data/<layer>/<i>`` per own parameter blob (shared copies are skipped)."""
+        from ._hdf5 import save_params
+
+        self._push_params()
+        save_params(self, filename)
+
+    def load_hdf5(self, filename: str | os.PathLike) -> None:
+        """Caffe's ``CopyTrainedLayersFromHDF5``: read ``data/<layer>/<i>`` into the parameters of same-named
+        layers, in place."""
+        from ._hdf5 import load_params
+
+        _check_file(filename)
+        self._push_params()
+        load_params(self, filename)
+        self._mark_params_written()
+
+    def _push_params(self) -> None:
+        """Modules read their parameters directly: copy host writes (off the CPU) to the device first."""
+        if self._device.type == "cpu":
+            return
+        for blobs in self._node_params:
+            for b in blobs:
+                b.tensor()
+                b.diff_tensor()
+
+    def _mark_params_written(self) -> None:
+        for blobs in self._node_params:
+            for b in blobs:
+                b._data.written()
+
+    # -- callbacks (pycaffe's before_forward/after_forward/...: fn(layer_index)) -----------------------------
+    def before_forward(self, fn: Callable[[int], Any]) -> None:
+        self._callbacks["bf"].append(fn)
+
+    def after_forward(self, fn: Callable[[int], Any]) -> None:
+        self._callbacks["af"].append(fn)
+
+    def before_backward(self, fn: Callable[[int], Any]) -> None:
+        self._callbacks["bb"].append(fn)
+
+    def after_backward(self, fn: Callable[[int], Any]) -> None:
+        self._callbacks["ab"].append(fn)
+
+    def __repr__(self) -> str:
+        layers, blobs = len(self.layers), len(self._blobs_dict)
+        return f"<caffe.Net '{self._graph.name}' {self._phase}: {layers} layers, {blobs} blobs>"

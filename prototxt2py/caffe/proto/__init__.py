@@ -1,0 +1,1 @@
+"""``caffe.proto``: the Caffe schema (``caffe.proto.caffe_pb2``), as in pycaffe."""

@@ -1,0 +1,248 @@
+"""``prototxt2py train | test | time``: Caffe's tool commands (``tools/caffe.cpp``) on the PyTorch runtime.
+
+Importing this module imports neither torch nor the solver: the CLI's other commands stay fast. Under
+``torchrun`` (``WORLD_SIZE > 1``) ``train`` joins the process group (gloo on CPU, NCCL on GPUs); only rank 0
+prints, tests and snapshots.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+EFFECTS = ("stop", "snapshot", "none")
+
+
+class _Progress:
+    """A live status line on a terminal; plain log lines (every ``every`` iterations) otherwise."""
+
+    def __init__(self, images_per_iter: int, every: int, stream: Any = None):
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.images_per_iter = images_per_iter
+        self.every = max(1, every)
+        self.start = time.perf_counter()
+        self.done = 0
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        it, last = info["iter"] + 1, info["max_iter"]
+        rate = self.done * self.images_per_iter / elapsed if elapsed > 0 else 0.0
+        eta = (last - it) * elapsed / self.done if self.done else 0.0
+        text = (f"iter {it}/{last}  loss {info['smoothed_loss']:.4g}  lr {info['lr']:.3g}  {rate:.0f} img/s  "
+                f"ETA {_duration(eta)}")
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text)
+            self.stream.flush()
+        elif it % self.every == 0 or it == last:
+            self.stream.write(text + "\n")
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class _Signals:
+    """Caffe's ``SignalHandler``: SIGINT/SIGHUP become a one-shot solver action (stop, snapshot or none)."""
+
+    def __init__(self, sigint: str, sighup: str):
+        self.effects = {signal.SIGINT: sigint}
+        if hasattr(signal, "SIGHUP"):
+            self.effects[signal.SIGHUP] = sighup
+        self.pending: list[str] = []
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        for sig, effect in self.effects.items():
+            self.previous[sig] = signal.signal(sig, signal.SIG_IGN if effect == "none" else self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.pending.append(self.effects[signum])
+
+    def request(self) -> str:
+        return self.pending.pop(0) if self.pending else "none"
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _distributed(device: str) -> tuple[int, int, str]:
+    """Join torchrun's process group when there is one; ``(rank, world, device)``: with ``cuda`` each rank takes
+    the GPU of its ``LOCAL_RANK``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if not dist.is_initialized():
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.set_device(torch.device(device))
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _echo(rank: int) -> Callable[[str], None]:
+    return (lambda line: click.echo(line, err=True)) if rank == 0 else (lambda line: None)
+
+
+def train_command(solver: str, weights: str | None, snapshot: str | None, iterations: int | None,
+                  sigint_effect: str, sighup_effect: str, device: str, quiet: bool, stages: tuple[str, ...] = (),
+                  level: int = 0, data_workers: int | None = None) -> None:
+    """``caffe train``: solve, optionally fine-tuning from weights or resuming from a snapshot."""
+    from .train import get_solver, read_solver_param
+    from .train.errors import SolverError
+
+    if weights and snapshot:
+        raise SolverError("give --snapshot to resume training or --weights to fine-tune, not both")
+    rank, world, device = _distributed(device)
+    param = read_solver_param(solver)
+    if iterations is not None:
+        param.max_iter = iterations
+    param.train_state.level = level
+    param.train_state.stage.extend(stages)
+    if snapshot or weights:  # as Caffe's train: the snapshot's weights, or --weights, replace the solver's list
+        del param.weights[:]
+    if weights:
+        param.weights.append(weights)
+    s = get_solver(param, rank=rank, world=world, device=device, data_workers=data_workers)
+    s.file = solver
+    log = _echo(rank)
+    s.log = log
+    batch = next(iter(s.feeder.shapes().values()), [1])[0]
+    progress = _Progress(batch * param.iter_size * world, param.display or 20) if rank == 0 and not quiet else None
+    s.on_iteration = progress
+    with _Signals(sigint_effect, sighup_effect) as signals:
+        s.action_request = signals.request
+        try:
+            s.solve(resume=snapshot)
+        finally:
+            if progress is not None:
+                progress.close()
+            s.close()
+    if s.last_snapshot and rank == 0:
+        log(f"last snapshot: {s.last_snapshot[0]}")
+
+
+def test_command(net: str, weights: str | None, iterations: int, phase: str, stages: tuple[str, ...], level: int,
+                 device: str) -> list[tuple[str, float]]:
+    """``caffe test``: mean of each output over ``iterations`` batches, logged as Caffe logs them."""
+    import numpy as np
+    import torch
+
+    from .reader import read_net
+    from .train.solver import build_fed_net, forward_for_loss
+
+    module, feeder = build_fed_net(read_net(net), phase.upper(), stages, level, 0, 1, torch.device(device))
+    if weights:
+        from .weights import load_weights
+
+        load_weights(module, weights)
+    else:
+        click.echo("warning: no --weights given: testing Caffe's filler values", err=True)
+    module.train(phase.upper() == "TRAIN")
+    f32 = np.float32
+    scores: list[Any] = []
+    names: list[str] = []
+    loss = f32(0)
+    for i in range(iterations):
+        with torch.no_grad():
+            blobs = forward_for_loss(module, {k: v.to(device) for k, v in feeder.next().items()})
+            loss = f32(loss + f32(module.loss(blobs).item()))
+        flat = [(n, f32(x)) for n in module.output_names for x in blobs[n].detach().cpu().numpy().ravel()]
+        for n, x in flat:
+            click.echo(f"Batch {i}, {n} = {x:g}", err=True)
+        if i == 0:
+            names, scores = [n for n, _ in flat], [x for _, x in flat]
+        else:
+            scores = [f32(s + x) for s, (_, x) in zip(scores, flat, strict=True)]
+    feeder.close()
+    loss = f32(loss / f32(iterations))
+    click.echo(f"Loss: {loss:g}")
+    out = []
+    for n, s in zip(names, scores, strict=True):
+        mean = float(f32(s / f32(iterations)))
+        w = module.loss_weights.get(n, 0.0)
+        extra = f" (* {w:g} = {w * mean:g} loss)" if w else ""
+        click.echo(f"{n} = {mean:g}{extra}")
+        out.append((n, mean))
+    return out
+
+
+def time_command(net: str, iterations: int, phase: str, device: str) -> None:
+    """``caffe time``: per-layer forward and backward times (ms, averaged over ``iterations``)."""
+    from .train.timing import time_net
+
+    report = time_net(net, iterations, phase.upper(), device)
+    click.echo(report)
+
+
+def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> None:
+    """Add ``train``, ``test`` and ``time`` to the CLI group."""
+    device_opt = click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1).")
+
+    @main.command("train")
+    @click.argument("solver", type=click.Path(dir_okay=False))
+    @click.option("--weights", help="Initial weights (.caffemodel; comma-separated list) to fine-tune from.")
+    @click.option("--snapshot", type=click.Path(dir_okay=False), help="A .solverstate to resume from.")
+    @click.option("--iterations", type=int, help="Train to this iteration instead of the solver's max_iter.")
+    @click.option("--sigint-effect", type=click.Choice(EFFECTS), default="stop", show_default=True,
+                  help="What Ctrl-C does.")
+    @click.option("--sighup-effect", type=click.Choice(EFFECTS), default="snapshot", show_default=True,
+                  help="What SIGHUP does.")
+    @click.option("--quiet", is_flag=True, help="No progress display (Caffe's log lines only).")
+    @click.option("--stage", "stages", multiple=True, help="TRAIN net NetState stage (repeatable).")
+    @click.option("--level", type=int, default=0, show_default=True, help="TRAIN net NetState level.")
+    @click.option("--data-workers", type=int, default=None,
+                  help="Loader processes per data layer (default: 2, or 0 for in-memory readers like HDF5Data).")
+    @device_opt
+    @user_errors
+    def train(solver, weights, snapshot, iterations, sigint_effect, sighup_effect, quiet, stages, level,
+              data_workers, device) -> None:
+        """Train with Caffe's solver rules (as `caffe train --solver=SOLVER`); works under torchrun."""
+        train_command(solver, weights, snapshot, iterations, sigint_effect, sighup_effect, device, quiet, stages,
+                      level, data_workers)
+
+    @main.command("test")
+    @click.argument("net", type=click.Path(dir_okay=False))
+    @click.option("--weights", type=click.Path(dir_okay=False), help="Trained .caffemodel.")
+    @click.option("--iterations", type=int, default=50, show_default=True, help="Batches to average over.")
+    @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST",
+                  show_default=True)
+    @click.option("--stage", "stages", multiple=True, help="NetState stage (repeatable).")
+    @click.option("--level", type=int, default=0, show_default=True)
+    @device_opt
+    @user_errors
+    def test(net, weights, iterations, phase, stages, level, device) -> None:
+        """Score NET's outputs over batches from its data layers (as `caffe test`)."""
+        test_command(net, weights, iterations, phase, stages, level, device)
+
+    @main.command("time")
+    @click.argument("net", type=click.Path(dir_okay=False))
+    @click.option("--iterations", type=int, default=50, show_default=True)
+    @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TRAIN",
+                  show_default=True)
+    @device_opt
+    @user_errors
+    def time_(net, iterations, phase, device) -> None:
+        """Per-layer forward/backward timings of NET (as `caffe time`)."""
+        time_command(net, iterations, phase, device)

@@ -1,0 +1,76 @@
+"""From a ``LayerParameter`` of a data layer to the plain :class:`DataLayer` a reader is opened with.
+
+This is the one place that knows which ``*_param`` field belongs to which data layer type; trainers, the
+loader and the tests build their :class:`DataLayer` values here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..netstate import State, layer_included
+from ..plain import plain
+from . import DataLayer
+
+#: data layer type -> the LayerParameter field holding its parameters
+PARAM_FIELDS = {
+    "Data": "data_param",
+    "ImageData": "image_data_param",
+    "HDF5Data": "hdf5_data_param",
+    "MemoryData": "memory_data_param",
+    "DummyData": "dummy_data_param",
+    "WindowData": "window_data_param",
+}
+
+
+def data_layer(layer: Any, phase: str, rank: int = 0, world: int = 1) -> DataLayer:
+    """The plain description of one data layer (a ``caffe_pb2.LayerParameter``) for ``phase``."""
+    field = PARAM_FIELDS.get(layer.type)
+    param = plain(getattr(layer, field)) if field else None
+    return DataLayer(
+        name=layer.name,
+        type=layer.type,
+        tops=tuple(layer.top),
+        param=param,
+        transform=plain(layer.transform_param),
+        phase=phase,
+        rank=rank,
+        world=world,
+    )
+
+
+def data_layers(
+    net: Any, phase: str, rank: int = 0, world: int = 1, stages: Iterable[str] = (), level: int = 0
+) -> list[DataLayer]:
+    """The layers of ``net`` (a V2 ``NetParameter``) with a reader type that exist in ``phase`` (and the given
+    stages/level: Caffe's NetState rules, so a train_val net yields its TRAIN or its TEST data layer)."""
+    state = State.from_args(phase, level, stages)
+    return [
+        data_layer(layer, phase, rank, world)
+        for layer in net.layer
+        if layer.type in PARAM_FIELDS and layer_included(layer, state)
+    ]
+
+
+def top_shapes(layers: list[DataLayer]) -> dict[str, list[int]]:
+    """Caffe's top shapes of data layers, found the way Caffe's set-up does it: by reading the first batch
+    (a separate reader, closed afterwards). MemoryData's come from its parameters. The result is the
+    ``input_shapes`` argument of :func:`prototxt2py.load`/:func:`prototxt2py.graph` for nets whose input
+    shapes depend on the data (``Data``, ``ImageData``, ...)."""
+    from .loader import _close, open_reader
+
+    shapes: dict[str, list[int]] = {}
+    for layer in layers:
+        if layer.type == "MemoryData":
+            p = layer.param
+            shapes.update(zip(layer.tops, ([p.batch_size, p.channels, p.height, p.width], [p.batch_size]),
+                              strict=False))
+            continue
+        source = open_reader(layer, seed=0)
+        try:
+            batch = source.next_batch()
+        finally:
+            _close(source)
+        shapes.update((top, list(a.shape)) for top, a in zip(layer.tops, batch, strict=True))
+    return shapes

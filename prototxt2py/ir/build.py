@@ -1,0 +1,189 @@
+"""Building the IR from an upgraded ``NetParameter``: NetState filtering, SSA values for in-place blobs,
+Caffe's top/bottom rules, loss weights, parameter sharing; then shape inference (:mod:`.shapes`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import GraphError, Location, Prototxt2pyError, UnsupportedLayerError
+from ..layers import LayerSpec, get_spec
+from ..layers.base import REGISTRY, Unknowable
+from ..netstate import State, layer_included
+from ..textformat import DroppedField
+from .graph import Graph, Node, ParamInfo, Value
+from .shapes import infer_shapes
+
+
+def build_graph(
+    net: Any,
+    state: State | None = None,
+    *,
+    locations: Sequence[Location] | None = None,
+    dropped: Sequence[Sequence[DroppedField]] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    file: str = "<string>",
+    allow_unknown_types: bool = False,
+    infer: bool = True,
+) -> Graph:
+    """Build the IR from an upgraded (V2) ``NetParameter``.
+
+    ``locations``/``dropped`` are aligned with ``net.layer`` (see ``reader.NetSource``). Unknown layer
+    types are collected and reported together (never skipped silently) unless ``allow_unknown_types``,
+    which the diagram backend uses: it needs structure only.
+    """
+    state = (state or State()).merged_with_net(net)
+    if len(net.layers):
+        raise GraphError("net still has V1 'layers' entries; upgrade it first", Location(file))
+    nodes: list[Node] = []
+    values: dict[str, Value] = {}
+    current: dict[str, str] = {}  # blob name -> id of its latest value
+    versions: dict[str, int] = {}
+    unknown: list[str] = []
+    names_seen: set[str] = set()
+    duplicate_names: list[str] = []
+
+    for index, layer in enumerate(net.layer):
+        loc = locations[index] if locations and index < len(locations) else Location(file)
+        if not layer_included(layer, state, loc):
+            continue
+        spec = get_spec(layer.type)
+        if spec is None:
+            unknown.append(f"'{layer.type}' (layer '{layer.name}' at {loc})")
+            spec = _opaque_spec(layer.type)
+        name = layer.name or f"{layer.type}_{index}"
+        if name in names_seen:  # Caffe allows it (weights then match the first layer of that name)
+            duplicate_names.append(name)
+        names_seen.add(name)
+        bottoms, tops = list(layer.bottom), list(layer.top)
+        if spec.is_loss and len(tops) < spec.tops[0]:  # Caffe's AutoTopBlobs: old loss layers had no top
+            tops += [f"({name} automatic {i})" for i in range(len(tops), spec.tops[0])]
+        _check_counts(spec, name, bottoms, tops, loc)
+        inputs = []
+        for b in bottoms:
+            if b not in current:
+                raise GraphError(f"bottom '{b}' is not produced by any earlier layer", loc, layer=name)
+            inputs.append(current[b])
+        outputs = []
+        for i, t in enumerate(tops):
+            if i < len(bottoms) and bottoms[i] == t:  # Caffe's in-place rule: same position
+                versions[t] += 1
+                vid = f"{t}@{versions[t]}"
+            elif t in current or t in tops[:i]:
+                raise GraphError(
+                    f"top '{t}' is produced by more than one layer (only top i == bottom i is in-place)",
+                    loc,
+                    layer=name,
+                )
+            else:
+                versions[t] = 0
+                vid = t
+            values[vid] = Value(vid, t, name, versions[t])
+            outputs.append(vid)
+        for vid in inputs:
+            values[vid].consumers.append(name)
+        for t, vid in zip(tops, outputs, strict=True):
+            current[t] = vid
+        node = Node(
+            name=name,
+            type=layer.type,
+            spec=spec,
+            proto=layer,
+            attrs=None,
+            bottoms=bottoms,
+            tops=tops,
+            inputs=inputs,
+            outputs=outputs,
+            location=loc,
+            loss_weights=_loss_weights(layer, spec, len(tops)),
+            params=[_param_info(p) for p in layer.param],
+            dropped=list(dropped[index]) if dropped and index < len(dropped) else [],
+        )
+        try:
+            node.attrs = spec.attrs(layer)
+        except Prototxt2pyError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise GraphError(f"invalid parameters: {e}", loc, layer=name) from None
+        nodes.append(node)
+
+    if unknown and not allow_unknown_types:
+        raise UnsupportedLayerError(
+            f"unknown layer type{'s' if len(unknown) > 1 else ''}: " + ", ".join(unknown), Location(file)
+        )
+    consumed_last = {vid for n in nodes for vid in n.inputs}
+    outputs = sorted((vid for vid in current.values() if vid not in consumed_last), key=lambda v: values[v].blob)
+    inputs = [vid for n in nodes if n.spec.is_input(n) for vid in n.outputs]
+    graph = Graph(
+        name=net.name,
+        state=state,
+        nodes=nodes,
+        values=values,
+        inputs=inputs,
+        outputs=outputs,
+        file=file,
+        force_backward=net.force_backward,
+    )
+    if duplicate_names:
+        graph.warnings.append("several layers share the name(s) " + ", ".join(sorted(set(duplicate_names))))
+    _resolve_sharing(graph)
+    if infer:
+        infer_shapes(graph, input_shapes or {})
+    return graph
+
+
+def _check_counts(spec: LayerSpec, name: str, bottoms: list[str], tops: list[str], loc: Location) -> None:
+    for what, got, (lo, hi) in (("bottom", len(bottoms), spec.bottoms), ("top", len(tops), spec.tops)):
+        if got < lo or (hi is not None and got > hi):
+            want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+            raise GraphError(f"{spec.type or 'layer'} takes {want} {what}(s), got {got}", loc, layer=name)
+
+
+def _loss_weights(layer: Any, spec: LayerSpec, n_tops: int) -> list[float]:
+    weights = list(layer.loss_weight)
+    if not weights and spec.is_loss and n_tops:
+        weights = [1.0]
+    return weights + [0.0] * (n_tops - len(weights))
+
+
+def _param_info(p: Any) -> ParamInfo:
+    return ParamInfo(lr_mult=p.lr_mult, decay_mult=p.decay_mult, name=p.name, share_mode=p.share_mode)
+
+
+def _resolve_sharing(graph: Graph) -> None:
+    """Caffe's ``param { name }`` sharing: the first layer using a name owns the blob."""
+    owners: dict[str, tuple[str, int]] = {}
+    for node in graph.nodes:
+        for i, p in enumerate(node.params):
+            if not p.name:
+                continue
+            if p.name in owners:
+                p.owner = owners[p.name]
+            else:
+                owners[p.name] = (node.name, i)
+
+
+_OPAQUE: dict[str, LayerSpec] = {}
+
+
+def _opaque_spec(type_name: str) -> LayerSpec:
+    """Stand-in spec for a type nothing is registered for: structure only, no shapes, no backends."""
+    if type_name not in _OPAQUE:
+
+        class Opaque(LayerSpec):
+            type = type_name
+            bottoms = (0, None)
+            tops = (0, None)
+
+            def attrs(self, layer):
+                return None
+
+            def infer_shapes(self, node, in_shapes):
+                raise Unknowable(f"no layer spec for type '{type_name}'")
+
+        _OPAQUE[type_name] = Opaque()
+    return _OPAQUE[type_name]
+
+
+def registered_types() -> list[str]:
+    return sorted(REGISTRY)

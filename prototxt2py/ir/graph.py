@@ -1,0 +1,128 @@
+"""The IR's data: layers as nodes, blob versions as values, and the graph holding them.
+
+These are plain data classes. Nodes point at their layer spec (``node.spec``) but nothing here imports the
+specs: specs depend on the graph types, never the other way round, and building (:mod:`.build`) is what
+ties the two together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import Location
+from ..netstate import State
+from ..textformat import DroppedField
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..layers.base import LayerSpec
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class Value:
+    id: str
+    blob: str
+    producer: str | None
+    version: int = 0
+    shape: Shape | None = None
+    consumers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ParamInfo:
+    """One parameter blob of a layer: its Caffe ``param {}`` spec and how it is shared."""
+
+    lr_mult: float = 1.0
+    decay_mult: float = 1.0
+    name: str = ""
+    share_mode: int = 0  # 0 STRICT, 1 PERMISSIVE
+    owner: tuple[str, int] | None = None  # (layer, blob index) this blob is shared from, if not its own
+
+
+@dataclass
+class Node:
+    name: str
+    type: str
+    spec: LayerSpec
+    proto: Any  # the source caffe_pb2.LayerParameter (V2): read only by writers of Caffe files, never by specs
+    attrs: Any
+    bottoms: list[str]
+    tops: list[str]
+    inputs: list[str]  # value ids
+    outputs: list[str]  # value ids
+    location: Location
+    loss_weights: list[float] = field(default_factory=list)
+    params: list[ParamInfo] = field(default_factory=list)
+    param_shapes: list[Shape] = field(default_factory=list)
+    in_shapes: list[Shape | None] = field(default_factory=list)  # bottom shapes, set by shape inference
+    dropped: list[DroppedField] = field(default_factory=list)
+    shape_note: str | None = None
+    macs: int = 0
+
+    @property
+    def in_place(self) -> bool:
+        return len(self.bottoms) == 1 and len(self.tops) == 1 and self.bottoms[0] == self.tops[0]
+
+    @property
+    def num_params(self) -> int:
+        """Parameters this layer owns (blobs shared from another layer are not counted)."""
+        return sum(_prod(shape) for i, shape in enumerate(self.param_shapes)
+                   if not (i < len(self.params) and self.params[i].owner is not None))
+
+
+@dataclass
+class Graph:
+    name: str
+    state: State
+    nodes: list[Node]
+    values: dict[str, Value]
+    inputs: list[str]
+    outputs: list[str]
+    file: str = "<string>"
+    force_backward: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def final_value(self, blob: str) -> Value:
+        """The last version of a Caffe blob (what Caffe reports under that name after a forward pass)."""
+        found = None
+        for v in self.values.values():
+            if v.blob == blob and (found is None or v.version > found.version):
+                found = v
+        if found is None:
+            raise KeyError(blob)
+        return found
+
+    def blob_shapes(self) -> dict[str, Shape | None]:
+        """Shape of every Caffe blob by name (final version), in order of first appearance."""
+        out: dict[str, Shape | None] = {}
+        for v in self.values.values():
+            out[v.blob] = v.shape
+        return out
+
+    @property
+    def total_params(self) -> int:
+        return sum(n.num_params for n in self.nodes)
+
+    @property
+    def total_macs(self) -> int:
+        return sum(n.macs for n in self.nodes)
+
+    def unresolved(self) -> dict[str, str]:
+        """Layers whose shapes could not be inferred, with the reason."""
+        return {n.name: n.shape_note for n in self.nodes if n.shape_note}
+
+
+def _prod(shape: Iterable[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

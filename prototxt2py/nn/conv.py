@@ -1,0 +1,135 @@
+"""Convolution-family modules where ``nn.Conv*d``/``nn.Linear``/``nn.Embedding`` do not say it all."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SharedConvolution(nn.Module):
+    """Caffe's Convolution/Deconvolution with several bottoms: one weight applied to each bottom in turn.
+
+    Weight is ``(out, in/groups, *kernel)``, or ``(in, out/groups, *kernel)`` when ``transposed``.
+    """
+
+    def __init__(
+        self,
+        weight_shape: tuple[int, ...],
+        bias: bool,
+        stride: tuple[int, ...],
+        padding: tuple[int, ...],
+        dilation: tuple[int, ...],
+        groups: int = 1,
+        transposed: bool = False,
+    ) -> None:
+        super().__init__()
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.groups, self.transposed = groups, transposed
+        self.weight = nn.Parameter(torch.zeros(weight_shape))
+        outputs = weight_shape[1] * groups if transposed else weight_shape[0]
+        self.bias = nn.Parameter(torch.zeros(outputs)) if bias else None
+
+    def _one(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(self.stride)
+        if self.transposed:
+            fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
+            return fn(
+                x,
+                self.weight,
+                self.bias,
+                self.stride,
+                self.padding,
+                0,
+                self.groups,
+                self.dilation,
+            )
+        fn = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
+        return fn(
+            x,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+        )
+
+    def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self._one(x) for x in bottoms)
+
+
+class InnerProduct(nn.Module):
+    """Caffe's InnerProduct: flattens every axis from ``axis`` (non-negative) and applies a ``(out, in)``
+    weight, or an ``(in, out)`` one with ``transpose`` (``nn.Linear`` covers the plain 2-D case)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        axis: int = 1,
+        transpose: bool = False,
+    ) -> None:
+        super().__init__()
+        self.axis, self.transpose = axis, transpose
+        shape = (
+            (in_features, out_features) if transpose else (out_features, in_features)
+        )
+        self.weight = nn.Parameter(torch.zeros(shape))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(self.axis)
+        weight = self.weight.t() if self.transpose else self.weight
+        return F.linear(flat, weight, self.bias)
+
+
+class Embed(nn.Module):
+    """Caffe's Embed: float-valued indices (truncated like ``static_cast<int>``) pick rows of a
+    ``(num_embeddings, embedding_dim)`` weight, plus an optional bias."""
+
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, bias: bool = True
+    ) -> None:
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.weight = nn.Parameter(torch.zeros(num_embeddings, embedding_dim))
+        self.bias = nn.Parameter(torch.zeros(embedding_dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = x.detach().long()
+        if index.numel() and (
+            int(index.min()) < 0 or int(index.max()) >= self.num_embeddings
+        ):
+            raise ValueError(f"Embed index out of range [0, {self.num_embeddings})")
+        out = F.embedding(index, self.weight)
+        return out if self.bias is None else out + self.bias
+
+
+class Im2col(nn.Module):
+    """Caffe's Im2col: every kernel window as a column, channel-major: ``(N, C*kh*kw, H_out, W_out)``."""
+
+    def __init__(
+        self,
+        kernel_size: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+    ) -> None:
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+        self.padding, self.dilation = padding, dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
+        h, w = (
+            (
+                x.shape[2 + i]
+                + 2 * self.padding[i]
+                - self.dilation[i] * (self.kernel_size[i] - 1)
+                - 1
+            )
+            // self.stride[i]
+            + 1
+            for i in (0, 1)
+        )
+        return cols.reshape(x.shape[0], cols.shape[1], h, w)

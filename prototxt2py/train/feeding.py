@@ -1,0 +1,61 @@
+"""Feeding a net's data layers from their readers (:mod:`prototxt2py.data`), one batch per forward pass.
+
+A net's data layers are its input layers (their tops are net inputs in the IR). The shapes of their tops are
+often only in the data (HDF5 datasets, LMDB Datums), so they are found first, as Caffe's set-up does, by
+reading one batch (:func:`prototxt2py.data.layers.top_shapes`), and the net is then built with those shapes.
+Batches come from :class:`prototxt2py.data.loader.DataFeed`: readers in loader worker processes (Caffe's
+prefetch thread), handing out the batches in the order one reader produces them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..data import DataLayer
+from ..data.layers import PARAM_FIELDS, data_layer, top_shapes
+
+#: readers whose batches are copies from memory: worker processes would only add transfer costs
+IN_MEMORY = frozenset({"HDF5Data", "MemoryData", "DummyData"})
+
+
+def data_layer_for(node: Any, phase: str, rank: int = 0, world: int = 1) -> DataLayer:
+    """The plain description of a data node that a reader is opened with.
+
+    The only place in training that reads a node's protobuf message (until the IR exposes plain values)."""
+    layer = data_layer(node.proto, phase, rank, world)
+    return DataLayer(node.name, layer.type, tuple(node.tops), layer.param, layer.transform, phase, rank, world)
+
+
+def is_data_node(node: Any) -> bool:
+    """A layer whose tops come from a reader (not an ``Input`` layer, whose blobs the caller provides)."""
+    return node.type in PARAM_FIELDS and node.spec.is_input(node)
+
+
+class Feeder:
+    """Every data layer of one net with its readers; ``next()`` gives the next inputs by blob name.
+
+    ``workers``: loader processes per data layer (``None``: 2, or 0 when every reader copies from memory)."""
+
+    def __init__(self, graph: Any, phase: str, rank: int = 0, world: int = 1, seed: int | None = None,
+                 workers: int | None = None):
+        from ..data.loader import DataFeed
+
+        self.layers = [data_layer_for(n, phase, rank, world) for n in graph.nodes if is_data_node(n)]
+        self._shapes = top_shapes(self.layers) if self.layers else {}
+        if workers is None:
+            workers = 0 if all(layer.type in IN_MEMORY for layer in self.layers) else 2
+        self.workers = workers
+        self.feed = DataFeed(self.layers, workers=workers, seed=seed)
+
+    def shapes(self) -> dict[str, list[int]]:
+        """Top shapes of the data layers, for building the net (``input_shapes``)."""
+        return dict(self._shapes)
+
+    def next(self) -> dict[str, torch.Tensor]:
+        """The inputs of the next forward pass."""
+        return self.feed.next()
+
+    def close(self) -> None:
+        self.feed.close()

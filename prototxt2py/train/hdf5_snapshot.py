@@ -1,0 +1,118 @@
+"""``snapshot_format: HDF5``: Caffe's ``.caffemodel.h5`` and ``.solverstate.h5`` (needs h5py).
+
+Layouts, as Caffe's ``Net::ToHDF5`` and ``SnapshotSolverStateToHDF5`` write them:
+
+* weights: group ``data``, one group per layer (every layer, even without blobs), datasets ``"0"``, ``"1"``, ...
+  holding the blobs a layer *owns* (blobs shared through ``param { name }`` are stored with their owner only);
+* solver state: int datasets ``iter`` and ``current_step`` (shape ``(1,)``), string ``learned_net``, and group
+  ``history`` with datasets ``"0"``, ``"1"``, ... in Caffe's history order.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from ..errors import Location
+from .errors import SolverError
+from .snapshot import SolverState
+
+
+def _h5py() -> Any:
+    try:
+        import h5py
+    except ImportError:
+        raise SolverError("snapshot_format HDF5 needs h5py: pip install 'prototxt2py[train]'") from None
+    return h5py
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).cpu().numpy()
+
+
+def write_caffemodel_h5(net: Any, f: IO[bytes]) -> None:
+    """``Net::ToHDF5`` (without diffs) into an open binary file."""
+    h5py = _h5py()
+    with h5py.File(f, "w") as h5:
+        data = h5.create_group("data")
+        for node in net.graph.nodes:
+            group = data.require_group(node.name)
+            for i, t in enumerate(net.layer_blobs(node.name)):
+                if i < len(node.params) and node.params[i].owner is not None:
+                    continue  # only blobs that own themselves
+                group.create_dataset(str(i), data=_array(t))
+
+
+def write_solverstate_h5(f: IO[bytes], it: int, learned_net: str, current_step: int,
+                         history: list[torch.Tensor]) -> None:
+    h5py = _h5py()
+    with h5py.File(f, "w") as h5:
+        h5.create_dataset("iter", data=np.array([it], dtype=np.int32))
+        h5.create_dataset("learned_net", data=np.bytes_(learned_net.encode()))
+        h5.create_dataset("current_step", data=np.array([current_step], dtype=np.int32))
+        group = h5.create_group("history")
+        for i, h in enumerate(history):
+            group.create_dataset(str(i), data=_array(h))
+
+
+def read_solverstate_h5(path: str | os.PathLike) -> SolverState:
+    h5py = _h5py()
+    file = str(path)
+    if not Path(file).is_file():
+        raise SolverError("solver state file not found", Location(file))
+    try:
+        with h5py.File(file, "r") as h5:
+            it = int(np.asarray(h5["iter"]).ravel()[0])
+            step = int(np.asarray(h5["current_step"]).ravel()[0])
+            learned = None
+            if "learned_net" in h5:
+                raw = h5["learned_net"][()]
+                learned = raw.decode() if isinstance(raw, bytes) else str(raw)
+            group = h5["history"]
+            history = [np.asarray(group[str(i)], dtype=np.float32) for i in range(len(group))]
+    except (OSError, KeyError) as e:
+        raise SolverError(f"not a Caffe HDF5 solver state: {e}", Location(file)) from None
+    return SolverState(it, learned, step, history)
+
+
+def read_caffemodel_h5(path: str | os.PathLike, net: Any) -> dict[str, list[Any]]:
+    """Layer name -> blobs for ``weights.load_weights``, shared blobs filled in from their owners (Caffe's
+    ``CopyTrainedLayersFromHDF5`` skips them because sharing makes them the same blob)."""
+    from ..weights import Blob
+
+    h5py = _h5py()
+    file = str(path)
+    if not Path(file).is_file():
+        raise SolverError("weights file not found", Location(file))
+    out: dict[str, list[Any]] = {}
+    try:
+        with h5py.File(file, "r") as h5:
+            data = h5["data"]
+            for name in data:
+                group = data[name]
+                out[name] = [Blob(np.asarray(group[str(i)], dtype=np.float32)) for i in range(len(group))
+                             if str(i) in group]
+    except (OSError, KeyError) as e:
+        raise SolverError(f"not a Caffe HDF5 weights file: {e}", Location(file)) from None
+    for node in net.graph.nodes:
+        blobs = out.get(node.name)
+        if blobs is None:
+            continue
+        full = []
+        stored = iter(blobs)
+        for i, _ in enumerate(net.layer_blobs(node.name)):
+            owner = node.params[i].owner if i < len(node.params) else None
+            if owner is not None and len(blobs) < len(net.layer_blobs(node.name)):
+                source = out.get(owner[0], [])
+                if owner[1] < len(source):
+                    full.append(source[owner[1]])
+                    continue
+            nxt = next(stored, None)
+            if nxt is not None:
+                full.append(nxt)
+        out[node.name] = full
+    return out

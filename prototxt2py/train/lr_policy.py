@@ -1,0 +1,76 @@
+"""Caffe's learning-rate policies (``SGDSolver::GetLearningRate``), in Caffe's float32 arithmetic.
+
+Caffe computes the rate in ``float`` except where C++ promotes ``pow(float, int)`` to ``double``; the same
+promotions are made here so the rates equal Caffe's logged ones (the golden trajectories record them as
+float32). ``multistep`` is stateful: ``current_step`` advances by at most one per call, exactly as Caffe's,
+and is saved in the ``.solverstate``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import SolverError
+
+f32 = np.float32
+POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+
+
+@dataclass(frozen=True)
+class LrParams:
+    """The solver fields the policies read (plain values)."""
+
+    lr_policy: str = "fixed"
+    base_lr: float = 0.0
+    gamma: float = 0.0
+    power: float = 0.0
+    stepsize: int = 0
+    stepvalue: tuple[int, ...] = ()
+    max_iter: int = 0
+
+    @classmethod
+    def from_solver(cls, p) -> LrParams:
+        return cls(p.lr_policy, p.base_lr, p.gamma, p.power, p.stepsize, tuple(p.stepvalue), p.max_iter)
+
+    def check(self) -> None:
+        """Caffe's CHECKs, up front (Caffe fails them at the first update)."""
+        if self.lr_policy not in POLICIES:
+            raise SolverError(f"unknown lr_policy '{self.lr_policy}' (Caffe knows {', '.join(POLICIES)})")
+        if self.lr_policy in ("step", "sigmoid") and self.stepsize <= 0:
+            raise SolverError(f"lr_policy '{self.lr_policy}' needs stepsize > 0")
+        if self.lr_policy in ("step", "exp", "inv", "multistep", "sigmoid") and self.gamma < 0:
+            raise SolverError(f"lr_policy '{self.lr_policy}' needs gamma >= 0")
+        if self.lr_policy == "poly" and self.max_iter <= 0:
+            raise SolverError("lr_policy 'poly' needs max_iter > 0")
+
+
+def learning_rate(p: LrParams, it: int, current_step: int) -> tuple[float, int]:
+    """``(rate, current_step)`` Caffe uses for the update at iteration ``it`` (rate rounded to float32)."""
+    base = float(f32(p.base_lr))
+    gamma = float(f32(p.gamma))
+    policy = p.lr_policy
+    if policy == "fixed":
+        rate = base
+    elif policy == "step":
+        current_step = it // p.stepsize
+        rate = base * gamma**current_step
+    elif policy == "exp":
+        rate = base * gamma**it
+    elif policy == "inv":
+        rate = base * float(f32(1.0) + f32(gamma) * f32(it)) ** (-float(f32(p.power)))
+    elif policy == "multistep":
+        if current_step < len(p.stepvalue) and it >= p.stepvalue[current_step]:
+            current_step += 1
+        rate = base * gamma**current_step
+    elif policy == "poly":
+        frac = f32(1.0) - f32(it) / f32(p.max_iter)
+        rate = base * float(frac) ** float(f32(p.power))
+    elif policy == "sigmoid":
+        z = -f32(gamma) * (f32(it) - f32(p.stepsize))
+        rate = base * float(f32(1.0) / (f32(1.0) + f32(math.exp(float(z)))))
+    else:
+        raise SolverError(f"unknown lr_policy '{policy}'")
+    return float(f32(rate)), current_step

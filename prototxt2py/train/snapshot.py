@@ -1,0 +1,160 @@
+"""Snapshots as Caffe writes them: ``<prefix>_iter_<N>.caffemodel`` + ``<prefix>_iter_<N>.solverstate``.
+
+The ``.solverstate`` is Caffe's ``SolverState`` message (``iter``, ``learned_net`` = the model file's name as
+written, ``history`` = one ``BlobProto`` (shape + float data) per history blob in Caffe's order,
+``current_step``), encoded here field by field from the tensors' memory, byte-compatible with Caffe's own,
+so Caffe resumes from ours and we resume from Caffe's. Both files of a snapshot are written to temporary
+files first and renamed into place together: a failed snapshot leaves neither behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import torch
+
+from ..errors import Location
+from .errors import SolverError
+
+_LEN, _VARINT = 2, 0
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        n += 1 << 64  # protobuf's two's-complement encoding of negative int32/int64
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _key(number: int, wire: int) -> bytes:
+    return _varint((number << 3) | wire)
+
+
+def _blob_proto(t: torch.Tensor) -> list[bytes | np.ndarray]:
+    """``Blob::ToProto`` without diff: ``data`` (5, packed float) then ``shape`` (7), field-number order."""
+    arr = t.detach().to(torch.float32).contiguous().cpu().numpy().astype("<f4", copy=False)
+    dims = b"".join(_varint(int(d)) for d in arr.shape)
+    shape = _key(1, _LEN) + _varint(len(dims)) + dims if arr.ndim else b""
+    parts: list[bytes | np.ndarray] = []
+    if arr.size:
+        parts += [_key(5, _LEN) + _varint(arr.nbytes), arr]
+    parts.append(_key(7, _LEN) + _varint(len(shape)) + shape)
+    return parts
+
+
+def write_solverstate(f: IO[bytes], it: int, learned_net: str, current_step: int,
+                      history: Sequence[torch.Tensor]) -> None:
+    """Caffe's ``SnapshotSolverStateToBinaryProto`` (``SolverState``: iter 1, learned_net 2, history 3,
+    current_step 4)."""
+    f.write(_key(1, _VARINT) + _varint(it))
+    name = learned_net.encode()
+    f.write(_key(2, _LEN) + _varint(len(name)) + name)
+    for h in history:
+        parts = _blob_proto(h)
+        size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+        f.write(_key(3, _LEN) + _varint(size))
+        for p in parts:
+            f.write(p if isinstance(p, bytes) else memoryview(p).cast("B"))
+    f.write(_key(4, _VARINT) + _varint(current_step))
+
+
+@dataclass
+class SolverState:
+    """A read ``.solverstate``."""
+
+    iter: int
+    learned_net: str | None
+    current_step: int
+    history: list[np.ndarray]
+
+
+def _blob_array(blob, file: str, i: int) -> np.ndarray:
+    if blob.HasField("shape"):
+        shape = tuple(blob.shape.dim)
+    elif blob.num or blob.channels or blob.height or blob.width:
+        shape = (blob.num, blob.channels, blob.height, blob.width)
+    else:
+        shape = (len(blob.data) or len(blob.double_data),)
+    values = blob.double_data if len(blob.double_data) else blob.data
+    arr = np.asarray(values, dtype=np.float32)
+    if arr.size != int(np.prod(shape)):
+        raise SolverError(f"history blob {i} holds {arr.size} values for shape {shape}", Location(file))
+    return arr.reshape(shape)
+
+
+def read_solverstate(path: str | os.PathLike) -> SolverState:
+    """Read a ``.solverstate`` (binary proto, or HDF5 when the name ends in ``.h5``, as Caffe decides)."""
+    from ..proto import caffe_pb2
+
+    file = str(path)
+    if file.endswith(".h5"):
+        from .hdf5_snapshot import read_solverstate_h5
+
+        return read_solverstate_h5(file)
+    p = Path(file)
+    if not p.is_file():
+        raise SolverError("solver state file not found", Location(file))
+    state = caffe_pb2.SolverState()
+    try:
+        state.ParseFromString(p.read_bytes())
+    except Exception:  # protobuf's DecodeError classes differ across versions
+        raise SolverError("not a valid binary SolverState (truncated or not a .solverstate?)", Location(file)) from None
+    history = [_blob_array(b, file, i) for i, b in enumerate(state.history)]
+    learned = state.learned_net if state.HasField("learned_net") else None
+    return SolverState(state.iter, learned, state.current_step, history)
+
+
+def snapshot_filename(prefix: str, it: int, extension: str) -> str:
+    """Caffe's ``SnapshotFilename``: ``prefix + "_iter_" + N + extension``."""
+    return f"{prefix}_iter_{it}{extension}"
+
+
+def check_writable(prefix: str) -> None:
+    """Caffe's ``CheckSnapshotWritePermissions``: fail at start, not after hours of training."""
+    directory = Path(prefix).parent if Path(prefix).parent != Path("") else Path(".")
+    if not directory.is_dir():
+        raise SolverError(f"cannot write snapshots to prefix '{prefix}': directory '{directory}' does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{Path(prefix).name}.", suffix=".tempfile", dir=directory)
+    except OSError as e:
+        raise SolverError(f"cannot write snapshots to prefix '{prefix}': {e.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def write_together(files: Sequence[tuple[str, Callable[[IO[bytes]], None]]]) -> None:
+    """Write several files through temporaries and rename them into place only when all succeeded."""
+    temps: list[tuple[str, str]] = []
+    try:
+        for target, writer in files:
+            directory = Path(target).parent if Path(target).parent != Path("") else Path(".")
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{Path(target).name}.", suffix=".tmp", dir=directory)
+            except OSError as e:
+                raise SolverError(f"cannot write snapshot {target}: {e.strerror}") from None
+            temps.append((tmp, target))
+            with os.fdopen(fd, "w+b") as f:  # h5py needs to read what it writes
+                writer(f)
+        mask = os.umask(0)
+        os.umask(mask)
+        for tmp, target in temps:
+            os.chmod(tmp, 0o666 & ~mask)
+            os.replace(tmp, target)
+    except OSError as e:
+        raise SolverError(f"cannot write snapshot: {e}") from None
+    finally:
+        for tmp, _ in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)

@@ -1,0 +1,672 @@
+"""Caffe's ``Solver``: the TRAIN net, TEST nets sharing its weights, and Caffe's training loop.
+
+What runs is Caffe's ``Solver::Step``/``Solve``/``Test`` and ``SGDSolver::ApplyUpdate``, step by step:
+
+* each iteration clears the gradients, tests first when ``iter % test_interval == 0`` (iteration 0 only with
+  ``test_initialization``), runs ``iter_size`` forward/backward passes (gradients accumulate; the iteration
+  loss is their float32 mean), then ``ApplyUpdate``: learning rate from the policy, ``clip_gradients`` on the
+  global L2 norm of the accumulated gradients, per parameter division by ``iter_size``, weight decay (L2 or
+  L1, times ``decay_mult``), the solver type's rule with ``rate * lr_mult``, ``w -= update``, ``iter += 1``;
+* learnable parameters are Caffe's ``learnable_params``: every parameter blob of every layer in layer order,
+  except blobs shared through ``param { name }`` (their gradients add into the owner's). Blobs that are
+  buffers (BatchNorm's statistics) are learnable with ``lr_mult`` 0, as Caffe's BatchNorm forces; blobs with
+  ``lr_mult`` 0 get no gradient (Caffe does not compute one) but still weight decay, which matters only for the
+  history of adaptive solvers;
+* TEST nets are separate nets whose parameter tensors *are* the TRAIN net's (Caffe's ``ShareTrainedLayersWith``,
+  by layer name), each fed by its own readers whose cursors run on from one test to the next;
+* under ``torchrun`` every rank feeds its own share of the data, gradients are summed over ranks and divided by
+  the number of ranks (Caffe's multi-GPU ``P2PSync``) before the update; rank 0 alone tests, logs and snapshots.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import Location, Prototxt2pyError
+from .errors import DivergedError, SolverError
+from .feeding import Feeder
+from .lr_policy import LrParams, learning_rate
+from .snapshot import check_writable, read_solverstate, snapshot_filename, write_solverstate, write_together
+from .updates import UPDATES, Update
+
+f32 = np.float32
+NONE, STOP, SNAPSHOT = "none", "stop", "snapshot"
+
+
+@dataclass
+class Learnable:
+    """One of Caffe's ``learnable_params``: the tensor and its multipliers."""
+
+    layer: str
+    index: int
+    tensor: torch.Tensor
+    lr_mult: float
+    decay_mult: float
+
+
+@dataclass
+class TestResult:
+    """One ``Solver::Test`` run: the mean of each output element over ``test_iter`` batches."""
+
+    iter: int
+    test_net: int
+    outputs: list[tuple[str, float]]  # (blob name, mean) per output element, Caffe's "Test net output #k"
+    loss_weights: dict[str, float]
+    loss: float | None = None  # with test_compute_loss
+    per_batch: list[dict[str, list[float]]] = field(default_factory=list)
+
+
+def read_solver_param(path: str | os.PathLike) -> Any:
+    """A solver file read and upgraded as Caffe's ``ReadSolverParamsFromTextFileOrDie`` does, including the
+    default ``snapshot_prefix`` (the solver file's path without extension; a directory prefix gets the solver
+    file's stem appended)."""
+    from ..reader import read_solver
+
+    param, _info, _report = read_solver(path)
+    if not param.HasField("snapshot_prefix"):
+        param.snapshot_prefix = str(Path(path).with_suffix(""))
+    elif Path(param.snapshot_prefix).is_dir():
+        param.snapshot_prefix = str(Path(param.snapshot_prefix) / Path(path).stem)
+    return param
+
+
+def _net_source(net_param: Any, file: str) -> Any:
+    """An inline ``NetParameter`` (``net_param``, ``train_net_param``, ...) as an upgraded ``NetSource``."""
+    from .. import upgrade
+    from ..proto import caffe_pb2
+    from ..reader import NetSource
+
+    net = caffe_pb2.NetParameter()
+    net.CopyFrom(net_param)
+    report = upgrade.upgrade_net(net, file=file)
+    return NetSource(net, file, "V2", [Location(file)] * len(net.layer), [[] for _ in net.layer], None, report)
+
+
+def _read_net(path: str) -> Any:
+    from ..reader import read_net
+
+    return read_net(path)
+
+
+def build_fed_net(source: Any, phase: str, stages: tuple[str, ...], level: int, rank: int, world: int,
+                  device: torch.device, seed: int | None = None, workers: int | None = None) -> tuple[Any, Feeder]:
+    """Open the net's readers (their first batches give the input shapes), then build the module."""
+    from .. import graph, load
+
+    skeleton = graph(source, phase, stages, level, infer=False)
+    feeder = Feeder(skeleton, phase, rank, world, seed, workers)
+    g = graph(source, phase, stages, level, input_shapes=feeder.shapes())
+    missing = [n for n in (g.values[v].blob for v in g.inputs) if n not in feeder.shapes()]
+    if missing:
+        raise SolverError(f"the {phase} net has inputs without a data layer to fill them: {', '.join(missing)} "
+                          "(an Input layer cannot be trained from a solver; use a data layer)", Location(g.file))
+    return load(g).to(device), feeder
+
+
+class Solver:
+    """A Caffe solver on the PyTorch runtime (``caffe.get_solver(path)`` and friends in pycaffe).
+
+    ``solver`` is a solver ``.prototxt`` path (nets and data paths in it resolve against the working directory,
+    as in Caffe) or a ``SolverParameter`` message. ``solver_type`` overrides the file's ``type`` (pycaffe's
+    ``caffe.AdamSolver(path)`` builds an Adam solver whatever the file says)."""
+
+    solver_type: str | None = None
+
+    def __init__(self, solver: str | os.PathLike | Any, *, rank: int | None = None, world: int | None = None,
+                 device: str | torch.device = "cpu", data_workers: int | None = None):
+        self.param = read_solver_param(solver) if isinstance(solver, (str, os.PathLike)) else solver
+        self.file = str(solver) if isinstance(solver, (str, os.PathLike)) else "<solver>"
+        if rank is None or world is None:
+            rank, world = _dist_rank_world()
+        self.rank, self.world = rank, world
+        self.device = torch.device(device)
+        p = self.param
+        self.type = self.solver_type or p.type or "SGD"
+        if self.type not in UPDATES:
+            raise SolverError(f"unknown solver type '{self.type}' (known: {', '.join(UPDATES)})", Location(self.file))
+        self.lr = LrParams.from_solver(p)
+        self.lr.check()
+        if p.average_loss < 1:
+            raise SolverError("average_loss should be at least 1", Location(self.file))
+        if p.iter_size < 1:
+            raise SolverError("iter_size should be at least 1", Location(self.file))
+        if p.regularization_type not in ("L1", "L2"):
+            raise SolverError(f"unknown regularization_type '{p.regularization_type}' (L1 or L2)", Location(self.file))
+        if self.is_root and p.snapshot:
+            check_writable(p.snapshot_prefix)
+        if p.random_seed >= 0:
+            torch.manual_seed(p.random_seed + self.rank)
+        self.data_workers = data_workers
+        self.data_seed = self._shared_data_seed()
+        self.net, self.feeder = self._init_train_net()
+        self.test_nets: list[Any] = []
+        self.test_feeders: list[Feeder] = []
+        self._init_test_nets()
+        for w in p.weights:
+            for name in (s.strip() for s in w.split(",")):
+                self.load_weights(name)
+        self.learnables = self._learnables()
+        if self.world > 1:
+            self._broadcast_from_root()
+        self.update: Update = UPDATES[self.type](p, [lp.tensor for lp in self.learnables])
+        self.iter = 0
+        self.current_step = 0
+        self.requested_early_exit = False
+        self.trajectory: list[dict[str, Any]] = []  # per iteration: iter, loss, lr (and sub_losses)
+        self.test_results: list[TestResult] = []
+        self.smoothed_loss = 0.0
+        self._losses: list[float] = []
+        self.log: Callable[[str], None] = lambda line: None  # Caffe-style log lines (rank 0 only)
+        self.on_iteration: Callable[[dict[str, Any]], None] | None = None  # progress display
+        self.action_request: Callable[[], str] | None = None  # Caffe's GetRequestedAction (signals)
+        self.on_diverge = STOP  # NaN/inf loss: snapshot and raise DivergedError ("none": go on, as Caffe)
+        self.last_snapshot: tuple[str, str] | None = None
+        self._last_outputs: dict[str, torch.Tensor] = {}
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    # -- nets ------------------------------------------------------------------------------------------------
+    def _shared_data_seed(self) -> int:
+        """The readers' seed: ``random_seed`` (the same on every rank, so shuffles agree and the ranks' row
+        shares stay disjoint), or rank 0's torch seed when the solver sets none."""
+        if self.param.random_seed >= 0:
+            return int(self.param.random_seed)
+        seed = torch.initial_seed() & 0x7FFFFFFF
+        if self.world > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([seed], dtype=torch.int64)
+            dist.broadcast(t, 0)
+            seed = int(t.item())
+        return int(seed)
+
+    def close(self) -> None:
+        """Stop the data loaders' worker processes."""
+        for feeder in (self.feeder, *self.test_feeders):
+            feeder.close()
+
+    def _init_train_net(self) -> tuple[Any, Feeder]:
+        p = self.param
+        given = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
+        if len(given) != 1:
+            raise SolverError(("the solver must name exactly one train net, " if given else "the solver names no "
+                               "train net: set ") + "one of net, net_param, train_net, train_net_param"
+                              + (f" (it sets {', '.join(given)})" if given else ""), Location(self.file))
+        f = given[0]
+        source = _net_source(getattr(p, f), self.file) if f.endswith("_param") else _read_net(getattr(p, f))
+        net, feeder = build_fed_net(source, "TRAIN", tuple(p.train_state.stage), p.train_state.level, self.rank,
+                                    self.world, self.device, self.data_seed, self.data_workers)
+        net.train()
+        return net, feeder
+
+    def _init_test_nets(self) -> None:
+        p = self.param
+        if p.HasField("net") and p.HasField("net_param"):
+            raise SolverError("both net and net_param are set", Location(self.file))
+        generic = p.HasField("net") or p.HasField("net_param")
+        explicit = len(p.test_net_param) + len(p.test_net)
+        if (len(p.test_iter) < explicit) if generic else (len(p.test_iter) != explicit):
+            raise SolverError("test_iter must be given once for each test net", Location(self.file))
+        count = explicit + (len(p.test_iter) - explicit if generic else 0)
+        if p.test_state and len(p.test_state) != count:
+            raise SolverError("test_state must be unset or given once per test net", Location(self.file))
+        if count and p.test_interval <= 0:
+            raise SolverError("test nets need test_interval > 0", Location(self.file))
+        if not self.is_root:  # only the root solver tests
+            return
+        sources = [_net_source(n, self.file) for n in p.test_net_param] + [_read_net(n) for n in p.test_net]
+        for _ in range(count - explicit):
+            sources.append(_net_source(p.net_param, self.file) if p.HasField("net_param") else _read_net(p.net))
+        for i, source in enumerate(sources):
+            state = p.test_state[i] if p.test_state else type(p.train_state)()
+            net, feeder = build_fed_net(source, "TEST", tuple(state.stage), state.level, self.rank, self.world,
+                                        self.device, self.data_seed, self.data_workers)
+            net.eval()
+            self._share_trained_layers(net)
+            self.test_nets.append(net)
+            self.test_feeders.append(feeder)
+
+    def _share_trained_layers(self, test_net: Any) -> None:
+        """Caffe's ``ShareTrainedLayersWith``: a TEST layer named as a TRAIN layer uses its blobs (same tensors,
+        so updates and BatchNorm statistics are seen without copying)."""
+        train_names = {n.name for n in self.net.graph.nodes}
+        for node in test_net.graph.nodes:
+            if node.name not in train_names:
+                continue
+            target, source = test_net.layer(node.name), self.net.layer(node.name)
+            names = getattr(target, "blob_names", ())
+            src_names = getattr(source, "blob_names", ())
+            for i, (name, src) in enumerate(zip(names, src_names, strict=False)):
+                mine, theirs = getattr(target, name), getattr(source, src)
+                if tuple(mine.shape) != tuple(theirs.shape):
+                    raise SolverError(f"cannot share blob {i} with the TRAIN net: shape {tuple(theirs.shape)} there, "
+                                      f"{tuple(mine.shape)} here", node.location, layer=node.name)
+                setattr(target, name, theirs)
+        test_net.clear_fold_cache()
+
+    def _learnables(self) -> list[Learnable]:
+        out = []
+        for node in self.net.graph.nodes:
+            module = self.net.layer(node.name)
+            for i, name in enumerate(getattr(module, "blob_names", ())):
+                info = node.params[i] if i < len(node.params) else None
+                if info is not None and info.owner is not None:
+                    continue  # shared: the owner is the learnable parameter
+                tensor = getattr(module, name)
+                trainable = isinstance(tensor, torch.nn.Parameter)
+                lr_mult = float(info.lr_mult) if info is not None else 1.0
+                decay_mult = float(info.decay_mult) if info is not None else 1.0
+                out.append(Learnable(node.name, i, tensor, lr_mult if trainable else 0.0, decay_mult))
+        return out
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Caffe's ``CopyTrainedLayersFrom`` on the TRAIN net (TEST nets share its tensors; their own layers
+        get the weights too)."""
+        from ..weights import load_weights
+
+        if str(path).endswith(".h5"):  # Caffe's choice of format, by name
+            from .hdf5_snapshot import read_caffemodel_h5
+
+            load_weights(self.net, read_caffemodel_h5(path, self.net))
+            for net in self.test_nets:
+                load_weights(net, read_caffemodel_h5(path, net))
+                net.clear_fold_cache()
+            return
+        load_weights(self.net, path)
+        for net in self.test_nets:
+            load_weights(net, path)
+            net.clear_fold_cache()
+
+    # -- training loop ---------------------------------------------------------------------------------------
+    def _requested_action(self) -> str:
+        return self.action_request() if self.action_request is not None else NONE
+
+    def _root_action(self) -> str:
+        """The root's requested action, the same on every rank (a signal reaches ranks at different times; all
+        must stop at the same iteration or the others would wait forever in the next all-reduce)."""
+        request = self._requested_action()
+        if self.world == 1:
+            return request
+        import torch.distributed as dist
+
+        actions = (NONE, STOP, SNAPSHOT)
+        code = torch.tensor([actions.index(request)], device=self.learnables[0].tensor.device)
+        dist.broadcast(code, 0)
+        return actions[int(code.item())]
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (a NaN loss on one rank stops them all)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([float(flag)], device=self.learnables[0].tensor.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def _forward_backward(self) -> float:
+        inputs = {k: v.to(self.device) for k, v in self.feeder.next().items()}
+        blobs = forward_for_loss(self.net, inputs)
+        self._last_outputs = {name: blobs[name].detach() for name in self.net.output_names if name in blobs}
+        loss = self.net.loss(blobs)
+        if loss.requires_grad:
+            loss.backward()
+        return float(f32(loss.detach().item()))
+
+    def _clear_diffs(self) -> None:
+        for lp in self.learnables:
+            lp.tensor.grad = None
+
+    def step(self, iters: int) -> None:
+        """Caffe's ``Solver::Step``: ``iters`` iterations (tests, forward/backward, update, snapshots)."""
+        p = self.param
+        start_iter, stop_iter = self.iter, self.iter + iters
+        self._losses, self.smoothed_loss = [], 0.0
+        timer, iters_last = time.perf_counter(), self.iter
+        while self.iter < stop_iter:
+            self._clear_diffs()
+            if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+                if self.is_root:
+                    self.test_all()
+                if self.requested_early_exit:
+                    break
+            display = p.display and self.iter % p.display == 0
+            sub_losses = [self._forward_backward() for _ in range(p.iter_size)]
+            loss = f32(0)
+            for sub in sub_losses:
+                loss = f32(loss + f32(sub))
+            loss = float(f32(loss / f32(p.iter_size)))
+            self._update_smoothed_loss(loss, start_iter, p.average_loss)
+            if display and self.is_root:
+                lapse = time.perf_counter() - timer
+                per_s = (self.iter - iters_last) / (lapse or 1)
+                self.log(f"Iteration {self.iter} ({per_s:g} iter/s, {lapse:g}s/{p.display} iters), "
+                         f"loss = {self.smoothed_loss:g}")
+                timer, iters_last = time.perf_counter(), self.iter
+                self._log_outputs("Train", self._last_outputs, self.net.loss_weights)
+            if self.on_diverge == STOP and self._any_rank(not math.isfinite(loss)):
+                self._diverged(loss)
+            if self.world > 1:
+                self._all_reduce_gradients()
+            rate = self.apply_update()
+            entry = {"iter": self.iter - 1, "loss": loss, "lr": rate}
+            if p.iter_size > 1:
+                entry["sub_losses"] = sub_losses
+            self.trajectory.append(entry)
+            if self.on_iteration is not None and self.is_root:
+                self.on_iteration({**entry, "smoothed_loss": self.smoothed_loss, "max_iter": p.max_iter})
+            request = self._root_action()
+            if (p.snapshot and self.iter % p.snapshot == 0 and self.is_root) or (request == SNAPSHOT and self.is_root):
+                self.snapshot()
+            if request == STOP:
+                self.requested_early_exit = True
+                break
+
+    def _log_outputs(self, which: str, outputs: dict[str, torch.Tensor], loss_weights: dict[str, float]) -> None:
+        """Caffe's ``Train net output #k: name = v (* w = w*v loss)`` lines, one per output element."""
+        k = 0
+        for name, blob in outputs.items():
+            weight = loss_weights.get(name, 0.0)
+            for v in blob.cpu().numpy().astype(np.float32).ravel():
+                extra = f" (* {weight:g} = {float(f32(weight) * v):g} loss)" if weight else ""
+                self.log(f"    {which} net output #{k}: {name} = {v:g}{extra}")
+                k += 1
+
+    def _diverged(self, loss: float) -> None:
+        where = ""
+        if self.is_root:
+            model, _ = self.snapshot()
+            where = f"; the weights before this iteration are in {model}"
+        what = "the loss of another rank is NaN or infinite" if math.isfinite(loss) else f"loss is {loss}"
+        raise DivergedError(f"{what} at iteration {self.iter}{where} (lower base_lr, check the data, or add "
+                            "clip_gradients)")
+
+    def _update_smoothed_loss(self, loss: float, start_iter: int, average_loss: int) -> None:
+        """Caffe's running mean of the last ``average_loss`` iteration losses (for display)."""
+        if len(self._losses) < average_loss:
+            self._losses.append(loss)
+            size = len(self._losses)
+            self.smoothed_loss = float(f32((f32(self.smoothed_loss) * (size - 1) + f32(loss)) / size))
+        else:
+            idx = (self.iter - start_iter) % average_loss
+            self.smoothed_loss = float(f32(f32(self.smoothed_loss) + (f32(loss) - f32(self._losses[idx])) /
+                                           average_loss))
+            self._losses[idx] = loss
+
+    def _broadcast_from_root(self) -> None:
+        """Every rank starts from rank 0's weights (Caffe's P2PSync copies the root solver's parameters)."""
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for lp in self.learnables:
+                dist.broadcast(lp.tensor, 0)
+
+    def _all_reduce_gradients(self) -> None:
+        """Sum every rank's gradients and divide by the number of ranks (Caffe's P2PSync), in one flat
+        buffer."""
+        import torch.distributed as dist
+
+        grads = [lp.tensor.grad if lp.tensor.grad is not None else torch.zeros_like(lp.tensor)
+                 for lp in self.learnables]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(self.world)
+        offset = 0
+        for lp, g in zip(self.learnables, grads, strict=True):
+            n = g.numel()
+            lp.tensor.grad = flat[offset:offset + n].view_as(lp.tensor).clone()
+            offset += n
+
+    def learning_rate(self) -> float:
+        """The rate of the next update (advances ``multistep``'s step like Caffe's ``GetLearningRate``)."""
+        rate, self.current_step = learning_rate(self.lr, self.iter, self.current_step)
+        return rate
+
+    def apply_update(self) -> float:
+        """Caffe's ``SGDSolver::ApplyUpdate`` on the accumulated gradients; returns the learning rate used."""
+        p = self.param
+        rate = self.learning_rate()
+        if p.display and self.iter % p.display == 0 and self.is_root:
+            self.log(f"Iteration {self.iter}, lr = {rate:g}")
+        diffs = []
+        for lp in self.learnables:
+            g = lp.tensor.grad
+            if g is None or lp.lr_mult == 0:  # Caffe computes no gradient for lr_mult 0
+                g = torch.zeros_like(lp.tensor)
+            diffs.append(g)
+        with torch.no_grad():
+            self._clip_gradients(diffs)
+            weight_decay = f32(p.weight_decay)
+            for i, (lp, diff) in enumerate(zip(self.learnables, diffs, strict=True)):
+                if p.iter_size != 1:
+                    diff.mul_(float(f32(1.0) / f32(p.iter_size)))
+                local_decay = float(weight_decay * f32(lp.decay_mult))
+                if local_decay:
+                    reg = lp.tensor if p.regularization_type == "L2" else torch.sign(lp.tensor)
+                    diff.add_(reg, alpha=local_decay)
+                self.update.compute(i, diff, float(f32(rate) * f32(lp.lr_mult)), self.iter)
+            for lp, diff in zip(self.learnables, diffs, strict=True):
+                lp.tensor.sub_(diff)
+                if isinstance(lp.tensor, torch.nn.Parameter):
+                    lp.tensor.grad = diff
+        self.iter += 1
+        return rate
+
+    def _clip_gradients(self, diffs: Sequence[torch.Tensor]) -> None:
+        clip = float(self.param.clip_gradients)
+        if clip < 0:
+            return
+        sumsq = f32(0)
+        for d in diffs:
+            sumsq = f32(sumsq + f32(torch.dot(d.reshape(-1), d.reshape(-1)).item()))
+        norm = float(np.sqrt(sumsq))
+        if norm > clip:
+            scale = float(f32(clip) / f32(norm))
+            self.log(f"Gradient clipping: scaling down gradients (L2 norm {norm:g} > {clip:g}) by scale factor "
+                     f"{scale:g}")
+            for d in diffs:
+                d.mul_(scale)
+
+    def solve(self, resume: str | os.PathLike | None = None) -> None:
+        """Caffe's ``Solver::Solve``: optionally restore, train to ``max_iter``, final snapshot and test."""
+        p = self.param
+        self.log(f"Solving {self.net.graph.name}")
+        self.log(f"Learning Rate Policy: {p.lr_policy}")
+        self.requested_early_exit = False
+        if resume is not None:
+            self.log(f"Restoring previous solver status from {resume}")
+            self.restore(resume)
+        start_iter = self.iter
+        self.step(p.max_iter - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0) and self.is_root:
+            self.snapshot()
+        if self.requested_early_exit:
+            self.log("Optimization stopped early.")
+            return
+        if p.display and self.iter % p.display == 0 and self.is_root:
+            with torch.no_grad():
+                inputs = {k: v.to(self.device) for k, v in self.feeder.next().items()}
+                loss = float(f32(self.net.loss(forward_for_loss(self.net, inputs)).item()))
+            self._update_smoothed_loss(loss, start_iter, p.average_loss)
+            self.log(f"Iteration {self.iter}, loss = {self.smoothed_loss:g}")
+        if p.test_interval and self.iter % p.test_interval == 0 and self.is_root:
+            self.test_all()
+        self.log("Optimization Done.")
+
+    # -- testing ---------------------------------------------------------------------------------------------
+    def test_all(self) -> list[TestResult]:
+        out = []
+        for i in range(len(self.test_nets)):
+            if self.requested_early_exit:
+                break
+            result = self.test(i)
+            if result is not None:
+                out.append(result)
+        return out
+
+    def test(self, test_net_id: int = 0) -> TestResult | None:
+        """Caffe's ``Solver::Test``: ``test_iter`` forward passes, mean of each output element (float32 sums)."""
+        p = self.param
+        net, feeder = self.test_nets[test_net_id], self.test_feeders[test_net_id]
+        self.log(f"Iteration {self.iter}, Testing net (#{test_net_id})")
+        n_iter = p.test_iter[test_net_id]
+        scores: list[np.float32] = []
+        names: list[str] = []
+        per_batch = []
+        loss = f32(0)
+        for i in range(n_iter):
+            request = self._requested_action()
+            while request != NONE:
+                if request == SNAPSHOT:
+                    self.snapshot()
+                elif request == STOP:
+                    self.requested_early_exit = True
+                request = self._requested_action()
+            if self.requested_early_exit:
+                break
+            with torch.no_grad():
+                blobs = net(**{k: v.to(self.device) for k, v in feeder.next().items()}, all_blobs=True)
+                if p.test_compute_loss:
+                    loss = f32(loss + f32(net.loss(blobs).item()))
+            values = [(name, blobs[name].detach().cpu().numpy().astype(np.float32).ravel())
+                      for name in net.output_names]
+            per_batch.append({name: v.tolist() for name, v in values})
+            flat = [(name, x) for name, v in values for x in v]
+            if i == 0:
+                names = [name for name, _ in flat]
+                scores = [f32(x) for _, x in flat]
+            else:
+                scores = [f32(s + x) for s, (_, x) in zip(scores, flat, strict=True)]
+        if self.requested_early_exit:
+            self.log("Test interrupted.")
+            return None
+        result = TestResult(self.iter, test_net_id, [], {n: float(w) for n, w in net.loss_weights.items()},
+                            per_batch=per_batch)
+        if p.test_compute_loss:
+            result.loss = float(f32(loss / f32(n_iter)))
+            self.log(f"Test loss: {result.loss:g}")
+        for k, (name, s) in enumerate(zip(names, scores, strict=True)):
+            mean = float(f32(s / f32(n_iter)))
+            result.outputs.append((name, mean))
+            weight = net.loss_weights.get(name, 0.0)
+            extra = f" (* {weight:g} = {float(f32(weight) * f32(mean)):g} loss)" if weight else ""
+            self.log(f"    Test net output #{k}: {name} = {mean:g}{extra}")
+        self.test_results.append(result)
+        return result
+
+    # -- snapshots -------------------------------------------------------------------------------------------
+    def snapshot(self) -> tuple[str, str]:
+        """Caffe's ``Snapshot``: ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (``.caffemodel.h5`` and
+        ``.solverstate.h5`` with ``snapshot_format: HDF5``), both or neither."""
+        from ..weights import write_caffemodel
+
+        prefix = self.param.snapshot_prefix
+        hdf5 = self.param.snapshot_format == 0  # SolverParameter.HDF5
+        ext, kind = (".h5", "HDF5 file") if hdf5 else ("", "binary proto file")
+        model = snapshot_filename(prefix, self.iter, ".caffemodel" + ext)
+        state = snapshot_filename(prefix, self.iter, ".solverstate" + ext)
+        self.log(f"Snapshotting to {kind} {model}")
+        self.log(f"Snapshotting solver state to {kind} {state}")
+        if hdf5:
+            from .hdf5_snapshot import write_caffemodel_h5, write_solverstate_h5
+
+            write_model, write_state = write_caffemodel_h5, write_solverstate_h5
+        else:
+            write_model, write_state = write_caffemodel, write_solverstate
+        write_together([
+            (model, lambda f: write_model(self.net, f)),
+            (state, lambda f: write_state(f, self.iter, model, self.current_step, self.update.history)),
+        ])
+        self.last_snapshot = (model, state)
+        return model, state
+
+    def restore(self, path: str | os.PathLike) -> None:
+        """Caffe's ``Restore``: iteration, learning-rate step, history and (via ``learned_net``) the weights.
+        Everything is checked before anything changes: a state of another net leaves the solver as it was."""
+        from ..weights import WeightsError
+
+        state = read_solverstate(path)
+        file = Location(str(path))
+        ours = self.update.history
+        if len(state.history) != len(ours):
+            raise SolverError(f"the solver state holds {len(state.history)} history blobs, this {self.type} solver on "
+                              f"this net needs {len(ours)} (a state of another net or solver type?)", file)
+        for i, (h, mine) in enumerate(zip(state.history, ours, strict=True)):
+            if h.size != mine.numel():
+                lp = self.learnables[i % len(self.learnables)]
+                raise SolverError(f"history blob {i} has shape {h.shape}, parameter {lp.index} of layer "
+                                  f"'{lp.layer}' has {tuple(mine.shape)} (a state of another net?)", file)
+        if state.learned_net:
+            if not Path(state.learned_net).is_file():
+                raise SolverError(f"the weights it names, {state.learned_net}, do not exist (paths are relative to "
+                                  "the working directory)", file)
+            try:
+                self.load_weights(state.learned_net)
+            except WeightsError as e:
+                raise SolverError(f"its weights {state.learned_net} do not fit: {e}", file) from None
+        with torch.no_grad():
+            for h, mine in zip(state.history, ours, strict=True):
+                mine.copy_(torch.from_numpy(h.reshape(tuple(mine.shape))))
+        self.iter = state.iter
+        self.current_step = state.current_step
+
+
+def forward_for_loss(net: Any, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A forward pass returning the loss-weighted blobs (every blob when a loss blob is not a net output)."""
+    need_all = not set(net.loss_weights) <= set(net.output_names)
+    try:
+        return net(**inputs, all_blobs=need_all)
+    except Prototxt2pyError:
+        raise
+    except (RuntimeError, IndexError, ValueError) as e:
+        raise _layer_failure(net, inputs, e) from None
+
+
+def _layer_failure(net: Any, inputs: dict[str, torch.Tensor], error: Exception) -> Prototxt2pyError:
+    """Name the layer whose forward pass failed (replaying the plan step by step), with the reason."""
+    from ..backends.fusion import INPUT
+
+    env = {vid: inputs[net.graph.values[vid].blob] for vid in net.graph.inputs
+           if net.graph.values[vid].blob in inputs}
+    nodes = {step[1]: node for step, node in zip(net._plan, net.graph.nodes, strict=True)}
+    with torch.no_grad():
+        for kind, key, ins, outs in net._plan:
+            if kind == INPUT:
+                continue
+            node = nodes.get(key)
+            try:
+                produced = net.layers[key](*[env[i] for i in ins])
+            except Exception as e:  # noqa: BLE001 - the message is the point
+                text = str(e).splitlines()[0] if str(e) else type(e).__name__
+                hint = ""
+                if node is not None and "Loss" in node.type and ("index" in text or "bound" in text):
+                    hint = " (a label outside 0..C-1 of the prediction's channels?)"
+                return Prototxt2pyError(f"forward pass failed: {text}{hint}", node.location if node else None,
+                                        layer=node.name if node else key)
+            produced = (produced,) if isinstance(produced, torch.Tensor) else produced
+            for vid, t in zip(outs, produced, strict=False):
+                env[vid] = t
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return Prototxt2pyError(f"forward pass failed: {text}")
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    """This process's rank and the world size when ``torch.distributed`` is initialised, else ``(0, 1)``."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return 0, 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

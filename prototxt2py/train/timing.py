@@ -1,0 +1,111 @@
+"""``caffe time``: per-layer forward and backward times of a net, averaged over iterations.
+
+Each layer runs on detached copies of its bottoms, so its backward is one autograd call that can be timed
+alone; the bottoms' gradients are then summed into the gradients of the blobs they came from, as Caffe's
+backward pass does layer by layer. Loss tops start with their loss weight as gradient. Data layers' forward
+time is the reader's (one batch); ``Input`` blobs are zeros of their declared shapes, as in Caffe.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from ..errors import Location, Prototxt2pyError
+from .feeding import Feeder, is_data_node
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _inputs(net: Any, feeder: Feeder | None, device: torch.device) -> dict[str, torch.Tensor]:
+    given = feeder.next() if feeder is not None else {}
+    out = {}
+    for vid in net.graph.inputs:
+        value = net.graph.values[vid]
+        if value.blob in given:
+            out[value.blob] = given[value.blob].to(device)
+        elif value.shape is None or None in value.shape:
+            raise Prototxt2pyError(f"the shape of input '{value.blob}' is unknown", Location(net.graph.file))
+        else:
+            out[value.blob] = torch.zeros(tuple(value.shape), device=device)
+    return out
+
+
+def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cpu") -> str:
+    """Caffe's timing report (one line per layer and direction, then the averages)."""
+    from .. import graph, load
+    from ..backends.fusion import INPUT
+    from ..reader import read_net
+
+    if iterations < 1:
+        raise Prototxt2pyError("--iterations must be at least 1")
+    dev = torch.device(device)
+    source = read_net(path)
+    skeleton = graph(source, phase, infer=False)
+    feeder = Feeder(skeleton, phase) if any(is_data_node(n) for n in skeleton.nodes) else None
+    g = graph(source, phase, input_shapes=feeder.shapes() if feeder else None)
+    net = load(g).to(dev)
+    net.train(phase == "TRAIN")
+    steps = list(zip(net._plan, g.nodes, strict=True))
+    forward = [0.0] * len(steps)
+    backward = [0.0] * len(steps)
+    for _ in range(iterations + 1):  # the first pass warms up (allocations, oneDNN primitives) and is not counted
+        warm = _ == 0
+        t0 = time.perf_counter()
+        inputs = _inputs(net, feeder, dev)
+        data_time = time.perf_counter() - t0
+        env: dict[str, torch.Tensor] = {}
+        for vid in g.inputs:
+            env[vid] = inputs[g.values[vid].blob]
+        leaves: list[tuple[list[torch.Tensor], tuple[str, ...]]] = []
+        for i, ((kind, key, ins, outs), _node) in enumerate(steps):
+            if kind == INPUT:
+                forward[i] += 0.0 if warm else data_time / max(1, sum(1 for s, _ in steps if s[0] == INPUT))
+                leaves.append(([], ins))
+                continue
+            bottoms = [env[v].detach().requires_grad_(env[v].is_floating_point()) for v in ins]
+            _sync(dev)
+            t0 = time.perf_counter()
+            produced = net.layers[key](*bottoms)
+            _sync(dev)
+            if not warm:
+                forward[i] += time.perf_counter() - t0
+            produced = (produced,) if isinstance(produced, torch.Tensor) else tuple(produced)
+            for vid, t in zip(outs, produced, strict=False):
+                env[vid] = t
+            leaves.append((bottoms, ins))
+        grads: dict[str, torch.Tensor] = {}
+        for blob, w in net.loss_weights.items():
+            vid = g.final_value(blob).id
+            grads[vid] = torch.full_like(env[vid], float(w))
+        for i in range(len(steps) - 1, -1, -1):
+            (kind, key, ins, outs), node = steps[i]
+            pairs = [(env[v], grads[v]) for v in outs if v in grads and env[v].requires_grad]
+            if kind == INPUT or not pairs:
+                continue
+            _sync(dev)
+            t0 = time.perf_counter()
+            torch.autograd.backward([t for t, _ in pairs], [gr for _, gr in pairs])
+            _sync(dev)
+            if not warm:
+                backward[i] += time.perf_counter() - t0
+            bottoms, in_ids = leaves[i]
+            for leaf, vid in zip(bottoms, in_ids, strict=True):
+                if leaf.grad is not None:
+                    grads[vid] = grads[vid] + leaf.grad if vid in grads else leaf.grad
+    if feeder is not None:
+        feeder.close()
+    ms = 1000.0 / iterations
+    lines = ["Average time per layer:"]
+    for i, (_, node) in enumerate(steps):
+        lines.append(f"{node.name:>10}\tforward: {forward[i] * ms:.5g} ms.")
+        lines.append(f"{node.name:>10}\tbackward: {backward[i] * ms:.5g} ms.")
+    fwd, bwd = sum(forward) * ms, sum(backward) * ms
+    lines += [f"Average Forward pass: {fwd:.5g} ms.", f"Average Backward pass: {bwd:.5g} ms.",
+              f"Average Forward-Backward: {fwd + bwd:.5g} ms.", f"Total Time: {(fwd + bwd) * iterations:.5g} ms."]
+    return "\n".join(lines)

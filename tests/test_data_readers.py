@@ -1,0 +1,296 @@
+"""Data layer readers beyond the golden cases: random transforms, sharding, shuffling, resizing, WindowData,
+MemoryData/DummyData feeding, LevelDB, optional dependencies and the one-line errors for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from data_helpers import DATASETS, data_net, image_net, layer_from
+
+from prototxt2py.data import DataError, open_source
+from prototxt2py.data.loader import open_reader
+from prototxt2py.data.transformer import DataTransformer
+from prototxt2py.plain import plain
+from prototxt2py.proto import caffe_pb2
+
+cv2 = pytest.importorskip("cv2")
+pytest.importorskip("lmdb")
+
+COLOR_LMDB = str(DATASETS / "color_raw_lmdb")
+
+
+def _transform(text: str):
+    msg = caffe_pb2.TransformationParameter()
+    from google.protobuf import text_format
+
+    text_format.Parse(text, msg)
+    return plain(msg)
+
+
+# --- DataTransformer ------------------------------------------------------------------------------------------
+
+
+def _windows(full: np.ndarray, crop: int) -> list[np.ndarray]:
+    """Every crop x crop window of a (C, H, W) array, unmirrored and mirrored."""
+    _, h, w = full.shape
+    out = []
+    for y in range(h - crop + 1):
+        for x in range(w - crop + 1):
+            win = full[:, y : y + crop, x : x + crop]
+            out += [win, win[:, :, ::-1]]
+    return out
+
+
+def test_train_crops_and_mirrors_are_windows_of_the_transformed_image() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (3, 9, 11), dtype=np.uint8)
+    t = DataTransformer(_transform("crop_size: 5 mirror: true scale: 0.5 mean_value: 3"), "TRAIN",
+                        np.random.default_rng(1))
+    full = (img.astype(np.float32) - np.float32(3)) * np.float32(0.5)
+    candidates = _windows(full, 5)
+    seen = set()
+    for _ in range(60):
+        out = t(img)
+        assert out.shape == (3, 5, 5) and out.dtype == np.float32
+        matches = [i for i, c in enumerate(candidates) if np.array_equal(out, c)]
+        assert matches, "a TRAIN crop must be a (mirrored) window of the transformed image"
+        seen.add(matches[0] % 2)
+    assert seen == {0, 1}, "mirror: both flipped and unflipped crops occur"
+
+
+def test_test_phase_crop_is_centred_and_rounds_down() -> None:
+    img = np.arange(2 * 7 * 10, dtype=np.uint8).reshape(2, 7, 10)
+    out = DataTransformer(_transform("crop_size: 4"), "TEST")(img)
+    np.testing.assert_array_equal(out, img[:, 1:5, 3:7].astype(np.float32))
+
+
+def test_float_datum_values_are_scaled_not_cast() -> None:
+    img = np.array([[[0.25, -1.5]]], dtype=np.float32)
+    out = DataTransformer(_transform("scale: 2 mean_value: 0.25"), "TEST")(img)
+    np.testing.assert_array_equal(out, [[[0.0, -3.5]]])
+
+
+@pytest.mark.parametrize(
+    ("text", "shape", "message"),
+    [
+        ("crop_size: 12", (3, 10, 10), "crop_size 12 is larger than an image of 10x10"),
+        ("mean_value: 1 mean_value: 2", (3, 4, 4), "specify either 1 mean_value or as many as channels: 3"),
+    ],
+)
+def test_transformer_errors(text: str, shape: tuple, message: str) -> None:
+    t = DataTransformer(_transform(text), "TEST", layer="data")
+    with pytest.raises(DataError, match=message) as e:
+        t(np.zeros(shape, dtype=np.uint8))
+    assert str(e.value).startswith("layer 'data': ")
+
+
+def test_mean_file_and_mean_value_together_are_refused() -> None:
+    param = _transform(f'mean_file: "{DATASETS / "color_mean.binaryproto"}" mean_value: 1')
+    with pytest.raises(DataError, match="cannot specify mean_file and mean_value"):
+        DataTransformer(param, "TEST")
+
+
+def test_mean_file_of_another_shape_is_refused() -> None:
+    t = DataTransformer(_transform(f'mean_file: "{DATASETS / "gray_mean.binaryproto"}"'), "TEST")
+    with pytest.raises(DataError, match=r"mean_file is 1x17x15 but the image is 3x20x24"):
+        t(np.zeros((3, 20, 24), dtype=np.uint8))
+
+
+# --- Data -----------------------------------------------------------------------------------------------------
+
+
+def _labels(source, passes: int) -> list[float]:
+    return [float(v) for _ in range(passes) for v in source.next_batch()[1]]
+
+
+def test_missing_source_names_the_layer_and_the_path() -> None:
+    with pytest.raises(DataError) as e:
+        open_source(layer_from(data_net("no/such_lmdb")))
+    assert str(e.value) == "layer 'data': data source 'no/such_lmdb' does not exist"
+
+
+def test_ranks_read_disjoint_strides_in_train_and_everything_in_test() -> None:
+    ranks = [open_source(layer_from(data_net(COLOR_LMDB, 4), "TRAIN", r, 3)) for r in range(3)]
+    got = [_labels(s, 4) for s in ranks]  # 16 records each, wrapping around the 16-record database thrice
+    for r, labels in enumerate(got):
+        assert labels == [float((r + 3 * i) % 16) for i in range(16)]
+    test = open_source(layer_from(data_net(COLOR_LMDB, 4), "TEST", 1, 3))
+    assert _labels(test, 2) == [float(i) for i in range(8)]
+
+
+def test_rand_skip_starts_within_range_and_keeps_order() -> None:
+    labels = _labels(open_reader(layer_from(data_net(COLOR_LMDB, 4, extra="rand_skip: 5")), seed=3), 1)
+    assert 0 <= labels[0] < 5
+    assert labels == [float((labels[0] + i) % 16) for i in range(4)]
+
+
+def test_leveldb_backend_on_an_lmdb_folder_fails_cleanly() -> None:
+    pytest.importorskip("plyvel")
+    with pytest.raises(DataError, match="cannot open LevelDB"):
+        open_source(layer_from(data_net(COLOR_LMDB, backend="LEVELDB")))
+
+
+def test_missing_optional_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from prototxt2py.data import _deps
+
+    real = importlib.import_module
+
+    def fake(name: str, *a, **k):
+        if name == "lmdb":
+            raise ImportError("no lmdb")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(_deps.importlib, "import_module", fake)
+    with pytest.raises(DataError) as e:
+        open_source(layer_from(data_net(COLOR_LMDB)))
+    assert "needs the Python package 'lmdb' (pip install prototxt2py[train])" in str(e.value)
+
+
+def test_pillow_decodes_like_opencv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without OpenCV, Pillow gives the same pixels: BGR order, libpng grey, JPEG as libjpeg decodes it."""
+    pytest.importorskip("PIL")
+    from prototxt2py.data import images
+
+    cases = [("color_png_lmdb", ""), ("color_png_lmdb", "force_gray: true"), ("gray_png_lmdb", "force_color: true"),
+             ("color_jpg_lmdb", ""), ("gray_png_lmdb", "")]
+    want = [_data(name, t) for name, t in cases]
+    monkeypatch.setattr(images, "optional", lambda name: None)
+    for (name, t), w in zip(cases, want, strict=True):
+        np.testing.assert_array_equal(_data(name, t), w, err_msg=f"{name} {t}")
+
+
+def _data(name: str, transform: str) -> np.ndarray:
+    return open_source(layer_from(data_net(str(DATASETS / name), 16, transform))).next_batch()[0]
+
+
+# --- ImageData ------------------------------------------------------------------------------------------------
+
+
+def _image_layer(tmp_path: Path, extra: str = "", transform: str = "", batch: int = 4, phase: str = "TEST"):
+    return layer_from(image_net(str(DATASETS / "color_list.txt"), f"{DATASETS}/images/", batch, extra, transform),
+                      phase)
+
+
+def test_imagedata_resizes_with_opencv_bilinear(tmp_path: Path) -> None:
+    data, labels = open_source(_image_layer(tmp_path, "new_height: 9 new_width: 13 is_color: false")).next_batch()
+    assert data.shape == (4, 1, 9, 13)
+    img = cv2.imread(str(DATASETS / "images" / "color_01.png"), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(data[1, 0], cv2.resize(img, (13, 9)).astype(np.float32))
+    np.testing.assert_array_equal(labels, [0, 1, 2, 3])
+
+
+def test_imagedata_shuffles_every_epoch(tmp_path: Path) -> None:
+    source = open_reader(_image_layer(tmp_path, "shuffle: true"), seed=11)
+    epochs = [_labels(source, 4) for _ in range(3)]
+    for e in epochs:
+        assert sorted(e) == [float(i) for i in range(16)]
+    assert len({tuple(e) for e in epochs} | {tuple(float(i) for i in range(16))}) == 4
+
+
+def test_imagedata_paths_are_root_folder_plus_name(tmp_path: Path) -> None:
+    (tmp_path / "list.txt").write_text("color_00.png 5\nmissing.png 6\n")
+    layer = layer_from(image_net(str(tmp_path / "list.txt"), f"{DATASETS}/images/", 2))
+    with pytest.raises(DataError) as e:
+        open_source(layer).next_batch()
+    assert f"could not open or find file '{DATASETS}/images/missing.png'" in str(e.value)
+    assert str(e.value).startswith("layer 'images': ")
+
+
+@pytest.mark.parametrize(("text", "message"), [("", "is empty"), ("a.png 1\nnolabel\n", ":2: expected 'file label'")])
+def test_imagedata_bad_lists(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "list.txt").write_text(text)
+    with pytest.raises(DataError, match=message):
+        open_source(layer_from(image_net(str(tmp_path / "list.txt"))))
+
+
+# --- MemoryData and DummyData ---------------------------------------------------------------------------------
+
+MEMORY = """layer { name: "mem" type: "MemoryData" top: "data" top: "label" transform_param { scale: 2 }
+  memory_data_param { batch_size: 2 channels: 1 height: 2 width: 3 } }"""
+
+
+def test_memorydata_reset_serves_untransformed_arrays_and_wraps() -> None:
+    source = open_source(layer_from(MEMORY))
+    with pytest.raises(DataError, match=r"call reset\(data, labels\)"):
+        source.next_batch()
+    data = np.arange(4 * 6, dtype=np.float32).reshape(4, 1, 2, 3)
+    source.reset(data, np.arange(4))
+    passes = [source.next_batch() for _ in range(3)]
+    np.testing.assert_array_equal(passes[1][0], data[2:4])
+    np.testing.assert_array_equal(passes[2][0], data[0:2])
+    assert passes[0][1].shape == (2,)
+    with pytest.raises(DataError, match=r"positive multiple of batch_size \(2\)"):
+        source.reset(data[:3], np.arange(3))
+
+
+def test_memorydata_add_images_transforms() -> None:
+    source = open_source(layer_from(MEMORY))
+    imgs = [np.full((1, 2, 3), 10 * i, dtype=np.uint8) for i in range(2)]
+    source.add_images(imgs, [7, 8])
+    data, labels = source.next_batch()
+    np.testing.assert_array_equal(data[1], np.full((1, 2, 3), 20, dtype=np.float32))
+    np.testing.assert_array_equal(labels, [7, 8])
+
+
+def test_dummydata_refills_random_tops_only() -> None:
+    text = """layer { name: "d" type: "DummyData" top: "g" top: "c"
+      dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 4 }
+        data_filler { type: "gaussian" std: 2 } data_filler { type: "constant" value: 7 } } }"""
+    source = open_source(layer_from(text))
+    a, b = source.next_batch(), source.next_batch()
+    assert a[0].shape == (2, 3) and not np.array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], np.full(4, 7, dtype=np.float32))
+    np.testing.assert_array_equal(b[1], a[1])
+
+
+def test_dummydata_filler_count_is_checked() -> None:
+    text = """layer { name: "d" type: "DummyData" top: "a" top: "b" top: "c"
+      dummy_data_param { shape { dim: 1 } data_filler { value: 1 } data_filler { value: 2 } } }"""
+    with pytest.raises(DataError, match="must be 0, 1 or equal to the number of tops: 3; you specified 2"):
+        open_source(layer_from(text))
+
+
+# --- WindowData -----------------------------------------------------------------------------------------------
+
+
+def _window_file(tmp_path: Path, windows: list[str]) -> Path:
+    path = tmp_path / "windows.txt"
+    lines = ["# 0", "color_00.png", "3 20 24", str(len(windows)), *windows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _window_layer(source: Path, crop: int = 8, extra: str = "", transform: str = "", batch: int = 4):
+    return layer_from(f"""layer {{ name: "win" type: "WindowData" top: "data" top: "label"
+      transform_param {{ crop_size: {crop} {transform} }}
+      window_data_param {{ source: "{source}" root_folder: "{DATASETS}/images/" batch_size: {batch}
+        fg_fraction: 0.5 {extra} }} }}""", "TRAIN")
+
+
+def test_windowdata_warps_windows_like_opencv(tmp_path: Path) -> None:
+    path = _window_file(tmp_path, ["3 0.9 2 3 11 14", "5 0.1 0 0 23 19"])
+    data, labels = open_source(_window_layer(path, extra="scale: 0.5", transform="mean_value: 4")).next_batch()
+    np.testing.assert_array_equal(labels, [0, 0, 3, 3])  # background first, then foreground
+    img = cv2.imread(str(DATASETS / "images" / "color_00.png"))
+    fg = cv2.resize(img[3:15, 2:12], (8, 8)).transpose(2, 0, 1).astype(np.float32)
+    bg = cv2.resize(img, (8, 8)).transpose(2, 0, 1).astype(np.float32)
+    np.testing.assert_array_equal(data[2], (fg - np.float32(4)) * np.float32(0.5))
+    np.testing.assert_array_equal(data[0], (bg - np.float32(4)) * np.float32(0.5))
+
+
+def test_windowdata_context_pad_leaves_the_outside_zero(tmp_path: Path) -> None:
+    path = _window_file(tmp_path, ["2 0.8 0 0 9 9", "1 0.0 14 10 23 19"])
+    data, labels = open_source(_window_layer(path, crop=10, extra="context_pad: 2")).next_batch()
+    assert data.shape == (4, 3, 10, 10)
+    fg = data[2]  # window at the image corner: the expanded region sticks out top-left -> zero padding there
+    assert np.all(fg[:, :2, :] == 0) and np.all(fg[:, :, :2] == 0) and np.any(fg[:, 2:, 2:] != 0)
+
+
+def test_windowdata_needs_both_pools(tmp_path: Path) -> None:
+    path = _window_file(tmp_path, ["3 0.9 2 3 11 14"])
+    with pytest.raises(DataError, match="1 foreground and 0 background windows"):
+        open_source(_window_layer(path))

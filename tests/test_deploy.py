@@ -1,0 +1,227 @@
+"""Deploy nets derived from train_val nets equal the deploy files BVLC ships beside them (layers, blob shapes,
+parameter shapes); the rules for heads, label branches and input shapes; the CLI's ``deploy`` and ``--deploy``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from golden import CORPUS
+
+import prototxt2py
+from prototxt2py.cli import main
+from prototxt2py.deploy import deploy_source, deploy_text, derive_deploy
+from prototxt2py.errors import GraphError
+from prototxt2py.proto import caffe_pb2
+from prototxt2py.reader import read_net, read_net_text
+
+BVLC = "BVLC__caffe/"
+#: (train_val, shipped deploy) pairs of the corpus: CaffeNet, AlexNet, GoogLeNet, CIFAR-10, LeNet, Flickr style.
+PAIRS = [
+    ("models/bvlc_reference_caffenet/train_val.prototxt", "models/bvlc_reference_caffenet/deploy.prototxt"),
+    ("models/bvlc_alexnet/train_val.prototxt", "models/bvlc_alexnet/deploy.prototxt"),
+    ("models/bvlc_googlenet/train_val.prototxt", "models/bvlc_googlenet/deploy.prototxt"),
+    ("examples/cifar10/cifar10_quick_train_test.prototxt", "examples/cifar10/cifar10_quick.prototxt"),
+    ("examples/cifar10/cifar10_full_train_test.prototxt", "examples/cifar10/cifar10_full.prototxt"),
+    ("examples/mnist/lenet_train_test.prototxt", "examples/mnist/lenet.prototxt"),
+    ("models/finetune_flickr_style/train_val.prototxt", "models/finetune_flickr_style/deploy.prototxt"),
+]
+
+
+def corpus(rel: str) -> Path:
+    path = CORPUS / BVLC / rel
+    if not path.is_file():
+        pytest.skip(f"corpus file missing: {path}")
+    return path
+
+
+def same_net(got: prototxt2py.Graph, want: prototxt2py.Graph) -> None:
+    assert [(n.name, n.type) for n in got.nodes] == [(n.name, n.type) for n in want.nodes]
+    assert got.blob_shapes() == want.blob_shapes()
+    assert [n.param_shapes for n in got.nodes] == [n.param_shapes for n in want.nodes]
+    assert [got.values[v].blob for v in got.outputs] == [want.values[v].blob for v in want.outputs]
+
+
+@pytest.mark.parametrize("train_val,deploy", PAIRS, ids=[p[1].split("/")[-2] + "/" + p[1].split("/")[-1]
+                                                         for p in PAIRS])
+def test_derived_equals_shipped_deploy(train_val: str, deploy: str) -> None:
+    shipped = prototxt2py.graph(corpus(deploy))
+    data_shape = list(shipped.blob_shapes()["data"])
+    derived = prototxt2py.graph(deploy_source(read_net(corpus(train_val)), {"data": data_shape}))
+    same_net(derived, shipped)
+
+
+@pytest.mark.parametrize("train_val,deploy", [PAIRS[2], PAIRS[6]], ids=["googlenet", "flickr_style"])
+def test_shape_from_mean_values_or_is_color_needs_no_input(train_val: str, deploy: str) -> None:
+    """GoogLeNet's three mean_values and ImageData's is_color give the channels, crop_size the size; the batch
+    is the TEST data layer's (50) where the shipped file says 10."""
+    shipped = prototxt2py.graph(corpus(deploy))
+    derived = prototxt2py.graph(deploy_source(read_net(corpus(train_val))))
+    assert derived.blob_shapes()["data"] == (50, *shipped.blob_shapes()["data"][1:])
+    assert [(n.name, n.type) for n in derived.nodes] == [(n.name, n.type) for n in shipped.nodes]
+
+
+def test_unknowable_shape_names_layer_and_input_to_give() -> None:
+    path = corpus("examples/mnist/lenet_train_test.prototxt")
+    with pytest.raises(GraphError) as e:
+        derive_deploy(read_net(path))
+    msg = str(e.value)
+    assert msg.startswith(f"{path}:19:7: layer 'mnist': Data layer: channels, height, width of 'data'")
+    assert msg.endswith("give --input data=100,C,H,W")
+
+
+def test_googlenet_drops_auxiliary_heads_and_labels() -> None:
+    result = derive_deploy(read_net(corpus("models/bvlc_googlenet/train_val.prototxt")))
+    names = [layer.name for layer in result.net.layer]
+    assert not [n for n in names if n.startswith(("loss1/", "loss2/"))]
+    assert names[0] == "data" and names[-1] == "prob" and "loss3/classifier" in names
+    assert all(not len(layer.include) and not len(layer.exclude) for layer in result.net.layer)
+    assert result.net.layer[0].top[:] == ["data"]
+    assert result.net.state.phase == caffe_pb2.TEST
+    assert result.notes == ["SoftmaxWithLoss 'loss3/loss3' -> Softmax 'prob' (loss3/classifier -> prob)"]
+
+
+def test_train_only_loss_still_gives_the_softmax_head() -> None:
+    """SqueezeNet v1.0 puts its SoftmaxWithLoss in TRAIN only; TEST has just accuracies."""
+    path = CORPUS / "forresti__SqueezeNet/SqueezeNet_v1.0/train_val.prototxt"
+    if not path.is_file():
+        pytest.skip("corpus file missing")
+    g = prototxt2py.graph(deploy_source(read_net(path), {"data": [1, 3, 227, 227]}))
+    assert [g.values[v].blob for v in g.outputs] == ["prob"]
+    assert g.blob_shapes()["prob"] == (1, 1000, 1, 1)  # global pooling keeps H, W
+
+
+def test_net_without_losses_keeps_what_the_accuracy_measures() -> None:
+    """A V0 test net (Softmax 'prob' -> accuracy, no loss anywhere) keeps prob as its output."""
+    path = CORPUS / "BVLC__caffe@v0.99/examples/lenet/lenet_test.prototxt"
+    if not path.is_file():
+        pytest.skip("corpus file missing")
+    g = prototxt2py.graph(deploy_source(read_net(path), {"data": [2, 1, 28, 28]}))
+    assert [g.values[v].blob for v in g.outputs] == ["prob"]
+    assert g.nodes[0].type == "Input" and "label" not in g.blob_shapes()
+
+
+def test_ssd_train_net_keeps_every_multibox_input_but_the_label() -> None:
+    path = CORPUS / "chuanqi305__MobileNet-SSD/voc/MobileNetSSD_train.prototxt"
+    if not path.is_file():
+        pytest.skip("corpus file missing")
+    result = derive_deploy(read_net(path), {"data": [1, 3, 300, 300]})
+    tops = {t for layer in result.net.layer for t in layer.top}
+    assert {"mbox_loc", "mbox_conf", "mbox_priorbox"} <= tops and "label" not in tops
+    assert not [layer for layer in result.net.layer if layer.type.endswith("Loss")]
+
+
+NET = """name: "toy"
+layer { name: "src" type: "Data" top: "data" top: "label" include { phase: TRAIN }
+  transform_param { crop_size: 8 mean_file: "%s" } data_param { source: "train_lmdb" batch_size: 4 } }
+layer { name: "src" type: "Data" top: "data" top: "label" include { phase: TEST }
+  transform_param { crop_size: 8 mean_file: "%s" } data_param { source: "val_lmdb" batch_size: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 5 } }
+layer { name: "lab" type: "Power" bottom: "label" top: "lab2" }
+layer { name: "acc" type: "Accuracy" bottom: "ip" bottom: "lab2" top: "acc" include { phase: TEST } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" top: "probs"
+  softmax_param { axis: 1 } }
+"""
+
+
+def mean_file(tmp_path: Path, channels: int) -> str:
+    blob = caffe_pb2.BlobProto(num=1, channels=channels, height=10, width=10)
+    blob.data.extend([0.0] * (channels * 100))
+    path = tmp_path / "mean.binaryproto"
+    path.write_bytes(blob.SerializeToString())
+    return str(path)
+
+
+def test_channels_from_a_readable_mean_file_and_label_branch_dropped(tmp_path: Path) -> None:
+    mean = mean_file(tmp_path, 4)
+    result = derive_deploy(read_net_text(NET % (mean, mean), str(tmp_path / "toy.prototxt")))
+    assert [(lay.name, lay.type) for lay in result.net.layer] == [("data", "Input"), ("ip", "InnerProduct"),
+                                                                   ("prob", "Softmax")]
+    assert list(result.net.layer[0].input_param.shape[0].dim) == [2, 4, 8, 8]
+    soft = result.net.layer[2]
+    assert soft.bottom[:] == ["ip"] and soft.top[:] == ["probs"] and soft.softmax_param.axis == 1  # 2nd top kept
+
+
+def test_missing_mean_file_asks_for_input(tmp_path: Path) -> None:
+    text = NET % ("nowhere/mean.binaryproto", "nowhere/mean.binaryproto")
+    with pytest.raises(GraphError, match=r"layer 'src': Data layer: channels of 'data' .* --input data=2,C,8,8"):
+        derive_deploy(read_net_text(text, str(tmp_path / "toy.prototxt")))
+    result = derive_deploy(read_net_text(text, "toy.prototxt"), {"data": [1, 3, 8, 8]})
+    assert list(result.net.layer[0].input_param.shape[0].dim) == [1, 3, 8, 8]
+
+
+def test_input_naming_no_input_is_an_error(tmp_path: Path) -> None:
+    mean = mean_file(tmp_path, 3)
+    with pytest.raises(GraphError, match="--input names label, which is not an input of the deploy net"):
+        derive_deploy(read_net_text(NET % (mean, mean), str(tmp_path / "t.prototxt")), {"label": [2]})
+
+
+def test_label_read_by_a_kept_layer_stays_an_input() -> None:
+    text = """layer { name: "d" type: "ImageData" top: "data" top: "label"
+      image_data_param { source: "list.txt" batch_size: 3 new_height: 6 new_width: 7 is_color: false } }
+    layer { name: "cat" type: "Concat" bottom: "data" bottom: "data" top: "cat" }
+    layer { name: "use" type: "Reshape" bottom: "label" top: "lab" reshape_param { shape { dim: 3 dim: 1 } } }
+    layer { name: "silence" type: "Silence" bottom: "data" }
+    layer { name: "side" type: "ReLU" bottom: "data" top: "side" }
+    layer { name: "silence2" type: "Silence" bottom: "side" }
+    """
+    result = derive_deploy(read_net_text(text))
+    inp = result.net.layer[0]
+    assert inp.name == "d" and inp.top[:] == ["data", "label"]  # two tops: the data layer's own name
+    assert [list(s.dim) for s in inp.input_param.shape] == [[3, 1, 6, 7], [3]]
+    # a Silence keeps nothing alive ('side' goes with its silencer) and stays where what it silences does
+    assert [lay.name for lay in result.net.layer] == ["d", "cat", "use", "silence"]
+
+
+def test_cli_deploy_writes_a_file_that_round_trips(tmp_path: Path) -> None:
+    out = tmp_path / "deploy.prototxt"
+    src = corpus("models/bvlc_alexnet/train_val.prototxt")
+    r = CliRunner().invoke(main, ["deploy", str(src), "-o", str(out), "--input", "data=10,3,227,227"])
+    assert r.exit_code == 0, r.output
+    assert "SoftmaxWithLoss 'loss' -> Softmax 'prob' (fc8 -> prob)" in r.stdout
+    again = read_net(out)
+    assert again.format == "V2" and not again.warnings
+    same_net(prototxt2py.graph(again), prototxt2py.graph(corpus("models/bvlc_alexnet/deploy.prototxt")))
+    assert deploy_text(derive_deploy(again)) == out.read_text()  # deriving a deploy net changes nothing
+
+
+def test_cli_deploy_error_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "deploy.prototxt"
+    r = CliRunner().invoke(main, ["deploy", str(corpus("examples/mnist/lenet_train_test.prototxt")), "-o", str(out)])
+    assert r.exit_code == 1
+    assert r.stderr.count("\n") == 1 and "give --input data=100,C,H,W" in r.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_cli_deploy_option_on_summary_draw_run(tmp_path: Path) -> None:
+    lenet = str(corpus("examples/mnist/lenet_train_test.prototxt"))
+    r = CliRunner().invoke(main, ["summary", "--deploy", lenet, "--input", "data=64,1,28,28", "--json"])
+    assert r.exit_code == 0, r.output
+    assert '"prob"' in r.stdout and '"label"' not in r.stdout and "accuracy" not in r.stdout
+    dot = tmp_path / "d.dot"
+    r = CliRunner().invoke(main, ["draw", "--deploy", lenet, str(dot)])
+    assert r.exit_code == 0, r.output
+    assert "Input" in dot.read_text() and "SoftmaxWithLoss" not in dot.read_text()
+    np.savez(tmp_path / "in.npz", data=np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32))
+    r = CliRunner().invoke(main, ["run", "--deploy", lenet, "--inputs", str(tmp_path / "in.npz"),
+                                  "-o", str(tmp_path / "out.npz")])
+    assert r.exit_code == 0, r.output
+    prob = np.load(tmp_path / "out.npz")["prob"]
+    assert prob.shape == (2, 10) and np.allclose(prob.sum(1), 1, atol=1e-6)
+
+
+def test_deploy_command_does_not_import_torch(tmp_path: Path) -> None:
+    """Deriving a deploy net is protobuf work: the command must not pay torch's import time."""
+    code = ("import sys; from prototxt2py.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    src = corpus("models/bvlc_googlenet/train_val.prototxt")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", code, "deploy", str(src), "-o", str(tmp_path / "g.prototxt")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr

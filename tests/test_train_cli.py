@@ -1,0 +1,207 @@
+"""``prototxt2py train | test | time`` end to end, signals, and the pycaffe-style solver API."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("h5py")
+
+from train_util import make_case  # noqa: E402
+
+from prototxt2py.cli import main  # noqa: E402
+from prototxt2py.train import AdamSolver, SGDSolver, Solver, get_solver  # noqa: E402
+from prototxt2py.train.snapshot import read_solverstate  # noqa: E402
+from prototxt2py.weights import read_caffemodel  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_train_cli_logs_snapshots_and_learns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    solver = make_case(tmp_path, max_iter=40, display=10, snapshot=20)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run("train", solver.name)
+    assert code == 0, err
+    assert "Iteration 0, Testing net (#0)" in err and "Iteration 40, Testing net (#0)" in err
+    assert re.search(r"Iteration 10 \([\d.e+-]+ iter/s, [\d.e+-]+s/10 iters\), loss = [\d.]+", err)
+    assert "Iteration 10, lr = 0.05" in err
+    assert re.search(r"    Train net output #0: loss = [\d.]+ \(\* 1 = [\d.]+ loss\)", err)
+    assert re.search(r"    Test net output #0: accuracy = [\d.]+", err)
+    assert re.search(r"    Test net output #1: loss = [\d.]+ \(\* 1 = [\d.]+ loss\)", err)
+    # not a terminal: plain progress lines with iteration, loss, lr, images/s and ETA
+    assert re.search(r"iter 40/40  loss [\d.]+  lr 0.05  \d+ img/s  ETA 0s", err)
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == [
+        "tiny_iter_20.caffemodel", "tiny_iter_20.solverstate", "tiny_iter_40.caffemodel", "tiny_iter_40.solverstate"]
+    assert read_solverstate(tmp_path / "snaps/tiny_iter_40.solverstate").iter == 40
+    final_accuracy = float(re.findall(r"accuracy = ([\d.]+)", err)[-1])
+    assert final_accuracy >= 0.85  # separable clusters: the net learns
+
+    # resume from the snapshot at 20: the weights at 40 equal the uninterrupted run's (data differ: Caffe
+    # restarts the data at row 0, so compare only that training ran and wrote its snapshot at 40)
+    code, out, err = _run("train", solver.name, "--snapshot", "snaps/tiny_iter_20.solverstate", "--quiet")
+    assert code == 0, err
+    assert "Restoring previous solver status from snaps/tiny_iter_20.solverstate" in err
+    assert "Iteration 20, Testing net (#0)" in err and "Iteration 0, Testing net" not in err
+
+    # test: scores of the trained net over its TEST data layer
+    code, out, err = _run("test", "train_val.prototxt", "--weights", "snaps/tiny_iter_40.caffemodel",
+                          "--iterations", "4")
+    assert code == 0, err
+    assert re.search(r"^accuracy = [\d.]+$", out, re.M) and re.search(r"^loss = [\d.]+ \(\* 1 = ", out, re.M)
+    assert "Batch 3, accuracy = " in err
+
+    # time: one forward and one backward line per layer, then the averages
+    code, out, err = _run("time", "train_val.prototxt", "--iterations", "2")
+    assert code == 0, err
+    for layer in ("data", "ip1", "relu1", "ip2", "loss"):
+        assert re.search(rf"^\s*{layer}\tforward: [\d.e-]+ ms\.$", out, re.M), out
+        assert re.search(rf"^\s*{layer}\tbackward: [\d.e-]+ ms\.$", out, re.M), out
+    assert "Average Forward-Backward:" in out
+
+
+def test_iterations_override_and_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    solver = make_case(tmp_path, max_iter=100)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run("train", solver.name, "--iterations", "6", "--quiet")
+    assert code == 0, err
+    assert (tmp_path / "snaps/tiny_iter_6.caffemodel").is_file()  # snapshot_after_train
+    code, _, err = _run("train", solver.name, "--iterations", "2", "--weights", "snaps/tiny_iter_6.caffemodel",
+                        "--quiet")
+    assert code == 0, err
+
+
+def _start(solver: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-m", "prototxt2py", "train", solver.name, *extra], cwd=solver.parent,
+                            env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _wait_for_progress(proc: subprocess.Popen) -> list[str]:
+    lines = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if line.startswith("iter "):
+            return lines
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError("no progress: " + "".join(lines))
+
+
+@pytest.mark.slow  # a subprocess (torch import) and signal round trips: ~10 s
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+def test_sighup_snapshots_and_sigint_stops(tmp_path: Path) -> None:
+    solver = make_case(tmp_path, max_iter=1_000_000, display=20, test_interval=1_000_000)
+    proc = _start(solver)
+    try:
+        _wait_for_progress(proc)
+        proc.send_signal(signal.SIGHUP)  # default effect: snapshot, go on
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not list((tmp_path / "snaps").glob("*.solverstate")):
+            time.sleep(0.05)
+        assert list((tmp_path / "snaps").glob("*.solverstate")), "SIGHUP wrote no snapshot"
+        assert proc.poll() is None, "SIGHUP stopped training"
+        proc.send_signal(signal.SIGINT)  # default effect: stop (then the final snapshot)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Optimization stopped early." in err
+    assert len(list((tmp_path / "snaps").glob("*.solverstate"))) == 2
+
+
+def test_pycaffe_style_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    solver = make_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    s = get_solver(solver.name)
+    assert isinstance(s, Solver) and s.type == "SGD" and SGDSolver(solver.name).type == "SGD"
+    assert AdamSolver(solver.name).type == "Adam"  # the class decides, as in pycaffe
+    assert s.iter == 0 and len(s.test_nets) == 1
+    # TEST nets share the TRAIN net's tensors (Caffe's ShareTrainedLayersWith)
+    assert s.test_nets[0].layer_blobs("ip1")[0] is s.net.layer_blobs("ip1")[0]
+    s.step(3)
+    assert s.iter == 3 and [e["iter"] for e in s.trajectory] == [0, 1, 2]
+    # apply_update by hand on gradients computed from a forward/backward pass
+    w = s.net.layer_blobs("ip2")[0].detach().clone()
+    s._clear_diffs()
+    s._forward_backward()
+    s.apply_update()
+    assert s.iter == 4 and not np.array_equal(w.numpy(), s.net.layer_blobs("ip2")[0].detach().numpy())
+    model, state = s.snapshot()
+    assert model == "snaps/tiny_iter_4.caffemodel" and state == "snaps/tiny_iter_4.solverstate"
+    blobs = read_caffemodel(model)
+    assert np.array_equal(blobs["ip2"][0].array, s.net.layer_blobs("ip2")[0].detach().numpy())
+    fresh = get_solver(solver.name)
+    fresh.restore(state)
+    assert fresh.iter == 4
+    assert np.array_equal(fresh.net.layer_blobs("ip2")[0].detach().numpy(), blobs["ip2"][0].array)
+    for a, b in zip(fresh.update.history, s.update.history, strict=True):
+        assert np.array_equal(a.numpy(), b.numpy())
+
+
+def test_loader_workers_keep_caffe_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches from loader worker processes come in a single reader's order: the same trajectory."""
+    from golden import GOLDEN
+
+    case = GOLDEN / "solvers" / "sgd_plain_fixed"
+    if not case.is_dir():
+        pytest.skip("golden solvers suite absent")
+    monkeypatch.chdir(case)
+    runs = []
+    for workers in (0, 2):
+        s = get_solver("solver.prototxt", data_workers=workers)
+        s.load_weights("init.caffemodel")
+        s.step(10)
+        s.close()
+        runs.append([e["loss"] for e in s.trajectory])
+    assert runs[0] == runs[1]
+
+
+LMDB_NET = """name: "lmdb_net"
+layer {{ name: "data" type: "Data" top: "data" top: "label"
+  transform_param {{ scale: 0.00390625 mirror: true crop_size: 16 mean_file: "{mean}" }}
+  data_param {{ source: "{source}" batch_size: 4 backend: LMDB }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param {{ num_output: 4 kernel_size: 3 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "relu" type: "ReLU" bottom: "conv" top: "conv" }}
+layer {{ name: "fc" type: "InnerProduct" bottom: "conv" top: "fc"
+  inner_product_param {{ num_output: 16 weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }}
+"""
+
+
+def test_train_from_lmdb_with_transforms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Data layer (LMDB, mean file, random crops and mirrors in TRAIN) trains through loader workers."""
+    from golden import GOLDEN
+
+    pytest.importorskip("lmdb")
+    datasets = GOLDEN / "data" / "datasets"
+    if not (datasets / "color_raw_lmdb").is_dir():
+        pytest.skip("golden data suite absent")
+    (tmp_path / "net.prototxt").write_text(LMDB_NET.format(source=datasets / "color_raw_lmdb",
+                                                           mean=datasets / "color_mean.binaryproto"))
+    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.01\nmomentum: 0.9\nlr_policy: '
+                                              '"fixed"\nmax_iter: 8\nsnapshot_after_train: false\nrandom_seed: 3\n')
+    monkeypatch.chdir(tmp_path)
+    s = get_solver("solver.prototxt")
+    assert s.feeder.workers == 2
+    assert s.feeder.shapes() == {"data": [4, 3, 16, 16], "label": [4]}
+    s.solve()
+    s.close()
+    assert s.iter == 8 and all(np.isfinite(e["loss"]) for e in s.trajectory)

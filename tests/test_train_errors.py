@@ -1,0 +1,148 @@
+"""Bad input to training: one clear error each, exit code 1 from the CLI, and never a partial snapshot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("h5py")
+
+from train_util import make_case  # noqa: E402
+
+from prototxt2py.cli import main  # noqa: E402
+from prototxt2py.data import DataError  # noqa: E402
+from prototxt2py.errors import Prototxt2pyError  # noqa: E402
+from prototxt2py.train import DivergedError, SolverError, get_solver  # noqa: E402
+from prototxt2py.train import snapshot as snapshot_module  # noqa: E402
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes is not None else "")
+
+
+def test_missing_data_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    solver = make_case(tmp_path)
+    (tmp_path / "train_list.txt").unlink()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"layer 'data': HDF5 list file not found: train_list.txt"):
+        get_solver(solver.name)
+    code, out = _cli("train", solver.name, "--quiet")
+    assert code == 1
+    assert out.strip().splitlines()[-1].startswith("error: layer 'data': HDF5 list file not found: train_list.txt")
+    assert "Traceback" not in out
+
+
+def test_missing_file_in_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    solver = make_case(tmp_path)
+    (tmp_path / "train_list.txt").write_text("train.h5\nmissing.h5\n")
+    monkeypatch.chdir(tmp_path)
+    s = get_solver(solver.name)
+    with pytest.raises(DataError, match=r"HDF5 file not found: missing.h5"):
+        s.step(20)  # 32 rows, batch 4: the second file is opened at iteration 8
+
+
+def test_label_out_of_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    labels = np.zeros(32, dtype=np.int64)
+    labels[5] = 3  # the net predicts 3 classes: 0..2
+    solver = make_case(tmp_path, labels=labels)
+    monkeypatch.chdir(tmp_path)
+    s = get_solver(solver.name)
+    with pytest.raises(Prototxt2pyError, match=r"layer 'loss': forward pass failed: .*3.*label outside 0..C-1"):
+        s.step(2)
+    code, out = _cli("train", solver.name, "--quiet")
+    assert code == 1 and "layer 'loss'" in out and "Traceback" not in out
+
+
+def test_nan_loss_stops_with_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    solver = make_case(tmp_path, base_lr=1e30, max_iter=50)
+    monkeypatch.chdir(tmp_path)
+    s = get_solver(solver.name)
+    with pytest.raises(DivergedError, match=r"loss is (nan|inf) at iteration (\d+); the weights before this "
+                                            r"iteration are in snaps/tiny_iter_\2.caffemodel") as info:
+        s.solve()
+    it = s.iter
+    assert (tmp_path / f"snaps/tiny_iter_{it}.caffemodel").is_file()
+    assert (tmp_path / f"snaps/tiny_iter_{it}.solverstate").is_file()
+    assert str(info.value).count("\n") == 0
+    code, out = _cli("train", solver.name, "--quiet")
+    assert code == 1 and "error: loss is" in out
+
+
+def test_unwritable_snapshot_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    solver = make_case(tmp_path, snapshot=5, prefix="no/such/dir/tiny")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SolverError, match=r"cannot write snapshots to prefix 'no/such/dir/tiny': directory "
+                                          r"'no/such/dir' does not exist"):
+        get_solver(solver.name)
+    code, out = _cli("train", solver.name, "--quiet")
+    assert code == 1 and "cannot write snapshots" in out
+
+
+def test_failed_snapshot_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    solver = make_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    s = get_solver(solver.name)
+    s.step(3)
+
+    def broken(f, *args, **kwargs):
+        f.write(b"\x08")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("prototxt2py.train.solver.write_solverstate", broken)
+    with pytest.raises(SolverError, match="cannot write snapshot"):
+        s.snapshot()
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == []
+    monkeypatch.setattr("prototxt2py.train.solver.write_solverstate", snapshot_module.write_solverstate)
+    model, state = s.snapshot()
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == ["tiny_iter_3.caffemodel",
+                                                                     "tiny_iter_3.solverstate"]
+
+
+def test_solverstate_of_another_net(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from golden import GOLDEN
+
+    other = GOLDEN / "solvers" / "sgd_snapshot_resume" / "snap_iter_12.solverstate"  # an MLP 8-16-3... of Caffe's
+    conv = GOLDEN / "solvers" / "sgd_conv_bn_step"
+    if not other.exists() or not conv.exists():
+        pytest.skip("golden solvers suite absent")
+    monkeypatch.chdir(conv)
+    s = get_solver("solver.prototxt")
+    before = [t.detach().clone() for t in s.net.parameters()]
+    with pytest.raises(SolverError, match=r"snap_iter_12.solverstate: the solver state holds 4 history blobs, "
+                                          r"this SGD solver on this net needs 8 \(a state of another net or "
+                                          r"solver type\?\)"):
+        s.restore(str(other))
+    assert s.iter == 0
+    assert all(torch_equal(a, b) for a, b in zip(before, s.net.parameters(), strict=True))
+    # same number of blobs, other shapes: the tiny MLP has 10 hidden units, Caffe's case 16
+    solver = make_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    s = get_solver(solver.name)
+    with pytest.raises(SolverError, match=r"history blob 0 has shape \(16, 8\), parameter 0 of layer 'ip1' has "
+                                          r"\(10, 8\) \(a state of another net\?\)"):
+        s.restore(str(other))
+    code, out = _cli("train", solver.name, "--snapshot", str(other), "--quiet")
+    assert code == 1 and "history blob 0 has shape" in out
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b.detach()).all())
+
+
+def test_weights_and_snapshot_together_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    solver = make_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code, out = _cli("train", solver.name, "--weights", "a.caffemodel", "--snapshot", "b.solverstate")
+    assert code == 1 and "not both" in out
+
+
+def test_unknown_solver_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    solver = make_case(tmp_path)
+    solver.write_text(solver.read_text() + 'type: "LBFGS"\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SolverError, match="unknown solver type 'LBFGS'"):
+        get_solver(solver.name)
