@@ -17,7 +17,7 @@ import click
 
 from .cli_deploy import deploy_option, net_source
 from .cli_deploy import register as register_deploy
-from .errors import Prototxt2pyError
+from .errors import Prototxt2pyError, one_line
 
 EXIT_INPUT, EXIT_INTERNAL = 1, 3
 
@@ -37,10 +37,23 @@ def _user_errors(fn: Callable) -> Callable:
         except Exception as e:  # a bug: say so in one line
             if os.environ.get("PROTOTXT2PY_DEBUG"):
                 raise
-            click.echo(f"internal error: {type(e).__name__}: {e} (set PROTOTXT2PY_DEBUG=1 for details)", err=True)
+            if _out_of_memory(e):  # the input asks for more memory than there is: a problem with the input
+                click.echo(f"error: out of memory ({one_line(str(e))[:200]}); the net or its inputs are too big for "
+                           "this machine (see docs/errors.md: limits)", err=True)
+                sys.exit(EXIT_INPUT)
+            click.echo(f"internal error: {type(e).__name__}: {one_line(str(e))[:1000]} (set PROTOTXT2PY_DEBUG=1 "
+                       "for details)", err=True)
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """MemoryError, or torch's allocator failing (a RuntimeError that only its text identifies)."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
 
 
 def _parse_inputs(values: tuple[str, ...]) -> dict[str, list[int]]:
@@ -65,7 +78,7 @@ def _state_options(fn: Callable) -> Callable:
 
 def _warn(lines: list[str]) -> None:
     for line in lines:
-        click.echo(f"warning: {line}", err=True)
+        click.echo(f"warning: {one_line(line)}", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

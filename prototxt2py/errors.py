@@ -6,7 +6,23 @@ escaping is a bug in this package.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+#: Everything ``str.splitlines`` breaks on, every other C0/C1 control character, and the Unicode format
+#: characters that reorder text on a terminal (bidi overrides): names from model files are data, and an
+#: error line must stay one line that shows what is really there.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break and control character written as a visible escape (``\\n``,
+    ``\\x1b``, ``\\u2028``), so that names from hostile files cannot forge extra output lines."""
+    if not _UNSAFE.search(text):
+        return text
+    return _UNSAFE.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                                           else f"\\u{ord(m.group()):04x}"), text)
 
 
 @dataclass(frozen=True)
@@ -36,9 +52,10 @@ class Prototxt2pyError(Exception):
         super().__init__(self._render())
 
     def _render(self) -> str:
+        # Escaped here, centrally: messages embed names from model files (layers, blobs, fields, paths).
         prefix = f"{self.location}: " if self.location else ""
         where = f"layer '{self.layer}': " if self.layer else ""
-        return f"{prefix}{where}{self.message}"
+        return one_line(f"{prefix}{where}{self.message}")
 
 
 class InputFileError(Prototxt2pyError):
@@ -67,3 +84,8 @@ class ShapeError(Prototxt2pyError):
 
 class WeightsError(Prototxt2pyError):
     """A weights file is truncated, corrupt, or does not match the net."""
+
+
+class ResourceLimitError(Prototxt2pyError):
+    """A size beyond a resource limit (blob elements, dimensions, parameter bytes, file size, temporaries):
+    refused before anything is allocated. The message names the environment variable that raises it."""

@@ -11,14 +11,40 @@ from typing import IO
 
 from .errors import InputFileError, Location
 
+#: (device, inode) of every file this process has read as an input: outputs never replace one of them
+#: (``upgrade net.prototxt net.prototxt``, ``draw a.prototxt a.prototxt``), whatever the path spelling.
+_inputs: set[tuple[int, int]] = set()
+
+
+def note_input(fd_or_path: int | str | os.PathLike) -> None:
+    """Remember a file as an input (called by the readers with the open descriptor)."""
+    try:
+        info = os.fstat(fd_or_path) if isinstance(fd_or_path, int) else os.stat(fd_or_path)
+    except OSError:
+        return
+    _inputs.add((info.st_dev, info.st_ino))
+
+
+def _is_input(target: Path) -> bool:
+    try:
+        info = target.stat()
+    except OSError:
+        return False
+    return (info.st_dev, info.st_ino) in _inputs
+
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Write to a temporary file next to ``path`` and rename it into place only on success."""
+    """Write to a temporary file next to ``path`` and rename it into place only on success. A path that
+    names a file read as an input, or a directory, is refused before anything is written."""
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise InputFileError("output directory does not exist", Location(str(path)))
+    if target.is_dir():
+        raise InputFileError("output is a directory, expected a file name", Location(str(path)))
+    if _is_input(target):
+        raise InputFileError("refusing to overwrite an input file with the output", Location(str(path)))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, mode) as f:

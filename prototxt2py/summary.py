@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .ir import Graph
+if TYPE_CHECKING:  # the IR imports torch: not needed to refuse a bad file before building one
+    from .ir import Graph
 
 
 def _fmt_shape(shape: tuple[int, ...] | None) -> str:

@@ -28,7 +28,7 @@ _TOKEN_RE = re.compile(
     (?P<ws>[ \t\r\f\v]+)
   | (?P<nl>\n)
   | (?P<comment>\#[^\n]*)
-  | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+  | (?P<string>"[^"\\\n]*(?:\\.[^"\\\n]*)*"|'[^'\\\n]*(?:\\.[^'\\\n]*)*')
   | (?P<number>[-+]?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[fF]?)(?![\w.]))
   | (?P<ident>-?[A-Za-z_][\w.]*)
   | (?P<punct>[{}<>:\[\],;])
@@ -50,6 +50,15 @@ _INT_RANGES = {
     FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
 }
 _FLOAT_TYPES = {FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE}
+#: How deep messages may nest (protobuf's own parsers stop at 100 as well): deeper input is hostile, and
+#: the recursive descent below would otherwise end in a RecursionError.
+MAX_DEPTH = 100
+#: Fields whose values Caffe keeps in a narrower type than the schema says: blob dims are ``int`` in
+#: ``Blob::Reshape``, so a dim beyond int32 would wrap in Caffe and overflow exporters here.
+_NARROWED = {"caffe.BlobShape.dim": (-(2**31), 2**31 - 1)}
+#: Float fields where an infinite value means something (an open interval); everywhere else an infinite
+#: or NaN parameter makes Caffe compute garbage (PriorBox ``min_size: inf``), so it is refused where written.
+_INFINITY_OK = frozenset({"caffe.ClipParameter.min", "caffe.ClipParameter.max", "caffe.ThresholdParameter.threshold"})
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "a": "\a", "b": "\b", "f": "\f",
             "v": "\v", "?": "?"}
 
@@ -137,6 +146,7 @@ class _Parser:
         self._ahead: Token = next(self._source)
         self.last: Token = self._ahead
         self.info = SourceInfo(file)
+        self.depth = 0
 
     # -- token helpers -------------------------------------------------------------------------------
     def peek(self) -> Token:
@@ -158,7 +168,7 @@ class _Parser:
     def expect(self, text: str) -> Token:
         tok = self.next()
         if tok.text != text or tok.kind not in ("punct",):
-            got = "end of file" if tok.kind == "eof" else repr(tok.text)
+            got = "end of file" if tok.kind == "eof" else repr(_short(tok.text))
             raise self.error(tok, f"expected '{text}', got {got}")
         return tok
 
@@ -185,7 +195,7 @@ class _Parser:
             if tok.kind == "eof":
                 raise self.error(tok, f"unexpected end of file: '{close}' missing to close {desc.full_name}")
             if tok.kind != "ident":
-                raise self.error(tok, f"expected a field name of {desc.full_name}, got {tok.text!r}")
+                raise self.error(tok, f"expected a field name of {desc.full_name}, got {_short(tok.text)!r}")
             self.next()
             name = tok.text
             fd = fields_by_name.get(name)
@@ -218,7 +228,7 @@ class _Parser:
             return
         colon = self.next()
         if colon.kind != "punct" or colon.text != ":":
-            raise self.error(colon, f"expected ':' after field '{name}', got {colon.text!r}")
+            raise self.error(colon, f"expected ':' after field '{name}', got {_short(colon.text)!r}")
         if repeated and self.accept("["):
             container = getattr(msg, name)
             if not self.accept("]"):
@@ -237,7 +247,7 @@ class _Parser:
     def parse_submessage(self, msg: Message, fd: FieldDescriptor, path: Path, counts: dict) -> None:
         open_tok = self.next()
         if open_tok.kind != "punct" or open_tok.text not in ("{", "<"):
-            raise self.error(open_tok, f"expected '{{' to open field '{fd.name}', got {open_tok.text!r}")
+            raise self.error(open_tok, f"expected '{{' to open field '{fd.name}', got {_short(open_tok.text)!r}")
         close = "}" if open_tok.text == "{" else ">"
         if _is_repeated(fd):
             index = counts.get(fd.name, 0)
@@ -249,7 +259,11 @@ class _Parser:
             sub.SetInParent()
             sub_path = path + (fd.name,)
         self.info.locations[sub_path] = self.loc(open_tok)
+        if self.depth >= MAX_DEPTH:
+            raise self.error(open_tok, f"messages nested more than {MAX_DEPTH} deep")
+        self.depth += 1
         self.parse_fields(sub, sub_path, close)
+        self.depth -= 1
 
     # -- scalars -------------------------------------------------------------------------------------
     def parse_scalar(self, fd: FieldDescriptor):
@@ -257,7 +271,7 @@ class _Parser:
         t = fd.type
         if t == FieldDescriptor.TYPE_STRING or t == FieldDescriptor.TYPE_BYTES:
             if tok.kind != "string":
-                raise self.error(tok, f"expected a string for field '{fd.name}', got {tok.text!r}")
+                raise self.error(tok, f"expected a string for field '{fd.name}', got {_short(tok.text)!r}")
             parts = [self.unquote(tok)]
             while self.peek().kind == "string":
                 parts.append(self.unquote(self.next()))
@@ -271,7 +285,7 @@ class _Parser:
         if t == FieldDescriptor.TYPE_BOOL:
             if tok.text in _BOOL_WORDS and tok.kind in ("ident", "number"):
                 return _BOOL_WORDS[tok.text]
-            raise self.error(tok, f"expected true or false for field '{fd.name}', got {tok.text!r}")
+            raise self.error(tok, f"expected true or false for field '{fd.name}', got {_short(tok.text)!r}")
         if t == FieldDescriptor.TYPE_ENUM:
             enum = fd.enum_type
             if tok.kind == "ident":
@@ -284,30 +298,42 @@ class _Parser:
                 if number not in enum.values_by_number:
                     raise self.error(tok, f"unknown value {number} for enum {enum.full_name} (field '{fd.name}')")
                 return number
-            raise self.error(tok, f"expected an enum value for field '{fd.name}', got {tok.text!r}")
+            raise self.error(tok, f"expected an enum value for field '{fd.name}', got {_short(tok.text)!r}")
         if t in _FLOAT_TYPES:
-            if tok.kind == "number":
-                text = tok.text.rstrip("fF") if not tok.text.lower().startswith(("0x", "-0x", "+0x")) else tok.text
-                if text.lower().lstrip("+-").startswith("0x"):
-                    return float(int(text, 16))
-                return float(text)
-            if tok.kind == "ident":
-                word = tok.text.lower().lstrip("-")
-                sign = -1.0 if tok.text.startswith("-") else 1.0
-                if word in ("inf", "infinity", "inff", "infinityf"):
-                    return sign * math.inf
-                if word in ("nan", "nanf"):
-                    return math.nan
-            raise self.error(tok, f"expected a number for field '{fd.name}', got {tok.text!r}")
+            value = self.to_float(tok, fd)
+            if not math.isfinite(value) and (math.isnan(value) or fd.full_name not in _INFINITY_OK):
+                raise self.error(tok, f"field '{fd.name}' is {tok.text!r}, not a finite number (Caffe would "
+                                      "compute with it and produce garbage)")
+            return value
         if t in _INT_RANGES:
             if tok.kind != "number":
-                raise self.error(tok, f"expected an integer for field '{fd.name}', got {tok.text!r}")
+                raise self.error(tok, f"expected an integer for field '{fd.name}', got {_short(tok.text)!r}")
             value = self.to_int(tok, fd)
-            lo, hi = _INT_RANGES[t]
+            narrowed = _narrowed(fd)
+            lo, hi = narrowed or _INT_RANGES[t]
             if not lo <= value <= hi:
-                raise self.error(tok, f"integer {value} out of range for field '{fd.name}'")
+                why = " (Caffe holds it in a 32-bit int)" if narrowed else ""
+                raise self.error(tok, f"integer {_short(value)} out of range for field '{fd.name}'{why}")
             return value
         raise self.error(tok, f"unsupported field type for '{fd.name}'")  # pragma: no cover
+
+    def to_float(self, tok: Token, fd: FieldDescriptor) -> float:
+        if tok.kind == "number":
+            text = tok.text
+            try:
+                if text.lower().lstrip("+-").startswith("0x"):
+                    return float(int(text, 16))
+                return float(text.rstrip("fF"))
+            except (ValueError, OverflowError):
+                raise self.error(tok, f"number {_short(text)} does not fit field '{fd.name}'") from None
+        if tok.kind == "ident":
+            word = tok.text.lower().lstrip("-")
+            sign = -1.0 if tok.text.startswith("-") else 1.0
+            if word in ("inf", "infinity", "inff", "infinityf"):
+                return sign * math.inf
+            if word in ("nan", "nanf"):
+                return math.nan
+        raise self.error(tok, f"expected a number for field '{fd.name}', got {_short(tok.text)!r}")
 
     def to_int(self, tok: Token, fd: FieldDescriptor) -> int:
         text = tok.text
@@ -345,6 +371,8 @@ class _Parser:
                 j = i + 1
                 while j < len(body) and j < i + 3 and body[j] in "0123456789abcdefABCDEF":
                     j += 1
+                if j == i + 1:
+                    raise self.error(tok, f"escape '\\{e}' without hex digits in string")
                 out.append(int(body[i + 1 : j], 16))
                 i = j
             else:
@@ -374,10 +402,10 @@ class _Parser:
                     depth -= 1
         else:
             if not colon:
-                raise self.error(tok, f"expected ':' or '{{' after field '{name_tok.text}', got {tok.text!r}")
+                raise self.error(tok, f"expected ':' or '{{' after field '{name_tok.text}', got {_short(tok.text)!r}")
             t = self.next()
             if t.kind not in ("string", "number", "ident"):
-                raise self.error(t, f"expected a value for field '{name_tok.text}', got {t.text!r}")
+                raise self.error(t, f"expected a value for field '{name_tok.text}', got {_short(t.text)!r}")
             while t.kind == "string" and self.peek().kind == "string":
                 t = self.next()
         end_tok = self.last
@@ -398,6 +426,24 @@ class _Parser:
                     if t.text != stack[-1]:
                         raise self.error(t, f"expected '{stack[-1]}', got '{t.text}'")
                     stack.pop()
+
+
+_narrowed_cache: dict[FieldDescriptor, tuple[int, int] | None] = {}
+
+
+def _narrowed(fd: FieldDescriptor) -> tuple[int, int] | None:
+    """``_NARROWED`` by descriptor (``fd.full_name`` costs microseconds; this runs for every integer)."""
+    try:
+        return _narrowed_cache[fd]
+    except KeyError:
+        _narrowed_cache[fd] = _NARROWED.get(fd.full_name)
+        return _narrowed_cache[fd]
+
+
+def _short(text: object, limit: int = 40) -> str:
+    """A value quoted in an error, cut to ``limit`` characters (a 10 000-digit number is one line too)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def parse(text: str, message: Message, file: str = "<string>", strict: bool = False) -> SourceInfo:

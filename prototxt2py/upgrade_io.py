@@ -10,23 +10,19 @@ from . import textformat, upgrade
 from .errors import Location, ParseError
 from .fsutil import write_bytes_atomic, write_text_atomic
 from .proto import caffe_pb2
-from .reader import decode_text, looks_binary, read_bytes, text_kind
+from .reader import decode_text, looks_binary, parse_binary_net, read_binary_message, read_bytes, read_head, text_kind
 
 
 def upgrade_file(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[str, upgrade.UpgradeReport]:
     """Detect what ``src`` holds from its content, upgrade it, write ``dst``. Returns (kind, report)."""
     file = str(src)
-    data = read_bytes(src)
-    if looks_binary(data):
-        net = caffe_pb2.NetParameter()
-        try:
-            net.ParseFromString(data)
-        except Exception:
-            raise ParseError("not a valid binary NetParameter (truncated or corrupt?)", Location(file)) from None
+    head, _size = read_head(src)
+    if looks_binary(head):
+        net = parse_binary_net(read_binary_message(src, caffe_pb2.NetParameter.DESCRIPTOR), file)
         report = upgrade.upgrade_net(net, file=file)
         write_bytes_atomic(dst, net.SerializeToString())
         return "binary net", report
-    text = decode_text(data, file)
+    text = decode_text(read_bytes(src, kind="text"), file)
     kind = text_kind(text, file)
     if kind == "solver":
         solver = caffe_pb2.SolverParameter()

@@ -25,12 +25,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import Location, WeightsError
+from . import limits
+from .errors import Location, Prototxt2pyError, WeightsError
+from .fsutil import note_input
 
 # Field numbers (caffe.proto): NetParameter.layer = 100 (V2), .layers = 2 (V1); LayerParameter name 1,
 # blobs 7; V1LayerParameter name 4, blobs 6, V0 wrapper 1; V0LayerParameter name 1, blobs 50;
 # BlobProto num..width 1-4, data 5, shape 7, double_data 8; BlobShape dim 1.
-_LEN, _VARINT, _I64, _I32 = 2, 0, 1, 5
+from .wire import _I32, _I64, _LEN, _VARINT, _Corrupt, _fields, _NonCanonical, _packed_varints, _signed32, _signed64
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported where tensors are made (the reading part is torch-free)
     import torch
@@ -72,93 +74,33 @@ class LoadReport:
         return out
 
 
-class _Corrupt(Exception):
-    pass
-
-
-def _varint(buf, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise _Corrupt("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf, pos: int, end: int):
-    """Yield (field number, wire type, value or (start, end) for LEN fields). Keys and most lengths are
-    one-byte varints: that case is decoded inline (the walk is per field, in Python)."""
-    while pos < end:
-        key = buf[pos]
-        if key < 0x80:
-            pos += 1
-        else:
-            key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if wire == _VARINT:
-            value, pos = _varint(buf, pos, end)
-            yield number, wire, value
-        elif wire == _LEN:
-            n = buf[pos] if pos < end else 0x80
-            if n < 0x80:
-                pos += 1
-            else:
-                n, pos = _varint(buf, pos, end)
-            if pos + n > end:
-                raise _Corrupt("length runs past the end of its message")
-            yield number, wire, (pos, pos + n)
-            pos += n
-        elif wire == _I32:
-            if pos + 4 > end:
-                raise _Corrupt("truncated fixed32")
-            yield number, wire, (pos, pos + 4)
-            pos += 4
-        elif wire == _I64:
-            if pos + 8 > end:
-                raise _Corrupt("truncated fixed64")
-            yield number, wire, (pos, pos + 8)
-            pos += 8
-        else:
-            raise _Corrupt(f"unsupported wire type {wire}")
-
-
-def _packed_varints(buf, start: int, end: int) -> list[int]:
-    out = []
-    while start < end:
-        v, start = _varint(buf, start, end)
-        out.append(v)
-    return out
-
-
 def _blob_ref(buf, start: int, end: int) -> BlobRef:
     dims: list[int] = []
     legacy = [0, 0, 0, 0]
     has_legacy = has_shape = False
     data = None
-    unpacked: list[float] = []
     for number, wire, value in _fields(buf, start, end):
         if number in (1, 2, 3, 4) and wire == _VARINT:
-            legacy[number - 1] = value
+            legacy[number - 1] = _signed32(value)
             has_legacy = True
         elif number == 7 and wire == _LEN:
             has_shape = True
             for n2, w2, v2 in _fields(buf, *value):
                 if n2 == 1 and w2 == _LEN:
+                    if v2[1] - v2[0] > 10 * MAX_BLOB_AXES:
+                        raise _Corrupt(f"a blob shape with more than {MAX_BLOB_AXES} axes")
                     dims += _packed_varints(buf, *v2)
                 elif n2 == 1 and w2 == _VARINT:
-                    dims.append(v2)
+                    dims.append(_signed64(v2))
+                if len(dims) > MAX_BLOB_AXES:
+                    raise _Corrupt(f"a blob shape with more than {MAX_BLOB_AXES} axes")
         elif number == 5 and wire == _LEN:
             data = ("<f4", value)
         elif number == 8 and wire == _LEN and data is None:
             data = ("<f8", value)
-        elif number == 5 and wire == _I32:  # unpacked floats (non-canonical, but legal)
-            unpacked.append(value)
-    if unpacked:
-        raise _Corrupt("unpacked float data")  # handled by the protobuf fallback
+        elif (number == 5 and wire == _I32) or (number == 8 and wire == _I64):
+            # unpacked floats/doubles (non-canonical, but legal): handled by the protobuf fallback, at once
+            raise _NonCanonical("unpacked float data")
     if has_shape:
         shape = tuple(dims)
     elif has_legacy:
@@ -178,9 +120,18 @@ def _blob_ref(buf, start: int, end: int) -> BlobRef:
     return BlobRef(tuple(int(d) for d in shape), has_legacy and not has_shape, dtype, offset, count)
 
 
+#: Bounds of the framing walk (pure Python, per field): far beyond any real net, they keep a hostile file
+#: of millions of tiny fields from taking minutes. Caffe allows at most 32 axes per blob (kMaxBlobAxes).
+MAX_LAYERS = 1_000_000
+MAX_FIELDS_PER_LAYER = 1_000_000
+MAX_BLOB_AXES = 32
+
+
 def _layer(buf, start: int, end: int, name_field: int, blobs_field: int) -> tuple[str, list[BlobRef]]:
     name, blobs = "", []
-    for number, wire, value in _fields(buf, start, end):
+    for count, (number, wire, value) in enumerate(_fields(buf, start, end)):
+        if count >= MAX_FIELDS_PER_LAYER:
+            raise _Corrupt(f"a layer with more than {MAX_FIELDS_PER_LAYER:,} fields")
         if number == name_field and wire == _LEN:
             name = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
         elif number == blobs_field and wire == _LEN:
@@ -198,12 +149,14 @@ def scan_caffemodel(buf) -> dict[str, list[BlobRef]]:
         if wire != _LEN or number not in (2, 100):
             continue
         layers += 1
+        if layers > MAX_LAYERS:
+            raise _Corrupt(f"more than {MAX_LAYERS:,} layers")
         name, blobs = _layer(buf, *value, name_field=1 if number == 100 else 4,
                              blobs_field=7 if number == 100 else 6)
         if blobs and name not in out:
             out[name] = blobs
-    if layers == 0:
-        raise _Corrupt("no layers")
+    if layers == 0:  # valid (Caffe copies nothing) if protobuf agrees it is a NetParameter at all
+        raise _NonCanonical("no layers")
     return out
 
 
@@ -215,6 +168,7 @@ def _open_refs(path: str | os.PathLike) -> tuple[int, mmap.mmap | None, dict[str
         raise WeightsError("no such file", Location(file)) from None
     except OSError as e:
         raise WeightsError(f"cannot open: {e.strerror}", Location(file)) from None
+    note_input(fd)
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
@@ -227,21 +181,34 @@ def _open_refs(path: str | os.PathLike) -> tuple[int, mmap.mmap | None, dict[str
         _refuse_text(mm, file)
         try:
             refs = scan_caffemodel(mm)
-        except _Corrupt as e:
+        except _NonCanonical as e:
             refs = _protobuf_refs(mm, file, str(e))
+        except _Corrupt as e:  # never handed to protobuf: a corrupt 1 GB file must not be copied and decoded
+            raise WeightsError(f"not a valid .caffemodel (truncated or corrupt: {e})", Location(file)) from None
     except WeightsError:
         mm.close()
         os.close(fd)
         raise
-    for name, blobs in refs.items():
-        for i, b in enumerate(blobs):
-            expected = math.prod(b.shape)
-            if b.count != expected:
-                mm.close()
-                os.close(fd)
-                raise WeightsError(f"blob {i} declares shape {b.shape} but holds {b.count} values", Location(file),
-                                   layer=name)
+    try:
+        for name, blobs in refs.items():
+            for i, b in enumerate(blobs):
+                if any(d < 0 for d in b.shape):
+                    raise WeightsError(f"blob {i} has a negative dimension in shape {_short_shape(b.shape)}",
+                                       Location(file), layer=name)
+                expected = math.prod(b.shape)
+                if b.count != expected:
+                    raise WeightsError(f"blob {i} declares shape {_short_shape(b.shape)} but holds {b.count} values",
+                                       Location(file), layer=name)
+                limits.check_shape(b.shape, f"blob {i}", layer=name, location=Location(file))
+    except Prototxt2pyError:
+        mm.close()
+        os.close(fd)
+        raise
     return fd, mm, refs
+
+
+def _short_shape(shape: tuple[int, ...]) -> str:
+    return str(shape) if len(shape) <= 8 else f"({', '.join(map(str, shape[:8]))}, ... {len(shape)} axes)"
 
 
 def _refuse_text(buf, file: str) -> None:
@@ -271,7 +238,8 @@ def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
     out: dict[str, list[BlobRef]] = {}
     for entries in (net.layer, net.layers):
         for layer in entries:
-            if layer.name in out or not len(layer.blobs):
+            name = layer.name if isinstance(layer.name, str) else layer.name.decode("utf-8", "replace")  # proto2
+            if name in out or not len(layer.blobs):
                 continue
             refs = []
             for b in layer.blobs:
@@ -279,7 +247,7 @@ def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
                 shape = (b.num, b.channels, b.height, b.width) if legacy else tuple(b.shape.dim)
                 values = np.asarray(b.data if len(b.data) else b.double_data, dtype=np.float32)
                 refs.append(_InlineRef(tuple(int(d) for d in shape), legacy, "<f4", 0, values.size, values))
-            out[layer.name] = refs
+            out[name] = refs
     return out  # no layers at all is valid (Caffe copies nothing); load_weights says if the net needed some
 
 

@@ -13,6 +13,7 @@ parameter counts from the IR), ``no_blobs`` (layer-to-layer edges, for huge nets
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,21 +50,46 @@ class Diagram:
     def to_digraph(self) -> Any:
         import graphviz
 
-        g = graphviz.Digraph(self.name, graph_attr={"rankdir": self.rankdir})
-        # DOT ids are short and safe ("a:b" would read as a port); the text goes in the label.
+        g = graphviz.Digraph(graphviz.nohtml(dot_text(self.name)), graph_attr={"rankdir": self.rankdir})
+        # DOT ids are short and safe ("a:b" would read as a port); the text goes in the label, never read as
+        # HTML (nohtml: a name "<b>x</b>" is text).
         ids = {node.id: f"n{i}" for i, node in enumerate(self.nodes.values())}
         for node in self.nodes.values():
             label = _record_escape(node.id) if node.attrs.get("shape") == "record" else node.id
-            g.node(ids[node.id], label=label, **node.attrs)
+            g.node(ids[node.id], label=graphviz.nohtml(label), **node.attrs)
         for src, dst, label in self.edges:
+            for end in (src, dst):
+                if end not in ids:
+                    # A layer redefined under the same name and type (different parameters) replaced its node;
+                    # Caffe's pydot graph still has edges to the old label, which Graphviz draws as a plain
+                    # node: the same here.
+                    ids[end] = f"n{len(ids)}"
+                    g.node(ids[end], label=graphviz.nohtml(end))
             if label:
-                g.edge(ids[src], ids[dst], label=label)
+                g.edge(ids[src], ids[dst], label=graphviz.nohtml(label))
             else:
                 g.edge(ids[src], ids[dst])
         return g
 
     def source(self) -> str:
         return self.to_digraph().source
+
+
+#: Names longer than this are cut in labels: Graphviz refuses strings over about 16 KB, and nobody reads
+#: a label that long.
+MAX_LABEL_NAME = 1000
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def dot_text(name: str) -> str:
+    """A name from the model as literal label text: backslashes doubled (a trailing one would escape the
+    closing quote; ``\\n`` would become a line break), control characters shown as ``\\xNN``, and
+    overlong names cut. Quotes are escaped by the graphviz package's quoting (which leaves a quote preceded
+    by an even number of backslashes to it)."""
+    if len(name) > MAX_LABEL_NAME:
+        name = f"{name[:MAX_LABEL_NAME]}... ({len(name)} characters)"
+    name = name.replace("\\", "\\\\")
+    return _CONTROL.sub(lambda m: f"\\\\x{ord(m.group()):02x}", name)
 
 
 def _record_escape(text: str) -> str:
@@ -85,8 +111,9 @@ def _lr_mults(layer: Any) -> tuple[float, float]:
 
 def layer_label(layer: Any, rankdir: str, display_lrm: bool = False, extra: list[str] | None = None) -> str:
     sep = " " if rankdir in ("TB", "BT") else "\\n"
-    parts = [layer.name]
-    parts.append(f"({layer.type} {_pool_name(layer)})" if layer.type == "Pooling" else f"({layer.type})")
+    parts = [dot_text(layer.name)]
+    kind = dot_text(layer.type)
+    parts.append(f"({kind} {_pool_name(layer)})" if layer.type == "Pooling" else f"({kind})")
     if layer.type in ("Convolution", "Deconvolution", "Pooling"):
         if layer.type == "Pooling":
             p = layer.pooling_param
@@ -180,8 +207,8 @@ def build_diagram(
 
 def _blob_id(blob: str, shapes: dict[str, Any] | None, sep: str) -> str:
     if shapes and shapes.get(blob) is not None:
-        return f"{blob}{sep}({', '.join(str(x) for x in shapes[blob])})"
-    return blob
+        return f"{dot_text(blob)}{sep}({', '.join(str(x) for x in shapes[blob])})"
+    return dot_text(blob)
 
 
 def render(diagram: Diagram, output: str | os.PathLike) -> None:

@@ -1,0 +1,116 @@
+"""Seed corpora for the fuzz targets from ``../shared/corpus`` (written to a work folder, never committed).
+
+Text targets get every text net under 64 KB; the binary target gets the small ``.caffemodel``/``.binaryproto``
+files and each text net serialised as a binary NetParameter (small, and every field kind of real nets).
+Also writes ``caffe.dict``, a libFuzzer dictionary of field names, enum values and layer types.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def main(out: Path) -> None:
+    from google.protobuf.descriptor import FieldDescriptor
+
+    from prototxt2py.errors import Prototxt2pyError
+    from prototxt2py.proto import caffe_pb2
+    from prototxt2py.reader import read_net_text
+
+    text_dir, bin_dir = out / "seeds-text", out / "seeds-binary"
+    text_dir.mkdir(parents=True, exist_ok=True)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    rows = list(csv.DictReader((CORPUS / "MANIFEST.tsv").open(), delimiter="\t"))
+    for row in rows:
+        path = CORPUS / row["file"]
+        if row["format"] not in ("V0", "V1", "V2") or not path.is_file() or path.stat().st_size > 65536:
+            continue
+        data = path.read_bytes()
+        digest = hashlib.sha1(data).hexdigest()[:16]
+        (text_dir / digest).write_bytes(data)
+        try:
+            net = read_net_text(data.decode("utf-8", "replace"), str(path)).net
+        except Prototxt2pyError:
+            continue
+        (bin_dir / digest).write_bytes(net.SerializeToString())
+    small_dir = out / "seeds-small"
+    small_dir.mkdir(parents=True, exist_ok=True)
+    for text in small_nets(rows):
+        (small_dir / hashlib.sha1(text.encode()).hexdigest()[:16]).write_text(text)
+    for path in list(CORPUS.rglob("*.caffemodel")) + list(CORPUS.rglob("*.binaryproto")):
+        if path.stat().st_size <= 400_000:
+            (bin_dir / hashlib.sha1(path.read_bytes()).hexdigest()[:16]).write_bytes(path.read_bytes())
+
+    words: set[str] = set()
+
+    def visit(desc, seen: set) -> None:
+        if desc.full_name in seen:
+            return
+        seen.add(desc.full_name)
+        for fd in desc.fields:
+            words.add(fd.name)
+            if fd.type == FieldDescriptor.TYPE_ENUM:
+                words.update(v.name for v in fd.enum_type.values)
+            if fd.message_type is not None:
+                visit(fd.message_type, seen)
+
+    visit(caffe_pb2.NetParameter.DESCRIPTOR, set())
+    from prototxt2py.ir import registered_types
+
+    words.update(registered_types())
+    lines = [f'"{w}"' for w in sorted(words)] + ['"{"', '"}"', '":"', '"\\""', '"inf"', '"nan"', '"-1"',
+                                                  '"2147483648"', '"\\\\x"', '"\\\\"']
+    (out / "caffe.dict").write_text("\n".join(lines) + "\n")
+    counts = [len(list(d.iterdir())) for d in (small_dir, text_dir, bin_dir)]
+    print(f"{counts[0]} small nets, {counts[1]} text seeds, {counts[2]} binary seeds, {len(words)} dictionary words")
+
+
+def small_nets(rows: list[dict]) -> list[str]:
+    """One tiny net per distinct layer definition of the corpus: Input blobs (1, 4, 8, 8) named as its bottoms,
+    then the layer. Fast to build, export and run, so the slow targets (onnx, run) get many executions."""
+    from google.protobuf import text_format
+
+    from prototxt2py.errors import Prototxt2pyError
+    from prototxt2py.reader import read_net_text
+
+    seen: set[str] = set()
+    per_type: dict[str, int] = {}
+    out = []
+    for row in rows:
+        path = CORPUS / row["file"]
+        if row["format"] not in ("V0", "V1", "V2") or not path.is_file():
+            continue
+        try:
+            net = read_net_text(path.read_text(errors="replace"), str(path)).net
+        except Prototxt2pyError:
+            continue
+        for layer in net.layer:
+            if not len(layer.bottom) or layer.type in ("Python",):
+                continue
+            del layer.blobs[:]
+            body = text_format.MessageToString(layer, as_one_line=True)
+            bare = type(layer)()
+            bare.CopyFrom(layer)
+            bare.ClearField("name")
+            del bare.bottom[:], bare.top[:]
+            key = text_format.MessageToString(bare, as_one_line=True)
+            if key in seen or per_type.get(layer.type, 0) >= 6:
+                continue
+            seen.add(key)
+            per_type[layer.type] = per_type.get(layer.type, 0) + 1
+            inputs = "".join(
+                f'layer {{ name: "in{i}" type: "Input" top: "{b}" input_param {{ shape {{ dim: 1 dim: 4 dim: 8 '
+                f'dim: 8 }} }} }}\n' for i, b in enumerate(dict.fromkeys(layer.bottom)))
+            out.append(f'name: "small"\n{inputs}layer {{ {body} }}\n')
+    return out
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

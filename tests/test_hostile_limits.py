@@ -1,0 +1,142 @@
+"""Resource guards (prototxt2py.limits): each refuses before allocating, names what to raise, and can be raised."""
+
+from __future__ import annotations
+
+import pytest
+
+from prototxt2py import limits
+from prototxt2py.errors import Location, Prototxt2pyError, ResourceLimitError
+
+
+@pytest.fixture(autouse=True)
+def fresh_limits(monkeypatch: pytest.MonkeyPatch):
+    for env, _ in limits._SPEC.values():
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setattr(limits, "_current", None)
+    yield
+    monkeypatch.setattr(limits, "_current", None)
+
+
+def test_defaults_follow_caffe() -> None:
+    lim = limits.current()
+    assert lim.max_blob_elements == 2**31 - 1  # Blob::Reshape: "blob size exceeds INT_MAX"
+    assert lim.max_text_bytes == 16 << 20 and lim.max_binary_bytes == 2**31 - 1
+
+
+def test_blob_elements() -> None:
+    assert limits.check_shape((10, 3, 224, 224), "top 'data'") == 10 * 3 * 224 * 224
+    assert limits.check_shape((0, 2**31 - 1), "top 'x'") == 0
+    with pytest.raises(ResourceLimitError) as e:
+        limits.check_shape((1, 1_000_000, 1_000_000), "top 'tiled'", layer="tile",
+                           location=Location("n.prototxt", 3, 1))
+    msg = str(e.value)
+    assert msg.startswith("n.prototxt:3:1: layer 'tile': top 'tiled': shape (1, 1000000, 1000000) has ")
+    assert "1,000,000,000,000 elements" in msg and "PROTOTXT2PY_MAX_BLOB_ELEMENTS" in msg
+
+
+@pytest.mark.parametrize(("shape", "why"), [
+    ((1, 2**31), "beyond Caffe's 32-bit int dims"),
+    ((1, -3), "negative (-3)"),
+    ((1, 2.5), "not an integer"),
+    ((1, float("inf")), "not an integer"),
+    ((1, float("nan")), "not an integer"),
+])
+def test_dims(shape: tuple, why: str) -> None:
+    with pytest.raises(ResourceLimitError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        limits.check_shape(shape, "top 'y'")
+
+
+def test_many_axes_message_is_short() -> None:
+    with pytest.raises(ResourceLimitError) as e:
+        limits.check_shape((2,) * 1000, "top 'y'")
+    assert len(str(e.value)) < 300 and "... 1000 axes" in str(e.value)
+
+
+def test_env_raises_and_disables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROTOTXT2PY_MAX_BLOB_ELEMENTS", "1e13")
+    monkeypatch.setattr(limits, "_current", None)
+    assert limits.check_shape((1, 1_000_000, 1_000_000), "t") == 10**12
+    monkeypatch.setenv("PROTOTXT2PY_MAX_BLOB_ELEMENTS", "none")
+    monkeypatch.setattr(limits, "_current", None)
+    assert limits.current().max_blob_elements is None
+    with pytest.raises(ResourceLimitError, match="dim 1 = 2147483648"):  # the int32 dims are Caffe's, always
+        limits.check_shape((1, 2**31), "t")
+    monkeypatch.setenv("PROTOTXT2PY_MAX_BLOB_ELEMENTS", "lots")
+    monkeypatch.setattr(limits, "_current", None)
+    with pytest.raises(ResourceLimitError, match="PROTOTXT2PY_MAX_BLOB_ELEMENTS='lots' is not a number"):
+        limits.current()
+
+
+def test_override_and_configure() -> None:
+    with limits.override(max_blob_elements=10):
+        with pytest.raises(ResourceLimitError):
+            limits.check_shape((11,), "t")
+    assert limits.check_shape((11,), "t") == 11
+    limits.configure(max_blob_elements=5)
+    with pytest.raises(ResourceLimitError):
+        limits.check_shape((6,), "t")
+
+
+def test_param_bytes() -> None:
+    limits.check_param_bytes(61_000_000)  # AlexNet
+    with pytest.raises(ResourceLimitError, match="parameters need 20.0 GiB .* over the 16.0 GiB limit"):
+        limits.check_param_bytes(5 << 30)
+    with limits.override(max_param_bytes=None):
+        limits.check_param_bytes(5 << 30)
+
+
+def test_temporaries() -> None:
+    limits.check_temporary((64, 3 * 11 * 11, 55 * 55), "Im2col columns")
+    with pytest.raises(ResourceLimitError, match="layer 'pool': Im2col columns would need .* PROTOTXT2PY_MAX_TEMP"):
+        limits.check_temporary((1, 3 * 4000 * 4000, 4000 * 4000), "Im2col columns", layer="pool")
+    with pytest.raises(ResourceLimitError):
+        limits.check_temporary(3 << 30, "Tile output")  # 12 GiB of float32
+
+
+def test_file_size() -> None:
+    limits.check_file_size(1 << 20, "text")
+    with pytest.raises(ResourceLimitError, match="text file of 200.0 MiB is over the 16.0 MiB limit"):
+        limits.check_file_size(200 << 20, "text", Location("big.prototxt"))
+    with pytest.raises(ResourceLimitError, match="binary file of 3.0 GiB"):
+        limits.check_file_size(3 << 30, "binary")
+
+
+class _Value:
+    def __init__(self, blob: str, shape):
+        self.blob, self.shape = blob, shape
+
+
+class _Node:
+    def __init__(self, name, tops, outputs, param_shapes):
+        self.name, self.tops, self.outputs, self.param_shapes = name, tops, outputs, param_shapes
+        self.location = Location("n.prototxt", 7, 1)
+
+
+class _Graph:
+    def __init__(self, nodes, values):
+        self.nodes, self.values = nodes, values
+
+
+def test_check_graph_names_the_layer() -> None:
+    values = {0: _Value("data", (1, 3, 8, 8)), 1: _Value("t", (1, 3, 10**6, 10**6))}
+    g = _Graph([_Node("data", ["data"], [0], []), _Node("tile", ["t"], [1], [])], values)
+    with pytest.raises(ResourceLimitError, match=r"^n.prototxt:7:1: layer 'tile': top 't'"):
+        limits.check_graph(g)
+    values[1].shape = None  # unknown shapes are skipped
+    limits.check_graph(g)
+    big = _Graph([_Node("fc", ["y"], [], [(2**29, 2), (2**29, 2)])], {})
+    with pytest.raises(ResourceLimitError, match="parameters need 8.0 GiB"):
+        with limits.override(max_param_bytes=4 << 30):
+            limits.check_graph(big)
+
+
+def test_check_graph_on_a_real_graph() -> None:
+    import prototxt2py
+    from prototxt2py.reader import read_net_text
+
+    text = ('layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }\n'
+            'layer { name: "t" type: "Tile" bottom: "d" top: "t" tile_param { axis: 1 tiles: 2000000000 } }\n')
+    g = prototxt2py.graph(read_net_text(text, "tile.prototxt"))
+    with pytest.raises(ResourceLimitError, match="tile.prototxt:2:7: layer 't': top 't': dim 1 = 6000000000 is beyond"):
+        limits.check_graph(g)
+    assert issubclass(ResourceLimitError, Prototxt2pyError)
