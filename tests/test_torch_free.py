@@ -28,7 +28,7 @@ TRAIN_VAL = "BVLC__caffe/models/bvlc_alexnet/train_val.prototxt"
 DATA = "data=10,3,227,227"
 
 #: Families whose modules still import torch (to be emptied as the conversions land).
-UNCONVERTED = {"elementwise", "forks", "losses", "normalization", "pooling", "recurrent", "structure"}
+UNCONVERTED = set()
 
 #: command id -> CLI arguments ({out} is a fresh output folder, {corpus} the shared corpus).
 COMMANDS = {
