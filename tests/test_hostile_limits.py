@@ -136,7 +136,23 @@ def test_check_graph_on_a_real_graph() -> None:
 
     text = ('layer { name: "d" type: "Input" top: "d" input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }\n'
             'layer { name: "t" type: "Tile" bottom: "d" top: "t" tile_param { axis: 1 tiles: 2000000000 } }\n')
-    g = prototxt2py.graph(read_net_text(text, "tile.prototxt"))
+    # shape inference runs the same check, so building the graph is already refused
     with pytest.raises(ResourceLimitError, match="tile.prototxt:2:7: layer 't': top 't': dim 1 = 6000000000 is beyond"):
-        limits.check_graph(g)
+        prototxt2py.graph(read_net_text(text, "tile.prototxt"))
+    limits.check_graph(prototxt2py.graph(read_net_text(text.replace("2000000000", "2"), "tile.prototxt")))
     assert issubclass(ResourceLimitError, Prototxt2pyError)
+
+
+def test_shape_inference_refuses_a_huge_tile_before_allocating(tmp_path) -> None:
+    """The guard runs inside shape inference: `summary` of a Tile to 4e10 elements is one located line, exit 1."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    net = tmp_path / "tile.prototxt"
+    net.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1000 dim: 1000 } } }\n'
+                   'layer { name: "t" type: "Tile" bottom: "x" top: "y" tile_param { tiles: 40000 } }\n')
+    exe = Path(sys.executable).parent / "prototxt2py"
+    r = subprocess.run([str(exe), "summary", str(net)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "tile.prototxt:2:7: layer 't'" in r.stderr and "40,000,000,000 elements" in r.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from .. import limits
 from ..errors import Location, Prototxt2pyError, ShapeError
 from ..layers.base import Unknowable
 from .graph import Graph, Node, Shape, _prod
@@ -25,6 +26,7 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -> Non
                 Location(graph.file),
             )
     by_name = {n.name: n for n in graph.nodes}
+    param_elements = 0
     for node in graph.nodes:
         in_shapes = [graph.values[v].shape for v in node.inputs]
         node.in_shapes = in_shapes
@@ -46,7 +48,7 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -> Non
             continue
         except Prototxt2pyError:
             raise
-        except (ValueError, IndexError, ZeroDivisionError, TypeError) as e:
+        except (ValueError, IndexError, ZeroDivisionError, TypeError, OverflowError) as e:
             raise ShapeError(f"cannot infer shapes: {e}", node.location, layer=node.name) from None
         if len(out_shapes) != len(node.outputs):
             raise ShapeError(
@@ -59,11 +61,14 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -> Non
                 raise ShapeError(f"negative output dimension {tuple(shape)} for top '{graph.values[vid].blob}'",
                                  node.location, layer=node.name)
             graph.values[vid].shape = None if shape is None else tuple(int(d) for d in shape)
+        limits.check_node_shapes(node, out_shapes)  # Caffe's int32 dims and element counts, before any allocation
+        param_elements += limits.check_param_shapes(node, node.param_shapes)
         _check_shared_shapes(node, by_name)
         try:
             node.macs = int(node.spec.macs(node, in_shapes, [graph.values[v].shape for v in node.outputs]))
         except (ValueError, TypeError, IndexError):
             node.macs = 0
+    limits.check_param_bytes(param_elements, location=Location(graph.file))
 
 
 def _input_override(node: Node, overrides: Mapping[str, Shape]) -> list[Shape | None]:
