@@ -154,16 +154,12 @@ class GraphBlobs:
 
     def _fill(self, node: Any) -> None:
         """Fill the blobs no file provided, with their owners' fillers (Caffe fills a shared blob once, as the
-        owner's). Specs still built by ``build_torch`` have no filler list: their module is built (with torch)
-        and its blobs are taken."""
+        owner's)."""
         for key, target in self._targets(node):
             if key in self._arrays:
                 continue
             owner = self.graph.node(key[0]) if key[0] != node.name else node
             try:
-                if not owner.spec.overrides("module"):  # TRANSITIONAL: not described by a Call yet
-                    self._arrays[key] = _torch_blobs(owner)[key[1]].reshape(target)
-                    continue
                 filler = list(owner.spec.fillers(owner))[key[1]]
                 self._arrays[key] = fill_array(target, filler, self._rng)
             except Prototxt2pyError:
@@ -183,14 +179,6 @@ class GraphBlobs:
                     seen.add(id(array))
                     out[f"{node.name}.{name}"] = array
         return out
-
-
-def _torch_blobs(node: Any) -> list[np.ndarray]:
-    """Blobs of a layer whose spec builds its torch module itself (filled inside that module)."""
-    from .backends.torch_runtime import build_module
-
-    module = build_module(node)
-    return [getattr(module, n).detach().float().numpy() for n in getattr(module, "blob_names", ())]
 
 
 class NetBlobs:

@@ -60,7 +60,7 @@ def _site() -> dict | None:
 def _family(path: str) -> str | None:
     """``pooling`` for ``prototxt2py/layers/pooling.py``; None for other files and the shared layer modules."""
     rel = path.replace(os.sep, "/")
-    if not rel.startswith("prototxt2py/layers/") or rel.endswith(("/__init__.py", "/base.py", "/torch_util.py")):
+    if not rel.startswith("prototxt2py/layers/") or rel.endswith(("/__init__.py", "/base.py")):
         return None
     return rel.rsplit("/", 1)[1][:-3]
 

@@ -73,8 +73,6 @@ def build_module(node: Any) -> nn.Module:
     initialisation work), given uninitialised storage, then filled with Caffe's fillers (deferred when weights
     follow). Its blob attribute names go on the module as ``blob_names``."""
     spec = node.spec
-    if not spec.overrides("module"):
-        return spec.build_torch(node)  # TRANSITIONAL: specs not converted yet
     recipe = spec.module(node)
     with torch.device("meta"):
         module = recipe.build()

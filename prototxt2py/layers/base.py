@@ -136,9 +136,6 @@ class LayerSpec:
     #: tests/test_fusion.py): the runtime's inference plan then lets channels-last tensors flow through it
     #: instead of converting them back to NCHW first.
     layout_agnostic: ClassVar[bool] = False
-    #: TRANSITIONAL: the default ``attrs`` gives a plain value (True) or the protobuf message (False, specs not
-    #: converted yet). Removed once every family is converted.
-    plain_attrs: ClassVar[bool] = False
 
     # -- parameters ------------------------------------------------------------------------------------
     def field_name(self) -> str | None:
@@ -154,7 +151,7 @@ class LayerSpec:
         field = self.field_name()
         if not field:
             return None
-        return plain(getattr(layer, field)) if self.plain_attrs else getattr(layer, field)
+        return plain(getattr(layer, field))
 
     # -- shapes ----------------------------------------------------------------------------------------
     def infer_shapes(self, node: Node, in_shapes: Sequence[Shape]) -> list[Shape]:
@@ -182,10 +179,6 @@ class LayerSpec:
         first ``len(param_shapes)`` of :attr:`blob_names` (optional blobs such as a bias come last)."""
         return tuple(self.blob_names[: len(node.param_shapes)])
 
-    def build_torch(self, node: Node) -> torch.nn.Module:
-        """Legacy construction path for specs not yet described by :meth:`module`."""
-        raise NotImplementedError
-
     def to_onnx(self, node: Node, ctx: Any) -> None:
         raise NotImplementedError
 
@@ -205,7 +198,7 @@ class LayerSpec:
         """Whether ``backend`` handles this type (or, given ``node``, that one layer): the spec overrides the
         backend's method."""
         if backend == "torch":
-            return self.overrides("module") or self.overrides("build_torch")
+            return self.overrides("module")
         method = {"onnx": "to_onnx", "shape": "infer_shapes"}[backend]
         return self.overrides(method) or backend == "shape"
 

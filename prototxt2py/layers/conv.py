@@ -280,7 +280,6 @@ class Im2col(Convolution):
 @register
 class InnerProduct(LayerSpec):
     type = "InnerProduct"
-    plain_attrs = True
     family = "conv"
     blob_names = ("weight", "bias")
     summary = "fully connected over all axes from `axis`; weight (N, K) or (K, N) with transpose"
@@ -343,7 +342,6 @@ class InnerProduct(LayerSpec):
 @register
 class Embed(LayerSpec):
     type = "Embed"
-    plain_attrs = True
     family = "conv"
     blob_names = ("weight", "bias")
     summary = "lookup table: integer-valued input -> rows of a (input_dim, num_output) weight"

@@ -170,7 +170,6 @@ class HDF5Data(LayerSpec):
             f"give {hints}"
         )
 
-    plain_attrs = True
 
     def module(self, node):
         return call("NetInput", tuple(node.tops))
@@ -223,7 +222,6 @@ class Python(LayerSpec):
                              f"inputs of unknown shape; give {hints}")
         raise Unknowable(f"Python layer {p.module}.{p.layer} is user code; it is not run (not supported)")
 
-    plain_attrs = True
 
     def module(self, node):
         return call("NetInput", tuple(node.tops))  # only for data layers (``supports``)

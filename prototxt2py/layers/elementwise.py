@@ -37,7 +37,6 @@ class _ElementwiseSpec(LayerSpec):
     """Shared defaults of the neuron layers: one bottom, one top, same shape, plain attributes."""
 
     family = FAMILY
-    plain_attrs = True
 
 
 #: One ONNX step of an elementwise chain: op type, inputs after the running value, attributes.

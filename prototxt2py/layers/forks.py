@@ -57,7 +57,6 @@ def _permute_order(node: Node, spec: LayerSpec, ndim: int) -> tuple[int, ...]:
 class Permute(LayerSpec):
     type = "Permute"
     family = FAMILY
-    plain_attrs = True
     summary = "transpose axes (SSD): permute_param.order, unlisted axes follow in their order"
 
     def infer_shapes(self, node, in_shapes):
@@ -286,7 +285,6 @@ class MultiBoxLoss(LayerSpec):
     bottoms = (4, 4)
     is_loss = True
     family = FAMILY
-    plain_attrs = True
     summary = "SSD training loss (matching, hard negative mining): shapes only, no backend"
 
     def infer_shapes(self, node, in_shapes):
@@ -595,7 +593,6 @@ class SmoothL1Loss(LayerSpec):
     bottoms = (2, 4)
     is_loss = True
     family = FAMILY
-    plain_attrs = True
     summary = "Faster R-CNN smooth L1 (sigma), optional inside/outside weights (4 bottoms), divided by num"
 
     def infer_shapes(self, node, in_shapes):
@@ -708,7 +705,6 @@ class BN(LayerSpec):
 class ShuffleChannel(LayerSpec):
     type = "ShuffleChannel"
     family = FAMILY
-    plain_attrs = True
     summary = "ShuffleNet channel shuffle: (g, C/g) channel grid transposed (shuffle_channel_param.group)"
 
     def infer_shapes(self, node, in_shapes):

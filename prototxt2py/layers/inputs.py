@@ -21,7 +21,6 @@ class Input(LayerSpec):
             raise self.fail(node, f"input_param has {len(shapes)} shapes for {len(node.tops)} tops")
         return [tuple(int(d) for d in shapes[0 if len(shapes) == 1 else i].dim) for i in range(len(node.tops))]
 
-    plain_attrs = True
 
     def module(self, node):
         return call("NetInput", tuple(node.tops))

@@ -114,7 +114,6 @@ class _LossSpec(LayerSpec):
     bottoms = (2, 2)
     is_loss = True
     family = FAMILY
-    plain_attrs = True
 
     def check_batch(self, node: Node, in_shapes: Sequence[Shape]) -> None:
         a, b = in_shapes[0], in_shapes[1]
@@ -304,7 +303,6 @@ class Accuracy(LayerSpec):
     bottoms = (2, 2)
     tops = (1, 2)
     family = FAMILY
-    plain_attrs = True
     summary = "top-k classification accuracy over accuracy_param.axis (ignore_label; top 1 = per-class accuracy)"
 
     def attrs(self, layer: Any) -> AccuracyAttrs:

@@ -68,7 +68,6 @@ class BatchNormAttrs:
 @register
 class BatchNorm(LayerSpec):
     type = "BatchNorm"
-    plain_attrs = True
     blob_names = ("mean", "variance", "scale_factor")
     family = FAMILY
     summary = ("standardise per channel (axis 1); blobs are sums of means/variances and a scale factor, "
@@ -152,7 +151,6 @@ class _BroadcastSpec(LayerSpec):
     """Shape rules shared by Scale and Bias (one- or two-bottom form)."""
 
     bottoms = (1, 2)
-    plain_attrs = True
 
     def infer_shapes(self, node, in_shapes):
         p = node.attrs
@@ -259,7 +257,6 @@ class Bias(_BroadcastSpec):
 @register
 class Normalize(LayerSpec):
     type = "Normalize"
-    plain_attrs = True
     blob_names = ("weight",)
     family = FAMILY
     summary = ("SSD fork: L2-normalise per sample (across_spatial) or per position over channels, "

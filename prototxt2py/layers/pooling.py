@@ -360,7 +360,6 @@ def spp_plans(pool: str, pyramid_height: int, height: int, width: int) -> list[P
 class SPP(LayerSpec):
     type = "SPP"
     family = "pooling"
-    plain_attrs = True
     summary = "spatial pyramid pooling: levels of 2^i x 2^i bins (MAX/AVE), flattened and concatenated"
 
     def _plans(self, node: Any, shape: Shape) -> list[PoolPlan]:
@@ -470,7 +469,6 @@ def _legacy_4d(shape: Sequence[int]) -> Shape:
 class MVN(LayerSpec):
     type = "MVN"
     family = "pooling"
-    plain_attrs = True
     summary = "mean-variance normalisation per channel or per sample (eps added to the std); top is 4-D"
 
     def infer_shapes(self, node: Any, in_shapes: Sequence[Shape]) -> list[Shape]:

@@ -70,7 +70,6 @@ class _RecurrentSpec(LayerSpec):
     num_states = 1
     gates = 1
 
-    plain_attrs = True
 
     def attrs(self, layer: Any) -> Any:
         p = plain(layer.recurrent_param)

@@ -61,7 +61,6 @@ def _axis_or_legacy(p: Any, legacy_field: str) -> tuple[int, bool]:
 @register
 class Concat(LayerSpec):
     type = "Concat"
-    plain_attrs = True
     layout_agnostic = True
     bottoms = (1, None)
     family = FAMILY
@@ -119,7 +118,6 @@ def _slice_sizes(dim: int, points: Sequence[int], n_tops: int) -> list[int]:
 @register
 class Slice(LayerSpec):
     type = "Slice"
-    plain_attrs = True
     tops = (1, None)
     family = FAMILY
     summary = "cut bottom along axis (default 1; legacy slice_dim) at slice_point, or into equal parts"
@@ -158,7 +156,6 @@ class Slice(LayerSpec):
 @register
 class Split(LayerSpec):
     type = "Split"
-    plain_attrs = True
     layout_agnostic = True
     tops = (1, None)
     family = FAMILY
@@ -179,7 +176,6 @@ class Split(LayerSpec):
 @register
 class Silence(LayerSpec):
     type = "Silence"
-    plain_attrs = True
     bottoms = (1, None)
     tops = (0, 0)
     family = FAMILY
@@ -231,7 +227,6 @@ class FlattenAttrs:
 @register
 class Flatten(ReshapeLike):
     type = "Flatten"
-    plain_attrs = True
     layout_agnostic = True
     summary = "merge axes axis..end_axis (defaults 1, -1; inclusive) into one"
 
@@ -274,7 +269,6 @@ class ReshapeAttrs:
 @register
 class Reshape(ReshapeLike):
     type = "Reshape"
-    plain_attrs = True
     layout_agnostic = True
     summary = "new shape with 0 = copy the bottom dim, -1 = infer; axis/num_axes reshape only a sub-range"
 
@@ -347,7 +341,6 @@ def _crop_offsets(shape: Shape, ref: Shape, attrs: CropAttrs, axis: int) -> list
 @register
 class Crop(LayerSpec):
     type = "Crop"
-    plain_attrs = True
     bottoms = (2, 2)
     family = FAMILY
     summary = "crop bottom 0 to bottom 1's shape from axis (default 2) on, at offset (one, or one per axis)"
@@ -390,7 +383,6 @@ class TileAttrs:
 @register
 class Tile(LayerSpec):
     type = "Tile"
-    plain_attrs = True
     family = FAMILY
     summary = "repeat the sub-blob from axis on `tiles` times along axis (default 1)"
 
@@ -430,7 +422,6 @@ class EltwiseAttrs:
 @register
 class Eltwise(LayerSpec):
     type = "Eltwise"
-    plain_attrs = True
     layout_agnostic = True
     bottoms = (2, None)
     family = FAMILY
@@ -485,7 +476,6 @@ class Eltwise(LayerSpec):
 @register
 class Softmax(LayerSpec):
     type = "Softmax"
-    plain_attrs = True
     family = FAMILY
     summary = "softmax over axis (default 1, the channels; not the last axis)"
 
@@ -511,7 +501,6 @@ class ReductionAttrs:
 @register
 class Reduction(LayerSpec):
     type = "Reduction"
-    plain_attrs = True
     family = FAMILY
     summary = "SUM/ASUM/SUMSQ/MEAN over all axes from axis (default 0) on, times coeff; top = bottom.shape[:axis]"
 
@@ -560,7 +549,6 @@ class ArgMaxAttrs:
 @register
 class ArgMax(LayerSpec):
     type = "ArgMax"
-    plain_attrs = True
     family = FAMILY
     summary = "top_k indices (or values with out_max_val) along axis, or per sample: (N, 1|2, top_k)"
 
@@ -625,7 +613,6 @@ class ArgMax(LayerSpec):
 @register
 class BatchReindex(LayerSpec):
     type = "BatchReindex"
-    plain_attrs = True
     bottoms = (2, 2)
     family = FAMILY
     summary = "gather items of bottom 0 along axis 0 by the indices in bottom 1 (no gradient to the indices)"
@@ -647,7 +634,6 @@ class BatchReindex(LayerSpec):
 @register
 class Filter(LayerSpec):
     type = "Filter"
-    plain_attrs = True
     bottoms = (2, None)
     tops = (1, None)
     family = FAMILY
@@ -679,7 +665,6 @@ class Filter(LayerSpec):
 @register
 class Parameter(LayerSpec):
     type = "Parameter"
-    plain_attrs = True
     bottoms = (0, 0)
     family = FAMILY
     blob_names = ("weight",)
@@ -730,7 +715,6 @@ def _filler_fields(f: Filler | None) -> tuple[tuple[str, Any], ...]:
 @register
 class DummyData(LayerSpec):
     type = "DummyData"
-    plain_attrs = True
     bottoms = (0, 0)
     tops = (1, None)
     family = FAMILY
