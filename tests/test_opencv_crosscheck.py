@@ -33,6 +33,7 @@ MTCNN = "kpzhang93__MTCNN_face_detection_alignment/code/codes/MTCNNv2/model"
 YUNET = "ShiqiYu__libfacedetection@96a7cc0/models/caffe"
 ULTRA = "Linzaer__Ultra-Light-Fast-Generic-Face-Detector-1MB/caffe/model"
 SSD = "chuanqi305__MobileNet-SSD"
+ROOT = Path(__file__).resolve().parents[1]
 PSPNET = "soeaver__caffe-model/seg/pspnet/models/pascal_voc/se-resnet50/deploy_psp_se-resnet50-hik-merge.prototxt"
 
 #: name -> (prototxt, caffemodel (None: recipe weights), golden nets case giving the input, or None for the
@@ -216,3 +217,31 @@ def test_psroi_pooling_same_as_opencv(d: int, g: int, tmp_path: Path) -> None:
     assert np.abs(theirs).max() > 0.1  # not all bins empty
     for got, what in ((ours, "runtime"), (onnx_out, "onnxruntime")):
         np.testing.assert_allclose(got, theirs, rtol=1e-5, atol=1e-6, err_msg=what)
+
+
+def test_face_demo_detections_equal_opencv(tmp_path: Path) -> None:
+    """examples/detect_faces.py (the README's demo): on scikit-image's astronaut, onnxruntime on our export and
+    the runtime give OpenCV's detections; the one confident face is the astronaut's (upper middle)."""
+    pytest.importorskip("skimage")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("detect_faces", ROOT / "examples" / "detect_faces.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    if not demo.WEIGHTS.exists():
+        pytest.skip("corpus model not available")
+    rgb = demo.astronaut()
+    blob = demo.preprocess(rgb)
+    cv_net = cv2.dnn.readNetFromCaffe(str(demo.PROTOTXT), str(demo.WEIGHTS))
+    cv_net.setInput(blob)
+    want = detection_rows(cv_net.forward("detection_out"), True)
+    assert len(want) > 1
+    for backend in ("onnx", "runtime"):
+        got = demo.detections(demo.PROTOTXT, demo.WEIGHTS, blob, backend)
+        assert_same_detections(detection_rows(got, False), want, f"demo ({backend})")
+    (face,) = demo.faces(got)
+    _, _, score, x0, y0, x1, y1 = face
+    assert score > 0.99 and 0.25 < x0 < x1 < 0.6 and 0.05 < y0 < y1 < 0.4, face
+    demo.draw(rgb, demo.faces(got), tmp_path / "faces.png")
+    assert cv2.imread(str(tmp_path / "faces.png")).shape == (320, 320, 3)
+    assert (ROOT / "docs" / "astronaut_faces.png").stat().st_size < 200_000
