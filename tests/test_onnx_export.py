@@ -449,11 +449,26 @@ def test_DetectionOutput_matches_ssd_and_the_runtime(case: str, ties: bool, tmp_
         np.testing.assert_allclose(got, reference, rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("opset", [MIN_OPSET, newest_opset()])
+def test_DetectionOutput_and_PSROIPooling_at_every_opset(opset: int, tmp_path: Path) -> None:
+    net = detection_net(tmp_path, 2, False, "CENTER_SIZE", 9, 0.1, top_k=20)
+    feed = detection_inputs(2, False)
+    assert np.array_equal(run_onnx(to_onnx_model(net, opset=opset), feed)["det"], runtime_blobs(net, feed)["det"])
+    path = tmp_path / "psroi.prototxt"
+    path.write_text(PSROI_NET.format(c=18, d=2, g=3, scale=0.25, rois="dim: 2 dim: 5"))
+    net = prototxt2py.load(path)
+    feed = {"x": np.random.default_rng(0).standard_normal((2, 18, 11, 14)).astype(np.float32),
+            "rois": np.array([[1, 3, 4, 30, 40], [0, 0.5, 9.5, 9.5, 55]], np.float32)}
+    assert np.array_equal(run_onnx(to_onnx_model(net, opset=opset), feed)["y"], runtime_blobs(net, feed)["y"])
+
+
 def test_DetectionOutput_dynamic_batch(tmp_path: Path) -> None:
     """Exported with a symbolic batch, the model keeps each image's own boxes (keep_top_k per image) at
     batch sizes other than the exported one."""
     net = detection_net(tmp_path, 2, True, "CENTER_SIZE", 6, 0.05, top_k=30)
     model = to_onnx_model(net, dynamic_batch=True)
+    (output,) = model.graph.output
+    assert [d.dim_value or d.dim_param for d in output.type.tensor_type.shape.dim] == [1, 1, "detections", 7]
     for n in (1, 3):
         feed = detection_inputs(n, True, seed=n)
         resized = prototxt2py.load(tmp_path / "det.prototxt", input_shapes={"loc": list(feed["loc"].shape),

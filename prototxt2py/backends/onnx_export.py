@@ -505,6 +505,11 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
     _stamp(model, opset)
     if dynamic_batch:
         _infer_output_shapes(model)
+        symbols = {ctx.value_names[v]: dims for v, dims in dynamic.items()}
+        for output in model.graph.output:  # the spec's names for data-dependent axes, not inference's unk__i
+            for dim, given in zip(output.type.tensor_type.shape.dim, symbols.get(output.name, ()), strict=False):
+                if isinstance(given, str) and not dim.HasField("dim_value"):
+                    dim.dim_param = given
     return model, ctx.initializer_bytes
 
 
