@@ -220,9 +220,7 @@ def psroi_pooling(node: Node, ctx: Any) -> None:
     p = node.attrs
     g, d = p.group_size, p.output_dim
     _, _, height, width = _legacy(ctx.in_shape(0))
-    rois_shape = ctx.in_shape(1)
-    r = rois_shape[0]
-    rois = ctx.add("Reshape", [ctx.input(1), ctx.ints([r, -1])])
+    rois = ctx.add("Reshape", [ctx.input(1), ctx.ints([0, -1])])
     batch = ctx.add("Cast", [ctx.slice(rois, [0], [1], [1])], to=ctx.INT64)  # (R, 1), float -> int truncates
     corners = _double(ctx, ctx.slice(rois, [1], [5], [1]))  # (R, 4)
     half = ctx.add("Cast", [ctx.scalar(0.5)], to=DOUBLE)
@@ -257,26 +255,29 @@ def psroi_pooling(node: Node, ctx: Any) -> None:
     x = _double(ctx, ctx.input(0))
     sat = ctx.add("CumSum", [ctx.add("CumSum", [x, ctx.const(np.int64(2))]), ctx.const(np.int64(3))])
     sat = ctx.add("Pad", [sat, ctx.ints([0, 0, 1, 1, 0, 0, 0, 0])])  # (B, C, H + 1, W + 1)
+    sat = ctx.add("Reshape", [sat, ctx.ints([-1])])
+    # flat index of (image, channel of output (d, ph, pw), row, column) in the table, by broadcasting
     channels = (np.arange(d).reshape(d, 1, 1) * g + np.arange(g).reshape(1, g, 1)) * g + np.arange(g).reshape(1, 1, g)
-    shape = ctx.ints([r, d, g, g, 1])
-    b_idx = ctx.add("Expand", [ctx.add("Reshape", [batch, ctx.ints([r, 1, 1, 1, 1])]), shape])
-    c_idx = ctx.add("Expand", [ctx.const(channels.reshape(1, d, g, g, 1).astype(np.int64), "channels"), shape])
+    plane = ctx.add("Add", [ctx.add("Mul", [ctx.add("Reshape", [batch, ctx.ints([-1, 1, 1, 1])]),
+                                            ctx.const(np.int64(d * g * g))]),
+                            ctx.const(channels.reshape(1, d, g, g).astype(np.int64), "channels")])  # (R, D, G, G)
+    plane = ctx.add("Mul", [plane, ctx.const(np.int64((height + 1) * (width + 1)))])
 
     def rows(t: str) -> str:
-        return ctx.add("Expand", [ctx.add("Reshape", [t, ctx.ints([r, 1, g, 1, 1])]), shape])
+        return ctx.add("Mul", [ctx.add("Reshape", [t, ctx.ints([-1, 1, g, 1])]), ctx.const(np.int64(width + 1))])
 
     def cols(t: str) -> str:
-        return ctx.add("Expand", [ctx.add("Reshape", [t, ctx.ints([r, 1, 1, g, 1])]), shape])
+        return ctx.add("Reshape", [t, ctx.ints([-1, 1, 1, g])])
 
     def at(h: str, w: str) -> str:
-        return ctx.add("GatherND", [sat, ctx.add("Concat", [b_idx, c_idx, h, w], axis=-1)])  # (R, D, G, G)
+        return ctx.add("Gather", [sat, ctx.add("Add", [ctx.add("Add", [plane, h]), w])])  # (R, D, G, G)
 
     h0, h1, w0, w1 = rows(hs), rows(he), cols(ws), cols(we)
     total = ctx.add("Add", [ctx.add("Sub", [ctx.add("Sub", [at(h1, w1), at(h0, w1)]), at(h1, w0)]), at(h0, w0)])
-    area = ctx.add("Mul", [ctx.add("Sub", [ctx.add("Reshape", [he, ctx.ints([r, 1, g, 1])]),
-                                           ctx.add("Reshape", [hs, ctx.ints([r, 1, g, 1])])]),
-                           ctx.add("Sub", [ctx.add("Reshape", [we, ctx.ints([r, 1, 1, g])]),
-                                           ctx.add("Reshape", [ws, ctx.ints([r, 1, 1, g])])])])
+    area = ctx.add("Mul", [ctx.add("Sub", [ctx.add("Reshape", [he, ctx.ints([-1, 1, g, 1])]),
+                                           ctx.add("Reshape", [hs, ctx.ints([-1, 1, g, 1])])]),
+                           ctx.add("Sub", [ctx.add("Reshape", [we, ctx.ints([-1, 1, 1, g])]),
+                                           ctx.add("Reshape", [ws, ctx.ints([-1, 1, 1, g])])])])
     empty = ctx.add("LessOrEqual", [area, ctx.const(np.int64(0))])
     safe = _double(ctx, ctx.add("Max", [area, ctx.const(np.int64(1))]))
     mean = ctx.add("Div", [total, safe])
