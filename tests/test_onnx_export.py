@@ -419,6 +419,7 @@ DETECTION_CASES = {
     "background_2_encoded": (2, False, "CENTER_SIZE", 40, 0.1, 0.6, 1.0, 25, 2, True),
     "nothing_detected": (2, True, "CENTER_SIZE", 10, 0.99, 0.45, 1.0, 10, 0, False),
     "keep_top_k_0": (2, False, "CENTER_SIZE", 0, 0.1, 0.45, 1.0, 20, 0, False),
+    "top_k_0": (1, True, "CENTER_SIZE", 10, 0.1, 0.45, 1.0, 0, 0, False),
 }
 
 
@@ -439,7 +440,7 @@ def test_DetectionOutput_matches_ssd_and_the_runtime(case: str, ties: bool, tmp_
     got = run_onnx(model, feed)["det"]
     want = runtime_blobs(net, feed)["det"]
     assert got.shape == want.shape and np.array_equal(got, want), (got.shape, want.shape)
-    if case == "nothing_detected" or case == "keep_top_k_0":
+    if case in ("nothing_detected", "keep_top_k_0", "top_k_0"):
         np.testing.assert_array_equal(got[0, 0], [[i, -1, -1, -1, -1, -1, -1] for i in range(n)])
     if background == 0 and not encoded:
         reference = ssd_detection_output(feed["loc"], feed["conf"], feed["prior"], SSD_CLASSES, share,

@@ -130,7 +130,7 @@ def detection_output(node: Node, ctx: Any) -> None:
     labels = [c for c in range(num_classes) if c != a.background_label_id]
     loc_in, conf_in = ctx.input(0), ctx.input(1)
     batch = ctx.slice(ctx.add("Shape", [loc_in]), [0], [1], [0])  # (1,) int64
-    if not labels:
+    if not labels or a.top_k == 0:  # no class besides the background, or no candidate: Caffe's empty rows
         return _finish(ctx, ctx.const(np.zeros((0, 7), np.float32), "none"), batch)
 
     # priors (Caffe reads the first 2 * P * 4 values: boxes, then variances)
