@@ -18,9 +18,11 @@ from golden import (
     CORPUS,
     SHARED,
     assert_close,
+    assert_same_detections,
     case_params,
     corpus_deploy_params,
     corpus_net_and_inputs,
+    detection_rows,
     meta,
     npz,
     recipe_weights,
@@ -149,11 +151,15 @@ def test_golden_zoo_net(case: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("rel", corpus_deploy_params())
 def test_corpus_deploy_net(rel: str) -> None:
-    net, feed = corpus_net_and_inputs(rel)
+    net, feed = corpus_net_and_inputs(rel, data_dependent_outputs=True)
     got = run_onnx(to_onnx_model(net), feed)
     want = runtime_blobs(net, feed)
+    detections = {net.graph.values[v].blob for n in net.graph.nodes if n.type == "DetectionOutput" for v in n.outputs}
     for name, value in got.items():
         assert np.isfinite(want[name]).all(), f"runtime output '{name}' is not finite: nothing to compare"
+        if name in detections:  # random weights: boxes whose scores differ in the last bit may swap places
+            assert_same_detections(detection_rows(value, False), detection_rows(want[name], False), name)
+            continue
         scale = float(np.abs(want[name]).max(initial=0.0))
         assert_close(value, want[name], 1e-4, 1e-5 * max(scale, 1.0), f"ONNX output '{name}' vs the runtime")
 

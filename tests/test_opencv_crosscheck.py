@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from golden import CORPUS, GOLDEN, npz, recipe_weights
+from golden import CORPUS, GOLDEN, assert_same_detections, detection_rows, npz, recipe_weights
 
 import prototxt2py
 from prototxt2py.backends.onnx_export import to_onnx_model
@@ -105,27 +105,6 @@ def load(prototxt: Path, weights: Path | None, case: str | None, tmp_path: Path)
     return net, feed, weights
 
 
-def detection_rows(out: np.ndarray, opencv: bool) -> np.ndarray:
-    """The detections of a DetectionOutput top as ``(K, 7)`` rows, without the filler rows: Caffe (and we)
-    write one ``[i, -1, ..., -1]`` row per image when nothing is detected, OpenCV pads with zero rows."""
-    rows = out.reshape(-1, 7)
-    if opencv:
-        return rows[(rows[:, 1:] != 0).any(axis=1)]
-    return rows[~(rows[:, 1:] == -1).all(axis=1)]
-
-
-def assert_same_detections(got: np.ndarray, want: np.ndarray, what: str) -> None:
-    """Every row of ``got`` matches its own row of ``want`` (same image and label, values within 1e-4); OpenCV
-    orders rows by score where Caffe orders them by label, so rows are paired, not compared in order."""
-    assert len(got) == len(want), f"{what}: {len(got)} detections, OpenCV has {len(want)}"
-    free = list(range(len(want)))
-    for row in got:
-        same = [j for j in free if want[j, 0] == row[0] and want[j, 1] == row[1]]
-        err = [float(np.abs(want[j, 2:] - row[2:]).max()) for j in same]
-        assert err and min(err) <= 1e-4, f"{what}: no OpenCV detection matches {row.tolist()}"
-        free.remove(same[int(np.argmin(err))])
-
-
 def check_outputs(name: str, net, got: dict[str, np.ndarray], theirs: dict[str, np.ndarray], backend: str) -> None:
     producers = {net.graph.values[v].blob: n.type for n in net.graph.nodes for v in n.outputs}
     for blob, want in theirs.items():
@@ -142,7 +121,7 @@ def check_outputs(name: str, net, got: dict[str, np.ndarray], theirs: dict[str, 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] * (n in SLOW)) for n in sorted(MODELS)])
 def test_same_outputs_as_opencv(name: str, tmp_path: Path) -> None:
     """Runtime and onnxruntime (our ONNX export) against OpenCV; runtime and onnxruntime give the same
-    detections in the same (Caffe's) order."""
+    number of detection rows and the same detections."""
     prototxt, weights, case = MODELS[name]
     prototxt, weights = CORPUS / prototxt, None if weights is None else CORPUS / weights
     if not prototxt.exists() or (weights is not None and not weights.exists()):
@@ -165,8 +144,10 @@ def test_same_outputs_as_opencv(name: str, tmp_path: Path) -> None:
     producers = {net.graph.values[v].blob: n.type for n in net.graph.nodes for v in n.outputs}
     for blob in outputs:
         if producers[blob] == "DetectionOutput":
+            # paired: backbones differing in the last bit may swap near-equal scores (the order itself is checked
+            # bit for bit on equal inputs in test_onnx_export)
             assert onnx_out[blob].shape == ours[blob].shape, (onnx_out[blob].shape, ours[blob].shape)
-            np.testing.assert_allclose(onnx_out[blob], ours[blob], rtol=0, atol=1e-4, err_msg=f"{name}: {blob} rows")
+            assert_same_detections(detection_rows(onnx_out[blob], False), detection_rows(ours[blob], False), blob)
 
 
 def test_face_detectors_see_a_face(tmp_path: Path) -> None:
