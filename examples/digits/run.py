@@ -70,14 +70,16 @@ def prototxt2py(*args: str) -> str:
     return tee.copy.getvalue()
 
 
-def write_images(root: Path, seed: int = 0) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """The digits as PNG files under ``root``: ``(path, label)`` lists of the training and the test split."""
+def write_images(root: Path, train_images: int | None = None, test_images: int | None = None,
+                 seed: int = 0) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """The digits as PNG files under ``root``: ``(path, label)`` lists of the training and the test split (the
+    first ``train_images``/``test_images`` of each, all by default)."""
     import cv2
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     order = np.random.default_rng(seed).permutation(len(digits.target))
-    test_idx, train_idx = order[:TEST_IMAGES], order[TEST_IMAGES:]
+    test_idx, train_idx = order[:TEST_IMAGES][:test_images], order[TEST_IMAGES:][:train_images]
     splits = []
     for name, idx in (("train", train_idx), ("test", test_idx)):
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -127,8 +129,7 @@ def run(workdir: Path, iterations: int | None = None, train_images: int | None =
     with contextlib.chdir(workdir):
         for name in ("images", "digits_train_lmdb", "digits_test_lmdb"):  # a rerun starts afresh
             shutil.rmtree(name, ignore_errors=True)
-        train, test = write_images(Path("images"))
-        train, test = train[:train_images], test[:test_images]
+        train, test = write_images(Path("images"), train_images, test_images)
         write_list(Path("train.txt"), train)
         write_list(Path("test.txt"), test)
         for name in (NET, SOLVER):
