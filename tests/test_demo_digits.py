@@ -89,5 +89,12 @@ def test_digits_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert r["max_diff"] < 1e-5
     np.testing.assert_allclose(r["onnx_prob"], r["runtime_prob"], rtol=0, atol=1e-5)
     assert abs(r["onnx_accuracy"] - r["accuracy"]) < 1e-6
-    for command in ("convert-imageset", "compute-image-mean", "train", "test", "deploy", "convert"):
-        assert f"$ prototxt2py {command} " in out
+    commands = [line[2:] for line in out.splitlines() if line.startswith("$ prototxt2py ")]
+    assert [c.split()[1] for c in commands] == ["convert-imageset", "convert-imageset", "compute-image-mean", "train",
+                                               "test", "deploy", "convert"]
+    # the README shows these commands as the full run gives them (1000 iterations, 3 test batches)
+    readme = (ROOT / "README.md").read_text()
+    for command in commands:
+        full = command.replace(" --iterations 20", "").replace("_iter_20.", "_iter_1000.")
+        full = full.replace("--iterations 1", "--iterations 3")
+        assert full in readme, f"README lacks: {full}"
