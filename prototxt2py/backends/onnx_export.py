@@ -142,6 +142,7 @@ class OnnxContext:
     #: ONNX element types for ``Cast`` (so specs need not import onnx).
     FLOAT = TensorProto.FLOAT
     INT64 = TensorProto.INT64
+    DOUBLE = TensorProto.DOUBLE
 
     def __init__(self, net: Any, opset: int, dynamic_batch: bool, blobs: Any = None,
                  varying: dict[str, tuple[bool, ...]] | None = None):
@@ -579,7 +580,7 @@ def _declare_io(onnx_graph: onnx.GraphProto, ctx: OnnxContext, dynamic_batch: bo
                              for v in outputs)
 
 
-def _infer_output_shapes(model: onnx.ModelProto) -> None:
+def _infer_output_shapes(model: onnx.ModelProto, ranks: dict[str, int]) -> None:
     """Declare the outputs of a dynamic-batch model with the shapes ONNX shape inference derives from the
     symbolic inputs: an output follows the batch (``N``) only where the graph makes it do so (a PriorBox or
     a full Reduction does not). Inference runs on a copy whose large initializers are stubs with dims only,
@@ -601,6 +602,10 @@ def _infer_output_shapes(model: onnx.ModelProto) -> None:
     inferred = onnx.shape_inference.infer_shapes(light)
     for declared, found in zip(model.graph.output, inferred.graph.output, strict=True):
         declared.type.CopyFrom(found.type)
+        if not declared.type.tensor_type.HasField("shape"):  # sizes from data (MaxUnpool's output_shape)
+            shape = declared.type.tensor_type.shape
+            for i in range(ranks.get(declared.name, 0)):
+                shape.dim.add().dim_param = f"{declared.name}_{i}"
 
 
 def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None,
@@ -640,7 +645,7 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
     model.graph.node.extend(ctx.nodes)
     _stamp(model, opset)
     if dynamic_batch:
-        _infer_output_shapes(model)
+        _infer_output_shapes(model, {ctx.value_names[v]: len(graph.values[v].shape) for v in graph.values})
     return model, ctx.initializer_bytes
 
 

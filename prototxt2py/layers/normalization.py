@@ -261,6 +261,7 @@ class Normalize(LayerSpec):
     type = "Normalize"
     blob_names = ("weight",)
     family = FAMILY
+    onnx_dynamic_sizes = True  # reductions over axes, a per-channel weight
     summary = ("SSD fork: L2-normalise per sample (across_spatial) or per position over channels, "
                "then scale (scalar if channel_shared, else per channel); norm_param")
 

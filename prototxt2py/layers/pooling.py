@@ -176,12 +176,13 @@ def _padded_average(ctx: Any, x: str, plan: PoolPlan, pads: Sequence[int]) -> st
 def _ave_divisor_correction(plan: PoolPlan) -> np.ndarray:
     """``kernel area / Caffe's divisor`` per output position, ``(1, 1, out_h, out_w)``: the divisor is the
     window clipped to ``[-pad, in + pad)``; a window wholly past the input (possible without padding) sums
-    to zero, and gets factor 0."""
+    to zero over a size <= 0: Caffe's ``0 / 0`` is NaN (factor inf), ``0 / -n`` is -0 (a negative factor)."""
     geometry = zip(plan.size, plan.kernel, plan.pad, plan.stride, plan.out, strict=True)
     rows, cols = (_clipped_lengths(*a) for a in geometry)
     divisor = rows[:, None] * cols[None, :]
     area = float(plan.kernel[0] * plan.kernel[1])
-    factor = np.divide(area, divisor, out=np.zeros_like(divisor), where=divisor != 0)
+    with np.errstate(divide="ignore"):
+        factor = area / divisor
     return factor.astype(np.float32).reshape(1, 1, *plan.out)
 
 
@@ -255,8 +256,8 @@ def onnx_pool_sized(ctx: Any, x: str, a: PoolAttrs, out: str | None = None, mask
     gives -FLT_MAX); AVE pads with zeros and rescales each position by ``k_h*k_w / Caffe's divisor``, the
     window clipped to ``[-pad, in + pad)``, computed from ``Range`` over the output positions (an empty
     window gives Caffe's 0/0 = NaN)."""
-    if mask_out is not None:
-        ctx.unsupported("the argmax mask top is not exported with symbolic height/width (--dynamic)")
+    if mask_out is not None and a.kernel is None:
+        ctx.unsupported("the argmax mask top of global pooling is not exported with symbolic sizes (--dynamic)")
     if a.kernel is None:  # global: the kernel is the whole input, whatever its size
         if a.pool == STOCHASTIC:
             if ctx.training:
@@ -285,7 +286,12 @@ def onnx_pool_sized(ctx: Any, x: str, a: PoolAttrs, out: str | None = None, mask
     attrs = {"kernel_shape": list(a.kernel), "strides": list(a.stride), "pads": [0, 0, 0, 0]}
     if a.pool == MAX:
         padded = ctx.add("Pad", [x, pads, ctx.scalar(-_FLT_MAX)])
-        return ctx.add("MaxPool", [padded], out, **attrs)
+        if mask_out is None:
+            return ctx.add("MaxPool", [padded], out, **attrs)
+        index = ctx.tmp("argmax")
+        y = ctx.add("MaxPool", [padded], [out or ctx.tmp("maxpool"), index], **attrs)
+        _sized_mask(ctx, index, size, ctx.dims(padded, 2, 4), a.pad, mask_out)
+        return y
     average = ctx.add("AveragePool", [ctx.add("Pad", [x, pads, ctx.scalar(0.0)])], **attrs)
     area = float(a.kernel[0] * a.kernel[1])
     if a.pool == STOCHASTIC:
@@ -313,6 +319,25 @@ def onnx_pool_sized(ctx: Any, x: str, a: PoolAttrs, out: str | None = None, mask
     # giving NaN (0/0) or -0, exactly what 0 * area/divisor gives here
     factor = ctx.add("Div", [ctx.scalar(area), ctx.add("Mul", [rows, lengths[1]])])
     return ctx.add("Mul", [average, factor], out)
+
+
+def _sized_mask(ctx: Any, index: str, size: str, padded: str, pad: tuple[int, int], out: str) -> None:
+    """Caffe's mask top (argmax as a float index into H*W, -1 where padding won) from MaxPool's indices into
+    the explicitly padded input, with run-time sizes: ``size``/``padded`` are the (H, W) before and after
+    padding as 1-D int64 tensors."""
+    def axis(t: str, i: int) -> str:
+        return ctx.add("Gather", [t, ctx.const(np.int64(i))], axis=0)
+
+    h, w, padded_w = axis(size, 0), axis(size, 1), axis(padded, 1)
+    plane = ctx.add("Mod", [index, ctx.add("Mul", [axis(padded, 0), padded_w])])
+    row = ctx.add("Sub", [ctx.add("Div", [plane, padded_w]), ctx.const(np.int64(pad[0]))])
+    col = ctx.add("Sub", [ctx.add("Mod", [plane, padded_w]), ctx.const(np.int64(pad[1]))])
+    inside = None
+    for value, limit in ((row, h), (col, w)):
+        ok = ctx.add("And", [ctx.add("Greater", [value, ctx.const(np.int64(-1))]), ctx.add("Less", [value, limit])])
+        inside = ok if inside is None else ctx.add("And", [inside, ok])
+    flat = ctx.add("Add", [ctx.add("Mul", [row, w]), col])
+    ctx.add("Cast", [ctx.add("Where", [inside, flat, ctx.const(np.int64(-1))])], out, to=ctx.FLOAT)
 
 
 def _pair(param: Any, name: str, default: int) -> tuple[int, int]:
