@@ -49,14 +49,16 @@ def runtime(prototxt: Path, weights: Path | None, feed: Mapping[str, np.ndarray]
 
 def fill(net: prototxt2py.backends.torch_runtime.CaffeNet, seed: int) -> None:
     """Deterministic weights that depend only on the layer and blob shapes (so nets built for different input
-    sizes get the same ones)."""
+    sizes get the same ones), scaled by fan-in so that deep nets keep moderate values."""
     with torch.no_grad():
         for node in net.graph.nodes:
             module = net.layer(node.name)
             for i, name in enumerate(getattr(module, "blob_names", ())):
                 blob = getattr(module, name)
                 rng = np.random.default_rng([seed, i, sum(map(ord, node.name))])
-                blob.copy_(torch.from_numpy(rng.uniform(-0.5, 0.5, tuple(blob.shape)).astype(np.float32)))
+                scale = 1.0 / np.sqrt(max(1, int(np.prod(blob.shape[1:])))) if blob.dim() > 1 else 0.5
+                values = rng.uniform(-scale, scale, tuple(blob.shape)).astype(np.float32)
+                blob.copy_(torch.from_numpy(values))
 
 
 def dims(value: onnx.ValueInfoProto) -> list[int | str]:
@@ -130,6 +132,10 @@ layer { name: "stoch" type: "Pooling" bottom: "relu" top: "stoch"
 layer { name: "global" type: "Pooling" bottom: "conv1" top: "global"
         pooling_param { pool: AVE global_pooling: true } }
 layer { name: "fc" type: "InnerProduct" bottom: "global" top: "fc" inner_product_param { num_output: 3 } }
+layer { name: "global_max" type: "Pooling" bottom: "conv1" top: "global_max"
+        pooling_param { pool: MAX global_pooling: true } }
+layer { name: "global_stoch" type: "Pooling" bottom: "relu" top: "global_stoch"
+        pooling_param { pool: STOCHASTIC global_pooling: true } }
 layer { name: "up" type: "Deconvolution" bottom: "drop_max" top: "up"
         convolution_param { num_output: 4 kernel_size: 4 stride: 2 } }
 layer { name: "crop" type: "Crop" bottom: "up" bottom: "conv1" top: "crop" crop_param { axis: 2 offset: 1 } }
@@ -221,6 +227,33 @@ def test_sized_net_matches_runtime_at_every_size(tmp_path: Path, text: str) -> N
     assert set(net.graph.blob_shapes()) - {"data"} <= set(got)
 
 
+GOOGLENET = SHARED / "corpus" / "fzliu__style-transfer" / "models" / "googlenet" / "deploy.prototxt"
+
+
+@pytest.mark.slow
+def test_fully_convolutional_googlenet_at_three_sizes() -> None:
+    """A real 57-convolution GoogLeNet without its classifier (style-transfer's): AVE pooling with pad 1,
+    stride 2 and CEIL rounding throughout, 7x7 pool5 that becomes spatial above 224x224."""
+    net = prototxt2py.load(GOOGLENET)
+    fill(net, 5)
+    sess = session(to_onnx_model(net, dynamic=True))
+    for h, w in [(224, 224), (225, 263), (287, 241)]:
+        feed = {"data": np.random.default_rng(h).standard_normal((1, 3, h, w)).astype(np.float32)}
+        got = run(sess, feed)
+        want = runtime(GOOGLENET, None, feed, seed=5)
+        for name, value in got.items():
+            scale = float(np.abs(want[name]).max())
+            assert scale > 0
+            assert_close(value / scale, want[name] / scale, 1e-4, 1e-5, f"{h}x{w}: '{name}'")
+
+
+def test_googlenet_classifier_is_refused() -> None:
+    """BVLC GoogLeNet's classifier follows a 7x7 (not global) pooling: its weights fix the input size."""
+    graph = prototxt2py.graph(str(SHARED / "corpus" / "BVLC__caffe" / "models" / "bvlc_googlenet" / "deploy.prototxt"))
+    with pytest.raises(UnsupportedLayerError, match=r"'InnerProduct' \(layer 'loss3/classifier'.*not fully conv"):
+        to_onnx_model(graph, dynamic=True)
+
+
 def test_drop_rule_differs_from_ceil_mode() -> None:
     """The sizes above really exercise Caffe's rule: ONNX's plain ceil_mode formula would be one larger."""
     h = 7
@@ -269,6 +302,22 @@ def test_layers_without_sized_mapping_are_named(tmp_path: Path) -> None:
     assert "change with the input height/width" in text
     # the same net exports with fixed sizes and with a dynamic batch
     to_onnx_model(prototxt2py.graph(str(path)), dynamic_batch=True)
+
+
+SEQUENCE_NET = """
+name: "sequence"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 8 } } }
+layer { name: "mvn" type: "MVN" bottom: "data" top: "mvn" }
+"""
+
+
+def test_mapping_that_reshapes_to_fixed_sizes_is_refused(tmp_path: Path) -> None:
+    """MVN works on the 4-axis view of a 3-axis blob through a Reshape to fixed sizes: with the length axis
+    symbolic, the exporter's reshape refuses instead of baking 8 in."""
+    path = tmp_path / "sequence.prototxt"
+    path.write_text(SEQUENCE_NET)
+    with pytest.raises(UnsupportedLayerError, match=r"layer 'mvn'.*reshapes to sizes fixed at export"):
+        to_onnx_model(prototxt2py.graph(str(path)), dynamic=True)
 
 
 MISMATCHED_NET = """
