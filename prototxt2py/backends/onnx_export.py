@@ -125,6 +125,11 @@ def _stamp(model: onnx.ModelProto, opset: int) -> None:
     model.producer_version = __version__
 
 
+class FixedSizesError(UnsupportedLayerError):
+    """A layer's mapping needs sizes that ``--dynamic`` makes symbolic (reported with the layers that cannot
+    take symbolic sizes, not as a missing mapping)."""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The context handed to the specs
 # ---------------------------------------------------------------------------------------------------------
@@ -307,6 +312,10 @@ class OnnxContext:
         """Refuse this layer's configuration; reported with every other unsupported layer."""
         raise UnsupportedLayerError(reason, self.node.location, layer=self.node.name)
 
+    def fixed_sizes_only(self, reason: str) -> NoReturn:
+        """Refuse symbolic height/width for this layer (``--dynamic``); reported with every other such layer."""
+        raise FixedSizesError(reason, self.node.location, layer=self.node.name)
+
     def silence(self, name: str) -> None:
         """Record a blob consumed by a ``Silence`` layer: if the net has no other output, these become the
         outputs (what Caffe's net reports in that case)."""
@@ -380,8 +389,8 @@ class OnnxContext:
         """Reshape ``x`` (static shape ``x_shape``) to ``target``. With a dynamic batch the first axis is
         written as 0 (copy) when it is ``x``'s batch axis, else as -1 (infer: the batch is folded into it)."""
         if self.dynamic_sizes and self.sizes_vary:
-            self.unsupported("its ONNX mapping reshapes to sizes fixed at export, but they change with the input "
-                             "height/width (--dynamic)")
+            self.fixed_sizes_only("its ONNX mapping reshapes to sizes fixed at export, which change with the input "
+                                  "height/width")
         shape = [int(d) for d in target]
         if self.dynamic_batch and shape and x_shape and -1 not in shape[1:]:
             shape[0] = 0 if shape[0] == x_shape[0] else -1
@@ -519,7 +528,7 @@ def _probe(graph: Any, delta: tuple[int, int]) -> Any:
     return probe
 
 
-def _varying_axes(graph: Any) -> tuple[dict[str, tuple[bool, ...]], list[tuple[Node, str]]]:
+def _varying_axes(graph: Any) -> tuple[dict[str, tuple[bool, ...]], list[tuple[Node, str | None]]]:
     """Per IR value, which axes change with the input height/width (shapes inferred again at
     :data:`PROBE_DELTAS`), and the layers that cannot take symbolic sizes: parameter shapes that change (the
     net is not fully convolutional there), or changing blobs with a spec that does not declare
@@ -530,7 +539,7 @@ def _varying_axes(graph: Any) -> tuple[dict[str, tuple[bool, ...]], list[tuple[N
         shape = value.shape or ()
         varying[vid] = tuple(any(p.values[vid].shape is None or p.values[vid].shape[i] != d for p in probes)
                              for i, d in enumerate(shape))
-    problems: list[tuple[Node, str]] = []
+    problems: list[tuple[Node, str | None]] = []
     for index, node in enumerate(graph.nodes):
         params = [p.nodes[index].param_shapes for p in probes]
         if any(shapes != node.param_shapes for shapes in params):
@@ -550,7 +559,7 @@ def _shapes_text(shapes: Sequence[Shape]) -> str:
     return ", ".join("x".join(map(str, s)) for s in shapes)
 
 
-def _raise_not_dynamic(problems: Sequence[tuple[Node, str]]) -> None:
+def _raise_not_dynamic(problems: Sequence[tuple[Node, str | None]]) -> None:
     """One error naming every layer that prevents symbolic height/width."""
     if problems:
         details = "; ".join(_describe(node, reason) for node, reason in problems)
@@ -614,7 +623,7 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
     opset = resolve_opset(opset)
     graph = net.graph if hasattr(net, "layer_blobs") else net
     _require_shapes(graph)
-    varying = None
+    varying, not_dynamic = None, []
     if dynamic:
         varying, not_dynamic = _varying_axes(graph)
         _raise_not_dynamic(not_dynamic)
@@ -628,6 +637,9 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
         ctx.begin(node)
         try:
             node.spec.to_onnx(node, ctx)
+        except FixedSizesError as e:
+            not_dynamic.append((node, e.message))
+            continue
         except UnsupportedLayerError as e:
             problems.append((node, e.message))
             continue
@@ -637,6 +649,7 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
             raise Prototxt2pyError(f"cannot export to ONNX: {e}", node.location, layer=node.name) from None
         ctx.finish()
     _raise_unsupported(problems)
+    _raise_not_dynamic(not_dynamic)
 
     model = ctx.model
     _declare_io(model.graph, ctx, dynamic_batch)

@@ -213,7 +213,7 @@ def _prior_boxes_sized(ctx: Any, a: PriorBoxAttrs) -> None:
     run-time feature map and image sizes, in the same precisions (steps and centres in float32, box edges in
     double, then float32), so the boxes equal the constant a fixed-size export would hold."""
     if any(len(ctx.in_shape(i)) != 4 for i in range(ctx.num_inputs)):
-        ctx.unsupported("PriorBox of blobs without 4 axes with symbolic sizes")
+        ctx.fixed_sizes_only("PriorBox of blobs without 4 axes with symbolic sizes")
     double = ctx.DOUBLE
     sizes = []  # (width, height) per prior, in Caffe's order (as nn.forks.PriorBox.priors)
     for s, m in enumerate(a.min_sizes):
@@ -482,7 +482,7 @@ def _interp_sized(ctx: Any, a: InterpAttrs) -> None:
     PSPNet's size rule (shrink ``(h - 1) // s + 1``, then zoom ``h + (h - 1) * (z - 1)``) with ONNX ops on the
     cropped size; a fixed ``height``/``width`` stays constant."""
     if len(ctx.in_shape(0)) != 4:
-        ctx.unsupported("Interp of a blob without 4 axes with symbolic sizes")
+        ctx.fixed_sizes_only("Interp of a blob without 4 axes with symbolic sizes")
     x = ctx.input(0)
     if a.pad_beg or a.pad_end:
         x = ctx.slice(x, [-a.pad_beg] * 2, [a.pad_end or np.iinfo(np.int64).max] * 2, [2, 3])

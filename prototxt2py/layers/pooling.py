@@ -257,7 +257,7 @@ def onnx_pool_sized(ctx: Any, x: str, a: PoolAttrs, out: str | None = None, mask
     window clipped to ``[-pad, in + pad)``, computed from ``Range`` over the output positions (an empty
     window gives Caffe's 0/0 = NaN)."""
     if mask_out is not None and a.kernel is None:
-        ctx.unsupported("the argmax mask top of global pooling is not exported with symbolic sizes (--dynamic)")
+        ctx.fixed_sizes_only("the argmax mask top of global pooling is not exported with symbolic sizes")
     if a.kernel is None:  # global: the kernel is the whole input, whatever its size
         if a.pool == STOCHASTIC:
             if ctx.training:
