@@ -85,6 +85,9 @@ def test_pnet_pyramid_matches_caffe_and_runtime(tmp_path: Path) -> None:
     assert code == 0, output
     model = onnx.load(out)
     assert dims(model.graph.input[0]) == ["N", 3, "H", "W"]
+    outputs = {o.name: dims(o) for o in model.graph.output}
+    assert outputs["prob1"][:2] == ["N", 2] and outputs["conv4-2"][:2] == ["N", 4]
+    assert all(isinstance(d, str) and d not in ("N", "H", "W") for d in outputs["prob1"][2:])  # computed, unnamed sizes
     sess = session(out)
 
     image = npz(PNET / "inputs.npz")["data"]  # (1, 3, 40, 36), Caffe's input

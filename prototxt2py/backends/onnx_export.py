@@ -508,24 +508,47 @@ def _spatial_symbols(graph: Any) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _probe(graph: Any, delta: tuple[int, int]) -> Any:
+def _reinferred(graph: Any, overrides: dict[str, Shape]) -> Any:
     """A copy of ``graph`` (nodes and values copied, specs and attributes shared) with its shapes inferred
-    again for sized inputs grown by ``delta`` on height/width (``delta`` cycles over further axes)."""
+    again for the input shapes ``overrides``."""
+    nodes = [dataclasses.replace(n, param_shapes=[], in_shapes=[], shape_note=None, macs=0) for n in graph.nodes]
+    values = {k: dataclasses.replace(v, consumers=list(v.consumers)) for k, v in graph.values.items()}
+    probe = dataclasses.replace(graph, nodes=nodes, values=values, warnings=[])
+    infer_shapes(probe, overrides)
+    return probe
+
+
+def _probe(graph: Any, delta: tuple[int, int]) -> Any:
+    """``graph`` with its shapes inferred again for sized inputs grown by ``delta`` on height/width (``delta``
+    cycles over further axes)."""
     overrides = {}
     for vid in graph.inputs:
         shape = graph.values[vid].shape
         if _sized_input(shape):
             overrides[graph.values[vid].blob] = (*shape[:2], *(d + delta[i % 2] for i, d in enumerate(shape[2:])))
-    nodes = [dataclasses.replace(n, param_shapes=[], in_shapes=[], shape_note=None, macs=0) for n in graph.nodes]
-    values = {k: dataclasses.replace(v, consumers=list(v.consumers)) for k, v in graph.values.items()}
-    probe = dataclasses.replace(graph, nodes=nodes, values=values, warnings=[])
     try:
-        infer_shapes(probe, overrides)
+        return _reinferred(graph, overrides)
     except Prototxt2pyError as e:
         sizes = ", ".join(f"{b} {tuple(s)}" for b, s in overrides.items())
         raise ShapeError(f"--dynamic: the net cannot run at other input sizes (tried {sizes}): {e.message}",
                          e.location, layer=e.layer) from None
-    return probe
+
+
+def _output_dims(graph: Any, varying: dict[str, tuple[bool, ...]]) -> dict[str, list[int | str | None]]:
+    """Per IR value, what its declared output shape should say where ONNX shape inference loses track
+    (sizes computed from data): ``N`` for an axis that follows the batch (found by inferring shapes again at
+    batch + 1), the size for an axis that never changes, None for one that follows height/width."""
+    batched = {}
+    overrides = {graph.values[v].blob: (shape[0] + 1, *shape[1:]) for v in graph.inputs
+                 if (shape := graph.values[v].shape)}
+    with contextlib.suppress(Prototxt2pyError):  # a net that needs its batch size: no axis is named N
+        batched = _reinferred(graph, overrides).values
+    out: dict[str, list[int | str | None]] = {}
+    for vid, value in graph.values.items():
+        other = batched[vid].shape if vid in batched else None
+        out[vid] = [None if varies else BATCH_SYMBOL if other is not None and other[i] != d else d
+                    for i, (d, varies) in enumerate(zip(value.shape or (), varying[vid], strict=True))]
+    return out
 
 
 def _varying_axes(graph: Any) -> tuple[dict[str, tuple[bool, ...]], list[tuple[Node, str | None]]]:
@@ -589,11 +612,13 @@ def _declare_io(onnx_graph: onnx.GraphProto, ctx: OnnxContext, dynamic_batch: bo
                              for v in outputs)
 
 
-def _infer_output_shapes(model: onnx.ModelProto, ranks: dict[str, int]) -> None:
+def _infer_output_shapes(model: onnx.ModelProto, known: dict[str, list[int | str | None]]) -> None:
     """Declare the outputs of a dynamic-batch model with the shapes ONNX shape inference derives from the
     symbolic inputs: an output follows the batch (``N``) only where the graph makes it do so (a PriorBox or
     a full Reduction does not). Inference runs on a copy whose large initializers are stubs with dims only,
-    so no weights are copied."""
+    so no weights are copied. Where inference loses track of an axis (sizes computed from data with
+    ``--dynamic``), ``known`` (by output name, see :func:`_output_dims`) names it: ``N``, a fixed size, or
+    None (a symbol of its own)."""
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
@@ -611,10 +636,19 @@ def _infer_output_shapes(model: onnx.ModelProto, ranks: dict[str, int]) -> None:
     inferred = onnx.shape_inference.infer_shapes(light)
     for declared, found in zip(model.graph.output, inferred.graph.output, strict=True):
         declared.type.CopyFrom(found.type)
+        dims = known.get(declared.name)
+        if dims is None:
+            continue
+        shape = declared.type.tensor_type.shape
         if not declared.type.tensor_type.HasField("shape"):  # sizes from data (MaxUnpool's output_shape)
-            shape = declared.type.tensor_type.shape
-            for i in range(ranks.get(declared.name, 0)):
-                shape.dim.add().dim_param = f"{declared.name}_{i}"
+            shape.dim.extend(onnx.TensorShapeProto.Dimension() for _ in dims)
+        for i, (dim, want) in enumerate(zip(shape.dim, dims, strict=False)):
+            if dim.HasField("dim_value"):
+                continue
+            if isinstance(want, int):
+                dim.dim_value = want
+            else:
+                dim.dim_param = want or dim.dim_param or f"{declared.name}_{i}"
 
 
 def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None,
@@ -658,7 +692,8 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
     model.graph.node.extend(ctx.nodes)
     _stamp(model, opset)
     if dynamic_batch:
-        _infer_output_shapes(model, {ctx.value_names[v]: len(graph.values[v].shape) for v in graph.values})
+        known = _output_dims(graph, varying) if varying is not None else {}
+        _infer_output_shapes(model, {ctx.value_names[v]: dims for v, dims in known.items()})
     return model, ctx.initializer_bytes
 
 
