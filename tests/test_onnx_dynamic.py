@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from golden import SHARED, assert_close, meta, npz
 
 import prototxt2py
-from prototxt2py.backends.onnx_export import to_onnx_model
+from prototxt2py.backends.onnx_export import MIN_OPSET, newest_opset, to_onnx_model
 from prototxt2py.cli import main
 from prototxt2py.errors import ShapeError, UnsupportedLayerError
 
@@ -228,6 +228,23 @@ def test_sized_net_matches_runtime_at_every_size(tmp_path: Path, text: str) -> N
             tol = INTERP_TOL if name in INTERP else 1e-5  # onnxruntime's Resize coordinates vs torch's
             assert_close(value, want[name], tol, tol, f"{h}x{w}: ONNX output '{name}'")
     assert set(net.graph.blob_shapes()) - {"data"} <= set(got)
+
+
+@pytest.mark.parametrize("opset", [MIN_OPSET, newest_opset()])
+def test_sized_nets_at_other_opsets(tmp_path: Path, opset: int) -> None:
+    """Opset 13 (Split without sizes, Reduce* axes as attributes) and the newest (Split's num_outputs, axes as
+    inputs) give the default opset's numbers at an odd size."""
+    prototxt = tmp_path / "both.prototxt"
+    for text in (SIZED_NET, FORK_NET):
+        prototxt.write_text(text)
+        net = prototxt2py.load(prototxt)
+        fill(net, 3)
+        feed = {"data": np.random.default_rng(5).standard_normal((1, 3, 13, 18)).astype(np.float32)}
+        want = run(session(to_onnx_model(net, dynamic=True)), feed)
+        got = run(session(to_onnx_model(net, dynamic=True, opset=opset)), feed)
+        assert set(got) == set(want)
+        for name, value in got.items():
+            assert_close(value, want[name], 0, 1e-6, f"opset {opset}: '{name}'")
 
 
 GOOGLENET = SHARED / "corpus" / "fzliu__style-transfer" / "models" / "googlenet" / "deploy.prototxt"
