@@ -485,6 +485,13 @@ def test_DetectionOutput_dynamic_batch(tmp_path: Path) -> None:
         assert got.shape == want.shape == (1, 1, 6 * n, 7) and np.array_equal(got, want)
 
 
+def test_DetectionOutput_symbolic_sizes_are_refused_by_name() -> None:
+    """``--dynamic``: the prior count follows the input size, which the mapping fixes; the error says so."""
+    net = prototxt2py.load(CORPUS / SSD_NETS["yufacedetectnet_v2"][0])
+    with pytest.raises(UnsupportedLayerError, match=r"--dynamic .*'DetectionOutput' \(layer 'detection_out'"):
+        to_onnx_model(net, dynamic=True)
+
+
 def test_DetectionOutput_adaptive_nms_is_refused(tmp_path: Path) -> None:
     net = detection_net(tmp_path, 1, True, "CENTER_SIZE", 10, 0.1, nms=0.6, eta=0.9)
     with pytest.raises(UnsupportedLayerError, match=r"layer 'det'.*adaptive NMS \(eta 0.9.* > 0.5\)"):
