@@ -32,10 +32,16 @@ LOG_THRESHOLD = 1e-20
 
 
 # -- shared pieces -----------------------------------------------------------------------------------------
+def static_inputs(ctx: Any) -> bool:
+    """Whether every bottom of the layer has its static shape at run time (else counts are read from the
+    runtime shapes: a dynamic batch, or items picked by a Filter)."""
+    return all(ctx.is_static(ctx.input(i)) for i in range(ctx.num_inputs))
+
+
 def runtime_count(ctx: Any, x: str, static: int, axes: tuple[int, int] | None = None) -> str:
     """A float32 scalar: the element count of ``x`` (or the product of its dims ``axes[0]:axes[1]``). A
     constant when every shape is static; read from ``x``'s runtime shape with a dynamic batch."""
-    if not ctx.dynamic_batch:
+    if static_inputs(ctx):
         return ctx.scalar(float(static))
     if axes is None:
         size = ctx.add("Size", [x])
@@ -55,7 +61,7 @@ def normalizer(ctx: Any, mode: str, label: str, outer: int, inner: int, valid: s
         n = ctx.reduce("ReduceSum", ctx.add("Cast", [valid], to=ctx.FLOAT), range(3), keepdims=False)
     elif mode == "BATCH_SIZE":
         n = runtime_count(ctx, label, outer)
-        if ctx.dynamic_batch and inner != 1:
+        if not static_inputs(ctx) and inner != 1:
             n = ctx.add("Div", [n, ctx.scalar(float(inner))])
     else:
         n = runtime_count(ctx, label, outer * inner)
@@ -102,8 +108,8 @@ def first_values(ctx: Any, i: int, num: int, num_from: str) -> str:
     """The first ``num`` values of bottom ``i`` as int64 (Caffe reads ``label[n]`` for ``n < num``, truncated):
     the labels of HingeLoss and the similarity flags of ContrastiveLoss."""
     flat = ctx.reshape(ctx.input(i), ctx.in_shape(i), (-1,))
-    if count(ctx.in_shape(i)) != num or ctx.dynamic_batch:
-        end = ctx.slice(ctx.add("Shape", [num_from]), [0], [1], [0]) if ctx.dynamic_batch else ctx.ints([num], "end")
+    if count(ctx.in_shape(i)) != num or not static_inputs(ctx):
+        end = ctx.ints([num], "end") if static_inputs(ctx) else ctx.slice(ctx.add("Shape", [num_from]), [0], [1], [0])
         flat = ctx.add("Slice", [flat, ctx.ints([0], "starts"), end, ctx.ints([0], "axes")])
     return ctx.add("Cast", [flat], to=ctx.INT64)
 
