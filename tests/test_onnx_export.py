@@ -4,7 +4,6 @@ PyTorch runtime; plus error reporting, opsets, a dynamic batch and external data
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,27 +31,11 @@ from prototxt2py.backends import onnx_export
 from prototxt2py.backends.onnx_export import DEFAULT_OPSET, MIN_OPSET, export_onnx, newest_opset, to_onnx_model
 from prototxt2py.cli import main
 from prototxt2py.errors import Prototxt2pyError, UnsupportedLayerError
-from prototxt2py.layers import get_spec
-from prototxt2py.reader import read_net
 
-#: Golden layer cases that cannot be exported, and why; exporting each must fail with one error naming every
-#: layer that has no mapping.
-EXCLUDED = {
-    **{case: "only a training-time loss/metric on the inputs: nothing is left for inference" for case in (
-        "accuracy_axis2", "accuracy_ignore", "accuracy_per_class", "accuracy_top1", "accuracy_top3",
-        "contrastive_2d_margin05", "contrastive_default", "contrastive_legacy_margin15", "euclidean_basic",
-        "hinge_l1", "hinge_l1_scaled", "hinge_l2", "multinomial_logistic",
-        "sigmoidce_default", "sigmoidce_ignore_valid", "sigmoidce_none_weight", "softmaxloss_axis2",
-        "softmaxloss_batch_size_spatial", "softmaxloss_full_ignore_spatial", "softmaxloss_ignore_valid",
-        "softmaxloss_none", "softmaxloss_valid_2d")},
-    **{case: "LSTM/RNN/LSTMUnit have no ONNX mapping (Caffe's cont-gated recurrence is not ONNX's LSTM/RNN)"
-       for case in ("lstm_basic", "lstm_expose_hidden", "lstm_reset_midseq", "lstmunit_basic", "rnn_basic",
-                    "rnn_expose_hidden", "rnn_static")},
-    "filter_basic": "Filter's output size depends on the selector's values (no static shape)",
-}
-
-#: Training-only layer types dropped before exporting a golden case, as a deploy net would not have them.
-TRAINING_ONLY = {"Accuracy"}
+#: Golden layer cases that cannot be exported, and why (the README's ONNX section lists them); exporting each
+#: must fail with one error naming every layer that has no mapping. Empty: every layers/ case, losses, Accuracy,
+#: Filter and the recurrent layers included, exports with standard ops and matches Caffe in onnxruntime.
+EXCLUDED: dict[str, str] = {}
 
 
 def run_onnx(model: onnx.ModelProto | str | Path, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -78,19 +61,11 @@ def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], rtol:
         assert_close(got[name], want[name], rtol, atol, f"ONNX output '{name}'")
 
 
-def case_net(case: Path, m: dict, inference_only: bool = True) -> prototxt2py.backends.torch_runtime.CaffeNet:
-    """The case's net with the case's weights; ``inference_only`` drops its losses and metrics (what a deploy
-    net would not have)."""
-    source = read_net(case / "net.prototxt")
-    keep = [i for i, layer in enumerate(source.net.layer) if not inference_only
-            or not ((spec := get_spec(layer.type)) is not None and spec.is_loss or layer.type in TRAINING_ONLY)]
-    net = type(source.net)()
-    net.CopyFrom(source.net)
-    del net.layer[:]
-    net.layer.extend(source.net.layer[i] for i in keep)
-    stripped = dataclasses.replace(source, net=net, locations=[source.locations[i] for i in keep],
-                                   dropped=[source.dropped[i] for i in keep] if source.dropped else [])
-    g = prototxt2py.graph(stripped, phase=m.get("phase", "TEST"), stages=m.get("stages", ()), level=m.get("level", 0))
+def case_net(case: Path, m: dict) -> prototxt2py.backends.torch_runtime.CaffeNet:
+    """The case's net with the case's weights, every layer kept (losses and metrics too: their tops are what
+    ``caffe test`` reports, and the export must give Caffe's values)."""
+    g = prototxt2py.graph(case / "net.prototxt", phase=m.get("phase", "TEST"), stages=m.get("stages", ()),
+                          level=m.get("level", 0))
     weights = case / "weights.caffemodel"
     return prototxt2py.load(g, weights=weights if weights.exists() else None)
 
@@ -103,7 +78,7 @@ def case_net(case: Path, m: dict, inference_only: bool = True) -> prototxt2py.ba
 def test_golden_layer_case(case: Path, opset: int) -> None:
     m = meta(case)
     if case.name in EXCLUDED:
-        net = case_net(case, m, inference_only=False)
+        net = case_net(case, m)
         with pytest.raises(UnsupportedLayerError) as e:
             to_onnx_model(net, opset=opset)
         unsupported = [n.name for n in net.graph.nodes if not n.spec.supports("onnx")]

@@ -231,9 +231,8 @@ class OnnxContext:
         """A top whose first axis has the static size of a variable-first bottom's is taken to follow it
         (elementwise layers, InnerProduct, Softmax ... of filtered items), so :meth:`reshape` keeps that
         axis symbolic and the graph outputs declare it so."""
-        node = self.node
-        sources = [(self.in_shape(i), self.variable_first[name]) for i, name in enumerate(map(self.input,
-                   range(self.num_inputs))) if name in self.variable_first]
+        sources = [(self.in_shape(i), self.variable_first[self.input(i)]) for i in range(self.num_inputs)
+                   if self.input(i) in self.variable_first]
         for i in range(self.num_outputs):
             shape, name = self.out_shape(i), self.output(i)
             for in_shape, symbol in sources:

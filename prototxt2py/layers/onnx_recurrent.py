@@ -125,7 +125,8 @@ def recurrent(node: Node, ctx: Any, lstm: bool) -> None:
     ctx.add("Scan", [*states, x_in, ctx.input(1)], [*finals, hs], body=graph, num_scan_inputs=2)
 
     if not lstm:  # RNN's output layer on every step: tanh(W_ho h_t + b_o)
-        o = ctx.add("Add", [ctx.add("MatMul", [hs, _transposed(ctx, p + 1, "W_o_T")]), ctx.const(ctx.param(p + 2), "b_o")])
+        o = ctx.add("MatMul", [hs, _transposed(ctx, p + 1, "W_o_T")])
+        o = ctx.add("Add", [o, ctx.const(ctx.param(p + 2), "b_o")])
         ctx.add("Tanh", [o], ctx.output(0))
     if a.expose_hidden:
         for k, final in enumerate(finals):
