@@ -305,6 +305,35 @@ def test_losses_accuracy_filter_recurrent_match_the_runtime(tmp_path: Path) -> N
             assert_close(value, want[name], 1e-5, 1e-5, f"batch {batch}: ONNX output '{name}'")
 
 
+def test_recurrent_dynamic_sequence_length(tmp_path: Path) -> None:
+    """Time-major recurrent nets with --dynamic-batch: axis 0 of the inputs is T, so one model runs sequences
+    of any length (the Scan takes its trip count from the input), with x_static and exposed states."""
+    def net(steps: int) -> prototxt2py.backends.torch_runtime.CaffeNet:
+        path = tmp_path / f"rec{steps}.prototxt"
+        path.write_text(RECURRENT_PART.replace("{B}", "2").replace("dim: 4", f"dim: {steps}") + """
+layer { name: "side" type: "Input" top: "xs" top: "h0" top: "c0"
+        input_param { shape { dim: 2 dim: 5 } shape { dim: 1 dim: 2 dim: 3 } shape { dim: 1 dim: 2 dim: 3 } } }
+layer { name: "lstm_x" type: "LSTM" bottom: "seq" bottom: "cont" bottom: "xs" bottom: "h0" bottom: "c0"
+        top: "hx" top: "hT" top: "cT" recurrent_param { num_output: 3 expose_hidden: true } }
+""")
+        result = prototxt2py.load(path)
+        recipe_weights(result, 9)
+        return result
+
+    model = to_onnx_model(net(4), dynamic_batch=True)
+    rng = np.random.default_rng(3)
+    for steps in (1, 6):
+        feed = {"seq": rng.standard_normal((steps, 2, 3)), "cont": (rng.uniform(size=(steps, 2)) > 0.3) * 1.0,
+                "xs": rng.standard_normal((2, 5)), "h0": rng.standard_normal((1, 2, 3)),
+                "c0": rng.standard_normal((1, 2, 3))}
+        feed = {k: v.astype(np.float32) for k, v in feed.items()}
+        got = run_onnx(model, feed)
+        want = runtime_blobs(net(steps), feed)
+        assert set(got) == {"h", "o", "hx", "hT", "cT"}
+        for name, value in got.items():
+            assert_close(value, want[name], 1e-5, 1e-5, f"T = {steps}: ONNX output '{name}'")
+
+
 def test_train_val_net_evaluates_like_caffe_test(tmp_path: Path) -> None:
     """LeNet's TEST-phase train_val net (Data layer tops as inputs) with the trained weights, converted by the
     CLI: onnxruntime gives the loss and accuracy that ``caffe test`` reports for the golden digits and their

@@ -11,7 +11,7 @@ One difference that no stateless graph can avoid: without ``expose_hidden`` Caff
 start a forward pass from the final state of the previous one; an ONNX run always starts from zeros, as a
 freshly loaded net does on its first pass. Export with ``expose_hidden: true`` to carry state between runs.
 
-Imports nothing but numpy and onnx's helper (no torch).
+Imports numpy only; onnx's helper is imported when a model is built (never torch).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from onnx import TensorProto, helper
 
 from .base import count
 
@@ -56,6 +55,8 @@ def _transposed(ctx: Any, i: int, hint: str) -> str:
 
 
 def _float_info(name: str, dims: list[Any]) -> Any:
+    from onnx import TensorProto, helper  # only when exporting: importing the layer specs never needs onnx
+
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
 
@@ -115,6 +116,8 @@ def recurrent(node: Node, ctx: Any, lstm: bool) -> None:
         ctx.add("Identity", [h_next], h_seq)
     state_in = [h_prev] + ([c_prev] if lstm else [])
     state_out = [h_next] + ([c_next] if lstm else [])
+    from onnx import helper
+
     graph = helper.make_graph(
         body, f"{node.name}_step",
         [_float_info(s, [batch_dim, hidden]) for s in state_in]
