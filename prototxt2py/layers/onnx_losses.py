@@ -40,7 +40,8 @@ def static_inputs(ctx: Any) -> bool:
 
 def runtime_count(ctx: Any, x: str, static: int, axes: tuple[int, int] | None = None) -> str:
     """A float32 scalar: the element count of ``x`` (or the product of its dims ``axes[0]:axes[1]``). A
-    constant when every shape is static; read from ``x``'s runtime shape with a dynamic batch."""
+    constant when the layer's bottoms have static shapes; else read from ``x``'s runtime shape (a dynamic batch,
+    items picked by a Filter)."""
     if static_inputs(ctx):
         return ctx.scalar(float(static))
     if axes is None:
