@@ -61,6 +61,28 @@ def assert_close(got: np.ndarray, want: np.ndarray, rtol: float, atol: float, wh
         )
 
 
+def detection_rows(out: np.ndarray, opencv: bool) -> np.ndarray:
+    """The detections of a DetectionOutput top as ``(K, 7)`` rows, without the filler rows: Caffe (and we)
+    write one ``[i, -1, ..., -1]`` row per image when nothing is detected, OpenCV pads with zero rows."""
+    rows = out.reshape(-1, 7)
+    if opencv:
+        return rows[(rows[:, 1:] != 0).any(axis=1)]
+    return rows[~(rows[:, 1:] == -1).all(axis=1)]
+
+
+def assert_same_detections(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    """Every row of ``got`` matches its own row of ``want`` (same image and label, values within 1e-4). Rows are
+    paired, not compared in order: OpenCV orders rows by score where Caffe orders them by label, and two
+    implementations may swap boxes whose scores differ in the last bit."""
+    assert len(got) == len(want), f"{what}: {len(got)} detections, the reference has {len(want)}"
+    free = list(range(len(want)))
+    for row in got:
+        same = [j for j in free if want[j, 0] == row[0] and want[j, 1] == row[1]]
+        err = [float(np.abs(want[j, 2:] - row[2:]).max()) for j in same]
+        assert err and min(err) <= 1e-4, f"{what}: no reference detection matches {row.tolist()}"
+        free.remove(same[int(np.argmin(err))])
+
+
 def recipe_weights(net, seed: int) -> None:
     """The golden README's ``zoo-recipe-1``: seeded per (layer, blob index), float64 then float32."""
     with torch.no_grad():
@@ -131,15 +153,19 @@ def random_inputs(graph: prototxt2py.Graph) -> dict[str, np.ndarray]:
     return feed
 
 
-def corpus_net_and_inputs(rel: str):
+def corpus_net_and_inputs(rel: str, data_dependent_outputs: bool = False):
     """A corpus deploy net on the PyTorch runtime with the recipe weights (seed 0) and random inputs; skips the
-    test where the file alone does not give an IR, shapes or a runtime module."""
+    test where the file alone does not give an IR, shapes or a runtime module. ``data_dependent_outputs``:
+    accept net outputs whose shape depends on the data where the layer's ONNX mapping computes them
+    (DetectionOutput)."""
     try:
         g = prototxt2py.graph(CORPUS / rel)
     except Prototxt2pyError as e:
         pytest.skip(f"no IR: {e}")
-    if g.unresolved():
-        pytest.skip(f"shapes not inferable from the file alone: {g.unresolved()}")
+    unresolved = {name: note for name, note in g.unresolved().items()
+                  if not (data_dependent_outputs and g.node(name).spec.onnx_top_shapes(g.node(name)) is not None)}
+    if unresolved:
+        pytest.skip(f"shapes not inferable from the file alone: {unresolved}")
     try:
         net = prototxt2py.load(g)
     except Prototxt2pyError as e:

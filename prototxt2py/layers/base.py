@@ -136,6 +136,11 @@ class LayerSpec:
     #: tests/test_fusion.py): the runtime's inference plan then lets channels-last tensors flow through it
     #: instead of converting them back to NCHW first.
     layout_agnostic: ClassVar[bool] = False
+    #: Whether ``to_onnx`` stays right when height/width are symbolic (``--dynamic``): it bakes no size that
+    #: changes with them (stock ONNX ops whose output sizes follow their inputs), or computes such sizes with
+    #: ONNX ops when ``ctx.dynamic_sizes`` is set. A layer whose blobs change with the input size is refused
+    #: by the exporter, by name, unless its spec declares this.
+    onnx_dynamic_sizes: ClassVar[bool] = False
 
     # -- parameters ------------------------------------------------------------------------------------
     def field_name(self) -> str | None:
@@ -181,6 +186,13 @@ class LayerSpec:
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         raise NotImplementedError
+
+    def onnx_top_shapes(self, node: Node) -> Sequence[Sequence[int | str]] | None:
+        """For a layer whose top shapes depend on the data (its shape inference raises :class:`Unknowable`)
+        but whose ONNX mapping computes them anyway, e.g. SSD's DetectionOutput: each top's ONNX shape, a
+        symbol (str) for every data-dependent axis. Such tops can only be net outputs. Default None: the
+        export needs static shapes."""
+        return None
 
     def plain_convolution(self, node: Node, in_shape: Shape) -> tuple | None:
         """``(stride, pad, dilation, group)`` if, on a bottom of ``in_shape``, this layer is exactly a

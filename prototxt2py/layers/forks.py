@@ -15,6 +15,7 @@ those compute exactly the fork's values.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..plain import Filler, plain
+from . import ssd_onnx
 from .base import LayerSpec, Shape, Unknowable, call, count, register
 from .conv import Convolution
 from .data import DataAttrs, DataLayerSpec, ImageData, crop_size, input_hint
@@ -57,6 +59,7 @@ def _permute_order(node: Node, spec: LayerSpec, ndim: int) -> tuple[int, ...]:
 class Permute(LayerSpec):
     type = "Permute"
     family = FAMILY
+    onnx_dynamic_sizes = True  # Transpose
     summary = "transpose axes (SSD): permute_param.order, unlisted axes follow in their order"
 
     def infer_shapes(self, node, in_shapes):
@@ -160,6 +163,7 @@ class PriorBox(LayerSpec):
     type = "PriorBox"
     bottoms = (1, 2)
     family = FAMILY
+    onnx_dynamic_sizes = True  # the boxes are computed from the run-time sizes when they change
     summary = "SSD default boxes (1, 2, H*W*num_priors*4) from min/max sizes, aspect ratios, flip, clip, step"
 
     def attrs(self, layer):
@@ -196,10 +200,63 @@ class PriorBox(LayerSpec):
         """The boxes depend on the bottoms' sizes only, which the export fixes: a constant (computed by the
         runtime's own module)."""
         a: PriorBoxAttrs = node.attrs
+        if ctx.dynamic_sizes and ctx.sizes_vary:
+            _prior_boxes_sized(ctx, a)
+            return
         _, _, h, w = _legacy(ctx.in_shape(0))
         img_h, img_w = (a.img_h, a.img_w) if a.img_h else _legacy(ctx.in_shape(1))[2:]
         priors = self.module(node).build().priors(h, w, img_h, img_w)
         ctx.identity(ctx.const(priors.numpy(), "priors"), ctx.output(0))
+
+
+def _prior_boxes_sized(ctx: Any, a: PriorBoxAttrs) -> None:
+    """PriorBox with symbolic sizes (``--dynamic``): the runtime module's arithmetic as ONNX ops on the
+    run-time feature map and image sizes, in the same precisions (steps and centres in float32, box edges in
+    double, then float32), so the boxes equal the constant a fixed-size export would hold."""
+    if any(len(ctx.in_shape(i)) != 4 for i in range(ctx.num_inputs)):
+        ctx.fixed_sizes_only("PriorBox of blobs without 4 axes with symbolic sizes")
+    double = ctx.DOUBLE
+    sizes = []  # (width, height) per prior, in Caffe's order (as nn.forks.PriorBox.priors)
+    for s, m in enumerate(a.min_sizes):
+        first = m / 2.0 if a.reduce_boxes else float(m)
+        sizes.append((first, first))
+        if a.max_sizes:
+            side = math.sqrt(m * a.max_sizes[s])
+            sizes.append((side, side))
+        sizes += [(m * math.sqrt(ar), m / math.sqrt(ar)) for ar in a.aspect_ratios if abs(ar - 1.0) >= 1e-6]
+    half = np.array(sizes, dtype=np.float32) / np.float32(2.0)  # (P, 2): exact, so float32 holds the doubles
+    layer = ctx.dims(ctx.input(0), 2, 4)  # (H, W)
+    image = ctx.ints([a.img_h, a.img_w], "image") if a.img_h else ctx.dims(ctx.input(1), 2, 4)
+    if a.step_w:
+        step = ctx.const(np.array([a.step_h, a.step_w], dtype=np.float32), "step")
+    else:  # float(image size) / feature map size, in float32
+        step = ctx.add("Div", [ctx.add("Cast", [image], to=ctx.FLOAT), ctx.add("Cast", [layer], to=ctx.FLOAT)])
+    image_d = ctx.add("Cast", [image], to=double)
+    centres, scales = [], []
+    for axis in (0, 1):  # rows (y), then columns (x)
+        def pick(t: str, i: int = axis) -> str:
+            return ctx.add("Gather", [t, ctx.const(np.int64(i))], axis=0)
+        cells = ctx.add("Cast", [ctx.add("Range", [ctx.const(np.int64(0)), pick(layer), ctx.const(np.int64(1))])],
+                        to=ctx.FLOAT)
+        centre = ctx.add("Mul", [ctx.add("Add", [cells, ctx.scalar(a.offset)]), pick(step)])
+        centres.append(ctx.add("Cast", [centre], to=double))
+        scales.append(pick(image_d))
+    cy = ctx.add("Unsqueeze", [centres[0], ctx.ints([1, 2], "axes")])  # (H, 1, 1)
+    cx = ctx.add("Unsqueeze", [centres[1], ctx.ints([0, 2], "axes")])  # (1, W, 1)
+    grid = ctx.concat_ints([layer, [len(sizes)]], "grid")  # (H, W, P)
+    edges = []
+    for centre, column, scale, op in ((cx, 0, scales[1], "Sub"), (cy, 1, scales[0], "Sub"),
+                                      (cx, 0, scales[1], "Add"), (cy, 1, scales[0], "Add")):
+        half_size = ctx.add("Cast", [ctx.const(half[:, column].copy(), "half")], to=double)
+        edge = ctx.add("Div", [ctx.add(op, [centre, half_size]), scale])
+        edges.append(ctx.add("Unsqueeze", [ctx.add("Expand", [edge, grid]), ctx.ints([3], "axes")]))
+    boxes = ctx.add("Cast", [ctx.add("Concat", edges, axis=3)], to=ctx.FLOAT)  # (H, W, P, 4)
+    if a.clip:
+        boxes = ctx.add("Clip", [boxes, ctx.scalar(0.0), ctx.scalar(1.0)])
+    variance = np.array(a.variance if len(a.variance) == 4 else a.variance[:1], dtype=np.float32)
+    variance = ctx.add("Expand", [ctx.const(variance, "variance"), ctx.shape_of(boxes)])
+    flat = [ctx.add("Reshape", [t, ctx.ints([1, 1, -1], "row")]) for t in (boxes, variance)]
+    ctx.add("Concat", flat, ctx.output(0), axis=1)
 
 
 @dataclass(frozen=True)
@@ -277,6 +334,12 @@ class DetectionOutput(LayerSpec):
             "top_k": None if a.top_k == -1 else a.top_k,
         }
         return call("DetectionOutput", a.num_classes, **{k: v for k, v in given.items() if v is not None})
+
+    def onnx_top_shapes(self, node):
+        return [(1, 1, "detections", 7)]
+
+    def to_onnx(self, node, ctx):
+        ssd_onnx.detection_output(node, ctx)
 
 
 @register
@@ -358,6 +421,7 @@ def _interp_size(a: InterpAttrs, h_in: int, w_in: int) -> tuple[int, int, int, i
 class Interp(LayerSpec):
     type = "Interp"
     family = FAMILY
+    onnx_dynamic_sizes = True  # output size computed from the run-time input size when it changes
     summary = "bilinear resize, aligned corners (PSPNet/DeepLab): height/width, zoom_factor, shrink_factor, crop"
 
     def attrs(self, layer):
@@ -408,6 +472,9 @@ class Interp(LayerSpec):
     def to_onnx(self, node, ctx):
         """Slice (the crop), then ``Resize`` linear with ``align_corners`` (a 1-pixel output reads pixel 0)."""
         a: InterpAttrs = node.attrs
+        if ctx.dynamic_sizes and ctx.sizes_vary:
+            _interp_sized(ctx, a)
+            return
         n, c, h_in, w_in = _legacy(ctx.in_shape(0))
         h_eff, w_eff, h, w = _interp_size(a, h_in, w_in)
         x = ctx.input(0)
@@ -415,6 +482,31 @@ class Interp(LayerSpec):
             x = ctx.slice(x, [-a.pad_beg] * 2, [-a.pad_beg + h_eff, -a.pad_beg + w_eff], [2, 3])
         ctx.add("Resize", [x, "", "", _onnx_sizes(ctx, x, (h, w))], ctx.output(0), mode="linear",
                 coordinate_transformation_mode="align_corners")
+
+
+def _interp_sized(ctx: Any, a: InterpAttrs) -> None:
+    """Interp with symbolic height/width (``--dynamic``): the crop as a Slice counted from both ends, and
+    PSPNet's size rule (shrink ``(h - 1) // s + 1``, then zoom ``h + (h - 1) * (z - 1)``) with ONNX ops on the
+    cropped size; a fixed ``height``/``width`` stays constant."""
+    if len(ctx.in_shape(0)) != 4:
+        ctx.fixed_sizes_only("Interp of a blob without 4 axes with symbolic sizes")
+    x = ctx.input(0)
+    if a.pad_beg or a.pad_end:
+        x = ctx.slice(x, [-a.pad_beg] * 2, [a.pad_end or np.iinfo(np.int64).max] * 2, [2, 3])
+    if a.rule == "size":
+        hw: Any = ctx.ints([a.height, a.width], "hw")
+    else:
+        hw = ctx.dims(x, 2, 4)
+        if a.rule in ("shrink", "shrink_zoom"):
+            one = ctx.ints([1, 1], "one")
+            hw = ctx.add("Add", [ctx.add("Div", [ctx.add("Sub", [hw, one]), ctx.ints([a.shrink] * 2, "shrink")]),
+                                 one])
+        if a.rule in ("zoom", "shrink_zoom") and a.zoom != 1:
+            grown = ctx.add("Mul", [ctx.add("Sub", [hw, ctx.ints([1, 1], "one")]), ctx.ints([a.zoom - 1] * 2, "zoom")])
+            hw = ctx.add("Add", [hw, grown])
+    sizes = ctx.concat_ints([ctx.dims(x, 0, 2), hw], "sizes")
+    ctx.add("Resize", [x, "", "", sizes], ctx.output(0), mode="linear",
+            coordinate_transformation_mode="align_corners")
 
 
 def _onnx_sizes(ctx: Any, x: str, hw: tuple[int, int]) -> str:
@@ -449,6 +541,7 @@ class Upsample(LayerSpec):
     type = "Upsample"
     bottoms = (1, 2)
     family = FAMILY
+    onnx_dynamic_sizes = True  # Resize by scales; unpooling computes its sizes and plane offsets at run time
     summary = "SegNet max-unpooling (x, pool mask) to upsample_h/w or scale; one bottom: nearest repeat (YOLO)"
 
     def attrs(self, layer):
@@ -509,7 +602,8 @@ class Upsample(LayerSpec):
                     coordinate_transformation_mode="asymmetric", nearest_mode="floor")
             return
         if ctx.dynamic_batch:
-            ctx.unsupported("unpooling indices need a fixed batch size")
+            _unpool_sized(ctx, a)
+            return
         out_h, out_w = _upsample_size(a, h, w)
         offsets = (np.arange(n * c, dtype=np.int64) * (out_h * out_w)).reshape(n, c, 1, 1)
         index = ctx.add("Add", [ctx.add("Cast", [ctx.input(1)], to=ctx.INT64), ctx.const(offsets, "plane")])
@@ -518,6 +612,25 @@ class Upsample(LayerSpec):
         # a 1x1 kernel makes MaxUnpool's own size rule give the input size, which output_shape may exceed
         ctx.add("MaxUnpool", [ctx.input(0), index, ctx.ints([n, c, out_h, out_w], "shape")], ctx.output(0),
                 kernel_shape=[1, 1], strides=[1, 1])
+
+
+def _unpool_sized(ctx: Any, a: UpsampleAttrs) -> None:
+    """Unpooling when the batch (and maybe height/width) are symbolic: the output size (``upsample_h/w``, or
+    ``in * scale - pad_out``) and each plane's index offset are computed from the run-time shape."""
+    x = ctx.input(0)
+    nc = ctx.dims(x, 0, 2)
+    if a.out_h:
+        out_hw = ctx.ints([a.out_h, a.out_w], "out_hw")
+    else:
+        out_hw = ctx.add("Sub", [ctx.add("Mul", [ctx.dims(x, 2, 4), ctx.ints([a.scale_h, a.scale_w], "scale")]),
+                                 ctx.ints([int(a.pad_out_h), int(a.pad_out_w)], "pad_out")])
+    planes = ctx.reduce("ReduceProd", nc, [0], keepdims=False)
+    area = ctx.reduce("ReduceProd", out_hw, [0], keepdims=False)
+    offsets = ctx.add("Mul", [ctx.add("Range", [ctx.const(np.int64(0)), planes, ctx.const(np.int64(1))]), area])
+    offsets = ctx.add("Reshape", [offsets, ctx.concat_ints([nc, [1, 1]], "plane_shape")])
+    index = ctx.add("Add", [ctx.add("Cast", [ctx.input(1)], to=ctx.INT64), offsets])
+    ctx.add("MaxUnpool", [x, index, ctx.concat_ints([nc, out_hw], "shape")], ctx.output(0),
+            kernel_shape=[1, 1], strides=[1, 1])
 
 
 # =========================================================================================================
@@ -585,6 +698,9 @@ class PSROIPooling(LayerSpec):
     def module(self, node):
         p = node.attrs
         return call("PSROIPooling", p.output_dim, p.group_size, p.spatial_scale)
+
+    def to_onnx(self, node, ctx):
+        ssd_onnx.psroi_pooling(node, ctx)
 
 
 @register
