@@ -44,7 +44,7 @@ import dataclasses
 import functools
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -181,6 +181,9 @@ class OnnxContext:
         self._shapes: dict[str, str] = {}  # tensor -> its Shape node's output
         self._param_by_array: dict[int, np.ndarray] = {}  # id(array) -> array, for arrays from param()
         self._param_consts: dict[int, str] = {}  # id(array) -> initializer name
+        #: Tensors whose first axis is only known at run time (a Filter's tops and what follows them along
+        #: that axis) -> the symbol naming that axis in the graph's outputs.
+        self.variable_first: dict[str, str] = {}
         self.value_names = self._name_values()
         self._graph_inputs = {self.value_names[v] for v in self.graph.inputs}
 
@@ -240,7 +243,29 @@ class OnnxContext:
             if name not in self._produced and name not in self._graph_inputs:
                 raise Prototxt2pyError(f"internal: the ONNX mapping did not produce top {i} ('{node.tops[i]}')",
                                        node.location, layer=node.name)
+        self._follow_variable_first()
         self.node = self._module = None
+
+    def variable_first_axis(self, i: int, symbol: str) -> None:
+        """Mark top ``i`` as having a first axis known only at run time (its static shape says the most it
+        can be), named ``symbol`` where it is a graph output."""
+        self.variable_first[self.output(i)] = symbol
+
+    def is_static(self, name: str) -> bool:
+        """Whether tensor ``name`` has its static shape at run time (no dynamic batch, not after a Filter)."""
+        return not self.dynamic_batch and name not in self.variable_first
+
+    def _follow_variable_first(self) -> None:
+        """A top whose first axis has the static size of a variable-first bottom's is taken to follow it
+        (elementwise layers, InnerProduct, Softmax ... of filtered items), so :meth:`reshape` keeps that
+        axis symbolic and the graph outputs declare it so."""
+        sources = [(self.in_shape(i), self.variable_first[self.input(i)]) for i in range(self.num_inputs)
+                   if self.input(i) in self.variable_first]
+        for i in range(self.num_outputs):
+            shape, name = self.out_shape(i), self.output(i)
+            for in_shape, symbol in sources:
+                if shape and in_shape and shape[0] == in_shape[0]:
+                    self.variable_first.setdefault(name, symbol)
 
     def input(self, i: int = 0) -> str:
         return self.value_names[self.node.inputs[i]]
@@ -382,6 +407,17 @@ class OnnxContext:
         self._produced.update(outputs)
         return outputs[0]
 
+    @contextlib.contextmanager
+    def subgraph(self) -> Iterator[list[onnx.NodeProto]]:
+        """Nodes added inside the block go to the yielded list (the body of a ``Scan``/``Loop``), not to the
+        main graph; names stay unique across both, and constants are main-graph initializers, which a body
+        reads from the outer scope."""
+        saved, self.nodes = self.nodes, []
+        try:
+            yield self.nodes
+        finally:
+            self.nodes = saved
+
     def identity(self, x: str, out: str) -> str:
         return self.add("Identity", [x], out)
 
@@ -392,7 +428,7 @@ class OnnxContext:
             self.fixed_sizes_only("its ONNX mapping reshapes to sizes fixed at export, which change with the input "
                                   "height/width")
         shape = [int(d) for d in target]
-        if self.dynamic_batch and shape and x_shape and -1 not in shape[1:]:
+        if (self.dynamic_batch or x in self.variable_first) and shape and x_shape and -1 not in shape[1:]:
             shape[0] = 0 if shape[0] == x_shape[0] else -1
         return self.add("Reshape", [x, self.ints(shape, "shape")], out)
 
@@ -493,14 +529,17 @@ def _dynamic_bottom(graph: Any, node: Node, data_dependent: dict[str, list[int |
 
 
 def _value_info(name: str, shape: Sequence[int | str] | None, batch: int | None = None,
-                spatial: Sequence[str] = ()) -> onnx.ValueInfoProto:
+                spatial: Sequence[str] = (), first: str | None = None) -> onnx.ValueInfoProto:
     """A float32 graph input/output (no shape if ``shape`` is None); with ``batch``, a first axis of that size
-    becomes the batch symbol; ``spatial`` names the axes from 2 on (``--dynamic``)."""
+    becomes the batch symbol; ``spatial`` names the axes from 2 on (``--dynamic``); ``first`` names a first
+    axis known only at run time (a Filter's items)."""
     dims: list[int | str] | None = None if shape is None else list(shape)
     if batch is not None and dims and dims[0] == batch:
         dims[0] = BATCH_SYMBOL
     if dims and spatial:
         dims[2:] = spatial
+    if first is not None and dims:
+        dims[0] = first
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
 
@@ -626,7 +665,9 @@ def _declare_io(onnx_graph: onnx.GraphProto, ctx: OnnxContext, dynamic_batch: bo
     onnx_graph.input.extend(_value_info(names[v], graph.values[v].shape, batch, spatial.get(v, ()))
                             for v in graph.inputs)
     onnx_graph.output.extend(
-        _value_info(names[v], None if dynamic_batch else data_dependent.get(v, graph.values[v].shape)) for v in outputs)
+        _value_info(names[v], None if dynamic_batch else data_dependent.get(v, graph.values[v].shape),
+                    first=ctx.variable_first.get(names[v]))
+        for v in outputs)
 
 
 def _infer_output_shapes(model: onnx.ModelProto, known: dict[str, list[int | str | None]]) -> None:

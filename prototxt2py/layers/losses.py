@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UnsupportedLayerError
 from ..plain import plain
+from . import onnx_losses
 from .base import Call, LayerSpec, Shape, call, canonical_axis, count, register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -155,6 +156,9 @@ class SoftmaxWithLoss(_LossSpec):
     def module(self, node: Node) -> Call:
         return call("SoftmaxWithLoss", **_loss_kwargs(node.attrs, "VALID"))
 
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        onnx_losses.softmax_with_loss(node, ctx, self)
+
 
 @register
 class InfogainLoss(_LossSpec):
@@ -196,6 +200,9 @@ class InfogainLoss(_LossSpec):
             kwargs["prob_top"] = True
         return call("InfogainLoss", **kwargs)
 
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        onnx_losses.infogain_loss(node, ctx, self)
+
 
 # -- SigmoidCrossEntropyLoss -------------------------------------------------------------------------------
 @register
@@ -217,6 +224,9 @@ class SigmoidCrossEntropyLoss(_LossSpec):
     def module(self, node: Node) -> Call:
         return call("SigmoidCrossEntropyLoss", **_loss_kwargs(node.attrs, "BATCH_SIZE", with_axis=False))
 
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        onnx_losses.sigmoid_cross_entropy_loss(node, ctx)
+
 
 # -- EuclideanLoss -----------------------------------------------------------------------------------------
 @register
@@ -234,6 +244,9 @@ class EuclideanLoss(_LossSpec):
     def module(self, node: Node) -> Call:
         return call("EuclideanLoss")
 
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        onnx_losses.euclidean_loss(node, ctx)
+
 
 # -- HingeLoss ---------------------------------------------------------------------------------------------
 @register
@@ -244,6 +257,9 @@ class HingeLoss(_LossSpec):
     def module(self, node: Node) -> Call:
         norm = node.attrs.norm
         return call("HingeLoss", **({} if norm == "L1" else {"norm": norm}))
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        onnx_losses.hinge_loss(node, ctx)
 
 
 # -- MultinomialLogisticLoss -------------------------------------------------------------------------------
@@ -262,6 +278,9 @@ class MultinomialLogisticLoss(_LossSpec):
 
     def module(self, node: Node) -> Call:
         return call("MultinomialLogisticLoss")
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        onnx_losses.multinomial_logistic_loss(node, ctx)
 
 
 # -- ContrastiveLoss ---------------------------------------------------------------------------------------
@@ -295,6 +314,9 @@ class ContrastiveLoss(_LossSpec):
         return call("ContrastiveLoss", **_optional(margin=a.margin if a.margin != 1.0 else None,
                                                    legacy_version=a.legacy_version or None))
 
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        onnx_losses.contrastive_loss(node, ctx)
+
 
 # -- Accuracy ----------------------------------------------------------------------------------------------
 @register
@@ -321,3 +343,6 @@ class Accuracy(LayerSpec):
         return call("Accuracy", **_optional(top_k=a.top_k if a.top_k != 1 else None,
                                             axis=a.axis if a.axis != 1 else None, ignore_label=a.ignore_label,
                                             per_class=True if len(node.tops) > 1 else None))
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        onnx_losses.accuracy(node, ctx, self)

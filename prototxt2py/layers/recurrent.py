@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..plain import plain
+from . import onnx_recurrent
 from .base import Call, LayerSpec, Shape, call, count, register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,6 +57,9 @@ class LSTMUnit(LayerSpec):
 
     def module(self, node: Node) -> Call:
         return call("LSTMUnit")
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        onnx_recurrent.lstm_unit(node, ctx)
 
 
 # -- RNN / LSTM ---------------------------------------------------------------------------------------------
@@ -140,6 +144,11 @@ class _RecurrentSpec(LayerSpec):
         if node.attrs.expose_hidden:
             kwargs["expose_hidden"] = True
         return call(self.type, shapes[0][1], int(node.attrs.num_output), **kwargs)
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        """A ``Scan`` over time (see :mod:`prototxt2py.layers.onnx_recurrent`); without ``expose_hidden`` each
+        ONNX run starts from zero states (the runtime's first pass), as a stateless graph must."""
+        onnx_recurrent.recurrent(node, ctx, lstm=self.gates == 4)
 
     def fillers(self, node: Node) -> Sequence[Any]:
         """``weight_filler`` for the matrices, ``bias_filler`` for the biases (Caffe's unrolled net)."""

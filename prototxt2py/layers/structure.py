@@ -711,6 +711,16 @@ class Filter(LayerSpec):
     def module(self, node) -> Call:
         return call("Filter")
 
+    def to_onnx(self, node, ctx):
+        """``Compress`` along axis 0 with ``selector != 0`` (Caffe tests the float itself, not its int). The
+        tops' first axis is known only at run time: the graph declares it as ``<layer>_items``."""
+        sel_shape = ctx.in_shape(ctx.num_inputs - 1)
+        selector = ctx.reshape(ctx.input(ctx.num_inputs - 1), sel_shape, (sel_shape[0],))
+        keep = ctx.add("Not", [ctx.add("Equal", [selector, ctx.scalar(0.0)])])
+        for i in range(ctx.num_outputs):
+            ctx.add("Compress", [ctx.input(i), keep], ctx.output(i), axis=0)
+            ctx.variable_first_axis(i, f"{node.name}_items")
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Parameter / DummyData
