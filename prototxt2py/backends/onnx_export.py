@@ -467,7 +467,7 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
     problems: list[tuple[Node, str | None]] = []
     for node in graph.nodes:
         if not node.spec.supports("onnx", node):
-            problems.append((node, None))
+            problems.append((node, node.spec.unsupported_note(node) or None))
             continue
         ctx.begin(node)
         try:

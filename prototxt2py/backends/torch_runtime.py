@@ -32,6 +32,7 @@ from torch import nn
 from ..errors import Prototxt2pyError, ShapeError, UnsupportedLayerError
 from ..fillers import fill_blob
 from ..ir import Graph
+from ..layers.base import unsupported_entry
 from ..netstate import TRAIN
 from . import fusion
 from .fusion import (
@@ -74,15 +75,19 @@ def build_module(node: Any) -> nn.Module:
     follow). Its blob attribute names go on the module as ``blob_names``."""
     spec = node.spec
     recipe = spec.module(node)
-    with torch.device("meta"):
+    if recipe.build_on_meta:
+        with torch.device("meta"):
+            module = recipe.build()
+        module = module.to_empty(device="cpu")
+    else:  # a caller's module: built as it is, its own initial values kept until weights overwrite them
         module = recipe.build()
-    module = module.to_empty(device="cpu")
     names = spec.node_blob_names(node)
     for name, shape, filler in zip(names, node.param_shapes, spec.fillers(node), strict=True):
         blob = getattr(module, name)
         if tuple(blob.shape) != tuple(shape):
             raise RuntimeError(f"{recipe.target} made blob '{name}' of shape {tuple(blob.shape)}, Caffe's is {shape}")
-        fill_blob(blob, filler)
+        if recipe.build_on_meta:
+            fill_blob(blob, filler)
     module.blob_names = names
     return module
 
@@ -100,8 +105,7 @@ class CaffeNet(nn.Module):
     def __init__(self, graph: Graph):
         super().__init__()
         self.graph = graph
-        missing = [f"'{n.type}' (layer '{n.name}' at {n.location})" for n in graph.nodes
-                   if not n.spec.supports("torch", n)]
+        missing = [unsupported_entry(n) for n in graph.nodes if not n.spec.supports("torch", n)]
         if missing:
             raise UnsupportedLayerError("no PyTorch implementation for: " + ", ".join(missing))
         self.layers = nn.ModuleDict()

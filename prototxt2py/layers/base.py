@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import ShapeError
+from ..errors import Prototxt2pyError, ShapeError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -39,14 +39,19 @@ MaybeShape = Shape | None
 class Call:
     """A module construction ``target(*args, **kwargs)`` of plain values only.
 
-    ``target`` is ``"nn.<Class>"`` (a stock ``torch.nn`` module) or the name of a helper class of
-    :mod:`prototxt2py.nn`. ``num_outputs`` names the keyword (or positional index) holding the layer's output
-    count, so generated code can expose it (``num_classes`` of a final classifier)."""
+    ``target`` is ``"nn.<Class>"`` (a stock ``torch.nn`` module), the name of a helper class of
+    :mod:`prototxt2py.nn`, or ``"package.module:Class"``: a plugin's helper class in the plugin's own installed
+    module (imported when the runtime builds it; its source is copied into generated code, as built-in
+    helpers are). ``num_outputs`` names the keyword (or positional index) holding the layer's output count,
+    so generated code can expose it (``num_classes`` of a final classifier). ``build_on_meta``: the runtime
+    builds the module on the meta device and gives it fresh storage (the helpers' rule: no tensor state
+    beyond the blobs); False builds it on the CPU as it is (a caller's module with its own initialisation)."""
 
     target: str
     args: tuple = ()
     kwargs: tuple[tuple[str, Any], ...] = ()
     num_outputs: str | int | None = None
+    build_on_meta: bool = True
 
     def build(self) -> torch.nn.Module:
         from ..nn import resolve
@@ -54,9 +59,11 @@ class Call:
         return resolve(self.target)(*self.args, **dict(self.kwargs))
 
 
-def call(target: str, *args: Any, num_outputs: str | int | None = None, **kwargs: Any) -> Call:
+def call(target: str, *args: Any, num_outputs: str | int | None = None, build_on_meta: bool = True,
+         **kwargs: Any) -> Call:
     """:class:`Call` with keyword arguments in the order given (the order generated code shows)."""
-    return Call(target, tuple(args), tuple(kwargs.items()), num_outputs)
+    return Call(target, tuple(args), tuple(kwargs.items()), num_outputs, build_on_meta)
+
 
 class Unknowable(Exception):
     """Raised by a spec when a shape cannot be known statically (not an error in the net), e.g. a data
@@ -68,21 +75,79 @@ class Unknowable(Exception):
         self.shapes = list(shapes) if shapes is not None else None
 
 
-#: ``type`` string -> spec instance.
+#: ``type`` string -> spec instance (built-ins, plugins registered so far; see :func:`get_spec`).
 REGISTRY: dict[str, LayerSpec] = {}
+#: ``python_param.module + "." + python_param.layer`` -> spec instance, for ``Python`` layers mapped by a
+#: plugin (:attr:`LayerSpec.python_layer`); the model's own module is never imported.
+PYTHON_REGISTRY: dict[str, LayerSpec] = {}
 
 
-def register(cls: type[LayerSpec]) -> type[LayerSpec]:
-    """Class decorator: register a spec under its ``type`` (and ``aliases``). Later registrations win,
-    so a plugin may replace a built-in spec."""
-    inst = cls()
-    for name in (cls.type, *cls.aliases):
-        REGISTRY[name] = inst
-    return cls
+class RegistrationError(Prototxt2pyError):
+    """A layer type (or alias, or Python layer name) registered twice without ``replace=True``."""
+
+
+def register(cls: type[LayerSpec] | None = None, *, replace: bool = False) -> Any:
+    """Class decorator: register a spec under its ``type`` and ``aliases`` (or, for a spec with
+    :attr:`~LayerSpec.python_layer`, under that ``module.Layer`` name for ``Python`` layers).
+
+    ``@register`` refuses a name that is already taken, naming both specs: two plugins silently fighting
+    over a type would make results depend on import order. ``@register(replace=True)`` replaces on purpose
+    (a plugin overriding a built-in spec)."""
+
+    def apply(spec_cls: type[LayerSpec]) -> type[LayerSpec]:
+        if not (isinstance(spec_cls, type) and issubclass(spec_cls, LayerSpec)):
+            raise TypeError(f"@register takes a LayerSpec subclass, got {spec_cls!r}")
+        if spec_cls.python_layer:
+            table, names, what = PYTHON_REGISTRY, (spec_cls.python_layer,), "Python layer"
+        else:
+            if not spec_cls.type:
+                raise RegistrationError(f"{_qualified(spec_cls)} has no 'type' to register under")
+            table, names, what = REGISTRY, (spec_cls.type, *spec_cls.aliases), "layer type"
+        if not replace:
+            for name in names:
+                old = table.get(name)
+                if old is not None and type(old) is not spec_cls:
+                    raise RegistrationError(
+                        f"{what} '{name}' is already registered by {_qualified(type(old))}; "
+                        f"{_qualified(spec_cls)} cannot register it again (use @register(replace=True) to "
+                        "replace it on purpose)")
+        inst = spec_cls()
+        for name in names:
+            table[name] = inst
+        return spec_cls
+
+    if cls is None:
+        return apply
+    return apply(cls)
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def get_spec(type_name: str) -> LayerSpec | None:
-    return REGISTRY.get(type_name)
+    """The spec registered for ``type_name``. A miss loads the ``prototxt2py.layers`` entry points (once)
+    before answering: installed plugins register their types as they load, and a plugin that fails to load
+    is an error naming it (see :func:`prototxt2py.plugins.load_entry_points`)."""
+    spec = REGISTRY.get(type_name)
+    if spec is None:
+        from ..plugins import load_entry_points
+
+        if load_entry_points():
+            spec = REGISTRY.get(type_name)
+    return spec
+
+
+def get_python_spec(name: str) -> LayerSpec | None:
+    """The spec a plugin registered for the ``Python`` layer ``module.Layer`` (entry points loaded on a
+    miss, as for :func:`get_spec`)."""
+    spec = PYTHON_REGISTRY.get(name)
+    if spec is None:
+        from ..plugins import load_entry_points
+
+        if load_entry_points():
+            spec = PYTHON_REGISTRY.get(name)
+    return spec
 
 
 def _param_field_map() -> dict[str, str]:
@@ -116,6 +181,9 @@ class LayerSpec:
     type: ClassVar[str] = ""
     #: Other type strings handled by the same spec (e.g. fork spellings).
     aliases: ClassVar[tuple[str, ...]] = ()
+    #: For a spec of ``Python`` layers: the ``python_param`` ``module.layer`` it computes (registered in
+    #: :data:`PYTHON_REGISTRY`, not under ``type``).
+    python_layer: ClassVar[str] = ""
     #: LayerParameter field holding this type's parameters; ``None`` = derive from the descriptor.
     param_field: ClassVar[str | None] = None
     #: Allowed numbers of bottoms and tops (inclusive); ``None`` as max = unbounded.
@@ -188,6 +256,20 @@ class LayerSpec:
         and optional ``bias`` blobs: the runtime may then fuse it with what follows. Default: not one."""
         return None
 
+    def unsupported_note(self, node: Node) -> str:
+        """Why a backend cannot run this layer and what to do about it, appended to the error listing
+        unsupported layers (default: nothing to add)."""
+        return ""
+
+    def diagram_label(self, attrs: Any) -> Sequence[str]:
+        """Extra lines of the layer's node in diagrams (``draw``), under its name and ``(Type)``, from its
+        plain attrs -- as Caffe's draw_net shows kernel, stride and pad. Default: none."""
+        return ()
+
+    def diagram_edge_label(self, attrs: Any) -> str:
+        """Label of the edges from the layer to its tops in diagrams (Caffe's: ``num_output``). Default: none."""
+        return ""
+
     def is_input(self, node: Node) -> bool:
         """Whether the layer's tops are net inputs, fed by the caller (Input, and data layers, which read
         files this tool never opens)."""
@@ -209,6 +291,12 @@ class LayerSpec:
     def fail(self, node: Node, message: str) -> ShapeError:
         """A ShapeError naming the layer and its source location."""
         return ShapeError(message, node.location, layer=node.name)
+
+
+def unsupported_entry(node: Node) -> str:
+    """A layer in a backend's "no implementation for" list, with its spec's note on how to get one."""
+    note = node.spec.unsupported_note(node)
+    return f"'{node.type}' (layer '{node.name}' at {node.location}" + (f"; {note})" if note else ")")
 
 
 def canonical_axis(node: Node, spec: LayerSpec, axis: int, num_axes: int) -> int:

@@ -743,8 +743,9 @@ class ConvolutionDepthwise(Convolution):
 
     def attrs(self, layer):
         if layer.convolution_param.num_output <= 0:  # the fork never reads num_output; the conv attrs need one
-            copy = type(layer)()
-            copy.CopyFrom(layer)
+            message = getattr(layer, "message", layer)  # a LayerSource's LayerParameter
+            copy = type(message)()
+            copy.CopyFrom(message)
             copy.convolution_param.num_output = 1
             layer = copy
         return super().attrs(layer)
