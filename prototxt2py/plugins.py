@@ -113,7 +113,8 @@ class RawField:
     name: str
     kind: str
     value: Any
-    location: Location
+    location: Location  # of the value (of the name for a message)
+    name_location: Location
 
 
 class RawMessage:
@@ -151,12 +152,12 @@ class RawMessage:
         for f in self.fields:
             if f.name not in allowed:
                 raise self.error(f"{self.name} has no field named '{f.name}' (expected one of: "
-                                 f"{', '.join(allowed)})", f)
+                                 f"{', '.join(allowed)})", f.name_location)
 
     def _one(self, name: str, default: Any) -> RawField | None:
         found = self.all(name)
         if len(found) > 1:
-            raise self.error(f"{self.name} has field '{name}' more than once", found[1])
+            raise self.error(f"{self.name} has field '{name}' more than once", found[1].name_location)
         if not found:
             if default is _REQUIRED:
                 raise self.error(f"{self.name} needs field '{name}'")
@@ -327,16 +328,16 @@ def _parse_field_text(d: DroppedField, layer: str | None) -> list[RawField]:
     def value(name: str, name_tok: Any, depth: int) -> RawField:
         tok = take()
         if punct(tok, "{<"):
-            return RawField(name, "message", message_body(name, tok, depth + 1), loc(name_tok))
+            return RawField(name, "message", message_body(name, tok, depth + 1), loc(name_tok), loc(name_tok))
         if tok.kind == "string":
             text = tok.text[1:-1]
             while peek().kind == "string":
                 text += take().text[1:-1]
             if "\\" in text:
                 text = text.encode("latin-1", "backslashreplace").decode("unicode_escape")
-            return RawField(name, "string", text, loc(tok))
+            return RawField(name, "string", text, loc(tok), loc(name_tok))
         if tok.kind in ("number", "ident"):
-            return RawField(name, tok.kind, tok.text, loc(tok))
+            return RawField(name, tok.kind, tok.text, loc(tok), loc(name_tok))
         raise fail(tok, f"expected a value for field '{name}', got {_short(tok.text)}")
 
     def field(depth: int) -> list[RawField]:

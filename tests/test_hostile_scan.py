@@ -1,8 +1,9 @@
 """No code execution from model files: a scan of the package for the ways Python can run data as code.
 
 Allowed, each for a reason stated here: importing this package's own helper modules and the modules of
-plugin helper classes named by installed spec code (``nn/__init__.py``), and ``np.load`` with ``allow_pickle=False``. A ``torch.load`` must pass
-``weights_only=True``. Model files never name a module to import (``Python`` layers are never imported)."""
+plugin helper classes named by installed spec code (``nn/__init__.py``), and ``np.load`` with
+``allow_pickle=False``. A ``torch.load`` must pass ``weights_only=True``. Model files never name a module to
+import (``Python`` layers are never imported)."""
 
 from __future__ import annotations
 

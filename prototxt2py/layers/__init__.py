@@ -12,6 +12,7 @@ type that is not registered (:func:`get_spec`).
 
 from __future__ import annotations
 
+from ..plain import Filler, plain
 from ..plugins import (
     ENTRY_POINT_GROUP,
     LayerSource,
@@ -59,6 +60,7 @@ FAMILY_MODULES = (inputs, conv, pooling, elementwise, normalization, structure, 
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "Filler",
     "PYTHON_REGISTRY",
     "REGISTRY",
     "Call",
@@ -77,6 +79,7 @@ __all__ = [
     "count",
     "get_python_spec",
     "get_spec",
+    "plain",
     "load_entry_points",
     "python_layer_name",
     "python_layer_spec",
