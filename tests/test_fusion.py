@@ -59,12 +59,14 @@ def _conv_calls(net: CaffeNet) -> list[str]:
 
 
 def test_chains_found(net: CaffeNet) -> None:
-    chains = [(f.conv, f.bn, f.scale, f.eltwise, f.relu, f.slope and round(f.slope, 6)) for f in net._fusions]
-    assert chains == [("c1", None, None, None, "r1", 0.1), ("c2", "bn2", "s2", "sum", "relu", 0.0),
-                      ("c3", "bn3", None, None, None, None)]
+    chains = [(f.conv, f.affine, f.residual, f.post, f.unary, tuple(round(s, 6) for s in f.scalars))
+              for f in net._fusions]
+    assert chains == [("c1", (), None, "r1", "leaky_relu", (0.1,)), ("c2", ("bn2", "s2"), "sum", "relu", "relu", ()),
+                      ("c3", ("bn3",), None, None, "none", ())]
     c2 = net._fusions[1]
     assert net.graph.values[c2.other].blob == "c3" and c2.other_first  # c3 is the Eltwise's bottom 0
-    kinds = {step[1] if isinstance(step[1], str) else step[1].conv: step[0] for step in net._inference_plan}
+    assert c2.members == ("c2", "bn2", "s2", "sum", "relu")
+    kinds = {step.key: step.kind for step in net._inference_plan}
     # Deconvolution may receive channels-last values and is not known to handle them: made dense. LRN and
     # pooling take them as they are (layout-agnostic).
     assert kinds["up"] == fusion.DENSE
@@ -142,8 +144,8 @@ def test_a_blob_read_twice_ends_the_chain(tmp_path: Path) -> None:
                                              'layer { name: "c3"')
     net = build(tmp_path, text)
     randomise(net)
-    chains = [(f.conv, f.bn, f.scale, f.eltwise, f.relu) for f in net._fusions]
-    assert chains[1:] == [("c2", "bn2", "s2", None, None), ("c3", "bn3", None, "sum", "relu")]
+    chains = [(f.conv, f.affine, f.residual, f.post) for f in net._fusions]
+    assert chains[1:] == [("c2", ("bn2", "s2"), None, None), ("c3", ("bn3",), "sum", "relu")]
     with torch.no_grad():
         fused, reference = net.eval()(X), net(X, all_blobs=True)
     for name in ("tap", "ip", "up"):
@@ -200,7 +202,7 @@ def test_layout_agnostic_layers_give_the_same_on_channels_last_values(tmp_path: 
 
     agnostic = {spec.type for spec in REGISTRY.values() if spec.layout_agnostic}
     assert {n.type for n in net.graph.nodes} >= agnostic  # each one is checked here
-    assert {step[0] for step in net._inference_plan} == {fusion.INPUT, fusion.FUSED, fusion.LAYER}
+    assert {step.kind for step in net._inference_plan} == {fusion.INPUT, fusion.FUSED, fusion.LAYER}
     with torch.no_grad():
         x = torch.randn(2, 4, 10, 11, generator=torch.Generator().manual_seed(1))
         torch.manual_seed(0)
