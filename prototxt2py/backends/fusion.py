@@ -229,7 +229,7 @@ def plan_inference(graph: Graph, node_keys: list[str], plan: Sequence[Step], fus
 
 
 class FusionCache:
-    """Convolution weights with a chain's affine layers folded in, and their oneDNN-packed form, per chain.
+    """The convolution weights, with a chain's affine layers folded in, and their oneDNN-packed form, per chain.
 
     An entry is keyed by the version counter and address of every blob it comes from (and the module
     attributes the affine forms name in ``depends_on``): torch's in-place ops (``copy_``, ``load_state_dict``,
