@@ -266,7 +266,8 @@ class Net:
             raise CaffeUsageError(f"no layer named '{name}' in the net") from None
 
     def _forward_layer(self, i: int, initial: bool = False) -> None:
-        kind, key, ins, outs = self._plan[i]
+        step = self._plan[i]
+        kind, key, ins, outs = step.kind, step.key, step.inputs, step.outputs
         node = self._graph.nodes[i]
         if node.type == "MemoryData" and self._memory_data is not None:
             self._next_memory_batch(outs)
@@ -410,7 +411,8 @@ class Net:
     def _backward_layer(self, i: int, written: set[str]) -> None:
         """One layer's backward: bottom diffs overwritten (summed where a value feeds several layers, as Caffe's
         Split layers do), parameter diffs accumulated."""
-        kind, key, ins, outs = self._plan[i]
+        step = self._plan[i]
+        kind, key, ins, outs = step.kind, step.key, step.inputs, step.outputs
         node = self._graph.nodes[i]
         need_b = self._bottom_need[i]
         blobs = self._node_params[i]

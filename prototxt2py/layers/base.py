@@ -12,6 +12,10 @@ ask the node's spec:
                             runtime builds it and the code generator writes it, so both run the same code
 * ``fillers``               Caffe's filler of each parameter blob (used when no weights are loaded)
 * ``to_onnx``               standard ONNX nodes for the layer (see ``backends/onnx_export.py``)
+* ``plain_convolution``, ``per_channel_affine``, ``residual_add``, ``post_op``, ``plain_linear``
+                            what the runtime's inference plan may fuse (see ``backends/fusion.py``); each
+                            answers "no" unless the spec says otherwise, so a type it does not know runs as
+                            its own module
 
 A backend supports a layer iff the spec overrides the matching method, so ``prototxt2py layers`` is derived,
 never hand-maintained. Plugins add types with :func:`register` (or the ``prototxt2py.layers`` entry point).
@@ -63,6 +67,45 @@ def call(target: str, *args: Any, num_outputs: str | int | None = None, build_on
          **kwargs: Any) -> Call:
     """:class:`Call` with keyword arguments in the order given (the order generated code shows)."""
     return Call(target, tuple(args), tuple(kwargs.items()), num_outputs, build_on_meta)
+
+
+@dataclass(frozen=True)
+class ChannelAffine:
+    """How a layer computes ``y = x * multiplier + offset`` with one multiplier and one offset per channel
+    (axis 1), read from its module at run time: what lets the inference plan fold it into a preceding
+    convolution, or fold a run of such layers into one multiply-add. Either blobs (``multiplier``/``offset``:
+    module attributes holding one value per channel, in any shape of ``C`` elements; ``None`` = 1 / 0) or a
+    module ``method`` returning ``(multiplier, offset)`` (a form computed from statistics).
+
+    The form must be differentiable wherever the layer's own forward pass is (the plan may run it under
+    autograd). Plain strings and flags only: specs stay free of torch."""
+
+    multiplier: str | None = None
+    offset: str | None = None
+    method: str | None = None
+    #: A module method saying whether the affine form holds now (False e.g. while normalising with batch
+    #: statistics: the chain then runs layer by layer); ``None`` = always.
+    active: str | None = None
+    #: Module attributes other than blobs the form depends on (``("eps",)``): cached folds are keyed by them.
+    depends_on: tuple[str, ...] = ()
+    #: Whether the layer alone is worth running as one multiply-add (its module does more work than that,
+    #: e.g. subtract-then-divide); a layer without this joins a chain but never starts one by itself.
+    alone: bool = False
+
+
+#: The post-op kinds :meth:`LayerSpec.post_op` may declare, with their ``scalars``.
+POST_OPS = {"relu": (), "leaky_relu": ("negative_slope",), "clamp": ("min", "max")}
+
+
+@dataclass(frozen=True)
+class PostOp:
+    """An elementwise function a fused convolution may apply to its result, as ``kind`` and ``scalars`` (see
+    :data:`POST_OPS`): ``relu`` is ``max(x, 0)``, ``leaky_relu`` ``x > 0 ? x : slope * x``, ``clamp``
+    ``min(max(x, min), max)`` with ``min <= max``. Only exact functions belong here (no approximations): the
+    fused result must equal the layer's up to the rounding of the convolution itself."""
+
+    kind: str
+    scalars: tuple[float, ...] = ()
 
 
 class Unknowable(Exception):
@@ -269,6 +312,28 @@ class LayerSpec:
     def diagram_edge_label(self, attrs: Any) -> str:
         """Label of the edges from the layer to its tops in diagrams (Caffe's: ``num_output``). Default: none."""
         return ""
+
+    def per_channel_affine(self, node: Node) -> ChannelAffine | None:
+        """How this one-bottom, one-top layer is a per-channel ``x * multiplier + offset`` (see
+        :class:`ChannelAffine`), or None. The runtime folds such layers into a preceding plain convolution
+        (and into each other). Default: not one."""
+        return None
+
+    def residual_add(self, node: Node) -> bool:
+        """Whether this layer is exactly ``bottom0 + bottom1`` of two distinct same-shape bottoms (a residual
+        connection): the runtime may then add it as a fused convolution's post-op. Default: no."""
+        return False
+
+    def post_op(self, node: Node) -> PostOp | None:
+        """The elementwise function (:class:`PostOp`) this one-bottom, one-top layer is exactly, for a fused
+        convolution to apply, or None. Default: none."""
+        return None
+
+    def plain_linear(self, node: Node) -> bool:
+        """Whether this layer is exactly ``torch.nn.functional.linear(bottom.flatten(1), weight, bias)`` with
+        its module's ``weight`` (``(N, K)``) and optional ``bias`` blobs, for inputs of any rank: the runtime
+        may then run it on oneDNN's matmul. Default: no."""
+        return False
 
     def is_input(self, node: Node) -> bool:
         """Whether the layer's tops are net inputs, fed by the caller (Input, and data layers, which read

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..plain import Filler, plain
-from .base import LayerSpec, Shape, Unknowable, call, count, register
+from .base import ChannelAffine, LayerSpec, Shape, Unknowable, call, count, register
 from .conv import Convolution
 from .data import DataAttrs, DataLayerSpec, ImageData, crop_size, input_hint
 
@@ -670,6 +670,17 @@ class BN(LayerSpec):
             return call("PSPNetBN", channels, **{k: v for k, v in given.items() if v is not None})
         given = {"learn": a.learn or None, "num_tops": len(node.tops) if len(node.tops) > 1 else None}
         return call("SegNetBN", channels, **{k: v for k, v in given.items() if v is not None})
+
+    def per_channel_affine(self, node):
+        """SegNet's INFERENCE mode is ``x * scale + shift`` as it stands; PSPNet's form (stored statistics:
+        eval mode or frozen) comes from ``PSPNetBN.affine``. SegNet's LEARN mode normalises with batch
+        statistics in every phase: not affine."""
+        a: BNAttrs = node.attrs
+        if len(node.tops) != 1 or a.learn:
+            return None
+        if a.pspnet:
+            return ChannelAffine(method="affine", active="uses_global_stats", depends_on=("eps",), alone=True)
+        return ChannelAffine(multiplier="scale", offset="shift")
 
     def fillers(self, node):
         """scale, shift by the layer's fillers; PSPNet's variance starts at 1 when frozen (else 0)."""

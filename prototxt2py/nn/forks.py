@@ -682,6 +682,25 @@ class PSPNetBN(nn.Module):
         self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("variance", torch.zeros(1, channels, 1, 1))
 
+    def uses_global_stats(self) -> bool:
+        """Whether the stored statistics are used: frozen, or eval mode."""
+        return self.frozen or not self.training
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel ``(multiplier, offset)`` with ``x * multiplier + offset`` equal to the
+        output with stored statistics up to rounding, for folding into a preceding
+        convolution; differentiable with respect to ``scale`` and ``shift`` unless frozen,
+        as the forward pass is. Raises when batch statistics are used."""
+        if not self.uses_global_stats():
+            raise RuntimeError(
+                "BN uses batch statistics here (training, not frozen): it has no fixed affine form"
+            )
+        scale, shift = self.scale.reshape(-1), self.shift.reshape(-1)
+        if self.frozen:
+            scale, shift = scale.detach(), shift.detach()
+        multiplier = (self.variance.reshape(-1) + self.eps).pow(-0.5) * scale
+        return multiplier, shift - self.mean.reshape(-1) * multiplier
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         per_channel = (1, -1) + (1,) * (x.dim() - 2)
         scale, shift = self.scale.reshape(per_channel), self.shift.reshape(per_channel)
