@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from golden import (
+    CORPUS,
     SHARED,
     assert_close,
     case_params,
@@ -360,3 +361,175 @@ def test_unknown_shapes_are_a_clear_error(tmp_path: Path) -> None:
                     'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n')
     with pytest.raises(Prototxt2pyError, match="ONNX export needs every blob shape.*'data'"):
         to_onnx_model(prototxt2py.load(path))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SSD DetectionOutput and R-FCN PSROIPooling: standard ops, against SSD's loops and the runtime
+# ---------------------------------------------------------------------------------------------------------
+SSD_PRIORS, SSD_CLASSES = 60, 5
+
+
+def detection_net(tmp_path: Path, n: int, share: bool, code: str, keep_top_k: int, threshold: float | None,
+                  nms: float = 0.45, eta: float = 1.0, top_k: int | None = None, background: int = 0,
+                  encoded: bool = False) -> prototxt2py.backends.torch_runtime.CaffeNet:
+    """A DetectionOutput fed by net inputs: loc, conf and priors of SSD_PRIORS boxes."""
+    loc = SSD_PRIORS * (1 if share else SSD_CLASSES) * 4
+    text = f"""
+    layer {{ name: "in" type: "Input" top: "loc" top: "conf" top: "prior"
+            input_param {{ shape {{ dim: {n} dim: {loc} }} shape {{ dim: {n} dim: {SSD_PRIORS * SSD_CLASSES} }}
+                          shape {{ dim: 1 dim: 2 dim: {SSD_PRIORS * 4} }} }} }}
+    layer {{ name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "prior" top: "det"
+            detection_output_param {{ num_classes: {SSD_CLASSES} share_location: {str(share).lower()}
+              background_label_id: {background} code_type: {code} keep_top_k: {keep_top_k}
+              {'' if threshold is None else f'confidence_threshold: {threshold}'}
+              variance_encoded_in_target: {str(encoded).lower()}
+              nms_param {{ nms_threshold: {nms} eta: {eta} {'' if top_k is None else f'top_k: {top_k}'} }} }} }}
+    """
+    path = tmp_path / "det.prototxt"
+    path.write_text(text)
+    return prototxt2py.load(path)
+
+
+def detection_inputs(n: int, share: bool, seed: int = 7, ties: bool = False) -> dict[str, np.ndarray]:
+    """Random loc/conf (softmax-like rows; ``ties``: scores on a grid of quarters, so equal scores abound) and
+    priors of random sizes with SSD's usual variances."""
+    rng = np.random.default_rng(seed)
+    loc = rng.standard_normal((n, SSD_PRIORS * (1 if share else SSD_CLASSES) * 4)) * 0.3
+    conf = rng.random((n, SSD_PRIORS, SSD_CLASSES))
+    if ties:
+        conf = np.round(conf * 4) / 4 + 0.01
+    conf = (conf / conf.sum(-1, keepdims=True)).reshape(n, -1)
+    corner = rng.random((SSD_PRIORS, 2)).astype(np.float32) * 0.7
+    size = rng.random((SSD_PRIORS, 2)).astype(np.float32) * 0.3 + 0.05
+    prior = np.zeros((1, 2, SSD_PRIORS * 4), np.float32)
+    prior[0, 0] = np.concatenate([corner, corner + size], 1).reshape(-1)
+    prior[0, 1] = np.tile([0.1, 0.1, 0.2, 0.2], SSD_PRIORS)
+    return {"loc": loc.astype(np.float32), "conf": conf.astype(np.float32), "prior": prior}
+
+
+DETECTION_CASES = {
+    # name: (batch, share_location, code_type, keep_top_k, confidence_threshold, nms, eta, top_k, background, encoded)
+    "center_size": (1, True, "CENTER_SIZE", 30, 0.2, 0.45, 1.0, 50, 0, False),
+    "corner_per_class_loc": (2, False, "CORNER", -1, 0.1, 0.45, 1.0, 20, 0, False),
+    "corner_size_no_top_k": (2, True, "CORNER_SIZE", 5, 0.3, 0.45, 1.0, None, 0, False),
+    "no_threshold": (1, True, "CENTER_SIZE", 100, None, 0.45, 1.0, 40, 0, False),
+    "keep_top_k_per_image": (3, True, "CENTER_SIZE", 7, 0.05, 0.3, 1.0, None, 0, False),
+    "eta_without_effect": (2, True, "CENTER_SIZE", 20, 0.1, 0.5, 0.8, 30, 0, False),
+    "no_background": (1, True, "CENTER_SIZE", 25, 0.15, 0.45, 1.0, 30, -1, False),
+    "background_2_encoded": (2, False, "CENTER_SIZE", 40, 0.1, 0.6, 1.0, 25, 2, True),
+    "nothing_detected": (2, True, "CENTER_SIZE", 10, 0.99, 0.45, 1.0, 10, 0, False),
+    "keep_top_k_0": (2, False, "CENTER_SIZE", 0, 0.1, 0.45, 1.0, 20, 0, False),
+}
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("case", sorted(DETECTION_CASES))
+def test_DetectionOutput_matches_ssd_and_the_runtime(case: str, ties: bool, tmp_path: Path) -> None:
+    """onnxruntime gives the runtime's rows bit for bit (same boxes, same order, Caffe's -1 row per image when
+    nothing is kept), and SSD's Forward_cpu written out loop by loop where that reference applies."""
+    from test_layers_forks import ssd_detection_output
+
+    n, share, code, keep, thr, nms, eta, top_k, background, encoded = DETECTION_CASES[case]
+    net = detection_net(tmp_path, n, share, code, keep, thr, nms, eta, top_k, background, encoded)
+    feed = detection_inputs(n, share, ties=ties)
+    model = to_onnx_model(net)
+    assert {node.domain for node in model.graph.node} == {""}
+    (output,) = model.graph.output
+    assert [d.dim_value or d.dim_param for d in output.type.tensor_type.shape.dim] == [1, 1, "detections", 7]
+    got = run_onnx(model, feed)["det"]
+    want = runtime_blobs(net, feed)["det"]
+    assert got.shape == want.shape and np.array_equal(got, want), (got.shape, want.shape)
+    if case == "nothing_detected" or case == "keep_top_k_0":
+        np.testing.assert_array_equal(got[0, 0], [[i, -1, -1, -1, -1, -1, -1] for i in range(n)])
+    if background == 0 and not encoded:
+        reference = ssd_detection_output(feed["loc"], feed["conf"], feed["prior"], SSD_CLASSES, share,
+                                         ("CORNER", "CENTER_SIZE", "CORNER_SIZE").index(code) + 1, keep,
+                                         -3.4e38 if thr is None else thr, nms, eta, -1 if top_k is None else top_k)
+        assert got.shape == reference.shape
+        np.testing.assert_allclose(got, reference, rtol=0, atol=1e-7)
+
+
+def test_DetectionOutput_dynamic_batch(tmp_path: Path) -> None:
+    """Exported with a symbolic batch, the model keeps each image's own boxes (keep_top_k per image) at
+    batch sizes other than the exported one."""
+    net = detection_net(tmp_path, 2, True, "CENTER_SIZE", 6, 0.05, top_k=30)
+    model = to_onnx_model(net, dynamic_batch=True)
+    for n in (1, 3):
+        feed = detection_inputs(n, True, seed=n)
+        resized = prototxt2py.load(tmp_path / "det.prototxt", input_shapes={"loc": list(feed["loc"].shape),
+                                                                            "conf": list(feed["conf"].shape)})
+        want = runtime_blobs(resized, feed)["det"]
+        got = run_onnx(model, feed)["det"]
+        assert got.shape == want.shape == (1, 1, 6 * n, 7) and np.array_equal(got, want)
+
+
+def test_DetectionOutput_adaptive_nms_is_refused(tmp_path: Path) -> None:
+    net = detection_net(tmp_path, 1, True, "CENTER_SIZE", 10, 0.1, nms=0.6, eta=0.9)
+    with pytest.raises(UnsupportedLayerError, match=r"layer 'det'.*adaptive NMS \(eta 0.9.* > 0.5\)"):
+        to_onnx_model(net)
+
+
+def test_DetectionOutput_top_feeding_a_layer_is_a_clear_error(tmp_path: Path) -> None:
+    """Only a net output may have a data-dependent shape: a layer reading the detections is named."""
+    net = detection_net(tmp_path, 1, True, "CENTER_SIZE", 10, 0.1)
+    path = tmp_path / "det.prototxt"
+    path.write_text(path.read_text() + 'layer { name: "twice" type: "Power" bottom: "det" top: "twice" '
+                                       'power_param { scale: 2 } }\n')
+    net = prototxt2py.load(path)
+    with pytest.raises(Prototxt2pyError, match=r"'Power' \(layer 'twice'.*bottom 'det' has a data-dependent shape"):
+        to_onnx_model(net)
+
+
+#: Corpus SSD nets: real weights (libfacedetection) or the zoo recipe (MobileNet-SSD, whose conf is then
+#: confident enough to keep 100 boxes on the face image; X2Paddle's copy of YuFaceDetectNet).
+SSD_NETS = {
+    "yufacedetectnet_v2": ("ShiqiYu__libfacedetection@96a7cc0/models/caffe/yufacedetectnet-open-v2.prototxt",
+                           "ShiqiYu__libfacedetection@96a7cc0/models/caffe/yufacedetectnet-open-v2.caffemodel"),
+    "mobilenet_ssd_voc": ("chuanqi305__MobileNet-SSD/voc/MobileNetSSD_deploy.prototxt", None),
+    "x2paddle_face": ("PaddlePaddle__X2Paddle/test_benchmark/Caffe/FaceDetction/deploy.prototxt", None),
+}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] * (n != "yufacedetectnet_v2"))
+                                  for n in sorted(SSD_NETS)])
+def test_DetectionOutput_ssd_nets_end_to_end_with_prior_boxes(name: str) -> None:
+    """Whole SSD nets (PriorBox constants, Normalize, Permute, DetectionOutput) in onnxruntime: the same
+    detections in the same order as the runtime, and at least one."""
+    from test_opencv_crosscheck import face_image
+
+    prototxt, weights = SSD_NETS[name]
+    if not (CORPUS / prototxt).exists():
+        pytest.skip("corpus model not available")
+    data = face_image()
+    net = prototxt2py.load(CORPUS / prototxt, weights=weights and CORPUS / weights,
+                           input_shapes={"data": list(data.shape)})
+    if weights is None:
+        recipe_weights(net, 0)
+    got = run_onnx(to_onnx_model(net), {"data": data})["detection_out"]
+    want = runtime_blobs(net, {"data": data})["detection_out"]
+    assert got.shape == want.shape and want.shape[2] >= 1 and (want[0, 0, :, 1] >= 1).all(), (got.shape, want.shape)
+    assert_close(got, want, 0, 1e-4, f"{name}: detections")
+
+
+PSROI_NET = """
+layer {{ name: "in" type: "Input" top: "x" top: "rois"
+        input_param {{ shape {{ dim: 2 dim: {c} dim: 11 dim: 14 }} shape {{ {rois} }} }} }}
+layer {{ name: "psroi" type: "PSROIPooling" bottom: "x" bottom: "rois" top: "y"
+        psroi_pooling_param {{ output_dim: {d} group_size: {g} spatial_scale: {scale} }} }}
+"""
+
+
+@pytest.mark.parametrize("d,g,scale,rois_4d", [(3, 3, 0.0625, False), (2, 7, 0.0625, True), (4, 2, 0.5, False)])
+def test_PSROIPooling_matches_the_runtime(d: int, g: int, scale: float, rois_4d: bool, tmp_path: Path) -> None:
+    """Bit for bit: corners rounded half away from zero, sub-pixel and clipped bins, empty bins 0, both images."""
+    rois = np.array([[0, 0, 0, 100, 100], [1, 10.5, 20.5, 200, 150], [0, 150, 100, 160, 110], [1, -20, -20, 500, 400],
+                     [0, 33.3, 47.9, 33.3, 47.9], [1, 2.5, -2.5, 21.5, 18.5], [0, 300, 300, 400, 400]], np.float32)
+    rois_shape = "dim: 7 dim: 5" + (" dim: 1 dim: 1" if rois_4d else "")
+    path = tmp_path / "psroi.prototxt"
+    path.write_text(PSROI_NET.format(c=d * g * g, d=d, g=g, scale=scale, rois=rois_shape))
+    net = prototxt2py.load(path)
+    feed = {"x": np.random.default_rng(g).standard_normal((2, d * g * g, 11, 14)).astype(np.float32),
+            "rois": rois.reshape(7, 5, *((1, 1) if rois_4d else ()))}
+    got, want = run_onnx(to_onnx_model(net), feed)["y"], runtime_blobs(net, feed)["y"]
+    assert got.shape == want.shape == (7, d, g, g)
+    assert np.array_equal(got, want) and (want == 0).any() and np.abs(want).max() > 0.1

@@ -396,17 +396,31 @@ def _raise_unsupported(problems: Sequence[tuple[Node, str | None]]) -> None:
                                     + "; ".join(_describe(node, reason) for node, reason in problems))
 
 
-def _require_shapes(graph: Any) -> None:
-    """ONNX export needs every shape; name the layers whose shapes could not be inferred."""
-    unknown = [n for n in graph.nodes if any(graph.values[v].shape is None for v in n.outputs)]
-    causes = [n for n in unknown if n.shape_note] or unknown
+def _require_shapes(graph: Any) -> dict[str, list[int | str]]:
+    """ONNX export needs every shape; name the layers whose shapes could not be inferred. Exception: tops
+    whose shapes depend on the data but which their layer's mapping computes anyway (the spec's
+    ``onnx_top_shapes``, e.g. DetectionOutput) if they are net outputs; returns their ONNX shapes by value."""
+    dynamic: dict[str, list[int | str]] = {}
+    for n in graph.nodes:
+        if all(graph.values[v].shape is not None for v in n.inputs):
+            shapes = n.spec.onnx_top_shapes(n) if any(graph.values[v].shape is None for v in n.outputs) else None
+            dynamic.update((v, list(s)) for v, s in zip(n.outputs, shapes or (), strict=False))
+    unknown = [n for n in graph.nodes if any(graph.values[v].shape is None and v not in dynamic for v in n.outputs)]
+    causes = [n for n in unknown if n.shape_note and not set(n.outputs) <= set(dynamic)] or unknown
     if causes:
-        details = "; ".join(_describe(n, n.shape_note) for n in causes[:5])
+        details = "; ".join(_describe(n, n.shape_note or _dynamic_bottom(graph, n, dynamic)) for n in causes[:5])
         more = f" (and {len(causes) - 5} more)" if len(causes) > 5 else ""
         raise ShapeError(f"ONNX export needs every blob shape; unknown for {details}{more}", Location(graph.file))
+    return dynamic
 
 
-def _value_info(name: str, shape: Shape | None, batch: int | None = None) -> onnx.ValueInfoProto:
+def _dynamic_bottom(graph: Any, node: Node, dynamic: dict[str, list[int | str]]) -> str | None:
+    """Why a layer after a data-dependent top has no shape."""
+    blobs = [graph.values[v].blob for v in node.inputs if v in dynamic]
+    return f"its bottom '{blobs[0]}' has a data-dependent shape (only a net output may)" if blobs else None
+
+
+def _value_info(name: str, shape: Sequence[int | str] | None, batch: int | None = None) -> onnx.ValueInfoProto:
     """A float32 graph input/output (no shape if ``shape`` is None); with ``batch``, a first axis of that size
     becomes the batch symbol."""
     dims: list[int | str] | None = None if shape is None else list(shape)
@@ -415,7 +429,8 @@ def _value_info(name: str, shape: Shape | None, batch: int | None = None) -> onn
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
 
-def _declare_io(onnx_graph: onnx.GraphProto, ctx: OnnxContext, dynamic_batch: bool) -> None:
+def _declare_io(onnx_graph: onnx.GraphProto, ctx: OnnxContext, dynamic_batch: bool,
+                dynamic: dict[str, list[int | str]]) -> None:
     """Graph inputs (the net's input blobs) and outputs: the blobs no layer consumes, except inputs passed
     through untouched; failing any, the blobs consumed by Silence layers (what Caffe reports then). With a
     dynamic batch the outputs are declared without shapes here (see :func:`_infer_output_shapes`)."""
@@ -430,7 +445,7 @@ def _declare_io(onnx_graph: onnx.GraphProto, ctx: OnnxContext, dynamic_batch: bo
     if not outputs:
         raise Prototxt2pyError("nothing to export: the net computes no output blob", Location(graph.file))
     onnx_graph.input.extend(_value_info(names[v], graph.values[v].shape, batch) for v in graph.inputs)
-    onnx_graph.output.extend(_value_info(names[v], None if dynamic_batch else graph.values[v].shape)
+    onnx_graph.output.extend(_value_info(names[v], None if dynamic_batch else dynamic.get(v, graph.values[v].shape))
                              for v in outputs)
 
 
@@ -462,7 +477,7 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
     """The unchecked model and its weight payload in bytes."""
     opset = resolve_opset(opset)
     graph = net.graph if hasattr(net, "layer_blobs") else net
-    _require_shapes(graph)
+    dynamic = _require_shapes(graph)
     ctx = OnnxContext(net, opset, dynamic_batch, _blob_source(net, weights))
     problems: list[tuple[Node, str | None]] = []
     for node in graph.nodes:
@@ -483,7 +498,7 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
     _raise_unsupported(problems)
 
     model = ctx.model
-    _declare_io(model.graph, ctx, dynamic_batch)
+    _declare_io(model.graph, ctx, dynamic_batch, dynamic)
     model.graph.name = graph.name or "caffe_net"
     model.graph.doc_string = f"Caffe net {Path(graph.file).name}, converted by prototxt2py"
     model.graph.node.extend(ctx.nodes)

@@ -293,6 +293,13 @@ class LayerSpec:
     def to_onnx(self, node: Node, ctx: Any) -> None:
         raise NotImplementedError
 
+    def onnx_top_shapes(self, node: Node) -> Sequence[Sequence[int | str]] | None:
+        """For a layer whose top shapes depend on the data (its shape inference raises :class:`Unknowable`)
+        but whose ONNX mapping computes them anyway, e.g. SSD's DetectionOutput: each top's ONNX shape, a
+        symbol (str) for every data-dependent axis. Such tops can only be net outputs. Default None: the
+        export needs static shapes."""
+        return None
+
     def plain_convolution(self, node: Node, in_shape: Shape) -> tuple | None:
         """``(stride, pad, dilation, group)`` if, on a bottom of ``in_shape``, this layer is exactly a
         ``torch.nn.functional.conv1d/2d/3d`` of that bottom (channels on axis 1) with its module's ``weight``

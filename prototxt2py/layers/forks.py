@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..plain import Filler, plain
+from . import ssd_onnx
 from .base import ChannelAffine, LayerSpec, Shape, Unknowable, call, count, register
 from .conv import Convolution
 from .data import DataAttrs, DataLayerSpec, ImageData, crop_size, input_hint
@@ -277,6 +278,12 @@ class DetectionOutput(LayerSpec):
             "top_k": None if a.top_k == -1 else a.top_k,
         }
         return call("DetectionOutput", a.num_classes, **{k: v for k, v in given.items() if v is not None})
+
+    def onnx_top_shapes(self, node):
+        return [(1, 1, "detections", 7)]
+
+    def to_onnx(self, node, ctx):
+        ssd_onnx.detection_output(node, ctx)
 
 
 @register
@@ -585,6 +592,9 @@ class PSROIPooling(LayerSpec):
     def module(self, node):
         p = node.attrs
         return call("PSROIPooling", p.output_dim, p.group_size, p.spatial_scale)
+
+    def to_onnx(self, node, ctx):
+        ssd_onnx.psroi_pooling(node, ctx)
 
 
 @register

@@ -181,8 +181,9 @@ class DetectionOutput(nn.Module):
         pcy = ((prior[:, 1] + prior[:, 3]).double() / 2.0).float()
         cx = (var[:, 0] * loc[..., 0] * pw + pcx).double()
         cy = (var[:, 1] * loc[..., 1] * ph + pcy).double()
-        w = torch.exp((var[:, 2] * loc[..., 2]).double()) * pw.double()
-        h = torch.exp((var[:, 3] * loc[..., 3]).double()) * ph.double()
+        # ``float decode_bbox_width = exp(...) * prior_width``: the product is rounded to float
+        w = (torch.exp((var[:, 2] * loc[..., 2]).double()) * pw.double()).float().double()
+        h = (torch.exp((var[:, 3] * loc[..., 3]).double()) * ph.double()).float().double()
         corners = [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0]
         return torch.stack(corners, dim=-1).float()
 

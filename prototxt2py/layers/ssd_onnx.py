@@ -1,0 +1,284 @@
+"""Standard-op ONNX graphs for SSD's ``DetectionOutput`` and R-FCN's ``PSROIPooling``.
+
+Plain functions over the exporter's :class:`~prototxt2py.backends.onnx_export.OnnxContext`; the layer specs in
+:mod:`prototxt2py.layers.forks` delegate to them. Only numpy is imported, so the layer modules stay torch-
+and onnx-free.
+
+DetectionOutput (weiliu89/caffe ``ssd``: ``DetectionOutputLayer::Forward_cpu``, ``bbox_util.cpp``) maps onto
+ONNX ops whose definitions coincide with SSD's on every point that decides which boxes are kept:
+
+* ``GetMaxScoreIndex`` keeps scores ``> confidence_threshold``, stable-sorts them descending and keeps
+  ``top_k``: ``TopK`` breaks ties by the lower index (a stable sort), and thresholding after it keeps the
+  same set, so ``TopK`` (k = ``top_k`` or all priors) runs first and ``NonMaxSuppression``'s
+  ``score_threshold`` (also a strict ``>``) filters;
+* ``ApplyNMSFast`` keeps a box whose ``JaccardOverlap`` with every kept box is ``<= nms_threshold``:
+  ``NonMaxSuppression`` suppresses at IoU ``> iou_threshold``, visits candidates by score with ties to the
+  lower index, and computes IoU in float32 as ``inter / (area1 + area2 - inter)`` (SSD's formula; the
+  coordinate order [x1, y1, x2, y2] versus ONNX's [y1, x1, y2, x2] only swaps the factors of a product).
+  Boxes differ per class after ``TopK``, so each (image, class) becomes its own NMS batch entry;
+* the adaptive threshold (``eta < 1`` with ``nms_threshold > 0.5``) has no ONNX equivalent and is refused.
+
+Rows come out in Caffe's order: image, then label ascending (``std::map``), then NMS order (score
+descending, ties by prior index). ``keep_top_k`` ranks an image's kept boxes by score with ties in that
+order (the runtime's stable sort; Caffe's ``std::sort`` leaves exact ties unspecified), and the survivors
+keep Caffe's row order. With no detection at all the output is Caffe's ``(1, 1, N, 7)`` of -1 with the image
+index in column 0. Box decoding follows ``DecodeBBox`` operation by operation in float32, with
+``CENTER_SIZE``'s ``exp`` and corner arithmetic in double as the C++ does (``float`` width and height).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..ir import Node
+
+#: ONNX ``TensorProto.DOUBLE`` (the context names FLOAT and INT64 only; onnx is not imported here).
+DOUBLE = 11
+
+
+def _legacy(shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """Caffe's ``num()/channels()/height()/width()``."""
+    return tuple(shape[i] if i < len(shape) else 1 for i in range(4))  # type: ignore[return-value]
+
+
+def _col(ctx: Any, x: str, i: int) -> str:
+    """Coordinate ``i`` of boxes ``(..., 4)``, keeping the last axis."""
+    return ctx.slice(x, [i], [i + 1], [-1])
+
+
+def _double(ctx: Any, x: str) -> str:
+    return ctx.add("Cast", [x], to=DOUBLE)
+
+
+def _float(ctx: Any, x: str) -> str:
+    return ctx.add("Cast", [x], to=ctx.FLOAT)
+
+
+def _decode(ctx: Any, a: Any, loc: str, prior: str, var: str) -> str:
+    """SSD's ``DecodeBBox`` of loc ``(N, L, P, 4)`` against priors and variances ``(P, 4)`` (unclipped)."""
+    encoded = a.variance_encoded_in_target  # the C++ then leaves the variances out; x * 1 would be the same
+
+    def scaled(x: str) -> str:
+        return x if encoded else ctx.add("Mul", [var, x])
+
+    if a.code_type == "CORNER":
+        return ctx.add("Add", [prior, scaled(loc)])
+    x1, y1, x2, y2 = (_col(ctx, prior, i) for i in range(4))
+    pw, ph = ctx.add("Sub", [x2, x1]), ctx.add("Sub", [y2, y1])
+    if a.code_type == "CORNER_SIZE":
+        size = ctx.add("Concat", [pw, ph, pw, ph], axis=-1)
+        return ctx.add("Add", [prior, ctx.add("Mul", [scaled(loc), size])])
+    two = ctx.scalar(2.0)
+    pcx = ctx.add("Div", [ctx.add("Add", [x1, x2]), two])  # float halving is exact, as the double one
+    pcy = ctx.add("Div", [ctx.add("Add", [y1, y2]), two])
+    v = scaled(loc)
+    cx = ctx.add("Add", [ctx.add("Mul", [_col(ctx, v, 0), pw]), pcx])
+    cy = ctx.add("Add", [ctx.add("Mul", [_col(ctx, v, 1), ph]), pcy])
+
+    def side(i: int, prior_side: str) -> str:
+        """``float w = exp(v * loc) * prior_w`` with the double ``exp``, then halved in double."""
+        w = _float(ctx, ctx.add("Mul", [ctx.add("Exp", [_double(ctx, _col(ctx, v, i))]), _double(ctx, prior_side)]))
+        return ctx.add("Div", [_double(ctx, w), _double(ctx, two)])
+
+    half_w, half_h = side(2, pw), side(3, ph)
+    cx, cy = _double(ctx, cx), _double(ctx, cy)
+    corners = [ctx.add("Sub", [cx, half_w]), ctx.add("Sub", [cy, half_h]), ctx.add("Add", [cx, half_w]),
+               ctx.add("Add", [cy, half_h])]
+    return _float(ctx, ctx.add("Concat", corners, axis=-1))
+
+
+def _sort(ctx: Any, values: str, count: str, largest: bool) -> tuple[str, str]:
+    """Stable sort of a 1-D tensor of ``count`` elements: (sorted values, permutation)."""
+    order = ctx.tmp("order")
+    out = ctx.add("TopK", [values, count], [ctx.tmp("sorted"), order], axis=0, largest=int(largest), sorted=1)
+    return out, order
+
+
+def _rank_in_image(ctx: Any, image: str, score: str, count: str, batch: str) -> tuple[str, str]:
+    """For kept boxes in Caffe's row order: the permutation sorting them by (image, score descending, row)
+    and each sorted box's rank by score within its image."""
+    _, by_score = _sort(ctx, score, count, largest=True)
+    image_by_score = ctx.add("Gather", [image, by_score])
+    _, by_image = _sort(ctx, image_by_score, count, largest=False)
+    perm = ctx.add("Gather", [by_score, by_image])
+    sorted_image = ctx.add("Gather", [image, perm])
+    # first position of each image in the sorted list: exclusive cumulative counts per image
+    images = ctx.add("Range", [ctx.const(np.int64(0)), ctx.add("Squeeze", [batch, ctx.ints([0])]),
+                               ctx.const(np.int64(1))])
+    hits = ctx.add("Equal", [ctx.add("Unsqueeze", [sorted_image, ctx.ints([1])]),
+                             ctx.add("Unsqueeze", [images, ctx.ints([0])])])
+    counts = ctx.add("ReduceSum", [ctx.add("Cast", [hits], to=ctx.INT64), ctx.ints([0])], keepdims=0)
+    starts = ctx.add("CumSum", [counts, ctx.const(np.int64(0))], exclusive=1)
+    position = ctx.add("Range", [ctx.const(np.int64(0)), ctx.add("Squeeze", [count, ctx.ints([0])]),
+                                 ctx.const(np.int64(1))])
+    rank = ctx.add("Sub", [position, ctx.add("Gather", [starts, sorted_image])])
+    return perm, rank
+
+
+def detection_output(node: Node, ctx: Any) -> None:
+    """``DetectionOutput`` as ONNX ops (see the module docstring); top ``(1, 1, kept, 7)``."""
+    a = node.attrs
+    if a.eta < 1 and a.nms_threshold > 0.5:
+        ctx.unsupported(f"adaptive NMS (eta {a.eta} < 1 with nms_threshold {a.nms_threshold} > 0.5) has no "
+                        f"standard ONNX equivalent")
+    num_priors = _legacy(ctx.in_shape(2))[2] // 4
+    num_loc, num_classes = a.num_loc_classes, a.num_classes
+    labels = [c for c in range(num_classes) if c != a.background_label_id]
+    loc_in, conf_in = ctx.input(0), ctx.input(1)
+    batch = ctx.slice(ctx.add("Shape", [loc_in]), [0], [1], [0])  # (1,) int64
+    if not labels:
+        return _finish(ctx, ctx.const(np.zeros((0, 7), np.float32), "none"), batch)
+
+    # priors (Caffe reads the first 2 * P * 4 values: boxes, then variances)
+    prior = ctx.add("Reshape", [ctx.input(2), ctx.ints([-1])])
+    prior = ctx.add("Reshape", [ctx.slice(prior, [0], [8 * num_priors], [0]), ctx.ints([2, num_priors, 4])])
+    boxes_p = ctx.add("Gather", [prior, ctx.const(np.int64(0))], axis=0)
+    var_p = ctx.add("Gather", [prior, ctx.const(np.int64(1))], axis=0)
+    loc = ctx.add("Reshape", [loc_in, ctx.ints([-1, num_priors, num_loc, 4])])
+    loc = ctx.add("Transpose", [loc], perm=[0, 2, 1, 3])  # (N, L, P, 4)
+    decoded = _decode(ctx, a, loc, boxes_p, var_p)
+
+    # candidates per (image, class): scores sorted (stable), top_k of them, their boxes
+    conf = ctx.add("Reshape", [conf_in, ctx.ints([-1, num_priors, num_classes])])
+    conf = ctx.add("Transpose", [conf], perm=[0, 2, 1])  # (N, C, P)
+    label_table = ctx.const(np.array(labels, np.int64), "labels")
+    if len(labels) < num_classes:
+        conf = ctx.add("Gather", [conf, label_table], axis=1)
+        if num_loc > 1:
+            decoded = ctx.add("Gather", [decoded, label_table], axis=1)
+    n_lab = len(labels)
+    k = num_priors if a.top_k < 0 else min(a.top_k, num_priors)
+    scores = ctx.tmp("scores")
+    index = ctx.tmp("index")
+    ctx.add("TopK", [conf, ctx.ints([k])], [scores, index], axis=-1, largest=1, sorted=1)  # (N, C', K)
+    if num_loc == 1:
+        decoded = ctx.add("Expand", [decoded, ctx.ints([1, n_lab, 1, 1])])
+    gather_at = ctx.add("Expand", [ctx.add("Unsqueeze", [index, ctx.ints([3])]), ctx.ints([1, 1, 1, 4])])
+    cand = ctx.add("GatherElements", [decoded, gather_at], axis=2)  # (N, C', K, 4)
+
+    # NMS with each (image, class) as its own batch entry
+    nms_in = [ctx.add("Reshape", [cand, ctx.ints([-1, k, 4])]), ctx.add("Reshape", [scores, ctx.ints([-1, 1, k])]),
+              ctx.ints([k]), ctx.const(np.array([min(a.nms_threshold, 1.0)], np.float32), "iou")]
+    if a.confidence_threshold > -3.4e38:
+        nms_in.append(ctx.const(np.array([a.confidence_threshold], np.float32), "score_threshold"))
+    selected = ctx.add("NonMaxSuppression", nms_in)  # (M, 3): entry, 0, rank among the candidates
+    entry = ctx.add("Squeeze", [ctx.slice(selected, [0], [1], [1]), ctx.ints([1])])
+    rank = ctx.add("Squeeze", [ctx.slice(selected, [2], [3], [1]), ctx.ints([1])])
+    # Caffe's row order = (image, label, NMS order) = flat candidate index, ascending
+    flat = ctx.add("Add", [ctx.add("Mul", [entry, ctx.const(np.int64(k))]), rank])
+    count = ctx.add("Shape", [flat])
+    flat, _ = _sort(ctx, flat, count, largest=False)
+    if a.keep_top_k > -1:
+        entry = ctx.add("Div", [flat, ctx.const(np.int64(k))])
+        image = ctx.add("Div", [entry, ctx.const(np.int64(n_lab))])
+        score = ctx.add("Gather", [ctx.add("Reshape", [scores, ctx.ints([-1])]), flat])
+        perm, place = _rank_in_image(ctx, image, score, count, batch)
+        kept = ctx.add("Compress", [perm, ctx.add("Less", [place, ctx.const(np.int64(a.keep_top_k))])], axis=0)
+        kept, _ = _sort(ctx, kept, ctx.add("Shape", [kept]), largest=False)  # back to Caffe's row order
+        flat = ctx.add("Gather", [flat, kept])
+    entry = ctx.add("Div", [flat, ctx.const(np.int64(k))])
+    image = ctx.add("Div", [entry, ctx.const(np.int64(n_lab))])
+    label = ctx.add("Gather", [label_table, ctx.add("Mod", [entry, ctx.const(np.int64(n_lab))])])
+    score = ctx.add("Gather", [ctx.add("Reshape", [scores, ctx.ints([-1])]), flat])
+    box = ctx.add("Gather", [ctx.add("Reshape", [cand, ctx.ints([-1, 4])]), flat], axis=0)
+
+    def column(x: str) -> str:
+        return ctx.add("Unsqueeze", [x, ctx.ints([1])])
+
+    rows = ctx.add("Concat", [column(_float(ctx, image)), column(_float(ctx, label)), column(score), box], axis=1)
+    _finish(ctx, rows, batch)
+
+
+def _finish(ctx: Any, rows: str, batch: str) -> None:
+    """``rows`` as ``(1, 1, M, 7)``, or Caffe's "no detections" rows ``[i, -1, ..., -1]`` per image when M = 0."""
+    images = ctx.add("Range", [ctx.const(np.float32(0.0)), _float(ctx, ctx.add("Squeeze", [batch, ctx.ints([0])])),
+                               ctx.const(np.float32(1.0))])
+    minus = ctx.add("Expand", [ctx.const(np.full((1, 6), -1.0, np.float32), "minus"),
+                               ctx.add("Concat", [batch, ctx.ints([6])], axis=0)])
+    fake = ctx.add("Concat", [ctx.add("Unsqueeze", [images, ctx.ints([1])]), minus], axis=1)
+    found = ctx.slice(ctx.add("Shape", [rows]), [0], [1], [0])
+    none = ctx.add("Cast", [ctx.add("Equal", [found, ctx.ints([0])])], to=ctx.INT64)
+    end = ctx.add("Add", [found, ctx.add("Mul", [none, batch])])
+    both = ctx.add("Concat", [rows, fake], axis=0)
+    out = ctx.add("Slice", [both, ctx.ints([0]), end, ctx.ints([0])])
+    ctx.add("Reshape", [out, ctx.ints([1, 1, -1, 7])], ctx.output(0))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PSROIPooling (R-FCN)
+# ---------------------------------------------------------------------------------------------------------
+def psroi_pooling(node: Node, ctx: Any) -> None:
+    """R-FCN's position-sensitive average pooling as the runtime computes it (see
+    :class:`prototxt2py.nn.forks.PSROIPooling`): corners rounded half away from zero, bin edges from float32
+    sizes with ``p * bin + start`` rounded once, floor/ceil and clamped, then each bin's mean from a float64
+    summed-area table (empty bins 0). Bin (ph, pw) of output channel d reads input channel
+    ``(d * G + ph) * G + pw``."""
+    p = node.attrs
+    g, d = p.group_size, p.output_dim
+    _, _, height, width = _legacy(ctx.in_shape(0))
+    rois_shape = ctx.in_shape(1)
+    r = rois_shape[0]
+    rois = ctx.add("Reshape", [ctx.input(1), ctx.ints([r, -1])])
+    batch = ctx.add("Cast", [ctx.slice(rois, [0], [1], [1])], to=ctx.INT64)  # (R, 1), float -> int truncates
+    corners = _double(ctx, ctx.slice(rois, [1], [5], [1]))  # (R, 4)
+    half = ctx.add("Cast", [ctx.scalar(0.5)], to=DOUBLE)
+    rounded = ctx.add("Mul", [ctx.add("Sign", [corners]),
+                              ctx.add("Floor", [ctx.add("Add", [ctx.add("Abs", [corners]), half])])])
+    rounded = _float(ctx, rounded)
+    scale = ctx.scalar(p.spatial_scale)
+    x1, y1, x2, y2 = (ctx.slice(rounded, [i], [i + 1], [1]) for i in range(4))  # (R, 1) each
+    one = ctx.scalar(1.0)
+    start_w, start_h = ctx.add("Mul", [x1, scale]), ctx.add("Mul", [y1, scale])
+    end_w = ctx.add("Mul", [ctx.add("Add", [x2, one]), scale])
+    end_h = ctx.add("Mul", [ctx.add("Add", [y2, one]), scale])
+    tenth, groups = ctx.scalar(0.1), ctx.scalar(float(g))
+    bin_w = ctx.add("Div", [ctx.add("Max", [ctx.add("Sub", [end_w, start_w]), tenth]), groups])
+    bin_h = ctx.add("Div", [ctx.add("Max", [ctx.add("Sub", [end_h, start_h]), tenth]), groups])
+    steps = ctx.add("Cast", [ctx.const(np.arange(g, dtype=np.float32).reshape(1, g), "bins")], to=DOUBLE)
+    steps1 = ctx.add("Cast", [ctx.const(np.arange(1, g + 1, dtype=np.float32).reshape(1, g), "bins1")], to=DOUBLE)
+
+    def edges(start: str, size: str, limit: int) -> tuple[str, str]:
+        s, z = _double(ctx, start), _double(ctx, size)
+        lo = _float(ctx, ctx.add("Add", [ctx.add("Mul", [steps, z]), s]))
+        hi = _float(ctx, ctx.add("Add", [ctx.add("Mul", [steps1, z]), s]))
+        zero, top = ctx.scalar(0.0), ctx.scalar(float(limit))
+
+        def clamp(x: str) -> str:
+            return ctx.add("Cast", [ctx.add("Min", [ctx.add("Max", [x, zero]), top])], to=ctx.INT64)
+
+        return clamp(ctx.add("Floor", [lo])), clamp(ctx.add("Ceil", [hi]))  # (R, G) each
+
+    hs, he = edges(start_h, bin_h, height)
+    ws, we = edges(start_w, bin_w, width)
+    x = _double(ctx, ctx.input(0))
+    sat = ctx.add("CumSum", [ctx.add("CumSum", [x, ctx.const(np.int64(2))]), ctx.const(np.int64(3))])
+    sat = ctx.add("Pad", [sat, ctx.ints([0, 0, 1, 1, 0, 0, 0, 0])])  # (B, C, H + 1, W + 1)
+    channels = (np.arange(d).reshape(d, 1, 1) * g + np.arange(g).reshape(1, g, 1)) * g + np.arange(g).reshape(1, 1, g)
+    shape = ctx.ints([r, d, g, g, 1])
+    b_idx = ctx.add("Expand", [ctx.add("Reshape", [batch, ctx.ints([r, 1, 1, 1, 1])]), shape])
+    c_idx = ctx.add("Expand", [ctx.const(channels.reshape(1, d, g, g, 1).astype(np.int64), "channels"), shape])
+
+    def rows(t: str) -> str:
+        return ctx.add("Expand", [ctx.add("Reshape", [t, ctx.ints([r, 1, g, 1, 1])]), shape])
+
+    def cols(t: str) -> str:
+        return ctx.add("Expand", [ctx.add("Reshape", [t, ctx.ints([r, 1, 1, g, 1])]), shape])
+
+    def at(h: str, w: str) -> str:
+        return ctx.add("GatherND", [sat, ctx.add("Concat", [b_idx, c_idx, h, w], axis=-1)])  # (R, D, G, G)
+
+    h0, h1, w0, w1 = rows(hs), rows(he), cols(ws), cols(we)
+    total = ctx.add("Add", [ctx.add("Sub", [ctx.add("Sub", [at(h1, w1), at(h0, w1)]), at(h1, w0)]), at(h0, w0)])
+    area = ctx.add("Mul", [ctx.add("Sub", [ctx.add("Reshape", [he, ctx.ints([r, 1, g, 1])]),
+                                           ctx.add("Reshape", [hs, ctx.ints([r, 1, g, 1])])]),
+                           ctx.add("Sub", [ctx.add("Reshape", [we, ctx.ints([r, 1, 1, g])]),
+                                           ctx.add("Reshape", [ws, ctx.ints([r, 1, 1, g])])])])
+    empty = ctx.add("LessOrEqual", [area, ctx.const(np.int64(0))])
+    safe = _double(ctx, ctx.add("Max", [area, ctx.const(np.int64(1))]))
+    mean = ctx.add("Div", [total, safe])
+    zero = ctx.add("Cast", [ctx.scalar(0.0)], to=DOUBLE)
+    ctx.add("Cast", [ctx.add("Where", [empty, zero, mean])], ctx.output(0), to=ctx.FLOAT)
