@@ -378,6 +378,14 @@ def canonical_axis(node: Node, spec: LayerSpec, axis: int, num_axes: int) -> int
     return axis + num_axes if axis < 0 else axis
 
 
+def legacy_shape(shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """Caffe's ``num()/channels()/height()/width()``: axes 0..3, 1 where the blob has fewer axes (fork layers
+    written against the 4-D API read shapes this way). More than 4 axes is a ValueError."""
+    if len(shape) > 4:
+        raise ValueError(f"a {len(shape)}-axis blob has no num/channels/height/width")
+    return tuple(shape[i] if i < len(shape) else 1 for i in range(4))  # type: ignore[return-value]
+
+
 def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
     """Product of ``shape[start:end]`` (Caffe's ``Blob::count``); 1 for an empty range."""
     return math.prod(shape[start:end])
