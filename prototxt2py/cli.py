@@ -180,9 +180,12 @@ def run(net, weights, inputs_path, output, phase, stages, level, all_blobs, as_d
 @click.option("--input", "inputs", multiple=True, metavar="NAME=D0,D1,...", help="Override an input blob's shape.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: see README).")
 @click.option("--dynamic-batch/--static", default=False, help="ONNX: make the batch axis dynamic.")
+@click.option("--dynamic", is_flag=True, default=False,
+              help="ONNX: make batch, height and width dynamic (fully convolutional nets, e.g. MTCNN's P-Net).")
 @deploy_option
 @_user_errors
-def convert(net, weights, target, output, phase, stages, level, inputs, opset, dynamic_batch, as_deploy) -> None:
+def convert(net, weights, target, output, phase, stages, level, inputs, opset, dynamic_batch, dynamic,
+            as_deploy) -> None:
     """Convert NET (+ weights) to a PyTorch state_dict, safetensors, a .caffemodel, ONNX, or a generated Python
     module (``--to python -o OUTDIR``: OUTDIR/<net>.py, and OUTDIR/<net>.pt with --weights)."""
     from .convert import ARRAY_TARGETS, convert_net, write_python
@@ -191,7 +194,7 @@ def convert(net, weights, target, output, phase, stages, level, inputs, opset, d
         from .cli_convert import convert_arrays
 
         convert_arrays(net, weights, target.lower(), output, phase, stages, level, _parse_inputs(inputs), opset,
-                       dynamic_batch, as_deploy, _warn)
+                       dynamic_batch, as_deploy, _warn, dynamic)
         click.echo(f"wrote {output}")
         return
     module = _load_net(net, weights, phase, stages, level, _parse_inputs(inputs), as_deploy)
@@ -201,7 +204,7 @@ def convert(net, weights, target, output, phase, stages, level, inputs, opset, d
         return
     if not weights:
         _warn(["no --weights given: parameters hold Caffe's filler values"])
-    convert_net(module, target.lower(), output, opset=opset, dynamic_batch=dynamic_batch)
+    convert_net(module, target.lower(), output, opset=opset, dynamic_batch=dynamic_batch, dynamic=dynamic)
     click.echo(f"wrote {output}")
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 def convert_arrays(net: str, weights: str | None, target: str, output: str, phase: str, stages: Iterable[str],
                    level: int, input_shapes: Mapping[str, Sequence[int]], opset: int | None, dynamic_batch: bool,
-                   as_deploy: bool, warn: Callable[[list[str]], None]) -> None:
+                   as_deploy: bool, warn: Callable[[list[str]], None], dynamic: bool = False) -> None:
     """Read NET (or derive its deploy net), match the weights file to it and write ``target``. Warnings (fork
     fields dropped, layers without weights, extra layers in the file) go to ``warn``."""
     from . import graph as build
@@ -28,4 +28,4 @@ def convert_arrays(net: str, weights: str | None, target: str, output: str, phas
         warn(blobs.report.warnings())
     else:
         warn(["no --weights given: parameters hold Caffe's filler values"])
-    convert_graph(g, blobs, target, output, opset=opset, dynamic_batch=dynamic_batch)
+    convert_graph(g, blobs, target, output, opset=opset, dynamic_batch=dynamic_batch, dynamic=dynamic)

@@ -39,12 +39,14 @@ def state_dict_by_caffe_name(net: Any) -> dict[str, torch.Tensor]:
 
 
 def convert_net(net: Any, target: str, output: str | os.PathLike, *, opset: int | None = None,
-                dynamic_batch: bool = False) -> None:
-    """Write a runtime net (``CaffeNet``) as ``target``."""
+                dynamic_batch: bool = False, dynamic: bool = False) -> None:
+    """Write a runtime net (``CaffeNet``) as ``target``. ONNX: ``dynamic_batch`` makes the batch axis
+    symbolic, ``dynamic`` the batch, height and width (see :mod:`.backends.onnx_export`)."""
     if target in ARRAY_TARGETS:
         from .blobstore import NetBlobs
 
-        _write_arrays(net, NetBlobs(net), target, output, opset=opset, dynamic_batch=dynamic_batch)
+        _write_arrays(net, NetBlobs(net), target, output, opset=opset, dynamic_batch=dynamic_batch,
+                      dynamic=dynamic)
     elif target == "pytorch":
         import torch
 
@@ -58,16 +60,16 @@ def convert_net(net: Any, target: str, output: str | os.PathLike, *, opset: int 
 
 
 def convert_graph(graph: Any, blobs: Any, target: str, output: str | os.PathLike, *, opset: int | None = None,
-                  dynamic_batch: bool = False) -> None:
+                  dynamic_batch: bool = False, dynamic: bool = False) -> None:
     """Write an IR graph with its blobs (a :class:`~.blobstore.GraphBlobs`) as ONNX, a .caffemodel or
     safetensors, without torch (except for specs not yet converted to torch-free ONNX mappings)."""
     if target not in ARRAY_TARGETS:
         raise Prototxt2pyError(f"--to {target} needs the PyTorch runtime; the array formats are {ARRAY_TARGETS}")
-    _write_arrays(graph, blobs, target, output, opset=opset, dynamic_batch=dynamic_batch)
+    _write_arrays(graph, blobs, target, output, opset=opset, dynamic_batch=dynamic_batch, dynamic=dynamic)
 
 
 def _write_arrays(source: Any, blobs: Any, target: str, output: str | os.PathLike, *, opset: int | None,
-                  dynamic_batch: bool) -> None:
+                  dynamic_batch: bool, dynamic: bool = False) -> None:
     """The array formats, from a net or a graph (``source``) and its blob provider."""
     graph = blobs.graph
     if target == "safetensors":
@@ -85,7 +87,7 @@ def _write_arrays(source: Any, blobs: Any, target: str, output: str | os.PathLik
     else:
         from .backends.onnx_export import export_onnx
 
-        export_onnx(source, output, opset=opset, dynamic_batch=dynamic_batch,
+        export_onnx(source, output, opset=opset, dynamic_batch=dynamic_batch, dynamic=dynamic,
                     weights=None if hasattr(source, "layer_blobs") else blobs)
 
 

@@ -130,3 +130,39 @@ def test_readers_without_skip_keep_their_order_under_workers(monkeypatch: pytest
     monkeypatch.setattr(db, "_LMDB_ENVS", {})
     layer = DataLayer("c", "Counter", ("n",), None, None, "TRAIN")
     assert [b[0].item() for b in _take(make_loader(layer, workers=2), 6)] == [0, 1, 2, 3, 4, 5]
+
+
+def test_training_takes_data_layers_from_the_plain_attrs() -> None:
+    """feeding.data_layer_for builds a reader's DataLayer from the IR node's plain attrs (no protobuf): for every
+    reader type it equals the one built from the LayerParameter (data.layers.data_layer), param and transform
+    included, and HDF5Data keeps the transform_param it must refuse. (DummyData is no input: its module fills
+    its tops in the net.)"""
+    import prototxt2py
+    from prototxt2py.data.layers import data_layers
+    from prototxt2py.reader import read_net_text
+    from prototxt2py.train.feeding import data_layer_for, is_data_node
+
+    text = f"""
+    layer {{ name: "lmdb" type: "Data" top: "a" top: "al"
+      transform_param {{ crop_size: 4 mirror: true scale: 0.5 mean_value: 3 }}
+      data_param {{ source: "{DATASETS / 'color_raw_lmdb'}" batch_size: 2 backend: LMDB rand_skip: 3 }} }}
+    layer {{ name: "list" type: "ImageData" top: "b" top: "bl" transform_param {{ force_gray: true }}
+      image_data_param {{ source: "list.txt" batch_size: 3 new_height: 5 new_width: 6 shuffle: true }} }}
+    layer {{ name: "h5" type: "HDF5Data" top: "c" top: "cl" transform_param {{ scale: 2 }}
+      hdf5_data_param {{ source: "h5.txt" batch_size: 4 shuffle: true }} }}
+    layer {{ name: "mem" type: "MemoryData" top: "d" top: "dl"
+      memory_data_param {{ batch_size: 2 channels: 1 height: 3 width: 3 }} }}
+    layer {{ name: "dummy" type: "DummyData" top: "e"
+      dummy_data_param {{ shape {{ dim: 2 dim: 3 }} data_filler {{ type: "gaussian" std: 2 }} }} }}
+    layer {{ name: "win" type: "WindowData" top: "f" top: "fl" transform_param {{ crop_size: 8 }}
+      window_data_param {{ source: "windows.txt" batch_size: 2 fg_threshold: 0.4 }} }}
+    """
+    src = read_net_text(text)
+    g = prototxt2py.graph(src, "TRAIN", infer=False)
+    got = [data_layer_for(n, "TRAIN", 1, 2) for n in g.nodes if is_data_node(n)]
+    want = [x for x in data_layers(src.net, "TRAIN", 1, 2) if x.type != "DummyData"]
+    assert [x.type for x in got] == ["Data", "ImageData", "HDF5Data", "MemoryData", "WindowData"]
+    assert got == want
+    assert got[0].param.rand_skip == 3 and got[0].transform.mirror and got[0].transform.crop_size == 4
+    assert got[1].param.new_width == 6 and got[1].transform.force_gray and (got[1].rank, got[1].world) == (1, 2)
+    assert got[2].transform.has("scale") and got[4].param.fg_threshold == pytest.approx(0.4)

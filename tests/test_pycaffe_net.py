@@ -427,3 +427,24 @@ def test_dropout_backward_uses_the_forward_mask(tmp_path: Path) -> None:
     for _ in range(2):
         dx = net.backward(out=np.ones((4, 50), np.float32))["data"]
         np.testing.assert_allclose(dx, kept / 0.6, rtol=1e-6)
+
+
+def test_layers_sharing_a_name_across_phases_use_their_own_phase_settings(tmp_path: Path) -> None:
+    """A train_val net may give its TRAIN and TEST data layers the same name (Caffe filters by phase first). Here
+    the TRAIN layer's constant filler makes its top fixed (filled once, caller's writes stay); the TEST layer's
+    gaussian filler refills on every forward, as Caffe's DummyData does."""
+    path = tmp_path / "phases.prototxt"
+    path.write_text("""name: 'phases'
+layer { type: 'DummyData' name: 'data' top: 'data' include { phase: TRAIN }
+  dummy_data_param { shape { dim: 2 dim: 3 } data_filler { type: 'constant' value: 1 } } }
+layer { type: 'DummyData' name: 'data' top: 'data' include { phase: TEST }
+  dummy_data_param { shape { dim: 2 dim: 3 } data_filler { type: 'gaussian' std: 1 } } }
+""")
+    train = caffe.Net(str(path), caffe.TRAIN)
+    train.blobs["data"].data[...] = 5
+    assert (train.forward()["data"] == 5).all()
+    test = caffe.Net(str(path), caffe.TEST)
+    test.blobs["data"].data[...] = 5
+    first = test.forward()["data"].copy()
+    assert not (first == 5).any()
+    assert not np.array_equal(first, test.forward()["data"])

@@ -106,6 +106,10 @@ def layout(prefix: str, e: Expr, suffix: str, indent: int) -> list[str]:
     if len(one) <= LINE and not e.comments:
         return [one]
     inner = " " * (indent + 4)
+    if prefix.endswith(("= ", "return ")) and len(pad + prefix + e.open) > LINE:
+        # the statement's head does not fit even when the arguments are split: ruff parenthesizes the whole
+        # right-hand side and lays it out one level deeper
+        return [f"{pad}{prefix}(", *layout("", e, "", indent + 4), f"{pad}){suffix}"]
     body = ", ".join(_flat(a) for a in e.args)
     if not e.comments and len(inner) + len(body) <= LINE:
         return [f"{pad}{prefix}{e.open}", inner + body, f"{pad}{e.brackets[1]}{suffix}"]

@@ -26,11 +26,21 @@ all load; no Caffe layer needs anything newer.
 inference derives from that (``N`` where they follow the batch). Specs build reshape targets with
 :meth:`OnnxContext.reshape`, which writes the batch axis as ``0`` (copy) or ``-1`` (infer), so the graph stays
 valid at any batch size.
+
+``dynamic`` (``--dynamic``) also makes height and width symbolic (``H``, ``W``: every axis from 2 on of each
+input with 3 or more axes), for fully convolutional nets such as MTCNN's P-Net run on an image pyramid. Which
+blob axes then change with the input size is found by inferring the net's shapes again at two other input
+sizes (:func:`_varying_axes`); a layer whose parameter shapes change (an InnerProduct over spatial axes) or
+whose blobs change while its spec does not declare :attr:`~prototxt2py.layers.base.LayerSpec.onnx_dynamic_sizes`
+is refused by name. Specs that declare it compute Caffe's size arithmetic (pooling's CEIL rounding and
+dropped last window, Crop's reference size, Flatten/Reshape targets) with ONNX ops (``Shape``, ``Div`` ...)
+when ``ctx.dynamic_sizes`` is set, and :meth:`OnnxContext.reshape` refuses to bake such sizes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import tempfile
@@ -46,6 +56,7 @@ from ..blobstore import GraphBlobs, blobs_for
 from ..errors import InputFileError, Location, Prototxt2pyError, ShapeError, UnsupportedLayerError
 from ..fsutil import write_bytes_atomic
 from ..ir import Node
+from ..ir.shapes import infer_shapes
 from ..layers.base import Shape
 from ..netstate import TRAIN
 
@@ -58,6 +69,11 @@ DEFAULT_OPSET = 17
 EXTERNAL_DATA_LIMIT = 2**31 - 2**26
 #: Symbol of the batch axis with ``dynamic_batch``.
 BATCH_SYMBOL = "N"
+#: Symbols of the axes from 2 on with ``dynamic`` (prefixed by the input's name when the net has several).
+SPATIAL_SYMBOLS = ("H", "W", "D3", "D4", "D5")
+#: Input size changes (added to height, width) at which shapes are inferred again to find the blob axes that
+#: follow the input size: one of a pixel or two, one larger than common total strides (32 or 64).
+PROBE_DELTAS = ((1, 2), (67, 71))
 
 _FLOAT = np.dtype(np.float32)
 _INT = np.dtype(np.int64)
@@ -109,6 +125,11 @@ def _stamp(model: onnx.ModelProto, opset: int) -> None:
     model.producer_version = __version__
 
 
+class FixedSizesError(UnsupportedLayerError):
+    """A layer's mapping needs sizes that ``--dynamic`` makes symbolic (reported with the layers that cannot
+    take symbolic sizes, not as a missing mapping)."""
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The context handed to the specs
 # ---------------------------------------------------------------------------------------------------------
@@ -126,13 +147,19 @@ class OnnxContext:
     #: ONNX element types for ``Cast`` (so specs need not import onnx).
     FLOAT = TensorProto.FLOAT
     INT64 = TensorProto.INT64
+    DOUBLE = TensorProto.DOUBLE
 
-    def __init__(self, net: Any, opset: int, dynamic_batch: bool, blobs: Any = None):
+    def __init__(self, net: Any, opset: int, dynamic_batch: bool, blobs: Any = None,
+                 varying: dict[str, tuple[bool, ...]] | None = None):
         #: The runtime net, or None when exporting an IR graph (torch-free: blobs from a file or fillers).
         self.net = net if hasattr(net, "layer_blobs") else None
         self.graph = net.graph if self.net is not None else net
         self.opset = opset
-        self.dynamic_batch = dynamic_batch
+        #: Whether height/width are symbolic (``--dynamic``; the batch is then dynamic too).
+        self.dynamic_sizes = varying is not None
+        self.dynamic_batch = dynamic_batch or self.dynamic_sizes
+        #: With symbolic sizes: per IR value, which axes change with the input height/width.
+        self.varying = varying or {}
         #: Where ``param(i)`` comes from: the net's tensors, or a :class:`~prototxt2py.blobstore.GraphBlobs`.
         self.blobs = blobs if blobs is not None else blobs_for(net)
         #: Whether the runtime module is in training mode (TRAIN phase unless changed with ``net.eval()``; for
@@ -151,6 +178,7 @@ class OnnxContext:
         self._node_names: set[str] = set()
         self._produced: set[str] = set()
         self._small_consts: dict[tuple, str] = {}
+        self._shapes: dict[str, str] = {}  # tensor -> its Shape node's output
         self._param_by_array: dict[int, np.ndarray] = {}  # id(array) -> array, for arrays from param()
         self._param_consts: dict[int, str] = {}  # id(array) -> initializer name
         self.value_names = self._name_values()
@@ -226,6 +254,41 @@ class OnnxContext:
     def out_shape(self, i: int = 0) -> Shape:
         return self.graph.values[self.node.outputs[i]].shape
 
+    # -- symbolic sizes (--dynamic) ----------------------------------------------------------------------
+    def in_varies(self, i: int = 0) -> tuple[bool, ...]:
+        """Per axis of bottom ``i``: whether it changes with the input height/width (all False unless
+        ``dynamic_sizes``; the batch axis is not counted: :meth:`reshape` handles it)."""
+        return self._varies(self.node.inputs[i])
+
+    def out_varies(self, i: int = 0) -> tuple[bool, ...]:
+        """Per axis of top ``i``: whether it changes with the input height/width (see :meth:`in_varies`)."""
+        return self._varies(self.node.outputs[i])
+
+    def _varies(self, vid: str) -> tuple[bool, ...]:
+        shape = self.graph.values[vid].shape or ()
+        return self.varying.get(vid, (False,) * len(shape))
+
+    @property
+    def sizes_vary(self) -> bool:
+        """Whether any blob of the current layer changes with the input height/width: its mapping must then
+        compute every size it uses with ONNX ops."""
+        return any(any(self._varies(v)) for v in (*self.node.inputs, *self.node.outputs))
+
+    def shape_of(self, x: str) -> str:
+        """``Shape(x)`` (int64, one node per tensor)."""
+        if x not in self._shapes:
+            self._shapes[x] = self.add("Shape", [x])
+        return self._shapes[x]
+
+    def dims(self, x: str, start: int, end: int | None = None) -> str:
+        """Axes ``start:end`` of ``x``'s run-time shape as a 1-D int64 tensor."""
+        return self.slice(self.shape_of(x), [start], [np.iinfo(np.int64).max if end is None else end], [0])
+
+    def concat_ints(self, parts: Sequence[str | Sequence[int]], hint: str = "shape") -> str:
+        """A 1-D int64 tensor joining run-time pieces (tensor names) and constant pieces (int lists)."""
+        names = [p if isinstance(p, str) else self.ints(p, hint) for p in parts if isinstance(p, str) or len(p)]
+        return names[0] if len(names) == 1 else self.add("Concat", names, axis=0)
+
     @property
     def num_inputs(self) -> int:
         return len(self.node.inputs)
@@ -248,6 +311,10 @@ class OnnxContext:
     def unsupported(self, reason: str) -> NoReturn:
         """Refuse this layer's configuration; reported with every other unsupported layer."""
         raise UnsupportedLayerError(reason, self.node.location, layer=self.node.name)
+
+    def fixed_sizes_only(self, reason: str) -> NoReturn:
+        """Refuse symbolic height/width for this layer (``--dynamic``); reported with every other such layer."""
+        raise FixedSizesError(reason, self.node.location, layer=self.node.name)
 
     def silence(self, name: str) -> None:
         """Record a blob consumed by a ``Silence`` layer: if the net has no other output, these become the
@@ -321,6 +388,9 @@ class OnnxContext:
     def reshape(self, x: str, x_shape: Sequence[int], target: Sequence[int], out: str | None = None) -> str:
         """Reshape ``x`` (static shape ``x_shape``) to ``target``. With a dynamic batch the first axis is
         written as 0 (copy) when it is ``x``'s batch axis, else as -1 (infer: the batch is folded into it)."""
+        if self.dynamic_sizes and self.sizes_vary:
+            self.fixed_sizes_only("its ONNX mapping reshapes to sizes fixed at export, which change with the input "
+                                  "height/width")
         shape = [int(d) for d in target]
         if self.dynamic_batch and shape and x_shape and -1 not in shape[1:]:
             shape[0] = 0 if shape[0] == x_shape[0] else -1
@@ -420,23 +490,130 @@ def _dynamic_bottom(graph: Any, node: Node, dynamic: dict[str, list[int | str]])
     return f"its bottom '{blobs[0]}' has a data-dependent shape (only a net output may)" if blobs else None
 
 
-def _value_info(name: str, shape: Sequence[int | str] | None, batch: int | None = None) -> onnx.ValueInfoProto:
+def _value_info(name: str, shape: Sequence[int | str] | None, batch: int | None = None,
+                spatial: Sequence[str] = ()) -> onnx.ValueInfoProto:
     """A float32 graph input/output (no shape if ``shape`` is None); with ``batch``, a first axis of that size
-    becomes the batch symbol."""
+    becomes the batch symbol; ``spatial`` names the axes from 2 on (``--dynamic``)."""
     dims: list[int | str] | None = None if shape is None else list(shape)
     if batch is not None and dims and dims[0] == batch:
         dims[0] = BATCH_SYMBOL
+    if dims and spatial:
+        dims[2:] = spatial
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Symbolic height/width (--dynamic)
+# ---------------------------------------------------------------------------------------------------------
+def _sized_input(shape: Shape | None) -> bool:
+    """Inputs whose axes from 2 on become symbolic with ``--dynamic``: images (and volumes), not vectors."""
+    return shape is not None and len(shape) >= 3
+
+
+def _spatial_symbols(graph: Any) -> dict[str, tuple[str, ...]]:
+    """Symbol names of the symbolic axes of each sized input (``H``, ``W``; prefixed with the input's name
+    when there are several)."""
+    sized = [v for v in graph.inputs if _sized_input(graph.values[v].shape)]
+    out = {}
+    for vid in sized:
+        value = graph.values[vid]
+        prefix = f"{value.blob}_" if len(sized) > 1 else ""
+        out[vid] = tuple(f"{prefix}{SPATIAL_SYMBOLS[i]}" for i in range(len(value.shape) - 2))
+    return out
+
+
+def _reinferred(graph: Any, overrides: dict[str, Shape]) -> Any:
+    """A copy of ``graph`` (nodes and values copied, specs and attributes shared) with its shapes inferred
+    again for the input shapes ``overrides``."""
+    nodes = [dataclasses.replace(n, param_shapes=[], in_shapes=[], shape_note=None, macs=0) for n in graph.nodes]
+    values = {k: dataclasses.replace(v, consumers=list(v.consumers)) for k, v in graph.values.items()}
+    probe = dataclasses.replace(graph, nodes=nodes, values=values, warnings=[])
+    infer_shapes(probe, overrides)
+    return probe
+
+
+def _probe(graph: Any, delta: tuple[int, int]) -> Any:
+    """``graph`` with its shapes inferred again for sized inputs grown by ``delta`` on height/width (``delta``
+    cycles over further axes)."""
+    overrides = {}
+    for vid in graph.inputs:
+        shape = graph.values[vid].shape
+        if _sized_input(shape):
+            overrides[graph.values[vid].blob] = (*shape[:2], *(d + delta[i % 2] for i, d in enumerate(shape[2:])))
+    try:
+        return _reinferred(graph, overrides)
+    except Prototxt2pyError as e:
+        sizes = ", ".join(f"{b} {tuple(s)}" for b, s in overrides.items())
+        raise ShapeError(f"--dynamic: the net cannot run at other input sizes (tried {sizes}): {e.message}",
+                         e.location, layer=e.layer) from None
+
+
+def _output_dims(graph: Any, varying: dict[str, tuple[bool, ...]]) -> dict[str, list[int | str | None]]:
+    """Per IR value, what its declared output shape should say where ONNX shape inference loses track
+    (sizes computed from data): ``N`` for an axis that follows the batch (found by inferring shapes again at
+    batch + 1), the size for an axis that never changes, None for one that follows height/width."""
+    batched = {}
+    overrides = {graph.values[v].blob: (shape[0] + 1, *shape[1:]) for v in graph.inputs
+                 if (shape := graph.values[v].shape)}
+    with contextlib.suppress(Prototxt2pyError):  # a net that needs its batch size: no axis is named N
+        batched = _reinferred(graph, overrides).values
+    out: dict[str, list[int | str | None]] = {}
+    for vid, value in graph.values.items():
+        other = batched[vid].shape if vid in batched else None
+        out[vid] = [None if varies else BATCH_SYMBOL if other is not None and other[i] != d else d
+                    for i, (d, varies) in enumerate(zip(value.shape or (), varying[vid], strict=True))]
+    return out
+
+
+def _varying_axes(graph: Any) -> tuple[dict[str, tuple[bool, ...]], list[tuple[Node, str | None]]]:
+    """Per IR value, which axes change with the input height/width (shapes inferred again at
+    :data:`PROBE_DELTAS`), and the layers that cannot take symbolic sizes: parameter shapes that change (the
+    net is not fully convolutional there), or changing blobs with a spec that does not declare
+    ``onnx_dynamic_sizes``."""
+    probes = [_probe(graph, delta) for delta in PROBE_DELTAS]
+    varying: dict[str, tuple[bool, ...]] = {}
+    for vid, value in graph.values.items():
+        shape = value.shape or ()
+        varying[vid] = tuple(any(p.values[vid].shape is None or p.values[vid].shape[i] != d for p in probes)
+                             for i, d in enumerate(shape))
+    problems: list[tuple[Node, str | None]] = []
+    for index, node in enumerate(graph.nodes):
+        params = [p.nodes[index].param_shapes for p in probes]
+        if any(shapes != node.param_shapes for shapes in params):
+            problems.append((node, f"its parameter shapes {_shapes_text(node.param_shapes)} change with the input "
+                                   f"size ({_shapes_text(params[0])} at the next size): the net is not fully "
+                                   "convolutional here"))
+        elif (any(any(varying[v]) for v in (*node.inputs, *node.outputs))
+              and not node.spec.onnx_dynamic_sizes and not node.spec.is_input(node)):
+            changing = [graph.values[v].blob for v in node.outputs if any(varying[v])] or \
+                       [graph.values[v].blob for v in node.inputs if any(varying[v])]
+            problems.append((node, f"its blob sizes ({', '.join(changing)}) change with the input height/width "
+                                   "and its ONNX mapping cannot compute them at run time"))
+    return varying, problems
+
+
+def _shapes_text(shapes: Sequence[Shape]) -> str:
+    return ", ".join("x".join(map(str, s)) for s in shapes)
+
+
+def _raise_not_dynamic(problems: Sequence[tuple[Node, str | None]]) -> None:
+    """One error naming every layer that prevents symbolic height/width."""
+    if problems:
+        details = "; ".join(_describe(node, reason) for node, reason in problems)
+        raise UnsupportedLayerError(f"--dynamic (symbolic height/width) is not possible for {details}; "
+                                    "export with fixed sizes (--input NAME=...) or --dynamic-batch",
+                                    Location(problems[0][0].location.file))
+
+
 def _declare_io(onnx_graph: onnx.GraphProto, ctx: OnnxContext, dynamic_batch: bool,
-                dynamic: dict[str, list[int | str]]) -> None:
+                data_dependent: dict[str, list[int | str]]) -> None:
     """Graph inputs (the net's input blobs) and outputs: the blobs no layer consumes, except inputs passed
     through untouched; failing any, the blobs consumed by Silence layers (what Caffe reports then). With a
     dynamic batch the outputs are declared without shapes here (see :func:`_infer_output_shapes`)."""
     graph, names = ctx.graph, ctx.value_names
     first = graph.values[graph.inputs[0]].shape if graph.inputs else None
     batch = first[0] if dynamic_batch and first else None
+    spatial = _spatial_symbols(graph) if ctx.dynamic_sizes else {}
     inputs = set(graph.inputs)
     outputs = [v for v in graph.outputs if v not in inputs]
     if not outputs:
@@ -444,16 +621,19 @@ def _declare_io(onnx_graph: onnx.GraphProto, ctx: OnnxContext, dynamic_batch: bo
         outputs = [by_name[n] for n in dict.fromkeys(ctx.silenced) if by_name[n] not in inputs]
     if not outputs:
         raise Prototxt2pyError("nothing to export: the net computes no output blob", Location(graph.file))
-    onnx_graph.input.extend(_value_info(names[v], graph.values[v].shape, batch) for v in graph.inputs)
-    onnx_graph.output.extend(_value_info(names[v], None if dynamic_batch else dynamic.get(v, graph.values[v].shape))
-                             for v in outputs)
+    onnx_graph.input.extend(_value_info(names[v], graph.values[v].shape, batch, spatial.get(v, ()))
+                            for v in graph.inputs)
+    onnx_graph.output.extend(_value_info(names[v], None if dynamic_batch
+                                         else data_dependent.get(v, graph.values[v].shape)) for v in outputs)
 
 
-def _infer_output_shapes(model: onnx.ModelProto) -> None:
+def _infer_output_shapes(model: onnx.ModelProto, known: dict[str, list[int | str | None]]) -> None:
     """Declare the outputs of a dynamic-batch model with the shapes ONNX shape inference derives from the
     symbolic inputs: an output follows the batch (``N``) only where the graph makes it do so (a PriorBox or
     a full Reduction does not). Inference runs on a copy whose large initializers are stubs with dims only,
-    so no weights are copied."""
+    so no weights are copied. Where inference loses track of an axis (sizes computed from data with
+    ``--dynamic``), ``known`` (by output name, see :func:`_output_dims`) names it: ``N``, a fixed size, or
+    None (a symbol of its own)."""
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
@@ -471,14 +651,33 @@ def _infer_output_shapes(model: onnx.ModelProto) -> None:
     inferred = onnx.shape_inference.infer_shapes(light)
     for declared, found in zip(model.graph.output, inferred.graph.output, strict=True):
         declared.type.CopyFrom(found.type)
+        dims = known.get(declared.name)
+        if dims is None:
+            continue
+        shape = declared.type.tensor_type.shape
+        if not declared.type.tensor_type.HasField("shape"):  # sizes from data (MaxUnpool's output_shape)
+            shape.dim.extend(onnx.TensorShapeProto.Dimension() for _ in dims)
+        for i, (dim, want) in enumerate(zip(shape.dim, dims, strict=False)):
+            if dim.HasField("dim_value"):
+                continue
+            if isinstance(want, int):
+                dim.dim_value = want
+            else:
+                dim.dim_param = want or dim.dim_param or f"{declared.name}_{i}"
 
 
-def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None) -> tuple[onnx.ModelProto, int]:
+def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None,
+           dynamic: bool = False) -> tuple[onnx.ModelProto, int]:
     """The unchecked model and its weight payload in bytes."""
     opset = resolve_opset(opset)
     graph = net.graph if hasattr(net, "layer_blobs") else net
-    dynamic = _require_shapes(graph)
-    ctx = OnnxContext(net, opset, dynamic_batch, _blob_source(net, weights))
+    data_dependent = _require_shapes(graph)
+    varying, not_dynamic = None, []
+    if dynamic:
+        varying, not_dynamic = _varying_axes(graph)
+        _raise_not_dynamic(not_dynamic)
+    dynamic_batch = dynamic_batch or dynamic
+    ctx = OnnxContext(net, opset, dynamic_batch, _blob_source(net, weights), varying)
     problems: list[tuple[Node, str | None]] = []
     for node in graph.nodes:
         if not node.spec.supports("onnx", node):
@@ -487,6 +686,9 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
         ctx.begin(node)
         try:
             node.spec.to_onnx(node, ctx)
+        except FixedSizesError as e:
+            not_dynamic.append((node, e.message))
+            continue
         except UnsupportedLayerError as e:
             problems.append((node, e.message))
             continue
@@ -496,38 +698,48 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
             raise Prototxt2pyError(f"cannot export to ONNX: {e}", node.location, layer=node.name) from None
         ctx.finish()
     _raise_unsupported(problems)
+    _raise_not_dynamic(not_dynamic)
 
     model = ctx.model
-    _declare_io(model.graph, ctx, dynamic_batch, dynamic)
+    _declare_io(model.graph, ctx, dynamic_batch, data_dependent)
     model.graph.name = graph.name or "caffe_net"
     model.graph.doc_string = f"Caffe net {Path(graph.file).name}, converted by prototxt2py"
     model.graph.node.extend(ctx.nodes)
     _stamp(model, opset)
     if dynamic_batch:
-        _infer_output_shapes(model)
+        known = _output_dims(graph, varying) if varying is not None else {}
+        _infer_output_shapes(model, {ctx.value_names[v]: dims for v, dims in known.items()})
+        symbols = {ctx.value_names[v]: dims for v, dims in data_dependent.items()}
+        for output in model.graph.output:  # the spec's names for data-dependent axes, not inference's unk__i
+            for dim, given in zip(output.type.tensor_type.shape.dim, symbols.get(output.name, ()), strict=False):
+                if isinstance(given, str) and not dim.HasField("dim_value"):
+                    dim.dim_param = given
     return model, ctx.initializer_bytes
 
 
 def to_onnx_model(net: Any, opset: int | None = None, dynamic_batch: bool = False,
-                  weights: Any = None) -> onnx.ModelProto:
+                  weights: Any = None, dynamic: bool = False) -> onnx.ModelProto:
     """The net as an ONNX model: a :class:`~prototxt2py.backends.torch_runtime.CaffeNet` (its weights), or an
     IR graph with ``weights`` (a ``.caffemodel`` path, a :class:`~prototxt2py.blobstore.GraphBlobs`, or None
     for Caffe's fillers) — the graph path never imports torch for specs whose mapping reads no module.
 
     Checked with ``onnx.checker.check_model(full_check=True)`` when it fits in one protobuf message (under
-    2 GB); bigger models are checked by :func:`export_onnx` once written with external data."""
-    model, payload = _build(net, opset, dynamic_batch, weights)
+    2 GB); bigger models are checked by :func:`export_onnx` once written with external data.
+
+    ``dynamic_batch`` makes the batch axis symbolic; ``dynamic`` makes batch, height and width symbolic
+    (fully convolutional nets; other layers are refused by name)."""
+    model, payload = _build(net, opset, dynamic_batch, weights, dynamic)
     if payload < EXTERNAL_DATA_LIMIT:
         onnx.checker.check_model(model.SerializeToString(), full_check=True)
     return model
 
 
 def export_onnx(net: Any, output: str | os.PathLike, opset: int | None = None, dynamic_batch: bool = False,
-                weights: Any = None) -> None:
+                weights: Any = None, dynamic: bool = False) -> None:
     """Write the net (a runtime net, or a graph with ``weights``, see :func:`to_onnx_model`) as a checked ONNX
     model to ``output`` (atomically: nothing is written if anything fails). Over 2 GB of weights go to
-    ``<output>.data`` as ONNX external data."""
-    model, payload = _build(net, opset, dynamic_batch, weights)
+    ``<output>.data`` as ONNX external data. ``dynamic_batch``/``dynamic``: see :func:`to_onnx_model`."""
+    model, payload = _build(net, opset, dynamic_batch, weights, dynamic)
     if payload < EXTERNAL_DATA_LIMIT:
         data = model.SerializeToString()
         onnx.checker.check_model(data, full_check=True)

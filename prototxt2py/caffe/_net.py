@@ -113,9 +113,8 @@ class Net:
         runtime = prototxt2py.load(graph, weights=weights)
         self._graph = graph
         self._net = runtime.to(self._device)
-        self._protos = {}
-        for layer in self._source.net.layer:
-            self._protos.setdefault(layer.name, layer)
+        # the LayerParameter of each layer of *this* phase (a train_val net may reuse a name across phases)
+        self._protos = {node.name: node.proto for node in graph.nodes}
         self._layer_names = [n.name for n in graph.nodes]
         self._plan = runtime._plan
         # Blobs in Caffe's creation order: a layer's new tops, in order; in-place tops reuse their blob.

@@ -247,6 +247,11 @@ class LayerSpec:
     #: tests/test_fusion.py): the runtime's inference plan then lets channels-last tensors flow through it
     #: instead of converting them back to NCHW first.
     layout_agnostic: ClassVar[bool] = False
+    #: Whether ``to_onnx`` stays right when height/width are symbolic (``--dynamic``): it bakes no size that
+    #: changes with them (stock ONNX ops whose output sizes follow their inputs), or computes such sizes with
+    #: ONNX ops when ``ctx.dynamic_sizes`` is set. A layer whose blobs change with the input size is refused
+    #: by the exporter, by name, unless its spec declares this.
+    onnx_dynamic_sizes: ClassVar[bool] = False
 
     # -- parameters ------------------------------------------------------------------------------------
     def field_name(self) -> str | None:

@@ -66,6 +66,7 @@ def _hw(p, name: str) -> tuple[int | None, int | None]:
 class _ConvBase(LayerSpec):
     param_field = "convolution_param"
     bottoms = (1, None)
+    onnx_dynamic_sizes = True  # Conv/ConvTranspose output sizes follow the input
     tops = (1, None)
     family = "conv"
     blob_names = ("weight", "bias")

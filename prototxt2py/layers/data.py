@@ -152,6 +152,16 @@ class MemoryData(DataLayerSpec):
         return DataAttrs(p.batch_size, p.channels, p.height, p.width, "", "memory")
 
 
+@dataclass(frozen=True)
+class HDF5DataAttrs:
+    """An HDF5Data layer: what shape inference needs, and its parameters as plain values for the reader."""
+
+    batch_size: int
+    source: str
+    param: Any  # plain ``hdf5_data_param``
+    transform: Any  # plain ``transform_param``: Caffe refuses one on HDF5Data, the reader says so
+
+
 @register
 class HDF5Data(LayerSpec):
     type = "HDF5Data"
@@ -160,6 +170,10 @@ class HDF5Data(LayerSpec):
     is_data = True
     family = FAMILY
     summary = "batches of the HDF5 datasets named by the tops, from the files listed in source; a net input"
+
+    def attrs(self, layer):
+        p = layer.hdf5_data_param
+        return HDF5DataAttrs(p.batch_size, p.source, plain(p), plain(layer.transform_param))
 
     def infer_shapes(self, node, in_shapes):
         p = node.attrs

@@ -37,6 +37,7 @@ class _ElementwiseSpec(LayerSpec):
     """Shared defaults of the neuron layers: one bottom, one top, same shape, plain attributes."""
 
     family = FAMILY
+    onnx_dynamic_sizes = True  # elementwise: nothing depends on the size
 
 
 #: One ONNX step of an elementwise chain: op type, inputs after the running value, attributes.

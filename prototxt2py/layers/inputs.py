@@ -8,6 +8,7 @@ from .base import LayerSpec, Unknowable, call, register
 @register
 class Input(LayerSpec):
     type = "Input"
+    onnx_dynamic_sizes = True
     bottoms = (0, 0)
     tops = (1, None)
     family = "data"

@@ -68,6 +68,7 @@ class BatchNormAttrs:
 @register
 class BatchNorm(LayerSpec):
     type = "BatchNorm"
+    onnx_dynamic_sizes = True
     blob_names = ("mean", "variance", "scale_factor")
     family = FAMILY
     summary = ("standardise per channel (axis 1); blobs are sums of means/variances and a scale factor, "
@@ -156,6 +157,7 @@ class _BroadcastSpec(LayerSpec):
     """Shape rules shared by Scale and Bias (one- or two-bottom form)."""
 
     bottoms = (1, 2)
+    onnx_dynamic_sizes = True  # a learned operand with changing shape is refused by its parameter shapes
 
     def infer_shapes(self, node, in_shapes):
         p = node.attrs
@@ -282,6 +284,7 @@ class Normalize(LayerSpec):
     type = "Normalize"
     blob_names = ("weight",)
     family = FAMILY
+    onnx_dynamic_sizes = True  # reductions over axes, a per-channel weight
     summary = ("SSD fork: L2-normalise per sample (across_spatial) or per position over channels, "
                "then scale (scalar if channel_shared, else per channel); norm_param")
 

@@ -176,12 +176,13 @@ def _padded_average(ctx: Any, x: str, plan: PoolPlan, pads: Sequence[int]) -> st
 def _ave_divisor_correction(plan: PoolPlan) -> np.ndarray:
     """``kernel area / Caffe's divisor`` per output position, ``(1, 1, out_h, out_w)``: the divisor is the
     window clipped to ``[-pad, in + pad)``; a window wholly past the input (possible without padding) sums
-    to zero, and gets factor 0."""
+    to zero over a size <= 0: Caffe's ``0 / 0`` is NaN (factor inf), ``0 / -n`` is -0 (a negative factor)."""
     geometry = zip(plan.size, plan.kernel, plan.pad, plan.stride, plan.out, strict=True)
     rows, cols = (_clipped_lengths(*a) for a in geometry)
     divisor = rows[:, None] * cols[None, :]
     area = float(plan.kernel[0] * plan.kernel[1])
-    factor = np.divide(area, divisor, out=np.zeros_like(divisor), where=divisor != 0)
+    with np.errstate(divide="ignore"):
+        factor = area / divisor
     return factor.astype(np.float32).reshape(1, 1, *plan.out)
 
 
@@ -245,6 +246,100 @@ def onnx_pool(ctx: Any, x: str, plan: PoolPlan, out: str | None = None, mask_out
     return ctx.add("Mul", [_padded_average(ctx, x, plan, pads), correction], out)
 
 
+def onnx_pool_sized(ctx: Any, x: str, a: PoolAttrs, out: str | None = None, mask_out: str | None = None) -> str:
+    """Caffe's pooling of ``x`` when its height/width are symbolic (``--dynamic``): the output size is
+    computed with ONNX ops as Caffe does, ``ceil((in + 2*pad - k) / s) + 1`` (or floor), minus one where any
+    pad is set and the last window would start at or after ``in + pad``. The input is then padded explicitly
+    (``Pad`` with run-time pads: ``pad`` before, the last window's overhang after, never negative) and pooled
+    without padding or ``ceil_mode``, whose overhang rules differ between ONNX runtimes and from Caffe's when
+    pad > 0. MAX pads with -FLT_MAX (Caffe's initial value: padding never wins, a window wholly in the padding
+    gives -FLT_MAX); AVE pads with zeros and rescales each position by ``k_h*k_w / Caffe's divisor``, the
+    window clipped to ``[-pad, in + pad)``, computed from ``Range`` over the output positions (an empty
+    window gives Caffe's 0/0 = NaN)."""
+    if mask_out is not None and a.kernel is None:
+        ctx.fixed_sizes_only("the argmax mask top of global pooling is not exported with symbolic sizes")
+    if a.kernel is None:  # global: the kernel is the whole input, whatever its size
+        if a.pool == STOCHASTIC:
+            if ctx.training:
+                ctx.unsupported("STOCHASTIC pooling samples randomly in TRAIN")
+            total = ctx.reduce("ReduceSum", x, [2, 3])
+            squares = ctx.reduce("ReduceSum", ctx.add("Mul", [x, x]), [2, 3])
+            positive = ctx.add("Greater", [total, ctx.scalar(0.0)])
+            ratio = ctx.add("Div", [squares, ctx.add("Where", [positive, total, ctx.scalar(1.0)])])
+            return ctx.add("Where", [positive, ratio, ctx.scalar(0.0)], out)
+        return ctx.add("GlobalMaxPool" if a.pool == MAX else "GlobalAveragePool", [x], out)
+    kernel, pad, stride = np.array(a.kernel), np.array(a.pad), np.array(a.stride)
+    size = ctx.dims(x, 2, 4)
+    span = ctx.add("Add", [size, ctx.ints(2 * pad - kernel, "span")])
+    if a.ceil:
+        span = ctx.add("Add", [span, ctx.ints(stride - 1, "round_up")])
+    last = ctx.add("Div", [span, ctx.ints(stride, "stride")])  # out - 1 (span >= 0 wherever Caffe runs)
+    last_start = ctx.add("Mul", [last, ctx.ints(stride, "stride")])
+    if any(a.pad):  # Caffe drops a last window starting at or after in + pad (on both axes)
+        dropped = ctx.add("Cast", [ctx.add("Not", [ctx.add("Less", [last_start, ctx.add(
+            "Add", [size, ctx.ints(pad, "pad")])])])], to=ctx.INT64)
+        last = ctx.add("Sub", [last, dropped])
+        last_start = ctx.add("Mul", [last, ctx.ints(stride, "stride")])
+    overhang = ctx.add("Sub", [ctx.add("Add", [last_start, ctx.ints(kernel - pad, "reach")]), size])
+    overhang = ctx.add("Max", [overhang, ctx.ints([0, 0], "zero")])
+    pads = ctx.concat_ints([[0, 0, int(pad[0]), int(pad[1]), 0, 0], overhang], "pads")
+    attrs = {"kernel_shape": list(a.kernel), "strides": list(a.stride), "pads": [0, 0, 0, 0]}
+    if a.pool == MAX:
+        padded = ctx.add("Pad", [x, pads, ctx.scalar(-_FLT_MAX)])
+        if mask_out is None:
+            return ctx.add("MaxPool", [padded], out, **attrs)
+        index = ctx.tmp("argmax")
+        y = ctx.add("MaxPool", [padded], [out or ctx.tmp("maxpool"), index], **attrs)
+        _sized_mask(ctx, index, size, ctx.dims(padded, 2, 4), a.pad, mask_out)
+        return y
+    average = ctx.add("AveragePool", [ctx.add("Pad", [x, pads, ctx.scalar(0.0)])], **attrs)
+    area = float(a.kernel[0] * a.kernel[1])
+    if a.pool == STOCHASTIC:
+        if ctx.training:
+            ctx.unsupported("STOCHASTIC pooling samples randomly in TRAIN")
+        squares = ctx.add("AveragePool", [ctx.add("Pad", [ctx.add("Mul", [x, x]), pads, ctx.scalar(0.0)])],
+                          **attrs)
+        positive = ctx.add("Greater", [average, ctx.scalar(0.0)])
+        ratio = ctx.add("Div", [squares, ctx.add("Where", [positive, average, ctx.scalar(1.0)])])
+        return ctx.add("Where", [positive, ratio, ctx.scalar(0.0)], out)
+    lengths = []
+    for axis in (0, 1):
+        count_ = ctx.add("Gather", [ctx.add("Add", [last, ctx.ints([1, 1], "one")]), ctx.const(np.int64(axis))],
+                         axis=0)
+        start = ctx.add("Sub", [ctx.add("Mul", [ctx.add("Range", [ctx.const(np.int64(0)), count_,
+                                                                  ctx.const(np.int64(1))]),
+                                                ctx.const(np.int64(stride[axis]))]),
+                               ctx.const(np.int64(pad[axis]))])
+        limit = ctx.add("Add", [ctx.add("Gather", [size, ctx.const(np.int64(axis))], axis=0),
+                                ctx.const(np.int64(pad[axis]))])
+        end = ctx.add("Min", [ctx.add("Add", [start, ctx.const(np.int64(kernel[axis]))]), limit])
+        lengths.append(ctx.add("Cast", [ctx.add("Sub", [end, start])], to=ctx.FLOAT))
+    rows = ctx.add("Unsqueeze", [lengths[0], ctx.ints([1], "axes")])
+    # as Caffe: a window wholly past the input (no padding, stride > kernel) sums to 0 over a size <= 0,
+    # giving NaN (0/0) or -0, exactly what 0 * area/divisor gives here
+    factor = ctx.add("Div", [ctx.scalar(area), ctx.add("Mul", [rows, lengths[1]])])
+    return ctx.add("Mul", [average, factor], out)
+
+
+def _sized_mask(ctx: Any, index: str, size: str, padded: str, pad: tuple[int, int], out: str) -> None:
+    """Caffe's mask top (argmax as a float index into H*W, -1 where padding won) from MaxPool's indices into
+    the explicitly padded input, with run-time sizes: ``size``/``padded`` are the (H, W) before and after
+    padding as 1-D int64 tensors."""
+    def axis(t: str, i: int) -> str:
+        return ctx.add("Gather", [t, ctx.const(np.int64(i))], axis=0)
+
+    h, w, padded_w = axis(size, 0), axis(size, 1), axis(padded, 1)
+    plane = ctx.add("Mod", [index, ctx.add("Mul", [axis(padded, 0), padded_w])])
+    row = ctx.add("Sub", [ctx.add("Div", [plane, padded_w]), ctx.const(np.int64(pad[0]))])
+    col = ctx.add("Sub", [ctx.add("Mod", [plane, padded_w]), ctx.const(np.int64(pad[1]))])
+    inside = None
+    for value, limit in ((row, h), (col, w)):
+        ok = ctx.add("And", [ctx.add("Greater", [value, ctx.const(np.int64(-1))]), ctx.add("Less", [value, limit])])
+        inside = ok if inside is None else ctx.add("And", [inside, ok])
+    flat = ctx.add("Add", [ctx.add("Mul", [row, w]), col])
+    ctx.add("Cast", [ctx.add("Where", [inside, flat, ctx.const(np.int64(-1))])], out, to=ctx.FLOAT)
+
+
 def _pair(param: Any, name: str, default: int) -> tuple[int, int]:
     """Caffe's rule for pad/stride: either ``name`` or both ``name_h`` and ``name_w``, never a mix."""
     has_h, has_w = param.has(f"{name}_h"), param.has(f"{name}_w")
@@ -267,6 +362,7 @@ class Pooling(LayerSpec):
     layout_agnostic = True
     tops = (1, 2)
     family = "pooling"
+    onnx_dynamic_sizes = True  # onnx_pool_sized
     summary = "MAX/AVE/STOCHASTIC pooling, Caffe's CEIL sizes and clipped windows; optional argmax mask top (MAX)"
 
     def attrs(self, layer: Any) -> PoolAttrs:
@@ -338,6 +434,10 @@ class Pooling(LayerSpec):
         return call("Pooling", a.pool, a.kernel, **kwargs)
 
     def to_onnx(self, node: Any, ctx: Any) -> None:
+        if ctx.dynamic_sizes and ctx.sizes_vary:
+            onnx_pool_sized(ctx, ctx.input(0), node.attrs, ctx.output(0),
+                            ctx.output(1) if ctx.num_outputs == 2 else None)
+            return
         plan = self._plan(node, ctx.in_shape(0))
         onnx_pool(ctx, ctx.input(0), plan, ctx.output(0), ctx.output(1) if ctx.num_outputs == 2 else None)
 
@@ -416,6 +516,7 @@ class LRN(LayerSpec):
     type = "LRN"
     family = "pooling"
     layout_agnostic = True  # elementwise ops and shifted channel views: the same values on channels-last inputs
+    onnx_dynamic_sizes = True
     summary = "local response normalisation, ACROSS_CHANNELS (alpha/n, k) or WITHIN_CHANNEL (n x n window)"
 
     def attrs(self, layer: Any) -> LRNAttrs:
@@ -469,6 +570,7 @@ def _legacy_4d(shape: Sequence[int]) -> Shape:
 class MVN(LayerSpec):
     type = "MVN"
     family = "pooling"
+    onnx_dynamic_sizes = True  # reductions; the < 4-axis reshape goes through ctx.reshape, which refuses
     summary = "mean-variance normalisation per channel or per sample (eps added to the std); top is 4-D"
 
     def infer_shapes(self, node: Any, in_shapes: Sequence[Shape]) -> list[Shape]:

@@ -61,6 +61,7 @@ def _axis_or_legacy(p: Any, legacy_field: str) -> tuple[int, bool]:
 @register
 class Concat(LayerSpec):
     type = "Concat"
+    onnx_dynamic_sizes = True
     layout_agnostic = True
     bottoms = (1, None)
     family = FAMILY
@@ -118,6 +119,7 @@ def _slice_sizes(dim: int, points: Sequence[int], n_tops: int) -> list[int]:
 @register
 class Slice(LayerSpec):
     type = "Slice"
+    onnx_dynamic_sizes = True  # split sizes computed at run time along a changing axis
     tops = (1, None)
     family = FAMILY
     summary = "cut bottom along axis (default 1; legacy slice_dim) at slice_point, or into equal parts"
@@ -148,6 +150,16 @@ class Slice(LayerSpec):
             ctx.identity(ctx.input(0), ctx.output(0))
             return
         axis = _resolve_axis(node, self, node.attrs.axis, node.attrs.legacy, len(ctx.in_shape(0)))
+        if ctx.in_varies(0)[axis]:  # symbolic size along the axis (--dynamic): Caffe's rule at run time
+            tops = [ctx.output(i) for i in range(ctx.num_outputs)]
+            points = node.attrs.slice_points
+            if not points:  # equal parts: Split without sizes (opset 18 names their number)
+                extra = {"num_outputs": len(tops)} if ctx.opset >= 18 else {}
+                ctx.add("Split", [ctx.input(0)], tops, axis=axis, **extra)
+                return
+            for i, (start, end) in enumerate(zip((0, *points), (*points, np.iinfo(np.int64).max), strict=True)):
+                ctx.slice(ctx.input(0), [start], [end], [axis], out=tops[i])
+            return
         sizes = [ctx.out_shape(i)[axis] for i in range(ctx.num_outputs)]
         ctx.add("Split", [ctx.input(0), ctx.ints(sizes, "split")], [ctx.output(i) for i in range(ctx.num_outputs)],
                 axis=axis)
@@ -156,6 +168,7 @@ class Slice(LayerSpec):
 @register
 class Split(LayerSpec):
     type = "Split"
+    onnx_dynamic_sizes = True
     layout_agnostic = True
     tops = (1, None)
     family = FAMILY
@@ -176,6 +189,7 @@ class Split(LayerSpec):
 @register
 class Silence(LayerSpec):
     type = "Silence"
+    onnx_dynamic_sizes = True
     bottoms = (1, None)
     tops = (0, 0)
     family = FAMILY
@@ -200,6 +214,7 @@ class ReshapeLike(LayerSpec):
     """Shared plumbing of Flatten and Reshape: ``target`` maps an input shape to the output shape."""
 
     family = FAMILY
+    onnx_dynamic_sizes = True  # the target shape is built from Shape() when sizes change
 
     def target(self, shape: Shape, attrs: Any) -> Shape:
         raise NotImplementedError
@@ -213,8 +228,17 @@ class ReshapeLike(LayerSpec):
             raise self.fail(node, f"output {out} has a different count than input {tuple(in_shapes[0])}")
         return [out]
 
+    def sized_target(self, node: Any, ctx: Any, x: str) -> str:
+        """The target shape as a run-time tensor, for sizes that change with the input (``--dynamic``)."""
+        raise NotImplementedError
+
     def to_onnx(self, node, ctx):
-        """A ``Reshape`` to the inferred top shape (0/-1 for the batch axis when it is dynamic)."""
+        """A ``Reshape`` to the inferred top shape (0/-1 for the batch axis when it is dynamic); with
+        symbolic height/width, to a shape built from the bottom's run-time shape (:meth:`sized_target`)."""
+        if ctx.dynamic_sizes and ctx.sizes_vary:
+            x = ctx.input(0)
+            ctx.add("Reshape", [x, self.sized_target(node, ctx, x)], ctx.output(0))
+            return
         ctx.reshape(ctx.input(0), ctx.in_shape(0), ctx.out_shape(0), ctx.output(0))
 
 
@@ -240,6 +264,14 @@ class Flatten(ReshapeLike):
         if not (0 <= start < max(n, 1) and 0 <= end < max(n, 1)) or end + 1 < start:
             raise ValueError(f"axis {attrs.axis} / end_axis {attrs.end_axis} invalid for a {n}-axis blob")
         return (*shape[:start], count(shape, start, end + 1), *shape[end + 1:])
+
+    def sized_target(self, node, ctx, x):
+        """The axes before and after the range copied from ``x``'s shape, -1 (inferred) for the merged range
+        (1 for an empty range, which inserts an axis)."""
+        n = len(ctx.in_shape(0))
+        start, end = (a + n if a < 0 else a for a in (node.attrs.axis, node.attrs.end_axis))
+        return ctx.concat_ints([ctx.dims(x, 0, start) if start else [], [1 if end + 1 == start else -1],
+                                ctx.dims(x, end + 1) if end + 1 < n else []])
 
     def module(self, node) -> Call:
         """``nn.Flatten`` (the same inclusive axis range, and a view where possible as Caffe's is); an empty
@@ -306,6 +338,19 @@ class Reshape(ReshapeLike):
             new[new.index(-1)] = total // known
         return (*shape[:start], *new, *shape[end:])
 
+    def sized_target(self, node, ctx, x):
+        """Caffe's rule at run time: the axes outside ``axis .. axis + num_axes`` copied from ``x``'s shape,
+        ``0`` dims copied from the matching bottom axis, ``-1`` left to Reshape to infer, others as given."""
+        a, n = node.attrs, len(ctx.in_shape(0))
+        start = a.axis if a.axis >= 0 else n + a.axis + 1
+        end = n if a.num_axes == -1 else start + a.num_axes
+        parts: list[Any] = [ctx.dims(x, 0, start)] if start else []
+        for i, d in enumerate(a.dims):
+            parts.append(ctx.dims(x, start + i, start + i + 1) if d == 0 else [d])
+        if end < n:
+            parts.append(ctx.dims(x, end))
+        return ctx.concat_ints(parts)
+
     def module(self, node) -> Call:
         a = node.attrs
         kwargs: dict[str, Any] = {} if a.axis == 0 else {"axis": a.axis}
@@ -341,6 +386,7 @@ def _crop_offsets(shape: Shape, ref: Shape, attrs: CropAttrs, axis: int) -> list
 @register
 class Crop(LayerSpec):
     type = "Crop"
+    onnx_dynamic_sizes = True  # the reference's size is read at run time
     bottoms = (2, 2)
     family = FAMILY
     summary = "crop bottom 0 to bottom 1's shape from axis (default 2) on, at offset (one, or one per axis)"
@@ -370,6 +416,11 @@ class Crop(LayerSpec):
         axis = canonical_axis(node, self, node.attrs.axis, len(shape))
         offsets = _crop_offsets(shape, ctx.in_shape(1), node.attrs, axis)
         axes = range(axis, len(shape))
+        if ctx.dynamic_sizes and ctx.sizes_vary:  # the reference's size read at run time (--dynamic)
+            starts = ctx.ints([offsets[i] for i in axes], "starts")
+            ends = ctx.add("Add", [starts, ctx.dims(ctx.input(1), axis, len(shape))])
+            ctx.add("Slice", [ctx.input(0), starts, ends, ctx.ints(axes, "axes")], ctx.output(0))
+            return
         ctx.slice(ctx.input(0), [offsets[i] for i in axes], [offsets[i] + out[i] for i in axes], axes,
                   out=ctx.output(0))
 
@@ -422,6 +473,7 @@ class EltwiseAttrs:
 @register
 class Eltwise(LayerSpec):
     type = "Eltwise"
+    onnx_dynamic_sizes = True
     layout_agnostic = True
     bottoms = (2, None)
     family = FAMILY
@@ -481,6 +533,7 @@ class Eltwise(LayerSpec):
 @register
 class Softmax(LayerSpec):
     type = "Softmax"
+    onnx_dynamic_sizes = True
     family = FAMILY
     summary = "softmax over axis (default 1, the channels; not the last axis)"
 

@@ -14,18 +14,18 @@ from typing import Any
 import torch
 
 from ..data import DataLayer
-from ..data.layers import PARAM_FIELDS, data_layer, top_shapes
+from ..data.layers import PARAM_FIELDS, top_shapes
 
 #: readers whose batches are copies from memory: worker processes would only add transfer costs
 IN_MEMORY = frozenset({"HDF5Data", "MemoryData", "DummyData"})
 
 
 def data_layer_for(node: Any, phase: str, rank: int = 0, world: int = 1) -> DataLayer:
-    """The plain description of a data node that a reader is opened with.
-
-    The only place in training that reads a node's protobuf message (until the IR exposes plain values)."""
-    layer = data_layer(node.proto, phase, rank, world)
-    return DataLayer(node.name, layer.type, tuple(node.tops), layer.param, layer.transform, phase, rank, world)
+    """The plain description of a data node that a reader is opened with, from the node's plain attrs: every
+    reader layer's spec (``layers/data.py``, DummyData in ``layers/structure.py``) keeps its ``*_param`` and
+    ``transform_param`` there as ``param`` and ``transform``, so training never reads protobuf messages."""
+    a = node.attrs
+    return DataLayer(node.name, node.type, tuple(node.tops), a.param, a.transform, phase, rank, world)
 
 
 def is_data_node(node: Any) -> bool:

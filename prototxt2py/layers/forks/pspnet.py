@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from prototxt2py.layers import LayerSpec, call, count, legacy_shape, plain, register
 
 FAMILY = "forks"
@@ -47,6 +49,7 @@ def _interp_size(a: InterpAttrs, h_in: int, w_in: int) -> tuple[int, int, int, i
 class Interp(LayerSpec):
     type = "Interp"
     family = FAMILY
+    onnx_dynamic_sizes = True  # output size computed from the run-time input size when it changes
     summary = "bilinear resize, aligned corners (PSPNet/DeepLab): height/width, zoom_factor, shrink_factor, crop"
 
     def attrs(self, layer):
@@ -97,6 +100,9 @@ class Interp(LayerSpec):
     def to_onnx(self, node, ctx):
         """Slice (the crop), then ``Resize`` linear with ``align_corners`` (a 1-pixel output reads pixel 0)."""
         a: InterpAttrs = node.attrs
+        if ctx.dynamic_sizes and ctx.sizes_vary:
+            _interp_sized(ctx, a)
+            return
         n, c, h_in, w_in = legacy_shape(ctx.in_shape(0))
         h_eff, w_eff, h, w = _interp_size(a, h_in, w_in)
         x = ctx.input(0)
@@ -104,6 +110,31 @@ class Interp(LayerSpec):
             x = ctx.slice(x, [-a.pad_beg] * 2, [-a.pad_beg + h_eff, -a.pad_beg + w_eff], [2, 3])
         ctx.add("Resize", [x, "", "", _onnx_sizes(ctx, x, (h, w))], ctx.output(0), mode="linear",
                 coordinate_transformation_mode="align_corners")
+
+
+def _interp_sized(ctx: Any, a: InterpAttrs) -> None:
+    """Interp with symbolic height/width (``--dynamic``): the crop as a Slice counted from both ends, and
+    PSPNet's size rule (shrink ``(h - 1) // s + 1``, then zoom ``h + (h - 1) * (z - 1)``) with ONNX ops on the
+    cropped size; a fixed ``height``/``width`` stays constant."""
+    if len(ctx.in_shape(0)) != 4:
+        ctx.fixed_sizes_only("Interp of a blob without 4 axes with symbolic sizes")
+    x = ctx.input(0)
+    if a.pad_beg or a.pad_end:
+        x = ctx.slice(x, [-a.pad_beg] * 2, [a.pad_end or np.iinfo(np.int64).max] * 2, [2, 3])
+    if a.rule == "size":
+        hw: Any = ctx.ints([a.height, a.width], "hw")
+    else:
+        hw = ctx.dims(x, 2, 4)
+        if a.rule in ("shrink", "shrink_zoom"):
+            one = ctx.ints([1, 1], "one")
+            hw = ctx.add("Add", [ctx.add("Div", [ctx.add("Sub", [hw, one]), ctx.ints([a.shrink] * 2, "shrink")]),
+                                 one])
+        if a.rule in ("zoom", "shrink_zoom") and a.zoom != 1:
+            grown = ctx.add("Mul", [ctx.add("Sub", [hw, ctx.ints([1, 1], "one")]), ctx.ints([a.zoom - 1] * 2, "zoom")])
+            hw = ctx.add("Add", [hw, grown])
+    sizes = ctx.concat_ints([ctx.dims(x, 0, 2), hw], "sizes")
+    ctx.add("Resize", [x, "", "", sizes], ctx.output(0), mode="linear",
+            coordinate_transformation_mode="align_corners")
 
 
 def _onnx_sizes(ctx: Any, x: str, hw: tuple[int, int]) -> str:

@@ -9,6 +9,7 @@ a later mask hit overwrites an earlier one, but every bottom gets its top's grad
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,7 @@ class Upsample(LayerSpec):
     type = "Upsample"
     bottoms = (1, 2)
     family = FAMILY
+    onnx_dynamic_sizes = True  # Resize by scales; unpooling computes its sizes and plane offsets at run time
     summary = "SegNet max-unpooling (x, pool mask) to upsample_h/w or scale; one bottom: nearest repeat (YOLO)"
 
     def attrs(self, layer):
@@ -102,7 +104,8 @@ class Upsample(LayerSpec):
                     coordinate_transformation_mode="asymmetric", nearest_mode="floor")
             return
         if ctx.dynamic_batch:
-            ctx.unsupported("unpooling indices need a fixed batch size")
+            _unpool_sized(ctx, a)
+            return
         out_h, out_w = _upsample_size(a, h, w)
         offsets = (np.arange(n * c, dtype=np.int64) * (out_h * out_w)).reshape(n, c, 1, 1)
         index = ctx.add("Add", [ctx.add("Cast", [ctx.input(1)], to=ctx.INT64), ctx.const(offsets, "plane")])
@@ -113,6 +116,25 @@ class Upsample(LayerSpec):
                 kernel_shape=[1, 1], strides=[1, 1])
 
 
+
+
+def _unpool_sized(ctx: Any, a: UpsampleAttrs) -> None:
+    """Unpooling when the batch (and maybe height/width) are symbolic: the output size (``upsample_h/w``, or
+    ``in * scale - pad_out``) and each plane's index offset are computed from the run-time shape."""
+    x = ctx.input(0)
+    nc = ctx.dims(x, 0, 2)
+    if a.out_h:
+        out_hw = ctx.ints([a.out_h, a.out_w], "out_hw")
+    else:
+        out_hw = ctx.add("Sub", [ctx.add("Mul", [ctx.dims(x, 2, 4), ctx.ints([a.scale_h, a.scale_w], "scale")]),
+                                 ctx.ints([int(a.pad_out_h), int(a.pad_out_w)], "pad_out")])
+    planes = ctx.reduce("ReduceProd", nc, [0], keepdims=False)
+    area = ctx.reduce("ReduceProd", out_hw, [0], keepdims=False)
+    offsets = ctx.add("Mul", [ctx.add("Range", [ctx.const(np.int64(0)), planes, ctx.const(np.int64(1))]), area])
+    offsets = ctx.add("Reshape", [offsets, ctx.concat_ints([nc, [1, 1]], "plane_shape")])
+    index = ctx.add("Add", [ctx.add("Cast", [ctx.input(1)], to=ctx.INT64), offsets])
+    ctx.add("MaxUnpool", [x, index, ctx.concat_ints([nc, out_hw], "shape")], ctx.output(0),
+            kernel_shape=[1, 1], strides=[1, 1])
 
 
 @register

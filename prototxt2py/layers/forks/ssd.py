@@ -7,6 +7,7 @@ integers; DetectionOutput's rows follow Caffe's order (image, label, NMS order).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ def _permute_order(node: Node, spec: LayerSpec, ndim: int) -> tuple[int, ...]:
 class Permute(LayerSpec):
     type = "Permute"
     family = FAMILY
+    onnx_dynamic_sizes = True  # Transpose
     summary = "transpose axes (SSD): permute_param.order, unlisted axes follow in their order"
 
     def infer_shapes(self, node, in_shapes):
@@ -144,6 +146,7 @@ class PriorBox(LayerSpec):
     type = "PriorBox"
     bottoms = (1, 2)
     family = FAMILY
+    onnx_dynamic_sizes = True  # the boxes are computed from the run-time sizes when they change
     summary = "SSD default boxes (1, 2, H*W*num_priors*4) from min/max sizes, aspect ratios, flip, clip, step"
 
     def attrs(self, layer):
@@ -180,10 +183,63 @@ class PriorBox(LayerSpec):
         """The boxes depend on the bottoms' sizes only, which the export fixes: a constant (computed by the
         runtime's own module)."""
         a: PriorBoxAttrs = node.attrs
+        if ctx.dynamic_sizes and ctx.sizes_vary:
+            _prior_boxes_sized(ctx, a)
+            return
         _, _, h, w = legacy_shape(ctx.in_shape(0))
         img_h, img_w = (a.img_h, a.img_w) if a.img_h else legacy_shape(ctx.in_shape(1))[2:]
         priors = self.module(node).build().priors(h, w, img_h, img_w)
         ctx.identity(ctx.const(priors.numpy(), "priors"), ctx.output(0))
+
+
+def _prior_boxes_sized(ctx: Any, a: PriorBoxAttrs) -> None:
+    """PriorBox with symbolic sizes (``--dynamic``): the runtime module's arithmetic as ONNX ops on the
+    run-time feature map and image sizes, in the same precisions (steps and centres in float32, box edges in
+    double, then float32), so the boxes equal the constant a fixed-size export would hold."""
+    if any(len(ctx.in_shape(i)) != 4 for i in range(ctx.num_inputs)):
+        ctx.fixed_sizes_only("PriorBox of blobs without 4 axes with symbolic sizes")
+    double = ctx.DOUBLE
+    sizes = []  # (width, height) per prior, in Caffe's order (as ssd_nn.PriorBox.priors)
+    for s, m in enumerate(a.min_sizes):
+        first = m / 2.0 if a.reduce_boxes else float(m)
+        sizes.append((first, first))
+        if a.max_sizes:
+            side = math.sqrt(m * a.max_sizes[s])
+            sizes.append((side, side))
+        sizes += [(m * math.sqrt(ar), m / math.sqrt(ar)) for ar in a.aspect_ratios if abs(ar - 1.0) >= 1e-6]
+    half = np.array(sizes, dtype=np.float32) / np.float32(2.0)  # (P, 2): exact, so float32 holds the doubles
+    layer = ctx.dims(ctx.input(0), 2, 4)  # (H, W)
+    image = ctx.ints([a.img_h, a.img_w], "image") if a.img_h else ctx.dims(ctx.input(1), 2, 4)
+    if a.step_w:
+        step = ctx.const(np.array([a.step_h, a.step_w], dtype=np.float32), "step")
+    else:  # float(image size) / feature map size, in float32
+        step = ctx.add("Div", [ctx.add("Cast", [image], to=ctx.FLOAT), ctx.add("Cast", [layer], to=ctx.FLOAT)])
+    image_d = ctx.add("Cast", [image], to=double)
+    centres, scales = [], []
+    for axis in (0, 1):  # rows (y), then columns (x)
+        def pick(t: str, i: int = axis) -> str:
+            return ctx.add("Gather", [t, ctx.const(np.int64(i))], axis=0)
+        cells = ctx.add("Cast", [ctx.add("Range", [ctx.const(np.int64(0)), pick(layer), ctx.const(np.int64(1))])],
+                        to=ctx.FLOAT)
+        centre = ctx.add("Mul", [ctx.add("Add", [cells, ctx.scalar(a.offset)]), pick(step)])
+        centres.append(ctx.add("Cast", [centre], to=double))
+        scales.append(pick(image_d))
+    cy = ctx.add("Unsqueeze", [centres[0], ctx.ints([1, 2], "axes")])  # (H, 1, 1)
+    cx = ctx.add("Unsqueeze", [centres[1], ctx.ints([0, 2], "axes")])  # (1, W, 1)
+    grid = ctx.concat_ints([layer, [len(sizes)]], "grid")  # (H, W, P)
+    edges = []
+    for centre, column, scale, op in ((cx, 0, scales[1], "Sub"), (cy, 1, scales[0], "Sub"),
+                                      (cx, 0, scales[1], "Add"), (cy, 1, scales[0], "Add")):
+        half_size = ctx.add("Cast", [ctx.const(half[:, column].copy(), "half")], to=double)
+        edge = ctx.add("Div", [ctx.add(op, [centre, half_size]), scale])
+        edges.append(ctx.add("Unsqueeze", [ctx.add("Expand", [edge, grid]), ctx.ints([3], "axes")]))
+    boxes = ctx.add("Cast", [ctx.add("Concat", edges, axis=3)], to=ctx.FLOAT)  # (H, W, P, 4)
+    if a.clip:
+        boxes = ctx.add("Clip", [boxes, ctx.scalar(0.0), ctx.scalar(1.0)])
+    variance = np.array(a.variance if len(a.variance) == 4 else a.variance[:1], dtype=np.float32)
+    variance = ctx.add("Expand", [ctx.const(variance, "variance"), ctx.shape_of(boxes)])
+    flat = [ctx.add("Reshape", [t, ctx.ints([1, 1, -1], "row")]) for t in (boxes, variance)]
+    ctx.add("Concat", flat, ctx.output(0), axis=1)
 
 
 @dataclass(frozen=True)
