@@ -45,9 +45,16 @@ def graph(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     allow_unknown_types: bool = False,
     infer: bool = True,
+    python_layers: Mapping[str, object] | None = None,
 ) -> Graph:
-    """Read (and upgrade) a net definition and build its intermediate graph with inferred shapes."""
+    """Read (and upgrade) a net definition and build its intermediate graph with inferred shapes.
+
+    ``python_layers`` maps ``Python`` layers (``"module.Layer"``: ``python_param.module`` + ``.`` +
+    ``python_param.layer``) to what computes them: a :class:`~prototxt2py.layers.LayerSpec` subclass, or an
+    ``nn.Module`` class / factory called with the layer's ``param_str`` (see
+    :func:`prototxt2py.plugins.python_layer_spec`). The module the model file names is never imported."""
     from .ir import build_graph
+    from .plugins import python_specs
 
     source = net if isinstance(net, NetSource) else read_net(net)
     return build_graph(
@@ -59,6 +66,7 @@ def graph(
         file=source.file,
         allow_unknown_types=allow_unknown_types,
         infer=infer,
+        python_layers=python_specs(python_layers),
     )
 
 
@@ -69,14 +77,17 @@ def load(
     stages: Iterable[str] = (),
     level: int = 0,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    python_layers: Mapping[str, object] | None = None,
 ) -> CaffeNet:
     """Build a ``torch.nn.Module`` for a Caffe net, optionally with weights from a ``.caffemodel`` (then
     blobs are not filled before the weights overwrite them; ``net.load_report`` lists layers the file lacked,
-    which keep their fillers)."""
+    which keep their fillers). ``python_layers``: see :func:`graph` (ignored when ``net`` is a Graph, which
+    was built with its own mapping)."""
     from .backends.torch_runtime import CaffeNet
     from .ir import Graph
 
-    g = net if isinstance(net, Graph) else graph(net, phase, stages, level, input_shapes)
+    g = net if isinstance(net, Graph) else graph(net, phase, stages, level, input_shapes,
+                                                 python_layers=python_layers)
     return CaffeNet(g) if weights is None else CaffeNet.from_weights(g, weights)
 
 
@@ -103,10 +114,12 @@ def python_source(
     stages: Sequence[str] = (),
     level: int = 0,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    python_layers: Mapping[str, object] | None = None,
 ) -> str:
     """The generated PyTorch module for ``net`` (what ``convert --to python`` writes): one self-contained file
-    that imports only torch and the standard library."""
+    that imports only torch and the standard library (and what plugin helper classes import)."""
     from .backends.codegen import generate
 
-    g = net if hasattr(net, "nodes") else graph(net, phase, stages, level, input_shapes)
+    g = net if hasattr(net, "nodes") else graph(net, phase, stages, level, input_shapes,
+                                                python_layers=python_layers)
     return generate(g).source

@@ -126,6 +126,7 @@ def upgrade(src: str, dst: str) -> None:
 
 @main.command()
 @click.option("--markdown", is_flag=True, help="Print a Markdown table (the README's layer table).")
+@_user_errors
 def layers(markdown: bool) -> None:
     """List supported layer types and which backends support each."""
     from .layer_table import layer_table

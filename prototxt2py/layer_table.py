@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from .layers import REGISTRY
+from .layers import REGISTRY, load_entry_points
 
 BACKENDS = (("shape", "shapes"), ("torch", "PyTorch"), ("onnx", "ONNX"))
 
 
 def layer_rows() -> list[tuple[str, str, dict[str, bool], str]]:
+    load_entry_points()  # installed plugins are listed too
     rows = []
     for name in sorted(REGISTRY, key=str.lower):
         spec = REGISTRY[name]

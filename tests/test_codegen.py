@@ -350,13 +350,15 @@ def test_corpus_modules_are_plain(rel: str) -> None:
 
 
 def test_helper_definitions_are_unique_and_torch_only() -> None:
-    """prototxt2py/nn files import only torch, math and the standard library, and define unique names (the
-    generated file is one namespace)."""
+    """prototxt2py/nn files and the fork plugins' helper modules (prototxt2py/layers/forks/*_nn.py) import only
+    torch, math and the standard library, and define unique names (the generated file is one namespace)."""
     import ast
 
     folder = HERE.parent / "prototxt2py" / "nn"
+    forks = sorted((HERE.parent / "prototxt2py" / "layers" / "forks").glob("*_nn.py"))
+    assert forks
     seen: dict[str, str] = {}
-    for path in sorted(folder.glob("*.py")):
+    for path in [*sorted(folder.glob("*.py")), *forks]:
         if path.name.startswith("_"):
             continue
         tree = ast.parse(path.read_text())
@@ -374,8 +376,11 @@ def test_helper_definitions_are_unique_and_torch_only() -> None:
             if isinstance(stmt, (ast.ClassDef, ast.FunctionDef)):
                 assert stmt.name not in seen, f"{stmt.name} in {path.name} and {seen[stmt.name]}"
                 seen[stmt.name] = path.name
-    assert set(seen) <= set(helper_definitions())
+    assert {n for n, f in seen.items() if not f.endswith("_nn.py")} <= set(helper_definitions())
     r = subprocess.run([str(RUFF), "format", "--check", str(folder)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+    r = subprocess.run([str(RUFF), "format", "--check", "--config", str(folder / "ruff.toml"), *map(str, forks)],
+                       capture_output=True, text=True)  # the helper files' layout rules, wherever they live
     assert r.returncode == 0, r.stdout
 
 

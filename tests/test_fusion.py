@@ -3,6 +3,7 @@ step computes what the layers compute, and where it must not apply."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +60,14 @@ def _conv_calls(net: CaffeNet) -> list[str]:
 
 
 def test_chains_found(net: CaffeNet) -> None:
-    chains = [(f.conv, f.bn, f.scale, f.eltwise, f.relu, f.slope and round(f.slope, 6)) for f in net._fusions]
-    assert chains == [("c1", None, None, None, "r1", 0.1), ("c2", "bn2", "s2", "sum", "relu", 0.0),
-                      ("c3", "bn3", None, None, None, None)]
+    chains = [(f.conv, f.affine, f.residual, f.post, f.unary, tuple(round(s, 6) for s in f.scalars))
+              for f in net._fusions]
+    assert chains == [("c1", (), None, "r1", "leaky_relu", (0.1,)), ("c2", ("bn2", "s2"), "sum", "relu", "relu", ()),
+                      ("c3", ("bn3",), None, None, "none", ())]
     c2 = net._fusions[1]
     assert net.graph.values[c2.other].blob == "c3" and c2.other_first  # c3 is the Eltwise's bottom 0
-    kinds = {step[1] if isinstance(step[1], str) else step[1].conv: step[0] for step in net._inference_plan}
+    assert c2.members == ("c2", "bn2", "s2", "sum", "relu")
+    kinds = {step.key: step.kind for step in net._inference_plan}
     # Deconvolution may receive channels-last values and is not known to handle them: made dense. LRN and
     # pooling take them as they are (layout-agnostic).
     assert kinds["up"] == fusion.DENSE
@@ -142,8 +145,8 @@ def test_a_blob_read_twice_ends_the_chain(tmp_path: Path) -> None:
                                              'layer { name: "c3"')
     net = build(tmp_path, text)
     randomise(net)
-    chains = [(f.conv, f.bn, f.scale, f.eltwise, f.relu) for f in net._fusions]
-    assert chains[1:] == [("c2", "bn2", "s2", None, None), ("c3", "bn3", None, "sum", "relu")]
+    chains = [(f.conv, f.affine, f.residual, f.post) for f in net._fusions]
+    assert chains[1:] == [("c2", ("bn2", "s2"), None, None), ("c3", ("bn3",), "sum", "relu")]
     with torch.no_grad():
         fused, reference = net.eval()(X), net(X, all_blobs=True)
     for name in ("tap", "ip", "up"):
@@ -200,7 +203,7 @@ def test_layout_agnostic_layers_give_the_same_on_channels_last_values(tmp_path: 
 
     agnostic = {spec.type for spec in REGISTRY.values() if spec.layout_agnostic}
     assert {n.type for n in net.graph.nodes} >= agnostic  # each one is checked here
-    assert {step[0] for step in net._inference_plan} == {fusion.INPUT, fusion.FUSED, fusion.LAYER}
+    assert {step.kind for step in net._inference_plan} == {fusion.INPUT, fusion.FUSED, fusion.LAYER}
     with torch.no_grad():
         x = torch.randn(2, 4, 10, 11, generator=torch.Generator().manual_seed(1))
         torch.manual_seed(0)
@@ -246,3 +249,145 @@ def test_corpus_deploy_net_fused_as_layer_by_layer(rel: str) -> None:
         scale = float(np.abs(want).max(initial=0.0))
         assert value.is_contiguous()
         assert_close(value.numpy(), want, 1e-4, 1e-5 * max(scale, 1.0), f"output '{name}'")
+
+
+# -- fusion is open to every spec ------------------------------------------------------------------------------
+def test_the_plan_names_no_layer_type() -> None:
+    """Every choice the plan makes is a predicate a spec declares: ``fusion.py`` mentions no registered type
+    name (not even in prose) and never compares a node's type."""
+    from prototxt2py.layers import REGISTRY
+
+    source = Path(fusion.__file__).read_text()
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", source))
+    assert not words & set(REGISTRY), sorted(words & set(REGISTRY))
+    assert not re.search(r"(?<!device)\.type\s*(==|!=|in\b)", source)
+
+
+#: Fork types in chains: depthwise convolution -> SegNet BN -> ReLU6; convolution -> PSPNet BN -> residual add ->
+#: ReLU6 (a post-op oneDNN's addition form does not take: run as its layer after it); convolution -> Scale ->
+#: Bias -> Clip (no BatchNorm: learned per-channel layers fold too); convolution -> residual add -> leaky ReLU;
+#: a PSPNet BN alone (one multiply-add); a SegNet BN alone (already one multiply-add: left as its layer).
+FORKS = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 9 dim: 9 } } }
+layer { name: "dw" type: "ConvolutionDepthwise" bottom: "data" top: "dw" convolution_param { kernel_size: 3 pad: 1 } }
+layer { name: "segbn" type: "BN" bottom: "dw" top: "dw" bn_param { bn_mode: INFERENCE } }
+layer { name: "r6" type: "ReLU6" bottom: "dw" top: "dw" }
+layer { name: "pw" type: "Convolution" bottom: "dw" top: "pw" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "pspbn" type: "BN" bottom: "pw" top: "pw" bn_param { eps: 0.001 } }
+layer { name: "sum" type: "Eltwise" bottom: "data" bottom: "pw" top: "sum" }
+layer { name: "r6b" type: "ReLU6" bottom: "sum" top: "sum" }
+layer { name: "c3" type: "Convolution" bottom: "sum" top: "c3" convolution_param { num_output: 6 kernel_size: 3 } }
+layer { name: "sc3" type: "Scale" bottom: "c3" top: "c3" scale_param { bias_term: true } }
+layer { name: "b3" type: "Bias" bottom: "c3" top: "c3" }
+layer { name: "clip" type: "Clip" bottom: "c3" top: "c3" clip_param { min: -0.5 max: 0.75 } }
+layer { name: "c4" type: "Convolution" bottom: "sum" top: "c4" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "add4" type: "Eltwise" bottom: "c4" bottom: "sum" top: "add4" }
+layer { name: "leaky" type: "ReLU" bottom: "add4" top: "add4" relu_param { negative_slope: 0.2 } }
+layer { name: "alone" type: "BN" bottom: "add4" top: "alone" bn_param { frozen: true eps: 0.001 } }
+layer { name: "seg_alone" type: "BN" bottom: "add4" top: "seg_alone" bn_param { bn_mode: INFERENCE } }
+"""
+FORK_MEMBERS = ("dw", "segbn", "r6", "pw", "pspbn", "sum", "r6b", "c3", "sc3", "b3", "clip", "c4", "add4", "leaky",
+                "alone")
+
+
+@pytest.fixture
+def fork_net(tmp_path: Path) -> CaffeNet:
+    net = build(tmp_path, FORKS)
+    randomise(net)
+    return net.eval()
+
+
+def test_fork_types_join_chains(fork_net: CaffeNet) -> None:
+    chains = [(f.conv, f.affine, f.residual, f.post, f.unary, f.scalars) for f in fork_net._fusions]
+    assert chains == [
+        ("dw", ("segbn",), None, "r6", "hardtanh", (0.0, 6.0)),
+        ("pw", ("pspbn",), "sum", "r6b", "hardtanh", (0.0, 6.0)),
+        ("c3", ("sc3", "b3"), None, "clip", "hardtanh", (-0.5, 0.75)),
+        ("c4", (), "add4", "leaky", "leaky_relu", (pytest.approx(0.2),)),
+        (None, ("alone",), None, None, "none", ()),
+    ]
+    pw = fork_net._fusions[1]
+    assert fork_net.graph.values[pw.other].blob == "data" and pw.other_first
+    kinds = {step.key: step.kind for step in fork_net._inference_plan}
+    assert kinds == {"data": fusion.INPUT, "dw": fusion.FUSED, "pw": fusion.FUSED, "c3": fusion.FUSED,
+                     "c4": fusion.FUSED, "alone": fusion.FUSED, "seg_alone": fusion.DENSE}  # (not layout-agnostic)
+    assert all(isinstance(step, fusion.Step) for step in (*fork_net._plan, *fork_net._inference_plan))
+
+
+@pytest.mark.parametrize("floor", [0, 1 << 40], ids=["onednn", "torch-ops"])
+def test_fork_chains_match_the_layers(fork_net: CaffeNet, floor: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On oneDNN (every chain one call; only the post-ops oneDNN's addition form does not take run as layers)
+    and, below the size floor, as ``F.conv2d`` with the affine layers folded: the layer-by-layer values."""
+    monkeypatch.setattr(fusion, "ONEDNN_MIN_MACS", floor)
+    calls: list[str] = []
+    for name in FORK_MEMBERS:
+        fork_net.layer(name).register_forward_hook(lambda *_, name=name: calls.append(name))
+    with torch.no_grad():
+        reference = fork_net(X, all_blobs=True)
+        calls.clear()
+        fused = fork_net(X)
+    if floor == 0 and ONEDNN:
+        assert calls == ["r6b", "leaky"]
+    elif floor:
+        assert calls == ["r6", "sum", "r6b", "clip", "c4", "add4", "leaky"]  # folded convolutions run as F.conv2d
+    assert sorted(fused) == ["alone", "c3", "seg_alone"]
+    for name, value in fused.items():
+        assert value.is_contiguous()
+        torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_fork_chains_keep_gradients(fork_net: CaffeNet) -> None:
+    """Eval mode with autograd on: the chains run differentiable ops (PSPNet BN's scale and shift are trained,
+    so its folded form carries their gradients) and give the layer-by-layer gradients."""
+    grads = []
+    for all_blobs in (False, True):
+        fork_net.zero_grad()
+        x = X.clone().requires_grad_()
+        out = fork_net(x, all_blobs=all_blobs)
+        (out["c3"].square().sum() + out["alone"].sum() + out["seg_alone"].sum()).backward()
+        grads.append([x.grad, *(p.grad for p in fork_net.parameters())])
+    assert fork_net.layer("pspbn").scale.grad is not None
+    for fused, plain in zip(*grads, strict=True):
+        torch.testing.assert_close(fused, plain, rtol=1e-3, atol=1e-4)
+
+
+#: A MobileNet-v2-style block in the types OpenCV's Caffe reader knows.
+MOBILE = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 8 dim: 12 dim: 12 } } }
+layer { name: "dw" type: "ConvolutionDepthwise" bottom: "data" top: "dw"
+        convolution_param { num_output: 8 group: 8 kernel_size: 3 pad: 1 } }
+layer { name: "dw_bn" type: "BatchNorm" bottom: "dw" top: "dw" }
+layer { name: "dw_scale" type: "Scale" bottom: "dw" top: "dw" scale_param { bias_term: true } }
+layer { name: "dw_relu" type: "ReLU6" bottom: "dw" top: "dw" }
+layer { name: "pw" type: "Convolution" bottom: "dw" top: "pw" convolution_param { num_output: 8 kernel_size: 1 } }
+layer { name: "pw_bn" type: "BatchNorm" bottom: "pw" top: "pw" }
+layer { name: "pw_scale" type: "Scale" bottom: "pw" top: "pw" scale_param { bias_term: true } }
+layer { name: "add" type: "Eltwise" bottom: "data" bottom: "pw" top: "add" }
+layer { name: "add_relu" type: "ReLU" bottom: "add" top: "add" }
+layer { name: "head" type: "Convolution" bottom: "add" top: "head" convolution_param { num_output: 5 kernel_size: 3 } }
+layer { name: "head_relu" type: "ReLU6" bottom: "head" top: "head" }
+"""
+
+
+def test_depthwise_relu6_chains_match_opencv(tmp_path: Path) -> None:
+    """Depthwise convolution, BatchNorm/Scale and ReLU6 fused on oneDNN: OpenCV's outputs for the same weights."""
+    cv2 = pytest.importorskip("cv2")
+    from prototxt2py.weights import write_caffemodel
+
+    net = build(tmp_path, MOBILE)
+    randomise(net, seed=4)
+    net.eval()
+    assert [f.members for f in net._fusions] == [("dw", "dw_bn", "dw_scale", "dw_relu"),
+                                                 ("pw", "pw_bn", "pw_scale", "add", "add_relu"),
+                                                 ("head", "head_relu")]
+    weights = tmp_path / "w.caffemodel"
+    with open(weights, "wb") as f:
+        write_caffemodel(net, f)
+    x = torch.randn(1, 8, 12, 12, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        ours = net(x)["head"].numpy()
+    cv_net = cv2.dnn.readNetFromCaffe(str(tmp_path / "net.prototxt"), str(weights))
+    cv_net.setInput(x.numpy())
+    theirs = cv_net.forward("head_relu")  # OpenCV names outputs by layer: the last one writing the blob
+    assert np.abs(ours).max() > 1.0 and (ours == 6.0).any()  # the clamp is exercised
+    assert_close(ours, theirs, 1e-4, 1e-5, "head")

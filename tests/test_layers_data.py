@@ -153,9 +153,11 @@ def test_python_layer_is_never_imported() -> None:
         layer {{ name: "relu" type: "ReLU" bottom: "y" top: "r" }}
     """
     g = graph_of(text)
-    assert g.unresolved() == {"py": f"Python layer {module}.Evil is user code; it is not run (not supported)"}
+    why = g.unresolved()["py"]
+    assert why.startswith(f"Python layer {module}.Evil is user code and is not run; map it explicitly: ")
+    assert f"python_layers={{'{module}.Evil': MyModule}}" in why
     assert g.blob_shapes()["r"] is None  # downstream shapes stay unknown, the reason sits on the Python layer
-    with pytest.raises(UnsupportedLayerError, match="Python"):
+    with pytest.raises(UnsupportedLayerError, match=f"layer 'py' at .*python_layers={{'{module}.Evil'"):
         prototxt2py.load(g)
     assert module not in sys.modules
 

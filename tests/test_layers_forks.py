@@ -14,7 +14,7 @@ from golden import CORPUS
 
 import prototxt2py
 from prototxt2py.errors import GraphError, ShapeError
-from prototxt2py.nn.forks import DetectionOutput
+from prototxt2py.layers.forks.ssd_nn import DetectionOutput
 from prototxt2py.reader import read_net_text
 
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="shared corpus not available")

@@ -1,4 +1,4 @@
-"""Fork layers as plain runtime modules (``prototxt2py.nn.forks`` helpers, or stock ``nn.Upsample`` /
+"""Fork layers as plain runtime modules (helpers of the fork plugins' ``*_nn`` modules, or stock ``nn.Upsample`` /
 ``nn.ChannelShuffle`` where those are exactly the fork's computation): the runtime builds exactly each spec's
 ``Call``, modules copy/pickle without IR references, and the stock substitutions equal the fork's formulas.
 The forks' own numbers are covered by ``test_layers_forks.py``."""
@@ -10,6 +10,12 @@ import pytest
 import torch
 from test_modules_losses import check_modules, net_of
 
+from prototxt2py.layers.forks.mobile_nn import ShuffleChannel
+from prototxt2py.layers.forks.pspnet_nn import Interp
+from prototxt2py.layers.forks.rcnn_nn import SmoothL1Loss
+from prototxt2py.layers.forks.segnet_nn import SegNetUpsample
+from prototxt2py.layers.forks.senet_nn import Axpy
+from prototxt2py.layers.forks.ssd_nn import Permute
 from prototxt2py.nn import helpers
 
 NET = """
@@ -85,16 +91,16 @@ def test_stock_substitutes_equal_the_fork_formulas() -> None:
     x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
     for scale in (2, 4, 8):
         stock = torch.nn.Upsample(scale_factor=float(scale), mode="nearest")(x)
-        assert torch.equal(stock, helpers()["SegNetUpsample"](scale, scale)(x))
-    assert torch.equal(torch.nn.ChannelShuffle(3)(x), helpers()["ShuffleChannel"](3)(x))
+        assert torch.equal(stock, SegNetUpsample(scale, scale)(x))
+    assert torch.equal(torch.nn.ChannelShuffle(3)(x), ShuffleChannel(3)(x))
     flat = x[:, :, 0, 0]
-    assert torch.equal(helpers()["ShuffleChannel"](3)(flat), torch.nn.ChannelShuffle(3)(x)[:, :, 0, 0])
-    interp = helpers()["Interp"](size=(11, 3))(x)
+    assert torch.equal(ShuffleChannel(3)(flat), torch.nn.ChannelShuffle(3)(x)[:, :, 0, 0])
+    interp = Interp(size=(11, 3))(x)
     assert torch.equal(torch.nn.Upsample(size=(11, 3), mode="bilinear", align_corners=True)(x), interp)
 
 
 def test_smooth_l1_keeps_sigma_squared_as_float32() -> None:
-    module = helpers()["SmoothL1Loss"](sigma=0.1)
+    module = SmoothL1Loss(sigma=0.1)
     assert module.sigma2 == float(np.float32(0.1 * 0.1)) != 0.1 * 0.1
     a = torch.tensor([[0.0, 50.0, 99.0]], dtype=torch.float64)
     d = a.numpy()
@@ -129,10 +135,10 @@ def test_fork_and_recurrent_helpers_compile() -> None:
     for blob in lstm.parameters():
         torch.nn.init.normal_(blob)
     cases = [
-        (helpers()["Permute"]((0, 2, 3, 1)), (x,)),
-        (helpers()["SegNetUpsample"](3, 2), (x,)),
-        (helpers()["Axpy"](), (torch.randn(2, 4, 1, 1), x, x)),
-        (helpers()["Interp"](zoom_factor=2, pad_beg=-1, pad_end=-1), (x,)),
+        (Permute((0, 2, 3, 1)), (x,)),
+        (SegNetUpsample(3, 2), (x,)),
+        (Axpy(), (torch.randn(2, 4, 1, 1), x, x)),
+        (Interp(zoom_factor=2, pad_beg=-1, pad_end=-1), (x,)),
         (lstm, (torch.randn(3, 2, 4), torch.ones(3, 2))),
     ]
     for module, inputs in cases:

@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 import prototxt2py
 from prototxt2py.ir import Node
 from prototxt2py.layers.base import LayerSpec
-from prototxt2py.nn import helpers
+from prototxt2py.nn import helpers, resolve
 from prototxt2py.reader import read_net_text
 
 
@@ -56,7 +56,7 @@ def _foreign(value: Any, seen: set[int], path: str) -> str | None:
 def check_modules(net: prototxt2py.CaffeNet) -> list[str]:
     """Every layer module that a spec describes by ``module()``: its class is exactly the Call's (a stock
     ``torch.nn`` class or a helper of :mod:`prototxt2py.nn`), it deep-copies and pickles, and nothing in it
-    refers to the IR. Returns the Call targets of the non-input layers (for the caller's expectations)."""
+    refers to the IR. Returns the Call targets (plugin targets by class name) of the non-input layers."""
     targets = []
     for node in net.graph.nodes:
         if not node.spec.overrides("module") or node.spec.is_input(node):
@@ -65,14 +65,14 @@ def check_modules(net: prototxt2py.CaffeNet) -> list[str]:
         module = net.layer(node.name)
         assert type(module) is type(recipe.build()), f"{node.name}: {type(module)} is not {recipe.target}"
         if not recipe.target.startswith("nn."):
-            assert helpers()[recipe.target] is type(module)
+            assert resolve(recipe.target) is type(module)
         assert _foreign(module, set(), node.name) is None, _foreign(module, set(), node.name)
         copied = copy.deepcopy(module)
         assert type(copied) is type(module)
         restored = pickle.loads(pickle.dumps(module))
         for name in getattr(module, "blob_names", ()):
             assert torch.equal(getattr(restored, name), getattr(module, name))
-        targets.append(recipe.target)
+        targets.append(recipe.target.rpartition(":")[2])  # a plugin helper "package.module:Class" by its name
     return targets
 
 

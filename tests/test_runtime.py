@@ -191,7 +191,7 @@ layer { name: "sum" type: "Eltwise" bottom: "bn2" bottom: "conv2" top: "out" }
 
 
 def _folds(net: CaffeNet) -> list[tuple]:
-    return [(f.conv, f.bn, f.scale) for f in net._fusions if f.bn is not None]
+    return [(f.conv, *f.affine) for f in net._fusions if f.affine]
 
 
 def _bn_calls(net: CaffeNet) -> list[str]:
@@ -212,7 +212,7 @@ X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
 
 
 def test_folds_found(fold_net: CaffeNet) -> None:
-    assert _folds(fold_net) == [("conv1", "bn1", "sc1"), (None, "bn2", None), ("conv2", "bn3", None)]
+    assert _folds(fold_net) == [("conv1", "bn1", "sc1"), (None, "bn2"), ("conv2", "bn3")]
 
 
 def test_folding_matches_layer_by_layer_and_skips_the_layers(fold_net: CaffeNet) -> None:

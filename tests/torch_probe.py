@@ -4,10 +4,10 @@ prototxt2py that executed an ``import torch`` (run by tests/test_torch_free.py i
 Why a hook on ``__import__`` rather than ``'torch' in sys.modules`` alone: once one module has imported torch,
 later ``import torch`` statements still pass through ``__import__``, so every importer is seen, not only the
 first. A site whose import statement is in ``prototxt2py/layers/`` or ``prototxt2py/nn/`` is blamed on the
-outermost layer-family module being executed (``prototxt2py/layers/<x>.py`` at module level) when there is
-one: those modules are converted to torch-free specs separately; so is an import under one of the
-:data:`TRANSITIONAL` fallbacks, blamed on the family of the layer they build. Any other site has
-``family: null``.
+outermost layer-family module being executed (``prototxt2py/layers/<x>.py``, or any module of the
+``prototxt2py/layers/<x>/`` subpackage, at module level) when there is one: those modules are converted to
+torch-free specs separately; so is an import under one of the :data:`TRANSITIONAL` fallbacks, blamed on the
+family of the layer they build. Any other site has ``family: null``.
 
 Usage: python tests/torch_probe.py ARGS... (the CLI's arguments).
 """
@@ -40,7 +40,7 @@ def _site() -> dict | None:
             frames.append((path[path.rindex(PACKAGE) + 1:], f.f_code.co_name, f.f_lineno))
             node = f.f_locals.get("node") if f.f_code.co_name in TRANSITIONAL else None
             if node is not None and fallback is None:
-                fallback = type(node.spec).__module__.rsplit(".", 1)[-1]
+                fallback = _family_of_module(type(node.spec).__module__)
         f = f.f_back
     if not frames:
         return None
@@ -58,11 +58,20 @@ def _site() -> dict | None:
 
 
 def _family(path: str) -> str | None:
-    """``pooling`` for ``prototxt2py/layers/pooling.py``; None for other files and the shared layer modules."""
+    """``pooling`` for ``prototxt2py/layers/pooling.py``, ``forks`` for any file of the ``layers/forks/``
+    subpackage (one family of plugin modules); None for other files and the shared layer modules."""
     rel = path.replace(os.sep, "/")
-    if not rel.startswith("prototxt2py/layers/") or rel.endswith(("/__init__.py", "/base.py")):
+    if not rel.startswith("prototxt2py/layers/") or rel in ("prototxt2py/layers/__init__.py",
+                                                           "prototxt2py/layers/base.py"):
         return None
-    return rel.rsplit("/", 1)[1][:-3]
+    first = rel[len("prototxt2py/layers/"):].split("/", 1)[0]
+    return first[:-3] if first.endswith(".py") else first
+
+
+def _family_of_module(module: str) -> str | None:
+    """The family of a spec class's module name (``prototxt2py.layers.forks.ssd`` -> ``forks``)."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["prototxt2py", "layers"] else parts[-1]
 
 
 def _hook(name, globals=None, locals=None, fromlist=(), level=0):

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import UnsupportedLayerError
 from ..ir import Graph, Node
-from ..layers.base import Call
+from ..layers.base import Call, unsupported_entry
 
 LINE = 88  # ruff format's default line length
 MIN_RUN = 3  # shortest chain emitted as nn.Sequential
@@ -176,26 +176,67 @@ def helper_definitions() -> dict[str, _Definition]:
         folder = Path(__file__).resolve().parent.parent / "nn"
         found: dict[str, _Definition] = {}
         for path in sorted(folder.glob("*.py")):
-            if path.name.startswith("_"):
-                continue
-            text = path.read_text(encoding="utf-8")
-            lines = text.splitlines()
-            tree = ast.parse(text)
-            imported = _imported_names(tree)
-            for stmt in tree.body:
-                names = _defined_names(stmt)
-                if not names:
-                    continue
-                start = min([stmt.lineno, *(d.lineno for d in getattr(stmt, "decorator_list", []))])
-                source = "\n".join(lines[start - 1 : stmt.end_lineno])
-                used = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name)}
-                used |= {n.value.id for n in ast.walk(stmt) if isinstance(n, ast.Attribute)
-                         and isinstance(n.value, ast.Name)}
-                for name in names:
-                    found[name] = _Definition(name, source, frozenset(used - {name}),
-                                              frozenset(imported[n] for n in used if n in imported))
+            if not path.name.startswith("_"):
+                found.update(_file_definitions(path))
         _DEFINITIONS = found
     return _DEFINITIONS
+
+
+def _file_definitions(path: Path) -> dict[str, _Definition]:
+    """Top-level definitions of one Python file, each with its source, the names it uses and the imports of
+    those names."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    tree = ast.parse(text)
+    imported = _imported_names(tree)
+    found: dict[str, _Definition] = {}
+    for stmt in tree.body:
+        names = _defined_names(stmt)
+        if not names:
+            continue
+        start = min([stmt.lineno, *(d.lineno for d in getattr(stmt, "decorator_list", []))])
+        source = "\n".join(lines[start - 1 : stmt.end_lineno])
+        used = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name)}
+        used |= {n.value.id for n in ast.walk(stmt) if isinstance(n, ast.Attribute)
+                 and isinstance(n.value, ast.Name)}
+        for name in names:
+            found[name] = _Definition(name, source, frozenset(used - {name}),
+                                      frozenset(imported[n] for n in used if n in imported))
+    return found
+
+
+def plugin_definitions(target: str) -> tuple[str, dict[str, _Definition]]:
+    """The class name a plugin target ``"package.module:Class"`` is written as, and the top-level definitions
+    of that module's file (read as text: the module is the plugin's installed code, and the runtime imports
+    it anyway). Refused with a clear error when the source cannot be copied into a standalone file."""
+    import importlib.util
+    import sys
+
+    module_name, _, qualname = target.partition(":")
+    qualname = qualname.split("#", 1)[0]
+    if not qualname.isidentifier():
+        raise UnsupportedLayerError(f"generated code cannot include {target}: the helper must be a top-level "
+                                    "class or function of an importable module (its source is copied)")
+    module = sys.modules.get(module_name)
+    file = getattr(module, "__file__", None)
+    if file is None:
+        try:
+            found = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError):
+            found = None
+        file = found.origin if found is not None else None
+    if not file or not str(file).endswith(".py") or not Path(file).is_file():
+        raise UnsupportedLayerError(f"generated code cannot include {target}: no Python source file for module "
+                                    f"'{module_name}'")
+    defs = _file_definitions(Path(file))
+    if qualname not in defs:
+        raise UnsupportedLayerError(f"generated code cannot include {target}: '{qualname}' is not defined at the "
+                                    f"top level of {file}")
+    relative = sorted(i for d in defs.values() for i in d.imports if i.startswith("from .") )
+    if relative:
+        raise UnsupportedLayerError(f"generated code cannot include {target}: {file} uses relative imports "
+                                    f"({relative[0]}); a helper copied into a standalone file needs absolute ones")
+    return qualname, defs
 
 
 def _imported_names(tree: ast.Module) -> dict[str, str]:
@@ -207,9 +248,10 @@ def _imported_names(tree: ast.Module) -> dict[str, str]:
                 local = a.asname or a.name.split(".")[0]
                 out[local] = f"import {a.name}" + (f" as {a.asname}" if a.asname else "")
         elif isinstance(stmt, ast.ImportFrom) and stmt.module != "__future__":
+            module = "." * stmt.level + (stmt.module or "")
             for a in stmt.names:
-                out[a.asname or a.name] = f"from {stmt.module} import {a.name}" + (f" as {a.asname}" if a.asname
-                                                                                    else "")
+                out[a.asname or a.name] = f"from {module} import {a.name}" + (f" as {a.asname}" if a.asname
+                                                                               else "")
     return out
 
 
@@ -233,9 +275,9 @@ def _defined_names(stmt: ast.stmt) -> list[str]:
     return []
 
 
-def helper_closure(names: Sequence[str]) -> list[_Definition]:
+def helper_closure(names: Sequence[str], defs: Mapping[str, _Definition] | None = None) -> list[_Definition]:
     """The definitions ``names`` need, transitively, in dependency order (ties by name)."""
-    defs = helper_definitions()
+    defs = helper_definitions() if defs is None else defs
     needed: set[str] = set()
     stack = list(names)
     while stack:
@@ -259,6 +301,28 @@ def helper_closure(names: Sequence[str]) -> list[_Definition]:
     for n in sorted(needed):
         visit(n, frozenset())
     return ordered
+
+
+def _helpers_for(targets: Sequence[str]) -> tuple[list[_Definition], dict[str, str]]:
+    """The definitions generated code needs for these Call targets (built-in helpers and plugin classes), and
+    the name each plugin target is written as. Two different definitions under one name are refused."""
+    ordered = helper_closure([t for t in targets if ":" not in t])
+    heads: dict[str, str] = {}
+    owner = {d.name: "prototxt2py.nn" for d in ordered}  # name -> where its definition came from
+    for target in targets:
+        if ":" not in target:
+            continue
+        head, defs = plugin_definitions(target)
+        heads[target] = head
+        origin = target.partition(":")[0]
+        for d in helper_closure([head], defs):
+            where = owner.setdefault(d.name, origin)
+            if where != origin and all(o.source != d.source for o in ordered if o.name == d.name):
+                raise UnsupportedLayerError(f"generated code cannot hold two definitions of '{d.name}' (from "
+                                            f"{where} and {origin}); rename one of them")
+            if all(o.source != d.source for o in ordered):
+                ordered.append(d)
+    return ordered, heads
 
 
 # -- the emitter -------------------------------------------------------------------------------------------------
@@ -289,7 +353,7 @@ def _calls(graph: Graph) -> list[_Step]:
             steps.append(_Step(node, None))
             continue
         if not (node.spec.overrides("module") and node.spec.supports("torch", node)):
-            missing.append(f"'{node.type}' (layer '{node.name}' at {node.location})")
+            missing.append(unsupported_entry(node))
             continue
         steps.append(_Step(node, node.spec.module(node)))
     if missing:
@@ -332,8 +396,9 @@ def _classifier(graph: Graph, steps: list[_Step]) -> _Step | None:
     return found if shape is not None and len(shape) == 2 else None
 
 
-def _call_expr(call: Call, override: tuple[str | int, str] | None = None) -> Expr:
-    head = call.target
+def _call_expr(call: Call, override: tuple[str | int, str] | None = None,
+               heads: Mapping[str, str] | None = None) -> Expr:
+    head = (heads or {}).get(call.target, call.target)
     args = [literal(a) for a in call.args]
     kwargs = [(k, literal(v)) for k, v in call.kwargs]
     if override is not None:
@@ -349,7 +414,9 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
     """The source of a module computing ``graph`` with the same modules as the runtime."""
     steps = _calls(graph)
     cls = class_name(name if name is not None else graph.name)
-    if cls in helper_definitions():  # a net named like a helper class it may need
+    helpers = sorted({s.call.target for s in steps if s.call is not None and not s.call.target.startswith("nn.")})
+    defs, heads = _helpers_for(helpers)
+    if cls in helper_definitions() or any(cls == d.name for d in defs):  # a net named like a helper class
         cls += "Net"
     attrs = Namespace(_MODULE_ATTRS | _FILE_GLOBALS | {cls})
     local = Namespace(_FILE_GLOBALS | {cls})
@@ -357,7 +424,6 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
     groups = _runs(graph, steps)
     whole = len(groups) == 1 and len(groups[0]) >= MIN_RUN
     classifier = _classifier(graph, steps)
-    helpers = sorted({s.call.target for s in steps if s.call is not None and not s.call.target.startswith("nn.")})
 
     # forward variables: one per Caffe blob (in-place versions reassign it)
     var: dict[str, str] = {}
@@ -382,7 +448,7 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
         override = None
         if step is classifier:
             override = (step.call.num_outputs, "num_classes")
-        return _call_expr(step.call, override)
+        return _call_expr(step.call, override, heads)
 
     def note(step: _Step, ident: str) -> str | None:
         return None if ident == step.node.name else f'Caffe layer "{_comment_text(step.node.name)}" ({step.node.type})'
@@ -423,7 +489,7 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
     else:
         ret = Expr("", [f"{literal(graph.values[o].blob)}: {v(o)}" for o in graph.outputs], brackets="{}")
         ret_type = "dict[str, torch.Tensor]"
-    source = _assemble(cls, ctor_params, init, input_vars, body, ret, ret_type, helpers, graph)
+    source = _assemble(cls, ctor_params, init, input_vars, body, ret, ret_type, defs, graph)
     inputs = [graph.values[i].blob for i in graph.inputs]
     return GeneratedCode(source, cls, keys, inputs, outputs)
 
@@ -475,8 +541,7 @@ def _ties(graph: Graph, ident_of: Mapping[str, str], keys: dict[str, str], runti
 
 
 def _assemble(cls: str, ctor_params: list[str], init: list[str], input_vars: list[str], body: list[str],
-              ret: Any, ret_type: str, helpers: list[str], graph: Graph) -> str:
-    defs = helper_closure(helpers)
+              ret: Any, ret_type: str, defs: list[_Definition], graph: Graph) -> str:
     head = [f'"""{cls}: generated by prototxt2py from the Caffe net {quoted(graph.name)}."""', ""]
     head.append("from __future__ import annotations")
     head.append("")

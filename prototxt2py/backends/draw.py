@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,38 @@ def layer_label(layer: Any, rankdir: str, display_lrm: bool = False, extra: list
     return sep.join(parts)
 
 
+def _entry_points_present() -> bool:
+    from importlib.metadata import entry_points
+
+    from ..plugins import ENTRY_POINT_GROUP
+
+    return bool(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def plugin_labels(layer: Any, dropped: Sequence[Any] = ()) -> tuple[list[str], str]:
+    """Extra node lines and the edge label a registered spec gives a layer of a type Caffe's draw_net has no
+    rule for (:meth:`~prototxt2py.layers.LayerSpec.diagram_label`). The layer specs are consulted only when
+    they are loaded already or plugins are installed: drawing stays a plain read of the file otherwise."""
+    if layer.type in _CAFFE_LABELLED:
+        return [], ""
+    if "prototxt2py.layers" not in sys.modules and not _entry_points_present():
+        return [], ""
+    from ..layers import get_spec
+    from ..plugins import LayerSource
+
+    spec = get_spec(layer.type)
+    if spec is None or not (spec.overrides("diagram_label") or spec.overrides("diagram_edge_label")):
+        return [], ""
+    try:
+        attrs = spec.attrs(LayerSource(layer, dropped))
+    except (ValueError, TypeError) as e:
+        raise Prototxt2pyError(f"invalid parameters: {e}", layer=layer.name) from None
+    return [dot_text(line) for line in spec.diagram_label(attrs)], dot_text(spec.diagram_edge_label(attrs))
+
+
+_CAFFE_LABELLED = frozenset({"Convolution", "Deconvolution", "Pooling", "InnerProduct", "Data"})
+
+
 def edge_label(layer: Any) -> str:
     if layer.type == "Data":
         return f"Batch {layer.data_param.batch_size}"
@@ -165,6 +199,7 @@ def build_diagram(
     shapes: dict[str, Any] | None = None,
     param_counts: dict[str, int] | None = None,
     no_blobs: bool = False,
+    dropped: Sequence[Sequence[Any]] | None = None,
 ) -> Diagram:
     """Caffe's ``get_pydot_graph`` as data. ``phase`` is "TRAIN", "TEST" or None/"ALL" (every layer)."""
     if rankdir not in RANKDIRS:
@@ -174,10 +209,10 @@ def build_diagram(
     d = Diagram(net.name or "Net", rankdir)
     layer_ids: dict[str, str] = {}
     producer: dict[str, str] = {}  # for no_blobs: blob -> id of the layer that last wrote it
-    for layer in net.layer:
+    for index, layer in enumerate(net.layer):
         if not _included(layer, phase_num, state):
             continue
-        extra = []
+        extra, plugin_edge = plugin_labels(layer, dropped[index] if dropped and index < len(dropped) else ())
         if param_counts and param_counts.get(layer.name):
             extra.append(f"params: {param_counts[layer.name]:,}")
         label = layer_label(layer, rankdir, display_lrm, extra)
@@ -201,7 +236,7 @@ def build_diagram(
             d.edges.append((_blob_id(b, shapes, sep), label, ""))
         for t in layer.top:
             d.nodes[f"{t}_blob"] = DiagramNode(_blob_id(t, shapes, sep), "blob", {})
-            d.edges.append((label, _blob_id(t, shapes, sep), edge_label(layer) if label_edges else ""))
+            d.edges.append((label, _blob_id(t, shapes, sep), (edge_label(layer) or plugin_edge) if label_edges else ""))
     return d
 
 
@@ -251,7 +286,11 @@ def diagram_of(
     from ..reader import NetSource, read_net
 
     source = net_path if isinstance(net_path, NetSource) else read_net(net_path)
-    net = source.raw if source.format == "V2" and source.raw is not None else source.net
+    if source.format == "V2" and source.raw is not None:
+        net = source.raw
+        dropped = [source.info.dropped_under(("layer", i)) for i in range(len(net.layer))] if source.info else None
+    else:
+        net, dropped = source.net, source.dropped
     state = None
     if stages or level:
         state = State.from_args("TEST" if phase == "ALL" else phase, level, stages).merged_with_net(net)
@@ -263,7 +302,7 @@ def diagram_of(
                   allow_unknown_types=True)
         blob_shapes = g.blob_shapes()
         counts = {n.name: n.num_params for n in g.nodes}
-    return build_diagram(net, rankdir, phase, display_lrm, True, state, blob_shapes, counts, no_blobs)
+    return build_diagram(net, rankdir, phase, display_lrm, True, state, blob_shapes, counts, no_blobs, dropped)
 
 
 def draw_file(net_path: str | os.PathLike, output: str | os.PathLike, **options: Any) -> Diagram:

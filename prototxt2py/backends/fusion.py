@@ -3,38 +3,42 @@
 In eval mode, when only the net's outputs are requested, :class:`~.torch_runtime.CaffeNet` walks a plan in
 which chains found here replace their layers (``all_blobs=True`` and train mode walk every layer: the
 reference path). A chain's inner blobs are read by the next member alone and are not net outputs, so nobody
-can miss them. The chains:
+can miss them. Every choice is a predicate the layer's spec declares (:class:`~..layers.base.LayerSpec`), so
+a plugin's layer joins chains exactly as a built-in does, and this module knows no layer type by name:
 
-* ``Convolution [-> BatchNorm [-> Scale]] [-> Eltwise SUM with one other blob] [-> ReLU]``, where the
-  convolution is any layer whose spec says it is a plain one (``LayerSpec.plain_convolution``: Convolution,
-  ConvolutionDepthwise): on CPU float32 with nothing needing gradients, and big enough to be worth it
-  (``ONEDNN_MIN_MACS``), one oneDNN call (``torch.ops.mkldnn._convolution_pointwise``, the kernel
-  ``torch.compile`` emits on CPU) with the weights packed once into oneDNN's blocked layout, BatchNorm/Scale
-  folded into them, and the addition and ReLU applied as post-ops, in channels-last memory. Measured on a
-  2-core AVX-512 machine at batch 1: 1.2-5x faster per convolution than ``F.conv2d`` on NCHW tensors,
-  which reorders its weights and activations on every call. Elsewhere (GPU, float64, autograd, tracing,
-  compiling) the BatchNorm fold still applies through ``F.conv*`` and the other members run as layers;
-* ``BatchNorm [-> Scale]`` with no convolution before it: one ``addcmul``.
+* ``convolution [-> affine ...] [-> residual add] [-> post-op]``: a layer whose spec says it is a plain
+  convolution of its bottom (``plain_convolution``), then any run of layers that are a per-channel
+  ``x * multiplier + offset`` (``per_channel_affine``: a batch normalisation with stored statistics, a learned
+  per-channel scale or bias), then the sum with one other blob (``residual_add``), then an exact elementwise
+  function (``post_op``: rectifier, leaky rectifier, clamp). On CPU float32 with nothing needing gradients,
+  and big enough to be worth it (``ONEDNN_MIN_MACS``), one oneDNN call
+  (``torch.ops.mkldnn._convolution_pointwise``, the kernel ``torch.compile`` emits on CPU) with the weights
+  packed once into oneDNN's blocked layout, the affine layers folded into them, and the addition and the
+  post-op applied as post-ops, in channels-last memory (oneDNN takes only the plain rectifier after an
+  addition: other post-ops then run as their layer). Measured on a 2-core AVX-512 machine at batch 1:
+  1.2-5x faster per convolution than ``F.conv2d`` on NCHW tensors, which reorders its weights and
+  activations on every call. Elsewhere (GPU, float64, autograd, tracing, compiling) the fold still applies
+  through ``F.conv*`` and the other members run as layers;
+* ``affine [-> affine ...]`` with no convolution before it, led by a layer whose form is worth running on its
+  own (``ChannelAffine.alone``, e.g. one that subtracts and divides): one ``addcmul``.
 
-Both use the stored statistics only: a BatchNorm normalising with batch statistics (``use_global_stats:
-false``) runs its chain layer by layer. Folded and packed weights are cached, keyed by the version counters
-and addresses of every blob they come from, so loading or editing weights invalidates them. The packed copy
-costs memory once the first eval-mode forward has run (about the convolution weights' size again: ResNet-50
-+94 MB, AlexNet +9 MB); :meth:`~.torch_runtime.CaffeNet.clear_fold_cache` frees it.
+Forms that depend on the mode (a normalisation using batch statistics, ``ChannelAffine.active``) make their
+chain run layer by layer. Folded and packed weights are cached, keyed by the version counters and addresses
+of every blob they come from (and the attributes a form names in ``depends_on``), so loading or editing
+weights invalidates them. The packed copy costs memory once the first eval-mode forward has run (about the
+convolution weights' size again: ResNet-50 +94 MB, AlexNet +9 MB);
+:meth:`~.torch_runtime.CaffeNet.clear_fold_cache` frees it.
 
-Channels-last values flow on through layers whose spec says they compute the same on any memory layout
-(``LayerSpec.layout_agnostic``: activations, pooling, Eltwise, Concat, ...); any other layer, and the net's
-outputs, get contiguous NCHW tensors.
-
-Unlike the other backends, this pass matches specific layer types (BatchNorm, Scale, Eltwise, ReLU, after
-a spec-declared convolution): it is an optimisation whose rewrites are only valid for those types'
-semantics. A type it does not know simply runs as its own module.
+Layers whose spec says they are a plain matmul of the flattened bottom (``plain_linear``) run on oneDNN's
+matmul. Channels-last values flow on through layers whose spec says they compute the same on any memory
+layout (``layout_agnostic``); any other layer, and the net's outputs, get contiguous NCHW tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import astuple, dataclass, replace
 from typing import Any
 
 import torch
@@ -42,18 +46,48 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ir import Graph, Node
+from ..layers.base import ChannelAffine
 
-# Plan step kinds (shared with the runtime): a layer, an input layer, a fused chain, an InnerProduct on oneDNN,
-# and a layer whose inputs must first be made contiguous (they may be channels-last).
-LAYER, INPUT, FUSED, LINEAR, DENSE = range(5)
+
+class StepKind(enum.Enum):
+    """What a plan step runs: a layer, an input layer, a fused chain, a plain matmul on oneDNN, or a layer
+    whose inputs must first be made contiguous (they may be channels-last)."""
+
+    LAYER = "layer"
+    INPUT = "input"
+    FUSED = "fused"
+    LINEAR = "linear"
+    DENSE = "dense"
+
+
+LAYER, INPUT, FUSED, LINEAR, DENSE = StepKind.LAYER, StepKind.INPUT, StepKind.FUSED, StepKind.LINEAR, StepKind.DENSE
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a plan (shared with the runtime and the pycaffe layer): ``key`` is the module key of the
+    layer it runs (of a fused chain: its first member), ``inputs``/``outputs`` the value ids it reads and
+    writes, ``fusion`` the chain of a ``FUSED`` step."""
+
+    kind: StepKind
+    key: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    fusion: Fusion | None = None
+
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
+#: oneDNN's unary post-op for each post-op kind a spec may declare (``PostOp.kind``; scalars as declared).
+_UNARY = {"relu": "relu", "leaky_relu": "leaky_relu", "clamp": "hardtanh"}
+#: The unary post-ops oneDNN's binary (addition) form takes; after an addition, others run as their layer.
+_BINARY_UNARY = frozenset({"relu"})
 
 
 def blobs_of(module: Any) -> list[Any]:
     """A layer module's Caffe blobs, in Caffe's order (``blob_names`` is set on every runtime module)."""
     return [getattr(module, n) for n in module.blob_names]
+
 
 def _onednn_op(name: str) -> Any:
     """A oneDNN op of this torch build, if it has it (private ops: any failure means "use the public path")."""
@@ -70,43 +104,37 @@ ONEDNN_PACK = _onednn_op("_reorder_convolution_weight")
 
 @dataclass(frozen=True)
 class Fusion:
-    """A chain of layers run as one step. Members are module keys (None where absent)."""
+    """A chain of layers run as one step. Members are module keys."""
 
-    conv: str | None
-    bn: str | None
-    scale: str | None
-    eltwise: str | None
-    relu: str | None
+    conv: str | None  # the plain convolution heading the chain, if any
     conv_args: tuple  # (stride, pad, dilation, group) of the convolution, () without one
-    slope: float | None  # negative slope of the fused ReLU
-    other: str | None  # value id of the Eltwise's other bottom
-    other_first: bool  # whether that other bottom is the Eltwise's bottom 0
+    affine: tuple[str, ...]  # the per-channel affine members, in order
+    #: their :class:`~..layers.base.ChannelAffine` forms as plain tuples (``torch.fx`` records those as
+    #: constants; a dataclass would become a call in the traced graph)
+    forms: tuple[tuple, ...]
+    residual: str | None  # the residual addition
+    other: str | None  # value id of the addition's other bottom
+    other_first: bool  # whether that other bottom is the addition's bottom 0
+    post: str | None  # the post-op layer
+    unary: str  # its oneDNN unary post-op ("none" without one)
+    scalars: tuple[float, ...]  # and that post-op's scalars
     input: str  # value ids: the chain's input and output
     output: str
-    steps: tuple  # the reference plan steps it replaces
+    steps: tuple[Step, ...]  # the reference plan steps it replaces
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Every member's module key, in order."""
+        return tuple(step.key for step in self.steps)
 
 
-def _scale_is_per_channel(node: Node, shape: tuple[int, ...] | None) -> bool:
-    """A one-bottom Scale whose learned operand covers exactly axis 1 (what folding per channel needs)."""
-    if shape is None or len(node.inputs) != 1 or len(shape) < 2 or not node.param_shapes:
-        return False
-    axis = node.attrs.axis + len(shape) if node.attrs.axis < 0 else node.attrs.axis
-    return axis == 1 and tuple(node.param_shapes[0]) == (shape[1],)
-
-
-def is_plain_inner_product(node: Node) -> bool:
-    """An InnerProduct flattening everything after axis 0 with an ``(N, K)`` weight: a plain 2-D matmul for
-    inputs of any rank (``axis: 1`` literally; a negative axis would depend on the rank)."""
-    return node.type == "InnerProduct" and len(node.inputs) == 1 and node.attrs.axis == 1 and not node.attrs.transpose
-
-
-def find_fusions(graph: Graph, node_keys: list[str], layers: nn.ModuleDict, plan: tuple) -> list[Fusion]:
+def find_fusions(graph: Graph, node_keys: list[str], plan: Sequence[Step]) -> list[Fusion]:
     """Every chain (see the module docstring) whose inner blobs only the next member reads."""
     values = graph.values
     outputs = set(graph.outputs)
     by_name = {n.name: n for n in graph.nodes}
     keys = {id(n): k for n, k in zip(graph.nodes, node_keys, strict=True)}
-    steps = {step[1]: step for step in plan}
+    steps = {step.key: step for step in plan}
     fusions: list[Fusion] = []
     taken: set[int] = set()
 
@@ -120,8 +148,8 @@ def find_fusions(graph: Graph, node_keys: list[str], layers: nn.ModuleDict, plan
         reader = by_name[readers[0]]
         return None if id(reader) in taken else reader
 
-    def is_bn(node: Node | None) -> bool:
-        return node is not None and one_to_one(node) and callable(getattr(layers[keys[id(node)]], "affine", None))
+    def affine_form(node: Node | None) -> ChannelAffine | None:
+        return node.spec.per_channel_affine(node) if node is not None and one_to_one(node) else None
 
     for node in graph.nodes:
         if id(node) in taken:
@@ -130,83 +158,87 @@ def find_fusions(graph: Graph, node_keys: list[str], layers: nn.ModuleDict, plan
         shape = values[node.inputs[0]].shape if node.inputs else None
         if one_to_one(node) and shape is not None:
             conv_args = node.spec.plain_convolution(node, shape)
-        if conv_args is None and not is_bn(node):  # (a BatchNorm a convolution's chain took is in ``taken``)
-            continue
-        chain = {"conv": node if conv_args is not None else None}
+        members = [node]
+        affine: list[tuple[Node, ChannelAffine]] = []
+        if conv_args is None:
+            form = affine_form(node)
+            if form is None or not form.alone:  # (an affine layer a chain took is in ``taken``)
+                continue
+            affine.append((node, form))
         tail = node
         nxt = sole_reader(tail.outputs[0])
-        if chain["conv"] is not None and is_bn(nxt):
-            chain["bn"] = tail = nxt
-            nxt = sole_reader(tail.outputs[0])
-        elif chain["conv"] is None:
-            chain["bn"] = node
-        if "bn" in chain and nxt is not None and nxt.type == "Scale" and \
-                _scale_is_per_channel(nxt, values[tail.outputs[0]].shape):
-            chain["scale"] = tail = nxt
-            nxt = sole_reader(tail.outputs[0])
-        other, other_first, slope = None, False, None
-        if chain["conv"] is not None:
-            if (nxt is not None and nxt.type == "Eltwise" and nxt.attrs.operation == "SUM"
-                    and nxt.attrs.coeffs == (1.0, 1.0) and len(set(nxt.inputs)) == 2):
+        while (form := affine_form(nxt)) is not None:
+            affine.append((nxt, form))
+            members.append(nxt)
+            tail, nxt = nxt, sole_reader(nxt.outputs[0])
+        residual = post = other = None
+        other_first, unary, scalars = False, "none", ()
+        if conv_args is not None:
+            if nxt is not None and len(nxt.outputs) == 1 and nxt.spec.residual_add(nxt):
                 other_first = nxt.inputs[1] == tail.outputs[0]
                 other = nxt.inputs[0] if other_first else nxt.inputs[1]
-                chain["eltwise"] = tail = nxt
-                nxt = sole_reader(tail.outputs[0])
-            if nxt is not None and nxt.type == "ReLU" and one_to_one(nxt):
-                slope = float(nxt.attrs.negative_slope)
-                chain["relu"] = tail = nxt
-        members = [m for m in chain.values() if m is not None]
+                residual = nxt
+                members.append(nxt)
+                tail, nxt = nxt, sole_reader(nxt.outputs[0])
+            op = nxt.spec.post_op(nxt) if nxt is not None and one_to_one(nxt) else None
+            if op is not None and op.kind in _UNARY:
+                unary, scalars = _UNARY[op.kind], tuple(float(v) for v in op.scalars)
+                post = nxt
+                members.append(nxt)
         taken.update(id(m) for m in members)
-        key = {role: keys[id(m)] if m is not None else None for role, m in chain.items()}
         fusions.append(Fusion(
-            conv=key.get("conv"), bn=key.get("bn"), scale=key.get("scale"), eltwise=key.get("eltwise"),
-            relu=key.get("relu"), conv_args=conv_args or (), slope=slope, other=other, other_first=other_first,
+            conv=keys[id(node)] if conv_args is not None else None, conv_args=conv_args or (),
+            affine=tuple(keys[id(m)] for m, _ in affine), forms=tuple(astuple(f) for _, f in affine),
+            residual=keys[id(residual)] if residual is not None else None, other=other, other_first=other_first,
+            post=keys[id(post)] if post is not None else None, unary=unary, scalars=scalars,
             input=members[0].inputs[0], output=members[-1].outputs[0],
             steps=tuple(steps[keys[id(m)]] for m in members),  # in plan order: each reads the one before
         ))
     return fusions
 
 
-def plan_inference(graph: Graph, node_keys: list[str], plan: tuple, fusions: list[Fusion]) -> tuple:
+def plan_inference(graph: Graph, node_keys: list[str], plan: Sequence[Step], fusions: list[Fusion]
+                   ) -> tuple[Step, ...]:
     """The plan with each chain's steps replaced by one step, placed where its last member was (its inputs
-    exist earlier, and nothing in between reads its inner blobs), plain InnerProducts marked for oneDNN, and
+    exist earlier, and nothing in between reads its inner blobs), plain matmuls marked for oneDNN, and
     layers that may receive channels-last values but are not known to handle them marked DENSE."""
-    replaced = {step[1]: fusion for fusion in fusions for step in fusion.steps}
-    last = {fusion.steps[-1][1] for fusion in fusions}
+    replaced = {step.key: fusion for fusion in fusions for step in fusion.steps}
+    last = {fusion.steps[-1].key for fusion in fusions}
     agnostic = {key for node, key in zip(graph.nodes, node_keys, strict=True) if node.spec.layout_agnostic}
-    linear = {key for node, key in zip(graph.nodes, node_keys, strict=True) if is_plain_inner_product(node)}
+    linear = {key for node, key in zip(graph.nodes, node_keys, strict=True) if node.spec.plain_linear(node)}
     channels_last: set[str] = set()  # values that may be channels-last
-    out = []
-    for kind, key, ins, outs in plan:
-        fusion = replaced.get(key)
+    out: list[Step] = []
+    for step in plan:
+        fusion = replaced.get(step.key)
         if fusion is not None:
-            if key in last:
-                out.append((FUSED, fusion, (fusion.input,), (fusion.output,)))
+            if step.key in last:
+                out.append(Step(FUSED, fusion.steps[0].key, (fusion.input,), (fusion.output,), fusion))
                 channels_last.add(fusion.output)
             continue
-        if key in linear and ONEDNN_LINEAR is not None:
-            out.append((LINEAR, key, ins, outs))
-        elif kind == LAYER and channels_last.intersection(ins):
-            if key in agnostic:
-                out.append((kind, key, ins, outs))
-                channels_last.update(outs)
+        if step.key in linear and ONEDNN_LINEAR is not None:
+            out.append(replace(step, kind=LINEAR))
+        elif step.kind is LAYER and channels_last.intersection(step.inputs):
+            if step.key in agnostic:
+                out.append(step)
+                channels_last.update(step.outputs)
             else:
-                out.append((DENSE, key, ins, outs))
+                out.append(replace(step, kind=DENSE))
         else:
-            out.append((kind, key, ins, outs))
+            out.append(step)
     return tuple(out)
 
 
 class FusionCache:
-    """Convolution weights with BatchNorm/Scale folded in, and their oneDNN-packed form, per chain.
+    """The convolution weights, with a chain's affine layers folded in, and their oneDNN-packed form, per chain.
 
-    An entry is keyed by the version counter and address of every blob it comes from: torch's in-place ops
-    (``copy_``, ``load_state_dict``, the caffemodel reader) bump a tensor's version, and a replaced tensor
-    (``.data = ...``, ``.to()``) has another address. The entry keeps the old storages alive, so no new tensor
-    can take over an address it is keyed by. Writes through ``.data`` bump no version: :meth:`clear` after those.
-    Inference tensors (made under ``torch.inference_mode()``, e.g. by ``net.to(device)`` there) have no version
-    counter at all: they are keyed by address only, so in-place writes to them (possible only inside inference
-    mode) need :meth:`clear` too.
+    An entry is keyed by the version counter and address of every blob it comes from (and the module
+    attributes the affine forms name in ``depends_on``): torch's in-place ops (``copy_``, ``load_state_dict``,
+    the caffemodel reader) bump a tensor's version, and a replaced tensor (``.data = ...``, ``.to()``) has
+    another address. The entry keeps the old storages alive, so no new tensor can take over an address it is
+    keyed by. Writes through ``.data`` bump no version: :meth:`clear` after those. Inference tensors (made
+    under ``torch.inference_mode()``, e.g. by ``net.to(device)`` there) have no version counter at all: they
+    are keyed by address only, so in-place writes to them (possible only inside inference mode) need
+    :meth:`clear` too.
     """
 
     def __init__(self) -> None:
@@ -215,37 +247,32 @@ class FusionCache:
     def clear(self) -> None:
         self.entries.clear()
 
-    def _entry(self, key: str, blobs: list[torch.Tensor], eps: float | None) -> dict[str, Any]:
-        stamp = (eps, *[(None if t.is_inference() else t._version, t.data_ptr()) for t in blobs])
-        entry = self.entries.get(key)
+    def _entry(self, fusion: Fusion, modules: Mapping[str, nn.Module]) -> dict[str, Any]:
+        members = [modules[fusion.conv], *(modules[k] for k in fusion.affine)]
+        blobs = [t for m in members for t in blobs_of(m)]
+        extra = tuple(getattr(modules[k], name) for k, form in zip(fusion.affine, fusion.forms, strict=True)
+                      for name in ChannelAffine(*form).depends_on)
+        stamp = (extra, *[(None if t.is_inference() else t._version, t.data_ptr()) for t in blobs])
+        entry = self.entries.get(fusion.conv)
         if entry is None or entry["stamp"] != stamp:
             entry = {"stamp": stamp, "keep": [t.untyped_storage() for t in blobs]}
-            self.entries[key] = entry
+            self.entries[fusion.conv] = entry
         return entry
 
-    def folded(self, fusion: Fusion, conv: nn.Module, bn: nn.Module, scale: nn.Module | None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The convolution's weight and bias with BatchNorm (+ Scale) folded in."""
-        blobs = [*blobs_of(conv), *blobs_of(bn), *(blobs_of(scale) if scale is not None else ())]
-        entry = self._entry(fusion.conv, blobs, bn.eps)
+    def folded(self, fusion: Fusion, modules: Mapping[str, nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The convolution's weight and bias with the chain's affine layers folded in."""
+        entry = self._entry(fusion, modules)
         if "weight" not in entry:
-            entry["weight"], entry["bias"] = _fold(conv, bn, scale)
+            entry["weight"], entry["bias"] = _fold(fusion, modules)
         return entry["weight"], entry["bias"]
 
     def packed(self, fusion: Fusion, modules: Mapping[str, nn.Module], shape: tuple[int, ...]
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The (folded) weight in oneDNN's layout, chosen for inputs of ``shape`` (other shapes still work),
         and the bias. A folded weight made only to be packed is not kept."""
-        conv = modules[fusion.conv]
-        bn, scale = _bn_and_scale(fusion, modules)
-        blobs = [*blobs_of(conv), *(blobs_of(bn) if bn is not None else ()),
-                 *(blobs_of(scale) if scale is not None else ())]
-        entry = self._entry(fusion.conv, blobs, bn.eps if bn is not None else None)
+        entry = self._entry(fusion, modules)
         if "packed" not in entry:
-            if bn is None:
-                weight, bias = conv.weight, getattr(conv, "bias", None)
-            else:
-                weight, bias = (entry["weight"], entry["bias"]) if "weight" in entry else _fold(conv, bn, scale)
+            weight, bias = (entry["weight"], entry["bias"]) if "weight" in entry else _fold(fusion, modules)
             with torch.inference_mode(False), torch.no_grad():
                 stride, pad, dilation, group = fusion.conv_args
                 entry["packed"] = ONEDNN_PACK(weight.contiguous(), list(pad), list(stride), list(dilation), group,
@@ -254,30 +281,59 @@ class FusionCache:
         return entry["packed"], entry["packed_bias"]
 
 
-def _fold(conv: nn.Module, bn: nn.Module, scale: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The convolution's weight and bias with BatchNorm (+ Scale) folded in, as normal tensors (usable outside
-    ``inference_mode`` later) that autograd does not track."""
+def _fold(fusion: Fusion, modules: Mapping[str, nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The convolution's weight and bias with the chain's affine layers folded in, as normal tensors (usable
+    outside ``inference_mode`` later) that autograd does not track."""
+    conv = modules[fusion.conv]
+    weight, bias = conv.weight, getattr(conv, "bias", None)
+    if not fusion.affine:
+        return weight, bias
     with torch.inference_mode(False), torch.no_grad():
-        multiplier, offset = bn_scale_affine(bn, scale)
-        weight = conv.weight * multiplier.reshape((-1,) + (1,) * (conv.weight.dim() - 1))
-        bias = offset if getattr(conv, "bias", None) is None else torch.addcmul(offset, conv.bias, multiplier)
+        multiplier, offset = chain_affine(tuple(modules[k] for k in fusion.affine), fusion.forms)
+        if multiplier is not None:
+            weight = weight * multiplier.reshape((-1,) + (1,) * (weight.dim() - 1))
+        if bias is None:
+            bias = offset
+        elif multiplier is None:
+            bias = bias if offset is None else bias + offset
+        else:
+            bias = bias * multiplier if offset is None else torch.addcmul(offset, bias, multiplier)
     return weight, bias
 
 
-def _bn_and_scale(fusion: Fusion, modules: Mapping[str, nn.Module]) -> tuple[nn.Module | None, nn.Module | None]:
-    return (modules[fusion.bn] if fusion.bn else None), (modules[fusion.scale] if fusion.scale else None)
-
-
-def bn_scale_affine(bn: nn.Module, scale: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``(multiplier, offset)`` of BatchNorm (stored statistics) followed by an optional
-    per-channel Scale. Differentiable with respect to the Scale's blobs (BatchNorm's are statistics)."""
-    multiplier, offset = bn.affine()
-    if scale is not None:
-        offset = offset * scale.weight
-        multiplier = multiplier * scale.weight
-        if getattr(scale, "bias", None) is not None:
-            offset = offset + scale.bias
+def member_affine(module: nn.Module, form: ChannelAffine) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One affine layer's per-channel ``(multiplier, offset)`` as 1-D tensors (None: 1, 0), read as its
+    spec's form says."""
+    if form.method is not None:
+        multiplier, offset = getattr(module, form.method)()
+        return multiplier.reshape(-1), offset.reshape(-1)
+    multiplier = getattr(module, form.multiplier).reshape(-1) if form.multiplier is not None else None
+    offset = getattr(module, form.offset).reshape(-1) if form.offset is not None else None
     return multiplier, offset
+
+
+def chain_affine(modules: Sequence[nn.Module], forms: Sequence[tuple]) -> tuple[torch.Tensor | None,
+                                                                                torch.Tensor | None]:
+    """Per-channel ``(multiplier, offset)`` of affine layers applied in order (None: 1, 0). Differentiable
+    with respect to the blobs the forms are (statistics-based forms decide that themselves)."""
+    multiplier = offset = None
+    for module, form in zip(modules, forms, strict=True):
+        m, o = member_affine(module, ChannelAffine(*form))
+        if m is not None:
+            offset = None if offset is None else offset * m
+            multiplier = m if multiplier is None else multiplier * m
+        if o is not None:
+            offset = o if offset is None else offset + o
+    return multiplier, offset
+
+
+def affine_active(modules: Sequence[nn.Module], forms: Sequence[tuple]) -> bool:
+    """Whether every affine layer's form holds now (e.g. no normalisation with batch statistics)."""
+    for module, form in zip(modules, forms, strict=True):
+        active = ChannelAffine(*form).active
+        if active is not None and not getattr(module, active)():
+            return False
+    return True
 
 
 def call_layer(module: nn.Module, *bottoms: torch.Tensor) -> Any:
@@ -285,19 +341,24 @@ def call_layer(module: nn.Module, *bottoms: torch.Tensor) -> Any:
     return module(*bottoms)
 
 
-def apply_bn_scale(bn: nn.Module, scale: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm (+ Scale) on ``x`` as one multiply-add when BatchNorm uses its stored statistics, else the
-    two layers as they are. Decided at call time, so an ``fx``-traced graph stays right in train mode."""
-    if not bn.uses_global_stats():
-        y = call_layer(bn, x)
-        return y if scale is None else call_layer(scale, y)
-    multiplier, offset = bn_scale_affine(bn, scale)
+def apply_affine(x: torch.Tensor, modules: tuple[nn.Module, ...], forms: tuple[tuple, ...]) -> torch.Tensor:
+    """Affine layers on ``x`` as one multiply-add when every form holds, else the layers as they are.
+    Decided at call time, so an ``fx``-traced graph stays right in train mode."""
+    if not affine_active(modules, forms):
+        for module in modules:
+            x = call_layer(module, x)
+        return x
+    multiplier, offset = chain_affine(modules, forms)
     shape = (-1,) + (1,) * (x.dim() - 2)
+    if multiplier is None:
+        return x if offset is None else x + offset.reshape(shape)
+    if offset is None:
+        return x * multiplier.reshape(shape)
     return torch.addcmul(offset.reshape(shape), x, multiplier.reshape(shape))
 
 
 torch.fx.wrap("call_layer")
-torch.fx.wrap("apply_bn_scale")
+torch.fx.wrap("apply_affine")
 
 
 def _symbolic(x: Any) -> bool:
@@ -323,17 +384,17 @@ def _worth_onednn(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...]
 
 def run_fusion(fusion: Fusion, modules: Mapping[str, nn.Module], cache: FusionCache, env: dict[str, Any],
                execute: Callable[[tuple, dict[str, Any]], dict[str, Any]]) -> torch.Tensor:
-    """One fused step: oneDNN where it applies, else the BatchNorm fold and the other members as layers, else
-    (batch statistics) the members one by one through ``execute``."""
+    """One fused step: oneDNN where it applies, else the affine fold and the other members as layers, else
+    (a form that does not hold now, e.g. batch statistics) the members one by one through ``execute``."""
     x = env[fusion.input]
     other = env[fusion.other] if fusion.other is not None else None
-    bn, scale = _bn_and_scale(fusion, modules)
-    if bn is not None and not bn.uses_global_stats():
+    affine = tuple(modules[k] for k in fusion.affine)
+    if affine and not affine_active(affine, fusion.forms):
         return execute(fusion.steps, env)[fusion.output]
     if fusion.conv is None:
-        return apply_bn_scale(bn, scale, x)
+        return apply_affine(x, affine, fusion.forms)
     conv = modules[fusion.conv]
-    blobs = [*blobs_of(conv), *(blobs_of(scale) if scale is not None else ())]
+    blobs = [*blobs_of(conv), *(t for m in affine for t in blobs_of(m))]
     if (ONEDNN_CONV is not None and ONEDNN_PACK is not None and not _symbolic(x) and x.device.type == "cpu"
             and x.dim() == 4 and len(fusion.conv_args[0]) == 2 and _worth_onednn(x, conv.weight, fusion.conv_args[0])
             and all(t.dtype == torch.float32 for t in (x, *blobs) + ((other,) if other is not None else ()))
@@ -341,19 +402,19 @@ def run_fusion(fusion: Fusion, modules: Mapping[str, nn.Module], cache: FusionCa
         return _onednn_conv(fusion, modules, cache, x, other)
     if _symbolic(x) or _wants_grad(blobs):
         y = call_layer(conv, x.contiguous())  # the graph must compute from the live parameters
-        if bn is not None:
-            y = apply_bn_scale(bn, scale, y)
-    elif bn is not None:
-        weight, bias = cache.folded(fusion, conv, bn, scale)
+        if affine:
+            y = apply_affine(y, affine, fusion.forms)
+    elif affine:
+        weight, bias = cache.folded(fusion, modules)
         stride, pad, dilation, group = fusion.conv_args
         y = _CONV[len(stride)](x.contiguous(), weight, bias, stride, pad, dilation, group)
     else:
         y = call_layer(conv, x.contiguous())
-    if fusion.eltwise is not None:
+    if fusion.residual is not None:
         pair = (other.contiguous(), y) if fusion.other_first else (y, other.contiguous())
-        y = call_layer(modules[fusion.eltwise], *pair)
-    if fusion.relu is not None:
-        y = call_layer(modules[fusion.relu], y)
+        y = call_layer(modules[fusion.residual], *pair)
+    if fusion.post is not None:
+        y = call_layer(modules[fusion.post], y)
     return y
 
 
@@ -361,17 +422,14 @@ def _onednn_conv(fusion: Fusion, modules: Mapping[str, nn.Module], cache: Fusion
                  other: torch.Tensor | None) -> torch.Tensor:
     weight, bias = cache.packed(fusion, modules, tuple(x.shape))
     stride, pad, dilation, group = fusion.conv_args
-    if fusion.slope is None:
-        unary, scalars = "none", []
-    elif fusion.slope == 0.0:
-        unary, scalars = "relu", []
-    else:
-        unary, scalars = "leaky_relu", [fusion.slope]
+    unary, scalars = fusion.unary, list(fusion.scalars)
     x = x.contiguous(memory_format=torch.channels_last)
     geometry = (list(pad), list(stride), list(dilation), group)
     if other is None:
         return ONEDNN_CONV(x, weight, bias, *geometry, unary, scalars, "")
     other = other.contiguous(memory_format=torch.channels_last)
-    unary = None if unary == "none" else unary  # the binary form takes no unary post-op as None
-    return ONEDNN_CONV.binary(x, other, weight, bias, *geometry, "add", None, unary, scalars, "")
-
+    if unary == "none" or unary in _BINARY_UNARY:  # the binary form takes no unary post-op as None
+        return ONEDNN_CONV.binary(x, other, weight, bias, *geometry, "add", None,
+                                  None if unary == "none" else unary, scalars, "")
+    y = ONEDNN_CONV.binary(x, other, weight, bias, *geometry, "add", None, None, [], "")
+    return call_layer(modules[fusion.post], y)

@@ -724,7 +724,7 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
     problems: list[tuple[Node, str | None]] = []
     for node in graph.nodes:
         if not node.spec.supports("onnx", node):
-            problems.append((node, None))
+            problems.append((node, node.spec.unsupported_note(node) or None))
             continue
         ctx.begin(node)
         try:
@@ -753,6 +753,11 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
         known = _output_dims(graph, varying) if varying is not None else {}
         known.update(data_dependent)  # the spec's names for data-dependent axes, not inference's unk__i
         _infer_output_shapes(model, {ctx.value_names[v]: dims for v, dims in known.items()})
+        symbols = {ctx.value_names[v]: dims for v, dims in data_dependent.items()}
+        for output in model.graph.output:  # the spec's names for data-dependent axes, not inference's unk__i
+            for dim, given in zip(output.type.tensor_type.shape.dim, symbols.get(output.name, ()), strict=False):
+                if isinstance(given, str) and not dim.HasField("dim_value"):
+                    dim.dim_param = given
     return model, ctx.initializer_bytes
 
 

@@ -6,11 +6,12 @@ straight-line graph, and ``torch.fx.symbolic_trace`` records one call per layer 
 their modules need concrete shapes, which symbolic tracing does not have).
 
 Inference plan. In eval mode, when only the net's outputs are requested (``all_blobs=False``), the walk
-follows a second plan (see :mod:`.fusion`): Convolution/BatchNorm/Scale/Eltwise/ReLU chains run as one
-oneDNN call with packed, folded weights, BatchNorm alone as one multiply-add, and plain ``InnerProduct``
-layers on oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, the kernel ``torch.compile`` uses on CPU;
-on CPUs where MKL's GEMV is slow (AMD) 1.5x faster at batch 1 and 2.5x at batch 16 than ``F.linear``, with
-no copy of the weights). ``all_blobs=True`` and train mode run every layer as it is (the reference path).
+follows a second plan (see :mod:`.fusion`): chains the layer specs allow (e.g. Convolution/BatchNorm/Scale/
+Eltwise/ReLU) run as one oneDNN call with packed, folded weights, BatchNorm alone as one multiply-add, and
+plain ``InnerProduct`` layers on oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, the kernel
+``torch.compile`` uses on CPU; on CPUs where MKL's GEMV is slow (AMD) 1.5x faster at batch 1 and 2.5x at
+batch 16 than ``F.linear``, with no copy of the weights). ``all_blobs=True`` and train mode run every layer
+as it is (the reference path).
 The rewrites change results only by float rounding.
 
 The fast kernels have no autograd formulas: under ``torch.no_grad()``, ``torch.inference_mode()`` or with
@@ -32,6 +33,7 @@ from torch import nn
 from ..errors import Prototxt2pyError, ShapeError, UnsupportedLayerError
 from ..fillers import fill_blob
 from ..ir import Graph
+from ..layers.base import unsupported_entry
 from ..netstate import TRAIN
 from . import fusion
 from .fusion import (
@@ -42,6 +44,7 @@ from .fusion import (
     LINEAR,
     ONEDNN_LINEAR,
     FusionCache,
+    Step,
     call_layer,
     find_fusions,
     plan_inference,
@@ -74,15 +77,19 @@ def build_module(node: Any) -> nn.Module:
     follow). Its blob attribute names go on the module as ``blob_names``."""
     spec = node.spec
     recipe = spec.module(node)
-    with torch.device("meta"):
+    if recipe.build_on_meta:
+        with torch.device("meta"):
+            module = recipe.build()
+        module = module.to_empty(device="cpu")
+    else:  # a caller's module: built as it is, its own initial values kept until weights overwrite them
         module = recipe.build()
-    module = module.to_empty(device="cpu")
     names = spec.node_blob_names(node)
     for name, shape, filler in zip(names, node.param_shapes, spec.fillers(node), strict=True):
         blob = getattr(module, name)
         if tuple(blob.shape) != tuple(shape):
             raise RuntimeError(f"{recipe.target} made blob '{name}' of shape {tuple(blob.shape)}, Caffe's is {shape}")
-        fill_blob(blob, filler)
+        if recipe.build_on_meta:
+            fill_blob(blob, filler)
     module.blob_names = names
     return module
 
@@ -100,8 +107,7 @@ class CaffeNet(nn.Module):
     def __init__(self, graph: Graph):
         super().__init__()
         self.graph = graph
-        missing = [f"'{n.type}' (layer '{n.name}' at {n.location})" for n in graph.nodes
-                   if not n.spec.supports("torch", n)]
+        missing = [unsupported_entry(n) for n in graph.nodes if not n.spec.supports("torch", n)]
         if missing:
             raise UnsupportedLayerError("no PyTorch implementation for: " + ", ".join(missing))
         self.layers = nn.ModuleDict()
@@ -130,7 +136,7 @@ class CaffeNet(nn.Module):
             self.layers[key] = module
             self.layer_keys.setdefault(node.name, key)
             kind = INPUT if node.spec.is_input(node) else LAYER
-            plan.append((kind, key, tuple(node.inputs), tuple(node.outputs)))
+            plan.append(Step(kind, key, tuple(node.inputs), tuple(node.outputs)))
         self._plan = tuple(plan)
         self._tie_shared_params()
         self.input_names = [graph.values[v].blob for v in graph.inputs]
@@ -147,7 +153,7 @@ class CaffeNet(nn.Module):
             for vid, w in zip(node.outputs, node.loss_weights, strict=False)
             if w
         }
-        self._fusions = find_fusions(graph, self._node_keys, self.layers, self._plan)
+        self._fusions = find_fusions(graph, self._node_keys, self._plan)
         self._inference_plan = plan_inference(graph, self._node_keys, self._plan, self._fusions)
         self._fusion_cache = FusionCache()
         #: what :meth:`from_weights` loaded (layers loaded / missing / extra), else None
@@ -202,27 +208,28 @@ class CaffeNet(nn.Module):
             env[vid] = value
         return env
 
-    def _execute(self, plan: tuple, env: dict[str, Any], tracing: bool = False) -> dict[str, Any]:
+    def _execute(self, plan: tuple[Step, ...], env: dict[str, Any], tracing: bool = False) -> dict[str, Any]:
         """Run plan steps over ``env`` (value id -> tensor). Layers of several tops set only the values not
         already there, so inputs given by the caller are never overwritten. Eagerly, modules are called
         directly (the common one-bottom case without building a list); under ``torch.fx`` through
         :func:`~.fusion.call_layer`, and every layer of one top is taken to return a tensor (the layer
         contract)."""
         modules = self.layers._modules
-        for kind, key, ins, outs in plan:
-            if kind == LAYER:
+        for step in plan:
+            kind, key, ins, outs = step.kind, step.key, step.inputs, step.outputs
+            if kind is LAYER:
                 if tracing:
                     produced = call_layer(modules[key], *[env[i] for i in ins])
                 elif len(ins) == 1:
                     produced = modules[key](env[ins[0]])
                 else:
                     produced = modules[key](*[env[i] for i in ins])
-            elif kind == FUSED:
-                produced = run_fusion(key, modules, self._fusion_cache, env,
+            elif kind is FUSED:
+                produced = run_fusion(step.fusion, modules, self._fusion_cache, env,
                                       lambda steps, env: self._execute(steps, env, tracing))
-            elif kind == LINEAR:
+            elif kind is LINEAR:
                 produced = self._run_linear(modules[key], env[ins[0]])
-            elif kind == DENSE:  # inputs that may be channels-last, for a layer not known to handle them
+            elif kind is DENSE:  # inputs that may be channels-last, for a layer not known to handle them
                 produced = call_layer(modules[key], *[env[i].contiguous() for i in ins])
             elif all(o in env for o in outs):  # an input layer whose blobs were given
                 continue

@@ -75,11 +75,14 @@ class Net:
     weights, phase)``. The prototxt is read once, so it may be deleted right after construction.
 
     Beyond pycaffe, ``input_shapes={'data': [64, 1, 28, 28], 'label': [64]}`` sizes input or data-layer blobs
-    whose shapes the file alone does not give (Caffe reads them from the data source, which is not opened here)."""
+    whose shapes the file alone does not give (Caffe reads them from the data source, which is not opened here),
+    and ``python_layers={'module.Layer': MyModule}`` says what ``Python`` layers compute (pycaffe imports the
+    module the file names; this never does, see :func:`prototxt2py.graph`)."""
 
     def __init__(self, network_file: str | os.PathLike, *args: Any, level: int = 0,
                  stages: Sequence[str] | None = None, weights: str | os.PathLike | None = None,
-                 phase: Any = None, input_shapes: Mapping[str, Sequence[int]] | None = None):
+                 phase: Any = None, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                 python_layers: Mapping[str, Any] | None = None):
         if len(args) == 2:  # legacy Net(proto, weights, phase)
             if weights is not None:
                 raise CaffeUsageError("weights given twice (legacy positional form and weights=)")
@@ -100,11 +103,13 @@ class Net:
         self._device = _mode.device()
         self._callbacks: dict[str, list[Callable[[int], Any]]] = {k: [] for k in ("bf", "af", "bb", "ab")}
         self._memory_data: tuple[np.ndarray, np.ndarray, int] | None = None
+        self._python_layers = dict(python_layers or {})
         self._build(weights, input_shapes)
 
     # -- construction ----------------------------------------------------------------------------------------
     def _build(self, weights: str | os.PathLike | None, input_shapes: Mapping[str, Sequence[int]] | None) -> None:
-        graph = prototxt2py.graph(self._source, self._phase, self._stages, self._level, input_shapes=input_shapes)
+        graph = prototxt2py.graph(self._source, self._phase, self._stages, self._level, input_shapes=input_shapes,
+                                  python_layers=self._python_layers)
         runtime = prototxt2py.load(graph, weights=weights)
         self._graph = graph
         self._net = runtime.to(self._device)
@@ -260,7 +265,8 @@ class Net:
             raise CaffeUsageError(f"no layer named '{name}' in the net") from None
 
     def _forward_layer(self, i: int, initial: bool = False) -> None:
-        kind, key, ins, outs = self._plan[i]
+        step = self._plan[i]
+        kind, key, ins, outs = step.kind, step.key, step.inputs, step.outputs
         node = self._graph.nodes[i]
         if node.type == "MemoryData" and self._memory_data is not None:
             self._next_memory_batch(outs)
@@ -404,7 +410,8 @@ class Net:
     def _backward_layer(self, i: int, written: set[str]) -> None:
         """One layer's backward: bottom diffs overwritten (summed where a value feeds several layers, as Caffe's
         Split layers do), parameter diffs accumulated."""
-        kind, key, ins, outs = self._plan[i]
+        step = self._plan[i]
+        kind, key, ins, outs = step.kind, step.key, step.inputs, step.outputs
         node = self._graph.nodes[i]
         need_b = self._bottom_need[i]
         blobs = self._node_params[i]
@@ -511,7 +518,8 @@ class Net:
         """Propagate the current shapes of the input blobs through the net (Caffe's ``Net::Reshape``)."""
         inputs = {self._graph.values[v].blob for v in self._graph.inputs}
         shapes = {b: self._blobs_dict[b].shape for b in inputs}
-        graph = prototxt2py.graph(self._source, self._phase, self._stages, self._level, input_shapes=shapes)
+        graph = prototxt2py.graph(self._source, self._phase, self._stages, self._level, input_shapes=shapes,
+                                  python_layers=self._python_layers)
         for vid, value in graph.values.items():
             if value.shape is not None and value.blob not in inputs:
                 self._value_blob[vid].reshape(*value.shape)

@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import GraphError, Location, Prototxt2pyError, UnsupportedLayerError
-from ..layers import LayerSpec, get_spec
+from ..layers import LayerSpec, get_python_spec, get_spec
 from ..layers.base import REGISTRY, Unknowable
 from ..netstate import State, layer_included
+from ..plugins import LayerSource, python_layer_name
 from ..textformat import DroppedField
 from .graph import Graph, Node, ParamInfo, Value
 from .shapes import infer_shapes
@@ -25,12 +26,15 @@ def build_graph(
     file: str = "<string>",
     allow_unknown_types: bool = False,
     infer: bool = True,
+    python_layers: Mapping[str, LayerSpec] | None = None,
 ) -> Graph:
     """Build the IR from an upgraded (V2) ``NetParameter``.
 
     ``locations``/``dropped`` are aligned with ``net.layer`` (see ``reader.NetSource``). Unknown layer
     types are collected and reported together (never skipped silently) unless ``allow_unknown_types``,
-    which the diagram backend uses: it needs structure only.
+    which the diagram backend uses: it needs structure only. ``python_layers`` maps ``Python`` layers'
+    ``module.Layer`` names to specs (:func:`prototxt2py.plugins.python_specs`); registered plugin specs for
+    Python layers come next; the model's module is never imported.
     """
     state = (state or State()).merged_with_net(net)
     if len(net.layers):
@@ -47,7 +51,8 @@ def build_graph(
         loc = locations[index] if locations and index < len(locations) else Location(file)
         if not layer_included(layer, state, loc):
             continue
-        spec = get_spec(layer.type)
+        spec = _python_spec(layer, python_layers) if layer.type == "Python" else None
+        spec = spec or get_spec(layer.type)
         if spec is None:
             unknown.append(f"'{layer.type}' (layer '{layer.name}' at {loc})")
             spec = _opaque_spec(layer.type)
@@ -100,7 +105,7 @@ def build_graph(
             dropped=list(dropped[index]) if dropped and index < len(dropped) else [],
         )
         try:
-            node.attrs = spec.attrs(layer)
+            node.attrs = spec.attrs(LayerSource(layer, node.dropped, loc))
         except Prototxt2pyError:
             raise
         except (ValueError, TypeError) as e:
@@ -130,6 +135,14 @@ def build_graph(
     if infer:
         infer_shapes(graph, input_shapes or {})
     return graph
+
+
+def _python_spec(layer: Any, mapping: Mapping[str, LayerSpec] | None) -> LayerSpec | None:
+    """The spec of a ``Python`` layer mapped by the caller or a plugin (None: the built-in ``Python`` spec)."""
+    name = python_layer_name(layer)
+    if mapping and name in mapping:
+        return mapping[name]
+    return get_python_spec(name)
 
 
 def _check_counts(spec: LayerSpec, name: str, bottoms: list[str], tops: list[str], loc: Location) -> None:
@@ -186,4 +199,8 @@ def _opaque_spec(type_name: str) -> LayerSpec:
 
 
 def registered_types() -> list[str]:
+    """Every registered type name, installed plugins' included."""
+    from ..plugins import load_entry_points
+
+    load_entry_points()
     return sorted(REGISTRY)

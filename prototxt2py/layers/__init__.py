@@ -1,43 +1,93 @@
-"""Layer specs: one place per Caffe layer type, registered by type name.
+"""Layer specs: one place per Caffe layer type, registered by type name -- and the public plugin API.
 
-Each family module below registers its specs on import. To add a layer type, add a spec class with
-``@register`` to the family module it belongs to (or a new module listed here, or a plugin).
+A plugin (a third party's, or a built-in fork module) imports what it needs from here: the spec contract
+(:class:`LayerSpec`, :func:`register`, :func:`call`, :class:`Unknowable`...) and the plugin helpers of
+:mod:`prototxt2py.plugins` (raw text of fields our schema lacks, ``Python`` layer specs). The names are bound
+before the family modules below are imported, so those modules use exactly this public API.
+
+The family modules are imported explicitly: a missing or broken one is an import error, never skipped.
+Installed plugins are loaded through the ``prototxt2py.layers`` entry point group on the first lookup of a
+type that is not registered (:func:`get_spec`).
 """
 
 from __future__ import annotations
 
-import importlib
+from ..plain import Filler, plain
+from ..plugins import (
+    ENTRY_POINT_GROUP,
+    LayerSource,
+    PluginError,
+    RawField,
+    RawMessage,
+    load_entry_points,
+    python_layer_name,
+    python_layer_spec,
+)
+from .base import (
+    PYTHON_REGISTRY,
+    REGISTRY,
+    Call,
+    ChannelAffine,
+    LayerSpec,
+    MaybeShape,
+    PostOp,
+    RegistrationError,
+    Shape,
+    Unknowable,
+    call,
+    canonical_axis,
+    count,
+    get_python_spec,
+    get_spec,
+    legacy_shape,
+    register,
+)
+from .python import PythonLayerSpec
 
-from .base import REGISTRY, LayerSpec, MaybeShape, Shape, Unknowable, canonical_axis, count, get_spec, register
-
-FAMILY_MODULES = (
-    "inputs",
-    "conv",
-    "pooling",
-    "elementwise",
-    "normalization",
-    "structure",
-    "losses",
-    "recurrent",
-    "data",
-    "forks",
+# isort: split
+# The families, after the API names above (they import them from here), in a fixed order.
+from . import (
+    conv,
+    data,
+    elementwise,
+    forks,
+    inputs,
+    losses,
+    normalization,
+    pooling,
+    recurrent,
+    structure,
 )
 
-for _name in FAMILY_MODULES:
-    try:
-        importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _e:  # a family not written yet
-        if _e.name != f"{__name__}.{_name}":
-            raise
+FAMILY_MODULES = (inputs, conv, pooling, elementwise, normalization, structure, losses, recurrent, data, forks)
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
+    "Filler",
+    "PYTHON_REGISTRY",
     "REGISTRY",
+    "Call",
+    "ChannelAffine",
+    "LayerSource",
     "LayerSpec",
     "MaybeShape",
+    "PluginError",
+    "PostOp",
+    "PythonLayerSpec",
+    "RawField",
+    "RawMessage",
+    "RegistrationError",
     "Shape",
     "Unknowable",
+    "call",
     "canonical_axis",
     "count",
+    "get_python_spec",
     "get_spec",
+    "legacy_shape",
+    "plain",
+    "load_entry_points",
+    "python_layer_name",
+    "python_layer_spec",
     "register",
 ]

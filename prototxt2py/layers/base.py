@@ -12,6 +12,10 @@ ask the node's spec:
                             runtime builds it and the code generator writes it, so both run the same code
 * ``fillers``               Caffe's filler of each parameter blob (used when no weights are loaded)
 * ``to_onnx``               standard ONNX nodes for the layer (see ``backends/onnx_export.py``)
+* ``plain_convolution``, ``per_channel_affine``, ``residual_add``, ``post_op``, ``plain_linear``
+                            what the runtime's inference plan may fuse (see ``backends/fusion.py``); each
+                            answers "no" unless the spec says otherwise, so a type it does not know runs as
+                            its own module
 
 A backend supports a layer iff the spec overrides the matching method, so ``prototxt2py layers`` is derived,
 never hand-maintained. Plugins add types with :func:`register` (or the ``prototxt2py.layers`` entry point).
@@ -24,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import ShapeError
+from ..errors import Prototxt2pyError, ShapeError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -39,14 +43,19 @@ MaybeShape = Shape | None
 class Call:
     """A module construction ``target(*args, **kwargs)`` of plain values only.
 
-    ``target`` is ``"nn.<Class>"`` (a stock ``torch.nn`` module) or the name of a helper class of
-    :mod:`prototxt2py.nn`. ``num_outputs`` names the keyword (or positional index) holding the layer's output
-    count, so generated code can expose it (``num_classes`` of a final classifier)."""
+    ``target`` is ``"nn.<Class>"`` (a stock ``torch.nn`` module), the name of a helper class of
+    :mod:`prototxt2py.nn`, or ``"package.module:Class"``: a plugin's helper class in the plugin's own installed
+    module (imported when the runtime builds it; its source is copied into generated code, as built-in
+    helpers are). ``num_outputs`` names the keyword (or positional index) holding the layer's output count,
+    so generated code can expose it (``num_classes`` of a final classifier). ``build_on_meta``: the runtime
+    builds the module on the meta device and gives it fresh storage (the helpers' rule: no tensor state
+    beyond the blobs); False builds it on the CPU as it is (a caller's module with its own initialisation)."""
 
     target: str
     args: tuple = ()
     kwargs: tuple[tuple[str, Any], ...] = ()
     num_outputs: str | int | None = None
+    build_on_meta: bool = True
 
     def build(self) -> torch.nn.Module:
         from ..nn import resolve
@@ -54,9 +63,50 @@ class Call:
         return resolve(self.target)(*self.args, **dict(self.kwargs))
 
 
-def call(target: str, *args: Any, num_outputs: str | int | None = None, **kwargs: Any) -> Call:
+def call(target: str, *args: Any, num_outputs: str | int | None = None, build_on_meta: bool = True,
+         **kwargs: Any) -> Call:
     """:class:`Call` with keyword arguments in the order given (the order generated code shows)."""
-    return Call(target, tuple(args), tuple(kwargs.items()), num_outputs)
+    return Call(target, tuple(args), tuple(kwargs.items()), num_outputs, build_on_meta)
+
+
+@dataclass(frozen=True)
+class ChannelAffine:
+    """How a layer computes ``y = x * multiplier + offset`` with one multiplier and one offset per channel
+    (axis 1), read from its module at run time: what lets the inference plan fold it into a preceding
+    convolution, or fold a run of such layers into one multiply-add. Either blobs (``multiplier``/``offset``:
+    module attributes holding one value per channel, in any shape of ``C`` elements; ``None`` = 1 / 0) or a
+    module ``method`` returning ``(multiplier, offset)`` (a form computed from statistics).
+
+    The form must be differentiable wherever the layer's own forward pass is (the plan may run it under
+    autograd). Plain strings and flags only: specs stay free of torch."""
+
+    multiplier: str | None = None
+    offset: str | None = None
+    method: str | None = None
+    #: A module method saying whether the affine form holds now (False e.g. while normalising with batch
+    #: statistics: the chain then runs layer by layer); ``None`` = always.
+    active: str | None = None
+    #: Module attributes other than blobs the form depends on (``("eps",)``): cached folds are keyed by them.
+    depends_on: tuple[str, ...] = ()
+    #: Whether the layer alone is worth running as one multiply-add (its module does more work than that,
+    #: e.g. subtract-then-divide); a layer without this joins a chain but never starts one by itself.
+    alone: bool = False
+
+
+#: The post-op kinds :meth:`LayerSpec.post_op` may declare, with their ``scalars``.
+POST_OPS = {"relu": (), "leaky_relu": ("negative_slope",), "clamp": ("min", "max")}
+
+
+@dataclass(frozen=True)
+class PostOp:
+    """An elementwise function a fused convolution may apply to its result, as ``kind`` and ``scalars`` (see
+    :data:`POST_OPS`): ``relu`` is ``max(x, 0)``, ``leaky_relu`` ``x > 0 ? x : slope * x``, ``clamp``
+    ``min(max(x, min), max)`` with ``min <= max``. Only exact functions belong here (no approximations): the
+    fused result must equal the layer's up to the rounding of the convolution itself."""
+
+    kind: str
+    scalars: tuple[float, ...] = ()
+
 
 class Unknowable(Exception):
     """Raised by a spec when a shape cannot be known statically (not an error in the net), e.g. a data
@@ -68,21 +118,79 @@ class Unknowable(Exception):
         self.shapes = list(shapes) if shapes is not None else None
 
 
-#: ``type`` string -> spec instance.
+#: ``type`` string -> spec instance (built-ins, plugins registered so far; see :func:`get_spec`).
 REGISTRY: dict[str, LayerSpec] = {}
+#: ``python_param.module + "." + python_param.layer`` -> spec instance, for ``Python`` layers mapped by a
+#: plugin (:attr:`LayerSpec.python_layer`); the model's own module is never imported.
+PYTHON_REGISTRY: dict[str, LayerSpec] = {}
 
 
-def register(cls: type[LayerSpec]) -> type[LayerSpec]:
-    """Class decorator: register a spec under its ``type`` (and ``aliases``). Later registrations win,
-    so a plugin may replace a built-in spec."""
-    inst = cls()
-    for name in (cls.type, *cls.aliases):
-        REGISTRY[name] = inst
-    return cls
+class RegistrationError(Prototxt2pyError):
+    """A layer type (or alias, or Python layer name) registered twice without ``replace=True``."""
+
+
+def register(cls: type[LayerSpec] | None = None, *, replace: bool = False) -> Any:
+    """Class decorator: register a spec under its ``type`` and ``aliases`` (or, for a spec with
+    :attr:`~LayerSpec.python_layer`, under that ``module.Layer`` name for ``Python`` layers).
+
+    ``@register`` refuses a name that is already taken, naming both specs: two plugins silently fighting
+    over a type would make results depend on import order. ``@register(replace=True)`` replaces on purpose
+    (a plugin overriding a built-in spec)."""
+
+    def apply(spec_cls: type[LayerSpec]) -> type[LayerSpec]:
+        if not (isinstance(spec_cls, type) and issubclass(spec_cls, LayerSpec)):
+            raise TypeError(f"@register takes a LayerSpec subclass, got {spec_cls!r}")
+        if spec_cls.python_layer:
+            table, names, what = PYTHON_REGISTRY, (spec_cls.python_layer,), "Python layer"
+        else:
+            if not spec_cls.type:
+                raise RegistrationError(f"{_qualified(spec_cls)} has no 'type' to register under")
+            table, names, what = REGISTRY, (spec_cls.type, *spec_cls.aliases), "layer type"
+        if not replace:
+            for name in names:
+                old = table.get(name)
+                if old is not None and type(old) is not spec_cls:
+                    raise RegistrationError(
+                        f"{what} '{name}' is already registered by {_qualified(type(old))}; "
+                        f"{_qualified(spec_cls)} cannot register it again (use @register(replace=True) to "
+                        "replace it on purpose)")
+        inst = spec_cls()
+        for name in names:
+            table[name] = inst
+        return spec_cls
+
+    if cls is None:
+        return apply
+    return apply(cls)
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def get_spec(type_name: str) -> LayerSpec | None:
-    return REGISTRY.get(type_name)
+    """The spec registered for ``type_name``. A miss loads the ``prototxt2py.layers`` entry points (once)
+    before answering: installed plugins register their types as they load, and a plugin that fails to load
+    is an error naming it (see :func:`prototxt2py.plugins.load_entry_points`)."""
+    spec = REGISTRY.get(type_name)
+    if spec is None:
+        from ..plugins import load_entry_points
+
+        if load_entry_points():
+            spec = REGISTRY.get(type_name)
+    return spec
+
+
+def get_python_spec(name: str) -> LayerSpec | None:
+    """The spec a plugin registered for the ``Python`` layer ``module.Layer`` (entry points loaded on a
+    miss, as for :func:`get_spec`)."""
+    spec = PYTHON_REGISTRY.get(name)
+    if spec is None:
+        from ..plugins import load_entry_points
+
+        if load_entry_points():
+            spec = PYTHON_REGISTRY.get(name)
+    return spec
 
 
 def _param_field_map() -> dict[str, str]:
@@ -116,6 +224,9 @@ class LayerSpec:
     type: ClassVar[str] = ""
     #: Other type strings handled by the same spec (e.g. fork spellings).
     aliases: ClassVar[tuple[str, ...]] = ()
+    #: For a spec of ``Python`` layers: the ``python_param`` ``module.layer`` it computes (registered in
+    #: :data:`PYTHON_REGISTRY`, not under ``type``).
+    python_layer: ClassVar[str] = ""
     #: LayerParameter field holding this type's parameters; ``None`` = derive from the descriptor.
     param_field: ClassVar[str | None] = None
     #: Allowed numbers of bottoms and tops (inclusive); ``None`` as max = unbounded.
@@ -200,6 +311,42 @@ class LayerSpec:
         and optional ``bias`` blobs: the runtime may then fuse it with what follows. Default: not one."""
         return None
 
+    def unsupported_note(self, node: Node) -> str:
+        """Why a backend cannot run this layer and what to do about it, appended to the error listing
+        unsupported layers (default: nothing to add)."""
+        return ""
+
+    def diagram_label(self, attrs: Any) -> Sequence[str]:
+        """Extra lines of the layer's node in diagrams (``draw``), under its name and ``(Type)``, from its
+        plain attrs -- as Caffe's draw_net shows kernel, stride and pad. Default: none."""
+        return ()
+
+    def diagram_edge_label(self, attrs: Any) -> str:
+        """Label of the edges from the layer to its tops in diagrams (Caffe's: ``num_output``). Default: none."""
+        return ""
+
+    def per_channel_affine(self, node: Node) -> ChannelAffine | None:
+        """How this one-bottom, one-top layer is a per-channel ``x * multiplier + offset`` (see
+        :class:`ChannelAffine`), or None. The runtime folds such layers into a preceding plain convolution
+        (and into each other). Default: not one."""
+        return None
+
+    def residual_add(self, node: Node) -> bool:
+        """Whether this layer is exactly ``bottom0 + bottom1`` of two distinct same-shape bottoms (a residual
+        connection): the runtime may then add it as a fused convolution's post-op. Default: no."""
+        return False
+
+    def post_op(self, node: Node) -> PostOp | None:
+        """The elementwise function (:class:`PostOp`) this one-bottom, one-top layer is exactly, for a fused
+        convolution to apply, or None. Default: none."""
+        return None
+
+    def plain_linear(self, node: Node) -> bool:
+        """Whether this layer is exactly ``torch.nn.functional.linear(bottom.flatten(1), weight, bias)`` with
+        its module's ``weight`` (``(N, K)``) and optional ``bias`` blobs, for inputs of any rank: the runtime
+        may then run it on oneDNN's matmul. Default: no."""
+        return False
+
     def is_input(self, node: Node) -> bool:
         """Whether the layer's tops are net inputs, fed by the caller (Input, and data layers, which read
         files this tool never opens)."""
@@ -223,11 +370,25 @@ class LayerSpec:
         return ShapeError(message, node.location, layer=node.name)
 
 
+def unsupported_entry(node: Node) -> str:
+    """A layer in a backend's "no implementation for" list, with its spec's note on how to get one."""
+    note = node.spec.unsupported_note(node)
+    return f"'{node.type}' (layer '{node.name}' at {node.location}" + (f"; {note})" if note else ")")
+
+
 def canonical_axis(node: Node, spec: LayerSpec, axis: int, num_axes: int) -> int:
     """Caffe's ``Blob::CanonicalAxisIndex``: negative axes count from the end; out of range is an error."""
     if not -num_axes <= axis < max(num_axes, 1) and not (num_axes == 0 and axis in (0, -1)):
         raise spec.fail(node, f"axis {axis} out of range for a {num_axes}-axis blob")
     return axis + num_axes if axis < 0 else axis
+
+
+def legacy_shape(shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """Caffe's ``num()/channels()/height()/width()``: axes 0..3, 1 where the blob has fewer axes (fork layers
+    written against the 4-D API read shapes this way). More than 4 axes is a ValueError."""
+    if len(shape) > 4:
+        raise ValueError(f"a {len(shape)}-axis blob has no num/channels/height/width")
+    return tuple(shape[i] if i < len(shape) else 1 for i in range(4))  # type: ignore[return-value]
 
 
 def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:

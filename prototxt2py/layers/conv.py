@@ -336,6 +336,11 @@ class InnerProduct(LayerSpec):
             kwargs["transpose"] = True
         return call("InnerProduct", k, a.num_output, num_outputs=1, **kwargs)
 
+    def plain_linear(self, node):
+        """Flattening everything after axis 0 with an ``(N, K)`` weight: ``axis: 1`` literally (a negative
+        axis would depend on the rank), not transposed."""
+        return len(node.bottoms) == 1 and node.attrs.axis == 1 and not node.attrs.transpose
+
     def fillers(self, node):
         return [node.attrs.weight_filler, node.attrs.bias_filler][: len(node.param_shapes)]
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..plain import plain
 from .base import LayerSpec, Shape, Unknowable, call, register
+from .python import HOW_TO_MAP
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ir import Node
@@ -222,7 +223,7 @@ class Python(LayerSpec):
     def is_input(self, node):
         """A Python layer with tops and no bottoms is a data layer (FCN's VOC reader, py-faster-rcnn's RoI data):
         its tops become net inputs, as other data layers', so the rest of the net runs on arrays the caller
-        gives. Python layers computing something from bottoms stay unsupported."""
+        gives. Python layers computing something from bottoms need a mapping (:mod:`.python`)."""
         return not node.bottoms and bool(node.tops)
 
     def supports(self, backend, node=None):
@@ -234,7 +235,12 @@ class Python(LayerSpec):
             hints = " ".join(f"--input {t}=..." for t in node.tops)
             raise Unknowable(f"Python data layer {p.module}.{p.layer} is user code and is not run: its tops are net "
                              f"inputs of unknown shape; give {hints}")
-        raise Unknowable(f"Python layer {p.module}.{p.layer} is user code; it is not run (not supported)")
+        raise Unknowable(f"Python layer {p.module}.{p.layer} is user code and is not run; "
+                         + self.unsupported_note(node))
+
+    def unsupported_note(self, node):
+        name = f"{node.attrs.module}.{node.attrs.layer}"
+        return "" if self.is_input(node) else HOW_TO_MAP % (name, name)
 
 
     def module(self, node):

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..plain import Filler
-from .base import Call, LayerSpec, Shape, call, register
+from .base import Call, LayerSpec, PostOp, Shape, call, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ir import Node
@@ -75,6 +75,10 @@ class ReLU(_ElementwiseSpec):
         slope = node.attrs.negative_slope
         return call("nn.ReLU") if slope == 0.0 else call("nn.LeakyReLU", slope)
 
+    def post_op(self, node: Node) -> PostOp:
+        slope = float(node.attrs.negative_slope)
+        return PostOp("relu") if slope == 0.0 else PostOp("leaky_relu", (slope,))
+
     def to_onnx(self, node: Node, ctx: Any) -> None:
         slope = node.attrs.negative_slope
         onnx_chain(ctx, [("Relu", [], {})] if slope == 0.0 else [("LeakyRelu", [], {"alpha": slope})])
@@ -88,6 +92,9 @@ class ReLU6(_ElementwiseSpec):
 
     def module(self, node: Node) -> Call:
         return call("nn.ReLU6")
+
+    def post_op(self, node: Node) -> PostOp:
+        return PostOp("clamp", (0.0, 6.0))
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         onnx_chain(ctx, [("Clip", [ctx.scalar(0.0), ctx.scalar(6.0)], {})])
@@ -225,6 +232,11 @@ class Clip(_ElementwiseSpec):
 
     def module(self, node: Node) -> Call:
         return call("Clip", node.attrs.min, node.attrs.max)
+
+    def post_op(self, node: Node) -> PostOp | None:
+        """A clamp when ``min <= max`` (else Caffe's order of ``min`` then ``max`` is no clamp)."""
+        lo, hi = float(node.attrs.min), float(node.attrs.max)
+        return PostOp("clamp", (lo, hi)) if lo <= hi else None
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         """``Clip``; with min > max, Caffe's order (``min(x, max)`` first), which ONNX leaves undefined."""

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..plain import Filler
-from .base import Call, LayerSpec, Shape, call, canonical_axis, count, register
+from .base import Call, ChannelAffine, LayerSpec, Shape, call, canonical_axis, count, register
 
 FAMILY = "normalization"
 
@@ -108,6 +108,11 @@ class BatchNorm(LayerSpec):
                 kwargs[name] = value
         return call("BatchNorm", channels, **kwargs)
 
+    def per_channel_affine(self, node):
+        """With stored statistics, ``BatchNorm.affine``'s form (decided at run time: TRAIN, or
+        ``use_global_stats: false``, normalises with batch statistics)."""
+        return ChannelAffine(method="affine", active="uses_global_stats", depends_on=("eps",), alone=True)
+
     def to_onnx(self, node, ctx):
         """Stored statistics: ``BatchNormalization`` with the scale factor folded in (mean/s, var/s, 0 for
         s == 0, computed as the runtime does), scale 1 and bias 0 — the form runtimes fuse into a preceding
@@ -173,6 +178,14 @@ class _BroadcastSpec(LayerSpec):
             return ctx.broadcast(ctx.input(1), len(operand), axis, rank)
         return ctx.broadcast_const(ctx.param(blob), axis, rank, self.blob_names[blob])
 
+    def _per_channel(self, node: Any) -> bool:
+        """One bottom, and a learned operand covering exactly axis 1 (what folding per channel needs)."""
+        shape = node.in_shapes[0] if len(node.bottoms) == 1 and node.in_shapes else None
+        if shape is None or len(shape) < 2 or not node.param_shapes:
+            return False
+        axis = node.attrs.axis + len(shape) if node.attrs.axis < 0 else node.attrs.axis
+        return axis == 1 and tuple(node.param_shapes[0]) == (shape[1],)
+
     def operand_shape(self, node: Any, in_shapes: Sequence[Shape]) -> Shape:
         """The scale/bias operand's shape, learned or given by bottom 1 (that is also the bias blob's
         shape in a Scale with ``bias_term``)."""
@@ -217,6 +230,12 @@ class Scale(_BroadcastSpec):
         bias = [p.bias_filler if p.has("bias_filler") else None] if p.bias_term else []
         return weight + bias
 
+    def per_channel_affine(self, node):
+        """The learned one-bottom form over axis 1 alone: ``x * weight (+ bias)``."""
+        if not self._per_channel(node):
+            return None
+        return ChannelAffine(multiplier="weight", offset="bias" if node.attrs.bias_term else None)
+
     def node_blob_names(self, node) -> tuple[str, ...]:
         """``weight`` (one-bottom form only), then ``bias`` (with ``bias_term``)."""
         return (("weight",) if len(node.bottoms) == 1 else ()) + (("bias",) if node.attrs.bias_term else ())
@@ -249,6 +268,10 @@ class Bias(_BroadcastSpec):
     def fillers(self, node) -> list[Filler | None]:
         p = node.attrs
         return [p.filler if p.has("filler") else None] if len(node.bottoms) == 1 else []
+
+    def per_channel_affine(self, node):
+        """The learned one-bottom form over axis 1 alone: ``x + bias``."""
+        return ChannelAffine(offset="bias") if self._per_channel(node) else None
 
     def to_onnx(self, node, ctx):
         operand = self.onnx_operand(node, ctx, 0 if ctx.num_inputs == 1 else None)

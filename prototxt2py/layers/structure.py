@@ -506,6 +506,11 @@ class Eltwise(LayerSpec):
             kwargs["stable_prod_grad"] = False
         return call("Eltwise", **kwargs)
 
+    def residual_add(self, node) -> bool:
+        """SUM of two distinct bottoms with unit coefficients."""
+        a = node.attrs
+        return a.operation == "SUM" and len(set(node.inputs)) == len(node.inputs) == 2 and a.coeffs == (1.0, 1.0)
+
     def to_onnx(self, node, ctx):
         """MAX is ``Max`` (ties pick an equal value, so the forward result is Caffe's); PROD and SUM are
         chains in bottom order, as Caffe accumulates (SUM: ``top += coeff_i * bottom_i``)."""

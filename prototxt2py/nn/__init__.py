@@ -47,10 +47,36 @@ def helpers() -> dict[str, Any]:
     return _HELPERS
 
 
+#: Objects a caller handed over for ``Call`` targets (``python_layers`` mappings), by target string: found
+#: here first, so a class defined in a script or a test resolves without importing anything.
+OBJECTS: dict[str, Any] = {}
+
+
+def register_object(target: str, obj: Any) -> str:
+    """Make ``target`` (``"module:qualname"``) resolve to ``obj``; a different object already holding that
+    name gets a numbered variant. Returns the target to use."""
+    name, i = target, 1
+    while OBJECTS.get(name, obj) is not obj:
+        i += 1
+        name = f"{target}#{i}"
+    OBJECTS[name] = obj
+    return name
+
+
 def resolve(target: str) -> Any:
-    """The class a :class:`Call` target names: ``"nn.X"`` is ``torch.nn.X``; other names are helpers."""
+    """The class a :class:`Call` target names: ``"nn.X"`` is ``torch.nn.X``; ``"package.module:Class"`` is
+    ``Class`` of that installed module (a plugin's helper; targets come from installed spec code, never from
+    model files); other names are helpers of this package."""
     if target.startswith("nn."):
         from torch import nn
 
         return getattr(nn, target[3:])
+    if ":" in target:
+        if target in OBJECTS:
+            return OBJECTS[target]
+        module_name, _, qualname = target.partition(":")
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return obj
     return helpers()[target]

@@ -639,10 +639,11 @@ def _layer_failure(net: Any, inputs: dict[str, torch.Tensor], error: Exception) 
 
     env = {vid: inputs[net.graph.values[vid].blob] for vid in net.graph.inputs
            if net.graph.values[vid].blob in inputs}
-    nodes = {step[1]: node for step, node in zip(net._plan, net.graph.nodes, strict=True)}
+    nodes = {step.key: node for step, node in zip(net._plan, net.graph.nodes, strict=True)}
     with torch.no_grad():
-        for kind, key, ins, outs in net._plan:
-            if kind == INPUT:
+        for step in net._plan:
+            key, ins, outs = step.key, step.inputs, step.outputs
+            if step.kind is INPUT:
                 continue
             node = nodes.get(key)
             try:

@@ -63,9 +63,10 @@ def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cp
         for vid in g.inputs:
             env[vid] = inputs[g.values[vid].blob]
         leaves: list[tuple[list[torch.Tensor], tuple[str, ...]]] = []
-        for i, ((kind, key, ins, outs), _node) in enumerate(steps):
-            if kind == INPUT:
-                forward[i] += 0.0 if warm else data_time / max(1, sum(1 for s, _ in steps if s[0] == INPUT))
+        for i, (step, _node) in enumerate(steps):
+            kind, key, ins, outs = step.kind, step.key, step.inputs, step.outputs
+            if kind is INPUT:
+                forward[i] += 0.0 if warm else data_time / max(1, sum(1 for s, _ in steps if s.kind is INPUT))
                 leaves.append(([], ins))
                 continue
             bottoms = [env[v].detach().requires_grad_(env[v].is_floating_point()) for v in ins]
@@ -84,7 +85,8 @@ def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cp
             vid = g.final_value(blob).id
             grads[vid] = torch.full_like(env[vid], float(w))
         for i in range(len(steps) - 1, -1, -1):
-            (kind, key, ins, outs), node = steps[i]
+            step, node = steps[i]
+            kind, key, ins, outs = step.kind, step.key, step.inputs, step.outputs
             pairs = [(env[v], grads[v]) for v in outs if v in grads and env[v].requires_grad]
             if kind == INPUT or not pairs:
                 continue

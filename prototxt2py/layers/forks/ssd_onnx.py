@@ -1,7 +1,7 @@
 """Standard-op ONNX graphs for SSD's ``DetectionOutput`` and R-FCN's ``PSROIPooling``.
 
 Plain functions over the exporter's :class:`~prototxt2py.backends.onnx_export.OnnxContext`; the layer specs in
-:mod:`prototxt2py.layers.forks` delegate to them. Only numpy is imported, so the layer modules stay torch-
+:mod:`.ssd` and :mod:`.rcnn` delegate to them. Only numpy is imported, so the layer modules stay torch-
 and onnx-free.
 
 DetectionOutput (weiliu89/caffe ``ssd``: ``DetectionOutputLayer::Forward_cpu``, ``bbox_util.cpp``) maps onto
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..ir import Node
+    from prototxt2py.ir import Node
 
 #: ONNX ``TensorProto.DOUBLE`` (the context names FLOAT and INT64 only; onnx is not imported here).
 DOUBLE = 11
@@ -213,7 +213,7 @@ def _finish(ctx: Any, rows: str, batch: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 def psroi_pooling(node: Node, ctx: Any) -> None:
     """R-FCN's position-sensitive average pooling as the runtime computes it (see
-    :class:`prototxt2py.nn.forks.PSROIPooling`): corners rounded half away from zero, bin edges from float32
+    :class:`.rcnn_nn.PSROIPooling`): corners rounded half away from zero, bin edges from float32
     sizes with ``p * bin + start`` rounded once, floor/ceil and clamped, then each bin's mean from a float64
     summed-area table (empty bins 0). Bin (ph, pw) of output channel d reads input channel
     ``(d * G + ph) * G + pw``."""

@@ -1,0 +1,271 @@
+"""Faster R-CNN / R-FCN torch modules: ROIPooling, PSROIPooling, SmoothL1Loss.
+
+ROI corners round half away from zero and a bin's maximum is its first in row-major order, as the forks compute them.
+"""
+
+import math
+import struct
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _roi_round_half_away(t: torch.Tensor) -> torch.Tensor:
+    """C's ``round``: halves go away from zero (``torch.round`` rounds them to even)."""
+    t = t.double()
+    return torch.sign(t) * torch.floor(t.abs() + 0.5)
+
+
+def _roi_batch(rois: torch.Tensor, batch: int) -> torch.Tensor:
+    b = rois[:, 0].long()  # float -> int truncates
+    if b.numel() and (int(b.min()) < 0 or int(b.max()) >= batch):
+        raise ValueError(f"ROI batch index out of range for a batch of {batch}")
+    return b
+
+
+def _roi_first_max(v1, i1, v2, i2):
+    """Combine two (max, argmax) candidates as a row-major scan with ``>`` does: the larger value, on a
+    tie the smaller flat index."""
+    take2 = (v2 > v1) | ((v2 == v1) & (i2 < i1))
+    return torch.where(take2, v2, v1), torch.where(take2, i2, i1)
+
+
+def _roi_bit_length(e: torch.Tensor, levels: int) -> torch.Tensor:
+    """floor(log2(e)) for e >= 1, exactly (e < 1 gives 0)."""
+    k = torch.zeros_like(e)
+    for lv in range(1, levels):
+        k += (e >= (1 << lv)).long()
+    return k
+
+
+def _roi_shifted(t: torch.Tensor, s: int, dim: int, fill: float) -> torch.Tensor:
+    """``t`` moved ``s`` places towards 0 along ``dim``, padded with ``fill`` (never read by a query)."""
+    n = t.shape[dim]
+    pad = torch.full_like(t.narrow(dim, 0, min(s, n)), fill)
+    return torch.cat([t.narrow(dim, s, n - s), pad], dim) if s < n else pad
+
+
+def _roi_rect_max(x, b, hs, he, ws, we, with_index: bool):
+    """Max (and with ``with_index`` first argmax as flat ``h * W + w``) of ``x[b, :, hs:he, ws:we]`` for
+    every ROI bin.
+
+    ``b (R,)``, ``hs/he (R, PH)``, ``ws/we (R, PW)``; returns ``(R, C, PH, PW)`` values (0 for empty bins)
+    and argmaxes (-1 for empty bins). A 2-D sparse table of power-of-two window maxima, channels last so
+    that a lookup reads one contiguous row, answers every bin with four overlapping lookups: the cost does
+    not depend on the bin sizes.
+    """
+    bsz, c, height, width = x.shape
+    r, ph, pw = b.shape[0], hs.shape[1], ws.shape[1]
+    eh, ew = (he - hs).clamp(min=0), (we - ws).clamp(min=0)
+    lh = max(int(eh.max()) if eh.numel() else 1, 1).bit_length()
+    lw = max(int(ew.max()) if ew.numel() else 1, 1).bit_length()
+    v = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C)
+    i = torch.arange(height * width, dtype=torch.int32, device=x.device)
+    i = (
+        i.view(1, height, width, 1).expand(bsz, height, width, c)
+        if with_index
+        else None
+    )
+
+    def combine(va, ia, s: int, dim: int):
+        vb = _roi_shifted(va, s, dim, -math.inf)
+        if ia is None:
+            return torch.maximum(va, vb), None
+        return _roi_first_max(va, ia, vb, _roi_shifted(ia, s, dim, 0))
+
+    row = [(v, i)]
+    for j in range(1, lw):
+        row.append(combine(*row[-1], 1 << (j - 1), 2))
+    levels = [row]
+    for k in range(1, lh):
+        levels.append([combine(va, ia, 1 << (k - 1), 1) for va, ia in levels[-1]])
+    # (Lh, Lw, B, H, W, C)
+    table_v = torch.stack([torch.stack([va for va, _ in lv]) for lv in levels])
+    table_i = None
+    if with_index:
+        table_i = torch.stack([torch.stack([ia for _, ia in lv]) for lv in levels])
+
+    kh = _roi_bit_length(eh, lh).view(r, ph, 1).expand(r, ph, pw)
+    kw = _roi_bit_length(ew, lw).view(r, 1, pw).expand(r, ph, pw)
+    h1 = hs.clamp(0, height - 1).view(r, ph, 1).expand(r, ph, pw)
+    w1 = ws.clamp(0, width - 1).view(r, 1, pw).expand(r, ph, pw)
+    h2 = (he.view(r, ph, 1) - (1 << kh)).clamp(0, height - 1)
+    w2 = (we.view(r, 1, pw) - (1 << kw)).clamp(0, width - 1)
+    # row of the flattened (Lh, Lw, B, H, W) table
+    cell = ((kh * lw + kw) * bsz + b.view(r, 1, 1)) * height
+    rows_v = table_v.view(-1, c)
+    rows_i = table_i.view(-1, c) if with_index else None
+    best_v = best_i = None
+    for hh, ww in ((h1, w1), (h1, w2), (h2, w1), (h2, w2)):
+        at = ((cell + hh) * width + ww).reshape(-1)
+        cv = rows_v.index_select(0, at)  # (R * PH * PW, C)
+        ci = rows_i.index_select(0, at) if with_index else None
+        if best_v is None:
+            best_v, best_i = cv, ci
+        elif with_index:
+            best_v, best_i = _roi_first_max(best_v, best_i, cv, ci)
+        else:
+            best_v = torch.maximum(best_v, cv)
+    empty = ((eh.view(r, ph, 1) <= 0) | (ew.view(r, 1, pw) <= 0)).reshape(-1, 1)
+    best_v = torch.where(empty, torch.zeros((), dtype=x.dtype, device=x.device), best_v)
+    best_v = best_v.view(r, ph, pw, c).permute(0, 3, 1, 2).contiguous()
+    if with_index:
+        none = torch.full((), -1, dtype=best_i.dtype, device=x.device)
+        best_i = torch.where(empty, none, best_i)
+        best_i = best_i.view(r, ph, pw, c).permute(0, 3, 1, 2).contiguous()
+    return best_v, best_i
+
+
+def _roi_pool_bins(rois, scale: float, ph: int, pw: int, height: int, width: int):
+    """Fast R-CNN's bins: ROI corners ``round(coord * scale)``, size ``max(end - start + 1, 1)``, bin p
+    spans ``[floor(p * size / n), ceil((p + 1) * size / n))`` (float32) shifted by the start, clipped to
+    the map."""
+    f32 = torch.float32
+    scaled = rois[:, 1:5].float() * torch.tensor(scale, dtype=f32)
+    x1, y1, x2, y2 = _roi_round_half_away(scaled).long().unbind(1)
+    bin_h = ((y2 - y1 + 1).clamp(min=1).to(f32) / ph).unsqueeze(1)
+    bin_w = ((x2 - x1 + 1).clamp(min=1).to(f32) / pw).unsqueeze(1)
+    p_h = torch.arange(ph, dtype=f32, device=rois.device)
+    p_w = torch.arange(pw, dtype=f32, device=rois.device)
+    hs = (torch.floor(p_h * bin_h).long() + y1.unsqueeze(1)).clamp(0, height)
+    he = (torch.ceil((p_h + 1) * bin_h).long() + y1.unsqueeze(1)).clamp(0, height)
+    ws = (torch.floor(p_w * bin_w).long() + x1.unsqueeze(1)).clamp(0, width)
+    we = (torch.ceil((p_w + 1) * bin_w).long() + x1.unsqueeze(1)).clamp(0, width)
+    return hs, he, ws, we
+
+
+class _ROIPoolFn(torch.autograd.Function):
+    """Max pooling over ROI bins; backward sends each top diff to its bin's first maximum (Caffe's
+    argmax), nothing to the ROIs."""
+
+    @staticmethod
+    def forward(ctx, x, rois, ph: int, pw: int, scale: float):
+        rois = rois.reshape(rois.shape[0], -1)
+        b = _roi_batch(rois, x.shape[0])
+        hs, he, ws, we = _roi_pool_bins(rois, scale, ph, pw, x.shape[2], x.shape[3])
+        with_index = ctx.needs_input_grad[0]
+        top, arg = _roi_rect_max(x, b, hs, he, ws, we, with_index=with_index)
+        ctx.save_for_backward(b, arg)
+        ctx.in_shape = x.shape
+        return top
+
+    @staticmethod
+    def backward(ctx, grad):
+        b, arg = ctx.saved_tensors
+        bsz, c, h, w = ctx.in_shape
+        size = bsz * c * h * w
+        channel = torch.arange(c, device=grad.device).view(1, c, 1, 1)
+        base = (b.view(-1, 1, 1, 1) * c + channel) * (h * w)
+        target = torch.where(
+            arg >= 0, base + arg, size
+        )  # empty bins go to a spare slot
+        out = torch.zeros(size + 1, dtype=grad.dtype, device=grad.device)
+        out.index_add_(0, target.reshape(-1), grad.reshape(-1))
+        return out[:size].view(ctx.in_shape), None, None, None, None
+
+
+class ROIPooling(nn.Module):
+    """Fast R-CNN's ROIPooling: rois ``(R, 5)`` = (batch index, x1, y1, x2, y2) -> ``(R, C, ph, pw)``."""
+
+    def __init__(
+        self, pooled_h: int, pooled_w: int, spatial_scale: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.pooled_h, self.pooled_w, self.spatial_scale = (
+            pooled_h,
+            pooled_w,
+            spatial_scale,
+        )
+
+    def forward(self, x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        return _ROIPoolFn.apply(
+            x, rois, self.pooled_h, self.pooled_w, self.spatial_scale
+        )
+
+
+class PSROIPooling(nn.Module):
+    """R-FCN's position-sensitive average pooling: bin (ph, pw) of output channel d averages input
+    channel ``(d * G + ph) * G + pw``. Bin sums come from a float64 summed-area table (autograd gives
+    Caffe's ``top_diff / bin_area`` spread over the bin)."""
+
+    def __init__(self, output_dim: int, group_size: int, spatial_scale: float) -> None:
+        super().__init__()
+        self.output_dim, self.group_size = output_dim, group_size
+        self.spatial_scale = spatial_scale
+
+    def forward(self, x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        g, d = self.group_size, self.output_dim
+        bsz, c, height, width = x.shape
+        rois = rois.reshape(rois.shape[0], -1)
+        b = _roi_batch(rois, bsz)
+        f32 = torch.float32
+        scale = torch.tensor(self.spatial_scale, dtype=f32)
+        rounded = _roi_round_half_away(rois[:, 1:5].float()).float()
+        start_w, start_h = rounded[:, 0] * scale, rounded[:, 1] * scale
+        end_w, end_h = (rounded[:, 2] + 1) * scale, (rounded[:, 3] + 1) * scale
+        tenth = torch.tensor(0.1, dtype=f32)
+        bin_w = (torch.maximum(end_w - start_w, tenth) / g).unsqueeze(1)
+        bin_h = (torch.maximum(end_h - start_h, tenth) / g).unsqueeze(1)
+        p = torch.arange(g, dtype=torch.float64, device=x.device)
+
+        def edges(start, size, limit: int):
+            # the GPU kernel's p * bin + start is one fused multiply-add: exact in float64, rounded once
+            lo = (p * size.double() + start.double().unsqueeze(1)).float()
+            hi = ((p + 1) * size.double() + start.double().unsqueeze(1)).float()
+            return torch.floor(lo).long().clamp(0, limit), torch.ceil(hi).long().clamp(
+                0, limit
+            )
+
+        hs, he = edges(start_h, bin_h, height)
+        ws, we = edges(start_w, bin_w, width)
+        sat = F.pad(x.double().cumsum(2).cumsum(3), (1, 0, 1, 0))  # (B, C, H+1, W+1)
+        r = b.shape[0]
+        dev = x.device
+        ch = torch.arange(d, device=dev).view(d, 1, 1) * g + torch.arange(
+            g, device=dev
+        ).view(1, g, 1)
+        ch = (ch * g + torch.arange(g, device=dev).view(1, 1, g)).unsqueeze(
+            0
+        )  # (1, D, G, G)
+        bb = b.view(r, 1, 1, 1)
+        h0, h1 = hs.view(r, 1, g, 1), he.view(r, 1, g, 1)
+        w0, w1 = ws.view(r, 1, 1, g), we.view(r, 1, 1, g)
+        total = (
+            sat[bb, ch, h1, w1]
+            - sat[bb, ch, h0, w1]
+            - sat[bb, ch, h1, w0]
+            + sat[bb, ch, h0, w0]
+        )
+        area = ((h1 - h0) * (w1 - w0)).to(torch.float64)
+        empty = area <= 0
+        mean = total / torch.where(empty, torch.ones_like(area), area)
+        return torch.where(empty, torch.zeros_like(mean), mean).to(x.dtype)
+
+
+class SmoothL1Loss(nn.Module):
+    """py-faster-rcnn's SmoothL1Loss: ``sum(w_out * f(w_in * (a - b))) / num`` with
+    ``f(d) = 0.5 * sigma^2 * d^2`` for ``|d| < 1 / sigma^2``, else ``|d| - 0.5 / sigma^2`` (in double, as
+    the kernel; sigma^2 kept as a float32 value, as the layer). The weights (bottoms 2 and 3) get no
+    gradient; both predictions and targets do."""
+
+    def __init__(self, sigma: float = 1.0) -> None:
+        super().__init__()
+        self.sigma = sigma
+        self.sigma2 = struct.unpack("f", struct.pack("f", sigma * sigma))[0]
+
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, *weights: torch.Tensor
+    ) -> torch.Tensor:
+        sigma2 = self.sigma2
+        d = a - b
+        if weights:
+            d = weights[0].detach() * d
+        d64 = d.double()
+        small = d64.abs() < 1.0 / sigma2
+        err = torch.where(small, 0.5 * d64 * d64 * sigma2, d64.abs() - 0.5 / sigma2).to(
+            a.dtype
+        )
+        if weights:
+            err = weights[1].detach() * err
+        return err.sum() / a.shape[0]

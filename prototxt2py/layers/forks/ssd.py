@@ -1,0 +1,372 @@
+"""SSD (weiliu89/caffe, branch ``ssd``): Permute, PriorBox, DetectionOutput, MultiBoxLoss, AnnotatedData.
+
+Written as a third-party plugin: public plugin API only, torch helpers in :mod:`.ssd_nn`, the standard-op ONNX
+graphs of DetectionOutput in :mod:`.ssd_onnx`. Quirks kept: PriorBox truncates ``min_size``/``max_size`` to
+integers; DetectionOutput's rows follow Caffe's order (image, label, NMS order).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from prototxt2py.layers import LayerSpec, Unknowable, call, legacy_shape, plain, register
+from prototxt2py.layers.data import DataAttrs, DataLayerSpec, crop_size, input_hint
+
+from . import ssd_onnx
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prototxt2py.ir import Node
+
+FAMILY = "forks"
+FLT_MAX = 3.4028234663852886e38
+
+#: The module holding this fork's torch helpers (imported only when a module is built).
+NN = "prototxt2py.layers.forks.ssd_nn"
+
+
+def _permute_order(node: Node, spec: LayerSpec, ndim: int) -> tuple[int, ...]:
+    """SSD's rule: the listed axes first, then every unlisted axis in increasing order."""
+    given = list(node.attrs.order)
+    if any(o >= ndim for o in given):
+        raise spec.fail(node, f"permute order {given} names an axis >= {ndim}")
+    if len(set(given)) != len(given):
+        raise spec.fail(node, f"permute order {given} repeats an axis")
+    return (*given, *(i for i in range(ndim) if i not in given))
+
+
+@register
+class Permute(LayerSpec):
+    type = "Permute"
+    family = FAMILY
+    onnx_dynamic_sizes = True  # Transpose
+    summary = "transpose axes (SSD): permute_param.order, unlisted axes follow in their order"
+
+    def infer_shapes(self, node, in_shapes):
+        shape = in_shapes[0]
+        return [tuple(shape[o] for o in _permute_order(node, self, len(shape)))]
+
+    def module(self, node):
+        return call(f"{NN}:Permute", _permute_order(node, self, len(node.in_shapes[0])))
+
+    def to_onnx(self, node, ctx):
+        perm = _permute_order(node, self, len(ctx.in_shape(0)))
+        ctx.add("Transpose", [ctx.input(0)], ctx.output(0), perm=list(perm))
+
+
+@dataclass(frozen=True)
+class PriorBoxAttrs:
+    min_sizes: tuple[int, ...]  # the SSD layer truncates sizes to int when it draws the boxes
+    max_sizes: tuple[int, ...]
+    aspect_ratios: tuple[float, ...]  # 1 first, duplicates dropped, 1/ar after ar with flip (float32 values)
+    clip: bool
+    variance: tuple[float, ...]  # one value for all coordinates, or four
+    img_h: int  # 0: from bottom 1
+    img_w: int
+    step_h: float  # 0: image size / feature map size
+    step_w: float
+    offset: float
+    reduce_boxes: bool  # MobileNet-SSD: the first box of each min_size is min_size / 2
+    unsupported: tuple[str, ...]  # OpenCV's explicit box fields
+
+    @property
+    def num_priors(self) -> int:
+        return len(self.aspect_ratios) * len(self.min_sizes) + len(self.max_sizes)
+
+
+def _f32(v: float) -> float:
+    """``v`` rounded to a float32 value, as the fork keeps it."""
+    return float(np.float32(v))
+
+
+def _prior_box_attrs(p: Any) -> PriorBoxAttrs:
+    """SSD's ``PriorBoxLayer::LayerSetUp`` checks and derived lists, from the plain ``prior_box_param``."""
+    if not p.min_size or any(m <= 0 for m in p.min_size):
+        raise ValueError("prior_box_param needs positive min_size values")
+    if p.max_size:
+        if len(p.max_size) != len(p.min_size):
+            raise ValueError(f"{len(p.max_size)} max_size for {len(p.min_size)} min_size values (must match)")
+        if any(mx <= mn for mn, mx in zip(p.min_size, p.max_size, strict=True)):
+            raise ValueError("every max_size must be greater than its min_size")
+    ratios = [1.0]
+    for ar in p.aspect_ratio:
+        if all(abs(ar - r) >= 1e-6 for r in ratios):
+            ratios.append(ar)
+            if p.flip:
+                ratios.append(_f32(1.0 / ar))
+    if len(p.variance) > 1 and len(p.variance) != 4:
+        raise ValueError(f"prior_box_param needs 1 or 4 variance values, got {len(p.variance)}")
+    if any(v <= 0 for v in p.variance):
+        raise ValueError("variance values must be positive")
+    if p.has("img_h") or p.has("img_w"):
+        if p.has("img_size"):
+            raise ValueError("give either img_size or img_h/img_w, not both")
+        img_h, img_w = p.img_h, p.img_w
+        if img_h <= 0 or img_w <= 0:
+            raise ValueError("img_h and img_w must both be positive")
+    elif p.has("img_size"):
+        if p.img_size <= 0:
+            raise ValueError("img_size must be positive")
+        img_h = img_w = p.img_size
+    else:
+        img_h = img_w = 0
+    if p.has("step_h") or p.has("step_w"):
+        if p.has("step"):
+            raise ValueError("give either step or step_h/step_w, not both")
+        step_h, step_w = p.step_h, p.step_w
+        if step_h <= 0 or step_w <= 0:
+            raise ValueError("step_h and step_w must both be positive")
+    elif p.has("step"):
+        if p.step <= 0:
+            raise ValueError("step must be positive")
+        step_h = step_w = p.step
+    else:
+        step_h = step_w = 0.0
+    return PriorBoxAttrs(
+        min_sizes=tuple(int(m) for m in p.min_size),
+        max_sizes=tuple(int(m) for m in p.max_size),
+        aspect_ratios=tuple(ratios),
+        clip=p.clip,
+        variance=tuple(p.variance) or (0.1,),
+        img_h=img_h,
+        img_w=img_w,
+        step_h=step_h,
+        step_w=step_w,
+        offset=p.offset,
+        reduce_boxes=p.reduce_boxes,
+        unsupported=tuple(f for f in ("offset_h", "offset_w", "width", "height") if getattr(p, f)),
+    )
+
+
+@register
+class PriorBox(LayerSpec):
+    type = "PriorBox"
+    bottoms = (1, 2)
+    family = FAMILY
+    onnx_dynamic_sizes = True  # the boxes are computed from the run-time sizes when they change
+    summary = "SSD default boxes (1, 2, H*W*num_priors*4) from min/max sizes, aspect ratios, flip, clip, step"
+
+    def attrs(self, layer):
+        return _prior_box_attrs(plain(layer.prior_box_param))
+
+    def infer_shapes(self, node, in_shapes):
+        a: PriorBoxAttrs = node.attrs
+        if a.unsupported:
+            raise Unknowable(f"PriorBox with OpenCV's {'/'.join(a.unsupported)} fields is not supported")
+        if not a.img_h and len(in_shapes) < 2:
+            raise self.fail(node, "PriorBox needs the image blob as bottom 1 unless img_size or img_h/img_w is set")
+        _, _, h, w = legacy_shape(in_shapes[0])
+        return [(1, 2, h * w * a.num_priors * 4)]
+
+    def module(self, node):
+        a: PriorBoxAttrs = node.attrs
+        if a.unsupported:
+            raise ValueError(f"PriorBox with OpenCV's {'/'.join(a.unsupported)} fields is not supported")
+        given = {
+            "max_sizes": a.max_sizes or None,
+            "aspect_ratios": a.aspect_ratios if a.aspect_ratios != (1.0,) else None,
+            "clip": a.clip or None,
+            "variance": a.variance if a.variance != (0.1,) else None,
+            "img_h": a.img_h or None,
+            "img_w": a.img_w or None,
+            "step_h": a.step_h or None,
+            "step_w": a.step_w or None,
+            "offset": a.offset if a.offset != 0.5 else None,
+            "reduce_boxes": a.reduce_boxes or None,
+        }
+        return call(f"{NN}:PriorBox", a.min_sizes, **{k: v for k, v in given.items() if v is not None})
+
+    def to_onnx(self, node, ctx):
+        """The boxes depend on the bottoms' sizes only, which the export fixes: a constant (computed by the
+        runtime's own module)."""
+        a: PriorBoxAttrs = node.attrs
+        if ctx.dynamic_sizes and ctx.sizes_vary:
+            _prior_boxes_sized(ctx, a)
+            return
+        _, _, h, w = legacy_shape(ctx.in_shape(0))
+        img_h, img_w = (a.img_h, a.img_w) if a.img_h else legacy_shape(ctx.in_shape(1))[2:]
+        priors = self.module(node).build().priors(h, w, img_h, img_w)
+        ctx.identity(ctx.const(priors.numpy(), "priors"), ctx.output(0))
+
+
+def _prior_boxes_sized(ctx: Any, a: PriorBoxAttrs) -> None:
+    """PriorBox with symbolic sizes (``--dynamic``): the runtime module's arithmetic as ONNX ops on the
+    run-time feature map and image sizes, in the same precisions (steps and centres in float32, box edges in
+    double, then float32), so the boxes equal the constant a fixed-size export would hold."""
+    if any(len(ctx.in_shape(i)) != 4 for i in range(ctx.num_inputs)):
+        ctx.fixed_sizes_only("PriorBox of blobs without 4 axes with symbolic sizes")
+    double = ctx.DOUBLE
+    sizes = []  # (width, height) per prior, in Caffe's order (as ssd_nn.PriorBox.priors)
+    for s, m in enumerate(a.min_sizes):
+        first = m / 2.0 if a.reduce_boxes else float(m)
+        sizes.append((first, first))
+        if a.max_sizes:
+            side = math.sqrt(m * a.max_sizes[s])
+            sizes.append((side, side))
+        sizes += [(m * math.sqrt(ar), m / math.sqrt(ar)) for ar in a.aspect_ratios if abs(ar - 1.0) >= 1e-6]
+    half = np.array(sizes, dtype=np.float32) / np.float32(2.0)  # (P, 2): exact, so float32 holds the doubles
+    layer = ctx.dims(ctx.input(0), 2, 4)  # (H, W)
+    image = ctx.ints([a.img_h, a.img_w], "image") if a.img_h else ctx.dims(ctx.input(1), 2, 4)
+    if a.step_w:
+        step = ctx.const(np.array([a.step_h, a.step_w], dtype=np.float32), "step")
+    else:  # float(image size) / feature map size, in float32
+        step = ctx.add("Div", [ctx.add("Cast", [image], to=ctx.FLOAT), ctx.add("Cast", [layer], to=ctx.FLOAT)])
+    image_d = ctx.add("Cast", [image], to=double)
+    centres, scales = [], []
+    for axis in (0, 1):  # rows (y), then columns (x)
+        def pick(t: str, i: int = axis) -> str:
+            return ctx.add("Gather", [t, ctx.const(np.int64(i))], axis=0)
+        cells = ctx.add("Cast", [ctx.add("Range", [ctx.const(np.int64(0)), pick(layer), ctx.const(np.int64(1))])],
+                        to=ctx.FLOAT)
+        centre = ctx.add("Mul", [ctx.add("Add", [cells, ctx.scalar(a.offset)]), pick(step)])
+        centres.append(ctx.add("Cast", [centre], to=double))
+        scales.append(pick(image_d))
+    cy = ctx.add("Unsqueeze", [centres[0], ctx.ints([1, 2], "axes")])  # (H, 1, 1)
+    cx = ctx.add("Unsqueeze", [centres[1], ctx.ints([0, 2], "axes")])  # (1, W, 1)
+    grid = ctx.concat_ints([layer, [len(sizes)]], "grid")  # (H, W, P)
+    edges = []
+    for centre, column, scale, op in ((cx, 0, scales[1], "Sub"), (cy, 1, scales[0], "Sub"),
+                                      (cx, 0, scales[1], "Add"), (cy, 1, scales[0], "Add")):
+        half_size = ctx.add("Cast", [ctx.const(half[:, column].copy(), "half")], to=double)
+        edge = ctx.add("Div", [ctx.add(op, [centre, half_size]), scale])
+        edges.append(ctx.add("Unsqueeze", [ctx.add("Expand", [edge, grid]), ctx.ints([3], "axes")]))
+    boxes = ctx.add("Cast", [ctx.add("Concat", edges, axis=3)], to=ctx.FLOAT)  # (H, W, P, 4)
+    if a.clip:
+        boxes = ctx.add("Clip", [boxes, ctx.scalar(0.0), ctx.scalar(1.0)])
+    variance = np.array(a.variance if len(a.variance) == 4 else a.variance[:1], dtype=np.float32)
+    variance = ctx.add("Expand", [ctx.const(variance, "variance"), ctx.shape_of(boxes)])
+    flat = [ctx.add("Reshape", [t, ctx.ints([1, 1, -1], "row")]) for t in (boxes, variance)]
+    ctx.add("Concat", flat, ctx.output(0), axis=1)
+
+
+@dataclass(frozen=True)
+class DetectionOutputAttrs:
+    num_classes: int
+    share_location: bool
+    background_label_id: int
+    code_type: str  # PriorBoxParameter.CodeType: "CORNER", "CENTER_SIZE" or "CORNER_SIZE"
+    variance_encoded_in_target: bool
+    keep_top_k: int
+    confidence_threshold: float  # -FLT_MAX when unset: every score passes
+    nms_threshold: float
+    eta: float
+    top_k: int  # -1: no limit
+
+    @property
+    def num_loc_classes(self) -> int:
+        return 1 if self.share_location else self.num_classes
+
+
+@register
+class DetectionOutput(LayerSpec):
+    type = "DetectionOutput"
+    bottoms = (3, 4)
+    family = FAMILY
+    summary = "SSD detections (1, 1, kept, 7): decode loc against priors, per-class NMS, keep_top_k; dynamic size"
+
+    def attrs(self, layer):
+        p = plain(layer.detection_output_param)
+        if not p.has("num_classes"):
+            raise ValueError("detection_output_param.num_classes is required")
+        nms = p.nms_param
+        if nms.nms_threshold < 0 or not 0 < nms.eta <= 1:
+            raise ValueError("nms_threshold must be >= 0 and eta in (0, 1]")
+        return DetectionOutputAttrs(
+            num_classes=p.num_classes,
+            share_location=p.share_location,
+            background_label_id=p.background_label_id,
+            code_type=p.code_type,
+            variance_encoded_in_target=p.variance_encoded_in_target,
+            keep_top_k=p.keep_top_k,
+            confidence_threshold=p.confidence_threshold if p.has("confidence_threshold") else -FLT_MAX,
+            nms_threshold=nms.nms_threshold,
+            eta=nms.eta,
+            top_k=nms.top_k if nms.has("top_k") else -1,
+        )
+
+    def infer_shapes(self, node, in_shapes):
+        a: DetectionOutputAttrs = node.attrs
+        loc, conf, prior = in_shapes[:3]
+        if loc[0] != conf[0]:
+            raise self.fail(node, f"loc {tuple(loc)} and conf {tuple(conf)} must have the same batch size")
+        num_priors = legacy_shape(prior)[2] // 4
+        if legacy_shape(loc)[1] != num_priors * a.num_loc_classes * 4:
+            raise self.fail(node, f"loc has {legacy_shape(loc)[1]} channels, need {num_priors} priors x "
+                                  f"{a.num_loc_classes} x 4")
+        if legacy_shape(conf)[1] != num_priors * a.num_classes:
+            raise self.fail(node, f"conf has {legacy_shape(conf)[1]} channels, need {num_priors} priors x "
+                                  f"{a.num_classes} classes")
+        most = f"at most keep_top_k={a.keep_top_k} per image" if a.keep_top_k > -1 else "no keep_top_k limit"
+        raise Unknowable(f"DetectionOutput keeps a data-dependent number of boxes after NMS ({most}): top is "
+                         f"(1, 1, kept, 7)")
+
+    def module(self, node):
+        a: DetectionOutputAttrs = node.attrs
+        given = {
+            "share_location": None if a.share_location else False,
+            "background_label_id": a.background_label_id or None,
+            "code_type": None if a.code_type == "CORNER" else a.code_type,
+            "variance_encoded_in_target": a.variance_encoded_in_target or None,
+            "keep_top_k": None if a.keep_top_k == -1 else a.keep_top_k,
+            "confidence_threshold": None if a.confidence_threshold == -FLT_MAX else a.confidence_threshold,
+            "nms_threshold": a.nms_threshold,
+            "eta": None if a.eta == 1.0 else a.eta,
+            "top_k": None if a.top_k == -1 else a.top_k,
+        }
+        return call(f"{NN}:DetectionOutput", a.num_classes, **{k: v for k, v in given.items() if v is not None})
+
+    def onnx_top_shapes(self, node):
+        return [(1, 1, "detections", 7)]
+
+    def to_onnx(self, node, ctx):
+        ssd_onnx.detection_output(node, ctx)
+
+
+@register
+class MultiBoxLoss(LayerSpec):
+    type = "MultiBoxLoss"
+    bottoms = (4, 4)
+    is_loss = True
+    family = FAMILY
+    summary = "SSD training loss (matching, hard negative mining): shapes only, no backend"
+
+    def infer_shapes(self, node, in_shapes):
+        p = node.attrs
+        loc, conf, prior = in_shapes[:3]
+        num_priors = legacy_shape(prior)[2] // 4
+        loc_classes = 1 if p.share_location else p.num_classes
+        if legacy_shape(loc)[1] != num_priors * loc_classes * 4 or legacy_shape(conf)[1] != num_priors * p.num_classes:
+            raise self.fail(node, f"loc {tuple(loc)} / conf {tuple(conf)} do not match {num_priors} priors and "
+                                  f"{p.num_classes} classes")
+        return [()]
+
+
+@register
+class AnnotatedData(DataLayerSpec):
+    type = "AnnotatedData"
+    family = FAMILY
+    tops = (1, 2)
+    summary = "SSD: images + boxes from an LMDB of AnnotatedDatum (data_param, resize_param); a net input"
+
+    def data_attrs(self, layer):
+        p = layer.data_param
+        r = layer.transform_param.resize_param
+        crop = crop_size(layer)
+        if crop:
+            h, w = crop, crop
+        elif r.resize_mode == r.WARP:  # other modes keep the aspect ratio: the size depends on the image
+            h, w = r.height or None, r.width or None
+        else:
+            h = w = None
+        return DataAttrs(p.batch_size, None, h, w, p.source, "LMDB of AnnotatedDatum")
+
+    def infer_shapes(self, node, in_shapes):
+        a: DataAttrs = node.attrs
+        hint = f"--input {node.tops[0]}={input_hint((a.batch, a.channels, a.height, a.width))}"
+        if len(node.tops) > 1:
+            raise Unknowable(f"layer reads {a.source} (LMDB of AnnotatedDatum), its label top holds a data-dependent "
+                             f"number of boxes (1, 1, B, 8); give {hint} --input {node.tops[1]}=1,1,B,8")
+        return super().infer_shapes(node, in_shapes)

@@ -1,0 +1,270 @@
+"""SSD's torch modules (weiliu89/caffe ``ssd``): Permute, PriorBox, DetectionOutput.
+
+PriorBox sizes are float32 values with edges computed in double, as the C++ does.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+
+class Permute(nn.Module):
+    """SSD's Permute: ``dims`` is the full axis order (listed axes first, then the others in order)."""
+
+    def __init__(self, dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(self.dims).contiguous()
+
+
+class PriorBox(nn.Module):
+    """SSD's PriorBox: default boxes ``(1, 2, H * W * num_priors * 4)`` from the sizes of the feature map
+    (bottom 0) and of the image (bottom 1, or ``img_h``/``img_w``). No gradient.
+
+    ``aspect_ratios`` are the layer's derived list (1 first, ``1/ar`` after ``ar`` with flip);
+    ``min_sizes``/``max_sizes`` are the integers the layer truncates them to; ``step_h``/``step_w`` 0 =
+    image size / feature map size; ``reduce_boxes`` (MobileNet-SSD) halves the first box of each min size.
+    """
+
+    def __init__(
+        self,
+        min_sizes: tuple[int, ...],
+        max_sizes: tuple[int, ...] = (),
+        aspect_ratios: tuple[float, ...] = (1.0,),
+        clip: bool = False,
+        variance: tuple[float, ...] = (0.1,),
+        img_h: int = 0,
+        img_w: int = 0,
+        step_h: float = 0.0,
+        step_w: float = 0.0,
+        offset: float = 0.5,
+        reduce_boxes: bool = False,
+    ) -> None:
+        super().__init__()
+        self.min_sizes, self.max_sizes = min_sizes, max_sizes
+        self.aspect_ratios, self.clip, self.variance = aspect_ratios, clip, variance
+        self.img_h, self.img_w = img_h, img_w
+        self.step_h, self.step_w, self.offset = step_h, step_w, offset
+        self.reduce_boxes = reduce_boxes
+
+    def priors(
+        self, layer_h: int, layer_w: int, img_h: int, img_w: int
+    ) -> torch.Tensor:
+        """The boxes ``(xmin, ymin, xmax, ymax)`` of every cell (row-major) and prior, then variances.
+        Box sizes and centres are float32 values, edges are computed in double (as the layer)."""
+        sizes = []  # (width, height) per prior, in Caffe's order
+        for s, m in enumerate(self.min_sizes):
+            first = m / 2.0 if self.reduce_boxes else float(m)
+            sizes.append((first, first))
+            if self.max_sizes:
+                side = math.sqrt(m * self.max_sizes[s])
+                sizes.append((side, side))
+            for ar in self.aspect_ratios:
+                if abs(ar - 1.0) >= 1e-6:
+                    sizes.append((m * math.sqrt(ar), m / math.sqrt(ar)))
+        f32 = torch.float32
+        wh = torch.tensor(sizes, dtype=f32).double()  # (P, 2)
+        if self.step_w:
+            step_w = torch.tensor(self.step_w, dtype=f32)
+            step_h = torch.tensor(self.step_h, dtype=f32)
+        else:  # float(image size) / feature map size, in float
+            step_w = torch.tensor(img_w, dtype=f32) / layer_w
+            step_h = torch.tensor(img_h, dtype=f32) / layer_h
+        offset = torch.tensor(self.offset, dtype=f32)
+        cx = (torch.arange(layer_w, dtype=f32) + offset) * step_w
+        cy = (torch.arange(layer_h, dtype=f32) + offset) * step_h
+        cx = cx.double().view(1, layer_w, 1)
+        cy = cy.double().view(layer_h, 1, 1)
+        half_w, half_h = wh[:, 0] / 2.0, wh[:, 1] / 2.0
+        edges = torch.broadcast_tensors(
+            (cx - half_w) / img_w,
+            (cy - half_h) / img_h,
+            (cx + half_w) / img_w,
+            (cy + half_h) / img_h,
+        )
+        boxes = torch.stack(edges, dim=-1).to(f32)  # (H, W, P, 4)
+        if self.clip:
+            boxes = boxes.clamp(0.0, 1.0)
+        if len(self.variance) == 4:
+            variance = torch.tensor(self.variance, dtype=f32)
+            variance = variance.expand(boxes.shape[:-1] + (4,))
+        else:
+            variance = torch.full(boxes.shape, self.variance[0], dtype=f32)
+        return torch.stack([boxes.reshape(-1), variance.reshape(-1)]).unsqueeze(0)
+
+    def forward(self, feature: torch.Tensor, *image: torch.Tensor) -> torch.Tensor:
+        layer_h, layer_w = (tuple(feature.shape) + (1, 1, 1, 1))[2:4]
+        if self.img_h:
+            img_h, img_w = self.img_h, self.img_w
+        else:
+            img_h, img_w = (tuple(image[0].shape) + (1, 1, 1, 1))[2:4]
+        return self.priors(layer_h, layer_w, img_h, img_w).to(feature.device)
+
+
+def _ssd_box_size(b: torch.Tensor) -> torch.Tensor:
+    """SSD's ``BBoxSize`` of normalised boxes: 0 for inverted boxes."""
+    w, h = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
+    return torch.where((w < 0) | (h < 0), torch.zeros_like(w), w * h)
+
+
+def _ssd_jaccard(b: torch.Tensor) -> torch.Tensor:
+    """Pairwise SSD ``JaccardOverlap`` (normalised) of boxes ``(..., K, 4)`` -> ``(..., K, K)``."""
+    p, q = b.unsqueeze(-2), b.unsqueeze(-3)
+    disjoint = (q[..., 0] > p[..., 2]) | (q[..., 2] < p[..., 0])
+    disjoint = disjoint | (q[..., 1] > p[..., 3]) | (q[..., 3] < p[..., 1])
+    iw = torch.minimum(p[..., 2], q[..., 2]) - torch.maximum(p[..., 0], q[..., 0])
+    ih = torch.minimum(p[..., 3], q[..., 3]) - torch.maximum(p[..., 1], q[..., 1])
+    inter = iw * ih
+    size = _ssd_box_size(b)
+    union = size.unsqueeze(-1) + size.unsqueeze(-2) - inter
+    hit = ~disjoint & (iw > 0) & (ih > 0)
+    safe = torch.where(hit, union, torch.ones_like(union))
+    return torch.where(hit, inter / safe, torch.zeros_like(inter))
+
+
+class DetectionOutput(nn.Module):
+    """SSD's DetectionOutput: decode loc against the priors, per-class NMS, ``keep_top_k`` per image;
+    rows ``[image, label, score, xmin, ymin, xmax, ymax]`` grouped by image, then label, then score, as
+    ``(1, 1, kept, 7)``. No gradient (Caffe has no backward).
+
+    ``code_type`` is "CORNER", "CENTER_SIZE" or "CORNER_SIZE"; ``confidence_threshold`` None lets every
+    score pass; ``top_k`` -1 = no limit before NMS. ``keep_top_k`` ranks kept boxes with a stable sort
+    (Caffe's ``std::sort`` leaves the order of exactly equal scores unspecified)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        share_location: bool = True,
+        background_label_id: int = 0,
+        code_type: str = "CORNER",
+        variance_encoded_in_target: bool = False,
+        keep_top_k: int = -1,
+        confidence_threshold: float | None = None,
+        nms_threshold: float = 0.3,
+        eta: float = 1.0,
+        top_k: int = -1,
+    ) -> None:
+        super().__init__()
+        if code_type not in ("CORNER", "CENTER_SIZE", "CORNER_SIZE"):
+            raise ValueError(f"unknown code_type {code_type}")
+        self.num_classes, self.share_location = num_classes, share_location
+        self.background_label_id, self.code_type = background_label_id, code_type
+        self.variance_encoded_in_target = variance_encoded_in_target
+        self.keep_top_k, self.confidence_threshold = keep_top_k, confidence_threshold
+        self.nms_threshold, self.eta, self.top_k = nms_threshold, eta, top_k
+
+    def decode(
+        self, loc: torch.Tensor, prior: torch.Tensor, var: torch.Tensor
+    ) -> torch.Tensor:
+        """SSD's ``DecodeBBox`` for loc ``(..., P, 4)`` against priors/variances ``(P, 4)``, in float32
+        as the layer (decoded boxes stay unclipped)."""
+        if self.variance_encoded_in_target:
+            var = torch.ones_like(var)
+        if self.code_type == "CORNER":
+            return prior + var * loc
+        pw = prior[:, 2] - prior[:, 0]
+        ph = prior[:, 3] - prior[:, 1]
+        if self.code_type == "CORNER_SIZE":
+            return prior + var * loc * torch.stack([pw, ph, pw, ph], dim=-1)
+        pcx = ((prior[:, 0] + prior[:, 2]).double() / 2.0).float()
+        pcy = ((prior[:, 1] + prior[:, 3]).double() / 2.0).float()
+        cx = (var[:, 0] * loc[..., 0] * pw + pcx).double()
+        cy = (var[:, 1] * loc[..., 1] * ph + pcy).double()
+        # ``float decode_bbox_width = exp(...) * prior_width``: the product is rounded to float
+        w = (
+            (torch.exp((var[:, 2] * loc[..., 2]).double()) * pw.double())
+            .float()
+            .double()
+        )
+        h = (
+            (torch.exp((var[:, 3] * loc[..., 3]).double()) * ph.double())
+            .float()
+            .double()
+        )
+        corners = [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0]
+        return torch.stack(corners, dim=-1).float()
+
+    def nms(
+        self, boxes: torch.Tensor, scores: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SSD's ``ApplyNMSFast`` for all classes at once: boxes ``(C, P, 4)``, scores ``(C, P)``.
+
+        Returns candidate indices ``(C, K)`` in descending score order (stable, as ``std::stable_sort``)
+        and a ``(C, K)`` mask of the kept ones. The greedy pass is sequential over the K ranks only,
+        vectorised over classes; the adaptive threshold (``eta < 1``) is kept per class."""
+        threshold_min = self.confidence_threshold
+        if threshold_min is None:
+            threshold_min = -3.4028234663852886e38  # -FLT_MAX
+        k = scores.shape[1] if self.top_k < 0 else min(self.top_k, scores.shape[1])
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+        valid = scores.gather(1, order).double() > threshold_min
+        cand = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
+        overlap = _ssd_jaccard(cand)  # (C, K, K)
+        keep = torch.zeros_like(valid)
+        threshold = torch.full(
+            (scores.shape[0],), self.nms_threshold, dtype=torch.float32
+        )
+        eta = torch.tensor(self.eta, dtype=torch.float32)
+        for j in range(k):
+            near = overlap[:, j, :j] > threshold.unsqueeze(1)
+            suppressed = (keep[:, :j] & near).any(dim=1)
+            kept = valid[:, j] & ~suppressed
+            keep[:, j] = kept
+            if self.eta < 1:
+                shrink = kept & (threshold > 0.5)
+                threshold = torch.where(shrink, threshold * eta, threshold)
+        return order, keep
+
+    @torch.no_grad()
+    def forward(
+        self,
+        loc: torch.Tensor,
+        conf: torch.Tensor,
+        prior: torch.Tensor,
+        *_: torch.Tensor,
+    ) -> torch.Tensor:
+        device = loc.device
+        n = loc.shape[0]
+        p = prior.shape[2] // 4
+        num_loc = 1 if self.share_location else self.num_classes
+        loc = loc.detach().float().reshape(n, p, num_loc, 4).transpose(1, 2).cpu()
+        conf = (
+            conf.detach().float().reshape(n, p, self.num_classes).transpose(1, 2).cpu()
+        )
+        prior = prior.detach().float().reshape(2, p, 4).cpu()
+        labels = [c for c in range(self.num_classes) if c != self.background_label_id]
+        classes = torch.tensor(labels, dtype=torch.long)
+        rows = []
+        for i in range(n):
+            decoded = self.decode(loc[i], prior[0], prior[1])  # (L, P, 4)
+            if self.share_location:
+                boxes = decoded.expand(len(classes), -1, -1)
+            else:
+                boxes = decoded[classes]
+            scores = conf[i][classes]
+            order, keep = self.nms(boxes, scores)
+            ci, rank = keep.nonzero(
+                as_tuple=True
+            )  # class-major, score order in a class
+            idx = order[ci, rank]
+            label, score, box_of = classes[ci], scores[ci, idx], boxes[ci, idx]
+            if self.keep_top_k > -1 and len(idx) > self.keep_top_k:
+                ranked = torch.sort(score, descending=True, stable=True).indices
+                top = ranked[: self.keep_top_k]
+                top = top[
+                    torch.argsort(label[top], stable=True)
+                ]  # std::map: labels ascending
+                label, score, box_of = label[top], score[top], box_of[top]
+            image = torch.full_like(score, float(i))
+            head = torch.stack([image, label.float(), score], dim=1)
+            rows.append(torch.cat([head, box_of], dim=1))
+        out = torch.cat(rows) if rows else torch.zeros(0, 7)
+        if (
+            len(out) == 0
+        ):  # Caffe's "no detections": one row of -1 per image, image id first
+            out = torch.full((n, 7), -1.0)
+            out[:, 0] = torch.arange(n, dtype=torch.float32)
+        return out.view(1, 1, -1, 7).to(device)
