@@ -6,8 +6,12 @@ Every ratio is measured in the same run, with the contenders interleaved round b
 the load drifts; interleaving keeps the comparison fair) and the median of the rounds reported.
 
 Contenders: a plain read of the caffemodel's bytes (the floor for loading), OpenCV's ``cv2.dnn`` (an
-independent C++ implementation reading the same files), and, for AlexNet, a hand-written PyTorch model of the
-same architecture (``nn.Sequential`` with ``nn.LocalResponseNorm`` and ``ceil_mode`` max pooling).
+independent C++ implementation reading the same files), onnxruntime running our own ONNX export of the same
+net and weights (same thread count), and, for AlexNet, a hand-written PyTorch model of the same architecture
+(``nn.Sequential`` with ``nn.LocalResponseNorm`` and ``ceil_mode`` max pooling). ``--parts compile`` compares
+``torch.compile`` of the runtime module with ``torch.compile`` of a hand-written model of the same architecture
+and weights (AlexNet: that ``nn.Sequential``; ResNet-50: a Caffe-style hand-written ResNet-50), latency, compile
+time and the warnings logged while compiling.
 The models are the corpus deploy prototxts with generated weights, written once per run by our writer into a
 temporary directory: AlexNet (61M parameters, 244 MB) and ResNet-50 (BatchNorm + Scale, 102 MB).
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import math
 import os
 import statistics
@@ -24,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +43,21 @@ sys.path.insert(0, str(ROOT))
 
 import prototxt2py  # noqa: E402
 from prototxt2py.backends.torch_runtime import CaffeNet  # noqa: E402
+from prototxt2py.convert import convert_net  # noqa: E402
 from prototxt2py.weights import load_weights, write_caffemodel  # noqa: E402
 
 try:
     import cv2
 except ImportError:  # the OpenCV columns are then left out
     cv2 = None
+try:
+    import onnxruntime as ort
+except ImportError:  # the onnxruntime rows are then left out
+    ort = None
 
 CORPUS = ROOT.parent / "shared" / "corpus"
-PARTS = ["load", "memory", "forward"]
+PARTS = ["load", "memory", "forward", "compile"]
+DEFAULT_PARTS = ["load", "memory", "forward"]  # compile: minutes per model, only when asked
 MODELS = {
     "AlexNet": (CORPUS / "BVLC__caffe/models/bvlc_alexnet/deploy.prototxt", (3, 227, 227)),
     "ResNet-50": (CORPUS / "KaimingHe__deep-residual-networks/prototxt/ResNet-50-deploy.prototxt", (3, 224, 224)),
@@ -60,8 +73,7 @@ def generate_weights(prototxt: Path, out: Path, seed: int = 0) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for node in net.graph.nodes:
-            module = net.layer(node.name)
-            for i, blob in enumerate(getattr(module, "caffe_blobs", list)()):
+            for i, blob in enumerate(net.layer_blobs(node.name)):
                 if node.type == "BatchNorm":
                     blob.copy_((torch.randn(blob.shape, generator=gen) * 0.1, torch.rand(blob.shape, generator=gen)
                                 + 0.5, torch.ones(blob.shape))[i])
@@ -174,7 +186,112 @@ def hand_written_alexnet(net: CaffeNet) -> nn.Sequential:
     return model.eval()
 
 
-def forward_times(name: str, prototxt: Path, weights: Path, batch: int, rounds: int) -> Timings:
+def _caffe_bn(net: CaffeNet, bn: str, scale: str) -> nn.BatchNorm2d:
+    """Caffe's BatchNorm + Scale pair as the one ``nn.BatchNorm2d`` a PyTorch user writes (the mapping a
+    Caffe -> torchvision weight converter does): stored statistics divided by the scale factor, Scale's
+    blobs as the affine weight and bias, the same eps."""
+    caffe_bn, caffe_scale = net.layer(bn), net.layer(scale)
+    mean, var = caffe_bn.stored_stats()
+    module = nn.BatchNorm2d(mean.numel(), eps=caffe_bn.eps)
+    with torch.no_grad():
+        module.running_mean.copy_(mean)
+        module.running_var.copy_(var)
+        module.weight.copy_(caffe_scale.weight)
+        module.bias.copy_(caffe_scale.bias)
+    return module
+
+
+def _caffe_conv(net: CaffeNet, name: str, stride: int = 1, padding: int = 0) -> nn.Conv2d:
+    caffe = net.layer(name)
+    out_c, in_c, k, _ = caffe.weight.shape
+    module = nn.Conv2d(in_c, out_c, k, stride=stride, padding=padding, bias=caffe.bias is not None)
+    with torch.no_grad():
+        module.weight.copy_(caffe.weight)
+        if caffe.bias is not None:
+            module.bias.copy_(caffe.bias)
+    return module
+
+
+class CaffeBottleneck(nn.Module):
+    """One ResNet-50 block as in Kaiming He's Caffe model: the stride on the first 1x1 convolution (torchvision's
+    "v1.5" puts it on the 3x3), BatchNorm + Scale as ``nn.BatchNorm2d``, a projection shortcut on the first
+    block of a stage."""
+
+    def __init__(self, net: CaffeNet, block: str, stride: int, project: bool) -> None:
+        super().__init__()
+        def conv_bn(branch: str, stride: int = 1, padding: int = 0) -> nn.Sequential:
+            return nn.Sequential(_caffe_conv(net, f"res{block}_{branch}", stride, padding),
+                                 _caffe_bn(net, f"bn{block}_{branch}", f"scale{block}_{branch}"))
+
+        self.branch2 = nn.Sequential(conv_bn("branch2a", stride), nn.ReLU(inplace=True),
+                                     conv_bn("branch2b", padding=1), nn.ReLU(inplace=True), conv_bn("branch2c"))
+        self.branch1 = conv_bn("branch1", stride) if project else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.branch2(x) + self.branch1(x))
+
+
+def hand_written_resnet50(net: CaffeNet) -> nn.Sequential:
+    """ResNet-50 as one would write it in PyTorch for Kaiming He's Caffe model (torchvision's block structure,
+    Caffe's strides and ``ceil_mode`` max pooling), with the Caffe net's weights."""
+    layers: list[nn.Module] = [_caffe_conv(net, "conv1", 2, 3), _caffe_bn(net, "bn_conv1", "scale_conv1"),
+                               nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, ceil_mode=True)]
+    for stage, blocks in zip((2, 3, 4, 5), (3, 4, 6, 3), strict=True):
+        for i in range(blocks):
+            layers.append(CaffeBottleneck(net, f"{stage}{'abcdef'[i]}", 2 if i == 0 and stage > 2 else 1, i == 0))
+    fc = net.layer("fc1000")
+    linear = nn.Linear(fc.weight.shape[1], fc.weight.shape[0])
+    with torch.no_grad():
+        linear.weight.copy_(fc.weight)
+        linear.bias.copy_(fc.bias)
+    layers += [nn.AvgPool2d(7, 1), nn.Flatten(), linear, nn.Softmax(dim=1)]
+    return nn.Sequential(*layers).eval()
+
+
+def hand_written_cifar10_quick(net: CaffeNet) -> nn.Sequential:
+    """CIFAR-10 quick (the smoke model) written by hand, with the Caffe net's weights."""
+    def conv(name: str) -> nn.Conv2d:
+        return _caffe_conv(net, name, padding=2)
+
+    def linear(name: str) -> nn.Linear:
+        caffe = net.layer(name)
+        module = nn.Linear(caffe.weight.shape[1], caffe.weight.shape[0])
+        with torch.no_grad():
+            module.weight.copy_(caffe.weight)
+            module.bias.copy_(caffe.bias)
+        return module
+
+    return nn.Sequential(
+        conv("conv1"), nn.MaxPool2d(3, 2, ceil_mode=True), nn.ReLU(inplace=True),
+        conv("conv2"), nn.ReLU(inplace=True), nn.AvgPool2d(3, 2, ceil_mode=True),
+        conv("conv3"), nn.ReLU(inplace=True), nn.AvgPool2d(3, 2, ceil_mode=True),
+        nn.Flatten(), linear("ip1"), linear("ip2"), nn.Softmax(dim=1),
+    ).eval()
+
+
+HAND_WRITTEN = {"AlexNet": hand_written_alexnet, "ResNet-50": hand_written_resnet50,
+                "CIFAR-10 quick": hand_written_cifar10_quick}
+
+
+def onnxruntime_session(net: CaffeNet, folder: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """onnxruntime on our own ONNX export (``convert --to onnx``) of ``net``, set up like the runtime: as many
+    intra-op threads as torch uses, no inter-op parallelism, sequential execution, every graph optimization."""
+    fd, name = tempfile.mkstemp(suffix=".onnx", dir=folder)
+    os.close(fd)
+    path = Path(name)
+    convert_net(net, "onnx", path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {input_name: x})[0]
+
+
+def forward_times(name: str, prototxt: Path, weights: Path, batch: int, rounds: int, folder: Path) -> Timings:
     chw = MODELS[name][1]
     net = prototxt2py.load(prototxt, weights=weights, input_shapes={"data": [batch, *chw]}).eval()
     x = torch.from_numpy(np.random.default_rng(batch).uniform(-1, 1, (batch, *chw)).astype(np.float32))
@@ -194,6 +311,11 @@ def forward_times(name: str, prototxt: Path, weights: Path, batch: int, rounds: 
             return cv_net.forward()
 
         contenders["OpenCV dnn"] = opencv
+    if ort is not None:
+        session = onnxruntime_session(net, folder)
+        array = x.numpy()
+        contenders["onnxruntime (our ONNX export)"] = lambda: session(array)
+
     def output(result: object) -> np.ndarray:
         return np.asarray(result[out_name] if isinstance(result, dict) else result)
 
@@ -204,6 +326,90 @@ def forward_times(name: str, prototxt: Path, weights: Path, batch: int, rounds: 
             if err > 1e-4 * max(1.0, float(np.abs(ref).max())):
                 raise SystemExit(f"{name}: {k} differs from prototxt2py by {err:g}")
         return interleaved(contenders, rounds)
+
+
+# -- torch.compile -------------------------------------------------------------------------------------------
+class _Counter(logging.Handler):
+    """Counts the log records of level WARNING and above (each record once, whichever logger it reaches)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: dict[int, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.setdefault(id(record), f"{record.name}: {record.getMessage()}"[:160])
+
+
+@contextmanager
+def counted_warnings() -> Iterator[list[str]]:
+    """The warnings logged (root and ``torch`` loggers, which does not propagate when torch configured its
+    logging) or raised through ``warnings`` inside the block: filled in when the block ends."""
+    found: list[str] = []
+    counter = _Counter()
+    loggers = [logging.getLogger(), logging.getLogger("torch")]
+    for logger in loggers:
+        logger.addHandler(counter)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield found
+    finally:
+        for logger in loggers:
+            logger.removeHandler(counter)
+    found += list(counter.seen.values()) + [f"{w.category.__name__}: {w.message}"[:160] for w in caught]
+
+
+def compile_first_call(module: nn.Module, x: torch.Tensor, folder: Path, backend: str) -> tuple[
+        Callable[[], object], float, list[str]]:
+    """``torch.compile(module)`` with default options (static shapes on a first compile), fresh dynamo state and
+    an empty inductor cache directory (no kernels from earlier runs or contenders): the compiled callable, the
+    time of the first call (which compiles) and the warnings logged meanwhile."""
+    torch._dynamo.reset()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-", dir=folder)
+    compiled = torch.compile(module, backend=backend)
+    with counted_warnings() as found, torch.no_grad():
+        start = time.perf_counter()
+        compiled(x)
+        seconds = time.perf_counter() - start
+    return (lambda: compiled(x)), seconds, found
+
+
+def warm_up_compiler(folder: Path, backend: str) -> None:
+    """Pays the one-time costs of the first ``torch.compile`` in a process (importing inductor, probing the C++
+    compiler and the CPU) on a throwaway module, so that they land on no contender's compile time."""
+    x = torch.ones(1, 3, 8, 8)
+    compile_first_call(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2)).eval(), x,
+                       folder, backend)[0]()
+
+
+def compile_times(name: str, prototxt: Path, weights: Path, batch: int, rounds: int, folder: Path,
+                  backend: str) -> tuple[Timings, list[str]]:
+    """Interleaved latency of the compiled runtime module and the compiled hand-written model (outputs checked
+    against the eager runtime first), and report lines: compile times, their ratio, warnings while compiling."""
+    chw = MODELS[name][1]
+    net = prototxt2py.load(prototxt, weights=weights, input_shapes={"data": [batch, *chw]}).eval()
+    hand = HAND_WRITTEN[name](net)
+    x = torch.from_numpy(np.random.default_rng(batch).uniform(-1, 1, (batch, *chw)).astype(np.float32))
+    out_name = net.output_names[0]
+    with torch.no_grad():
+        ref = net(x, all_blobs=True)[out_name]
+    contenders: dict[str, Callable[[], object]] = {}
+    lines, seconds = [], []
+    for label, module in (("prototxt2py, torch.compile", net), ("hand-written PyTorch, torch.compile", hand)):
+        fn, took, found = compile_first_call(module, x, folder, backend)
+        with torch.no_grad():
+            y = fn()
+        y = y[out_name] if isinstance(y, dict) else y
+        err = float((y.reshape(ref.shape) - ref).abs().max())
+        if err > 1e-4 * max(1.0, float(ref.abs().max())):
+            raise SystemExit(f"{name}: {label} differs from prototxt2py by {err:g}")
+        contenders[label] = fn
+        seconds.append(took)
+        lines.append(f"  compile time, {label:40s} {took:7.1f} s; warnings while compiling: {len(found)}")
+        lines += [f"      {text}" for text in list(dict.fromkeys(found))[:3]]
+    lines.append(f"  compile time ratio (prototxt2py / hand-written): {seconds[0] / seconds[1]:.2f}x")
+    with torch.no_grad():
+        return interleaved(contenders, rounds), lines
 
 
 # -- report --------------------------------------------------------------------------------------------------
@@ -221,13 +427,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for torch and OpenCV alike (default: their defaults, one per core)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS, help="what to measure")
-    parser.add_argument("--smoke", action="store_true", help="a tiny net, one round (checks the script runs)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=DEFAULT_PARTS,
+                        help="what to measure (default: load memory forward; compile takes minutes per model)")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16], help="forward and compile batch sizes")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend for --parts compile (--smoke: 'eager', dynamo's tracing only)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny net, one round, every part; torch.compile at batch 1 with the 'eager' backend")
     args = parser.parse_args()
     rounds = 3 if args.quick else args.rounds
     if args.smoke:
         MODELS.update(SMOKE_MODELS)
-        args.models, rounds = list(SMOKE_MODELS), 1
+        args.models, rounds, args.parts = list(SMOKE_MODELS), 1, PARTS
+        compile_batches, args.compile_backend = [1], "eager"
+    else:
+        compile_batches = args.batches
     if args.threads:
         torch.set_num_threads(args.threads)
         if cv2 is not None:
@@ -255,10 +469,19 @@ def main() -> None:
                 mem = peak_memory(how, prototxt, weights)
                 print(f"  {label:40s} {mem['peak'] / 1e6:8.1f} MB  {mem['peak'] / size:.2f}x the file"
                       f" (kept after: {mem['after'] / 1e6:.1f} MB)  {mem['seconds'] * 1e3:6.1f} ms")
-            for batch in (1, 16) if "forward" in args.parts else ():
+            for batch in args.batches if "forward" in args.parts else ():
                 n = max(3, rounds // 2) if batch == 16 and name == "ResNet-50" else rounds
-                times = forward_times(name, prototxt, weights, batch, n)
-                print(table(f"forward, batch {batch} ({n} rounds)", times, "prototxt2py"))
+                times = forward_times(name, prototxt, weights, batch, n, Path(tmp))
+                print(table(f"forward, batch {batch} ({n} rounds)", times, "prototxt2py"), flush=True)
+            if "compile" in args.parts:
+                warm_up_compiler(Path(tmp), args.compile_backend)
+            for batch in compile_batches if "compile" in args.parts else ():
+                n = max(3, rounds // 2) if batch == 16 and name == "ResNet-50" else rounds
+                times, lines = compile_times(name, prototxt, weights, batch, n, Path(tmp), args.compile_backend)
+                print(f"\ntorch.compile (backend {args.compile_backend!r}), batch {batch}")
+                print("\n".join(lines))
+                print(table(f"compiled forward, batch {batch} ({n} rounds)", times,
+                            "hand-written PyTorch, torch.compile"), flush=True)
             print(f"\n({load_average()})")
 
 

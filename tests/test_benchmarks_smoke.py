@@ -30,7 +30,10 @@ EXPECTED = {
     "runtime.py": [r"=== CIFAR-10 quick: \d+\.\d MB caffemodel", rf"plain read of the file +\d+\.\d +\d+\.\d +{RATIO}",
                    rf"prototxt2py\.load +\d+\.\d MB +{RATIO} the file",
                    rf"prototxt2py, layer by layer \(all_blobs=True\) +\d+\.\d +\d+\.\d +{RATIO}",
-                   r"forward, batch 16 \(1 rounds\)"],
+                   r"forward, batch 16 \(1 rounds\)", rf"onnxruntime \(our ONNX export\) +\d+\.\d +\d+\.\d +{RATIO}",
+                   r"compile time, prototxt2py, torch\.compile +\d+\.\d s; warnings while compiling: 0",
+                   rf"compile time ratio \(prototxt2py / hand-written\): {RATIO}",
+                   rf"prototxt2py, torch\.compile +\d+\.\d +\d+\.\d +{RATIO}"],
 }
 
 
