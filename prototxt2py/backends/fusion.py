@@ -109,9 +109,10 @@ class Fusion:
     conv: str | None  # the plain convolution heading the chain, if any
     conv_args: tuple  # (stride, pad, dilation, group) of the convolution, () without one
     affine: tuple[str, ...]  # the per-channel affine members, in order
-    #: their :class:`~..layers.base.ChannelAffine` forms as plain tuples (``torch.fx`` records those as
-    #: constants; a dataclass would become a call in the traced graph)
-    forms: tuple[tuple, ...]
+    forms: tuple[ChannelAffine, ...]  # and their forms
+    #: the same forms as plain tuples, for :func:`apply_affine` (``torch.fx`` records plain tuples as constants;
+    #: a dataclass argument would become a call in the traced graph)
+    form_tuples: tuple[tuple, ...]
     residual: str | None  # the residual addition
     other: str | None  # value id of the addition's other bottom
     other_first: bool  # whether that other bottom is the addition's bottom 0
@@ -188,7 +189,8 @@ def find_fusions(graph: Graph, node_keys: list[str], plan: Sequence[Step]) -> li
         taken.update(id(m) for m in members)
         fusions.append(Fusion(
             conv=keys[id(node)] if conv_args is not None else None, conv_args=conv_args or (),
-            affine=tuple(keys[id(m)] for m, _ in affine), forms=tuple(astuple(f) for _, f in affine),
+            affine=tuple(keys[id(m)] for m, _ in affine), forms=tuple(f for _, f in affine),
+            form_tuples=tuple(astuple(f) for _, f in affine),
             residual=keys[id(residual)] if residual is not None else None, other=other, other_first=other_first,
             post=keys[id(post)] if post is not None else None, unary=unary, scalars=scalars,
             input=members[0].inputs[0], output=members[-1].outputs[0],
@@ -251,7 +253,7 @@ class FusionCache:
         members = [modules[fusion.conv], *(modules[k] for k in fusion.affine)]
         blobs = [t for m in members for t in blobs_of(m)]
         extra = tuple(getattr(modules[k], name) for k, form in zip(fusion.affine, fusion.forms, strict=True)
-                      for name in ChannelAffine(*form).depends_on)
+                      for name in form.depends_on)
         stamp = (extra, *[(None if t.is_inference() else t._version, t.data_ptr()) for t in blobs])
         entry = self.entries.get(fusion.conv)
         if entry is None or entry["stamp"] != stamp:
@@ -312,13 +314,13 @@ def member_affine(module: nn.Module, form: ChannelAffine) -> tuple[torch.Tensor 
     return multiplier, offset
 
 
-def chain_affine(modules: Sequence[nn.Module], forms: Sequence[tuple]) -> tuple[torch.Tensor | None,
-                                                                                torch.Tensor | None]:
+def chain_affine(modules: Sequence[nn.Module], forms: Sequence[ChannelAffine]
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Per-channel ``(multiplier, offset)`` of affine layers applied in order (None: 1, 0). Differentiable
     with respect to the blobs the forms are (statistics-based forms decide that themselves)."""
     multiplier = offset = None
     for module, form in zip(modules, forms, strict=True):
-        m, o = member_affine(module, ChannelAffine(*form))
+        m, o = member_affine(module, form)
         if m is not None:
             offset = None if offset is None else offset * m
             multiplier = m if multiplier is None else multiplier * m
@@ -327,11 +329,10 @@ def chain_affine(modules: Sequence[nn.Module], forms: Sequence[tuple]) -> tuple[
     return multiplier, offset
 
 
-def affine_active(modules: Sequence[nn.Module], forms: Sequence[tuple]) -> bool:
+def affine_active(modules: Sequence[nn.Module], forms: Sequence[ChannelAffine]) -> bool:
     """Whether every affine layer's form holds now (e.g. no normalisation with batch statistics)."""
     for module, form in zip(modules, forms, strict=True):
-        active = ChannelAffine(*form).active
-        if active is not None and not getattr(module, active)():
+        if form.active is not None and not getattr(module, form.active)():
             return False
     return True
 
@@ -341,9 +342,11 @@ def call_layer(module: nn.Module, *bottoms: torch.Tensor) -> Any:
     return module(*bottoms)
 
 
-def apply_affine(x: torch.Tensor, modules: tuple[nn.Module, ...], forms: tuple[tuple, ...]) -> torch.Tensor:
-    """Affine layers on ``x`` as one multiply-add when every form holds, else the layers as they are.
-    Decided at call time, so an ``fx``-traced graph stays right in train mode."""
+def apply_affine(x: torch.Tensor, modules: tuple[nn.Module, ...], form_tuples: tuple[tuple, ...]) -> torch.Tensor:
+    """Affine layers on ``x`` as one multiply-add when every form (given as :attr:`Fusion.form_tuples`)
+    holds, else the layers as they are. Decided at call time, so an ``fx``-traced graph stays right in train
+    mode."""
+    forms = [ChannelAffine(*t) for t in form_tuples]
     if not affine_active(modules, forms):
         for module in modules:
             x = call_layer(module, x)
@@ -392,7 +395,7 @@ def run_fusion(fusion: Fusion, modules: Mapping[str, nn.Module], cache: FusionCa
     if affine and not affine_active(affine, fusion.forms):
         return execute(fusion.steps, env)[fusion.output]
     if fusion.conv is None:
-        return apply_affine(x, affine, fusion.forms)
+        return apply_affine(x, affine, fusion.form_tuples)
     conv = modules[fusion.conv]
     blobs = [*blobs_of(conv), *(t for m in affine for t in blobs_of(m))]
     if (ONEDNN_CONV is not None and ONEDNN_PACK is not None and not _symbolic(x) and x.device.type == "cpu"
@@ -403,7 +406,7 @@ def run_fusion(fusion: Fusion, modules: Mapping[str, nn.Module], cache: FusionCa
     if _symbolic(x) or _wants_grad(blobs):
         y = call_layer(conv, x.contiguous())  # the graph must compute from the live parameters
         if affine:
-            y = apply_affine(y, affine, fusion.forms)
+            y = apply_affine(y, affine, fusion.form_tuples)
     elif affine:
         weight, bias = cache.folded(fusion, modules)
         stride, pad, dilation, group = fusion.conv_args
