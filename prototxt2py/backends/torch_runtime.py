@@ -252,7 +252,7 @@ class CaffeNet(nn.Module):
         else:
             all_blobs = bool(kwargs.pop("all_blobs", False))
             env = self._bind_inputs(args, kwargs)
-        reference = all_blobs or self.training
+        reference = all_blobs or self.training or torch.compiler.is_compiling()
         env = self._execute(self._plan if reference else self._inference_plan, env, tracing)
         if all_blobs:
             return {blob: env[vid] for blob, vid in self._final_ids.items()}
