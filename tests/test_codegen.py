@@ -36,7 +36,15 @@ from golden import (
 from test_golden_nets import ATOL_MEASURED
 
 import prototxt2py
-from prototxt2py.backends.codegen import Namespace, class_name, file_stem, generate, helper_definitions
+from prototxt2py.backends.codegen import (
+    Expr,
+    Namespace,
+    class_name,
+    file_stem,
+    generate,
+    helper_definitions,
+    layout,
+)
 from prototxt2py.convert import write_python
 from prototxt2py.errors import Prototxt2pyError, UnsupportedLayerError
 from prototxt2py.reader import read_net_text
@@ -396,3 +404,19 @@ def test_ir_and_layer_specs_never_import_torch() -> None:
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("target, head, args", [
+    ("x_" * 22, "self." + "y_" * 26, ["z_" * 20]),  # head too long: ruff parenthesizes the right-hand side
+    ("x_" * 22, "self." + "y_" * 38, ["z_" * 20]),  # ... unless the call's head does not fit inside either
+    ("self." + "x_" * 38, "nn.Sequential", ["a_" * 10, "b_" * 10]),  # nor when the target alone is too long
+    ("x_" * 10, "self." + "y_" * 10, ["z_" * 20, "w_" * 30]),  # plain split of the arguments
+])
+def test_long_statements_are_laid_out_as_ruff_formats_them(target: str, head: str, args: list, tmp_path: Path) -> None:
+    lines = ["class A:", "    def f(self):", *layout(f"{target} = ", Expr(head, args), "", 8)]
+    lines += layout("return ", Expr(head, args), "", 8)
+    (tmp_path / "a.py").write_text("\n".join(lines) + "\n")
+    if not RUFF.exists():
+        pytest.skip("ruff is not installed next to this interpreter")
+    r = subprocess.run([str(RUFF), "format", "--diff", "--isolated", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout

@@ -106,9 +106,11 @@ def layout(prefix: str, e: Expr, suffix: str, indent: int) -> list[str]:
     if len(one) <= LINE and not e.comments:
         return [one]
     inner = " " * (indent + 4)
-    if prefix.endswith(("= ", "return ")) and len(pad + prefix + e.open) > LINE:
-        # the statement's head does not fit even when the arguments are split: ruff parenthesizes the whole
-        # right-hand side and lays it out one level deeper
+    if (prefix.endswith("= ") and len(pad + prefix + e.open) > LINE >= len(pad + prefix + "(")
+            and len(inner + e.open) <= LINE):
+        # an assignment whose head does not fit even when the arguments are split: ruff parenthesizes the
+        # right-hand side and lays it out one level deeper, where the call's head must then fit (never a
+        # `return`, nor a target that alone is too long)
         return [f"{pad}{prefix}(", *layout("", e, "", indent + 4), f"{pad}){suffix}"]
     body = ", ".join(_flat(a) for a in e.args)
     if not e.comments and len(inner) + len(body) <= LINE:
