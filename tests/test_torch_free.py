@@ -31,7 +31,8 @@ DATA = "data=10,3,227,227"
 UNCONVERTED = set()
 
 #: Written into every output folder: the layers whose ONNX mappings once built a torch module to read their
-#: values (BatchNorm's statistics, DummyData's tops, the forks' BN), each in the form that reads blobs.
+#: values (BatchNorm's statistics, DummyData's tops, the forks' BN, PriorBox's boxes), each in the form that
+#: reads blobs.
 MIXED_NET = """
 name: "mixed"
 layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }
@@ -45,6 +46,8 @@ layer { name: "segbn" type: "BN" bottom: "b" top: "s" bn_param { bn_mode: INFERE
 layer { name: "pspbn" type: "BN" bottom: "bb" top: "p" bn_param { frozen: true eps: 1e-3 } }
 layer { name: "sum" type: "Eltwise" bottom: "s" bottom: "p" bottom: "d" top: "y" }
 layer { name: "k_out" type: "Power" bottom: "k" top: "kk" power_param { power: 2 scale: 3 shift: 1 } }
+layer { name: "prior" type: "PriorBox" bottom: "y" bottom: "x" top: "boxes"
+        prior_box_param { min_size: 2 max_size: 3 aspect_ratio: 2 flip: true clip: true } }
 """
 
 #: command id -> CLI arguments ({out} is a fresh output folder, {corpus} the shared corpus).

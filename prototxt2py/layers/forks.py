@@ -25,6 +25,7 @@ from ..plain import Filler, plain
 from .base import LayerSpec, Shape, Unknowable, call, count, register
 from .conv import Convolution
 from .data import DataAttrs, DataLayerSpec, ImageData, crop_size, input_hint
+from .prior_boxes import prior_boxes
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ir import Node
@@ -194,12 +195,12 @@ class PriorBox(LayerSpec):
 
     def to_onnx(self, node, ctx):
         """The boxes depend on the bottoms' sizes only, which the export fixes: a constant (computed by the
-        runtime's own module)."""
+        runtime module's arithmetic, in numpy)."""
         a: PriorBoxAttrs = node.attrs
         _, _, h, w = _legacy(ctx.in_shape(0))
         img_h, img_w = (a.img_h, a.img_w) if a.img_h else _legacy(ctx.in_shape(1))[2:]
-        priors = self.module(node).build().priors(h, w, img_h, img_w)
-        ctx.identity(ctx.const(priors.numpy(), "priors"), ctx.output(0))
+        priors = prior_boxes(a, h, w, img_h, img_w)  # numpy: the export never imports torch
+        ctx.identity(ctx.const(priors, "priors"), ctx.output(0))
 
 
 @dataclass(frozen=True)
