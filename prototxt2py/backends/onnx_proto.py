@@ -20,7 +20,6 @@ specs pass; tests check that they produce byte-identical protos to ``onnx.helper
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.machinery
 import importlib.util
 import numbers
@@ -82,8 +81,10 @@ def _modules() -> tuple[ModuleType, ModuleType]:
             return _load_direct()
         except (ImportError, OSError, AttributeError):
             pass  # an unexpected layout: the ordinary import below works whatever it is
-    importlib.import_module("onnx")
-    return importlib.import_module(_PB2), importlib.import_module(_CPP)
+    import onnx.onnx_cpp2py_export as cpp_module
+    import onnx.onnx_ml_pb2 as pb2_module
+
+    return pb2_module, cpp_module
 
 
 def pb() -> ModuleType:
