@@ -163,9 +163,9 @@ HANG_SECONDS = float(os.environ.get("FUZZ_HANG_SECONDS", "10"))
 
 
 def _with_watchdog(target: Callable[[bytes], None], name: str) -> Callable[[bytes], None]:
-    """Hang detection by a watchdog thread: libFuzzer's ``-timeout`` relies on SIGALRM, whose handler does not
-    survive in the torch targets (the process died of "Alarm clock" without an artifact). An input running
-    over ``HANG_SECONDS`` is saved as ``fuzz/out/<target>/artifacts/hang-<sha1>`` and the process exits 77."""
+    """Hang detection by a watchdog thread instead of SIGALRM timers (see :func:`_without_alarm_timeout`). An
+    input running over ``HANG_SECONDS`` is saved as ``fuzz/out/<target>/artifacts/hang-<sha1>`` and the process
+    exits 77."""
     import hashlib
     import threading
     import time
@@ -217,13 +217,27 @@ def main() -> None:
     import onnxruntime  # noqa: F401
 
     target(_WARM_UP)
-    atheris.Setup(sys.argv, _with_watchdog(target, name))
-    # The torch targets died of SIGALRM ("Alarm clock", no artifact, no Python error) even with -timeout=0;
-    # hangs are the watchdog's job, so the signal is ignored.
-    import signal
-
-    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    atheris.Setup(_without_alarm_timeout(sys.argv), _with_watchdog(target, name))
     atheris.Fuzz()
+
+
+#: libFuzzer's ``-timeout`` the harness always passes: far beyond any run (hangs are the watchdog's job).
+ALARM_TIMEOUT_SECONDS = 10**6
+
+
+def _without_alarm_timeout(argv: list[str]) -> list[str]:
+    """``argv`` with any ``-timeout=`` replaced by :data:`ALARM_TIMEOUT_SECONDS`.
+
+    Why: the "unexplained SIGALRM" that killed the ``onnx`` and ``run`` targets after seconds to minutes was
+    atheris's own per-input timeout, not the code under test. On its first input atheris arms
+    ``setitimer(ITIMER_REAL)`` every ``timeout / 2 + 1`` seconds and installs its SIGALRM handler over any
+    other (ignoring the signal beforehand has no effect); ``-timeout=0`` does not disable it but means "any
+    input running over 0 s": the 1 s timer fires during the first input that crosses a second boundary, which
+    the slow torch targets do soon, and atheris then exits, or (atheris 3) falls back to a default handler
+    that dies of "Alarm clock" without an artifact (seen with ``strace -k``: ``atheris::SetupTimeoutAlarm``
+    from ``OnFirstTestOneInput``). With a timeout of 10^6 s the timers never fire during a run, and inputs
+    over ``FUZZ_HANG_SECONDS`` are still caught, with their input saved, by :func:`_with_watchdog`."""
+    return [a for a in argv if not a.startswith("-timeout=")] + [f"-timeout={ALARM_TIMEOUT_SECONDS}"]
 
 
 if __name__ == "__main__":

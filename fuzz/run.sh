@@ -24,9 +24,10 @@ for t in "${TARGETS[@]}"; do
     *) seeds="$OUT/seeds-small"; maxlen=8192 ;;  # small nets: many executions per second where each is slow
   esac
   echo "== $t: ${SECONDS_PER_TARGET}s"
-  # An input over 10 s is a hang (the harness's watchdog: FUZZ_HANG_SECONDS; libFuzzer's SIGALRM timer is
-  # off, see harness.py); -rss_limit_mb: a memory blow-up. Both are findings.
-  "$PY" fuzz/harness.py "$t" -max_total_time="$SECONDS_PER_TARGET" -timeout=0 -rss_limit_mb=3072 \
+  # An input over 10 s is a hang (the harness's watchdog: FUZZ_HANG_SECONDS; the harness pushes atheris's and
+  # libFuzzer's SIGALRM timeouts out of reach, see _without_alarm_timeout); -rss_limit_mb: a memory blow-up.
+  # Both are findings.
+  "$PY" fuzz/harness.py "$t" -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=3072 \
     -max_len="$maxlen" -dict="$OUT/caffe.dict" -print_final_stats=1 -close_fd_mask=1 \
     -artifact_prefix="$OUT/$t/artifacts/" "$OUT/$t/corpus" $seeds 2>&1 | tee "$OUT/$t.log" | \
     grep -E "^#[0-9]+.*(pulse|DONE)|stat::|ERROR|Traceback|==" || true

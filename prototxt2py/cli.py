@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from . import memguard
 from .cli_deploy import deploy_option, net_source
 from .cli_deploy import register as register_deploy
 from .errors import Prototxt2pyError, one_line
@@ -49,10 +50,13 @@ def _user_errors(fn: Callable) -> Callable:
 
 
 def _out_of_memory(e: BaseException) -> bool:
-    """MemoryError, or torch's allocator failing (a RuntimeError that only its text identifies)."""
+    """MemoryError, torch's allocator failing (a RuntimeError that only its text identifies), or a shared library
+    that could not be mapped (an ImportError/OSError under a low ``ulimit -v``)."""
     if isinstance(e, MemoryError):
         return True
     text = str(e)
+    if isinstance(e, (ImportError, OSError)):
+        return "failed to map segment" in text or "cannot allocate memory" in text.lower()
     return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
 
 
@@ -85,6 +89,7 @@ def _warn(lines: list[str]) -> None:
 @click.version_option(package_name="prototxt2py")
 def main() -> None:
     """Inspect, draw, run and convert Caffe models without Caffe."""
+    memguard.install()  # under a low `ulimit -v`, one error line instead of an abort while loading torch
 
 
 @main.command()

@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RATIO = r"\d+\.\d\dx"
 #: script -> regular expressions its output must match (its ratio lines, or its table rows where it has none)
 EXPECTED = {
+    "cli_process.py": [r"python -c pass +\d+\.\d{3} +\d+\.\d{3} +\d+\.\d{3} +\(floor\)",
+                       rf"summary LeNet +\d+\.\d{{3}} .* {RATIO} the 0\.5 s goal",
+                       rf"convert --to onnx LeNet +\d+\.\d{{3}} .* {RATIO} the 1\.0 s goal"],
     "codegen.py": [rf"generated module +\d+\.\d\d +\d+\.\d\d +{RATIO}",
                    rf"runtime module +\d+\.\d\d +\d+\.\d\d +{RATIO}",
                    r"generate deploy\.prototxt: \d+ layers -> \d+ lines; read \+ IR \+ emit \d+ ms"],

@@ -156,3 +156,34 @@ def test_shape_inference_refuses_a_huge_tile_before_allocating(tmp_path) -> None
     r = subprocess.run([str(exe), "summary", str(net)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "tile.prototxt:2:7: layer 't'" in r.stderr and "40,000,000,000 elements" in r.stderr
+
+
+def test_onnx_export_checks_its_temporaries_before_allocating() -> None:
+    """Im2col's one-hot kernels grow with the square of the window (a 3000x3000 window: 8.1e13 floats) and the
+    AVE pooling divisor map with the output: both are refused, naming the layer, before numpy allocates."""
+    import prototxt2py
+    from prototxt2py.backends.onnx_export import to_onnx_model
+    from prototxt2py.reader import read_net_text
+
+    im2col = ('layer { name: "in" type: "Input" top: "x" '
+              'input_param { shape { dim: 1 dim: 1 dim: 3000 dim: 3000 } } }\n'
+              'layer { name: "cols" type: "Im2col" bottom: "x" top: "y" convolution_param { kernel_size: 3000 } }\n')
+    with pytest.raises(ResourceLimitError, match=r"im2col.prototxt:2:7: layer 'cols': Im2col's one-hot kernel .* over"):
+        to_onnx_model(prototxt2py.graph(read_net_text(im2col, "im2col.prototxt")))
+    small = im2col.replace("3000", "4")
+    with limits.override(max_temp_bytes=4 * 16 * 16 - 1):  # one float short of the (16, 16) one-hot kernel
+        with pytest.raises(ResourceLimitError, match="Im2col's one-hot kernel"):
+            to_onnx_model(prototxt2py.graph(read_net_text(small, "im2col.prototxt")))
+    with limits.override(max_temp_bytes=4 * 16 * 16):
+        assert len(to_onnx_model(prototxt2py.graph(read_net_text(small, "im2col.prototxt"))).graph.node) == 1
+
+    pool = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1 dim: 40 dim: 40 } } }\n'
+            'layer { name: "p" type: "Pooling" bottom: "x" top: "y" '
+            'pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }\n')
+    graph = prototxt2py.graph(read_net_text(pool, "pool.prototxt"))
+    out = graph.values[graph.outputs[0]].shape
+    with limits.override(max_temp_bytes=8 * out[2] * out[3] - 1):
+        with pytest.raises(ResourceLimitError, match="layer 'p': the AVE pooling divisor map"):
+            to_onnx_model(graph)
+    with limits.override(max_temp_bytes=8 * out[2] * out[3]):
+        to_onnx_model(graph)

@@ -51,3 +51,13 @@ def test_a_bug_is_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reader, "read_net_text", broken)
     with pytest.raises(KeyError):
         HARNESS.target_parse(b'name: "x"')
+
+
+def test_atheris_alarm_timeout_is_pushed_out_of_reach() -> None:
+    """atheris reads ``-timeout=0`` as "0 seconds" and kills any input running past a 1 s SIGALRM tick (the
+    fuzz runs of the slow targets died of it): whatever timeout is given, the harness passes a huge one."""
+    argv = ["harness.py", "-timeout=0", "-max_total_time=300", "corpus", "-timeout=25"]
+    out = HARNESS._without_alarm_timeout(argv)
+    assert out[:3] == ["harness.py", "-max_total_time=300", "corpus"]
+    assert [a for a in out if a.startswith("-timeout=")] == [f"-timeout={HARNESS.ALARM_TIMEOUT_SECONDS}"]
+    assert HARNESS.ALARM_TIMEOUT_SECONDS > 24 * 3600 > 10 * HARNESS.HANG_SECONDS

@@ -146,3 +146,37 @@ def test_fork_and_recurrent_helpers_compile() -> None:
         if hasattr(module, "reset"):
             module.reset()
         torch.testing.assert_close(torch.compile(module, backend="eager")(*inputs), want)
+
+
+@pytest.mark.parametrize(("feature", "image", "param"), [
+    ((1, 1, 3, 2), (1, 3, 30, 20), "min_size: 4 max_size: 9 aspect_ratio: 2 clip: true"),
+    ((2, 8, 19, 19), (2, 3, 300, 300), "min_size: 60 max_size: 111 aspect_ratio: 2 aspect_ratio: 3 flip: true "
+                                       "variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 offset: 0.5"),
+    ((1, 4, 7, 11), (1, 3, 113, 97), "min_size: 7 min_size: 13 aspect_ratio: 1.7 flip: true variance: 0.3"),
+    ((1, 4, 5, 5), (1, 3, 64, 64), "min_size: 10 step: 12.8 offset: 0.3 clip: true"),
+    ((1, 4, 6, 4), (1, 3, 50, 70), "min_size: 9 max_size: 20 step_h: 7.5 step_w: 11 offset: 0.25"),
+    ((1, 4, 10, 10), (1, 3, 1, 1), "min_size: 30 max_size: 60 aspect_ratio: 2 flip: true img_size: 300"),
+    ((1, 4, 3, 3), (1, 3, 30, 30), "min_size: 21 max_size: 45 aspect_ratio: 2 reduce_boxes: true"),
+])
+def test_prior_box_numpy_boxes_are_the_module_s(feature: tuple, image: tuple, param: str) -> None:
+    """The ONNX export's torch-free boxes (layers/forks/ssd_priors.py) equal the runtime module's, bit for bit."""
+    import prototxt2py
+    from prototxt2py.layers.forks.ssd_priors import prior_boxes
+    from prototxt2py.reader import read_net_text
+
+    text = (f'layer {{ name: "in" type: "Input" top: "x" top: "img" input_param {{ shape {{ {_dims(feature)} }} '
+            f'shape {{ {_dims(image)} }} }} }}\n'
+            f'layer {{ name: "prior" type: "PriorBox" bottom: "x" bottom: "img" top: "p" '
+            f'prior_box_param {{ {param} }} }}')
+    g = prototxt2py.graph(read_net_text(text, "prior.prototxt"))
+    node = g.node("prior")
+    a = node.attrs
+    img_h, img_w = (a.img_h, a.img_w) if a.img_h else image[2:]
+    ours = prior_boxes(a, feature[2], feature[3], img_h, img_w)
+    runtime = node.spec.module(node).build().priors(feature[2], feature[3], img_h, img_w)
+    assert ours.dtype == np.float32 and ours.shape == tuple(runtime.shape) == tuple(g.values[node.outputs[0]].shape)
+    np.testing.assert_array_equal(ours.view(np.uint32), runtime.numpy().view(np.uint32))
+
+
+def _dims(shape: tuple) -> str:
+    return " ".join(f"dim: {d}" for d in shape)

@@ -35,3 +35,21 @@ def test_readme_shows_the_generated_alexnet() -> None:
     source = prototxt2py.python_source(ROOT / "fixtures" / "alexnet" / "deploy.prototxt")
     assert source.startswith(head.rstrip() + "\n\n\n") and source.endswith(cls.lstrip())
     assert "class InnerProduct(nn.Module):" in source and "class LRN(nn.Module):" in source
+
+
+def test_readme_lists_every_limit_with_its_default() -> None:
+    """The README's limits table names every PROTOTXT2PY_MAX_* variable of prototxt2py/limits.py with its
+    default, and links the error catalog."""
+    from prototxt2py import limits
+
+    text = (ROOT / "README.md").read_text()
+    assert "(docs/errors.md)" in text
+    shown = {"max_blob_elements": "2147483647", "max_param_bytes": "16 GiB", "max_temp_bytes": "8 GiB",
+             "max_text_bytes": "16 MiB", "max_binary_bytes": "2 GiB - 1"}
+    sizes = {"2147483647": 2**31 - 1, "16 GiB": 16 << 30, "8 GiB": 8 << 30, "16 MiB": 16 << 20,
+             "2 GiB - 1": (2 << 30) - 1}
+    assert set(shown) == set(limits._SPEC)
+    for field, (variable, default) in limits._SPEC.items():
+        row = next((line for line in text.splitlines() if line.startswith(f"| `{variable}` |")), None)
+        assert row is not None, f"{variable} missing from the README"
+        assert row.split("|")[2].strip().startswith(shown[field]) and sizes[shown[field]] == default, row

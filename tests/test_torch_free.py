@@ -30,6 +30,26 @@ DATA = "data=10,3,227,227"
 #: Families whose modules still import torch (to be emptied as the conversions land).
 UNCONVERTED = set()
 
+#: Written into every output folder: the layers whose ONNX mappings once built a torch module to read their
+#: values (BatchNorm's statistics, DummyData's tops, the forks' BN, PriorBox's boxes), each in the form that
+#: reads blobs.
+MIXED_NET = """
+name: "mixed"
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }
+layer { name: "dummy" type: "DummyData" top: "d" top: "k"
+        dummy_data_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } shape { dim: 1 dim: 1 dim: 4 dim: 4 }
+                           data_filler { type: "constant" value: 0.5 } data_filler { type: "bilinear" } } }
+layer { name: "bn" type: "BatchNorm" bottom: "x" top: "b" batch_norm_param { use_global_stats: true } }
+layer { name: "bn_batch" type: "BatchNorm" bottom: "x" top: "bb" batch_norm_param { use_global_stats: false } }
+layer { name: "segbn" type: "BN" bottom: "b" top: "s" bn_param { bn_mode: INFERENCE
+        scale_filler { type: "constant" value: 2 } shift_filler { type: "constant" value: 3 } } }
+layer { name: "pspbn" type: "BN" bottom: "bb" top: "p" bn_param { frozen: true eps: 1e-3 } }
+layer { name: "sum" type: "Eltwise" bottom: "s" bottom: "p" bottom: "d" top: "y" }
+layer { name: "k_out" type: "Power" bottom: "k" top: "kk" power_param { power: 2 scale: 3 shift: 1 } }
+layer { name: "prior" type: "PriorBox" bottom: "y" bottom: "x" top: "boxes"
+        prior_box_param { min_size: 2 max_size: 3 aspect_ratio: 2 flip: true clip: true } }
+"""
+
 #: command id -> CLI arguments ({out} is a fresh output folder, {corpus} the shared corpus).
 COMMANDS = {
     "summary": ["summary", ALEXNET],
@@ -42,6 +62,9 @@ COMMANDS = {
     "convert_onnx": ["convert", "{corpus}/" + LENET, "--weights", "{corpus}/" + LENET_WEIGHTS, "--to", "onnx",
                      "-o", "{out}/lenet.onnx"],
     "convert_onnx_fillers": ["convert", "{corpus}/" + LENET, "--to", "onnx", "-o", "{out}/lenet.onnx"],
+    "convert_onnx_mixed": ["convert", "{out}/mixed.prototxt", "--to", "onnx", "-o", "{out}/mixed.onnx"],
+    "convert_onnx_mixed_weights": ["convert", "{out}/mixed.prototxt", "--weights", "{out}/mixed.caffemodel", "--to",
+                                   "onnx", "-o", "{out}/mixed.onnx"],
     "convert_caffemodel": ["convert", "{corpus}/" + LENET, "--weights", "{corpus}/" + LENET_WEIGHTS, "--to",
                            "caffemodel", "-o", "{out}/lenet.caffemodel"],
     "convert_caffemodel_fillers": ["convert", "{corpus}/" + LENET, "--to", "caffemodel", "-o",
@@ -60,6 +83,10 @@ def probes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str
     running = {}
     for name, args in COMMANDS.items():
         out = tmp_path_factory.mktemp(name)
+        (out / "mixed.prototxt").write_text(MIXED_NET)
+        if name == "convert_onnx_mixed_weights":  # BN statistics from a file (written torch-free, from fillers)
+            subprocess.run([sys.executable, "-m", "prototxt2py", "convert", "mixed.prototxt", "--to", "caffemodel",
+                            "-o", "mixed.caffemodel"], cwd=out, env=env, check=True, capture_output=True)
         argv = [a.format(out=out, corpus=CORPUS) for a in args]
         running[name] = subprocess.Popen([sys.executable, str(PROBE), *argv], cwd=out, env=env,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

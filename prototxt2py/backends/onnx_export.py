@@ -3,8 +3,10 @@
 Why not ``torch.onnx.export`` of the runtime module: tracing would bake in whatever torch ops the runtime
 happens to use (custom autograd functions, explicit padding tricks) and is slow for big nets. Here every layer
 spec states its Caffe semantics once, with standard ONNX ops, in ``to_onnx(node, ctx)``; the exporter only
-walks the IR and hands each spec an :class:`OnnxContext`. Nothing is traced, and initializers are made from
-numpy arrays with one copy, straight into the model, so exporting ResNet-50 takes well under a second.
+walks the IR and hands each spec an :class:`OnnxContext`. Nothing is traced, and nothing imports torch or
+``onnx/__init__`` (see :mod:`.onnx_proto`): the weights stay numpy arrays until the serialized model is
+assembled around them in one copy (:meth:`_Built.encode`, byte for byte protobuf's own serialization), so
+exporting ResNet-50 as a whole process stays under a second.
 
 Guarantees:
 
@@ -46,11 +48,9 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper
 
 from ..blobstore import GraphBlobs, blobs_for
 from ..errors import InputFileError, Location, Prototxt2pyError, ShapeError, UnsupportedLayerError
@@ -59,6 +59,10 @@ from ..ir import Node
 from ..ir.shapes import infer_shapes
 from ..layers.base import Shape
 from ..netstate import TRAIN
+from . import onnx_proto as op
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
 
 #: Oldest opset exported: the first with per-axis Softmax and axes given as tensors to ReduceSum/Squeeze.
 MIN_OPSET = 13
@@ -76,6 +80,8 @@ SPATIAL_SYMBOLS = ("H", "W", "D3", "D4", "D5")
 PROBE_DELTAS = ((1, 2), (67, 71))
 
 _FLOAT = np.dtype(np.float32)
+#: ONNX element types (``TensorProto.DataType``, fixed by the standard).
+_ONNX_FLOAT, _ONNX_INT64, _ONNX_DOUBLE = 1, 7, 11
 _INT = np.dtype(np.int64)
 
 
@@ -85,16 +91,17 @@ def newest_opset() -> int:
 
     onnxruntime has no API for this, so a one-node model is offered to it at each opset from onnx's newest
     down (in practice the first try succeeds; the answer is cached)."""
-    newest = onnx.defs.onnx_opset_version()
+    newest = op.newest_known_opset()
     try:
         import onnxruntime
     except ImportError:  # pragma: no cover - onnxruntime is optional for exporting
         return newest
     for opset in range(newest, MIN_OPSET, -1):
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-        model = onnx.ModelProto()
-        model.graph.CopyFrom(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y]))
+        model = op.pb().ModelProto()
+        model.graph.name = "probe"
+        model.graph.node.append(op.make_node("Identity", ["x"], ["y"]))
+        model.graph.input.append(op.make_value_info("x", _ONNX_FLOAT, [1]))
+        model.graph.output.append(op.make_value_info("y", _ONNX_FLOAT, [1]))
         _stamp(model, opset)
         try:
             onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -119,8 +126,8 @@ def _stamp(model: onnx.ModelProto, opset: int) -> None:
     """Opset, producer and the oldest IR version that allows the opset, so older runtimes can load it."""
     from .. import __version__
 
-    model.opset_import.append(helper.make_opsetid("", opset))
-    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    model.opset_import.append(op.make_opsetid("", opset))
+    model.ir_version = op.min_ir_version(opset)
     model.producer_name = "prototxt2py"
     model.producer_version = __version__
 
@@ -145,9 +152,9 @@ class OnnxContext:
     """
 
     #: ONNX element types for ``Cast`` (so specs need not import onnx).
-    FLOAT = TensorProto.FLOAT
-    INT64 = TensorProto.INT64
-    DOUBLE = TensorProto.DOUBLE
+    FLOAT = _ONNX_FLOAT
+    INT64 = _ONNX_INT64
+    DOUBLE = _ONNX_DOUBLE
 
     def __init__(self, net: Any, opset: int, dynamic_batch: bool, blobs: Any = None,
                  varying: dict[str, tuple[bool, ...]] | None = None):
@@ -166,14 +173,16 @@ class OnnxContext:
         #: a graph, its phase): the export computes what the module computes (batch statistics, random dropout
         #: are refused ...).
         self.training = bool(net.training) if self.net is not None else self.graph.state.phase == TRAIN
-        #: The model under construction: initializers go straight into it (copying 100s of MB of weights
-        #: from one message into another is what would make exporting slow).
-        self.model = onnx.ModelProto()
+        #: The model under construction, without its initializers: those stay numpy arrays in
+        #: :attr:`initializers` until the model is encoded (copying 100s of MB of weights into protobuf
+        #: messages and serializing them again is what made exporting slow).
+        self.model = op.pb().ModelProto()
+        #: ``(TensorProto with name, type and dims but no data, its little-endian contiguous array)``.
+        self.initializers: list[tuple[Any, np.ndarray]] = []
         self.nodes: list[onnx.NodeProto] = []
         self.initializer_bytes = 0
         self.silenced: list[str] = []
         self.node: Node | None = None
-        self._module: Any = None
         self._tensor_names: set[str] = set()
         self._node_names: set[str] = set()
         self._produced: set[str] = set()
@@ -221,19 +230,7 @@ class OnnxContext:
 
     # -- the current layer -------------------------------------------------------------------------------
     def begin(self, node: Node) -> None:
-        self.node, self._module = node, None
-
-    @property
-    def module(self) -> Any:
-        """The layer's runtime module (for specs whose mapping reads it). Exporting a graph, it is built on
-        first use, with torch, and given the exported blobs; specs that read only ``node.attrs`` and
-        :meth:`param` keep the export torch-free."""
-        if self._module is None and self.node is not None:
-            if self.net is not None:
-                self._module = self.blobs.module(self.node)
-            else:
-                self._module = _runtime_module(self.node, self.blobs.blobs(self.node), self.training)
-        return self._module
+        self.node = node
 
     def finish(self) -> None:
         """Check that the spec produced every top of the layer."""
@@ -244,7 +241,7 @@ class OnnxContext:
                 raise Prototxt2pyError(f"internal: the ONNX mapping did not produce top {i} ('{node.tops[i]}')",
                                        node.location, layer=node.name)
         self._follow_variable_first()
-        self.node = self._module = None
+        self.node = None
 
     def variable_first_axis(self, i: int, symbol: str) -> None:
         """Mark top ``i`` as having a first axis known only at run time (its static shape says the most it
@@ -367,14 +364,14 @@ class OnnxContext:
         return self._small_consts[key]
 
     def _add_initializer(self, array: np.ndarray, hint: str) -> str:
-        """A tensor built in place in the model: one copy of the array's bytes, no Python loop over the
-        elements (``numpy_helper.from_array`` and then adding its result to the graph would copy twice more)."""
+        """An initializer: its header now, its data kept as the array itself (no copy for float32 weights
+        already contiguous and little-endian) until :func:`_encode` writes it."""
         name = self._claim(f"{self._layer_name()}/{hint}")
-        tensor = self.model.graph.initializer.add()
-        tensor.name = name
-        tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+        tensor = op.pb().TensorProto()
         tensor.dims.extend(array.shape)
-        tensor.raw_data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        tensor.data_type = op.tensor_type(array.dtype)
+        tensor.name = name
+        self.initializers.append((tensor, np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))))
         self.initializer_bytes += array.nbytes
         return name
 
@@ -403,7 +400,7 @@ class OnnxContext:
             name = f"{base}/{op_type}_{i}"
         self._node_names.add(name)
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(helper.make_node(op_type, list(inputs), list(outputs), name=name, **attrs))
+        self.nodes.append(op.make_node(op_type, list(inputs), list(outputs), name=name, **attrs))
         self._produced.update(outputs)
         return outputs[0]
 
@@ -472,20 +469,6 @@ def _blob_source(net: Any, weights: Any) -> Any:
     return blobs_for(net, weights)
 
 
-def _runtime_module(node: Node, blobs: Sequence[np.ndarray], training: bool) -> Any:
-    """The torch module of one layer holding ``blobs``, for a spec whose ONNX mapping reads its module while a
-    graph is exported (TRANSITIONAL: such mappings import torch; the others never do)."""
-    import torch
-
-    from .torch_runtime import build_module
-
-    module = build_module(node)
-    with torch.no_grad():
-        for name, array in zip(getattr(module, "blob_names", ()), blobs, strict=True):
-            getattr(module, name).copy_(torch.from_numpy(np.array(array, dtype=_FLOAT)))
-    return module.train(training)
-
-
 def _describe(node: Node, reason: str | None = None) -> str:
     text = f"'{node.type}' (layer '{node.name}' at {node.location})"
     return f"{text}: {reason}" if reason else text
@@ -540,7 +523,7 @@ def _value_info(name: str, shape: Sequence[int | str] | None, batch: int | None 
         dims[2:] = spatial
     if first is not None and dims:
         dims[0] = first
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+    return op.make_value_info(name, _ONNX_FLOAT, dims)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -670,28 +653,27 @@ def _declare_io(onnx_graph: onnx.GraphProto, ctx: OnnxContext, dynamic_batch: bo
         for v in outputs)
 
 
-def _infer_output_shapes(model: onnx.ModelProto, known: dict[str, list[int | str | None]]) -> None:
+def _infer_output_shapes(model: onnx.ModelProto, initializers: Sequence[tuple[Any, np.ndarray]],
+                         known: dict[str, list[int | str | None]]) -> None:
     """Declare the outputs of a dynamic-batch model with the shapes ONNX shape inference derives from the
     symbolic inputs: an output follows the batch (``N``) only where the graph makes it do so (a PriorBox or
     a full Reduction does not). Inference runs on a copy whose large initializers are stubs with dims only,
     so no weights are copied. Where inference loses track of an axis (sizes computed from data with
     ``--dynamic``), ``known`` (by output name, see :func:`_output_dims`) names it: ``N``, a fixed size, or
     None (a symbol of its own)."""
-    light = onnx.ModelProto()
+    light = op.pb().ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
     g = light.graph
     g.node.extend(model.graph.node)
     g.input.extend(model.graph.input)
     g.output.extend(model.graph.output)
-    for tensor in model.graph.initializer:
+    for header, data in initializers:
         stub = g.initializer.add()
-        if np.prod(tensor.dims) <= 64:  # shape-like constants: inference reads their values
-            stub.CopyFrom(tensor)
-        else:
-            stub.name, stub.data_type = tensor.name, tensor.data_type
-            stub.dims.extend(tensor.dims)
-    inferred = onnx.shape_inference.infer_shapes(light)
+        stub.CopyFrom(header)
+        if data.size <= 64:  # shape-like constants: inference reads their values
+            stub.raw_data = data.tobytes()
+    inferred = op.infer_shapes(light)
     for declared, found in zip(model.graph.output, inferred.graph.output, strict=True):
         declared.type.CopyFrom(found.type)
         dims = known.get(declared.name)
@@ -699,7 +681,7 @@ def _infer_output_shapes(model: onnx.ModelProto, known: dict[str, list[int | str
             continue
         shape = declared.type.tensor_type.shape
         if not declared.type.tensor_type.HasField("shape"):  # sizes from data (MaxUnpool's output_shape)
-            shape.dim.extend(onnx.TensorShapeProto.Dimension() for _ in dims)
+            shape.dim.extend(op.pb().TensorShapeProto.Dimension() for _ in dims)
         for i, (dim, want) in enumerate(zip(shape.dim, dims, strict=False)):
             if dim.HasField("dim_value"):
                 continue
@@ -709,9 +691,69 @@ def _infer_output_shapes(model: onnx.ModelProto, known: dict[str, list[int | str
                 dim.dim_param = want or dim.dim_param or f"{declared.name}_{i}"
 
 
+class _Built:
+    """An exported model before encoding: the proto without initializer data, and the initializers."""
+
+    def __init__(self, model: onnx.ModelProto, initializers: list[tuple[Any, np.ndarray]], payload: int):
+        self.model, self.initializers, self.payload = model, initializers, payload
+
+    def proto(self) -> onnx.ModelProto:
+        """The complete ``ModelProto`` (copies the weights into it)."""
+        for header, data in self.initializers:
+            tensor = self.model.graph.initializer.add()
+            tensor.CopyFrom(header)
+            tensor.raw_data = data.tobytes()
+        self.initializers = []
+        return self.model
+
+    def encode(self) -> bytes:
+        """The serialized model, byte for byte what ``proto().SerializeToString()`` gives, assembled from the
+        pieces: protobuf encodes fields in field-number order, and the initializers (GraphProto field 5) and
+        their ``raw_data`` (TensorProto field 9, its last field set) are written straight from the arrays.
+        Serializing a ModelProto holding the weights took longer than everything else in the export."""
+        model, graph = self.model, self.model.graph
+        if graph.initializer:
+            raise ValueError("internal: initializers were already moved into the model")
+        pb = op.pb()
+        graph_head, graph_tail = pb.GraphProto(), pb.GraphProto()
+        graph_head.node.extend(graph.node)
+        graph_head.name = graph.name
+        graph_tail.CopyFrom(graph)
+        graph_tail.ClearField("node")
+        graph_tail.ClearField("name")
+        parts: list[Any] = [graph_head.SerializeToString()]
+        for header, data in self.initializers:
+            head = header.SerializeToString()
+            raw = memoryview(data.reshape(-1)).cast("B")
+            field = b"\x4a" + _varint(raw.nbytes)  # raw_data: field 9, length-delimited
+            parts += [b"\x2a" + _varint(len(head) + len(field) + raw.nbytes), head, field, raw]  # initializer: 5
+        parts.append(graph_tail.SerializeToString())
+        graph_size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+        model_head, model_tail = pb.ModelProto(), pb.ModelProto()
+        model_head.CopyFrom(model)
+        model_head.ClearField("graph")
+        model_head.ClearField("opset_import")
+        model_tail.opset_import.extend(model.opset_import)
+        if model_head.metadata_props or model_head.training_info or model_head.functions:
+            raise ValueError("internal: model fields after the graph are not encoded")
+        return b"".join([model_head.SerializeToString(), b"\x3a" + _varint(graph_size), *parts,
+                         model_tail.SerializeToString()])  # graph: field 7
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative integer."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        if not value:
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
 def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None,
-           dynamic: bool = False) -> tuple[onnx.ModelProto, int]:
-    """The unchecked model and its weight payload in bytes."""
+           dynamic: bool = False) -> _Built:
+    """The unchecked model, its initializers kept apart."""
     opset = resolve_opset(opset)
     graph = net.graph if hasattr(net, "layer_blobs") else net
     data_dependent = _require_shapes(graph)
@@ -752,29 +794,30 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
     if dynamic_batch:
         known = _output_dims(graph, varying) if varying is not None else {}
         known.update(data_dependent)  # the spec's names for data-dependent axes, not inference's unk__i
-        _infer_output_shapes(model, {ctx.value_names[v]: dims for v, dims in known.items()})
+        _infer_output_shapes(model, ctx.initializers, {ctx.value_names[v]: dims for v, dims in known.items()})
         symbols = {ctx.value_names[v]: dims for v, dims in data_dependent.items()}
         for output in model.graph.output:  # the spec's names for data-dependent axes, not inference's unk__i
             for dim, given in zip(output.type.tensor_type.shape.dim, symbols.get(output.name, ()), strict=False):
                 if isinstance(given, str) and not dim.HasField("dim_value"):
                     dim.dim_param = given
-    return model, ctx.initializer_bytes
+    return _Built(model, ctx.initializers, ctx.initializer_bytes)
 
 
 def to_onnx_model(net: Any, opset: int | None = None, dynamic_batch: bool = False,
                   weights: Any = None, dynamic: bool = False) -> onnx.ModelProto:
     """The net as an ONNX model: a :class:`~prototxt2py.backends.torch_runtime.CaffeNet` (its weights), or an
     IR graph with ``weights`` (a ``.caffemodel`` path, a :class:`~prototxt2py.blobstore.GraphBlobs`, or None
-    for Caffe's fillers) — the graph path never imports torch for specs whose mapping reads no module.
+    for Caffe's fillers) — the graph path never imports torch.
 
     Checked with ``onnx.checker.check_model(full_check=True)`` when it fits in one protobuf message (under
     2 GB); bigger models are checked by :func:`export_onnx` once written with external data.
 
     ``dynamic_batch`` makes the batch axis symbolic; ``dynamic`` makes batch, height and width symbolic
     (fully convolutional nets; other layers are refused by name)."""
-    model, payload = _build(net, opset, dynamic_batch, weights, dynamic)
-    if payload < EXTERNAL_DATA_LIMIT:
-        onnx.checker.check_model(model.SerializeToString(), full_check=True)
+    built = _build(net, opset, dynamic_batch, weights, dynamic)
+    model = built.proto()
+    if built.payload < EXTERNAL_DATA_LIMIT:
+        op.check_model(model.SerializeToString(), full_check=True)
     return model
 
 
@@ -783,13 +826,13 @@ def export_onnx(net: Any, output: str | os.PathLike, opset: int | None = None, d
     """Write the net (a runtime net, or a graph with ``weights``, see :func:`to_onnx_model`) as a checked ONNX
     model to ``output`` (atomically: nothing is written if anything fails). Over 2 GB of weights go to
     ``<output>.data`` as ONNX external data. ``dynamic_batch``/``dynamic``: see :func:`to_onnx_model`."""
-    model, payload = _build(net, opset, dynamic_batch, weights, dynamic)
-    if payload < EXTERNAL_DATA_LIMIT:
-        data = model.SerializeToString()
-        onnx.checker.check_model(data, full_check=True)
+    built = _build(net, opset, dynamic_batch, weights, dynamic)
+    if built.payload < EXTERNAL_DATA_LIMIT:
+        data = built.encode()
+        op.check_model(data, full_check=True)  # the very bytes written
         write_bytes_atomic(output, data)
     else:
-        _write_with_external_data(model, Path(output))
+        _write_with_external_data(built.proto(), Path(output))
 
 
 def _write_with_external_data(model: onnx.ModelProto, target: Path) -> None:
@@ -799,6 +842,8 @@ def _write_with_external_data(model: onnx.ModelProto, target: Path) -> None:
     if not directory.is_dir():
         raise InputFileError("output directory does not exist", Location(str(target)))
     location = f"{target.name}.data"
+    import onnx  # only for > 2 GB of weights: writing external data is onnx's own code
+
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=directory) as tmp:
         staged = Path(tmp) / target.name
         onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,

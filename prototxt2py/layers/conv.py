@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import limits
 from ..errors import ShapeError
 from ..plain import Filler, filler
 from .base import LayerSpec, call, canonical_axis, count, register
@@ -272,6 +273,10 @@ class Im2col(Convolution):
         if axis != 1:
             ctx.unsupported(f"Im2col over axis {axis}: ONNX convolves from axis 1")
         channels, k = ctx.in_shape(0)[1], math.prod(kernel)
+        # the one-hot kernels grow with the square of the window: a hostile kernel_size must fail here, not
+        # in the allocation (the kernel alone bounds neither, the input blob's size has been checked)
+        limits.check_temporary((k, k), "Im2col's one-hot kernel", layer=node.name, location=node.location)
+        limits.check_temporary((channels, k, k), "Im2col's ONNX weight", layer=node.name, location=node.location)
         one_hot = np.eye(k, dtype=np.float32).reshape(k, 1, *kernel)
         weight = np.tile(one_hot, (channels,) + (1,) * (one_hot.ndim - 1))
         ctx.add("Conv", [ctx.input(0), ctx.const(weight, "one_hot")], ctx.output(0), kernel_shape=list(kernel),

@@ -118,19 +118,31 @@ class BatchNorm(LayerSpec):
         s == 0, computed as the runtime does), scale 1 and bias 0 — the form runtimes fuse into a preceding
         convolution. Batch statistics: Caffe's computation spelled out (mean, ``x - mean``, biased variance,
         division by ``sqrt(var + eps)``); the running sums Caffe updates in TRAIN are not outputs."""
-        module, x, rank = ctx.module, ctx.input(0), len(ctx.in_shape(0))
-        if module.uses_global_stats():
-            mean, var = (t.detach().cpu().numpy() for t in module.stored_stats())
+        a: BatchNormAttrs = node.attrs
+        x, rank = ctx.input(0), len(ctx.in_shape(0))
+        eps = float(np.float32(a.eps))  # Caffe's float field, as the module rounds it
+        global_stats = not ctx.training if a.use_global_stats is None else a.use_global_stats
+        if global_stats:
+            mean, var = stored_stats(ctx.param(0), ctx.param(1), ctx.param(2))
             ones, zeros = np.ones_like(mean), np.zeros_like(mean)
             ctx.add("BatchNormalization", [x, ctx.const(ones, "scale"), ctx.const(zeros, "bias"),
                                            ctx.const(mean, "mean"), ctx.const(var, "var")],
-                    ctx.output(0), epsilon=float(module.eps))
+                    ctx.output(0), epsilon=eps)
             return
         axes = _reduce_dims(rank)
         centred = ctx.add("Sub", [x, ctx.reduce("ReduceMean", x, axes)])
         var = ctx.reduce("ReduceMean", ctx.add("Mul", [centred, centred]), axes)
-        std = ctx.add("Sqrt", [ctx.add("Add", [var, ctx.scalar(module.eps)])])
+        std = ctx.add("Sqrt", [ctx.add("Add", [var, ctx.scalar(eps)])])
         ctx.add("Div", [centred, std], ctx.output(0))
+
+
+def stored_stats(mean_sum: np.ndarray, var_sum: np.ndarray, scale_factor: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, variance)`` from BatchNorm's stored sums, in float32 as the runtime module computes them:
+    both multiplied by ``1 / s`` (0 when ``s`` is 0, a freshly initialised layer)."""
+    s = np.float32(np.asarray(scale_factor, dtype=np.float32).reshape(-1)[0])
+    factor = np.float32(0) if s == 0 else np.float32(1) / s
+    return (np.asarray(mean_sum, dtype=np.float32) * factor, np.asarray(var_sum, dtype=np.float32) * factor)
 
 
 # -- Scale and Bias ----------------------------------------------------------------------------------------

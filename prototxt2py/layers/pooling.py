@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import limits
 from ..plain import plain
 from .base import Call, LayerSpec, Shape, call, count, register
 
@@ -173,10 +174,12 @@ def _padded_average(ctx: Any, x: str, plan: PoolPlan, pads: Sequence[int]) -> st
     return ctx.add("AveragePool", [_pad_input(ctx, x, pads, 0.0)], **_onnx_pool_attrs(plan, (0, 0, 0, 0)))
 
 
-def _ave_divisor_correction(plan: PoolPlan) -> np.ndarray:
+def _ave_divisor_correction(plan: PoolPlan, node: Any) -> np.ndarray:
     """``kernel area / Caffe's divisor`` per output position, ``(1, 1, out_h, out_w)``: the divisor is the
     window clipped to ``[-pad, in + pad)``; a window wholly past the input (possible without padding) sums
     to zero over a size <= 0: Caffe's ``0 / 0`` is NaN (factor inf), ``0 / -n`` is -0 (a negative factor)."""
+    limits.check_temporary(plan.out, "the AVE pooling divisor map", itemsize=8, layer=node.name,
+                           location=node.location)
     geometry = zip(plan.size, plan.kernel, plan.pad, plan.stride, plan.out, strict=True)
     rows, cols = (_clipped_lengths(*a) for a in geometry)
     divisor = rows[:, None] * cols[None, :]
@@ -242,7 +245,7 @@ def onnx_pool(ctx: Any, x: str, plan: PoolPlan, out: str | None = None, mask_out
         return y
     if plan.uniform_divisor:
         return ctx.add("AveragePool", [x], out, count_include_pad=1, **_onnx_pool_attrs(plan, pads))
-    correction = ctx.const(_ave_divisor_correction(plan), "divisor_correction")
+    correction = ctx.const(_ave_divisor_correction(plan, ctx.node), "divisor_correction")
     return ctx.add("Mul", [_padded_average(ctx, x, plan, pads), correction], out)
 
 

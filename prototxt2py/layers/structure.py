@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..fillers import fill_array
 from ..plain import Filler, filler
 from .base import Call, LayerSpec, Shape, call, canonical_axis, count, register
 from .normalization import short_float
@@ -830,7 +831,5 @@ class DummyData(LayerSpec):
         for i, f in enumerate(fillers):
             if f is not None and f.type not in _FIXED_FILLERS:
                 ctx.unsupported(f"top {i} uses the random '{f.type}' filler, drawn anew on every pass")
-        tops = ctx.module()
-        tops = tops if isinstance(tops, tuple) else (tops,)
-        for i, top in enumerate(tops):
-            ctx.identity(ctx.const(top.detach().cpu().numpy(), f"top{i}"), ctx.output(i))
+        for i, (shape, f) in enumerate(zip(node.attrs.shapes, fillers, strict=True)):
+            ctx.identity(ctx.const(fill_array(shape, f), f"top{i}"), ctx.output(i))

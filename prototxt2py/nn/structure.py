@@ -83,7 +83,7 @@ class Reshape(nn.Module):
         start = self.axis if self.axis >= 0 else n + self.axis + 1
         end = n if self.num_axes == -1 else start + self.num_axes
         new = [x.shape[start + i] if d == 0 else d for i, d in enumerate(self.shape)]
-        return x.reshape(*x.shape[:start], *new, *x.shape[end:])
+        return x.reshape((*x.shape[:start], *new, *x.shape[end:]))
 
 
 class Crop(nn.Module):

@@ -99,7 +99,7 @@ class BN(LayerSpec):
         """Inference forms only: SegNet's ``x * scale + shift``, PSPNet's stored statistics (TEST or frozen)
         as ``(x - mean) * (var + eps)^-0.5 * scale + shift``, the inverse std computed in float32 as Caffe."""
         a: BNAttrs = node.attrs
-        if a.learn or (a.pspnet and ctx.module.training and not a.frozen):
+        if a.learn or (a.pspnet and ctx.training and not a.frozen):
             ctx.unsupported("BN normalising with batch statistics (SegNet LEARN mode, PSPNet TRAIN unfrozen)")
         rank = len(ctx.in_shape(0))
 

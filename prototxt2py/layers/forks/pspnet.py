@@ -72,6 +72,9 @@ class Interp(LayerSpec):
         return InterpAttrs(rule, p.height, p.width, p.zoom_factor, p.shrink_factor, p.pad_beg, p.pad_end)
 
     def infer_shapes(self, node, in_shapes):
+        if len(in_shapes[0]) != 4:  # Caffe would read it as (num, channels, height, width), 1 for missing axes;
+            # no real net feeds Interp anything but an image blob, and the runtime/ONNX forms need 4 axes
+            raise self.fail(node, f"Interp needs a 4-axis (N, C, H, W) bottom, got shape {tuple(in_shapes[0])}")
         n, c, h_in, w_in = legacy_shape(in_shapes[0])
         h_eff, w_eff, h, w = _interp_size(node.attrs, h_in, w_in)
         if min(h_eff, w_eff, h, w) <= 0:

@@ -16,7 +16,7 @@ import numpy as np
 from prototxt2py.layers import LayerSpec, Unknowable, call, legacy_shape, plain, register
 from prototxt2py.layers.data import DataAttrs, DataLayerSpec, crop_size, input_hint
 
-from . import ssd_onnx
+from . import ssd_onnx, ssd_priors
 
 if TYPE_CHECKING:  # pragma: no cover
     from prototxt2py.ir import Node
@@ -180,16 +180,16 @@ class PriorBox(LayerSpec):
         return call(f"{NN}:PriorBox", a.min_sizes, **{k: v for k, v in given.items() if v is not None})
 
     def to_onnx(self, node, ctx):
-        """The boxes depend on the bottoms' sizes only, which the export fixes: a constant (computed by the
-        runtime's own module)."""
+        """The boxes depend on the bottoms' sizes only, which the export fixes: a constant (the runtime
+        module's arithmetic, in numpy: the export never imports torch)."""
         a: PriorBoxAttrs = node.attrs
         if ctx.dynamic_sizes and ctx.sizes_vary:
             _prior_boxes_sized(ctx, a)
             return
         _, _, h, w = legacy_shape(ctx.in_shape(0))
         img_h, img_w = (a.img_h, a.img_w) if a.img_h else legacy_shape(ctx.in_shape(1))[2:]
-        priors = self.module(node).build().priors(h, w, img_h, img_w)
-        ctx.identity(ctx.const(priors.numpy(), "priors"), ctx.output(0))
+        priors = ssd_priors.prior_boxes(a, h, w, img_h, img_w)
+        ctx.identity(ctx.const(priors, "priors"), ctx.output(0))
 
 
 def _prior_boxes_sized(ctx: Any, a: PriorBoxAttrs) -> None:
