@@ -163,7 +163,10 @@ def _batch_one_if_big(rel: str, g: prototxt2py.Graph) -> prototxt2py.Graph:
     shapes = {g.values[vid].blob: g.values[vid].shape for vid in g.inputs}
     if total <= BIG_NET_BYTES or not all(s and s[0] > 1 for s in shapes.values()):
         return g
-    return prototxt2py.graph(CORPUS / rel, input_shapes={b: (1, *s[1:]) for b, s in shapes.items()})
+    try:
+        return prototxt2py.graph(CORPUS / rel, input_shapes={b: (1, *s[1:]) for b, s in shapes.items()})
+    except Prototxt2pyError:  # the batch is baked into the net (TSM's Reshape to (8, ...)): keep the file's
+        return g
 
 
 def corpus_net_and_inputs(rel: str, data_dependent_outputs: bool = False):
