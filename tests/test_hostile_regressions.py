@@ -61,3 +61,16 @@ def test_atheris_alarm_timeout_is_pushed_out_of_reach() -> None:
     assert out[:3] == ["harness.py", "-max_total_time=300", "corpus"]
     assert [a for a in out if a.startswith("-timeout=")] == [f"-timeout={HARNESS.ALARM_TIMEOUT_SECONDS}"]
     assert HARNESS.ALARM_TIMEOUT_SECONDS > 24 * 3600 > 10 * HARNESS.HANG_SECONDS
+
+
+@pytest.mark.parametrize("target, name, message", [
+    ("run", "dropout-ratio-over-one.prototxt", r":3:7: layer 'encdrop3': .*dropout_ratio must be in \[0, 1\), got 1\.5"),
+    ("onnx", "roi-pooling-3-axis-features.prototxt", r":4:7: layer 'roi_pool': ROIPooling needs a 4-axis"),
+])
+def test_fuzz_findings_are_located_errors(target: str, name: str, message: str) -> None:
+    """The two findings of this stop's onnx/run fuzz runs: each is one located error, not a torch/onnx one."""
+    import prototxt2py
+    from prototxt2py.errors import Prototxt2pyError
+
+    with pytest.raises(Prototxt2pyError, match=message):
+        prototxt2py.graph(REGRESSIONS / target / name)

@@ -390,6 +390,14 @@ class Dropout(_ElementwiseSpec):
     layout_agnostic = True
     summary = "inverted dropout: zero with dropout_ratio and scale by 1/(1-ratio) in TRAIN, identity in TEST"
 
+    def attrs(self, layer: Any) -> Any:
+        """Caffe's ``DCHECK``s (debug builds only) ask for a ratio in (0, 1); 0 is harmless (identity), a ratio
+        of 1 or more scales by infinity or a negative number, so it is refused."""
+        a = super().attrs(layer)
+        if not 0.0 <= a.dropout_ratio < 1.0:
+            raise ValueError(f"dropout_param.dropout_ratio must be in [0, 1), got {a.dropout_ratio}")
+        return a
+
     def module(self, node: Node) -> Call:
         """``nn.Dropout`` (Caffe's inverted dropout, identity at test); :class:`ForkDropout` for the fork fields
         ``scale_train: false`` and ``sample_weights_test``."""

@@ -23,7 +23,9 @@ FAMILY = "forks"
 NN = "prototxt2py.layers.forks.rcnn_nn"
 
 
-def _check_rois(spec: LayerSpec, node: Node, rois: Shape) -> int:
+def _check_rois(spec: LayerSpec, node: Node, rois: Shape, features: Shape) -> int:
+    if len(features) != 4:  # Caffe would pad a 3-axis blob to (num, channels, height, 1); no real net does
+        raise spec.fail(node, f"{spec.type} needs a 4-axis (N, C, H, W) feature bottom, got shape {tuple(features)}")
     if not rois or count(rois, 1) < 5:
         raise spec.fail(node, f"rois {tuple(rois)} need 5 values per ROI (batch index, x1, y1, x2, y2)")
     return rois[0]
@@ -44,7 +46,7 @@ class ROIPooling(LayerSpec):
 
     def infer_shapes(self, node, in_shapes):
         _, c, _, _ = legacy_shape(in_shapes[0])
-        return [(_check_rois(self, node, in_shapes[1]), c, node.attrs.pooled_h, node.attrs.pooled_w)]
+        return [(_check_rois(self, node, in_shapes[1], in_shapes[0]), c, node.attrs.pooled_h, node.attrs.pooled_w)]
 
     def module(self, node):
         p = node.attrs
@@ -80,7 +82,7 @@ class PSROIPooling(LayerSpec):
         if c != p.output_dim * p.group_size**2:
             raise self.fail(node, f"input has {c} channels, need output_dim x group_size^2 = "
                                   f"{p.output_dim * p.group_size**2}")
-        return [(_check_rois(self, node, in_shapes[1]), p.output_dim, p.group_size, p.group_size)]
+        return [(_check_rois(self, node, in_shapes[1], in_shapes[0]), p.output_dim, p.group_size, p.group_size)]
 
     def module(self, node):
         p = node.attrs
