@@ -64,7 +64,8 @@ def test_atheris_alarm_timeout_is_pushed_out_of_reach() -> None:
 
 
 @pytest.mark.parametrize("target, name, message", [
-    ("run", "dropout-ratio-over-one.prototxt", r":3:7: layer 'encdrop3': .*dropout_ratio must be in \[0, 1\), got 1\.5"),
+    ("run", "dropout-ratio-over-one.prototxt",
+     r":3:7: layer 'encdrop3': .*dropout_ratio must be in \[0, 1\), got 1\.5"),
     ("onnx", "roi-pooling-3-axis-features.prototxt", r":4:7: layer 'roi_pool': ROIPooling needs a 4-axis"),
 ])
 def test_fuzz_findings_are_located_errors(target: str, name: str, message: str) -> None:
