@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from .errors import Location, ResourceLimitError
+from .errors import Location, ResourceLimitError, ShapeError
 
 INT32_MAX = 2**31 - 1
 
@@ -175,8 +175,12 @@ def check_node_shapes(node: Any, out_shapes: Iterable[Sequence[int] | None]) -> 
         if shape is None:
             continue
         name = tops[i] if i < len(tops) else str(i)
-        check_shape(shape, f"top '{name}'", layer=getattr(node, "name", None), location=getattr(node, "location",
-                                                                                                 None))
+        layer, location = getattr(node, "name", None), getattr(node, "location", None)
+        if not check_shape(shape, f"top '{name}'", layer=layer, location=location) and shape:
+            # Caffe allows a blob with a 0 dim, but no layer computes anything from one; torch and ONNX
+            # reject many of them (reshapes with -1, reductions), so an empty blob is refused where it appears
+            raise ShapeError(f"top '{name}' would be empty: shape {_fmt_shape(shape)} has a 0 dim", location,
+                             layer=layer)
 
 
 def check_param_shapes(node: Any, param_shapes: Iterable[Sequence[int] | None]) -> int:
