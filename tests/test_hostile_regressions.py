@@ -68,6 +68,8 @@ def test_atheris_alarm_timeout_is_pushed_out_of_reach() -> None:
      r":3:7: layer 'encdrop3': .*dropout_ratio must be in \[0, 1\), got 1\.5"),
     ("onnx", "roi-pooling-3-axis-features.prototxt", r":4:7: layer 'roi_pool': ROIPooling needs a 4-axis"),
     ("onnx", "input-zero-dim-reshape.prototxt", r":2:7: layer 'in0': top '318' would be empty"),
+    ("run", "detection-output-loc-values-per-image.prototxt",
+     r":5:7: layer 'detection_out': loc \(1, 8, 8\) has 64 values per image, need 2 priors x 1 x 4"),
     ("run", "input-zero-dim-reduction.prototxt", r":2:7: layer 'in0': top 'view_blob35' would be empty: shape \(0, 4"),
 ])
 def test_fuzz_findings_are_located_errors(target: str, name: str, message: str) -> None:

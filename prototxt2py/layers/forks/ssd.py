@@ -293,12 +293,15 @@ class DetectionOutput(LayerSpec):
         if loc[0] != conf[0]:
             raise self.fail(node, f"loc {tuple(loc)} and conf {tuple(conf)} must have the same batch size")
         num_priors = legacy_shape(prior)[2] // 4
-        if legacy_shape(loc)[1] != num_priors * a.num_loc_classes * 4:
-            raise self.fail(node, f"loc has {legacy_shape(loc)[1]} channels, need {num_priors} priors x "
+        # per image, Caffe reads exactly these many values (it checks channels(); the flattened SSD blobs are
+        # (N, values), and any other layout would leave values unread or read past the image)
+        per_image = (math.prod(loc[1:]), math.prod(conf[1:]))
+        if per_image[0] != num_priors * a.num_loc_classes * 4:
+            raise self.fail(node, f"loc {tuple(loc)} has {per_image[0]} values per image, need {num_priors} priors x "
                                   f"{a.num_loc_classes} x 4")
-        if legacy_shape(conf)[1] != num_priors * a.num_classes:
-            raise self.fail(node, f"conf has {legacy_shape(conf)[1]} channels, need {num_priors} priors x "
-                                  f"{a.num_classes} classes")
+        if per_image[1] != num_priors * a.num_classes:
+            raise self.fail(node, f"conf {tuple(conf)} has {per_image[1]} values per image, need {num_priors} "
+                                  f"priors x {a.num_classes} classes")
         most = f"at most keep_top_k={a.keep_top_k} per image" if a.keep_top_k > -1 else "no keep_top_k limit"
         raise Unknowable(f"DetectionOutput keeps a data-dependent number of boxes after NMS ({most}): top is "
                          f"(1, 1, kept, 7)")
