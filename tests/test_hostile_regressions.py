@@ -70,6 +70,7 @@ def test_atheris_alarm_timeout_is_pushed_out_of_reach() -> None:
     ("onnx", "input-zero-dim-reshape.prototxt", r":2:7: layer 'in0': top '318' would be empty"),
     ("run", "detection-output-loc-values-per-image.prototxt",
      r":5:7: layer 'detection_out': loc \(1, 8, 8\) has 64 values per image, need 2 priors x 1 x 4"),
+    ("run", "deconvolution-stride-zero.prototxt", r":3:7: layer 'deconv2': stride and dilation must be positive"),
     ("run", "input-zero-dim-reduction.prototxt", r":2:7: layer 'in0': top 'view_blob35' would be empty: shape \(0, 4"),
 ])
 def test_fuzz_findings_are_located_errors(target: str, name: str, message: str) -> None:

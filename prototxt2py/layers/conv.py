@@ -103,6 +103,8 @@ class _ConvBase(LayerSpec):
         stride = _per_axis(a.stride, *a.stride_hw, 1, n, "stride")
         pad = _per_axis(a.pad, *a.pad_hw, 0, n, "pad")
         dilation = _per_axis(a.dilation, None, None, 1, n, "dilation")
+        if any(v <= 0 for v in (*stride, *dilation)):  # Caffe divides by the stride (0: undefined behaviour)
+            raise self.fail(node, f"stride and dilation must be positive, got stride {stride}, dilation {dilation}")
         return axis, kernel, stride, pad, dilation
 
     def _check_bottoms(self, node, in_shapes) -> None:
