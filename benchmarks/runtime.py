@@ -515,8 +515,6 @@ def main() -> None:
                 n = max(3, rounds // 2) if batch == 16 and name == "ResNet-50" else rounds
                 times = forward_times(name, prototxt, weights, batch, n, Path(tmp))
                 print(table(f"forward, batch {batch} ({n} rounds)", times, "prototxt2py"), flush=True)
-            if "compile" in args.parts:
-                warm_up_compiler(Path(tmp), args.compile_backend)
             for batch in compile_batches if "compile" in args.parts else ():
                 n = max(3, rounds // 2) if batch == 16 and name == "ResNet-50" else rounds
                 times, lines = compile_times(name, prototxt, weights, batch, n, Path(tmp), args.compile_backend,
