@@ -4,6 +4,7 @@ step computes what the layers compute, and where it must not apply."""
 from __future__ import annotations
 
 import re
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,61 @@ def test_a_blob_read_twice_ends_the_chain(tmp_path: Path) -> None:
     randomise(net)
     chains = [(f.conv, f.affine, f.residual, f.post) for f in net._fusions]
     assert chains[1:] == [("c2", ("bn2", "s2"), None, None), ("c3", ("bn3",), "sum", "relu")]
+    with torch.no_grad():
+        fused, reference = net.eval()(X), net(X, all_blobs=True)
+    for name in ("tap", "ip", "up"):
+        torch.testing.assert_close(fused[name], reference[name], rtol=1e-5, atol=1e-5)
+
+
+def test_the_plan_releases_each_value_after_its_last_reader(net: CaffeNet) -> None:
+    plan = net._inference_plan
+    released = [vid for step in plan for vid in step.release]
+    assert len(released) == len(set(released)) and not set(released) & set(net._output_ids)
+    for i, step in enumerate(plan):
+        for later in plan[i + 1:]:
+            reads = set(later.inputs) | {v for m in (later.fusion.steps if later.fusion else ()) for v in m.inputs}
+            assert not reads & set(step.release), (step.key, later.key)
+    # c2's chain adds c3's result, which nothing else reads: it may be overwritten; no other step may
+    assert [step.key for step in plan if step.overwrite] == ["c2"]
+
+
+def test_released_values_are_freed_during_the_forward_pass(net: CaffeNet) -> None:
+    """lrn's output is last read by c3's chain: by the time pool runs, the inference plan has let it go;
+    ``all_blobs`` keeps it."""
+    refs: list[weakref.ref] = []
+    alive: list[bool] = []
+    net.layer("lrn").register_forward_hook(lambda _m, _i, out: refs.append(weakref.ref(out)))
+    net.layer("pool").register_forward_hook(lambda *_: alive.append(refs[-1]() is not None))
+    with torch.no_grad():
+        net(X)
+        net(X, all_blobs=True)
+    assert alive == [False, True]
+
+
+def test_a_sum_read_again_later_is_not_overwritten(tmp_path: Path) -> None:
+    """c3's result is the addition's other bottom, and a Power layer after the addition reads it again: the
+    fused addition must not write into it (the Power layer would see the sum)."""
+    text = NET.replace('layer { name: "pool"', 'layer { name: "tap" type: "Power" bottom: "c3" top: "tap" }\n'
+                                               'layer { name: "pool"')
+    net = build(tmp_path, text)
+    randomise(net)
+    assert not any(step.overwrite for step in net._inference_plan)
+    with torch.no_grad():
+        fused, reference = net.eval()(X), net(X, all_blobs=True)
+    for name in ("tap", "ip", "up"):
+        torch.testing.assert_close(fused[name], reference[name], rtol=1e-5, atol=1e-5)
+
+
+def test_a_sum_with_a_live_alias_is_not_overwritten(tmp_path: Path) -> None:
+    """A Split before the addition hands on c3's result as the very same tensor, and a Power layer after the
+    addition reads that copy: the addition is c3's last reader, yet must not write into it."""
+    text = NET.replace('layer { name: "sum"', 'layer { name: "sp" type: "Split" bottom: "c3" top: "c3a" }\n'
+                                              'layer { name: "sum"')
+    text = text.replace('layer { name: "pool"', 'layer { name: "tap" type: "Power" bottom: "c3a" top: "tap" }\n'
+                                                'layer { name: "pool"')
+    net = build(tmp_path, text)
+    randomise(net)
+    assert not any(step.overwrite for step in net._inference_plan)
     with torch.no_grad():
         fused, reference = net.eval()(X), net(X, all_blobs=True)
     for name in ("tap", "ip", "up"):

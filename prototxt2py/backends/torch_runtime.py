@@ -226,7 +226,7 @@ class CaffeNet(nn.Module):
                     produced = modules[key](*[env[i] for i in ins])
             elif kind is FUSED:
                 produced = run_fusion(step.fusion, modules, self._fusion_cache, env,
-                                      lambda steps, env: self._execute(steps, env, tracing))
+                                      lambda steps, env: self._execute(steps, env, tracing), step.overwrite)
             elif kind is LINEAR:
                 produced = self._run_linear(modules[key], env[ins[0]])
             elif kind is DENSE:  # inputs that may be channels-last, for a layer not known to handle them
@@ -241,6 +241,8 @@ class CaffeNet(nn.Module):
                 for i, vid in enumerate(outs):
                     if vid not in env:
                         env[vid] = produced[i]
+            for vid in step.release:
+                env.pop(vid, None)
         return env
 
     def forward(self, *args: torch.Tensor, **kwargs: Any) -> dict[str, torch.Tensor]:
