@@ -29,6 +29,11 @@ weights invalidates them. The packed copy costs memory once the first eval-mode 
 convolution weights' size again: ResNet-50 +94 MB, AlexNet +9 MB);
 :meth:`~.torch_runtime.CaffeNet.clear_fold_cache` frees it.
 
+The inference plan drops each value after its last reader, and a chain whose addition reads a dying
+convolution result writes into that tensor (``Step.release``, ``Step.overwrite``): activations are then
+reused as in a hand-written module instead of allocated afresh on every pass (at batch 16, ResNet-50 took
+some 110,000 page faults per pass before, 25,000 now).
+
 Layers whose spec says they are a plain matmul of the flattened bottom (``plain_linear``) run on oneDNN's
 matmul. Channels-last values flow on through layers whose spec says they compute the same on any memory
 layout (``layout_agnostic``); any other layer, and the net's outputs, get contiguous NCHW tensors.
