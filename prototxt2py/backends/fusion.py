@@ -495,12 +495,11 @@ def _onednn_conv(fusion: Fusion, modules: Mapping[str, nn.Module], cache: Fusion
     if other is None:
         return ONEDNN_CONV(x, weight, bias, *geometry, unary, scalars, "")
     other = other.contiguous(memory_format=torch.channels_last)
-    if (overwrite and ONEDNN_CONV_INTO is not None and (unary == "none" or unary in _BINARY_UNARY)
-            and other.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()):
-        return ONEDNN_CONV_INTO(other, x, weight, bias, *geometry, "add", None,
-                                None if unary == "none" else unary, scalars, "")
-    if unary == "none" or unary in _BINARY_UNARY:  # the binary form takes no unary post-op as None
-        return ONEDNN_CONV.binary(x, other, weight, bias, *geometry, "add", None,
-                                  None if unary == "none" else unary, scalars, "")
+    if unary == "none" or unary in _BINARY_UNARY:
+        post = None if unary == "none" else unary  # the binary form takes no unary post-op as None
+        if (overwrite and ONEDNN_CONV_INTO is not None
+                and other.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()):
+            return ONEDNN_CONV_INTO(other, x, weight, bias, *geometry, "add", None, post, scalars, "")
+        return ONEDNN_CONV.binary(x, other, weight, bias, *geometry, "add", None, post, scalars, "")
     y = ONEDNN_CONV.binary(x, other, weight, bias, *geometry, "add", None, None, [], "")
     return call_layer(modules[fusion.post], y)
