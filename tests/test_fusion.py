@@ -4,6 +4,7 @@ step computes what the layers compute, and where it must not apply."""
 from __future__ import annotations
 
 import re
+import threading
 import weakref
 from pathlib import Path
 
@@ -206,6 +207,83 @@ def test_a_sum_with_a_live_alias_is_not_overwritten(tmp_path: Path) -> None:
     text = text.replace('layer { name: "pool"', 'layer { name: "tap" type: "Power" bottom: "c3a" top: "tap" }\n'
                                                 'layer { name: "pool"')
     _check_not_overwritten(tmp_path, text)
+
+
+def _kept_passes(net: CaffeNet, inputs: list[torch.Tensor], hold: bool = False) -> list:
+    """One fused pass per input, each checked against the layer-by-layer pass. With ``hold``, a hook on
+    ``pool`` keeps what it is given (the sum c2's chain wrote into c3's chain result, a kept output here), a
+    view of it and a copy; returns those."""
+    held: list = []
+    if hold:
+        net.layer("pool").register_forward_pre_hook(lambda _m, args: held.append((args[0], args[0][0],
+                                                                                   args[0].clone())))
+    with torch.no_grad():
+        for x in inputs:
+            fused = net(x)
+            reference = net(x, all_blobs=True)
+            for name, value in fused.items():
+                torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-5)
+    return held[::2]  # the fused passes'
+
+
+@pytest.mark.skipif(not ONEDNN or fusion.ONEDNN_CONV_INTO is None, reason="no oneDNN convolution in this torch")
+def test_big_results_are_kept_and_written_again(net: CaffeNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every result "big", a chain without an addition writes into its last pass's result: c3's chain
+    result (into which c2's chain adds) is the very same tensor on every pass, and each pass still computes its
+    own input's values."""
+    monkeypatch.setattr(fusion, "KEEP_OUTPUT_BYTES", 0)
+    _kept_passes(net, [X])
+    # c1's chain ends in a leaky rectifier, which the in-place form does not take; c2's has an addition
+    assert set(net._fusion_cache.outputs) == {"c3"}
+    first = weakref.ref(net._fusion_cache.outputs["c3"][1])
+    _kept_passes(net, [-X, X * 3])
+    assert net._fusion_cache.outputs["c3"][1] is first()
+    # below the size floor nothing is kept
+    monkeypatch.setattr(fusion, "KEEP_OUTPUT_BYTES", 1 << 40)
+    net.clear_fold_cache()
+    _kept_passes(net, [X, -X])
+    assert not net._fusion_cache.outputs
+
+
+@pytest.mark.skipif(not ONEDNN or fusion.ONEDNN_CONV_INTO is None, reason="no oneDNN convolution in this torch")
+def test_a_kept_result_someone_holds_is_not_written_again(net: CaffeNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forward hook that keeps the tensor it is given (or a view of it), as feature extractors do, keeps it
+    as it was: the next pass allocates anew."""
+    monkeypatch.setattr(fusion, "KEEP_OUTPUT_BYTES", 0)
+    held = _kept_passes(net, [X, -X, X * 3], hold=True)
+    assert len(held) == 3
+    for tensor, view, copy in held:
+        assert torch.equal(tensor, copy) and torch.equal(view, copy[0])
+
+
+@pytest.mark.skipif(not ONEDNN or fusion.ONEDNN_CONV_INTO is None, reason="no oneDNN convolution in this torch")
+def test_kept_results_across_inference_mode_and_threads(net: CaffeNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result kept under ``torch.inference_mode()`` (an inference tensor, not writable outside it) is not
+    written by a later ``no_grad`` pass; passes of several threads at once each get their own memory."""
+    monkeypatch.setattr(fusion, "KEEP_OUTPUT_BYTES", 0)
+    inputs = [X * k for k in (1.0, -2.0, 0.5, 3.0)]
+    with torch.no_grad():
+        expected = [net(x, all_blobs=True)["ip"] for x in inputs]
+    with torch.inference_mode():
+        net(X)
+    with torch.no_grad():
+        torch.testing.assert_close(net(X)["ip"], expected[0], rtol=1e-5, atol=1e-5)
+
+    barrier = threading.Barrier(len(inputs))
+    errors: list[float] = []
+
+    def serve(i: int) -> None:
+        barrier.wait()
+        with torch.no_grad():
+            for _ in range(30):
+                errors.append(float((net(inputs[i])["ip"] - expected[i]).abs().max()))
+
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 30 * len(inputs) and max(errors) < 1e-4
 
 
 AGNOSTIC = """

@@ -42,6 +42,7 @@ layout (``layout_agnostic``); any other layer, and the net's outputs, get contig
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import astuple, dataclass, replace
 from typing import Any
@@ -125,6 +126,31 @@ ONEDNN_CONV = _onednn_op("_convolution_pointwise")
 ONEDNN_PACK = _onednn_op("_reorder_convolution_weight")
 #: ``other = unary(conv(X) + other)`` in place: a residual addition without a new activation buffer
 ONEDNN_CONV_INTO = getattr(_onednn_op("_convolution_pointwise_"), "binary", None)
+
+#: Chain results of at least this many bytes are kept between passes and written again (see
+#: :meth:`FusionCache.take_output`). glibc serves blocks above 32 MiB (its largest mmap threshold) with fresh
+#: pages from the OS and unmaps them on free: ResNet-50's 51 MB first activations at batch 16 cost 12 ms of page
+#: faults each per pass, and 3 ms more to unmap, against 1 ms to zero a kept buffer.
+KEEP_OUTPUT_BYTES = 32 << 20
+
+
+def _holders(t: torch.Tensor) -> tuple[int, int]:
+    """References to ``t`` and tensors sharing its memory (views), as counted from a caller holding it
+    in one local variable (compare with :data:`_SOLE_HOLDER`, counted the same way)."""
+    return sys.getrefcount(t), torch._C._storage_Use_Count(t.untyped_storage()._cdata)
+
+
+def _sole_holder() -> tuple[int, int] | None:
+    """What :func:`_holders` says of a tensor only its caller holds; None if this torch cannot tell (outputs
+    are then never kept)."""
+    try:
+        probe = torch.empty(1)
+        return _holders(probe)
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+
+
+_SOLE_HOLDER = _sole_holder()
 
 
 @dataclass(frozen=True)
@@ -299,13 +325,38 @@ class FusionCache:
     under ``torch.inference_mode()``, e.g. by ``net.to(device)`` there) have no version counter at all: they
     are keyed by address only, so in-place writes to them (possible only inside inference mode) need
     :meth:`clear` too.
+
+    It also keeps big convolution results between passes (:meth:`take_output`).
     """
 
     def __init__(self) -> None:
         self.entries: dict[str, dict[str, Any]] = {}
+        #: chain -> (its input's shape, its last result), for results of at least ``KEEP_OUTPUT_BYTES``
+        self.outputs: dict[str, tuple[tuple[int, ...], torch.Tensor]] = {}
 
     def clear(self) -> None:
         self.entries.clear()
+        self.outputs.clear()
+
+    def keep_output(self, key: str, shape: tuple[int, ...], y: torch.Tensor) -> None:
+        """Keep chain ``key``'s result ``y`` (for an input of ``shape``) for the next pass, if it is big."""
+        if _SOLE_HOLDER is not None and y.nbytes >= KEEP_OUTPUT_BYTES:
+            self.outputs[key] = (shape, y)
+
+    def take_output(self, key: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """Chain ``key``'s kept result for an input of ``shape``, to be written again, if nothing else holds
+        it or a view of it now: not the pass that made it (values are dropped after their last reader), nor a
+        caller, a forward hook or another thread's pass (which then allocates its own). Taken out of the
+        table, so two passes never get the same tensor."""
+        entry = self.outputs.pop(key, None)
+        if entry is None:
+            return None
+        kept_shape, y = entry
+        del entry
+        if kept_shape != shape or _holders(y) != _SOLE_HOLDER or (y.is_inference()
+                                                                  and not torch.is_inference_mode_enabled()):
+            return None
+        return y
 
     def _entry(self, fusion: Fusion, modules: Mapping[str, nn.Module], blobs: Sequence[torch.Tensor]
                ) -> dict[str, Any]:
@@ -493,7 +544,16 @@ def _onednn_conv(fusion: Fusion, modules: Mapping[str, nn.Module], cache: Fusion
     x = x.contiguous(memory_format=torch.channels_last)
     geometry = (list(pad), list(stride), list(dilation), group)
     if other is None:
-        return ONEDNN_CONV(x, weight, bias, *geometry, unary, scalars, "")
+        if ONEDNN_CONV_INTO is None or unary not in ("none", *_BINARY_UNARY):
+            return ONEDNN_CONV(x, weight, bias, *geometry, unary, scalars, "")
+        kept = cache.take_output(fusion.conv, tuple(x.shape))
+        if kept is None:
+            y = ONEDNN_CONV(x, weight, bias, *geometry, unary, scalars, "")
+        else:  # 0 + conv(X), through the in-place addition
+            y = ONEDNN_CONV_INTO(kept.zero_(), x, weight, bias, *geometry, "add", None,
+                                 None if unary == "none" else unary, scalars, "")
+        cache.keep_output(fusion.conv, tuple(x.shape), y)
+        return y
     other = other.contiguous(memory_format=torch.channels_last)
     if unary == "none" or unary in _BINARY_UNARY:
         post = None if unary == "none" else unary  # the binary form takes no unary post-op as None
