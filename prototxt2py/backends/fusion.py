@@ -31,8 +31,10 @@ convolution weights' size again: ResNet-50 +94 MB, AlexNet +9 MB);
 
 The inference plan drops each value after its last reader, and a chain whose addition reads a dying
 convolution result writes into that tensor (``Step.release``, ``Step.overwrite``): activations are then
-reused as in a hand-written module instead of allocated afresh on every pass (at batch 16, ResNet-50 took
-some 110,000 page faults per pass before, 25,000 now).
+reused as in a hand-written module instead of allocated afresh on every pass. Results too big for the C
+allocator to recycle (``KEEP_OUTPUT_BYTES``) are kept between passes and written again, unless anything else
+still holds them (:meth:`FusionCache.take_output`). At batch 16, ResNet-50 took some 110,000 page faults per
+pass with neither, none with both (its two 51 MB activations then stay allocated between passes).
 
 Layers whose spec says they are a plain matmul of the flattened bottom (``plain_linear``) run on oneDNN's
 matmul. Channels-last values flow on through layers whose spec says they compute the same on any memory
