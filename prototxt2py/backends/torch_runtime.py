@@ -281,7 +281,8 @@ class CaffeNet(nn.Module):
 
     def clear_fold_cache(self) -> None:
         """Forget the folded and packed convolution weights of the inference plan (they are remade on the next
-        eval-mode forward). Needed only after writing blobs through ``.data``, which torch does not track."""
+        eval-mode forward) and the big results it keeps between passes. Needed only after writing blobs through
+        ``.data``, which torch does not track, or to give that memory back."""
         self._fusion_cache.clear()
 
     def __getstate__(self) -> dict[str, Any]:
