@@ -334,18 +334,18 @@ class FusionCache:
     def __init__(self) -> None:
         self.entries: dict[str, dict[str, Any]] = {}
         #: chain -> (its input's shape, its last result), for results of at least ``KEEP_OUTPUT_BYTES``
-        self.outputs: dict[str, tuple[tuple[int, ...], torch.Tensor]] = {}
+        self.outputs: dict[str, tuple[Sequence[int], torch.Tensor]] = {}
 
     def clear(self) -> None:
         self.entries.clear()
         self.outputs.clear()
 
-    def keep_output(self, key: str, shape: tuple[int, ...], y: torch.Tensor) -> None:
+    def keep_output(self, key: str, shape: Sequence[int], y: torch.Tensor) -> None:
         """Keep chain ``key``'s result ``y`` (for an input of ``shape``) for the next pass, if it is big."""
         if _SOLE_HOLDER is not None and y.nbytes >= KEEP_OUTPUT_BYTES:
             self.outputs[key] = (shape, y)
 
-    def take_output(self, key: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+    def take_output(self, key: str, shape: Sequence[int]) -> torch.Tensor | None:
         """Chain ``key``'s kept result for an input of ``shape``, to be written again, if nothing else holds
         it or a view of it now: not the pass that made it (values are dropped after their last reader), nor a
         caller, a forward hook or another thread's pass (which then allocates its own). Taken out of the
@@ -539,29 +539,33 @@ def _onednn_conv(fusion: Fusion, modules: Mapping[str, nn.Module], cache: Fusion
                  blobs: Sequence[torch.Tensor], x: torch.Tensor, other: torch.Tensor | None,
                  overwrite: bool) -> torch.Tensor:
     """The chain as one oneDNN call; with ``overwrite`` (:attr:`Step.overwrite`) the result is written into
-    the addition's other bottom (or into its channels-last copy, if it had to be made one)."""
-    weight, bias = cache.packed(fusion, modules, blobs, tuple(x.shape))
+    the addition's other bottom (or into its channels-last copy, if it had to be made one). A chain without an
+    addition writes into its result kept from the last pass, if there is one (:meth:`FusionCache.take_output`),
+    as the addition ``0 + conv(X)``."""
+    shape = x.shape
+    weight, bias = cache.packed(fusion, modules, blobs, tuple(shape))
     stride, pad, dilation, group = fusion.conv_args
     unary, scalars = fusion.unary, list(fusion.scalars)
     x = x.contiguous(memory_format=torch.channels_last)
     geometry = (list(pad), list(stride), list(dilation), group)
-    if other is None:
-        if ONEDNN_CONV_INTO is None or unary not in ("none", *_BINARY_UNARY):
+    if unary != "none" and unary not in _BINARY_UNARY:  # the addition forms cannot apply it
+        if other is None:
             return ONEDNN_CONV(x, weight, bias, *geometry, unary, scalars, "")
-        kept = cache.take_output(fusion.conv, tuple(x.shape))
+        y = ONEDNN_CONV.binary(x, other.contiguous(memory_format=torch.channels_last), weight, bias, *geometry,
+                               "add", None, None, [], "")
+        return call_layer(modules[fusion.post], y)
+    post = None if unary == "none" else unary  # the addition forms take no unary post-op as None
+    if other is None:
+        kept = cache.take_output(fusion.conv, shape) if ONEDNN_CONV_INTO is not None else None
         if kept is None:
             y = ONEDNN_CONV(x, weight, bias, *geometry, unary, scalars, "")
-        else:  # 0 + conv(X), through the in-place addition
-            y = ONEDNN_CONV_INTO(kept.zero_(), x, weight, bias, *geometry, "add", None,
-                                 None if unary == "none" else unary, scalars, "")
-        cache.keep_output(fusion.conv, tuple(x.shape), y)
+        else:
+            y = ONEDNN_CONV_INTO(kept.zero_(), x, weight, bias, *geometry, "add", None, post, scalars, "")
+        if ONEDNN_CONV_INTO is not None:
+            cache.keep_output(fusion.conv, shape, y)
         return y
     other = other.contiguous(memory_format=torch.channels_last)
-    if unary == "none" or unary in _BINARY_UNARY:
-        post = None if unary == "none" else unary  # the binary form takes no unary post-op as None
-        if (overwrite and ONEDNN_CONV_INTO is not None
-                and other.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()):
-            return ONEDNN_CONV_INTO(other, x, weight, bias, *geometry, "add", None, post, scalars, "")
-        return ONEDNN_CONV.binary(x, other, weight, bias, *geometry, "add", None, post, scalars, "")
-    y = ONEDNN_CONV.binary(x, other, weight, bias, *geometry, "add", None, None, [], "")
-    return call_layer(modules[fusion.post], y)
+    if (overwrite and ONEDNN_CONV_INTO is not None
+            and other.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()):
+        return ONEDNN_CONV_INTO(other, x, weight, bias, *geometry, "add", None, post, scalars, "")
+    return ONEDNN_CONV.binary(x, other, weight, bias, *geometry, "add", None, post, scalars, "")
