@@ -10,15 +10,15 @@ a plugin's layer joins chains exactly as a built-in does, and this module knows 
   convolution of its bottom (``plain_convolution``), then any run of layers that are a per-channel
   ``x * multiplier + offset`` (``per_channel_affine``: a batch normalisation with stored statistics, a learned
   per-channel scale or bias), then the sum with one other blob (``residual_add``), then an exact elementwise
-  function (``post_op``: rectifier, leaky rectifier, clamp). On CPU float32 with nothing needing gradients,
-  and big enough to be worth it (``ONEDNN_MIN_MACS``), one oneDNN call
+  function (``post_op``: rectifier, leaky rectifier, clamp). On CPU float32 outside ``torch.autocast``, with
+  nothing needing gradients, and big enough to be worth it (``ONEDNN_MIN_MACS``), one oneDNN call
   (``torch.ops.mkldnn._convolution_pointwise``, the kernel ``torch.compile`` emits on CPU) with the weights
   packed once into oneDNN's blocked layout, the affine layers folded into them, and the addition and the
   post-op applied as post-ops, in channels-last memory (oneDNN takes only the plain rectifier after an
   addition: other post-ops then run as their layer). Measured on a 2-core AVX-512 machine at batch 1:
   1.2-5x faster per convolution than ``F.conv2d`` on NCHW tensors, which reorders its weights and
-  activations on every call. Elsewhere (GPU, float64, autograd, tracing, compiling) the fold still applies
-  through ``F.conv*`` and the other members run as layers;
+  activations on every call. Elsewhere (GPU, other dtypes, autocast, autograd, tracing, compiling) the fold
+  still applies through ``F.conv*`` and the other members run as layers;
 * ``affine [-> affine ...]`` with no convolution before it, led by a layer whose form is worth running on its
   own (``ChannelAffine.alone``, e.g. one that subtracts and divides): one ``addcmul``.
 
@@ -484,6 +484,14 @@ def _wants_grad(tensors: Any) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def onednn_allowed(x: torch.Tensor) -> bool:
+    """Whether a oneDNN op may run on ``x`` instead of the layer's own torch ops: eagerly (not traced or
+    compiled), on the CPU, and outside ``torch.autocast``, which has no rule for these private ops (they would
+    silently compute in float32 where the user asked for bfloat16 or float16)."""
+    return (not _symbolic(x) and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu"))
+
+
 #: Below about this many multiply-adds a layer is faster through ``F.conv2d``/``F.linear``: oneDNN's fused call
 #: costs some 15-40 us more per call (MTCNN's 24x24 R-Net: 0.7 ms fused, 0.4 ms layer by layer; its 3->28
 #: channel 3x3 convolution, 0.4 M multiply-adds, 43 us in oneDNN and 30 us in ``F.conv2d``, on a 2-core
@@ -512,9 +520,9 @@ def run_fusion(fusion: Fusion, modules: Mapping[str, nn.Module], cache: FusionCa
         return apply_affine(x, affine, fusion.form_tuples)
     conv = modules[fusion.conv]
     blobs = chain_blobs(conv, affine)
-    if (ONEDNN_CONV is not None and ONEDNN_PACK is not None and not _symbolic(x) and x.device.type == "cpu"
+    if (ONEDNN_CONV is not None and ONEDNN_PACK is not None and onednn_allowed(x)
             and x.dim() == 4 and len(fusion.conv_args[0]) == 2 and _worth_onednn(x, conv.weight, fusion.conv_args[0])
-            and all(t.dtype == torch.float32 for t in (x, *blobs) + ((other,) if other is not None else ()))
+            and all(t.dtype == torch.float32 for t in (*blobs, *((other,) if other is not None else ())))
             and not _wants_grad([x, other, *blobs])):
         return _onednn_conv(fusion, modules, cache, blobs, x, other, overwrite)
     if _symbolic(x) or _wants_grad(blobs):

@@ -269,11 +269,11 @@ class CaffeNet(nn.Module):
     @staticmethod
     def _run_linear(module: nn.Module, x: Any) -> Any:
         """A plain InnerProduct on oneDNN when nothing needs gradients (the op has no autograd formula) and the
-        operands are what it takes: CPU float32, contiguous weights; else the layer as it is."""
+        operands are what it takes: CPU float32 outside autocast, contiguous weights; else the layer as it is."""
         weight = module.weight
         bias = getattr(module, "bias", None)
-        if (isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling() or x.device.type != "cpu"
-                or x.dtype != torch.float32 or weight.dtype != torch.float32 or not weight.is_contiguous()
+        if (not fusion.onednn_allowed(x)
+                or weight.dtype != torch.float32 or not weight.is_contiguous()
                 or x.numel() * weight.shape[0] < fusion.ONEDNN_MIN_MACS
                 or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias) if t is not None))):
             return call_layer(module, x)
