@@ -257,6 +257,20 @@ def test_a_kept_result_someone_holds_is_not_written_again(net: CaffeNet, monkeyp
 
 
 @pytest.mark.skipif(not ONEDNN or fusion.ONEDNN_CONV_INTO is None, reason="no oneDNN convolution in this torch")
+def test_moving_the_net_frees_its_packed_weights_and_kept_results(net: CaffeNet,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fusion, "KEEP_OUTPUT_BYTES", 0)
+    with torch.no_grad():
+        net(X)
+    assert net._fusion_cache.entries
+    kept = weakref.ref(net._fusion_cache.outputs["c3"][1])
+    net.to(torch.float64)
+    assert not net._fusion_cache.entries and not net._fusion_cache.outputs and kept() is None
+    with torch.no_grad():
+        torch.testing.assert_close(net(X.double())["ip"], net(X.double(), all_blobs=True)["ip"])
+
+
+@pytest.mark.skipif(not ONEDNN or fusion.ONEDNN_CONV_INTO is None, reason="no oneDNN convolution in this torch")
 def test_kept_results_across_inference_mode_and_threads(net: CaffeNet, monkeypatch: pytest.MonkeyPatch) -> None:
     """A result kept under ``torch.inference_mode()`` (an inference tensor, not writable outside it) is not
     written by a later ``no_grad`` pass; passes of several threads at once each get their own memory."""

@@ -285,6 +285,12 @@ class CaffeNet(nn.Module):
         ``.data``, which torch does not track, or to give that memory back."""
         self._fusion_cache.clear()
 
+    def _apply(self, fn: Any, recurse: bool = True) -> CaffeNet:
+        """Moves (``to``, ``cuda``, ``half``, ...) also drop the inference plan's packed weights and kept results:
+        they were made from the old tensors, whose memory they would otherwise keep alive."""
+        self._fusion_cache.clear()
+        return super()._apply(fn, recurse)
+
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave the fold cache behind: it is derived data, rebuilt on demand."""
         state = self.__dict__.copy()
