@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from golden import CORPUS, assert_close, case_params, meta, npz, zoo_net_and_inputs
+from golden import CORPUS, GOLDEN, assert_close, case_params, meta, npz, zoo_net_and_inputs
 from test_golden_nets import SLOW_ZOO
 
 import prototxt2py
@@ -321,8 +321,6 @@ def test_blobs_read_elsewhere_are_not_folded_away(tmp_path: Path) -> None:
 
 def test_real_resnet_stem_folded_matches_caffe(tmp_path: Path) -> None:
     """The corpus net with real BatchNorm/Scale weights: folded outputs against the golden Caffe outputs."""
-    from golden import GOLDEN, npz
-
     case = GOLDEN / "nets" / "caffe_onnx_test_net"
     inputs, outputs = npz(case / "inputs.npz"), npz(case / "outputs.npz")
     net = prototxt2py.load(CORPUS / "htshinichi__caffe-onnx/caffemodel/test/test.prototxt",
@@ -432,6 +430,29 @@ def test_torch_compile_fresh_net(tmp_path: Path) -> None:
     with torch.no_grad():
         got = compiled(X)["out"]
         torch.testing.assert_close(got, net(X, all_blobs=True)["out"], rtol=1e-5, atol=1e-5)
+
+
+def test_torch_export_saves_and_loads(fold_net: CaffeNet, tmp_path: Path) -> None:
+    """``torch.export`` (the path to AOTInductor and ExecuTorch) captures the eval-mode net as one graph holding
+    the current weights; saved and loaded back, it computes what the layers compute."""
+    with torch.no_grad():
+        fold_net.layer("bn3").mean.add_(1.0)
+    exported = torch.export.export(fold_net, (X,))
+    torch.export.save(exported, tmp_path / "net.pt2")
+    loaded = torch.export.load(tmp_path / "net.pt2").module()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(X)["out"], fold_net(X, all_blobs=True)["out"], rtol=1e-5, atol=1e-5)
+
+
+def test_torch_export_matches_caffe_on_a_zoo_net() -> None:
+    case = GOLDEN / "zoo" / "mtcnn_det2"
+    net, inputs = zoo_net_and_inputs(case)
+    feed = tuple(torch.from_numpy(inputs[name]) for name in net.input_names)
+    got = torch.export.export(net.eval(), feed).module()(*feed)
+    want = npz(case / "outputs.npz")
+    assert set(got) & set(want)
+    for name in set(got) & set(want):
+        assert_close(got[name].detach().numpy(), want[name], 1e-4, 1e-5, f"blob '{name}'")
 
 
 @pytest.mark.slow
