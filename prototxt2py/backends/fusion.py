@@ -522,7 +522,7 @@ def run_fusion(fusion: Fusion, modules: Mapping[str, nn.Module], cache: FusionCa
     blobs = chain_blobs(conv, affine)
     if (ONEDNN_CONV is not None and ONEDNN_PACK is not None and onednn_allowed(x)
             and x.dim() == 4 and len(fusion.conv_args[0]) == 2 and _worth_onednn(x, conv.weight, fusion.conv_args[0])
-            and all(t.dtype == torch.float32 for t in (*blobs, *((other,) if other is not None else ())))
+            and all(t.dtype == torch.float32 for t in blobs) and (other is None or other.dtype == torch.float32)
             and not _wants_grad([x, other, *blobs])):
         return _onednn_conv(fusion, modules, cache, blobs, x, other, overwrite)
     if _symbolic(x) or _wants_grad(blobs):
