@@ -564,13 +564,14 @@ def _onednn_conv(fusion: Fusion, modules: Mapping[str, nn.Module], cache: Fusion
         return call_layer(modules[fusion.post], y)
     post = None if unary == "none" else unary  # the addition forms take no unary post-op as None
     if other is None:
-        kept = cache.take_output(fusion.conv, shape) if ONEDNN_CONV_INTO is not None else None
+        if ONEDNN_CONV_INTO is None:
+            return ONEDNN_CONV(x, weight, bias, *geometry, unary, scalars, "")
+        kept = cache.take_output(fusion.conv, shape)
         if kept is None:
             y = ONEDNN_CONV(x, weight, bias, *geometry, unary, scalars, "")
         else:
             y = ONEDNN_CONV_INTO(kept.zero_(), x, weight, bias, *geometry, "add", None, post, scalars, "")
-        if ONEDNN_CONV_INTO is not None:
-            cache.keep_output(fusion.conv, shape, y)
+        cache.keep_output(fusion.conv, shape, y)
         return y
     other = other.contiguous(memory_format=torch.channels_last)
     if (overwrite and ONEDNN_CONV_INTO is not None
