@@ -55,7 +55,8 @@ try:
 except ImportError:  # the onnxruntime rows are then left out
     ort = None
 
-CORPUS = ROOT.parent / "shared" / "corpus"
+#: ``../shared`` beside the checkout, or where ``PROTOTXT2PY_SHARED`` says (scripts/gpu_checks.sh)
+CORPUS = Path(os.environ.get("PROTOTXT2PY_SHARED") or ROOT.parent / "shared") / "corpus"
 PARTS = ["load", "memory", "forward", "compile"]
 DEFAULT_PARTS = ["load", "memory", "forward"]  # compile: minutes per model, only when asked
 MODELS = {
@@ -298,33 +299,51 @@ def onnxruntime_session(net: CaffeNet, folder: Path) -> Callable[[np.ndarray], l
     return lambda x: session.run(None, {input_name: x})[0]
 
 
-def forward_times(name: str, prototxt: Path, weights: Path, batch: int, rounds: int, folder: Path) -> Timings:
+def synced(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``fn`` timed to the end of its GPU work: kernels run asynchronously, a timer around the launch alone would
+    measure the Python side only."""
+    if device.type != "cuda":
+        return fn
+
+    def run() -> object:
+        result = fn()
+        torch.cuda.synchronize(device)
+        return result
+
+    return run
+
+
+def forward_times(name: str, prototxt: Path, weights: Path, batch: int, rounds: int, folder: Path,
+                  device: torch.device) -> Timings:
+    """Forward latency of the runtime and its contenders. On a GPU (``device``) the contenders are the
+    hand-written model, and for ResNet-50 the runtime layer by layer; OpenCV and onnxruntime are CPU-only here."""
     chw = MODELS[name][1]
     net = prototxt2py.load(prototxt, weights=weights, input_shapes={"data": [batch, *chw]}).eval()
     x = torch.from_numpy(np.random.default_rng(batch).uniform(-1, 1, (batch, *chw)).astype(np.float32))
+    hand = HAND_WRITTEN[name](net).to(device) if name == "AlexNet" or device.type != "cpu" else None
+    cpu_array = x.numpy()
+    net, x = net.to(device), x.to(device)
     out_name = net.output_names[0]
     contenders: dict[str, Callable[[], object]] = {"prototxt2py": lambda: net(x)}
-    if name == "AlexNet":
-        model = hand_written_alexnet(net)
-        contenders["hand-written PyTorch"] = lambda: model(x)
-    else:
+    if hand is not None:
+        contenders["hand-written PyTorch"] = lambda: hand(x)
+    if name != "AlexNet":
         contenders["prototxt2py, layer by layer (all_blobs=True)"] = lambda: net(x, all_blobs=True)
-    if cv2 is not None:
+    if cv2 is not None and device.type == "cpu":
         cv_net = cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
-        blob = x.numpy()
 
         def opencv() -> np.ndarray:
-            cv_net.setInput(blob)
+            cv_net.setInput(cpu_array)
             return cv_net.forward()
 
         contenders["OpenCV dnn"] = opencv
-    if ort is not None:
+    if ort is not None and device.type == "cpu":
         session = onnxruntime_session(net, folder)
-        array = x.numpy()
-        contenders["onnxruntime (our ONNX export)"] = lambda: session(array)
+        contenders["onnxruntime (our ONNX export)"] = lambda: session(cpu_array)
 
     def output(result: object) -> np.ndarray:
-        return np.asarray(result[out_name] if isinstance(result, dict) else result)
+        result = result[out_name] if isinstance(result, dict) else result
+        return result.cpu().numpy() if isinstance(result, torch.Tensor) else np.asarray(result)
 
     with torch.no_grad():
         ref = output(net(x, all_blobs=True))
@@ -332,7 +351,7 @@ def forward_times(name: str, prototxt: Path, weights: Path, batch: int, rounds: 
             err = float(np.abs(output(fn()).reshape(ref.shape) - ref).max())
             if err > 1e-4 * max(1.0, float(np.abs(ref).max())):
                 raise SystemExit(f"{name}: {k} differs from prototxt2py by {err:g}")
-        return interleaved(contenders, rounds, repeat=2)
+        return interleaved({k: synced(fn, device) for k, fn in contenders.items()}, rounds, repeat=2)
 
 
 # -- torch.compile -------------------------------------------------------------------------------------------
@@ -474,28 +493,39 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for torch and OpenCV alike (default: their defaults, one per core)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=DEFAULT_PARTS,
-                        help="what to measure (default: load memory forward; compile takes minutes per model)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS,
+                        help="what to measure (default: load memory forward, with --smoke all; compile takes minutes "
+                             "per model)")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16], help="forward and compile batch sizes")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend for --parts compile (--smoke: 'eager', dynamo's tracing only)")
     parser.add_argument("--compile-rounds", type=int, default=2,
                         help="fresh processes per contender for the compile time (best taken; alternating order)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the forward part runs: 'cuda' times the runtime against the hand-written models on "
+                             "a GPU (TensorFloat-32 off, Caffe's float32); the other parts always run on the CPU")
     parser.add_argument("--smoke", action="store_true",
-                        help="a tiny net, one round, every part; torch.compile at batch 1 with the 'eager' backend")
+                        help="a tiny net, one round, every part (or those of --parts); torch.compile at batch 1 with "
+                             "the 'eager' backend")
     args = parser.parse_args()
     rounds = 3 if args.quick else args.rounds
+    device = torch.device(args.device)
+    if device.type == "cuda":  # cuDNN's default TensorFloat-32 convolutions are not Caffe's float32 (nor the checks')
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     if args.smoke:
         MODELS.update(SMOKE_MODELS)
-        args.models, rounds, args.parts = list(SMOKE_MODELS), 1, PARTS
+        args.models, rounds, args.parts = list(SMOKE_MODELS), 1, args.parts or PARTS
         compile_batches, args.compile_backend = [1], "eager"
     else:
         compile_batches = args.batches
+    args.parts = args.parts or DEFAULT_PARTS
     if args.threads:
         torch.set_num_threads(args.threads)
         if cv2 is not None:
             cv2.setNumThreads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+    gpu = f", forward on {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs{gpu}"
           + (f", OpenCV {cv2.__version__}" if cv2 is not None else ", no OpenCV") + f"; {load_average()}")
     with tempfile.TemporaryDirectory(prefix="prototxt2py-bench-") as tmp:
         files = {}
@@ -520,7 +550,7 @@ def main() -> None:
                       f" (kept after: {mem['after'] / 1e6:.1f} MB)  {mem['seconds'] * 1e3:6.1f} ms")
             for batch in args.batches if "forward" in args.parts else ():
                 n = max(3, rounds // 2) if batch == 16 and name == "ResNet-50" else rounds
-                times = forward_times(name, prototxt, weights, batch, n, Path(tmp))
+                times = forward_times(name, prototxt, weights, batch, n, Path(tmp), device)
                 print(table(f"forward, batch {batch} ({n} rounds)", times, "prototxt2py"), flush=True)
             for batch in compile_batches if "compile" in args.parts else ():
                 n = max(3, rounds // 2) if batch == 16 and name == "ResNet-50" else rounds

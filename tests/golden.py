@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import zlib
 from pathlib import Path
 
@@ -15,7 +16,15 @@ import torch
 import prototxt2py
 from prototxt2py.errors import Prototxt2pyError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+#: The shared corpus and golden data: ``../shared`` beside the checkout, or where ``PROTOTXT2PY_SHARED`` says (a
+#: GPU machine gets a copy inside the checkout: scripts/gpu_checks.sh).
+SHARED = Path(os.environ.get("PROTOTXT2PY_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
+#: Where the golden cases run: ``PROTOTXT2PY_TEST_DEVICE=cuda`` runs them on a GPU, inputs and blobs moved there
+#: and results compared on the CPU.
+DEVICE = torch.device(os.environ.get("PROTOTXT2PY_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda":  # TensorFloat-32 convolutions (cuDNN's default) round to 10 bits: not Caffe's float32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 GOLDEN = SHARED / "golden"
 CORPUS = SHARED / "corpus"
 
@@ -46,6 +55,11 @@ def npz(path: Path) -> dict[str, np.ndarray]:
         return {}
     with np.load(path) as f:
         return {k: f[k] for k in f.files}
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A result, wherever it was computed, as a NumPy array."""
+    return t.detach().cpu().numpy()
 
 
 def assert_close(got: np.ndarray, want: np.ndarray, rtol: float, atol: float, what: str) -> None:

@@ -1,4 +1,5 @@
-"""Per-layer and mixed-net conformance against Caffe: every blob, parameter updates and gradients."""
+"""Per-layer and mixed-net conformance against Caffe: every blob, parameter updates and gradients (on
+``golden.DEVICE``: the CPU, or a GPU under ``PROTOTXT2PY_TEST_DEVICE=cuda``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from golden import assert_close, case_params, meta, npz
+from golden import DEVICE, assert_close, case_params, meta, npz, to_numpy
 
 import prototxt2py
 
@@ -23,12 +24,12 @@ def run_golden_case(case: Path) -> None:
         phase=m.get("phase", "TEST"),
         stages=m.get("stages", ()),
         level=m.get("level", 0),
-    )
+    ).to(DEVICE)
     inputs = npz(case / "inputs.npz")
     grads = npz(case / "grads.npz") if m.get("backward") else {}
     feed = {}
     for name, arr in inputs.items():
-        t = torch.from_numpy(arr.copy())
+        t = torch.from_numpy(arr.copy()).to(DEVICE)
         if f"blob/{name}" in grads:
             t.requires_grad_(True)
         feed[name] = t
@@ -37,12 +38,12 @@ def run_golden_case(case: Path) -> None:
     expected = npz(case / "outputs.npz")
     for name, want in expected.items():
         assert name in blobs, f"blob '{name}' missing from the runtime's blobs"
-        assert_close(blobs[name].detach().numpy(), want, rtol, atol, f"blob '{name}'")
+        assert_close(to_numpy(blobs[name]), want, rtol, atol, f"blob '{name}'")
 
     for key, want in npz(case / "params_after.npz").items():
         layer, i = key.rsplit("/", 1)
         module = net.layer(layer)
-        assert_close(getattr(module, module.blob_names[int(i)]).detach().numpy(), want, rtol, atol, f"param {key}")
+        assert_close(to_numpy(getattr(module, module.blob_names[int(i)])), want, rtol, atol, f"param {key}")
 
     if not grads:
         return
@@ -51,7 +52,7 @@ def run_golden_case(case: Path) -> None:
         term = blobs[blob].sum() * w
         loss = term if loss is None else loss + term
     for blob, diff in npz(case / "top_diffs.npz").items():
-        term = (blobs[blob] * torch.from_numpy(diff)).sum()
+        term = (blobs[blob] * torch.from_numpy(diff).to(DEVICE)).sum()
         loss = term if loss is None else loss + term
     assert loss is not None, "backward case without loss weights or top diffs"
     loss.backward()
@@ -63,7 +64,7 @@ def run_golden_case(case: Path) -> None:
             layer, i = rest.rsplit("/", 1)
             module = net.layer(layer)
             got = getattr(module, module.blob_names[int(i)]).grad
-        got = np.zeros_like(want) if got is None else got.detach().numpy()
+        got = np.zeros_like(want) if got is None else to_numpy(got)
         assert_close(got, want, rtol, atol, f"gradient {key}")
 
 

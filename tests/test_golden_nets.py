@@ -1,4 +1,5 @@
-"""Whole nets against Caffe: real trained weights (nets/) and big public nets with recipe weights (zoo/)."""
+"""Whole nets against Caffe: real trained weights (nets/) and big public nets with recipe weights (zoo/), on
+``golden.DEVICE``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from golden import SHARED, assert_close, case_params, meta, npz, zoo_net_and_inputs
+from golden import DEVICE, SHARED, assert_close, case_params, meta, npz, to_numpy, zoo_net_and_inputs
 
 import prototxt2py
 
@@ -29,21 +30,22 @@ def test_net_with_trained_weights(case: Path) -> None:
     m = meta(case)
     inputs = npz(case / "inputs.npz")
     shapes = m.get("input_shapes") or {k: list(v.shape) for k, v in inputs.items()}
-    net = prototxt2py.load(SHARED / m["prototxt"], weights=SHARED / m["weights"], input_shapes=shapes)
+    net = prototxt2py.load(SHARED / m["prototxt"], weights=SHARED / m["weights"], input_shapes=shapes).to(DEVICE)
     with torch.no_grad():
-        blobs = net(**{k: torch.from_numpy(v) for k, v in inputs.items()}, all_blobs=True)
+        blobs = net(**{k: torch.from_numpy(v).to(DEVICE) for k, v in inputs.items()}, all_blobs=True)
     for name, want in npz(case / "outputs.npz").items():
         assert name in blobs, f"blob {name} missing"
-        assert_close(blobs[name].numpy(), want, m.get("rtol", 1e-5), m.get("atol", 1e-6), f"blob '{name}'")
+        assert_close(to_numpy(blobs[name]), want, m.get("rtol", 1e-5), m.get("atol", 1e-6), f"blob '{name}'")
 
 
 @pytest.mark.parametrize("case", case_params("zoo", slow=SLOW_ZOO))
 def test_zoo_forward_with_recipe_weights(case: Path) -> None:
     m = meta(case)
     net, inputs = zoo_net_and_inputs(case)
-    feed = {k: torch.from_numpy(v) for k, v in inputs.items() if k in net.input_names}
+    net = net.to(DEVICE)
+    feed = {k: torch.from_numpy(v).to(DEVICE) for k, v in inputs.items() if k in net.input_names}
     with torch.no_grad():
         blobs = net(**feed, all_blobs=True)
     atol = ATOL_MEASURED.get(case.name, m.get("atol", 1e-6))
     for name, want in npz(case / "outputs.npz").items():
-        assert_close(blobs[name].numpy(), want, m.get("rtol", 1e-5), atol, f"blob '{name}'")
+        assert_close(to_numpy(blobs[name]), want, m.get("rtol", 1e-5), atol, f"blob '{name}'")

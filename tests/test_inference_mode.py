@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from golden import recipe_weights
+from golden import DEVICE, recipe_weights
 
 import prototxt2py
 
@@ -60,6 +60,21 @@ def test_net_moved_inside_inference_mode_runs_fused(net_path: Path) -> None:
     torch.testing.assert_close(again, got, rtol=0, atol=0)
     with torch.no_grad():  # outside inference mode, the same inference tensors
         torch.testing.assert_close(net(x)["sum"], got, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(DEVICE.type == "cpu", reason="needs PROTOTXT2PY_TEST_DEVICE naming another device (a GPU)")
+def test_net_moved_to_the_test_device_inside_inference_mode(net_path: Path) -> None:
+    """The move of the issue itself, on a real device: the fused plan runs, from its cache too."""
+    net = _net(net_path)
+    x = torch.randn(2, 3, 12, 12)
+    want = _reference(net, x)
+    with torch.inference_mode():
+        net.to(DEVICE)
+        assert all(p.is_inference() and p.device.type == DEVICE.type for p in net.parameters())
+        got = net(x.to(DEVICE))["sum"]
+        again = net(x.to(DEVICE))["sum"]
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, got, rtol=0, atol=0)
 
 
 def test_net_built_inside_inference_mode(net_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Half precision on CPU: a module converted with ``.to(torch.bfloat16)``/``.half()``, and ``torch.autocast``.
+"""Half precision (on the CPU; the golden nets on ``golden.DEVICE``): a module converted with
+``.to(torch.bfloat16)``/``.half()``, and ``torch.autocast``.
 
 The inference plan's oneDNN calls are float32 only and have no autocast rule, so under autocast (and for other
 dtypes) it must leave them for the layers' own torch ops; otherwise autocast would be silently ignored and every
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from golden import GOLDEN, assert_close, npz, zoo_net_and_inputs
+from golden import DEVICE, GOLDEN, assert_close, npz, to_numpy, zoo_net_and_inputs
 from test_fusion import NET, X
 from test_runtime import build, randomise
 
@@ -51,14 +52,14 @@ ZOO = ["lenet_deploy", "cifar10_quick_deploy", "mtcnn_det1", "mtcnn_det3", "sque
 @pytest.mark.parametrize("name", ZOO)
 def test_half_precision_against_caffe(name: str, dtype: torch.dtype, how: str) -> None:
     """Golden zoo nets in half precision (autocast over the float32 module, or the module and inputs converted)
-    against real Caffe's float32 outputs."""
+    against real Caffe's float32 outputs, on ``golden.DEVICE``."""
     case = GOLDEN / "zoo" / name
     net, inputs = zoo_net_and_inputs(case)
-    net.eval()
-    feed = {k: torch.from_numpy(v) for k, v in inputs.items() if k in net.input_names}
+    net = net.eval().to(DEVICE)
+    feed = {k: torch.from_numpy(v).to(DEVICE) for k, v in inputs.items() if k in net.input_names}
     with torch.no_grad():
         if how == "autocast":
-            with torch.autocast("cpu", dtype=dtype):
+            with torch.autocast(DEVICE.type, dtype=dtype):
                 blobs = net(**feed)
         else:
             blobs = copy.deepcopy(net).to(dtype)(**{k: v.to(dtype) for k, v in feed.items()})
@@ -68,4 +69,4 @@ def test_half_precision_against_caffe(name: str, dtype: torch.dtype, how: str) -
     for blob in compared:
         assert blobs[blob].dtype == dtype
         scale = float(np.abs(want[blob]).max())
-        assert_close(blobs[blob].float().numpy(), want[blob], 0.0, TOLERANCE[dtype] * scale, f"blob '{blob}'")
+        assert_close(to_numpy(blobs[blob].float()), want[blob], 0.0, TOLERANCE[dtype] * scale, f"blob '{blob}'")

@@ -1,5 +1,5 @@
 """Training trajectories against Caffe 1.0 (golden/solvers): per-iteration losses and learning rates, final
-weights, test outputs, and snapshot/resume from Caffe's own ``.solverstate``."""
+weights, test outputs, and snapshot/resume from Caffe's own ``.solverstate`` (on ``golden.DEVICE``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("h5py")
 
-from golden import assert_close, case_params, meta  # noqa: E402
+from golden import DEVICE, assert_close, case_params, meta, to_numpy  # noqa: E402
 
 from prototxt2py.train import get_solver, read_solver_param  # noqa: E402
 from prototxt2py.train.snapshot import read_solverstate  # noqa: E402
@@ -31,7 +31,7 @@ def _solver(case: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **chang
     param.snapshot_prefix = str(tmp_path / "snap")  # never write into the shared golden folder
     for k, v in changes.items():
         setattr(param, k, v)
-    return get_solver(param)
+    return get_solver(param, device=DEVICE)
 
 
 def _check_trajectory(got: list[dict], want: list[dict], what: str) -> None:
@@ -49,7 +49,7 @@ def _check_weights(net, path: Path) -> None:
     for node in net.graph.nodes:
         for i, t in enumerate(net.layer_blobs(node.name)):
             ref = want[node.name][i].array.reshape(tuple(t.shape))
-            assert_close(t.detach().numpy(), ref, W_RTOL, W_ATOL, f"{path.name} {node.name}[{i}]")
+            assert_close(to_numpy(t), ref, W_RTOL, W_ATOL, f"{path.name} {node.name}[{i}]")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -142,4 +142,4 @@ def test_hdf5_weights_with_shared_blobs(tmp_path: Path, monkeypatch: pytest.Monk
     fresh.load_weights(model)
     for node in solver.net.graph.nodes:
         for a, b in zip(solver.net.layer_blobs(node.name), fresh.net.layer_blobs(node.name), strict=True):
-            assert np.array_equal(a.detach().numpy(), b.detach().numpy())
+            assert np.array_equal(to_numpy(a), to_numpy(b))
