@@ -379,6 +379,37 @@ def test_small_layers_skip_onednn(net: CaffeNet, monkeypatch: pytest.MonkeyPatch
         torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not ONEDNN, reason="this torch has no oneDNN fused convolution")
+def test_the_size_floor_follows_the_input_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether a chain is big enough for oneDNN is remembered for the last input shape only: a bigger input
+    takes oneDNN, a smaller one after it the layers again, each with the layer-by-layer results."""
+    monkeypatch.setattr(fusion, "ONEDNN_MIN_MACS", 50_000)  # c2's chain (the addition): 5,832 at 9x9, 93,312 at 36x36
+    net = build(tmp_path, "\n".join(line for line in NET.splitlines() if '"ip"' not in line))  # any input size
+    randomise(net)
+    net.eval()
+    big = torch.randn(2, 4, 36, 36, generator=torch.Generator().manual_seed(4))
+    calls = _conv_calls(net)
+    for x, on_onednn in ((X, False), (big, True), (X, False), (big, True)):
+        with torch.no_grad():
+            reference = net(x, all_blobs=True)
+            calls.clear()
+            fused = net(x)
+        assert ("sum" not in calls) is on_onednn, calls  # oneDNN applies the addition and ReLU as post-ops
+        for name, value in fused.items():
+            torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("geometry", [((1, 1), (0, 0), (1, 1)), ((2, 2), (1, 1), (1, 1)), ((1, 2), (2, 0), (2, 1)),
+                                      ((3, 3), (0, 0), (1, 1)), ((1, 1), (0, 0), (3, 3))])
+def test_conv_macs_counts_the_output_torch_computes(geometry: tuple) -> None:
+    """The size floor's count of multiply-adds: output positions (border, stride and dilation included) times
+    the weight's size, against the output shape of ``F.conv2d`` itself."""
+    stride, pad, dilation = geometry
+    x, weight = torch.empty(2, 6, 11, 9, device="meta"), torch.empty(8, 3, 3, 2, device="meta")
+    out = torch.nn.functional.conv2d(x, weight, None, stride, pad, dilation, 2)
+    assert fusion.conv_macs(x.shape, weight.shape, (stride, pad, dilation, 2)) == out.numel() * weight[0].numel()
+
+
 @pytest.mark.parametrize("rel", corpus_deploy_params())
 def test_corpus_deploy_net_fused_as_layer_by_layer(rel: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every corpus deploy net the runtime builds: the fused plan's outputs are the layer-by-layer ones, with every

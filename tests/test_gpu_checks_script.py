@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_checks_script_dry_run_on_the_cpu(tmp_path: Path) -> None:
-    env = {**os.environ, "PROTOTXT2PY_TEST_DEVICE": "cpu", "PYTHON": sys.executable, "BENCH_ARGS": "--smoke --parts forward",
-           "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "PROTOTXT2PY_SHARED": str(GOLDEN.parent)}
+    env = {**os.environ, "PROTOTXT2PY_TEST_DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(tmp_path),
+           "BENCH_ARGS": "--smoke --parts forward", "OMP_NUM_THREADS": "1", "PROTOTXT2PY_SHARED": str(GOLDEN.parent)}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_checks.sh"), "-k", "lenet"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

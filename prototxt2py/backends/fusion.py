@@ -44,6 +44,7 @@ layout (``layout_agnostic``); any other layer, and the net's outputs, get contig
 from __future__ import annotations
 
 import enum
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import astuple, dataclass, replace
@@ -175,6 +176,8 @@ class Fusion:
     input: str  # value ids: the chain's input and output
     output: str
     steps: tuple[Step, ...]  # the reference plan steps it replaces
+    #: (module key, attribute) of every attribute the affine forms name in ``depends_on``
+    depends_on: tuple[tuple[str, str], ...] = ()
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -248,6 +251,7 @@ def find_fusions(graph: Graph, node_keys: list[str], plan: Sequence[Step]) -> li
             post=keys[id(post)] if post is not None else None, unary=unary, scalars=scalars,
             input=members[0].inputs[0], output=members[-1].outputs[0],
             steps=tuple(steps[keys[id(m)]] for m in members),  # in plan order: each reads the one before
+            depends_on=tuple((keys[id(m)], name) for m, f in affine for name in f.depends_on),
         ))
     return fusions
 
@@ -335,10 +339,24 @@ class FusionCache:
         self.entries: dict[str, dict[str, Any]] = {}
         #: chain -> (its input's shape, its last result), for results of at least ``KEEP_OUTPUT_BYTES``
         self.outputs: dict[str, tuple[Sequence[int], torch.Tensor]] = {}
+        #: chain -> ((input shape, size floor), whether oneDNN is worth it): :meth:`worth_onednn`
+        self.sizes: dict[str, tuple[tuple, bool]] = {}
 
     def clear(self) -> None:
         self.entries.clear()
         self.outputs.clear()
+        self.sizes.clear()
+
+    def worth_onednn(self, fusion: Fusion, x: torch.Tensor, conv: nn.Module) -> bool:
+        """:func:`_worth_onednn` for chain ``fusion`` on ``x``, remembered for the last input shape (a pass
+        asks for every chain; the answer changes only with the shape, and a stale one would still compute the
+        same result)."""
+        key = (x.shape, ONEDNN_MIN_MACS)
+        known = self.sizes.get(fusion.conv)
+        if known is None or known[0] != key:
+            known = (key, _worth_onednn(x, conv.weight, fusion.conv_args))
+            self.sizes[fusion.conv] = known
+        return known[1]
 
     def keep_output(self, key: str, shape: Sequence[int], y: torch.Tensor) -> None:
         """Keep chain ``key``'s result ``y`` (for an input of ``shape``) for the next pass, if it is big."""
@@ -363,9 +381,13 @@ class FusionCache:
     def _entry(self, fusion: Fusion, modules: Mapping[str, nn.Module], blobs: Sequence[torch.Tensor]
                ) -> dict[str, Any]:
         """``blobs``: the chain's blobs, as :func:`chain_blobs` reads them."""
-        extra = tuple(getattr(modules[k], name) for k, form in zip(fusion.affine, fusion.forms, strict=True)
-                      for name in form.depends_on)
-        stamp = (extra, *[(None if t.is_inference() else t._version, t.data_ptr()) for t in blobs])
+        try:
+            stamp = [t._version for t in blobs]
+        except RuntimeError:  # an inference tensor: no version counter
+            stamp = [None if t.is_inference() else t._version for t in blobs]
+        stamp += [t.data_ptr() for t in blobs]
+        if fusion.depends_on:
+            stamp += [getattr(modules[k], name) for k, name in fusion.depends_on]
         entry = self.entries.get(fusion.conv)
         if entry is None or entry["stamp"] != stamp:
             entry = {"stamp": stamp, "keep": [t.untyped_storage() for t in blobs]}
@@ -381,18 +403,20 @@ class FusionCache:
         return entry["weight"], entry["bias"]
 
     def packed(self, fusion: Fusion, modules: Mapping[str, nn.Module], blobs: Sequence[torch.Tensor],
-               shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+               shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None, tuple]:
         """The (folded) weight in oneDNN's layout, chosen for inputs of ``shape`` (other shapes still work),
-        and the bias. A folded weight made only to be packed is not kept."""
+        the bias, and the convolution's geometry as the oneDNN ops take it (``[pad], [stride], [dilation],
+        group``). A folded weight made only to be packed is not kept."""
         entry = self._entry(fusion, modules, blobs)
         if "packed" not in entry:
             weight, bias = (entry["weight"], entry["bias"]) if "weight" in entry else _fold(fusion, modules)
+            stride, pad, dilation, group = fusion.conv_args
+            geometry = (list(pad), list(stride), list(dilation), group)
             with torch.inference_mode(False), torch.no_grad():
-                stride, pad, dilation, group = fusion.conv_args
-                entry["packed"] = ONEDNN_PACK(weight.contiguous(), list(pad), list(stride), list(dilation), group,
-                                               list(shape))
+                entry["packed"] = ONEDNN_PACK(weight.contiguous(), *geometry, list(shape))
                 entry["packed_bias"] = None if bias is None else bias.detach().contiguous()
-        return entry["packed"], entry["packed_bias"]
+            entry["geometry"] = geometry
+        return entry["packed"], entry["packed_bias"], entry["geometry"]
 
 
 def _fold(fusion: Fusion, modules: Mapping[str, nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -487,22 +511,35 @@ def _wants_grad(tensors: Any) -> bool:
 def onednn_allowed(x: torch.Tensor) -> bool:
     """Whether a oneDNN op may run on ``x`` instead of the layer's own torch ops: eagerly (not traced or
     compiled), on the CPU, and outside ``torch.autocast``, which has no rule for these private ops (they would
-    silently compute in float32 where the user asked for bfloat16 or float16)."""
-    return (not _symbolic(x) and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu"))
+    silently compute in float32 where the user asked for bfloat16 or float16). The cheapest tests come first
+    (a step runs this on every pass; ``x.device.type`` alone would cost more than all of them)."""
+    return (not isinstance(x, torch.fx.Proxy) and x.is_cpu and x.dtype is torch.float32
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu"))
 
 
-#: Below about this many multiply-adds a layer is faster through ``F.conv2d``/``F.linear``: oneDNN's fused call
-#: costs some 15-40 us more per call (MTCNN's 24x24 R-Net: 0.7 ms fused, 0.4 ms layer by layer; its 3->28
-#: channel 3x3 convolution, 0.4 M multiply-adds, 43 us in oneDNN and 30 us in ``F.conv2d``, on a 2-core
-#: AVX-512 machine).
+#: Below about this many multiply-adds (output positions times weight size) a layer is faster through
+#: ``F.conv2d``/``F.linear``: oneDNN's fused call costs some 15-40 us more per call, and its channels-last result
+#: slows the small layers after it. On a 2-core AVX-512 machine a 3->28 channel 3x3 convolution at 22x22 (0.4 M
+#: multiply-adds) takes 43 us in oneDNN and 30 us in ``F.conv2d``; in MTCNN's 24x24 R-Net the 28->48 3x3
+#: convolution (1.0 M at its 9x9 output, 1.5 M by an estimate that ignored the border) took 94 us through oneDNN
+#: and 46 us as its layer.
 ONEDNN_MIN_MACS = 1 << 20
 
 
-def _worth_onednn(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, ...]) -> bool:
-    """Whether a convolution is big enough for oneDNN:
-    ``N*H*W / stride`` output positions (padding ignored) times ``weight.numel()`` multiply-adds, roughly."""
-    return x.numel() // max(x.shape[1], 1) * weight.numel() >= ONEDNN_MIN_MACS * stride[0] * stride[1]
+def conv_macs(x_shape: Sequence[int], weight_shape: Sequence[int], conv_args: tuple) -> int:
+    """Multiply-adds of a 2-D convolution (``conv_args``: a chain's stride, pad, dilation, group) on an input of
+    ``x_shape``: output positions times the weight's size."""
+    stride, pad, dilation, _ = conv_args
+    n, _, height, width = x_shape
+    out_h = (height + 2 * pad[0] - dilation[0] * (weight_shape[2] - 1) - 1) // stride[0] + 1
+    out_w = (width + 2 * pad[1] - dilation[1] * (weight_shape[3] - 1) - 1) // stride[1] + 1
+    return n * max(out_h, 0) * max(out_w, 0) * math.prod(weight_shape)
+
+
+def _worth_onednn(x: torch.Tensor, weight: torch.Tensor, conv_args: tuple) -> bool:
+    """Whether a 2-D convolution is big enough for oneDNN."""
+    return (x.dim() == 4 and len(conv_args[0]) == 2
+            and conv_macs(x.shape, weight.shape, conv_args) >= ONEDNN_MIN_MACS)
 
 
 def run_fusion(fusion: Fusion, modules: Mapping[str, nn.Module], cache: FusionCache, env: dict[str, Any],
@@ -510,31 +547,31 @@ def run_fusion(fusion: Fusion, modules: Mapping[str, nn.Module], cache: FusionCa
                ) -> torch.Tensor:
     """One fused step: oneDNN where it applies, else the affine fold and the other members as layers, else
     (a form that does not hold now, e.g. batch statistics) the members one by one through ``execute``.
-    ``overwrite``: the step's :attr:`Step.overwrite`."""
+    ``overwrite``: the step's :attr:`Step.overwrite`. Runs on every pass for every chain, so the tests that
+    decide most often (size, device) come before reading the blobs."""
     x = env[fusion.input]
-    other = env[fusion.other] if fusion.other is not None else None
-    affine = tuple(modules[k] for k in fusion.affine)
+    affine = tuple(modules[k] for k in fusion.affine) if fusion.affine else ()
     if affine and not affine_active(affine, fusion.forms):
         return execute(fusion.steps, env)[fusion.output]
     if fusion.conv is None:
         return apply_affine(x, affine, fusion.form_tuples)
     conv = modules[fusion.conv]
-    blobs = chain_blobs(conv, affine)
+    other = env[fusion.other] if fusion.other is not None else None
     if (ONEDNN_CONV is not None and ONEDNN_PACK is not None and onednn_allowed(x)
-            and x.dim() == 4 and len(fusion.conv_args[0]) == 2 and _worth_onednn(x, conv.weight, fusion.conv_args[0])
-            and all(t.dtype == torch.float32 for t in blobs) and (other is None or other.dtype == torch.float32)
-            and not _wants_grad([x, other, *blobs])):
-        return _onednn_conv(fusion, modules, cache, blobs, x, other, overwrite)
-    if _symbolic(x) or _wants_grad(blobs):
-        y = call_layer(conv, x.contiguous())  # the graph must compute from the live parameters
-        if affine:
-            y = apply_affine(y, affine, fusion.form_tuples)
-    elif affine:
-        weight, bias = cache.folded(fusion, modules, blobs)
-        stride, pad, dilation, group = fusion.conv_args
-        y = _CONV[len(stride)](x.contiguous(), weight, bias, stride, pad, dilation, group)
-    else:
+            and cache.worth_onednn(fusion, x, conv) and (other is None or other.dtype is torch.float32)):
+        blobs = chain_blobs(conv, affine)
+        if all(t.dtype is torch.float32 for t in blobs) and not _wants_grad([x, other, *blobs]):
+            return _onednn_conv(fusion, modules, cache, blobs, x, other, overwrite)
+    if not affine:
         y = call_layer(conv, x.contiguous())
+    else:
+        blobs = chain_blobs(conv, affine)
+        if _symbolic(x) or _wants_grad(blobs):
+            y = apply_affine(call_layer(conv, x.contiguous()), affine, fusion.form_tuples)  # from live parameters
+        else:
+            weight, bias = cache.folded(fusion, modules, blobs)
+            stride, pad, dilation, group = fusion.conv_args
+            y = _CONV[len(stride)](x.contiguous(), weight, bias, stride, pad, dilation, group)
     if fusion.residual is not None:
         pair = (other.contiguous(), y) if fusion.other_first else (y, other.contiguous())
         y = call_layer(modules[fusion.residual], *pair)
@@ -551,11 +588,9 @@ def _onednn_conv(fusion: Fusion, modules: Mapping[str, nn.Module], cache: Fusion
     addition writes into its result kept from the last pass, if there is one (:meth:`FusionCache.take_output`),
     as the addition ``0 + conv(X)``."""
     shape = x.shape
-    weight, bias = cache.packed(fusion, modules, blobs, tuple(shape))
-    stride, pad, dilation, group = fusion.conv_args
+    weight, bias, geometry = cache.packed(fusion, modules, blobs, tuple(shape))
     unary, scalars = fusion.unary, list(fusion.scalars)
     x = x.contiguous(memory_format=torch.channels_last)
-    geometry = (list(pad), list(stride), list(dilation), group)
     if unary != "none" and unary not in _BINARY_UNARY:  # the addition forms cannot apply it
         if other is None:
             return ONEDNN_CONV(x, weight, bias, *geometry, unary, scalars, "")

@@ -269,13 +269,16 @@ class CaffeNet(nn.Module):
     @staticmethod
     def _run_linear(module: nn.Module, x: Any) -> Any:
         """A plain InnerProduct on oneDNN when nothing needs gradients (the op has no autograd formula) and the
-        operands are what it takes: CPU float32 outside autocast, contiguous weights; else the layer as it is."""
+        operands are what it takes: CPU float32 outside autocast, contiguous weights; else the layer as it is.
+        The tests that decide most often (device, size) come first: small nets run this for every layer."""
+        if not fusion.onednn_allowed(x):
+            return call_layer(module, x)
         weight = module.weight
+        if (x.numel() * weight.shape[0] < fusion.ONEDNN_MIN_MACS
+                or weight.dtype is not torch.float32 or not weight.is_contiguous()):
+            return call_layer(module, x)
         bias = getattr(module, "bias", None)
-        if (not fusion.onednn_allowed(x)
-                or weight.dtype != torch.float32 or not weight.is_contiguous()
-                or x.numel() * weight.shape[0] < fusion.ONEDNN_MIN_MACS
-                or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias) if t is not None))):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias) if t is not None):
             return call_layer(module, x)
         return ONEDNN_LINEAR(x.reshape(x.shape[0], -1), weight, bias, "none", [], "")
 
