@@ -557,6 +557,7 @@ def run_fusion(fusion: Fusion, modules: Mapping[str, nn.Module], cache: FusionCa
         return apply_affine(x, affine, fusion.form_tuples)
     conv = modules[fusion.conv]
     other = env[fusion.other] if fusion.other is not None else None
+    blobs = None
     if (ONEDNN_CONV is not None and ONEDNN_PACK is not None and onednn_allowed(x)
             and cache.worth_onednn(fusion, x, conv) and (other is None or other.dtype is torch.float32)):
         blobs = chain_blobs(conv, affine)
@@ -565,7 +566,7 @@ def run_fusion(fusion: Fusion, modules: Mapping[str, nn.Module], cache: FusionCa
     if not affine:
         y = call_layer(conv, x.contiguous())
     else:
-        blobs = chain_blobs(conv, affine)
+        blobs = blobs or chain_blobs(conv, affine)
         if _symbolic(x) or _wants_grad(blobs):
             y = apply_affine(call_layer(conv, x.contiguous()), affine, fusion.form_tuples)  # from live parameters
         else:
