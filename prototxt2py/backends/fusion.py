@@ -348,13 +348,15 @@ class FusionCache:
         self.sizes.clear()
 
     def worth_onednn(self, fusion: Fusion, x: torch.Tensor, conv: nn.Module) -> bool:
-        """:func:`_worth_onednn` for chain ``fusion`` on ``x``, remembered for the last input shape (a pass
-        asks for every chain; the answer changes only with the shape, and a stale one would still compute the
-        same result)."""
+        """Whether chain ``fusion``'s 2-D convolution on ``x`` has ``ONEDNN_MIN_MACS`` multiply-adds or more,
+        remembered for the last input shape (a pass asks for every chain; the answer changes only with the
+        shape, and a stale one would still compute the same result)."""
         key = (x.shape, ONEDNN_MIN_MACS)
         known = self.sizes.get(fusion.conv)
         if known is None or known[0] != key:
-            known = (key, _worth_onednn(x, conv.weight, fusion.conv_args))
+            worth = (x.dim() == 4 and len(fusion.conv_args[0]) == 2
+                     and conv_macs(x.shape, conv.weight.shape, fusion.conv_args) >= ONEDNN_MIN_MACS)
+            known = (key, worth)
             self.sizes[fusion.conv] = known
         return known[1]
 
@@ -534,12 +536,6 @@ def conv_macs(x_shape: Sequence[int], weight_shape: Sequence[int], conv_args: tu
     out_h = (height + 2 * pad[0] - dilation[0] * (weight_shape[2] - 1) - 1) // stride[0] + 1
     out_w = (width + 2 * pad[1] - dilation[1] * (weight_shape[3] - 1) - 1) // stride[1] + 1
     return n * max(out_h, 0) * max(out_w, 0) * math.prod(weight_shape)
-
-
-def _worth_onednn(x: torch.Tensor, weight: torch.Tensor, conv_args: tuple) -> bool:
-    """Whether a 2-D convolution is big enough for oneDNN."""
-    return (x.dim() == 4 and len(conv_args[0]) == 2
-            and conv_macs(x.shape, weight.shape, conv_args) >= ONEDNN_MIN_MACS)
 
 
 def run_fusion(fusion: Fusion, modules: Mapping[str, nn.Module], cache: FusionCache, env: dict[str, Any],
