@@ -91,6 +91,34 @@ def test_fused_plan_matches_the_layers(net: CaffeNet) -> None:
         torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-5)
 
 
+def test_inputs_onednn_never_takes_run_the_plain_plan(net: CaffeNet) -> None:
+    """For inputs oneDNN never takes (here float64, or float32 under autocast; on a GPU every input) the pass
+    skips the per-step tests: chains that fold affine layers stay one step, the others are their layers, and
+    nothing is marked for oneDNN or made dense. Same values as the layers."""
+    kinds = [(step.key, step.kind) for step in net._plain_plan if step.kind is not fusion.INPUT]
+    assert kinds == [("c1", fusion.LAYER), ("r1", fusion.LAYER), ("lrn", fusion.LAYER), ("c3", fusion.FUSED),
+                     ("c2", fusion.FUSED), ("pool", fusion.LAYER), ("ave", fusion.LAYER), ("ip", fusion.LAYER),
+                     ("up", fusion.LAYER)]
+    plans = []
+    execute = net._execute
+    net._execute = lambda plan, env, tracing=False: plans.append(plan) or execute(plan, env, tracing)
+    net.double()
+    calls = _conv_calls(net)
+    with torch.no_grad():
+        reference = net(X.double(), all_blobs=True)
+        calls.clear()
+        plain = net(X.double())
+        plain_calls = list(calls)
+        net.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            net(X)
+        net(X)
+    assert plans == [net._plan, net._plain_plan, net._plain_plan, net._inference_plan]
+    assert plain_calls == ["c1", "r1", "sum", "relu"]  # c1 and its ReLU as layers; the folds ran no affine layer
+    for name, value in plain.items():
+        torch.testing.assert_close(value, reference[name])
+
+
 def test_with_autograd_the_chains_run_differentiable_ops(net: CaffeNet) -> None:
     grads = []
     for all_blobs in (False, True):

@@ -256,11 +256,19 @@ def find_fusions(graph: Graph, node_keys: list[str], plan: Sequence[Step]) -> li
     return fusions
 
 
-def plan_inference(graph: Graph, node_keys: list[str], plan: Sequence[Step], fusions: list[Fusion]
-                   ) -> tuple[Step, ...]:
+def plan_inference(graph: Graph, node_keys: list[str], plan: Sequence[Step], fusions: list[Fusion],
+                   onednn: bool = True) -> tuple[Step, ...]:
     """The plan with each chain's steps replaced by one step, placed where its last member was (its inputs
     exist earlier, and nothing in between reads its inner blobs), plain matmuls marked for oneDNN, and
-    layers that may receive channels-last values but are not known to handle them marked DENSE."""
+    layers that may receive channels-last values but are not known to handle them marked DENSE.
+
+    ``onednn=False``: the plan for inputs oneDNN never takes (another device or dtype, autocast), which
+    :func:`run_fusion` would send down its fallback on every step anyway. Only the chains that fold affine
+    layers stay fused (the fold still saves their passes); the others run as their layers, without the
+    per-step tests, and no value becomes channels-last. On a GPU at small batches, where the host's time per step
+    bounds the speed, that is the plan a hand-written module would run."""
+    if not onednn:
+        fusions = [fusion for fusion in fusions if fusion.affine]
     replaced = {step.key: fusion for fusion in fusions for step in fusion.steps}
     last = {fusion.steps[-1].key for fusion in fusions}
     agnostic = {key for node, key in zip(graph.nodes, node_keys, strict=True) if node.spec.layout_agnostic}
@@ -272,9 +280,10 @@ def plan_inference(graph: Graph, node_keys: list[str], plan: Sequence[Step], fus
         if fusion is not None:
             if step.key in last:
                 out.append(Step(FUSED, fusion.steps[0].key, (fusion.input,), (fusion.output,), fusion))
-                channels_last.add(fusion.output)
+                if onednn:
+                    channels_last.add(fusion.output)
             continue
-        if step.key in linear and ONEDNN_LINEAR is not None:
+        if onednn and step.key in linear and ONEDNN_LINEAR is not None:
             out.append(replace(step, kind=LINEAR))
         elif step.kind is LAYER and channels_last.intersection(step.inputs):
             if step.key in agnostic:

@@ -11,7 +11,8 @@ Eltwise/ReLU) run as one oneDNN call with packed, folded weights, BatchNorm alon
 plain ``InnerProduct`` layers on oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, the kernel
 ``torch.compile`` uses on CPU; on CPUs where MKL's GEMV is slow (AMD) 1.5x faster at batch 1 and 2.5x at
 batch 16 than ``F.linear``, with no copy of the weights). ``all_blobs=True`` and train mode run every layer
-as it is (the reference path).
+as it is (the reference path). Inputs oneDNN never takes (a GPU's, float64, autocast) follow a third, plain
+plan: the affine folds, and every other layer as it is, without the per-step tests.
 The rewrites change results only by float rounding.
 
 The fast kernels have no autograd formulas: under ``torch.no_grad()``, ``torch.inference_mode()`` or with
@@ -155,6 +156,7 @@ class CaffeNet(nn.Module):
         }
         self._fusions = find_fusions(graph, self._node_keys, self._plan)
         self._inference_plan = plan_inference(graph, self._node_keys, self._plan, self._fusions)
+        self._plain_plan = plan_inference(graph, self._node_keys, self._plan, self._fusions, onednn=False)
         self._fusion_cache = FusionCache()
         #: what :meth:`from_weights` loaded (layers loaded / missing / extra), else None
         self.load_report: LoadReport | None = None
@@ -255,7 +257,12 @@ class CaffeNet(nn.Module):
             all_blobs = bool(kwargs.pop("all_blobs", False))
             env = self._bind_inputs(args, kwargs)
         reference = all_blobs or self.training or torch.compiler.is_compiling()
-        env = self._execute(self._plan if reference else self._inference_plan, env, tracing)
+        if reference:
+            plan = self._plan
+        else:  # oneDNN takes CPU float32 inputs; for any other, the plan without its per-step tests
+            first = next(iter(env.values()), None)
+            plan = self._plain_plan if first is not None and not fusion.onednn_allowed(first) else self._inference_plan
+        env = self._execute(plan, env, tracing)
         if all_blobs:
             return {blob: env[vid] for blob, vid in self._final_ids.items()}
         if reference:

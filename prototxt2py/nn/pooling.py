@@ -280,16 +280,34 @@ class SPP(nn.Module):
         return f"{self.pool}, pyramid_height={self.pyramid_height}"
 
 
+def _on_accelerator(x: torch.Tensor) -> bool:
+    """Whether ``x`` is on a device where each kernel launch costs more than a small
+    kernel's work (any but the CPU): there the form with the fewest kernels wins."""
+    return not x.is_cpu
+
+
 def _lrn_channel_window_sum(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Sum over the ``n`` channels centred on each channel, zero padded: ``n``
-    whole-tensor adds of shifted views (torch's CPU pooling kernels along the channel
-    axis are about ten times slower)."""
+    """Sum over the ``n`` channels centred on each channel, zero padded. On the CPU
+    ``n`` whole-tensor adds of shifted views (torch's CPU pooling kernels along the
+    channel axis are about ten times slower); elsewhere one pooling kernel, as each
+    kernel launch there costs more than the work of a small one."""
+    if _on_accelerator(x):
+        return _pooled_channel_window_sum(x, n)
     channels, pad = x.shape[1], (n - 1) // 2
     padded = F.pad(x, (0, 0, 0, 0, pad, pad))
     total = padded.narrow(1, 0, channels).clone()
     for offset in range(1, n):
         total += padded.narrow(1, offset, channels)
     return total
+
+
+def _pooled_channel_window_sum(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The centred, zero-padded channel window sum as one sum pooling (``divisor_override=1``:
+    no division, so no rounding beyond the additions) over channels seen as a spatial axis."""
+    batch, channels = x.shape[0], x.shape[1]
+    rows = x.reshape(batch, 1, channels, -1)
+    total = F.avg_pool2d(rows, (n, 1), 1, ((n - 1) // 2, 0), divisor_override=1)
+    return total.reshape(x.shape)
 
 
 class _LRNChannelWindowSum(torch.autograd.Function):
@@ -338,7 +356,8 @@ class LRN(nn.Module):
             else:  # stride 1, pad (n-1)/2: windows inside [-pad, in + pad), divisor n*n
                 average = F.avg_pool2d(square, n, 1, pad, count_include_pad=True)
                 scale = average * self.alpha + 1
-            if self.beta == 0.75:  # two rsqrts are twice as fast as pow (<= 2 ulp)
+            # on the CPU two rsqrts are twice as fast as pow (<= 2 ulp)
+            if self.beta == 0.75 and not _on_accelerator(x):
                 return x * torch.rsqrt(scale) * torch.rsqrt(torch.sqrt(scale))
             return x * scale.pow(-self.beta)
         if self.across_channels:
@@ -346,7 +365,7 @@ class LRN(nn.Module):
         else:
             scale = F.avg_pool2d(square, n, 1, pad, count_include_pad=True)
             scale = scale.mul_(self.alpha).add_(1)
-        if self.beta == 0.75:
+        if self.beta == 0.75 and not _on_accelerator(x):
             top = torch.mul(x, torch.rsqrt(scale, out=square))
             return top.mul_(scale.sqrt_().rsqrt_())
         return x * scale.pow_(-self.beta)
