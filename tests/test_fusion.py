@@ -427,6 +427,38 @@ def test_the_size_floor_follows_the_input_shape(tmp_path: Path, monkeypatch: pyt
             torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
+@pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN convolution")
+def test_shapes_too_small_for_onednn_run_the_plain_plan_from_their_second_pass(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass without autograd that made no oneDNN call marks its input shapes (under the size floor of the
+    time): the next pass on them runs the plain plan, the same layers without the per-step tests. A bigger
+    input still takes oneDNN, so does the same input under a lower floor, and passes with autograd on (whose
+    chains may decline oneDNN for its sake) neither mark nor follow the marks. Results stay the layer-by-layer
+    ones."""
+    monkeypatch.setattr(fusion, "ONEDNN_MIN_MACS", 60_000)  # every chain below it at 9x9 (c3: 52,488), not at 36x36
+    net = build(tmp_path, "\n".join(line for line in NET.splitlines() if '"ip"' not in line))  # any input size
+    randomise(net)
+    net.eval()
+    big = torch.randn(2, 4, 36, 36, generator=torch.Generator().manual_seed(4))
+    plans = []
+    execute = net._execute
+    net._execute = lambda plan, env, tracing=False: plans.append(plan) or execute(plan, env, tracing)
+    inference, plain = net._inference_plan, net._plain_plan
+    for x, floor, grad, want in ((X, 60_000, False, [inference, plain, plain]), (big, 60_000, False, [inference] * 3),
+                                 (X, 0, False, [inference] * 3), (X, 60_000, True, [inference] * 2),
+                                 (X[:1], 60_000, True, [inference] * 2), (X[:1], 60_000, False, [inference, plain])):
+        monkeypatch.setattr(fusion, "ONEDNN_MIN_MACS", floor)
+        plans.clear()
+        with torch.set_grad_enabled(grad):
+            reference = net(x, all_blobs=True)
+            plans.clear()
+            for _ in want:
+                got = net(x)
+                for name, value in got.items():
+                    torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-5, msg=name)
+        assert plans == want, (x.shape, floor, grad)
+
+
 @pytest.mark.parametrize("geometry", [((1, 1), (0, 0), (1, 1)), ((2, 2), (1, 1), (1, 1)), ((1, 2), (2, 0), (2, 1)),
                                       ((3, 3), (0, 0), (1, 1)), ((1, 1), (0, 0), (3, 3))])
 def test_conv_macs_counts_the_output_torch_computes(geometry: tuple) -> None:

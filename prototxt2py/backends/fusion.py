@@ -341,7 +341,8 @@ class FusionCache:
     are keyed by address only, so in-place writes to them (possible only inside inference mode) need
     :meth:`clear` too.
 
-    It also keeps big convolution results between passes (:meth:`take_output`).
+    It also keeps big convolution results between passes (:meth:`take_output`), and the input shapes of
+    passes too small for oneDNN (:meth:`small_pass`).
     """
 
     def __init__(self) -> None:
@@ -350,11 +351,30 @@ class FusionCache:
         self.outputs: dict[str, tuple[Sequence[int], torch.Tensor]] = {}
         #: chain -> ((input shape, size floor), whether oneDNN is worth it): :meth:`worth_onednn`
         self.sizes: dict[str, tuple[tuple, bool]] = {}
+        #: oneDNN calls made so far (a pass that made none could have run the plain plan)
+        self.onednn_calls = 0
+        #: (input shapes, size floor) of passes without autograd that made no oneDNN call: :meth:`small_pass`
+        self.small: dict[tuple, bool] = {}
 
     def clear(self) -> None:
         self.entries.clear()
         self.outputs.clear()
         self.sizes.clear()
+        self.small.clear()
+
+    def small_pass(self, shapes: tuple) -> tuple | None:
+        """For a pass on inputs of ``shapes`` (no autograd): None if an earlier pass on these shapes made no
+        oneDNN call (every layer below the size floor, e.g. MTCNN's P-Net on a small pyramid level; the plain
+        plan then computes the same without the per-step tests), else the key to :meth:`note_pass` under."""
+        key = (shapes, ONEDNN_MIN_MACS)
+        return None if self.small.get(key) else key
+
+    def note_pass(self, key: tuple, calls_before: int) -> None:
+        """Remember whether the pass under ``key`` made a oneDNN call. Another thread's calls in the meantime
+        count too: the plain plan is then not chosen, which is merely slower."""
+        if len(self.small) >= 64:  # e.g. a detector fed ever new image sizes
+            self.small.clear()
+        self.small[key] = self.onednn_calls == calls_before
 
     def worth_onednn(self, fusion: Fusion, x: torch.Tensor, conv: nn.Module) -> bool:
         """Whether chain ``fusion``'s 2-D convolution on ``x`` has ``ONEDNN_MIN_MACS`` multiply-adds or more,
@@ -594,6 +614,7 @@ def _onednn_conv(fusion: Fusion, modules: Mapping[str, nn.Module], cache: Fusion
     addition writes into its result kept from the last pass, if there is one (:meth:`FusionCache.take_output`),
     as the addition ``0 + conv(X)``."""
     shape = x.shape
+    cache.onednn_calls += 1
     weight, bias, geometry = cache.packed(fusion, modules, blobs, tuple(shape))
     unary, scalars = fusion.unary, list(fusion.scalars)
     x = x.contiguous(memory_format=torch.channels_last)

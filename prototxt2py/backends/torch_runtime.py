@@ -11,8 +11,9 @@ Eltwise/ReLU) run as one oneDNN call with packed, folded weights, BatchNorm alon
 plain ``InnerProduct`` layers on oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, the kernel
 ``torch.compile`` uses on CPU; on CPUs where MKL's GEMV is slow (AMD) 1.5x faster at batch 1 and 2.5x at
 batch 16 than ``F.linear``, with no copy of the weights). ``all_blobs=True`` and train mode run every layer
-as it is (the reference path). Inputs oneDNN never takes (a GPU's, float64, autocast) follow a third, plain
-plan: the affine folds, and every other layer as it is, without the per-step tests.
+as it is (the reference path). Inputs oneDNN never takes (a GPU's, float64, autocast), and input shapes too
+small for it (see ``fusion.ONEDNN_MIN_MACS``), follow a third, plain plan: the affine folds, and every other
+layer as it is, without the per-step tests.
 The rewrites change results only by float rounding.
 
 The fast kernels have no autograd formulas: under ``torch.no_grad()``, ``torch.inference_mode()`` or with
@@ -258,23 +259,39 @@ class CaffeNet(nn.Module):
             env = self._bind_inputs(args, kwargs)
         reference = all_blobs or self.training or torch.compiler.is_compiling()
         if reference:
-            plan = self._plan
-        else:  # oneDNN takes CPU float32 inputs; for any other, the plan without its per-step tests
-            first = next(iter(env.values()), None)
-            plan = self._plain_plan if first is not None and not fusion.onednn_allowed(first) else self._inference_plan
-        env = self._execute(plan, env, tracing)
+            env = self._execute(self._plan, env, tracing)
+        else:
+            env = self._run_inference(env, tracing)
         if all_blobs:
             return {blob: env[vid] for blob, vid in self._final_ids.items()}
         if reference:
             return {blob: env[vid] for blob, vid in self._outputs}
         return {blob: env[vid].contiguous() for blob, vid in self._outputs}  # never channels-last
 
+    def _run_inference(self, env: dict[str, Any], tracing: bool) -> dict[str, Any]:
+        """The oneDNN plan, or the plain plan where oneDNN would not run anyway: for inputs it never takes (not
+        CPU float32, autocast), and, without autograd, for input shapes whose last pass made no oneDNN call."""
+        first = next(iter(env.values()), None)
+        if first is None:  # the net reads its own data
+            return self._execute(self._inference_plan, env, tracing)
+        if not fusion.onednn_allowed(first):
+            return self._execute(self._plain_plan, env, tracing)
+        if torch.is_grad_enabled():  # the chains may decline oneDNN for autograd's sake, not for size
+            return self._execute(self._inference_plan, env, tracing)
+        cache = self._fusion_cache
+        key = cache.small_pass(tuple(t.shape for t in env.values()))
+        if key is None:
+            return self._execute(self._plain_plan, env, tracing)
+        calls = cache.onednn_calls
+        env = self._execute(self._inference_plan, env, tracing)
+        cache.note_pass(key, calls)
+        return env
+
     def values(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every value (all versions of in-place blobs), keyed by IR value id."""
         return self._execute(self._plan, self._bind_inputs(args, kwargs))
 
-    @staticmethod
-    def _run_linear(module: nn.Module, x: Any) -> Any:
+    def _run_linear(self, module: nn.Module, x: Any) -> Any:
         """A plain InnerProduct on oneDNN when nothing needs gradients (the op has no autograd formula) and the
         operands are what it takes: CPU float32 outside autocast, contiguous weights; else the layer as it is.
         The tests that decide most often (device, size) come first: small nets run this for every layer."""
@@ -287,6 +304,7 @@ class CaffeNet(nn.Module):
         bias = getattr(module, "bias", None)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias) if t is not None):
             return call_layer(module, x)
+        self._fusion_cache.onednn_calls += 1
         return ONEDNN_LINEAR(x.reshape(x.shape[0], -1), weight, bias, "none", [], "")
 
     def clear_fold_cache(self) -> None:
