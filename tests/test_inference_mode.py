@@ -4,11 +4,13 @@ weight cache"). Reproduced on CPU with a dtype move, which replaces the blobs ju
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 from golden import DEVICE, recipe_weights
+from kernel_count import KernelCount
 
 import prototxt2py
 
@@ -95,3 +97,35 @@ def test_in_place_writes_inside_inference_mode_need_clear_fold_cache(net_path: P
         net.clear_fold_cache()
         got = net(x)["sum"]
     torch.testing.assert_close(got, _reference(net, x), rtol=1e-5, atol=1e-5)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+HAND_WRITTEN = {"AlexNet": "hand_written_alexnet", "ResNet-50": "hand_written_resnet50"}
+
+
+@pytest.mark.parametrize("name", sorted(HAND_WRITTEN))
+def test_a_device_pass_launches_no_more_kernels_than_the_hand_written_model(name: str) -> None:
+    """Off the CPU the forward runs the plain plan, and at small batches its speed is its launch count: on the
+    meta device (which dispatches as a GPU would, running nothing) the net at batch 1 launches no more kernels
+    than the benchmark's hand-written model (AlexNet with ``nn.LocalResponseNorm``, ResNet-50 with its
+    BatchNorm layers), and with the same convolutions, from its second pass on."""
+    spec = importlib.util.spec_from_file_location("bench_runtime", ROOT / "benchmarks" / "runtime.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    proto, shape = bench.MODELS[name]
+    if not proto.exists():
+        pytest.skip(f"{proto} not in this copy of the corpus")
+    net = prototxt2py.load(proto, input_shapes={"data": [1, *shape]})
+    hand = getattr(bench, HAND_WRITTEN[name])(net)
+    net, hand = net.eval().to("meta"), hand.eval().to("meta")
+    x = torch.empty(1, *shape, device="meta")
+    with torch.inference_mode():
+        net(x)  # the first pass folds BatchNorm into the convolutions' weights, kept for the next ones
+        with KernelCount() as ours:
+            net(x)
+        with KernelCount() as theirs:
+            hand(x)
+    convolutions = [n for n in ours.names if "conv" in n]
+    assert len(convolutions) == {"AlexNet": 5, "ResNet-50": 53}[name], ours.names
+    assert convolutions == [n for n in theirs.names if "conv" in n]
+    assert len(ours.names) <= len(theirs.names), (len(ours.names), len(theirs.names))
