@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from golden import CORPUS, GOLDEN, assert_close, case_params, meta, npz, zoo_net_and_inputs
+from golden import CORPUS, DEVICE, GOLDEN, assert_close, case_params, meta, npz, to_numpy, zoo_net_and_inputs
 from test_golden_nets import SLOW_ZOO
 
 import prototxt2py
@@ -335,13 +335,15 @@ def test_real_resnet_stem_folded_matches_caffe(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("case", case_params("zoo", slow=SLOW_ZOO))
 def test_inference_plan_matches_caffe_on_the_zoo(case: Path, dtype: torch.dtype) -> None:
-    """The eval-mode outputs-only path against real Caffe's outputs: in float32 the oneDNN plan (folds, fused
-    chains, oneDNN InnerProducts), in float64 the plain plan a GPU runs (folds only, no per-step tests)."""
+    """The eval-mode outputs-only path against real Caffe's outputs, on ``golden.DEVICE``: on the CPU in float32
+    the oneDNN plan (folds, fused chains, oneDNN InnerProducts), in float64 the plain plan (folds only, no
+    per-step tests); on a GPU the plain plan in both."""
     m = meta(case)
     net, inputs = zoo_net_and_inputs(case)
-    net.eval().to(dtype)
+    net.eval().to(DEVICE, dtype)
+    feed = {k: torch.from_numpy(v).to(DEVICE, dtype) for k, v in inputs.items() if k in net.input_names}
     with torch.no_grad():
-        blobs = net(**{k: torch.from_numpy(v).to(dtype) for k, v in inputs.items() if k in net.input_names})
+        blobs = net(**feed)
     want = npz(case / "outputs.npz")
     compared = [name for name in blobs if name in want]
     if not blobs:
@@ -349,7 +351,7 @@ def test_inference_plan_matches_caffe_on_the_zoo(case: Path, dtype: torch.dtype)
     assert compared, "no output blob of the net in the golden outputs"
     for name in compared:
         scale = float(np.abs(want[name]).max()) if want[name].size else 1.0
-        assert_close(blobs[name].float().numpy(), want[name], max(m.get("rtol", 1e-5), 1e-4),
+        assert_close(to_numpy(blobs[name].float()), want[name], max(m.get("rtol", 1e-5), 1e-4),
                      max(m.get("atol", 1e-6), 1e-5 * scale), f"blob '{name}'")
 
 
