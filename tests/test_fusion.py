@@ -119,6 +119,32 @@ def test_inputs_onednn_never_takes_run_the_plain_plan(net: CaffeNet) -> None:
         torch.testing.assert_close(value, reference[name])
 
 
+def test_one_input_onednn_takes_is_enough_for_the_onednn_plan(tmp_path: Path) -> None:
+    """A net whose first input is one oneDNN never takes (here float64 beside a float32 image) still runs its
+    image through the oneDNN plan; under autocast no input is one it takes."""
+    net = build(tmp_path, """
+layer { name: "aux" type: "Input" top: "aux" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 9 dim: 9 } } }
+layer { name: "scaled" type: "Power" bottom: "aux" top: "scaled" power_param { scale: 2 } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 6 kernel_size: 3 } }
+layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
+""")
+    randomise(net)
+    net.eval()
+    plans = []
+    execute = net._execute
+    net._execute = lambda plan, env, tracing=False: plans.append(plan) or execute(plan, env, tracing)
+    aux = torch.arange(6, dtype=torch.float64).reshape(2, 3)
+    with torch.no_grad():
+        reference = net(aux, X, all_blobs=True)
+        got = net(aux, X)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # then no input is one oneDNN takes
+            net(aux, X)
+    assert plans[1:] == [net._inference_plan, net._plain_plan]
+    torch.testing.assert_close(got["scaled"], aux * 2)
+    torch.testing.assert_close(got["c1"], reference["c1"], rtol=1e-5, atol=1e-5)
+
+
 def test_with_autograd_the_chains_run_differentiable_ops(net: CaffeNet) -> None:
     grads = []
     for all_blobs in (False, True):

@@ -269,17 +269,17 @@ class CaffeNet(nn.Module):
         return {blob: env[vid].contiguous() for blob, vid in self._outputs}  # never channels-last
 
     def _run_inference(self, env: dict[str, Any], tracing: bool) -> dict[str, Any]:
-        """The oneDNN plan, or the plain plan where oneDNN would not run anyway: for inputs it never takes (not
-        CPU float32, autocast), and, without autograd, for input shapes whose last pass made no oneDNN call."""
-        first = next(iter(env.values()), None)
-        if first is None:  # the net reads its own data
+        """The oneDNN plan, or the plain plan where oneDNN would not run anyway: when no input is one it takes
+        (CPU float32 outside autocast; other inputs, such as integer indices, may sit beside one), and, without
+        autograd, for input shapes whose last pass made no oneDNN call."""
+        if not env:  # the net reads its own data
             return self._execute(self._inference_plan, env, tracing)
-        if not fusion.onednn_allowed(first):
+        if not any(isinstance(t, torch.Tensor) and fusion.onednn_allowed(t) for t in env.values()):
             return self._execute(self._plain_plan, env, tracing)
         if torch.is_grad_enabled():  # the chains may decline oneDNN for autograd's sake, not for size
             return self._execute(self._inference_plan, env, tracing)
         cache = self._fusion_cache
-        key = cache.small_pass(tuple(t.shape for t in env.values()))
+        key = cache.small_pass(tuple(getattr(t, "shape", None) for t in env.values()))
         if key is None:
             return self._execute(self._plain_plan, env, tracing)
         calls = cache.onednn_calls
