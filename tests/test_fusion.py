@@ -61,6 +61,14 @@ def _conv_calls(net: CaffeNet) -> list[str]:
     return calls
 
 
+def _recorded_plans(net: CaffeNet) -> list:
+    """The plans the net's passes run from now on, in order."""
+    plans: list = []
+    execute = net._execute
+    net._execute = lambda plan, env, tracing=False: plans.append(plan) or execute(plan, env, tracing)
+    return plans
+
+
 def test_chains_found(net: CaffeNet) -> None:
     chains = [(f.conv, f.affine, f.residual, f.post, f.unary, tuple(round(s, 6) for s in f.scalars))
               for f in net._fusions]
@@ -99,9 +107,7 @@ def test_inputs_onednn_never_takes_run_the_plain_plan(net: CaffeNet) -> None:
     assert kinds == [("c1", fusion.LAYER), ("r1", fusion.LAYER), ("lrn", fusion.LAYER), ("c3", fusion.FUSED),
                      ("c2", fusion.FUSED), ("pool", fusion.LAYER), ("ave", fusion.LAYER), ("ip", fusion.LAYER),
                      ("up", fusion.LAYER)]
-    plans = []
-    execute = net._execute
-    net._execute = lambda plan, env, tracing=False: plans.append(plan) or execute(plan, env, tracing)
+    plans = _recorded_plans(net)
     net.double()
     calls = _conv_calls(net)
     with torch.no_grad():
@@ -131,9 +137,7 @@ layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
 """)
     randomise(net)
     net.eval()
-    plans = []
-    execute = net._execute
-    net._execute = lambda plan, env, tracing=False: plans.append(plan) or execute(plan, env, tracing)
+    plans = _recorded_plans(net)
     aux = torch.arange(6, dtype=torch.float64).reshape(2, 3)
     with torch.no_grad():
         reference = net(aux, X, all_blobs=True)
@@ -466,9 +470,7 @@ def test_shapes_too_small_for_onednn_run_the_plain_plan_from_their_second_pass(
     randomise(net)
     net.eval()
     big = torch.randn(2, 4, 36, 36, generator=torch.Generator().manual_seed(4))
-    plans = []
-    execute = net._execute
-    net._execute = lambda plan, env, tracing=False: plans.append(plan) or execute(plan, env, tracing)
+    plans = _recorded_plans(net)
     inference, plain = net._inference_plan, net._plain_plan
     for x, floor, grad, want in ((X, 60_000, False, [inference, plain, plain]), (big, 60_000, False, [inference] * 3),
                                  (X, 0, False, [inference] * 3), (X, 60_000, True, [inference] * 2),
