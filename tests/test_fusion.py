@@ -7,6 +7,7 @@ import re
 import threading
 import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -186,6 +187,77 @@ def test_other_dtypes_and_batch_sizes_fall_back_or_repack(net: CaffeNet) -> None
         net.double()
         fused, reference = net(X.double()), net(X.double(), all_blobs=True)
     torch.testing.assert_close(fused["up"], reference["up"])
+
+
+WIDE_1X1 = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 256 dim: 14 dim: 14 } } }
+layer { name: "wide" type: "Convolution" bottom: "data" top: "wide"
+        convolution_param { num_output: 1024 kernel_size: 1 } }
+layer { name: "relu" type: "ReLU" bottom: "wide" top: "wide" }
+"""
+
+
+def _packings_used(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Size, torch.Tensor]]:
+    """(input shape, weight) of every oneDNN convolution call from now on."""
+    used: list[tuple[torch.Size, torch.Tensor]] = []
+    conv = fusion.ONEDNN_CONV
+
+    def record(x: torch.Tensor, weight: torch.Tensor, *rest: Any) -> torch.Tensor:
+        used.append((x.shape, weight))
+        return conv(x, weight, *rest)
+
+    monkeypatch.setattr(fusion, "ONEDNN_CONV", record)
+    monkeypatch.setattr(fusion, "ONEDNN_CONV_INTO", None)
+    return used
+
+
+@pytest.mark.skipif(not ONEDNN or fusion._packed_layout(fusion.ONEDNN_PACK(torch.ones(1, 1, 1, 1), [0, 0], [1, 1],
+                                                                            [1, 1], 1, [1, 1, 1, 1])) is None,
+                    reason="no oneDNN convolution, or no way to read its layouts, in this torch")
+def test_each_input_shape_runs_on_weights_packed_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN picks a weight's blocking from the input shape too, and reorders a weight packed for another one
+    on every call: after a pass at one batch size, another batch size must not run on the first packing.
+    Packings of one layout are shared, so memory grows per layout, not per shape."""
+    net = build(tmp_path, WIDE_1X1)
+    randomise(net)
+    net.eval()
+    used = _packings_used(monkeypatch)
+    weight = net.layer("wide").weight.detach()
+    inputs = [torch.randn(n, 256, 14, 14, generator=torch.Generator().manual_seed(n)) for n in (1, 2, 1, 4, 2)]
+    with torch.no_grad():
+        for x in inputs:
+            torch.testing.assert_close(net(x)["wide"], net(x, all_blobs=True)["wide"], rtol=1e-4, atol=1e-4)
+    assert [shape for shape, _ in used] == [x.shape for x in inputs]
+    fresh = {shape: fusion._packed_layout(fusion.ONEDNN_PACK(weight, [0, 0], [1, 1], [1, 1], 1, list(shape)))
+             for shape, _ in used}
+    for shape, packed in used:
+        assert fusion._packed_layout(packed) == fresh[shape], shape
+    kept = {id(packed) for _, packed in used}
+    assert len(kept) == len(set(fresh.values()))
+
+
+@pytest.mark.skipif(not ONEDNN, reason="no oneDNN convolution in this torch")
+def test_packings_stay_bounded_and_work_where_layouts_cannot_be_read(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    net = build(tmp_path, WIDE_1X1)
+    randomise(net)
+    net.eval()
+    monkeypatch.setattr(fusion, "PACKED_SHAPES", 2)
+    used = _packings_used(monkeypatch)
+    with torch.no_grad():
+        for n in (1, 2, 3, 1):
+            x = torch.randn(n, 256, 14, 14)
+            torch.testing.assert_close(net(x)["wide"], net(x, all_blobs=True)["wide"], rtol=1e-4, atol=1e-4)
+    assert len(net._fusion_cache.entries["wide"]["by_shape"]) == 2  # (3, ...) and (1, ...) after the reset
+
+    net.clear_fold_cache()
+    monkeypatch.setattr(fusion, "_packed_layout", lambda packed: None)
+    used.clear()
+    with torch.no_grad():
+        for n in (1, 2):
+            x = torch.randn(n, 256, 14, 14)
+            torch.testing.assert_close(net(x)["wide"], net(x, all_blobs=True)["wide"], rtol=1e-4, atol=1e-4)
+    assert used[0][1] is used[1][1]  # the first packing serves every shape
 
 
 def test_batch_statistics_run_the_chain_layer_by_layer(tmp_path: Path) -> None:

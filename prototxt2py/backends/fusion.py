@@ -13,12 +13,13 @@ a plugin's layer joins chains exactly as a built-in does, and this module knows 
   function (``post_op``: rectifier, leaky rectifier, clamp). On CPU float32 outside ``torch.autocast``, with
   nothing needing gradients, and big enough to be worth it (``ONEDNN_MIN_MACS``), one oneDNN call
   (``torch.ops.mkldnn._convolution_pointwise``, the kernel ``torch.compile`` emits on CPU) with the weights
-  packed once into oneDNN's blocked layout, the affine layers folded into them, and the addition and the
-  post-op applied as post-ops, in channels-last memory (oneDNN takes only the plain rectifier after an
-  addition: other post-ops then run as their layer). Measured on a 2-core AVX-512 machine at batch 1:
-  1.2-5x faster per convolution than ``F.conv2d`` on NCHW tensors, which reorders its weights and
-  activations on every call. Elsewhere (GPU, other dtypes, autocast, autograd, tracing, compiling) the fold
-  still applies through ``F.conv*`` and the other members run as layers;
+  packed into oneDNN's blocked layout (once per layout oneDNN picks for the input shapes seen), the affine
+  layers folded into them, and the addition and the post-op applied as post-ops, in channels-last memory
+  (oneDNN takes only the plain rectifier after an addition: other post-ops then run as their layer).
+  Measured on a 2-core AVX-512 machine at batch 1: 1.2-5x faster per convolution than ``F.conv2d`` on NCHW
+  tensors, which reorders its weights and activations on every call. Elsewhere (GPU, other dtypes,
+  autocast, autograd, tracing, compiling) the fold still applies through ``F.conv*`` and the other members
+  run as layers;
 * ``affine [-> affine ...]`` with no convolution before it, led by a layer whose form is worth running on its
   own (``ChannelAffine.alone``, e.g. one that subtracts and divides): one ``addcmul``.
 
@@ -26,7 +27,8 @@ Forms that depend on the mode (a normalisation using batch statistics, ``Channel
 chain run layer by layer. Folded and packed weights are cached, keyed by the version counters and addresses
 of every blob they come from (and the attributes a form names in ``depends_on``), so loading or editing
 weights invalidates them. The packed copy costs memory once the first eval-mode forward has run (about the
-convolution weights' size again: ResNet-50 +94 MB, AlexNet +9 MB);
+convolution weights' size again: ResNet-50 +94 MB, AlexNet +9 MB; ResNet-50 +101 MB after passes at batch 1
+and 2-16, whose layouts differ for six of its convolutions);
 :meth:`~.torch_runtime.CaffeNet.clear_fold_cache` frees it.
 
 The inference plan drops each value after its last reader, and a chain whose addition reads a dying
@@ -135,6 +137,10 @@ ONEDNN_CONV_INTO = getattr(_onednn_op("_convolution_pointwise_"), "binary", None
 #: pages from the OS and unmaps them on free: ResNet-50's 51 MB first activations at batch 16 cost 12 ms of page
 #: faults each per pass, and 3 ms more to unmap, against 1 ms to zero a kept buffer.
 KEEP_OUTPUT_BYTES = 32 << 20
+
+#: How many input shapes a chain remembers its packed weight for (:meth:`FusionCache.packed`); past this many,
+#: it forgets them all and packs again.
+PACKED_SHAPES = 64
 
 
 def _holders(t: torch.Tensor) -> tuple[int, int]:
@@ -435,19 +441,49 @@ class FusionCache:
 
     def packed(self, fusion: Fusion, modules: Mapping[str, nn.Module], blobs: Sequence[torch.Tensor],
                shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None, tuple]:
-        """The (folded) weight in oneDNN's layout, chosen for inputs of ``shape`` (other shapes still work),
-        the bias, and the convolution's geometry as the oneDNN ops take it (``[pad], [stride], [dilation],
-        group``). A folded weight made only to be packed is not kept."""
+        """The (folded) weight in the oneDNN layout chosen for inputs of ``shape``, the bias, and the
+        convolution's geometry as the oneDNN ops take it (``[pad], [stride], [dilation], group``).
+
+        oneDNN picks the weight's blocking from the input shape too (ResNet-50's 256->1024 1x1 convolution:
+        64 output channels a block at batch 1, 48 at batch 2), and a weight packed for another blocking is
+        reordered again on every call (ResNet-50 at batch 1 after a pass at batch 2: six reorders of 5-6 ms
+        each, 84-99 ms a pass instead of 41-50). So each new input shape packs the weight afresh; a packing
+        equal in layout to one already kept is dropped for it, so memory grows by one copy per distinct layout
+        (one or two), not per shape. A folded weight made only to be packed is not kept."""
         entry = self._entry(fusion, modules, blobs)
-        if "packed" not in entry:
-            weight, bias = (entry["weight"], entry["bias"]) if "weight" in entry else _fold(fusion, modules)
-            stride, pad, dilation, group = fusion.conv_args
-            geometry = (list(pad), list(stride), list(dilation), group)
-            with torch.inference_mode(False), torch.no_grad():
-                entry["packed"] = ONEDNN_PACK(weight.contiguous(), *geometry, list(shape))
-                entry["packed_bias"] = None if bias is None else bias.detach().contiguous()
-            entry["geometry"] = geometry
-        return entry["packed"], entry["packed_bias"], entry["geometry"]
+        by_shape = entry.setdefault("by_shape", {})
+        packed = by_shape.get(shape)
+        if packed is None:
+            if len(by_shape) >= PACKED_SHAPES:  # e.g. a detector fed ever new image sizes
+                by_shape.clear()
+                entry["layouts"] = {}
+            packed = by_shape[shape] = self._pack(entry, fusion, modules, shape)
+        return packed, entry["packed_bias"], entry["geometry"]
+
+    @staticmethod
+    def _pack(entry: dict[str, Any], fusion: Fusion, modules: Mapping[str, nn.Module], shape: tuple[int, ...]
+              ) -> torch.Tensor:
+        """The chain's weight packed for inputs of ``shape``, or the kept packing of the same layout."""
+        layouts = entry.setdefault("layouts", {})
+        if None in layouts:  # this torch cannot tell layouts apart: the first packing serves every shape
+            return layouts[None]
+        weight, bias = (entry["weight"], entry["bias"]) if "weight" in entry else _fold(fusion, modules)
+        stride, pad, dilation, group = fusion.conv_args
+        geometry = (list(pad), list(stride), list(dilation), group)
+        with torch.inference_mode(False), torch.no_grad():
+            packed = ONEDNN_PACK(weight.contiguous(), *geometry, list(shape))
+            entry["packed_bias"] = None if bias is None else bias.detach().contiguous()
+        entry["geometry"] = geometry
+        return layouts.setdefault(_packed_layout(packed), packed)
+
+
+def _packed_layout(packed: torch.Tensor) -> bytes | None:
+    """oneDNN's serialized memory descriptor of a packed weight (its blocked layout), or None if this torch
+    has no op for it (a private op: any failure means "cannot tell")."""
+    try:
+        return torch.ops.mkldnn._get_mkldnn_serialized_md(packed).numpy().tobytes()
+    except (AttributeError, RuntimeError, TypeError):
+        return None
 
 
 def _fold(fusion: Fusion, modules: Mapping[str, nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None]:
