@@ -82,6 +82,11 @@ class ShapeError(Prototxt2pyError):
     """Shape inference failed: incompatible bottoms or parameters."""
 
 
+class ForwardError(ShapeError, RuntimeError):
+    """A forward pass failed at a layer, typically on inputs of a shape the net's weights or layers do not take.
+    Also a ``RuntimeError``, which is what torch raises for such a failure."""
+
+
 class WeightsError(Prototxt2pyError):
     """A weights file is truncated, corrupt, or does not match the net."""
 

@@ -42,7 +42,6 @@ when ``ctx.dynamic_sizes`` is set, and :meth:`OnnxContext.reshape` refuses to ba
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 import tempfile
@@ -56,7 +55,7 @@ from ..blobstore import GraphBlobs, blobs_for
 from ..errors import InputFileError, Location, Prototxt2pyError, ShapeError, UnsupportedLayerError
 from ..fsutil import write_bytes_atomic
 from ..ir import Node
-from ..ir.shapes import infer_shapes
+from ..ir.shapes import reinferred
 from ..layers.base import Shape
 from ..netstate import TRAIN
 from . import onnx_proto as op
@@ -546,16 +545,6 @@ def _spatial_symbols(graph: Any) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _reinferred(graph: Any, overrides: dict[str, Shape]) -> Any:
-    """A copy of ``graph`` (nodes and values copied, specs and attributes shared) with its shapes inferred
-    again for the input shapes ``overrides``."""
-    nodes = [dataclasses.replace(n, param_shapes=[], in_shapes=[], shape_note=None, macs=0) for n in graph.nodes]
-    values = {k: dataclasses.replace(v, consumers=list(v.consumers)) for k, v in graph.values.items()}
-    probe = dataclasses.replace(graph, nodes=nodes, values=values, warnings=[])
-    infer_shapes(probe, overrides)
-    return probe
-
-
 def _probe(graph: Any, delta: tuple[int, int]) -> Any:
     """``graph`` with its shapes inferred again for sized inputs grown by ``delta`` on height/width (``delta``
     cycles over further axes)."""
@@ -565,7 +554,7 @@ def _probe(graph: Any, delta: tuple[int, int]) -> Any:
         if _sized_input(shape):
             overrides[graph.values[vid].blob] = (*shape[:2], *(d + delta[i % 2] for i, d in enumerate(shape[2:])))
     try:
-        return _reinferred(graph, overrides)
+        return reinferred(graph, overrides)
     except Prototxt2pyError as e:
         sizes = ", ".join(f"{b} {tuple(s)}" for b, s in overrides.items())
         raise ShapeError(f"--dynamic: the net cannot run at other input sizes (tried {sizes}): {e.message}",
@@ -580,7 +569,7 @@ def _output_dims(graph: Any, varying: dict[str, tuple[bool, ...]]) -> dict[str, 
     overrides = {graph.values[v].blob: (shape[0] + 1, *shape[1:]) for v in graph.inputs
                  if (shape := graph.values[v].shape)}
     with contextlib.suppress(Prototxt2pyError):  # a net that needs its batch size: no axis is named N
-        batched = _reinferred(graph, overrides).values
+        batched = reinferred(graph, overrides).values
     out: dict[str, list[int | str | None]] = {}
     for vid, value in graph.values.items():
         other = batched[vid].shape if vid in batched else None

@@ -97,6 +97,11 @@ def build_module(node: Any) -> nn.Module:
 
 
 # -- the module ----------------------------------------------------------------------------------------------
+#: The exception types torch raises for a layer given shapes (or dtypes) it cannot take; a pass failing with
+#: one of them (not a subclass, such as ``torch.OutOfMemoryError``) raises a located ``ForwardError`` instead.
+_LOCATED = (RuntimeError, ValueError, IndexError)
+
+
 class CaffeNet(nn.Module):
     """A Caffe net on PyTorch.
 
@@ -257,16 +262,33 @@ class CaffeNet(nn.Module):
         else:
             all_blobs = bool(kwargs.pop("all_blobs", False))
             env = self._bind_inputs(args, kwargs)
-        reference = all_blobs or self.training or torch.compiler.is_compiling()
-        if reference:
-            env = self._execute(self._plan, env, tracing)
+        compiling = torch.compiler.is_compiling()
+        reference = all_blobs or self.training or compiling
+        if tracing or compiling:  # no try block for the tracers to see
+            env = self._execute(self._plan, env, tracing) if reference else self._run_inference(env, tracing)
         else:
-            env = self._run_inference(env, tracing)
+            try:
+                env = self._execute(self._plan, env) if reference else self._run_inference(env, False)
+            except (RuntimeError, ValueError, IndexError) as error:
+                if type(error) not in _LOCATED:
+                    raise
+                raise self._located(args, kwargs, error) from error
         if all_blobs:
             return {blob: env[vid] for blob, vid in self._final_ids.items()}
         if reference:
             return {blob: env[vid] for blob, vid in self._outputs}
         return {blob: env[vid].contiguous() for blob, vid in self._outputs}  # never channels-last
+
+    def _located(self, args: tuple, kwargs: Mapping[str, Any], error: Exception) -> Exception:
+        """The error a failed pass on inputs ``args``/``kwargs`` raises: one naming the layer (see
+        :mod:`.forward_errors`), or ``error`` itself should explaining it fail."""
+        from .forward_errors import forward_error
+
+        inputs = dict(zip(self.input_names, args, strict=False)) | dict(kwargs)
+        try:
+            return forward_error(self.graph, self._node_keys, self.layers._modules, inputs, error)
+        except Exception:  # noqa: BLE001 - the explanation must never hide the failure it explains
+            return error
 
     def _run_inference(self, env: dict[str, Any], tracing: bool) -> dict[str, Any]:
         """The oneDNN plan, or the plain plan where oneDNN would not run anyway: when no input is one it takes

@@ -6,6 +6,7 @@ them; real inconsistencies raise :class:`~prototxt2py.errors.ShapeError` naming 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 from .. import limits
@@ -69,6 +70,16 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -> Non
         except (ValueError, TypeError, IndexError):
             node.macs = 0
     limits.check_param_bytes(param_elements, location=Location(graph.file))
+
+
+def reinferred(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -> Graph:
+    """A copy of ``graph`` (nodes and values copied, specs and attributes shared) with its shapes inferred
+    again for ``input_shapes``; ``graph`` itself is left as it is."""
+    nodes = [dataclasses.replace(n, param_shapes=[], in_shapes=[], shape_note=None, macs=0) for n in graph.nodes]
+    values = {k: dataclasses.replace(v, consumers=list(v.consumers)) for k, v in graph.values.items()}
+    probe = dataclasses.replace(graph, nodes=nodes, values=values, warnings=[])
+    infer_shapes(probe, input_shapes)
+    return probe
 
 
 def _input_override(node: Node, overrides: Mapping[str, Shape]) -> list[Shape | None]:

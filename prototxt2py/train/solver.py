@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import Location, Prototxt2pyError
+from ..errors import Location
 from .errors import DivergedError, SolverError
 from .feeding import Feeder
 from .lr_policy import LrParams, learning_rate
@@ -623,43 +623,10 @@ class Solver:
 
 
 def forward_for_loss(net: Any, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A forward pass returning the loss-weighted blobs (every blob when a loss blob is not a net output)."""
+    """A forward pass returning the loss-weighted blobs (every blob when a loss blob is not a net output). A
+    failing layer raises :class:`~prototxt2py.errors.ForwardError` naming it (``backends/forward_errors.py``)."""
     need_all = not set(net.loss_weights) <= set(net.output_names)
-    try:
-        return net(**inputs, all_blobs=need_all)
-    except Prototxt2pyError:
-        raise
-    except (RuntimeError, IndexError, ValueError) as e:
-        raise _layer_failure(net, inputs, e) from None
-
-
-def _layer_failure(net: Any, inputs: dict[str, torch.Tensor], error: Exception) -> Prototxt2pyError:
-    """Name the layer whose forward pass failed (replaying the plan step by step), with the reason."""
-    from ..backends.fusion import INPUT
-
-    env = {vid: inputs[net.graph.values[vid].blob] for vid in net.graph.inputs
-           if net.graph.values[vid].blob in inputs}
-    nodes = {step.key: node for step, node in zip(net._plan, net.graph.nodes, strict=True)}
-    with torch.no_grad():
-        for step in net._plan:
-            key, ins, outs = step.key, step.inputs, step.outputs
-            if step.kind is INPUT:
-                continue
-            node = nodes.get(key)
-            try:
-                produced = net.layers[key](*[env[i] for i in ins])
-            except Exception as e:  # noqa: BLE001 - the message is the point
-                text = str(e).splitlines()[0] if str(e) else type(e).__name__
-                hint = ""
-                if node is not None and "Loss" in node.type and ("index" in text or "bound" in text):
-                    hint = " (a label outside 0..C-1 of the prediction's channels?)"
-                return Prototxt2pyError(f"forward pass failed: {text}{hint}", node.location if node else None,
-                                        layer=node.name if node else key)
-            produced = (produced,) if isinstance(produced, torch.Tensor) else produced
-            for vid, t in zip(outs, produced, strict=False):
-                env[vid] = t
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return Prototxt2pyError(f"forward pass failed: {text}")
+    return net(**inputs, all_blobs=need_all)
 
 
 def _dist_rank_world() -> tuple[int, int]:

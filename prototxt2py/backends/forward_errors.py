@@ -1,0 +1,85 @@
+"""Why a forward pass failed, as one line that names the layer and what it expected: Caffe stops at the layer
+whose ``Reshape`` check fails ("Input size incompatible with inner product parameters"), while torch only
+says "mat1 and mat2 shapes cannot be multiplied", and oneDNN only "could not create a primitive descriptor".
+
+Nothing here runs unless a pass has failed. The inputs' shapes are then pushed through the net's shape
+inference, as a reshape would. Three causes are told apart: an input with another number of axes than the net
+declares, a layer that cannot take the shapes reaching it (negative sizes, bottoms that do not match), and a
+layer whose blobs were made for other shapes (an InnerProduct after a bigger image). If none of them applies,
+torch's message is kept, with the layer that raised it and its bottoms' shapes and types (and, for a loss
+layer indexing out of bounds, the likely cause: a label outside the prediction's classes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from ..errors import ForwardError, Prototxt2pyError
+from ..ir import Graph
+from ..ir.shapes import reinferred
+from .fusion import Step, blobs_of
+
+
+def forward_error(graph: Graph, node_keys: Sequence[str], modules: Mapping[str, Any],
+                  inputs: Mapping[str, Any], error: Exception) -> ForwardError:
+    """The located error for ``error``, raised by a pass on ``inputs`` (Caffe input blob name -> value) of
+    the net of ``graph``, whose layers are ``modules`` under ``node_keys`` (aligned with ``graph.nodes``)."""
+    shapes = {name: tuple(value.shape) for name, value in inputs.items() if isinstance(value, torch.Tensor)}
+    given = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+    for vid in graph.inputs:
+        value = graph.values[vid]
+        declared, got = value.shape, shapes.get(value.blob)
+        if declared is not None and got is not None and len(declared) != len(got):
+            return ForwardError(f"input '{value.blob}' has {len(got)} axes {got}; the net takes {len(declared)} "
+                                f"axes, as in its declared shape {declared}")
+    try:
+        probe = reinferred(graph, shapes)
+    except Prototxt2pyError as e:
+        return ForwardError(f"inputs {given}: {e.message}", e.location, layer=e.layer)
+    for node, key in zip(probe.nodes, node_keys, strict=True):
+        module = modules[key]
+        for i, (name, blob) in enumerate(zip(getattr(module, "blob_names", ()), blobs_of(module), strict=True)):
+            need = node.param_shapes[i] if i < len(node.param_shapes) else None
+            have = tuple(getattr(blob, "shape", ()))
+            if need is not None and tuple(need) != have:
+                return ForwardError(f"blob {i} ({name}) has shape {have}; inputs {given} need {tuple(need)}",
+                                    node.location, layer=node.name)
+    return _as_raised(graph, node_keys, error, given)
+
+
+def _as_raised(graph: Graph, node_keys: Sequence[str], error: Exception, given: str) -> ForwardError:
+    """torch's own message, with the layer whose step raised it and its bottoms' shapes."""
+    step, env = _failed_step(error.__traceback__)
+    message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if step is None:
+        return ForwardError(f"forward pass failed: {message} (inputs {given})")
+    node = next(n for n, k in zip(graph.nodes, node_keys, strict=True) if k == step.key)  # a chain's first layer
+    if node.spec.is_loss and ("index" in message or "bound" in message):
+        message += " (a label outside 0..C-1 of the prediction's channels?)"
+    bottoms = ", ".join(_described(env.get(v)) for v in step.inputs)
+    return ForwardError(f"forward pass failed: {message} (bottoms {bottoms}; inputs {given})", node.location,
+                        layer=node.name)
+
+
+def _described(value: Any) -> str:
+    """A bottom as ``(1, 3, 224, 224) float64``."""
+    if not isinstance(value, torch.Tensor):
+        return type(value).__name__
+    return f"{tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+
+
+def _failed_step(tb: TracebackType | None) -> tuple[Step | None, dict[str, Any]]:
+    """The plan step that raised, and the values at the time: the locals of the innermost frame that walks a
+    plan (a chain run layer by layer walks its own steps inside its step)."""
+    from .torch_runtime import CaffeNet
+
+    step, env = None, {}
+    while tb is not None:
+        if tb.tb_frame.f_code is CaffeNet._execute.__code__:
+            step, env = tb.tb_frame.f_locals.get("step"), tb.tb_frame.f_locals.get("env", {})
+        tb = tb.tb_next
+    return step, env
