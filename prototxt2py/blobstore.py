@@ -146,11 +146,12 @@ class GraphBlobs:
 
     def blobs(self, node: Any) -> list[np.ndarray]:
         """The layer's blobs, float32 with Caffe's shapes; a blob shared with another layer is the same array
-        object for both (writers store it once)."""
+        object for both (writers store it once), or a view of it in this layer's shape where the two differ."""
         targets = self._targets(node)
         if any(key not in self._arrays for key, _ in targets):
             self._fill(node)
-        return [self._arrays[key] for key, _ in targets]
+        # share_mode: PERMISSIVE shares blobs of equal size and other shapes: each layer sees its own shape
+        return [_as_shape(self._arrays[key], shape) for (key, _), shape in zip(targets, node.param_shapes, strict=True)]
 
     def _fill(self, node: Any) -> None:
         """Fill the blobs no file provided, with their owners' fillers (Caffe fills a shared blob once, as the
@@ -217,3 +218,8 @@ def blobs_for(source: Any, weights: str | os.PathLike | Mapping[str, Sequence[An
             raise TypeError("weights are given with a graph; a net already holds its own")
         return NetBlobs(source)
     return GraphBlobs(source, weights)
+
+
+def _as_shape(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``array`` itself if it has ``shape``, else a view of it in that shape (same size: the IR checked)."""
+    return array if array.shape == tuple(shape) else array.reshape(tuple(shape))

@@ -9,11 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from golden import CORPUS, corpus_deploy_params
 from test_runtime import build, randomise
 
-from prototxt2py.backends import forward_errors, fusion
+import prototxt2py
+from prototxt2py.backends import forward_errors, fusion, torch_runtime
 from prototxt2py.backends.torch_runtime import CaffeNet
 from prototxt2py.errors import ForwardError, Prototxt2pyError
+from prototxt2py.fillers import deferred_fills
+from prototxt2py.ir.shapes import reinferred
 
 NET = """layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
@@ -120,3 +124,40 @@ def test_an_explanation_that_fails_leaves_the_original_error(net: CaffeNet, monk
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied") as caught:
         _no_grad(net.eval(), torch.randn(1, 3, 10, 10), all_blobs=True)
     assert not isinstance(caught.value, ForwardError)
+
+
+def test_pycaffe_reshape_refuses_blobs_the_new_shapes_do_not_fit(tmp_path: Path) -> None:
+    """As Caffe's ``Net::Reshape`` ("Input size incompatible with inner product parameters")."""
+    from prototxt2py import caffe
+
+    path = tmp_path / "net.prototxt"
+    path.write_text(NET)
+    net = caffe.Net(str(path), caffe.TEST)
+    net.blobs["data"].reshape(2, 3, 8, 8)
+    net.reshape()  # another batch size fits
+    assert net.blobs["ip"].data.shape == (2, 5)
+    net.blobs["data"].reshape(1, 3, 10, 10)
+    with pytest.raises(ForwardError) as caught:
+        net.reshape()
+    assert str(caught.value) == f"{path}:7:7: layer 'ip': blob 0 (weight) has shape (5, 36); inputs data (1, 3, 10, " \
+                                "10) need (5, 64)"
+
+
+@pytest.mark.parametrize("rel", corpus_deploy_params())
+def test_every_corpus_net_fits_its_own_blobs_at_any_batch_size(rel: str) -> None:
+    """No false alarm: the blobs a net was built with fit its declared shapes, and batch 3 (shared parameters
+    of another shape, legacy shapes, plugins' blobs)."""
+    try:
+        graph = prototxt2py.graph(CORPUS / rel)
+        with deferred_fills():  # blobs of the right shapes, never filled
+            net = torch_runtime.build(graph)
+    except Prototxt2pyError as e:
+        pytest.skip(f"no runtime module from the file alone: {e}")
+    assert forward_errors.unfit_blobs(graph, net.layer, "") is None
+    shapes = {graph.values[v].blob: graph.values[v].shape for v in graph.inputs}
+    if all(s is not None and len(s) > 1 for s in shapes.values()):
+        try:
+            batched = reinferred(graph, {blob: (3, *shape[1:]) for blob, shape in shapes.items()})
+        except Prototxt2pyError:
+            return  # a batch baked into the net (a Reshape to fixed sizes)
+        assert forward_errors.unfit_blobs(batched, net.layer, "") is None

@@ -484,6 +484,30 @@ def test_shared_weights_are_stored_once(tmp_path: Path) -> None:
         assert_close(got[name], want[name], 1e-6, 1e-6, name)
 
 
+PERMISSIVE = """
+layer { name: "data" type: "Input" top: "a" input_param { shape { dim: 2 dim: 6 } } }
+layer { name: "data2" type: "Input" top: "b" input_param { shape { dim: 2 dim: 3 dim: 2 } } }
+layer { name: "ip_a" type: "InnerProduct" bottom: "a" top: "fa" param { name: "w" }
+        inner_product_param { num_output: 4 bias_term: false weight_filler { type: "gaussian" } } }
+layer { name: "ip_b" type: "InnerProduct" bottom: "b" top: "fb" param { name: "w" share_mode: PERMISSIVE }
+        inner_product_param { num_output: 12 bias_term: false axis: 2 } }
+"""
+
+
+def test_permissive_sharing_gives_each_layer_its_own_shape(tmp_path: Path) -> None:
+    """Caffe's PERMISSIVE ``share_mode``: blobs of one size, each layer seeing the data in its own shape (the
+    PyTorch runtime refuses such nets, ``test_runtime``; the export works from the files alone)."""
+    path = tmp_path / "permissive.prototxt"
+    path.write_text(PERMISSIVE)
+    model = to_onnx_model(prototxt2py.graph(path))
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    (w,) = [v for v in weights.values() if v.shape == (4, 6)]  # the owner's blob
+    a, b = np.random.default_rng(0).standard_normal((2, 6)), np.random.default_rng(1).standard_normal((2, 3, 2))
+    got = run_onnx(model, {"a": a.astype(np.float32), "b": b.astype(np.float32)})
+    np.testing.assert_allclose(got["fa"], a @ w.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["fb"], b @ w.reshape(12, 2).T, rtol=1e-5, atol=1e-5)
+
+
 def test_external_data_for_big_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Models over protobuf's 2 GB limit keep their weights in <output>.data (limit lowered for the test)."""
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_LIMIT", 1000)

@@ -15,6 +15,7 @@ from test_golden_nets import SLOW_ZOO
 
 import prototxt2py
 from prototxt2py.backends.torch_runtime import CaffeNet
+from prototxt2py.errors import UnsupportedLayerError
 from prototxt2py.weights import load_weights, read_caffemodel, write_caffemodel
 
 
@@ -148,6 +149,16 @@ layer { name: "ip_b" type: "InnerProduct" bottom: "x" top: "b" param { name: "w"
         inner_product_param { num_output: 3 } }
 layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "s" eltwise_param { coeff: 1 coeff: 3 } }
 """
+
+
+def test_permissive_sharing_of_another_shape_is_refused_naming_both_layers(tmp_path: Path) -> None:
+    from test_onnx_export import PERMISSIVE
+
+    with pytest.raises(UnsupportedLayerError) as caught:
+        build(tmp_path, PERMISSIVE)
+    assert str(caught.value) == (f"{tmp_path / 'net.prototxt'}:6:7: layer 'ip_b': parameter 'w' has shape (12, 2) "
+                                 "here and (4, 6) in layer 'ip_a' (share_mode: PERMISSIVE): the PyTorch runtime "
+                                 "shares parameters of one shape only")
 
 
 def test_shared_params_stay_tied_and_gradients_add_up(tmp_path: Path) -> None:

@@ -12,9 +12,9 @@ layer indexing out of bounds, the likely cause: a label outside the prediction's
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,13 +23,15 @@ from ..ir import Graph
 from ..ir.shapes import reinferred
 from .fusion import Step, blobs_of
 
+if TYPE_CHECKING:
+    from .torch_runtime import CaffeNet
 
-def forward_error(graph: Graph, node_keys: Sequence[str], modules: Mapping[str, Any],
-                  inputs: Mapping[str, Any], error: Exception) -> ForwardError:
-    """The located error for ``error``, raised by a pass on ``inputs`` (Caffe input blob name -> value) of
-    the net of ``graph``, whose layers are ``modules`` under ``node_keys`` (aligned with ``graph.nodes``)."""
+
+def forward_error(net: CaffeNet, inputs: Mapping[str, Any], error: Exception) -> ForwardError:
+    """The located error for ``error``, raised by a pass of ``net`` on ``inputs`` (input blob name -> value)."""
     shapes = {name: tuple(value.shape) for name, value in inputs.items() if isinstance(value, torch.Tensor)}
     given = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+    graph = net.graph
     for vid in graph.inputs:
         value = graph.values[vid]
         declared, got = value.shape, shapes.get(value.blob)
@@ -40,24 +42,31 @@ def forward_error(graph: Graph, node_keys: Sequence[str], modules: Mapping[str, 
         probe = reinferred(graph, shapes)
     except Prototxt2pyError as e:
         return ForwardError(f"inputs {given}: {e.message}", e.location, layer=e.layer)
-    for node, key in zip(probe.nodes, node_keys, strict=True):
-        module = modules[key]
+    return unfit_blobs(probe, net.layer, given) or _as_raised(net, error, given)
+
+
+def unfit_blobs(graph: Graph, layer: Callable[[str], Any], given: str) -> ForwardError | None:
+    """The first layer of ``graph`` (its shapes inferred for the inputs described by ``given``) whose blobs, as
+    ``layer(name)`` holds them, have other shapes than those inputs need, as Caffe's ``Reshape`` checks ("Input
+    size incompatible with inner product parameters"); None if every blob fits."""
+    for node in graph.nodes:
+        module = layer(node.name)
         for i, (name, blob) in enumerate(zip(getattr(module, "blob_names", ()), blobs_of(module), strict=True)):
             need = node.param_shapes[i] if i < len(node.param_shapes) else None
             have = tuple(getattr(blob, "shape", ()))
             if need is not None and tuple(need) != have:
                 return ForwardError(f"blob {i} ({name}) has shape {have}; inputs {given} need {tuple(need)}",
                                     node.location, layer=node.name)
-    return _as_raised(graph, node_keys, error, given)
+    return None
 
 
-def _as_raised(graph: Graph, node_keys: Sequence[str], error: Exception, given: str) -> ForwardError:
+def _as_raised(net: CaffeNet, error: Exception, given: str) -> ForwardError:
     """torch's own message, with the layer whose step raised it and its bottoms' shapes."""
     step, env = _failed_step(error.__traceback__)
     message = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if step is None:
         return ForwardError(f"forward pass failed: {message} (inputs {given})")
-    node = next(n for n, k in zip(graph.nodes, node_keys, strict=True) if k == step.key)  # a chain's first layer
+    node = dict(zip(net._node_keys, net.graph.nodes, strict=True))[step.key]  # of a chain: its first layer
     if node.spec.is_loss and ("index" in message or "bound" in message):
         message += " (a label outside 0..C-1 of the prediction's channels?)"
     bottoms = ", ".join(_described(env.get(v)) for v in step.inputs)

@@ -184,13 +184,23 @@ class CaffeNet(nn.Module):
         return net
 
     def _tie_shared_params(self) -> None:
+        """Each ``param { name }`` shared with an earlier layer becomes the owner's tensor. Caffe's PERMISSIVE
+        mode also shares blobs of equal size and another shape, each layer seeing its own shape; one tensor
+        cannot, so those are refused here (the IR, diagrams and ONNX export still take them)."""
         for node in self.graph.nodes:
             module = self.layers[self.layer_keys[node.name]]
             for i, p in enumerate(node.params):
                 if p.owner is None or i >= len(getattr(module, "blob_names", ())):
                     continue
                 owner = self.layers[self.layer_keys[p.owner[0]]]
-                setattr(module, module.blob_names[i], getattr(owner, owner.blob_names[p.owner[1]]))
+                tensor = getattr(owner, owner.blob_names[p.owner[1]])
+                mine = tuple(getattr(module, module.blob_names[i]).shape)
+                if tuple(tensor.shape) != mine:
+                    raise UnsupportedLayerError(
+                        f"parameter '{p.name}' has shape {mine} here and {tuple(tensor.shape)} in layer "
+                        f"'{p.owner[0]}' (share_mode: PERMISSIVE): the PyTorch runtime shares parameters of one "
+                        "shape only", node.location, layer=node.name)
+                setattr(module, module.blob_names[i], tensor)
 
     def layer(self, caffe_name: str) -> nn.Module:
         """The submodule of a Caffe layer, by its Caffe name."""
@@ -286,7 +296,7 @@ class CaffeNet(nn.Module):
 
         inputs = dict(zip(self.input_names, args, strict=False)) | dict(kwargs)
         try:
-            return forward_error(self.graph, self._node_keys, self.layers._modules, inputs, error)
+            return forward_error(self, inputs, error)
         except Exception:  # noqa: BLE001 - the explanation must never hide the failure it explains
             return error
 

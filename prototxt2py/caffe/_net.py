@@ -30,6 +30,7 @@ import torch
 
 import prototxt2py
 
+from ..backends.forward_errors import unfit_blobs
 from ..backends.fusion import INPUT
 from ..errors import InputFileError, Location, Prototxt2pyError, WeightsError
 from ..fsutil import atomic_output
@@ -520,6 +521,9 @@ class Net:
         shapes = {b: self._blobs_dict[b].shape for b in inputs}
         graph = prototxt2py.graph(self._source, self._phase, self._stages, self._level, input_shapes=shapes,
                                   python_layers=self._python_layers)
+        unfit = unfit_blobs(graph, self._net.layer, ", ".join(f"{b} {tuple(s)}" for b, s in shapes.items()))
+        if unfit is not None:  # Caffe's Reshape checks too: "Input size incompatible with ... parameters"
+            raise unfit
         for vid, value in graph.values.items():
             if value.shape is not None and value.blob not in inputs:
                 self._value_blob[vid].reshape(*value.shape)
