@@ -138,8 +138,8 @@ ONEDNN_CONV_INTO = getattr(_onednn_op("_convolution_pointwise_"), "binary", None
 #: faults each per pass, and 3 ms more to unmap, against 1 ms to zero a kept buffer.
 KEEP_OUTPUT_BYTES = 32 << 20
 
-#: How many input shapes a chain remembers its packed weight for (:meth:`FusionCache.packed`); past this many,
-#: it forgets them all and packs again.
+#: How many input shapes a chain remembers its packed weight (or its first pass) for (:meth:`FusionCache.packed`);
+#: past this many, it forgets them all and packs again.
 PACKED_SHAPES = 64
 
 
@@ -447,17 +447,26 @@ class FusionCache:
         oneDNN picks the weight's blocking from the input shape too (ResNet-50's 256->1024 1x1 convolution:
         64 output channels a block at batch 1, 48 at batch 2), and a weight packed for another blocking is
         reordered again on every call (ResNet-50 at batch 1 after a pass at batch 2: six reorders of 5-6 ms
-        each, 84-99 ms a pass instead of 41-50). So each new input shape packs the weight afresh; a packing
+        each, 84-99 ms a pass instead of 41-50). So a shape seen again gets a packing of its own; a packing
         equal in layout to one already kept is dropped for it, so memory grows by one copy per distinct layout
-        (one or two), not per shape. A folded weight made only to be packed is not kept."""
+        (one or two), not per shape. A shape's first pass runs on the first packing made (correct in any
+        layout): packing costs about as much as such a pass's reorders (ResNet-50: 50-90 ms), which a stream of
+        ever new shapes would otherwise pay on every pass. A folded weight made only to be packed is not
+        kept."""
         entry = self._entry(fusion, modules, blobs)
         by_shape = entry.setdefault("by_shape", {})
         packed = by_shape.get(shape)
         if packed is None:
-            if len(by_shape) >= PACKED_SHAPES:  # e.g. a detector fed ever new image sizes
+            seen = entry.setdefault("seen", set())
+            if len(by_shape) >= PACKED_SHAPES or len(seen) >= PACKED_SHAPES:  # e.g. ever new image sizes
                 by_shape.clear()
+                seen.clear()
                 entry["layouts"] = {}
-            packed = by_shape[shape] = self._pack(entry, fusion, modules, shape)
+            if entry.get("layouts") and shape not in seen:
+                seen.add(shape)
+                packed = next(iter(entry["layouts"].values()))
+            else:
+                packed = by_shape[shape] = self._pack(entry, fusion, modules, shape)
         return packed, entry["packed_bias"], entry["geometry"]
 
     @staticmethod
