@@ -242,6 +242,32 @@ def test_each_input_shape_runs_on_weights_packed_for_it(tmp_path: Path, monkeypa
     assert len(kept) == len(set(fresh.values()))
 
 
+@pytest.mark.skipif(not ONEDNN or fusion._packed_layout(fusion.ONEDNN_PACK(torch.ones(1, 1, 1, 1), [0, 0], [1, 1],
+                                                                            [1, 1], 1, [1, 1, 1, 1])) is None,
+                    reason="no oneDNN convolution, or no way to read its layouts, in this torch")
+def test_another_thread_count_gets_its_own_packing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN's layout depends on the thread count too (256->1024 at batch 1: one layout on 1 thread, another
+    on 2 here): after ``torch.set_num_threads``, the weights are packed again."""
+    net = build(tmp_path, WIDE_1X1)
+    randomise(net)
+    net.eval()
+    used = _packings_used(monkeypatch)
+    weight = net.layer("wide").weight.detach()
+    x = torch.randn(1, 256, 14, 14)
+    threads = torch.get_num_threads()
+    layouts = []
+    try:
+        for n in (threads, 1 if threads > 1 else 2):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                net(x), net(x)
+            fresh = fusion.ONEDNN_PACK(weight, [0, 0], [1, 1], [1, 1], 1, [1, 256, 14, 14])
+            layouts.append(fusion._packed_layout(fresh))
+    finally:
+        torch.set_num_threads(threads)
+    assert [fusion._packed_layout(packed) for _, packed in used[1::2]] == layouts
+
+
 @pytest.mark.skipif(not ONEDNN, reason="no oneDNN convolution in this torch")
 def test_packings_stay_bounded_and_work_where_layouts_cannot_be_read(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
@@ -256,7 +282,8 @@ def test_packings_stay_bounded_and_work_where_layouts_cannot_be_read(tmp_path: P
             torch.testing.assert_close(net(x)["wide"], net(x, all_blobs=True)["wide"], rtol=1e-4, atol=1e-4)
     entry = net._fusion_cache.entries["wide"]
     # batches 1 and 2 packed, then forgotten at batch 3 (packed afresh); batch 5 seen once
-    assert set(entry["by_shape"]) == {(3, 256, 14, 14)} and entry["seen"] == {(5, 256, 14, 14)}
+    threads = torch.get_num_threads()
+    assert set(entry["by_shape"]) == {((3, 256, 14, 14), threads)} and entry["seen"] == {((5, 256, 14, 14), threads)}
 
     net.clear_fold_cache()
     monkeypatch.setattr(fusion, "_packed_layout", lambda packed: None)

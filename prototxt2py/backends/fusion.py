@@ -444,29 +444,30 @@ class FusionCache:
         """The (folded) weight in the oneDNN layout chosen for inputs of ``shape``, the bias, and the
         convolution's geometry as the oneDNN ops take it (``[pad], [stride], [dilation], group``).
 
-        oneDNN picks the weight's blocking from the input shape too (ResNet-50's 256->1024 1x1 convolution:
-        64 output channels a block at batch 1, 48 at batch 2), and a weight packed for another blocking is
-        reordered again on every call (ResNet-50 at batch 1 after a pass at batch 2: six reorders of 5-6 ms
-        each, 84-99 ms a pass instead of 41-50). So a shape seen again gets a packing of its own; a packing
-        equal in layout to one already kept is dropped for it, so memory grows by one copy per distinct layout
-        (one or two), not per shape. A shape's first pass runs on the first packing made (correct in any
-        layout): packing costs about as much as such a pass's reorders (ResNet-50: 50-90 ms), which a stream of
-        ever new shapes would otherwise pay on every pass. A folded weight made only to be packed is not
-        kept."""
+        oneDNN picks the weight's blocking from the input shape and the thread count too (ResNet-50's
+        256->1024 1x1 convolution on 2 threads: 64 output channels a block at batch 1, 48 at batch 2), and a
+        weight packed for another blocking is reordered again on every call (ResNet-50 at batch 1 after a pass
+        at batch 2: six reorders of 5-6 ms each, 84-99 ms a pass instead of 41-50). So a shape (and thread
+        count) seen again gets a packing of its own; a packing equal in layout to one already kept is dropped
+        for it, so memory grows by one copy per distinct layout (one or two), not per shape. A shape's first
+        pass runs on the first packing made (correct in any layout): packing costs about as much as such a
+        pass's reorders (ResNet-50: 50-90 ms), which a stream of ever new shapes would otherwise pay on every
+        pass. A folded weight made only to be packed is not kept."""
         entry = self._entry(fusion, modules, blobs)
         by_shape = entry.setdefault("by_shape", {})
-        packed = by_shape.get(shape)
+        key = (shape, torch.get_num_threads())  # the thread count sways the layout too
+        packed = by_shape.get(key)
         if packed is None:
             seen = entry.setdefault("seen", set())
             if len(by_shape) >= PACKED_SHAPES or len(seen) >= PACKED_SHAPES:  # e.g. ever new image sizes
                 by_shape.clear()
                 seen.clear()
                 entry["layouts"] = {}
-            if entry.get("layouts") and shape not in seen:
-                seen.add(shape)
+            if entry.get("layouts") and key not in seen:
+                seen.add(key)
                 packed = next(iter(entry["layouts"].values()))
             else:
-                packed = by_shape[shape] = self._pack(entry, fusion, modules, shape)
+                packed = by_shape[key] = self._pack(entry, fusion, modules, shape)
         return packed, entry["packed_bias"], entry["geometry"]
 
     @staticmethod
