@@ -4,6 +4,7 @@ inference, and ``torch.fx`` / ``torch.compile``."""
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -457,6 +458,26 @@ def test_torch_export_saves_and_loads(fold_net: CaffeNet, tmp_path: Path) -> Non
     loaded = torch.export.load(tmp_path / "net.pt2").module()
     with torch.no_grad():
         torch.testing.assert_close(loaded(X)["out"], fold_net(X, all_blobs=True)["out"], rtol=1e-5, atol=1e-5)
+
+
+def test_torch_jit_trace_saves_and_loads_a_zoo_net(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torch.jit.trace`` (deprecated in torch 2.x, still the way to LibTorch) records the layers' torch ops, not
+    the oneDNN plan's calls, whose arguments TorchScript cannot hold ("unsupported input list type: Scalar?")."""
+    from prototxt2py.backends import fusion
+
+    monkeypatch.setattr(fusion, "ONEDNN_MIN_MACS", 0)  # the oneDNN plan would run every chain
+    case = GOLDEN / "zoo" / "mtcnn_det2"
+    net, inputs = zoo_net_and_inputs(case)
+    feed = tuple(torch.from_numpy(inputs[name]) for name in net.input_names)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is deprecated", category=DeprecationWarning)
+        traced = torch.jit.trace(net.eval(), feed, strict=False)  # dict outputs need strict=False
+        traced.save(str(tmp_path / "net.ts"))
+        got = torch.jit.load(str(tmp_path / "net.ts"))(*feed)
+    want = npz(case / "outputs.npz")
+    assert set(got) & set(want)
+    for name in set(got) & set(want):
+        assert_close(got[name].detach().numpy(), want[name], 1e-4, 1e-5, f"blob '{name}'")
 
 
 def test_torch_export_matches_caffe_on_a_zoo_net() -> None:

@@ -272,7 +272,8 @@ class CaffeNet(nn.Module):
         else:
             all_blobs = bool(kwargs.pop("all_blobs", False))
             env = self._bind_inputs(args, kwargs)
-        compiling = torch.compiler.is_compiling()
+        # torch.compile, torch.export and torch.jit.trace record the layers' plain torch ops, not oneDNN calls
+        compiling = torch.compiler.is_compiling() or torch.jit.is_tracing()
         reference = all_blobs or self.training or compiling
         if tracing or compiling:  # no try block for the tracers to see
             env = self._execute(self._plan, env, tracing) if reference else self._run_inference(env, tracing)
