@@ -123,7 +123,7 @@ def test_an_explanation_that_fails_leaves_the_original_error(net: CaffeNet, monk
     monkeypatch.setattr(forward_errors, "forward_error", explain)
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied") as caught:
         _no_grad(net.eval(), torch.randn(1, 3, 10, 10), all_blobs=True)
-    assert not isinstance(caught.value, ForwardError)
+    assert not isinstance(caught.value, ForwardError) and caught.value.__cause__ is None
 
 
 def test_pycaffe_reshape_refuses_blobs_the_new_shapes_do_not_fit(tmp_path: Path) -> None:

@@ -280,10 +280,11 @@ class CaffeNet(nn.Module):
         else:
             try:
                 env = self._execute(self._plan, env) if reference else self._run_inference(env, False)
-            except (RuntimeError, ValueError, IndexError) as error:
-                if type(error) not in _LOCATED:
+            except _LOCATED as error:
+                located = self._located(args, kwargs, error) if type(error) in _LOCATED else error
+                if located is error:
                     raise
-                raise self._located(args, kwargs, error) from error
+                raise located from error
         if all_blobs:
             return {blob: env[vid] for blob, vid in self._final_ids.items()}
         if reference:
