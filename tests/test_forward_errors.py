@@ -143,6 +143,21 @@ def test_pycaffe_reshape_refuses_blobs_the_new_shapes_do_not_fit(tmp_path: Path)
                                 "10) need (5, 64)"
 
 
+def test_pycaffe_forward_without_reshape_names_the_unfit_blob(tmp_path: Path) -> None:
+    """pycaffe runs layer by layer; a forward after resizing an input but not the net fails at the first layer
+    whose blobs the new bottoms do not fit, with the same kind of message."""
+    from prototxt2py import caffe
+
+    path = tmp_path / "net.prototxt"
+    path.write_text(NET)
+    net = caffe.Net(str(path), caffe.TEST)
+    net.blobs["data"].reshape(1, 3, 10, 10)
+    with pytest.raises(ForwardError) as caught:
+        net.forward()
+    assert str(caught.value) == f"{path}:7:7: layer 'ip': blob 0 (weight) has shape (5, 36); bottoms pool (1, 4, 4, " \
+                                "4) need (5, 64)"
+
+
 @pytest.mark.parametrize("rel", corpus_deploy_params())
 def test_every_corpus_net_fits_its_own_blobs_at_any_batch_size(rel: str) -> None:
     """No false alarm: the blobs a net was built with fit its declared shapes, and batch 3 (shared parameters

@@ -12,14 +12,14 @@ layer indexing out of bounds, the likely cause: a label outside the prediction's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import ForwardError, Prototxt2pyError
-from ..ir import Graph
+from ..ir import Graph, Node
 from ..ir.shapes import reinferred
 from .fusion import Step, blobs_of
 
@@ -50,13 +50,30 @@ def unfit_blobs(graph: Graph, layer: Callable[[str], Any], given: str) -> Forwar
     ``layer(name)`` holds them, have other shapes than those inputs need, as Caffe's ``Reshape`` checks ("Input
     size incompatible with inner product parameters"); None if every blob fits."""
     for node in graph.nodes:
-        module = layer(node.name)
-        for i, (name, blob) in enumerate(zip(getattr(module, "blob_names", ()), blobs_of(module), strict=True)):
-            need = node.param_shapes[i] if i < len(node.param_shapes) else None
-            have = tuple(getattr(blob, "shape", ()))
-            if need is not None and tuple(need) != have:
-                return ForwardError(f"blob {i} ({name}) has shape {have}; inputs {given} need {tuple(need)}",
-                                    node.location, layer=node.name)
+        error = _unfit(node, node.param_shapes, layer(node.name), f"inputs {given}")
+        if error is not None:
+            return error
+    return None
+
+
+def unfit_layer_blobs(node: Node, in_shapes: Sequence[Sequence[int]], module: Any, bottoms: str
+                      ) -> ForwardError | None:
+    """:func:`unfit_blobs` for one layer, on bottoms of ``in_shapes`` (described by ``bottoms``): pycaffe runs
+    layers one at a time, with no inputs to start from."""
+    try:
+        need = node.spec.param_shapes(node, [tuple(s) for s in in_shapes])
+    except Exception:  # noqa: BLE001 - bottoms the layer cannot size: its own failure says more
+        return None
+    return _unfit(node, need, module, f"bottoms {bottoms}")
+
+
+def _unfit(node: Node, need: Sequence[Sequence[int]], module: Any, what: str) -> ForwardError | None:
+    for i, (name, blob) in enumerate(zip(getattr(module, "blob_names", ()), blobs_of(module), strict=True)):
+        shape = tuple(need[i]) if i < len(need) else None
+        have = tuple(getattr(blob, "shape", ()))
+        if shape is not None and shape != have:
+            return ForwardError(f"blob {i} ({name}) has shape {have}; {what} need {shape}", node.location,
+                                layer=node.name)
     return None
 
 
