@@ -7,11 +7,12 @@ prints, tests and snapshots.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -82,23 +83,35 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _distributed(device: str) -> tuple[int, int, str]:
-    """Join torchrun's process group when there is one; ``(rank, world, device)``: with ``cuda`` each rank takes
-    the GPU of its ``LOCAL_RANK``."""
+@contextlib.contextmanager
+def _process_group(device: str) -> Iterator[tuple[int, int, str]]:
+    """Join torchrun's process group when there is one and own its lifetime; yields ``(rank, world, device)``
+    (with ``cuda`` each rank takes the GPU of its ``LOCAL_RANK``).
+
+    Ranks finish at different times (rank 0 alone runs the last test pass and snapshots). A rank that reached
+    interpreter shutdown with the group still alive destroyed gloo's running threads and died with SIGABRT, so
+    a successful run ends at a barrier and every run, failed or not, destroys the group it created."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1, device
+        yield 0, 1, device
+        return
     import torch.distributed as dist
 
     if device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         if device.startswith("cuda"):
             import torch
 
             torch.cuda.set_device(torch.device(device))
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
+    try:
+        yield dist.get_rank(), dist.get_world_size(), device
+        dist.barrier()
+    finally:
+        if created:
+            dist.destroy_process_group()
 
 
 def _echo(rank: int) -> Callable[[str], None]:
@@ -114,33 +127,33 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
 
     if weights and snapshot:
         raise SolverError("give --snapshot to resume training or --weights to fine-tune, not both")
-    rank, world, device = _distributed(device)
-    param = read_solver_param(solver)
-    if iterations is not None:
-        param.max_iter = iterations
-    param.train_state.level = level
-    param.train_state.stage.extend(stages)
-    if snapshot or weights:  # as Caffe's train: the snapshot's weights, or --weights, replace the solver's list
-        del param.weights[:]
-    if weights:
-        param.weights.append(weights)
-    s = get_solver(param, rank=rank, world=world, device=device, data_workers=data_workers)
-    s.file = solver
-    log = _echo(rank)
-    s.log = log
-    batch = next(iter(s.feeder.shapes().values()), [1])[0]
-    progress = _Progress(batch * param.iter_size * world, param.display or 20) if rank == 0 and not quiet else None
-    s.on_iteration = progress
-    with _Signals(sigint_effect, sighup_effect) as signals:
-        s.action_request = signals.request
-        try:
-            s.solve(resume=snapshot)
-        finally:
-            if progress is not None:
-                progress.close()
-            s.close()
-    if s.last_snapshot and rank == 0:
-        log(f"last snapshot: {s.last_snapshot[0]}")
+    with _process_group(device) as (rank, world, device):
+        param = read_solver_param(solver)
+        if iterations is not None:
+            param.max_iter = iterations
+        param.train_state.level = level
+        param.train_state.stage.extend(stages)
+        if snapshot or weights:  # as Caffe's train: the snapshot's weights, or --weights, replace the solver's list
+            del param.weights[:]
+        if weights:
+            param.weights.append(weights)
+        s = get_solver(param, rank=rank, world=world, device=device, data_workers=data_workers)
+        s.file = solver
+        log = _echo(rank)
+        s.log = log
+        batch = next(iter(s.feeder.shapes().values()), [1])[0]
+        progress = _Progress(batch * param.iter_size * world, param.display or 20) if rank == 0 and not quiet else None
+        s.on_iteration = progress
+        with _Signals(sigint_effect, sighup_effect) as signals:
+            s.action_request = signals.request
+            try:
+                s.solve(resume=snapshot)
+            finally:
+                if progress is not None:
+                    progress.close()
+                s.close()
+        if s.last_snapshot and rank == 0:
+            log(f"last snapshot: {s.last_snapshot[0]}")
 
 
 def test_command(net: str, weights: str | None, iterations: int, phase: str, stages: tuple[str, ...], level: int,
