@@ -4,7 +4,8 @@
 #      with its slow cases, solver trajectories) with blobs and inputs on the GPU (PROTOTXT2PY_TEST_DEVICE);
 #   2. the zoo through the plan an eval-mode forward runs on the GPU (folds, no per-step tests), a net moved to
 #      the GPU inside torch.inference_mode(), and half precision/autocast against Caffe;
-#   3. eager forward latency of the runtime against the hand-written AlexNet and ResNet-50, batch 1, 16 and 64.
+#   3. eager forward latency of the runtime, and of its CUDA-graph replay (CaffeNet.cuda_graph, also checked against
+#      Caffe in 1.), against the hand-written AlexNet and ResNet-50, batch 1, 16 and 64.
 #
 #   bash scripts/gpu_checks.sh --prepare   # here: copy the shared data the checks read into ./shared (~55 MB)
 #   bash scripts/gpu_checks.sh             # there, from the checkout: logs into $OUT (else ./gpu-checks)
@@ -43,7 +44,7 @@ status=0
 "$PY" -m pytest -q -p no:cacheprovider -m "" -o addopts="" \
     tests/test_golden_layers.py tests/test_golden_nets.py tests/test_train_golden.py \
     tests/test_runtime.py::test_inference_plan_matches_caffe_on_the_zoo \
-    tests/test_inference_mode.py tests/test_precision.py "$@" 2>&1 | tee "$LOGS/golden.txt" || status=1
+    tests/test_inference_mode.py tests/test_precision.py tests/test_cuda_graph.py "$@" 2>&1 | tee "$LOGS/golden.txt" || status=1
 BENCH_ARGS=${BENCH_ARGS:---parts forward --batches 1 16 64 --rounds 15}
 # shellcheck disable=SC2086  # BENCH_ARGS: several words
 "$PY" benchmarks/runtime.py --device "$PROTOTXT2PY_TEST_DEVICE" $BENCH_ARGS 2>&1 | tee "$LOGS/forward.txt" || status=1

@@ -110,6 +110,17 @@ def blobs_of(module: Any) -> list[Any]:
             for n in module.blob_names]
 
 
+def blob_stamp(blobs: Sequence[torch.Tensor]) -> list[Any]:
+    """What changes when blobs are edited in place (version counters) or replaced (addresses): anything derived
+    from them (a fold, a packing, a captured CUDA graph) is stale once this differs. Inference tensors have no
+    version counter (a net moved inside ``torch.inference_mode()``); they cannot be edited outside it either."""
+    try:
+        stamp: list[Any] = [t._version for t in blobs]
+    except RuntimeError:  # an inference tensor: no version counter
+        stamp = [None if t.is_inference() else t._version for t in blobs]
+    return stamp + [t.data_ptr() for t in blobs]
+
+
 def chain_blobs(conv: nn.Module, affine: Sequence[nn.Module]) -> list[torch.Tensor]:
     """The blobs a fused chain's weights come from: its convolution's, then its affine layers', in order."""
     blobs = blobs_of(conv)
@@ -418,11 +429,7 @@ class FusionCache:
     def _entry(self, fusion: Fusion, modules: Mapping[str, nn.Module], blobs: Sequence[torch.Tensor]
                ) -> dict[str, Any]:
         """``blobs``: the chain's blobs, as :func:`chain_blobs` reads them."""
-        try:
-            stamp = [t._version for t in blobs]
-        except RuntimeError:  # an inference tensor: no version counter
-            stamp = [None if t.is_inference() else t._version for t in blobs]
-        stamp += [t.data_ptr() for t in blobs]
+        stamp = blob_stamp(blobs)
         if fusion.depends_on:
             stamp += [getattr(modules[k], name) for k, name in fusion.depends_on]
         entry = self.entries.get(fusion.conv)

@@ -325,6 +325,17 @@ class CaffeNet(nn.Module):
         """Every value (all versions of in-place blobs), keyed by IR value id."""
         return self._execute(self._plan, self._bind_inputs(args, kwargs))
 
+    def cuda_graph(self, *inputs: torch.Tensor, warmup: int = 3, copy_outputs: bool = True,
+                   **named: torch.Tensor) -> Any:
+        """This eval-mode net's forward at the shapes of the example ``inputs`` (given as to ``forward``),
+        captured as a CUDA graph: a callable taking inputs of those shapes and returning the outputs as
+        ``forward`` does, launching every kernel in one replay (at small batch a GPU forward is otherwise bound by
+        the launches from Python). It captures again by itself after the weights change; ``copy_outputs=False``
+        returns the graph's own output tensors, which the next call overwrites. See :mod:`.cuda_graph`."""
+        from .cuda_graph import capture
+
+        return capture(self, inputs, named, warmup=warmup, copy_outputs=copy_outputs)
+
     def _run_linear(self, module: nn.Module, x: Any) -> Any:
         """A plain InnerProduct on oneDNN when nothing needs gradients (the op has no autograd formula) and the
         operands are what it takes: CPU float32 outside autocast, contiguous weights; else the layer as it is.
