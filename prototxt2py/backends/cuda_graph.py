@@ -61,9 +61,11 @@ class CudaGraphForward:
         return [*net.parameters(), *net.buffers()]
 
     def _capture(self) -> None:
+        """Warm up and capture; the graph, and the stamp of the weights it read, change only once it succeeded
+        (a failed capture again must not leave the old graph looking current)."""
         net, device = self.net, self.device
-        self.blobs = self._blobs(net)  # kept: walking the module tree on every call costs 0.5 ms for ResNet-50
-        self.stamp = blob_stamp(self.blobs)
+        blobs = self._blobs(net)  # kept: walking the module tree on every call costs 0.5 ms for ResNet-50
+        stamp = blob_stamp(blobs)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.no_grad(), torch.cuda.stream(side):
@@ -73,18 +75,15 @@ class CudaGraphForward:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.no_grad(), torch.cuda.graph(graph):
-                self.outputs = net(**self.static)
+                outputs = net(**self.static)
         except RuntimeError as error:  # a layer that syncs with the host or allocates pinned memory
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise Prototxt2pyError(f"cuda_graph: capturing the forward failed ({first}); call the net eagerly "
                                    "instead") from error
-        self.graph = graph
+        self.graph, self.outputs, self.blobs, self.stamp = graph, outputs, blobs, stamp
 
     def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
-        names = self.net.input_names
-        if len(args) > len(names):
-            raise TypeError(f"net takes {len(names)} inputs {names}, got {len(args)}")
-        given = dict(zip(names, args, strict=False)) | kwargs
+        given = bind_inputs(self.net, args, kwargs)
         if given.keys() != self.static.keys():
             raise TypeError(f"cuda_graph was captured with inputs {sorted(self.static)}; got {sorted(given)}")
         for name, value in given.items():
@@ -106,9 +105,9 @@ class CudaGraphForward:
         return f"CudaGraphForward({shapes})"
 
 
-def capture(net: CaffeNet, args: tuple[torch.Tensor, ...], kwargs: Mapping[str, Any], **options: Any
-            ) -> CudaGraphForward:
-    """:meth:`CaffeNet.cuda_graph`: binds example inputs given as the net takes them, by name."""
+def bind_inputs(net: CaffeNet, args: tuple[torch.Tensor, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Inputs given as the net's ``forward`` takes them (positionally in ``input_names`` order, or by name),
+    by input name, refused with the net's messages."""
     names = net.input_names
     if len(args) > len(names):
         raise TypeError(f"net takes {len(names)} inputs {names}, got {len(args)}")
@@ -116,4 +115,10 @@ def capture(net: CaffeNet, args: tuple[torch.Tensor, ...], kwargs: Mapping[str, 
     unknown = sorted(set(inputs) - set(names))
     if unknown:
         raise TypeError(f"net has no input blob '{unknown[0]}' (inputs: {names})")
-    return CudaGraphForward(net, inputs, **options)
+    return inputs
+
+
+def capture(net: CaffeNet, args: tuple[torch.Tensor, ...], kwargs: Mapping[str, Any], **options: Any
+            ) -> CudaGraphForward:
+    """:meth:`CaffeNet.cuda_graph` on example inputs."""
+    return CudaGraphForward(net, bind_inputs(net, args, kwargs), **options)
