@@ -73,6 +73,23 @@ def test_a_weight_edited_in_place_makes_the_next_call_capture_again(net) -> None
 
 
 @ON_GPU
+def test_a_write_through_data_then_clear_fold_cache_makes_the_next_call_capture_again(net) -> None:
+    """``.data`` writes bump no version: ``clear_fold_cache`` is the documented way to make the folds new, and the
+    graph, which read the old folds' memory, must follow it."""
+    net.to(DEVICE)
+    x = torch.randn(2, 3, 12, 12, device=DEVICE)
+    graphed = net.cuda_graph(x)
+    before = graphed(x)["sum"]
+    net.layer_blobs("conv1")[0].data.mul_(-1.0)
+    net.clear_fold_cache()
+    with torch.no_grad():
+        want = net(x)["sum"]
+    after = graphed(x)["sum"]
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, want, rtol=1e-6, atol=1e-7)
+
+
+@ON_GPU
 def test_other_shapes_are_refused_with_the_captured_one(net) -> None:
     net.to(DEVICE)
     graphed = net.cuda_graph(torch.zeros(2, 3, 12, 12, device=DEVICE))

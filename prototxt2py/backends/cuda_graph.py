@@ -15,6 +15,10 @@ Three things a plain ``torch.cuda.graph`` capture leaves to its user are handled
   step, ``.data =``) the next call captures again, since the recorded kernels read the folds made from the old
   values. A blob swapped for another tensor object (assigning a new ``nn.Parameter``) is not seen: capture
   again after that;
+* so is the net's fold cache (:attr:`~.fusion.FusionCache.generation`): after ``net.clear_fold_cache()``
+  (needed after writes through ``.data``, which bump no version) or a move, the next call captures again. A
+  graph holds raw addresses, not tensors, so the cache entries a capture read are also held here: their memory
+  is never reused while the graph can still be replayed;
 * outputs are copied out of the graph's memory, which the next replay overwrites (``copy_outputs=False``
   returns that memory itself, for callers that consume each result before the next call).
 """
@@ -60,12 +64,15 @@ class CudaGraphForward:
     def _blobs(net: CaffeNet) -> list[torch.Tensor]:
         return [*net.parameters(), *net.buffers()]
 
+    def _stamp(self, blobs: list[torch.Tensor]) -> list[Any]:
+        return [*blob_stamp(blobs), self.net._fusion_cache.generation]
+
     def _capture(self) -> None:
         """Warm up and capture; the graph, and the stamp of the weights it read, change only once it succeeded
         (a failed capture again must not leave the old graph looking current)."""
         net, device = self.net, self.device
         blobs = self._blobs(net)  # kept: walking the module tree on every call costs 0.5 ms for ResNet-50
-        stamp = blob_stamp(blobs)
+        stamp = self._stamp(blobs)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.no_grad(), torch.cuda.stream(side):
@@ -81,6 +88,7 @@ class CudaGraphForward:
             raise Prototxt2pyError(f"cuda_graph: capturing the forward failed ({first}); call the net eagerly "
                                    "instead") from error
         self.graph, self.outputs, self.blobs, self.stamp = graph, outputs, blobs, stamp
+        self.held = [dict(entry) for entry in net._fusion_cache.entries.values()]  # the folds the kernels read
 
     def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
         given = bind_inputs(self.net, args, kwargs)
@@ -91,7 +99,7 @@ class CudaGraphForward:
             if value.shape != want.shape or value.dtype != want.dtype or value.device != want.device:
                 raise ShapeError(f"cuda_graph: input '{name}' was captured as {_describe(want)}; got "
                                  f"{_describe(value)} (capture again with net.cuda_graph for other shapes)")
-        if blob_stamp(self.blobs) != self.stamp:  # weights edited in place or given new storage since the capture
+        if self._stamp(self.blobs) != self.stamp:  # weights or fold cache changed since the capture
             self._capture()
         for name, value in given.items():
             self.static[name].copy_(value)

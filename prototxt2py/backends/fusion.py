@@ -372,8 +372,12 @@ class FusionCache:
         self.onednn_calls = 0
         #: (input shapes, size floor) of passes without autograd that made no oneDNN call: :meth:`small_pass`
         self.small: dict[tuple, bool] = {}
+        #: :meth:`clear` calls so far: what was derived from this cache (a captured CUDA graph reading its folds)
+        #: is stale once this differs
+        self.generation = 0
 
     def clear(self) -> None:
+        self.generation += 1
         self.entries.clear()
         self.outputs.clear()
         self.sizes.clear()
