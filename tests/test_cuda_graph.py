@@ -90,6 +90,19 @@ def test_a_write_through_data_then_clear_fold_cache_makes_the_next_call_capture_
 
 
 @ON_GPU
+def test_a_graph_made_inside_inference_mode_replays_outside_it(net) -> None:
+    x = torch.randn(2, 3, 12, 12, device=DEVICE)
+    with torch.inference_mode():
+        net.to(DEVICE)  # inference tensors, as in issue 21's crash
+        graphed = net.cuda_graph(x)
+        inside = graphed(x)["sum"]
+    outside = graphed(x)["sum"]
+    torch.testing.assert_close(outside, inside, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(outside, net(x)["sum"], rtol=1e-6, atol=1e-7)
+
+
+@ON_GPU
 def test_other_shapes_are_refused_with_the_captured_one(net) -> None:
     net.to(DEVICE)
     graphed = net.cuda_graph(torch.zeros(2, 3, 12, 12, device=DEVICE))

@@ -57,7 +57,8 @@ class CudaGraphForward:
                                    f"(net.to('cuda'), inputs too); got {where}")
         self.net, self.warmup, self.copy_outputs = net, warmup, copy_outputs
         self.device = next(iter(devices))
-        self.static = {name: t.detach().clone() for name, t in inputs.items()}
+        with torch.inference_mode(False):  # normal tensors even when made inside inference mode: calls outside it
+            self.static = {name: t.detach().clone() for name, t in inputs.items()}  # copy into them
         self._capture()
 
     @staticmethod
