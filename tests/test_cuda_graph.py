@@ -58,35 +58,38 @@ def test_replays_give_the_eager_outputs_for_each_new_input(net) -> None:
         assert got.device == x.device and got.shape == (2, 8, 12, 12)
 
 
-@ON_GPU
-def test_a_weight_edited_in_place_makes_the_next_call_capture_again(net) -> None:
+def _assert_captures_again_after(net, change) -> None:
+    """A replay after ``change(net)`` gives the eager outputs of the changed net, not the captured ones."""
     net.to(DEVICE)
     x = torch.randn(2, 3, 12, 12, device=DEVICE)
     graphed = net.cuda_graph(data=x)
     before = graphed(x)["sum"]
+    change(net)
     with torch.no_grad():
-        net.layer_blobs("bn1")[0].add_(0.5)  # BatchNorm's mean: folded into conv1's weights at capture
         want = net(x)["sum"]
     after = graphed(x)["sum"]
     assert not torch.allclose(after, before)
     torch.testing.assert_close(after, want, rtol=1e-6, atol=1e-7)
+
+
+@ON_GPU
+def test_a_weight_edited_in_place_makes_the_next_call_capture_again(net) -> None:
+    def edit(net) -> None:
+        with torch.no_grad():
+            net.layer_blobs("bn1")[0].add_(0.5)  # BatchNorm's mean: folded into conv1's weights at capture
+
+    _assert_captures_again_after(net, edit)
 
 
 @ON_GPU
 def test_a_write_through_data_then_clear_fold_cache_makes_the_next_call_capture_again(net) -> None:
     """``.data`` writes bump no version: ``clear_fold_cache`` is the documented way to make the folds new, and the
     graph, which read the old folds' memory, must follow it."""
-    net.to(DEVICE)
-    x = torch.randn(2, 3, 12, 12, device=DEVICE)
-    graphed = net.cuda_graph(x)
-    before = graphed(x)["sum"]
-    net.layer_blobs("conv1")[0].data.mul_(-1.0)
-    net.clear_fold_cache()
-    with torch.no_grad():
-        want = net(x)["sum"]
-    after = graphed(x)["sum"]
-    assert not torch.allclose(after, before)
-    torch.testing.assert_close(after, want, rtol=1e-6, atol=1e-7)
+    def write(net) -> None:
+        net.layer_blobs("conv1")[0].data.mul_(-1.0)
+        net.clear_fold_cache()
+
+    _assert_captures_again_after(net, write)
 
 
 @ON_GPU
