@@ -92,7 +92,7 @@ class CudaGraphForward:
         self.held = [dict(entry) for entry in net._fusion_cache.entries.values()]  # the folds the kernels read
 
     def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
-        given = bind_inputs(self.net, args, kwargs)
+        given = self.net.named_inputs(args, kwargs)
         if given.keys() != self.static.keys():
             raise TypeError(f"cuda_graph was captured with inputs {sorted(self.static)}; got {sorted(given)}")
         for name, value in given.items():
@@ -114,20 +114,7 @@ class CudaGraphForward:
         return f"CudaGraphForward({shapes})"
 
 
-def bind_inputs(net: CaffeNet, args: tuple[torch.Tensor, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Inputs given as the net's ``forward`` takes them (positionally in ``input_names`` order, or by name),
-    by input name, refused with the net's messages."""
-    names = net.input_names
-    if len(args) > len(names):
-        raise TypeError(f"net takes {len(names)} inputs {names}, got {len(args)}")
-    inputs = dict(zip(names, args, strict=False)) | dict(kwargs)
-    unknown = sorted(set(inputs) - set(names))
-    if unknown:
-        raise TypeError(f"net has no input blob '{unknown[0]}' (inputs: {names})")
-    return inputs
-
-
 def capture(net: CaffeNet, args: tuple[torch.Tensor, ...], kwargs: Mapping[str, Any], **options: Any
             ) -> CudaGraphForward:
     """:meth:`CaffeNet.cuda_graph` on example inputs."""
-    return CudaGraphForward(net, bind_inputs(net, args, kwargs), **options)
+    return CudaGraphForward(net, net.named_inputs(args, kwargs), **options)

@@ -148,6 +148,7 @@ class CaffeNet(nn.Module):
         self._tie_shared_params()
         self.input_names = [graph.values[v].blob for v in graph.inputs]
         self._input_ids = list(graph.inputs)
+        self._input_id_of = dict(zip(self.input_names, self._input_ids, strict=True))
         self.output_names = [graph.values[v].blob for v in graph.outputs]
         self._output_ids = list(graph.outputs)
         self._outputs = tuple(zip(self.output_names, self._output_ids, strict=True))
@@ -213,18 +214,22 @@ class CaffeNet(nn.Module):
         return [getattr(module, n) for n in getattr(module, "blob_names", ())]
 
     # -- running -----------------------------------------------------------------------------------------------
-    def _bind_inputs(self, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        env: dict[str, torch.Tensor] = {}
-        if len(args) > len(self._input_ids):
-            raise TypeError(f"net takes {len(self._input_ids)} inputs {self.input_names}, got {len(args)}")
-        for vid, value in zip(self._input_ids, args, strict=False):
-            env[vid] = value
+    def named_inputs(self, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Inputs given as ``forward`` takes them (positionally in ``input_names`` order, or by name), keyed by
+        input name; too many or unknown ones are refused in one line naming the net's inputs."""
+        names = self.input_names
+        if len(args) > len(names):
+            raise TypeError(f"net takes {len(names)} inputs {names}, got {len(args)}")
+        inputs = dict(zip(names, args, strict=False))
         for name, value in kwargs.items():
-            vid = next((v for v, n in zip(self._input_ids, self.input_names, strict=True) if n == name), None)
-            if vid is None:
-                raise TypeError(f"net has no input blob '{name}' (inputs: {self.input_names})")
-            env[vid] = value
-        return env
+            if name not in self._input_id_of:
+                raise TypeError(f"net has no input blob '{name}' (inputs: {names})")
+            inputs[name] = value
+        return inputs
+
+    def _bind_inputs(self, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        ids = self._input_id_of
+        return {ids[name]: value for name, value in self.named_inputs(args, kwargs).items()}
 
     def _execute(self, plan: tuple[Step, ...], env: dict[str, Any], tracing: bool = False) -> dict[str, Any]:
         """Run plan steps over ``env`` (value id -> tensor). Layers of several tops set only the values not
@@ -296,7 +301,7 @@ class CaffeNet(nn.Module):
         :mod:`.forward_errors`), or ``error`` itself should explaining it fail."""
         from .forward_errors import forward_error
 
-        inputs = dict(zip(self.input_names, args, strict=False)) | dict(kwargs)
+        inputs = self.named_inputs(args, kwargs)  # bound once already, so not refused here
         try:
             return forward_error(self, inputs, error)
         except Exception:  # noqa: BLE001 - the explanation must never hide the failure it explains
