@@ -13,9 +13,11 @@ from golden import DEVICE, GOLDEN, assert_close, meta, npz, recipe_weights, to_n
 from test_inference_mode import RESIDUAL  # Convolution -> BatchNorm -> Scale -> ReLU chains and a residual sum
 
 import prototxt2py
+from prototxt2py.backends.cuda_graph import registrations
 from prototxt2py.errors import Prototxt2pyError, ShapeError
 
 ON_GPU = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs PROTOTXT2PY_TEST_DEVICE=cuda (a GPU)")
+ZOO = ["lenet_deploy", "cifar10_quick_deploy", "squeezenet_v1_1", "mobilenet_v1", "mtcnn_det1", "resnet50"]
 
 
 
@@ -93,6 +95,48 @@ def test_a_write_through_data_then_clear_fold_cache_makes_the_next_call_capture_
 
 
 @ON_GPU
+def test_a_weight_swapped_for_a_new_parameter_makes_the_next_call_capture_again(net) -> None:
+    """The graph read the old parameter's memory, which a new ``nn.Parameter`` object does not share."""
+    def swap(net) -> None:
+        conv = net.layer("conv1")
+        conv.weight = torch.nn.Parameter(-conv.weight.detach().clone())
+
+    _assert_captures_again_after(net, swap)
+
+
+def test_swapping_a_blob_or_a_layer_is_counted(net) -> None:
+    """What makes a graph capture again after a swap (above), checked where no GPU is needed."""
+    conv = net.layer("conv1")
+    before = registrations()
+    conv.weight = torch.nn.Parameter(conv.weight.detach().clone())
+    assert registrations() == before + 1
+    bn = net.layer("bn1")
+    name = bn.blob_names[0]
+    setattr(bn, name, getattr(bn, name).clone())  # a buffer assigned again
+    assert registrations() == before + 2
+    net.layers.add_module(next(k for k, m in net.layers.named_children() if m is conv), torch.nn.Identity())
+    assert registrations() == before + 3
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_a_forward_registers_nothing(name: str) -> None:
+    """A pass that assigned a parameter, buffer or submodule would make a graph capture again on every call."""
+    case = GOLDEN / "zoo" / name
+    if not case.is_dir():
+        pytest.skip(f"no golden case {name}")
+    net, inputs = zoo_net_and_inputs(case)
+    feed = {k: torch.from_numpy(v) for k, v in inputs.items() if k in net.input_names}
+    before = registrations()
+    with torch.no_grad():
+        net.eval()(**feed)
+        net(**feed, all_blobs=True)
+    with torch.inference_mode():
+        net(**feed)
+    net.train()(**feed)
+    assert registrations() == before
+
+
+@ON_GPU
 def test_a_graph_made_inside_inference_mode_replays_outside_it(net) -> None:
     x = torch.randn(2, 3, 12, 12, device=DEVICE)
     with torch.inference_mode():
@@ -127,9 +171,6 @@ def test_outputs_are_copies_unless_asked_for_the_graphs_own(net) -> None:
     first = own(a)["sum"]
     second = own(b)["sum"]
     assert first.data_ptr() == second.data_ptr()  # the graph's memory, overwritten by each replay
-
-
-ZOO = ["lenet_deploy", "cifar10_quick_deploy", "squeezenet_v1_1", "mobilenet_v1", "mtcnn_det1", "resnet50"]
 
 
 @ON_GPU

@@ -6,15 +6,16 @@ module). A replay launches every recorded kernel in one call, so neither the pla
 is paid again. What replays is exactly what the capture ran: the inference plan with its folded weights, at
 the captured input shapes, dtypes, device and autocast state.
 
-Three things a plain ``torch.cuda.graph`` capture leaves to its user are handled here:
+What a plain ``torch.cuda.graph`` capture leaves to its user is handled here:
 
 * inputs are copied into the captured input tensors, after checking that they have the captured shape, dtype
   and device (a replay cannot change them; another shape needs another capture);
 * the weights the capture read are stamped (:func:`~.fusion.blob_stamp`, 46 µs a call for ResNet-50's 320
   blobs on a 2-core CPU): after a blob is edited in place or given new storage (``load_weights``, an optimizer
   step, ``.data =``) the next call captures again, since the recorded kernels read the folds made from the old
-  values. A blob swapped for another tensor object (assigning a new ``nn.Parameter``) is not seen: capture
-  again after that;
+  values. A blob or layer swapped for another object (a new ``nn.Parameter``, buffer or module assigned)
+  makes it capture again too: :func:`registrations` counts those assignments process-wide, which costs
+  nothing per call, where walking the net's module tree again would cost 0.5 ms for ResNet-50;
 * so is the net's fold cache (:attr:`~.fusion.FusionCache.generation`): after ``net.clear_fold_cache()``
   (needed after writes through ``.data``, which bump no version) or a move, the next call captures again. A
   graph holds raw addresses, not tensors, so the cache entries a capture read are also held here: their memory
@@ -35,6 +36,26 @@ from .fusion import blob_stamp
 
 if TYPE_CHECKING:
     from .torch_runtime import CaffeNet
+
+
+_REGISTRATIONS = [0]
+
+
+def _count_registration(module: torch.nn.Module, name: str, value: Any) -> None:
+    _REGISTRATIONS[0] += 1
+
+
+for _register in (torch.nn.modules.module.register_module_parameter_registration_hook,
+                  torch.nn.modules.module.register_module_buffer_registration_hook,
+                  torch.nn.modules.module.register_module_module_registration_hook):
+    _register(_count_registration)
+
+
+def registrations() -> int:
+    """Parameters, buffers and submodules assigned to any module since this module was imported (torch's
+    global registration hooks): a graph captured before the count changed may read tensors its net no longer
+    holds. Constructing modules counts too, so building another model between calls only costs a capture."""
+    return _REGISTRATIONS[0]
 
 
 def _describe(t: torch.Tensor) -> str:
@@ -66,14 +87,13 @@ class CudaGraphForward:
         return [*net.parameters(), *net.buffers()]
 
     def _stamp(self, blobs: list[torch.Tensor]) -> list[Any]:
-        return [*blob_stamp(blobs), self.net._fusion_cache.generation]
+        return [*blob_stamp(blobs), self.net._fusion_cache.generation, registrations()]
 
     def _capture(self) -> None:
         """Warm up and capture; the graph, and the stamp of the weights it read, change only once it succeeded
         (a failed capture again must not leave the old graph looking current)."""
         net, device = self.net, self.device
         blobs = self._blobs(net)  # kept: walking the module tree on every call costs 0.5 ms for ResNet-50
-        stamp = self._stamp(blobs)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.no_grad(), torch.cuda.stream(side):
@@ -88,7 +108,8 @@ class CudaGraphForward:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise Prototxt2pyError(f"cuda_graph: capturing the forward failed ({first}); call the net eagerly "
                                    "instead") from error
-        self.graph, self.outputs, self.blobs, self.stamp = graph, outputs, blobs, stamp
+        # stamped after the capture: whatever it registered or bumped is part of what every replay reproduces
+        self.graph, self.outputs, self.blobs, self.stamp = graph, outputs, blobs, self._stamp(blobs)
         self.held = [dict(entry) for entry in net._fusion_cache.entries.values()]  # the folds the kernels read
 
     def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> dict[str, torch.Tensor]:
