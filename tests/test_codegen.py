@@ -256,6 +256,24 @@ def _small():
     return net, code, _generated_from_runtime(net, code.source, code)
 
 
+def test_a_repeated_layer_name_generates_both_layers() -> None:
+    """Caffe lets layer names repeat (here an in-place ReLU pasted twice): both run, under distinct names."""
+    relu = 'layer { name: "r" type: "ReLU" bottom: "conv1" top: "conv1" relu_param { negative_slope: 0.5 } }\n'
+    text = NET.replace('layer { name: "conv2"', relu + relu + 'layer { name: "conv2"')
+    net = prototxt2py.load(read_net_text(text)).eval()
+    code = generate(net.graph)
+    assert "r=nn.LeakyReLU(0.5)," in code.source and "r_2=nn.LeakyReLU(0.5)," in code.source
+    module = _generated_from_runtime(net, code.source, code)
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = net(x)["fc"], module(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # the slope applied twice: 0.25 on negatives
+        one = prototxt2py.load(read_net_text(NET.replace('layer { name: "conv2"', relu + 'layer { name: "conv2"')))
+        one.load_state_dict(net.state_dict())
+        assert not torch.allclose(one.eval()(x)["fc"], want)
+
+
 def test_chain_becomes_sequential_and_classifier_is_an_argument() -> None:
     net, code, module = _small()
     assert "nn.Sequential(" in code.source and "num_classes: int = 7" in code.source

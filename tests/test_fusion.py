@@ -320,6 +320,22 @@ def test_a_blob_read_twice_ends_the_chain(tmp_path: Path) -> None:
         torch.testing.assert_close(fused[name], reference[name], rtol=1e-5, atol=1e-5)
 
 
+def test_a_repeated_layer_name_joins_the_right_layer(tmp_path: Path) -> None:
+    """Caffe lets layer names repeat: a second in-place ReLU pasted under the first one's name. The chain must
+    take the ReLU that reads the sum, and the copy must run after it (it once ran first, on a value not yet
+    made: "KeyError: 'sum@1'", exit 3 from ``run`` on a ResNet-50 with a duplicated layer)."""
+    relu = 'layer { name: "relu" type: "ReLU" bottom: "sum" top: "sum" }\n'
+    net = build(tmp_path, NET.replace(relu, relu + relu))
+    randomise(net)
+    chains = [(f.conv, f.affine, f.residual, f.post) for f in net._fusions]
+    assert chains[1] == ("c2", ("bn2", "s2"), "sum", "relu")
+    assert [s.key for s in net._inference_plan if s.key.startswith("relu")] == ["relu_2"]
+    with torch.no_grad():
+        fused, reference = net.eval()(X), net(X, all_blobs=True)
+    for name in ("ip", "up"):
+        torch.testing.assert_close(fused[name], reference[name], rtol=1e-5, atol=1e-5)
+
+
 def test_the_plan_releases_each_value_after_its_last_reader(net: CaffeNet) -> None:
     plan = net._inference_plan
     released = [vid for step in plan for vid in step.release]

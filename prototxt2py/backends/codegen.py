@@ -376,7 +376,8 @@ def _runs(graph: Graph, steps: list[_Step]) -> list[list[_Step]]:
         prev = groups[-1][-1].node if groups else None
         if (single and prev is not None and len(prev.outputs) == 1 and len(prev.inputs) == 1
                 and node.inputs[0] == prev.outputs[0] and prev.outputs[0] not in outputs
-                and graph.values[prev.outputs[0]].consumers == [node.name]):
+                and len(readers := graph.values[prev.outputs[0]].consumers) == 1
+                and graph.nodes[readers[0]] is node):
             groups[-1].append(step)
         else:
             groups.append([step])

@@ -206,7 +206,6 @@ def find_fusions(graph: Graph, node_keys: list[str], plan: Sequence[Step]) -> li
     """Every chain (see the module docstring) whose inner blobs only the next member reads."""
     values = graph.values
     outputs = set(graph.outputs)
-    by_name = {n.name: n for n in graph.nodes}
     keys = {id(n): k for n, k in zip(graph.nodes, node_keys, strict=True)}
     steps = {step.key: step for step in plan}
     fusions: list[Fusion] = []
@@ -219,7 +218,7 @@ def find_fusions(graph: Graph, node_keys: list[str], plan: Sequence[Step]) -> li
         readers = values[vid].consumers         # and in no chain yet
         if len(readers) != 1 or vid in outputs:
             return None
-        reader = by_name[readers[0]]
+        reader = graph.nodes[readers[0]]
         return None if id(reader) in taken else reader
 
     def affine_form(node: Node | None) -> ChannelAffine | None:

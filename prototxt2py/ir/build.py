@@ -86,7 +86,7 @@ def build_graph(
             values[vid] = Value(vid, t, name, versions[t])
             outputs.append(vid)
         for vid in inputs:
-            values[vid].consumers.append(name)
+            values[vid].consumers.append(len(nodes))  # this layer's position once appended below
         for t, vid in zip(tops, outputs, strict=True):
             current[t] = vid
         node = Node(

@@ -28,7 +28,9 @@ class Value:
     producer: str | None
     version: int = 0
     shape: Shape | None = None
-    consumers: list[str] = field(default_factory=list)
+    #: positions in ``Graph.nodes`` of the layers reading this value, in order (not names: Caffe lets layer
+    #: names repeat, e.g. a pasted in-place ReLU, and a name would then stand for either layer)
+    consumers: list[int] = field(default_factory=list)
 
 
 @dataclass
