@@ -448,3 +448,24 @@ layer { type: 'DummyData' name: 'data' top: 'data' include { phase: TEST }
     first = test.forward()["data"].copy()
     assert not (first == 5).any()
     assert not np.array_equal(first, test.forward()["data"])
+
+
+def test_layers_sharing_a_name_in_one_net_use_their_own_settings(tmp_path: Path) -> None:
+    """Caffe lets two layers of one net share a name: each keeps its own filler and ``propagate_down``."""
+    path = tmp_path / "twins.prototxt"
+    path.write_text("""name: 'twins'
+layer { type: 'DummyData' name: 'd' top: 'fixed'
+  dummy_data_param { shape { dim: 2 dim: 3 } data_filler { type: 'constant' value: 1 } } }
+layer { type: 'DummyData' name: 'd' top: 'noise'
+  dummy_data_param { shape { dim: 2 dim: 3 } data_filler { type: 'gaussian' std: 1 } } }
+layer { type: 'Eltwise' name: 'sum' bottom: 'fixed' bottom: 'noise' top: 'sum' propagate_down: true
+  propagate_down: false }
+layer { type: 'Eltwise' name: 'sum' bottom: 'sum' bottom: 'fixed' top: 'sum2' propagate_down: false
+  propagate_down: true loss_weight: 1 }
+""")
+    net = caffe.Net(str(path), caffe.TEST)
+    net.blobs["fixed"].data[...] = 5
+    out = net.forward()
+    np.testing.assert_allclose(out["sum2"], 10 + net.blobs["noise"].data, rtol=1e-6)  # the caller's 5 stayed
+    assert not (net.blobs["noise"].data == 1).all()  # the second layer's gaussian, not the first's constant
+    assert net._bottom_need == [[], [], [True, False], [False, True]]  # each layer's own propagate_down

@@ -12,7 +12,7 @@ way :mod:`._inplace` says Caffe's ``Backward_cpu`` of that type does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,15 +32,14 @@ class NeedBackward:
     param: list[list[bool]]
 
 
-def need_backward(graph: Graph, protos: Mapping[str, Any], param_counts: Sequence[int]) -> NeedBackward:
+def need_backward(graph: Graph, param_counts: Sequence[int]) -> NeedBackward:
     """The three sets, as ``Net::Init`` computes them (``param_counts``: parameter blobs per layer)."""
     blob_need: dict[str, bool] = {}
     layer_need: list[bool] = []
     bottom_need: list[list[bool]] = []
     param_need: list[list[bool]] = []
     for i, node in enumerate(graph.nodes):
-        proto = protos.get(node.name)
-        prop = list(proto.propagate_down) if proto is not None else []
+        prop = list(node.proto.propagate_down) if node.proto is not None else []
         layer_need.append(any(blob_need.get(b, False) for b in node.bottoms))
         bottom_need.append([prop[j] if prop else blob_need.get(b, False) for j, b in enumerate(node.bottoms)])
         lrs = [node.params[k].lr_mult if k < len(node.params) else 1.0 for k in range(param_counts[i])]

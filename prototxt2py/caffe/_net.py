@@ -115,7 +115,6 @@ class Net:
         self._graph = graph
         self._net = runtime.to(self._device)
         # the LayerParameter of each layer of *this* phase (a train_val net may reuse a name across phases)
-        self._protos = {node.name: node.proto for node in graph.nodes}
         self._layer_names = [n.name for n in graph.nodes]
         self._plan = runtime._plan
         # Blobs in Caffe's creation order: a layer's new tops, in order; in-place tops reuse their blob.
@@ -157,7 +156,7 @@ class Net:
         for i, node in enumerate(self._graph.nodes):
             if node.type != "DummyData":
                 continue
-            fillers = list(self._protos[node.name].dummy_data_param.data_filler)
+            fillers = list(node.proto.dummy_data_param.data_filler)
             tops = set()
             for t in range(len(node.tops)):
                 filler = fillers[0] if len(fillers) == 1 else (fillers[t] if fillers else None)
@@ -176,7 +175,7 @@ class Net:
             self._blobs_dict[name].fill_diff(w)
 
     def _compute_need_backward(self) -> None:
-        need = need_backward(self._graph, self._protos, [len(p) for p in self._node_params])
+        need = need_backward(self._graph, [len(p) for p in self._node_params])
         self._layer_need, self._bottom_need, self._param_need = need.layer, need.bottom, need.param
 
     # -- pycaffe's properties ----------------------------------------------------------------------------------
@@ -425,7 +424,7 @@ class Net:
         if kind == INPUT or (not any(need_b) and all(p is None for p in params)):
             return
         bottom_grads, param_grads = layer_gradients(
-            node, self._net.layers[key], self._protos.get(node.name),
+            node, self._net.layers[key], node.proto,
             [self._value_blob[v].tensor() for v in ins], [self._value_blob[v].tensor() for v in outs],
             [self._value_blob[v].diff_tensor() for v in outs], need_b, params, self._saved.get(i))
         for v, need, g in zip(ins, need_b, bottom_grads, strict=True):
@@ -498,7 +497,7 @@ class Net:
             raise CaffeUsageError("set_input_arrays may only be called if the first layer is a MemoryDataLayer")
         if labels.ndim == 1:
             labels = labels[:, None, None, None]
-        p = self._protos[self._graph.nodes[0].name].memory_data_param
+        p = self._graph.nodes[0].proto.memory_data_param
         for what, arr in (("data array", data), ("labels array", labels)):
             if arr.dtype != np.float32 or arr.ndim != 4:
                 raise CaffeUsageError(f"{what} must be 4-d float32")
@@ -513,7 +512,7 @@ class Net:
 
     def _next_memory_batch(self, outs: Sequence[str]) -> None:
         data, labels, pos = self._memory_data
-        n = self._protos[self._graph.nodes[0].name].memory_data_param.batch_size
+        n = self._graph.nodes[0].proto.memory_data_param.batch_size
         for vid, arr in zip(outs, (data, labels), strict=False):
             self._value_blob[vid].write(torch.from_numpy(arr[pos:pos + n]).to(self._device))
         self._memory_data = (data, labels, (pos + n) % len(data))
