@@ -35,6 +35,8 @@ def _user_errors(fn: Callable) -> Callable:
             sys.exit(EXIT_INPUT)
         except KeyboardInterrupt:
             sys.exit(130)
+        except click.ClickException:  # a malformed option value found in the command's body: click's usage error
+            raise
         except Exception as e:  # a bug: say so in one line
             if os.environ.get("PROTOTXT2PY_DEBUG"):
                 raise
@@ -93,7 +95,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("net", type=click.Path(dir_okay=False))
+@click.argument("net", type=click.Path())
 @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST", show_default=True)
 @_state_options
 @click.option("--input", "inputs", multiple=True, metavar="NAME=D0,D1,...", help="Override an input blob's shape.")
@@ -116,7 +118,7 @@ def summary(net: str, phase: str, stages: tuple[str, ...], level: int, inputs: t
 
 
 @main.command()
-@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("src", type=click.Path())
 @click.argument("dst", type=click.Path(dir_okay=False))
 @_user_errors
 def upgrade(src: str, dst: str) -> None:
@@ -155,9 +157,9 @@ def _load_net(net: str, weights: str | None, phase: str, stages, level: int, inp
 
 
 @main.command()
-@click.argument("net", type=click.Path(dir_okay=False))
-@click.option("--weights", type=click.Path(dir_okay=False), help="Trained .caffemodel.")
-@click.option("--inputs", "inputs_path", required=True, type=click.Path(dir_okay=False),
+@click.argument("net", type=click.Path())
+@click.option("--weights", type=click.Path(), help="Trained .caffemodel.")
+@click.option("--inputs", "inputs_path", required=True, type=click.Path(),
               help=".npz with one array per input blob (by name).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .npz.")
 @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST", show_default=True)
@@ -175,8 +177,8 @@ def run(net, weights, inputs_path, output, phase, stages, level, all_blobs, as_d
 
 
 @main.command()
-@click.argument("net", type=click.Path(dir_okay=False))
-@click.option("--weights", type=click.Path(dir_okay=False), help="Trained .caffemodel (else Caffe's fillers).")
+@click.argument("net", type=click.Path())
+@click.option("--weights", type=click.Path(), help="Trained .caffemodel (else Caffe's fillers).")
 @click.option("--to", "target", required=True,
               type=click.Choice(["pytorch", "safetensors", "caffemodel", "onnx", "python"], case_sensitive=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output file (a folder for --to python).")
@@ -214,7 +216,7 @@ def convert(net, weights, target, output, phase, stages, level, inputs, opset, d
 
 
 @main.command()
-@click.argument("net", type=click.Path(dir_okay=False))
+@click.argument("net", type=click.Path())
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--rankdir", type=click.Choice(["LR", "TB", "BT", "RL"]), default="LR", show_default=True)
 @click.option("--phase", type=click.Choice(["TRAIN", "TEST", "ALL"], case_sensitive=False), default="ALL",

@@ -18,7 +18,7 @@ _BACKEND = click.Choice(["lmdb", "leveldb"], case_sensitive=False)
 
 @click.command("convert-imageset")
 @click.argument("root")
-@click.argument("list_file", metavar="LIST", type=click.Path(dir_okay=False))
+@click.argument("list_file", metavar="LIST", type=click.Path())
 @click.argument("db", type=click.Path())
 @click.option("--resize-height", type=click.IntRange(min=0), default=0, help="Resize images to this height.")
 @click.option("--resize-width", type=click.IntRange(min=0), default=0, help="Resize images to this width.")

@@ -44,7 +44,7 @@ def register(main: click.Group, parse_inputs: Callable, state_options: Callable,
     """Add the ``deploy`` command to the CLI group (the helpers are cli.py's, passed in to avoid a cycle)."""
 
     @main.command()
-    @click.argument("net", type=click.Path(dir_okay=False))
+    @click.argument("net", type=click.Path())
     @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Deploy .prototxt.")
     @click.option("--input", "inputs", multiple=True, metavar="NAME=D0,D1,...",
                   help="Shape of an input blob (needed where only the data knows it).")

@@ -214,9 +214,9 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
     device_opt = click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1).")
 
     @main.command("train")
-    @click.argument("solver", type=click.Path(dir_okay=False))
+    @click.argument("solver", type=click.Path())
     @click.option("--weights", help="Initial weights (.caffemodel; comma-separated list) to fine-tune from.")
-    @click.option("--snapshot", type=click.Path(dir_okay=False), help="A .solverstate to resume from.")
+    @click.option("--snapshot", type=click.Path(), help="A .solverstate to resume from.")
     @click.option("--iterations", type=int, help="Train to this iteration instead of the solver's max_iter.")
     @click.option("--sigint-effect", type=click.Choice(EFFECTS), default="stop", show_default=True,
                   help="What Ctrl-C does.")
@@ -236,8 +236,8 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
                       level, data_workers)
 
     @main.command("test")
-    @click.argument("net", type=click.Path(dir_okay=False))
-    @click.option("--weights", type=click.Path(dir_okay=False), help="Trained .caffemodel.")
+    @click.argument("net", type=click.Path())
+    @click.option("--weights", type=click.Path(), help="Trained .caffemodel.")
     @click.option("--iterations", type=int, default=50, show_default=True, help="Batches to average over.")
     @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST",
                   show_default=True)
@@ -250,7 +250,7 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
         test_command(net, weights, iterations, phase, stages, level, device)
 
     @main.command("time")
-    @click.argument("net", type=click.Path(dir_okay=False))
+    @click.argument("net", type=click.Path())
     @click.option("--iterations", type=int, default=50, show_default=True)
     @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TRAIN",
                   show_default=True)

@@ -69,6 +69,37 @@ def test_bad_input_is_one_line(case: str, tmp_path: Path) -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("args", [
+    ("summary", "{dir}"), ("upgrade", "{dir}", "{tmp}/up.prototxt"), ("draw", "{dir}", "{tmp}/net.svg"),
+    ("deploy", "{dir}", "-o", "{tmp}/deploy.prototxt"), ("convert", "{dir}", "--to", "onnx", "-o", "{tmp}/n.onnx"),
+    ("convert", "{net}", "--weights", "{dir}", "--to", "onnx", "-o", "{tmp}/n.onnx"),
+    ("run", "{net}", "--inputs", "{dir}", "-o", "{tmp}/o.npz"), ("train", "{dir}"), ("time", "{dir}"),
+])
+def test_a_directory_given_for_an_input_file_is_one_line(args: tuple[str, ...], tmp_path: Path) -> None:
+    """As a missing file: exit 1 and one line naming it (click's own check gave exit 2 and a usage text)."""
+    folder = tmp_path / "folder.prototxt"
+    folder.mkdir()
+    net = write(tmp_path, GOOD_HEAD)
+    code, out, err = run(*(a.format(dir=folder, tmp=tmp_path, net=net) for a in args))
+    assert code == 1, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {folder}: "), err
+    assert "directory" in err or "not a regular file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.prototxt", "net.prototxt"]  # nothing written
+
+
+@pytest.mark.parametrize("value", ["data=1,1,0,28", "data=-1,3", "data=a,b", "data", "=1,2"])
+def test_a_malformed_input_shape_is_a_usage_error(value: str, tmp_path: Path) -> None:
+    """A bad ``--input`` value is a command-line mistake: click's usage error (exit 2), not an internal error."""
+    net = write(tmp_path, GOOD_HEAD)
+    for args in (("summary", net), ("convert", net, "--to", "onnx", "-o", str(tmp_path / "n.onnx"))):
+        code, _, err = run(*args, "--input", value)
+        assert code == 2, (code, err)
+        assert f"Invalid value for --input: {value!r}: expected NAME=D0,D1,... with positive integers" in err
+        assert "internal error" not in err and "Traceback" not in err
+    assert not (tmp_path / "n.onnx").exists()
+
+
 def test_upgrade_failure_writes_nothing(tmp_path: Path) -> None:
     src = write(tmp_path, 'layers { name: "a" type: NOT_A_TYPE }\n')
     dst = tmp_path / "out.prototxt"
