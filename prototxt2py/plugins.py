@@ -361,7 +361,7 @@ def _parse_field_text(d: DroppedField, layer: str | None) -> list[RawField]:
                 if not punct(sep, ","):
                     raise fail(sep, f"expected ',' or ']' in the list of field '{name_tok.text}'")
         if not colon and not punct(peek(), "{<"):
-            raise fail(peek(), f"expected ':' or '{{' after field '{name_tok.text}'")
+            raise fail(peek(), f"expected ':' or '{{' after field '{_short(name_tok.text)}'")
         return [value(name_tok.text, name_tok, depth)]
 
     return field(0)

@@ -122,6 +122,9 @@ def iter_tokens(text: str, file: str) -> Iterator[Token]:
         m = match(text, pos)
         if m is None:
             col = pos - line_start + 1
+            if text[pos] in "\"'":  # a string the line ends inside (text-format strings cannot span lines)
+                raise ParseError("string opened here is not closed on this line (write a line break inside a "
+                                 "string as \\n)", Location(file, line, col))
             raise ParseError(f"unexpected character {text[pos]!r}", Location(file, line, col))
         kind = m.lastgroup
         if kind == "nl":
@@ -204,7 +207,7 @@ class _Parser:
             else:
                 if not _is_repeated(fd):
                     if name in seen_singular:
-                        raise self.error(tok, f"{desc.full_name} has field '{name}' more than once")
+                        raise self.error(tok, f"{desc.full_name} has field '{_short(name)}' more than once")
                     seen_singular[name] = tok
                 self.parse_field(msg, fd, tok, path, counts)
             # Optional separators between fields.
@@ -228,7 +231,7 @@ class _Parser:
             return
         colon = self.next()
         if colon.kind != "punct" or colon.text != ":":
-            raise self.error(colon, f"expected ':' after field '{name}', got {_short(colon.text)!r}")
+            raise self.error(colon, f"expected ':' after field '{_short(name)}', got {_short(colon.text)!r}")
         if repeated and self.accept("["):
             container = getattr(msg, name)
             if not self.accept("]"):
@@ -402,10 +405,11 @@ class _Parser:
                     depth -= 1
         else:
             if not colon:
-                raise self.error(tok, f"expected ':' or '{{' after field '{name_tok.text}', got {_short(tok.text)!r}")
+                raise self.error(tok, f"expected ':' or '{{' after field '{_short(name_tok.text)}', "
+                                      f"got {_short(tok.text)!r}")
             t = self.next()
             if t.kind not in ("string", "number", "ident"):
-                raise self.error(t, f"expected a value for field '{name_tok.text}', got {_short(t.text)!r}")
+                raise self.error(t, f"expected a value for field '{_short(name_tok.text)}', got {_short(t.text)!r}")
             while t.kind == "string" and self.peek().kind == "string":
                 t = self.next()
         end_tok = self.last

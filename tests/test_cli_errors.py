@@ -49,6 +49,8 @@ BAD = {
         'include { phase: TEST } exclude { phase: TRAIN } }\n',
         "layer 'r': layer has both include",
     ),
+    "unclosed_string": ('name: "a\nb"\n', ":1:7: string opened here is not closed on this line"),
+    "long_field_name": ("y" * 4096, f"after field '{'y' * 40}... (4096 characters)', got ''"),
     "bad_enum": (
         GOOD_HEAD + 'layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param { pool: MEDIAN } }\n',
         ":3:81: unknown value 'MEDIAN'",
