@@ -125,9 +125,14 @@ def read_binary_message(path: str | os.PathLike, descriptor: Any) -> bytes:
             raise InputFileError(f"cannot read: {e.strerror}", loc) from None
 
 
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
 def looks_binary(data: bytes) -> bool:
     """Protobuf binaries almost always hold NUL or control bytes early; text prototxts never do."""
     head = data[:4096]
+    if head.startswith(_UTF16_BOMS):  # text saved as UTF-16 (a Windows editor's "Unicode"): NULs, yet text
+        return False
     if b"\x00" in head:
         return True
     controls = sum(1 for b in head if b < 32 and b not in (9, 10, 13, 12))
@@ -141,6 +146,8 @@ def looks_binary(data: bytes) -> bool:
 
 
 def decode_text(data: bytes, file: str) -> str:
+    if data.startswith(_UTF16_BOMS):
+        return data.decode("utf-16", errors="replace")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -310,3 +310,15 @@ def test_caffemodel_unpacked_doubles_are_read(tmp_path: Path) -> None:
     path.write_bytes(b"\xa2\x06" + bytes([len(layer)]) + layer)
     assert list(caffe_pb2.NetParameter.FromString(path.read_bytes()).layer[0].blobs[0].double_data) == [1.5, -2.0]
     assert read_caffemodel(path)["c"][0].array.tolist() == [1.5, -2.0]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be-bom"])
+def test_a_net_saved_as_utf16_text_reads_as_its_utf8_copy(encoding: str, tmp_path: Path) -> None:
+    """A Windows editor's "Unicode" is UTF-16 with a byte-order mark: its NUL bytes once made it "a binary
+    protobuf file (a .caffemodel?)"."""
+    text = 'name: "é"\nlayer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 } } }\n'
+    data = text.encode("utf-16") if encoding == "utf-16" else b"\xfe\xff" + text.encode("utf-16-be")
+    (tmp_path / "wide.prototxt").write_bytes(data)
+    (tmp_path / "plain.prototxt").write_text(text, encoding="utf-8")
+    wide, plain = read_net(tmp_path / "wide.prototxt"), read_net(tmp_path / "plain.prototxt")
+    assert wide.net == plain.net and wide.net.name == "é"
