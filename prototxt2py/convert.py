@@ -14,7 +14,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from .errors import Location, Prototxt2pyError
-from .fsutil import atomic_output, write_bytes_atomic
+from .fsutil import atomic_output, output_target, write_bytes_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -119,7 +119,7 @@ def write_python(net: Any, outdir: str | os.PathLike, *, with_weights: bool = Tr
         raise Prototxt2pyError("--to python writes a folder; this path is a file", Location(str(folder)))
     folder.mkdir(parents=True, exist_ok=True)
     stem = file_stem(net.graph.name)
-    py_path, pt_path = folder / f"{stem}.py", folder / f"{stem}.pt"
+    py_path, pt_path = output_target(folder / f"{stem}.py"), output_target(folder / f"{stem}.pt")
     weights = None
     if with_weights:
         import torch

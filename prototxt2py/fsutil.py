@@ -33,18 +33,33 @@ def _is_input(target: Path) -> bool:
     return (info.st_dev, info.st_ino) in _inputs
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Write to a temporary file next to ``path`` and rename it into place only on success. A path that
-    names a file read as an input, or a directory, is refused before anything is written."""
+def output_target(path: str | os.PathLike) -> Path:
+    """The file an output for ``path`` is renamed onto, refused (one line) before anything is written when
+    renaming would destroy something else: a missing directory, a directory, a file read as an input, or a
+    device, pipe or socket (``-o /dev/null`` run as root would otherwise replace the device node with a regular
+    file). A symbolic link is written through: its target is replaced and the link stays, as ``cp`` does."""
     target = Path(path)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise InputFileError("output directory does not exist", Location(str(path)))
     if target.is_dir():
         raise InputFileError("output is a directory, expected a file name", Location(str(path)))
+    if target.exists() and not target.is_file():
+        raise InputFileError("output exists and is not a regular file (a device, pipe or socket); refusing to "
+                             "replace it", Location(str(path)))
     if _is_input(target):
         raise InputFileError("refusing to overwrite an input file with the output", Location(str(path)))
+    return target
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Write to a temporary file next to ``path`` and rename it into place only on success; what
+    :func:`output_target` refuses is refused before anything is written."""
+    target = output_target(path)
+    directory = target.parent if str(target.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, mode) as f:

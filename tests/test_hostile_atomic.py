@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,48 @@ def test_success_still_writes(files: dict[str, Path], tmp_path: Path) -> None:
     code, err = cli("draw", str(files["net"]), str(tmp_path / "ok.dot"))
     assert code == 0, err
     assert (tmp_path / "ok.dot").read_text().startswith("digraph")
+
+
+WRITERS = {
+    "upgrade": lambda f, out: ["upgrade", str(f["net"]), out],
+    "draw": lambda f, out: ["draw", str(f["net"]), out + ".dot"],
+    "convert_onnx": lambda f, out: ["convert", str(f["net"]), "--to", "onnx", "-o", out],
+    "convert_caffemodel": lambda f, out: ["convert", str(f["net"]), "--to", "caffemodel", "-o", out],
+    "run": lambda f, out: ["run", str(f["net"]), "--inputs", str(f["in"]), "-o", out],
+}
+
+
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_an_output_path_holding_a_pipe_is_refused(command: str, files: dict[str, Path], tmp_path: Path) -> None:
+    """Renaming the result over a pipe or device replaced it with a regular file (``-o /dev/null`` run as root
+    turned the device node into a file); such a path is refused before anything is written."""
+    args = WRITERS[command](files, str(tmp_path / "out"))
+    out = Path(args[-1])
+    os.mkfifo(out)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, err = cli(*args)
+    assert code == 1 and err.splitlines()[-1] == f"error: {out}: output exists and is not a regular file (a " \
+                                                  "device, pipe or socket); refusing to replace it", err
+    assert out.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_an_output_symlink_is_written_through(files: dict[str, Path], tmp_path: Path) -> None:
+    """As ``cp`` does: the link's target gets the output and the link stays a link."""
+    target, link = tmp_path / "real.prototxt", tmp_path / "link.prototxt"
+    target.write_text("old")
+    link.symlink_to(target)
+    code, err = cli("upgrade", str(files["net"]), str(link))
+    assert code == 0, err
+    assert link.is_symlink() and 'name: "t"' in target.read_text()
+
+
+def test_pycaffe_save_refuses_a_pipe(files: dict[str, Path], tmp_path: Path) -> None:
+    from prototxt2py import caffe
+    from prototxt2py.errors import InputFileError
+
+    out = tmp_path / "weights.caffemodel"
+    os.mkfifo(out)
+    net = caffe.Net(str(files["net"]), caffe.TEST)
+    with pytest.raises(InputFileError, match="output exists and is not a regular file"):
+        net.save(str(out))
+    assert out.is_fifo()

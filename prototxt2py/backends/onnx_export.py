@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 
 from ..blobstore import GraphBlobs, blobs_for
-from ..errors import InputFileError, Location, Prototxt2pyError, ShapeError, UnsupportedLayerError
-from ..fsutil import write_bytes_atomic
+from ..errors import Location, Prototxt2pyError, ShapeError, UnsupportedLayerError
+from ..fsutil import output_target, write_bytes_atomic
 from ..ir import Node
 from ..ir.shapes import reinferred
 from ..layers.base import Shape
@@ -827,9 +827,8 @@ def export_onnx(net: Any, output: str | os.PathLike, opset: int | None = None, d
 def _write_with_external_data(model: onnx.ModelProto, target: Path) -> None:
     """Save model + ``<name>.data`` in a temporary folder next to ``target``, check the saved model (the
     checker reads external data only from files), then move both into place."""
-    directory = target.parent if str(target.parent) else Path(".")
-    if not directory.is_dir():
-        raise InputFileError("output directory does not exist", Location(str(target)))
+    target = output_target(target)
+    directory = target.parent
     location = f"{target.name}.data"
     import onnx  # only for > 2 GB of weights: writing external data is onnx's own code
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import Location
+from ..fsutil import output_target
 from .errors import SolverError
 
 _LEN, _VARINT = 2, 0
@@ -138,8 +139,9 @@ def write_together(files: Sequence[tuple[str, Callable[[IO[bytes]], None]]]) -> 
     """Write several files through temporaries and rename them into place only when all succeeded."""
     temps: list[tuple[str, str]] = []
     try:
-        for target, writer in files:
-            directory = Path(target).parent if Path(target).parent != Path("") else Path(".")
+        for name, writer in files:
+            target = output_target(name)
+            directory = target.parent
             try:
                 fd, tmp = tempfile.mkstemp(prefix=f".{Path(target).name}.", suffix=".tmp", dir=directory)
             except OSError as e:
