@@ -3,6 +3,7 @@ MemoryData/DummyData feeding, LevelDB, optional dependencies and the one-line er
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from data_helpers import DATASETS, data_net, image_net, layer_from
 
 from prototxt2py.data import DataError, open_source
+from prototxt2py.data.db import _lmdb_pages_end
 from prototxt2py.data.loader import open_reader
 from prototxt2py.data.transformer import DataTransformer
 from prototxt2py.plain import plain
@@ -109,6 +111,21 @@ def test_missing_source_names_the_layer_and_the_path() -> None:
     with pytest.raises(DataError) as e:
         open_source(layer_from(data_net("no/such_lmdb")))
     assert str(e.value) == "layer 'data': data source 'no/such_lmdb' does not exist"
+
+
+def test_a_truncated_lmdb_is_refused_before_it_is_mapped(tmp_path: Path) -> None:
+    """LMDB maps its data file: reading a page past the end of a file cut short (an interrupted copy) killed the
+    process with SIGBUS. The meta pages say where the last page ends; a shorter file is one error line."""
+    copy = tmp_path / "copy_lmdb"
+    shutil.copytree(COLOR_LMDB, copy)
+    data = copy / "data.mdb"
+    assert _lmdb_pages_end(str(data)) == data.stat().st_size  # an intact database ends on its last page
+    with data.open("r+b") as f:
+        f.truncate(5000)
+    with pytest.raises(DataError) as e:
+        open_source(layer_from(data_net(str(copy))))
+    assert str(e.value) == (f"layer 'data': LMDB '{copy}' is truncated: {data} holds 5000 bytes, its last page "
+                            f"ends at byte {_lmdb_pages_end(str(data))} (an interrupted copy?)")
 
 
 def test_ranks_read_disjoint_strides_in_train_and_everything_in_test() -> None:
