@@ -44,11 +44,26 @@ def _user_errors(fn: Callable) -> Callable:
                 click.echo(f"error: out of memory ({one_line(str(e))[:200]}); the net or its inputs are too big for "
                            "this machine (see docs/errors.md: limits)", err=True)
                 sys.exit(EXIT_INPUT)
+            bad_path = _bad_path(e)
+            if bad_path:  # a path given on the command line (or named in a file) that the system refuses
+                click.echo(f"error: {bad_path}", err=True)
+                sys.exit(EXIT_INPUT)
             click.echo(f"internal error: {type(e).__name__}: {one_line(str(e))[:1000]} (set PROTOTXT2PY_DEBUG=1 "
                        "for details)", err=True)
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+def _bad_path(e: BaseException) -> str | None:
+    """One line for a file-system refusal of a path no reader checked first (a name too long, a directory
+    missing, no permission, a NUL byte in it), else None."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        name = one_line(str(e.filename))
+        return f"{name if len(name) <= 200 else name[:80] + f'... ({len(name)} characters)'}: {e.strerror}"
+    if isinstance(e, ValueError) and "embedded null byte" in str(e):
+        return "a file name holds a NUL byte"
+    return None
 
 
 def _out_of_memory(e: BaseException) -> bool:

@@ -322,3 +322,16 @@ def test_a_net_saved_as_utf16_text_reads_as_its_utf8_copy(encoding: str, tmp_pat
     (tmp_path / "plain.prototxt").write_text(text, encoding="utf-8")
     wide, plain = read_net(tmp_path / "wide.prototxt"), read_net(tmp_path / "plain.prototxt")
     assert wide.net == plain.net and wide.net.name == "é"
+
+
+def test_a_path_the_system_refuses_is_one_line(tmp_path: Path) -> None:
+    """A name over the file system's limit (ENAMETOOLONG, raised by whichever call meets it first) was an
+    internal error, exit 3."""
+    net = tmp_path / "net.prototxt"
+    net.write_text(HEAD + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n')
+    out = str(tmp_path / ("o" * 300))
+    for args in (("upgrade", str(net), out), ("convert", str(net), "--to", "onnx", "-o", out)):
+        code, err = cli(*args)
+        assert code == 1, err
+        assert err.splitlines()[-1] == f"error: {out[:80]}... ({len(out)} characters): File name too long", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.prototxt"]
