@@ -217,7 +217,10 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
     @click.argument("solver", type=click.Path())
     @click.option("--weights", help="Initial weights (.caffemodel; comma-separated list) to fine-tune from.")
     @click.option("--snapshot", type=click.Path(), help="A .solverstate to resume from.")
-    @click.option("--iterations", type=int, help="Train to this iteration instead of the solver's max_iter.")
+    # 0 is kept: as Caffe with max_iter 0, it runs no iteration but still tests and snapshots at the end (the
+    # --weights or filler values, exported in Caffe's format); only a negative count is meaningless
+    @click.option("--iterations", type=click.IntRange(min=0),
+                  help="Train to this iteration instead of the solver's max_iter.")
     @click.option("--sigint-effect", type=click.Choice(EFFECTS), default="stop", show_default=True,
                   help="What Ctrl-C does.")
     @click.option("--sighup-effect", type=click.Choice(EFFECTS), default="snapshot", show_default=True,
@@ -238,7 +241,9 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
     @main.command("test")
     @click.argument("net", type=click.Path())
     @click.option("--weights", type=click.Path(), help="Trained .caffemodel.")
-    @click.option("--iterations", type=int, default=50, show_default=True, help="Batches to average over.")
+    # an average over no batch is NaN (and a negative count prints -0): at least one, as `time` requires
+    @click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True,
+                  help="Batches to average over.")
     @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST",
                   show_default=True)
     @click.option("--stage", "stages", multiple=True, help="NetState stage (repeatable).")
@@ -251,7 +256,7 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
 
     @main.command("time")
     @click.argument("net", type=click.Path())
-    @click.option("--iterations", type=int, default=50, show_default=True)
+    @click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True)
     @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TRAIN",
                   show_default=True)
     @device_opt

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -14,14 +16,29 @@ from .errors import InputFileError, Location
 from .fsutil import write_bytes_atomic
 from .reader import read_bytes
 
+#: dtype kinds the runner converts to float32 without losing anything but precision: bool, int, uint, float.
+#: Complex would drop its imaginary part; structured, string, datetime and object arrays are no tensor at all.
+_REAL_KINDS = "biuf"
+
 
 def read_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an .npz, as contiguous float32; refuses a file np.load cannot read and any array that is
+    not real numbers, naming the array and its dtype."""
     data = read_bytes(path)
+    loc = Location(str(path))
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as f:
-            return {k: np.ascontiguousarray(f[k], dtype=np.float32) for k in f.files}
-    except (ValueError, OSError) as e:
-        raise InputFileError(f"not a readable .npz of arrays: {e}", Location(str(path))) from None
+            out = {}
+            for k in f.files:
+                arr = f[k]
+                if arr.dtype.kind not in _REAL_KINDS:
+                    raise InputFileError(f"array '{k}' has dtype {arr.dtype}, expected a real numeric array "
+                                         "(bool, int or float)", loc)
+                out[k] = np.ascontiguousarray(arr, dtype=np.float32)
+            return out
+    # np.load raises zipfile's and zlib's own errors (and EOFError) for a truncated or corrupt archive
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise InputFileError(f"not a readable .npz of arrays: {e}", loc) from None
 
 
 def run_npz(make_net: Callable[[dict], Any], inputs_path: str, output: str, all_blobs: bool) -> None:

@@ -139,3 +139,27 @@ def test_run_without_known_input_shapes_names_the_cause() -> None:
     with pytest.raises(prototxt2py.Prototxt2pyError) as e:
         prototxt2py.load(net)
     assert "shapes are unknown from layer 'data'" in str(e.value) and "--input data=" in str(e.value)
+
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("structured", "array 'data' has dtype [('a', '<f4'), ('b', '<i4')], expected a real numeric array"),
+    ("complex", "array 'data' has dtype complex64, expected a real numeric array"),
+    ("truncated", "not a readable .npz of arrays"),
+])
+def test_run_refuses_inputs_that_are_no_real_arrays(kind: str, expected: str, tmp_path: Path) -> None:
+    """A structured or complex array, or a truncated .npz, is one line naming the file (complex is not cut
+    silently to its real part)."""
+    import numpy as np
+
+    dtype = {"structured": [("a", "<f4"), ("b", "<i4")], "complex": np.complex64}.get(kind, np.float32)
+    net = write(tmp_path, GOOD_HEAD)
+    inputs = tmp_path / "in.npz"
+    np.savez(inputs, data=np.zeros((1, 3, 8, 8), dtype=dtype))
+    if kind == "truncated":
+        inputs.write_bytes(inputs.read_bytes()[:100])
+    code, _, err = run("run", net, "--inputs", str(inputs), "-o", str(tmp_path / "out.npz"))
+    assert code == 1, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: {inputs}: "), err
+    assert expected in err and "Warning" not in err
+    assert not (tmp_path / "out.npz").exists()

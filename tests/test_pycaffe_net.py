@@ -469,3 +469,29 @@ layer { type: 'Eltwise' name: 'sum' bottom: 'sum' bottom: 'fixed' top: 'sum2' pr
     np.testing.assert_allclose(out["sum2"], 10 + net.blobs["noise"].data, rtol=1e-6)  # the caller's 5 stayed
     assert not (net.blobs["noise"].data == 1).all()  # the second layer's gaussian, not the first's constant
     assert net._bottom_need == [[], [], [True, False], [False, True]]  # each layer's own propagate_down
+
+
+def test_reshape_beyond_the_blob_limit_is_refused_before_allocating(simple: caffe.Net) -> None:
+    """A huge ``Blob.reshape`` is the project's limit error, as ``net.reshape()`` gives, not torch's allocator."""
+    from prototxt2py.errors import ResourceLimitError
+
+    with pytest.raises(ResourceLimitError, match=r"Blob.reshape: shape \(1048576, 1048576, 28, 28\) has .* over "
+                                                 "the limit of 2,147,483,647"):
+        simple.blobs["data"].reshape(1 << 20, 1 << 20, 28, 28)
+    assert simple.blobs["data"].shape == [5, 2, 3, 4]  # unchanged
+
+
+def test_load_hdf5_of_another_layout_names_what_caffe_expects(simple: caffe.Net, tmp_path: Path) -> None:
+    """An HDF5 file whose ``data`` is a dataset (an HDF5Data source, say) is a WeightsError naming the path."""
+    h5py = pytest.importorskip("h5py")
+    from prototxt2py.errors import WeightsError
+
+    path = tmp_path / "data.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.zeros((4, 8), np.float32)
+    with pytest.raises(WeightsError, match=r"data.h5: '/data' is a dataset, expected a group \(Caffe's layout"):
+        simple.load_hdf5(str(path))
+    with h5py.File(path, "w") as f:
+        f["data/conv/0"] = np.array([b"text"])
+    with pytest.raises(WeightsError, match=r"dataset '/data/conv/0' has dtype \|S4, expected real numbers"):
+        simple.load_hdf5(str(path))

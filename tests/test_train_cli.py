@@ -205,3 +205,37 @@ def test_train_from_lmdb_with_transforms(tmp_path: Path, monkeypatch: pytest.Mon
     s.solve()
     s.close()
     assert s.iter == 8 and all(np.isfinite(e["loss"]) for e in s.trajectory)
+
+
+def test_iteration_counts_that_mean_nothing_are_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``test`` averages over at least one batch (0 gave "Loss: nan", -2 "Loss: -0"); ``train`` refuses a negative
+    count but takes 0, which as in Caffe runs no iteration and still snapshots the weights at the end."""
+    solver = make_case(tmp_path, max_iter=100)
+    monkeypatch.chdir(tmp_path)
+    for args, low in ((("test", "train_val.prototxt"), 1), (("time", "train_val.prototxt"), 1),
+                      (("train", solver.name), 0)):
+        for bad in ("-2", "0") if low else ("-1",):
+            code, out, err = _run(*args, "--iterations", bad)
+            assert code == 2, (args, bad, code, err)
+            assert f"Invalid value for '--iterations': {bad} is not in the range x>={low}" in err
+            assert "Loss" not in out and "Optimization Done" not in err
+    code, _, err = _run("train", solver.name, "--iterations", "0", "--quiet")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == ["tiny_iter_0.caffemodel",
+                                                                       "tiny_iter_0.solverstate"]
+
+
+def test_hdf5_weights_of_another_layout_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--weights x.h5`` whose ``data`` is a dataset (or a layer a dataset) names the HDF5 path, exit 1."""
+    import h5py
+
+    solver = make_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for layout, where in (("data", "'/data' is a dataset, expected a group"),
+                          ("data/ip1", "'/data/ip1' is a dataset, expected a group")):
+        with h5py.File(tmp_path / "w.caffemodel.h5", "w") as f:
+            f[layout] = np.arange(3)
+        code, _, err = _run("train", solver.name, "--weights", "w.caffemodel.h5", "--iterations", "2")
+        assert code == 1, err
+        assert err.strip().splitlines()[-1].startswith(f"error: w.caffemodel.h5: {where} (Caffe's layout"), err
+        assert "internal error" not in err

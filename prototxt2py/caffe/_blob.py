@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..limits import check_shape
+
 _HOST, _DEVICE, _SYNCED = "host", "device", "synced"
 
 
@@ -116,6 +118,8 @@ class Blob:
         shape = tuple(int(d) for d in dims)
         if any(d < 0 for d in shape):
             raise ValueError(f"blob dimensions must be >= 0, got {shape}")
+        # before the zeros are allocated: a huge shape would otherwise be a raw torch allocation error
+        check_shape(shape, "Blob.reshape")
         self._data.resize(shape)
         self._diff.resize(shape)
 

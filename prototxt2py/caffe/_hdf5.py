@@ -28,6 +28,25 @@ def _h5py():
     return h5py
 
 
+_LAYOUT = "Caffe's layout is group /data, a group per layer, a float dataset per blob named 0, 1, ..."
+
+
+def _group(h5py, obj, loc: Location):
+    """``obj`` if it is an HDF5 group: a file of another layout (an HDF5Data source, say) is refused by name."""
+    if not isinstance(obj, h5py.Group):
+        raise WeightsError(f"'{obj.name}' is a {type(obj).__name__.lower()}, expected a group ({_LAYOUT})", loc)
+    return obj
+
+
+def _blob_array(h5py, obj, loc: Location) -> np.ndarray:
+    """One parameter blob as float32; only real numbers are a Caffe blob (no strings, compound or complex)."""
+    if not isinstance(obj, h5py.Dataset):
+        raise WeightsError(f"'{obj.name}' is a {type(obj).__name__.lower()}, expected a dataset ({_LAYOUT})", loc)
+    if obj.dtype.kind not in "biuf":
+        raise WeightsError(f"dataset '{obj.name}' has dtype {obj.dtype}, expected real numbers ({_LAYOUT})", loc)
+    return np.asarray(obj, dtype=np.float32)
+
+
 def save_params(net: Net, filename: str | os.PathLike) -> None:
     h5py = _h5py()
     with atomic_output(filename, "w+b") as f, h5py.File(f, "w") as h5:
@@ -52,9 +71,10 @@ def load_params(net: Net, filename: str | os.PathLike) -> None:
         if "data" not in h5:
             raise WeightsError("no 'data' group (not a Caffe HDF5 weights file)", loc)
         plan = []
-        for name, group in h5["data"].items():
+        for name, group in _group(h5py, h5["data"], loc).items():
             if name not in net._layer_names:
                 continue  # Caffe ignores layers the net lacks
+            _group(h5py, group, loc)
             i = net._layer_names.index(name)
             blobs, node = net.layers[i].blobs, net._graph.nodes[i]
             if len(group) > len(blobs):
@@ -66,7 +86,7 @@ def load_params(net: Net, filename: str | os.PathLike) -> None:
                         continue
                     raise WeightsError(f"Incompatible number of blobs for layer {name}: blob {k} is missing",
                                        loc, layer=name)
-                arr = np.asarray(group[str(k)], dtype=np.float32)
+                arr = _blob_array(h5py, group[str(k)], loc)
                 if list(arr.shape) != blob.shape:
                     raise WeightsError(f"blob {k} has shape {arr.shape} in the file, the net expects "
                                        f"{tuple(blob.shape)}", loc, layer=name)
