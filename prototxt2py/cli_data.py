@@ -24,7 +24,9 @@ _BACKEND = click.Choice(["lmdb", "leveldb"], case_sensitive=False)
 @click.option("--resize-width", type=click.IntRange(min=0), default=0, help="Resize images to this width.")
 @click.option("--gray", is_flag=True, help="Read images as greyscale (one channel).")
 @click.option("--shuffle", is_flag=True, help="Shuffle the order of the list first.")
-@click.option("--seed", type=int, default=None, help="Seed of --shuffle.")
+# numpy seeds its generators from non-negative integers only, and Caffe's tool has no seed to copy: refuse a
+# negative one as a usage error, as --resize-height does, rather than inventing a mapping.
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of --shuffle.")
 @click.option("--encoded", is_flag=True, help="Keep the encoded (JPEG/PNG) bytes instead of raw pixels.")
 @click.option("--encode-type", type=click.Choice(["jpg", "png"]), default=None,
               help="Encode as this type (implies --encoded).")

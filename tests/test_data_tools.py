@@ -4,6 +4,8 @@ the Data reader, atomic outputs and one-line errors."""
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from data_helpers import DATASETS, data_net, layer_from
 
 from prototxt2py.cli import main
 from prototxt2py.data import DataError, open_source
+from prototxt2py.data import images as _images
 from prototxt2py.data.datum import read_mean
 from prototxt2py.data.db import Cursor
 from prototxt2py.data.tools import compute_image_mean, convert_imageset
@@ -146,3 +149,103 @@ def test_compute_mean_refuses_mixed_sizes(tmp_path: Path) -> None:
     convert_imageset(ROOT, str(tmp_path / "list.txt"), db)
     with pytest.raises(DataError, match="is 3x17x15, the first record 3x20x24"):
         compute_image_mean(db)
+
+
+def bomb_png(path: Path, side: int = 60000) -> Path:
+    """A 60 000 x 60 000 PNG of 70 bytes (only the header: OpenCV refuses it before reading any pixel)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) +
+                     chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--resize-height", "100000", "--resize-width", "100000"],
+         "resizing to 100000x100000 with 3 channel(s) needs 30,000,000,000 bytes in one Datum record, over the "
+         "2,147,483,583 it holds (protobuf's 2 GiB message limit)"),
+        (["--resize-height", "99999999999", "--resize-width", "5"], "resizing to 99999999999x5 with 3 channel(s)"),
+        (["--resize-height", "50000", "--resize-width", "50000"], "7,500,000,000 bytes in one Datum record"),
+        (["--resize-height", "50000", "--resize-width", "50000", "--gray", "--encoded"],
+         "resizing to 50000x50000 with 1 channel(s) needs 2,500,000,000 bytes"),
+    ],
+)
+def test_resize_beyond_a_record_is_refused_before_any_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             flags: list[str], message: str) -> None:
+    monkeypatch.setattr(_images, "read", lambda *a, **k: pytest.fail("an image was read"))
+    code, out, err = run("convert-imageset", ROOT, str(DATASETS / "color_list.txt"), str(tmp_path / "db"), *flags)
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_image_beyond_a_record_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prototxt2py.data import datum
+
+    monkeypatch.setattr(datum, "MAX_RECORD_DATA", 1000)  # the 2 GiB limit, scaled down to a 20x24 image
+    code, _, err = run("convert-imageset", ROOT, str(DATASETS / "color_list.txt"), str(tmp_path / "db"))
+    assert (code, err) == (1, f"error: image '{ROOT}color_00.png' (20x24x3) needs 1,440 bytes in one Datum record, "
+                              "over the 1,000 it holds (protobuf's 2 GiB message limit)\n")
+
+
+def test_opencv_errors_name_the_image() -> None:
+    img = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(DataError, match=r"^cannot resize image 'a\.png' to 99999999999x5: \(-5:Bad argument\)"):
+        _images.resize(img, 99999999999, 5, what="image 'a.png'")
+
+
+@pytest.mark.parametrize("flags", [[], ["--encoded"]])
+def test_decompression_bomb_is_one_error_naming_the_file(tmp_path: Path, flags: list[str]) -> None:
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    (imgs / "ok.png").write_bytes((DATASETS / "images" / "color_00.png").read_bytes())
+    bomb_png(imgs / "bomb.png")
+    (tmp_path / "list.txt").write_text("ok.png 0\nbomb.png 1\n")
+    code, _, err = run("convert-imageset", f"{imgs}/", str(tmp_path / "list.txt"), str(tmp_path / "db"), *flags)
+    assert code == 1
+    assert err.count("\n") == 1
+    assert err.startswith(f"error: cannot decode image '{imgs}/bomb.png': it has more pixels than OpenCV's limit")
+    assert "OPENCV_IO_MAX_IMAGE_PIXELS" in err
+    assert not (tmp_path / "db").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("color_00.png 0\n\ncolor_0\x001.png 1\n", "list.txt:3: expected a file name without NUL bytes, got "
+                                                   "'color_0\\x001.png'"),
+        ("color_00.png 0\ncolor_01.png 99999999999999\n",
+         "list.txt:2: expected a label in Caffe's int32 range [-2147483648, 2147483647], got 99999999999999"),
+        ("color_00.png -2147483649\n",
+         "list.txt:1: expected a label in Caffe's int32 range [-2147483648, 2147483647], got -2147483649"),
+    ],
+)
+def test_bad_list_lines_name_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "list.txt").write_text(text)
+    code, _, err = run("convert-imageset", ROOT, str(tmp_path / "list.txt"), str(tmp_path / "db"))
+    assert code == 1
+    assert err == f"error: {tmp_path}/{message}\n"
+    assert sorted(os.listdir(tmp_path)) == ["list.txt"]
+
+
+def test_int32_labels_at_the_limits_are_written(tmp_path: Path) -> None:
+    (tmp_path / "list.txt").write_text("color_00.png -2147483648\ncolor_01.png 2147483647\n")
+    convert_imageset(ROOT, str(tmp_path / "list.txt"), str(tmp_path / "db"))
+    from prototxt2py.data.datum import parse_datum
+
+    assert [parse_datum(v).label for _, v in records(tmp_path / "db")] == [-2147483648, 2147483647]
+
+
+def test_negative_seed_is_refused(tmp_path: Path) -> None:
+    args = ["convert-imageset", ROOT, str(DATASETS / "color_list.txt"), str(tmp_path / "db"), "--shuffle"]
+    code, _, err = run(*args, "--seed", "-1")
+    assert code == 2  # a usage error, as for --resize-height -1
+    assert "Invalid value for '--seed': -1 is not in the range x>=0" in err and "Traceback" not in err
+    with pytest.raises(DataError, match="the shuffle seed must be 0 or more, got -1"):
+        convert_imageset(ROOT, str(DATASETS / "color_list.txt"), str(tmp_path / "db"), shuffle=True, seed=-1)
+    assert os.listdir(tmp_path) == []

@@ -3,6 +3,8 @@ detector.py, test_io.py)."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ from golden import CORPUS, GOLDEN
 
 from prototxt2py import caffe
 from prototxt2py.caffe.proto import caffe_pb2
-from prototxt2py.errors import Prototxt2pyError
+from prototxt2py.errors import InputFileError, Prototxt2pyError, ResourceLimitError
 
 IMAGES = GOLDEN / "data" / "datasets" / "images"
 CIFAR = CORPUS / "everpeace__caffe/examples/cifar10"
@@ -74,6 +76,45 @@ def test_resize_image() -> None:
     assert caffe.io.resize_image(five, (4, 4)).shape == (4, 4, 5)
     const = np.full((5, 5, 1), 0.3, np.float32)
     assert np.all(caffe.io.resize_image(const, (7, 3)) == np.float32(0.3))
+
+
+def _bomb_png() -> bytes:
+    """The header of a 60 000 x 60 000 PNG: OpenCV refuses it (CV_IO_MAX_IMAGE_PIXELS) before any pixel."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_a_project_error(tmp_path: Path) -> None:
+    pytest.importorskip("cv2")
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_bomb_png())
+    with pytest.raises(InputFileError) as info:
+        caffe.io.load_image(str(bomb))
+    assert str(info.value).startswith(f"{bomb}: cannot decode the image: it has more pixels than OpenCV's limit")
+    assert "\n" not in str(info.value)
+    datum = caffe_pb2.Datum(data=_bomb_png(), encoded=True)
+    with pytest.raises(Prototxt2pyError, match="cannot decode the encoded Datum: it has more pixels"):
+        caffe.io.datum_to_array(datum)
+
+
+@pytest.mark.parametrize("dims", [(0, 0), (-5, 10), (10, 0)])
+def test_resize_image_refuses_empty_or_negative_sizes(dims: tuple[int, int]) -> None:
+    im = np.random.default_rng(0).uniform(size=(4, 5, 3)).astype(np.float32)
+    want = rf"^new_dims must be positive \(height, width\), got \({dims[0]}, {dims[1]}\)$"
+    with pytest.raises(ValueError, match=want):
+        caffe.io.resize_image(im, dims)
+
+
+def test_resize_image_refuses_huge_sizes_before_allocating() -> None:
+    im = np.random.default_rng(0).uniform(size=(4, 5, 3)).astype(np.float32)
+    with pytest.raises(ResourceLimitError, match=r"resizing an image to 100000x100000x3 \(float32\) would need 111.8"):
+        caffe.io.resize_image(im, (100000, 100000))
+    with pytest.raises(ResourceLimitError, match="resizing an image to 99999999999x5x3"):
+        caffe.io.resize_image(np.full((4, 5, 3), 0.5, np.float32), (99999999999, 5))  # the constant-image path too
 
 
 def test_oversample_geometry() -> None:

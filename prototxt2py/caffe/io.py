@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from ..data import DataError
+from ..data.images import opencv_reason
 from ..errors import InputFileError, Location
+from ..limits import check_temporary
 from .proto import caffe_pb2
 
 # -- proto / datum / ndarray conversion ------------------------------------------------------------------------
@@ -75,7 +78,10 @@ def datum_to_array(datum: Any) -> np.ndarray:
     if datum.encoded:
         import cv2
 
-        img = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_UNCHANGED)
+        try:
+            img = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error as e:  # over OpenCV's pixel limit, say: one line, not OpenCV's multi-line text
+            raise DataError(f"cannot decode the encoded Datum: {opencv_reason(e)}") from None
         if img is None:
             raise ValueError("encoded Datum does not hold an image OpenCV can decode")
         return img[np.newaxis] if img.ndim == 2 else img.transpose(2, 0, 1)
@@ -202,7 +208,10 @@ def load_image(filename: str | os.PathLike, color: bool = True) -> np.ndarray:
 
     path = os.fspath(filename)
     raw = np.fromfile(path, dtype=np.uint8) if os.path.isfile(path) else None
-    img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw is not None and raw.size else None
+    try:
+        img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw is not None and raw.size else None
+    except cv2.error as e:  # a decompression bomb (over CV_IO_MAX_IMAGE_PIXELS), say
+        raise InputFileError(f"cannot decode the image: {opencv_reason(e)}", Location(path)) from None
     if img is None:
         raise InputFileError("Could not open or decode the image file", Location(path))
     scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype, 1.0)
@@ -226,9 +235,13 @@ def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1)
     import cv2
 
     h, w = int(new_dims[0]), int(new_dims[1])
+    if h <= 0 or w <= 0:
+        raise ValueError(f"new_dims must be positive (height, width), got ({h}, {w})")
     im = np.asarray(im, dtype=np.float32)
     if im.ndim == 2:
         im = im[:, :, np.newaxis]
+    # before OpenCV allocates it (its own error is multi-line, or "Insufficient memory" after trying)
+    check_temporary((h, w, im.shape[-1]), f"resizing an image to {h}x{w}x{im.shape[-1]} (float32)")
     if im.shape[-1] and im.min() == im.max():  # constant image: avoid interpolation noise
         return np.full((h, w, im.shape[-1]), im.flat[0], dtype=np.float32)
     interp = {0: cv2.INTER_NEAREST, 1: cv2.INTER_LINEAR, 3: cv2.INTER_CUBIC}.get(interp_order)
@@ -236,7 +249,10 @@ def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1)
         raise ValueError(f"interp_order must be 0, 1 or 3, got {interp_order}")
     parts = []
     for c in range(0, im.shape[-1], 4):  # OpenCV resizes up to 4 channels at a time in every build
-        chunk = cv2.resize(np.ascontiguousarray(im[:, :, c:c + 4]), (w, h), interpolation=interp)
+        try:
+            chunk = cv2.resize(np.ascontiguousarray(im[:, :, c:c + 4]), (w, h), interpolation=interp)
+        except cv2.error as e:  # a size OpenCV cannot take (beyond int) or allocate, with the limits turned off
+            raise ValueError(f"cannot resize an image to {h}x{w}: {opencv_reason(e)}") from None
         parts.append(chunk.reshape(h, w, -1))
     return np.concatenate(parts, axis=2).astype(np.float32)
 

@@ -10,9 +10,31 @@ from __future__ import annotations
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from ..limits import INT32_MAX
 from ..proto import caffe_pb2
 from . import DataError
 from . import images as _images
+
+INT32_MIN = -INT32_MAX - 1
+#: The most bytes of pixels (or of an encoded file) one Datum record holds: protobuf serialises no message of
+#: 2 GiB or more, and the rest of a Datum (tags and varints of channels, height, width, label, encoded and the
+#: length of ``data``) takes under 64 bytes.
+MAX_RECORD_DATA = INT32_MAX - 64
+
+
+def check_record_size(nbytes: int, what: str) -> None:
+    """Refuse a Datum of ``nbytes`` of data before the data is made: protobuf fails only when serialising,
+    after the allocation, with an error that names no image."""
+    if nbytes > MAX_RECORD_DATA:
+        raise DataError(f"{what} needs {nbytes:,} bytes in one Datum record, over the {MAX_RECORD_DATA:,} it holds "
+                        "(protobuf's 2 GiB message limit)")
+
+
+def check_label(label: int) -> int:
+    """A Datum's label is an ``int32``, as Caffe's; refuse one out of range instead of protobuf's bare ValueError."""
+    if not INT32_MIN <= int(label) <= INT32_MAX:
+        raise DataError(f"label {label} is out of Caffe's int32 range [{INT32_MIN}, {INT32_MAX}]")
+    return int(label)
 
 
 def parse_datum(raw: bytes, key: str = "", layer: str | None = None) -> caffe_pb2.Datum:
@@ -61,14 +83,14 @@ def image_datum(chw: np.ndarray, label: int) -> caffe_pb2.Datum:
         height=h,
         width=w,
         data=np.ascontiguousarray(chw, dtype=np.uint8).tobytes(),
-        label=int(label),
+        label=check_label(label),
         encoded=False,  # written explicitly, as CVMatToDatum does: records are byte-identical to Caffe's
     )
 
 
 def encoded_datum(buf: bytes, label: int) -> caffe_pb2.Datum:
     """An ``encoded`` Datum holding image file bytes (shape fields left 0, as Caffe writes them)."""
-    return caffe_pb2.Datum(data=buf, label=int(label), encoded=True)
+    return caffe_pb2.Datum(data=buf, label=check_label(label), encoded=True)
 
 
 # --- BlobProto --------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ Every function returns ``uint8`` arrays: ``(H, W, C)`` for colour, ``(H, W)`` fo
 from __future__ import annotations
 
 import io
+import os
 from typing import Literal
 
 import numpy as np
@@ -20,12 +21,32 @@ from ._deps import optional, require
 Mode = Literal["native", "color", "gray"]
 
 
+class OpenCVError(DataError):
+    """OpenCV refused an image it could open: more pixels than ``CV_IO_MAX_IMAGE_PIXELS`` (a decompression
+    bomb), not enough memory, a size it cannot make. Caffe's tools skip a missing or undecodable file but die on
+    these (OpenCV throws), so callers that skip unreadable images stop at this one."""
+
+
+def opencv_reason(err: Exception) -> str:
+    """A ``cv2.error`` as one short line: OpenCV's own text spans lines and names its source files."""
+    text = str(err)
+    if "CV_IO_MAX_IMAGE_PIXELS" in text:
+        limit = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", "").strip() or f"{1 << 30:,}"
+        return (f"it has more pixels than OpenCV's limit of {limit} (CV_IO_MAX_IMAGE_PIXELS; a decompression "
+                "bomb?); raise it with OPENCV_IO_MAX_IMAGE_PIXELS=N")
+    reason = text.split(" error: ", 1)[-1].strip()
+    return reason.splitlines()[0] if reason else type(err).__name__
+
+
 def decode(buf: bytes, mode: Mode, what: str = "image", layer: str | None = None) -> np.ndarray:
     """Decode an encoded image (JPEG, PNG, ...) like ``cv::imdecode`` with IMREAD_UNCHANGED / COLOR / GRAYSCALE."""
     cv2 = optional("cv2")
     if cv2 is not None:
         flag = {"native": cv2.IMREAD_UNCHANGED, "color": cv2.IMREAD_COLOR, "gray": cv2.IMREAD_GRAYSCALE}[mode]
-        img = cv2.imdecode(np.frombuffer(buf, dtype=np.uint8), flag)
+        try:
+            img = cv2.imdecode(np.frombuffer(buf, dtype=np.uint8), flag)
+        except cv2.error as e:
+            raise OpenCVError(f"cannot decode {what}: {opencv_reason(e)}", layer=layer) from None
     else:
         img = _decode_pillow(buf, mode, layer)
     if img is None:
@@ -37,6 +58,8 @@ def decode(buf: bytes, mode: Mode, what: str = "image", layer: str | None = None
 
 def read(path: str, mode: Mode, layer: str | None = None) -> np.ndarray:
     """``cv::imread(path, flag)``: a missing or undecodable file is one error naming the path."""
+    if "\0" in path:  # open() would raise ValueError; a C string (Caffe's imread) ends at the NUL
+        raise DataError(f"could not open or find file {path!r}: the path contains a NUL byte", layer=layer)
     try:
         with open(path, "rb") as f:
             buf = f.read()
@@ -45,19 +68,26 @@ def read(path: str, mode: Mode, layer: str | None = None) -> np.ndarray:
     return decode(buf, mode, what=f"image '{path}'", layer=layer)
 
 
-def resize(img: np.ndarray, height: int, width: int, layer: str | None = None) -> np.ndarray:
-    """``cv::resize(img, Size(width, height))`` with its default bilinear interpolation (INTER_LINEAR)."""
+def resize(img: np.ndarray, height: int, width: int, layer: str | None = None, what: str = "image") -> np.ndarray:
+    """``cv::resize(img, Size(width, height))`` with its default bilinear interpolation (INTER_LINEAR).
+    ``what`` names the image in an error (a size OpenCV cannot make or allocate)."""
     cv2 = require("cv2", "resizing images (new_height/new_width, WindowData)", layer)
-    out = cv2.resize(img, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+    try:
+        out = cv2.resize(img, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+    except cv2.error as e:
+        raise OpenCVError(f"cannot resize {what} to {height}x{width}: {opencv_reason(e)}", layer=layer) from None
     if img.ndim == 3 and out.ndim == 2:  # OpenCV drops a trailing axis of size 1
         out = out[:, :, None]
     return out
 
 
-def encode(img: np.ndarray, ext: str, layer: str | None = None) -> bytes:
+def encode(img: np.ndarray, ext: str, layer: str | None = None, what: str = "image") -> bytes:
     """``cv::imencode("." + ext, img)`` (convert_imageset's ``--encode-type``; JPEG at OpenCV's quality 95)."""
     cv2 = require("cv2", "encoding images", layer)
-    ok, buf = cv2.imencode("." + ext, img)
+    try:
+        ok, buf = cv2.imencode("." + ext, img)
+    except cv2.error as e:
+        raise OpenCVError(f"OpenCV cannot encode {what} as '{ext}': {opencv_reason(e)}", layer=layer) from None
     if not ok:
         raise DataError(f"OpenCV cannot encode images as '{ext}'", layer=layer)
     return buf.tobytes()

@@ -14,10 +14,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import Location
 from ..fsutil import atomic_output
 from . import DataError
 from . import images as _images
-from .datum import datum_image, encoded_datum, image_datum, mean_blob, parse_datum
+from .datum import (
+    INT32_MAX,
+    INT32_MIN,
+    check_record_size,
+    datum_image,
+    encoded_datum,
+    image_datum,
+    mean_blob,
+    parse_datum,
+)
 from .db import Cursor, Writer
 from .image_data import read_list
 
@@ -46,20 +56,58 @@ def _match_ext(filename: str, encoding: str) -> bool:
 def _record(
     path: str, label: int, height: int, width: int, is_color: bool, encoding: str
 ) -> bytes | None:
-    """Caffe's ``ReadImageToDatum`` serialised, or ``None`` for an unreadable image."""
+    """Caffe's ``ReadImageToDatum`` serialised, or ``None`` for an unreadable image (an image OpenCV refuses,
+    a decompression bomb say, is an error: Caffe's tool dies there)."""
     try:
         img = _images.read(path, "color" if is_color else "gray")
+    except _images.OpenCVError:
+        raise
     except DataError:
         return None
     if height > 0 and width > 0:
-        img = _images.resize(img, height, width)
+        img = _images.resize(img, height, width, what=f"image '{path}'")
     if encoding:
         channels = 1 if img.ndim == 2 else img.shape[2]
         if (channels == 3) == is_color and not height and not width and _match_ext(path, encoding):
             with open(path, "rb") as f:  # the file's own bytes, as Caffe's ReadFileToDatum
-                return encoded_datum(f.read(), label).SerializeToString()
-        return encoded_datum(_images.encode(img, encoding), label).SerializeToString()
+                buf = f.read()
+        else:
+            buf = _images.encode(img, encoding, what=f"image '{path}'")
+        check_record_size(len(buf), f"image '{path}' encoded as '{encoding}'")
+        return encoded_datum(buf, label).SerializeToString()
+    check_record_size(img.size, f"image '{path}' ({'x'.join(map(str, img.shape))})")
     return image_datum(_images.to_chw(img), label).SerializeToString()
+
+
+def _check_list(list_file: str, lines: list[tuple[str, int]]) -> None:
+    """Refuse, naming the list's file and line, what Caffe would silently mangle: a NUL byte in a file name (its
+    C string ends there) and a label that is no ``int32`` (``atoi`` overflows; a Datum's label is an int32)."""
+    for index, (name, label) in enumerate(lines):
+        if "\0" in name:
+            problem = f"expected a file name without NUL bytes, got {name!r}"
+        elif not INT32_MIN <= label <= INT32_MAX:
+            problem = f"expected a label in Caffe's int32 range [{INT32_MIN}, {INT32_MAX}], got {label}"
+        else:
+            continue
+        raise DataError(problem, Location(list_file, _line_number(list_file, index)))
+
+
+def _line_number(list_file: str, index: int) -> int | None:
+    """The 1-based line of the ``index``-th entry of an image list (``read_list`` skips blank lines and keeps no
+    line numbers); read again only to report an error."""
+    try:
+        with open(list_file, encoding="utf-8", errors="surrogateescape") as f:
+            numbers = [n for n, line in enumerate(f.read().splitlines(), 1) if line.rstrip("\r").strip()]
+        return numbers[index]
+    except (OSError, IndexError):  # the list changed under us: name the file alone
+        return None
+
+
+def _check_resize(height: int, width: int, channels: int) -> None:
+    """Refuse a resize whose records could not be written, before any image is resized to it: a raw record
+    holds ``height * width * channels`` bytes, and an encoded one decodes to as many in Caffe's data layer."""
+    if height > 0 and width > 0:
+        check_record_size(height * width * channels, f"resizing to {height}x{width} with {channels} channel(s)")
 
 
 def convert_imageset(
@@ -86,11 +134,15 @@ def convert_imageset(
     parent = os.path.dirname(os.path.abspath(db_path))
     if not os.path.isdir(parent):
         raise DataError(f"output folder '{parent}' does not exist")
+    height, width = max(0, resize_height), max(0, resize_width)
+    _check_resize(height, width, 1 if gray else 3)
+    if seed is not None and seed < 0:
+        raise DataError(f"the shuffle seed must be 0 or more, got {seed}")
     lines = read_list(list_file)
+    _check_list(list_file, lines)
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(lines))
         lines = [lines[i] for i in order]
-    height, width = max(0, resize_height), max(0, resize_width)
     report = ConvertReport()
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(db_path)}.", suffix=".tmp", dir=parent)
     try:
