@@ -239,3 +239,18 @@ def test_hdf5_weights_of_another_layout_are_one_line(tmp_path: Path, monkeypatch
         assert code == 1, err
         assert err.strip().splitlines()[-1].startswith(f"error: w.caffemodel.h5: {where} (Caffe's layout"), err
         assert "internal error" not in err
+
+
+def test_hdf5_weights_load_wherever_weights_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Caffe's ``CopyTrainedLayersFrom``, which tells the formats apart by content: a ``.caffemodel.h5`` snapshot
+    gives ``test`` (and ``prototxt2py.load``) the weights its binary twin gives."""
+    solver = make_case(tmp_path, max_iter=6, snapshot=6)
+    monkeypatch.chdir(tmp_path)
+    assert _run("train", solver.name, "--quiet")[0] == 0
+    solver.write_text(solver.read_text().replace('"snaps/tiny"', '"snaps/h5"') + "snapshot_format: HDF5\n")
+    assert _run("train", solver.name, "--quiet")[0] == 0
+    binary, hdf5 = "snaps/tiny_iter_6.caffemodel", "snaps/h5_iter_6.caffemodel.h5"
+    outs = [_run("test", "train_val.prototxt", "--weights", w, "--iterations", "2") for w in (binary, hdf5)]
+    assert outs[0][0] == 0 and outs[1][0] == 0, outs
+    assert "Loss: " in outs[1][1] and outs[0][1] == outs[1][1]
+    assert _run("test", "train_val.prototxt", "--iterations", "2")[1] != outs[1][1]  # the fillers score otherwise
