@@ -92,7 +92,10 @@ class GraphBlobs:
         elif isinstance(weights, Mapping):
             stored, loc = weights, None
         else:
-            stored, loc = read_stored(weights), Location(str(weights))
+            from .hdf5_weights import is_hdf5, read_caffemodel_h5
+
+            loc = Location(str(weights))
+            stored = read_caffemodel_h5(weights, graph) if is_hdf5(weights) else read_stored(weights)
         self._arrays: dict[tuple[str, int], np.ndarray] = {}
         self._load(stored, loc, weights is not None)
 

@@ -334,28 +334,16 @@ def _fits(target: tuple[int, ...], shape: tuple[int, ...], legacy: bool) -> bool
     return False
 
 
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def _is_hdf5(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an HDF5 file (its signature at offset 0, where Caffe's snapshots have it)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(8) == _HDF5_SIGNATURE
-    except OSError:  # unreadable: the binary reader reports it
-        return False
-
-
 def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike) -> LoadReport:
     """Copy stored blobs into a ``CaffeNet``'s layer modules, by layer name; counts and shapes are checked
     before anything is written (a mismatching file leaves the net unchanged)."""
     import torch
 
-    path = None if isinstance(weights, Mapping) else weights
-    if path is not None and _is_hdf5(path):  # as Caffe's CopyTrainedLayersFrom, by content: .caffemodel.h5
-        from .train.hdf5_snapshot import read_caffemodel_h5
+    from .hdf5_weights import is_hdf5, read_caffemodel_h5
 
-        weights = read_caffemodel_h5(path, net)
+    path = None if isinstance(weights, Mapping) else weights
+    if path is not None and is_hdf5(path):  # as Caffe's CopyTrainedLayersFrom, by content: .caffemodel.h5
+        weights = read_caffemodel_h5(path, net.graph)
     if isinstance(weights, Mapping):
         refs = {k: [_InlineRef(tuple(b.array.shape), b.legacy, "<f4", 0, b.array.size, b.array) for b in v]
                 for k, v in weights.items()}

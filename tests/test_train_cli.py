@@ -243,7 +243,7 @@ def test_hdf5_weights_of_another_layout_are_one_line(tmp_path: Path, monkeypatch
 
 def test_hdf5_weights_load_wherever_weights_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As Caffe's ``CopyTrainedLayersFrom``, which tells the formats apart by content: a ``.caffemodel.h5`` snapshot
-    gives ``test`` (and ``prototxt2py.load``) the weights its binary twin gives."""
+    gives ``test`` and the torch-free ``convert`` the weights its binary twin gives."""
     solver = make_case(tmp_path, max_iter=6, snapshot=6)
     monkeypatch.chdir(tmp_path)
     assert _run("train", solver.name, "--quiet")[0] == 0
@@ -254,3 +254,7 @@ def test_hdf5_weights_load_wherever_weights_do(tmp_path: Path, monkeypatch: pyte
     assert outs[0][0] == 0 and outs[1][0] == 0, outs
     assert "Loss: " in outs[1][1] and outs[0][1] == outs[1][1]
     assert _run("test", "train_val.prototxt", "--iterations", "2")[1] != outs[1][1]  # the fillers score otherwise
+    shapes = ("--input", "data=4,1,1,8", "--input", "label=4")  # torch-free: the data's shapes are not read
+    assert _run("convert", "train_val.prototxt", "--weights", hdf5, "--to", "caffemodel", "-o", "back.caffemodel",
+                *shapes)[0] == 0
+    assert _run("test", "train_val.prototxt", "--weights", "back.caffemodel", "--iterations", "2")[1] == outs[0][1]

@@ -10,41 +10,18 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-from ..errors import InputFileError, Location, WeightsError
+from ..errors import Location, WeightsError
 from ..fsutil import atomic_output
+from ..hdf5_weights import blob_array, expect_group, require_h5py
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._net import Net
 
 
 def _h5py():
-    try:
-        import h5py
-    except ImportError:
-        raise InputFileError("HDF5 weights need h5py: pip install h5py (or prototxt2py[pycaffe])") from None
-    return h5py
-
-
-_LAYOUT = "Caffe's layout is group /data, a group per layer, a float dataset per blob named 0, 1, ..."
-
-
-def _group(h5py, obj, loc: Location):
-    """``obj`` if it is an HDF5 group: a file of another layout (an HDF5Data source, say) is refused by name."""
-    if not isinstance(obj, h5py.Group):
-        raise WeightsError(f"'{obj.name}' is a {type(obj).__name__.lower()}, expected a group ({_LAYOUT})", loc)
-    return obj
-
-
-def _blob_array(h5py, obj, loc: Location) -> np.ndarray:
-    """One parameter blob as float32; only real numbers are a Caffe blob (no strings, compound or complex)."""
-    if not isinstance(obj, h5py.Dataset):
-        raise WeightsError(f"'{obj.name}' is a {type(obj).__name__.lower()}, expected a dataset ({_LAYOUT})", loc)
-    if obj.dtype.kind not in "biuf":
-        raise WeightsError(f"dataset '{obj.name}' has dtype {obj.dtype}, expected real numbers ({_LAYOUT})", loc)
-    return np.asarray(obj, dtype=np.float32)
+    return require_h5py("HDF5 weights")
 
 
 def save_params(net: Net, filename: str | os.PathLike) -> None:
@@ -71,10 +48,10 @@ def load_params(net: Net, filename: str | os.PathLike) -> None:
         if "data" not in h5:
             raise WeightsError("no 'data' group (not a Caffe HDF5 weights file)", loc)
         plan = []
-        for name, group in _group(h5py, h5["data"], loc).items():
+        for name, group in expect_group(h5py, h5["data"], loc).items():
             if name not in net._layer_names:
                 continue  # Caffe ignores layers the net lacks
-            _group(h5py, group, loc)
+            expect_group(h5py, group, loc)
             i = net._layer_names.index(name)
             blobs, node = net.layers[i].blobs, net._graph.nodes[i]
             if len(group) > len(blobs):
@@ -86,7 +63,7 @@ def load_params(net: Net, filename: str | os.PathLike) -> None:
                         continue
                     raise WeightsError(f"Incompatible number of blobs for layer {name}: blob {k} is missing",
                                        loc, layer=name)
-                arr = _blob_array(h5py, group[str(k)], loc)
+                arr = blob_array(h5py, group[str(k)], loc)
                 if list(arr.shape) != blob.shape:
                     raise WeightsError(f"blob {k} has shape {arr.shape} in the file, the net expects "
                                        f"{tuple(blob.shape)}", loc, layer=name)

@@ -1,4 +1,5 @@
-"""``snapshot_format: HDF5``: Caffe's ``.caffemodel.h5`` and ``.solverstate.h5`` (needs h5py).
+"""``snapshot_format: HDF5``: Caffe's ``.caffemodel.h5`` and ``.solverstate.h5`` (needs h5py); the weights are
+read back by :mod:`..hdf5_weights`, as every reader of weights does.
 
 Layouts, as Caffe's ``Net::ToHDF5`` and ``SnapshotSolverStateToHDF5`` write them:
 
@@ -17,7 +18,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from ..errors import Location, WeightsError
+from ..errors import Location
 from .errors import SolverError
 from .snapshot import SolverState
 
@@ -77,67 +78,3 @@ def read_solverstate_h5(path: str | os.PathLike) -> SolverState:
     except (OSError, KeyError) as e:
         raise SolverError(f"not a Caffe HDF5 solver state: {e}", Location(file)) from None
     return SolverState(it, learned, step, history)
-
-
-_LAYOUT = "Caffe's layout is group /data, a group per layer, a float dataset per blob named 0, 1, ..."
-
-
-def _what(obj: Any) -> str:
-    """"a dataset", "a group", "a datatype": h5py's class names are HDF5's own object kinds."""
-    return f"a {type(obj).__name__.lower()}"
-
-
-def _expect_group(h5py: Any, obj: Any, file: str) -> Any:
-    """``obj`` if it is a group; an HDF5 file of another layout would otherwise fail deep inside the reader."""
-    if not isinstance(obj, h5py.Group):
-        raise WeightsError(f"'{obj.name}' is {_what(obj)}, expected a group ({_LAYOUT})", Location(file))
-    return obj
-
-
-def _blob_array(h5py: Any, obj: Any, file: str) -> np.ndarray:
-    """A blob's dataset as float32: real numbers only (strings, compound or complex data are no Caffe blob)."""
-    if not isinstance(obj, h5py.Dataset):
-        raise WeightsError(f"'{obj.name}' is {_what(obj)}, expected a dataset ({_LAYOUT})", Location(file))
-    if obj.dtype.kind not in "biuf":
-        raise WeightsError(f"dataset '{obj.name}' has dtype {obj.dtype}, expected real numbers ({_LAYOUT})",
-                           Location(file))
-    return np.asarray(obj, dtype=np.float32)
-
-
-def read_caffemodel_h5(path: str | os.PathLike, net: Any) -> dict[str, list[Any]]:
-    """Layer name -> blobs for ``weights.load_weights``, shared blobs filled in from their owners (Caffe's
-    ``CopyTrainedLayersFromHDF5`` skips them because sharing makes them the same blob)."""
-    from ..weights import Blob
-
-    h5py = _h5py()
-    file = str(path)
-    if not Path(file).is_file():
-        raise SolverError("weights file not found", Location(file))
-    out: dict[str, list[Any]] = {}
-    try:
-        with h5py.File(file, "r") as h5:
-            data = _expect_group(h5py, h5["data"], file)
-            for name in data:
-                group = _expect_group(h5py, data[name], file)
-                out[name] = [Blob(_blob_array(h5py, group[str(i)], file)) for i in range(len(group))
-                             if str(i) in group]
-    except (OSError, KeyError) as e:
-        raise SolverError(f"not a Caffe HDF5 weights file: {e}", Location(file)) from None
-    for node in net.graph.nodes:
-        blobs = out.get(node.name)
-        if blobs is None:
-            continue
-        full = []
-        stored = iter(blobs)
-        for i, _ in enumerate(net.layer_blobs(node.name)):
-            owner = node.params[i].owner if i < len(node.params) else None
-            if owner is not None and len(blobs) < len(net.layer_blobs(node.name)):
-                source = out.get(owner[0], [])
-                if owner[1] < len(source):
-                    full.append(source[owner[1]])
-                    continue
-            nxt = next(stored, None)
-            if nxt is not None:
-                full.append(nxt)
-        out[node.name] = full
-    return out

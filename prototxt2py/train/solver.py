@@ -275,15 +275,7 @@ class Solver:
         get the weights too)."""
         from ..weights import load_weights
 
-        if str(path).endswith(".h5"):  # Caffe's choice of format, by name
-            from .hdf5_snapshot import read_caffemodel_h5
-
-            load_weights(self.net, read_caffemodel_h5(path, self.net))
-            for net in self.test_nets:
-                load_weights(net, read_caffemodel_h5(path, net))
-                net.clear_fold_cache()
-            return
-        load_weights(self.net, path)
+        load_weights(self.net, path)  # binary or HDF5 (.caffemodel.h5), told apart by content as Caffe does
         for net in self.test_nets:
             load_weights(net, path)
             net.clear_fold_cache()

@@ -1,0 +1,92 @@
+"""Caffe's HDF5 weights (``.caffemodel.h5``, ``Net::ToHDF5`` / ``CopyTrainedLayersFromHDF5``), read with h5py and
+without torch, for every reader of weights: the runtime's loader, the torch-free blob store of ``convert``, the
+solver and pycaffe's ``Net.load_hdf5``.
+
+Layout: group ``data``, one group per layer (every layer, even without blobs), datasets ``"0"``, ``"1"``, ...
+holding the blobs a layer *owns*: a blob shared through ``param { name }`` is stored with its owner only.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .errors import InputFileError, Location, WeightsError
+from .weights import Blob
+
+#: the first 8 bytes of an HDF5 file (Caffe's files have no user block before it)
+SIGNATURE = b"\x89HDF\r\n\x1a\n"
+LAYOUT = "Caffe's layout is group /data, a group per layer, a float dataset per blob named 0, 1, ..."
+
+
+def is_hdf5(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an HDF5 file: Caffe's ``CopyTrainedLayersFrom`` tells the formats apart by content."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == SIGNATURE
+    except OSError:  # unreadable: the binary reader reports it
+        return False
+
+
+def require_h5py(purpose: str) -> Any:
+    try:
+        import h5py
+    except ImportError:
+        raise InputFileError(f"{purpose} needs h5py: pip install 'prototxt2py[train]'") from None
+    return h5py
+
+
+def expect_group(h5py: Any, obj: Any, loc: Location) -> Any:
+    """``obj`` if it is a group: an HDF5 file of another layout (an HDF5Data source, say) is refused by name."""
+    if not isinstance(obj, h5py.Group):
+        raise WeightsError(f"'{obj.name}' is a {type(obj).__name__.lower()}, expected a group ({LAYOUT})", loc)
+    return obj
+
+
+def blob_array(h5py: Any, obj: Any, loc: Location) -> np.ndarray:
+    """One parameter blob as float32: only real numbers are a Caffe blob (no strings, compound or complex)."""
+    if not isinstance(obj, h5py.Dataset):
+        raise WeightsError(f"'{obj.name}' is a {type(obj).__name__.lower()}, expected a dataset ({LAYOUT})", loc)
+    if obj.dtype.kind not in "biuf":
+        raise WeightsError(f"dataset '{obj.name}' has dtype {obj.dtype}, expected real numbers ({LAYOUT})", loc)
+    return np.asarray(obj, dtype=np.float32)
+
+
+def read_caffemodel_h5(path: str | os.PathLike, graph: Any) -> dict[str, list[Blob]]:
+    """Layer name -> blobs, as a binary caffemodel gives them: the blobs a layer shares are filled in from their
+    owners (the file stores them with the owner only), so the count a reader checks is the layer's own."""
+    h5py = require_h5py("reading HDF5 weights")
+    file = os.fspath(path)
+    loc = Location(file)
+    stored: dict[str, list[np.ndarray]] = {}
+    try:
+        with h5py.File(file, "r") as h5:
+            if "data" not in h5:
+                raise WeightsError(f"no 'data' group (not a Caffe HDF5 weights file; {LAYOUT})", loc)
+            for name, group in expect_group(h5py, h5["data"], loc).items():
+                group = expect_group(h5py, group, loc)
+                stored[name] = [blob_array(h5py, group[str(i)], loc) for i in range(len(group)) if str(i) in group]
+    except OSError as e:
+        raise WeightsError(f"not a readable HDF5 weights file: {e}", loc) from None
+    out: dict[str, list[Blob]] = {}
+    for node in graph.nodes:
+        arrays = stored.get(node.name)
+        if arrays is None:
+            continue
+        own = iter(arrays)
+        blobs = []
+        for i in range(len(node.param_shapes)):
+            owner = node.params[i].owner if i < len(node.params) else None
+            if owner is not None and len(arrays) < len(node.param_shapes):
+                source = stored.get(owner[0], [])
+                if owner[1] < len(source):
+                    blobs.append(Blob(source[owner[1]]))
+                    continue
+            nxt = next(own, None)
+            if nxt is not None:
+                blobs.append(Blob(nxt))
+        out[node.name] = blobs
+    out.update({name: [Blob(a) for a in arrays] for name, arrays in stored.items() if name not in out})
+    return out
