@@ -154,8 +154,9 @@ def decode_text(data: bytes, file: str) -> str:
         return data.decode("latin-1")
 
 
-def text_kind(text: str, file: str) -> str:
-    """``net``, ``solver`` or ``labelmap`` from the top-level field names."""
+def text_kind(text: str, file: str, default: str = "net") -> str:
+    """``net``, ``solver`` or ``labelmap`` from the first top-level field name only one of them has; ``default``
+    when none is telling (or the text does not parse)."""
     try:
         for name in textformat.iter_top_level_names(text, file):
             if name in _NET_FIELDS:
@@ -166,7 +167,7 @@ def text_kind(text: str, file: str) -> str:
                 return "labelmap"
     except ParseError:
         pass  # the real parse reports the syntax error with its location
-    return "net"
+    return default
 
 
 def text_format_version(net: Any) -> str:
@@ -238,6 +239,9 @@ def read_solver(path: str | os.PathLike) -> tuple[Any, SourceInfo, upgrade.Upgra
     if looks_binary(head):
         raise InputFileError("this is a binary file, expected a text solver .prototxt", Location(file))
     text = decode_text(read_bytes(path, kind="text"), file)
+    kind = text_kind(text, file, default="solver")
+    if kind != "solver":  # its fields would all be dropped as unknown, leaving an empty solver
+        raise InputFileError(f"this is a {kind} file, expected a solver definition (.prototxt)", Location(file))
     solver = caffe_pb2.SolverParameter()
     info = textformat.parse(text, solver, file)
     report = upgrade.upgrade_solver(solver)

@@ -146,3 +146,14 @@ def test_unknown_solver_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SolverError, match="unknown solver type 'LBFGS'"):
         get_solver(solver.name)
+
+
+def test_a_net_given_as_the_solver_is_named_as_such(tmp_path: Path) -> None:
+    """Every field of a net is unknown to a solver: it was read as an empty solver ("unknown lr_policy ''")."""
+    from prototxt2py import caffe
+
+    net = tmp_path / "lenet.prototxt"
+    net.write_text('name: "n"\nlayer { name: "data" type: "Input" top: "data" '
+                   "input_param { shape { dim: 1 dim: 2 } } }\n")
+    with pytest.raises(Prototxt2pyError, match=r"lenet.prototxt: this is a net file, expected a solver definition"):
+        caffe.SGDSolver(str(net))
