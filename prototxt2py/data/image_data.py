@@ -14,6 +14,7 @@ import numpy as np
 
 from . import DataError, DataLayer, register_reader
 from . import images as _images
+from .datum import INT32_MAX, INT32_MIN
 from .seeding import base_seed, stream
 from .transformer import DataTransformer
 
@@ -37,6 +38,12 @@ def read_list(path: str, layer: str | None = None) -> list[tuple[str, int]]:
             value = None
         if not sep or not name or value is None:
             raise DataError(f"{path}:{number}: expected 'file label', got {line!r}", layer=layer)
+        # what Caffe would silently mangle: a NUL byte ends its C string; a label is an int32 (atoi overflows)
+        if "\0" in name:
+            raise DataError(f"{path}:{number}: expected a file name without NUL bytes, got {name!r}", layer=layer)
+        if not INT32_MIN <= value <= INT32_MAX:
+            raise DataError(f"{path}:{number}: expected a label in Caffe's int32 range [{INT32_MIN}, {INT32_MAX}], "
+                            f"got {value}", layer=layer)
         lines.append((name, value))
     if not lines:
         raise DataError(f"image list '{path}' is empty", layer=layer)

@@ -14,13 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import Location
 from ..fsutil import atomic_output
 from . import DataError
 from . import images as _images
 from .datum import (
-    INT32_MAX,
-    INT32_MIN,
     check_record_size,
     datum_image,
     encoded_datum,
@@ -79,30 +76,6 @@ def _record(
     return image_datum(_images.to_chw(img), label).SerializeToString()
 
 
-def _check_list(list_file: str, lines: list[tuple[str, int]]) -> None:
-    """Refuse, naming the list's file and line, what Caffe would silently mangle: a NUL byte in a file name (its
-    C string ends there) and a label that is no ``int32`` (``atoi`` overflows; a Datum's label is an int32)."""
-    for index, (name, label) in enumerate(lines):
-        if "\0" in name:
-            problem = f"expected a file name without NUL bytes, got {name!r}"
-        elif not INT32_MIN <= label <= INT32_MAX:
-            problem = f"expected a label in Caffe's int32 range [{INT32_MIN}, {INT32_MAX}], got {label}"
-        else:
-            continue
-        raise DataError(problem, Location(list_file, _line_number(list_file, index)))
-
-
-def _line_number(list_file: str, index: int) -> int | None:
-    """The 1-based line of the ``index``-th entry of an image list (``read_list`` skips blank lines and keeps no
-    line numbers); read again only to report an error."""
-    try:
-        with open(list_file, encoding="utf-8", errors="surrogateescape") as f:
-            numbers = [n for n, line in enumerate(f.read().splitlines(), 1) if line.rstrip("\r").strip()]
-        return numbers[index]
-    except (OSError, IndexError):  # the list changed under us: name the file alone
-        return None
-
-
 def _check_resize(height: int, width: int, channels: int) -> None:
     """Refuse a resize whose records could not be written, before any image is resized to it: a raw record
     holds ``height * width * channels`` bytes, and an encoded one decodes to as many in Caffe's data layer."""
@@ -139,7 +112,6 @@ def convert_imageset(
     if seed is not None and seed < 0:
         raise DataError(f"the shuffle seed must be 0 or more, got {seed}")
     lines = read_list(list_file)
-    _check_list(list_file, lines)
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(lines))
         lines = [lines[i] for i in order]
