@@ -41,7 +41,7 @@ def output_target(path: str | os.PathLike) -> Path:
     target = Path(path)
     if target.is_symlink():
         target = Path(os.path.realpath(target))
-    directory = target.parent if str(target.parent) else Path(".")
+    directory = target.parent  # Path("x").parent is Path(".")
     if not directory.is_dir():
         raise InputFileError("output directory does not exist", Location(str(path)))
     if target.is_dir():
@@ -59,8 +59,7 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Write to a temporary file next to ``path`` and rename it into place only on success; what
     :func:`output_target` refuses is refused before anything is written."""
     target = output_target(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
