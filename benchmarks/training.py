@@ -8,6 +8,9 @@ layers swapped for ``HDF5Data`` over synthetic files written to a temporary dire
 CIFAR-like 3x32x32 images, 10 classes; LeNet's ``scale`` is applied when writing, CIFAR's mean subtraction is
 left out), trained with SGD (momentum 0.9, weight decay 5e-4, lr 0.01 fixed). Rounds interleave the two
 contenders and the median images/s is reported, with the ratio ours / hand-written (the issue's goal: >= 0.95).
+A third contender is the same solver through pycaffe's API (``caffe.SGDSolver(path).step(n)``), whose
+``solver.net.blobs`` are filled after every forward pass; the last column is its rate over ours (the cost of
+those persistent blobs).
 """
 
 from __future__ import annotations
@@ -108,11 +111,17 @@ def _sync(device: torch.device) -> None:
 
 
 class Ours:
-    def __init__(self, folder: Path, prototxt: Path, shape: tuple[int, ...], rows: int, device: str):
+    def __init__(self, folder: Path, prototxt: Path, shape: tuple[int, ...], rows: int, device: str,
+                 pycaffe: bool = False):
         source = write_data(folder, shape, rows)
         net, self.batch = hdf5_train_net(prototxt, source, folder)
         (folder / "solver.prototxt").write_text(SOLVER.format(net=net))
-        self.solver = get_solver(str(folder / "solver.prototxt"), device=device)
+        if pycaffe:
+            from prototxt2py import caffe
+
+            self.solver = caffe.get_solver(str(folder / "solver.prototxt"), device=device)
+        else:
+            self.solver = get_solver(str(folder / "solver.prototxt"), device=device)
         self.device = torch.device(device)
 
     def run(self, iters: int) -> float:
@@ -170,21 +179,25 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, float]]:
     rounds, iters, rows = (1, 2, 256) if args.smoke else (args.rounds, args.iters, 10_000)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}; {rounds} rounds x {iters} "
           "iterations")
-    print(f"{'net':16} {'batch':>5} {'ours img/s':>11} {'PyTorch img/s':>14} {'ratio':>6}")
+    print(f"{'net':16} {'batch':>5} {'ours img/s':>11} {'PyTorch img/s':>14} {'ratio':>6} {'pycaffe img/s':>14} "
+          f"{'pycaffe/ours':>12}")
     results = []
     for name, (prototxt, shape) in NETS.items():
         with tempfile.TemporaryDirectory() as tmp:
             ours = Ours(Path(tmp), prototxt, shape, rows, args.device)
             hand = Hand(Path(tmp), name, ours.batch, args.device)
-            ours.run(1)  # warm-up: allocations, oneDNN primitives
-            hand.run(1)
-            a, b = [], []
+            py = Ours(Path(tmp), prototxt, shape, rows, args.device, pycaffe=True)
+            for contender in (ours, hand, py):
+                contender.run(1)  # warm-up: allocations, oneDNN primitives
+            a, b, c = [], [], []
             for _ in range(rounds):
                 a.append(ours.run(iters))
                 b.append(hand.run(iters))
-            mine, theirs = statistics.median(a), statistics.median(b)
+                c.append(py.run(iters))
+            mine, theirs, pyc = statistics.median(a), statistics.median(b), statistics.median(c)
             results.append((name, mine, theirs))
-            print(f"{name:16} {ours.batch:>5} {mine:>11.0f} {theirs:>14.0f} {mine / theirs:>6.2f}x")
+            print(f"{name:16} {ours.batch:>5} {mine:>11.0f} {theirs:>14.0f} {mine / theirs:>6.2f}x {pyc:>14.0f} "
+                  f"{pyc / mine:>11.2f}x")
     return results
 
 

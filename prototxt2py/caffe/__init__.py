@@ -4,8 +4,8 @@ on the PyTorch runtime with Caffe's results.
 Module level as in BVLC's ``python/caffe/__init__.py``: ``Net``, ``TRAIN``/``TEST``, ``set_mode_cpu``,
 ``set_mode_gpu``, ``set_device``, ``set_random_seed``, ``layer_type_list``, ``Classifier``, ``Detector``,
 ``NetSpec``, ``layers``/``params``, ``to_proto``, and the submodules ``io``, ``draw``, ``net_spec``,
-``coord_map``, ``classifier``, ``detector``, ``proto.caffe_pb2``. The solvers (``SGDSolver``, ``get_solver``,
-...) come from :mod:`prototxt2py.train` when it is installed.
+``coord_map``, ``classifier``, ``detector``, ``proto.caffe_pb2``, and the solvers (``SGDSolver``, ...,
+``get_solver``; see :mod:`._solver`), whose ``net`` and ``test_nets`` are ``caffe.Net`` objects.
 """
 
 from __future__ import annotations
@@ -14,34 +14,27 @@ from . import classifier, coord_map, detector, draw, io, net_spec, proto  # noqa
 from ._blob import Blob
 from ._mode import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
 from ._net import TEST, TRAIN, CaffeUsageError, Layer, Net
+from ._solver import (
+    AdaDeltaSolver,
+    AdaGradSolver,
+    AdamSolver,
+    NesterovSolver,
+    RMSPropSolver,
+    SGDSolver,
+    Solver,
+    get_solver,
+)
 from .classifier import Classifier
 from .detector import Detector
 from .net_spec import NetSpec, layers, params, to_proto
 
 __version__ = "1.0.0"
 
-_SOLVERS = ("SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
-            "Solver", "get_solver")
-
-__all__ = ["TEST", "TRAIN", "Blob", "CaffeUsageError", "Classifier", "Detector", "Layer", "Net", "NetSpec",
-           "classifier", "coord_map", "detector", "draw", "init_log", "io", "layer_type_list", "layers", "log",
-           "net_spec", "params", "proto", "set_device", "set_mode_cpu", "set_mode_gpu", "set_random_seed",
-           "to_proto"]
-
-
-def __getattr__(name: str):
-    """Solvers live in :mod:`prototxt2py.train` (another part of the project): imported on first use."""
-    if name in _SOLVERS:
-        import importlib
-        import importlib.util
-
-        if importlib.util.find_spec("prototxt2py.train") is None:
-            raise AttributeError(f"caffe.{name}: the solvers need prototxt2py.train, which is not installed")
-        train = importlib.import_module("prototxt2py.train")
-        if not hasattr(train, name):
-            raise AttributeError(f"caffe.{name}: prototxt2py.train has no {name}")
-        return getattr(train, name)
-    raise AttributeError(f"module 'caffe' has no attribute '{name}'")
+__all__ = ["TEST", "TRAIN", "AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Blob", "CaffeUsageError",
+           "Classifier", "Detector", "Layer", "Net", "NesterovSolver", "NetSpec", "RMSPropSolver", "SGDSolver",
+           "Solver", "classifier", "coord_map", "detector", "draw", "get_solver", "init_log", "io",
+           "layer_type_list", "layers", "log", "net_spec", "params", "proto", "set_device", "set_mode_cpu",
+           "set_mode_gpu", "set_random_seed", "to_proto"]
 
 
 def layer_type_list() -> list[str]:

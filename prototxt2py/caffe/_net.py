@@ -105,15 +105,37 @@ class Net:
         self._callbacks: dict[str, list[Callable[[int], Any]]] = {k: [] for k in ("bf", "af", "bb", "ab")}
         self._memory_data: tuple[np.ndarray, np.ndarray, int] | None = None
         self._python_layers = dict(python_layers or {})
-        self._build(weights, input_shapes)
-
-    # -- construction ----------------------------------------------------------------------------------------
-    def _build(self, weights: str | os.PathLike | None, input_shapes: Mapping[str, Sequence[int]] | None) -> None:
+        self._feeder: Any = None
         graph = prototxt2py.graph(self._source, self._phase, self._stages, self._level, input_shapes=input_shapes,
                                   python_layers=self._python_layers)
-        runtime = prototxt2py.load(graph, weights=weights)
+        self._adopt(graph, prototxt2py.load(graph, weights=weights).to(self._device))
+
+    @classmethod
+    def _over(cls, runtime: Any, source: NetSource, feeder: Any = None) -> Net:
+        """A Net over a runtime built elsewhere (a solver's TRAIN or TEST net): its modules and parameter tensors
+        are shared, not copied. ``feeder`` (a :class:`~prototxt2py.train.feeding.Feeder`) gives the data layers'
+        next batch when ``forward`` runs them, as Caffe's data layers read their sources."""
+        from ..netstate import TRAIN as STATE_TRAIN
+
+        state = runtime.graph.state
+        net = cls.__new__(cls)
+        net._phase = "TRAIN" if state.phase == STATE_TRAIN else "TEST"
+        net._level, net._stages = int(state.level), tuple(state.stages)
+        net._source = source
+        first = next(iter(runtime.parameters()), None)
+        net._device = first.device if first is not None else torch.device("cpu")
+        net._callbacks = {k: [] for k in ("bf", "af", "bb", "ab")}
+        net._memory_data = None
+        net._python_layers = {}
+        net._feeder = feeder
+        net._adopt(runtime.graph, runtime)
+        return net
+
+    # -- construction ----------------------------------------------------------------------------------------
+    def _adopt(self, graph: Any, runtime: Any) -> None:
+        """Blobs, layers and backward sets over ``runtime`` (a CaffeNet of ``graph`` on this net's device)."""
         self._graph = graph
-        self._net = runtime.to(self._device)
+        self._net = runtime
         # the LayerParameter of each layer of *this* phase (a train_val net may reuse a name across phases)
         self._layer_names = [n.name for n in graph.nodes]
         self._plan = runtime._plan
@@ -306,6 +328,8 @@ class Net:
         """Caffe's ``ForwardFromTo``: layers ``start``..``end`` inclusive; returns the loss of that range."""
         loss = 0.0
         self._push_params()  # off the CPU: values written through params' host arrays reach the device
+        if self._feeder is not None:
+            self._feed(start, end)
         for i in range(start, end + 1):
             for fn in self._callbacks["bf"]:
                 fn(i)
@@ -516,6 +540,40 @@ class Net:
         for vid, arr in zip(outs, (data, labels), strict=False):
             self._value_blob[vid].write(torch.from_numpy(arr[pos:pos + n]).to(self._device))
         self._memory_data = (data, labels, (pos + n) % len(data))
+
+    # -- a solver's net -----------------------------------------------------------------------------------------
+    def _feed(self, start: int, end: int) -> None:
+        """The data layers among layers ``start``..``end`` take their next batch from the solver's readers (one
+        batch for the whole net, the cursor shared with training and testing, as in Caffe)."""
+        tops = {t for i in range(start, end + 1) if self._plan[i].kind == INPUT for t in self._graph.nodes[i].tops}
+        if tops:
+            self._take_blobs({name: value for name, value in self._feeder.next().items() if name in tops})
+
+    def _take_blobs(self, blobs: Mapping[str, torch.Tensor]) -> None:
+        """Copy a forward pass's results (by blob name) into the persistent blobs, as if this net had run it."""
+        for name, value in blobs.items():
+            blob = self._blobs_dict.get(name)
+            if blob is not None:
+                blob.write(value.detach().to(self._device))
+
+    def _take_param_diffs(self) -> None:
+        """After a solver's backward or update: each parameter's gradient becomes its blob's diff (copied, so
+        arrays taken earlier see it) and the blob's diff tensor becomes the parameter's ``.grad`` again, so that
+        diffs written by the caller reach the next update. Data changed on the device is marked as such."""
+        for blobs in self._node_params:
+            for b in blobs:
+                b.mark_device_written()
+                t = b._data.tensor
+                if not isinstance(t, torch.nn.Parameter):
+                    continue
+                diff = b._diff.tensor
+                if t.grad is not None and t.grad is not diff:
+                    if diff.shape != t.grad.shape:
+                        b._diff.resize(tuple(t.grad.shape))
+                        diff = b._diff.tensor
+                    with torch.no_grad():
+                        diff.copy_(t.grad)
+                t.grad = diff
 
     # -- shapes, weights ---------------------------------------------------------------------------------------
     def reshape(self) -> None:

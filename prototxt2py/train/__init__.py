@@ -1,10 +1,11 @@
 """Training with Caffe's exact solver rules: solvers, learning-rate policies, snapshots.
 
-pycaffe's solver API on the PyTorch runtime::
+The solver on the PyTorch runtime (pycaffe's API, with ``caffe.Net`` views as ``net``, is
+:mod:`prototxt2py.caffe`'s ``SGDSolver``/``get_solver``, built on this one)::
 
     from prototxt2py.train import get_solver
     solver = get_solver("solver.prototxt")      # type from the file's ``type``
-    solver.net.copy_from ...                    # solver.net is the TRAIN CaffeNet; solver.test_nets the TEST ones
+    solver.load_weights("init.caffemodel")      # solver.net is the TRAIN CaffeNet; solver.test_nets the TEST ones
     solver.step(100); solver.snapshot(); solver.solve(resume="snap_iter_100.solverstate")
 """
 

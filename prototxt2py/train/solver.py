@@ -117,12 +117,14 @@ class Solver:
 
     ``solver`` is a solver ``.prototxt`` path (nets and data paths in it resolve against the working directory,
     as in Caffe) or a ``SolverParameter`` message. ``solver_type`` overrides the file's ``type`` (pycaffe's
-    ``caffe.AdamSolver(path)`` builds an Adam solver whatever the file says)."""
+    ``caffe.AdamSolver(path)`` builds an Adam solver whatever the file says); so does the ``solver_type``
+    argument."""
 
     solver_type: str | None = None
 
     def __init__(self, solver: str | os.PathLike | Any, *, rank: int | None = None, world: int | None = None,
-                 device: str | torch.device = "cpu", data_workers: int | None = None):
+                 device: str | torch.device = "cpu", data_workers: int | None = None,
+                 solver_type: str | None = None):
         self.param = read_solver_param(solver) if isinstance(solver, (str, os.PathLike)) else solver
         self.file = str(solver) if isinstance(solver, (str, os.PathLike)) else "<solver>"
         if rank is None or world is None:
@@ -130,7 +132,7 @@ class Solver:
         self.rank, self.world = rank, world
         self.device = torch.device(device)
         p = self.param
-        self.type = self.solver_type or p.type or "SGD"
+        self.type = solver_type or self.solver_type or p.type or "SGD"
         if self.type not in UPDATES:
             raise SolverError(f"unknown solver type '{self.type}' (known: {', '.join(UPDATES)})", Location(self.file))
         self.lr = LrParams.from_solver(p)
@@ -147,6 +149,8 @@ class Solver:
             torch.manual_seed(p.random_seed + self.rank)
         self.data_workers = data_workers
         self.data_seed = self._shared_data_seed()
+        self.net_source: Any = None  # the NetSource each net was built from (pycaffe's Net.reshape needs it)
+        self.test_sources: list[Any] = []
         self.net, self.feeder = self._init_train_net()
         self.test_nets: list[Any] = []
         self.test_feeders: list[Feeder] = []
@@ -169,6 +173,10 @@ class Solver:
         self.on_iteration: Callable[[dict[str, Any]], None] | None = None  # progress display
         self.action_request: Callable[[], str] | None = None  # Caffe's GetRequestedAction (signals)
         self.on_diverge = STOP  # NaN/inf loss: snapshot and raise DivergedError ("none": go on, as Caffe)
+        # Caffe's Solver::Callback: on_start() at each iteration (after its test), on_gradients() before the update
+        self.callbacks: list[tuple[Callable[[], Any], Callable[[], Any]]] = []
+        # every blob of each forward pass, fn(net, {blob: tensor}): pycaffe's persistent blobs are filled from it
+        self.on_blobs: Callable[[Any, dict[str, torch.Tensor]], None] | None = None
         self.last_snapshot: tuple[str, str] | None = None
         self._last_outputs: dict[str, torch.Tensor] = {}
 
@@ -205,6 +213,7 @@ class Solver:
                               + (f" (it sets {', '.join(given)})" if given else ""), Location(self.file))
         f = given[0]
         source = _net_source(getattr(p, f), self.file) if f.endswith("_param") else _read_net(getattr(p, f))
+        self.net_source = source
         net, feeder = build_fed_net(source, "TRAIN", tuple(p.train_state.stage), p.train_state.level, self.rank,
                                     self.world, self.device, self.data_seed, self.data_workers)
         net.train()
@@ -236,6 +245,7 @@ class Solver:
             self._share_trained_layers(net)
             self.test_nets.append(net)
             self.test_feeders.append(feeder)
+            self.test_sources.append(source)
 
     def _share_trained_layers(self, test_net: Any) -> None:
         """Caffe's ``ShareTrainedLayersWith``: a TEST layer named as a TRAIN layer uses its blobs (same tensors,
@@ -309,7 +319,9 @@ class Solver:
 
     def _forward_backward(self) -> float:
         inputs = {k: v.to(self.device) for k, v in self.feeder.next().items()}
-        blobs = forward_for_loss(self.net, inputs)
+        blobs = forward_for_loss(self.net, inputs, all_blobs=self.on_blobs is not None)
+        if self.on_blobs is not None:
+            self.on_blobs(self.net, blobs)
         self._last_outputs = {name: blobs[name].detach() for name in self.net.output_names if name in blobs}
         loss = self.net.loss(blobs)
         if loss.requires_grad:
@@ -333,6 +345,8 @@ class Solver:
                     self.test_all()
                 if self.requested_early_exit:
                     break
+            for on_start, _ in self.callbacks:
+                on_start()
             display = p.display and self.iter % p.display == 0
             sub_losses = [self._forward_backward() for _ in range(p.iter_size)]
             loss = f32(0)
@@ -351,7 +365,10 @@ class Solver:
                 self._diverged(loss)
             if self.world > 1:
                 self._all_reduce_gradients()
+            for _, on_gradients in self.callbacks:
+                on_gradients()
             rate = self.apply_update()
+            self.iter += 1  # the number of updates done, as Caffe's Step counts after ApplyUpdate
             entry = {"iter": self.iter - 1, "loss": loss, "lr": rate}
             if p.iter_size > 1:
                 entry["sub_losses"] = sub_losses
@@ -426,7 +443,8 @@ class Solver:
         return rate
 
     def apply_update(self) -> float:
-        """Caffe's ``SGDSolver::ApplyUpdate`` on the accumulated gradients; returns the learning rate used."""
+        """Caffe's ``SGDSolver::ApplyUpdate`` on the accumulated gradients; returns the learning rate used. As in
+        Caffe, the iteration count is ``step``'s to advance, not this method's."""
         p = self.param
         rate = self.learning_rate()
         if p.display and self.iter % p.display == 0 and self.is_root:
@@ -452,7 +470,6 @@ class Solver:
                 lp.tensor.sub_(diff)
                 if isinstance(lp.tensor, torch.nn.Parameter):
                     lp.tensor.grad = diff
-        self.iter += 1
         return rate
 
     def _clip_gradients(self, diffs: Sequence[torch.Tensor]) -> None:
@@ -529,6 +546,8 @@ class Solver:
                 break
             with torch.no_grad():
                 blobs = net(**{k: v.to(self.device) for k, v in feeder.next().items()}, all_blobs=True)
+                if self.on_blobs is not None:
+                    self.on_blobs(net, blobs)
                 if p.test_compute_loss:
                     loss = f32(loss + f32(net.loss(blobs).item()))
             values = [(name, blobs[name].detach().cpu().numpy().astype(np.float32).ravel())
@@ -614,10 +633,11 @@ class Solver:
         self.current_step = state.current_step
 
 
-def forward_for_loss(net: Any, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A forward pass returning the loss-weighted blobs (every blob when a loss blob is not a net output). A
-    failing layer raises :class:`~prototxt2py.errors.ForwardError` naming it (``backends/forward_errors.py``)."""
-    need_all = not set(net.loss_weights) <= set(net.output_names)
+def forward_for_loss(net: Any, inputs: dict[str, torch.Tensor], all_blobs: bool = False) -> dict[str, torch.Tensor]:
+    """A forward pass returning the loss-weighted blobs (every blob when a loss blob is not a net output, or when
+    asked). A failing layer raises :class:`~prototxt2py.errors.ForwardError` naming it
+    (``backends/forward_errors.py``)."""
+    need_all = all_blobs or not set(net.loss_weights) <= set(net.output_names)
     return net(**inputs, all_blobs=need_all)
 
 

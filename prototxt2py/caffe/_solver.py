@@ -1,0 +1,160 @@
+"""pycaffe's solvers (``caffe.SGDSolver(path)``, ``caffe.get_solver(path)``, ...), whose ``net`` and ``test_nets``
+are pycaffe :class:`~._net.Net` objects, so the usual fine-tuning loop runs unchanged::
+
+    solver = caffe.SGDSolver('solver.prototxt')
+    solver.net.copy_from('pretrained.caffemodel')
+    for it in range(niter):
+        solver.step(1)
+        train_loss[it] = solver.net.blobs['loss'].data
+        solver.test_nets[0].forward()
+        correct = (solver.test_nets[0].blobs['score'].data.argmax(1) == solver.test_nets[0].blobs['label'].data)
+
+Training is :class:`prototxt2py.train.Solver`'s (Caffe's ``Step``/``ApplyUpdate``/``Test``, checked against
+Caffe's trajectories). What this module adds is Caffe's persistent blobs. The Nets are views over the solver's
+own modules: parameters are the same tensors, so writes through ``.data`` reach training and updates need no
+copy. Each forward pass the solver runs is copied into the view's blobs, so after ``step`` ``blobs['loss']``
+holds the last iteration's loss and ``blobs['data']`` its batch, and a TEST net's blobs hold its last test
+batch. After ``step``, and in ``on_gradients`` callbacks, each parameter's diff holds its gradient (after the
+update: the update applied, as in Caffe). A view's ``forward()`` over its data layers reads their next batch,
+sharing the cursor with training and testing as Caffe's data layers do. Blob diffs are filled by the view's own
+``backward()``, not by ``step`` (Caffe's step leaves them filled; reading them after a step is rare).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from . import _mode
+from ._net import Net
+
+
+class Solver:
+    """pycaffe's ``caffe.Solver``: ``net``, ``test_nets``, ``iter``, ``max_iter``, ``param``, ``step(n)``,
+    ``solve(resume=None)``, ``snapshot()``, ``restore(state)``, ``apply_update()``, ``share_weights(net)``,
+    ``add_callback(on_start, on_gradients)``. It runs on the device of ``caffe.set_mode_gpu``/``set_device``.
+
+    ``trainer`` is the :class:`prototxt2py.train.Solver` underneath (its ``net`` is the torch module)."""
+
+    _type: str | None = None  # None: the solver file's ``type``
+
+    def __init__(self, filename: str | os.PathLike | Any, **kwargs: Any):
+        from ..train.solver import Solver as Trainer
+
+        kwargs.setdefault("device", _mode.device())
+        self.trainer = Trainer(filename, solver_type=self._type, **kwargs)
+        t = self.trainer
+        self.net = Net._over(t.net, t.net_source, t.feeder)
+        self.test_nets = [Net._over(n, src, f) for n, src, f in zip(t.test_nets, t.test_sources, t.test_feeders,
+                                                                     strict=True)]
+        self._view = {id(t.net): self.net, **{id(n): v for n, v in zip(t.test_nets, self.test_nets, strict=True)}}
+        t.on_blobs = self._take_blobs
+
+    # -- pycaffe's properties ----------------------------------------------------------------------------------
+    @property
+    def iter(self) -> int:
+        return self.trainer.iter
+
+    @property
+    def max_iter(self) -> int:
+        return int(self.trainer.param.max_iter)
+
+    @property
+    def param(self) -> Any:
+        """The ``SolverParameter`` (paths as read, ``snapshot_prefix`` defaulted as Caffe does)."""
+        return self.trainer.param
+
+    @property
+    def type(self) -> str:
+        return self.trainer.type
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def step(self, iters: int) -> None:
+        """``iters`` iterations of Caffe's ``Solver::Step`` (tests at ``test_interval``, snapshots, updates)."""
+        self._before()
+        try:
+            self.trainer.step(int(iters))
+        finally:
+            self._after()
+
+    def solve(self, resume: str | os.PathLike | None = None) -> None:
+        """Caffe's ``Solver::Solve``: train to ``max_iter`` (from a ``.solverstate`` when given)."""
+        self._before()
+        try:
+            self.trainer.solve(resume)
+        finally:
+            self._after()
+
+    def apply_update(self) -> None:
+        """Caffe's ``ApplyUpdate`` on the parameters' current diffs (e.g. after ``net.forward()`` and
+        ``net.backward()``); like Caffe's, it leaves ``iter`` as it is."""
+        self._before()
+        try:
+            self.trainer.apply_update()
+        finally:
+            self._after()
+
+    def snapshot(self) -> None:
+        """Caffe's ``Snapshot``: ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate``."""
+        self._before()
+        self.trainer.snapshot()
+
+    def restore(self, state_file: str | os.PathLike) -> None:
+        """Caffe's ``Restore``: iteration, learning-rate step, history and the weights the state names."""
+        self.trainer.restore(state_file)
+        self._after()
+
+    def share_weights(self, net: Net) -> None:
+        """``net`` (another ``caffe.Net``) uses this solver's TRAIN parameters for layers of the same name."""
+        net.share_with(self.net)
+
+    def add_callback(self, on_start: Callable[[], Any], on_gradients: Callable[[], Any]) -> None:
+        """Caffe's ``Solver::Callback``: ``on_start()`` at each iteration (after its test), ``on_gradients()``
+        once the gradients are computed, before the update; diffs changed there are what the update uses."""
+        def gradients_ready() -> None:
+            self.net._take_param_diffs()
+            on_gradients()
+            self.net._push_params()
+
+        self.trainer.callbacks.append((on_start, gradients_ready))
+
+    # -- the views ---------------------------------------------------------------------------------------------
+    def _take_blobs(self, runtime: Any, blobs: dict[str, Any]) -> None:
+        view = self._view.get(id(runtime))
+        if view is not None:
+            view._take_blobs(blobs)
+
+    def _before(self) -> None:
+        """Values written through host arrays reach the device before training reads them (off the CPU)."""
+        for view in (self.net, *self.test_nets):
+            view._push_params()
+
+    def _after(self) -> None:
+        """Parameter diffs now hold the last gradients or update; TEST nets share the data, not the diffs."""
+        self.net._take_param_diffs()
+        for view in self.test_nets:
+            view._mark_params_written()
+
+    def __repr__(self) -> str:
+        return f"<caffe.{type(self).__name__} '{self.trainer.file}' iter={self.iter}>"
+
+
+def _typed(name: str, solver_type: str) -> type[Solver]:
+    """A solver class whose update rule is ``solver_type`` whatever the file's ``type`` says (pycaffe's
+    ``caffe.AdamSolver(path)`` trains with Adam)."""
+    doc = f"``caffe.{name}(path)``: a solver with Caffe's {solver_type} update rule."
+    return type(name, (Solver,), {"_type": solver_type, "__doc__": doc, "__module__": __name__, "__qualname__": name})
+
+
+SGDSolver = _typed("SGDSolver", "SGD")
+NesterovSolver = _typed("NesterovSolver", "Nesterov")
+AdaGradSolver = _typed("AdaGradSolver", "AdaGrad")
+RMSPropSolver = _typed("RMSPropSolver", "RMSProp")
+AdaDeltaSolver = _typed("AdaDeltaSolver", "AdaDelta")
+AdamSolver = _typed("AdamSolver", "Adam")
+
+
+def get_solver(filename: str | os.PathLike | Any, **kwargs: Any) -> Solver:
+    """``caffe.get_solver(path)``: a solver of the file's ``type`` (Caffe's solver registry)."""
+    return Solver(filename, **kwargs)

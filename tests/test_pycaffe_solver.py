@@ -1,0 +1,187 @@
+"""pycaffe's solver API (``caffe.SGDSolver(path)``, ``solver.net.blobs``, ``solver.test_nets[0].forward()``, ...)
+against Caffe 1.0's training runs in golden/solvers: the loops of Caffe's own tutorials, unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from golden import GOLDEN, assert_close, meta
+
+from prototxt2py import caffe
+from prototxt2py.errors import Prototxt2pyError
+from prototxt2py.train import read_solver_param
+from prototxt2py.weights import read_caffemodel
+
+SOLVERS = GOLDEN / "solvers"
+LOSS_RTOL, LOSS_ATOL = 2e-5, 1e-6
+W_RTOL, W_ATOL = 1e-5, 1e-5
+
+
+def _case(name: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    case = SOLVERS / name
+    if not case.is_dir():
+        pytest.skip(f"golden case {name} absent")
+    monkeypatch.chdir(case)
+    return case
+
+
+def _param(tmp_path: Path):
+    """The case's solver file, its snapshots redirected away from the shared golden folder."""
+    param = read_solver_param("solver.prototxt")
+    param.snapshot_prefix = str(tmp_path / "snap")
+    return param
+
+
+def _rows(case: Path, dataset: str, batch: int, batch_size: int, file: str = "data.h5") -> np.ndarray:
+    """Rows of batch ``batch`` of an HDF5Data layer without shuffle: (b*bs + i) mod rows."""
+    with h5py.File(case / file) as f:
+        data = f[dataset][()]
+    return data[[(batch * batch_size + i) % len(data) for i in range(batch_size)]]
+
+
+def _check_params(net: caffe.Net, path: Path) -> None:
+    want = read_caffemodel(path)
+    assert list(net.params) == [name for name in net.params if name in want]
+    for name, blobs in net.params.items():
+        for i, blob in enumerate(blobs):
+            assert_close(blob.data, want[name][i].array.reshape(blob.shape), W_RTOL, W_ATOL, f"{name}[{i}]")
+
+
+@pytest.mark.parametrize("name", ["sgd_conv_bn_step", "sgd_iter_size3", "sgd_shared_weights"])
+def test_tutorial_loop_reads_caffes_losses_batches_and_weights(name: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``solver.step(1); solver.net.blobs['loss'].data`` each iteration gives Caffe's loss of the iteration's last
+    forward pass, ``blobs['data']`` holds its batch, and ``net.params`` ends at Caffe's final weights."""
+    case = _case(name, monkeypatch)
+    m = meta(case)
+    want = json.loads((case / m["trajectory"]).read_text())
+    solver = caffe.SGDSolver(_param(tmp_path))
+    assert isinstance(solver, caffe.Solver) and isinstance(solver.net, caffe.Net) and solver.type == "SGD"
+    assert solver.net.blobs["data"].shape[0] == m["data"]["train"]["batch_size"]
+    solver.net.copy_from(m["initial_weights"])
+    loss_array = solver.net.blobs["loss"].data  # taken once: Caffe's blobs persist, so it follows the training
+    losses, held = [], []
+    for _ in range(m["iterations"]):
+        solver.step(1)
+        losses.append(float(solver.net.blobs["loss"].data))
+        held.append(float(loss_array))
+    iter_size = solver.param.iter_size
+    last = [e["sub_losses"][-1] if iter_size > 1 else e["loss"] for e in want]
+    assert_close(np.array(losses), np.array(last), LOSS_RTOL, LOSS_ATOL, "loss blob after each step")
+    assert held == losses
+    assert solver.iter == m["final_iter"] == solver.max_iter
+    bs = m["data"]["train"]["batch_size"]
+    batch = m["iterations"] * iter_size - 1
+    assert np.array_equal(solver.net.blobs["data"].data, _rows(case, "data", batch, bs))
+    assert np.array_equal(solver.net.blobs["label"].data.ravel(), _rows(case, "label", batch, bs).ravel())
+    _check_params(solver.net, case / m["final_weights"])
+
+
+def test_test_net_forward_reads_the_next_test_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TEST net's blobs hold the solver's last test batch; its ``forward()`` reads the next batch from the same
+    cursor with the current weights, which is the first batch of Caffe's next test."""
+    case = _case("sgd_test_interval", monkeypatch)
+    tests = json.loads((case / "test_outputs.json").read_text())
+    solver = caffe.get_solver(_param(tmp_path))
+    solver.net.copy_from("init.caffemodel")
+    assert len(solver.test_nets) == 1 and solver.test_nets[0].blobs["data"].shape[0] == 4
+    solver.step(10)  # tests at iteration 0 (3 batches), none yet at 10
+    net = solver.test_nets[0]
+    assert float(net.blobs["accuracy"].data) == tests[0]["per_batch"][-1]["accuracy"]
+    assert_close(net.blobs["loss"].data, np.float32(tests[0]["per_batch"][-1]["loss"]), LOSS_RTOL, LOSS_ATOL,
+                 "last test batch at iteration 0")
+    out = net.forward()
+    assert sorted(out) == ["accuracy", "loss"]
+    assert float(out["accuracy"]) == tests[1]["per_batch"][0]["accuracy"]
+    assert_close(out["loss"], np.float32(tests[1]["per_batch"][0]["loss"]), LOSS_RTOL, LOSS_ATOL,
+                 "test batch 3 after 10 updates")
+    assert np.array_equal(net.blobs["data"].data, _rows(case, "data", 3, 4, "test.h5"))
+    # the TEST net reads the TRAIN net's parameters, not a copy
+    solver.net.params["ip2"][1].data[...] = 0
+    assert not net.params["ip2"][1].data.any()
+
+
+def test_manual_forward_backward_apply_update_is_caffes_training(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``net.forward(); net.backward(); solver.apply_update()`` (diffs cleared each time) is Caffe's training
+    step written out: the same losses and final weights; ``apply_update`` leaves ``iter`` alone, as Caffe's."""
+    case = _case("sgd_plain_fixed", monkeypatch)
+    m = meta(case)
+    want = json.loads((case / m["trajectory"]).read_text())
+    solver = caffe.SGDSolver(_param(tmp_path))
+    solver.net.copy_from("init.caffemodel")
+    losses = []
+    for _ in range(m["iterations"]):
+        solver.net.clear_param_diffs()
+        losses.append(float(solver.net.forward()["loss"]))
+        solver.net.backward()
+        solver.apply_update()
+    assert solver.iter == 0
+    assert_close(np.array(losses), np.array([e["loss"] for e in want]), LOSS_RTOL, LOSS_ATOL, "losses")
+    _check_params(solver.net, case / m["final_weights"])
+
+
+def test_param_diffs_hold_the_update_and_callbacks_can_change_it(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a step, a parameter's diff is the update just subtracted (Caffe's ``Update``: data -= diff). In an
+    ``on_gradients`` callback the diffs are the gradients, and what the callback writes there is what the update
+    uses: zeroed gradients leave plain SGD's weights where they were."""
+    _case("sgd_plain_fixed", monkeypatch)
+    solver = caffe.SGDSolver(_param(tmp_path))
+    solver.net.copy_from("init.caffemodel")
+    before = {k: [b.data.copy() for b in v] for k, v in solver.net.params.items()}
+    solver.step(1)
+    for name, blobs in solver.net.params.items():
+        for b, w in zip(blobs, before[name], strict=True):
+            assert b.diff.any()
+            assert_close(w - b.data, b.diff, 1e-6, 1e-7, f"{name} update")
+    seen: list[str] = []
+
+    def on_gradients() -> None:
+        for blobs in solver.net.params.values():
+            for b in blobs:
+                assert b.diff.any()
+                b.diff[...] = 0
+        seen.append("gradients")
+
+    solver.add_callback(lambda: seen.append("start"), on_gradients)
+    weights = {k: [b.data.copy() for b in v] for k, v in solver.net.params.items()}
+    solver.step(2)
+    assert seen == ["start", "gradients"] * 2 and solver.iter == 3
+    for name, blobs in solver.net.params.items():
+        for b, w in zip(blobs, weights[name], strict=True):
+            assert np.array_equal(b.data, w)
+
+
+def test_weights_written_through_params_are_trained_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Net surgery before training (FCN's bilinear init, a re-initialised classifier) writes ``params[..].data``;
+    the solver trains those very tensors, and ``share_weights`` lets a deploy Net follow them."""
+    case = _case("sgd_plain_fixed", monkeypatch)
+    solver = caffe.SGDSolver(_param(tmp_path))
+    solver.net.copy_from("init.caffemodel")
+    fc = solver.net.params["ip2"][0]
+    fc.data[...] = 0
+    solver.step(1)
+    assert fc.data.any() and np.array_equal(fc.data, -fc.diff)  # zero minus the update
+    other = caffe.Net(str(case / "train_val.prototxt"), caffe.TRAIN, input_shapes={"data": [4, 8], "label": [4]})
+    solver.share_weights(other)
+    assert np.array_equal(other.params["ip2"][0].data, fc.data)
+    solver.step(1)
+    assert np.array_equal(other.params["ip2"][0].data, fc.data)
+
+
+def test_solver_classes_choose_the_update_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in pycaffe, ``caffe.AdamSolver(path)`` trains with Adam whatever the file says; ``get_solver`` follows
+    the file. A missing file is one clear error."""
+    _case("sgd_plain_fixed", monkeypatch)
+    param = _param(tmp_path)
+    assert caffe.get_solver(param).type == "SGD"
+    adam = caffe.AdamSolver(param)
+    assert adam.type == "Adam" and isinstance(adam, caffe.Solver) and len(adam.trainer.update.history) > 0
+    assert repr(caffe.SGDSolver(param)) == "<caffe.SGDSolver '<solver>' iter=0>"
+    with pytest.raises(Prototxt2pyError, match="missing.prototxt"):
+        caffe.SGDSolver(str(tmp_path / "missing.prototxt"))
