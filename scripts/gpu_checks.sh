@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 21 in one run, on a machine with a CUDA GPU and a CUDA build of torch (>= 2.5):
 #   1. every golden case of ../shared/golden (layers and mixed nets with their gradients, trained nets, the zoo
-#      with its slow cases, solver trajectories) with blobs and inputs on the GPU (PROTOTXT2PY_TEST_DEVICE);
+#      with its slow cases, solver trajectories, pycaffe's solvers) with blobs and inputs on the GPU
+#      (PROTOTXT2PY_TEST_DEVICE);
 #   2. the zoo through the plan an eval-mode forward runs on the GPU (folds, no per-step tests), a net moved to
 #      the GPU inside torch.inference_mode(), and half precision/autocast against Caffe;
 #   3. eager forward latency of the runtime, and of its CUDA-graph replay (CaffeNet.cuda_graph, also checked against
@@ -42,7 +43,7 @@ print('torch', torch.__version__, 'on', torch.cuda.get_device_name(d) if d.type 
 
 status=0
 "$PY" -m pytest -q -p no:cacheprovider -m "" -o addopts="" \
-    tests/test_golden_layers.py tests/test_golden_nets.py tests/test_train_golden.py \
+    tests/test_golden_layers.py tests/test_golden_nets.py tests/test_train_golden.py tests/test_pycaffe_solver.py \
     tests/test_runtime.py::test_inference_plan_matches_caffe_on_the_zoo \
     tests/test_inference_mode.py tests/test_precision.py tests/test_cuda_graph.py "$@" 2>&1 | tee "$LOGS/golden.txt" || status=1
 BENCH_ARGS=${BENCH_ARGS:---parts forward --batches 1 16 64 --rounds 15}

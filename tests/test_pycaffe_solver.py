@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from golden import GOLDEN, assert_close, meta
+from golden import DEVICE, GOLDEN, assert_close, meta
 
 from prototxt2py import caffe
 from prototxt2py.errors import Prototxt2pyError
@@ -19,6 +19,16 @@ from prototxt2py.weights import read_caffemodel
 SOLVERS = GOLDEN / "solvers"
 LOSS_RTOL, LOSS_ATOL = 2e-5, 1e-6
 W_RTOL, W_ATOL = 1e-5, 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _caffe_mode():
+    """On ``golden.DEVICE`` through pycaffe's own switch (scripts/gpu_checks.sh runs this file on a GPU)."""
+    if DEVICE.type == "cuda":
+        caffe.set_mode_gpu()
+        caffe.set_device(DEVICE.index or 0)
+    yield
+    caffe.set_mode_cpu()
 
 
 def _case(name: str, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -61,6 +71,7 @@ def test_tutorial_loop_reads_caffes_losses_batches_and_weights(name: str, tmp_pa
     want = json.loads((case / m["trajectory"]).read_text())
     solver = caffe.SGDSolver(_param(tmp_path))
     assert isinstance(solver, caffe.Solver) and isinstance(solver.net, caffe.Net) and solver.type == "SGD"
+    assert solver.trainer.device.type == DEVICE.type
     assert solver.net.blobs["data"].shape[0] == m["data"]["train"]["batch_size"]
     solver.net.copy_from(m["initial_weights"])
     loss_array = solver.net.blobs["loss"].data  # taken once: Caffe's blobs persist, so it follows the training

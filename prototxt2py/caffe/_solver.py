@@ -126,8 +126,10 @@ class Solver:
             view._take_blobs(blobs)
 
     def _before(self) -> None:
-        """Values written through host arrays reach the device before training reads them (off the CPU)."""
-        for view in (self.net, *self.test_nets):
+        """Values written through host arrays reach the device before training reads them (off the CPU). TEST
+        nets share the TRAIN net's parameter tensors: the TRAIN net's host arrays go last, so what was written
+        there wins over a TEST net's mirror of the same tensor."""
+        for view in (*self.test_nets, self.net):
             view._push_params()
 
     def _after(self) -> None:
