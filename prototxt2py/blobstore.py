@@ -85,7 +85,17 @@ class GraphBlobs:
         self.report = LoadReport()
         self._rng = rng
         _check_shapes_known(graph)
-        self._shapes = {(n.name, i): tuple(s) for n in graph.nodes for i, s in enumerate(n.param_shapes)}
+        # layers named like an earlier one (Caffe allows it) keep blobs of their own, under their position
+        self._repeated: dict[int, int] = {}
+        names: set[str] = set()
+        for k, n in enumerate(graph.nodes):
+            if n.name in names:
+                self._repeated[id(n)] = k
+            names.add(n.name)
+        self._shapes: dict[tuple, tuple[int, ...]] = {}
+        for n in graph.nodes:
+            for i, s in enumerate(n.param_shapes):
+                self._shapes.setdefault(self._own_key(n, i), tuple(s))
         if weights is None:
             stored: Mapping[str, Sequence[Any]] = {}
             loc = None
@@ -96,17 +106,22 @@ class GraphBlobs:
 
             loc = Location(str(weights))
             stored = read_caffemodel_h5(weights, graph) if is_hdf5(weights) else read_stored(weights)
-        self._arrays: dict[tuple[str, int], np.ndarray] = {}
+        self._arrays: dict[tuple, np.ndarray] = {}
         self._load(stored, loc, weights is not None)
 
+    def _own_key(self, node: Any, i: int) -> tuple:
+        """The key of a layer's own blob ``i``: (layer name, i), plus the position for a repeated name."""
+        k = self._repeated.get(id(node))
+        return (node.name, i) if k is None else (node.name, i, k)
+
     # -- matching the file to the graph ------------------------------------------------------------------
-    def _targets(self, node: Any) -> list[tuple[tuple[str, int], tuple[int, ...]]]:
+    def _targets(self, node: Any) -> list[tuple[tuple, tuple[int, ...]]]:
         """(sharing key, target shape) per blob: a blob shared through ``param { name }`` is its owner's, with
         the owner's shape (as in Caffe, where the sharer's blob *is* the owner's)."""
         out = []
         for i, shape in enumerate(node.param_shapes):
             owner = node.params[i].owner if i < len(node.params) else None
-            key = (owner[0], owner[1]) if owner is not None else (node.name, i)
+            key = (owner[0], owner[1]) if owner is not None else self._own_key(node, i)
             out.append((key, self._shapes.get(key, tuple(shape))))
         return out
 
@@ -114,6 +129,9 @@ class GraphBlobs:
         report = self.report
         for node in self.graph.nodes:
             if not node.param_shapes:
+                continue
+            if id(node) in self._repeated:  # Caffe copies weights into the first layer of a name only
+                report.repeated.append(node.name)
                 continue
             blobs = stored.get(node.name)
             if blobs is None:
@@ -139,7 +157,7 @@ class GraphBlobs:
         known = {n.name for n in self.graph.nodes}
         report.extra = [name for name in stored if name not in known]
         if not have_file:
-            report.missing = []  # nothing was asked of a file
+            report.missing, report.repeated = [], []  # nothing was asked of a file
 
     # -- what writers ask for --------------------------------------------------------------------------------
     @staticmethod
@@ -174,14 +192,16 @@ class GraphBlobs:
 
     def arrays_by_name(self) -> dict[str, np.ndarray]:
         """``{"<layer>.<blob name>": array}`` for every blob, shared blobs listed once (under their first
-        layer): the safetensors layout of ``convert``."""
+        layer): the safetensors layout of ``convert``. A layer named like an earlier one is listed under its
+        unique key (``<name>_2``, the runtime's submodule name)."""
         out: dict[str, np.ndarray] = {}
         seen: set[int] = set()
-        for node in self.graph.nodes:
+        for node, key in zip(self.graph.nodes, self.graph.layer_keys(), strict=True):
+            prefix = key if id(node) in self._repeated else node.name
             for name, array in zip(self.names(node), self.blobs(node), strict=False):
                 if id(array) not in seen:
                     seen.add(id(array))
-                    out[f"{node.name}.{name}"] = array
+                    out[f"{prefix}.{name}"] = array
         return out
 
 

@@ -19,6 +19,7 @@ from . import memguard
 from .cli_deploy import deploy_option, net_source
 from .cli_deploy import register as register_deploy
 from .errors import Prototxt2pyError, one_line
+from .fsutil import guarding_inputs
 
 EXIT_INPUT, EXIT_INTERNAL = 1, 3
 
@@ -29,7 +30,8 @@ def _user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with guarding_inputs():  # the command's outputs never replace what it read
+                return fn(*args, **kwargs)
         except Prototxt2pyError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(EXIT_INPUT)

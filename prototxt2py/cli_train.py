@@ -114,8 +114,8 @@ def _process_group(device: str) -> Iterator[tuple[int, int, str]]:
             dist.destroy_process_group()
 
 
-def _echo(rank: int) -> Callable[[str], None]:
-    return (lambda line: click.echo(line, err=True)) if rank == 0 else (lambda line: None)
+def _echo(rank: int, prefix: str = "") -> Callable[[str], None]:
+    return (lambda line: click.echo(prefix + line, err=True)) if rank == 0 else (lambda line: None)
 
 
 def train_command(solver: str, weights: str | None, snapshot: str | None, iterations: int | None,
@@ -128,7 +128,7 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
     if weights and snapshot:
         raise SolverError("give --snapshot to resume training or --weights to fine-tune, not both")
     with _process_group(device) as (rank, world, device):
-        param = read_solver_param(solver)
+        param = read_solver_param(solver, warn=_echo(rank, "warning: "))
         if iterations is not None:
             param.max_iter = iterations
         param.train_state.level = level

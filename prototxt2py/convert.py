@@ -17,25 +17,10 @@ from .errors import Location, Prototxt2pyError
 from .fsutil import atomic_output, output_target, write_bytes_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
+    pass
 
 #: Targets :func:`convert_graph` writes without torch.
 ARRAY_TARGETS = ("onnx", "caffemodel", "safetensors")
-
-
-def state_dict_by_caffe_name(net: Any) -> dict[str, torch.Tensor]:
-    """``{"<caffe layer>.<blob name>": tensor}`` — stable, readable keys (shared blobs listed once)."""
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for node in net.graph.nodes:
-        module = net.layer(node.name)
-        for name in getattr(module, "blob_names", ()):
-            t = getattr(module, name)
-            if id(t) in seen:
-                continue
-            seen.add(id(t))
-            out[f"{node.name}.{name}"] = t.detach().contiguous()
-    return out
 
 
 def convert_net(net: Any, target: str, output: str | os.PathLike, *, opset: int | None = None,

@@ -11,13 +11,30 @@ from typing import IO
 
 from .errors import InputFileError, Location
 
-#: (device, inode) of every file this process has read as an input: outputs never replace one of them
-#: (``upgrade net.prototxt net.prototxt``, ``draw a.prototxt a.prototxt``), whatever the path spelling.
+#: (device, inode) of every file the running command has read as an input: its outputs never replace one of
+#: them (``upgrade net.prototxt net.prototxt``, ``draw a.prototxt a.prototxt``), whatever the path spelling.
 _inputs: set[tuple[int, int]] = set()
+_guarding = [False]
+
+
+@contextlib.contextmanager
+def guarding_inputs() -> Iterator[None]:
+    """For one CLI command: outputs may not replace a file the command read. Library calls outside (pycaffe's
+    ``net.save`` over a file loaded earlier in a session, a snapshot over the state a solver was restored from)
+    overwrite, as Caffe does: in a long-lived process "read once" is no reason to refuse."""
+    _inputs.clear()
+    _guarding[0] = True
+    try:
+        yield
+    finally:
+        _guarding[0] = False
+        _inputs.clear()
 
 
 def note_input(fd_or_path: int | str | os.PathLike) -> None:
-    """Remember a file as an input (called by the readers with the open descriptor)."""
+    """Remember a file as an input (called by the readers with the open descriptor) while a command runs."""
+    if not _guarding[0]:
+        return
     try:
         info = os.fstat(fd_or_path) if isinstance(fd_or_path, int) else os.stat(fd_or_path)
     except OSError:
@@ -26,6 +43,8 @@ def note_input(fd_or_path: int | str | os.PathLike) -> None:
 
 
 def _is_input(target: Path) -> bool:
+    if not _guarding[0]:
+        return False
     try:
         info = target.stat()
     except OSError:
@@ -59,12 +78,19 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Write to a temporary file next to ``path`` and rename it into place only on success; what
     :func:`output_target` refuses is refused before anything is written."""
     target = output_target(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise InputFileError(f"cannot write the output: {e.strerror or e}", Location(str(path))) from None
     try:
         with os.fdopen(fd, mode) as f:
             yield f
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a normal output file follows the umask
         os.replace(tmp, target)
+    except OSError as e:  # a full disk, a file-size limit, a quota: one line naming the output, nothing left
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise InputFileError(f"cannot write the output: {e.strerror or e}", Location(str(path))) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -1,6 +1,7 @@
 """Caffe's HDF5 weights (``.caffemodel.h5``, ``Net::ToHDF5`` / ``CopyTrainedLayersFromHDF5``), read with h5py and
 without torch, for every reader of weights: the runtime's loader, the torch-free blob store of ``convert``, the
-solver and pycaffe's ``Net.load_hdf5``.
+solver and pycaffe's ``Net.load_hdf5``; and written (:func:`write_weights_h5`) by solver snapshots and pycaffe's
+``Net.save_hdf5``.
 
 Layout: group ``data``, one group per layer (every layer, even without blobs), datasets ``"0"``, ``"1"``, ...
 holding the blobs a layer *owns*: a blob shared through ``param { name }`` is stored with its owner only.
@@ -52,6 +53,32 @@ def blob_array(h5py: Any, obj: Any, loc: Location) -> np.ndarray:
     if obj.dtype.kind not in "biuf":
         raise WeightsError(f"dataset '{obj.name}' has dtype {obj.dtype}, expected real numbers ({LAYOUT})", loc)
     return np.asarray(obj, dtype=np.float32)
+
+
+def write_weights_h5(h5py: Any, f: Any, graph: Any, layer_blobs: Any, where: Location | None = None) -> None:
+    """Caffe's ``Net::ToHDF5`` without diffs into ``f`` (an open binary file): ``layer_blobs`` holds each node's
+    blobs as float32 arrays, in the graph's order. Caffe stops on a layer name that repeats (one group per
+    name); here that is refused before anything is written only where the later layer owns blobs that would be
+    lost, as a binary ``.caffemodel`` can hold them."""
+    layers = list(zip(graph.nodes, layer_blobs, strict=True))
+    seen: set[str] = set()
+    for node, blobs in layers:
+        if node.name in seen and _owned(node, blobs):
+            raise WeightsError(f"a layer named '{node.name}' comes earlier in the net: HDF5 weights hold one group per "
+                               "layer name, so both layers' blobs cannot be stored (rename one, or write a binary "
+                               ".caffemodel)", where, layer=node.name)
+        seen.add(node.name)
+    with h5py.File(f, "w") as h5:
+        data = h5.create_group("data")
+        for node, blobs in layers:
+            group = data.require_group(node.name)
+            for k, array in _owned(node, blobs):
+                group.create_dataset(str(k), data=array)
+
+
+def _owned(node: Any, blobs: Any) -> list[tuple[int, Any]]:
+    """(index, array) of the blobs a layer owns: one shared through ``param { name }`` is stored with its owner."""
+    return [(k, a) for k, a in enumerate(blobs) if not (k < len(node.params) and node.params[k].owner is not None)]
 
 
 def read_caffemodel_h5(path: str | os.PathLike, graph: Any) -> dict[str, list[Blob]]:

@@ -62,6 +62,9 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # net layers with blobs that the file lacks
     extra: list[str] = field(default_factory=list)  # file layers with blobs that the net lacks
+    #: net layers with blobs named like an earlier layer: Caffe's CopyTrainedLayersFrom copies by name into the
+    #: first layer of a name only, so these keep their fillers
+    repeated: list[str] = field(default_factory=list)
     #: the tensors the file's values were written into (so a deferred build knows what still needs filling)
     written: list[torch.Tensor] = field(default_factory=list, repr=False)
 
@@ -71,6 +74,9 @@ class LoadReport:
             out.append("layers without weights in the file (left at their fillers): " + ", ".join(self.missing))
         if self.extra:
             out.append("layers in the weights file that the net does not have (ignored): " + ", ".join(self.extra))
+        if self.repeated:
+            out.append("layers named like an earlier layer, left at their fillers (Caffe copies weights into the "
+                       "first layer of a name only; rename them): " + ", ".join(self.repeated))
         return out
 
 
@@ -354,10 +360,15 @@ def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike
     try:
         report = LoadReport()
         plan = []
-        for node in net.graph.nodes:
-            module = net.layer(node.name)
+        seen: set[str] = set()
+        for node, module in net.node_layers():
             names = getattr(module, "blob_names", ())
+            first = node.name not in seen
+            seen.add(node.name)
             if not names:
+                continue
+            if not first:
+                report.repeated.append(node.name)
                 continue
             blobs = refs.get(node.name)
             if blobs is None:

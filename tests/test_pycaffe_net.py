@@ -200,6 +200,33 @@ def test_backward_only_along_paths_to_a_loss(tmp_path: Path) -> None:
     assert net.blobs["loss"].diff == 1.0  # the loss weight sits in the loss top's diff
 
 
+def test_a_blob_read_by_a_loss_and_an_accuracy_still_gets_gradients(tmp_path: Path) -> None:
+    """Caffe gives each reader of a shared blob its own Split copy: the Accuracy beside the loss (every train_val
+    net) needs no diff, but must not switch off the layers below the loss."""
+    text = """
+    layer { name: "data" type: "Input" top: "data" top: "label" input_param { shape { dim: 4 dim: 3 }
+            shape { dim: 4 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 5
+            weight_filler { type: "gaussian" std: 1 } } }
+    layer { name: "relu" type: "ReLU" bottom: "ip" top: "ip" }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+    """
+    accuracy = 'layer { name: "acc" type: "Accuracy" bottom: "ip" bottom: "label" top: "acc" }\n'
+    caffe.set_random_seed(3)
+    plain = caffe.Net(write(tmp_path, text, "plain.prototxt"), caffe.TRAIN)
+    both = caffe.Net(write(tmp_path, text + accuracy, "both.prototxt"), caffe.TRAIN)
+    assert both.layer_need_backward == [False, True, True, True, False]
+    both.params["ip"][0].data[...] = plain.params["ip"][0].data
+    for net in (plain, both):
+        net.blobs["data"].data[...] = np.arange(12, dtype=np.float32).reshape(4, 3) / 7 - 0.5
+        net.blobs["label"].data[...] = [0, 1, 2, 4]
+        net.forward()
+        net.backward()
+    assert np.abs(both.params["ip"][0].diff).max() > 0
+    assert np.array_equal(both.params["ip"][0].diff, plain.params["ip"][0].diff)
+    assert np.array_equal(both.params["ip"][1].diff, plain.params["ip"][1].diff)
+
+
 # -- Caffe's in-place backward semantics --------------------------------------------------------------------------
 INPLACE = """force_backward: true
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 3 dim: 4 } } }

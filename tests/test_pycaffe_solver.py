@@ -196,3 +196,134 @@ def test_solver_classes_choose_the_update_rule(tmp_path: Path, monkeypatch: pyte
     assert repr(caffe.SGDSolver(param)) == "<caffe.SGDSolver '<solver>' iter=0>"
     with pytest.raises(Prototxt2pyError, match="missing.prototxt"):
         caffe.SGDSolver(str(tmp_path / "missing.prototxt"))
+
+
+def test_test_nets_share_data_not_diffs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Caffe's ShareTrainedLayersWith: a TEST net reads the TRAIN parameters, but its backward and
+    ``clear_param_diffs`` leave the TRAIN diffs (what ``apply_update`` applies) alone."""
+    _case("sgd_test_interval", monkeypatch)
+    solver = caffe.get_solver(_param(tmp_path))
+    solver.net.copy_from("init.caffemodel")
+    solver.step(1)
+    train_diff = solver.net.params["ip2"][0].diff.copy()
+    test = solver.test_nets[0]
+    assert np.abs(train_diff).max() > 0
+    test.clear_param_diffs()
+    test.forward()
+    test.backward()
+    assert np.abs(test.params["ip2"][0].diff).max() > 0
+    assert np.array_equal(solver.net.params["ip2"][0].diff, train_diff)
+    w = solver.net.params["ip2"][0].data.copy()
+    solver.apply_update()  # momentum 0.9, lr 0.1 on the TRAIN diff (the last update): the same update again
+    assert_close(solver.net.params["ip2"][0].data, w - train_diff, 1e-6, 1e-7, "update from the TRAIN diffs")
+    assert np.abs(test.params["ip2"][0].diff - train_diff).max() > 1e-3  # which the TEST gradients are not
+
+
+def test_files_read_earlier_in_a_session_may_be_overwritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long-lived pycaffe session restores a snapshot and writes it again, or saves over weights it loaded:
+    Caffe overwrites (only a CLI command refuses to replace its own inputs)."""
+    _case("sgd_plain_fixed", monkeypatch)
+    first = caffe.SGDSolver(_param(tmp_path))
+    first.step(2)
+    first.snapshot()
+    state, model = tmp_path / "snap_iter_2.solverstate", tmp_path / "snap_iter_2.caffemodel"
+    again = caffe.SGDSolver(_param(tmp_path))
+    again.restore(str(state))
+    assert again.iter == 2
+    again.snapshot()  # the files it was restored from
+    again.net.copy_from(str(model))
+    again.net.params["ip2"][1].data[...] = 7
+    again.net.save(str(model))
+    assert (read_caffemodel(model)["ip2"][1].array == 7).all()
+
+
+MEMORY_NET = """name: "memory"
+layer { name: "data" type: "MemoryData" top: "data" top: "label"
+        memory_data_param { batch_size: 2 channels: 3 height: 1 width: 1 } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 2 weight_filler { type: "constant" value: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def _memory_solver(tmp_path: Path) -> Path:
+    (tmp_path / "memory.prototxt").write_text(MEMORY_NET)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(f'net: "{tmp_path / "memory.prototxt"}"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 10\n'
+                      f'snapshot_prefix: "{tmp_path / "snap"}"\n')
+    return solver
+
+
+def test_memory_data_solver_trains_on_set_input_arrays(tmp_path: Path) -> None:
+    """pycaffe's way to train from numpy: ``solver.net.set_input_arrays`` feeds the solver's MemoryData reader,
+    for ``step`` and ``forward`` alike (one cursor)."""
+    solver = caffe.SGDSolver(str(_memory_solver(tmp_path)))
+    data = np.arange(24, dtype=np.float32).reshape(8, 3, 1, 1)
+    labels = np.array([0, 1, 1, 0, 1, 0, 0, 1], np.float32)
+    solver.net.set_input_arrays(data, labels)
+    solver.step(1)
+    assert np.array_equal(solver.net.blobs["data"].data, data[:2])
+    assert float(solver.net.blobs["loss"].data) == pytest.approx(np.log(2), rel=1e-6)  # equal scores at first
+    solver.net.forward()
+    assert np.array_equal(solver.net.blobs["label"].data.ravel(), labels[2:4])
+    solver.step(1)
+    assert np.array_equal(solver.net.blobs["data"].data, data[4:6]) and solver.iter == 2
+
+
+def test_misuse_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = str(_memory_solver(tmp_path))
+    with pytest.raises(TypeError, match="a solver needs a solver file path or a SolverParameter, got NoneType"):
+        caffe.get_solver(None)
+    with pytest.raises(Prototxt2pyError, match="unknown device 'bogus'"):
+        caffe.get_solver(path, device="bogus")
+    solver = caffe.SGDSolver(path)
+    with pytest.raises(TypeError, match="share_weights: expected a caffe.Net, got str"):
+        solver.share_weights("deploy.prototxt")
+    with pytest.raises(TypeError, match="add_callback: on_gradients must be callable, got int"):
+        solver.add_callback(lambda: None, 2)
+    param = solver.param  # a copy, as pycaffe's: changing it changes nothing
+    param.base_lr, param.average_loss = 0, 0
+    assert solver.param.base_lr == pytest.approx(0.1) and solver.param.average_loss == 1
+    solver.close()
+    with pytest.raises(Prototxt2pyError, match="data readers are closed"):
+        solver.step(1)
+
+
+def test_dropping_a_solver_frees_it_without_the_cycle_collector(tmp_path: Path) -> None:
+    """Loader worker processes stop when the solver goes: nothing it hands the trainer refers back to it."""
+    import gc
+    import weakref
+
+    solver = caffe.SGDSolver(str(_memory_solver(tmp_path)))
+    solver.add_callback(lambda: None, lambda: None)
+    gone = weakref.ref(solver)
+    trainer = weakref.ref(solver.trainer)
+    gc.disable()
+    try:
+        del solver
+        assert gone() is None and trainer() is None
+    finally:
+        gc.enable()
+
+
+def test_a_test_layer_with_other_blobs_than_its_train_namesake_is_refused(tmp_path: Path) -> None:
+    test_ip = ('layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" include { phase: TEST }\n'
+               '        inner_product_param { num_output: 2 bias_term: false } }\n')
+    net = MEMORY_NET.replace('layer { name: "ip"', 'layer { name: "ip" include { phase: TRAIN }')
+    net = net.replace('layer { name: "loss"', test_ip + 'layer { name: "loss"')
+    (tmp_path / "memory.prototxt").write_text(net)
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(f'net: "{tmp_path / "memory.prototxt"}"\nbase_lr: 0.1\nlr_policy: "fixed"\nmax_iter: 10\n'
+                      "test_iter: 1\ntest_interval: 5\n")
+    with pytest.raises(Prototxt2pyError, match="Incompatible number of blobs for layer ip: 2 in the TRAIN net, 1 here"):
+        caffe.SGDSolver(str(solver))
+
+
+def test_unknown_solver_fields_are_named(tmp_path: Path) -> None:
+    """A typo (``max_iters``) is dropped as Caffe's forks' fields are, but never silently."""
+    path = _memory_solver(tmp_path)
+    path.write_text(path.read_text() + "max_iters: 5\n")
+    dropped = r"solver.prototxt:6:1: dropped unknown field 'max_iters' in caffe.SolverParameter"
+    with pytest.warns(UserWarning, match=dropped):
+        solver = caffe.SGDSolver(str(path))
+    assert solver.max_iter == 10

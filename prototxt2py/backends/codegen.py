@@ -517,12 +517,8 @@ def _assign(graph: Graph, outs: Sequence[str], rhs: str, v: Any) -> str:
 
 
 def _runtime_keys(graph: Graph) -> dict[str, str]:
-    from .torch_runtime import module_key
-
-    taken: set[str] = set()
     out: dict[str, str] = {}
-    for node in graph.nodes:
-        key = module_key(node.name, taken)
+    for node, key in zip(graph.nodes, graph.layer_keys(), strict=True):
         out.setdefault(node.name, f"layers.{key}")
     return out
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +33,7 @@ from torch import nn
 
 from ..errors import Prototxt2pyError, ShapeError, UnsupportedLayerError
 from ..fillers import fill_blob
-from ..ir import Graph
+from ..ir import Graph, Node
 from ..layers.base import unsupported_entry
 from ..netstate import TRAIN
 from . import fusion
@@ -55,17 +54,6 @@ from .fusion import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..weights import Blob, LoadReport
-
-
-def module_key(layer_name: str, taken: set[str]) -> str:
-    """A submodule name for a Caffe layer name: ``.`` is not allowed in module names, so it becomes ``_``."""
-    key = re.sub(r"[.]", "_", layer_name) or "layer"
-    base, i = key, 1
-    while key in taken:
-        i += 1
-        key = f"{base}_{i}"
-    taken.add(key)
-    return key
 
 
 # fx wraps a function in the globals of the module that registers it: the runtime calls its own import of
@@ -118,14 +106,11 @@ class CaffeNet(nn.Module):
         if missing:
             raise UnsupportedLayerError("no PyTorch implementation for: " + ", ".join(missing))
         self.layers = nn.ModuleDict()
-        taken: set[str] = set()
         self.layer_keys: dict[str, str] = {}
         plan = []
-        self._node_keys: list[str] = []  # per node (layer names may repeat; keys do not)
+        self._node_keys: list[str] = graph.layer_keys()  # per node (layer names may repeat; keys do not)
         unresolved = graph.unresolved()
-        for node in graph.nodes:
-            key = module_key(node.name, taken)
-            self._node_keys.append(key)
+        for node, key in zip(graph.nodes, self._node_keys, strict=True):
             if node.spec.blob_names and not node.param_shapes and unresolved:
                 # Parameter blobs are sized from inferred shapes; name the layer whose shapes are unknown.
                 layer, why = next(iter(unresolved.items()))
@@ -204,8 +189,13 @@ class CaffeNet(nn.Module):
                 setattr(module, module.blob_names[i], tensor)
 
     def layer(self, caffe_name: str) -> nn.Module:
-        """The submodule of a Caffe layer, by its Caffe name."""
+        """The submodule of a Caffe layer, by its Caffe name (the first layer of that name, as Caffe's lookups)."""
         return self.layers[self.layer_keys[caffe_name]]
+
+    def node_layers(self) -> list[tuple[Node, nn.Module]]:
+        """Each layer of the graph with its own submodule, in Caffe's order: how to walk every layer when names
+        repeat (Caffe allows it), where ``layer(name)`` would give the first of a name twice."""
+        return [(node, self.layers[key]) for node, key in zip(self.graph.nodes, self._node_keys, strict=True)]
 
     def layer_blobs(self, caffe_name: str) -> list[torch.Tensor]:
         """The parameter blobs of a Caffe layer in Caffe's order (``net.params[name]`` in pycaffe): parameters

@@ -49,15 +49,19 @@ def need_backward(graph: Graph, param_counts: Sequence[int]) -> NeedBackward:
             blob_need.setdefault(t, False)
             if layer_need[i]:
                 blob_need[t] = True
+    # Caffe's blobs_skip_backp, per value: Caffe gives each reader of a blob read by several layers its own copy
+    # (a Split layer), and the Split passes a diff down if any reader wants one. So a value is skipped only when
+    # it is read and no reader needs its diff (an Accuracy beside a loss must not switch off the layers below).
     under_loss: set[str] = set()
-    skip: set[str] = set()
+    read: set[str] = set()
+    wanted: set[str] = set()
     for i in range(len(graph.nodes) - 1, -1, -1):
         node = graph.nodes[i]
         contributes, skip_down = False, True
-        for k, t in enumerate(node.tops):
+        for k, (t, vid) in enumerate(zip(node.tops, node.outputs, strict=True)):
             if (k < len(node.loss_weights) and node.loss_weights[k]) or t in under_loss:
                 contributes = True
-            if t not in skip:
+            if vid not in read or vid in wanted:
                 skip_down = False
             if contributes and not skip_down:
                 break
@@ -66,13 +70,14 @@ def need_backward(graph: Graph, param_counts: Sequence[int]) -> NeedBackward:
             bottom_need[i] = [False] * len(node.bottoms)
         if not contributes:
             layer_need[i] = False
-        for j, b in enumerate(node.bottoms):
+        for j, (b, vid) in enumerate(zip(node.bottoms, node.inputs, strict=True)):
             if contributes:
                 under_loss.add(b)
             else:
                 bottom_need[i][j] = False
-            if not bottom_need[i][j]:
-                skip.add(b)
+            read.add(vid)
+            if bottom_need[i][j]:
+                wanted.add(vid)
     if graph.force_backward:
         for i, node in enumerate(graph.nodes):
             refused = _inplace.NO_FORCE_BACKWARD.get(node.type, frozenset())

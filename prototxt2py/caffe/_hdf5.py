@@ -14,7 +14,7 @@ import torch
 
 from ..errors import Location, WeightsError
 from ..fsutil import atomic_output
-from ..hdf5_weights import blob_array, expect_group, require_h5py
+from ..hdf5_weights import blob_array, expect_group, require_h5py, write_weights_h5
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._net import Net
@@ -26,15 +26,9 @@ def _h5py():
 
 def save_params(net: Net, filename: str | os.PathLike) -> None:
     h5py = _h5py()
-    with atomic_output(filename, "w+b") as f, h5py.File(f, "w") as h5:
-        data = h5.create_group("data")
-        for i, layer in enumerate(net.layers):
-            group = data.require_group(layer.name)
-            node = net._graph.nodes[i]
-            for k, blob in enumerate(layer.blobs):
-                if k < len(node.params) and node.params[k].owner is not None:
-                    continue
-                group.create_dataset(str(k), data=blob.tensor().detach().cpu().numpy())
+    blobs = [[b.tensor().detach().cpu().numpy() for b in layer.blobs] for layer in net.layers]
+    with atomic_output(filename, "w+b") as f:
+        write_weights_h5(h5py, f, net._graph, blobs, Location(os.fspath(filename)))
 
 
 def load_params(net: Net, filename: str | os.PathLike) -> None:

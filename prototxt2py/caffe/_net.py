@@ -106,15 +106,18 @@ class Net:
         self._memory_data: tuple[np.ndarray, np.ndarray, int] | None = None
         self._python_layers = dict(python_layers or {})
         self._feeder: Any = None
+        self._links_grad = True
         graph = prototxt2py.graph(self._source, self._phase, self._stages, self._level, input_shapes=input_shapes,
                                   python_layers=self._python_layers)
         self._adopt(graph, prototxt2py.load(graph, weights=weights).to(self._device))
 
     @classmethod
-    def _over(cls, runtime: Any, source: NetSource, feeder: Any = None) -> Net:
+    def _over(cls, runtime: Any, source: NetSource, feeder: Any = None, links_grad: bool = True) -> Net:
         """A Net over a runtime built elsewhere (a solver's TRAIN or TEST net): its modules and parameter tensors
         are shared, not copied. ``feeder`` (a :class:`~prototxt2py.train.feeding.Feeder`) gives the data layers'
-        next batch when ``forward`` runs them, as Caffe's data layers read their sources."""
+        next batch when ``forward`` runs them, as Caffe's data layers read their sources. ``links_grad``: the
+        parameter diffs are the tensors' ``.grad`` (the TRAIN net, whose gradients the solver applies); a TEST
+        net's parameters are the TRAIN net's tensors, but its diffs are its own, as in Caffe."""
         from ..netstate import TRAIN as STATE_TRAIN
 
         state = runtime.graph.state
@@ -128,6 +131,7 @@ class Net:
         net._memory_data = None
         net._python_layers = {}
         net._feeder = feeder
+        net._links_grad = links_grad
         net._adopt(runtime.graph, runtime)
         return net
 
@@ -148,11 +152,11 @@ class Net:
         self._value_blob = {vid: self._blobs_dict[v.blob] for vid, v in graph.values.items()}
         self._node_params: list[list[Blob]] = []
         seen: dict[int, Blob] = {}
-        for node in graph.nodes:
+        for _, module in runtime.node_layers():  # each layer its own, even where names repeat
             blobs = []
-            for t in runtime.layer_blobs(node.name):
+            for t in (getattr(module, n) for n in getattr(module, "blob_names", ())):
                 if id(t) not in seen:
-                    if isinstance(t, torch.nn.Parameter):
+                    if isinstance(t, torch.nn.Parameter) and self._links_grad:
                         if t.grad is None or t.grad.shape != t.shape:
                             t.grad = torch.zeros_like(t)
                         seen[id(t)] = Blob(t, t.grad)
@@ -464,7 +468,7 @@ class Net:
         for blob, g in zip(blobs, param_grads, strict=True):
             if g is not None:
                 tensor = blob._data.tensor
-                if tensor.grad is not blob._diff.tensor:  # re-link after e.g. zero_grad(set_to_none=True)
+                if self._links_grad and tensor.grad is not blob._diff.tensor:  # re-link after zero_grad(None)
                     tensor.grad = blob._diff.tensor
                 blob.write_diff(g, accumulate=True)
 
@@ -532,6 +536,9 @@ class Net:
             raise CaffeUsageError("data and labels must have the same first dimension")
         if len(data) % p.batch_size:
             raise CaffeUsageError("first dimensions of input arrays must be a multiple of batch size")
+        if self._feeder is not None:  # a solver's net: its reader serves the training steps and forward() alike
+            self._feeder.feed.source(self._graph.nodes[0].name).reset(data, labels)
+            return
         self._memory_data = (np.ascontiguousarray(data), np.ascontiguousarray(labels), 0)
 
     def _next_memory_batch(self, outs: Sequence[str]) -> None:

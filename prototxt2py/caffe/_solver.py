@@ -46,10 +46,17 @@ class Solver:
         self.trainer = Trainer(filename, solver_type=self._type, **kwargs)
         t = self.trainer
         self.net = Net._over(t.net, t.net_source, t.feeder)
-        self.test_nets = [Net._over(n, src, f) for n, src, f in zip(t.test_nets, t.test_sources, t.test_feeders,
-                                                                     strict=True)]
-        self._view = {id(t.net): self.net, **{id(n): v for n, v in zip(t.test_nets, self.test_nets, strict=True)}}
-        t.on_blobs = self._take_blobs
+        self.test_nets = [Net._over(n, src, f, links_grad=False)
+                          for n, src, f in zip(t.test_nets, t.test_sources, t.test_feeders, strict=True)]
+        views = {id(t.net): self.net, **{id(n): v for n, v in zip(t.test_nets, self.test_nets, strict=True)}}
+
+        def take_blobs(runtime: Any, blobs: dict[str, Any]) -> None:
+            view = views.get(id(runtime))
+            if view is not None:
+                view._take_blobs(blobs)
+
+        # no reference back to this object: dropping the solver stops its loader processes without the cyclic GC
+        t.on_blobs = take_blobs
 
     # -- pycaffe's properties ----------------------------------------------------------------------------------
     @property
@@ -62,8 +69,11 @@ class Solver:
 
     @property
     def param(self) -> Any:
-        """The ``SolverParameter`` (paths as read, ``snapshot_prefix`` defaulted as Caffe does)."""
-        return self.trainer.param
+        """A copy of the ``SolverParameter`` (paths as read, ``snapshot_prefix`` defaulted as Caffe does): as
+        pycaffe's, changing it changes nothing."""
+        copy = type(self.trainer.param)()
+        copy.CopyFrom(self.trainer.param)
+        return copy
 
     @property
     def type(self) -> str:
@@ -107,24 +117,36 @@ class Solver:
 
     def share_weights(self, net: Net) -> None:
         """``net`` (another ``caffe.Net``) uses this solver's TRAIN parameters for layers of the same name."""
+        if not isinstance(net, Net):
+            raise TypeError(f"share_weights: expected a caffe.Net, got {type(net).__name__}")
         net.share_with(self.net)
 
     def add_callback(self, on_start: Callable[[], Any], on_gradients: Callable[[], Any]) -> None:
         """Caffe's ``Solver::Callback``: ``on_start()`` at each iteration (after its test), ``on_gradients()``
         once the gradients are computed, before the update; diffs changed there are what the update uses."""
+        for name, fn in (("on_start", on_start), ("on_gradients", on_gradients)):
+            if not callable(fn):
+                raise TypeError(f"add_callback: {name} must be callable, got {type(fn).__name__}")
+        net = self.net  # not self: the trainer holding the callback must not keep this object alive
+
         def gradients_ready() -> None:
-            self.net._take_param_diffs()
+            net._take_param_diffs()
             on_gradients()
-            self.net._push_params()
+            net._push_params()
 
         self.trainer.callbacks.append((on_start, gradients_ready))
 
-    # -- the views ---------------------------------------------------------------------------------------------
-    def _take_blobs(self, runtime: Any, blobs: dict[str, Any]) -> None:
-        view = self._view.get(id(runtime))
-        if view is not None:
-            view._take_blobs(blobs)
+    def close(self) -> None:
+        """Stop the data readers' loader processes now (dropping the solver stops them too)."""
+        self.trainer.close()
 
+    def __enter__(self) -> Solver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the views ---------------------------------------------------------------------------------------------
     def _before(self) -> None:
         """Values written through host arrays reach the device before training reads them (off the CPU). TEST
         nets share the TRAIN net's parameter tensors: the TRAIN net's host arrays go last, so what was written

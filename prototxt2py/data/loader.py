@@ -184,6 +184,8 @@ class DataFeed:
         return self._sources[layer]
 
     def next(self) -> dict[str, torch.Tensor]:
+        if self._tops and not (self._sources or self._iters):
+            raise DataError("the data readers are closed (the solver or feed was closed): no more batches")
         out: dict[str, torch.Tensor] = {}
         for name, tops in self._tops.items():
             if name in self._sources:

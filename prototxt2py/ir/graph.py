@@ -93,6 +93,22 @@ class Graph:
                 return n
         raise KeyError(name)
 
+    def layer_keys(self) -> list[str]:
+        """One identifier per node, unique even where Caffe layer names repeat: the name with ``.`` as ``_``
+        (torch module names cannot hold dots), then ``_2``, ``_3``... on a clash. The runtime's submodules, the
+        generated code and the safetensors layout are all keyed this way."""
+        taken: set[str] = set()
+        keys = []
+        for node in self.nodes:
+            base = node.name.replace(".", "_") or "layer"
+            key, i = base, 1
+            while key in taken:
+                i += 1
+                key = f"{base}_{i}"
+            taken.add(key)
+            keys.append(key)
+        return keys
+
     def final_value(self, blob: str) -> Value:
         """The last version of a Caffe blob (what Caffe reports under that name after a forward pass)."""
         found = None

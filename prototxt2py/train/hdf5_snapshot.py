@@ -37,15 +37,10 @@ def _array(t: torch.Tensor) -> np.ndarray:
 
 def write_caffemodel_h5(net: Any, f: IO[bytes]) -> None:
     """``Net::ToHDF5`` (without diffs) into an open binary file."""
-    h5py = _h5py()
-    with h5py.File(f, "w") as h5:
-        data = h5.create_group("data")
-        for node in net.graph.nodes:
-            group = data.require_group(node.name)
-            for i, t in enumerate(net.layer_blobs(node.name)):
-                if i < len(node.params) and node.params[i].owner is not None:
-                    continue  # only blobs that own themselves
-                group.create_dataset(str(i), data=_array(t))
+    from ..hdf5_weights import write_weights_h5
+
+    blobs = [[_array(getattr(module, n)) for n in getattr(module, "blob_names", ())] for _, module in net.node_layers()]
+    write_weights_h5(_h5py(), f, net.graph, blobs)
 
 
 def write_solverstate_h5(f: IO[bytes], it: int, learned_net: str, current_step: int,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import Location
 from .errors import SolverError
 
 f32 = np.float32
@@ -35,16 +36,16 @@ class LrParams:
     def from_solver(cls, p) -> LrParams:
         return cls(p.lr_policy, p.base_lr, p.gamma, p.power, p.stepsize, tuple(p.stepvalue), p.max_iter)
 
-    def check(self) -> None:
-        """Caffe's CHECKs, up front (Caffe fails them at the first update)."""
+    def check(self, where: Location | None = None) -> None:
+        """Caffe's CHECKs, up front (Caffe fails them at the first update); errors name ``where`` (the file)."""
         if self.lr_policy not in POLICIES:
-            raise SolverError(f"unknown lr_policy '{self.lr_policy}' (Caffe knows {', '.join(POLICIES)})")
+            raise SolverError(f"unknown lr_policy '{self.lr_policy}' (Caffe knows {', '.join(POLICIES)})", where)
         if self.lr_policy in ("step", "sigmoid") and self.stepsize <= 0:
-            raise SolverError(f"lr_policy '{self.lr_policy}' needs stepsize > 0")
+            raise SolverError(f"lr_policy '{self.lr_policy}' needs stepsize > 0", where)
         if self.lr_policy in ("step", "exp", "inv", "multistep", "sigmoid") and self.gamma < 0:
-            raise SolverError(f"lr_policy '{self.lr_policy}' needs gamma >= 0")
+            raise SolverError(f"lr_policy '{self.lr_policy}' needs gamma >= 0", where)
         if self.lr_policy == "poly" and self.max_iter <= 0:
-            raise SolverError("lr_policy 'poly' needs max_iter > 0")
+            raise SolverError("lr_policy 'poly' needs max_iter > 0", where)
 
 
 def learning_rate(p: LrParams, it: int, current_step: int) -> tuple[float, int]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,13 +66,19 @@ class TestResult:
     per_batch: list[dict[str, list[float]]] = field(default_factory=list)
 
 
-def read_solver_param(path: str | os.PathLike) -> Any:
+def read_solver_param(path: str | os.PathLike, warn: Callable[[str], None] | None = None) -> Any:
     """A solver file read and upgraded as Caffe's ``ReadSolverParamsFromTextFileOrDie`` does, including the
     default ``snapshot_prefix`` (the solver file's path without extension; a directory prefix gets the solver
-    file's stem appended)."""
+    file's stem appended). Fields the schema does not know (a fork's, or a typo such as ``max_iters``) are
+    dropped, each with a warning: ``warn(line)``, by default a Python ``UserWarning``."""
     from ..reader import read_solver
 
-    param, _info, _report = read_solver(path)
+    param, info, _report = read_solver(path)
+    for line in info.warnings():
+        if warn is not None:
+            warn(line)
+        else:
+            warnings.warn(line, UserWarning, stacklevel=2)
     if not param.HasField("snapshot_prefix"):
         param.snapshot_prefix = str(Path(path).with_suffix(""))
     elif Path(param.snapshot_prefix).is_dir():
@@ -125,18 +132,25 @@ class Solver:
     def __init__(self, solver: str | os.PathLike | Any, *, rank: int | None = None, world: int | None = None,
                  device: str | torch.device = "cpu", data_workers: int | None = None,
                  solver_type: str | None = None):
+        from ..proto import caffe_pb2
+
+        if not isinstance(solver, (str, os.PathLike, caffe_pb2.SolverParameter)):
+            raise TypeError(f"a solver needs a solver file path or a SolverParameter, got {type(solver).__name__}")
         self.param = read_solver_param(solver) if isinstance(solver, (str, os.PathLike)) else solver
         self.file = str(solver) if isinstance(solver, (str, os.PathLike)) else "<solver>"
         if rank is None or world is None:
             rank, world = _dist_rank_world()
         self.rank, self.world = rank, world
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise SolverError(f"unknown device {device!r}: {str(e).splitlines()[0]}", Location(self.file)) from None
         p = self.param
         self.type = solver_type or self.solver_type or p.type or "SGD"
         if self.type not in UPDATES:
             raise SolverError(f"unknown solver type '{self.type}' (known: {', '.join(UPDATES)})", Location(self.file))
         self.lr = LrParams.from_solver(p)
-        self.lr.check()
+        self.lr.check(Location(self.file))
         if p.average_loss < 1:
             raise SolverError("average_loss should be at least 1", Location(self.file))
         if p.iter_size < 1:
@@ -257,7 +271,10 @@ class Solver:
             target, source = test_net.layer(node.name), self.net.layer(node.name)
             names = getattr(target, "blob_names", ())
             src_names = getattr(source, "blob_names", ())
-            for i, (name, src) in enumerate(zip(names, src_names, strict=False)):
+            if len(names) != len(src_names):  # Caffe's ShareTrainedLayersWith CHECK
+                raise SolverError(f"Incompatible number of blobs for layer {node.name}: {len(src_names)} in the TRAIN "
+                                  f"net, {len(names)} here", node.location, layer=node.name)
+            for i, (name, src) in enumerate(zip(names, src_names, strict=True)):
                 mine, theirs = getattr(target, name), getattr(source, src)
                 if tuple(mine.shape) != tuple(theirs.shape):
                     raise SolverError(f"cannot share blob {i} with the TRAIN net: shape {tuple(theirs.shape)} there, "
@@ -267,8 +284,7 @@ class Solver:
 
     def _learnables(self) -> list[Learnable]:
         out = []
-        for node in self.net.graph.nodes:
-            module = self.net.layer(node.name)
+        for node, module in self.net.node_layers():
             for i, name in enumerate(getattr(module, "blob_names", ())):
                 info = node.params[i] if i < len(node.params) else None
                 if info is not None and info.owner is not None:

@@ -1,0 +1,97 @@
+"""Layers whose names repeat (Caffe accepts them): each keeps blobs of its own everywhere, weights go into the
+first layer of a name only, as Caffe's ``CopyTrainedLayersFrom`` does, and what cannot be stored is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import prototxt2py
+from prototxt2py import caffe
+from prototxt2py.blobstore import GraphBlobs
+from prototxt2py.errors import WeightsError
+from prototxt2py.proto import caffe_pb2
+from prototxt2py.weights import read_caffemodel, write_caffemodel
+
+NET = """name: "twice"
+force_backward: true
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "a"
+        inner_product_param { num_output: 3 weight_filler { type: "constant" value: 0.5 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "a" top: "b"
+        inner_product_param { num_output: 2 weight_filler { type: "constant" value: 0.25 } } }
+"""
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    """The net, and weights holding one layer 'ip' with the first layer's shapes (what Caffe would copy)."""
+    net = tmp_path / "twice.prototxt"
+    net.write_text(NET)
+    msg = caffe_pb2.NetParameter()
+    layer = msg.layer.add(name="ip", type="InnerProduct")
+    for shape, value in (((3, 4), 2.0), ((3,), 1.0)):
+        blob = layer.blobs.add()
+        blob.shape.dim.extend(shape)
+        blob.data.extend([value] * int(np.prod(shape)))
+    weights = tmp_path / "w.caffemodel"
+    weights.write_bytes(msg.SerializeToString())
+    return net, weights
+
+
+def test_runtime_loads_the_first_of_a_name_and_reports_the_second(files: tuple[Path, Path]) -> None:
+    net_file, weights = files
+    net = prototxt2py.load(prototxt2py.graph(str(net_file)), weights=str(weights))
+    (_, first), (_, second) = [(n, m) for n, m in net.node_layers() if n.name == "ip"]
+    assert first is not second and first is net.layer("ip")
+    assert (first.weight == 2).all() and (first.bias == 1).all()
+    assert (second.weight == 0.25).all() and tuple(second.weight.shape) == (2, 3)  # its filler, as in Caffe
+    assert net.load_report.repeated == ["ip"] and net.load_report.missing == []
+    assert any("named like an earlier layer" in w and "ip" in w for w in net.load_report.warnings())
+    out = net(data=torch.ones(2, 4))
+    # a = 4*2 + 1 = 9 per unit; b = 3 * 9 * 0.25 = 6.75 (bias filler 0)
+    assert np.allclose(out["b"].detach().numpy(), 6.75)
+
+
+def test_torch_free_store_and_caffemodel_keep_both_layers(files: tuple[Path, Path], tmp_path: Path) -> None:
+    net_file, weights = files
+    graph = prototxt2py.graph(str(net_file))
+    store = GraphBlobs(graph, str(weights))
+    first, second = (store.blobs(n) for n in graph.nodes if n.name == "ip")
+    assert (first[0] == 2).all() and first[0].shape == (3, 4)
+    assert (second[0] == 0.25).all() and second[0].shape == (2, 3)
+    assert store.report.repeated == ["ip"]
+    assert list(store.arrays_by_name()) == ["ip.weight", "ip.bias", "ip_2.weight", "ip_2.bias"]
+    out = tmp_path / "both.caffemodel"
+    net = prototxt2py.load(graph, weights=str(weights))
+    with open(out, "wb") as f:
+        write_caffemodel(net, f)
+    saved = caffe_pb2.NetParameter.FromString(out.read_bytes())
+    assert [[tuple(b.shape.dim) for b in la.blobs] for la in saved.layer if la.name == "ip"] == [
+        [(3, 4), (3,)], [(2, 3), (2,)]]
+    assert (read_caffemodel(out)["ip"][0].array == 2).all()  # reading back: the first layer of a name
+
+
+def test_pycaffe_net_gives_each_layer_its_own_blobs(files: tuple[Path, Path]) -> None:
+    net_file, weights = files
+    net = caffe.Net(str(net_file), caffe.TEST, weights=str(weights))
+    first, second = (layer.blobs for layer in net.layers if layer.type == "InnerProduct")
+    assert first[0].shape == [3, 4] and second[0].shape == [2, 3]
+    net.forward(data=np.ones((2, 4), np.float32))
+    net.blobs["b"].diff[...] = 1
+    net.backward()
+    # d b / d W2 = a = 9 for every entry, summed over the batch of 2
+    assert second[0].diff.shape == (2, 3) and np.allclose(second[0].diff, 18)
+
+
+def test_hdf5_weights_refuse_a_repeated_name_with_blobs(files: tuple[Path, Path], tmp_path: Path) -> None:
+    pytest.importorskip("h5py")
+    net_file, weights = files
+    net = caffe.Net(str(net_file), caffe.TEST, weights=str(weights))
+    out = tmp_path / "w.h5"
+    with pytest.raises(WeightsError, match="a layer named 'ip' comes earlier in the net: HDF5 weights hold one group"):
+        net.save_hdf5(str(out))
+    assert {p.name for p in tmp_path.iterdir()} == {"twice.prototxt", "w.caffemodel"}  # nothing half-written
