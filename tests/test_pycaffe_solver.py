@@ -327,3 +327,26 @@ def test_unknown_solver_fields_are_named(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match=dropped):
         solver = caffe.SGDSolver(str(path))
     assert solver.max_iter == 10
+
+
+def test_ctrl_c_during_an_update_lands_after_it(tmp_path: Path) -> None:
+    """A KeyboardInterrupt arriving mid-update is held until weights, ``iter`` and the trajectory agree (pycaffe
+    raises it between steps); the interrupted step's update is then complete."""
+    import os
+    import signal
+
+    solver = caffe.SGDSolver(str(_memory_solver(tmp_path)))
+    solver.net.set_input_arrays(np.arange(24, dtype=np.float32).reshape(8, 3, 1, 1), np.ones(8, np.float32))
+    trainer = solver.trainer
+    update = trainer.apply_update
+
+    def interrupted_update() -> float:
+        os.kill(os.getpid(), signal.SIGINT)
+        return update()
+
+    trainer.apply_update = interrupted_update
+    with pytest.raises(KeyboardInterrupt):
+        solver.step(3)
+    assert solver.iter == 1 and len(trainer.trajectory) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert np.abs(solver.net.params["ip"][0].data - 0.1).max() > 0  # updated once, fully

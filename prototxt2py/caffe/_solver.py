@@ -57,6 +57,7 @@ class Solver:
 
         # no reference back to this object: dropping the solver stops its loader processes without the cyclic GC
         t.on_blobs = take_blobs
+        t.on_diverge = "none"  # a NaN loss trains on, as in Caffe (the CLI stops and snapshots instead)
 
     # -- pycaffe's properties ----------------------------------------------------------------------------------
     @property

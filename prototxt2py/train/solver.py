@@ -20,11 +20,14 @@ What runs is Caffe's ``Solver::Step``/``Solve``/``Test`` and ``SGDSolver::ApplyU
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -383,12 +386,13 @@ class Solver:
                 self._all_reduce_gradients()
             for _, on_gradients in self.callbacks:
                 on_gradients()
-            rate = self.apply_update()
-            self.iter += 1  # the number of updates done, as Caffe's Step counts after ApplyUpdate
-            entry = {"iter": self.iter - 1, "loss": loss, "lr": rate}
-            if p.iter_size > 1:
-                entry["sub_losses"] = sub_losses
-            self.trajectory.append(entry)
+            with uninterrupted():  # weights, iter and trajectory change together or not at all
+                rate = self.apply_update()
+                self.iter += 1  # the number of updates done, as Caffe's Step counts after ApplyUpdate
+                entry = {"iter": self.iter - 1, "loss": loss, "lr": rate}
+                if p.iter_size > 1:
+                    entry["sub_losses"] = sub_losses
+                self.trajectory.append(entry)
             if self.on_iteration is not None and self.is_root:
                 self.on_iteration({**entry, "smoothed_loss": self.smoothed_loss, "max_iter": p.max_iter})
             request = self._root_action()
@@ -522,7 +526,10 @@ class Solver:
         if p.display and self.iter % p.display == 0 and self.is_root:
             with torch.no_grad():
                 inputs = {k: v.to(self.device) for k, v in self.feeder.next().items()}
-                loss = float(f32(self.net.loss(forward_for_loss(self.net, inputs)).item()))
+                blobs = forward_for_loss(self.net, inputs, all_blobs=self.on_blobs is not None)
+                if self.on_blobs is not None:
+                    self.on_blobs(self.net, blobs)
+                loss = float(f32(self.net.loss(blobs).item()))
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             self.log(f"Iteration {self.iter}, loss = {self.smoothed_loss:g}")
         if p.test_interval and self.iter % p.test_interval == 0 and self.is_root:
@@ -647,6 +654,25 @@ class Solver:
                 mine.copy_(torch.from_numpy(h.reshape(tuple(mine.shape))))
         self.iter = state.iter
         self.current_step = state.current_step
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done, then raise it: an update interrupted half-way would leave some blobs
+    updated and ``iter`` behind (in pycaffe, KeyboardInterrupt comes between steps, never inside one). Only with
+    Python's own SIGINT handler, in the main thread; a handler installed by the caller (the CLI's) is kept."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def forward_for_loss(net: Any, inputs: dict[str, torch.Tensor], all_blobs: bool = False) -> dict[str, torch.Tensor]:
