@@ -190,20 +190,6 @@ class GraphBlobs:
                 raise Prototxt2pyError(f"cannot fill parameter blob {key[1]}: {e}", owner.location,
                                        layer=owner.name) from None
 
-    def arrays_by_name(self) -> dict[str, np.ndarray]:
-        """``{"<layer>.<blob name>": array}`` for every blob, shared blobs listed once (under their first
-        layer): the safetensors layout of ``convert``. A layer named like an earlier one is listed under its
-        unique key (``<name>_2``, the runtime's submodule name)."""
-        out: dict[str, np.ndarray] = {}
-        seen: set[int] = set()
-        for node, key in zip(self.graph.nodes, self.graph.layer_keys(), strict=True):
-            prefix = key if id(node) in self._repeated else node.name
-            for name, array in zip(self.names(node), self.blobs(node), strict=False):
-                if id(array) not in seen:
-                    seen.add(id(array))
-                    out[f"{prefix}.{name}"] = array
-        return out
-
 
 class NetBlobs:
     """The same interface over a runtime ``CaffeNet``: its parameter tensors as float32 numpy arrays (a shared

@@ -137,7 +137,8 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
             del param.weights[:]
         if weights:
             param.weights.append(weights)
-        s = get_solver(param, rank=rank, world=world, device=device, data_workers=data_workers)
+        s = get_solver(param, rank=rank, world=world, device=device, data_workers=data_workers,
+                       warn=_echo(rank, "warning: "))
         s.file = solver
         log = _echo(rank)
         s.log = log
@@ -169,7 +170,8 @@ def test_command(net: str, weights: str | None, iterations: int, phase: str, sta
     if weights:
         from .weights import load_weights
 
-        load_weights(module, weights)
+        for line in load_weights(module, weights).warnings():  # layers the file lacks, repeated names
+            click.echo(f"warning: {line}", err=True)
     else:
         click.echo("warning: no --weights given: testing Caffe's filler values", err=True)
     module.train(phase.upper() == "TRAIN")

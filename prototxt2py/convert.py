@@ -63,7 +63,7 @@ def _write_arrays(source: Any, blobs: Any, target: str, output: str | os.PathLik
         except ImportError:
             raise Prototxt2pyError("--to safetensors needs the 'safetensors' package (pip install safetensors)") \
                 from None
-        write_bytes_atomic(output, save(_arrays_by_caffe_name(graph, blobs)))
+        write_bytes_atomic(output, save(arrays_by_layer_name(graph, blobs)))
     elif target == "caffemodel":
         from .weights import write_caffemodel_blobs
 
@@ -76,17 +76,19 @@ def _write_arrays(source: Any, blobs: Any, target: str, output: str | os.PathLik
                     weights=None if hasattr(source, "layer_blobs") else blobs)
 
 
-def _arrays_by_caffe_name(graph: Any, blobs: Any) -> dict[str, Any]:
-    """``{"<caffe layer>.<blob name>": array}`` (shared blobs listed once), contiguous float32."""
+def arrays_by_layer_name(graph: Any, blobs: Any) -> dict[str, Any]:
+    """``{"<caffe layer>.<blob name>": array}``, contiguous float32: the safetensors layout. A shared blob is listed
+    once (under its first layer); a layer named like an earlier one under ``<name>_2``
+    (:meth:`~prototxt2py.ir.Graph.unique_names`), so that no layer's blobs are lost."""
     import numpy as np
 
     out: dict[str, Any] = {}
     seen: set[int] = set()
-    for node in graph.nodes:
+    for node, layer in zip(graph.nodes, graph.unique_names(), strict=True):
         for name, array in zip(blobs.names(node), blobs.blobs(node), strict=True):
             if id(array) not in seen:
                 seen.add(id(array))
-                out[f"{node.name}.{name}"] = np.ascontiguousarray(array, dtype=np.float32)
+                out[f"{layer}.{name}"] = np.ascontiguousarray(array, dtype=np.float32)
     return out
 
 

@@ -19,9 +19,11 @@ def _fmt_int(n: int) -> str:
 
 
 def summary_json(graph: Graph) -> dict[str, Any]:
-    """``blob_shapes`` by Caffe blob name, ``param_shapes`` by layer (layers with blobs only), totals."""
+    """``blob_shapes`` by Caffe blob name, ``param_shapes`` by layer (layers with blobs only; a repeated layer
+    name as ``<name>_2``), totals."""
     blob_shapes = {blob: (list(shape) if shape is not None else None) for blob, shape in graph.blob_shapes().items()}
-    param_shapes = {n.name: [list(s) for s in n.param_shapes] for n in graph.nodes if n.param_shapes}
+    param_shapes = {key: [list(s) for s in n.param_shapes]
+                    for n, key in zip(graph.nodes, graph.unique_names(), strict=True) if n.param_shapes}
     return {
         "name": graph.name,
         "phase": graph.state.phase_name,

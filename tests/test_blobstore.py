@@ -18,6 +18,7 @@ from test_weights import CAFFEMODELS, CIFAR_QUICK, LENET_V1, LENET_V2, cli, corp
 import prototxt2py
 from prototxt2py.backends.onnx_export import to_onnx_model
 from prototxt2py.blobstore import GraphBlobs, NetBlobs, read_blobs, read_stored
+from prototxt2py.convert import arrays_by_layer_name
 from prototxt2py.errors import Prototxt2pyError
 from prototxt2py.fillers import bilinear_kernel, fill, fill_array
 from prototxt2py.plain import Filler
@@ -125,7 +126,7 @@ def test_shared_blobs_are_one_array_and_fillers_are_the_owners(tmp_path: Path) -
     assert np.abs(wa).max() <= np.sqrt(3 / 6) and wa.std() > 0
     (up,) = blobs.blobs(g.node("up"))
     np.testing.assert_array_equal(up, bilinear_kernel((2, 3, 4, 4)).numpy())
-    assert list(blobs.arrays_by_name()) == ["ip_a.weight", "ip_a.bias", "up.weight"]
+    assert list(arrays_by_layer_name(g, blobs)) == ["ip_a.weight", "ip_a.bias", "up.weight"]
 
 
 def test_a_bad_filler_names_the_layer(tmp_path: Path) -> None:

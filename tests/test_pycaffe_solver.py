@@ -281,6 +281,10 @@ def test_misuse_is_refused_in_one_line(tmp_path: Path) -> None:
         solver.share_weights("deploy.prototxt")
     with pytest.raises(TypeError, match="add_callback: on_gradients must be callable, got int"):
         solver.add_callback(lambda: None, 2)
+    for iters in (1.7, "2", None):
+        with pytest.raises(TypeError, match="step: iters must be an int"):
+            solver.step(iters)
+    solver.step(np.int64(0))
     param = solver.param  # a copy, as pycaffe's: changing it changes nothing
     param.base_lr, param.average_loss = 0, 0
     assert solver.param.base_lr == pytest.approx(0.1) and solver.param.average_loss == 1

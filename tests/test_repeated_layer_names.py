@@ -12,6 +12,7 @@ import torch
 import prototxt2py
 from prototxt2py import caffe
 from prototxt2py.blobstore import GraphBlobs
+from prototxt2py.convert import arrays_by_layer_name
 from prototxt2py.errors import WeightsError
 from prototxt2py.proto import caffe_pb2
 from prototxt2py.weights import read_caffemodel, write_caffemodel
@@ -64,7 +65,7 @@ def test_torch_free_store_and_caffemodel_keep_both_layers(files: tuple[Path, Pat
     assert (first[0] == 2).all() and first[0].shape == (3, 4)
     assert (second[0] == 0.25).all() and second[0].shape == (2, 3)
     assert store.report.repeated == ["ip"]
-    assert list(store.arrays_by_name()) == ["ip.weight", "ip.bias", "ip_2.weight", "ip_2.bias"]
+    assert list(arrays_by_layer_name(graph, store)) == ["ip.weight", "ip.bias", "ip_2.weight", "ip_2.bias"]
     out = tmp_path / "both.caffemodel"
     net = prototxt2py.load(graph, weights=str(weights))
     with open(out, "wb") as f:
@@ -95,3 +96,41 @@ def test_hdf5_weights_refuse_a_repeated_name_with_blobs(files: tuple[Path, Path]
     with pytest.raises(WeightsError, match="a layer named 'ip' comes earlier in the net: HDF5 weights hold one group"):
         net.save_hdf5(str(out))
     assert {p.name for p in tmp_path.iterdir()} == {"twice.prototxt", "w.caffemodel"}  # nothing half-written
+
+
+def test_unique_names_never_collide_with_a_real_layer(tmp_path: Path) -> None:
+    """safetensors keys and ``summary --json``: a later 'ip' becomes 'ip_3' where a layer 'ip_2' exists."""
+    text = NET + ('layer { name: "ip_2" type: "InnerProduct" bottom: "b" top: "c" inner_product_param { '
+                  'num_output: 1 } }\nlayer { name: "ip" type: "ReLU" bottom: "c" top: "c" }\n')
+    net = tmp_path / "three.prototxt"
+    net.write_text(text)
+    graph = prototxt2py.graph(str(net))
+    assert graph.unique_names() == ["data", "ip", "ip_3", "ip_2", "ip_4"]
+    assert len(set(graph.layer_keys())) == len(graph.nodes)
+    keys = list(arrays_by_layer_name(graph, GraphBlobs(graph)))
+    assert keys == ["ip.weight", "ip.bias", "ip_3.weight", "ip_3.bias", "ip_2.weight", "ip_2.bias"]
+    from prototxt2py.summary import summary_json
+
+    shapes = summary_json(graph)["param_shapes"]
+    assert shapes == {"ip": [[3, 4], [3]], "ip_3": [[2, 3], [2]], "ip_2": [[1, 2], [1]]}
+
+
+def test_generated_module_loads_the_weights_of_every_layer(files: tuple[Path, Path], tmp_path: Path) -> None:
+    """``convert --to python``: the ``.pt`` keys follow each layer's own submodule, so it loads into the
+    generated module and gives the runtime's outputs."""
+    import importlib.util
+
+    from prototxt2py.convert import write_python
+
+    net_file, weights = files
+    net = prototxt2py.load(prototxt2py.graph(str(net_file)), weights=str(weights))
+    source, state = write_python(net, tmp_path / "gen")
+    spec = importlib.util.spec_from_file_location("twice_generated", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    generated = next(v for v in vars(module).values()
+                     if isinstance(v, type) and issubclass(v, torch.nn.Module) and v.__module__ == module.__name__)()
+    generated.load_state_dict(torch.load(state, weights_only=True))  # strict: every key, every shape
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        assert torch.equal(generated(x), net(data=x)["b"])

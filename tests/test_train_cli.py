@@ -63,6 +63,18 @@ def test_train_cli_logs_snapshots_and_learns(tmp_path: Path, monkeypatch: pytest
     assert code == 0, err
     assert re.search(r"^accuracy = [\d.]+$", out, re.M) and re.search(r"^loss = [\d.]+ \(\* 1 = ", out, re.M)
     assert "Batch 3, accuracy = " in err
+    assert "warning" not in err
+    # weights lacking a layer: test and train --weights say which one is left at its fillers
+    from prototxt2py.proto import caffe_pb2
+
+    full = caffe_pb2.NetParameter.FromString((tmp_path / "snaps/tiny_iter_40.caffemodel").read_bytes())
+    partial = caffe_pb2.NetParameter(name=full.name, layer=[la for la in full.layer if la.name != "ip2"])
+    (tmp_path / "partial.caffemodel").write_bytes(partial.SerializeToString())
+    lacking = "layers without weights in the file (left at their fillers): ip2"
+    code, out, err = _run("test", "train_val.prototxt", "--weights", "partial.caffemodel", "--iterations", "1")
+    assert code == 0 and f"warning: {lacking}" in err, err
+    code, out, err = _run("train", solver.name, "--weights", "partial.caffemodel", "--iterations", "1", "--quiet")
+    assert code == 0 and f"warning: partial.caffemodel: {lacking}" in err, err
 
     # time: one forward and one backward line per layer, then the averages
     code, out, err = _run("time", "train_val.prototxt", "--iterations", "2")

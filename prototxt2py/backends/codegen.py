@@ -469,7 +469,7 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
                     comments[i] = c
                 items.append((f"{ident}=", expr_of(step)))
                 for blob in step.node.spec.node_blob_names(step.node):
-                    keys[f"{runtime_key[step.node.name]}.{blob}"] = f"{block}.{ident}.{blob}"
+                    keys[f"{runtime_key[id(step.node)]}.{blob}"] = f"{block}.{ident}.{blob}"
             seq = Expr("nn.Sequential", [Expr("OrderedDict", items, comments)])
             init += layout(f"self.{block} = ", seq, "", 8)
             body.append(_assign(graph, group[-1].node.outputs, f"self.{block}({v(first.inputs[0])})", v))
@@ -481,7 +481,7 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
                 init.append(f"        # {c}")
             init += layout(f"self.{ident} = ", expr_of(step), "", 8)
             for blob in step.node.spec.node_blob_names(step.node):
-                keys[f"{runtime_key[step.node.name]}.{blob}"] = f"{ident}.{blob}"
+                keys[f"{runtime_key[id(step.node)]}.{blob}"] = f"{ident}.{blob}"
             args = ", ".join(v(i) for i in step.node.inputs)
             body.append(_assign(graph, step.node.outputs, f"self.{ident}({args})", v))
     init += _ties(graph, ident_of, keys, runtime_key)
@@ -516,14 +516,12 @@ def _assign(graph: Graph, outs: Sequence[str], rhs: str, v: Any) -> str:
     return "\n".join(layout(prefix, Expr(head, [a for a in args[:-1].split(", ") if a]), "", 8))
 
 
-def _runtime_keys(graph: Graph) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for node, key in zip(graph.nodes, graph.layer_keys(), strict=True):
-        out.setdefault(node.name, f"layers.{key}")
-    return out
+def _runtime_keys(graph: Graph) -> dict[int, str]:
+    """The runtime's state_dict prefix of each node (by identity: layer names may repeat, keys do not)."""
+    return {id(node): f"layers.{key}" for node, key in zip(graph.nodes, graph.layer_keys(), strict=True)}
 
 
-def _ties(graph: Graph, ident_of: Mapping[str, str], keys: dict[str, str], runtime_key: Mapping[str, str]) -> list[str]:
+def _ties(graph: Graph, ident_of: Mapping[str, str], keys: dict[str, str], runtime_key: Mapping[int, str]) -> list[str]:
     """Shared parameters (``param { name }``): the later layers use the owner's tensor, as in Caffe."""
     lines = []
     by_name = {n.name: n for n in graph.nodes}
@@ -534,8 +532,10 @@ def _ties(graph: Graph, ident_of: Mapping[str, str], keys: dict[str, str], runti
                 continue
             owner = by_name[p.owner[0]]
             owner_blob = owner.spec.node_blob_names(owner)[p.owner[1]]
+            if ident_of[node.name] == ident_of[owner.name] and names[i] == owner_blob:
+                continue  # a repeated layer name sharing with itself: nothing to tie
             lines.append(f"        self.{ident_of[node.name]}.{names[i]} = self.{ident_of[owner.name]}.{owner_blob}")
-            keys.pop(f"{runtime_key[node.name]}.{names[i]}", None)
+            keys.pop(f"{runtime_key[id(node)]}.{names[i]}", None)
     return lines
 
 

@@ -83,9 +83,11 @@ class Solver:
     # -- training ----------------------------------------------------------------------------------------------
     def step(self, iters: int) -> None:
         """``iters`` iterations of Caffe's ``Solver::Step`` (tests at ``test_interval``, snapshots, updates)."""
+        if isinstance(iters, bool) or not hasattr(iters, "__index__"):  # pycaffe takes an int, not 1.7 or "2"
+            raise TypeError(f"step: iters must be an int, got {type(iters).__name__}")
         self._before()
         try:
-            self.trainer.step(int(iters))
+            self.trainer.step(iters.__index__())
         finally:
             self._after()
 

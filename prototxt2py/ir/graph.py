@@ -109,6 +109,24 @@ class Graph:
             keys.append(key)
         return keys
 
+    def unique_names(self) -> list[str]:
+        """Each layer's Caffe name, a repeated one made unique as ``<name>_2``, ``_3``... skipping every name a
+        layer already has: the keys of files that list layers by name (safetensors, ``summary --json``)."""
+        taken = {node.name for node in self.nodes}
+        seen: set[str] = set()
+        out = []
+        for node in self.nodes:
+            name = node.name
+            if name in seen:
+                i = 2
+                while f"{node.name}_{i}" in taken:
+                    i += 1
+                name = f"{node.name}_{i}"
+                taken.add(name)
+            seen.add(node.name)
+            out.append(name)
+        return out
+
     def final_value(self, blob: str) -> Value:
         """The last version of a Caffe blob (what Caffe reports under that name after a forward pass)."""
         found = None

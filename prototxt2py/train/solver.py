@@ -134,12 +134,14 @@ class Solver:
 
     def __init__(self, solver: str | os.PathLike | Any, *, rank: int | None = None, world: int | None = None,
                  device: str | torch.device = "cpu", data_workers: int | None = None,
-                 solver_type: str | None = None):
+                 solver_type: str | None = None, warn: Callable[[str], None] | None = None):
         from ..proto import caffe_pb2
 
         if not isinstance(solver, (str, os.PathLike, caffe_pb2.SolverParameter)):
             raise TypeError(f"a solver needs a solver file path or a SolverParameter, got {type(solver).__name__}")
-        self.param = read_solver_param(solver) if isinstance(solver, (str, os.PathLike)) else solver
+        # what the user should know but that does not stop training: by default a Python UserWarning
+        self.warn: Callable[[str], None] = warn or (lambda line: warnings.warn(line, UserWarning, stacklevel=3))
+        self.param = read_solver_param(solver, self.warn) if isinstance(solver, (str, os.PathLike)) else solver
         self.file = str(solver) if isinstance(solver, (str, os.PathLike)) else "<solver>"
         if rank is None or world is None:
             rank, world = _dist_rank_world()
@@ -301,10 +303,12 @@ class Solver:
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Caffe's ``CopyTrainedLayersFrom`` on the TRAIN net (TEST nets share its tensors; their own layers
-        get the weights too)."""
+        get the weights too). Layers the file lacks, or named like an earlier layer, are warned about."""
         from ..weights import load_weights
 
-        load_weights(self.net, path)  # binary or HDF5 (.caffemodel.h5), told apart by content as Caffe does
+        # binary or HDF5 (.caffemodel.h5), told apart by content as Caffe does
+        for line in load_weights(self.net, path).warnings():
+            self.warn(f"{path}: {line}")
         for net in self.test_nets:
             load_weights(net, path)
             net.clear_fold_cache()
