@@ -85,14 +85,9 @@ class GraphBlobs:
         self.report = LoadReport()
         self._rng = rng
         _check_shapes_known(graph)
-        # layers named like an earlier one (Caffe allows it) keep blobs of their own, under their position
-        self._repeated: dict[int, int] = {}
-        names: set[str] = set()
-        for k, n in enumerate(graph.nodes):
-            if n.name in names:
-                self._repeated[id(n)] = k
-            names.add(n.name)
-        self._shapes: dict[tuple, tuple[int, ...]] = {}
+        # a layer named like an earlier one (Caffe allows it) keeps blobs of its own, under its unique name
+        self._own_name = {id(n): u for n, u in zip(graph.nodes, graph.unique_names(), strict=True)}
+        self._shapes: dict[tuple[str, int], tuple[int, ...]] = {}
         for n in graph.nodes:
             for i, s in enumerate(n.param_shapes):
                 self._shapes.setdefault(self._own_key(n, i), tuple(s))
@@ -106,16 +101,22 @@ class GraphBlobs:
 
             loc = Location(str(weights))
             stored = read_caffemodel_h5(weights, graph) if is_hdf5(weights) else read_stored(weights)
-        self._arrays: dict[tuple, np.ndarray] = {}
+        self._arrays: dict[tuple[str, int], np.ndarray] = {}
         self._load(stored, loc, weights is not None)
 
-    def _own_key(self, node: Any, i: int) -> tuple:
-        """The key of a layer's own blob ``i``: (layer name, i), plus the position for a repeated name."""
-        k = self._repeated.get(id(node))
-        return (node.name, i) if k is None else (node.name, i, k)
+    def _own_key(self, node: Any, i: int) -> tuple[str, int]:
+        """The key of a layer's own blob ``i``: (layer name, i), the name made unique where it repeats."""
+        return self._unique(node), i
+
+    def _unique(self, node: Any) -> str:
+        """The layer's unique name (a node of another graph of the same net counts as the first of its name)."""
+        return self._own_name.get(id(node), node.name)
+
+    def _repeats(self, node: Any) -> bool:
+        return self._unique(node) != node.name
 
     # -- matching the file to the graph ------------------------------------------------------------------
-    def _targets(self, node: Any) -> list[tuple[tuple, tuple[int, ...]]]:
+    def _targets(self, node: Any) -> list[tuple[tuple[str, int], tuple[int, ...]]]:
         """(sharing key, target shape) per blob: a blob shared through ``param { name }`` is its owner's, with
         the owner's shape (as in Caffe, where the sharer's blob *is* the owner's)."""
         out = []
@@ -130,7 +131,7 @@ class GraphBlobs:
         for node in self.graph.nodes:
             if not node.param_shapes:
                 continue
-            if id(node) in self._repeated:  # Caffe copies weights into the first layer of a name only
+            if self._repeats(node):  # Caffe copies weights into the first layer of a name only
                 report.repeated.append(node.name)
                 continue
             blobs = stored.get(node.name)
@@ -180,7 +181,7 @@ class GraphBlobs:
         for key, target in self._targets(node):
             if key in self._arrays:
                 continue
-            owner = self.graph.node(key[0]) if key[0] != node.name else node
+            owner = self.graph.node(key[0]) if key[0] != self._unique(node) else node
             try:
                 filler = list(owner.spec.fillers(owner))[key[1]]
                 self._arrays[key] = fill_array(target, filler, self._rng)

@@ -360,14 +360,11 @@ def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike
     try:
         report = LoadReport()
         plan = []
-        seen: set[str] = set()
-        for node, module in net.node_layers():
+        for (node, module), unique in zip(net.node_layers(), net.graph.unique_names(), strict=True):
             names = getattr(module, "blob_names", ())
-            first = node.name not in seen
-            seen.add(node.name)
             if not names:
                 continue
-            if not first:
+            if unique != node.name:  # a repeated name: Caffe copies weights into the first layer of a name only
                 report.repeated.append(node.name)
                 continue
             blobs = refs.get(node.name)
