@@ -11,13 +11,10 @@ import contextlib
 import io
 import os
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import Location, Prototxt2pyError
 from .fsutil import atomic_output, output_target, write_bytes_atomic
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 
 #: Targets :func:`convert_graph` writes without torch.
 ARRAY_TARGETS = ("onnx", "caffemodel", "safetensors")

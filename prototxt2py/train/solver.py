@@ -78,10 +78,7 @@ def read_solver_param(path: str | os.PathLike, warn: Callable[[str], None] | Non
 
     param, info, _report = read_solver(path)
     for line in info.warnings():
-        if warn is not None:
-            warn(line)
-        else:
-            warnings.warn(line, UserWarning, stacklevel=2)
+        (warn or _user_warning)(line)
     if not param.HasField("snapshot_prefix"):
         param.snapshot_prefix = str(Path(path).with_suffix(""))
     elif Path(param.snapshot_prefix).is_dir():
@@ -140,7 +137,7 @@ class Solver:
         if not isinstance(solver, (str, os.PathLike, caffe_pb2.SolverParameter)):
             raise TypeError(f"a solver needs a solver file path or a SolverParameter, got {type(solver).__name__}")
         # what the user should know but that does not stop training: by default a Python UserWarning
-        self.warn: Callable[[str], None] = warn or (lambda line: warnings.warn(line, UserWarning, stacklevel=3))
+        self.warn: Callable[[str], None] = warn or _user_warning
         self.param = read_solver_param(solver, self.warn) if isinstance(solver, (str, os.PathLike)) else solver
         self.file = str(solver) if isinstance(solver, (str, os.PathLike)) else "<solver>"
         if rank is None or world is None:
@@ -685,6 +682,11 @@ def forward_for_loss(net: Any, inputs: dict[str, torch.Tensor], all_blobs: bool 
     (``backends/forward_errors.py``)."""
     need_all = all_blobs or not set(net.loss_weights) <= set(net.output_names)
     return net(**inputs, all_blobs=need_all)
+
+
+def _user_warning(line: str) -> None:
+    """The default ``warn`` of the Python API: a ``UserWarning`` pointing at the caller's code."""
+    warnings.warn(line, UserWarning, stacklevel=3)
 
 
 def _dist_rank_world() -> tuple[int, int]:
