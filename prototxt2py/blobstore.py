@@ -87,6 +87,7 @@ class GraphBlobs:
         _check_shapes_known(graph)
         # a layer named like an earlier one (Caffe allows it) keeps blobs of its own, under its unique name
         self._own_name = {id(n): u for n, u in zip(graph.nodes, graph.unique_names(), strict=True)}
+        self._by_unique = {u: n for n, u in zip(graph.nodes, graph.unique_names(), strict=True)}  # param owners
         self._shapes: dict[tuple[str, int], tuple[int, ...]] = {}
         for n in graph.nodes:
             for i, s in enumerate(n.param_shapes):
@@ -181,7 +182,7 @@ class GraphBlobs:
         for key, target in self._targets(node):
             if key in self._arrays:
                 continue
-            owner = self.graph.node(key[0]) if key[0] != self._unique(node) else node
+            owner = self._by_unique.get(key[0], node) if key[0] != self._unique(node) else node
             try:
                 filler = list(owner.spec.fillers(owner))[key[1]]
                 self._arrays[key] = fill_array(target, filler, self._rng)

@@ -108,8 +108,12 @@ def write_python(net: Any, outdir: str | os.PathLike, *, with_weights: bool = Tr
     if with_weights:
         import torch
 
-        state = net.state_dict()
-        weights = {new: state[old].detach().contiguous().clone() for old, new in code.keys.items()}
+        state = net.state_dict(keep_vars=True)
+        copies: dict[int, Any] = {}  # a shared parameter (listed under each of its names) is stored once
+        for tensor in state.values():
+            if id(tensor) not in copies:
+                copies[id(tensor)] = tensor.detach().contiguous().clone()
+        weights = {new: copies[id(state[old])] for old, new in code.keys.items()}
         buf = io.BytesIO()
         torch.save(weights, buf)
     with contextlib.ExitStack() as stack:

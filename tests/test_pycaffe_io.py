@@ -78,6 +78,58 @@ def test_resize_image() -> None:
     assert np.all(caffe.io.resize_image(const, (7, 3)) == np.float32(0.3))
 
 
+def _skimage_013(im: np.ndarray, dims: tuple[int, int], order: int) -> np.ndarray:
+    """pycaffe's resize for 1 or 3 channels as Caffe 1.0 ran it, written out pixel by pixel: the image scaled to
+    [0, 1] (float32), scikit-image 0.13's ``_warp_fast`` per channel (pixel centres, ``mode='constant'`` zeros,
+    round-half-away nearest, bilinear, Catmull-Rom bicubic from ``_shared/interpolation.pxd``), clipped, scaled
+    back."""
+    lo, hi = im.min(), im.max()
+    std = ((im - lo) / (hi - lo)).astype(np.float64)
+
+    def px(k: int, r: int, c: int) -> float:
+        return std[r, c, k] if 0 <= r < std.shape[0] and 0 <= c < std.shape[1] else 0.0
+
+    def cubic(x: float, f: list[float]) -> float:
+        return f[1] + 0.5 * x * (f[2] - f[0] + x * (2 * f[0] - 5 * f[1] + 4 * f[2] - f[3] +
+                                                    x * (3 * (f[1] - f[2]) + f[3] - f[0])))
+
+    out = np.zeros(dims + (im.shape[2],))
+    rs, cs = im.shape[0] / dims[0], im.shape[1] / dims[1]
+    for k, i, j in np.ndindex(im.shape[2], *dims):
+        r, c = rs * (i + 0.5) - 0.5, cs * (j + 0.5) - 0.5
+        r0, c0 = int(np.floor(r)), int(np.floor(c))
+        dr, dc = r - r0, c - c0
+        if order == 0:
+            away = (lambda v: int(v + 0.5) if v > 0 else int(v - 0.5))  # noqa: E731
+            out[i, j, k] = px(k, away(r), away(c))
+        elif order == 1:
+            out[i, j, k] = ((1 - dr) * ((1 - dc) * px(k, r0, c0) + dc * px(k, r0, c0 + 1)) +
+                            dr * ((1 - dc) * px(k, r0 + 1, c0) + dc * px(k, r0 + 1, c0 + 1)))
+        else:
+            rows = [cubic(dc, [px(k, r0 - 1 + a, c0 - 1 + b) for b in range(4)]) for a in range(4)]
+            out[i, j, k] = cubic(dr, rows)
+    return (np.clip(out, 0, 1) * (hi - lo) + lo).astype(np.float32)
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+@pytest.mark.parametrize("dims", [(20, 24), (17, 29), (7, 9), (1, 1)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_resize_image_is_caffe_10s_pycaffe(order: int, dims: tuple[int, int], channels: int) -> None:
+    """Bit for bit, borders included: upsampling reads beyond the border (the image's minimum there, from the
+    zero padding of the [0, 1]-scaled image), bicubic is clipped to the image's range."""
+    im = (np.random.default_rng(3).uniform(size=(10, 12, channels)) * 255).astype(np.float32)
+    np.testing.assert_array_equal(caffe.io.resize_image(im, dims, order), _skimage_013(im, dims, order))
+
+
+def test_resize_image_other_channel_counts_are_corner_aligned() -> None:
+    """pycaffe sends 2, 4, ... channels through ``scipy.ndimage.zoom``: corners map to corners."""
+    im = np.tile(np.arange(4, dtype=np.float32), (2, 1))[:, :, None].repeat(2, axis=2)
+    out = caffe.io.resize_image(im, (2, 8))
+    np.testing.assert_allclose(out[0, :, 0], np.arange(8) * 3 / 7, rtol=1e-6)
+    nearest = caffe.io.resize_image(np.arange(5, dtype=np.float32)[None, :, None].repeat(4, 2), (1, 9), 0)
+    assert nearest[0, :, 0].tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 4]  # o * 4 / 8, halves rounded up
+
+
 def _bomb_png() -> bytes:
     """The header of a 60 000 x 60 000 PNG: OpenCV refuses it (CV_IO_MAX_IMAGE_PIXELS) before any pixel."""
 
@@ -162,6 +214,29 @@ def test_transformer_order_and_inverse() -> None:
 # -- Classifier / Detector ----------------------------------------------------------------------------------------
 def _cifar_images() -> list[np.ndarray]:
     return [caffe.io.load_image(str(IMAGES / f"color_0{i}.png")) for i in range(2)]
+
+
+def test_transformer_keeps_a_grey_mean_and_pycaffes_float32_rounding() -> None:
+    """An H x W mean stays H x W (pycaffe broadcasts it; ``deprocess`` adds it back in place), and each scaling
+    step rounds to float32 as pycaffe's in-place operations do."""
+    t = caffe.io.Transformer({"data": (1, 1, 4, 5)})
+    t.set_mean("data", np.full((4, 5), 0.5))
+    assert t.mean["data"].shape == (4, 5)
+    np.testing.assert_array_equal(t.deprocess("data", np.zeros((1, 1, 4, 5), np.float32)), np.full((4, 5), 0.5))
+    t = caffe.io.Transformer({"data": (1, 3, 6, 7)})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_raw_scale("data", 255.0)
+    t.set_mean("data", np.array([104.00698793, 116.66876762, 122.67891434]))
+    t.set_input_scale("data", 0.017)
+    im = np.random.default_rng(5).uniform(size=(6, 7, 3)).astype(np.float32)
+    want = im.transpose(2, 0, 1).copy()
+    want *= 255.0
+    want -= t.mean["data"]
+    want *= 0.017
+    got = t.preprocess("data", im)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, ((im.transpose(2, 0, 1) * 255.0 - t.mean["data"]) * 0.017).astype(np.float32))
 
 
 def test_classifier_predict_center_and_oversample() -> None:

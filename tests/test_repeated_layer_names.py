@@ -134,3 +134,55 @@ def test_generated_module_loads_the_weights_of_every_layer(files: tuple[Path, Pa
     x = torch.randn(2, 4)
     with torch.no_grad():
         assert torch.equal(generated(x), net(data=x)["b"])
+
+
+SHARED = """name: "shared_twice"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" } param { name: "b" }
+        inner_product_param { num_output: 3 weight_filler { type: "constant" value: 0.5 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "a" top: "c" param { name: "v" }
+        inner_product_param { num_output: 3 bias_term: false weight_filler { type: "constant" value: 0.25 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "c" top: "d" param { name: "w" } param { name: "b" }
+        inner_product_param { num_output: 3 } }
+layer { name: "later" type: "InnerProduct" bottom: "d" top: "e" param { name: "v" }
+        inner_product_param { num_output: 3 bias_term: false } }
+"""
+
+
+def test_param_sharing_follows_layer_positions_not_names(tmp_path: Path) -> None:
+    """Caffe's ``param { name }`` owner is the first *layer* (by position) using the name: the third 'ip' shares
+    the first's blobs, 'later' shares the second 'ip''s weight (0.25), in the runtime, the torch-free store and
+    the generated module alike."""
+    from prototxt2py.backends.codegen import generate
+    from prototxt2py.convert import write_python
+
+    path = tmp_path / "shared.prototxt"
+    path.write_text(SHARED)
+    graph = prototxt2py.graph(str(path))
+    assert [[p.owner for p in n.params] for n in graph.nodes[1:]] == [
+        [None, None], [None], [("ip", 0), ("ip", 1)], [("ip_2", 0)]]
+    net = prototxt2py.load(graph)
+    (_, first), (_, second), (_, third), (_, later) = net.node_layers()[1:]
+    assert third.weight is first.weight and third.bias is first.bias
+    assert later.weight is second.weight and (later.weight == 0.25).all()
+    x = torch.ones(2, 3)
+    want = x @ torch.full((3, 3), 0.5).T  # a: 1.5 each; c = 3 * 1.5 * 0.25; d = 3 * c * 0.5; e = 3 * d * 0.25
+    want = (want @ torch.full((3, 3), 0.25).T) @ torch.full((3, 3), 0.5).T @ torch.full((3, 3), 0.25).T
+    with torch.no_grad():
+        assert torch.allclose(net(data=x)["e"], want)
+    store = GraphBlobs(graph)
+    blobs = [store.blobs(n) for n in graph.nodes[1:]]
+    assert blobs[2][0] is blobs[0][0] and blobs[3][0] is blobs[1][0] and (blobs[3][0] == 0.25).all()
+    code = generate(graph)
+    scope: dict = {}
+    exec(compile(code.source, "<generated>", "exec"), scope)
+    module = scope[code.class_name]()
+    gen = module.layers
+    assert gen.ip_3.weight is gen.ip.weight and gen.later.weight is gen.ip_2.weight
+    # convert --to python's .pt lists a tied tensor under each of its names (once stored): a strict load works
+    _, state = write_python(net, tmp_path / "gen")
+    saved = torch.load(state, weights_only=True)
+    assert saved["layers.ip_3.weight"].data_ptr() == saved["layers.ip.weight"].data_ptr()
+    module.load_state_dict(saved)
+    with torch.no_grad():
+        assert torch.allclose(module(x), want)

@@ -442,7 +442,7 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
     body: list[str] = []
     keys: dict[str, str] = {}
     runtime_key = _runtime_keys(graph)
-    ident_of: dict[str, str] = {}
+    ident_of: dict[int, str] = {}  # by node identity: layer names may repeat
     ctor_params: list[str] = []
     if classifier is not None:
         ctor_params.append(f"num_classes: int = {_num_outputs(classifier.call)}")
@@ -464,7 +464,7 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
             comments: dict[int, str] = {}
             for i, step in enumerate(group):
                 ident = inner.name(step.node.name, "layer")
-                ident_of[step.node.name] = f"{block}.{ident}"
+                ident_of[id(step.node)] = f"{block}.{ident}"
                 if (c := note(step, ident)) is not None:
                     comments[i] = c
                 items.append((f"{ident}=", expr_of(step)))
@@ -476,7 +476,7 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
             continue
         for step in group:
             ident = attrs.name(step.node.name, "layer")
-            ident_of[step.node.name] = ident
+            ident_of[id(step.node)] = ident
             if (c := note(step, ident)) is not None:
                 init.append(f"        # {c}")
             init += layout(f"self.{ident} = ", expr_of(step), "", 8)
@@ -484,7 +484,7 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
                 keys[f"{runtime_key[id(step.node)]}.{blob}"] = f"{ident}.{blob}"
             args = ", ".join(v(i) for i in step.node.inputs)
             body.append(_assign(graph, step.node.outputs, f"self.{ident}({args})", v))
-    init += _ties(graph, ident_of, keys, runtime_key)
+    init += _ties(graph, ident_of)
 
     outputs = [graph.values[o].blob for o in graph.outputs]
     if len(graph.outputs) == 1:
@@ -521,21 +521,20 @@ def _runtime_keys(graph: Graph) -> dict[int, str]:
     return {id(node): f"layers.{key}" for node, key in zip(graph.nodes, graph.layer_keys(), strict=True)}
 
 
-def _ties(graph: Graph, ident_of: Mapping[str, str], keys: dict[str, str], runtime_key: Mapping[int, str]) -> list[str]:
-    """Shared parameters (``param { name }``): the later layers use the owner's tensor, as in Caffe."""
+def _ties(graph: Graph, ident_of: Mapping[int, str]) -> list[str]:
+    """Shared parameters (``param { name }``): the later layers use the owner's tensor, as in Caffe. The key of
+    a tied blob stays in ``keys``: the generated module's ``state_dict`` lists a shared tensor under each of its
+    names (as the runtime's does), and a strict ``load_state_dict`` wants them all."""
     lines = []
-    by_name = {n.name: n for n in graph.nodes}
+    by_unique = dict(zip(graph.unique_names(), graph.nodes, strict=True))  # how ParamInfo names an owner
     for node in graph.nodes:
-        names = node.spec.node_blob_names(node) if node.name in ident_of else ()
+        names = node.spec.node_blob_names(node) if id(node) in ident_of else ()
         for i, p in enumerate(node.params):
-            if p.owner is None or i >= len(names) or p.owner[0] not in ident_of:
+            if p.owner is None or i >= len(names) or id(by_unique[p.owner[0]]) not in ident_of:
                 continue
-            owner = by_name[p.owner[0]]
+            owner = by_unique[p.owner[0]]
             owner_blob = owner.spec.node_blob_names(owner)[p.owner[1]]
-            if ident_of[node.name] == ident_of[owner.name] and names[i] == owner_blob:
-                continue  # a repeated layer name sharing with itself: nothing to tie
-            lines.append(f"        self.{ident_of[node.name]}.{names[i]} = self.{ident_of[owner.name]}.{owner_blob}")
-            keys.pop(f"{runtime_key[id(node)]}.{names[i]}", None)
+            lines.append(f"        self.{ident_of[id(node)]}.{names[i]} = self.{ident_of[id(owner)]}.{owner_blob}")
     return lines
 
 

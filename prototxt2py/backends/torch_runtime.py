@@ -173,12 +173,12 @@ class CaffeNet(nn.Module):
         """Each ``param { name }`` shared with an earlier layer becomes the owner's tensor. Caffe's PERMISSIVE
         mode also shares blobs of equal size and another shape, each layer seeing its own shape; one tensor
         cannot, so those are refused here (the IR, diagrams and ONNX export still take them)."""
-        for node in self.graph.nodes:
-            module = self.layers[self.layer_keys[node.name]]
+        by_unique = dict(zip(self.graph.unique_names(), self._node_keys, strict=True))  # owners are named so
+        for node, module in self.node_layers():
             for i, p in enumerate(node.params):
                 if p.owner is None or i >= len(getattr(module, "blob_names", ())):
                     continue
-                owner = self.layers[self.layer_keys[p.owner[0]]]
+                owner = self.layers[by_unique[p.owner[0]]]
                 tensor = getattr(owner, owner.blob_names[p.owner[1]])
                 mine = tuple(getattr(module, module.blob_names[i]).shape)
                 if tuple(tensor.shape) != mine:

@@ -1,11 +1,11 @@
 """``caffe.io``: pycaffe's image loading, preprocessing (``Transformer``), 10-crop ``oversample`` and conversions
 between numpy arrays and Caffe's BlobProto / Datum messages.
 
-pycaffe reads and resizes images with scikit-image and scipy; here OpenCV does both (already a dependency of
-the project). Loading gives the same arrays (RGB, float32 in [0, 1], skimage's grey weights). Bilinear resizing
-maps pixel centres as skimage does, so interiors agree to float rounding; at the one-pixel border OpenCV
-replicates the edge where skimage's result depends on its version (its ``mode='constant'`` pads with zeros in
-recent versions, and recent versions also anti-alias when shrinking).
+pycaffe reads images with scikit-image; here OpenCV decodes them (already a dependency of the project), giving
+the same arrays (RGB, float32 in [0, 1], skimage's grey weights). ``resize_image`` gives Caffe 1.0's pycaffe
+numbers: scikit-image 0.13's resize for one or three channels (computed here in numpy: pixel centres, the
+image's minimum beyond its border, no anti-aliasing; scikit-image 0.19 and later anti-alias when shrinking, so
+a recent pycaffe install differs there), ``scipy.ndimage.zoom`` for other channel counts, as pycaffe.
 """
 
 from __future__ import annotations
@@ -124,15 +124,15 @@ class Transformer:
             caffe_in = caffe_in.transpose(self.transpose[in_])
         if in_ in self.channel_swap:
             caffe_in = caffe_in[list(self.channel_swap[in_]), :, :]
-        if caffe_in is data:
-            caffe_in = caffe_in.copy()  # the scalings below work in place: never on the caller's array
+        # pycaffe scales in place on float32, rounding after each step; on a copy here, never the caller's array
+        caffe_in = np.array(caffe_in, dtype=np.float32, copy=True)
         if in_ in self.raw_scale:
-            caffe_in = caffe_in * self.raw_scale[in_]
+            caffe_in *= self.raw_scale[in_]
         if in_ in self.mean:
-            caffe_in = caffe_in - self.mean[in_]
+            caffe_in -= self.mean[in_]
         if in_ in self.input_scale:
-            caffe_in = caffe_in * self.input_scale[in_]
-        return caffe_in.astype(np.float32, copy=False)
+            caffe_in *= self.input_scale[in_]
+        return caffe_in
 
     def deprocess(self, in_: str, data: np.ndarray) -> np.ndarray:
         """Invert :meth:`preprocess` (but not the resize); ``data`` may have a leading batch axis of 1."""
@@ -180,13 +180,12 @@ class Transformer:
             mean = mean[:, np.newaxis, np.newaxis]
         else:
             if len(ms) == 2:
-                ms = (1,) + ms
-                mean = mean.reshape(ms)
+                ms = (1,) + ms  # for the checks only: pycaffe keeps an H x W mean as it is (it broadcasts)
             if len(ms) != 3:
                 raise ValueError("Mean shape invalid")
             in_shape = self.inputs[in_][1:]
             if ms != tuple(in_shape):
-                resized = resize_image(mean.transpose((1, 2, 0)).astype(np.float32), in_shape[1:])
+                resized = resize_image(mean.reshape(ms).transpose((1, 2, 0)).astype(np.float32), in_shape[1:])
                 mean = resized.reshape(tuple(in_shape[1:]) + (ms[0],)).transpose((2, 0, 1))
         self.mean[in_] = mean
 
@@ -231,30 +230,98 @@ def load_image(filename: str | os.PathLike, color: bool = True) -> np.ndarray:
 
 
 def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1) -> np.ndarray:
-    """Resize an (H, W, K) array to ``new_dims`` (height, width): nearest (0), bilinear (1) or bicubic (3)."""
-    import cv2
+    """Resize an (H, W, K) array to ``new_dims`` (height, width) as pycaffe of Caffe 1.0 does.
 
+    One or three channels go through scikit-image 0.13's ``resize`` in pycaffe (pixel centres mapped, the image
+    padded with its minimum, which is ``mode='constant'`` on the image scaled to [0, 1], no anti-aliasing,
+    results clipped to the image's range); orders 0 (nearest), 1 (bilinear) and 3 (Catmull-Rom bicubic) are
+    computed here the same way, tap by tap (other orders use scipy's splines, as recent skimage does). Other
+    channel counts go through ``scipy.ndimage.zoom`` (corner-aligned), as pycaffe does."""
     h, w = int(new_dims[0]), int(new_dims[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"new_dims must be positive (height, width), got ({h}, {w})")
     im = np.asarray(im, dtype=np.float32)
     if im.ndim == 2:
         im = im[:, :, np.newaxis]
-    # before OpenCV allocates it (its own error is multi-line, or "Insufficient memory" after trying)
+    if im.ndim != 3:
+        raise ValueError(f"resize_image takes an (H, W, K) array, got shape {im.shape}")
+    # before anything is allocated (a hostile size would otherwise fail inside numpy or scipy)
     check_temporary((h, w, im.shape[-1]), f"resizing an image to {h}x{w}x{im.shape[-1]} (float32)")
-    if im.shape[-1] and im.min() == im.max():  # constant image: avoid interpolation noise
-        return np.full((h, w, im.shape[-1]), im.flat[0], dtype=np.float32)
-    interp = {0: cv2.INTER_NEAREST, 1: cv2.INTER_LINEAR, 3: cv2.INTER_CUBIC}.get(interp_order)
-    if interp is None:
-        raise ValueError(f"interp_order must be 0, 1 or 3, got {interp_order}")
-    parts = []
-    for c in range(0, im.shape[-1], 4):  # OpenCV resizes up to 4 channels at a time in every build
-        try:
-            chunk = cv2.resize(np.ascontiguousarray(im[:, :, c:c + 4]), (w, h), interpolation=interp)
-        except cv2.error as e:  # a size OpenCV cannot take (beyond int) or allocate, with the limits turned off
-            raise ValueError(f"cannot resize an image to {h}x{w}: {opencv_reason(e)}") from None
-        parts.append(chunk.reshape(h, w, -1))
-    return np.concatenate(parts, axis=2).astype(np.float32)
+    if im.shape[-1] in (1, 3):
+        lo, hi = (float(im.min()), float(im.max())) if im.size else (0.0, 0.0)
+        if hi <= lo:  # a constant image (pycaffe avoids dividing by zero the same way)
+            return np.full((h, w, im.shape[-1]), lo, dtype=np.float32)
+        # pycaffe's own rounding: scaled to [0, 1] in float32, resized in float64 (skimage), scaled back
+        std = ((im - np.float32(lo)) / np.float32(hi - lo)).astype(np.float64)
+        if interp_order in _TAPS:
+            out = _resample(_resample(std, h, 0, interp_order, 0.0), w, 1, interp_order, 0.0)
+        else:  # skimage's spline orders: pixel centres, zero beyond the border
+            out = _zoom(std, (h, w), interp_order, centres_pad=0.0)
+        return (np.clip(out, 0.0, 1.0) * np.float32(hi - lo) + np.float32(lo)).astype(np.float32)
+    return _zoom(im, (h, w), interp_order)
+
+
+def _catmull_rom(x: np.ndarray) -> np.ndarray:
+    """Weights of the taps at -1, 0, 1, 2 for a point ``x`` in [0, 1) past tap 0 (skimage 0.13's bicubic)."""
+    x = x[:, None]
+    return 0.5 * np.concatenate([-x + 2 * x**2 - x**3, 2 - 5 * x**2 + 3 * x**3,
+                                 x + 4 * x**2 - 3 * x**3, -(x**2) + x**3], axis=1)
+
+
+def _nearest(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rounded = np.where(c > 0, np.floor(c + 0.5), np.ceil(c - 0.5))  # C's round-half-away, as skimage 0.13
+    return rounded[:, None].astype(np.int64), np.ones((len(c), 1))
+
+
+def _linear(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    first = np.floor(c)
+    frac = (c - first)[:, None]
+    return first[:, None].astype(np.int64) + np.arange(2), np.concatenate([1 - frac, frac], axis=1)
+
+
+def _cubic(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    first = np.floor(c)
+    return first[:, None].astype(np.int64) + np.arange(-1, 3), _catmull_rom(c - first)
+
+
+_TAPS = {0: _nearest, 1: _linear, 3: _cubic}
+
+
+def _resample(im: np.ndarray, size: int, axis: int, order: int, pad: float) -> np.ndarray:
+    """Resize one axis: output pixel ``o`` samples input coordinate ``(o + 0.5) * scale - 0.5``; taps outside the
+    image read ``pad``."""
+    n = im.shape[axis]
+    coords = (np.arange(size) + 0.5) * (n / size) - 0.5
+    index, weight = _TAPS[order](coords)
+    padded = np.concatenate([np.full_like(np.take(im, [0], axis=axis), pad), im,
+                             np.full_like(np.take(im, [0], axis=axis), pad)], axis=axis)
+    index = np.clip(index + 1, 0, n + 1)  # every tap beyond the border reads the pad
+    out = 0.0
+    for t in range(index.shape[1]):
+        shape = [1] * im.ndim
+        shape[axis] = size
+        out = out + weight[:, t].reshape(shape) * np.take(padded, index[:, t], axis=axis)
+    return out
+
+
+def _zoom(im: np.ndarray, dims: tuple[int, int], order: int, centres_pad: float | None = None) -> np.ndarray:
+    """pycaffe's path for channel counts other than 1 and 3: ``scipy.ndimage.zoom`` (corner-aligned); with
+    ``centres_pad``, pixel centres mapped and that value beyond the border (skimage's spline orders)."""
+    if not isinstance(order, int) or not 0 <= order <= 5:
+        raise ValueError(f"interp_order must be an int from 0 to 5, got {order!r}")
+    try:
+        from scipy import ndimage
+    except ImportError:
+        raise ValueError(f"resizing {im.shape[-1]}-channel images (or interp_order {order}) needs scipy, as "
+                         "pycaffe's does: pip install scipy") from None
+    scale = (dims[0] / im.shape[0], dims[1] / im.shape[1], 1.0)
+    if centres_pad is None:
+        out = ndimage.zoom(im, scale, order=order)
+    else:
+        out = ndimage.zoom(im, scale, order=order, mode="grid-constant", cval=centres_pad, grid_mode=True)
+    if out.shape[:2] != dims:  # zoom rounds the output size; pycaffe's callers assume new_dims
+        raise ValueError(f"scipy.ndimage.zoom gave {out.shape[:2]} for new_dims {dims}")
+    return out.astype(np.float32)
 
 
 def oversample(images: Sequence[np.ndarray], crop_dims: Sequence[int]) -> np.ndarray:

@@ -164,16 +164,17 @@ def _param_info(p: Any) -> ParamInfo:
 
 
 def _resolve_sharing(graph: Graph) -> None:
-    """Caffe's ``param { name }`` sharing: the first layer using a name owns the blob."""
+    """Caffe's ``param { name }`` sharing: the first layer using a name owns the blob. Caffe resolves owners by
+    layer position, so the owner is named by its unique name (a repeated layer name is ``<name>_2``...)."""
     owners: dict[str, tuple[str, int]] = {}
-    for node in graph.nodes:
+    for node, unique in zip(graph.nodes, graph.unique_names(), strict=True):
         for i, p in enumerate(node.params):
             if not p.name:
                 continue
             if p.name in owners:
                 p.owner = owners[p.name]
             else:
-                owners[p.name] = (node.name, i)
+                owners[p.name] = (unique, i)
 
 
 _OPAQUE: dict[str, LayerSpec] = {}

@@ -41,7 +41,7 @@ class ParamInfo:
     decay_mult: float = 1.0
     name: str = ""
     share_mode: int = 0  # 0 STRICT, 1 PERMISSIVE
-    owner: tuple[str, int] | None = None  # (layer, blob index) this blob is shared from, if not its own
+    owner: tuple[str, int] | None = None  # (layer's unique name, blob index) this blob is shared from, if not its own
 
 
 @dataclass

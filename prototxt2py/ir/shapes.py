@@ -26,7 +26,7 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -> Non
                 f"--input {k}: the net has no input blob named '{k}' (inputs: {', '.join(sorted(known_inputs))})",
                 Location(graph.file),
             )
-    by_name = {n.name: n for n in graph.nodes}
+    by_name = dict(zip(graph.unique_names(), graph.nodes, strict=True))  # owners of shared params go by these
     param_elements = 0
     for node in graph.nodes:
         in_shapes = [graph.values[v].shape for v in node.inputs]
