@@ -245,12 +245,17 @@ def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1)
         im = im[:, :, np.newaxis]
     if im.ndim != 3:
         raise ValueError(f"resize_image takes an (H, W, K) array, got shape {im.shape}")
+    k = im.shape[-1]
     # before anything is allocated (a hostile size would otherwise fail inside numpy or scipy)
-    check_temporary((h, w, im.shape[-1]), f"resizing an image to {h}x{w}x{im.shape[-1]} (float32)")
-    if im.shape[-1] in (1, 3):
-        lo, hi = (float(im.min()), float(im.max())) if im.size else (0.0, 0.0)
+    check_temporary((h, w, k), f"resizing an image to {h}x{w}x{k} (float32)")
+    check_temporary((h, im.shape[1] + 2, k), f"resizing an image to {h}x{w}x{k} (its first pass, "
+                    f"{h}x{im.shape[1]}x{k} in float64)", itemsize=8)
+    if im.size == 0:
+        raise ValueError(f"cannot resize an empty image (shape {im.shape})")
+    if k in (1, 3):
+        lo, hi = float(im.min()), float(im.max())
         if hi <= lo:  # a constant image (pycaffe avoids dividing by zero the same way)
-            return np.full((h, w, im.shape[-1]), lo, dtype=np.float32)
+            return np.full((h, w, k), lo, dtype=np.float32)
         # pycaffe's own rounding: scaled to [0, 1] in float32, resized in float64 (skimage), scaled back
         std = ((im - np.float32(lo)) / np.float32(hi - lo)).astype(np.float64)
         if interp_order in _TAPS:
@@ -307,8 +312,9 @@ def _resample(im: np.ndarray, size: int, axis: int, order: int, pad: float) -> n
 def _zoom(im: np.ndarray, dims: tuple[int, int], order: int, centres_pad: float | None = None) -> np.ndarray:
     """pycaffe's path for channel counts other than 1 and 3: ``scipy.ndimage.zoom`` (corner-aligned); with
     ``centres_pad``, pixel centres mapped and that value beyond the border (skimage's spline orders)."""
-    if not isinstance(order, int) or not 0 <= order <= 5:
+    if isinstance(order, bool) or not hasattr(order, "__index__") or not 0 <= order.__index__() <= 5:
         raise ValueError(f"interp_order must be an int from 0 to 5, got {order!r}")
+    order = order.__index__()
     try:
         from scipy import ndimage
     except ImportError:
