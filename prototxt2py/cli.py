@@ -6,12 +6,14 @@ Exit codes: 0 success; 1 a problem with the input (the message names file:line:c
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -43,9 +45,12 @@ def _user_errors(fn: Callable) -> Callable:
             if os.environ.get("PROTOTXT2PY_DEBUG"):
                 raise
             if _out_of_memory(e):  # the input asks for more memory than there is: a problem with the input
-                click.echo(f"error: out of memory ({one_line(str(e))[:200]}); the net or its inputs are too big for "
-                           "this machine (see docs/errors.md: limits)", err=True)
+                reason = f" ({one_line(str(e))[:200]})" if str(e) else ""
+                click.echo(f"error: out of memory{reason}; the net or its inputs are too big for this machine (see "
+                           "docs/errors.md: limits)", err=True)
                 sys.exit(EXIT_INPUT)
+            if isinstance(e, OSError) and e.errno in _STDOUT_ERRNOS:
+                _stdout_failed(e)
             bad_path = _bad_path(e)
             if bad_path:  # a path given on the command line (or named in a file) that the system refuses
                 click.echo(f"error: {bad_path}", err=True)
@@ -55,6 +60,20 @@ def _user_errors(fn: Callable) -> Callable:
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+#: errors of a write to standard output (``> /dev/full``, a quota, a closed pipe): outputs to files are written
+#: atomically and report their own errors, so a raw OSError with one of these comes from printing the result
+_STDOUT_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EPIPE})
+
+
+def _stdout_failed(e: OSError) -> NoReturn:
+    with contextlib.suppress(OSError):  # nothing more goes there, not even the interpreter's flush at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if e.errno == errno.EPIPE:  # the reader went away (`| head`): no error, as for other Unix tools
+        sys.exit(0)
+    click.echo(f"error: cannot write to standard output: {e.strerror or e}", err=True)
+    sys.exit(EXIT_INPUT)
 
 
 def _bad_path(e: BaseException) -> str | None:
@@ -136,7 +155,7 @@ def summary(net: str, phase: str, stages: tuple[str, ...], level: int, inputs: t
 
 @main.command()
 @click.argument("src", type=click.Path())
-@click.argument("dst", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path())
 @_user_errors
 def upgrade(src: str, dst: str) -> None:
     """Upgrade a legacy net (text or binary .caffemodel) or solver to the current format."""
@@ -178,7 +197,7 @@ def _load_net(net: str, weights: str | None, phase: str, stages, level: int, inp
 @click.option("--weights", type=click.Path(), help="Trained .caffemodel.")
 @click.option("--inputs", "inputs_path", required=True, type=click.Path(),
               help=".npz with one array per input blob (by name).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .npz.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output .npz.")
 @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST", show_default=True)
 @_state_options
 @click.option("--all-blobs", is_flag=True, help="Write every blob (by Caffe name), not only the outputs.")
@@ -234,7 +253,7 @@ def convert(net, weights, target, output, phase, stages, level, inputs, opset, d
 
 @main.command()
 @click.argument("net", type=click.Path())
-@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("output", type=click.Path())
 @click.option("--rankdir", type=click.Choice(["LR", "TB", "BT", "RL"]), default="LR", show_default=True)
 @click.option("--phase", type=click.Choice(["TRAIN", "TEST", "ALL"], case_sensitive=False), default="ALL",
               show_default=True)

@@ -37,26 +37,30 @@ def convert_imageset(root, list_file, db, resize_height, resize_width, gray, shu
                      check_size, backend) -> None:
     """Write the images of LIST (lines 'path label', paths relative to ROOT) into a new database DB,
     as Caffe's convert_imageset does (Datum records keyed %08d_path)."""
+    from .data.images import native_stderr_quiet
     from .data.tools import convert_imageset as convert
 
-    report = convert(root, list_file, db, resize_height=resize_height, resize_width=resize_width, gray=gray,
-                     shuffle=shuffle, encoded=encoded, encode_type=encode_type or "", backend=backend,
-                     check_size=check_size, seed=seed)
+    with native_stderr_quiet():  # libpng's own lines: each unreadable image is reported below instead
+        report = convert(root, list_file, db, resize_height=resize_height, resize_width=resize_width, gray=gray,
+                         shuffle=shuffle, encoded=encoded, encode_type=encode_type or "", backend=backend,
+                         check_size=check_size, seed=seed)
     _warn([f"could not read '{path}': skipped" for path in report.skipped])
     click.echo(f"wrote {report.written} images to {db} ({backend.lower()})")
 
 
 @click.command("compute-image-mean")
 @click.argument("db", type=click.Path())
-@click.argument("mean", type=click.Path(dir_okay=False))
+@click.argument("mean", type=click.Path())
 @click.option("--backend", type=_BACKEND, default=None, help="Database type (default: detected).")
 @_user_errors
 def compute_image_mean(db, mean, backend) -> None:
     """Write the mean image of database DB as a .binaryproto (Caffe's compute_image_mean)."""
+    from .data.images import native_stderr_quiet
     from .data.tools import compute_image_mean as compute
     from .data.tools import write_mean
 
-    values = compute(db, backend)
+    with native_stderr_quiet():  # encoded records that do not decode are one error line, not libpng's too
+        values = compute(db, backend)
     write_mean(values, mean)
     per_channel = ", ".join(f"{v:g}" for v in values.reshape(values.shape[0], -1).mean(axis=1))
     click.echo(f"wrote {mean} ({'x'.join(map(str, values.shape))}; channel means {per_channel})")

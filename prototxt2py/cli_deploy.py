@@ -45,7 +45,7 @@ def register(main: click.Group, parse_inputs: Callable, state_options: Callable,
 
     @main.command()
     @click.argument("net", type=click.Path())
-    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Deploy .prototxt.")
+    @click.option("-o", "--output", required=True, type=click.Path(), help="Deploy .prototxt.")
     @click.option("--input", "inputs", multiple=True, metavar="NAME=D0,D1,...",
                   help="Shape of an input blob (needed where only the data knows it).")
     @state_options

@@ -138,8 +138,7 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
         if weights:
             param.weights.append(weights)
         s = get_solver(param, rank=rank, world=world, device=device, data_workers=data_workers,
-                       warn=_echo(rank, "warning: "))
-        s.file = solver
+                       warn=_echo(rank, "warning: "), file=solver)
         log = _echo(rank)
         s.log = log
         batch = next(iter(s.feeder.shapes().values()), [1])[0]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import InputFileError, Location
 
@@ -32,7 +34,8 @@ def guarding_inputs() -> Iterator[None]:
 
 
 def note_input(fd_or_path: int | str | os.PathLike) -> None:
-    """Remember a file as an input (called by the readers with the open descriptor) while a command runs."""
+    """Remember a file as an input (called by the readers with the open descriptor) while a command runs; a
+    database folder counts with everything in it."""
     if not _guarding[0]:
         return
     try:
@@ -43,13 +46,35 @@ def note_input(fd_or_path: int | str | os.PathLike) -> None:
 
 
 def _is_input(target: Path) -> bool:
+    """``target`` was read, or lies inside a directory that was (an LMDB or LevelDB folder)."""
     if not _guarding[0]:
         return False
+    for path in (target, *target.resolve().parents):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) in _inputs:
+            return True
+    return False
+
+
+def open_regular(path: str | os.PathLike, mode: str = "rb", **kwargs: Any) -> IO:
+    """``open`` for an input that must be a regular file. A FIFO, device or directory raises OSError (its
+    ``strerror`` saying so, for the callers' one-line errors) instead of blocking on the open or reading
+    ``/dev/zero`` until memory runs out."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        info = target.stat()
-    except OSError:
-        return False
-    return (info.st_dev, info.st_ino) in _inputs
+        kind = os.fstat(fd).st_mode
+        if stat.S_ISDIR(kind):
+            raise IsADirectoryError(errno.EISDIR, "is a directory, expected a file", str(path))
+        if not stat.S_ISREG(kind):
+            raise OSError(errno.EINVAL, "not a regular file (a device, FIFO or socket)", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, mode, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def output_target(path: str | os.PathLike) -> Path:
@@ -69,7 +94,8 @@ def output_target(path: str | os.PathLike) -> Path:
         raise InputFileError("output exists and is not a regular file (a device, pipe or socket); refusing to "
                              "replace it", Location(str(path)))
     if _is_input(target):
-        raise InputFileError("refusing to overwrite an input file with the output", Location(str(path)))
+        raise InputFileError("refusing to overwrite an input file (or a file of an input database) with the "
+                             "output", Location(str(path)))
     return target
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputFileError, Location, WeightsError
+from .fsutil import open_regular
 from .weights import Blob
 
 #: the first 8 bytes of an HDF5 file (Caffe's files have no user block before it)
@@ -25,9 +26,9 @@ LAYOUT = "Caffe's layout is group /data, a group per layer, a float dataset per 
 def is_hdf5(path: str | os.PathLike) -> bool:
     """Whether ``path`` is an HDF5 file: Caffe's ``CopyTrainedLayersFrom`` tells the formats apart by content."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return f.read(8) == SIGNATURE
-    except OSError:  # unreadable: the binary reader reports it
+    except OSError:  # unreadable, a FIFO, a device: the binary reader reports it
         return False
 
 

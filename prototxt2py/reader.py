@@ -244,7 +244,7 @@ def read_solver(path: str | os.PathLike) -> tuple[Any, SourceInfo, upgrade.Upgra
         raise InputFileError(f"this is a {kind} file, expected a solver definition (.prototxt)", Location(file))
     solver = caffe_pb2.SolverParameter()
     info = textformat.parse(text, solver, file)
-    report = upgrade.upgrade_solver(solver)
+    report = upgrade.upgrade_solver(solver, file)
     return solver, info, report
 
 

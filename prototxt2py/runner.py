@@ -27,10 +27,16 @@ def read_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
     data = read_bytes(path)
     loc = Location(str(path))
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a lone .npy: no names to match the inputs by
+            raise InputFileError("a single .npy array, expected an .npz of named arrays (np.savez(path, "
+                                 "data=array))", loc)
+        with loaded as f:
             out = {}
             for k in f.files:
                 arr = f[k]
+                if not isinstance(arr, np.ndarray):  # a zip member that is not .npy comes back as bytes
+                    raise InputFileError(f"member '{k}' of the archive is not a .npy array", loc)
                 if arr.dtype.kind not in _REAL_KINDS:
                     raise InputFileError(f"array '{k}' has dtype {arr.dtype}, expected a real numeric array "
                                          "(bool, int or float)", loc)

@@ -27,7 +27,7 @@ def upgrade_file(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[str, u
     if kind == "solver":
         solver = caffe_pb2.SolverParameter()
         textformat.parse(text, solver, file, strict=True)
-        report = upgrade.upgrade_solver(solver)
+        report = upgrade.upgrade_solver(solver, file)
         write_text_atomic(dst, text_format.MessageToString(solver))
         return "solver", report
     if kind != "net":

@@ -169,7 +169,7 @@ def scan_caffemodel(buf) -> dict[str, list[BlobRef]]:
 def _open_refs(path: str | os.PathLike) -> tuple[int, mmap.mmap | None, dict[str, list[BlobRef]]]:
     file = str(path)
     try:
-        fd = os.open(file, os.O_RDONLY)
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
     except FileNotFoundError:
         raise WeightsError("no such file", Location(file)) from None
     except OSError as e:

@@ -143,6 +143,17 @@ def test_rand_skip_starts_within_range_and_keeps_order() -> None:
     assert labels == [float((labels[0] + i) % 16) for i in range(4)]
 
 
+def test_a_huge_rand_skip_wraps_instead_of_stepping_billions_of_times() -> None:
+    """Caffe steps its cursor ``skip`` times, wrapping at the end: the same record after ``skip % 16`` steps,
+    found without taking 4e9 steps (this once hung); the rank stride still counts every step."""
+    from prototxt2py.data.seeding import base_seed, stream
+
+    reader = open_reader(layer_from(data_net(COLOR_LMDB, 4, extra="rand_skip: 4000000000")), seed=3)
+    skip = int(stream(base_seed(3), "data", "rand_skip").integers(4000000000))
+    assert skip > 10**6
+    assert _labels(reader, 1) == [float((skip + i) % 16) for i in range(4)]
+
+
 def test_leveldb_backend_on_an_lmdb_folder_fails_cleanly() -> None:
     pytest.importorskip("plyvel")
     with pytest.raises(DataError, match="cannot open LevelDB"):

@@ -15,6 +15,7 @@ import ast
 import builtins
 import keyword
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,22 +23,13 @@ from typing import Any
 
 from ..errors import UnsupportedLayerError
 from ..ir import Graph, Node
+from ..ir.graph import MODULE_ATTRS
 from ..layers.base import Call, unsupported_entry
 
 LINE = 88  # ruff format's default line length
 MIN_RUN = 3  # shortest chain emitted as nn.Sequential
 
-# Attribute names of nn.Module (torch 2.x) that a submodule must not shadow, and the file's own globals.
-_MODULE_ATTRS = frozenset(
-    """T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double
-    dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter get_submodule half ipu
-    load_state_dict modules mtia named_buffers named_children named_modules named_parameters parameters
-    register_backward_hook register_buffer register_forward_hook register_forward_pre_hook
-    register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook
-    register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook
-    register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory smart_apply
-    state_dict to to_empty train training type xpu zero_grad""".split()
-)
+# The generated file's own globals (MODULE_ATTRS: the names a submodule must not take).
 _FILE_GLOBALS = frozenset({"torch", "nn", "F", "math", "OrderedDict", "self", "annotations"})
 
 
@@ -71,9 +63,20 @@ def class_name(net_name: str) -> str:
 
 
 def file_stem(net_name: str) -> str:
-    """``snake_case`` module file name for a net (``"ResNet-50"`` -> ``resnet_50``)."""
+    """``snake_case`` module file name for a net (``"ResNet-50"`` -> ``resnet_50``). A name the file could not
+    be imported by, or that would shadow a module it imports, gets ``_net`` (``torch`` -> ``torch_net``: a
+    ``torch.py`` beside the script would be imported instead of torch; ``class`` -> ``class_net``)."""
     stem = re.sub(r"[^0-9a-z]+", "_", net_name.lower()).strip("_") or "net"
-    return f"net_{stem}" if stem[0].isdigit() else stem
+    if stem[0].isdigit():
+        return f"net_{stem}"
+    if keyword.iskeyword(stem) or keyword.issoftkeyword(stem) or stem in _SHADOWED:
+        return f"{stem}_net"
+    return stem
+
+
+#: modules a generated file (or the script beside it) imports: a file of that name would be imported instead
+_SHADOWED = frozenset(sys.stdlib_module_names) | {"torch", "torchvision", "numpy", "onnx", "onnxruntime",
+                                                  "prototxt2py", "safetensors"}
 
 
 # -- source layout ---------------------------------------------------------------------------------------------
@@ -421,9 +424,9 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
     defs, heads = _helpers_for(helpers)
     if cls in helper_definitions() or any(cls == d.name for d in defs):  # a net named like a helper class
         cls += "Net"
-    attrs = Namespace(_MODULE_ATTRS | _FILE_GLOBALS | {cls})
+    attrs = Namespace(MODULE_ATTRS | _FILE_GLOBALS | {cls})
     local = Namespace(_FILE_GLOBALS | {cls})
-    inner = Namespace(_MODULE_ATTRS)  # names inside Sequential blocks share one pool (readability)
+    inner = Namespace(MODULE_ATTRS)  # names inside Sequential blocks share one pool (readability)
     groups = _runs(graph, steps)
     whole = len(groups) == 1 and len(groups[0]) >= MIN_RUN
     classifier = _classifier(graph, steps)

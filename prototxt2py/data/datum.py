@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from ..fsutil import open_regular
 from ..limits import INT32_MAX
 from ..proto import caffe_pb2
 from . import DataError
@@ -107,7 +108,7 @@ def blob_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...]:
 def read_mean(path: str, layer: str | None = None) -> np.ndarray:
     """A ``.binaryproto`` mean (``compute_image_mean``'s output) as a float32 ``(C, H, W)`` array."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             raw = f.read()
     except OSError as e:
         raise DataError(f"cannot read mean_file '{path}': {e.strerror or e}", layer=layer) from None

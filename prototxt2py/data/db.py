@@ -12,6 +12,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
+from ..fsutil import note_input
 from . import DataError
 from ._deps import require
 
@@ -101,6 +102,10 @@ class Cursor:
         self.layer = layer
         if not os.path.exists(path):
             raise DataError(f"data source '{path}' does not exist", layer=layer)
+        if not (os.path.isdir(path) or os.path.isfile(path)):  # opening a FIFO would block
+            raise DataError(f"data source '{path}' is not a database folder or file (a device, FIFO or socket?)",
+                            layer=layer)
+        note_input(path)  # a command's output never lands inside a database it reads
         self._db: Any = None
         self._iter: Iterator[tuple[bytes, bytes]] | None = None
         self._item: tuple[bytes, bytes] | None = None
@@ -113,6 +118,9 @@ class Cursor:
             self._txn = self._db.begin(buffers=False)
         else:
             plyvel = require("plyvel", "reading a LevelDB data source", self.layer)
+            if not os.path.isfile(os.path.join(self.path, "CURRENT")):  # LevelDB would leave LOCK and LOG there
+                raise DataError(f"cannot open LevelDB '{self.path}': not a LevelDB folder (no CURRENT file)",
+                                layer=self.layer)
             try:
                 self._db = plyvel.DB(self.path, create_if_missing=False)
             except Exception as e:  # plyvel raises its own IOError/CorruptionError types
@@ -133,6 +141,12 @@ class Cursor:
 
     def valid(self) -> bool:
         return self._item is not None
+
+    def count(self) -> int:
+        """How many records the database holds (LMDB knows; LevelDB's keys are counted)."""
+        if self.backend == "LMDB":
+            return int(self._txn.stat()["entries"])
+        return sum(1 for _ in self._db.iterator(include_value=False))
 
     def key(self) -> bytes:
         assert self._item is not None

@@ -46,8 +46,12 @@ class DbData:
         self.offset = 0  # records passed so far (Caffe's offset_, for the rank stride)
         self.stride = layer.world if layer.phase == "TRAIN" and layer.world > 1 else 1
         if p.rand_skip:
-            for _ in range(int(stream(seed, layer.name, "rand_skip").integers(p.rand_skip))):
+            skip = int(stream(seed, layer.name, "rand_skip").integers(p.rand_skip))
+            # Caffe steps the cursor ``skip`` times, wrapping at the end: the same record after skip % count
+            # steps (a rand_skip of 4e9 on 16 records must not take 4e9 steps); ``offset`` still counts them all
+            for _ in range(skip % self.cursor.count()):
                 self._next()
+            self.offset += skip - skip % self.cursor.count()
 
     def _next(self) -> None:
         self.cursor.next()

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..fsutil import open_regular
 from . import DataError, DataLayer, register_reader
 from .seeding import base_seed, stream
 
@@ -41,7 +42,8 @@ def read_list(source: str, layer: str) -> list[str]:
         raise DataError(f"HDF5 list file not found: {source} (paths are relative to the working directory "
                         f"{os.getcwd()})", layer=layer)
     try:
-        names = path.read_text(errors="replace").split()
+        with open_regular(path, "r", errors="replace") as f:
+            names = f.read().split()
     except OSError as e:
         raise DataError(f"cannot read HDF5 list file {source}: {e.strerror}", layer=layer) from None
     if not names:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..fsutil import open_regular
 from . import DataError, DataLayer, register_reader
 from . import images as _images
 from .datum import INT32_MAX, INT32_MIN
@@ -22,7 +23,7 @@ from .transformer import DataTransformer
 def read_list(path: str, layer: str | None = None) -> list[tuple[str, int]]:
     """The ``(path, label)`` lines of an image list (Caffe: split at the last space, ``atoi`` of the rest)."""
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with open_regular(path, "r", encoding="utf-8", errors="surrogateescape") as f:
             text = f.read()
     except OSError as e:
         raise DataError(f"cannot read image list '{path}': {e.strerror or e}", layer=layer) from None

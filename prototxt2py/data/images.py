@@ -9,12 +9,16 @@ Every function returns ``uint8`` arrays: ``(H, W, C)`` for colour, ``(H, W)`` fo
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import sys
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
 
+from ..fsutil import open_regular
 from . import DataError
 from ._deps import optional, require
 
@@ -56,12 +60,32 @@ def decode(buf: bytes, mode: Mode, what: str = "image", layer: str | None = None
     return img
 
 
+@contextlib.contextmanager
+def native_stderr_quiet() -> Iterator[None]:
+    """Drop what native image libraries print to the process's stderr themselves (libpng's ``libpng error:
+    IHDR: CRC error``, OpenCV's ``[ WARN:0 ] ... PNG input buffer is incomplete``) while a single-threaded CLI
+    tool decodes: the tool reports every unreadable image in its own one-line format. File descriptor 2 is
+    restored on the way out, before any error is printed."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        sink = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(sink, 2)
+        finally:
+            os.close(sink)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def read(path: str, mode: Mode, layer: str | None = None) -> np.ndarray:
     """``cv::imread(path, flag)``: a missing or undecodable file is one error naming the path."""
     if "\0" in path:  # open() would raise ValueError; a C string (Caffe's imread) ends at the NUL
         raise DataError(f"could not open or find file {path!r}: the path contains a NUL byte", layer=layer)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             buf = f.read()
     except OSError as e:
         raise DataError(f"could not open or find file '{path}': {e.strerror or e}", layer=layer) from None

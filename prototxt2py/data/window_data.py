@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from ..fsutil import open_regular
 from . import DataError, DataLayer, register_reader
 from . import images as _images
 from .datum import read_mean
@@ -34,7 +35,7 @@ def _cround(x: np.float32) -> int:
 def read_window_file(path: str, root: str, layer: str | None = None):
     """Images ``[(path, (c, h, w))]`` and windows ``[(image_index, label, overlap, x1, y1, x2, y2)]``."""
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with open_regular(path, "r", encoding="utf-8", errors="surrogateescape") as f:
             tokens = f.read().split()
     except OSError as e:
         raise DataError(f"failed to open window file '{path}': {e.strerror or e}", layer=layer) from None
@@ -106,7 +107,7 @@ class WindowData:
             self.cache = {}
             for i, (path, _) in enumerate(self.images):
                 try:
-                    with open(path, "rb") as f:
+                    with open_regular(path) as f:
                         self.cache[i] = f.read()
                 except OSError as e:
                     raise DataError(f"could not open or find file '{path}': {e.strerror or e}", layer=name) from None

@@ -20,6 +20,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Shape = tuple[int, ...]
 
+#: Public attribute names of torch's ``nn.Module``, ``nn.ModuleDict`` and ``nn.Sequential`` (torch 2.5-2.13): a
+#: submodule may not take one (``add_module`` raises), so layer keys and generated identifiers avoid them, and
+#: every name starting with ``_`` too. Written out because the IR does not import torch.
+MODULE_ATTRS = frozenset(
+    """T_destination add_module append apply bfloat16 buffers call_super_init children clear compile cpu cuda
+    double dump_patches eval extend extra_repr float forward get_buffer get_extra_state get_parameter
+    get_submodule half insert ipu items keys load_state_dict modules mtia named_buffers named_children
+    named_modules named_parameters parameters pop register_backward_hook register_buffer register_forward_hook
+    register_forward_pre_hook register_full_backward_hook register_full_backward_pre_hook
+    register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module register_parameter
+    register_state_dict_post_hook register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule
+    share_memory smart_apply state_dict to to_empty train training type update values xpu zero_grad""".split()
+)
+
 
 @dataclass
 class Value:
@@ -95,12 +109,15 @@ class Graph:
 
     def layer_keys(self) -> list[str]:
         """One identifier per node, unique even where Caffe layer names repeat: the name with ``.`` as ``_``
-        (torch module names cannot hold dots), then ``_2``, ``_3``... on a clash. The runtime's submodules, the
-        generated code and the safetensors layout are all keyed this way."""
+        (torch module names cannot hold dots), ``_`` appended to a name torch's modules use themselves
+        (``forward_``, ``training_``, ``__init___``), then ``_2``, ``_3``... on a clash. The runtime's submodules
+        and the generated code's ``.pt`` are keyed this way."""
         taken: set[str] = set()
         keys = []
         for node in self.nodes:
             base = node.name.replace(".", "_") or "layer"
+            if base in MODULE_ATTRS or base.startswith("_"):
+                base += "_"
             key, i = base, 1
             while key in taken:
                 i += 1

@@ -8,7 +8,6 @@ and is saved in the ``.solverstate``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +47,13 @@ class LrParams:
             raise SolverError("lr_policy 'poly' needs max_iter > 0", where)
 
 
+def _pow(base: float, exponent: float) -> float:
+    """C's ``pow``: inf on overflow, NaN for a negative base and a fractional exponent (Python raises or goes
+    complex)."""
+    with np.errstate(all="ignore"):
+        return float(np.power(np.float64(base), np.float64(exponent)))
+
+
 def learning_rate(p: LrParams, it: int, current_step: int) -> tuple[float, int]:
     """``(rate, current_step)`` Caffe uses for the update at iteration ``it`` (rate rounded to float32)."""
     base = float(f32(p.base_lr))
@@ -57,21 +63,23 @@ def learning_rate(p: LrParams, it: int, current_step: int) -> tuple[float, int]:
         rate = base
     elif policy == "step":
         current_step = it // p.stepsize
-        rate = base * gamma**current_step
+        rate = base * _pow(gamma, current_step)
     elif policy == "exp":
-        rate = base * gamma**it
+        rate = base * _pow(gamma, it)
     elif policy == "inv":
-        rate = base * float(f32(1.0) + f32(gamma) * f32(it)) ** (-float(f32(p.power)))
+        rate = base * _pow(float(f32(1.0) + f32(gamma) * f32(it)), -float(f32(p.power)))
     elif policy == "multistep":
         if current_step < len(p.stepvalue) and it >= p.stepvalue[current_step]:
             current_step += 1
-        rate = base * gamma**current_step
+        rate = base * _pow(gamma, current_step)
     elif policy == "poly":
         frac = f32(1.0) - f32(it) / f32(p.max_iter)
-        rate = base * float(frac) ** float(f32(p.power))
+        rate = base * _pow(float(frac), float(f32(p.power)))
     elif policy == "sigmoid":
         z = -f32(gamma) * (f32(it) - f32(p.stepsize))
-        rate = base * float(f32(1.0) / (f32(1.0) + f32(math.exp(float(z)))))
+        with np.errstate(all="ignore"):  # exp overflows to inf and the rate to 0, as in Caffe
+            rate = base * float(f32(1.0) / (f32(1.0) + f32(np.exp(np.float64(z)))))
     else:
         raise SolverError(f"unknown lr_policy '{policy}'")
-    return float(f32(rate)), current_step
+    with np.errstate(all="ignore"):  # a rate beyond float32 is inf, as Caffe's Dtype makes it
+        return float(f32(rate)), current_step

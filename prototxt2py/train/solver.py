@@ -131,7 +131,8 @@ class Solver:
 
     def __init__(self, solver: str | os.PathLike | Any, *, rank: int | None = None, world: int | None = None,
                  device: str | torch.device = "cpu", data_workers: int | None = None,
-                 solver_type: str | None = None, warn: Callable[[str], None] | None = None):
+                 solver_type: str | None = None, warn: Callable[[str], None] | None = None,
+                 file: str | None = None):
         from ..proto import caffe_pb2
 
         if not isinstance(solver, (str, os.PathLike, caffe_pb2.SolverParameter)):
@@ -139,7 +140,8 @@ class Solver:
         # what the user should know but that does not stop training: by default a Python UserWarning
         self.warn: Callable[[str], None] = warn or _user_warning
         self.param = read_solver_param(solver, self.warn) if isinstance(solver, (str, os.PathLike)) else solver
-        self.file = str(solver) if isinstance(solver, (str, os.PathLike)) else "<solver>"
+        # errors name the solver file (``file``: where a SolverParameter given as a message was read from)
+        self.file = file or (str(solver) if isinstance(solver, (str, os.PathLike)) else "<solver>")
         if rank is None or world is None:
             rank, world = _dist_rank_world()
         self.rank, self.world = rank, world
@@ -177,7 +179,12 @@ class Solver:
         self.learnables = self._learnables()
         if self.world > 1:
             self._broadcast_from_root()
-        self.update: Update = UPDATES[self.type](p, [lp.tensor for lp in self.learnables])
+        try:
+            self.update: Update = UPDATES[self.type](p, [lp.tensor for lp in self.learnables])
+        except SolverError as e:  # the update rule's own checks (RMSProp's momentum, ...) name the file too
+            if e.location is not None:
+                raise
+            raise SolverError(e.message, Location(self.file)) from None
         self.iter = 0
         self.current_step = 0
         self.requested_early_exit = False
