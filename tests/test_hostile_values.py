@@ -86,3 +86,14 @@ def test_update_rule_errors_name_the_solver_file(tmp_path: Path) -> None:
     solver.write_text(f'net: "{net}" base_lr: 0.1 lr_policy: "step" max_iter: 1\n')
     r = CliRunner().invoke(main, ["train", str(solver), "--quiet"])
     assert (r.exit_code, r.stderr) == (1, f"error: {solver}: lr_policy 'step' needs stepsize > 0\n")
+
+
+def test_a_latin1_prototxt_is_text(tmp_path: Path) -> None:
+    """Caffe's text parser takes any byte in a comment; a Latin-1 comment once made the file "binary"."""
+    path = tmp_path / "latin.prototxt"
+    path.write_bytes(b'name: "x"\n# r\xe9seau\nlayer { name: "data" type: "Input" top: "data" input_param { shape { '
+                     b'dim: 1 dim: 2 } } }\nlayer { name: "r\xe9lu" type: "ReLU" bottom: "data" top: "out" }\n')
+    graph = prototxt2py.graph(str(path))
+    assert [n.name for n in graph.nodes] == ["data", "r\xe9lu"]
+    r = CliRunner().invoke(main, ["summary", str(path)])
+    assert r.exit_code == 0 and "r\xe9lu" in r.stdout

@@ -357,3 +357,54 @@ def test_net_that_breaks_at_other_sizes_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ShapeError) as e:
         to_onnx_model(prototxt2py.graph(str(path)), dynamic=True)
     assert "--dynamic" in str(e.value) and "layer 'sum'" in str(e.value)
+
+
+FOLDED_BATCH = """name: "folded"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 4 dim: 5 } } }
+layer { name: "flat" type: "Reshape" bottom: "data" top: "flat" reshape_param { shape { dim: 1 dim: -1 dim: 5 } } }
+layer { name: "keep" type: "Reshape" bottom: "data" top: "keep" reshape_param { shape { dim: 0 dim: -1 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "keep" top: "ip" inner_product_param { num_output: 2 } }
+"""
+
+
+def test_dynamic_batch_reshape_to_a_literal_one_folds_the_batch_as_caffe(tmp_path: Path) -> None:
+    """``dim: 1 dim: -1`` keeps axis 0 at 1 and folds the batch into axis 1 in Caffe (RFB-320's box heads); the
+    dynamic-batch export once copied the batch into axis 0 instead, giving per-image rows."""
+    path = tmp_path / "folded.prototxt"
+    path.write_text(FOLDED_BATCH)
+    net = prototxt2py.load(prototxt2py.graph(str(path)))
+    model = to_onnx_model(net, dynamic_batch=True)
+    declared = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    assert declared["flat"][0] == 1 and declared["flat"][2] == 5 and declared["ip"] == ["N", 2]
+    x = np.random.default_rng(0).standard_normal((3, 3, 4, 5)).astype(np.float32)
+    got = run(session(model), {"data": x})
+    with torch.no_grad():
+        want = net(data=torch.from_numpy(x))
+    assert got["flat"].shape == (1, 36, 5) == tuple(want["flat"].shape)
+    for name in ("flat", "ip"):
+        np.testing.assert_allclose(got[name], want[name].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_batch_reshape_with_every_dim_fixed_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fixed.prototxt"
+    path.write_text(FOLDED_BATCH.replace("dim: 1 dim: -1 dim: 5", "dim: 1 dim: 12 dim: 5"))
+    want = r"layer 'flat': .*'Reshape': reshape_param fixes every dim of the top \[1, 12, 5\]: the batch cannot change"
+    with pytest.raises(UnsupportedLayerError, match=want):
+        to_onnx_model(prototxt2py.graph(str(path)), dynamic_batch=True)
+    assert to_onnx_model(prototxt2py.graph(str(path))).graph.output  # a fixed batch exports
+
+
+def test_dynamic_batch_output_of_data_dependent_size_is_declared(tmp_path: Path) -> None:
+    """ONNX shape inference gives MaxUnpool's output (sized from data) no shape; the declared output keeps its
+    rank (the checker once refused the model: exit 3)."""
+    path = tmp_path / "unpool.prototxt"
+    path.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 8 '
+                    'dim: 8 } } }\nlayer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask" '
+                    'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\nlayer { name: "up" type: "Upsample" '
+                    'bottom: "pool" bottom: "mask" top: "up" upsample_param { scale: 2 } }\n')
+    net = prototxt2py.load(prototxt2py.graph(str(path)))
+    model = to_onnx_model(net, dynamic_batch=True)
+    assert len(model.graph.output[0].type.tensor_type.shape.dim) == 4
+    x = np.random.default_rng(1).standard_normal((3, 2, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_array_equal(run(session(model), {"data": x})["up"], net(data=torch.from_numpy(x))["up"])

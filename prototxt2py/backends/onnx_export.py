@@ -664,8 +664,8 @@ def _infer_output_shapes(model: onnx.ModelProto, initializers: Sequence[tuple[An
             stub.raw_data = data.tobytes()
     inferred = op.infer_shapes(light)
     for declared, found in zip(model.graph.output, inferred.graph.output, strict=True):
-        declared.type.CopyFrom(found.type)
         dims = known.get(declared.name)
+        declared.type.CopyFrom(found.type)
         if dims is None:
             continue
         shape = declared.type.tensor_type.shape
@@ -783,6 +783,8 @@ def _build(net: Any, opset: int | None, dynamic_batch: bool, weights: Any = None
     if dynamic_batch:
         known = _output_dims(graph, varying) if varying is not None else {}
         known.update(data_dependent)  # the spec's names for data-dependent axes, not inference's unk__i
+        for vid in graph.outputs:  # at least the rank, where inference loses it (MaxUnpool's data-sized output)
+            known.setdefault(vid, [None] * len(graph.values[vid].shape or ()))
         _infer_output_shapes(model, ctx.initializers, {ctx.value_names[v]: dims for v, dims in known.items()})
         symbols = {ctx.value_names[v]: dims for v, dims in data_dependent.items()}
         for output in model.graph.output:  # the spec's names for data-dependent axes, not inference's unk__i

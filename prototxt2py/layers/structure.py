@@ -233,10 +233,17 @@ class ReshapeLike(LayerSpec):
         """The target shape as a run-time tensor, for sizes that change with the input (``--dynamic``)."""
         raise NotImplementedError
 
+    def copies_first_axis(self, node: Any, rank: int) -> bool:
+        """Whether the top's first axis is the bottom's, whatever its size (so a dynamic batch can stay 0)."""
+        raise NotImplementedError
+
     def to_onnx(self, node, ctx):
         """A ``Reshape`` to the inferred top shape (0/-1 for the batch axis when it is dynamic); with
-        symbolic height/width, to a shape built from the bottom's run-time shape (:meth:`sized_target`)."""
-        if ctx.dynamic_sizes and ctx.sizes_vary:
+        symbolic height/width, or a dynamic batch the top's first axis does not simply copy (``dim: 1 dim: -1``
+        folds the batch into axis 1), to a shape built from the bottom's run-time shape (:meth:`sized_target`)."""
+        x_rank = len(ctx.in_shape(0))
+        batch_moves = not ctx.is_static(ctx.input(0)) and not self.copies_first_axis(node, x_rank)
+        if (ctx.dynamic_sizes and ctx.sizes_vary) or batch_moves:
             x = ctx.input(0)
             ctx.add("Reshape", [x, self.sized_target(node, ctx, x)], ctx.output(0))
             return
@@ -265,6 +272,10 @@ class Flatten(ReshapeLike):
         if not (0 <= start < max(n, 1) and 0 <= end < max(n, 1)) or end + 1 < start:
             raise ValueError(f"axis {attrs.axis} / end_axis {attrs.end_axis} invalid for a {n}-axis blob")
         return (*shape[:start], count(shape, start, end + 1), *shape[end + 1:])
+
+    def copies_first_axis(self, node, rank):
+        axis = node.attrs.axis + rank if node.attrs.axis < 0 else node.attrs.axis
+        return axis > 0
 
     def sized_target(self, node, ctx, x):
         """The axes before and after the range copied from ``x``'s shape, -1 (inferred) for the merged range
@@ -339,18 +350,33 @@ class Reshape(ReshapeLike):
             new[new.index(-1)] = total // known
         return (*shape[:start], *new, *shape[end:])
 
+    def copies_first_axis(self, node, rank):
+        a = node.attrs
+        start = a.axis if a.axis >= 0 else rank + a.axis + 1
+        return start > 0 or (a.num_axes == 0) or (bool(a.dims) and a.dims[0] == 0)
+
     def sized_target(self, node, ctx, x):
         """Caffe's rule at run time: the axes outside ``axis .. axis + num_axes`` copied from ``x``'s shape,
         ``0`` dims copied from the matching bottom axis, ``-1`` left to Reshape to infer, others as given."""
         a, n = node.attrs, len(ctx.in_shape(0))
         start = a.axis if a.axis >= 0 else n + a.axis + 1
         end = n if a.num_axes == -1 else start + a.num_axes
+        if start == 0 and end == n:  # the whole shape: Caffe's 0 and -1 mean what ONNX's do, a constant says it
+            return ctx.ints(list(a.dims), "shape")
         parts: list[Any] = [ctx.dims(x, 0, start)] if start else []
         for i, d in enumerate(a.dims):
             parts.append(ctx.dims(x, start + i, start + i + 1) if d == 0 else [d])
         if end < n:
             parts.append(ctx.dims(x, end))
         return ctx.concat_ints(parts)
+
+    def to_onnx(self, node, ctx):
+        a, n = node.attrs, len(ctx.in_shape(0))
+        whole = (a.axis in (0, -n - 1)) and a.num_axes in (-1, n)
+        if whole and not ctx.is_static(ctx.input(0)) and 0 not in a.dims and -1 not in a.dims:
+            ctx.unsupported(f"reshape_param fixes every dim of the top {list(a.dims)}: the batch cannot change "
+                            "(export without a dynamic batch)")
+        super().to_onnx(node, ctx)
 
     def module(self, node) -> Call:
         a = node.attrs
