@@ -354,3 +354,30 @@ def test_ctrl_c_during_an_update_lands_after_it(tmp_path: Path) -> None:
     assert solver.iter == 1 and len(trainer.trajectory) == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert np.abs(solver.net.params["ip"][0].data - 0.1).max() > 0  # updated once, fully
+
+
+HELD_NET = """name: "held"
+layer { name: "d" type: "DummyData" top: "data" top: "label"
+  dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 1 }
+    data_filler { type: "constant" value: 1 } data_filler { type: "constant" value: 0 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  inner_product_param { num_output: 1 weight_filler { type: "constant" value: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def test_a_written_constant_dummydata_top_is_what_training_reads(tmp_path: Path) -> None:
+    """Caffe fills a constant DummyData top once: ``solver.net.blobs['label'].data[...] = 2`` is the label of
+    every later step (the runtime's module once refilled 0 at the next step). ip = 3 * 0.5 = 1.5 per item,
+    loss = sum((ip - label)^2) / (2 * batch)."""
+    (tmp_path / "net.prototxt").write_text(HELD_NET)
+    (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "net.prototxt"}" base_lr: 0 lr_policy: "fixed" '
+                                              f'max_iter: 9 snapshot_prefix: "{tmp_path / "s"}"\n')
+    solver = caffe.SGDSolver(str(tmp_path / "solver.prototxt"))
+    solver.step(1)
+    assert float(solver.net.blobs["loss"].data) == pytest.approx(1.5**2 / 2)
+    solver.net.blobs["label"].data[...] = 2
+    for _ in range(2):
+        solver.step(1)
+        assert float(solver.net.blobs["loss"].data) == pytest.approx(0.5**2 / 2)
+        np.testing.assert_array_equal(solver.net.blobs["label"].data, 2)

@@ -177,19 +177,26 @@ class Net:
         self._run_fixed_fills()
 
     def _dummy_fixed_tops(self) -> dict[int, set[int]]:
-        """DummyData tops with a constant filler: Caffe fills them once, so values written by the caller stay."""
+        """Tops a layer fills once and keeps (DummyData's constant filler, its module's ``holds``): Caffe fills
+        them at set-up, so values written by the caller stay."""
         fixed: dict[int, set[int]] = {}
-        for i, node in enumerate(self._graph.nodes):
-            if node.type != "DummyData":
-                continue
-            fillers = list(node.proto.dummy_data_param.data_filler)
-            tops = set()
-            for t in range(len(node.tops)):
-                filler = fillers[0] if len(fillers) == 1 else (fillers[t] if fillers else None)
-                if filler is None or filler.type == "constant":
-                    tops.add(t)
-            fixed[i] = tops
+        for i, (node, module) in enumerate(self._net.node_layers()):
+            holds = getattr(module, "holds", None)
+            if callable(holds):
+                fixed[i] = {t for t in range(len(node.tops)) if holds(t)}
         return fixed
+
+    def _push_held(self) -> None:
+        """Before a solver's pass, which runs the runtime's modules: each held top's blob (written by the
+        caller, or changed by in-place layers since, as in Caffe where nothing refills it) is what its layer
+        gives from now on."""
+        layers = self._net.node_layers()
+        for i, tops in self._fixed_tops.items():
+            node, module = layers[i]
+            for t in tops:
+                blob = self._blobs_dict.get(node.tops[t])
+                if blob is not None and tuple(blob.shape) == tuple(module.shapes[t]):
+                    module.hold(t, blob.tensor())
 
     def _run_fixed_fills(self) -> None:
         for i in self._fixed_tops:

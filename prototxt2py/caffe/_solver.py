@@ -153,9 +153,11 @@ class Solver:
     def _before(self) -> None:
         """Values written through host arrays reach the device before training reads them (off the CPU). TEST
         nets share the TRAIN net's parameter tensors: the TRAIN net's host arrays go last, so what was written
-        there wins over a TEST net's mirror of the same tensor."""
+        there wins over a TEST net's mirror of the same tensor. Constant DummyData tops keep what was written
+        into their blobs, as Caffe fills them once."""
         for view in (*self.test_nets, self.net):
             view._push_params()
+            view._push_held()
 
     def _after(self) -> None:
         """Parameter diffs now hold the last gradients or update; TEST nets share the data, not the diffs."""

@@ -384,14 +384,34 @@ class DummyData(nn.Module):
         self.shapes = shapes
         self.data_filler = data_filler or ((),) * len(shapes)
         self.register_buffer("anchor", torch.zeros(0), persistent=False)
+        self.held: list[torch.Tensor | None] = [None] * len(shapes)
 
     def fixed(self, i: int) -> bool:
         """Whether top ``i`` has the same values on every pass."""
         return dict(self.data_filler[i]).get("type", "constant") in _DUMMY_FIXED
 
+    def holds(self, i: int) -> bool:
+        """Whether Caffe fills top ``i`` once and keeps it (a constant filler): values written into it stay."""
+        return dict(self.data_filler[i]).get("type", "constant") == "constant"
+
+    def hold(self, i: int, value: torch.Tensor) -> None:
+        """Give top ``i`` these values from now on (what a caller wrote into Caffe's blob of a held top)."""
+        if tuple(value.shape) != tuple(self.shapes[i]):
+            raise ValueError(
+                f"top {i} has shape {tuple(self.shapes[i])}, not {tuple(value.shape)}"
+            )
+        self.held[i] = value.detach().to(self.anchor).clone()
+
     def forward(self) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        tops = tuple(
-            _dummy_fill(shape, dict(filler)).to(self.anchor)
-            for shape, filler in zip(self.shapes, self.data_filler, strict=True)
-        )
-        return tops[0] if len(tops) == 1 else tops
+        tops = []
+        for i, (shape, filler) in enumerate(
+            zip(self.shapes, self.data_filler, strict=True)
+        ):
+            kept = self.held[i]
+            if kept is None:
+                tops.append(_dummy_fill(shape, dict(filler)).to(self.anchor))
+            else:
+                tops.append(
+                    kept.to(self.anchor).clone()
+                )  # a copy: layers after this one never change it
+        return tops[0] if len(tops) == 1 else tuple(tops)
