@@ -81,6 +81,11 @@ def test_input_layers_are_the_inputs_and_levels_filter(tmp_path: Path) -> None:
     assert [b for b in caffe.Net(path, caffe.TEST).blobs if b != "data"] == ["NoLevel"]
     assert [b for b in caffe.Net(path, caffe.TEST, level=1).blobs if b != "data"] == ["NoLevel", "Level1Only"]
     assert [b for b in caffe.Net(path, caffe.TEST, stages=["A"]).blobs if b != "data"] == ["NoLevel", "A"]
+    # pycaffe declares (network_file, phase, level, stages, weights): positional works as keywords do
+    assert [b for b in caffe.Net(path, caffe.TEST, 1).blobs if b != "data"] == ["NoLevel", "Level1Only"]
+    assert [b for b in caffe.Net(path, caffe.TEST, 0, ["A"]).blobs if b != "data"] == ["NoLevel", "A"]
+    with pytest.raises(caffe.CaffeUsageError, match="level given twice"):
+        caffe.Net(path, caffe.TEST, 1, level=1)
     deploy = caffe.Net(str(CORPUS / "BVLC__caffe/examples/mnist/lenet.prototxt"), caffe.TEST)
     assert deploy.inputs == ["data"] and deploy.outputs == ["prob"]
 
@@ -496,6 +501,17 @@ layer { type: 'Eltwise' name: 'sum' bottom: 'sum' bottom: 'fixed' top: 'sum2' pr
     np.testing.assert_allclose(out["sum2"], 10 + net.blobs["noise"].data, rtol=1e-6)  # the caller's 5 stayed
     assert not (net.blobs["noise"].data == 1).all()  # the second layer's gaussian, not the first's constant
     assert net._bottom_need == [[], [], [True, False], [False, True]]  # each layer's own propagate_down
+
+
+def test_blob_reshape_keeps_the_values_as_caffe(simple: caffe.Net) -> None:
+    """Caffe's ``Blob::Reshape`` keeps its memory unless the count grows: the values read in the new shape."""
+    blob = simple.blobs["conv"]
+    blob.reshape(2, 3)
+    blob.data[...] = np.arange(6).reshape(2, 3)
+    blob.reshape(3, 2)
+    np.testing.assert_array_equal(blob.data, np.arange(6).reshape(3, 2))
+    blob.reshape(2, 4)  # grown: the old values first, zeros after
+    np.testing.assert_array_equal(blob.data.ravel(), [0, 1, 2, 3, 4, 5, 0, 0])
 
 
 def test_reshape_beyond_the_blob_limit_is_refused_before_allocating(simple: caffe.Net) -> None:

@@ -62,13 +62,17 @@ class _Synced:
             self._head = _DEVICE
 
     def resize(self, shape: tuple[int, ...]) -> bool:
-        """Give the tensor a new shape (zeros) if it differs; True if it was reallocated. Parameters keep their
-        identity (``set_``), so modules and optimisers holding them stay valid."""
+        """Give the tensor a new shape if it differs; True if it was reallocated. As Caffe's ``Blob::Reshape``
+        (which reallocates only to grow), the values stay, read in the new shape, as far as they go; the rest
+        is zero. Parameters keep their identity (``set_``), so modules and optimisers holding them stay valid."""
         if tuple(self.tensor.shape) == tuple(shape):
             return False
         self.device()
         with torch.no_grad():
-            self.tensor.set_(torch.zeros(shape, dtype=self.tensor.dtype, device=self.tensor.device))
+            fresh = torch.zeros(shape, dtype=self.tensor.dtype, device=self.tensor.device)
+            kept = min(fresh.numel(), self.tensor.numel())
+            fresh.view(-1)[:kept] = self.tensor.reshape(-1)[:kept]
+            self.tensor.set_(fresh)
         self._host = None
         self._head = _SYNCED
         return True
@@ -113,8 +117,9 @@ class Blob:
     width = property(lambda self: self._legacy(3))
 
     def reshape(self, *dims: int) -> None:
-        """New shape for data and diff (reallocated only when the shape changes, contents then zero). Call
-        ``net.reshape()`` afterwards to propagate a new input shape through the net."""
+        """New shape for data and diff: the values stay in memory order as far as they go (Caffe keeps the
+        memory when the count does not grow), the rest is zero. Call ``net.reshape()`` afterwards to propagate
+        a new input shape through the net."""
         shape = tuple(int(d) for d in dims)
         if any(d < 0 for d in shape):
             raise ValueError(f"blob dimensions must be >= 0, got {shape}")

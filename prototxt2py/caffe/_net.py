@@ -84,12 +84,18 @@ class Net:
                  stages: Sequence[str] | None = None, weights: str | os.PathLike | None = None,
                  phase: Any = None, input_shapes: Mapping[str, Sequence[int]] | None = None,
                  python_layers: Mapping[str, Any] | None = None):
-        if len(args) == 2:  # legacy Net(proto, weights, phase)
+        if len(args) == 2 and isinstance(args[0], (str, os.PathLike)):  # legacy Net(proto, weights, phase)
             if weights is not None:
                 raise CaffeUsageError("weights given twice (legacy positional form and weights=)")
             weights, phase = args
-        elif len(args) == 1:
-            phase = args[0]
+        elif 1 <= len(args) <= 4 and not isinstance(args[0], (str, os.PathLike)):
+            # pycaffe's Net(network_file, phase, level=0, stages=None, weights=None), positionally too
+            named = {"level": level, "stages": stages, "weights": weights}
+            for key, value in zip(("level", "stages", "weights"), args[1:], strict=False):
+                if named[key] not in (None, 0):
+                    raise CaffeUsageError(f"{key} given twice (positionally and as {key}=)")
+                named[key] = value
+            phase, level, stages, weights = args[0], named["level"], named["stages"], named["weights"]
         elif args:
             raise CaffeUsageError("Net(network_file, phase, level=0, stages=None, weights=None) or legacy "
                                   "Net(network_file, weights, phase)")
