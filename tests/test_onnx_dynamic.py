@@ -385,15 +385,6 @@ def test_dynamic_batch_reshape_to_a_literal_one_folds_the_batch_as_caffe(tmp_pat
         np.testing.assert_allclose(got[name], want[name].numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_dynamic_batch_reshape_with_every_dim_fixed_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "fixed.prototxt"
-    path.write_text(FOLDED_BATCH.replace("dim: 1 dim: -1 dim: 5", "dim: 1 dim: 12 dim: 5"))
-    want = r"layer 'flat': .*'Reshape': reshape_param fixes every dim of the top \[1, 12, 5\]: the batch cannot change"
-    with pytest.raises(UnsupportedLayerError, match=want):
-        to_onnx_model(prototxt2py.graph(str(path)), dynamic_batch=True)
-    assert to_onnx_model(prototxt2py.graph(str(path))).graph.output  # a fixed batch exports
-
-
 def test_dynamic_batch_output_of_data_dependent_size_is_declared(tmp_path: Path) -> None:
     """ONNX shape inference gives MaxUnpool's output (sized from data) no shape; the declared output keeps its
     rank (the checker once refused the model: exit 3)."""

@@ -49,9 +49,10 @@ class DbData:
             skip = int(stream(seed, layer.name, "rand_skip").integers(p.rand_skip))
             # Caffe steps the cursor ``skip`` times, wrapping at the end: the same record after skip % count
             # steps (a rand_skip of 4e9 on 16 records must not take 4e9 steps); ``offset`` still counts them all
-            for _ in range(skip % self.cursor.count()):
+            steps = skip % self.cursor.count()
+            for _ in range(steps):
                 self._next()
-            self.offset += skip - skip % self.cursor.count()
+            self.offset += skip - steps
 
     def _next(self) -> None:
         self.cursor.next()

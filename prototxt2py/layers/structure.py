@@ -370,14 +370,6 @@ class Reshape(ReshapeLike):
             parts.append(ctx.dims(x, end))
         return ctx.concat_ints(parts)
 
-    def to_onnx(self, node, ctx):
-        a, n = node.attrs, len(ctx.in_shape(0))
-        whole = (a.axis in (0, -n - 1)) and a.num_axes in (-1, n)
-        if whole and not ctx.is_static(ctx.input(0)) and 0 not in a.dims and -1 not in a.dims:
-            ctx.unsupported(f"reshape_param fixes every dim of the top {list(a.dims)}: the batch cannot change "
-                            "(export without a dynamic batch)")
-        super().to_onnx(node, ctx)
-
     def module(self, node) -> Call:
         a = node.attrs
         kwargs: dict[str, Any] = {} if a.axis == 0 else {"axis": a.axis}

@@ -410,8 +410,6 @@ class DummyData(nn.Module):
             kept = self.held[i]
             if kept is None:
                 tops.append(_dummy_fill(shape, dict(filler)).to(self.anchor))
-            else:
-                tops.append(
-                    kept.to(self.anchor).clone()
-                )  # a copy: layers after this one never change it
+            else:  # a copy: layers after this one never change the held values
+                tops.append(kept.to(self.anchor).clone())
         return tops[0] if len(tops) == 1 else tuple(tops)
