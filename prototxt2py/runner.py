@@ -26,6 +26,8 @@ def read_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
     not real numbers, naming the array and its dtype."""
     data = read_bytes(path)
     loc = Location(str(path))
+    if not data.startswith((b"PK", b"\x93NUMPY")):  # numpy takes anything else for a pickle (never loaded)
+        raise InputFileError("not an .npz archive of arrays (np.savez(path, data=array) writes one)", loc)
     try:
         loaded = np.load(io.BytesIO(data), allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):  # a lone .npy: no names to match the inputs by

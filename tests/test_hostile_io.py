@@ -106,6 +106,10 @@ def test_inputs_archive_of_something_else(tmp_path: Path) -> None:
         z.writestr("x.txt", "hi")
     with pytest.raises(InputFileError, match=r"other.npz: member 'x.txt' of the archive is not a .npy array"):
         read_inputs(other)
+    text = tmp_path / "text.npz"
+    text.write_text("data: 1 2 3\n")  # numpy would call it pickled data and suggest allow_pickle=True
+    with pytest.raises(InputFileError, match=r"text.npz: not an .npz archive of arrays \(np.savez"):
+        read_inputs(text)
 
 
 def test_a_directory_as_output_is_exit_1(tmp_path: Path) -> None:
@@ -113,6 +117,7 @@ def test_a_directory_as_output_is_exit_1(tmp_path: Path) -> None:
     net.write_text(NET)
     (tmp_path / "out").mkdir()
     for args in (["upgrade", str(net), str(tmp_path / "out")], ["deploy", str(net), "-o", str(tmp_path / "out")],
+                 ["draw", str(net), str(tmp_path / "out")],
                  ["compute-image-mean", str(DATASETS / "color_raw_lmdb"), str(tmp_path / "out")]):
         r = CliRunner().invoke(main, args)
         assert (r.exit_code, r.stderr) == (1, f"error: {tmp_path / 'out'}: output is a directory, expected a file "

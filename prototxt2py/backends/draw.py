@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputFileError, Location, Prototxt2pyError
-from ..fsutil import write_bytes_atomic, write_text_atomic
+from ..fsutil import output_target, write_bytes_atomic, write_text_atomic
 from ..netstate import PHASES, State, layer_included
 
 LAYER_COLOR_DEFAULT = "#6495ED"
@@ -248,6 +248,7 @@ def _blob_id(blob: str, shapes: dict[str, Any] | None, sep: str) -> str:
 
 def render(diagram: Diagram, output: str | os.PathLike) -> None:
     """Write DOT source (``.dot``/``.gv``) or render with Graphviz's ``dot`` by the output's extension."""
+    output_target(output)  # a directory, a missing folder or an input is refused before anything is rendered
     ext = Path(output).suffix.lower()
     if ext not in FORMATS:
         raise InputFileError(f"unknown output format '{ext}' (use one of: {', '.join(FORMATS)})", Location(str(output)))
