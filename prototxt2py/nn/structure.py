@@ -364,9 +364,6 @@ def _dummy_fill(shape: tuple[int, ...], filler: dict) -> torch.Tensor:
 
 
 #: Fillers that always give the same values; the others are drawn again on every pass.
-_DUMMY_FIXED = ("constant", "bilinear")
-
-
 class DummyData(nn.Module):
     """Caffe's DummyData: one top of each shape in ``shapes``, filled by the matching
     filler of ``data_filler`` (none = constant 0 for every top), given as tuples of
@@ -385,10 +382,6 @@ class DummyData(nn.Module):
         self.data_filler = data_filler or ((),) * len(shapes)
         self.register_buffer("anchor", torch.zeros(0), persistent=False)
         self.held: list[torch.Tensor | None] = [None] * len(shapes)
-
-    def fixed(self, i: int) -> bool:
-        """Whether top ``i`` has the same values on every pass."""
-        return dict(self.data_filler[i]).get("type", "constant") in _DUMMY_FIXED
 
     def holds(self, i: int) -> bool:
         """Whether Caffe fills top ``i`` once and keeps it (a constant filler): values written into it stay."""
