@@ -129,6 +129,10 @@ class _ConvBase(LayerSpec):
     def weight_shape(self, c_in: int, a: ConvAttrs, kernel: tuple[int, ...]) -> tuple[int, ...]:
         raise NotImplementedError
 
+    def end_padding(self, node, in_shape) -> tuple[int, ...]:
+        """Zeros to add after the input on each spatial axis beyond Caffe's symmetric pad (none by default)."""
+        return (0,) * (len(in_shape) - self.geometry(node, in_shape)[0] - 1)
+
     def infer_shapes(self, node, in_shapes):
         self._check_bottoms(node, in_shapes)
         shape = in_shapes[0]
@@ -162,7 +166,14 @@ class _ConvBase(LayerSpec):
         op = "ConvTranspose" if isinstance(self, Deconvolution) else "Conv"
         for i in range(ctx.num_inputs):
             ctx.add(op, [ctx.input(i), *weights], ctx.output(i), kernel_shape=list(kernel), strides=list(stride),
-                    pads=list(pad) * 2, dilations=list(dilation), group=node.attrs.group)
+                    pads=self._onnx_pads(node, ctx, pad), dilations=list(dilation), group=node.attrs.group)
+
+    def _onnx_pads(self, node, ctx, pad) -> list[int]:
+        """ONNX's begin and end pads: Caffe's symmetric ones, plus a Convolution's overhang at the end."""
+        end = self.end_padding(node, ctx.in_shape(0))
+        if any(end) and ctx.sizes_vary:
+            ctx.fixed_sizes_only("the kernel overhangs the padded input (Caffe's truncated output size)")
+        return [*pad, *(p + e for p, e in zip(pad, end, strict=True))]
 
     def module(self, node):
         """``nn.Conv{1,2,3}d``/``nn.ConvTranspose{1,2,3}d`` for one bottom (exactly Caffe's symmetric padding,
@@ -172,7 +183,7 @@ class _ConvBase(LayerSpec):
         transposed = isinstance(self, Deconvolution)
         if axis != 1 or len(kernel) not in (1, 2, 3):
             raise self.fail(node, f"convolution over axis {axis} with {len(kernel)} spatial axes is not supported")
-        if len(node.bottoms) > 1:
+        if len(node.bottoms) > 1 or any(self.end_padding(node, node.in_shapes[0])):
             return call("SharedConvolution", weight, a.bias_term, stride, pad, dilation, a.group, transposed)
         c_in = weight[0] if transposed else weight[1] * a.group
         target = f"nn.{'ConvTranspose' if transposed else 'Conv'}{len(kernel)}d"
@@ -199,7 +210,17 @@ class Convolution(_ConvBase):
     summary = "N-D convolution: groups, dilation, per-axis kernel/stride/pad, shared weights for several bottoms"
 
     def out_size(self, i, k, s, p, d):
-        return (i + 2 * p - (d * (k - 1) + 1)) // s + 1  # rounds down
+        # C++ integer division truncates toward zero: a kernel overhanging the padded input by less than the
+        # stride still gives one output (im2col reads zeros beyond the input), where floor division gives 0
+        over = i + 2 * p - (d * (k - 1) + 1)
+        return (over // s if over >= 0 else -(-over // s)) + 1
+
+    def end_padding(self, node, in_shape) -> tuple[int, ...]:
+        """Zeros to add after the input on each spatial axis so that torch's floor-rounded output size is
+        Caffe's truncated one: the overhang of a kernel larger than the padded input, else 0."""
+        axis, kernel, stride, pad, dilation = self.geometry(node, in_shape)
+        return tuple(max(0, d * (k - 1) + 1 - i - 2 * p)
+                     for i, k, p, d in zip(in_shape[axis + 1 :], kernel, pad, dilation, strict=True))
 
     def weight_shape(self, c_in, a, kernel):
         return (a.num_output, c_in // a.group, *kernel)
@@ -209,9 +230,10 @@ class Convolution(_ConvBase):
             return None
         try:
             axis, _, stride, pad, dilation = self.geometry(node, in_shape)
+            overhang = any(self.end_padding(node, in_shape))
         except (ShapeError, ValueError):
             return None
-        return (stride, pad, dilation, node.attrs.group) if axis == 1 else None
+        return (stride, pad, dilation, node.attrs.group) if axis == 1 and not overhang else None
 
     def macs(self, node, in_shapes, out_shapes):
         axis, kernel, *_ = self.geometry(node, in_shapes[0])
@@ -282,7 +304,7 @@ class Im2col(Convolution):
         one_hot = np.eye(k, dtype=np.float32).reshape(k, 1, *kernel)
         weight = np.tile(one_hot, (channels,) + (1,) * (one_hot.ndim - 1))
         ctx.add("Conv", [ctx.input(0), ctx.const(weight, "one_hot")], ctx.output(0), kernel_shape=list(kernel),
-                strides=list(stride), pads=list(pad) * 2, dilations=list(dilation), group=channels)
+                strides=list(stride), pads=self._onnx_pads(node, ctx, pad), dilations=list(dilation), group=channels)
 
 
 @register

@@ -5,8 +5,30 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _pad_overhang(
+    x: torch.Tensor,
+    kernel: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> torch.Tensor:
+    """``x`` with zeros after it on each spatial axis where the kernel is longer than the padded input.
+
+    Caffe sizes a convolution's output with C++ integer division, which truncates toward zero: a kernel
+    overhanging the padded input by less than the stride still gives one output, computed over the part of
+    the window inside (im2col reads zeros beyond it), where torch refuses the kernel."""
+    sizes = x.shape[x.dim() - len(kernel) :]
+    end = [
+        max(0, d * (k - 1) + 1 - i - 2 * p)
+        for i, k, p, d in zip(sizes, kernel, padding, dilation, strict=True)
+    ]
+    if not any(end):
+        return x
+    return F.pad(x, [v for e in reversed(end) for v in (0, e)])
+
+
 class SharedConvolution(nn.Module):
-    """Caffe's Convolution/Deconvolution with several bottoms: one weight applied to each bottom in turn.
+    """Caffe's Convolution/Deconvolution with several bottoms (one weight applied to each bottom in turn),
+    or with a kernel overhanging its padded input (see :func:`_pad_overhang`).
 
     Weight is ``(out, in/groups, *kernel)``, or ``(in, out/groups, *kernel)`` when ``transposed``.
     """
@@ -44,7 +66,7 @@ class SharedConvolution(nn.Module):
             )
         fn = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
         return fn(
-            x,
+            _pad_overhang(x, self.weight.shape[2:], self.padding, self.dilation),
             self.weight,
             self.bias,
             self.stride,
@@ -53,8 +75,11 @@ class SharedConvolution(nn.Module):
             self.groups,
         )
 
-    def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self._one(x) for x in bottoms)
+    def forward(
+        self, *bottoms: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        tops = tuple(self._one(x) for x in bottoms)
+        return tops[0] if len(tops) == 1 else tops
 
 
 class InnerProduct(nn.Module):
@@ -120,6 +145,7 @@ class Im2col(nn.Module):
         self.padding, self.dilation = padding, dilation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _pad_overhang(x, self.kernel_size, self.padding, self.dilation)
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
         h, w = (
             (
