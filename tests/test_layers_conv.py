@@ -153,7 +153,8 @@ def test_overhanging_kernel_gives_caffes_single_output(case) -> None:
 def test_overhang_by_the_stride_or_more_is_still_refused() -> None:
     """Truncation gives one output only while the overhang is under the stride: 2 - 4 = -2 over stride 2
     is -1, so the size is 0, as in Caffe (whose blob would then be empty)."""
-    with pytest.raises(prototxt2py.Prototxt2pyError, match=r"output size 0 <= 0 \(input 2, kernel 4, pad 0, stride 2\)"):
+    message = r"output size 0 <= 0 \(input 2, kernel 4, pad 0, stride 2\)"
+    with pytest.raises(prototxt2py.Prototxt2pyError, match=message):
         conv_net((1, 1, 2, 2), 1, (4, 4), (2, 2), (0, 0), (1, 1), 1)
 
 
