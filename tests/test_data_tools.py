@@ -241,6 +241,21 @@ def test_int32_labels_at_the_limits_are_written(tmp_path: Path) -> None:
     assert [parse_datum(v).label for _, v in records(tmp_path / "db")] == [-2147483648, 2147483647]
 
 
+def test_list_lines_are_read_as_caffe_reads_them(tmp_path: Path) -> None:
+    """``atoi`` of what follows the last space (``1_0`` is 1, ``3abc`` 3, a full-width digit 0), a line without a
+    space is all name with ``atoi`` of itself as label, a blank line is an entry no image is read for: the keys
+    keep Caffe's line numbers."""
+    (tmp_path / "list.txt").write_text("color_00.png 1_0\n\ncolor_02.png 3abc\ncolor_03.png\ncolor_04.png \uff13\n")
+    code, _, err = run("convert-imageset", ROOT, str(tmp_path / "list.txt"), str(tmp_path / "db"))
+    assert code == 0
+    assert err == f"warning: could not read '{ROOT}': skipped\n"
+    from prototxt2py.data.datum import parse_datum
+
+    got = [(k.decode(), parse_datum(v).label) for k, v in records(tmp_path / "db")]
+    assert got == [("00000000_color_00.png", 1), ("00000002_color_02.png", 3), ("00000003_color_03.png", 0),
+                   ("00000004_color_04.png", 0)]
+
+
 def test_negative_seed_is_refused(tmp_path: Path) -> None:
     args = ["convert-imageset", ROOT, str(DATASETS / "color_list.txt"), str(tmp_path / "db"), "--shuffle"]
     code, _, err = run(*args, "--seed", "-1")
@@ -249,3 +264,20 @@ def test_negative_seed_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="the shuffle seed must be 0 or more, got -1"):
         convert_imageset(ROOT, str(DATASETS / "color_list.txt"), str(tmp_path / "db"), shuffle=True, seed=-1)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_mean_of_several_images_uses_the_first_as_caffe_does(tmp_path: Path) -> None:
+    """Caffe's transformer reads a mean blob through channels()/height()/width() only: of an N x C x H x W
+    blob it subtracts the first C*H*W values."""
+    from prototxt2py.proto import caffe_pb2
+
+    blob = caffe_pb2.BlobProto()
+    blob.shape.dim.extend([2, 3, 2, 2])
+    blob.data.extend(float(v) for v in range(24))
+    (tmp_path / "mean.binaryproto").write_bytes(blob.SerializeToString())
+    np.testing.assert_array_equal(read_mean(str(tmp_path / "mean.binaryproto")),
+                                  np.arange(12, dtype=np.float32).reshape(3, 2, 2))
+    blob.shape.dim[:] = [2, 12]
+    (tmp_path / "mean.binaryproto").write_bytes(blob.SerializeToString())
+    with pytest.raises(DataError, match="expected an NxCxHxW blob, got 2x12"):
+        read_mean(str(tmp_path / "mean.binaryproto"))

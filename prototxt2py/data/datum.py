@@ -122,10 +122,11 @@ def read_mean(path: str, layer: str | None = None) -> np.ndarray:
     count = int(np.prod(shape)) if shape else 0
     if count == 0 or values.size != count:
         raise DataError(f"mean_file '{path}': {values.size} values for shape {'x'.join(map(str, shape))}", layer=layer)
-    if len(shape) == 4 and shape[0] == 1:
+    if len(shape) == 4:  # Caffe reads channels/height/width only: the mean is the first C*H*W values
         shape = shape[1:]
-    if len(shape) != 3:
-        raise DataError(f"mean_file '{path}': expected a 1xCxHxW blob, got {'x'.join(map(str, shape))}", layer=layer)
+        values = values[: int(np.prod(shape))]
+    if len(shape) != 3:  # a C x H x W blob is taken as such (Caffe's legacy accessors would misread it)
+        raise DataError(f"mean_file '{path}': expected an NxCxHxW blob, got {'x'.join(map(str, shape))}", layer=layer)
     return values.reshape(shape)
 
 

@@ -142,12 +142,6 @@ class Cursor:
     def valid(self) -> bool:
         return self._item is not None
 
-    def count(self) -> int:
-        """How many records the database holds (LMDB knows; LevelDB's keys are counted)."""
-        if self.backend == "LMDB":
-            return int(self._txn.stat()["entries"])
-        return sum(1 for _ in self._db.iterator(include_value=False))
-
     def key(self) -> bytes:
         assert self._item is not None
         return self._item[0]

@@ -4,8 +4,8 @@ Records are read in key order; at the end of the database the cursor wraps to th
 straddle the end. The top shape is taken from the first record of every batch; with no ``crop_size`` every
 record of a batch must have that shape. Under several processes (``world > 1``) in TRAIN each rank keeps only
 the records whose running offset is ``rank`` modulo ``world``, as Caffe's multi-GPU ``Skip()`` does; TEST nets
-read everything on every rank. ``rand_skip`` skips a random number of records in ``[0, rand_skip)`` once at the
-start (older Caffe's behaviour; Caffe 1.0's Data layer ignores the field).
+read everything on every rank. ``rand_skip`` is ignored, as in Caffe 1.0: its Data layer stopped reading the field
+when multi-GPU training moved to the rank stride (older Caffe skipped a random number of records at the start).
 """
 
 from __future__ import annotations
@@ -45,14 +45,6 @@ class DbData:
         self._warned = False
         self.offset = 0  # records passed so far (Caffe's offset_, for the rank stride)
         self.stride = layer.world if layer.phase == "TRAIN" and layer.world > 1 else 1
-        if p.rand_skip:
-            skip = int(stream(seed, layer.name, "rand_skip").integers(p.rand_skip))
-            # Caffe steps the cursor ``skip`` times, wrapping at the end: the same record after skip % count
-            # steps (a rand_skip of 4e9 on 16 records must not take 4e9 steps); ``offset`` still counts them all
-            steps = skip % self.cursor.count()
-            for _ in range(steps):
-                self._next()
-            self.offset += skip - steps
 
     def _next(self) -> None:
         self.cursor.next()
