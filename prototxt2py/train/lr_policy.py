@@ -1,8 +1,8 @@
 """Caffe's learning-rate policies (``SGDSolver::GetLearningRate``), in Caffe's float32 arithmetic.
 
-Caffe computes the rate in ``float`` except where C++ promotes ``pow(float, int)`` to ``double``; the same
-promotions are made here so the rates equal Caffe's logged ones (the golden trajectories record them as
-float32). ``multistep`` is stateful: ``current_step`` advances by at most one per call, exactly as Caffe's,
+Caffe computes the rate in ``float`` except where C++ promotes ``pow(float, int)`` to ``double`` (``step``,
+``exp``, ``multistep``); ``inv`` and ``poly`` call ``pow(float, float)``, which stays in float (``powf``). The same
+types are used here so the rates equal Caffe's logged ones bit for bit (the golden trajectories record them). ``multistep`` is stateful: ``current_step`` advances by at most one per call, exactly as Caffe's,
 and is saved in the ``.solverstate``.
 """
 
@@ -54,6 +54,12 @@ def _pow(base: float, exponent: float) -> float:
         return float(np.power(np.float64(base), np.float64(exponent)))
 
 
+def _powf(base: np.float32, exponent: np.float32) -> np.float32:
+    """C's ``powf`` (``pow`` of two floats), with C's inf and NaN."""
+    with np.errstate(all="ignore"):
+        return np.power(f32(base), f32(exponent))
+
+
 def learning_rate(p: LrParams, it: int, current_step: int) -> tuple[float, int]:
     """``(rate, current_step)`` Caffe uses for the update at iteration ``it`` (rate rounded to float32)."""
     base = float(f32(p.base_lr))
@@ -67,14 +73,16 @@ def learning_rate(p: LrParams, it: int, current_step: int) -> tuple[float, int]:
     elif policy == "exp":
         rate = base * _pow(gamma, it)
     elif policy == "inv":
-        rate = base * _pow(float(f32(1.0) + f32(gamma) * f32(it)), -float(f32(p.power)))
+        with np.errstate(all="ignore"):
+            rate = float(f32(base) * _powf(f32(1.0) + f32(gamma) * f32(it), -f32(p.power)))
     elif policy == "multistep":
         if current_step < len(p.stepvalue) and it >= p.stepvalue[current_step]:
             current_step += 1
         rate = base * _pow(gamma, current_step)
     elif policy == "poly":
         frac = f32(1.0) - f32(it) / f32(p.max_iter)
-        rate = base * _pow(float(frac), float(f32(p.power)))
+        with np.errstate(all="ignore"):
+            rate = float(f32(base) * _powf(frac, f32(p.power)))
     elif policy == "sigmoid":
         z = -f32(gamma) * (f32(it) - f32(p.stepsize))
         with np.errstate(all="ignore"):  # exp overflows to inf and the rate to 0, as in Caffe
