@@ -160,7 +160,8 @@ def _loss_weights(layer: Any, spec: LayerSpec, n_tops: int) -> list[float]:
 
 
 def _param_info(p: Any) -> ParamInfo:
-    return ParamInfo(lr_mult=p.lr_mult, decay_mult=p.decay_mult, name=p.name, share_mode=p.share_mode)
+    return ParamInfo(lr_mult=p.lr_mult, decay_mult=p.decay_mult, name=p.name, share_mode=p.share_mode,
+                     lr_mult_set=p.HasField("lr_mult"), decay_mult_set=p.HasField("decay_mult"))
 
 
 def _resolve_sharing(graph: Graph) -> None:

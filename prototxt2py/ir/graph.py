@@ -54,6 +54,9 @@ class ParamInfo:
     lr_mult: float = 1.0
     decay_mult: float = 1.0
     name: str = ""
+    #: whether the spec sets ``lr_mult``/``decay_mult`` (Caffe: a shared blob takes the first set value)
+    lr_mult_set: bool = False
+    decay_mult_set: bool = False
     share_mode: int = 0  # 0 STRICT, 1 PERMISSIVE
     owner: tuple[str, int] | None = None  # (layer's unique name, blob index) this blob is shared from, if not its own
 

@@ -1,9 +1,10 @@
 """Caffe's learning-rate policies (``SGDSolver::GetLearningRate``), in Caffe's float32 arithmetic.
 
 Caffe computes the rate in ``float`` except where C++ promotes ``pow(float, int)`` to ``double`` (``step``,
-``exp``, ``multistep``); ``inv`` and ``poly`` call ``pow(float, float)``, which stays in float (``powf``). The same
-types are used here so the rates equal Caffe's logged ones bit for bit (the golden trajectories record them). ``multistep`` is stateful: ``current_step`` advances by at most one per call, exactly as Caffe's,
-and is saved in the ``.solverstate``.
+``exp``, ``multistep``); ``inv`` and ``poly`` call ``pow(float, float)``, which stays in float (``powf``). The
+same types are used here so the rates equal Caffe's logged ones bit for bit (the golden trajectories record
+them). ``multistep`` is stateful: ``current_step`` advances by at most one per call, exactly as Caffe's, and is
+saved in the ``.solverstate``.
 """
 
 from __future__ import annotations

@@ -8,10 +8,13 @@ What runs is Caffe's ``Solver::Step``/``Solve``/``Test`` and ``SGDSolver::ApplyU
   global L2 norm of the accumulated gradients, per parameter division by ``iter_size``, weight decay (L2 or
   L1, times ``decay_mult``), the solver type's rule with ``rate * lr_mult``, ``w -= update``, ``iter += 1``;
 * learnable parameters are Caffe's ``learnable_params``: every parameter blob of every layer in layer order,
-  except blobs shared through ``param { name }`` (their gradients add into the owner's). Blobs that are
-  buffers (BatchNorm's statistics) are learnable with ``lr_mult`` 0, as Caffe's BatchNorm forces; blobs with
-  ``lr_mult`` 0 get no gradient (Caffe does not compute one) but still weight decay, which matters only for the
-  history of adaptive solvers;
+  except blobs shared through ``param { name }`` (their gradients add into the owner's; their multipliers are
+  the first set by any layer using them). Blobs that are buffers (BatchNorm's statistics) are learnable with
+  ``lr_mult`` 0, as Caffe's BatchNorm forces; blobs with ``lr_mult`` 0 get no gradient (Caffe does not compute
+  one) but still weight decay, which matters only for the history of adaptive solvers. (One difference: where
+  a layer sharing a blob whose ``lr_mult`` another layer set to 0 leaves its own unset, Caffe still adds that
+  layer's gradient to the blob's diff; the weights stay frozen either way, but Caffe's ``clip_gradients`` norm
+  counts that gradient and here it is 0.)
 * TEST nets are separate nets whose parameter tensors *are* the TRAIN net's (Caffe's ``ShareTrainedLayersWith``,
   by layer name), each fed by its own readers whose cursors run on from one test to the next;
 * under ``torchrun`` every rank feeds its own share of the data, gradients are summed over ranks and divided by
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import Location
+from ..ir.graph import ParamInfo
 from .errors import DivergedError, SolverError
 from .feeding import Feeder
 from .lr_policy import LrParams, learning_rate
@@ -150,7 +154,8 @@ class Solver:
         except (RuntimeError, TypeError) as e:
             raise SolverError(f"unknown device {device!r}: {str(e).splitlines()[0]}", Location(self.file)) from None
         p = self.param
-        self.type = solver_type or self.solver_type or p.type or "SGD"
+        # the field's default is "SGD"; one written empty is an unknown type to Caffe's registry
+        self.type = solver_type or self.solver_type or p.type
         if self.type not in UPDATES:
             raise SolverError(f"unknown solver type '{self.type}' (known: {', '.join(UPDATES)})", Location(self.file))
         self.lr = LrParams.from_solver(p)
@@ -159,8 +164,6 @@ class Solver:
             raise SolverError("average_loss should be at least 1", Location(self.file))
         if p.iter_size < 1:
             raise SolverError("iter_size should be at least 1", Location(self.file))
-        if p.regularization_type not in ("L1", "L2"):
-            raise SolverError(f"unknown regularization_type '{p.regularization_type}' (L1 or L2)", Location(self.file))
         if self.is_root and p.snapshot:
             check_writable(p.snapshot_prefix)
         if p.random_seed >= 0:
@@ -177,6 +180,10 @@ class Solver:
             for name in (s.strip() for s in w.split(",")):
                 self.load_weights(name)
         self.learnables = self._learnables()
+        # Caffe reads the type only for a parameter with weight decay (LOG(FATAL) on an unknown one there)
+        decays = any(f32(p.weight_decay) * f32(lp.decay_mult) for lp in self.learnables)
+        if decays and p.regularization_type not in ("L1", "L2"):
+            raise SolverError(f"unknown regularization_type '{p.regularization_type}' (L1 or L2)", Location(self.file))
         if self.world > 1:
             self._broadcast_from_root()
         try:
@@ -292,18 +299,36 @@ class Solver:
         test_net.clear_fold_cache()
 
     def _learnables(self) -> list[Learnable]:
-        out = []
-        for node, module in self.net.node_layers():
-            for i, name in enumerate(getattr(module, "blob_names", ())):
-                info = node.params[i] if i < len(node.params) else None
-                if info is not None and info.owner is not None:
-                    continue  # shared: the owner is the learnable parameter
-                tensor = getattr(module, name)
-                trainable = isinstance(tensor, torch.nn.Parameter)
-                lr_mult = float(info.lr_mult) if info is not None else 1.0
-                decay_mult = float(info.decay_mult) if info is not None else 1.0
-                out.append(Learnable(node.name, i, tensor, lr_mult if trainable else 0.0, decay_mult))
-        return out
+        """Caffe's ``Net::AppendParam``: one learnable per blob not shared from an earlier layer. A shared blob's
+        ``lr_mult``/``decay_mult`` is the first one set by any of the layers using it (1 if none is), and two set
+        values must agree."""
+        owned: dict[tuple[str, int], int] = {}
+        mults: list[list[Any]] = []  # [lr_mult, lr set, decay_mult, decay set] per learnable
+        tensors: list[tuple[str, int, torch.Tensor]] = []
+        graph = self.net.graph
+        for (node, module), unique in zip(self.net.node_layers(), graph.unique_names(), strict=True):
+            blob_names = getattr(module, "blob_names", ())
+            if len(node.params) > len(blob_names):
+                raise SolverError(f"Too many params specified for layer {node.name}: {len(node.params)} param {{}} "
+                                  f"blocks for {len(blob_names)} blobs", node.location, layer=node.name)
+            for i, name in enumerate(blob_names):
+                info = node.params[i] if i < len(node.params) else ParamInfo()
+                if info.owner is None:
+                    owned[(unique, i)] = len(mults)
+                    mults.append([float(info.lr_mult), info.lr_mult_set, float(info.decay_mult), info.decay_mult_set])
+                    tensors.append((node.name, i, getattr(module, name)))
+                    continue
+                m = mults[owned[info.owner]]
+                for k, (value, is_set, what) in enumerate(((info.lr_mult, info.lr_mult_set, "lr_mult"),
+                                                           (info.decay_mult, info.decay_mult_set, "decay_mult"))):
+                    if not is_set:
+                        continue
+                    if m[2 * k + 1] and float(m[2 * k]) != float(value):
+                        raise SolverError(f"Shared param '{info.name}' has mismatched {what} ({m[2 * k]:g} where it "
+                                          f"is first set, {value:g} here)", node.location, layer=node.name)
+                    m[2 * k], m[2 * k + 1] = float(value), True
+        return [Learnable(layer, i, tensor, lr if isinstance(tensor, torch.nn.Parameter) else 0.0, decay)
+                for (layer, i, tensor), (lr, _, decay, _) in zip(tensors, mults, strict=True)]
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Caffe's ``CopyTrainedLayersFrom`` on the TRAIN net (TEST nets share its tensors; their own layers

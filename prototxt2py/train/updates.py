@@ -90,8 +90,8 @@ class RMSProp(Update):
     def check(self, param):
         if param.momentum != 0:
             raise SolverError("momentum cannot be used with RMSProp")
-        if not 0 <= param.rms_decay <= 1:
-            raise SolverError("rms_decay should lie between 0 and 1")
+        if not 0 <= param.rms_decay < 1:  # Caffe: CHECK_GE(rms_decay, 0), CHECK_LT(rms_decay, 1)
+            raise SolverError(f"rms_decay should lie between 0 and 1 (below 1), got {param.rms_decay:g}")
 
     def compute(self, i, diff, local_rate, it):
         h = self.history[i]

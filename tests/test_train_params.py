@@ -1,0 +1,91 @@
+"""Caffe's rules for the multipliers of shared parameters and the solver fields it checks (``Net::AppendParam``,
+``SGDSolver``/``RMSPropSolver`` constructors, ``Regularize``): a shared blob's ``lr_mult``/``decay_mult`` is the
+first one any layer using it sets, two set values must agree, and a layer cannot have more ``param {}`` blocks
+than blobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from prototxt2py.train import SolverError, get_solver
+
+NET = """name: "share"
+layer {{ name: "data" type: "DummyData" top: "data" top: "label"
+  dummy_data_param {{ shape {{ dim: 2 dim: 3 }} shape {{ dim: 2 dim: 3 }}
+    data_filler {{ type: "constant" value: 1 }} data_filler {{ type: "constant" value: 2 }} }} }}
+layer {{ name: "ip1" type: "InnerProduct" bottom: "data" top: "h" {first}
+  inner_product_param {{ num_output: 3 weight_filler {{ type: "constant" value: 0.1 }} }} }}
+layer {{ name: "ip2" type: "InnerProduct" bottom: "h" top: "out" {second}
+  inner_product_param {{ num_output: 3 weight_filler {{ type: "constant" value: 0.1 }} }} }}
+layer {{ name: "loss" type: "EuclideanLoss" bottom: "out" bottom: "label" top: "loss" }}
+"""
+
+
+def solver(tmp_path: Path, first: str, second: str, extra: str = "") -> str:
+    (tmp_path / "net.prototxt").write_text(NET.format(first=first, second=second))
+    path = tmp_path / "solver.prototxt"
+    path.write_text(f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0.1\nlr_policy: "fixed"\nweight_decay: 0.1\n'
+                    f"max_iter: 3\nsnapshot_after_train: false\n{extra}")
+    return str(path)
+
+
+def mults(s) -> list[tuple[str, int, float, float]]:
+    return [(lp.layer, lp.index, lp.lr_mult, lp.decay_mult) for lp in s.learnables]
+
+
+@pytest.mark.parametrize(("first", "second", "want"), [
+    ('param { name: "w" } param { lr_mult: 0 }', 'param { name: "w" lr_mult: 0 decay_mult: 0 } param { lr_mult: 0 }',
+     (0.0, 0.0)),
+    ('param { name: "w" } param { lr_mult: 0 }', 'param { name: "w" lr_mult: 3 } param { lr_mult: 0 }', (3.0, 1.0)),
+    ('param { name: "w" decay_mult: 2 }', 'param { name: "w" }', (1.0, 2.0)),
+    ('param { name: "w" lr_mult: 2 }', 'param { name: "w" lr_mult: 2 decay_mult: 5 }', (2.0, 5.0)),
+])
+def test_shared_multipliers_are_the_first_set(tmp_path: Path, first: str, second: str,
+                                              want: tuple[float, float]) -> None:
+    """The first case: ip1 owns ``w`` without multipliers, ip2 sets lr_mult 0 and decay_mult 0 on it, so Caffe
+    freezes ``w`` (the owner's default 1 applied before, and ``w`` moved from 0.1 to 0.52 in three steps)."""
+    s = get_solver(solver(tmp_path, first, second))
+    assert mults(s)[0] == ("ip1", 0, *want)
+    assert [m[:2] for m in mults(s)] == [("ip1", 0), ("ip1", 1), ("ip2", 1)]  # ip2's weight is ip1's
+    s.step(3)
+    w = s.net.layer("ip1").weight
+    assert s.net.layer("ip2").weight is w
+    if want == (0.0, 0.0):
+        torch.testing.assert_close(w, torch.full((3, 3), 0.1), rtol=0, atol=0)
+    else:
+        assert not torch.equal(w, torch.full((3, 3), 0.1))
+
+
+@pytest.mark.parametrize(("first", "second", "what"), [
+    ('param { name: "w" lr_mult: 1 }', 'param { name: "w" lr_mult: 2 }', "lr_mult"),
+    ('param { name: "w" decay_mult: 1 }', 'param { name: "w" decay_mult: 3 }', "decay_mult"),
+])
+def test_mismatched_shared_multipliers_are_refused(tmp_path: Path, first: str, second: str, what: str) -> None:
+    with pytest.raises(SolverError, match=rf"net.prototxt:7:7: layer 'ip2': Shared param 'w' has mismatched {what}"):
+        get_solver(solver(tmp_path, first, second))
+
+
+def test_more_param_blocks_than_blobs_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SolverError, match="layer 'ip1': Too many params specified for layer ip1: 3 param {} blocks "
+                                          "for 2 blobs"):
+        get_solver(solver(tmp_path, "param { } param { } param { }", ""))
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('type: "RMSProp"\nrms_decay: 1\n', "rms_decay should lie between 0 and 1 (below 1), got 1"),
+    ('type: ""\n', "unknown solver type ''"),
+    ('regularization_type: "L3"\n', "unknown regularization_type 'L3'"),
+])
+def test_solver_fields_caffe_refuses(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(SolverError, match=r"solver.prototxt: " + message.replace("(", r"\(").replace(")", r"\)")):
+        get_solver(solver(tmp_path, "", "", extra))
+
+
+def test_an_unknown_regularization_type_without_weight_decay_trains(tmp_path: Path) -> None:
+    """Caffe reads regularization_type only for a parameter with a non-zero decay."""
+    path = solver(tmp_path, "", "", 'regularization_type: "L3"\n')
+    Path(path).write_text(Path(path).read_text().replace("weight_decay: 0.1", "weight_decay: 0"))
+    get_solver(path).step(1)
