@@ -89,3 +89,10 @@ def test_an_unknown_regularization_type_without_weight_decay_trains(tmp_path: Pa
     path = solver(tmp_path, "", "", 'regularization_type: "L3"\n')
     Path(path).write_text(Path(path).read_text().replace("weight_decay: 0.1", "weight_decay: 0"))
     get_solver(path).step(1)
+
+
+def test_snapshot_diff_is_warned_about(tmp_path: Path) -> None:
+    warned: list[str] = []
+    get_solver(solver(tmp_path, "", "", "snapshot_diff: true\n"), warn=warned.append)
+    assert warned == [f"{tmp_path / 'solver.prototxt'}: snapshot_diff is not supported: snapshots hold the weights "
+                      "without their diffs"]

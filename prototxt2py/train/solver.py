@@ -166,6 +166,8 @@ class Solver:
             raise SolverError("iter_size should be at least 1", Location(self.file))
         if self.is_root and p.snapshot:
             check_writable(p.snapshot_prefix)
+        if p.snapshot_diff:
+            self.warn(f"{self.file}: snapshot_diff is not supported: snapshots hold the weights without their diffs")
         if p.random_seed >= 0:
             torch.manual_seed(p.random_seed + self.rank)
         self.data_workers = data_workers
