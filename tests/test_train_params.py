@@ -96,3 +96,11 @@ def test_snapshot_diff_is_warned_about(tmp_path: Path) -> None:
     get_solver(solver(tmp_path, "", "", "snapshot_diff: true\n"), warn=warned.append)
     assert warned == [f"{tmp_path / 'solver.prototxt'}: snapshot_diff is not supported: snapshots hold the weights "
                       "without their diffs"]
+
+
+def test_an_empty_net_name_is_refused_naming_the_solver(tmp_path: Path) -> None:
+    path = Path(solver(tmp_path, "", ""))
+    path.write_text("\n".join('net: ""' if line.startswith("net:") else line
+                              for line in path.read_text().splitlines()))
+    with pytest.raises(SolverError, match=f"^{path}: the net file name is empty$"):
+        get_solver(str(path))

@@ -102,9 +102,11 @@ def _net_source(net_param: Any, file: str) -> Any:
     return NetSource(net, file, "V2", [Location(file)] * len(net.layer), [[] for _ in net.layer], None, report)
 
 
-def _read_net(path: str) -> Any:
+def _read_net(path: str, solver_file: str) -> Any:
     from ..reader import read_net
 
+    if not path:  # "" would name the working directory
+        raise SolverError("the net file name is empty", Location(solver_file))
     return read_net(path)
 
 
@@ -244,7 +246,7 @@ class Solver:
                                "train net: set ") + "one of net, net_param, train_net, train_net_param"
                               + (f" (it sets {', '.join(given)})" if given else ""), Location(self.file))
         f = given[0]
-        source = _net_source(getattr(p, f), self.file) if f.endswith("_param") else _read_net(getattr(p, f))
+        source = _net_source(getattr(p, f), self.file) if f.endswith("_param") else _read_net(getattr(p, f), self.file)
         self.net_source = source
         net, feeder = build_fed_net(source, "TRAIN", tuple(p.train_state.stage), p.train_state.level, self.rank,
                                     self.world, self.device, self.data_seed, self.data_workers)
@@ -266,9 +268,10 @@ class Solver:
             raise SolverError("test nets need test_interval > 0", Location(self.file))
         if not self.is_root:  # only the root solver tests
             return
-        sources = [_net_source(n, self.file) for n in p.test_net_param] + [_read_net(n) for n in p.test_net]
+        sources = [_net_source(n, self.file) for n in p.test_net_param] + [_read_net(n, self.file) for n in p.test_net]
         for _ in range(count - explicit):
-            sources.append(_net_source(p.net_param, self.file) if p.HasField("net_param") else _read_net(p.net))
+            generic = p.HasField("net_param")
+            sources.append(_net_source(p.net_param, self.file) if generic else _read_net(p.net, self.file))
         for i, source in enumerate(sources):
             state = p.test_state[i] if p.test_state else type(p.train_state)()
             net, feeder = build_fed_net(source, "TEST", tuple(state.stage), state.level, self.rank, self.world,
