@@ -381,3 +381,42 @@ def test_a_written_constant_dummydata_top_is_what_training_reads(tmp_path: Path)
         solver.step(1)
         assert float(solver.net.blobs["loss"].data) == pytest.approx(0.5**2 / 2)
         np.testing.assert_array_equal(solver.net.blobs["label"].data, 2)
+
+
+INPUT_NET = """name: "fed"
+layer { name: "data" type: "Input" top: "data" top: "label"
+  input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 1 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  inner_product_param { num_output: 1 weight_filler { type: "constant" value: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def test_input_blobs_written_before_each_step_are_trained_on(tmp_path: Path) -> None:
+    """The pycaffe loop over Input layers: ``solver.net.blobs['data'].data[...] = batch`` then ``step(1)``. Caffe's
+    Input blobs persist and start as zeros; the update is SGD's ``w -= lr * X^T (Xw + b - y) / N`` (the
+    EuclideanLoss gradient), checked by hand. The CLI, which has nothing to write them, still refuses the net."""
+    (tmp_path / "net.prototxt").write_text(INPUT_NET)
+    (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "net.prototxt"}" base_lr: 0.1 lr_policy: "fixed" '
+                                              f'max_iter: 9 snapshot_prefix: "{tmp_path / "s"}"\n')
+    solver = caffe.SGDSolver(str(tmp_path / "solver.prototxt"))
+    solver.step(1)  # zeros in: ip = 0 (bias 0), label 0, no gradient
+    assert float(solver.net.blobs["loss"].data) == 0
+    w, b = np.full((1, 3), 0.5, np.float32), np.zeros(1, np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x, y = rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal((2, 1)).astype(np.float32)
+        solver.net.blobs["data"].data[...] = x
+        solver.net.blobs["label"].data[...] = y
+        solver.step(1)
+        residual = x @ w.T + b - y
+        assert float(solver.net.blobs["loss"].data) == pytest.approx(float((residual**2).sum() / 4), rel=1e-5)
+        w, b = w - 0.1 * (residual.T @ x) / 2, b - 0.1 * residual.sum(0) / 2
+        np.testing.assert_allclose(solver.net.params["ip"][0].data, w, rtol=1e-5)
+        np.testing.assert_allclose(solver.net.params["ip"][1].data, b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(solver.net.blobs["data"].data, x)  # the blob keeps what was written
+    with pytest.raises(Prototxt2pyError, match=r"inputs without a data layer to fill them: data, label \(train from "
+                                               "a solver file needs data layers"):
+        from prototxt2py.train import get_solver
+
+        get_solver(str(tmp_path / "solver.prototxt"))

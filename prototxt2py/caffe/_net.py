@@ -203,6 +203,9 @@ class Net:
                 blob = self._blobs_dict.get(node.tops[t])
                 if blob is not None and tuple(blob.shape) == tuple(module.shapes[t]):
                     module.hold(t, blob.tensor())
+        held = self._feeder.held if self._feeder is not None else {}
+        for name in held:  # Input blobs: what was written into them is the solver's next input, as in Caffe
+            held[name] = self._blobs_dict[name].tensor()
 
     def _run_fixed_fills(self) -> None:
         for i in self._fixed_tops:

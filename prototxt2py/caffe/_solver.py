@@ -43,6 +43,7 @@ class Solver:
         from ..train.solver import Solver as Trainer
 
         kwargs.setdefault("device", _mode.device())
+        kwargs.setdefault("hold_inputs", True)  # Input blobs written through solver.net.blobs are trained on
         self.trainer = Trainer(filename, solver_type=self._type, **kwargs)
         t = self.trainer
         self.net = Net._over(t.net, t.net_source, t.feeder)

@@ -48,14 +48,21 @@ class Feeder:
             workers = 0 if all(layer.type in IN_MEMORY for layer in self.layers) else 2
         self.workers = workers
         self.feed = DataFeed(self.layers, workers=workers, seed=seed)
+        #: Input layers' blobs, when a caller (pycaffe) writes them: Caffe's persistent blobs, fed unchanged to
+        #: every pass until written again
+        self.held: dict[str, torch.Tensor] = {}
 
     def shapes(self) -> dict[str, list[int]]:
         """Top shapes of the data layers, for building the net (``input_shapes``)."""
         return dict(self._shapes)
 
     def next(self) -> dict[str, torch.Tensor]:
-        """The inputs of the next forward pass."""
+        """The data layers' next batch."""
         return self.feed.next()
+
+    def next_pass(self) -> dict[str, torch.Tensor]:
+        """The inputs of the next forward pass: the data layers' next batch and the held Input blobs."""
+        return {**self.next(), **self.held}
 
     def close(self) -> None:
         self.feed.close()

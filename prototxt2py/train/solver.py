@@ -111,17 +111,24 @@ def _read_net(path: str, solver_file: str) -> Any:
 
 
 def build_fed_net(source: Any, phase: str, stages: tuple[str, ...], level: int, rank: int, world: int,
-                  device: torch.device, seed: int | None = None, workers: int | None = None) -> tuple[Any, Feeder]:
-    """Open the net's readers (their first batches give the input shapes), then build the module."""
+                  device: torch.device, seed: int | None = None, workers: int | None = None,
+                  hold_inputs: bool = False) -> tuple[Any, Feeder]:
+    """Open the net's readers (their first batches give the input shapes), then build the module.
+
+    ``hold_inputs``: Input layers' blobs are held by the feeder, zeros until a caller writes them (pycaffe's
+    ``solver.net.blobs['data'].data[...] = batch`` before ``step``); otherwise such a net is refused."""
     from .. import graph, load
 
     skeleton = graph(source, phase, stages, level, infer=False)
     feeder = Feeder(skeleton, phase, rank, world, seed, workers)
     g = graph(source, phase, stages, level, input_shapes=feeder.shapes())
-    missing = [n for n in (g.values[v].blob for v in g.inputs) if n not in feeder.shapes()]
-    if missing:
-        raise SolverError(f"the {phase} net has inputs without a data layer to fill them: {', '.join(missing)} "
-                          "(an Input layer cannot be trained from a solver; use a data layer)", Location(g.file))
+    missing = [v for v in g.inputs if g.values[v].blob not in feeder.shapes()]
+    if missing and not hold_inputs:
+        names = ", ".join(g.values[v].blob for v in missing)
+        raise SolverError(f"the {phase} net has inputs without a data layer to fill them: {names} (train from a "
+                          "solver file needs data layers; pycaffe can fill Input blobs before each step)",
+                          Location(g.file))
+    feeder.held = {g.values[v].blob: torch.zeros(g.values[v].shape or ()) for v in missing}
     return load(g).to(device), feeder
 
 
@@ -131,14 +138,15 @@ class Solver:
     ``solver`` is a solver ``.prototxt`` path (nets and data paths in it resolve against the working directory,
     as in Caffe) or a ``SolverParameter`` message. ``solver_type`` overrides the file's ``type`` (pycaffe's
     ``caffe.AdamSolver(path)`` builds an Adam solver whatever the file says); so does the ``solver_type``
-    argument."""
+    argument. ``hold_inputs``: nets with Input layers train on what the caller writes into their blobs
+    (``feeder.held``, zeros at first, as Caffe's blobs); otherwise they are refused."""
 
     solver_type: str | None = None
 
     def __init__(self, solver: str | os.PathLike | Any, *, rank: int | None = None, world: int | None = None,
                  device: str | torch.device = "cpu", data_workers: int | None = None,
                  solver_type: str | None = None, warn: Callable[[str], None] | None = None,
-                 file: str | None = None):
+                 file: str | None = None, hold_inputs: bool = False):
         from ..proto import caffe_pb2
 
         if not isinstance(solver, (str, os.PathLike, caffe_pb2.SolverParameter)):
@@ -147,6 +155,7 @@ class Solver:
         self.warn: Callable[[str], None] = warn or _user_warning
         self.param = read_solver_param(solver, self.warn) if isinstance(solver, (str, os.PathLike)) else solver
         # errors name the solver file (``file``: where a SolverParameter given as a message was read from)
+        self.hold_inputs = hold_inputs
         self.file = file or (str(solver) if isinstance(solver, (str, os.PathLike)) else "<solver>")
         if rank is None or world is None:
             rank, world = _dist_rank_world()
@@ -249,7 +258,7 @@ class Solver:
         source = _net_source(getattr(p, f), self.file) if f.endswith("_param") else _read_net(getattr(p, f), self.file)
         self.net_source = source
         net, feeder = build_fed_net(source, "TRAIN", tuple(p.train_state.stage), p.train_state.level, self.rank,
-                                    self.world, self.device, self.data_seed, self.data_workers)
+                                    self.world, self.device, self.data_seed, self.data_workers, self.hold_inputs)
         net.train()
         return net, feeder
 
@@ -275,7 +284,7 @@ class Solver:
         for i, source in enumerate(sources):
             state = p.test_state[i] if p.test_state else type(p.train_state)()
             net, feeder = build_fed_net(source, "TEST", tuple(state.stage), state.level, self.rank, self.world,
-                                        self.device, self.data_seed, self.data_workers)
+                                        self.device, self.data_seed, self.data_workers, self.hold_inputs)
             net.eval()
             self._share_trained_layers(net)
             self.test_nets.append(net)
@@ -375,7 +384,7 @@ class Solver:
         return bool(t.item())
 
     def _forward_backward(self) -> float:
-        inputs = {k: v.to(self.device) for k, v in self.feeder.next().items()}
+        inputs = {k: v.to(self.device) for k, v in self.feeder.next_pass().items()}
         blobs = forward_for_loss(self.net, inputs, all_blobs=self.on_blobs is not None)
         if self.on_blobs is not None:
             self.on_blobs(self.net, blobs)
@@ -563,7 +572,7 @@ class Solver:
             return
         if p.display and self.iter % p.display == 0 and self.is_root:
             with torch.no_grad():
-                inputs = {k: v.to(self.device) for k, v in self.feeder.next().items()}
+                inputs = {k: v.to(self.device) for k, v in self.feeder.next_pass().items()}
                 blobs = forward_for_loss(self.net, inputs, all_blobs=self.on_blobs is not None)
                 if self.on_blobs is not None:
                     self.on_blobs(self.net, blobs)
@@ -606,7 +615,7 @@ class Solver:
             if self.requested_early_exit:
                 break
             with torch.no_grad():
-                blobs = net(**{k: v.to(self.device) for k, v in feeder.next().items()}, all_blobs=True)
+                blobs = net(**{k: v.to(self.device) for k, v in feeder.next_pass().items()}, all_blobs=True)
                 if self.on_blobs is not None:
                     self.on_blobs(net, blobs)
                 if p.test_compute_loss:
