@@ -176,3 +176,32 @@ def test_overhang_is_refused_with_symbolic_sizes() -> None:
     net = conv_net((1, 1, 2, 4), 1, (3, 3), (3, 3), (0, 0), (1, 1), 1)
     with pytest.raises(UnsupportedLayerError, match="overhangs the padded input"):
         to_onnx_model(net, dynamic=True)
+
+
+@pytest.mark.parametrize("layer_type", ["Convolution", "Deconvolution"])
+def test_channels_on_another_axis_batch_every_axis_before_them(layer_type: str) -> None:
+    """``axis: 2`` on (2, 3, C, H, W): Caffe's ``num_`` is 2 * 3, each (C, H, W) convolved with the same weight,
+    so the result is the axis-1 convolution of the input with its first two axes merged."""
+    rng = np.random.default_rng(5)
+    shape = (2, 3, 4, 5, 5)
+    text = (f'name: "axis2"\nlayer {{ name: "in" type: "Input" top: "x" input_param {{ shape {{ '
+            f'{" ".join(f"dim: {d}" for d in shape)} }} }} }}\n'
+            f'layer {{ name: "conv" type: "{layer_type}" bottom: "x" top: "y" convolution_param {{ num_output: 6 '
+            "axis: 2 kernel_size: 3 stride: 2 pad: 1 group: 2 } }\n")
+    net = prototxt2py.load(read_net_text(text))
+    module = net.layer("conv")
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(rng.standard_normal(tuple(module.weight.shape))))
+        module.bias.copy_(torch.from_numpy(rng.standard_normal(6)))
+    x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    conv = torch.nn.functional.conv_transpose2d if layer_type == "Deconvolution" else torch.nn.functional.conv2d
+    with torch.no_grad():
+        want = conv(x.reshape(6, 4, 5, 5), module.weight, module.bias, stride=2, padding=1, groups=2)
+        got = net(x)["y"]
+    assert tuple(got.shape) == net.graph.blob_shapes()["y"] == (2, 3, *want.shape[1:])
+    torch.testing.assert_close(got, want.reshape(2, 3, *want.shape[1:]))
+    if layer_type == "Convolution":  # and the numpy transcription of Caffe agrees
+        w, b = module.weight.detach().double().numpy(), module.bias.detach().double().numpy()
+        top = caffe_conv(x.double().numpy().reshape(6, 4, 5, 5), w, b, (2, 2), (1, 1), (1, 1), 2,
+                         np.zeros((6, 6, 3, 3)))[0]
+        np.testing.assert_allclose(got.numpy().reshape(top.shape), top, rtol=1e-4, atol=1e-5)

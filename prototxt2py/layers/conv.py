@@ -181,10 +181,11 @@ class _ConvBase(LayerSpec):
         a, weight = node.attrs, node.param_shapes[0]
         axis, kernel, stride, pad, dilation = self.geometry(node, node.in_shapes[0])
         transposed = isinstance(self, Deconvolution)
-        if axis != 1 or len(kernel) not in (1, 2, 3):
-            raise self.fail(node, f"convolution over axis {axis} with {len(kernel)} spatial axes is not supported")
-        if len(node.bottoms) > 1 or any(self.end_padding(node, node.in_shapes[0])):
-            return call("SharedConvolution", weight, a.bias_term, stride, pad, dilation, a.group, transposed)
+        if len(kernel) not in (1, 2, 3):
+            raise self.fail(node, f"convolution over {len(kernel)} spatial axes is not supported (torch has 1 to 3)")
+        if len(node.bottoms) > 1 or axis != 1 or any(self.end_padding(node, node.in_shapes[0])):
+            extra = {"channel_axis": axis} if axis != 1 else {}
+            return call("SharedConvolution", weight, a.bias_term, stride, pad, dilation, a.group, transposed, **extra)
         c_in = weight[0] if transposed else weight[1] * a.group
         target = f"nn.{'ConvTranspose' if transposed else 'Conv'}{len(kernel)}d"
         options = {"stride": stride, "padding": pad, "dilation": dilation}
@@ -207,8 +208,8 @@ def _scalar(values: tuple[int, ...]) -> int | tuple[int, ...]:
 @register
 class Convolution(_ConvBase):
     type = "Convolution"
-    summary = ("1-3 spatial axes, channels on axis 1: groups, dilation, per-axis kernel/stride/pad, shared weights "
-               "for several bottoms")
+    summary = ("N-D convolution (1-3 spatial axes, channels on any axis): groups, dilation, per-axis "
+               "kernel/stride/pad, shared weights for several bottoms")
 
     def out_size(self, i, k, s, p, d):
         # C++ integer division truncates toward zero: a kernel overhanging the padded input by less than the

@@ -28,7 +28,8 @@ def _pad_overhang(
 
 class SharedConvolution(nn.Module):
     """Caffe's Convolution/Deconvolution with several bottoms (one weight applied to each bottom in turn),
-    or with a kernel overhanging its padded input (see :func:`_pad_overhang`).
+    with a kernel overhanging its padded input (see :func:`_pad_overhang`), or with channels on an axis
+    other than 1 (``channel_axis``: every axis before it is a batch axis, as Caffe's ``num_``).
 
     Weight is ``(out, in/groups, *kernel)``, or ``(in, out/groups, *kernel)`` when ``transposed``.
     """
@@ -42,15 +43,24 @@ class SharedConvolution(nn.Module):
         dilation: tuple[int, ...],
         groups: int = 1,
         transposed: bool = False,
+        channel_axis: int = 1,
     ) -> None:
         super().__init__()
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.groups, self.transposed = groups, transposed
+        self.channel_axis = channel_axis
         self.weight = nn.Parameter(torch.zeros(weight_shape))
         outputs = weight_shape[1] * groups if transposed else weight_shape[0]
         self.bias = nn.Parameter(torch.zeros(outputs)) if bias else None
 
     def _one(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channel_axis != 1:
+            lead = x.shape[: self.channel_axis]
+            y = self._batched(x.reshape((-1, *x.shape[self.channel_axis :])))
+            return y.reshape((*lead, *y.shape[1:]))
+        return self._batched(x)
+
+    def _batched(self, x: torch.Tensor) -> torch.Tensor:
         n = len(self.stride)
         if self.transposed:
             fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
