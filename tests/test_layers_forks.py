@@ -725,3 +725,54 @@ def test_onnx_export_matches_runtime(case: str) -> None:
     session = ort.InferenceSession(to_onnx_model(net).SerializeToString())
     (got,) = session.run(["y"], {k: v.numpy() for k, v in feed.items()})
     np.testing.assert_allclose(got, net(**feed)["y"].detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _detection_net(param: str, shapes: dict[str, tuple[int, ...]]) -> prototxt2py.backends.torch_runtime.CaffeNet:
+    inputs = "".join(f'layer {{ name: "in_{k}" type: "Input" top: "{k}" input_param {{ shape {{ '
+                     + " ".join(f"dim: {d}" for d in v) + " } } }\n" for k, v in shapes.items())
+    return net_of(f'{inputs}layer {{ name: "l" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "prior" '
+                  f"top: \"y\" detection_output_param {{ {param} }} }}")
+
+
+def _runtime_and_onnx(net, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    ort = pytest.importorskip("onnxruntime")
+    from prototxt2py.backends.onnx_export import to_onnx_model
+
+    session = ort.InferenceSession(to_onnx_model(net).SerializeToString())
+    return [net(**{k: torch.from_numpy(v) for k, v in feed.items()})["y"].numpy(),
+            session.run(["y"], feed)[0]]
+
+
+def test_detection_output_keeps_a_box_whose_corners_cross() -> None:
+    """CORNER offsets can decode to xmin > xmax; SSD's JaccardOverlap of such a box is 0 with any box, so both
+    boxes of class 1 are kept (onnxruntime's NonMaxSuppression reorders corners and suppressed it)."""
+    feed = {"loc": np.array([[0, 0, 0, 0, 4, 0, -4, 0]], f32), "conf": np.array([[0.1, 0.9, 0.2, 0.8]], f32),
+            "prior": np.array([[[0.2, 0.2, 0.6, 0.6, 0.2, 0.2, 0.6, 0.6], [0.1] * 8]], f32)}
+    net = _detection_net("num_classes: 2 background_label_id: 0 code_type: CORNER nms_param { nms_threshold: 0.45 }",
+                         {k: v.shape for k, v in feed.items()})
+    want = np.array([[0, 1, 0.9, 0.2, 0.2, 0.6, 0.6], [0, 1, 0.8, 0.6, 0.2, 0.2, 0.6]], f32)
+    for got in _runtime_and_onnx(net, feed):
+        np.testing.assert_allclose(got[0, 0], want, rtol=0, atol=1e-7)
+
+
+def test_detection_output_compares_scores_with_the_float_threshold() -> None:
+    """``score > confidence_threshold`` in float: a score of 0.3f does not pass a threshold of 0.3 (0.3f > 0.3
+    in double), so there is no detection: Caffe's one row of -1 after the image index."""
+    feed = {"loc": np.zeros((1, 4), f32), "conf": np.array([[0.5, 0.3]], f32),
+            "prior": np.array([[[0.2, 0.2, 0.6, 0.6], [0.1] * 4]], f32)}
+    net = _detection_net("num_classes: 2 confidence_threshold: 0.3 nms_param { nms_threshold: 0.45 }",
+                         {k: v.shape for k, v in feed.items()})
+    for got in _runtime_and_onnx(net, feed):
+        np.testing.assert_array_equal(got[0, 0], [[0, -1, -1, -1, -1, -1, -1]])
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ('type: "PriorBox" bottom: "x" bottom: "img" prior_box_param { min_size: 4 aspect_ratio: 0 flip: true }',
+     "aspect_ratio values must be positive, got 0"),
+    ('type: "DetectionOutput" bottom: "x" bottom: "x" bottom: "img" detection_output_param { num_classes: 2 '
+     "background_label_id: -1 }", "share_location with background_label_id -1: the fork finds no location"),
+])
+def test_ssd_parameters_the_fork_cannot_run_are_refused(layer: str, message: str) -> None:
+    with pytest.raises(prototxt2py.Prototxt2pyError, match=message):
+        graph_of('layer { name: "in" type: "Input" top: "x" top: "img" input_param { shape { dim: 1 dim: 4 } '
+                 f'shape {{ dim: 1 dim: 3 dim: 8 dim: 8 }} }} }}\nlayer {{ name: "l" top: "y" {layer} }}')

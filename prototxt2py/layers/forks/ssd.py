@@ -91,6 +91,8 @@ def _prior_box_attrs(p: Any) -> PriorBoxAttrs:
             raise ValueError(f"{len(p.max_size)} max_size for {len(p.min_size)} min_size values (must match)")
         if any(mx <= mn for mn, mx in zip(p.min_size, p.max_size, strict=True)):
             raise ValueError("every max_size must be greater than its min_size")
+    if any(not ar > 0 for ar in p.aspect_ratio):  # the fork takes sqrt(ar) and 1/ar: inf or NaN boxes
+        raise ValueError(f"aspect_ratio values must be positive, got {', '.join(f'{ar:g}' for ar in p.aspect_ratio)}")
     ratios = [1.0]
     for ar in p.aspect_ratio:
         if all(abs(ar - r) >= 1e-6 for r in ratios):
@@ -274,6 +276,9 @@ class DetectionOutput(LayerSpec):
         nms = p.nms_param
         if nms.nms_threshold < 0 or not 0 < nms.eta <= 1:
             raise ValueError("nms_threshold must be >= 0 and eta in (0, 1]")
+        if p.share_location and p.background_label_id == -1:  # shared boxes are label -1, skipped as background
+            raise ValueError("share_location with background_label_id -1: the fork finds no location predictions "
+                             "(LOG(FATAL) 'Could not find location predictions for label -1')")
         return DetectionOutputAttrs(
             num_classes=p.num_classes,
             share_location=p.share_location,

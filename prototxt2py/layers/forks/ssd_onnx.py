@@ -11,7 +11,8 @@ ONNX ops whose definitions coincide with SSD's on every point that decides which
   ``top_k``: ``TopK`` breaks ties by the lower index (a stable sort), and thresholding after it keeps the
   same set, so ``TopK`` (k = ``top_k`` or all priors) runs first and ``NonMaxSuppression``'s
   ``score_threshold`` (also a strict ``>``) filters;
-* ``ApplyNMSFast`` keeps a box whose ``JaccardOverlap`` with every kept box is ``<= nms_threshold``:
+* ``ApplyNMSFast`` keeps a box whose ``JaccardOverlap`` with every kept box is ``<= nms_threshold`` (0 for
+  a box whose corners cross, see :func:`_nms_boxes`):
   ``NonMaxSuppression`` suppresses at IoU ``> iou_threshold``, visits candidates by score with ties to the
   lower index, and computes IoU in float32 as ``inter / (area1 + area2 - inter)`` (SSD's formula; the
   coordinate order [x1, y1, x2, y2] versus ONNX's [y1, x1, y2, x2] only swaps the factors of a product).
@@ -91,6 +92,16 @@ def _decode(ctx: Any, a: Any, loc: str, prior: str, var: str) -> str:
     return _float(ctx, ctx.add("Concat", corners, axis=-1))
 
 
+def _nms_boxes(ctx: Any, boxes: str) -> str:
+    """The boxes ``NonMaxSuppression`` compares: SSD's ``JaccardOverlap`` of a box whose corners cross
+    (``xmin > xmax`` or ``ymin > ymax``, from CORNER/CORNER_SIZE offsets) is 0 with every box, while ONNX
+    reorders corners first; such a box becomes the point at its first corner, whose overlap is 0 there too."""
+    x1, y1, x2, y2 = (_col(ctx, boxes, i) for i in range(4))
+    crossed = ctx.add("Or", [ctx.add("Greater", [x1, x2]), ctx.add("Greater", [y1, y2])])
+    point = ctx.add("Concat", [x1, y1, x1, y1], axis=-1)
+    return ctx.add("Where", [crossed, point, boxes])
+
+
 def _sort(ctx: Any, values: str, count: str, largest: bool) -> tuple[str, str]:
     """Stable sort of a 1-D tensor of ``count`` elements: (sorted values, permutation)."""
     order = ctx.tmp("order")
@@ -161,7 +172,8 @@ def detection_output(node: Node, ctx: Any) -> None:
     cand = ctx.add("GatherElements", [decoded, gather_at], axis=2)  # (N, C', K, 4)
 
     # NMS with each (image, class) as its own batch entry
-    nms_in = [ctx.add("Reshape", [cand, ctx.ints([-1, k, 4])]), ctx.add("Reshape", [scores, ctx.ints([-1, 1, k])]),
+    nms_in = [_nms_boxes(ctx, ctx.add("Reshape", [cand, ctx.ints([-1, k, 4])])),
+              ctx.add("Reshape", [scores, ctx.ints([-1, 1, k])]),
               ctx.ints([k]), ctx.const(np.array([min(a.nms_threshold, 1.0)], np.float32), "iou")]
     if a.confidence_threshold > -3.4e38:
         nms_in.append(ctx.const(np.array([a.confidence_threshold], np.float32), "score_threshold"))
