@@ -121,3 +121,48 @@ def test_lstm_counts(bottoms: str, tops: str, params: str, match: str) -> None:
     with pytest.raises(GraphError, match=match) as info:
         load(shapes, layer)
     assert "bad" in str(info.value)
+
+
+RNN_NET = """force_backward: true
+layer { name: "input" type: "Input" top: "x" top: "cont" input_param { shape { dim: 2 dim: 1 dim: 1 }
+  shape { dim: 2 dim: 1 } } }
+layer { name: "rnn" type: "RNN" bottom: "x" bottom: "cont" top: "o" recurrent_param { num_output: 1 } }
+"""
+
+
+def test_pycaffe_backward_starts_from_the_state_carried_into_the_pass(tmp_path) -> None:
+    """A stream that continues (cont 1 at t = 0) starts from the previous pass's h_T, zeros on the first pass.
+    Caffe's backward replays the unrolled net of *that* pass and leaves the carried state alone: the gradient
+    and the next pass are those of Caffe (backward re-ran the module, from the state of the next pass, and
+    advanced it once more). Expected values: the RNN unrolled by hand in float64."""
+    from prototxt2py import caffe
+
+    w_xh, b_h, w_hh, w_ho, b_o = 1.0, 0.2, 0.8, 1.5, 0.1
+    x, cont = np.array([0.5, -1.0]), np.array([1.0, 1.0])
+
+    def unrolled(h0: float) -> tuple[np.ndarray, np.ndarray, float]:
+        hs, h = [], h0
+        for t in range(2):
+            h = np.tanh(w_hh * cont[t] * h + w_xh * x[t] + b_h)
+            hs.append(h)
+        o = np.tanh(w_ho * np.array(hs) + b_o)
+        dh_next, dx = 0.0, np.zeros(2)
+        for t in (1, 0):  # top diff 1 on every o_t
+            dpre = ((1 - o[t] ** 2) * w_ho + dh_next) * (1 - hs[t] ** 2)
+            dx[t], dh_next = dpre * w_xh, dpre * w_hh * cont[t]
+        return o, dx, hs[-1]
+
+    (tmp_path / "rnn.prototxt").write_text(RNN_NET)
+    net = caffe.Net(str(tmp_path / "rnn.prototxt"), caffe.TEST)
+    for i, v in enumerate((w_xh, b_h, w_hh, w_ho, b_o)):
+        net.params["rnn"][i].data[...] = v
+    net.blobs["x"].data[...] = x.reshape(2, 1, 1)
+    net.blobs["cont"].data[...] = cont.reshape(2, 1)
+    h = 0.0
+    for _ in range(3):
+        o, dx, h_next = unrolled(h)
+        np.testing.assert_allclose(net.forward()["o"].ravel(), o, rtol=1e-5)
+        net.blobs["o"].diff[...] = 1.0
+        net.backward()
+        np.testing.assert_allclose(net.blobs["x"].diff.ravel(), dx, rtol=1e-5)
+        h = h_next

@@ -15,8 +15,9 @@ pycaffe API (:mod:`prototxt2py.caffe._net`) therefore computes each layer's grad
   overwritten before it is used (Power, Log): a transcription of Caffe's formula applied to the blobs'
   current values;
 * **private** (:data:`PRIVATE`): types that keep their own copy of what they need from the forward pass
-  (BatchNorm's normalised values, Scale's and PReLU's input copy when in place, Dropout's mask): the
-  autograd graph of the forward call itself is kept and replayed. Swish mixes both: its private sigmoid
+  (BatchNorm's normalised values, Scale's and PReLU's input copy when in place, Dropout's mask, RNN's and
+  LSTM's unrolled net, which starts from the state carried into that pass): the autograd graph of the forward
+  call itself is kept and replayed. Swish mixes both: its private sigmoid
   comes from the forward-time input (:data:`SAVES_INPUT`), its top data is read at backward time.
 
 :data:`NO_FORCE_BACKWARD` holds Caffe's ``AllowForceBackward`` exceptions (bottoms that ``force_backward``
@@ -35,7 +36,7 @@ from typing import Any
 import torch
 
 #: Types whose gradient comes from the forward pass's own autograd graph (Caffe's private copies).
-PRIVATE: frozenset[str] = frozenset({"BatchNorm", "Scale", "PReLU", "Dropout"})
+PRIVATE: frozenset[str] = frozenset({"BatchNorm", "Scale", "PReLU", "Dropout", "RNN", "LSTM"})
 
 #: Types that keep a copy of their forward-time input for a formula that also reads current top data.
 SAVES_INPUT: frozenset[str] = frozenset({"Swish"})
