@@ -20,7 +20,7 @@ import click
 from . import memguard
 from .cli_deploy import deploy_option, net_source
 from .cli_deploy import register as register_deploy
-from .errors import Prototxt2pyError, one_line
+from .errors import Prototxt2pyError, UpgradeError, one_line
 from .fsutil import guarding_inputs
 
 EXIT_INPUT, EXIT_INTERNAL = 1, 3
@@ -162,9 +162,12 @@ def upgrade(src: str, dst: str) -> None:
     from .upgrade_io import upgrade_file
 
     kind, report = upgrade_file(src, dst)
-    _warn(report.errors + report.warnings)
+    _warn(report.warnings)
     steps = ", ".join(report.steps) if report.steps else "already in the latest format"
     click.echo(f"{kind}: {steps} -> {dst}")
+    if report.errors:  # Caffe's tools log them, write the upgraded file all the same and exit with 1
+        raise UpgradeError(f"upgraded with {len(report.errors)} error(s), written anyway as Caffe's tool does: "
+                           + "; ".join(report.errors))
 
 
 @main.command()

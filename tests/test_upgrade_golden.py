@@ -298,3 +298,23 @@ def test_upgrade_golden(name: str) -> None:
         check_binary_case(case)
     else:
         check_text_case(case)
+
+
+TEXT_CASES = [n for n in CASES if load_case(n)["kind"] in ("net_text", "solver_text")
+              and str(load_case(n).get("expected", "")).endswith(".prototxt")]
+
+
+@pytest.mark.parametrize("name", TEXT_CASES)
+def test_upgrade_command_writes_caffes_bytes_and_exit_code(name: str, tmp_path: Path) -> None:
+    """``prototxt2py upgrade`` as Caffe's ``upgrade_net_proto_text``/``upgrade_solver_proto_text``: the same file,
+    byte for byte (floats as C++ writes them: ``lr_mult: 1``), and the same exit code (1 when the upgrade met
+    errors: the file is written all the same)."""
+    from click.testing import CliRunner
+
+    from prototxt2py.cli import main
+
+    case = load_case(name)
+    out = tmp_path / "out.prototxt"
+    result = CliRunner().invoke(main, ["upgrade", str(input_path(case)), str(out)])
+    assert result.exit_code == case["exit_code"], result.output
+    assert out.read_text() == (case["_dir"] / case["expected"]).read_text()
