@@ -180,7 +180,8 @@ def read_net_text(text: str, file: str = "<string>") -> NetSource:
     raw = caffe_pb2.NetParameter()
     raw.CopyFrom(net)
     report = upgrade.upgrade_net(net, file=file, source=info)
-    locations, dropped = _map_origins(net, before, file)
+    generated = info.location(("input_shape", 0)) if upgrade.STEP_INPUT_LAYER in report.steps else None
+    locations, dropped = _map_origins(net, before, file, generated)
     check_names(net, locations)
     return NetSource(net, file, fmt, locations, dropped, info, report, raw)
 
@@ -255,9 +256,17 @@ def _layer_origins(net: Any, info: SourceInfo, fmt: str) -> dict[str, deque]:
     return origins
 
 
-def _map_origins(net: Any, origins: dict[str, deque], file: str) -> tuple[list[Location], list[list[DroppedField]]]:
+def _map_origins(net: Any, origins: dict[str, deque], file: str,
+                 generated_input: Location | None = None) -> tuple[list[Location], list[list[DroppedField]]]:
+    """Each upgraded layer's location, matched by name in file order. ``generated_input``: the location of the
+    net-level inputs when the upgrade made them the first layer (named "input": a layer of the file may have
+    that name too, and keeps its own location)."""
     locations, dropped = [], []
-    for layer in net.layer:
+    for i, layer in enumerate(net.layer):
+        if i == 0 and generated_input is not None:
+            locations.append(generated_input)
+            dropped.append([])
+            continue
         queue = origins.get(layer.name)
         if queue:
             loc, drops = queue.popleft()

@@ -163,3 +163,19 @@ def test_run_refuses_inputs_that_are_no_real_arrays(kind: str, expected: str, tm
     assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: {inputs}: "), err
     assert expected in err and "Warning" not in err
     assert not (tmp_path / "out.npz").exists()
+
+
+@pytest.mark.parametrize(("dims", "bottom", "where"), [
+    ("1 3 4 4", "nonexistent", ":7:7: layer 'input': bottom 'nonexistent' is not produced by any earlier layer"),
+    ("1 -3 4 4", "data", ": layer 'input': negative output dimension (1, -3, 4, 4) for top 'data'"),
+])
+def test_a_layer_named_input_keeps_its_location_beside_net_level_inputs(tmp_path: Path, dims: str, bottom: str,
+                                                                       where: str) -> None:
+    """Net-level inputs become an Input layer named "input" on upgrade; a layer of the file with that name
+    keeps its own line (the generated layer took it, and errors of either pointed at the wrong one)."""
+    path = tmp_path / "net.prototxt"
+    path.write_text('name: "n"\ninput: "data"\n' + "".join(f"input_dim: {d}\n" for d in dims.split())
+                    + f'layer {{\n  name: "input"\n  type: "ReLU"\n  bottom: "{bottom}"\n  top: "x"\n}}\n')
+    code, _, err = run("summary", str(path))
+    assert code == 1
+    assert err == f"error: {path}{where}\n"
