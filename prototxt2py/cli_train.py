@@ -129,17 +129,17 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
         raise SolverError("give --snapshot to resume training or --weights to fine-tune, not both")
     with _process_group(device) as (rank, world, device):
         param = read_solver_param(solver, warn=_echo(rank, "warning: "))
-        if iterations is not None:
-            param.max_iter = iterations
         param.train_state.level = level
         param.train_state.stage.extend(stages)
         if snapshot or weights:  # as Caffe's train: the snapshot's weights, or --weights, replace the solver's list
             del param.weights[:]
         if weights:
             param.weights.append(weights)
+        log = _echo(rank)
+        for name in (n.strip() for w in param.weights for n in w.split(",")):
+            log(f"Finetuning from {name}")
         s = get_solver(param, rank=rank, world=world, device=device, data_workers=data_workers,
                        warn=_echo(rank, "warning: "), file=solver)
-        log = _echo(rank)
         s.log = log
         batch = next(iter(s.feeder.shapes().values()), [1])[0]
         progress = _Progress(batch * param.iter_size * world, param.display or 20) if rank == 0 and not quiet else None
@@ -147,7 +147,12 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
         with _Signals(sigint_effect, sighup_effect) as signals:
             s.action_request = signals.request
             try:
-                s.solve(resume=snapshot)
+                if snapshot:  # caffe train restores before solving (Solve itself is given no resume file)
+                    log(f"Resuming from {snapshot}")
+                    s.restore(snapshot)
+                log("Starting Optimization")
+                s.solve(until=iterations)  # --iterations stops early; the lr policy still reads max_iter
+                log("Optimization Done.")
             finally:
                 if progress is not None:
                     progress.close()
@@ -221,7 +226,8 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
     # 0 is kept: as Caffe with max_iter 0, it runs no iteration but still tests and snapshots at the end (the
     # --weights or filler values, exported in Caffe's format); only a negative count is meaningless
     @click.option("--iterations", type=click.IntRange(min=0),
-                  help="Train to this iteration instead of the solver's max_iter.")
+                  help="Stop at this iteration instead of the solver's max_iter (learning-rate policies still "
+                       "use max_iter).")
     @click.option("--sigint-effect", type=click.Choice(EFFECTS), default="stop", show_default=True,
                   help="What Ctrl-C does.")
     @click.option("--sighup-effect", type=click.Choice(EFFECTS), default="snapshot", show_default=True,

@@ -22,6 +22,8 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from .textformat import is_repeated
+
 __all__ = ["Filler", "Plain", "filler", "plain", "plain_class"]
 
 
@@ -70,14 +72,10 @@ def _attr(name: str) -> str:
     return f"{name}_" if keyword.iskeyword(name) else name
 
 
-def _repeated(fd: FieldDescriptor) -> bool:
-    """Repeated field (``is_repeated`` on newer protobuf, ``label`` on older ones)."""
-    flag = getattr(fd, "is_repeated", None)
-    return bool(flag) if flag is not None else fd.label == FieldDescriptor.LABEL_REPEATED
 
 
 def _default(fd: FieldDescriptor) -> Any:
-    if _repeated(fd):
+    if is_repeated(fd):
         return ()
     if fd.type == FieldDescriptor.TYPE_MESSAGE:
         return None
@@ -142,13 +140,13 @@ def plain(msg: Any) -> Any:
     present = []
     for fd, v in msg.ListFields():
         present.append(fd.name)
-        if _repeated(fd):
+        if is_repeated(fd):
             values[_attr(fd.name)] = tuple(_value(fd, x) for x in v)
         else:
             values[_attr(fd.name)] = _value(fd, v)
     # Unset sub-messages read as their defaults, as protobuf does (``p.weight_filler.type`` is "constant").
     for fd in descriptor.fields:
-        if fd.type == FieldDescriptor.TYPE_MESSAGE and not _repeated(fd):
+        if fd.type == FieldDescriptor.TYPE_MESSAGE and not is_repeated(fd):
             if _attr(fd.name) not in values:
                 values[_attr(fd.name)] = plain(getattr(msg, fd.name))
     return plain_class(descriptor)(_present=frozenset(present), **values)

@@ -180,7 +180,9 @@ def read_net_text(text: str, file: str = "<string>") -> NetSource:
     raw = caffe_pb2.NetParameter()
     raw.CopyFrom(net)
     report = upgrade.upgrade_net(net, file=file, source=info)
-    generated = info.location(("input_shape", 0)) if upgrade.STEP_INPUT_LAYER in report.steps else None
+    # the upgrade made the net-level inputs a first layer (not when they had no shapes: then they are dropped)
+    inserted = upgrade.STEP_INPUT_LAYER in report.steps and bool(len(raw.input_shape) or len(raw.input_dim))
+    generated = info.location(("input_shape", 0)) if inserted else None
     locations, dropped = _map_origins(net, before, file, generated)
     check_names(net, locations)
     return NetSource(net, file, fmt, locations, dropped, info, report, raw)
@@ -307,13 +309,13 @@ def check_values(msg: Any, file: str) -> None:
             name = fd.full_name
             here = layer
             if fd.message_type is not None:
-                items = value if textformat._is_repeated(fd) else [value]
+                items = value if textformat.is_repeated(fd) else [value]
                 for item in items:
                     named = fd.message_type.full_name in _LAYER_TYPES and isinstance(item.name, str) and item.name
                     sub_layer = item.name if named else here
                     walk(item, sub_layer)
                 continue
-            values = value if textformat._is_repeated(fd) else [value]
+            values = value if textformat.is_repeated(fd) else [value]
             if fd.type == fd.TYPE_STRING and any(isinstance(v, bytes) for v in values):
                 # proto2 strings are not validated by protobuf: invalid UTF-8 comes back as bytes
                 raise ParseError(f"field '{fd.name}' is not valid UTF-8", Location(file),

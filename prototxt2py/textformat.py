@@ -63,7 +63,7 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "a"
             "v": "\v", "?": "?"}
 
 
-def _is_repeated(fd: FieldDescriptor) -> bool:
+def is_repeated(fd: FieldDescriptor) -> bool:
     """``FieldDescriptor.label`` is gone in protobuf 7; ``is_repeated`` is missing before 5.x."""
     flag = getattr(fd, "is_repeated", None)
     if flag is not None:
@@ -205,7 +205,7 @@ class _Parser:
             if fd is None:
                 self.skip_unknown(tok, desc.full_name, path + (name,))
             else:
-                if not _is_repeated(fd):
+                if not is_repeated(fd):
                     if name in seen_singular:
                         raise self.error(tok, f"{desc.full_name} has field '{_short(name)}' more than once")
                     seen_singular[name] = tok
@@ -216,7 +216,7 @@ class _Parser:
 
     def parse_field(self, msg: Message, fd: FieldDescriptor, name_tok: Token, path: Path, counts: dict) -> None:
         name = fd.name
-        repeated = _is_repeated(fd)
+        repeated = is_repeated(fd)
         if fd.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
             self.accept(":")
             if self.accept("["):  # repeated message list: name: [ {..}, {..} ]
@@ -252,7 +252,7 @@ class _Parser:
         if open_tok.kind != "punct" or open_tok.text not in ("{", "<"):
             raise self.error(open_tok, f"expected '{{' to open field '{fd.name}', got {_short(open_tok.text)!r}")
         close = "}" if open_tok.text == "{" else ">"
-        if _is_repeated(fd):
+        if is_repeated(fd):
             index = counts.get(fd.name, 0)
             counts[fd.name] = index + 1
             sub = getattr(msg, fd.name).add()

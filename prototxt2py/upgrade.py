@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 
 from .errors import Location, UpgradeError
 from .proto import caffe_pb2
-from .textformat import SourceInfo
+from .textformat import SourceInfo, is_repeated
 
 STEP_V0_TO_V1 = "V0_to_V1"
 STEP_DATA_TRANSFORM = "data_transform_param"
@@ -387,7 +387,7 @@ def _warn_net_fields_lost(net: Message, ctx: _Context) -> None:
     for fd, value in net.ListFields():
         if fd.name in kept:
             continue
-        what = f"{len(value)} '{fd.name}' entries" if _is_repeated(fd) else f"field '{fd.name}'"
+        what = f"{len(value)} '{fd.name}' entries" if is_repeated(fd) else f"field '{fd.name}'"
         first = ctx.location((fd.name, 0)) if fd.name == "layer" else Location(ctx.file)
         ctx.warn(f"V0 upgrade drops {what} of the net, as Caffe does", first)
 
@@ -527,7 +527,7 @@ def _assign(target: Message, target_field: str, source_fd: FieldDescriptor, valu
             return False
     if fd.type == FieldDescriptor.TYPE_MESSAGE:
         getattr(target, target_field).CopyFrom(value)
-    elif _is_repeated(fd):
+    elif is_repeated(fd):
         getattr(target, target_field).append(value)
     else:
         setattr(target, target_field, value)
@@ -734,9 +734,3 @@ def _upgrade_batchnorm(net: Message) -> None:
                 spec.decay_mult = 0.0
 
 
-def _is_repeated(fd: FieldDescriptor) -> bool:
-    """``FieldDescriptor.label`` is gone in protobuf 7; ``is_repeated`` is missing before 5.x."""
-    flag = getattr(fd, "is_repeated", None)
-    if flag is not None:
-        return bool(flag)
-    return fd.label == FieldDescriptor.LABEL_REPEATED

@@ -179,3 +179,6 @@ def test_a_layer_named_input_keeps_its_location_beside_net_level_inputs(tmp_path
     code, _, err = run("summary", str(path))
     assert code == 1
     assert err == f"error: {path}{where}\n"
+    # inputs without shapes are dropped (no layer is made): the file's first layer keeps its line
+    path.write_text('name: "n"\ninput: "data"\nlayer {\n  name: "a"\n  type: "ReLU"\n  bottom: "nope"\n  top: "x"\n}\n')
+    assert f"error: {path}:3:7: layer 'a': bottom 'nope'" in run("summary", str(path))[2]

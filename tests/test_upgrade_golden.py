@@ -318,3 +318,17 @@ def test_upgrade_command_writes_caffes_bytes_and_exit_code(name: str, tmp_path: 
     result = CliRunner().invoke(main, ["upgrade", str(input_path(case)), str(out)])
     assert result.exit_code == case["exit_code"], result.output
     assert out.read_text() == (case["_dir"] / case["expected"]).read_text()
+
+
+def test_caffe_text_writes_numbers_and_strings_as_cpp_protobuf() -> None:
+    """protobuf C++'s FloatToBuffer (%.6g, else %.9g) and DoubleToBuffer (%.15g, else %.17g), and CEscape with
+    octal bytes: what Caffe's WriteProtoToTextFile gives for values the golden cases do not hold."""
+    from prototxt2py.upgrade_io import caffe_text
+
+    t = caffe_pb2.TransformationParameter(mean_value=[104.00698793, 123456.7, 1.0, -0.0, 1e10, float("inf"), 0.1])
+    assert caffe_text(t) == "".join(f"mean_value: {v}\n" for v in
+                                    ("104.006989", "123456.703", "1", "-0", "1e+10", "inf", "0.1"))
+    b = caffe_pb2.BlobProto(double_data=[16777217.0, 1 / 3, 0.1])
+    assert caffe_text(b) == "double_data: 16777217\ndouble_data: 0.33333333333333331\ndouble_data: 0.1\n"
+    layer = caffe_pb2.LayerParameter(name='a"\\\u00e9\n', type="X", phase=caffe_pb2.TEST)
+    assert caffe_text(layer) == 'name: "a\\"\\\\\\303\\251\\n"\ntype: "X"\nphase: TEST\n'

@@ -189,9 +189,14 @@ class Solver:
         self.test_nets: list[Any] = []
         self.test_feeders: list[Feeder] = []
         self._init_test_nets()
-        for w in p.weights:
-            for name in (s.strip() for s in w.split(",")):
-                self.load_weights(name)
+        files = [name.strip() for w in p.weights for name in w.split(",")]
+        missing: set[str] | None = None
+        for name in files:
+            report = self.load_weights(name, warn_missing=len(files) == 1)
+            missing = set(report.missing) if missing is None else missing & set(report.missing)
+        if len(files) > 1 and missing:  # left at their fillers by every file (as Caffe, the last file wins)
+            self.warn(f"layers without weights in any of {', '.join(files)} (left at their fillers): "
+                      + ", ".join(n.name for n in self.net.graph.nodes if n.name in missing))
         self.learnables = self._learnables()
         # Caffe reads the type only for a parameter with weight decay (LOG(FATAL) on an unknown one there)
         decays = any(f32(p.weight_decay) * f32(lp.decay_mult) for lp in self.learnables)
@@ -207,6 +212,7 @@ class Solver:
             raise SolverError(e.message, Location(self.file)) from None
         self.iter = 0
         self.current_step = 0
+        self.last_iter = p.max_iter  # where solve() stops (max_iter, or its ``until``)
         self.requested_early_exit = False
         self.trajectory: list[dict[str, Any]] = []  # per iteration: iter, loss, lr (and sub_losses)
         self.test_results: list[TestResult] = []
@@ -344,17 +350,21 @@ class Solver:
         return [Learnable(layer, i, tensor, lr if isinstance(tensor, torch.nn.Parameter) else 0.0, decay)
                 for (layer, i, tensor), (lr, _, decay, _) in zip(tensors, mults, strict=True)]
 
-    def load_weights(self, path: str | os.PathLike) -> None:
+    def load_weights(self, path: str | os.PathLike, warn_missing: bool = True) -> Any:
         """Caffe's ``CopyTrainedLayersFrom`` on the TRAIN net (TEST nets share its tensors; their own layers
-        get the weights too). Layers the file lacks, or named like an earlier layer, are warned about."""
+        get the weights too). Layers the file lacks (unless ``warn_missing`` is off: one of several files),
+        or named like an earlier layer, are warned about. Returns the TRAIN net's load report."""
         from ..weights import load_weights
 
         # binary or HDF5 (.caffemodel.h5), told apart by content as Caffe does
-        for line in load_weights(self.net, path).warnings():
-            self.warn(f"{path}: {line}")
+        report = load_weights(self.net, path)
+        for line in report.warnings():
+            if warn_missing or not line.startswith("layers without weights"):
+                self.warn(f"{path}: {line}")
         for net in self.test_nets:
             load_weights(net, path)
             net.clear_fold_cache()
+        return report
 
     # -- training loop ---------------------------------------------------------------------------------------
     def _requested_action(self) -> str:
@@ -441,7 +451,7 @@ class Solver:
                     entry["sub_losses"] = sub_losses
                 self.trajectory.append(entry)
             if self.on_iteration is not None and self.is_root:
-                self.on_iteration({**entry, "smoothed_loss": self.smoothed_loss, "max_iter": p.max_iter})
+                self.on_iteration({**entry, "smoothed_loss": self.smoothed_loss, "max_iter": self.last_iter})
             request = self._root_action()
             if (p.snapshot and self.iter % p.snapshot == 0 and self.is_root) or (request == SNAPSHOT and self.is_root):
                 self.snapshot()
@@ -506,7 +516,10 @@ class Solver:
 
     def learning_rate(self) -> float:
         """The rate of the next update (advances ``multistep``'s step like Caffe's ``GetLearningRate``)."""
-        rate, self.current_step = learning_rate(self.lr, self.iter, self.current_step)
+        rate, step = learning_rate(self.lr, self.iter, self.current_step)
+        if step != self.current_step and self.lr.lr_policy == "multistep":
+            self.log(f"MultiStep Status: Iteration {self.iter}, step = {step}")
+        self.current_step = step
         return rate
 
     def apply_update(self) -> float:
@@ -554,8 +567,9 @@ class Solver:
             for d in diffs:
                 d.mul_(scale)
 
-    def solve(self, resume: str | os.PathLike | None = None) -> None:
-        """Caffe's ``Solver::Solve``: optionally restore, train to ``max_iter``, final snapshot and test."""
+    def solve(self, resume: str | os.PathLike | None = None, until: int | None = None) -> None:
+        """Caffe's ``Solver::Solve``: optionally restore, train to ``max_iter`` (or to iteration ``until``, the
+        learning-rate policy still reading ``max_iter``), final snapshot and test."""
         p = self.param
         self.log(f"Solving {self.net.graph.name}")
         self.log(f"Learning Rate Policy: {p.lr_policy}")
@@ -564,7 +578,8 @@ class Solver:
             self.log(f"Restoring previous solver status from {resume}")
             self.restore(resume)
         start_iter = self.iter
-        self.step(p.max_iter - self.iter)
+        self.last_iter = p.max_iter if until is None else until
+        self.step(self.last_iter - self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0) and self.is_root:
             self.snapshot()
         if self.requested_early_exit:
@@ -697,6 +712,7 @@ class Solver:
             except WeightsError as e:
                 raise SolverError(f"its weights {state.learned_net} do not fit: {e}", file) from None
         with torch.no_grad():
+            self.log("SGDSolver: restoring history")
             for h, mine in zip(state.history, ours, strict=True):
                 mine.copy_(torch.from_numpy(h.reshape(tuple(mine.shape))))
         self.iter = state.iter
