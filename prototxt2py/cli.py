@@ -22,6 +22,7 @@ from .cli_deploy import deploy_option, net_source
 from .cli_deploy import register as register_deploy
 from .errors import Prototxt2pyError, UpgradeError, one_line
 from .fsutil import guarding_inputs
+from .netstate import stage_option
 
 EXIT_INPUT, EXIT_INTERNAL = 1, 3
 
@@ -114,7 +115,8 @@ def _parse_inputs(values: tuple[str, ...]) -> dict[str, list[int]]:
 
 def _state_options(fn: Callable) -> Callable:
     fn = click.option("--level", type=int, default=0, show_default=True, help="NetState level.")(fn)
-    fn = click.option("--stage", "stages", multiple=True, help="NetState stage (repeatable).")(fn)
+    fn = click.option("--stage", "stages", multiple=True, callback=stage_option,
+                      help="NetState stage (repeatable; a,b is two stages, as in Caffe).")(fn)
     return fn
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import click
 
+from .netstate import stage_option
+
 EFFECTS = ("stop", "snapshot", "none")
 
 
@@ -233,7 +235,8 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
     @click.option("--sighup-effect", type=click.Choice(EFFECTS), default="snapshot", show_default=True,
                   help="What SIGHUP does.")
     @click.option("--quiet", is_flag=True, help="No progress display (Caffe's log lines only).")
-    @click.option("--stage", "stages", multiple=True, help="TRAIN net NetState stage (repeatable).")
+    @click.option("--stage", "stages", multiple=True, callback=stage_option,
+                  help="TRAIN net NetState stage (repeatable; a,b is two stages, as in Caffe).")
     @click.option("--level", type=int, default=0, show_default=True, help="TRAIN net NetState level.")
     @click.option("--data-workers", type=int, default=None,
                   help="Loader processes per data layer (default: 2, or 0 for in-memory readers like HDF5Data).")
@@ -253,7 +256,8 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
                   help="Batches to average over.")
     @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TEST",
                   show_default=True)
-    @click.option("--stage", "stages", multiple=True, help="NetState stage (repeatable).")
+    @click.option("--stage", "stages", multiple=True, callback=stage_option,
+                  help="NetState stage (repeatable; a,b is two stages, as in Caffe).")
     @click.option("--level", type=int, default=0, show_default=True)
     @device_opt
     @user_errors

@@ -8,11 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import GraphError, Location
 
 TRAIN, TEST = 0, 1
 PHASES = {"TRAIN": TRAIN, "TEST": TEST}
+
+
+def stages_from_flags(values: Iterable[str]) -> tuple[str, ...]:
+    """``--stage`` values as Caffe's tools read them (``get_stages_from_flags``: each split at commas), so
+    ``--stage a,b`` is two stages as in ``caffe train --stage=a,b``; empty pieces are dropped."""
+    return tuple(s for v in values for s in v.split(",") if s)
+
+
+def stage_option(_ctx: Any, _param: Any, value: Iterable[str]) -> tuple[str, ...]:
+    """The CLI's ``--stage`` callback (click's signature): :func:`stages_from_flags`."""
+    return stages_from_flags(value)
 
 
 @dataclass

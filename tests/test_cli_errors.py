@@ -182,3 +182,32 @@ def test_a_layer_named_input_keeps_its_location_beside_net_level_inputs(tmp_path
     # inputs without shapes are dropped (no layer is made): the file's first layer keeps its line
     path.write_text('name: "n"\ninput: "data"\nlayer {\n  name: "a"\n  type: "ReLU"\n  bottom: "nope"\n  top: "x"\n}\n')
     assert f"error: {path}:3:7: layer 'a': bottom 'nope'" in run("summary", str(path))[2]
+
+
+def test_comma_separated_stages_are_several_as_in_caffe(tmp_path: Path) -> None:
+    """``caffe train --stage=a,b`` splits at commas (get_stages_from_flags); ``--stage a,b`` was one stage
+    named "a,b", silently dropping both layers."""
+    path = tmp_path / "net.prototxt"
+    path.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } }\n'
+                    'layer { name: "la" type: "ReLU" bottom: "x" top: "a" include { stage: "a" } }\n'
+                    'layer { name: "lb" type: "ReLU" bottom: "x" top: "b" include { stage: "b" } }\n')
+    outputs = {}
+    for flags in (["--stage", "a,b"], ["--stage", "a", "--stage", "b"], ["--stage", "a"]):
+        code, out, err = run("summary", str(path), "--json", *flags)
+        assert code == 0, err
+        outputs[" ".join(flags)] = list(json.loads(out)["blob_shapes"])
+    assert outputs == {"--stage a,b": ["x", "a", "b"], "--stage a --stage b": ["x", "a", "b"],
+                       "--stage a": ["x", "a"]}
+
+
+def test_loss_weights_are_one_per_top_or_none(tmp_path: Path) -> None:
+    """Caffe's Layer::SetLossWeights: CHECK_EQ(top.size(), loss_weight_size()) when any is given (a second
+    weight on a one-top layer was silently ignored)."""
+    path = tmp_path / "net.prototxt"
+    path.write_text('layer { name: "in" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } } }\n'
+                    'layer { name: "eu" type: "EuclideanLoss" bottom: "x" bottom: "y" top: "l"\n'
+                    "  loss_weight: 0.5 loss_weight: 2 }\n")
+    code, _, err = run("summary", str(path))
+    assert code == 1
+    assert err == (f"error: {path}:2:7: layer 'eu': loss_weight must be unspecified or given once per top: 2 for "
+                   "1 top(s)\n")

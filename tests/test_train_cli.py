@@ -54,7 +54,7 @@ def test_train_cli_logs_snapshots_and_learns(tmp_path: Path, monkeypatch: pytest
     # restarts the data at row 0, so compare only that training ran and wrote its snapshot at 40)
     code, out, err = _run("train", solver.name, "--snapshot", "snaps/tiny_iter_20.solverstate", "--quiet")
     assert code == 0, err
-    assert "Restoring previous solver status from snaps/tiny_iter_20.solverstate" in err
+    assert "Resuming from snaps/tiny_iter_20.solverstate\nSGDSolver: restoring history\nStarting Optimization\n" in err
     assert "Iteration 20, Testing net (#0)" in err and "Iteration 0, Testing net" not in err
 
     # test: scores of the trained net over its TEST data layer
@@ -75,6 +75,11 @@ def test_train_cli_logs_snapshots_and_learns(tmp_path: Path, monkeypatch: pytest
     assert code == 0 and f"warning: {lacking}" in err, err
     code, out, err = _run("train", solver.name, "--weights", "partial.caffemodel", "--iterations", "1", "--quiet")
     assert code == 0 and f"warning: partial.caffemodel: {lacking}" in err, err
+    # several files: a layer one of them lacks is not left at its fillers if another has it
+    code, out, err = _run("train", solver.name, "--weights", "snaps/tiny_iter_40.caffemodel,partial.caffemodel",
+                          "--iterations", "1", "--quiet")
+    assert code == 0 and "warning" not in err, err
+    assert "Finetuning from snaps/tiny_iter_40.caffemodel\nFinetuning from partial.caffemodel\n" in err
 
     # time: one forward and one backward line per layer, then the averages
     code, out, err = _run("time", "train_val.prototxt", "--iterations", "2")
@@ -94,6 +99,26 @@ def test_iterations_override_and_weights(tmp_path: Path, monkeypatch: pytest.Mon
     code, _, err = _run("train", solver.name, "--iterations", "2", "--weights", "snaps/tiny_iter_6.caffemodel",
                         "--quiet")
     assert code == 0, err
+    assert err.startswith("Finetuning from snaps/tiny_iter_6.caffemodel\n")
+    assert "Optimization Done.\nOptimization Done.\nlast snapshot: " in err  # Solve's, then caffe.cpp's
+
+
+def test_iterations_stop_early_without_changing_the_learning_rate_schedule(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--iterations`` stops training; poly's rate still decays over the solver's max_iter (100):
+    0.05 * (1 - it/100), not over the 3 iterations asked for. multistep logs Caffe's status line."""
+    solver = make_case(tmp_path, max_iter=100, display=1)
+    monkeypatch.chdir(tmp_path)
+    text = solver.read_text().replace('lr_policy: "fixed"', 'lr_policy: "poly"\npower: 1')
+    solver.write_text(text)
+    code, _, err = _run("train", solver.name, "--iterations", "3", "--quiet")
+    assert code == 0, err
+    assert [f"Iteration {i}, lr = {0.05 * (1 - i / 100):g}" for i in range(3)] == re.findall(
+        r"Iteration \d+, lr = [\d.e-]+", err)
+    solver.write_text(text.replace('lr_policy: "poly"\npower: 1', 'lr_policy: "multistep"\ngamma: 0.5\n'
+                                   "stepvalue: 1\nstepvalue: 2"))
+    code, _, err = _run("train", solver.name, "--iterations", "3", "--quiet")
+    assert "MultiStep Status: Iteration 1, step = 1\n" in err and "MultiStep Status: Iteration 2, step = 2\n" in err
 
 
 def _start(solver: Path, *extra: str) -> subprocess.Popen:

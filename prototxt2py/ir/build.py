@@ -100,7 +100,7 @@ def build_graph(
             inputs=inputs,
             outputs=outputs,
             location=loc,
-            loss_weights=_loss_weights(layer, spec, len(tops)),
+            loss_weights=_loss_weights(layer, spec, len(tops), loc, name),
             params=[_param_info(p) for p in layer.param],
             dropped=list(dropped[index]) if dropped and index < len(dropped) else [],
         )
@@ -152,8 +152,11 @@ def _check_counts(spec: LayerSpec, name: str, bottoms: list[str], tops: list[str
             raise GraphError(f"{spec.type or 'layer'} takes {want} {what}(s), got {got}", loc, layer=name)
 
 
-def _loss_weights(layer: Any, spec: LayerSpec, n_tops: int) -> list[float]:
+def _loss_weights(layer: Any, spec: LayerSpec, n_tops: int, loc: Location, name: str) -> list[float]:
     weights = list(layer.loss_weight)
+    if weights and len(weights) != n_tops:  # Caffe's Layer::SetLossWeights CHECK_EQ
+        raise GraphError(f"loss_weight must be unspecified or given once per top: {len(weights)} for {n_tops} "
+                         f"top(s)", loc, layer=name)
     if not weights and spec.is_loss and n_tops:
         weights = [1.0]
     return weights + [0.0] * (n_tops - len(weights))
