@@ -172,7 +172,11 @@ def test_command(net: str, weights: str | None, iterations: int, phase: str, sta
     from .reader import read_net
     from .train.solver import build_fed_net, forward_for_loss
 
-    module, feeder = build_fed_net(read_net(net), phase.upper(), stages, level, 0, 1, torch.device(device))
+    module, feeder = build_fed_net(read_net(net), phase.upper(), stages, level, 0, 1, torch.device(device),
+                                   hold_inputs=True)
+    if feeder.held:  # caffe test runs such a net too, on the zeros its Input blobs start with
+        click.echo(f"warning: Input blobs {', '.join(feeder.held)} hold zeros (no data layer fills them), as in "
+                   "caffe test", err=True)
     if weights:
         from .weights import load_weights
 
@@ -187,7 +191,7 @@ def test_command(net: str, weights: str | None, iterations: int, phase: str, sta
     loss = f32(0)
     for i in range(iterations):
         with torch.no_grad():
-            blobs = forward_for_loss(module, {k: v.to(device) for k, v in feeder.next().items()})
+            blobs = forward_for_loss(module, {k: v.to(device) for k, v in feeder.next_pass().items()})
             loss = f32(loss + f32(module.loss(blobs).item()))
         flat = [(n, f32(x)) for n in module.output_names for x in blobs[n].detach().cpu().numpy().ravel()]
         for n, x in flat:

@@ -88,6 +88,18 @@ def test_train_cli_logs_snapshots_and_learns(tmp_path: Path, monkeypatch: pytest
         assert re.search(rf"^\s*{layer}\tforward: [\d.e-]+ ms\.$", out, re.M), out
         assert re.search(rf"^\s*{layer}\tbackward: [\d.e-]+ ms\.$", out, re.M), out
     assert "Average Forward-Backward:" in out
+    # a deploy net: no loss reaches any layer, yet caffe time runs (and times) every layer's backward
+    (tmp_path / "deploy.prototxt").write_text(
+        'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 dim: 8 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 3 } }\n'
+        'layer { name: "prob" type: "Softmax" bottom: "y" top: "p" }\n')
+    code, out, err = _run("test", "deploy.prototxt", "--iterations", "1")  # caffe test scores it on zeros
+    assert code == 0 and "warning: Input blobs x hold zeros" in err, err
+    assert re.findall(r"^p = ([\d.]+)$", out, re.M) == ["0.333333"] * 12  # softmax of zero scores, 4 x 3
+    code, out, err = _run("time", "deploy.prototxt", "--iterations", "2")
+    assert code == 0, err
+    for layer in ("ip", "prob"):
+        assert float(re.search(rf"^\s*{layer}\tbackward: ([\d.e-]+) ms\.$", out, re.M).group(1)) > 0, out
 
 
 def test_iterations_override_and_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

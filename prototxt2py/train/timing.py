@@ -2,7 +2,9 @@
 
 Each layer runs on detached copies of its bottoms, so its backward is one autograd call that can be timed
 alone; the bottoms' gradients are then summed into the gradients of the blobs they came from, as Caffe's
-backward pass does layer by layer. Loss tops start with their loss weight as gradient. Data layers' forward
+backward pass does layer by layer. Loss tops start with their loss weight as gradient; every layer's backward
+is timed, as ``caffe time`` calls each layer's ``Backward`` whether a loss reaches it or not (tops no loss
+reaches get zero gradients), so a deploy net shows its backward cost too. Data layers' forward
 time is the reader's (one batch); ``Input`` blobs are zeros of their declared shapes, as in Caffe.
 """
 
@@ -87,7 +89,9 @@ def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cp
         for i in range(len(steps) - 1, -1, -1):
             step, node = steps[i]
             kind, key, ins, outs = step.kind, step.key, step.inputs, step.outputs
-            pairs = [(env[v], grads[v]) for v in outs if v in grads and env[v].requires_grad]
+            # every layer's backward runs, as in caffe time (a deploy net's too): tops no loss reaches get zeros
+            pairs = [(env[v], grads[v] if v in grads else torch.zeros_like(env[v])) for v in outs
+                     if isinstance(env.get(v), torch.Tensor) and env[v].requires_grad]
             if kind == INPUT or not pairs:
                 continue
             _sync(dev)
