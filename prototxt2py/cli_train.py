@@ -8,6 +8,7 @@ prints, tests and snapshots.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import signal
 import sys
@@ -116,13 +117,25 @@ def _process_group(device: str) -> Iterator[tuple[int, int, str]]:
             dist.destroy_process_group()
 
 
-def _echo(rank: int, prefix: str = "") -> Callable[[str], None]:
-    return (lambda line: click.echo(prefix + line, err=True)) if rank == 0 else (lambda line: None)
+def _echo(rank: int, prefix: str = "", glog: bool = False) -> Callable[[str], None]:
+    """Log lines to stderr on rank 0; ``glog``: with glog's prefix (``I1207 01:23:45.678901  4242 solver.cpp:0]``,
+    ``W`` for warnings), which Caffe's ``tools/extra/parse_log.py`` and ``plot_training_log.py`` read."""
+    if rank != 0:
+        return lambda line: None
+    if not glog:
+        return lambda line: click.echo(prefix + line, err=True)
+    severity = "W" if prefix.startswith("warning") else "I"
+
+    def echo(line: str) -> None:
+        now = datetime.datetime.now()
+        click.echo(f"{severity}{now:%m%d %H:%M:%S.%f} {os.getpid():5d} solver.cpp:0] {prefix}{line}", err=True)
+
+    return echo
 
 
 def train_command(solver: str, weights: str | None, snapshot: str | None, iterations: int | None,
                   sigint_effect: str, sighup_effect: str, device: str, quiet: bool, stages: tuple[str, ...] = (),
-                  level: int = 0, data_workers: int | None = None) -> None:
+                  level: int = 0, data_workers: int | None = None, glog: bool = False) -> None:
     """``caffe train``: solve, optionally fine-tuning from weights or resuming from a snapshot."""
     from .train import get_solver, read_solver_param
     from .train.errors import SolverError
@@ -130,18 +143,18 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
     if weights and snapshot:
         raise SolverError("give --snapshot to resume training or --weights to fine-tune, not both")
     with _process_group(device) as (rank, world, device):
-        param = read_solver_param(solver, warn=_echo(rank, "warning: "))
+        param = read_solver_param(solver, warn=_echo(rank, "warning: ", glog))
         param.train_state.level = level
         param.train_state.stage.extend(stages)
         if snapshot or weights:  # as Caffe's train: the snapshot's weights, or --weights, replace the solver's list
             del param.weights[:]
         if weights:
             param.weights.append(weights)
-        log = _echo(rank)
+        log = _echo(rank, glog=glog)
         for name in (n.strip() for w in param.weights for n in w.split(",")):
             log(f"Finetuning from {name}")
         s = get_solver(param, rank=rank, world=world, device=device, data_workers=data_workers,
-                       warn=_echo(rank, "warning: "), file=solver)
+                       warn=_echo(rank, "warning: ", glog), file=solver)
         s.log = log
         batch = next(iter(s.feeder.shapes().values()), [1])[0]
         progress = _Progress(batch * param.iter_size * world, param.display or 20) if rank == 0 and not quiet else None
@@ -239,6 +252,8 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
     @click.option("--sighup-effect", type=click.Choice(EFFECTS), default="snapshot", show_default=True,
                   help="What SIGHUP does.")
     @click.option("--quiet", is_flag=True, help="No progress display (Caffe's log lines only).")
+    @click.option("--glog", is_flag=True,
+                  help="Prefix log lines as Caffe's glog does (for tools/extra/parse_log.py, plot_training_log.py).")
     @click.option("--stage", "stages", multiple=True, callback=stage_option,
                   help="TRAIN net NetState stage (repeatable; a,b is two stages, as in Caffe).")
     @click.option("--level", type=int, default=0, show_default=True, help="TRAIN net NetState level.")
@@ -246,11 +261,11 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
                   help="Loader processes per data layer (default: 2, or 0 for in-memory readers like HDF5Data).")
     @device_opt
     @user_errors
-    def train(solver, weights, snapshot, iterations, sigint_effect, sighup_effect, quiet, stages, level,
+    def train(solver, weights, snapshot, iterations, sigint_effect, sighup_effect, quiet, glog, stages, level,
               data_workers, device) -> None:
         """Train with Caffe's solver rules (as `caffe train --solver=SOLVER`); works under torchrun."""
         train_command(solver, weights, snapshot, iterations, sigint_effect, sighup_effect, device, quiet, stages,
-                      level, data_workers)
+                      level, data_workers, glog)
 
     @main.command("test")
     @click.argument("net", type=click.Path())

@@ -115,6 +115,21 @@ def test_iterations_override_and_weights(tmp_path: Path, monkeypatch: pytest.Mon
     assert "Optimization Done.\nOptimization Done.\nlast snapshot: " in err  # Solve's, then caffe.cpp's
 
 
+def test_glog_prefixes_every_line_as_caffes_log_parsers_expect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--glog``: Caffe's tools/extra/parse_log.py splits each line into ``I<MMDD>``, ``HH:MM:SS.micro`` and reads
+    the message after ``]``; a solver's whole log has that form (warnings with ``W``)."""
+    solver = make_case(tmp_path, max_iter=2, display=1)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run("train", solver.name, "--glog", "--quiet")
+    assert code == 0, err
+    lines = err.splitlines()
+    glog = re.compile(r"^[IW](\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d{6}) +\d+ solver\.cpp:0\] (.*)$")
+    assert all(glog.match(line) for line in lines), [line for line in lines if not glog.match(line)]
+    messages = [glog.match(line).group(7) for line in lines]
+    assert "Starting Optimization" in messages and messages[-3:-1] == ["Optimization Done."] * 2
+    assert any(m.startswith("Solving ") for m in messages) and any(m.startswith("Iteration 1, lr = ") for m in messages)
+
+
 def test_iterations_stop_early_without_changing_the_learning_rate_schedule(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """``--iterations`` stops training; poly's rate still decays over the solver's max_iter (100):
