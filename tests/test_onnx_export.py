@@ -583,7 +583,7 @@ DETECTION_CASES = {
     "no_threshold": (1, True, "CENTER_SIZE", 100, None, 0.45, 1.0, 40, 0, False),
     "keep_top_k_per_image": (3, True, "CENTER_SIZE", 7, 0.05, 0.3, 1.0, None, 0, False),
     "eta_without_effect": (2, True, "CENTER_SIZE", 20, 0.1, 0.5, 0.8, 30, 0, False),
-    "no_background": (1, True, "CENTER_SIZE", 25, 0.15, 0.45, 1.0, 30, -1, False),
+    "no_background": (1, False, "CENTER_SIZE", 25, 0.15, 0.45, 1.0, 30, -1, False),  # shared boxes: fatal in SSD
     "background_2_encoded": (2, False, "CENTER_SIZE", 40, 0.1, 0.6, 1.0, 25, 2, True),
     "nothing_detected": (2, True, "CENTER_SIZE", 10, 0.99, 0.45, 1.0, 10, 0, False),
     "keep_top_k_0": (2, False, "CENTER_SIZE", 0, 0.1, 0.45, 1.0, 20, 0, False),

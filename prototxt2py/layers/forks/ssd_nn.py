@@ -201,7 +201,9 @@ class DetectionOutput(nn.Module):
         k = scores.shape[1] if self.top_k < 0 else min(self.top_k, scores.shape[1])
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
         # float score > float threshold, as the C++ compares (0.3 rounds up in float32: 0.3f > 0.3f is false)
-        valid = scores.gather(1, order).float() > torch.tensor(threshold_min, dtype=torch.float32)
+        valid = scores.gather(1, order).float() > torch.tensor(
+            threshold_min, dtype=torch.float32
+        )
         cand = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
         overlap = _ssd_jaccard(cand)  # (C, K, K)
         keep = torch.zeros_like(valid)
