@@ -72,3 +72,15 @@ def test_every_corpus_net_draws_to_dot(tmp_path: Path) -> None:
         res = CliRunner().invoke(main, ["draw", str(CORPUS / r["file"]), str(out)])
         assert res.exit_code == 0, (r["file"], res.output)
         assert out.read_text().startswith("digraph")
+
+
+@needs_dot
+@pytest.mark.parametrize(("ext", "head"), [(".eps", b"%!PS-Adobe"), (".raw", b"digraph"), (".json", b"{"),
+                                           (".xdot", b"digraph")])
+def test_formats_dot_renders_as_draw_net_passes_them(ext: str, head: bytes, tmp_path: Path) -> None:
+    """Caffe's draw_net.py hands the extension to dot (``.raw``: the DOT text, as its docstring suggests)."""
+    out = tmp_path / f"net{ext}"
+    r = CliRunner().invoke(main, ["draw", str(Path(__file__).parents[1] / "fixtures/alexnet/deploy.prototxt"),
+                                  str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes().lstrip().startswith(head)

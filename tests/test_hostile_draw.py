@@ -91,8 +91,11 @@ def test_same_name_and_type_with_different_parameters(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["draw", str(net), str(out)])
     assert r.exit_code == 0, r.stderr
     canon = dot_canon(out.read_text())
-    # Caffe's pydot graph: the layer node keeps the last label; edges made before point at the first label,
-    # which Graphviz draws as a plain node.
-    assert canon.count("kernel size: 3") == 1 and canon.count("kernel size: 1") == 1
-    first = [line for line in canon.splitlines() if "kernel size: 1" in line][0]
-    assert "fillcolor" not in first
+    # Caffe's draw.py keeps edges by node key ("a_Convolution") and looks the nodes up after the loop: one node,
+    # the last definition's label, with the edges of both layers (no node for the first label)
+    assert canon.count("kernel size: 3") == 1 and "kernel size: 1" not in canon
+    diagram = build_diagram(read_net_text(text).net, "LR")
+    (conv,) = [n.id for n in diagram.nodes.values() if "kernel size" in n.id]
+    assert "kernel size: 3" in conv
+    assert [(src, dst) for src, dst, _ in diagram.edges if conv in (src, dst)] == [
+        ("data", conv), (conv, "y"), ("y", conv), (conv, "z")]

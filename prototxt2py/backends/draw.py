@@ -29,8 +29,11 @@ NEURON_COLOR = "#90EE90"
 BLOB_COLOR = "#E0E0E0"
 LAYER_COLORS = {"Convolution": "#FF5050", "Deconvolution": "#FF5050", "Pooling": "#FF9900", "InnerProduct": "#CC33FF"}
 RANKDIRS = ("LR", "TB", "BT", "RL")
-FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf", ".jpg": "jpg", ".jpeg": "jpg", ".gif": "gif",
-           ".ps": "ps", ".dot": None, ".gv": None}
+#: Output extensions -> Graphviz formats (None: the DOT text; ``.raw`` is what Caffe's draw.py suggests for it).
+#: Caffe's draw_net.py hands any extension to dot; these are the ones dot renders.
+FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf", ".jpg": "jpg", ".jpeg": "jpg", ".jpe": "jpe", ".gif": "gif",
+           ".ps": "ps", ".eps": "eps", ".bmp": "bmp", ".webp": "webp", ".svgz": "svgz", ".json": "json",
+           ".xdot": "xdot", ".plain": "plain", ".canon": "canon", ".dot": None, ".gv": None, ".raw": None}
 
 
 @dataclass
@@ -60,13 +63,6 @@ class Diagram:
             label = _record_escape(node.id) if node.attrs.get("shape") == "record" else node.id
             g.node(ids[node.id], label=graphviz.nohtml(label), **node.attrs)
         for src, dst, label in self.edges:
-            for end in (src, dst):
-                if end not in ids:
-                    # A layer redefined under the same name and type (different parameters) replaced its node;
-                    # Caffe's pydot graph still has edges to the old label, which Graphviz draws as a plain
-                    # node: the same here.
-                    ids[end] = f"n{len(ids)}"
-                    g.node(ids[end], label=graphviz.nohtml(end))
             if label:
                 g.edge(ids[src], ids[dst], label=graphviz.nohtml(label))
             else:
@@ -207,8 +203,8 @@ def build_diagram(
     phase_num = None if phase in (None, "ALL") else PHASES[phase]
     sep = " " if rankdir in ("TB", "BT") else "\\n"
     d = Diagram(net.name or "Net", rankdir)
-    layer_ids: dict[str, str] = {}
-    producer: dict[str, str] = {}  # for no_blobs: blob -> id of the layer that last wrote it
+    producer: dict[str, str] = {}  # for no_blobs: blob -> key of the layer that last wrote it
+    edges: list[tuple[str, str, str]] = []  # by node key, as Caffe's pydot_edges
     for index, layer in enumerate(net.layer):
         if not _included(layer, phase_num, state):
             continue
@@ -219,24 +215,26 @@ def build_diagram(
         key = f"{layer.name}_{layer.type}"
         in_place = len(layer.bottom) == 1 and len(layer.top) == 1 and layer.bottom[0] == layer.top[0]
         color = NEURON_COLOR if in_place else LAYER_COLORS.get(layer.type, LAYER_COLOR_DEFAULT)
-        layer_ids[key] = label
         d.nodes[key] = DiagramNode(label, "layer", {"shape": "record", "fillcolor": color, "style": "filled"})
         if no_blobs:
             for b in layer.bottom:
                 if b in producer and not in_place:
-                    d.edges.append((producer[b], label, ""))
+                    edges.append((producer[b], key, ""))
             for t in layer.top:
                 if not in_place:
-                    producer[t] = label
+                    producer[t] = key
             continue
         for b in layer.bottom:
             # Like Caffe's dict of pydot nodes: the first mention fixes the position, the last the style.
             d.nodes[f"{b}_blob"] = DiagramNode(_blob_id(b, shapes, sep), "blob",
                                                {"shape": "octagon", "fillcolor": BLOB_COLOR, "style": "filled"})
-            d.edges.append((_blob_id(b, shapes, sep), label, ""))
+            edges.append((f"{b}_blob", key, ""))
         for t in layer.top:
             d.nodes[f"{t}_blob"] = DiagramNode(_blob_id(t, shapes, sep), "blob", {})
-            d.edges.append((label, _blob_id(t, shapes, sep), (edge_label(layer) or plugin_edge) if label_edges else ""))
+            edges.append((key, f"{t}_blob", (edge_label(layer) or plugin_edge) if label_edges else ""))
+    # Caffe keeps edges by node key and looks the nodes up at the end: a layer redefined under the same name and
+    # type (other parameters) is one node, the last definition, with every edge of both
+    d.edges = [(d.nodes[src].id, d.nodes[dst].id, text) for src, dst, text in edges]
     return d
 
 
