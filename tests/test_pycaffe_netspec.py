@@ -140,3 +140,12 @@ def test_draw_net_signatures(tmp_path: Path) -> None:
     png = pytest.importorskip("shutil").which("dot")
     if png:
         assert caffe.draw.draw_net(net, "LR").startswith(b"\x89PNG")
+    # draw.py's helpers: a quoted label (for pydot), ValueErrors from get_layer_lr_mult
+    conv = net.layer[1]
+    assert caffe.draw.get_layer_label(conv, "TB") == '"conv1 (Convolution) kernel size: 5 stride: 1 pad: 0"'
+    assert caffe.draw.get_layer_lr_mult(conv) == (1.0, 2.0)
+    with pytest.raises(ValueError, match="Pooling layers do not have a learning rate multiplier"):
+        caffe.draw.get_layer_lr_mult(net.layer[2])
+    conv.param.add(lr_mult=3)
+    with pytest.raises(ValueError, match="Could not parse the learning rate multiplier"):
+        caffe.draw.get_layer_label(conv, "LR", display_lrm=True)
