@@ -68,9 +68,11 @@ class LoadReport:
     #: the tensors the file's values were written into (so a deferred build knows what still needs filling)
     written: list[torch.Tensor] = field(default_factory=list, repr=False)
 
-    def warnings(self) -> list[str]:
+    def warnings(self, missing: bool = True) -> list[str]:
+        """One line per kind of mismatch; ``missing``: include the layers the file lacks (off for one of several
+        files loaded in turn, whose gaps the others may fill)."""
         out = []
-        if self.missing:
+        if self.missing and missing:
             out.append("layers without weights in the file (left at their fillers): " + ", ".join(self.missing))
         if self.extra:
             out.append("layers in the weights file that the net does not have (ignored): " + ", ".join(self.extra))

@@ -29,6 +29,8 @@ NEURON_COLOR = "#90EE90"
 BLOB_COLOR = "#E0E0E0"
 LAYER_COLORS = {"Convolution": "#FF5050", "Deconvolution": "#FF5050", "Pooling": "#FF9900", "InnerProduct": "#CC33FF"}
 RANKDIRS = ("LR", "TB", "BT", "RL")
+#: Types whose label can show lr_mult (draw.py's ``get_layer_lr_mult`` knows no others)
+LR_MULT_TYPES = ("Convolution", "Deconvolution", "InnerProduct")
 #: Output extensions -> Graphviz formats (None: the DOT text; ``.raw`` is what Caffe's draw.py suggests for it).
 #: Caffe's draw_net.py hands any extension to dot; these are the ones dot renders.
 FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf", ".jpg": "jpg", ".jpeg": "jpg", ".jpe": "jpe", ".gif": "gif",
@@ -122,7 +124,7 @@ def layer_label(layer: Any, rankdir: str, display_lrm: bool = False, extra: list
             s = c.stride[0] if len(c.stride) else 1
             pad = c.pad[0] if len(c.pad) else 0
         parts.append(sep.join([f"kernel size: {k}", f"stride: {s}", f"pad: {pad}"]))
-    if display_lrm and layer.type in ("Convolution", "Deconvolution", "InnerProduct"):
+    if display_lrm and layer.type in LR_MULT_TYPES:
         if len(layer.param) > 2:
             raise Prototxt2pyError(f"layer '{layer.name}' has {len(layer.param)} param specs; cannot show lr_mult")
         a, b = _lr_mults(layer)

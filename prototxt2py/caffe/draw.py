@@ -35,7 +35,7 @@ def get_edge_label(layer: Any) -> str:
 def get_layer_lr_mult(layer: Any) -> tuple[float, float]:
     """The (weights, bias) lr_mult of a Convolution/Deconvolution/InnerProduct layer (1.0 by default); a
     ``ValueError`` for other types or more than two param specs, as pycaffe raises."""
-    if layer.type not in ("Convolution", "Deconvolution", "InnerProduct"):
+    if layer.type not in _draw.LR_MULT_TYPES:
         raise ValueError(f"{layer.type} layers do not have a learning rate multiplier")
     if len(layer.param) > 2:
         raise ValueError("Could not parse the learning rate multiplier")
@@ -45,7 +45,7 @@ def get_layer_lr_mult(layer: Any) -> tuple[float, float]:
 def get_layer_label(layer: Any, rankdir: str, display_lrm: bool = False) -> str:
     """A layer node's label: name, (type), kernel/stride/pad, optionally lr mults; in double quotes, as pycaffe
     returns it (for pydot)."""
-    if display_lrm and layer.type in ("Convolution", "Deconvolution", "InnerProduct"):
+    if display_lrm and layer.type in _draw.LR_MULT_TYPES:
         get_layer_lr_mult(layer)  # pycaffe's ValueError for more than two param specs
     return f'"{_draw.layer_label(layer, rankdir, display_lrm)}"'
 

@@ -24,6 +24,7 @@ What runs is Caffe's ``Solver::Step``/``Solve``/``Test`` and ``SGDSolver::ApplyU
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -323,7 +324,7 @@ class Solver:
         ``lr_mult``/``decay_mult`` is the first one set by any of the layers using it (1 if none is), and two set
         values must agree."""
         owned: dict[tuple[str, int], int] = {}
-        mults: list[list[Any]] = []  # [lr_mult, lr set, decay_mult, decay set] per learnable
+        specs: list[ParamInfo] = []  # per learnable: its multipliers, and whether a layer has set them
         tensors: list[tuple[str, int, torch.Tensor]] = []
         graph = self.net.graph
         for (node, module), unique in zip(self.net.node_layers(), graph.unique_names(), strict=True):
@@ -334,21 +335,23 @@ class Solver:
             for i, name in enumerate(blob_names):
                 info = node.params[i] if i < len(node.params) else ParamInfo()
                 if info.owner is None:
-                    owned[(unique, i)] = len(mults)
-                    mults.append([float(info.lr_mult), info.lr_mult_set, float(info.decay_mult), info.decay_mult_set])
+                    owned[(unique, i)] = len(specs)
+                    specs.append(dataclasses.replace(info))
                     tensors.append((node.name, i, getattr(module, name)))
                     continue
-                m = mults[owned[info.owner]]
-                for k, (value, is_set, what) in enumerate(((info.lr_mult, info.lr_mult_set, "lr_mult"),
-                                                           (info.decay_mult, info.decay_mult_set, "decay_mult"))):
-                    if not is_set:
+                spec = specs[owned[info.owner]]
+                for what in ("lr_mult", "decay_mult"):
+                    if not getattr(info, f"{what}_set"):
                         continue
-                    if m[2 * k + 1] and float(m[2 * k]) != float(value):
-                        raise SolverError(f"Shared param '{info.name}' has mismatched {what} ({m[2 * k]:g} where it "
-                                          f"is first set, {value:g} here)", node.location, layer=node.name)
-                    m[2 * k], m[2 * k + 1] = float(value), True
-        return [Learnable(layer, i, tensor, lr if isinstance(tensor, torch.nn.Parameter) else 0.0, decay)
-                for (layer, i, tensor), (lr, _, decay, _) in zip(tensors, mults, strict=True)]
+                    first, value = float(getattr(spec, what)), float(getattr(info, what))
+                    if getattr(spec, f"{what}_set") and first != value:
+                        raise SolverError(f"Shared param '{info.name}' has mismatched {what} ({first:g} where it is "
+                                          f"first set, {value:g} here)", node.location, layer=node.name)
+                    setattr(spec, what, value)
+                    setattr(spec, f"{what}_set", True)
+        return [Learnable(layer, i, tensor, float(spec.lr_mult) if isinstance(tensor, torch.nn.Parameter) else 0.0,
+                          float(spec.decay_mult))
+                for (layer, i, tensor), spec in zip(tensors, specs, strict=True)]
 
     def load_weights(self, path: str | os.PathLike, warn_missing: bool = True) -> Any:
         """Caffe's ``CopyTrainedLayersFrom`` on the TRAIN net (TEST nets share its tensors; their own layers
@@ -358,9 +361,8 @@ class Solver:
 
         # binary or HDF5 (.caffemodel.h5), told apart by content as Caffe does
         report = load_weights(self.net, path)
-        for line in report.warnings():
-            if warn_missing or not line.startswith("layers without weights"):
-                self.warn(f"{path}: {line}")
+        for line in report.warnings(missing=warn_missing):
+            self.warn(f"{path}: {line}")
         for net in self.test_nets:
             load_weights(net, path)
             net.clear_fold_cache()
