@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import prototxt2py
+from prototxt2py.errors import ShapeError
 from prototxt2py.train import SolverError, get_solver
 
 NET = """name: "share"
@@ -68,10 +70,24 @@ def test_mismatched_shared_multipliers_are_refused(tmp_path: Path, first: str, s
         get_solver(solver(tmp_path, first, second))
 
 
-def test_more_param_blocks_than_blobs_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(SolverError, match="layer 'ip1': Too many params specified for layer ip1: 3 param {} blocks "
-                                          "for 2 blobs"):
+TOO_MANY = r"net.prototxt:5:7: layer 'ip1': Too many params specified for layer ip1: 3 param \{\} blocks for 2 blobs"
+
+
+def test_more_param_blocks_than_blobs_are_refused_in_training(tmp_path: Path) -> None:
+    with pytest.raises(ShapeError, match=TOO_MANY):
         get_solver(solver(tmp_path, "param { } param { } param { }", ""))
+
+
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+def test_more_param_blocks_than_blobs_are_refused_in_any_phase(tmp_path: Path, phase: str) -> None:
+    """``Net::Init`` checks the count for every net it builds, deploy nets included (the layer's blob count:
+    InnerProduct with ``bias_term: false`` has one)."""
+    solver(tmp_path, "param { } param { }", "")
+    net = tmp_path / "net.prototxt"
+    prototxt2py.graph(net, phase=phase)  # two blocks for two blobs
+    net.write_text(net.read_text().replace("num_output: 3 weight", "num_output: 3 bias_term: false weight", 1))
+    with pytest.raises(ShapeError, match=TOO_MANY.replace("3 param", "2 param").replace("2 blobs", "1 blob")):
+        prototxt2py.graph(net, phase=phase)
 
 
 @pytest.mark.parametrize(("extra", "message"), [

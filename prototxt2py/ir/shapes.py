@@ -41,6 +41,7 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -> Non
             else:
                 out_shapes = node.spec.infer_shapes(node, in_shapes)
             node.param_shapes = [tuple(s) for s in node.spec.param_shapes(node, in_shapes)]
+            _check_param_count(node)
         except Unknowable as e:
             node.shape_note = str(e)
             known = e.shapes if e.shapes is not None and len(e.shapes) == len(node.outputs) else []
@@ -88,6 +89,15 @@ def _input_override(node: Node, overrides: Mapping[str, Shape]) -> list[Shape | 
     except Unknowable as e:
         default = e.shapes if e.shapes is not None and len(e.shapes) == len(node.tops) else [None] * len(node.tops)
     return [overrides.get(t, default[i]) for i, t in enumerate(node.tops)]
+
+
+def _check_param_count(node: Node) -> None:
+    """Caffe's ``Net::Init`` (``AppendParam``'s caller) refuses more ``param {}`` blocks than the layer has
+    blobs, in any phase: the extra blocks would name nothing to learn or share."""
+    blobs = len(node.param_shapes)
+    if len(node.params) > blobs:
+        raise ShapeError(f"Too many params specified for layer {node.name}: {len(node.params)} param {{}} blocks "
+                         f"for {blobs} blob{'' if blobs == 1 else 's'}", node.location, layer=node.name)
 
 
 def _check_shared_shapes(node: Node, by_name: Mapping[str, Node]) -> None:

@@ -329,9 +329,6 @@ class Solver:
         graph = self.net.graph
         for (node, module), unique in zip(self.net.node_layers(), graph.unique_names(), strict=True):
             blob_names = getattr(module, "blob_names", ())
-            if len(node.params) > len(blob_names):
-                raise SolverError(f"Too many params specified for layer {node.name}: {len(node.params)} param {{}} "
-                                  f"blocks for {len(blob_names)} blobs", node.location, layer=node.name)
             for i, name in enumerate(blob_names):
                 info = node.params[i] if i < len(node.params) else ParamInfo()
                 if info.owner is None:
