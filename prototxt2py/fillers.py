@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from .lazy_numpy import np
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -121,3 +121,42 @@ def test_probe_blames_code_outside_the_families() -> None:
     probe = json.loads(proc.stderr.splitlines()[-1].split(" ", 1)[1])
     assert probe["loaded"]
     assert any(site["family"] is None and site["at"].startswith("prototxt2py/") for site in probe["sites"])
+
+
+NUMPY_FREE = {
+    "summary": ["summary", ALEXNET],
+    "layers": ["layers"],
+    "draw": ["draw", ALEXNET, "{out}/alexnet.dot"],
+}
+NUMPY_PROBE = """
+import contextlib, io, sys
+sys.argv = ["prototxt2py", *sys.argv[1:]]
+from prototxt2py.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        main()
+    except SystemExit as e:
+        assert not e.code, e.code
+print(sorted(m for m in ("numpy", "torch") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("command", sorted(NUMPY_FREE))
+def test_command_does_not_import_numpy(command: str, tmp_path: Path) -> None:
+    """numpy costs 60-100 ms of start-up; specs and fillers import it on first use (``lazy_numpy``), so commands
+    that touch no array never load it."""
+    argv = [a.format(out=tmp_path) for a in NUMPY_FREE[command]]
+    proc = subprocess.run([sys.executable, "-c", NUMPY_PROBE, *argv], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_lazy_numpy_is_numpy() -> None:
+    import numpy
+
+    from prototxt2py.lazy_numpy import np
+
+    assert np.float32 is numpy.float32 and np.finfo is numpy.finfo
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        np.no_such_thing  # noqa: B018

@@ -13,10 +13,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from .. import limits
 from ..errors import ShapeError
+from ..lazy_numpy import np
 from ..plain import Filler, filler
 from .base import LayerSpec, call, canonical_axis, count, register
 

@@ -22,8 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from ..lazy_numpy import np
 from ..plain import Filler
 from .base import Call, LayerSpec, PostOp, Shape, call, register
 

@@ -23,8 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from ..lazy_numpy import np
 from ..plain import Filler
 from .base import Call, ChannelAffine, LayerSpec, Shape, call, canonical_axis, count, register
 

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from ..lazy_numpy import np
 from .base import canonical_axis, count
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ir import Node
 
 #: Caffe's clamp of SoftmaxWithLoss probabilities (``FLT_MIN``) and of Infogain/MultinomialLogistic (1e-20).
-FLT_MIN = float(np.finfo(np.float32).tiny)
+FLT_MIN = 1.1754943508222875e-38  # float(np.finfo(np.float32).tiny)
 LOG_THRESHOLD = 1e-20
 
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from ..lazy_numpy import np
 from .base import count
 
 if TYPE_CHECKING:  # pragma: no cover

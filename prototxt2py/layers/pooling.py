@@ -32,16 +32,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from .. import limits
+from ..lazy_numpy import np
 from ..plain import plain
 from .base import Call, LayerSpec, Shape, call, count, register
 
 MAX, AVE, STOCHASTIC = "MAX", "AVE", "STOCHASTIC"
 
 #: Caffe initialises MAX outputs to -FLT_MAX, so a window with nothing above it yields -FLT_MAX, not -inf.
-_FLT_MAX = float(np.finfo(np.float32).max)
+_FLT_MAX = 3.4028234663852886e38  # float(np.finfo(np.float32).max)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..fillers import fill_array
+from ..lazy_numpy import np
 from ..plain import Filler, filler
 from .base import Call, LayerSpec, Shape, call, canonical_axis, count, register
 from .normalization import short_float

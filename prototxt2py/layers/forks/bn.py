@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from prototxt2py.layers import ChannelAffine, Filler, LayerSpec, call, count, plain, register
+
+from ...lazy_numpy import np
 
 FAMILY = "forks"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from prototxt2py.layers import LayerSpec, call, count, legacy_shape, plain, register
+
+from ...lazy_numpy import np
 
 FAMILY = "forks"
 

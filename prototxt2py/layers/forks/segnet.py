@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from prototxt2py.layers import LayerSpec, call, plain, register
 from prototxt2py.layers.data import DataAttrs, DataLayerSpec, crop_size
+
+from ...lazy_numpy import np
 
 FAMILY = "forks"
 

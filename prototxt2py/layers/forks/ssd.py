@@ -11,11 +11,10 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from prototxt2py.layers import LayerSpec, Unknowable, call, legacy_shape, plain, register
 from prototxt2py.layers.data import DataAttrs, DataLayerSpec, crop_size, input_hint
 
+from ...lazy_numpy import np
 from . import ssd_onnx, ssd_priors
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from ...lazy_numpy import np
 
 if TYPE_CHECKING:  # pragma: no cover
     from prototxt2py.ir import Node

@@ -11,9 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
-_F32 = np.float32
+from ...lazy_numpy import np
 
 
 def prior_boxes(a: Any, layer_h: int, layer_w: int, img_h: int, img_w: int) -> np.ndarray:
@@ -29,22 +27,22 @@ def prior_boxes(a: Any, layer_h: int, layer_w: int, img_h: int, img_w: int) -> n
         for ar in a.aspect_ratios:
             if abs(ar - 1.0) >= 1e-6:
                 sizes.append((m * math.sqrt(ar), m / math.sqrt(ar)))
-    wh = np.array(sizes, dtype=_F32).reshape(-1, 2).astype(np.float64)
+    wh = np.array(sizes, dtype=np.float32).reshape(-1, 2).astype(np.float64)
     if a.step_w:
-        step_w, step_h = _F32(a.step_w), _F32(a.step_h)
+        step_w, step_h = np.float32(a.step_w), np.float32(a.step_h)
     else:  # float(image size) / feature map size, in float
-        step_w, step_h = _F32(img_w) / _F32(layer_w), _F32(img_h) / _F32(layer_h)
-    offset = _F32(a.offset)
-    cx = ((np.arange(layer_w, dtype=_F32) + offset) * step_w).astype(np.float64).reshape(1, layer_w, 1)
-    cy = ((np.arange(layer_h, dtype=_F32) + offset) * step_h).astype(np.float64).reshape(layer_h, 1, 1)
+        step_w, step_h = np.float32(img_w) / np.float32(layer_w), np.float32(img_h) / np.float32(layer_h)
+    offset = np.float32(a.offset)
+    cx = ((np.arange(layer_w, dtype=np.float32) + offset) * step_w).astype(np.float64).reshape(1, layer_w, 1)
+    cy = ((np.arange(layer_h, dtype=np.float32) + offset) * step_h).astype(np.float64).reshape(layer_h, 1, 1)
     half_w, half_h = wh[:, 0] / 2.0, wh[:, 1] / 2.0
     edges = np.broadcast_arrays((cx - half_w) / img_w, (cy - half_h) / img_h, (cx + half_w) / img_w,
                                 (cy + half_h) / img_h)
-    boxes = np.stack(edges, axis=-1).astype(_F32)  # (H, W, P, 4)
+    boxes = np.stack(edges, axis=-1).astype(np.float32)  # (H, W, P, 4)
     if a.clip:
-        boxes = np.clip(boxes, _F32(0.0), _F32(1.0))
+        boxes = np.clip(boxes, np.float32(0.0), np.float32(1.0))
     if len(a.variance) == 4:
-        variance = np.broadcast_to(np.array(a.variance, dtype=_F32), boxes.shape)
+        variance = np.broadcast_to(np.array(a.variance, dtype=np.float32), boxes.shape)
     else:
-        variance = np.full(boxes.shape, a.variance[0], dtype=_F32)
+        variance = np.full(boxes.shape, a.variance[0], dtype=np.float32)
     return np.stack([boxes.reshape(-1), variance.reshape(-1)])[None]
