@@ -4,6 +4,7 @@ against Caffe 1.0's training runs in golden/solvers: the loops of Caffe's own tu
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import h5py
@@ -285,8 +286,11 @@ def test_misuse_is_refused_in_one_line(tmp_path: Path) -> None:
         with pytest.raises(TypeError, match="step: iters must be an int"):
             solver.step(iters)
     solver.step(np.int64(0))
-    param = solver.param  # a copy, as pycaffe's: changing it changes nothing
-    param.base_lr, param.average_loss = 0, 0
+    with pytest.raises(AttributeError, match=r"solver.param.average_loss cannot be set \(pycaffe lets scripts set "
+                                             "base_lr only"):
+        solver.param.average_loss = 0
+    with pytest.raises(TypeError, match="base_lr must be a number, got str"):
+        solver.param.base_lr = "0.1"
     assert solver.param.base_lr == pytest.approx(0.1) and solver.param.average_loss == 1
     solver.close()
     with pytest.raises(Prototxt2pyError, match="data readers are closed"):
@@ -420,3 +424,60 @@ def test_input_blobs_written_before_each_step_are_trained_on(tmp_path: Path) -> 
         from prototxt2py.train import get_solver
 
         get_solver(str(tmp_path / "solver.prototxt"))
+
+
+def test_base_lr_set_through_param_is_the_next_updates_rate(tmp_path: Path) -> None:
+    """Master pycaffe binds ``solver.param.base_lr``'s setter on the live message and ``solver.lr`` to
+    ``GetLearningRate``: scripts that decay the rate by hand train with the rate they set. Checked by hand with
+    SGD's update ``w -= lr * X^T (Xw - y) / N`` on the Input net above."""
+    (tmp_path / "net.prototxt").write_text(INPUT_NET)
+    (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "net.prototxt"}" base_lr: 0.1 lr_policy: "step" '
+                                              f'gamma: 0.5 stepsize: 2 max_iter: 9 snapshot_prefix: "{tmp_path}/s"')
+    solver = caffe.SGDSolver(str(tmp_path / "solver.prototxt"))
+    assert solver.lr == pytest.approx(0.1)
+    rng = np.random.default_rng(1)
+    w = np.full((1, 3), 0.5, np.float32)
+    for base_lr in (0.0, 0.2, 0.2):
+        solver.param.base_lr = base_lr
+        rate = base_lr * 0.5 ** (solver.iter // 2)  # the step policy over the new base
+        assert solver.lr == pytest.approx(rate) and solver.param.base_lr == pytest.approx(base_lr)
+        x, y = rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal((2, 1)).astype(np.float32)
+        solver.net.blobs["data"].data[...] = x
+        solver.net.blobs["label"].data[...] = y
+        b = solver.net.params["ip"][1].data.copy()
+        solver.step(1)
+        w = w - rate * ((x @ w.T + b - y).T @ x) / 2
+        np.testing.assert_allclose(solver.net.params["ip"][0].data, w, rtol=1e-5)
+    assert solver.iter == 3
+
+
+def test_caffes_multi_gpu_names_are_the_no_nccl_builds(tmp_path: Path) -> None:
+    """``python/train.py``'s calls, as a Caffe built without NCCL answers them: one solver, an NCCL stub that
+    callbacks accept and ignore, and ``Timer`` (CPU mode: whole milliseconds, 0 before any start)."""
+    assert caffe.has_nccl() is False and caffe.solver_count() == 1 and caffe.solver_rank() == 0
+    caffe.set_solver_count(1)
+    caffe.set_solver_rank(0)
+    caffe.set_multiprocess(True)
+    with pytest.raises(caffe.CaffeUsageError, match=r"set_solver_count\(2\): pycaffe here trains in one process"):
+        caffe.set_solver_count(2)
+    with pytest.raises(caffe.CaffeUsageError, match=r"set_solver_rank\(1\): the solver count is 1"):
+        caffe.set_solver_rank(1)
+    assert not hasattr(caffe.NCCL, "new_uid") and not hasattr(caffe.NCCL, "bcast")
+    solver = caffe.SGDSolver(str(_memory_solver(tmp_path)))
+    nccl = caffe.NCCL(solver, "uid")
+    solver.add_callback(nccl)
+    solver.net.after_backward(nccl)
+    fprop = caffe.Timer()
+    assert fprop.ms == 0.0
+    ran: list[int] = []
+    solver.net.before_forward(lambda layer: (fprop.start(), ran.append(layer)))
+    solver.net.after_forward(lambda layer: fprop.stop())
+    solver.net.set_input_arrays(np.ones((2, 3, 1, 1), np.float32), np.zeros(2, np.float32))
+    solver.net.forward()
+    assert ran == list(range(len(solver.net.layers)))
+    assert fprop.ms >= 0 and fprop.ms == int(fprop.ms)
+    timer = caffe.Timer()
+    timer.start()
+    time.sleep(0.02)
+    assert timer.ms >= 20 and timer.ms == int(timer.ms)  # reading stops a running timer
+    assert timer.ms == timer.ms

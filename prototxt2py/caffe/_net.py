@@ -697,6 +697,10 @@ class Net:
         self._callbacks["bb"].append(fn)
 
     def after_backward(self, fn: Callable[[int], Any]) -> None:
+        from ._parallel import NCCL
+
+        if isinstance(fn, NCCL):  # layer-wise reduction: nothing to reduce without NCCL, as in such a Caffe
+            return
         self._callbacks["ab"].append(fn)
 
     def __repr__(self) -> str:

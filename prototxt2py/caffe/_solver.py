@@ -28,6 +28,7 @@ from typing import Any
 
 from . import _mode
 from ._net import Net
+from ._parallel import NCCL
 
 
 class Solver:
@@ -70,12 +71,16 @@ class Solver:
         return int(self.trainer.param.max_iter)
 
     @property
-    def param(self) -> Any:
-        """A copy of the ``SolverParameter`` (paths as read, ``snapshot_prefix`` defaulted as Caffe does): as
-        pycaffe's, changing it changes nothing."""
-        copy = type(self.trainer.param)()
-        copy.CopyFrom(self.trainer.param)
-        return copy
+    def param(self) -> SolverParam:
+        """The solver's ``SolverParameter`` (paths as read, ``snapshot_prefix`` defaulted as Caffe does), read
+        live; setting ``base_lr`` changes the rate of the next update, as pycaffe's ``set_base_lr`` binding does."""
+        return SolverParam(self.trainer)
+
+    @property
+    def lr(self) -> float:
+        """pycaffe's ``SGDSolver.lr``: Caffe's ``GetLearningRate()`` at the current iteration (for ``multistep``
+        it also moves to the next step once its iteration is reached, as Caffe's does)."""
+        return float(self.trainer.learning_rate())
 
     @property
     def type(self) -> str:
@@ -125,9 +130,12 @@ class Solver:
             raise TypeError(f"share_weights: expected a caffe.Net, got {type(net).__name__}")
         net.share_with(self.net)
 
-    def add_callback(self, on_start: Callable[[], Any], on_gradients: Callable[[], Any]) -> None:
+    def add_callback(self, on_start: Callable[[], Any] | NCCL, on_gradients: Callable[[], Any] | None = None) -> None:
         """Caffe's ``Solver::Callback``: ``on_start()`` at each iteration (after its test), ``on_gradients()``
-        once the gradients are computed, before the update; diffs changed there are what the update uses."""
+        once the gradients are computed, before the update; diffs changed there are what the update uses.
+        ``add_callback(nccl)`` with the no-NCCL build's :class:`NCCL` does nothing, as in such a Caffe."""
+        if isinstance(on_start, NCCL) and on_gradients is None:
+            return
         for name, fn in (("on_start", on_start), ("on_gradients", on_gradients)):
             if not callable(fn):
                 raise TypeError(f"add_callback: {name} must be callable, got {type(fn).__name__}")
@@ -188,3 +196,26 @@ AdamSolver = _typed("AdamSolver", "Adam")
 def get_solver(filename: str | os.PathLike | Any, **kwargs: Any) -> Solver:
     """``caffe.get_solver(path)``: a solver of the file's ``type`` (Caffe's solver registry)."""
     return Solver(filename, **kwargs)
+
+
+class SolverParam:
+    """pycaffe's ``solver.param``: the trainer's own ``SolverParameter`` for reading (every field, where pycaffe
+    binds four), and ``base_lr`` for writing, which the next update uses (master's pycaffe binds
+    ``set_base_lr`` on the solver's live message, so scripts decay the rate by hand). Writing another field
+    raises ``AttributeError``, as pycaffe's read-only properties do."""
+
+    __slots__ = ("_trainer",)
+
+    def __init__(self, trainer: Any) -> None:
+        object.__setattr__(self, "_trainer", trainer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trainer.param, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "base_lr":
+            raise AttributeError(f"solver.param.{name} cannot be set (pycaffe lets scripts set base_lr only)")
+        self._trainer.set_base_lr(value)
+
+    def __repr__(self) -> str:
+        return f"<caffe.SolverParameter of '{self._trainer.file}'>"

@@ -513,6 +513,14 @@ class Solver:
             lp.tensor.grad = flat[offset:offset + n].view_as(lp.tensor).clone()
             offset += n
 
+    def set_base_lr(self, base_lr: float) -> None:
+        """Change ``base_lr`` from the next update on (pycaffe's ``solver.param.base_lr = x``), rounded to float as
+        the field is."""
+        if isinstance(base_lr, bool) or not hasattr(base_lr, "__float__"):  # no strings, as pycaffe's binding
+            raise TypeError(f"base_lr must be a number, got {type(base_lr).__name__}")
+        self.param.base_lr = float(base_lr)
+        self.lr = dataclasses.replace(self.lr, base_lr=self.param.base_lr)
+
     def learning_rate(self) -> float:
         """The rate of the next update (advances ``multistep``'s step like Caffe's ``GetLearningRate``)."""
         rate, step = learning_rate(self.lr, self.iter, self.current_step)
