@@ -538,3 +538,103 @@ def test_load_hdf5_of_another_layout_names_what_caffe_expects(simple: caffe.Net,
         f["data/conv/0"] = np.array([b"text"])
     with pytest.raises(WeightsError, match=r"dataset '/data/conv/0' has dtype \|S4, expected real numbers"):
         simple.load_hdf5(str(path))
+
+
+# -- Caffe's Split layers (insert_splits.cpp), emulated without names ---------------------------------------------
+LOSS_READ_NET = """name: "lw"
+layer { name: "data" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "x" top: "h" loss_weight: 0.5
+  inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "ip2" type: "InnerProduct" bottom: "h" top: "y"
+  inner_product_param { num_output: 1 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "pw" type: "Power" bottom: "y" top: "loss" loss_weight: 1 }
+"""
+
+
+def _net(tmp_path: Path, text: str, phase: int = caffe.TRAIN) -> caffe.Net:
+    path = tmp_path / "net.prototxt"
+    path.write_text(text)
+    return caffe.Net(str(path), phase)
+
+
+def test_a_loss_weighted_top_read_by_another_layer_sums_both_gradients(tmp_path: Path) -> None:
+    """InsertSplits counts the loss weight as one more reader of ``h``: its Split's top 0 carries the constant
+    weight, so ``h``'s diff is 0.5 plus ip2's gradient ``W2`` (before: the reader overwrote the 0.5)."""
+    net = _net(tmp_path, LOSS_READ_NET)
+    x = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
+    net.blobs["x"].data[...] = x
+    net.forward()
+    net.backward()
+    w2 = net.params["ip2"][0].data
+    want = 0.5 + np.ones((2, 1), np.float32) @ w2
+    np.testing.assert_allclose(net.blobs["h"].diff, want, rtol=1e-6)
+    np.testing.assert_allclose(net.params["ip1"][0].diff, want.T @ x, rtol=1e-5)
+    net.backward()  # the Split's constant top 0 does not compound; the parameter diffs accumulate
+    np.testing.assert_allclose(net.blobs["h"].diff, want, rtol=1e-6)
+    np.testing.assert_allclose(net.params["ip1"][0].diff, 2 * want.T @ x, rtol=1e-5)
+
+
+def test_a_loss_weighted_top_keeps_its_layer_in_the_backward_pass(tmp_path: Path) -> None:
+    """The other reader (a Power that reaches no loss) wants no diff, but the weighted Split top does, so ip1
+    still needs backward: its bias diff is the loss weight summed over the batch of 2."""
+    net = _net(tmp_path, """
+layer { name: "data" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "x" top: "h" loss_weight: 1
+  inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "side" type: "Power" bottom: "h" top: "side" }""")
+    net.blobs["x"].data[...] = 1
+    net.forward()
+    net.backward()
+    assert net.layer_need_backward == [False, True, False]
+    np.testing.assert_array_equal(net.params["ip1"][1].diff, [2, 2, 2, 2])
+
+
+def test_backward_one_layer_per_call_equals_one_call(tmp_path: Path) -> None:
+    """Each reader of a fanned-out blob keeps its own diff (a Split top), summed when the producer's step runs,
+    so stepping ``backward(start=n, end=n)`` down the layers gives the whole pass's gradients."""
+    net = _net(tmp_path, """
+layer { name: "data" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "A" type: "InnerProduct" bottom: "x" top: "h" inner_product_param { num_output: 4
+  weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "B" type: "InnerProduct" bottom: "h" top: "b" inner_product_param { num_output: 2
+  weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "C" type: "InnerProduct" bottom: "h" top: "c" inner_product_param { num_output: 2
+  weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "b" bottom: "c" top: "loss" }""")
+    x = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
+    net.blobs["x"].data[...] = x
+    net.forward()
+    net.backward()
+    h_diff, a_diff = net.blobs["h"].diff.copy(), net.params["A"][0].diff.copy()
+    d = (net.blobs["b"].data - net.blobs["c"].data) / 2  # EuclideanLoss: d loss / d b = (b - c) / N
+    want = d @ net.params["B"][0].data - d @ net.params["C"][0].data
+    np.testing.assert_allclose(h_diff, want, rtol=1e-5, atol=1e-7)
+    net.clear_param_diffs()
+    for name in reversed(net._layer_names):
+        net.backward(start=name, end=name)
+    np.testing.assert_array_equal(net.blobs["h"].diff, h_diff)
+    np.testing.assert_array_equal(net.params["A"][0].diff, a_diff)
+
+
+def test_splits_write_a_diff_only_where_caffes_split_runs(tmp_path: Path) -> None:
+    """With force_backward the labels' Split runs and writes the sum of its tops' diffs, zeros (the losses
+    never write a label diff); a Split whose bottom needs no backward does not run, so a ``propagate_down``
+    gradient stops in its top and ``x``'s diff keeps what was there."""
+    net = _net(tmp_path, """force_backward: true
+layer { name: "data" type: "Input" top: "x" top: "lab" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }
+layer { name: "l1" type: "SoftmaxWithLoss" bottom: "x" bottom: "lab" top: "l1" }
+layer { name: "l2" type: "SoftmaxWithLoss" bottom: "x" bottom: "lab" top: "l2" }""")
+    net.blobs["lab"].diff[...] = 7
+    net.forward()
+    net.backward()
+    np.testing.assert_array_equal(net.blobs["lab"].diff, [0, 0])
+    net = _net(tmp_path, """
+layer { name: "data" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "y" top: "h" inner_product_param { num_output: 3 } }
+layer { name: "l1" type: "EuclideanLoss" bottom: "x" bottom: "h" top: "l1" propagate_down: true propagate_down: true }
+layer { name: "side" type: "Power" bottom: "x" top: "side" }""")
+    net.blobs["x"].data[...] = 1
+    net.blobs["x"].diff[...] = 7
+    net.forward()
+    net.backward()
+    np.testing.assert_array_equal(net.blobs["x"].diff, np.full((2, 3), 7))

@@ -24,67 +24,107 @@ from . import _inplace
 
 
 @dataclass
+class Split:
+    """A Split layer Caffe's ``InsertSplits`` puts after the layer making ``value``: one top per reading bottom
+    (``readers``: ``(layer index, bottom index)``, in Caffe's order) plus one for the value's loss weight, if any
+    (top 0, its diff the constant ``loss_weight``). Its backward writes the sum of its tops' diffs into the value's
+    diff, when ``need`` (its ``layer_need_backward`` and ``bottom_need_backward``)."""
+
+    value: str
+    readers: list[tuple[int, int]]
+    loss_weight: float
+    need: bool = False
+
+
+@dataclass
 class NeedBackward:
-    """Caffe's ``layer_need_backward_``, ``bottom_need_backward_`` and ``param_propagate_down`` per layer."""
+    """Caffe's ``layer_need_backward_``, ``bottom_need_backward_`` and ``param_propagate_down`` per layer, and the
+    Split layers Caffe would insert (by the value they split; see :class:`Split`)."""
 
     layer: list[bool]
     bottom: list[list[bool]]
     param: list[list[bool]]
+    splits: dict[str, Split]
+
+
+def find_splits(graph: Graph) -> dict[str, Split]:
+    """Caffe's ``InsertSplits``: a value read by more than one bottom, counting a nonzero loss weight on it as
+    one more reader, gets a Split."""
+    readers: dict[str, list[tuple[int, int]]] = {}
+    for i, node in enumerate(graph.nodes):
+        for j, vid in enumerate(node.inputs):
+            readers.setdefault(vid, []).append((i, j))
+    splits = {}
+    for node in graph.nodes:
+        for k, vid in enumerate(node.outputs):
+            weight = float(node.loss_weights[k]) if k < len(node.loss_weights) else 0.0
+            uses = readers.get(vid, [])
+            if len(uses) + (weight != 0) > 1:
+                splits[vid] = Split(vid, uses, weight)
+    return splits
 
 
 def need_backward(graph: Graph, param_counts: Sequence[int]) -> NeedBackward:
-    """The three sets, as ``Net::Init`` computes them (``param_counts``: parameter blobs per layer)."""
-    blob_need: dict[str, bool] = {}
-    layer_need: list[bool] = []
-    bottom_need: list[list[bool]] = []
-    param_need: list[list[bool]] = []
+    """The sets ``Net::Init`` computes, on the net with Caffe's Split layers in place (``param_counts``: parameter
+    blobs per layer). Blobs are named as Caffe names them: by blob name (an in-place top shares its bottom's),
+    each Split top by its reader (or ``loss``)."""
+    splits = find_splits(graph)
+    steps = []  # (bottom names, top names, top loss weights, param lrs, propagate_down, refused, layer or Split)
     for i, node in enumerate(graph.nodes):
-        prop = list(node.proto.propagate_down) if node.proto is not None else []
-        layer_need.append(any(blob_need.get(b, False) for b in node.bottoms))
-        bottom_need.append([prop[j] if prop else blob_need.get(b, False) for j, b in enumerate(node.bottoms)])
+        bottoms = [("split", vid, i, j) if vid in splits else node.bottoms[j] for j, vid in enumerate(node.inputs)]
+        weights = [0.0 if vid in splits else (float(node.loss_weights[k]) if k < len(node.loss_weights) else 0.0)
+                   for k, vid in enumerate(node.outputs)]
         lrs = [node.params[k].lr_mult if k < len(node.params) else 1.0 for k in range(param_counts[i])]
-        param_need.append([lr != 0 for lr in lrs])
-        layer_need[i] = layer_need[i] or any(param_need[i])
-        for t in node.tops:  # a new top starts without a need; an in-place one keeps its blob's
-            blob_need.setdefault(t, False)
-            if layer_need[i]:
-                blob_need[t] = True
-    # Caffe's blobs_skip_backp, per value: Caffe gives each reader of a blob read by several layers its own copy
-    # (a Split layer), and the Split passes a diff down if any reader wants one. So a value is skipped only when
-    # it is read and no reader needs its diff (an Accuracy beside a loss must not switch off the layers below).
-    under_loss: set[str] = set()
-    read: set[str] = set()
-    wanted: set[str] = set()
-    for i in range(len(graph.nodes) - 1, -1, -1):
-        node = graph.nodes[i]
+        prop = list(node.proto.propagate_down) if node.proto is not None else []
+        steps.append((bottoms, list(node.tops), weights, lrs, prop, _inplace.NO_FORCE_BACKWARD.get(node.type, ()), i))
+        for k, vid in enumerate(node.outputs):
+            split = splits.get(vid)
+            if split is not None:
+                tops = ([("split", vid, "loss")] if split.loss_weight else []) + [("split", vid, *r)
+                                                                                 for r in split.readers]
+                steps.append(([node.tops[k]], tops, [split.loss_weight] + [0.0] * (len(tops) - 1), [], [], (), split))
+    n = len(steps)
+    blob_need: dict[Any, bool] = {}
+    layer_need, bottom_need, param_need = [False] * n, [[] for _ in range(n)], [[] for _ in range(n)]
+    for s, (bottoms, tops, _, lrs, prop, _, _) in enumerate(steps):  # Net::Init's forward pass
+        bottom_need[s] = [bool(prop[j]) if prop else blob_need.get(b, False) for j, b in enumerate(bottoms)]
+        param_need[s] = [lr != 0 for lr in lrs]
+        layer_need[s] = any(blob_need.get(b, False) for b in bottoms) or any(param_need[s])
+        for t in tops:  # a new top starts without a need; an in-place one keeps its blob's
+            blob_need[t] = blob_need.get(t, False) or layer_need[s]
+    under_loss: set[Any] = set()
+    skip: set[Any] = set()
+    for s in range(n - 1, -1, -1):  # its backward pass: what reaches a loss, what a reader does not want
+        bottoms, tops, weights, _, _, _, _ = steps[s]
         contributes, skip_down = False, True
-        for k, (t, vid) in enumerate(zip(node.tops, node.outputs, strict=True)):
-            if (k < len(node.loss_weights) and node.loss_weights[k]) or t in under_loss:
-                contributes = True
-            if vid not in read or vid in wanted:
-                skip_down = False
+        for t, w in zip(tops, weights, strict=True):
+            contributes = contributes or bool(w) or t in under_loss
+            skip_down = skip_down and t in skip
             if contributes and not skip_down:
                 break
-        if layer_need[i] and skip_down:
-            layer_need[i] = False
-            bottom_need[i] = [False] * len(node.bottoms)
+        if layer_need[s] and skip_down:
+            layer_need[s] = False
+            bottom_need[s] = [False] * len(bottoms)
         if not contributes:
-            layer_need[i] = False
-        for j, (b, vid) in enumerate(zip(node.bottoms, node.inputs, strict=True)):
+            layer_need[s] = False
+        for j, b in enumerate(bottoms):
             if contributes:
                 under_loss.add(b)
             else:
-                bottom_need[i][j] = False
-            read.add(vid)
-            if bottom_need[i][j]:
-                wanted.add(vid)
+                bottom_need[s][j] = False
+            if not bottom_need[s][j]:
+                skip.add(b)
     if graph.force_backward:
-        for i, node in enumerate(graph.nodes):
-            refused = _inplace.NO_FORCE_BACKWARD.get(node.type, frozenset())
-            layer_need[i] = True
-            bottom_need[i] = [bottom_need[i][j] or j not in refused for j in range(len(node.bottoms))]
-            param_need[i] = [True] * len(param_need[i])
-    return NeedBackward(layer_need, bottom_need, param_need)
+        for s, (bottoms, _, _, lrs, _, refused, _) in enumerate(steps):
+            layer_need[s] = True
+            bottom_need[s] = [bottom_need[s][j] or j not in refused for j in range(len(bottoms))]
+            param_need[s] = [True] * len(lrs)
+    layers = [s for s, step in enumerate(steps) if not isinstance(step[-1], Split)]
+    for s, step in enumerate(steps):
+        if isinstance(step[-1], Split):
+            step[-1].need = layer_need[s] and bottom_need[s][0]
+    return NeedBackward([layer_need[s] for s in layers], [bottom_need[s] for s in layers],
+                        [param_need[s] for s in layers], splits)
 
 
 Grads = list[torch.Tensor | None]

@@ -10,8 +10,10 @@ Backward. Caffe decides once, at construction, which layers and bottoms need a g
 under ``force_backward`` except the bottoms a layer refuses, see :data:`._inplace.NO_FORCE_BACKWARD`);
 :mod:`._backward` computes the same sets. ``backward()`` then visits those layers in reverse and computes each
 gradient as Caffe's ``Backward_cpu`` does, from the blobs' *current* contents (see :mod:`._inplace` for the three ways).
-Bottom diffs are overwritten (summed where one value feeds several layers, which is what Caffe's inserted Split
-layers do); parameter diffs accumulate, as in Caffe, until ``clear_param_diffs()``.
+Bottom diffs are overwritten; where one value feeds several bottoms (or also carries a loss weight) Caffe inserts a
+Split layer, emulated here without a name: each reader writes its own copy of the diff, and the Split sums them into
+the value's diff when it runs, just before its producer (see :class:`._backward.Split`). Parameter diffs accumulate,
+as in Caffe, until ``clear_param_diffs()``.
 
 Data layers (Data, ImageData, HDF5Data, ...) do not read their sources here: their tops are blobs the caller
 fills (``net.blobs[name].data[...] = ...``), or ``set_input_arrays`` for a MemoryData layer.
@@ -36,7 +38,7 @@ from ..errors import InputFileError, Location, Prototxt2pyError, WeightsError
 from ..fsutil import atomic_output
 from ..reader import NetSource, read_net
 from . import _inplace, _mode
-from ._backward import layer_gradients, need_backward
+from ._backward import Split, layer_gradients, need_backward
 from ._blob import Blob
 
 TRAIN, TEST = 0, 1
@@ -219,6 +221,13 @@ class Net:
     def _compute_need_backward(self) -> None:
         need = need_backward(self._graph, [len(p) for p in self._node_params])
         self._layer_need, self._bottom_need, self._param_need = need.layer, need.bottom, need.param
+        self._splits_after: dict[int, list[Split]] = {}  # producer layer -> the Splits of its tops
+        for i, node in enumerate(self._graph.nodes):
+            here = [need.splits[v] for v in node.outputs if v in need.splits]
+            if here:
+                self._splits_after[i] = here
+        self._split_values = set(need.splits)
+        self._split_diffs: dict[tuple[int, int], torch.Tensor] = {}  # each Split top's diff, by its reader
 
     # -- pycaffe's properties ----------------------------------------------------------------------------------
     @property
@@ -437,15 +446,18 @@ class Net:
 
     # -- backward ----------------------------------------------------------------------------------------------
     def _backward(self, start: int, end: int) -> None:
-        """Caffe's ``BackwardFromTo``: layers ``start`` down to ``end``, where Caffe computes gradients."""
-        written: set[str] = set()
+        """Caffe's ``BackwardFromTo``: layers ``start`` down to ``end``, where Caffe computes gradients. The Splits
+        Caffe inserts after a layer run with it, just before its own backward."""
         self._push_params()
         for i in range(start, end - 1, -1):
+            for split in self._splits_after.get(i, ()):
+                if split.need:
+                    self._backward_split(split)
             for fn in self._callbacks["bb"]:
                 fn(i)
             if self._layer_need[i]:
                 try:
-                    self._backward_layer(i, written)
+                    self._backward_layer(i)
                 except Prototxt2pyError:
                     raise
                 except (RuntimeError, ValueError, TypeError, IndexError) as e:
@@ -455,9 +467,22 @@ class Net:
             for fn in self._callbacks["ab"]:
                 fn(i)
 
-    def _backward_layer(self, i: int, written: set[str]) -> None:
-        """One layer's backward: bottom diffs overwritten (summed where a value feeds several layers, as Caffe's
-        Split layers do), parameter diffs accumulated."""
+    def _backward_split(self, split: Split) -> None:
+        """Caffe's ``SplitLayer::Backward_cpu``: the value's diff is the sum of its Split tops' diffs (the loss
+        weight's constant first, then each reader's, in Caffe's order); a top no reader wrote is zeros."""
+        blob = self._value_blob[split.value]
+        shape = tuple(blob.shape)
+        parts = [self._split_diffs.get(r) for r in split.readers]
+        parts = [p for p in parts if p is not None and tuple(p.shape) == shape]
+        total = torch.full(shape, split.loss_weight, dtype=blob.diff_tensor().dtype, device=self._device) \
+            if split.loss_weight else None
+        for part in parts:
+            total = part.clone() if total is None else total.add_(part)
+        blob.write_diff(total if total is not None else torch.zeros_like(blob.diff_tensor()), accumulate=False)
+
+    def _backward_layer(self, i: int) -> None:
+        """One layer's backward: bottom diffs overwritten (a bottom reading a Split top writes that top's diff,
+        which the Split sums into the value's diff), parameter diffs accumulated."""
         step = self._plan[i]
         kind, key, ins, outs = step.kind, step.key, step.inputs, step.outputs
         node = self._graph.nodes[i]
@@ -471,7 +496,7 @@ class Net:
             node, self._net.layers[key], node.proto,
             [self._value_blob[v].tensor() for v in ins], [self._value_blob[v].tensor() for v in outs],
             [self._value_blob[v].diff_tensor() for v in outs], need_b, params, self._saved.get(i))
-        for v, need, g in zip(ins, need_b, bottom_grads, strict=True):
+        for j, (v, need, g) in enumerate(zip(ins, need_b, bottom_grads, strict=True)):
             if not need:
                 continue
             blob = self._value_blob[v]
@@ -479,8 +504,10 @@ class Net:
                 if node.type != "Silence":  # Caffe's Silence writes zeros; other unused bottoms keep their diff
                     continue
                 g = torch.zeros_like(blob.diff_tensor())
-            blob.write_diff(g, accumulate=v in written)
-            written.add(v)
+            if v in self._split_values:
+                self._split_diffs[(i, j)] = g.detach().reshape(blob.shape).clone()
+            else:
+                blob.write_diff(g, accumulate=False)
         for blob, g in zip(blobs, param_grads, strict=True):
             if g is not None:
                 tensor = blob._data.tensor
