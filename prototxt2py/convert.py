@@ -85,7 +85,7 @@ def arrays_by_layer_name(graph: Any, blobs: Any) -> dict[str, Any]:
         for name, array in zip(blobs.names(node), blobs.blobs(node), strict=True):
             if id(array) not in seen:
                 seen.add(id(array))
-                out[f"{layer}.{name}"] = np.ascontiguousarray(array, dtype=np.float32)
+                out[f"{layer}.{name}"] = np.asarray(array, dtype=np.float32, order="C")  # 0-axis blobs stay 0-axis
     return out
 
 

@@ -425,10 +425,11 @@ def _len_field(number: int, length: int) -> bytes:
 
 def _blob_parts(arr: np.ndarray) -> tuple[list, int]:
     """BlobProto wire parts (bytes and one array to stream) and their total length."""
-    arr = np.ascontiguousarray(arr, dtype="<f4")
+    arr = np.asarray(arr, dtype="<f4", order="C")  # not ascontiguousarray, which makes a 0-axis blob 1-axis
     dims = b"".join(_enc_varint(int(d)) for d in arr.shape)
-    shape_inner = (_len_field(1, len(dims)) + dims) if arr.ndim else b""
-    head = _len_field(7, len(shape_inner)) + shape_inner
+    # a 0-axis blob (PReLU/Normalize channel_shared) has no shape field, as Blob::ToProto writes it
+    head = _len_field(7, len(dims) + len(_len_field(1, len(dims)))) + _len_field(1, len(dims)) + dims if arr.ndim \
+        else b""
     data_head = _len_field(5, arr.nbytes)
     parts = [head, data_head, arr]
     return parts, len(head) + len(data_head) + arr.nbytes

@@ -350,3 +350,27 @@ def test_loading_bumps_versions_so_derived_caches_see_new_weights() -> None:
 
     load_weights(net, corpus(LENET_V2[1]))
     assert net.layer("conv1").weight._version > before
+
+
+def test_a_zero_axis_blob_round_trips_as_caffe_writes_it(tmp_path: Path) -> None:
+    """PReLU ``channel_shared`` has a 0-axis slope. ``Blob::ToProto`` writes it with no shape field (Caffe's
+    ``ShapeEquals`` then reads ``[]``); written as ``shape { dim: 1 }``, Caffe and this reader refused the file."""
+    net_path = tmp_path / "prelu.prototxt"
+    net_path.write_text('layer { name: "input" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 } } }\n'
+                        'layer { name: "l" type: "PReLU" bottom: "x" top: "y" prelu_param { channel_shared: true '
+                        'filler { type: "constant" value: 0.25 } } }\n')
+    first = tmp_path / "a.caffemodel"
+    with open(first, "wb") as f:
+        write_caffemodel(prototxt2py.load(net_path), f)
+    for out, to in ((tmp_path / "b.caffemodel", "caffemodel"), (tmp_path / "b.safetensors", "safetensors")):
+        result = CliRunner().invoke(main, ["convert", str(net_path), "--weights", str(first), "--to", to,
+                                           "-o", str(out)])
+        assert result.exit_code == 0, result.output
+    for path in (first, tmp_path / "b.caffemodel"):
+        blob = caffe_pb2.NetParameter.FromString(path.read_bytes()).layer[1].blobs[0]
+        assert not blob.HasField("shape") and list(blob.data) == [0.25]
+        net = prototxt2py.load(net_path, weights=path)
+        assert tuple(net.layer("l").weight.shape) == () and net.layer("l").weight.item() == 0.25
+    from safetensors.numpy import load_file
+
+    assert load_file(tmp_path / "b.safetensors")["l.weight"].shape == ()
