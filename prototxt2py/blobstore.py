@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import Location, Prototxt2pyError, ShapeError, WeightsError
 from .fillers import fill_array
-from .weights import Blob, LoadReport, _fits, _InlineRef, _names, _open_refs
+from .weights import Blob, LoadReport, _fits, _InlineRef, _open_refs, check_blobless, check_matches, extra_layers
 
 _FLOAT = np.dtype(np.float32)
 
@@ -54,8 +54,9 @@ def read_stored(path: str | os.PathLike) -> dict[str, list[Blob]]:
 
 
 def read_blobs(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
-    """Layer name -> its blobs as float32 numpy arrays in Caffe's blob order (see :func:`read_stored`)."""
-    return {name: [b.array for b in blobs] for name, blobs in read_stored(path).items()}
+    """Layer name -> its blobs as float32 numpy arrays in Caffe's blob order (see :func:`read_stored`), for the
+    layers that have any."""
+    return {name: [b.array for b in blobs] for name, blobs in read_stored(path).items() if blobs}
 
 
 def _check_shapes_known(graph: Any) -> None:
@@ -131,6 +132,7 @@ class GraphBlobs:
         report = self.report
         for node in self.graph.nodes:
             if not node.param_shapes:
+                check_blobless(node, None if self._repeats(node) else stored.get(node.name), loc)
                 continue
             if self._repeats(node):  # Caffe copies weights into the first layer of a name only
                 report.repeated.append(node.name)
@@ -150,14 +152,9 @@ class GraphBlobs:
                                        f"the net expects {target}", loc, layer=node.name)
                 self._arrays[key] = np.asarray(array, dtype=_FLOAT).reshape(target)  # later layers win, as in Caffe
             report.loaded.append(node.name)
-        if have_file and report.missing and not stored:
-            raise WeightsError("the weights file holds no blobs (valid only for a net without parameters, which "
-                               f"Caffe would leave to its fillers): the net needs {_names(report.missing)}", loc)
-        if report.missing and not report.loaded and stored:
-            raise WeightsError("no layer of the weights file matches a layer of the net (weights of another "
-                               f"net?): the file has {_names(stored)}, the net needs {_names(report.missing)}", loc)
-        known = {n.name for n in self.graph.nodes}
-        report.extra = [name for name in stored if name not in known]
+        if have_file:
+            check_matches(report, stored, loc)
+        report.extra = extra_layers(self.graph, stored)
         if not have_file:
             report.missing, report.repeated = [], []  # nothing was asked of a file
 

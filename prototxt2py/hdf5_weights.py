@@ -62,6 +62,7 @@ def write_weights_h5(h5py: Any, f: Any, graph: Any, layer_blobs: Any, where: Loc
     name); here that is refused before anything is written only where the later layer owns blobs that would be
     lost, as a binary ``.caffemodel`` can hold them."""
     layers = list(zip(graph.nodes, layer_blobs, strict=True))
+    check_layer_names(graph, where)
     seen: set[str] = set()
     for node, blobs in layers:
         if node.name in seen and _owned(node, blobs):
@@ -75,6 +76,17 @@ def write_weights_h5(h5py: Any, f: Any, graph: Any, layer_blobs: Any, where: Loc
             group = data.require_group(node.name)
             for k, array in _owned(node, blobs):
                 group.create_dataset(str(k), data=array)
+
+
+def check_layer_names(graph: Any, where: Location | None = None) -> None:
+    """Refuse a net whose layer names HDF5 cannot hold as one group each: ``/`` separates groups (Caffe's
+    ``H5Gcreate2`` fails, or nests ``conv1/scale`` inside ``conv1``, whose reader then refuses the file), and
+    ``.`` or an empty name is no link name. MobileNet and SSD nets name layers ``conv1/bn``."""
+    for node in graph.nodes:
+        if "/" in node.name or node.name in ("", "."):
+            raise WeightsError(f"HDF5 weights cannot hold layer '{node.name}': a layer name with '/' (or '.' or "
+                               "an empty name) is not one HDF5 group; write a binary .caffemodel (snapshot_format: "
+                               "BINARYPROTO)", where, layer=node.name)
 
 
 def _owned(node: Any, blobs: Any) -> list[tuple[int, Any]]:
@@ -95,7 +107,7 @@ def read_caffemodel_h5(path: str | os.PathLike, graph: Any) -> dict[str, list[Bl
                 raise WeightsError(f"no 'data' group (not a Caffe HDF5 weights file; {LAYOUT})", loc)
             for name, group in expect_group(h5py, h5["data"], loc).items():
                 group = expect_group(h5py, group, loc)
-                stored[name] = [blob_array(h5py, group[str(i)], loc) for i in range(len(group)) if str(i) in group]
+                stored[name] = _layer_blobs(h5py, group, loc)
     except OSError as e:
         raise WeightsError(f"not a readable HDF5 weights file: {e}", loc) from None
     out: dict[str, list[Blob]] = {}
@@ -118,3 +130,14 @@ def read_caffemodel_h5(path: str | os.PathLike, graph: Any) -> dict[str, list[Bl
         out[node.name] = blobs
     out.update({name: [Blob(a) for a in arrays] for name, arrays in stored.items() if name not in out})
     return out
+
+
+def _layer_blobs(h5py: Any, group: Any, loc: Location) -> list[np.ndarray]:
+    """A layer group's datasets ``0`` .. ``n-1``: Caffe counts the group's links and reads that many datasets by
+    number, so any other link (a nested group from a layer name with ``/``) makes it stop."""
+    names = list(group)
+    if sorted(names) != sorted(str(i) for i in range(len(names))):
+        odd = next(n for n in names if n not in {str(i) for i in range(len(names))})
+        raise WeightsError(f"group '{group.name}' holds '{odd}' among its {len(names)} links, expected datasets "
+                           f"0 .. {len(names) - 1} ({LAYOUT}; a layer name with '/' nests groups)", loc)
+    return [blob_array(h5py, group[str(i)], loc) for i in range(len(names))]

@@ -18,7 +18,7 @@ import math
 import mmap
 import os
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
@@ -86,7 +86,7 @@ def _blob_ref(buf, start: int, end: int) -> BlobRef:
     dims: list[int] = []
     legacy = [0, 0, 0, 0]
     has_legacy = has_shape = False
-    data = None
+    runs: dict[str, tuple[int, int]] = {}
     for number, wire, value in _fields(buf, start, end):
         if number in (1, 2, 3, 4) and wire == _VARINT:
             legacy[number - 1] = _signed32(value)
@@ -102,19 +102,27 @@ def _blob_ref(buf, start: int, end: int) -> BlobRef:
                     dims.append(_signed64(v2))
                 if len(dims) > MAX_BLOB_AXES:
                     raise _Corrupt(f"a blob shape with more than {MAX_BLOB_AXES} axes")
-        elif number == 5 and wire == _LEN:
-            data = ("<f4", value)
-        elif number == 8 and wire == _LEN and data is None:
-            data = ("<f8", value)
+        elif number in (5, 8) and wire == _LEN:
+            kind = "<f4" if number == 5 else "<f8"
+            if kind in runs:  # two packed runs of one field, which protobuf concatenates
+                raise _NonCanonical("a blob's values in several runs")
+            runs[kind] = value
         elif (number == 5 and wire == _I32) or (number == 8 and wire == _I64):
             # unpacked floats/doubles (non-canonical, but legal): handled by the protobuf fallback, at once
             raise _NonCanonical("unpacked float data")
-    if has_shape:
-        shape = tuple(dims)
-    elif has_legacy:
+    # Blob::FromProto: the legacy 4-D fields, when any is set, win over ``shape``; ``double_data``, when it has
+    # values, wins over ``data``
+    if has_legacy:
         shape = tuple(legacy)
+    elif has_shape:
+        shape = tuple(dims)
     else:
         shape = None
+    doubles = runs.get("<f8")
+    if doubles is not None and doubles[1] > doubles[0]:
+        data = ("<f8", doubles)
+    else:
+        data = ("<f4", runs["<f4"]) if "<f4" in runs else None
     if data is None:
         dtype, offset, count = "<f4", start, 0
     else:
@@ -125,7 +133,7 @@ def _blob_ref(buf, start: int, end: int) -> BlobRef:
         offset, count = a, (b - a) // size
     if shape is None:  # Caffe writes a 0-axis blob (e.g. a shared PReLU slope) with no shape fields at all
         shape = ()
-    return BlobRef(tuple(int(d) for d in shape), has_legacy and not has_shape, dtype, offset, count)
+    return BlobRef(tuple(int(d) for d in shape), has_legacy, dtype, offset, count)
 
 
 #: Bounds of the framing walk (pure Python, per field): far beyond any real net, they keep a hostile file
@@ -150,7 +158,8 @@ def _layer(buf, start: int, end: int, name_field: int, blobs_field: int) -> tupl
 
 
 def scan_caffemodel(buf) -> dict[str, list[BlobRef]]:
-    """Walk a binary NetParameter's framing: layer name -> blob references (first layer of a name wins)."""
+    """Walk a binary NetParameter's framing: layer name -> blob references (every layer, blob-less ones too,
+    whose count Caffe checks as well; the last layer of a name wins)."""
     out: dict[str, list[BlobRef]] = {}
     layers = 0
     for number, wire, value in _fields(buf, 0, len(buf)):
@@ -161,8 +170,7 @@ def scan_caffemodel(buf) -> dict[str, list[BlobRef]]:
             raise _Corrupt(f"more than {MAX_LAYERS:,} layers")
         name, blobs = _layer(buf, *value, name_field=1 if number == 100 else 4,
                              blobs_field=7 if number == 100 else 6)
-        if blobs and name not in out:
-            out[name] = blobs
+        out[name] = blobs  # CopyTrainedLayersFrom copies every source layer in turn: the last of a name wins
     if layers == 0:  # valid (Caffe copies nothing) if protobuf agrees it is a NetParameter at all
         raise _NonCanonical("no layers")
     return out
@@ -247,13 +255,11 @@ def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
     for entries in (net.layer, net.layers):
         for layer in entries:
             name = layer.name if isinstance(layer.name, str) else layer.name.decode("utf-8", "replace")  # proto2
-            if name in out or not len(layer.blobs):
-                continue
             refs = []
-            for b in layer.blobs:
-                legacy = not b.HasField("shape") and any(b.HasField(f) for f in ("num", "channels", "height", "width"))
+            for b in layer.blobs:  # Blob::FromProto's precedence, as in _blob_ref
+                legacy = any(b.HasField(f) for f in ("num", "channels", "height", "width"))
                 shape = (b.num, b.channels, b.height, b.width) if legacy else tuple(b.shape.dim)
-                values = np.asarray(b.data if len(b.data) else b.double_data, dtype=np.float32)
+                values = np.asarray(b.double_data if len(b.double_data) else b.data, dtype=np.float32)
                 refs.append(_InlineRef(tuple(int(d) for d in shape), legacy, "<f4", 0, values.size, values))
             out[name] = refs
     return out  # no layers at all is valid (Caffe copies nothing); load_weights says if the net needed some
@@ -312,7 +318,8 @@ def _read_all(fd: int, plan: list[tuple[BlobRef, torch.Tensor]]) -> None:
 
 
 def read_caffemodel(path: str | os.PathLike) -> dict[str, list[Blob]]:
-    """Layer name -> its blobs as float32 arrays (for inspection; ``load_weights`` avoids this copy)."""
+    """Layer name -> its blobs as float32 arrays, for the layers that have any (for inspection; ``load_weights``
+    avoids this copy)."""
     import torch
 
     fd, mm, refs = _open_refs(path)
@@ -320,7 +327,8 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[Blob]]:
         plan = [(ref, torch.empty(ref.shape, dtype=torch.float32)) for blobs in refs.values() for ref in blobs]
         _read_all(fd, plan)
         tensors = iter(plan)
-        return {name: [Blob(next(tensors)[1].numpy(), ref.legacy) for ref in blobs] for name, blobs in refs.items()}
+        out = {name: [Blob(next(tensors)[1].numpy(), ref.legacy) for ref in blobs] for name, blobs in refs.items()}
+        return {name: blobs for name, blobs in out.items() if blobs}
     finally:
         if mm is not None:
             mm.close()
@@ -340,6 +348,31 @@ def _fits(target: tuple[int, ...], shape: tuple[int, ...], legacy: bool) -> bool
     if legacy and len(target) <= 4:
         return (1,) * (4 - len(target)) + target == shape
     return False
+
+
+def check_blobless(node: Any, stored: Sequence[Any] | None, loc: Location | None) -> None:
+    """A layer without parameters takes no blobs: ``CopyTrainedLayersFrom`` checks the count of every layer it
+    matches by name, so stored blobs for a ReLU stop it ("Incompatible number of blobs")."""
+    if stored:
+        raise WeightsError(f"weights file has {len(stored)} blobs for this layer, the net expects 0 (a layer of "
+                           "this name with parameters in another net?)", loc, layer=node.name)
+
+
+def check_matches(report: LoadReport, stored: Mapping[str, Sequence[Any]], loc: Location | None) -> None:
+    """The file-level checks after matching: a file without any blob, or none matching the net's layers."""
+    holding = [name for name, blobs in stored.items() if blobs]
+    if report.missing and not holding:
+        raise WeightsError("the weights file holds no blobs (valid only for a net without parameters, which "
+                           f"Caffe would leave to its fillers): the net needs {_names(report.missing)}", loc)
+    if report.missing and not report.loaded:
+        raise WeightsError("no layer of the weights file matches a layer of the net (weights of another "
+                           f"net?): the file has {_names(holding)}, the net needs {_names(report.missing)}", loc)
+
+
+def extra_layers(graph: Any, stored: Mapping[str, Sequence[Any]]) -> list[str]:
+    """Layers of the file with blobs that the net lacks (Caffe logs "Ignoring source layer")."""
+    known = {n.name for n in graph.nodes}
+    return [name for name, blobs in stored.items() if blobs and name not in known]
 
 
 def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike) -> LoadReport:
@@ -365,6 +398,7 @@ def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike
         for (node, module), unique in zip(net.node_layers(), net.graph.unique_names(), strict=True):
             names = getattr(module, "blob_names", ())
             if not names:
+                check_blobless(node, refs.get(node.name) if unique == node.name else None, loc)
                 continue
             if unique != node.name:  # a repeated name: Caffe copies weights into the first layer of a name only
                 report.repeated.append(node.name)
@@ -383,12 +417,7 @@ def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike
                                        f"expects {tuple(target.shape)}", loc, layer=node.name)
                 plan.append((ref, target))
             report.loaded.append(node.name)
-        if report.missing and not refs:
-            raise WeightsError("the weights file holds no blobs (valid only for a net without parameters, which "
-                               f"Caffe would leave to its fillers): the net needs {_names(report.missing)}", loc)
-        if report.missing and not report.loaded and refs:
-            raise WeightsError("no layer of the weights file matches a layer of the net (weights of another "
-                               f"net?): the file has {_names(refs)}, the net needs {_names(report.missing)}", loc)
+        check_matches(report, refs, loc)
         if fd >= 0:
             size = os.fstat(fd).st_size
             for ref, _ in plan:
@@ -397,8 +426,7 @@ def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike
         with torch.no_grad():
             _read_all(fd, plan)
         report.written = [target for _, target in plan]
-        known = {n.name for n in net.graph.nodes}
-        report.extra = [name for name in refs if name not in known]
+        report.extra = extra_layers(net.graph, refs)
         return report
     finally:
         if mm is not None:

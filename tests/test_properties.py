@@ -130,17 +130,17 @@ def caffemodels(draw) -> caffe_pb2.NetParameter:
 
 
 def _expected_blobs(net: caffe_pb2.NetParameter) -> dict:
+    """Caffe's reading: ``CopyTrainedLayersFrom`` copies every source layer in turn (the last of a name wins);
+    ``Blob::FromProto`` takes the legacy 4-D fields when any is set, and ``double_data`` when it has values."""
     out = {}
     for layer in net.layer:
-        if layer.name in out or not len(layer.blobs):
-            continue
         blobs = []
         for b in layer.blobs:
-            legacy = not b.HasField("shape") and any(b.HasField(f) for f in ("num", "channels", "height", "width"))
+            legacy = any(b.HasField(f) for f in ("num", "channels", "height", "width"))
             shape = (b.num, b.channels, b.height, b.width) if legacy else tuple(b.shape.dim)
-            blobs.append((shape, legacy, [float(v) for v in (b.data if len(b.data) else b.double_data)]))
+            blobs.append((shape, legacy, [float(v) for v in (b.double_data if len(b.double_data) else b.data)]))
         out[layer.name] = blobs
-    return out
+    return {name: blobs for name, blobs in out.items() if blobs}
 
 
 @FAST

@@ -73,7 +73,8 @@ def test_torch_free_store_and_caffemodel_keep_both_layers(files: tuple[Path, Pat
     saved = caffe_pb2.NetParameter.FromString(out.read_bytes())
     assert [[tuple(b.shape.dim) for b in la.blobs] for la in saved.layer if la.name == "ip"] == [
         [(3, 4), (3,)], [(2, 3), (2,)]]
-    assert (read_caffemodel(out)["ip"][0].array == 2).all()  # reading back: the first layer of a name
+    # reading back, the last layer of a name wins: CopyTrainedLayersFrom copies every source layer in turn
+    assert (read_caffemodel(out)["ip"][0].array == 0.25).all()
 
 
 def test_pycaffe_net_gives_each_layer_its_own_blobs(files: tuple[Path, Path]) -> None:
@@ -186,3 +187,54 @@ def test_param_sharing_follows_layer_positions_not_names(tmp_path: Path) -> None
     module.load_state_dict(saved)
     with torch.no_grad():
         assert torch.allclose(module(x), want)
+
+
+SLASH_NET = """name: "slash"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 } } }
+layer { name: "conv1" type: "InnerProduct" bottom: "data" top: "a" inner_product_param { num_output: 2 } }
+layer { name: "conv1/scale" type: "Scale" bottom: "a" top: "a" scale_param { filler { value: 3 } } }
+"""
+
+
+def test_hdf5_weights_refuse_a_layer_name_with_a_slash(tmp_path: Path) -> None:
+    """'/' separates HDF5 groups: ``conv1/scale`` would nest inside ``conv1`` (Caffe's ``H5Gcreate2`` fails or
+    nests it, and its reader then refuses the file), so saving refuses it before writing, a solver with HDF5
+    snapshots refuses it at set-up, and a file with such nesting is refused when read."""
+    h5py = pytest.importorskip("h5py")
+    net_file = tmp_path / "slash.prototxt"
+    net_file.write_text(SLASH_NET)
+    net = caffe.Net(str(net_file), caffe.TEST)
+    with pytest.raises(WeightsError, match="layer 'conv1/scale': HDF5 weights cannot hold layer 'conv1/scale': a "
+                                           "layer name with '/'"):
+        net.save_hdf5(str(tmp_path / "w.h5"))
+    assert not (tmp_path / "w.h5").exists()
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(f'net: "{net_file}" base_lr: 0.1 lr_policy: "fixed" max_iter: 1 snapshot_format: HDF5 '
+                      f'snapshot_prefix: '
+                      f'"{tmp_path}/s"\n')
+    from prototxt2py.train import SolverError
+
+    with pytest.raises(SolverError, match=r"solver.prototxt: layer 'conv1/scale': HDF5 weights cannot hold .* "
+                                          r"\(snapshot_format: HDF5 in the solver\)"):
+        caffe.SGDSolver(str(solver))
+    with h5py.File(tmp_path / "nested.h5", "w") as f:  # what a nesting writer leaves
+        f["data/conv1/0"] = np.zeros((2, 4), np.float32)
+        f["data/conv1/1"] = np.zeros(2, np.float32)
+        f["data/conv1/scale/0"] = np.full(2, 3, np.float32)
+    with pytest.raises(WeightsError, match=r"nested.h5: group '/data/conv1' holds 'scale' among its 3 links, "
+                                           r"expected datasets 0 .. 2"):
+        prototxt2py.load(str(net_file), weights=str(tmp_path / "nested.h5"))
+
+
+def test_hdf5_weights_fill_the_last_layer_of_a_name_in_pycaffe(files: tuple[Path, Path], tmp_path: Path) -> None:
+    """``CopyTrainedLayersFromHDF5`` looks layers up in ``layer_names_index_``, where a later layer of a name
+    replaced the earlier: the last 'ip' (2x3 here) takes the group."""
+    h5py = pytest.importorskip("h5py")
+    net_file, _ = files
+    with h5py.File(tmp_path / "w.h5", "w") as f:
+        f["data/ip/0"] = np.full((2, 3), 5, np.float32)
+        f["data/ip/1"] = np.full(2, 6, np.float32)
+    net = caffe.Net(str(net_file), caffe.TEST)
+    net.load_hdf5(str(tmp_path / "w.h5"))
+    first, second = (layer.blobs for layer in net.layers if layer.name == "ip")
+    assert (second[0].data == 5).all() and (second[1].data == 6).all() and not (first[0].data == 5).any()

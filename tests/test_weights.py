@@ -374,3 +374,80 @@ def test_a_zero_axis_blob_round_trips_as_caffe_writes_it(tmp_path: Path) -> None
     from safetensors.numpy import load_file
 
     assert load_file(tmp_path / "b.safetensors")["l.weight"].shape == ()
+
+
+IP_NET = """name: "n"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "a" inner_product_param { num_output: 2 } }
+layer { name: "relu" type: "ReLU" bottom: "a" top: "a" }
+"""
+
+
+def _blob(shape: tuple[int, ...] | None = None, data: list[float] | None = None, **legacy: int) -> caffe_pb2.BlobProto:
+    b = caffe_pb2.BlobProto(**legacy)
+    if shape is not None:
+        b.shape.dim.extend(shape)
+    if data is not None:
+        b.data.extend(data)
+    return b
+
+
+def _model(*layers: tuple[str, list]) -> bytes:
+    m = caffe_pb2.NetParameter()
+    for name, blobs in layers:
+        m.layer.add(name=name).blobs.extend(blobs)
+    return m.SerializeToString()
+
+
+def _split_runs_model() -> bytes:
+    """ip's bias values written as two packed runs of ``data``, which protobuf concatenates (a legal encoding)."""
+    first, second = _blob((2,), [4.0]).SerializeToString(), _blob(data=[6.0]).SerializeToString()
+    layer = caffe_pb2.LayerParameter(name="ip")
+    layer.blobs.extend([_blob((2, 2), [1.0] * 4)])
+    body = layer.SerializeToString() + b"\x3a" + bytes([len(first + second)]) + first + second
+    return b"\xa2\x06" + bytes([len(body)]) + body
+
+
+def _with_doubles() -> caffe_pb2.BlobProto:
+    b = _blob((2,), [1.0, 1.0])
+    b.double_data.extend([7.0, 7.0])
+    return b
+
+
+@pytest.mark.parametrize(("case", "model", "bias"), [
+    ("the last layer of a name wins", _model(("ip", [_blob((2, 2), [1.0] * 4), _blob((2,), [1.0] * 2)]),
+                                             ("ip", [_blob((2, 2), [2.0] * 4), _blob((2,), [2.0] * 2)])), 2.0),
+    ("legacy fields win over shape", _model(("ip", [_blob((2, 2), [1.0] * 4),
+                                                    _blob((1, 2), [5.0] * 2, num=1, channels=1, height=1, width=2)])),
+     5.0),
+    ("double_data wins over data", _model(("ip", [_blob((2, 2), [1.0] * 4), _with_doubles()])), 7.0),
+    ("packed runs concatenate", _split_runs_model(), (4.0, 6.0)),
+], ids=["last_of_a_name", "legacy_over_shape", "double_over_data", "packed_runs"])
+def test_blobs_are_read_by_caffes_rules(case: str, model: bytes, bias: float | tuple, tmp_path: Path) -> None:
+    """``CopyTrainedLayersFrom`` copies every source layer in turn, and ``Blob::FromProto`` prefers the legacy 4-D
+    fields and ``double_data``; both loaders (the runtime's and the torch-free store) agree."""
+    from prototxt2py.blobstore import GraphBlobs
+
+    (tmp_path / "net.prototxt").write_text(IP_NET)
+    (tmp_path / "w.caffemodel").write_bytes(model)
+    graph = prototxt2py.graph(tmp_path / "net.prototxt")
+    net = prototxt2py.load(graph, weights=tmp_path / "w.caffemodel")
+    store = GraphBlobs(graph, tmp_path / "w.caffemodel")
+    want = np.broadcast_to(np.asarray(bias, np.float32), (2,))
+    np.testing.assert_array_equal(net.layer("ip").bias.detach().numpy(), want, err_msg=case)
+    np.testing.assert_array_equal(store.blobs(graph.node("ip"))[1], want, err_msg=case)
+
+
+def test_blobs_stored_for_a_layer_without_parameters_are_refused(tmp_path: Path) -> None:
+    """Caffe checks the blob count of every layer it matches by name, a ReLU's (0) included."""
+    from prototxt2py.blobstore import GraphBlobs
+
+    (tmp_path / "net.prototxt").write_text(IP_NET)
+    (tmp_path / "w.caffemodel").write_bytes(_model(("ip", [_blob((2, 2), [1.0] * 4), _blob((2,), [1.0] * 2)]),
+                                                   ("relu", [_blob((2,), [9.0] * 2)])))
+    graph = prototxt2py.graph(tmp_path / "net.prototxt")
+    for load in (lambda: prototxt2py.load(graph, weights=tmp_path / "w.caffemodel"),
+                 lambda: GraphBlobs(graph, tmp_path / "w.caffemodel")):
+        with pytest.raises(WeightsError, match="layer 'relu': weights file has 1 blobs for this layer, the net "
+                                               "expects 0"):
+            load()

@@ -46,7 +46,8 @@ def load_params(net: Net, filename: str | os.PathLike) -> None:
             if name not in net._layer_names:
                 continue  # Caffe ignores layers the net lacks
             expect_group(h5py, group, loc)
-            i = net._layer_names.index(name)
+            # the last layer of the name, as Net::Init's layer_names_index_ (a binary file fills the first)
+            i = len(net._layer_names) - 1 - net._layer_names[::-1].index(name)
             blobs, node = net.layers[i].blobs, net._graph.nodes[i]
             if len(group) > len(blobs):
                 raise WeightsError(f"Incompatible number of blobs for layer {name}: {len(group)} in the file, "

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import Location
+from ..errors import Location, WeightsError
 from ..ir.graph import ParamInfo
 from .errors import DivergedError, SolverError
 from .feeding import Feeder
@@ -187,6 +187,14 @@ class Solver:
         self.net_source: Any = None  # the NetSource each net was built from (pycaffe's Net.reshape needs it)
         self.test_sources: list[Any] = []
         self.net, self.feeder = self._init_train_net()
+        if p.snapshot_format == 0 and self.is_root and (p.snapshot or p.snapshot_after_train):  # HDF5 snapshots
+            from ..hdf5_weights import check_layer_names
+
+            try:
+                check_layer_names(self.net.graph)
+            except WeightsError as e:  # now, not at the first snapshot, hours into training
+                raise SolverError(f"{e.message} (snapshot_format: HDF5 in the solver)", Location(self.file),
+                                  layer=e.layer) from None
         self.test_nets: list[Any] = []
         self.test_feeders: list[Feeder] = []
         self._init_test_nets()
