@@ -403,6 +403,9 @@ def test_memory_data_set_input_arrays(tmp_path: Path) -> None:
     np.testing.assert_array_equal(second["label"].ravel(), [2, 3])
     with pytest.raises(caffe.CaffeUsageError, match="multiple of batch size"):
         net.set_input_arrays(data[:3], np.zeros(3, np.float32))
+    with pytest.raises(RuntimeError, match=r"labels array has shape \(2, 1, 1\) per item, the layer expects "
+                                           r"\(1, 1, 1\)"):  # RuntimeError: pycaffe's C++ check
+        net.set_input_arrays(data, np.zeros((4, 2, 1, 1), np.float32))
 
 
 def test_pycaffe_script_deletes_prototxt_after_construction(tmp_path: Path) -> None:

@@ -107,6 +107,13 @@ def test_an_unknown_regularization_type_without_weight_decay_trains(tmp_path: Pa
     get_solver(path).step(1)
 
 
+def test_debug_info_is_warned_about(tmp_path: Path) -> None:
+    warned: list[str] = []
+    get_solver(solver(tmp_path, "", "", "debug_info: true\n"), warn=warned.append)
+    assert warned == [f"{tmp_path / 'solver.prototxt'}: debug_info is not supported: the per-layer "
+                      "[Forward]/[Backward]/[Update] lines are not logged"]
+
+
 def test_snapshot_diff_is_warned_about(tmp_path: Path) -> None:
     warned: list[str] = []
     get_solver(solver(tmp_path, "", "", "snapshot_diff: true\n"), warn=warned.append)

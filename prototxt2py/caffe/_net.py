@@ -45,8 +45,9 @@ TRAIN, TEST = 0, 1
 _PHASES = {TRAIN: "TRAIN", TEST: "TEST", "TRAIN": "TRAIN", "TEST": "TEST"}
 
 
-class CaffeUsageError(Prototxt2pyError, ValueError):
-    """A pycaffe call that Caffe would refuse (unknown layer or blob, inputs not matching the net, ...)."""
+class CaffeUsageError(Prototxt2pyError, ValueError, RuntimeError):
+    """A pycaffe call that Caffe would refuse (unknown layer or blob, inputs not matching the net, ...). Also a
+    ``RuntimeError``, what pycaffe's C++ checks (``set_input_arrays``, ...) raise, so scripts catching it work."""
 
 
 class Layer:
@@ -575,6 +576,9 @@ class Net:
         if data.shape[1:] != (p.channels, p.height, p.width):
             raise CaffeUsageError(f"data array has shape {data.shape[1:]} per item, the layer expects "
                                   f"{(p.channels, p.height, p.width)}")
+        if labels.shape[1:] != (1, 1, 1):  # pycaffe's CheckContiguousArray(labels, "labels array", 1, 1, 1)
+            raise CaffeUsageError(f"labels array has shape {labels.shape[1:]} per item, the layer expects (1, 1, 1): "
+                                  "one label per item")
         if len(data) != len(labels):
             raise CaffeUsageError("data and labels must have the same first dimension")
         if len(data) % p.batch_size:

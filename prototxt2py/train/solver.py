@@ -180,6 +180,9 @@ class Solver:
             check_writable(p.snapshot_prefix)
         if p.snapshot_diff:
             self.warn(f"{self.file}: snapshot_diff is not supported: snapshots hold the weights without their diffs")
+        if p.debug_info:
+            self.warn(f"{self.file}: debug_info is not supported: the per-layer [Forward]/[Backward]/[Update] lines "
+                      "are not logged")
         if p.random_seed >= 0:
             torch.manual_seed(p.random_seed + self.rank)
         self.data_workers = data_workers
