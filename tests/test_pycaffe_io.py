@@ -297,3 +297,36 @@ def test_readme_pycaffe_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert len(top5) == 5 and scope["probs"].shape == (1000,)
     assert scope["prob"].shape == (1000,) and abs(float(scope["prob"].sum()) - 1) < 1e-4
     assert str(int(top5[0])) in capsys.readouterr().out
+
+
+def test_set_mean_of_a_float64_mean_follows_pycaffes_arithmetic() -> None:
+    """pycaffe's ``set_mean``, transcribed: the mean (float64, as ``np.load('ilsvrc_2012_mean.npy')`` gives)
+    normalised in float64, resized, rescaled in float32 (numpy 1's casting by a scalar). Casting to float32 first
+    was 1-2 ulp off."""
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        c = int(rng.choice([1, 3]))
+        mean = rng.uniform(50, 200, size=(c, *rng.integers(3, 30, 2)))
+        h, w = (int(v) for v in rng.integers(3, 30, 2))
+        t = caffe.io.Transformer({"data": (1, c, h, w)})
+        t.set_mean("data", mean)
+        lo, hi = mean.min(), mean.max()
+        resized = caffe.io.resize_image(((mean - lo) / (hi - lo)).transpose((1, 2, 0)), (h, w)).transpose((2, 0, 1))
+        want = resized * np.float32(hi - lo) + np.float32(lo)
+        assert t.mean["data"].dtype == np.float32
+        np.testing.assert_array_equal(t.mean["data"], want)
+
+
+def test_resize_image_keeps_the_input_dtype_as_pycaffe() -> None:
+    """A uint8 image of 4 channels goes through ``scipy.ndimage.zoom`` as uint8 in pycaffe, so its values are
+    rounded integers; a float64 image of 3 channels is normalised in float64."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    im = (np.random.default_rng(0).uniform(size=(5, 6, 4)) * 255).astype(np.uint8)
+    got = caffe.io.resize_image(im, (9, 7), 1)
+    np.testing.assert_array_equal(got, ndimage.zoom(im, (9 / 5, 7 / 6, 1), order=1).astype(np.float32))
+    assert got.dtype == np.float32 and (got == np.round(got)).all()
+    rgb = np.random.default_rng(1).uniform(size=(5, 6, 3))
+    lo, hi = rgb.min(), rgb.max()
+    normalised = caffe.io.resize_image((rgb - lo) / (hi - lo), (9, 7), 1)  # in [0, 1]: scale 1, offset 0
+    want = (normalised.astype(np.float64) * (hi - lo) + lo).astype(np.float32)
+    np.testing.assert_allclose(caffe.io.resize_image(rgb, (9, 7), 1), want, rtol=0, atol=1e-6)

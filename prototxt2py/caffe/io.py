@@ -185,8 +185,14 @@ class Transformer:
                 raise ValueError("Mean shape invalid")
             in_shape = self.inputs[in_][1:]
             if ms != tuple(in_shape):
-                resized = resize_image(mean.reshape(ms).transpose((1, 2, 0)).astype(np.float32), in_shape[1:])
-                mean = resized.reshape(tuple(in_shape[1:]) + (ms[0],)).transpose((2, 0, 1))
+                m = mean.reshape(ms)
+                m_min, m_max = m.min(), m.max()
+                if m_max > m_min:  # pycaffe: normalised in the mean's dtype, resized, then rescaled in float32
+                    normal = (m - m_min) / (m_max - m_min)  # (numpy 1's casting of a float32 array by a scalar)
+                    resized = resize_image(normal.transpose((1, 2, 0)), in_shape[1:]).transpose((2, 0, 1))
+                    mean = resized * np.float32(m_max - m_min) + np.float32(m_min)
+                else:  # a constant mean stays that constant (pycaffe would divide by zero)
+                    mean = resize_image(m.transpose((1, 2, 0)), in_shape[1:]).transpose((2, 0, 1))
         self.mean[in_] = mean
 
     def set_input_scale(self, in_: str, scale: float) -> None:
@@ -240,7 +246,9 @@ def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1)
     h, w = int(new_dims[0]), int(new_dims[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"new_dims must be positive (height, width), got ({h}, {w})")
-    im = np.asarray(im, dtype=np.float32)
+    im = np.asarray(im)  # computed in its own dtype, as pycaffe's numpy arithmetic and zoom do (uint8 stays)
+    if im.dtype.kind not in "iuf":
+        raise ValueError(f"resize_image takes an array of numbers, got dtype {im.dtype}")
     if im.ndim == 2:
         im = im[:, :, np.newaxis]
     if im.ndim != 3:
@@ -253,16 +261,16 @@ def resize_image(im: np.ndarray, new_dims: Sequence[int], interp_order: int = 1)
     if im.size == 0:
         raise ValueError(f"cannot resize an empty image (shape {im.shape})")
     if k in (1, 3):
-        lo, hi = float(im.min()), float(im.max())
-        if hi <= lo:  # a constant image (pycaffe avoids dividing by zero the same way)
+        lo, hi = im.min(), im.max()
+        if not hi > lo:  # a constant image (pycaffe avoids dividing by zero the same way)
             return np.full((h, w, k), lo, dtype=np.float32)
-        # pycaffe's own rounding: scaled to [0, 1] in float32, resized in float64 (skimage), scaled back
-        std = ((im - np.float32(lo)) / np.float32(hi - lo)).astype(np.float64)
+        # pycaffe's own rounding: scaled to [0, 1] in the image's dtype, resized in float64 (skimage), scaled back
+        std = ((im - lo) / (hi - lo)).astype(np.float64)
         if interp_order in _TAPS:
             out = _resample(_resample(std, h, 0, interp_order, 0.0), w, 1, interp_order, 0.0)
         else:  # skimage's spline orders: pixel centres, zero beyond the border
             out = _zoom(std, (h, w), interp_order, centres_pad=0.0)
-        return (np.clip(out, 0.0, 1.0) * np.float32(hi - lo) + np.float32(lo)).astype(np.float32)
+        return (np.clip(out, 0.0, 1.0) * (hi - lo) + lo).astype(np.float32)
     return _zoom(im, (h, w), interp_order)
 
 
