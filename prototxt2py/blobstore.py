@@ -23,7 +23,17 @@ import numpy as np
 
 from .errors import Location, Prototxt2pyError, ShapeError, WeightsError
 from .fillers import fill_array
-from .weights import Blob, LoadReport, _fits, _InlineRef, _open_refs, check_blobless, check_matches, extra_layers
+from .weights import (
+    Blob,
+    LoadReport,
+    _fits,
+    _InlineRef,
+    _open_refs,
+    check_blobless,
+    check_matches,
+    extra_layers,
+    filled_layers,
+)
 
 _FLOAT = np.dtype(np.float32)
 
@@ -93,6 +103,7 @@ class GraphBlobs:
         for n in graph.nodes:
             for i, s in enumerate(n.param_shapes):
                 self._shapes.setdefault(self._own_key(n, i), tuple(s))
+        hdf5 = False
         if weights is None:
             stored: Mapping[str, Sequence[Any]] = {}
             loc = None
@@ -102,7 +113,9 @@ class GraphBlobs:
             from .hdf5_weights import is_hdf5, read_caffemodel_h5
 
             loc = Location(str(weights))
-            stored = read_caffemodel_h5(weights, graph) if is_hdf5(weights) else read_stored(weights)
+            hdf5 = is_hdf5(weights)
+            stored = read_caffemodel_h5(weights, graph) if hdf5 else read_stored(weights)
+        self._filled = filled_layers(graph, hdf5)
         self._arrays: dict[tuple[str, int], np.ndarray] = {}
         self._load(stored, loc, weights is not None)
 
@@ -113,9 +126,6 @@ class GraphBlobs:
     def _unique(self, node: Any) -> str:
         """The layer's unique name (a node of another graph of the same net counts as the first of its name)."""
         return self._own_name.get(id(node), node.name)
-
-    def _repeats(self, node: Any) -> bool:
-        return self._unique(node) != node.name
 
     # -- matching the file to the graph ------------------------------------------------------------------
     def _targets(self, node: Any) -> list[tuple[tuple[str, int], tuple[int, ...]]]:
@@ -131,10 +141,11 @@ class GraphBlobs:
     def _load(self, stored: Mapping[str, Sequence[Any]], loc: Location | None, have_file: bool) -> None:
         report = self.report
         for node in self.graph.nodes:
+            filled = self._unique(node) in self._filled
             if not node.param_shapes:
-                check_blobless(node, None if self._repeats(node) else stored.get(node.name), loc)
+                check_blobless(node, stored.get(node.name) if filled else None, loc)
                 continue
-            if self._repeats(node):  # Caffe copies weights into the first layer of a name only
+            if not filled:  # Caffe copies weights into one layer of a name only (see filled_layers)
                 report.repeated.append(node.name)
                 continue
             blobs = stored.get(node.name)

@@ -157,14 +157,25 @@ def _layer(buf, start: int, end: int, name_field: int, blobs_field: int) -> tupl
     return name, blobs
 
 
+class MixedVersions(ValueError):
+    """V2 ``layer`` and V1 ``layers`` entries in one file: Caffe's ``UpgradeV1Net`` refuses to merge them."""
+
+    MESSAGE = ("the file has both 'layer' (V2) and 'layers' (V1) entries, which Caffe refuses to upgrade "
+               "(\"inconsistent NetParameter\")")
+
+
 def scan_caffemodel(buf) -> dict[str, list[BlobRef]]:
     """Walk a binary NetParameter's framing: layer name -> blob references (every layer, blob-less ones too,
     whose count Caffe checks as well; the last layer of a name wins)."""
     out: dict[str, list[BlobRef]] = {}
     layers = 0
+    kinds: set[int] = set()
     for number, wire, value in _fields(buf, 0, len(buf)):
         if wire != _LEN or number not in (2, 100):
             continue
+        kinds.add(number)
+        if len(kinds) == 2:
+            raise MixedVersions()
         layers += 1
         if layers > MAX_LAYERS:
             raise _Corrupt(f"more than {MAX_LAYERS:,} layers")
@@ -201,6 +212,8 @@ def _open_refs(path: str | os.PathLike) -> tuple[int, mmap.mmap | None, dict[str
             refs = _protobuf_refs(mm, file, str(e))
         except _Corrupt as e:  # never handed to protobuf: a corrupt 1 GB file must not be copied and decoded
             raise WeightsError(f"not a valid .caffemodel (truncated or corrupt: {e})", Location(file)) from None
+        except MixedVersions:
+            raise WeightsError(MixedVersions.MESSAGE, Location(file)) from None
     except WeightsError:
         mm.close()
         os.close(fd)
@@ -251,6 +264,8 @@ def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
         net.ParseFromString(bytes(buf))
     except Exception:
         raise WeightsError(f"not a valid .caffemodel (truncated or corrupt: {why})", Location(file)) from None
+    if len(net.layer) and len(net.layers):
+        raise WeightsError(MixedVersions.MESSAGE, Location(file))
     out: dict[str, list[BlobRef]] = {}
     for entries in (net.layer, net.layers):
         for layer in entries:
@@ -350,6 +365,17 @@ def _fits(target: tuple[int, ...], shape: tuple[int, ...], legacy: bool) -> bool
     return False
 
 
+def filled_layers(graph: Any, hdf5: bool) -> set[str]:
+    """The unique names of the layers a file fills where a name repeats: the first layer of a name from a
+    binary file (``CopyTrainedLayersFrom`` looks each source layer up from the start), the last from HDF5
+    (``CopyTrainedLayersFromHDF5`` uses ``layer_names_index_``, where a later layer replaced the earlier)."""
+    chosen: dict[str, str] = {}
+    for node, unique in zip(graph.nodes, graph.unique_names(), strict=True):
+        if hdf5 or node.name not in chosen:
+            chosen[node.name] = unique
+    return set(chosen.values())
+
+
 def check_blobless(node: Any, stored: Sequence[Any] | None, loc: Location | None) -> None:
     """A layer without parameters takes no blobs: ``CopyTrainedLayersFrom`` checks the count of every layer it
     matches by name, so stored blobs for a ReLU stop it ("Incompatible number of blobs")."""
@@ -383,7 +409,8 @@ def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike
     from .hdf5_weights import is_hdf5, read_caffemodel_h5
 
     path = None if isinstance(weights, Mapping) else weights
-    if path is not None and is_hdf5(path):  # as Caffe's CopyTrainedLayersFrom, by content: .caffemodel.h5
+    hdf5 = path is not None and is_hdf5(path)
+    if hdf5:  # as Caffe's CopyTrainedLayersFrom, by content: .caffemodel.h5
         weights = read_caffemodel_h5(path, net.graph)
     if isinstance(weights, Mapping):
         refs = {k: [_InlineRef(tuple(b.array.shape), b.legacy, "<f4", 0, b.array.size, b.array) for b in v]
@@ -395,12 +422,13 @@ def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike
     try:
         report = LoadReport()
         plan = []
+        filled = filled_layers(net.graph, hdf5)
         for (node, module), unique in zip(net.node_layers(), net.graph.unique_names(), strict=True):
             names = getattr(module, "blob_names", ())
             if not names:
-                check_blobless(node, refs.get(node.name) if unique == node.name else None, loc)
+                check_blobless(node, refs.get(node.name) if unique in filled else None, loc)
                 continue
-            if unique != node.name:  # a repeated name: Caffe copies weights into the first layer of a name only
+            if unique not in filled:  # a repeated name: Caffe copies weights into one layer of a name only
                 report.repeated.append(node.name)
                 continue
             blobs = refs.get(node.name)

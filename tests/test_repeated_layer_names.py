@@ -238,3 +238,9 @@ def test_hdf5_weights_fill_the_last_layer_of_a_name_in_pycaffe(files: tuple[Path
     net.load_hdf5(str(tmp_path / "w.h5"))
     first, second = (layer.blobs for layer in net.layers if layer.name == "ip")
     assert (second[0].data == 5).all() and (second[1].data == 6).all() and not (first[0].data == 5).any()
+    graph = prototxt2py.graph(str(net_file))  # the runtime's loader and the torch-free store alike
+    runtime = prototxt2py.load(graph, weights=str(tmp_path / "w.h5"))
+    store = GraphBlobs(graph, str(tmp_path / "w.h5"))
+    second_node, second_module = [(n, m) for n, m in runtime.node_layers() if n.name == "ip"][1]
+    assert (second_module.weight == 5).all()
+    assert (store.blobs(second_node)[0] == 5).all() and runtime.load_report.repeated == ["ip"]

@@ -451,3 +451,15 @@ def test_blobs_stored_for_a_layer_without_parameters_are_refused(tmp_path: Path)
         with pytest.raises(WeightsError, match="layer 'relu': weights file has 1 blobs for this layer, the net "
                                                "expects 0"):
             load()
+
+
+def test_a_file_mixing_v1_and_v2_layers_is_refused(tmp_path: Path) -> None:
+    """``UpgradeV1Net`` stops on a NetParameter with both ``layer`` and ``layers`` (it would not merge them)."""
+    m = caffe_pb2.NetParameter()
+    m.layer.add(name="ip").blobs.extend([_blob((2, 2), [1.0] * 4), _blob((2,), [1.0] * 2)])
+    m.layers.add(name="other").blobs.extend([_blob((2,), [1.0] * 2)])
+    (tmp_path / "net.prototxt").write_text(IP_NET)
+    (tmp_path / "w.caffemodel").write_bytes(m.SerializeToString())
+    with pytest.raises(WeightsError, match=r"w.caffemodel: the file has both 'layer' \(V2\) and 'layers' \(V1\) "
+                                           "entries, which Caffe refuses to upgrade"):
+        prototxt2py.load(tmp_path / "net.prototxt", weights=tmp_path / "w.caffemodel")
