@@ -304,6 +304,19 @@ def test_cli_refusal_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "r.onnx").exists()
 
 
+def test_dynamic_probes_keep_the_other_inputs_as_given() -> None:
+    """The probes at other sizes grow the image inputs and keep every other input as ``--input`` gave it: LeNet's
+    label given as 2 stays 2, so the refusal names the real reason (ip1 is not fully convolutional), not 'data
+    and label must have the same first dimension' from the file's batch of 64."""
+    net = SHARED / "corpus" / "BVLC__caffe" / "examples" / "mnist" / "lenet_train_test.prototxt"
+    if not net.exists():
+        pytest.skip("corpus LeNet not available")
+    graph = prototxt2py.graph(str(net), phase="TRAIN", input_shapes={"data": (2, 1, 28, 28), "label": (2,)})
+    with pytest.raises(UnsupportedLayerError) as e:
+        to_onnx_model(graph, dynamic=True)
+    assert "'InnerProduct' (layer 'ip1'" in str(e.value) and "not fully convolutional" in str(e.value)
+
+
 UNSIZED_NET = """
 name: "unsized"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 8 dim: 8 } } }

@@ -548,15 +548,17 @@ def _spatial_symbols(graph: Any) -> dict[str, tuple[str, ...]]:
 def _probe(graph: Any, delta: tuple[int, int]) -> Any:
     """``graph`` with its shapes inferred again for sized inputs grown by ``delta`` on height/width (``delta``
     cycles over further axes)."""
-    overrides = {}
+    grown, kept = {}, {}  # the other inputs keep their shapes as given (--input label=2), not the file's
     for vid in graph.inputs:
         shape = graph.values[vid].shape
         if _sized_input(shape):
-            overrides[graph.values[vid].blob] = (*shape[:2], *(d + delta[i % 2] for i, d in enumerate(shape[2:])))
+            grown[graph.values[vid].blob] = (*shape[:2], *(d + delta[i % 2] for i, d in enumerate(shape[2:])))
+        elif shape is not None:
+            kept[graph.values[vid].blob] = tuple(shape)
     try:
-        return reinferred(graph, overrides)
+        return reinferred(graph, {**kept, **grown})
     except Prototxt2pyError as e:
-        sizes = ", ".join(f"{b} {tuple(s)}" for b, s in overrides.items())
+        sizes = ", ".join(f"{b} {tuple(s)}" for b, s in grown.items())
         raise ShapeError(f"--dynamic: the net cannot run at other input sizes (tried {sizes}): {e.message}",
                          e.location, layer=e.layer) from None
 
