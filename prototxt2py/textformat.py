@@ -328,12 +328,25 @@ class _Parser:
             return value
         raise self.error(tok, f"unsupported field type for '{fd.name}'")  # pragma: no cover
 
+    def octal(self, tok: Token) -> int | None:
+        """protobuf's tokenizer reads a number that starts with 0 and a digit as octal (``017`` is 15), for float
+        fields too, and refuses one with an 8 or 9 (or a fraction) after the zero; None for other numbers."""
+        body = tok.text.lstrip("+-")
+        if len(body) < 2 or body[0] != "0" or not body[1].isdigit():
+            return None
+        if body.strip("01234567"):
+            raise self.error(tok, f"numbers starting with a leading zero are octal in protobuf's text format (as "
+                                  f"Caffe reads it), got {_short(tok.text)!r}")
+        return -int(body, 8) if tok.text.startswith("-") else int(body, 8)
+
     def to_float(self, tok: Token, fd: FieldDescriptor) -> float:
         if tok.kind == "number":
             text = tok.text
+            body = text.lstrip("+-")
+            if body.lower().startswith("0x") or self.octal(tok) is not None:
+                raise self.error(tok, f"expected a decimal number for field '{fd.name}', got {_short(text)!r} "
+                                      "(protobuf's text format takes hex and octal in integer fields only)")
             try:
-                if text.lower().lstrip("+-").startswith("0x"):
-                    return float(int(text, 16))
                 return float(text.rstrip("fF"))
             except (ValueError, OverflowError):
                 raise self.error(tok, f"number {_short(text)} does not fit field '{fd.name}'") from None
@@ -348,6 +361,9 @@ class _Parser:
 
     def to_int(self, tok: Token, fd: FieldDescriptor) -> int:
         text = tok.text
+        octal = self.octal(tok)
+        if octal is not None:
+            return octal
         try:
             if text.lower().lstrip("+-").startswith("0x"):
                 return int(text, 16)

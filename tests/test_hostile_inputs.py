@@ -335,3 +335,29 @@ def test_a_path_the_system_refuses_is_one_line(tmp_path: Path) -> None:
         assert code == 1, err
         assert err.splitlines()[-1] == f"error: {out[:80]}... ({len(out)} characters): File name too long", err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.prototxt"]
+
+
+@pytest.mark.parametrize("spelling", ["17", "017", "00", "0", "-017", "08", "019", "0x1F", "-0x10", "1e3", "0.5",
+                                      "017.5", "0e5", ".5", "5f"])
+def test_numbers_are_read_as_protobufs_text_format(spelling: str) -> None:
+    """Caffe reads prototxt with protobuf's text format: a leading zero means octal (``kernel_size: 017`` is 15;
+    ``08`` is refused), and float fields take decimal numbers only (no hex, no octal). Differential against
+    protobuf's own Python parser, field by field; a value both accept must be the same."""
+    from google.protobuf import text_format
+
+    from prototxt2py import textformat
+
+    for message, field in ((caffe_pb2.ConvolutionParameter, "kernel_size"), (caffe_pb2.ConvolutionParameter, "pad"),
+                           (caffe_pb2.ParamSpec, "lr_mult"), (caffe_pb2.BlobShape, "dim")):
+        text = f"{field}: {spelling}"
+        try:
+            want = text_format.Parse(text, message())
+        except text_format.ParseError:
+            want = None
+        got = message()
+        try:
+            textformat.parse(text, got)
+        except ParseError:
+            got = None
+        assert (got is None) == (want is None), (text, got, want)
+        assert got == want, text
