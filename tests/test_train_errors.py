@@ -129,6 +129,34 @@ def test_solverstate_of_another_net(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert code == 1 and "history blob 0 has shape" in out
 
 
+def test_corrupt_solverstates_are_one_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """History blobs are checked as ``Blob::Reshape`` checks them (at most 32 axes, none negative) before numpy
+    reshapes them, and a ``learned_net`` of any bytes is a file name: exit 1 with the file named, never exit 3."""
+    from prototxt2py.proto import caffe_pb2
+
+    solver = make_case(tmp_path, max_iter=2, snapshot=2)
+    monkeypatch.chdir(tmp_path)
+    assert _cli("train", solver.name, "--quiet")[0] == 0
+    good = caffe_pb2.SolverState.FromString((tmp_path / "snaps/tiny_iter_2.solverstate").read_bytes())
+    name = b"snaps/tiny_iter_2\xff.caffemodel"
+    cases = {"badname": (good.SerializeToString() + b"\x12" + bytes([len(name)]) + name,
+                         "the weights it names, snaps/tiny_iter_2"),
+             "manydims": ([1] * 70 + [good.history[1].shape.dim[0]], "history blob 1 has 71 axes (Caffe allows 32)"),
+             "negdims": ([-1, -good.history[1].shape.dim[0]], "history blob 1: dim 0 is negative (-1)")}
+    for case, (edit, message) in cases.items():
+        if isinstance(edit, bytes):
+            data = edit
+        else:
+            state = caffe_pb2.SolverState()
+            state.CopyFrom(good)
+            state.history[1].shape.ClearField("dim")
+            state.history[1].shape.dim.extend(edit)
+            data = state.SerializeToString()
+        (tmp_path / f"{case}.solverstate").write_bytes(data)
+        code, out = _cli("train", solver.name, "--quiet", "--snapshot", f"{case}.solverstate")
+        assert code == 1 and f"{case}.solverstate" in out and message in out and "internal error" not in out, out
+
+
 def torch_equal(a, b) -> bool:
     return bool((a == b.detach()).all())
 

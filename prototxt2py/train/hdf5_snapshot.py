@@ -67,7 +67,7 @@ def read_solverstate_h5(path: str | os.PathLike) -> SolverState:
             learned = None
             if "learned_net" in h5:
                 raw = h5["learned_net"][()]
-                learned = raw.decode() if isinstance(raw, bytes) else str(raw)
+                learned = os.fsdecode(raw) if isinstance(raw, bytes) else str(raw)  # a file name, any bytes
             group = h5["history"]
             history = [np.asarray(group[str(i)], dtype=np.float32) for i in range(len(group))]
     except (OSError, KeyError) as e:

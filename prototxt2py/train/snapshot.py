@@ -20,8 +20,10 @@ from typing import IO
 import numpy as np
 import torch
 
-from ..errors import Location
+from .. import limits
+from ..errors import Location, ResourceLimitError
 from ..fsutil import output_target
+from ..weights import MAX_BLOB_AXES
 from .errors import SolverError
 
 _LEN, _VARINT = 2, 0
@@ -82,15 +84,23 @@ class SolverState:
 
 
 def _blob_array(blob, file: str, i: int) -> np.ndarray:
-    if blob.HasField("shape"):
-        shape = tuple(blob.shape.dim)
-    elif blob.num or blob.channels or blob.height or blob.width:
+    """One history blob, by ``Blob::FromProto``'s rules (legacy 4-D fields first, then ``shape``; ``double_data``
+    when it has values), its shape checked as ``Blob::Reshape`` checks it (at most 32 axes, none negative)."""
+    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
         shape = (blob.num, blob.channels, blob.height, blob.width)
+    elif blob.HasField("shape"):
+        shape = tuple(blob.shape.dim)
     else:
         shape = (len(blob.data) or len(blob.double_data),)
+    if len(shape) > MAX_BLOB_AXES:
+        raise SolverError(f"history blob {i} has {len(shape)} axes (Caffe allows {MAX_BLOB_AXES})", Location(file))
+    try:
+        count = limits.check_shape(shape, f"history blob {i}", location=Location(file))
+    except ResourceLimitError as e:
+        raise SolverError(e.message, Location(file)) from None
     values = blob.double_data if len(blob.double_data) else blob.data
     arr = np.asarray(values, dtype=np.float32)
-    if arr.size != int(np.prod(shape)):
+    if arr.size != count:
         raise SolverError(f"history blob {i} holds {arr.size} values for shape {shape}", Location(file))
     return arr.reshape(shape)
 
@@ -114,6 +124,8 @@ def read_solverstate(path: str | os.PathLike) -> SolverState:
         raise SolverError("not a valid binary SolverState (truncated or not a .solverstate?)", Location(file)) from None
     history = [_blob_array(b, file, i) for i, b in enumerate(state.history)]
     learned = state.learned_net if state.HasField("learned_net") else None
+    if isinstance(learned, bytes):  # not UTF-8 (protobuf hands back the bytes): a file name, as Caffe takes it
+        learned = os.fsdecode(learned)
     return SolverState(state.iter, learned, state.current_step, history)
 
 
