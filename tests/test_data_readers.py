@@ -321,3 +321,28 @@ def test_windowdata_needs_both_pools(tmp_path: Path) -> None:
     path = _window_file(tmp_path, ["3 0.9 2 3 11 14"])
     with pytest.raises(DataError, match="1 foreground and 0 background windows"):
         open_source(_window_layer(path))
+
+
+def test_a_corrupt_lmdb_page_is_a_data_error(tmp_path: Path) -> None:
+    """A leaf page whose type flag is cleared: LMDB reports MDB_CORRUPTED while walking (Caffe's MDB_CHECK aborts);
+    here it is one error naming the database, for the cursor and for compute-image-mean."""
+    import lmdb
+    from click.testing import CliRunner
+
+    from prototxt2py.cli import main
+    from prototxt2py.data.db import Cursor
+    from prototxt2py.proto import caffe_pb2
+
+    db = tmp_path / "db"
+    env = lmdb.open(str(db), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"00000000", caffe_pb2.Datum(channels=1, height=2, width=2, data=bytes(4)).SerializeToString())
+    env.close()
+    raw = bytearray((db / "data.mdb").read_bytes())
+    raw[8192 + 10] = 0  # the first leaf page's P_LEAF flag
+    (db / "data.mdb").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"layer 'data': cannot read database '.*db' \(corrupt\?\): .*MDB_CORRUPTED"):
+        Cursor(str(db), "lmdb", layer="data")
+    result = CliRunner().invoke(main, ["compute-image-mean", str(db), str(tmp_path / "mean.binaryproto")])
+    assert result.exit_code == 1 and "MDB_CORRUPTED" in result.output and "internal error" not in result.output
+    assert not (tmp_path / "mean.binaryproto").exists()

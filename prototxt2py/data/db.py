@@ -132,12 +132,31 @@ class Cursor:
         return iter(self._db.iterator())
 
     def seek_first(self) -> None:
-        self._iter = self._fresh_iter()
+        with self._read_errors():
+            self._iter = self._fresh_iter()
         self.next()
 
     def next(self) -> None:
         assert self._iter is not None
-        self._item = next(self._iter, None)
+        with self._read_errors():
+            self._item = next(self._iter, None)
+
+    @contextlib.contextmanager
+    def _read_errors(self) -> Iterator[None]:
+        """A page or block the store finds corrupt while walking (LMDB's ``MDB_CORRUPTED``, LevelDB's corruption)
+        is one error naming the database, where Caffe's ``MDB_CHECK`` aborts."""
+        if self.backend == "LMDB":
+            import lmdb
+
+            errors: tuple[type[BaseException], ...] = (lmdb.Error,)
+        else:
+            import plyvel
+
+            errors = (plyvel.Error, OSError)
+        try:
+            yield
+        except errors as e:
+            raise DataError(f"cannot read database '{self.path}' (corrupt?): {e}", layer=self.layer) from None
 
     def valid(self) -> bool:
         return self._item is not None
