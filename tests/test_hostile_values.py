@@ -13,6 +13,7 @@ from click.testing import CliRunner
 import prototxt2py
 from prototxt2py.backends.codegen import file_stem, generate
 from prototxt2py.cli import main
+from prototxt2py.errors import Prototxt2pyError
 from prototxt2py.train.lr_policy import LrParams, learning_rate
 
 TORCH_NAMES = """name: "names"
@@ -97,3 +98,20 @@ def test_a_latin1_prototxt_is_text(tmp_path: Path) -> None:
     assert [n.name for n in graph.nodes] == ["data", "r\xe9lu"]
     r = CliRunner().invoke(main, ["summary", str(path)])
     assert r.exit_code == 0 and "r\xe9lu" in r.stdout
+
+
+@pytest.mark.parametrize(("filler", "message"), [
+    ('type: "gaussian" std: -1', "gaussian filler std must not be negative, got -1"),
+    ('type: "uniform" min: 2 max: 1', "uniform filler min 2.0 is above max 1.0"),
+])
+def test_dummydata_fillers_caffe_refuses_are_one_error(tmp_path: Path, filler: str, message: str) -> None:
+    """caffe_rng_gaussian/caffe_rng_uniform CHECK these at set-up; pycaffe's Net and the CLI name the layer
+    (before: a bare torch RuntimeError from inside the first fill)."""
+    from prototxt2py import caffe
+
+    path = tmp_path / "n.prototxt"
+    path.write_text('layer { name: "data" type: "DummyData" top: "data" dummy_data_param { shape { dim: 2 dim: 3 } '
+                    f"data_filler {{ {filler} }} }} }}\n")
+    with pytest.raises(Prototxt2pyError, match=rf"n.prototxt:1:7: layer 'data': cannot build PyTorch module: "
+                                               rf"{message}"):
+        caffe.Net(str(path), caffe.TEST)
