@@ -136,8 +136,9 @@ def looks_binary(data: bytes) -> bool:
     if b"\x00" in head:
         return True
     # Bytes that are not UTF-8 are no sign of a binary: a prototxt written in Latin-1 (a comment "réseau")
-    # reads in Caffe, whose text parser takes any byte in comments; a binary's lengths and floats give controls.
-    return any(b < 32 and b not in (9, 10, 13, 12) for b in head)
+    # reads in Caffe, whose text parser takes any byte in comments; a binary's lengths and keys give several
+    # controls, where one stray control byte in a text is that text's syntax error (reported at its line:col).
+    return sum(1 for b in head if b < 32 and b not in (9, 10, 13, 12)) >= 2
 
 
 def decode_text(data: bytes, file: str) -> str:

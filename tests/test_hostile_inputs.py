@@ -361,3 +361,15 @@ def test_numbers_are_read_as_protobufs_text_format(spelling: str) -> None:
             got = None
         assert (got is None) == (want is None), (text, got, want)
         assert got == want, text
+
+
+def test_one_stray_control_byte_in_a_text_net_is_located(tmp_path: Path) -> None:
+    """One control byte in a text prototxt is that text's syntax error at its line:col (it was called "a binary
+    protobuf file"); a binary's keys and lengths give several such bytes, and it is still told apart."""
+    text = 'name: "n"\nlayer { name: "data" type: "Input" top: "data"\x01 input_param { shape { dim: 1 } } }\n'
+    (tmp_path / "stray.prototxt").write_text(text)
+    with pytest.raises(ParseError, match=r"stray.prototxt:2:47: unexpected character '\\x01'"):
+        read_net(tmp_path / "stray.prototxt")
+    (tmp_path / "binary.prototxt").write_bytes(caffe_pb2.NetParameter(name="n", input=["data"]).SerializeToString())
+    with pytest.raises(Prototxt2pyError, match="binary.prototxt: this is a binary protobuf file"):
+        read_net(tmp_path / "binary.prototxt")
