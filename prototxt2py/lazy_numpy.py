@@ -8,7 +8,6 @@ checkers see the real module through the ``TYPE_CHECKING`` import there."""
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 
@@ -18,7 +17,9 @@ class _LazyNumpy:
     __slots__ = ()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(importlib.import_module("numpy"), name)
+        import numpy
+
+        return getattr(numpy, name)
 
     def __repr__(self) -> str:
         return "<numpy, imported on first use>"
