@@ -641,3 +641,33 @@ layer { name: "side" type: "Power" bottom: "x" top: "side" }""")
     net.forward()
     net.backward()
     np.testing.assert_array_equal(net.blobs["x"].diff, np.full((2, 3), 7))
+
+
+def test_a_loss_layers_default_weight_is_no_split(tmp_path: Path) -> None:
+    """InsertSplits counts only loss weights written in the prototxt: a loss top read by one other layer gets no
+    Split, so that reader's gradient overwrites the top's diff (the loss layer's default 1 is added later, by
+    LossLayer::LayerSetUp). Here d(p)/d(loss) = 2 loss, not 1 + 2 loss."""
+    net = _net(tmp_path, """
+layer { name: "data" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "h" inner_product_param { num_output: 3
+  weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "L" type: "EuclideanLoss" bottom: "h" bottom: "y" top: "loss" }
+layer { name: "pw" type: "Power" bottom: "loss" top: "p" power_param { power: 2 } loss_weight: 1 }""")
+    rng = np.random.default_rng(0)
+    net.blobs["x"].data[...] = rng.normal(size=(2, 3))
+    net.blobs["y"].data[...] = rng.normal(size=(2, 3))
+    net.forward()
+    net.backward()
+    loss = float(net.blobs["loss"].data)
+    np.testing.assert_allclose(net.blobs["loss"].diff, 2 * loss, rtol=1e-6)
+    np.testing.assert_allclose(net.blobs["h"].diff, 2 * loss * (net.blobs["h"].data - net.blobs["y"].data) / 2,
+                               rtol=1e-5)
+
+
+def test_a_split_weighted_blob_keeps_no_seed_of_its_own(tmp_path: Path) -> None:
+    """InsertSplits moves ``h``'s written loss weight to its Split's top 0 and clears ip1's: ``h``'s own diff and
+    ``blob_loss_weights['h']`` are 0 until the Split writes it (in TEST nothing needs backward, so never)."""
+    net = _net(tmp_path, LOSS_READ_NET, caffe.TEST)
+    net.forward()
+    assert net.blob_loss_weights["h"] == 0 and net.blob_loss_weights["loss"] == 1
+    np.testing.assert_array_equal(net.blobs["h"].diff, np.zeros((2, 4)))

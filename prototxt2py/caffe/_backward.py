@@ -47,17 +47,25 @@ class NeedBackward:
     splits: dict[str, Split]
 
 
+def written_loss_weights(node: Node) -> list[float]:
+    """The ``loss_weight`` values the prototxt gives (``InsertSplits`` sees these; a loss layer's default 1 is
+    added later, by ``LossLayer::LayerSetUp``)."""
+    given = list(node.proto.loss_weight) if node.proto is not None else []
+    return [float(w) for w in given] + [0.0] * (len(node.outputs) - len(given))
+
+
 def find_splits(graph: Graph) -> dict[str, Split]:
-    """Caffe's ``InsertSplits``: a value read by more than one bottom, counting a nonzero loss weight on it as
-    one more reader, gets a Split."""
+    """Caffe's ``InsertSplits``: a value read by more than one bottom, counting a nonzero loss weight written on
+    it as one more reader, gets a Split."""
     readers: dict[str, list[tuple[int, int]]] = {}
     for i, node in enumerate(graph.nodes):
         for j, vid in enumerate(node.inputs):
             readers.setdefault(vid, []).append((i, j))
     splits = {}
     for node in graph.nodes:
+        written = written_loss_weights(node)
         for k, vid in enumerate(node.outputs):
-            weight = float(node.loss_weights[k]) if k < len(node.loss_weights) else 0.0
+            weight = written[k]
             uses = readers.get(vid, [])
             if len(uses) + (weight != 0) > 1:
                 splits[vid] = Split(vid, uses, weight)

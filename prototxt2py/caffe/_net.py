@@ -174,13 +174,9 @@ class Net:
                 blobs.append(seen[id(t)])
             self._node_params.append(blobs)
         self.layers = [Layer(n.name, n.type, b) for n, b in zip(graph.nodes, self._node_params, strict=True)]
-        self._loss_weight = {}
-        for node in graph.nodes:
-            for vid, w in zip(node.outputs, node.loss_weights, strict=False):
-                if w:
-                    self._loss_weight[graph.values[vid].blob] = float(w)
         self._fixed_tops = self._dummy_fixed_tops()
         self._compute_need_backward()
+        self._loss_weight = self._blob_seeds()
         self._saved: dict[int, tuple] = {}
         self._reset_loss_diffs()
         self._run_fixed_fills()
@@ -219,6 +215,20 @@ class Net:
         for name, w in self._loss_weight.items():
             self._blobs_dict[name].fill_diff(w)
 
+    def _blob_seeds(self) -> dict[str, float]:
+        """Each blob's own loss weight (its diff's seed, ``blob_loss_weights``). Where a written loss weight moved
+        to a Split (the blob is also read), Caffe cleared the layer's weights, and ``LossLayer::LayerSetUp`` gave
+        a loss layer's top 0 the default 1 again; other layers' tops then have none."""
+        seeds: dict[str, float] = {}
+        for node in self._graph.nodes:
+            weights = list(node.loss_weights)
+            if any(self._splits.get(v) is not None and self._splits[v].loss_weight for v in node.outputs):
+                weights = [1.0 if k == 0 and node.spec.is_loss else 0.0 for k in range(len(node.outputs))]
+            for vid, w in zip(node.outputs, weights, strict=False):
+                if w:
+                    seeds[self._graph.values[vid].blob] = float(w)
+        return seeds
+
     def _compute_need_backward(self) -> None:
         need = need_backward(self._graph, [len(p) for p in self._node_params])
         self._layer_need, self._bottom_need, self._param_need = need.layer, need.bottom, need.param
@@ -227,6 +237,7 @@ class Net:
             here = [need.splits[v] for v in node.outputs if v in need.splits]
             if here:
                 self._splits_after[i] = here
+        self._splits = need.splits
         self._split_values = set(need.splits)
         self._split_diffs: dict[tuple[int, int], torch.Tensor] = {}  # each Split top's diff, by its reader
 
