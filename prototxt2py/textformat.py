@@ -24,13 +24,16 @@ from .errors import Location, ParseError
 
 Path = tuple  # a path of field names and repeated indices, e.g. ("layer", 3, "convolution_param")
 
+#: ``number`` is an atomic group: a shorter match would end next to a digit, ``.``, ``e`` or ``f``, which the
+#: look-ahead refuses anyway, and without it a long digit run before a letter backtracks over every digit at every
+#: position ``finditer`` tries (minutes for a few thousand digits).
 _TOKEN_RE = re.compile(
     r"""
     (?P<ws>[ \t\r\f\v]+)
   | (?P<nl>\n)
   | (?P<comment>\#[^\n]*)
   | (?P<string>"[^"\\\n]*(?:\\.[^"\\\n]*)*"|'[^'\\\n]*(?:\\.[^'\\\n]*)*')
-  | (?P<number>[-+]?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[fF]?)(?![\w.]))
+  | (?P<number>(?>[-+]?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[fF]?))(?![\w.]))
   | (?P<ident>-?[A-Za-z_][\w.]*)
   | (?P<punct>[{}<>:\[\],;])
     """,

@@ -373,3 +373,17 @@ def test_one_stray_control_byte_in_a_text_net_is_located(tmp_path: Path) -> None
     (tmp_path / "binary.prototxt").write_bytes(caffe_pb2.NetParameter(name="n", input=["data"]).SerializeToString())
     with pytest.raises(Prototxt2pyError, match="binary.prototxt: this is a binary protobuf file"):
         read_net(tmp_path / "binary.prototxt")
+
+
+def test_a_long_digit_run_before_a_letter_is_refused_at_once(tmp_path: Path) -> None:
+    """The number pattern is atomic: without it, ``finditer`` backtracked over every digit at every position
+    after the bad token (3,000 digits took minutes). Run in a subprocess so that a regression fails on its
+    timeout instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "digits.prototxt"
+    path.write_text('layer { name: "a" type: "Input" top: "x" input_param { shape { dim: ' + "1" * 3000 + "x } } }\n")
+    proc = subprocess.run([sys.executable, "-m", "prototxt2py", "summary", str(path)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: {path}:1:69: unexpected character '1'"
