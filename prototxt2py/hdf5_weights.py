@@ -100,7 +100,7 @@ def read_caffemodel_h5(path: str | os.PathLike, graph: Any) -> dict[str, list[Bl
     h5py = require_h5py("reading HDF5 weights")
     file = os.fspath(path)
     loc = Location(file)
-    stored: dict[str, list[np.ndarray]] = {}
+    stored: dict[str, dict[int, np.ndarray]] = {}
     try:
         with h5py.File(file, "r") as h5:
             if "data" not in h5:
@@ -115,29 +115,41 @@ def read_caffemodel_h5(path: str | os.PathLike, graph: Any) -> dict[str, list[Bl
         arrays = stored.get(node.name)
         if arrays is None:
             continue
-        own = iter(arrays)
+        if len(arrays) > len(node.param_shapes) or max(arrays, default=-1) >= len(node.param_shapes):
+            out[node.name] = [Blob(arrays[k]) for k in sorted(arrays)]  # the count check names the mismatch
+            continue
         blobs = []
         for i in range(len(node.param_shapes)):
             owner = node.params[i].owner if i < len(node.params) else None
-            if owner is not None and len(arrays) < len(node.param_shapes):
-                source = stored.get(owner[0], [])
-                if owner[1] < len(source):
-                    blobs.append(Blob(source[owner[1]]))
-                    continue
-            nxt = next(own, None)
-            if nxt is not None:
-                blobs.append(Blob(nxt))
+            if i in arrays:
+                blobs.append(Blob(arrays[i]))
+            elif owner is not None and owner[1] in stored.get(_name_of(graph, owner[0]), {}):
+                blobs.append(Blob(stored[_name_of(graph, owner[0])][owner[1]]))
+            else:  # CopyTrainedLayersFromHDF5: a blob of its own the file lacks
+                raise WeightsError(f"Incompatible number of blobs for layer {node.name}: dataset {i} is missing",
+                                   loc, layer=node.name)
         out[node.name] = blobs
-    out.update({name: [Blob(a) for a in arrays] for name, arrays in stored.items() if name not in out})
+    out.update({name: [Blob(arrays[k]) for k in sorted(arrays)] for name, arrays in stored.items()
+                if name not in out})
     return out
 
 
-def _layer_blobs(h5py: Any, group: Any, loc: Location) -> list[np.ndarray]:
-    """A layer group's datasets ``0`` .. ``n-1``: Caffe counts the group's links and reads that many datasets by
-    number, so any other link (a nested group from a layer name with ``/``) makes it stop."""
-    names = list(group)
-    if sorted(names) != sorted(str(i) for i in range(len(names))):
-        odd = next(n for n in names if n not in {str(i) for i in range(len(names))})
-        raise WeightsError(f"group '{group.name}' holds '{odd}' among its {len(names)} links, expected datasets "
-                           f"0 .. {len(names) - 1} ({LAYOUT}; a layer name with '/' nests groups)", loc)
-    return [blob_array(h5py, group[str(i)], loc) for i in range(len(names))]
+def _name_of(graph: Any, unique: str) -> str:
+    """The Caffe name of the layer with unique name ``unique`` (a param owner's key)."""
+    for node, name in zip(graph.nodes, graph.unique_names(), strict=True):
+        if name == unique:
+            return node.name
+    return unique
+
+
+def _layer_blobs(h5py: Any, group: Any, loc: Location) -> dict[int, np.ndarray]:
+    """A layer group's datasets by blob index. Caffe reads datasets ``0``, ``1``, ... by number, skipping one a
+    layer shares from another (``Net::ToHDF5`` stored it with its owner), so only numbered links are a layout
+    it reads: another link (a nested group from a layer name with ``/``) is refused."""
+    blobs: dict[int, np.ndarray] = {}
+    for name in group:
+        if not name.isdigit() or str(int(name)) != name:
+            raise WeightsError(f"group '{group.name}' holds '{name}', expected datasets named 0, 1, ... ({LAYOUT}; a "
+                               "layer name with '/' nests groups)", loc)
+        blobs[int(name)] = blob_array(h5py, group[name], loc)
+    return blobs
