@@ -101,7 +101,8 @@ def test_a_latin1_prototxt_is_text(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("filler", "message"), [
-    ('type: "gaussian" std: -1', "gaussian filler std must not be negative, got -1"),
+    ('type: "gaussian" std: -1', "gaussian filler std must be above 0, got -1"),
+    ('type: "gaussian" std: 0', "gaussian filler std must be above 0, got 0"),
     ('type: "uniform" min: 2 max: 1', "uniform filler min 2.0 is above max 1.0"),
 ])
 def test_dummydata_fillers_caffe_refuses_are_one_error(tmp_path: Path, filler: str, message: str) -> None:

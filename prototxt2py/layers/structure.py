@@ -838,8 +838,8 @@ class DummyData(LayerSpec):
             if f is not None and f.type == "bilinear" and (len(shape) != 4 or shape[-1] != shape[-2]):
                 raise ValueError("bilinear filler needs a 4-D blob with square kernels")
             # caffe_rng_gaussian's CHECK_GT(sigma, 0) and caffe_rng_uniform's CHECK_LE(a, b), at set-up
-            if f is not None and f.type == "gaussian" and f.std < 0:
-                raise ValueError(f"gaussian filler std must not be negative, got {short_float(f.std)}")
+            if f is not None and f.type == "gaussian" and not f.std > 0:
+                raise ValueError(f"gaussian filler std must be above 0, got {short_float(f.std)}")
             if f is not None and f.type == "uniform" and f.min > f.max:
                 raise ValueError(f"uniform filler min {short_float(f.min)} is above max {short_float(f.max)}")
         if all(f is None for f in a.fillers):
