@@ -346,3 +346,22 @@ def test_a_corrupt_lmdb_page_is_a_data_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["compute-image-mean", str(db), str(tmp_path / "mean.binaryproto")])
     assert result.exit_code == 1 and "MDB_CORRUPTED" in result.output and "internal error" not in result.output
     assert not (tmp_path / "mean.binaryproto").exists()
+
+
+def test_a_leveldb_source_is_read_by_one_worker(tmp_path: Path) -> None:
+    """LevelDB's LOCK takes one opener: with two loader workers each opened it and the second failed ("lock
+    ... Resource temporarily unavailable"), so train/test/time never ran on a LevelDB. Now one worker reads it,
+    in record order, wrapping around as Caffe's cursor does."""
+    plyvel = pytest.importorskip("plyvel")
+    from prototxt2py.data.loader import DataFeed
+    from prototxt2py.proto import caffe_pb2
+
+    db = plyvel.DB(str(tmp_path / "db"), create_if_missing=True)
+    for i in range(5):
+        datum = caffe_pb2.Datum(channels=1, height=1, width=2, data=bytes([i, i]), label=i)
+        db.put(b"%08d" % i, datum.SerializeToString())
+    db.close()
+    layer = layer_from(data_net(str(tmp_path / "db"), batch=3, backend="LEVELDB"))
+    with DataFeed([layer], workers=2) as feed:
+        labels = [feed.next()["label"].tolist() for _ in range(3)]
+    assert labels == [[0, 1, 2], [3, 4, 0], [1, 2, 3]]

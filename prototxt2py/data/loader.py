@@ -141,6 +141,12 @@ def _context() -> Any:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
+def one_opener(layer: DataLayer) -> bool:
+    """A LevelDB takes one opener at a time (its LOCK file; Caffe opens it once per Data layer), so one loader
+    worker reads it, never several."""
+    return layer.type == "Data" and getattr(layer.param, "backend", None) == "LEVELDB"
+
+
 def make_loader(
     layer: DataLayer, workers: int = 2, prefetch: int = 4, seed: int | None = None, pin_memory: bool = False
 ) -> DataLoader:
@@ -148,6 +154,8 @@ def make_loader(
     batches ready (Caffe's ``data_param.prefetch``, 4 by default). ``workers=0`` reads in this process."""
     if layer.type in IN_PROCESS and workers:
         raise DataError("MemoryData is fed from Python and cannot be read by loader workers", layer=layer.name)
+    if one_opener(layer):
+        workers = min(workers, 1)
     dataset = LayerBatches(layer, seed)
     if workers <= 0:
         return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=pin_memory)
