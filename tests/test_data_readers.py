@@ -365,3 +365,25 @@ def test_a_leveldb_source_is_read_by_one_worker(tmp_path: Path) -> None:
     with DataFeed([layer], workers=2) as feed:
         labels = [feed.next()["label"].tolist() for _ in range(3)]
     assert labels == [[0, 1, 2], [3, 4, 0], [1, 2, 3]]
+
+
+def test_an_error_in_a_loader_worker_is_its_own_line(tmp_path: Path) -> None:
+    """torch re-raises a worker's DataError with "Caught DataError in DataLoader worker process 1. Original
+    Traceback ..." and the whole traceback as its message; the feed gives the error's own line."""
+    import lmdb
+
+    from prototxt2py.data.loader import DataFeed
+    from prototxt2py.proto import caffe_pb2
+
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 22)
+    with env.begin(write=True) as txn:
+        for i in range(4):
+            datum = caffe_pb2.Datum(channels=3, height=4, width=5, data=bytes(60 if i < 3 else 7), label=1)
+            txn.put(b"%d" % i, datum.SerializeToString())
+    env.close()
+    layer = layer_from(data_net(str(tmp_path / "db"), batch=2))
+    with DataFeed([layer], workers=2) as feed:
+        feed.next()
+        with pytest.raises(DataError) as e:
+            feed.next()  # the second batch comes from worker 1
+    assert str(e.value) == "layer 'data': record '3' holds 7 bytes, its shape 3x4x5 needs 60"

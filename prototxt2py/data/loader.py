@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .. import plain as _plain
+from ..errors import Prototxt2pyError
 from ..proto import caffe_pb2
 from . import READERS, BatchSource, DataError, DataLayer, open_source
 from .seeding import base_seed
@@ -170,6 +171,18 @@ def make_loader(
     )
 
 
+def _from_worker(error: Prototxt2pyError) -> Prototxt2pyError:
+    """torch re-raises a loader worker's error as its type made from "Caught DataError in DataLoader worker
+    process 1. Original Traceback ..." and the traceback's text; the error's own line (file, layer, message) is
+    that text's last line, after the type's name."""
+    text = error.message
+    if "Original Traceback" not in text:
+        return error
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
+    return type(error)(last[len(prefix):] if last.startswith(prefix) else last)
+
+
 class DataFeed:
     """Every data layer of a net, one batch per :meth:`next` as ``{top name: tensor}``."""
 
@@ -199,7 +212,10 @@ class DataFeed:
             if name in self._sources:
                 batch = tuple(torch.from_numpy(a) for a in self._sources[name].next_batch())
             else:
-                batch = next(self._iters[name])
+                try:
+                    batch = next(self._iters[name])
+                except Prototxt2pyError as e:
+                    raise _from_worker(e) from None
             out.update(zip(tops, batch, strict=True))
         return out
 
