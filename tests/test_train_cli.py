@@ -323,3 +323,20 @@ def test_hdf5_weights_load_wherever_weights_do(tmp_path: Path, monkeypatch: pyte
     assert _run("convert", "train_val.prototxt", "--weights", hdf5, "--to", "caffemodel", "-o", "back.caffemodel",
                 *shapes)[0] == 0
     assert _run("test", "train_val.prototxt", "--weights", "back.caffemodel", "--iterations", "2")[1] == outs[0][1]
+
+
+def test_time_names_the_layer_a_batch_breaks(tmp_path: Path) -> None:
+    """``time`` runs layer by layer; a batch a layer cannot take (here a label 7 for 3 classes) is one located
+    error, as in ``test`` and ``train`` (it was exit 3 with torch's bare message)."""
+    net = tmp_path / "net.prototxt"
+    net.write_text('layer { name: "data" type: "DummyData" top: "data" top: "label" dummy_data_param { '
+                   'shape { dim: 2 dim: 4 } shape { dim: 2 } data_filler { type: "constant" value: 1 } '
+                   'data_filler { type: "constant" value: 7 } } }\n'
+                   'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { '
+                   'num_output: 3 } }\n'
+                   'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n')
+    code, _, err = _run("time", str(net), "--iterations", "1")
+    assert code == 1, err
+    assert err.strip().splitlines()[-1] == (
+        f"error: {net}:3:7: layer 'loss': forward pass failed: index 7 is out of bounds for dimension 1 with size 3 "
+        "(a label outside 0..C-1 of the prediction's channels?) (bottoms ip (2, 3), label (2,))")

@@ -67,6 +67,19 @@ def unfit_layer_blobs(node: Node, in_shapes: Sequence[Sequence[int]], module: An
     return _unfit(node, need, module, f"bottoms {bottoms}")
 
 
+def layer_error(node: Node, module: Any, shapes: Sequence[Sequence[int]], error: Exception) -> ForwardError:
+    """The located error for one layer run on its own (pycaffe's layer ranges, ``time``) that raised ``error`` on
+    bottoms of ``shapes``: blobs sized for other bottoms, as Caffe's ``Reshape`` says, else torch's first line."""
+    described = ", ".join(f"{b} {tuple(s)}" for b, s in zip(node.bottoms, shapes, strict=False))
+    unfit = unfit_layer_blobs(node, shapes, module, described)
+    if unfit is not None:
+        return unfit
+    message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if node.spec.is_loss and ("index" in message or "bound" in message):
+        message += " (a label outside 0..C-1 of the prediction's channels?)"
+    return ForwardError(f"forward pass failed: {message} (bottoms {described})", node.location, layer=node.name)
+
+
 def _unfit(node: Node, need: Sequence[Sequence[int]], module: Any, what: str) -> ForwardError | None:
     for i, (name, blob) in enumerate(zip(getattr(module, "blob_names", ()), blobs_of(module), strict=True)):
         shape = tuple(need[i]) if i < len(need) else None

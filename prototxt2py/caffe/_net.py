@@ -32,7 +32,7 @@ import torch
 
 import prototxt2py
 
-from ..backends.forward_errors import unfit_blobs, unfit_layer_blobs
+from ..backends.forward_errors import layer_error, unfit_blobs
 from ..backends.fusion import INPUT
 from ..errors import InputFileError, Location, Prototxt2pyError, WeightsError
 from ..fsutil import atomic_output
@@ -380,13 +380,8 @@ class Net:
                 raise
             except (RuntimeError, ValueError, TypeError, IndexError) as e:
                 node = self._graph.nodes[i]
-                shapes = {b: self._value_blob[v].shape for b, v in zip(node.bottoms, node.inputs, strict=True)}
-                described = ", ".join(f"{b} {tuple(s)}" for b, s in shapes.items())
-                unfit = unfit_layer_blobs(node, list(shapes.values()), self._net.layer(node.name), described)
-                if unfit is not None:  # blobs made for other shapes, as Caffe's Reshape would say
-                    raise unfit from None
-                raise Prototxt2pyError(f"forward failed on bottoms {shapes}: {str(e).splitlines()[0]}",
-                                       node.location, layer=node.name) from None
+                shapes = [self._value_blob[v].shape for v in node.inputs]
+                raise layer_error(node, self._net.layer(node.name), shapes, e) from None
             node = self._graph.nodes[i]
             for vid, w in zip(node.outputs, node.loss_weights, strict=False):
                 if w:

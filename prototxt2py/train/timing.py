@@ -41,6 +41,7 @@ def _inputs(net: Any, feeder: Feeder | None, device: torch.device) -> dict[str, 
 def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cpu") -> str:
     """Caffe's timing report (one line per layer and direction, then the averages)."""
     from .. import graph, load
+    from ..backends.forward_errors import layer_error
     from ..backends.fusion import INPUT
     from ..reader import read_net
 
@@ -65,7 +66,7 @@ def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cp
         for vid in g.inputs:
             env[vid] = inputs[g.values[vid].blob]
         leaves: list[tuple[list[torch.Tensor], tuple[str, ...]]] = []
-        for i, (step, _node) in enumerate(steps):
+        for i, (step, node) in enumerate(steps):
             kind, key, ins, outs = step.kind, step.key, step.inputs, step.outputs
             if kind is INPUT:
                 forward[i] += 0.0 if warm else data_time / max(1, sum(1 for s, _ in steps if s.kind is INPUT))
@@ -74,7 +75,10 @@ def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cp
             bottoms = [env[v].detach().requires_grad_(env[v].is_floating_point()) for v in ins]
             _sync(dev)
             t0 = time.perf_counter()
-            produced = net.layers[key](*bottoms)
+            try:
+                produced = net.layers[key](*bottoms)
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:  # a batch the net cannot take
+                raise layer_error(node, net.layers[key], [tuple(b.shape) for b in bottoms], e) from None
             _sync(dev)
             if not warm:
                 forward[i] += time.perf_counter() - t0
