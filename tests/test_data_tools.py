@@ -281,3 +281,15 @@ def test_a_mean_of_several_images_uses_the_first_as_caffe_does(tmp_path: Path) -
     (tmp_path / "mean.binaryproto").write_bytes(blob.SerializeToString())
     with pytest.raises(DataError, match="expected an NxCxHxW blob, got 2x12"):
         read_mean(str(tmp_path / "mean.binaryproto"))
+
+
+def test_a_file_name_that_is_not_utf8_keeps_its_bytes_in_the_key(tmp_path: Path) -> None:
+    """convert_imageset builds the key from the list line's bytes; a Latin-1 name (``caf\\xff.png``) was exit 3."""
+    import shutil
+
+    name = b"caf\xff.png".decode("utf-8", "surrogateescape")
+    shutil.copy(Path(ROOT) / "color_00.png", tmp_path / name)
+    (tmp_path / "list.txt").write_bytes(b"caf\xff.png 2\n")
+    code, _, err = run("convert-imageset", str(tmp_path) + "/", str(tmp_path / "list.txt"), str(tmp_path / "db"))
+    assert code == 0, err
+    assert [k for k, _ in records(tmp_path / "db")] == [b"00000000_caf\xff.png"]

@@ -133,7 +133,7 @@ def convert_imageset(
                     if size is not None and n != size:
                         raise DataError(f"'{root + name}' has {n} bytes of data, the first image {size}")
                     size = n
-                writer.put(f"{line_id:08d}_{name}".encode(), record)
+                writer.put(f"{line_id:08d}_{name}".encode("utf-8", "surrogateescape"), record)  # the name's own bytes
                 report.written += 1
         finally:
             writer.close()
