@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import click
 
-from . import memguard
+from . import limits, memguard
 from .cli_deploy import deploy_option, net_source
 from .cli_deploy import register as register_deploy
 from .errors import Prototxt2pyError, UpgradeError, one_line
@@ -109,6 +109,7 @@ def _parse_inputs(values: tuple[str, ...]) -> dict[str, list[int]]:
             shape = []
         if not sep or not name or not shape or any(d <= 0 for d in shape):
             raise click.BadParameter(f"{v!r}: expected NAME=D0,D1,... with positive integers", param_hint="--input")
+        limits.check_shape(shape, f"--input {name}")  # Caffe's int dims and count, before a writer sees them
         out[name] = shape
     return out
 

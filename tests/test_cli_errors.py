@@ -102,6 +102,19 @@ def test_a_malformed_input_shape_is_a_usage_error(value: str, tmp_path: Path) ->
     assert not (tmp_path / "n.onnx").exists()
 
 
+@pytest.mark.parametrize("value", ["data=9223372036854775808,1", "data=2147483648,3,227,227"])
+def test_an_input_shape_beyond_caffes_ints_is_one_error(value: str, tmp_path: Path) -> None:
+    """Dims beyond Caffe's 32-bit ints are refused where ``--input`` is read, for every command (``deploy`` wrote
+    one into a net, and protobuf's range error was exit 3)."""
+    net = write(tmp_path, GOOD_HEAD)
+    for args in (("summary", net), ("deploy", net, "-o", str(tmp_path / "d.prototxt"))):
+        code, _, err = run(*args, "--input", value)
+        assert code == 1, (code, err)
+        assert err.strip() == (f"error: --input data: dim 0 = {value.split('=')[1].split(',')[0]} is beyond Caffe's "
+                               f"32-bit int dims (shape ({value.split('=')[1].replace(',', ', ')}))")
+    assert not (tmp_path / "d.prototxt").exists()
+
+
 def test_upgrade_failure_writes_nothing(tmp_path: Path) -> None:
     src = write(tmp_path, 'layers { name: "a" type: NOT_A_TYPE }\n')
     dst = tmp_path / "out.prototxt"
