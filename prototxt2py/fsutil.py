@@ -82,6 +82,8 @@ def output_target(path: str | os.PathLike) -> Path:
     renaming would destroy something else: a missing directory, a directory, a file read as an input, or a
     device, pipe or socket (``-o /dev/null`` run as root would otherwise replace the device node with a regular
     file). A symbolic link is written through: its target is replaced and the link stays, as ``cp`` does."""
+    if "\0" in os.fsdecode(path):  # what every system call would refuse with a bare "embedded null byte"
+        raise InputFileError("the output file name holds a NUL byte", Location(repr(os.fsdecode(path))[1:-1]))
     target = Path(path)
     if target.is_symlink():
         target = Path(os.path.realpath(target))

@@ -145,3 +145,16 @@ def test_pycaffe_save_refuses_a_pipe(files: dict[str, Path], tmp_path: Path) -> 
     with pytest.raises(InputFileError, match="output exists and is not a regular file"):
         net.save(str(out))
     assert out.is_fifo()
+
+
+def test_a_nul_byte_in_an_output_name_is_one_error(tmp_path: Path) -> None:
+    """pycaffe's ``net.save`` (and every writer through ``atomic_output``) names the output; a NUL byte reached
+    ``tempfile`` and raised a bare "embedded null byte"."""
+    from prototxt2py import caffe
+    from prototxt2py.errors import InputFileError
+
+    (tmp_path / "n.prototxt").write_text('layer { name: "data" type: "Input" top: "x" input_param { shape { '
+                                         'dim: 1 dim: 2 } } }\n')
+    net = caffe.Net(str(tmp_path / "n.prototxt"), caffe.TEST)
+    with pytest.raises(InputFileError, match=r"x\\x00.caffemodel: the output file name holds a NUL byte"):
+        net.save(str(tmp_path / "x\0.caffemodel"))
