@@ -137,6 +137,7 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
                   sigint_effect: str, sighup_effect: str, device: str, quiet: bool, stages: tuple[str, ...] = (),
                   level: int = 0, data_workers: int | None = None, glog: bool = False) -> None:
     """``caffe train``: solve, optionally fine-tuning from weights or resuming from a snapshot."""
+    quiet_image_decoders()
     from .train import get_solver, read_solver_param
     from .train.errors import SolverError
 
@@ -179,6 +180,7 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
 def test_command(net: str, weights: str | None, iterations: int, phase: str, stages: tuple[str, ...], level: int,
                  device: str) -> list[tuple[str, float]]:
     """``caffe test``: mean of each output over ``iterations`` batches, logged as Caffe logs them."""
+    quiet_image_decoders()
     import numpy as np
     import torch
 
@@ -228,10 +230,22 @@ def test_command(net: str, weights: str | None, iterations: int, phase: str, sta
 
 def time_command(net: str, iterations: int, phase: str, device: str) -> None:
     """``caffe time``: per-layer forward and backward times (ms, averaged over ``iterations``)."""
+    quiet_image_decoders()
     from .train.timing import time_net
 
     report = time_net(net, iterations, phase.upper(), device)
     click.echo(report)
+
+
+def quiet_image_decoders() -> None:
+    """OpenCV's own warnings ("[ WARN:0 ] ... PNG input buffer is incomplete") would print beside the one error
+    line an unreadable image gets: the level is set before cv2 loads (loader workers inherit the environment),
+    or on the module when it is loaded already."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None:
+        with contextlib.suppress(AttributeError):
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> None:

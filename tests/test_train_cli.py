@@ -340,3 +340,34 @@ def test_time_names_the_layer_a_batch_breaks(tmp_path: Path) -> None:
     assert err.strip().splitlines()[-1] == (
         f"error: {net}:3:7: layer 'loss': forward pass failed: index 7 is out of bounds for dimension 1 with size 3 "
         "(a label outside 0..C-1 of the prediction's channels?) (bottoms ip (2, 3), label (2,))")
+
+
+def test_opencvs_own_warnings_stay_out_of_the_log(tmp_path: Path) -> None:
+    """A truncated image in an ImageData list is one error line; OpenCV's "[ WARN:0 ] ... PNG input buffer is
+    incomplete" (its own logging, on the process's stderr) no longer prints beside it. A real process: the
+    warning is native output, which no in-process runner captures."""
+    import shutil
+
+    from golden import GOLDEN
+
+    png = GOLDEN / "data" / "datasets" / "images" / "color_00.png"
+    if not png.exists():
+        pytest.skip("golden images absent")
+    (tmp_path / "im").mkdir()
+    for i in range(3):
+        shutil.copy(png, tmp_path / "im" / f"a{i}.png")
+    (tmp_path / "im" / "a3.png").write_bytes(png.read_bytes()[:100])
+    (tmp_path / "list.txt").write_text("a0.png 1\na1.png 1\na2.png 0\na3.png 1\n")
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "data" type: "ImageData" top: "data" top: "label" image_data_param { source: "list.txt" '
+        'root_folder: "im/" batch_size: 2 new_height: 8 new_width: 8 } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 2 } }\n'
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }\n')
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-m", "prototxt2py", "test", "net.prototxt", "--iterations", "3"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == ["warning: no --weights given: testing Caffe's filler values",
+                                       "Batch 0, loss = 0.693147",
+                                       "error: layer 'data': could not decode image 'im/a3.png'"]
