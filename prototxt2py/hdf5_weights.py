@@ -111,7 +111,8 @@ def read_caffemodel_h5(path: str | os.PathLike, graph: Any) -> dict[str, list[Bl
     except OSError as e:
         raise WeightsError(f"not a readable HDF5 weights file: {e}", loc) from None
     out: dict[str, list[Blob]] = {}
-    for node in graph.nodes:
+    last = {node.name: node for node in graph.nodes}  # the layer a repeated name's group fills (layer_names_index_)
+    for node in last.values():
         arrays = stored.get(node.name)
         if arrays is None:
             continue

@@ -270,3 +270,21 @@ def test_hdf5_weights_of_a_layer_sharing_one_of_its_blobs_load(tmp_path: Path) -
     np.testing.assert_array_equal(runtime.layer("b").weight.detach().numpy(), want)
     np.testing.assert_array_equal(store.blobs(graph.node("b"))[0], want)
     np.testing.assert_array_equal(store.blobs(graph.node("b"))[1], np.full(3, 4, np.float32))
+
+
+def test_hdf5_weights_are_checked_against_the_last_layer_of_a_name_only(tmp_path: Path) -> None:
+    """Only the last 'ip' takes the group, so only its blob count matters: a first 'ip' with a bias the file lacks
+    is no error (it keeps its fillers), as in CopyTrainedLayersFromHDF5."""
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "rep.prototxt"
+    path.write_text('name: "r"\n'
+                    'layer { name: "data" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+                    'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "a" inner_product_param { '
+                    'num_output: 3 } }\n'
+                    'layer { name: "ip" type: "InnerProduct" bottom: "a" top: "b" inner_product_param { '
+                    'num_output: 3 bias_term: false } }\n')
+    with h5py.File(tmp_path / "rep.h5", "w") as f:
+        f["data/ip/0"] = np.full((3, 3), 5, np.float32)
+    net = prototxt2py.load(str(path), weights=str(tmp_path / "rep.h5"))
+    first, second = (m for n, m in net.node_layers() if n.name == "ip")
+    assert (second.weight == 5).all() and not (first.weight == 5).any()
