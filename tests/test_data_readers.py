@@ -3,6 +3,7 @@ MemoryData/DummyData feeding, LevelDB, optional dependencies and the one-line er
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -387,3 +388,34 @@ def test_an_error_in_a_loader_worker_is_its_own_line(tmp_path: Path) -> None:
         with pytest.raises(DataError) as e:
             feed.next()  # the second batch comes from worker 1
     assert str(e.value) == "layer 'data': record '3' holds 7 bytes, its shape 3x4x5 needs 60"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("context_pad: 4", "context_pad 4 leaves no window inside crop_size 8 (needs 0 <= 2 context_pad < crop_size)"),
+    ("fg_fraction: -1", "fg_fraction must lie in [0, 1], got -1"),
+])
+def test_windowdata_parameters_caffe_would_divide_by_zero_or_overrun_with(tmp_path: Path, extra: str,
+                                                                           message: str) -> None:
+    """Caffe computes ``crop / (crop - 2 context_pad)`` and writes ``batch * fg_fraction`` foreground windows
+    without checks; here they were an OverflowError or IndexError (exit 3)."""
+    path = _window_file(tmp_path, ["3 0.9 2 3 11 14", "5 0.1 0 0 23 19"])
+    text = _window_layer(path, extra=extra.replace("fg_fraction: -1", ""))
+    if "fg_fraction" in extra:  # replace the helper's 0.5
+        import dataclasses
+
+        text = dataclasses.replace(text, param=dataclasses.replace(text.param, fg_fraction=-1.0))
+    with pytest.raises(DataError, match=f"layer 'win': {re.escape(message)}"):
+        open_source(text)
+
+
+def test_hdf5data_link_to_nothing_is_one_error(tmp_path: Path) -> None:
+    """A top's name that is a soft link to nothing: h5py raises KeyError on access (exit 3 before)."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f["label"] = np.zeros(4, "f4")
+        f["data"] = h5py.SoftLink("/missing")
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'a.h5'}\n")
+    layer = layer_from(f'layer {{ name: "d" type: "HDF5Data" top: "data" top: "label" hdf5_data_param {{ '
+                       f'source: "{tmp_path / "list.txt"}" batch_size: 2 }} }}')
+    with pytest.raises(DataError, match=r"layer 'd': cannot read HDF5 file .*a.h5: .*"):
+        open_source(layer).next_batch()

@@ -71,7 +71,7 @@ def load_file(filename: str, tops: tuple[str, ...], layer: str) -> list[np.ndarr
                 if ds.ndim < 1:
                     raise DataError(f"dataset '{top}' of {filename} must have at least 1 axis", layer=layer)
                 arrays.append(np.ascontiguousarray(ds[()], dtype=np.float32))
-    except OSError as e:
+    except (OSError, KeyError) as e:  # KeyError: a soft or external link to nothing under a top's name
         raise DataError(f"cannot read HDF5 file {filename}: {e}", layer=layer) from None
     num = arrays[0].shape[0]
     for top, a in zip(tops, arrays, strict=True):

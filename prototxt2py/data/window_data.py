@@ -82,8 +82,13 @@ class WindowData:
         self.mirror = bool(t is not None and t.mirror)
         self.scale = F32(p.scale)
         self.context_pad = int(p.context_pad)
+        if self.context_pad < 0 or 2 * self.context_pad >= self.crop:  # Caffe divides by crop - 2 context_pad
+            raise DataError(f"context_pad {self.context_pad} leaves no window inside crop_size {self.crop} (needs "
+                            "0 <= 2 context_pad < crop_size)", layer=name)
         self.square = p.crop_mode == "square"
         self.fg_fraction = F32(p.fg_fraction)
+        if not 0 <= self.fg_fraction <= 1:  # Caffe writes past its batch outside [0, 1]
+            raise DataError(f"fg_fraction must lie in [0, 1], got {p.fg_fraction:g}", layer=name)
         self.images, windows = read_window_file(p.source, p.root_folder, name)
         self.channels = self.images[-1][1][0]  # Caffe sizes the top by the last image's channels
         fg_t, bg_t = F32(p.fg_threshold), F32(p.bg_threshold)
@@ -119,6 +124,8 @@ class WindowData:
             self.mean = read_mean(t.mean_file, name)
             if self.mean.shape[1] < self.crop or self.mean.shape[2] < self.crop:
                 raise DataError(f"mean_file is smaller than crop_size {self.crop}", layer=name)
+            if self.mean.shape[0] < self.channels:  # Caffe reads channel c of the mean for channel c of a window
+                raise DataError(f"mean_file has {self.mean.shape[0]} channels, the images {self.channels}", layer=name)
         elif t is not None and t.mean_value:
             mv = np.asarray(t.mean_value, dtype=F32)
             if mv.size not in (1, self.channels):
@@ -190,7 +197,7 @@ class WindowData:
         region = (slice(None), slice(pad_h, pad_h + out_h), slice(pad_w, pad_w + out_w))
         if self.mean is not None:
             off = (self.mean.shape[2] - crop) // 2
-            pixels -= self.mean[:, off + pad_h : off + pad_h + out_h, off + pad_w : off + pad_w + out_w]
+            pixels -= self.mean[: len(pixels), off + pad_h : off + pad_h + out_h, off + pad_w : off + pad_w + out_w]
         elif self.mean_values is not None:
             pixels -= self.mean_values[:, None, None]
         out[region] = pixels * self.scale
