@@ -275,6 +275,12 @@ def test_detector_windows_and_context_pad(tmp_path: Path) -> None:
     np.testing.assert_allclose(crop[0, 0], det.crop_mean[0, 0])
     plain = caffe.Detector(str(CIFAR / "cifar10_quick.prototxt"), None)
     np.testing.assert_array_equal(plain.crop(img, windows[1]), img[2:img.shape[0] - 1, 3:20])
+    for bad, message in (([0, 0, np.nan, 5], r"a window is 4 finite numbers \(ymin, xmin, ymax, xmax\), got "),
+                         ([0, 0, 5], r"a window is 4 finite numbers"),
+                         ([4, 0, 2, 5], r"window \[4, 0, 2, 5\] is empty \(needs ymin < ymax and xmin < xmax\)")):
+        for detector in (det, plain):
+            with pytest.raises(ValueError, match=message):
+                detector.crop(img, bad)
 
 
 @pytest.mark.slow

@@ -65,6 +65,10 @@ class Detector(Net):
         """The window (ymin, xmin, ymax, xmax) of an (H, W, K) image, with ``context_pad`` context as R-CNN
         takes it: the box is scaled so the pad is context, clipped to the image and placed on a mean canvas."""
         window = np.asarray(window)
+        if window.shape != (4,) or window.dtype.kind not in "iuf" or not np.isfinite(window).all():
+            raise ValueError(f"a window is 4 finite numbers (ymin, xmin, ymax, xmax), got {window.tolist()!r}")
+        if window[2] <= window[0] or window[3] <= window[1]:
+            raise ValueError(f"window {window.tolist()} is empty (needs ymin < ymax and xmin < xmax)")
         crop = im[int(window[0]):int(window[2]), int(window[1]):int(window[3])]
         if not self.context_pad:
             return crop
