@@ -86,6 +86,13 @@ def test_errors_name_layer_and_path(tmp_path: Path) -> None:
     source = _rows_file(tmp_path, [3])
     with pytest.raises(DataError, match=r"layer 'data': HDF5 file .*f0.h5 has no dataset 'label' \(it has: x\)"):
         open_source(_layer(source, ("x", "label"), 2))
+    import h5py
+
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        f.create_group("x")
+    (tmp_path / "g.txt").write_text(f"{tmp_path / 'g.h5'}\n")
+    with pytest.raises(DataError, match=r"layer 'data': 'x' in HDF5 file .*g.h5 is a group, not a dataset"):
+        open_source(_layer(str(tmp_path / "g.txt"), ("x",), 2))
     p = caffe_pb2.HDF5DataParameter(source=source, batch_size=2)
     transform = plain(caffe_pb2.TransformationParameter(scale=2))
     with pytest.raises(DataError, match="HDF5Data does not transform data"):

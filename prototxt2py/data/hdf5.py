@@ -61,7 +61,10 @@ def load_file(filename: str, tops: tuple[str, ...], layer: str) -> list[np.ndarr
         with h5py.File(filename, "r") as f:
             arrays = []
             for top in tops:
-                if top not in f or not isinstance(f[top], h5py.Dataset):
+                if top in f and not isinstance(f[top], h5py.Dataset):
+                    raise DataError(f"'{top}' in HDF5 file {filename} is a {type(f[top]).__name__.lower()}, not a "
+                                    "dataset", layer=layer)
+                if top not in f:
                     raise DataError(f"HDF5 file {filename} has no dataset '{top}' (it has: "
                                     f"{', '.join(sorted(f.keys())) or 'nothing'})", layer=layer)
                 ds = f[top]
