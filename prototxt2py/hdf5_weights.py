@@ -111,36 +111,32 @@ def read_caffemodel_h5(path: str | os.PathLike, graph: Any) -> dict[str, list[Bl
     except OSError as e:
         raise WeightsError(f"not a readable HDF5 weights file: {e}", loc) from None
     out: dict[str, list[Blob]] = {}
+    uniques = dict(zip((id(n) for n in graph.nodes), graph.unique_names(), strict=True))
     last = {node.name: node for node in graph.nodes}  # the layer a repeated name's group fills (layer_names_index_)
+    groups = {uniques[id(node)]: name for name, node in last.items()}  # unique name of a filled layer -> group
     for node in last.values():
         arrays = stored.get(node.name)
         if arrays is None:
             continue
-        if len(arrays) > len(node.param_shapes) or max(arrays, default=-1) >= len(node.param_shapes):
-            out[node.name] = [Blob(arrays[k]) for k in sorted(arrays)]  # the count check names the mismatch
-            continue
+        if len(arrays) > len(node.param_shapes):  # CHECK_LE(num_source_params, target_blobs.size())
+            raise WeightsError(f"Incompatible number of blobs for layer {node.name}: {len(arrays)} datasets in the "
+                               f"file, {len(node.param_shapes)} blobs in the net", loc, layer=node.name)
         blobs = []
         for i in range(len(node.param_shapes)):
             owner = node.params[i].owner if i < len(node.params) else None
+            held = stored.get(groups.get(owner[0], ""), {}) if owner is not None else {}
             if i in arrays:
                 blobs.append(Blob(arrays[i]))
-            elif owner is not None and owner[1] in stored.get(_name_of(graph, owner[0]), {}):
-                blobs.append(Blob(stored[_name_of(graph, owner[0])][owner[1]]))
-            else:  # CopyTrainedLayersFromHDF5: a blob of its own the file lacks
-                raise WeightsError(f"Incompatible number of blobs for layer {node.name}: dataset {i} is missing",
+            elif owner is not None and owner[1] in held:  # shared: stored with its owner (Net::ToHDF5)
+                blobs.append(Blob(held[owner[1]]))
+            else:  # a blob of its own the file lacks; or a shared one its owner's group lacks, which Caffe keeps
+                why = " (shared, and its owner's group lacks it)" if owner is not None else ""
+                raise WeightsError(f"Incompatible number of blobs for layer {node.name}: dataset {i} is missing{why}",
                                    loc, layer=node.name)
         out[node.name] = blobs
     out.update({name: [Blob(arrays[k]) for k in sorted(arrays)] for name, arrays in stored.items()
                 if name not in out})
     return out
-
-
-def _name_of(graph: Any, unique: str) -> str:
-    """The Caffe name of the layer with unique name ``unique`` (a param owner's key)."""
-    for node, name in zip(graph.nodes, graph.unique_names(), strict=True):
-        if name == unique:
-            return node.name
-    return unique
 
 
 def _layer_blobs(h5py: Any, group: Any, loc: Location) -> dict[int, np.ndarray]:
