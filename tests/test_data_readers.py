@@ -392,7 +392,7 @@ def test_an_error_in_a_loader_worker_is_its_own_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("extra", "message"), [
     ("context_pad: 4", "context_pad 4 leaves no window inside crop_size 8 (needs 0 <= 2 context_pad < crop_size)"),
-    ("fg_fraction: -1", "fg_fraction must lie in [0, 1], got -1"),
+    ("fg_fraction: -1", "fg_fraction -1 gives -4 foreground windows in a batch of 4"),
 ])
 def test_windowdata_parameters_caffe_would_divide_by_zero_or_overrun_with(tmp_path: Path, extra: str,
                                                                            message: str) -> None:
@@ -419,3 +419,36 @@ def test_hdf5data_link_to_nothing_is_one_error(tmp_path: Path) -> None:
                        f'source: "{tmp_path / "list.txt"}" batch_size: 2 }} }}')
     with pytest.raises(DataError, match=r"layer 'd': cannot read HDF5 file .*a.h5: .*"):
         open_source(layer).next_batch()
+
+
+def test_windowdata_fg_fraction_is_checked_by_the_count_it_gives(tmp_path: Path) -> None:
+    """Caffe takes ``int(batch * fg_fraction)`` foreground windows: 1.05 of 4 is 4 (all foreground) and runs."""
+    import dataclasses
+
+    path = _window_file(tmp_path, ["3 0.9 2 3 11 14", "5 0.1 0 0 23 19"])
+    layer = _window_layer(path)
+    layer = dataclasses.replace(layer, param=dataclasses.replace(layer.param, fg_fraction=1.05))
+    _, labels = open_source(layer).next_batch()
+    np.testing.assert_array_equal(labels, [3, 3, 3, 3])
+
+
+def test_windowdata_mean_channels(tmp_path: Path) -> None:
+    """A mean with more channels than the images is read channel by channel, as Caffe indexes it (a numpy
+    broadcast error before); one with fewer is refused."""
+    from prototxt2py.proto import caffe_pb2
+
+    path = _window_file(tmp_path, ["3 0.9 2 3 11 14", "5 0.1 0 0 23 19"])
+    for channels, ok in ((4, True), (1, False)):
+        mean = caffe_pb2.BlobProto(num=1, channels=channels, height=24, width=24)
+        mean.data.extend(np.arange(channels * 24 * 24, dtype=np.float32) % 7)
+        (tmp_path / "m.binaryproto").write_bytes(mean.SerializeToString())
+        layer = _window_layer(path, transform=f'mean_file: "{tmp_path / "m.binaryproto"}"')
+        if ok:
+            plain = _window_layer(path)
+            data, _ = open_source(layer).next_batch()
+            raw, _ = open_source(plain).next_batch()
+            want = np.arange(4 * 24 * 24, dtype=np.float32).reshape(4, 24, 24)[:3, 8:16, 8:16] % 7
+            np.testing.assert_allclose(raw[0] - data[0], want)  # the background window: the mean's centre crop
+        else:
+            with pytest.raises(DataError, match="mean_file has 1 channels, the images 3"):
+                open_source(layer)

@@ -277,10 +277,13 @@ def test_detector_windows_and_context_pad(tmp_path: Path) -> None:
     np.testing.assert_array_equal(plain.crop(img, windows[1]), img[2:img.shape[0] - 1, 3:20])
     for bad, message in (([0, 0, np.nan, 5], r"a window is 4 finite numbers \(ymin, xmin, ymax, xmax\), got "),
                          ([0, 0, 5], r"a window is 4 finite numbers"),
-                         ([4, 0, 2, 5], r"window \[4, 0, 2, 5\] is empty \(needs ymin < ymax and xmin < xmax\)")):
+                         ([4, 0, 2, 5], r"window \[4, 0, 2, 5\] is empty \(needs ymin <")):
         for detector in (det, plain):
             with pytest.raises(ValueError, match=message):
                 detector.crop(img, bad)
+    assert det.crop(img, [5, 5, 5, 9]).shape == (32, 32, 3)  # with context the box is inclusive: one row
+    with pytest.raises(ValueError, match=r"window \[5, 5, 5, 9\] is empty \(needs ymin < ymax and xmin < xmax\)"):
+        plain.crop(img, [5, 5, 5, 9])
 
 
 @pytest.mark.slow

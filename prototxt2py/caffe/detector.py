@@ -67,8 +67,12 @@ class Detector(Net):
         window = np.asarray(window)
         if window.shape != (4,) or window.dtype.kind not in "iuf" or not np.isfinite(window).all():
             raise ValueError(f"a window is 4 finite numbers (ymin, xmin, ymax, xmax), got {window.tolist()!r}")
-        if window[2] <= window[0] or window[3] <= window[1]:
-            raise ValueError(f"window {window.tolist()} is empty (needs ymin < ymax and xmin < xmax)")
+        # with context the box is inclusive (R-CNN's ``half_h = (ymax - ymin + 1) / 2``): ymin == ymax is one row
+        empty = window[2] < window[0] or window[3] < window[1] if self.context_pad else \
+            window[2] <= window[0] or window[3] <= window[1]
+        if empty:
+            needs = "ymin <= ymax and xmin <= xmax" if self.context_pad else "ymin < ymax and xmin < xmax"
+            raise ValueError(f"window {window.tolist()} is empty (needs {needs})")
         crop = im[int(window[0]):int(window[2]), int(window[1]):int(window[3])]
         if not self.context_pad:
             return crop

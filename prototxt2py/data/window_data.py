@@ -87,8 +87,10 @@ class WindowData:
                             "0 <= 2 context_pad < crop_size)", layer=name)
         self.square = p.crop_mode == "square"
         self.fg_fraction = F32(p.fg_fraction)
-        if not 0 <= self.fg_fraction <= 1:  # Caffe writes past its batch outside [0, 1]
-            raise DataError(f"fg_fraction must lie in [0, 1], got {p.fg_fraction:g}", layer=name)
+        num_fg = int(F32(self.batch_size) * self.fg_fraction) if np.isfinite(self.fg_fraction) else -1
+        if not 0 <= num_fg <= self.batch_size:  # Caffe writes past its batch
+            raise DataError(f"fg_fraction {p.fg_fraction:g} gives {num_fg} foreground windows in a batch of "
+                            f"{self.batch_size}", layer=name)
         self.images, windows = read_window_file(p.source, p.root_folder, name)
         self.channels = self.images[-1][1][0]  # Caffe sizes the top by the last image's channels
         fg_t, bg_t = F32(p.fg_threshold), F32(p.bg_threshold)
