@@ -438,3 +438,18 @@ def test_long_statements_are_laid_out_as_ruff_formats_them(target: str, head: st
         pytest.skip("ruff is not installed next to this interpreter")
     r = subprocess.run([str(RUFF), "format", "--diff", "--isolated", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
+
+
+@pytest.mark.parametrize("layer", ['layer { name: "s" type: "Slice" bottom: "data" top: "a" }',
+                                   'layer { name: "s" type: "Split" bottom: "data" top: "a" }'])
+def test_a_one_top_slice_or_split_gives_a_tensor(layer: str) -> None:
+    """Caffe allows one top (MinTopBlobs 1): the module gives the tensor, so the generated ``a = self.s(data)``
+    feeds the next layer (it was a 1-tuple, and the ReLU after it raised)."""
+    text = ('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }\n'
+            + layer + '\nlayer { name: "r" type: "ReLU" bottom: "a" top: "b" }\n')
+    net = prototxt2py.load(read_net_text(text))
+    code = generate(net.graph)
+    module = _generated_from_runtime(net, code.source, code)
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(module(x), torch.relu(x))
+    torch.testing.assert_close(net(x)["b"], torch.relu(x))

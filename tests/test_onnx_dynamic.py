@@ -412,3 +412,29 @@ def test_dynamic_batch_output_of_data_dependent_size_is_declared(tmp_path: Path)
     x = np.random.default_rng(1).standard_normal((3, 2, 8, 8)).astype(np.float32)
     with torch.no_grad():
         np.testing.assert_array_equal(run(session(model), {"data": x})["up"], net(data=torch.from_numpy(x))["up"])
+
+
+BATCH_AXIS_LAYERS = {
+    "reduction_mean": 'layer { name: "r" type: "Reduction" bottom: "data" top: "out" reduction_param { '
+                      'operation: MEAN axis: 0 } }',
+    "argmax": 'layer { name: "a" type: "ArgMax" bottom: "data" top: "out" argmax_param { axis: 0 } }',
+    "slice": 'layer { name: "s" type: "Slice" bottom: "data" top: "a" top: "b" slice_param { axis: 0 '
+             'slice_point: 1 } }',
+    "reshape_before_batch": 'layer { name: "r" type: "Reshape" bottom: "data" top: "out" reshape_param { axis: 0 '
+                            'num_axes: 0 shape { dim: 1 dim: -1 } } }',
+}
+
+
+@pytest.mark.parametrize("case", sorted(BATCH_AXIS_LAYERS))
+def test_layers_over_the_batch_axis_follow_a_dynamic_batch(tmp_path: Path, case: str) -> None:
+    """Caffe sizes these from the blob on every pass: exported at batch 2 with a symbolic batch, the graph at
+    batch 3 gives the runtime's batch-3 result. Before, MEAN divided by 2 x 60, ArgMax flipped with 2 - 1 (index
+    -1), Split kept the sizes (1, 1) and Reshape kept the old batch in its target."""
+    net = tmp_path / "net.prototxt"
+    net.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 4 '
+                   'dim: 5 } } }\n' + BATCH_AXIS_LAYERS[case] + "\n")
+    x = np.random.default_rng(0).standard_normal((3, 3, 4, 5)).astype(np.float32)
+    got = run(session(to_onnx_model(prototxt2py.load(str(net)), dynamic_batch=True)), {"data": x})
+    want = runtime(net, None, {"data": x})
+    for name in got:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7, err_msg=f"{case}: {name}")

@@ -207,8 +207,8 @@ def _scalar(values: tuple[int, ...]) -> int | tuple[int, ...]:
 @register
 class Convolution(_ConvBase):
     type = "Convolution"
-    summary = ("N-D convolution (1-3 spatial axes, channels on any axis): groups, dilation, per-axis "
-               "kernel/stride/pad, shared weights for several bottoms")
+    summary = ("N-D convolution (1-3 spatial axes, channels on any axis; ONNX: channels on axis 1 only): groups, "
+               "dilation, per-axis kernel/stride/pad, shared weights for several bottoms")
 
     def out_size(self, i, k, s, p, d):
         # C++ integer division truncates toward zero: a kernel overhanging the padded input by less than the

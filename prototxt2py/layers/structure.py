@@ -150,7 +150,8 @@ class Slice(LayerSpec):
             ctx.identity(ctx.input(0), ctx.output(0))
             return
         axis = _resolve_axis(node, self, node.attrs.axis, node.attrs.legacy, len(ctx.in_shape(0)))
-        if ctx.in_varies(0)[axis]:  # symbolic size along the axis (--dynamic): Caffe's rule at run time
+        # a symbolic size along the axis (--dynamic; the batch under --dynamic-batch): Caffe's rule at run time
+        if ctx.in_varies(0)[axis] or (axis == 0 and not ctx.is_static(ctx.input(0))):
             tops = [ctx.output(i) for i in range(ctx.num_outputs)]
             points = node.attrs.slice_points
             if not points:  # equal parts: Split without sizes (opset 18 names their number)
@@ -352,7 +353,8 @@ class Reshape(ReshapeLike):
     def copies_first_axis(self, node, rank):
         a = node.attrs
         start = a.axis if a.axis >= 0 else rank + a.axis + 1
-        return start > 0 or (a.num_axes == 0) or (bool(a.dims) and a.dims[0] == 0)
+        # at axis 0 with num_axes 0 the dims go before the batch, which then moves (unless there are none)
+        return start > 0 or not a.dims or a.dims[0] == 0
 
     def sized_target(self, node, ctx, x):
         """Caffe's rule at run time: the axes outside ``axis .. axis + num_axes`` copied from ``x``'s shape,
@@ -607,7 +609,9 @@ class Reduction(LayerSpec):
         axis = canonical_axis(node, self, a.axis, len(shape))
         op = {"SUM": "ReduceSum", "MEAN": "ReduceSum", "ASUM": "ReduceL1", "SUMSQ": "ReduceSumSquare"}[a.operation]
         coeff = np.float32(a.coeff)
-        if a.operation == "MEAN":
+        if a.operation == "MEAN" and axis == 0 and not ctx.is_static(ctx.input(0)):  # the batch is counted
+            op = "ReduceMean"  # dividing by the run-time count (Caffe's coeff / dim, rounded once more)
+        elif a.operation == "MEAN":
             coeff = coeff / np.float32(count(shape, axis))
         y = ctx.reduce(op, ctx.input(0), range(axis, len(shape)), keepdims=False,
                        out=ctx.output(0) if coeff == 1 else None)
@@ -673,7 +677,12 @@ class ArgMax(LayerSpec):
         ctx.add("TopK", [flipped, ctx.ints([a.top_k], "k")], [values, flipped_index], axis=axis, largest=1, sorted=1)
         if a.axis is not None and a.out_max_val:
             return
-        index = ctx.add("Sub", [ctx.const(np.int64(n - 1), "last"), flipped_index])
+        if axis == 0 and not ctx.is_static(x):  # the batch axis: its size is known at run time only
+            size = ctx.add("Gather", [ctx.shape_of(x), ctx.const(np.int64(0), "axis")], axis=0)
+            last = ctx.add("Sub", [size, ctx.const(np.int64(1), "one")])
+        else:
+            last = ctx.const(np.int64(n - 1), "last")
+        index = ctx.add("Sub", [last, flipped_index])
         index = ctx.add("Cast", [index], ctx.output(0) if a.axis is not None else None, to=ctx.FLOAT)
         if a.axis is not None:
             return

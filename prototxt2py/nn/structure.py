@@ -41,8 +41,11 @@ class Slice(nn.Module):
         super().__init__()
         self.tops, self.axis, self.slice_point = tops, axis, slice_point
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         dim = x.shape[self.axis]
+        # one top: the bottom itself, a tensor as every one-top layer gives
+        if self.tops == 1:
+            return x
         if not self.slice_point:
             return torch.split(x, dim // self.tops, dim=self.axis)
         bounds = (0, *self.slice_point, dim)
@@ -58,8 +61,8 @@ class Split(nn.Module):
         super().__init__()
         self.tops = tops
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (x,) * self.tops
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return x if self.tops == 1 else (x,) * self.tops
 
 
 class Silence(nn.Module):
