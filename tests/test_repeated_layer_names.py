@@ -283,8 +283,7 @@ def test_hdf5_weights_are_checked_against_the_last_layer_of_a_name_only(tmp_path
                     'num_output: 3 } }\n'
                     'layer { name: "ip" type: "InnerProduct" bottom: "a" top: "b" inner_product_param { '
                     'num_output: 3 bias_term: false } }\n')
-    with h5py.File(tmp_path / "rep.h5", "w") as f:
-        f["data/ip/0"] = np.full((3, 3), 5, np.float32)
+    _write_h5(h5py, tmp_path / "rep.h5", {"data/ip/0": np.full((3, 3), 5, np.float32)})
     net = prototxt2py.load(str(path), weights=str(tmp_path / "rep.h5"))
     first, second = (m for n, m in net.node_layers() if n.name == "ip")
     assert (second.weight == 5).all() and not (first.weight == 5).any()
@@ -299,9 +298,8 @@ def test_hdf5_datasets_are_matched_by_number(tmp_path: Path) -> None:
     one.write_text('layer { name: "data" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
                    'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "a" inner_product_param { '
                    'num_output: 3 } }\n')
-    with h5py.File(tmp_path / "g.h5", "w") as f:
-        f["data/ip/0"] = np.full((3, 3), 5, np.float32)
-        f["data/ip/2"] = np.full(3, 6, np.float32)
+    _write_h5(h5py, tmp_path / "g.h5", {"data/ip/0": np.full((3, 3), 5, np.float32),
+                                        "data/ip/2": np.full(3, 6, np.float32)})
     with pytest.raises(WeightsError, match="layer 'ip': Incompatible number of blobs for layer ip: dataset 1 is "
                                            "missing"):
         prototxt2py.load(str(one), weights=str(tmp_path / "g.h5"))
@@ -313,10 +311,15 @@ def test_hdf5_datasets_are_matched_by_number(tmp_path: Path) -> None:
                       'num_output: 3 } }\n'
                       'layer { name: "s" type: "InnerProduct" bottom: "x" top: "c" param { name: "w" } '
                       'inner_product_param { num_output: 3 } }\n')
-    with h5py.File(tmp_path / "w.h5", "w") as f:
-        f["data/ip/0"] = np.full((3, 3), 5, np.float32)
-        f["data/ip/1"] = np.full(3, 6, np.float32)
-        f["data/s/1"] = np.full(3, 7, np.float32)
+    _write_h5(h5py, tmp_path / "w.h5", {"data/ip/0": np.full((3, 3), 5, np.float32),
+                                        "data/ip/1": np.full(3, 6, np.float32), "data/s/1": np.full(3, 7, np.float32)})
     with pytest.raises(WeightsError, match=r"layer 's': .* dataset 0 is missing \(shared, and its owner's group "
                                            r"lacks it\)"):
         GraphBlobs(prototxt2py.graph(str(shared)), str(tmp_path / "w.h5"))
+
+
+def _write_h5(h5py, path: Path, datasets: dict) -> None:
+    """An HDF5 file holding ``datasets`` (path -> array), groups made on the way."""
+    with h5py.File(path, "w") as f:
+        for name, array in datasets.items():
+            f[name] = array
