@@ -13,7 +13,7 @@ way :mod:`._inplace` says Caffe's ``Backward_cpu`` of that type does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -72,67 +72,91 @@ def find_splits(graph: Graph) -> dict[str, Split]:
     return splits
 
 
-def need_backward(graph: Graph, param_counts: Sequence[int]) -> NeedBackward:
-    """The sets ``Net::Init`` computes, on the net with Caffe's Split layers in place (``param_counts``: parameter
-    blobs per layer). Blobs are named as Caffe names them: by blob name (an in-place top shares its bottom's),
-    each Split top by its reader (or ``loss``)."""
-    splits = find_splits(graph)
-    steps = []  # (bottom names, top names, top loss weights, param lrs, propagate_down, refused, layer or Split)
+@dataclass
+class _Step:
+    """One layer of the net as ``Net::Init`` sees it once ``InsertSplits`` ran: a layer of the graph or a Split,
+    its bottoms and tops named as Caffe names blobs, with what the need computation reads."""
+
+    bottoms: list[Any]
+    tops: list[Any]
+    weights: list[float]  # per top: its loss weight
+    lrs: list[float]  # per parameter blob: its lr_mult
+    propagate_down: list[bool]
+    refused: Any = ()  # bottoms force_backward leaves alone
+    split: Split | None = None
+    layer: bool = False
+    need: bool = False
+    bottom_need: list[bool] = field(default_factory=list)
+    param_need: list[bool] = field(default_factory=list)
+
+
+def _steps(graph: Graph, param_counts: Sequence[int], splits: dict[str, Split]) -> list[_Step]:
+    """The graph's layers with Caffe's Splits after their producers. A Split top is named by its reader (or
+    ``loss``); other blobs by their names, so an in-place top shares its bottom's."""
+    steps = []
     for i, node in enumerate(graph.nodes):
         bottoms = [("split", vid, i, j) if vid in splits else node.bottoms[j] for j, vid in enumerate(node.inputs)]
         weights = [0.0 if vid in splits else (float(node.loss_weights[k]) if k < len(node.loss_weights) else 0.0)
                    for k, vid in enumerate(node.outputs)]
         lrs = [node.params[k].lr_mult if k < len(node.params) else 1.0 for k in range(param_counts[i])]
         prop = list(node.proto.propagate_down) if node.proto is not None else []
-        steps.append((bottoms, list(node.tops), weights, lrs, prop, _inplace.NO_FORCE_BACKWARD.get(node.type, ()), i))
+        steps.append(_Step(bottoms, list(node.tops), weights, lrs, prop, _inplace.NO_FORCE_BACKWARD.get(node.type, ()),
+                           layer=True))
         for k, vid in enumerate(node.outputs):
             split = splits.get(vid)
             if split is not None:
                 tops = ([("split", vid, "loss")] if split.loss_weight else []) + [("split", vid, *r)
                                                                                  for r in split.readers]
-                steps.append(([node.tops[k]], tops, [split.loss_weight] + [0.0] * (len(tops) - 1), [], [], (), split))
-    n = len(steps)
+                steps.append(_Step([node.tops[k]], tops, [split.loss_weight] + [0.0] * (len(tops) - 1), [], [],
+                                   split=split))
+    return steps
+
+
+def need_backward(graph: Graph, param_counts: Sequence[int]) -> NeedBackward:
+    """The sets ``Net::Init`` computes, on the net with Caffe's Split layers in place (``param_counts``: parameter
+    blobs per layer)."""
+    splits = find_splits(graph)
+    steps = _steps(graph, param_counts, splits)
     blob_need: dict[Any, bool] = {}
-    layer_need, bottom_need, param_need = [False] * n, [[] for _ in range(n)], [[] for _ in range(n)]
-    for s, (bottoms, tops, _, lrs, prop, _, _) in enumerate(steps):  # Net::Init's forward pass
-        bottom_need[s] = [bool(prop[j]) if prop else blob_need.get(b, False) for j, b in enumerate(bottoms)]
-        param_need[s] = [lr != 0 for lr in lrs]
-        layer_need[s] = any(blob_need.get(b, False) for b in bottoms) or any(param_need[s])
-        for t in tops:  # a new top starts without a need; an in-place one keeps its blob's
-            blob_need[t] = blob_need.get(t, False) or layer_need[s]
+    for step in steps:  # Net::Init's forward pass
+        step.bottom_need = [bool(step.propagate_down[j]) if step.propagate_down else blob_need.get(b, False)
+                            for j, b in enumerate(step.bottoms)]
+        step.param_need = [lr != 0 for lr in step.lrs]
+        step.need = any(blob_need.get(b, False) for b in step.bottoms) or any(step.param_need)
+        for t in step.tops:  # a new top starts without a need; an in-place one keeps its blob's
+            blob_need[t] = blob_need.get(t, False) or step.need
     under_loss: set[Any] = set()
     skip: set[Any] = set()
-    for s in range(n - 1, -1, -1):  # its backward pass: what reaches a loss, what a reader does not want
-        bottoms, tops, weights, _, _, _, _ = steps[s]
+    for step in reversed(steps):  # its backward pass: what reaches a loss, what a reader does not want
         contributes, skip_down = False, True
-        for t, w in zip(tops, weights, strict=True):
+        for t, w in zip(step.tops, step.weights, strict=True):
             contributes = contributes or bool(w) or t in under_loss
             skip_down = skip_down and t in skip
             if contributes and not skip_down:
                 break
-        if layer_need[s] and skip_down:
-            layer_need[s] = False
-            bottom_need[s] = [False] * len(bottoms)
+        if step.need and skip_down:
+            step.need = False
+            step.bottom_need = [False] * len(step.bottoms)
         if not contributes:
-            layer_need[s] = False
-        for j, b in enumerate(bottoms):
+            step.need = False
+        for j, b in enumerate(step.bottoms):
             if contributes:
                 under_loss.add(b)
             else:
-                bottom_need[s][j] = False
-            if not bottom_need[s][j]:
+                step.bottom_need[j] = False
+            if not step.bottom_need[j]:
                 skip.add(b)
     if graph.force_backward:
-        for s, (bottoms, _, _, lrs, _, refused, _) in enumerate(steps):
-            layer_need[s] = True
-            bottom_need[s] = [bottom_need[s][j] or j not in refused for j in range(len(bottoms))]
-            param_need[s] = [True] * len(lrs)
-    layers = [s for s, step in enumerate(steps) if not isinstance(step[-1], Split)]
-    for s, step in enumerate(steps):
-        if isinstance(step[-1], Split):
-            step[-1].need = layer_need[s] and bottom_need[s][0]
-    return NeedBackward([layer_need[s] for s in layers], [bottom_need[s] for s in layers],
-                        [param_need[s] for s in layers], splits)
+        for step in steps:
+            step.need = True
+            step.bottom_need = [need or j not in step.refused for j, need in enumerate(step.bottom_need)]
+            step.param_need = [True] * len(step.lrs)
+    for step in steps:
+        if step.split is not None:
+            step.split.need = step.need and step.bottom_need[0]
+    layers = [step for step in steps if step.layer]
+    return NeedBackward([st.need for st in layers], [st.bottom_need for st in layers], [st.param_need for st in layers],
+                        splits)
 
 
 Grads = list[torch.Tensor | None]
