@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import InputFileError, Location, WeightsError
 from .fsutil import open_regular
-from .weights import Blob
+from .weights import Blob, filled_layers
 
 #: the first 8 bytes of an HDF5 file (Caffe's files have no user block before it)
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -111,10 +111,10 @@ def read_caffemodel_h5(path: str | os.PathLike, graph: Any) -> dict[str, list[Bl
     except OSError as e:
         raise WeightsError(f"not a readable HDF5 weights file: {e}", loc) from None
     out: dict[str, list[Blob]] = {}
-    uniques = dict(zip((id(n) for n in graph.nodes), graph.unique_names(), strict=True))
-    last = {node.name: node for node in graph.nodes}  # the layer a repeated name's group fills (layer_names_index_)
-    groups = {uniques[id(node)]: name for name, node in last.items()}  # unique name of a filled layer -> group
-    for node in last.values():
+    filled = filled_layers(graph, hdf5=True)  # a repeated name's group fills its last layer (layer_names_index_)
+    named = [(node, u) for node, u in zip(graph.nodes, graph.unique_names(), strict=True) if u in filled]
+    groups = {u: node.name for node, u in named}  # unique name of a filled layer -> its group
+    for node, _ in named:
         arrays = stored.get(node.name)
         if arrays is None:
             continue

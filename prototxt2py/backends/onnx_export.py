@@ -281,6 +281,11 @@ class OnnxContext:
         ``dynamic_sizes``; the batch axis is not counted: :meth:`reshape` handles it)."""
         return self._varies(self.node.inputs[i])
 
+    def axis_symbolic(self, i: int, axis: int) -> bool:
+        """Whether axis ``axis`` of bottom ``i`` has a size known only at run time: one that changes with the
+        input height/width (:meth:`in_varies`), or the batch axis of a bottom without a static batch."""
+        return self.in_varies(i)[axis] or (axis == 0 and not self.is_static(self.input(i)))
+
     def out_varies(self, i: int = 0) -> tuple[bool, ...]:
         """Per axis of top ``i``: whether it changes with the input height/width (see :meth:`in_varies`)."""
         return self._varies(self.node.outputs[i])

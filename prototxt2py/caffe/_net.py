@@ -222,7 +222,7 @@ class Net:
         seeds: dict[str, float] = {}
         for node in self._graph.nodes:
             weights = list(node.loss_weights)
-            if any(self._splits.get(v) is not None and self._splits[v].loss_weight for v in node.outputs):
+            if any(v in self._splits and self._splits[v].loss_weight for v in node.outputs):
                 weights = [1.0 if k == 0 and node.spec.is_loss else 0.0 for k in range(len(node.outputs))]
             for vid, w in zip(node.outputs, weights, strict=False):
                 if w:
@@ -238,7 +238,6 @@ class Net:
             if here:
                 self._splits_after[i] = here
         self._splits = need.splits
-        self._split_values = set(need.splits)
         self._split_diffs: dict[tuple[int, int], torch.Tensor] = {}  # each Split top's diff, by its reader
 
     # -- pycaffe's properties ----------------------------------------------------------------------------------
@@ -511,7 +510,7 @@ class Net:
                 if node.type != "Silence":  # Caffe's Silence writes zeros; other unused bottoms keep their diff
                     continue
                 g = torch.zeros_like(blob.diff_tensor())
-            if v in self._split_values:
+            if v in self._splits:
                 self._split_diffs[(i, j)] = g.detach().reshape(blob.shape).clone()
             else:
                 blob.write_diff(g, accumulate=False)

@@ -150,8 +150,7 @@ class Slice(LayerSpec):
             ctx.identity(ctx.input(0), ctx.output(0))
             return
         axis = _resolve_axis(node, self, node.attrs.axis, node.attrs.legacy, len(ctx.in_shape(0)))
-        # a symbolic size along the axis (--dynamic; the batch under --dynamic-batch): Caffe's rule at run time
-        if ctx.in_varies(0)[axis] or (axis == 0 and not ctx.is_static(ctx.input(0))):
+        if ctx.axis_symbolic(0, axis):  # a size known at run time only: Caffe's rule, computed then
             tops = [ctx.output(i) for i in range(ctx.num_outputs)]
             points = node.attrs.slice_points
             if not points:  # equal parts: Split without sizes (opset 18 names their number)
@@ -609,7 +608,7 @@ class Reduction(LayerSpec):
         axis = canonical_axis(node, self, a.axis, len(shape))
         op = {"SUM": "ReduceSum", "MEAN": "ReduceSum", "ASUM": "ReduceL1", "SUMSQ": "ReduceSumSquare"}[a.operation]
         coeff = np.float32(a.coeff)
-        if a.operation == "MEAN" and axis == 0 and not ctx.is_static(ctx.input(0)):  # the batch is counted
+        if a.operation == "MEAN" and axis == 0 and ctx.axis_symbolic(0, 0):  # the batch is counted
             op = "ReduceMean"  # dividing by the run-time count (Caffe's coeff / dim, rounded once more)
         elif a.operation == "MEAN":
             coeff = coeff / np.float32(count(shape, axis))
@@ -677,8 +676,8 @@ class ArgMax(LayerSpec):
         ctx.add("TopK", [flipped, ctx.ints([a.top_k], "k")], [values, flipped_index], axis=axis, largest=1, sorted=1)
         if a.axis is not None and a.out_max_val:
             return
-        if axis == 0 and not ctx.is_static(x):  # the batch axis: its size is known at run time only
-            size = ctx.add("Gather", [ctx.shape_of(x), ctx.const(np.int64(0), "axis")], axis=0)
+        if a.axis is not None and ctx.axis_symbolic(0, axis):  # the axis's size is known at run time only
+            size = ctx.add("Gather", [ctx.shape_of(x), ctx.const(np.int64(axis), "axis")], axis=0)
             last = ctx.add("Sub", [size, ctx.const(np.int64(1), "one")])
         else:
             last = ctx.const(np.int64(n - 1), "last")
