@@ -44,6 +44,9 @@ BAD = {
     "duplicate_top": (GOOD_HEAD + 'layer { name: "a" type: "ReLU" bottom: "data" top: "x" }\n'
                       'layer { name: "b" type: "ReLU" bottom: "data" top: "x" }\n',
                       "layer 'b': top 'x' is produced by more than one layer"),
+    "inplace_after_a_reader": (GOOD_HEAD + 'layer { name: "a" type: "AbsVal" bottom: "data" top: "y" }\n'
+                               'layer { name: "r" type: "ReLU" bottom: "data" top: "data" }\n',
+                               "layer 'r': top 'data' is rewritten in place but has 2 readers ('a', 'r')"),
     "include_and_exclude": (
         GOOD_HEAD + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" '
         'include { phase: TEST } exclude { phase: TRAIN } }\n',

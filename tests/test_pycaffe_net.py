@@ -592,9 +592,10 @@ layer { name: "side" type: "Power" bottom: "h" top: "side" }""")
     np.testing.assert_array_equal(net.params["ip1"][1].diff, [2, 2, 2, 2])
 
 
-def test_backward_one_layer_per_call_equals_one_call(tmp_path: Path) -> None:
-    """Each reader of a fanned-out blob keeps its own diff (a Split top), summed when the producer's step runs,
-    so stepping ``backward(start=n, end=n)`` down the layers gives the whole pass's gradients."""
+def test_backward_ranges_place_the_splits_as_caffe(tmp_path: Path) -> None:
+    """Caffe's Split of a fanned-out blob sits just after its producer (index P + 1): a range that starts at P
+    leaves it out, so P reads the blob's diff as the caller left it (DeepDream's ``dst.diff[:] = g;
+    net.backward(start=end)``); a range that runs past P sums every reader's own diff, kept from earlier calls."""
     net = _net(tmp_path, """
 layer { name: "data" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
 layer { name: "A" type: "InnerProduct" bottom: "x" top: "h" inner_product_param { num_output: 4
@@ -612,11 +613,39 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "b" bottom: "c" top: "loss" }
     d = (net.blobs["b"].data - net.blobs["c"].data) / 2  # EuclideanLoss: d loss / d b = (b - c) / N
     want = d @ net.params["B"][0].data - d @ net.params["C"][0].data
     np.testing.assert_allclose(h_diff, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(a_diff, want.T @ x, rtol=1e-5, atol=1e-6)
+
+    g = np.arange(8, dtype=np.float32).reshape(2, 4) - 3  # a gradient set by hand on the fanned-out blob
+    net.blobs["h"].diff[...] = g
     net.clear_param_diffs()
-    for name in reversed(net._layer_names):
-        net.backward(start=name, end=name)
+    net.backward(start="A")
+    np.testing.assert_array_equal(net.blobs["h"].diff, g)
+    np.testing.assert_allclose(net.params["A"][0].diff, g.T @ x, rtol=1e-5, atol=1e-6)
+
+    net.clear_param_diffs()
+    net.backward(start="loss", end="C")  # C's own diff of h is kept apart ...
+    net.backward(start="B", end="A")  # ... and summed with B's by A's Split, inside this range
     np.testing.assert_array_equal(net.blobs["h"].diff, h_diff)
     np.testing.assert_array_equal(net.params["A"][0].diff, a_diff)
+
+
+def test_deepdream_step_backward_from_a_blob_with_several_readers(tmp_path: Path) -> None:
+    """DeepDream's ``make_step``: forward to ``end``, set ``dst.diff``, ``backward(start=end)``. Where ``dst``
+    feeds several layers (GoogLeNet's inception outputs), the gradient reaching the image is ``dst.diff``
+    through ``end`` and below, not the readers' stale diffs."""
+    net = _net(tmp_path, """force_backward: true
+layer { name: "data" type: "Input" top: "img" input_param { shape { dim: 1 dim: 3 } } }
+layer { name: "end" type: "InnerProduct" bottom: "img" top: "dst" inner_product_param { num_output: 4
+  weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "r1" type: "ReLU" bottom: "dst" top: "r1" }
+layer { name: "r2" type: "TanH" bottom: "dst" top: "r2" }""")
+    img = np.array([[0.5, -1.0, 2.0]], np.float32)
+    net.blobs["img"].data[...] = img
+    net.forward(end="end")
+    dst = net.blobs["dst"]
+    dst.diff[:] = dst.data  # the L2 objective
+    net.backward(start="end")
+    np.testing.assert_allclose(net.blobs["img"].diff, dst.data @ net.params["end"][0].data, rtol=1e-5)
 
 
 def test_splits_write_a_diff_only_where_caffes_split_runs(tmp_path: Path) -> None:

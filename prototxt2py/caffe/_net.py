@@ -453,10 +453,12 @@ class Net:
     # -- backward ----------------------------------------------------------------------------------------------
     def _backward(self, start: int, end: int) -> None:
         """Caffe's ``BackwardFromTo``: layers ``start`` down to ``end``, where Caffe computes gradients. The Splits
-        Caffe inserts after a layer run with it, just before its own backward."""
+        Caffe inserts after a layer run with it, just before its own backward, except after ``start``: there
+        they sit past the range (Caffe's index ``start + 1``), so ``start`` reads its tops' diffs as the caller
+        left them (DeepDream's ``dst.diff[:] = g; net.backward(start=end)`` on a blob with several readers)."""
         self._push_params()
         for i in range(start, end - 1, -1):
-            for split in self._splits_after.get(i, ()):
+            for split in self._splits_after.get(i, ()) if i != start else ():
                 if split.need:
                     self._backward_split(split)
             for fn in self._callbacks["bb"]:

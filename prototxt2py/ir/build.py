@@ -46,6 +46,7 @@ def build_graph(
     unknown: list[str] = []
     names_seen: set[str] = set()
     duplicate_names: list[str] = []
+    loss_read: set[str] = set()  # values with a written nonzero loss_weight: Caffe's InsertSplits counts a reader
 
     for index, layer in enumerate(net.layer):
         loc = locations[index] if locations and index < len(locations) else Location(file)
@@ -72,6 +73,7 @@ def build_graph(
         outputs = []
         for i, t in enumerate(tops):
             if i < len(bottoms) and bottoms[i] == t:  # Caffe's in-place rule: same position
+                _check_unsplit(inputs[i], inputs, values, nodes, loss_read, loc, name)
                 versions[t] += 1
                 vid = f"{t}@{versions[t]}"
             elif t in current or t in tops[:i]:
@@ -89,6 +91,8 @@ def build_graph(
             values[vid].consumers.append(len(nodes))  # this layer's position once appended below
         for t, vid in zip(tops, outputs, strict=True):
             current[t] = vid
+        written = min(len(layer.top), len(layer.loss_weight))  # InsertSplits: automatic tops have no weight
+        loss_read.update(vid for vid, w in zip(outputs[:written], layer.loss_weight[:written], strict=True) if w)
         node = Node(
             name=name,
             type=layer.type,
@@ -135,6 +139,28 @@ def build_graph(
     if infer:
         infer_shapes(graph, input_shapes or {})
     return graph
+
+
+def _check_unsplit(
+    vid: str, inputs: Sequence[str], values: Mapping[str, Value], nodes: Sequence[Node], loss_read: set[str],
+    loc: Location, name: str,
+) -> None:
+    """Refuse an in-place rewrite of a value with more than one reader, as ``Net::Init`` does.
+
+    Caffe's ``InsertSplits`` gives such a value a Split layer and renames every reader's bottom, this layer's
+    included; its top then keeps the old name and ``AppendTop`` finds it taken ("produced by multiple
+    sources"). Readers are the earlier layers' bottoms, this layer's own bottoms and a written loss weight.
+    """
+    readers = [f"'{nodes[c].name}'" for c in values[vid].consumers] + [f"'{name}'"] * inputs.count(vid)
+    readers += ["a loss_weight"] if vid in loss_read else []
+    if len(readers) > 1:
+        raise GraphError(
+            f"top '{values[vid].blob}' is rewritten in place but has {len(readers)} readers ({', '.join(readers)}): "
+            "Caffe gives it a Split, renames this layer's bottom and refuses the net (top blob produced by multiple "
+            "sources)",
+            loc,
+            layer=name,
+        )
 
 
 def _python_spec(layer: Any, mapping: Mapping[str, LayerSpec] | None) -> LayerSpec | None:
