@@ -525,6 +525,7 @@ def _assign(target: Message, target_field: str, source_fd: FieldDescriptor, valu
         value = _map_enum(source_fd, value, fd)
         if value is None:
             return False
+    value = _c_integer(fd, value)
     if fd.type == FieldDescriptor.TYPE_MESSAGE:
         getattr(target, target_field).CopyFrom(value)
     elif is_repeated(fd):
@@ -532,6 +533,19 @@ def _assign(target: Message, target_field: str, source_fd: FieldDescriptor, valu
     else:
         setattr(target, target_field, value)
     return True
+
+
+_WRAPPED = {FieldDescriptor.CPPTYPE_UINT32: (0, 1 << 32), FieldDescriptor.CPPTYPE_INT32: (-(1 << 31), 1 << 32)}
+
+
+def _c_integer(fd: FieldDescriptor, value: object) -> object:
+    """An integer as C++'s implicit conversion stores it in a 32-bit field of the other signedness: V0's int32
+    ``new_height: -1`` becomes ``ImageDataParameter``'s uint32 4294967295, as ``set_new_height`` does."""
+    wrap = _WRAPPED.get(fd.cpp_type)
+    if wrap is None or not isinstance(value, int) or isinstance(value, bool):
+        return value
+    low, size = wrap
+    return (value - low) % size + low
 
 
 def _map_enum(source_fd: FieldDescriptor, value: int, target_fd: FieldDescriptor) -> int | None:

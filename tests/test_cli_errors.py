@@ -47,6 +47,9 @@ BAD = {
     "inplace_after_a_reader": (GOOD_HEAD + 'layer { name: "a" type: "AbsVal" bottom: "data" top: "y" }\n'
                                'layer { name: "r" type: "ReLU" bottom: "data" top: "data" }\n',
                                "layer 'r': top 'data' is rewritten in place but has 2 readers ('a', 'r')"),
+    "propagate_down_count": (GOOD_HEAD + 'layer { name: "e" type: "Eltwise" bottom: "data" bottom: "data" '
+                             'top: "e" propagate_down: false }\n',
+                             "layer 'e': propagate_down is given 1 times for 2 bottom(s)"),
     "include_and_exclude": (
         GOOD_HEAD + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" '
         'include { phase: TEST } exclude { phase: TRAIN } }\n',

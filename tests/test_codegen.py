@@ -453,3 +453,33 @@ def test_a_one_top_slice_or_split_gives_a_tensor(layer: str) -> None:
     x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(module(x), torch.relu(x))
     torch.testing.assert_close(net(x)["b"], torch.relu(x))
+
+
+def test_propagate_down_false_detaches_the_bottom_in_both_modules() -> None:
+    """``propagate_down: false`` cuts the gradient into that bottom: the runtime passes it detached and the
+    generated source says ``.detach()``, so ``conv1`` gets no gradient through ``a`` (only through ``b``) in
+    both, and the layer's own parameters still get theirs."""
+    text = '''name: "cut"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "conv1" type: "InnerProduct" bottom: "data" top: "h" inner_product_param { num_output: 4 } }
+layer { name: "a" type: "InnerProduct" bottom: "h" top: "a" propagate_down: false
+  inner_product_param { num_output: 4 } }
+layer { name: "b" type: "AbsVal" bottom: "h" top: "b" }
+layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "s" propagate_down: true propagate_down: false }
+'''
+    net = prototxt2py.load(read_net_text(text)).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p)
+    code = generate(net.graph)
+    assert "self.a(h.detach())" in code.source and "self.sum_(a, b.detach())" in code.source
+    module = _generated_from_runtime(net, code.source, code)
+    x = torch.randn(2, 3)
+    net(x)["s"].sum().backward()
+    module(x).sum().backward()
+    for m in (net, module):
+        grads = {n.split(".")[-2]: p.grad for n, p in m.named_parameters()}
+        assert grads["a"] is not None and grads["a"].abs().sum() > 0  # the layer still learns
+    torch.testing.assert_close(module.a.weight.grad, net.layer("a").weight.grad)
+    # nothing reaches conv1: through a it is cut, through b (AbsVal) the sum cuts it
+    assert all(p.grad is None or not p.grad.any() for n, p in net.named_parameters() if "conv1" in n)
+    assert all(p.grad is None or not p.grad.any() for n, p in module.named_parameters() if "conv1" in n)

@@ -314,13 +314,20 @@ def test_batch_statistics_in_test_phase_are_not_folded(tmp_path: Path) -> None:
 
 
 def test_blobs_read_elsewhere_are_not_folded_away(tmp_path: Path) -> None:
-    """conv1's output also feeds a second layer: BatchNorm + Scale fold to a multiply-add, the conv stays."""
-    text = FOLDS.replace('layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }',
-                         'layer { name: "tap" type: "Power" bottom: "conv1" top: "tap" }\n'
-                         'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }')
-    text = text.replace('layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }',
-                        'layer { name: "tap0" type: "Power" bottom: "conv1" top: "tap0" }\n'
-                        'layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }')
+    """conv1's output also feeds a second layer: BatchNorm + Scale fold to a multiply-add, the conv stays. (Not
+    in place: Caffe refuses an in-place rewrite of a blob another layer has read.)"""
+    text = FOLDS.replace('layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }\n'
+                         'layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" '
+                         'scale_param { bias_term: true } }\n'
+                         'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }\n',
+                         'layer { name: "tap0" type: "Power" bottom: "conv1" top: "tap0" }\n'
+                         'layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "b1" }\n'
+                         'layer { name: "sc1" type: "Scale" bottom: "b1" top: "s1" scale_param { bias_term: true } }\n'
+                         'layer { name: "tap" type: "Power" bottom: "s1" top: "tap" }\n'
+                         'layer { name: "relu1" type: "ReLU" bottom: "s1" top: "r1" }\n')
+    text = text.replace('bottom: "conv1" top: "bn2"', 'bottom: "r1" top: "bn2"')
+    text = text.replace('bottom: "conv1" top: "conv2"', 'bottom: "r1" top: "conv2"')
+    assert text.count('"r1"') == 3
     net = build(tmp_path, text)
     randomise(net)
     assert _folds(net)[0] == (None, "bn1", "sc1")

@@ -371,3 +371,20 @@ def test_opencvs_own_warnings_stay_out_of_the_log(tmp_path: Path) -> None:
     assert proc.stderr.splitlines() == ["warning: no --weights given: testing Caffe's filler values",
                                        "Batch 0, loss = 0.693147",
                                        "error: layer 'data': could not decode image 'im/a3.png'"]
+
+
+def test_hdf5_solverstate_stores_learned_net_as_caffe_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``H5LTmake_dataset_string``'s layout: a scalar NUL-terminated string of ``len + 1`` bytes. Caffe reads it
+    into a buffer of the stored size and takes a C string from it, so without the NUL it reads past the end."""
+    h5py = pytest.importorskip("h5py")
+    solver = make_case(tmp_path, max_iter=2, snapshot=2)
+    solver.write_text(solver.read_text() + "snapshot_format: HDF5\n")
+    monkeypatch.chdir(tmp_path)
+    assert _run("train", solver.name, "--quiet")[0] == 0
+    with h5py.File("snaps/tiny_iter_2.solverstate.h5", "r") as h5:
+        kind = h5["learned_net"].id.get_type()
+        name = b"snaps/tiny_iter_2.caffemodel.h5"
+        got = (kind.get_size(), kind.get_strpad(), h5["learned_net"].shape)
+        assert got == (len(name) + 1, h5py.h5t.STR_NULLTERM, ())
+        assert h5["learned_net"][()] == name
+    assert _run("train", solver.name, "--quiet", "--snapshot", "snaps/tiny_iter_2.solverstate.h5")[0] == 0

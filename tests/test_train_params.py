@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,3 +128,40 @@ def test_an_empty_net_name_is_refused_naming_the_solver(tmp_path: Path) -> None:
                               for line in path.read_text().splitlines()))
     with pytest.raises(SolverError, match=f"^{path}: the net file name is empty$"):
         get_solver(str(path))
+
+
+def test_propagate_down_false_cuts_the_gradient_in_training(tmp_path: Path) -> None:
+    """``propagate_down: false`` on ip2's bottom: Caffe's ``Net::Init`` marks ip1 as needing no backward, so ip1
+    only decays (``w -= lr * decay * w`` per step: 0.1 * 0.99^3 after 3 steps) while ip2 learns."""
+    s = get_solver(solver(tmp_path, "", "propagate_down: false"))
+    s.step(3)
+    ip1, ip2 = (s.net.layer_blobs(n)[0] for n in ("ip1", "ip2"))
+    decayed = torch.full((3, 3), 0.1)
+    for _ in range(3):
+        decayed = decayed - 0.1 * (0.1 * decayed)
+    torch.testing.assert_close(ip1, decayed, rtol=0, atol=0)
+    assert (ip2 - decayed).abs().min() > 1e-3
+
+
+def test_force_backward_gives_lr_mult_0_blobs_their_gradient_in_clipping(tmp_path: Path) -> None:
+    """With ``force_backward`` Caffe's ``Net::Init`` sets ``param_propagate_down`` on every blob, so a frozen
+    weight's gradient is computed and counts in ``clip_gradients``' global norm; the weight itself stays."""
+    from prototxt2py import caffe
+
+    (tmp_path / "net.prototxt").write_text('''force_backward: true
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "target" type: "Input" top: "target" input_param { shape { dim: 2 dim: 1 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" param { lr_mult: 0 } param { lr_mult: 1 }
+  inner_product_param { num_output: 1 weight_filler { type: "constant" value: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "target" top: "loss" }''')
+    (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 1 lr_policy: "fixed" '
+                                              'max_iter: 1 clip_gradients: 0.1 display: 0\n')
+    x, t = np.array([[1, 2, 3], [4, 5, 6]], np.float32), np.array([[0], [1]], np.float32)
+    s = caffe.get_solver(str(tmp_path / "solver.prototxt"))
+    s.net.blobs["data"].data[...], s.net.blobs["target"].data[...] = x, t
+    s.step(1)
+    d = (x @ np.full((3, 1), 0.5, np.float32) - t) / 2  # EuclideanLoss' gradient
+    g_w, g_b = d.T @ x, d.sum(0)
+    want_b = -g_b * 0.1 / np.sqrt((g_w**2).sum() + (g_b**2).sum())  # the bias' update, scaled by both norms
+    np.testing.assert_allclose(s.net.params["ip"][1].data, want_b, rtol=1e-5)
+    np.testing.assert_array_equal(s.net.params["ip"][0].data, np.full((1, 3), 0.5, np.float32))

@@ -332,3 +332,15 @@ def test_caffe_text_writes_numbers_and_strings_as_cpp_protobuf() -> None:
     assert caffe_text(b) == "double_data: 16777217\ndouble_data: 0.33333333333333331\ndouble_data: 0.1\n"
     layer = caffe_pb2.LayerParameter(name='a"\\\u00e9\n', type="X", phase=caffe_pb2.TEST)
     assert caffe_text(layer) == 'name: "a\\"\\\\\\303\\251\\n"\ntype: "X"\nphase: TEST\n'
+
+
+@pytest.mark.parametrize(("written", "stored"), [(-1, 4294967295), (-7, 4294967289), (5, 5)])
+def test_v0_int32_into_a_uint32_field_wraps_as_cpp(written: int, stored: int) -> None:
+    """``UpgradeV0LayerParameter`` copies V0's int32 ``new_height`` into ``ImageDataParameter``'s uint32 through
+    ``set_new_height``: C++ wraps a negative value (the upgrade was an internal error here)."""
+    net = caffe_pb2.NetParameter()
+    text_format.Parse('layers { layer { name: "img" type: "images" source: "l.txt" batchsize: 2 '
+                      f'new_height: {written} new_width: {written} }} top: "data" top: "label" }}', net)
+    upgrade_net(net)
+    param = net.layer[0].image_data_param
+    assert (param.new_height, param.new_width) == (stored, stored)

@@ -375,7 +375,7 @@ def _runs(graph: Graph, steps: list[_Step]) -> list[list[_Step]]:
         node = step.node
         if step.call is None:
             continue
-        single = len(node.inputs) == 1 and len(node.outputs) == 1
+        single = len(node.inputs) == 1 and len(node.outputs) == 1 and not node.stop_gradient
         prev = groups[-1][-1].node if groups else None
         if (single and prev is not None and len(prev.outputs) == 1 and len(prev.inputs) == 1
                 and node.inputs[0] == prev.outputs[0] and prev.outputs[0] not in outputs
@@ -440,6 +440,9 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
             var[blob] = local.name(blob, "x")
         return var[blob]
 
+    def arg(node: Node, j: int) -> str:  # ``propagate_down: false`` cuts the bottom off autograd
+        return f"{v(node.inputs[j])}.detach()" if j in node.stop_gradient else v(node.inputs[j])
+
     input_vars = [v(vid) for vid in graph.inputs]
     init: list[str] = []
     body: list[str] = []
@@ -475,7 +478,7 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
                     keys[f"{runtime_key[id(step.node)]}.{blob}"] = f"{block}.{ident}.{blob}"
             seq = Expr("nn.Sequential", [Expr("OrderedDict", items, comments)])
             init += layout(f"self.{block} = ", seq, "", 8)
-            body.append(_assign(graph, group[-1].node.outputs, f"self.{block}({v(first.inputs[0])})", v))
+            body.append(_assign(graph, group[-1].node.outputs, f"self.{block}({arg(first, 0)})", v))
             continue
         for step in group:
             ident = attrs.name(step.node.name, "layer")
@@ -485,7 +488,7 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
             init += layout(f"self.{ident} = ", expr_of(step), "", 8)
             for blob in step.node.spec.node_blob_names(step.node):
                 keys[f"{runtime_key[id(step.node)]}.{blob}"] = f"{ident}.{blob}"
-            args = ", ".join(v(i) for i in step.node.inputs)
+            args = ", ".join(arg(step.node, j) for j in range(len(step.node.inputs)))
             body.append(_assign(graph, step.node.outputs, f"self.{ident}({args})", v))
     init += _ties(graph, ident_of)
 

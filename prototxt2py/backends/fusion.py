@@ -91,6 +91,8 @@ class Step:
     #: a fused step with an addition that may write its result into the addition's other bottom: it reads
     #: that value last, and the value is a fresh convolution result that no other value aliases
     overwrite: bool = False
+    #: inputs (by position) passed detached: the layer's ``propagate_down: false`` bottoms (never fused)
+    detach: tuple[int, ...] = ()
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -211,8 +213,8 @@ def find_fusions(graph: Graph, node_keys: list[str], plan: Sequence[Step]) -> li
     fusions: list[Fusion] = []
     taken: set[int] = set()
 
-    def one_to_one(node: Node) -> bool:
-        return len(node.inputs) == 1 and len(node.outputs) == 1
+    def one_to_one(node: Node) -> bool:  # (a layer that cuts a gradient off runs as itself)
+        return len(node.inputs) == 1 and len(node.outputs) == 1 and not node.stop_gradient
 
     def sole_reader(vid: str) -> Node | None:  # the one layer reading ``vid`` if it is not an output either,
         readers = values[vid].consumers         # and in no chain yet
@@ -247,7 +249,7 @@ def find_fusions(graph: Graph, node_keys: list[str], plan: Sequence[Step]) -> li
         residual = post = other = None
         other_first, unary, scalars = False, "none", ()
         if conv_args is not None:
-            if nxt is not None and len(nxt.outputs) == 1 and nxt.spec.residual_add(nxt):
+            if nxt is not None and len(nxt.outputs) == 1 and not nxt.stop_gradient and nxt.spec.residual_add(nxt):
                 other_first = nxt.inputs[1] == tail.outputs[0]
                 other = nxt.inputs[0] if other_first else nxt.inputs[1]
                 residual = nxt
@@ -288,7 +290,8 @@ def plan_inference(graph: Graph, node_keys: list[str], plan: Sequence[Step], fus
     replaced = {step.key: fusion for fusion in fusions for step in fusion.steps}
     last = {fusion.steps[-1].key for fusion in fusions}
     agnostic = {key for node, key in zip(graph.nodes, node_keys, strict=True) if node.spec.layout_agnostic}
-    linear = {key for node, key in zip(graph.nodes, node_keys, strict=True) if node.spec.plain_linear(node)}
+    linear = {key for node, key in zip(graph.nodes, node_keys, strict=True)
+              if node.spec.plain_linear(node) and not node.stop_gradient}
     channels_last: set[str] = set()  # values that may be channels-last
     out: list[Step] = []
     for step in plan:

@@ -128,7 +128,7 @@ class CaffeNet(nn.Module):
             self.layers[key] = module
             self.layer_keys.setdefault(node.name, key)
             kind = INPUT if node.spec.is_input(node) else LAYER
-            plan.append(Step(kind, key, tuple(node.inputs), tuple(node.outputs)))
+            plan.append(Step(kind, key, tuple(node.inputs), tuple(node.outputs), detach=node.stop_gradient))
         self._plan = tuple(plan)
         self._tie_shared_params()
         self.input_names = [graph.values[v].blob for v in graph.inputs]
@@ -231,7 +231,9 @@ class CaffeNet(nn.Module):
         for step in plan:
             kind, key, ins, outs = step.kind, step.key, step.inputs, step.outputs
             if kind is LAYER:
-                if tracing:
+                if step.detach:  # propagate_down: false
+                    produced = call_layer(modules[key], *_detached(step, env))
+                elif tracing:
                     produced = call_layer(modules[key], *[env[i] for i in ins])
                 elif len(ins) == 1:
                     produced = modules[key](env[ins[0]])
@@ -243,7 +245,7 @@ class CaffeNet(nn.Module):
             elif kind is LINEAR:
                 produced = self._run_linear(modules[key], env[ins[0]])
             elif kind is DENSE:  # inputs that may be channels-last, for a layer not known to handle them
-                produced = call_layer(modules[key], *[env[i].contiguous() for i in ins])
+                produced = call_layer(modules[key], *[x.contiguous() for x in _detached(step, env)])
             elif all(o in env for o in outs):  # an input layer whose blobs were given
                 continue
             else:
@@ -372,6 +374,11 @@ class CaffeNet(nn.Module):
             term = blobs[name].sum() * w
             total = term if total is None else total + term
         return total if total is not None else torch.zeros(())
+
+
+def _detached(step: Step, env: Mapping[str, Any]) -> list[Any]:
+    """A step's inputs, those its layer's ``propagate_down: false`` cuts off detached from autograd."""
+    return [env[vid].detach() if j in step.detach else env[vid] for j, vid in enumerate(step.inputs)]
 
 
 def build(graph: Graph) -> CaffeNet:

@@ -106,6 +106,7 @@ def build_graph(
             location=loc,
             loss_weights=_loss_weights(layer, spec, len(tops), loc, name),
             params=[_param_info(p) for p in layer.param],
+            stop_gradient=_stop_gradient(layer, len(bottoms), loc, name),
             dropped=list(dropped[index]) if dropped and index < len(dropped) else [],
         )
         try:
@@ -161,6 +162,20 @@ def _check_unsplit(
             loc,
             layer=name,
         )
+
+
+def _stop_gradient(layer: Any, bottoms: int, loc: Location, name: str) -> tuple[int, ...]:
+    """The bottoms ``propagate_down: false`` cuts off. ``Net::Init`` takes the field for every bottom or for
+    none, and a cut bottom gets no gradient from this layer (its parameters still do)."""
+    given = list(layer.propagate_down)
+    if given and len(given) != bottoms:
+        raise GraphError(
+            f"propagate_down is given {len(given)} times for {bottoms} bottom(s): Caffe takes it for every "
+            "bottom or for none",
+            loc,
+            layer=name,
+        )
+    return tuple(j for j, down in enumerate(given) if not down)
 
 
 def _python_spec(layer: Any, mapping: Mapping[str, LayerSpec] | None) -> LayerSpec | None:

@@ -80,6 +80,8 @@ class Node:
     dropped: list[DroppedField] = field(default_factory=list)
     shape_note: str | None = None
     macs: int = 0
+    #: bottoms (by position) written ``propagate_down: false``: no gradient reaches them through this layer
+    stop_gradient: tuple[int, ...] = ()
 
     @property
     def in_place(self) -> bool:

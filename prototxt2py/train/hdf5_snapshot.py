@@ -48,11 +48,22 @@ def write_solverstate_h5(f: IO[bytes], it: int, learned_net: str, current_step: 
     h5py = _h5py()
     with h5py.File(f, "w") as h5:
         h5.create_dataset("iter", data=np.array([it], dtype=np.int32))
-        h5.create_dataset("learned_net", data=np.bytes_(learned_net.encode()))
+        _write_c_string(h5py, h5, "learned_net", os.fsencode(learned_net))
         h5.create_dataset("current_step", data=np.array([current_step], dtype=np.int32))
         group = h5.create_group("history")
         for i, h in enumerate(history):
             group.create_dataset(str(i), data=_array(h))
+
+
+def _write_c_string(h5py: Any, h5: Any, name: str, value: bytes) -> None:
+    """A scalar string dataset as ``H5LTmake_dataset_string`` writes it: ``len + 1`` bytes, NUL-terminated.
+    Caffe's ``hdf5_load_string`` reads it into a buffer of the stored size and takes it as a C string, so a
+    string stored without its NUL (numpy's ``bytes_``) is read past its end there."""
+    kind = h5py.h5t.C_S1.copy()
+    kind.set_size(len(value) + 1)
+    kind.set_strpad(h5py.h5t.STR_NULLTERM)
+    dataset = h5py.h5d.create(h5.id, name.encode(), kind, h5py.h5s.create(h5py.h5s.SCALAR))
+    dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(value + b"\0", dtype=f"S{len(value) + 1}"))
 
 
 def read_solverstate_h5(path: str | os.PathLike) -> SolverState:

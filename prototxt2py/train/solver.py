@@ -11,7 +11,9 @@ What runs is Caffe's ``Solver::Step``/``Solve``/``Test`` and ``SGDSolver::ApplyU
   except blobs shared through ``param { name }`` (their gradients add into the owner's; their multipliers are
   the first set by any layer using them). Blobs that are buffers (BatchNorm's statistics) are learnable with
   ``lr_mult`` 0, as Caffe's BatchNorm forces; blobs with ``lr_mult`` 0 get no gradient (Caffe does not compute
-  one) but still weight decay, which matters only for the history of adaptive solvers. (One difference: where
+  one, unless the net has ``force_backward``: then it does, and the gradient counts in ``clip_gradients``' norm
+  and in adaptive solvers' history) but still weight decay, which matters only for the history of adaptive
+  solvers. (One difference: where
   a layer sharing a blob whose ``lr_mult`` another layer set to 0 leaves its own unset, Caffe still adds that
   layer's gradient to the blob's diff; the weights stay frozen either way, but Caffe's ``clip_gradients`` norm
   counts that gradient and here it is 0.)
@@ -548,9 +550,10 @@ class Solver:
         if p.display and self.iter % p.display == 0 and self.is_root:
             self.log(f"Iteration {self.iter}, lr = {rate:g}")
         diffs = []
+        frozen_have_diffs = self.net.graph.force_backward  # Net::Init: force_backward propagates to every blob
         for lp in self.learnables:
             g = lp.tensor.grad
-            if g is None or lp.lr_mult == 0:  # Caffe computes no gradient for lr_mult 0
+            if g is None or (lp.lr_mult == 0 and not frozen_have_diffs):  # else Caffe computes none for lr_mult 0
                 g = torch.zeros_like(lp.tensor)
             diffs.append(g)
         with torch.no_grad():
