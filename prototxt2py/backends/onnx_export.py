@@ -172,6 +172,7 @@ class OnnxContext:
         #: a graph, its phase): the export computes what the module computes (batch statistics, random dropout
         #: are refused ...).
         self.training = bool(net.training) if self.net is not None else self.graph.state.phase == TRAIN
+        self._net_training = self.training
         #: The model under construction, without its initializers: those stay numpy arrays in
         #: :attr:`initializers` until the model is encoded (copying 100s of MB of weights into protobuf
         #: messages and serializing them again is what made exporting slow).
@@ -230,6 +231,11 @@ class OnnxContext:
     # -- the current layer -------------------------------------------------------------------------------
     def begin(self, node: Node) -> None:
         self.node = node
+        if node.own_phase is not None:  # the layer keeps its own phase, as in the runtime module
+            self.training = node.own_phase == TRAIN
+        else:
+            self.training = self._net_training
+
 
     def finish(self) -> None:
         """Check that the spec produced every top of the layer."""

@@ -152,7 +152,19 @@ class CaffeNet(nn.Module):
         self._fusion_cache = FusionCache()
         #: what :meth:`from_weights` loaded (layers loaded / missing / extra), else None
         self.load_report: LoadReport | None = None
+        #: layers that set their own ``phase``: their training flag, whatever mode the net is put in
+        self._own_training = {key: node.own_phase == TRAIN for node, key in zip(graph.nodes, self._node_keys,
+                                                                                strict=True)
+                              if node.own_phase is not None}
         self.train(graph.state.phase == TRAIN)
+
+    def train(self, mode: bool = True) -> CaffeNet:
+        """``nn.Module.train``, except for layers that set their own ``phase``: Caffe's ``Net::Init`` gives the net's
+        phase only to layers without one, so a ``phase: TRAIN`` Dropout keeps sampling in a TEST net."""
+        super().train(mode)
+        for key, training in self._own_training.items():
+            self.layers[key].train(training)
+        return self
 
     @classmethod
     def from_weights(cls, graph: Graph, weights: str | os.PathLike | Mapping[str, list[Blob]]) -> CaffeNet:

@@ -107,6 +107,7 @@ def build_graph(
             loss_weights=_loss_weights(layer, spec, len(tops), loc, name),
             params=[_param_info(p) for p in layer.param],
             stop_gradient=_stop_gradient(layer, len(bottoms), loc, name),
+            own_phase=layer.phase if layer.HasField("phase") else None,
             dropped=list(dropped[index]) if dropped and index < len(dropped) else [],
         )
         try:

@@ -82,6 +82,8 @@ class Node:
     macs: int = 0
     #: bottoms (by position) written ``propagate_down: false``: no gradient reaches them through this layer
     stop_gradient: tuple[int, ...] = ()
+    #: the layer's own ``phase`` (netstate's TRAIN/TEST), which ``Net::Init`` keeps over the net's; else None
+    own_phase: int | None = None
 
     @property
     def in_place(self) -> bool:
