@@ -320,6 +320,47 @@ def test_detection_output_matches_ssd(share, code, keep_top_k, eta, top_k, thr, 
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
 
 
+
+def test_prior_box_judges_duplicate_ratios_in_float32() -> None:
+    """The fork keeps ``float ar`` and drops a ratio within 1e-6 of one it has: 2.000001 is 2.00000095 in float32,
+    9.5e-7 from 2, so it is a duplicate there (3 priors per cell, not 5), in the graph, the runtime and ONNX;
+    a flipped ratio is ``1. / ar`` of the float32 value."""
+    text = """
+        layer { name: "in" type: "Input" top: "f" input_param { shape { dim: 1 dim: 1 dim: 2 dim: 2 } } }
+        layer { name: "pb" type: "PriorBox" bottom: "f" top: "p"
+                prior_box_param { min_size: 16 aspect_ratio: 2 aspect_ratio: 2.000001 aspect_ratio: 0.3
+                                  flip: true img_size: 300 } }
+    """
+    g = graph_of(text)
+    assert g.values[g.outputs[0]].shape == (1, 2, 2 * 2 * 5 * 4)
+    module = net_of(text).layer("pb")
+    assert module.aspect_ratios == (1.0, 2.0, 0.5, float(np.float32(0.3)), float(np.float32(1.0 / np.float32(0.3))))
+    onnx_model = pytest.importorskip("prototxt2py.backends.onnx_export").to_onnx_model(g)
+    dims = [d.dim_value for d in onnx_model.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == [1, 2, 80]
+
+
+def _one_class_detection(code: str, top_k: int) -> DetectionOutput:
+    return DetectionOutput(2, True, 0, code, False, -1, None, 0.45, 1.0, top_k)
+
+
+def test_detection_output_drops_nan_scores_before_top_k() -> None:
+    """``GetMaxScoreIndex`` keeps ``score > threshold`` before its sort and ``top_k``: a NaN score takes no place."""
+    prior = torch.tensor([[[.1, .1, .4, .4, .5, .5, .9, .9], [.1, .1, .2, .2, .1, .1, .2, .2]]])
+    conf = torch.tensor([[.1, math.nan, .1, .9]])
+    got = _one_class_detection("CORNER", 1)(torch.zeros(1, 8), conf, prior)
+    torch.testing.assert_close(got, torch.tensor([[[[0.0, 1.0, 0.9, 0.5, 0.5, 0.9, 0.9]]]]))
+
+
+def test_detection_output_a_nan_overlap_suppresses() -> None:
+    """``ApplyNMSFast`` keeps a box whose overlap is ``<= nms_threshold``: boxes decoded to infinity have NaN
+    overlaps, and the second one is suppressed."""
+    prior = torch.tensor([[[.1, .1, .4, .4, .5, .5, .9, .9], [.1, .1, .2, .2, .1, .1, .2, .2]]])
+    loc = torch.tensor([[0.0, 0, 1000, 1000, 0, 0, 1000, 1000]])
+    got = _one_class_detection("CENTER_SIZE", 2)(loc, torch.tensor([[.1, .9, .1, .8]]), prior)
+    assert got.shape == (1, 1, 1, 7) and got[0, 0, 0, 2].item() == pytest.approx(0.9)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Permute, Interp, Upsample, ShuffleChannel, Axpy
 # ---------------------------------------------------------------------------------------------------------

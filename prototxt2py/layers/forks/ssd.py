@@ -93,8 +93,8 @@ def _prior_box_attrs(p: Any) -> PriorBoxAttrs:
     if any(not ar > 0 for ar in p.aspect_ratio):  # the fork takes sqrt(ar) and 1/ar: inf or NaN boxes
         raise ValueError(f"aspect_ratio values must be positive, got {', '.join(f'{ar:g}' for ar in p.aspect_ratio)}")
     ratios = [1.0]
-    for ar in p.aspect_ratio:
-        if all(abs(ar - r) >= 1e-6 for r in ratios):
+    for ar in map(_f32, p.aspect_ratio):  # the fork's ``float ar``: duplicates judged on float32 differences
+        if all(abs(_f32(ar - r)) >= 1e-6 for r in ratios):
             ratios.append(ar)
             if p.flip:
                 ratios.append(_f32(1.0 / ar))
@@ -200,14 +200,7 @@ def _prior_boxes_sized(ctx: Any, a: PriorBoxAttrs) -> None:
     if any(len(ctx.in_shape(i)) != 4 for i in range(ctx.num_inputs)):
         ctx.fixed_sizes_only("PriorBox of blobs without 4 axes with symbolic sizes")
     double = ctx.DOUBLE
-    sizes = []  # (width, height) per prior, in Caffe's order (as ssd_nn.PriorBox.priors)
-    for s, m in enumerate(a.min_sizes):
-        first = m / 2.0 if a.reduce_boxes else float(m)
-        sizes.append((first, first))
-        if a.max_sizes:
-            side = math.sqrt(m * a.max_sizes[s])
-            sizes.append((side, side))
-        sizes += [(m * math.sqrt(ar), m / math.sqrt(ar)) for ar in a.aspect_ratios if abs(ar - 1.0) >= 1e-6]
+    sizes = ssd_priors.prior_sizes(a)  # (width, height) per prior, as the runtime module's
     half = np.array(sizes, dtype=np.float32) / np.float32(2.0)  # (P, 2): exact, so float32 holds the doubles
     layer = ctx.dims(ctx.input(0), 2, 4)  # (H, W)
     image = ctx.ints([a.img_h, a.img_w], "image") if a.img_h else ctx.dims(ctx.input(1), 2, 4)

@@ -199,11 +199,12 @@ class DetectionOutput(nn.Module):
         if threshold_min is None:
             threshold_min = -3.4028234663852886e38  # -FLT_MAX
         k = scores.shape[1] if self.top_k < 0 else min(self.top_k, scores.shape[1])
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
-        # float score > float threshold, as the C++ compares (0.3 rounds up in float32: 0.3f > 0.3f is false)
-        valid = scores.gather(1, order).float() > torch.tensor(
-            threshold_min, dtype=torch.float32
-        )
+        # float score > float threshold, as the C++ compares (0.3 rounds up in float32: 0.3f > 0.3f is false);
+        # GetMaxScoreIndex drops the others (NaN too) before sorting, so they never take a top_k place
+        above = scores.float() > torch.tensor(threshold_min, dtype=torch.float32)
+        key = torch.where(above, scores, torch.full_like(scores, -math.inf))
+        order = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :k]
+        valid = above.gather(1, order)
         cand = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
         overlap = _ssd_jaccard(cand)  # (C, K, K)
         keep = torch.zeros_like(valid)
@@ -212,7 +213,8 @@ class DetectionOutput(nn.Module):
         )
         eta = torch.tensor(self.eta, dtype=torch.float32)
         for j in range(k):
-            near = overlap[:, j, :j] > threshold.unsqueeze(1)
+            # the C++ keeps ``overlap <= threshold``: a NaN overlap suppresses
+            near = ~(overlap[:, j, :j] <= threshold.unsqueeze(1))
             suppressed = (keep[:, :j] & near).any(dim=1)
             kept = valid[:, j] & ~suppressed
             keep[:, j] = kept

@@ -14,20 +14,24 @@ from typing import Any
 from ...lazy_numpy import np
 
 
-def prior_boxes(a: Any, layer_h: int, layer_w: int, img_h: int, img_w: int) -> np.ndarray:
-    """``(1, 2, H * W * num_priors * 4)`` float32: the boxes ``(xmin, ymin, xmax, ymax)`` of every cell (row-major)
-    and prior, then the variances; ``a`` is the layer's ``PriorBoxAttrs``."""
-    sizes = []  # (width, height) per prior, in Caffe's order
+def prior_sizes(a: Any) -> list[tuple[float, float]]:
+    """``(width, height)`` of each prior in Caffe's order (min size, max size, then the ratios), in double: the
+    callers round them to float32, the fork's ``float box_width``."""
+    sizes = []
     for s, m in enumerate(a.min_sizes):
         first = m / 2.0 if a.reduce_boxes else float(m)
         sizes.append((first, first))
         if a.max_sizes:
             side = math.sqrt(m * a.max_sizes[s])
             sizes.append((side, side))
-        for ar in a.aspect_ratios:
-            if abs(ar - 1.0) >= 1e-6:
-                sizes.append((m * math.sqrt(ar), m / math.sqrt(ar)))
-    wh = np.array(sizes, dtype=np.float32).reshape(-1, 2).astype(np.float64)
+        sizes += [(m * math.sqrt(ar), m / math.sqrt(ar)) for ar in a.aspect_ratios if abs(ar - 1.0) >= 1e-6]
+    return sizes
+
+
+def prior_boxes(a: Any, layer_h: int, layer_w: int, img_h: int, img_w: int) -> np.ndarray:
+    """``(1, 2, H * W * num_priors * 4)`` float32: the boxes ``(xmin, ymin, xmax, ymax)`` of every cell (row-major)
+    and prior, then the variances; ``a`` is the layer's ``PriorBoxAttrs``."""
+    wh = np.array(prior_sizes(a), dtype=np.float32).reshape(-1, 2).astype(np.float64)
     if a.step_w:
         step_w, step_h = np.float32(a.step_w), np.float32(a.step_h)
     else:  # float(image size) / feature map size, in float
