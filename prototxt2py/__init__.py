@@ -41,13 +41,16 @@ def graph(
     net: str | os.PathLike | NetSource,
     phase: str = "TEST",
     stages: Iterable[str] = (),
-    level: int = 0,
+    level: int | None = 0,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     allow_unknown_types: bool = False,
     infer: bool = True,
     python_layers: Mapping[str, object] | None = None,
 ) -> Graph:
     """Read (and upgrade) a net definition and build its intermediate graph with inferred shapes.
+
+    The NetState is Caffe's ``Net(file, phase, level, stages)``'s: ``phase`` and ``level`` replace the file's own
+    ``state {}`` values (``level=0`` too), ``stages`` are added to its stages; ``level=None`` keeps the file's.
 
     ``python_layers`` maps ``Python`` layers (``"module.Layer"``: ``python_param.module`` + ``.`` +
     ``python_param.layer``) to what computes them: a :class:`~prototxt2py.layers.LayerSpec` subclass, or an
@@ -97,12 +100,13 @@ def draw(
     phase: str = "ALL",
     display_lrm: bool = False,
     stages: Iterable[str] = (),
-    level: int = 0,
+    level: int | None = None,
     shapes: bool = False,
     no_blobs: bool = False,
 ):
     """A ``graphviz.Digraph`` of the net, as Caffe's draw_net draws it (notebooks display it inline;
-    ``.source`` is the DOT text, ``.render()`` writes files)."""
+    ``.source`` is the DOT text, ``.render()`` writes files). Layers are filtered by ``phase`` alone, as
+    draw_net does, unless ``stages`` or ``level`` are given: then by the full NetState rules, as :func:`graph`."""
     from .backends.draw import diagram_of
 
     return diagram_of(net, rankdir, phase, display_lrm, tuple(stages), level, shapes, no_blobs).to_digraph()

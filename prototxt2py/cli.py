@@ -264,7 +264,11 @@ def convert(net, weights, target, output, phase, stages, level, inputs, opset, d
 @click.option("--phase", type=click.Choice(["TRAIN", "TEST", "ALL"], case_sensitive=False), default="ALL",
               show_default=True)
 @click.option("--display-lrm", is_flag=True, help="Show lr_mult of Convolution/Deconvolution/InnerProduct layers.")
-@_state_options
+@click.option("--level", type=int, default=None,
+              help="NetState level, replacing the net's own (with --level or --stage all NetState rules filter; "
+                   "without, only the phase, as Caffe's draw_net.py).")
+@click.option("--stage", "stages", multiple=True, callback=stage_option,
+              help="NetState stage (repeatable; a,b is two stages, as in Caffe).")
 @click.option("--shapes", is_flag=True, help="Annotate blobs with inferred shapes and layers with parameter counts.")
 @click.option("--no-blobs", is_flag=True, help="Compact: layer-to-layer edges without blob nodes.")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=D0,D1,...", help="An input blob's shape (--shapes).")
@@ -275,7 +279,9 @@ def draw(net, output, rankdir, phase, display_lrm, stages, level, shapes, no_blo
     from .backends.draw import draw_file
 
     input_shapes = _parse_inputs(inputs)
-    source = net_source(net, True, input_shapes, stages, level, need_shapes=shapes) if as_deploy else net
+    # the deploy net `deploy` derives (level 0 unless given), drawn as it is
+    source = (net_source(net, True, input_shapes, stages, 0 if level is None else level, need_shapes=shapes)
+              if as_deploy else net)
     draw_file(source, output, rankdir=rankdir, phase=phase.upper(), display_lrm=display_lrm, stages=stages, level=level,
               shapes=shapes, no_blobs=no_blobs, input_shapes=input_shapes)
     click.echo(f"wrote {output}")

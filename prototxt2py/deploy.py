@@ -2,8 +2,9 @@
 
 The transformation works on the upgraded ``NetParameter`` (protobuf level, before the IR, without torch):
 
-1. **NetState**: keep the layers of the TEST phase (with the caller's stages and level, merged with the net's
-   own ``state`` as Caffe does), then drop every ``include``/``exclude`` rule and write ``state { phase: TEST }``.
+1. **NetState**: keep the layers of the TEST phase as Caffe's ``Net(file, TEST, level, stages)`` does (the
+   caller's level, 0 by default, replaces the net's own ``state { level }``; the caller's stages are added to
+   the net's), then drop every ``include``/``exclude`` rule and write ``state { phase: TEST }``.
 2. **Heads**: losses (types ending in ``Loss``, or any layer with a non-zero ``loss_weight``), ``Accuracy`` and
    other metric or sink layers are dropped. The *main* losses — those with the largest loss weight, so that
    GoogLeNet's 0.3-weighted auxiliary heads do not count — define the outputs: a main ``SoftmaxWithLoss``

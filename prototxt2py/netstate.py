@@ -29,34 +29,69 @@ def stage_option(_ctx: Any, _param: Any, value: Iterable[str]) -> tuple[str, ...
 
 @dataclass
 class State:
-    """The NetState a net is instantiated with."""
+    """A NetState with protobuf's has-field semantics: ``phase``/``level`` ``None`` are *unset*.
 
-    phase: int = TEST
-    level: int = 0
+    Caffe composes states with ``NetState::MergeFrom`` (:meth:`merge`), where a set field wins even at its
+    default value: an explicit ``level: 0`` replaces the net file's ``state { level: 2 }`` and an explicit
+    ``phase: TEST`` the solver's TRAIN, which a plain ``int`` (0 read as "unset") cannot express. A state that
+    filters layers reads unset fields as NetState's defaults (phase TEST, level 0; :meth:`resolved`)."""
+
+    phase: int | None = None
+    level: int | None = None
     stages: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_args(cls, phase: str | int = "TEST", level: int = 0, stages: Iterable[str] = ()) -> State:
+    def from_args(cls, phase: str | int = "TEST", level: int | None = 0, stages: Iterable[str] = ()) -> State:
+        """A caller's request: phase and (unless ``None``) level set, as ``Net(file, phase, level, stages)``."""
         if isinstance(phase, str):
             key = phase.upper()
             if key not in PHASES:
                 raise GraphError(f"unknown phase {phase!r} (expected TRAIN or TEST)")
             phase = PHASES[key]
-        return cls(phase=int(phase), level=level, stages=list(stages))
+        return cls(phase=int(phase), level=None if level is None else int(level), stages=list(stages))
 
-    def merged_with_net(self, net) -> State:
-        """Caffe starts from the net's own ``state {}`` and overrides phase; level and stages are added."""
-        stages = list(net.state.stage) + [s for s in self.stages if s not in net.state.stage]
-        level = self.level if self.level else net.state.level
-        return State(self.phase, level, stages)
+    @classmethod
+    def of(cls, message: Any) -> State:
+        """The fields a ``NetState`` message (a net's ``state``, a solver's ``train_state``/``test_state``) sets."""
+        return cls(message.phase if message.HasField("phase") else None,
+                   message.level if message.HasField("level") else None, list(message.stage))
+
+    def merge(self, other: State) -> State:
+        """``NetState::MergeFrom(other)``: ``other``'s set fields replace ours, its stages are appended (one
+        already present is not repeated: rules test membership only, and this keeps a composed state a fixed
+        point of :meth:`merged_with_net`)."""
+        return State(self.phase if other.phase is None else other.phase,
+                     self.level if other.level is None else other.level,
+                     self.stages + [s for s in other.stages if s not in self.stages])
+
+    def resolved(self) -> State:
+        """Unset fields at NetState's defaults (phase TEST, level 0)."""
+        return State(TEST if self.phase is None else self.phase, 0 if self.level is None else self.level,
+                     list(self.stages))
+
+    def merged_with_net(self, net: Any) -> State:
+        """The state ``net`` is built with: its own ``state {}`` merged with this request. A request from
+        :meth:`from_args` sets phase and level, which is Caffe's ``Net(file, phase, level, stages)`` (pycaffe's
+        ``caffe.Net``, ``caffe test``/``time``): the caller's phase and level replace the file's, its stages
+        are added. A state already composed with the net (:func:`solver_state`) comes back unchanged."""
+        return State.of(net.state).merge(self).resolved()
 
     @property
     def phase_name(self) -> str:
         return "TRAIN" if self.phase == TRAIN else "TEST"
 
 
+def solver_state(phase: int, net: Any, override: Any = None) -> State:
+    """``Solver::InitTrainNet``/``InitTestNets``: ``{phase}``, merged with the net's own ``state``, then with
+    the solver's ``train_state``/``test_state(i)`` (``override``; ``None`` where the solver has no
+    test_state), so each may override phase and level (``caffe train`` sets the train_state's level always)."""
+    state = State(phase=phase).merge(State.of(net.state))
+    return (state if override is None else state.merge(State.of(override))).resolved()
+
+
 def rule_matches(rule, state: State) -> bool:
     """``Net::StateMeetsRule``."""
+    state = state.resolved()
     if rule.HasField("phase") and rule.phase != state.phase:
         return False
     if rule.HasField("min_level") and state.level < rule.min_level:

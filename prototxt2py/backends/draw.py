@@ -277,13 +277,15 @@ def diagram_of(
     phase: str = "ALL",
     display_lrm: bool = False,
     stages: tuple[str, ...] = (),
-    level: int = 0,
+    level: int | None = None,
     shapes: bool = False,
     no_blobs: bool = False,
     input_shapes: dict[str, list[int]] | None = None,
 ) -> Diagram:
     """Read a net file and build its diagram. V2 files are drawn as written (as Caffe does); V0/V1 after
-    upgrade (Caffe cannot draw them at all). A :class:`NetSource` (a derived deploy net) is drawn as it is."""
+    upgrade (Caffe cannot draw them at all). A :class:`NetSource` (a derived deploy net) is drawn as it is.
+    Without ``stages`` and ``level`` (``None``) only the phase filters layers, as in draw.py; with either, the
+    full NetState of ``Net(file, phase, level, stages)`` does (a given level replaces the file's own)."""
     from ..reader import NetSource, read_net
 
     source = net_path if isinstance(net_path, NetSource) else read_net(net_path)
@@ -293,7 +295,7 @@ def diagram_of(
     else:
         net, dropped = source.net, source.dropped
     state = None
-    if stages or level:
+    if stages or level is not None:
         state = State.from_args("TEST" if phase == "ALL" else phase, level, stages).merged_with_net(net)
     blob_shapes = counts = None
     if shapes:

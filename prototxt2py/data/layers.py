@@ -47,7 +47,7 @@ def data_layers(
 ) -> list[DataLayer]:
     """The layers of ``net`` (a V2 ``NetParameter``) with a reader type that exist in ``phase`` (and the given
     stages/level: Caffe's NetState rules, so a train_val net yields its TRAIN or its TEST data layer)."""
-    state = State.from_args(phase, level, stages)
+    state = State.from_args(phase, level, stages).merged_with_net(net)
     return [
         data_layer(layer, phase, rank, world)
         for layer in net.layer

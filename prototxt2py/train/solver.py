@@ -43,6 +43,7 @@ import torch
 
 from ..errors import Location, WeightsError
 from ..ir.graph import ParamInfo
+from ..netstate import TEST, TRAIN, solver_state
 from .errors import DivergedError, SolverError
 from .feeding import Feeder
 from .lr_policy import LrParams, learning_rate
@@ -277,9 +278,10 @@ class Solver:
         f = given[0]
         source = _net_source(getattr(p, f), self.file) if f.endswith("_param") else _read_net(getattr(p, f), self.file)
         self.net_source = source
-        net, feeder = build_fed_net(source, "TRAIN", tuple(p.train_state.stage), p.train_state.level, self.rank,
+        state = solver_state(TRAIN, source.net, p.train_state)  # the net's or train_state's phase may be TEST
+        net, feeder = build_fed_net(source, state.phase_name, tuple(state.stages), state.level, self.rank,
                                     self.world, self.device, self.data_seed, self.data_workers, self.hold_inputs)
-        net.train()
+        net.train(state.phase == TRAIN)
         return net, feeder
 
     def _init_test_nets(self) -> None:
@@ -302,10 +304,10 @@ class Solver:
             generic = p.HasField("net_param")
             sources.append(_net_source(p.net_param, self.file) if generic else _read_net(p.net, self.file))
         for i, source in enumerate(sources):
-            state = p.test_state[i] if p.test_state else type(p.train_state)()
-            net, feeder = build_fed_net(source, "TEST", tuple(state.stage), state.level, self.rank, self.world,
-                                        self.device, self.data_seed, self.data_workers, self.hold_inputs)
-            net.eval()
+            state = solver_state(TEST, source.net, p.test_state[i] if p.test_state else None)
+            net, feeder = build_fed_net(source, state.phase_name, tuple(state.stages), state.level, self.rank,
+                                        self.world, self.device, self.data_seed, self.data_workers, self.hold_inputs)
+            net.train(state.phase == TRAIN)
             self._share_trained_layers(net)
             self.test_nets.append(net)
             self.test_feeders.append(feeder)
