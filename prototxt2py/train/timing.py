@@ -72,7 +72,9 @@ def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cp
                 forward[i] += 0.0 if warm else data_time / max(1, sum(1 for s, _ in steps if s.kind is INPUT))
                 leaves.append(([], ins))
                 continue
-            bottoms = [env[v].detach().requires_grad_(env[v].is_floating_point()) for v in ins]
+            # a propagate_down: false bottom gets no gradient (Caffe's bottom_need_backward), so none is timed
+            bottoms = [env[v].detach().requires_grad_(env[v].is_floating_point() and j not in step.detach)
+                       for j, v in enumerate(ins)]
             _sync(dev)
             t0 = time.perf_counter()
             try:
