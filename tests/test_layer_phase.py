@@ -17,6 +17,7 @@ from prototxt2py.data.layers import data_layer
 from prototxt2py.errors import UnsupportedLayerError
 from prototxt2py.proto import caffe_pb2
 from prototxt2py.reader import read_net_text
+from prototxt2py.train.feeding import data_layer_for
 
 HEAD = 'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 dim: 2 dim: 2 } } }\n'
 BN = 'layer { name: "bn" type: "BatchNorm" bottom: "x" top: "z" phase: TRAIN }\n'
@@ -76,6 +77,11 @@ def test_onnx_follows_the_layers_own_phase() -> None:
 
 
 def test_a_data_layers_transformer_takes_the_layers_phase() -> None:
+    """Both readers' descriptions: from the message (``data_layers``) and from the node (the training feeder)."""
     layer = caffe_pb2.LayerParameter(name="d", type="Data", phase=caffe_pb2.TEST)
     assert data_layer(layer, "TRAIN").phase == "TEST"
     assert data_layer(caffe_pb2.LayerParameter(name="d", type="Data"), "TRAIN").phase == "TRAIN"
+    text = ('layer { name: "d" type: "Data" top: "x" phase: TRAIN data_param { source: "db" batch_size: 2 } }\n'
+            'layer { name: "e" type: "Data" top: "y" data_param { source: "db" batch_size: 2 } }\n')
+    g = prototxt2py.graph(read_net_text(text), phase="TEST", infer=False)
+    assert [data_layer_for(n, "TEST").phase for n in g.nodes] == ["TRAIN", "TEST"]

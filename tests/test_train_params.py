@@ -165,3 +165,20 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "target" top: "l
     want_b = -g_b * 0.1 / np.sqrt((g_w**2).sum() + (g_b**2).sum())  # the bias' update, scaled by both norms
     np.testing.assert_allclose(s.net.params["ip"][1].data, want_b, rtol=1e-5)
     np.testing.assert_array_equal(s.net.params["ip"][0].data, np.full((1, 3), 0.5, np.float32))
+
+
+def test_force_backward_overrides_propagate_down(tmp_path: Path) -> None:
+    """``Net::Init`` turns every bottom a layer allows (``AllowForceBackward``) back on under ``force_backward``,
+    after ``propagate_down``: ip1 then learns exactly as without the field."""
+    trained = []
+    for field in ("propagate_down: false", ""):
+        folder = tmp_path / str(len(trained))
+        folder.mkdir()
+        path = solver(folder, "", field)
+        net = folder / "net.prototxt"
+        net.write_text("force_backward: true\n" + net.read_text())
+        s = get_solver(path)
+        s.step(3)
+        trained.append(s.net.layer_blobs("ip1")[0].clone())
+    torch.testing.assert_close(trained[0], trained[1], rtol=0, atol=0)
+    assert (trained[0] - 0.1).abs().max() > 1e-3  # and it did learn

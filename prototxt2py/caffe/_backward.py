@@ -3,7 +3,7 @@
 :func:`need_backward` is the bookkeeping of Caffe's ``Net::Init``: a blob needs a diff when a learnable parameter
 (``lr_mult`` != 0; a missing ``param {}`` counts as 1) or such a blob lies below it; layers that reach no loss
 (nothing with a loss weight above them) are then switched off, and ``force_backward`` switches every layer and
-bottom back on except those a layer refuses (:data:`._inplace.NO_FORCE_BACKWARD`). ``propagate_down`` in a layer
+bottom back on except those a layer refuses (``LayerSpec.force_backward_refused``). ``propagate_down`` in a layer
 overrides its bottoms.
 
 :func:`layer_gradients` computes one layer's bottom and parameter gradients from the blobs' current contents, the
@@ -100,7 +100,7 @@ def _steps(graph: Graph, param_counts: Sequence[int], splits: dict[str, Split]) 
                    for k, vid in enumerate(node.outputs)]
         lrs = [node.params[k].lr_mult if k < len(node.params) else 1.0 for k in range(param_counts[i])]
         prop = list(node.proto.propagate_down) if node.proto is not None else []
-        steps.append(_Step(bottoms, list(node.tops), weights, lrs, prop, _inplace.NO_FORCE_BACKWARD.get(node.type, ()),
+        steps.append(_Step(bottoms, list(node.tops), weights, lrs, prop, node.spec.force_backward_refused,
                            layer=True))
         for k, vid in enumerate(node.outputs):
             split = splits.get(vid)

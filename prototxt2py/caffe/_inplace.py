@@ -20,11 +20,8 @@ pycaffe API (:mod:`prototxt2py.caffe._net`) therefore computes each layer's grad
   call itself is kept and replayed. Swish mixes both: its private sigmoid
   comes from the forward-time input (:data:`SAVES_INPUT`), its top data is read at backward time.
 
-:data:`NO_FORCE_BACKWARD` holds Caffe's ``AllowForceBackward`` exceptions (bottoms that ``force_backward``
-does not reach: labels of loss layers, recurrent ``cont`` flags).
-
 This knowledge is per layer type and belongs with the layer specs; it lives here, in one table, until the
-specs can declare it.
+specs can declare it. (Caffe's ``AllowForceBackward`` exceptions already are: ``LayerSpec.force_backward_refused``.)
 """
 
 from __future__ import annotations
@@ -40,18 +37,6 @@ PRIVATE: frozenset[str] = frozenset({"BatchNorm", "Scale", "PReLU", "Dropout", "
 
 #: Types that keep a copy of their forward-time input for a formula that also reads current top data.
 SAVES_INPUT: frozenset[str] = frozenset({"Swish"})
-
-#: Loss layers of BVLC Caffe and forks: ``LossLayer::AllowForceBackward`` refuses bottom 1 (the labels).
-_LOSS_LABEL_1 = ("SoftmaxWithLoss", "SigmoidCrossEntropyLoss", "MultinomialLogisticLoss", "InfogainLoss",
-                 "HingeLoss", "MultiBoxLoss")
-#: type -> bottom indices that ``force_backward`` does not differentiate (Caffe's ``AllowForceBackward``).
-NO_FORCE_BACKWARD: dict[str, frozenset[int]] = {
-    **{t: frozenset({1}) for t in _LOSS_LABEL_1},
-    "ContrastiveLoss": frozenset({2}),
-    "RNN": frozenset({1}),
-    "LSTM": frozenset({1}),
-    "LSTMUnit": frozenset({2}),
-}
 
 #: ``formula(bottom_data, top_data, top_diff, layer_param, in_place) -> bottom_diff`` (None: recompute).
 Formula = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any, bool], "torch.Tensor | None"]

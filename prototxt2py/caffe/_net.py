@@ -7,7 +7,7 @@ Caffe's ``ForwardFromTo``/``BackwardFromTo`` do. An in-place layer's top is the 
 
 Backward. Caffe decides once, at construction, which layers and bottoms need a gradient
 (``layer_need_backward``, ``bottom_need_backward``: along paths from learnable parameters to a loss, everything
-under ``force_backward`` except the bottoms a layer refuses, see :data:`._inplace.NO_FORCE_BACKWARD`);
+under ``force_backward`` except the bottoms a layer refuses, see ``LayerSpec.force_backward_refused``);
 :mod:`._backward` computes the same sets. ``backward()`` then visits those layers in reverse and computes each
 gradient as Caffe's ``Backward_cpu`` does, from the blobs' *current* contents (see :mod:`._inplace` for the three ways).
 Bottom diffs are overwritten; where one value feeds several bottoms (or also carries a loss weight) Caffe inserts a

@@ -106,7 +106,7 @@ def build_graph(
             location=loc,
             loss_weights=_loss_weights(layer, spec, len(tops), loc, name),
             params=[_param_info(p) for p in layer.param],
-            stop_gradient=_stop_gradient(layer, len(bottoms), loc, name),
+            stop_gradient=_stop_gradient(layer, spec, net.force_backward, len(bottoms), loc, name),
             own_phase=layer.phase if layer.HasField("phase") else None,
             dropped=list(dropped[index]) if dropped and index < len(dropped) else [],
         )
@@ -165,9 +165,10 @@ def _check_unsplit(
         )
 
 
-def _stop_gradient(layer: Any, bottoms: int, loc: Location, name: str) -> tuple[int, ...]:
+def _stop_gradient(layer: Any, spec: LayerSpec, force: bool, bottoms: int, loc: Location, name: str) -> tuple[int, ...]:
     """The bottoms ``propagate_down: false`` cuts off. ``Net::Init`` takes the field for every bottom or for
-    none, and a cut bottom gets no gradient from this layer (its parameters still do)."""
+    none, and a cut bottom gets no gradient from this layer (its parameters still do), unless ``force_backward``
+    turns it back on, which it does for every bottom the layer allows (``AllowForceBackward``)."""
     given = list(layer.propagate_down)
     if given and len(given) != bottoms:
         raise GraphError(
@@ -176,7 +177,7 @@ def _stop_gradient(layer: Any, bottoms: int, loc: Location, name: str) -> tuple[
             loc,
             layer=name,
         )
-    return tuple(j for j, down in enumerate(given) if not down)
+    return tuple(j for j, down in enumerate(given) if not down and not (force and j not in spec.force_backward_refused))
 
 
 def _python_spec(layer: Any, mapping: Mapping[str, LayerSpec] | None) -> LayerSpec | None:

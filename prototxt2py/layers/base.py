@@ -236,6 +236,9 @@ class LayerSpec:
     is_loss: ClassVar[bool] = False
     #: Layers that read data from files (Data, ImageData...): in a deployed net their tops become inputs.
     is_data: ClassVar[bool] = False
+    #: Bottoms ``force_backward`` does not reach (Caffe's ``AllowForceBackward`` false: loss labels, recurrent
+    #: ``cont`` flags); a ``propagate_down: false`` on any other bottom is overridden by ``force_backward``.
+    force_backward_refused: ClassVar[frozenset[int]] = frozenset()
     #: Names of the parameter blobs in Caffe order, used as attribute names on torch modules and as
     #: state_dict keys (``<layer>.<blob name>``).
     blob_names: ClassVar[tuple[str, ...]] = ()

@@ -115,6 +115,7 @@ class _LossSpec(LayerSpec):
     bottoms = (2, 2)
     is_loss = True
     family = FAMILY
+    force_backward_refused = frozenset({1})  # LossLayer::AllowForceBackward: the labels
 
     def check_batch(self, node: Node, in_shapes: Sequence[Shape]) -> None:
         a, b = in_shapes[0], in_shapes[1]
@@ -233,6 +234,7 @@ class SigmoidCrossEntropyLoss(_LossSpec):
 class EuclideanLoss(_LossSpec):
     type = "EuclideanLoss"
     summary = "sum((a - b)^2) / (2 N); gradient to both bottoms"
+    force_backward_refused = frozenset()  # EuclideanLossLayer::AllowForceBackward: both bottoms
 
     def infer_shapes(self, node: Node, in_shapes: Sequence[Shape]) -> list[Shape]:
         self.check_batch(node, in_shapes)
@@ -288,6 +290,7 @@ class MultinomialLogisticLoss(_LossSpec):
 class ContrastiveLoss(_LossSpec):
     type = "ContrastiveLoss"
     bottoms = (3, 3)
+    force_backward_refused = frozenset({2})  # the similarity labels
     summary = ("siamese contrastive loss on features a, b and similarity y (margin; legacy_version uses "
                "max(margin - d^2, 0))")
 

@@ -40,6 +40,7 @@ class LSTMUnit(LayerSpec):
     type = "LSTMUnit"
     bottoms = (3, 3)
     tops = (2, 2)
+    force_backward_refused = frozenset({2})  # the cont flags
     family = FAMILY
     summary = "one LSTM step: c_prev (1,N,H), gate pre-activations (1,N,4H) in order i,f,o,g, cont (1,N) -> c, h"
 
@@ -70,6 +71,7 @@ class _RecurrentSpec(LayerSpec):
     family = FAMILY
     bottoms = (2, 5)
     tops = (1, 3)
+    force_backward_refused = frozenset({1})  # the cont flags
     #: recurrent states (h; LSTM h and c) and how many gate blocks of num_output the weights have
     num_states = 1
     gates = 1

@@ -330,6 +330,7 @@ class MultiBoxLoss(LayerSpec):
     type = "MultiBoxLoss"
     bottoms = (4, 4)
     is_loss = True
+    force_backward_refused = frozenset({1})  # LossLayer's default, which the fork keeps
     family = FAMILY
     summary = "SSD training loss (matching, hard negative mining): shapes only, no backend"
 
