@@ -97,3 +97,15 @@ def test_errors_name_layer_and_path(tmp_path: Path) -> None:
     transform = plain(caffe_pb2.TransformationParameter(scale=2))
     with pytest.raises(DataError, match="HDF5Data does not transform data"):
         open_source(DataLayer("data", "HDF5Data", ("x",), plain(p), transform, "TEST"))
+
+
+def test_list_file_tokens_split_on_c_whitespace_only(tmp_path: Path) -> None:
+    """Caffe's ``source_file >> line`` splits on C-locale whitespace: a no-break space is part of a name."""
+    import h5py
+
+    name = tmp_path / "my\u00a0file.h5"
+    with h5py.File(name, "w") as f:
+        f["x"] = np.arange(3, dtype=np.float32).reshape(3, 1)
+    (tmp_path / "list.txt").write_bytes(f"{name}\r\n".encode())
+    got = open_source(_layer(str(tmp_path / "list.txt"), ("x",), 3)).next_batch()[0]
+    np.testing.assert_array_equal(got.ravel(), [0, 1, 2])

@@ -452,3 +452,11 @@ def test_windowdata_mean_channels(tmp_path: Path) -> None:
         else:
             with pytest.raises(DataError, match="mean_file has 1 channels, the images 3"):
                 open_source(layer)
+
+
+def test_raw_datums_ignore_force_color_and_force_gray_together() -> None:
+    """Caffe checks ``!(force_color && force_gray)`` only for encoded Datums; a raw one is transformed as is."""
+    with pytest.warns(UserWarning, match="only apply to encoded"):
+        both = open_source(layer_from(data_net(COLOR_LMDB, 4, "force_color: true force_gray: true"))).next_batch()
+    plain_batch = open_source(layer_from(data_net(COLOR_LMDB, 4))).next_batch()
+    np.testing.assert_array_equal(both[0], plain_batch[0])

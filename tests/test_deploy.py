@@ -225,3 +225,15 @@ def test_deploy_command_does_not_import_torch(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code, "deploy", str(src), "-o", str(tmp_path / "g.prototxt")],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(("is_color", "force", "channels"), [
+    ("false", "force_color: true", 1), ("true", "force_gray: true", 3), ("true", "", 3), ("false", "", 1)])
+def test_image_data_channels_ignore_force_color_and_gray(is_color: str, force: str, channels: int) -> None:
+    """ImageData transforms a ``cv::Mat`` (``Transform(const cv::Mat&)``), which never reads the force flags: its
+    channels are ``is_color``'s."""
+    text = f"""layer {{ name: "d" type: "ImageData" top: "data" top: "label" transform_param {{ crop_size: 5 {force} }}
+      image_data_param {{ source: "list.txt" batch_size: 10 is_color: {is_color} }} }}
+    layer {{ name: "r" type: "ReLU" bottom: "data" top: "r" }}"""
+    shape = derive_deploy(read_net_text(text)).net.layer[0].input_param.shape[0]
+    assert list(shape.dim) == [10, channels, 5, 5]

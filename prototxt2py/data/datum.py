@@ -53,10 +53,10 @@ def datum_image(
 ) -> np.ndarray:
     """The Datum's pixels as a ``(C, H, W)`` array: ``uint8`` for raw and encoded Datums, ``float32`` for
     ``float_data``. ``force_color``/``force_gray`` only affect encoded Datums (as in Caffe, which ignores them
-    with a logged error for raw ones)."""
-    if force_color and force_gray:
-        raise DataError("cannot set both force_color and force_gray", layer=layer)
+    with a logged error for raw ones; its check that both are not set sits in the encoded branch too)."""
     if datum.encoded:
+        if force_color and force_gray:
+            raise DataError("cannot set both force_color and force_gray", layer=layer)
         mode = "color" if force_color else "gray" if force_gray else "native"
         img = _images.decode(datum.data, mode, what=f"encoded record '{key}'", layer=layer)
         return _images.to_chw(img)

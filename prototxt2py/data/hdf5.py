@@ -34,7 +34,8 @@ def _h5py(layer: str | None = None) -> Any:
 
 
 def read_list(source: str, layer: str) -> list[str]:
-    """The file names of an HDF5 list file (Caffe reads whitespace-separated tokens)."""
+    """The file names of an HDF5 list file: Caffe's ``source_file >> line`` reads tokens separated by C-locale
+    whitespace (a no-break space is part of a name)."""
     if not source:
         raise DataError("hdf5_data_param.source is not set", layer=layer)
     path = Path(source)
@@ -42,8 +43,8 @@ def read_list(source: str, layer: str) -> list[str]:
         raise DataError(f"HDF5 list file not found: {source} (paths are relative to the working directory "
                         f"{os.getcwd()})", layer=layer)
     try:
-        with open_regular(path, "r", errors="replace") as f:
-            names = f.read().split()
+        with open_regular(path, "rb") as f:  # C-locale whitespace (bytes.split), the names' own bytes kept
+            names = [os.fsdecode(token) for token in f.read().split()]
     except OSError as e:
         raise DataError(f"cannot read HDF5 list file {source}: {e.strerror}", layer=layer) from None
     if not names:

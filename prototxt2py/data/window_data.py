@@ -14,6 +14,7 @@ computed in float32 with C's ``round`` (half away from zero), as Caffe does. Pix
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -35,8 +36,8 @@ def _cround(x: np.float32) -> int:
 def read_window_file(path: str, root: str, layer: str | None = None):
     """Images ``[(path, (c, h, w))]`` and windows ``[(image_index, label, overlap, x1, y1, x2, y2)]``."""
     try:
-        with open_regular(path, "r", encoding="utf-8", errors="surrogateescape") as f:
-            tokens = f.read().split()
+        with open_regular(path, "rb") as f:  # C-locale whitespace, as ``infile >>`` splits (bytes.split)
+            tokens = [os.fsdecode(token) for token in f.read().split()]
     except OSError as e:
         raise DataError(f"failed to open window file '{path}': {e.strerror or e}", layer=layer) from None
     if not tokens:
