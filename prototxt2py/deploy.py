@@ -20,7 +20,8 @@ The transformation works on the upgraded ``NetParameter`` (protobuf level, befor
    as in the shipped deploy files). Each shape is ``--input`` if given, else what the prototxt fixes: batch
    from ``batch_size``, height/width from ``crop_size`` (or ImageData's resize, or a readable mean file's size),
    channels from the ``mean_value`` count, a readable ``mean_file``, ImageData's ``is_color`` or (other data
-   layers, whose encoded records obey them) ``force_color``/``force_gray``. Whatever only the data knows is an error naming the layer and the ``--input`` to give.
+   layers, whose encoded records obey them) ``force_color``/``force_gray``. Whatever only the data knows is an
+   error naming the layer and the ``--input`` to give.
 
 Training-only fields of kept layers (``param`` multipliers, fillers) are left as written: BVLC's own deploy
 files disagree (GoogLeNet and LeNet keep both, CaffeNet drops both, AlexNet keeps ``param`` only), fillers are

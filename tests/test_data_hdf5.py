@@ -109,3 +109,20 @@ def test_list_file_tokens_split_on_c_whitespace_only(tmp_path: Path) -> None:
     (tmp_path / "list.txt").write_bytes(f"{name}\r\n".encode())
     got = open_source(_layer(str(tmp_path / "list.txt"), ("x",), 3)).next_batch()[0]
     np.testing.assert_array_equal(got.ravel(), [0, 1, 2])
+
+
+def test_later_files_of_another_row_shape_but_the_same_size_are_read_flat(tmp_path: Path) -> None:
+    """``HDF5DataLayer::Forward_cpu`` copies ``count / num`` values per row into tops shaped by the first file."""
+    import h5py
+
+    for name, shape, start in (("a.h5", (2, 6), 0), ("b.h5", (2, 2, 3), 12)):
+        with h5py.File(tmp_path / name, "w") as f:
+            f["x"] = np.arange(start, start + 12, dtype=np.float32).reshape(shape)
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'a.h5'}\n{tmp_path / 'b.h5'}\n")
+    got = open_source(_layer(str(tmp_path / "list.txt"), ("x",), 4)).next_batch()[0]
+    np.testing.assert_array_equal(got, np.arange(24, dtype=np.float32).reshape(4, 6))
+    with h5py.File(tmp_path / "b.h5", "w") as f:  # another size stays refused
+        f["x"] = np.zeros((2, 5), dtype=np.float32)
+    with pytest.raises(DataError, match=r"b.h5 has row shapes \[\(5,\)\], the first file had \[\(6,\)\]"):
+        source = open_source(_layer(str(tmp_path / "list.txt"), ("x",), 4))
+        source.next_batch()

@@ -147,8 +147,23 @@ def test_compute_mean_refuses_mixed_sizes(tmp_path: Path) -> None:
     (tmp_path / "list.txt").write_text("color_00.png 0\n../images/gray_00.png 1\n")
     db = str(tmp_path / "db")
     convert_imageset(ROOT, str(tmp_path / "list.txt"), db)
-    with pytest.raises(DataError, match="is 3x17x15, the first record 3x20x24"):
+    with pytest.raises(DataError, match=r"holds 765 values, the first record 1440 \(3x20x24\)"):
         compute_image_mean(db)
+
+
+def test_compute_mean_sums_records_of_one_size_flat(tmp_path: Path) -> None:
+    """``compute_image_mean`` checks each record's size only: a 1x3x2 record after a 1x2x3 one adds flat."""
+    lmdb = pytest.importorskip("lmdb")
+    from prototxt2py.proto import caffe_pb2
+
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        for i, (h, w) in enumerate([(2, 3), (3, 2)]):
+            datum = caffe_pb2.Datum(channels=1, height=h, width=w, data=bytes(range(i * 6, i * 6 + 6)))
+            txn.put(f"{i:08d}".encode(), datum.SerializeToString())
+    env.close()
+    mean = compute_image_mean(str(tmp_path / "db"))
+    np.testing.assert_array_equal(mean, (np.arange(6, dtype=np.float32).reshape(1, 2, 3) * 2 + 6) / 2)
 
 
 def bomb_png(path: Path, side: int = 60000) -> Path:

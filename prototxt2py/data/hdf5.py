@@ -16,6 +16,7 @@ Values are converted to float32 as Caffe's ``hdf5_load_nd_dataset`` does (intege
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,11 @@ class HDF5Source:
         self.rows = np.arange(self.blobs[0].shape[0])
         if self.shuffle:
             self._rng.shuffle(self.rows)
-        if hasattr(self, "shapes") and [b.shape[1:] for b in self.blobs] != self.shapes:
-            raise DataError(f"HDF5 file {self.files[index]} has row shapes {[b.shape[1:] for b in self.blobs]}, "
-                            f"the first file had {self.shapes}", layer=self.layer.name)
+        if hasattr(self, "shapes"):  # Caffe's tops keep the first file's shapes and copy later rows flat
+            if [math.prod(b.shape[1:]) for b in self.blobs] != [math.prod(s) for s in self.shapes]:
+                raise DataError(f"HDF5 file {self.files[index]} has row shapes {[b.shape[1:] for b in self.blobs]}, "
+                                f"the first file had {self.shapes}", layer=self.layer.name)
+            self.blobs = [b.reshape(len(b), *s) for b, s in zip(self.blobs, self.shapes, strict=True)]
         self.shapes = [b.shape[1:] for b in self.blobs]
 
     def _next(self) -> None:

@@ -161,10 +161,10 @@ def compute_image_mean(db_path: str, backend: str | None = None) -> np.ndarray:
             img = datum_image(parse_datum(cursor.value(), key), key=key)
             if total is None:
                 total = np.zeros(img.shape, dtype=np.float32)
-            elif img.shape != total.shape:
-                shape = "x".join(map(str, img.shape))
-                raise DataError(f"record '{key}' is {shape}, the first record {'x'.join(map(str, total.shape))}")
-            total += img.astype(np.float32)
+            elif img.size != total.size:  # Caffe checks the size only, and sums the values flat
+                raise DataError(f"record '{key}' holds {img.size} values, the first record {total.size} "
+                                f"({'x'.join(map(str, total.shape))})")
+            total += img.astype(np.float32).reshape(total.shape)
             count += 1
             cursor.next()
     assert total is not None
