@@ -460,6 +460,18 @@ def test_upsample_unpools_with_caffe_collisions() -> None:
     np.testing.assert_array_equal(x.grad.view(1, 2, 4).numpy(), g.view(1, 2, 9).gather(2, idx).numpy())
 
 
+
+@pytest.mark.parametrize("mode", ["fixed", "dynamic_batch", "dynamic"])
+def test_upsample_to_a_smaller_size_is_refused_by_every_onnx_export(mode: str) -> None:
+    """``MaxUnpool`` may not give an output smaller than its input: refused by name, never a model onnxruntime
+    then rejects."""
+    from prototxt2py.backends.onnx_export import to_onnx_model
+    from prototxt2py.errors import UnsupportedLayerError
+
+    g = graph_of(UNPOOL.format("upsample_h: 2 upsample_w: 6").replace("dim: 2 dim: 2 }", "dim: 3 dim: 3 }"))
+    with pytest.raises(UnsupportedLayerError, match="unpooling 3x3 to a smaller 2x6"):
+        to_onnx_model(g, dynamic_batch=mode == "dynamic_batch", dynamic=mode == "dynamic")
+
 def test_upsample_scale_pad_out_and_yolo_nearest() -> None:
     g = graph_of(UNPOOL.format("scale: 2 pad_out_h: true"))
     assert g.blob_shapes()["y"] == (1, 2, 3, 4)

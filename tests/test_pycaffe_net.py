@@ -700,3 +700,26 @@ def test_a_split_weighted_blob_keeps_no_seed_of_its_own(tmp_path: Path) -> None:
     net.forward()
     assert net.blob_loss_weights["h"] == 0 and net.blob_loss_weights["loss"] == 1
     np.testing.assert_array_equal(net.blobs["h"].diff, np.zeros((2, 4)))
+
+
+@pytest.mark.parametrize("top", ["y", "x"], ids=["own_top", "in_place"])
+def test_fork_bn_backward_uses_what_its_forward_saved(tmp_path: Path, top: str) -> None:
+    """SegNet's ``BN`` (LEARN) differentiates from the ``x_norm_`` and std its forward saved: in place (how SegNet
+    and PSPNet write it) the blob then holds the output, which a recomputation would read as the input."""
+    net = _net(tmp_path, f"""force_backward: true
+layer {{ name: "in" type: "Input" top: "x" top: "t" input_param {{ shape {{ dim: 2 dim: 1 dim: 2 dim: 2 }}
+  shape {{ dim: 2 dim: 1 dim: 2 dim: 2 }} }} }}
+layer {{ name: "bn" type: "BN" bottom: "x" top: "{top}" bn_param {{ bn_mode: LEARN }} }}
+layer {{ name: "loss" type: "EuclideanLoss" bottom: "{top}" bottom: "t" top: "loss" }}""")
+    net.params["bn"][0].data[...], net.params["bn"][1].data[...] = 2.0, 0.0  # scale, shift
+    x = np.array([0, 1, 2, 3, 4, 5, 6, 9], np.float32).reshape(2, 1, 2, 2)
+    t = np.array([1, 0, 0, 0, 0, 0, 0, 0], np.float32).reshape(2, 1, 2, 2)
+    net.blobs["x"].data[...], net.blobs["t"].data[...] = x, t
+    net.forward()
+    net.backward()
+    std = np.sqrt(x.var() + 1e-9)  # SegNet bn_layer.cpp: Forward_cpu's statistics, Backward_cpu's formula
+    xn = (x - x.mean()) / std
+    dy = (2 * xn - t) / 2
+    want = (2 * dy - (2 * dy).mean() - xn * (2 * dy * xn).mean()) / std
+    np.testing.assert_allclose(net.blobs["x"].diff, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(net.params["bn"][0].diff.ravel(), [(xn * dy).sum()], rtol=1e-5)

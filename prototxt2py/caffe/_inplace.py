@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 #: Types whose gradient comes from the forward pass's own autograd graph (Caffe's private copies).
-PRIVATE: frozenset[str] = frozenset({"BatchNorm", "Scale", "PReLU", "Dropout", "RNN", "LSTM"})
+PRIVATE: frozenset[str] = frozenset({"BatchNorm", "BN", "Scale", "PReLU", "Dropout", "RNN", "LSTM"})
 
 #: Types that keep a copy of their forward-time input for a formula that also reads current top data.
 SAVES_INPUT: frozenset[str] = frozenset({"Swish"})

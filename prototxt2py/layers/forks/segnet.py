@@ -103,14 +103,14 @@ class Upsample(LayerSpec):
             ctx.add("Resize", [ctx.input(0), "", scales], ctx.output(0), mode="nearest",
                     coordinate_transformation_mode="asymmetric", nearest_mode="floor")
             return
+        out_h, out_w = _upsample_size(a, h, w)
+        if out_h < h or out_w < w:  # (MaxUnpool's output may not be smaller than its input, in any path)
+            ctx.unsupported(f"unpooling {h}x{w} to a smaller {out_h}x{out_w}")
         if ctx.dynamic_batch:
             _unpool_sized(ctx, a)
             return
-        out_h, out_w = _upsample_size(a, h, w)
         offsets = (np.arange(n * c, dtype=np.int64) * (out_h * out_w)).reshape(n, c, 1, 1)
         index = ctx.add("Add", [ctx.add("Cast", [ctx.input(1)], to=ctx.INT64), ctx.const(offsets, "plane")])
-        if out_h < h or out_w < w:
-            ctx.unsupported(f"unpooling {h}x{w} to a smaller {out_h}x{out_w}")
         # a 1x1 kernel makes MaxUnpool's own size rule give the input size, which output_shape may exceed
         ctx.add("MaxUnpool", [ctx.input(0), index, ctx.ints([n, c, out_h, out_w], "shape")], ctx.output(0),
                 kernel_shape=[1, 1], strides=[1, 1])
