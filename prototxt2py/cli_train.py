@@ -228,12 +228,13 @@ def test_command(net: str, weights: str | None, iterations: int, phase: str, sta
     return out
 
 
-def time_command(net: str, iterations: int, phase: str, device: str) -> None:
+def time_command(net: str, iterations: int, phase: str, device: str, stages: tuple[str, ...] = (),
+                 level: int = 0) -> None:
     """``caffe time``: per-layer forward and backward times (ms, averaged over ``iterations``)."""
     quiet_image_decoders()
     from .train.timing import time_net
 
-    report = time_net(net, iterations, phase.upper(), device)
+    report = time_net(net, iterations, phase.upper(), device, tuple(stages), level)
     click.echo(report)
 
 
@@ -303,8 +304,11 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
     @click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True)
     @click.option("--phase", type=click.Choice(["TRAIN", "TEST"], case_sensitive=False), default="TRAIN",
                   show_default=True)
+    @click.option("--stage", "stages", multiple=True, callback=stage_option,
+                  help="NetState stage (repeatable; a,b is two stages, as in Caffe).")
+    @click.option("--level", type=int, default=0, show_default=True)
     @device_opt
     @user_errors
-    def time_(net, iterations, phase, device) -> None:
+    def time_(net, iterations, phase, stages, level, device) -> None:
         """Per-layer forward/backward timings of NET (as `caffe time`)."""
-        time_command(net, iterations, phase, device)
+        time_command(net, iterations, phase, device, stages, level)

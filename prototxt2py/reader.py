@@ -46,10 +46,22 @@ class NetSource:
 
     @property
     def warnings(self) -> list[str]:
-        out = self.info.warnings() if self.info else []
+        """The fields dropped (except a registered spec's own parameter block, which it reads) and the upgrade's
+        warnings and errors."""
+        out = [d.warning() for d in self.info.dropped if id(d) not in self._claimed()] if self.info else []
         if self.report:
             out += self.report.warnings + self.report.errors
         return out
+
+
+    def _claimed(self) -> set[int]:
+        from .layers import get_spec
+
+        claimed = set()
+        for layer, dropped in zip(self.net.layer, self.dropped, strict=False):
+            spec = get_spec(layer.type) if any(len(d.path) == 3 for d in dropped) else None
+            claimed.update(id(d) for d in dropped if spec is not None and len(d.path) == 3 and spec.own_field(d.name))
+        return claimed
 
 
 #: How much of a file is looked at to tell text from binary before anything else is read.

@@ -127,6 +127,18 @@ def test_plugin_reads_its_unknown_param_block(registry) -> None:
     assert g.blob_shapes()["gate"] == (2, 3, 4, 5)
 
 
+
+def test_a_specs_own_unknown_param_block_is_not_warned_about(registry) -> None:
+    """``test_gate_param`` is ``TestGate``'s own block (Caffe's naming), which the spec reads: no "dropped" warning;
+    another unknown field still gets one, and so does the block when no spec claims the type."""
+    text = GATE_NET.replace("inner { k: 3 } }", "inner { k: 3 } } other_param { x: 1 }")
+    assert [w.split(": ", 1)[1] for w in read_net_text(text).warnings] == [
+        "dropped unknown field 'test_gate_param' in caffe.LayerParameter",
+        "dropped unknown field 'other_param' in caffe.LayerParameter"]
+    register(_TestGate)
+    assert [w.split(": ", 1)[1] for w in read_net_text(text).warnings] == [
+        "dropped unknown field 'other_param' in caffe.LayerParameter"]
+
 @pytest.mark.parametrize(("block", "at", "message"), [
     ("scale: abc", "abc", "expected a number for field 'scale' of test_gate_param, got 'abc'"),
     ("scale: 1 scale: 2", "scale", "test_gate_param has field 'scale' more than once"),

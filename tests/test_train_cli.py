@@ -388,3 +388,20 @@ def test_hdf5_solverstate_stores_learned_net_as_caffe_does(tmp_path: Path, monke
         assert got == (len(name) + 1, h5py.h5t.STR_NULLTERM, ())
         assert h5["learned_net"][()] == name
     assert _run("train", solver.name, "--quiet", "--snapshot", "snaps/tiny_iter_2.solverstate.h5")[0] == 0
+
+
+def test_time_takes_stages_and_level_as_caffe_time(tmp_path: Path) -> None:
+    """``caffe time --stage --level`` builds ``Net(file, phase, level, stages)``: the layers timed follow them."""
+    net = tmp_path / "net.prototxt"
+    net.write_text('layer { name: "d" type: "DummyData" top: "x" dummy_data_param { shape { dim: 2 dim: 3 } } }\n'
+                   'layer { name: "hi" type: "ReLU" bottom: "x" top: "hi" include { min_level: 1 } }\n'
+                   'layer { name: "st" type: "TanH" bottom: "x" top: "st" include { stage: "s" } }\n')
+
+    def timed(*args: str) -> set[str]:
+        code, out, err = _run("time", str(net), "--iterations", "1", *args)
+        assert code == 0, err
+        return {line.split()[0] for line in out.splitlines() if "\tforward:" in line}
+
+    assert timed() == {"d"}
+    assert timed("--level", "1") == {"d", "hi"}
+    assert timed("--level", "1", "--stage", "s") == {"d", "hi", "st"}

@@ -38,8 +38,10 @@ def _inputs(net: Any, feeder: Feeder | None, device: torch.device) -> dict[str, 
     return out
 
 
-def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cpu") -> str:
-    """Caffe's timing report (one line per layer and direction, then the averages)."""
+def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cpu", stages: tuple[str, ...] = (),
+             level: int = 0) -> str:
+    """Caffe's timing report (one line per layer and direction, then the averages), for the net
+    ``Net(file, phase, level, stages)`` builds, as ``caffe time`` does."""
     from .. import graph, load
     from ..backends.forward_errors import layer_error
     from ..backends.fusion import INPUT
@@ -49,9 +51,9 @@ def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cp
         raise Prototxt2pyError("--iterations must be at least 1")
     dev = torch.device(device)
     source = read_net(path)
-    skeleton = graph(source, phase, infer=False)
+    skeleton = graph(source, phase, stages, level, infer=False)
     feeder = Feeder(skeleton, phase) if any(is_data_node(n) for n in skeleton.nodes) else None
-    g = graph(source, phase, input_shapes=feeder.shapes() if feeder else None)
+    g = graph(source, phase, stages, level, input_shapes=feeder.shapes() if feeder else None)
     net = load(g).to(dev)
     net.train(phase == "TRAIN")
     steps = list(zip(net._plan, g.nodes, strict=True))
