@@ -22,7 +22,7 @@ from .cli_deploy import deploy_option, net_source
 from .cli_deploy import register as register_deploy
 from .errors import Prototxt2pyError, UpgradeError, one_line
 from .fsutil import guarding_inputs
-from .netstate import stage_option
+from .netstate import LEVEL_RANGE, stage_option
 
 EXIT_INPUT, EXIT_INTERNAL = 1, 3
 
@@ -115,7 +115,8 @@ def _parse_inputs(values: tuple[str, ...]) -> dict[str, list[int]]:
 
 
 def _state_options(fn: Callable) -> Callable:
-    fn = click.option("--level", type=int, default=0, show_default=True, help="NetState level.")(fn)
+    fn = click.option("--level", type=click.IntRange(*LEVEL_RANGE), default=0, show_default=True,
+                      help="NetState level.")(fn)
     fn = click.option("--stage", "stages", multiple=True, callback=stage_option,
                       help="NetState stage (repeatable; a,b is two stages, as in Caffe).")(fn)
     return fn
@@ -264,7 +265,7 @@ def convert(net, weights, target, output, phase, stages, level, inputs, opset, d
 @click.option("--phase", type=click.Choice(["TRAIN", "TEST", "ALL"], case_sensitive=False), default="ALL",
               show_default=True)
 @click.option("--display-lrm", is_flag=True, help="Show lr_mult of Convolution/Deconvolution/InnerProduct layers.")
-@click.option("--level", type=int, default=None,
+@click.option("--level", type=click.IntRange(*LEVEL_RANGE), default=None,
               help="NetState level, replacing the net's own (with --level or --stage all NetState rules filter; "
                    "without, only the phase, as Caffe's draw_net.py).")
 @click.option("--stage", "stages", multiple=True, callback=stage_option,

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from .netstate import stage_option
+from .netstate import LEVEL_RANGE, stage_option
 
 EFFECTS = ("stop", "snapshot", "none")
 
@@ -239,14 +239,14 @@ def time_command(net: str, iterations: int, phase: str, device: str, stages: tup
 
 
 def quiet_image_decoders() -> None:
-    """OpenCV's own warnings ("[ WARN:0 ] ... PNG input buffer is incomplete") would print beside the one error
-    line an unreadable image gets: the level is set before cv2 loads (loader workers inherit the environment),
-    or on the module when it is loaded already."""
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    """OpenCV's own messages ("[ WARN:0 ] ... PNG input buffer is incomplete", "[ERROR:0] ... IHDR chunk shall be
+    first") would print beside the one error line an unreadable image gets: the level is set before cv2 loads
+    (loader workers inherit the environment), or on the module when it is loaded already."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     cv2 = sys.modules.get("cv2")
     if cv2 is not None:
         with contextlib.suppress(AttributeError):
-            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> None:
@@ -271,7 +271,8 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
                   help="Prefix log lines as Caffe's glog does (for tools/extra/parse_log.py, plot_training_log.py).")
     @click.option("--stage", "stages", multiple=True, callback=stage_option,
                   help="TRAIN net NetState stage (repeatable; a,b is two stages, as in Caffe).")
-    @click.option("--level", type=int, default=0, show_default=True, help="TRAIN net NetState level.")
+    @click.option("--level", type=click.IntRange(*LEVEL_RANGE), default=0, show_default=True,
+                  help="TRAIN net NetState level.")
     @click.option("--data-workers", type=int, default=None,
                   help="Loader processes per data layer (default: 2, or 0 for in-memory readers like HDF5Data).")
     @device_opt
@@ -292,7 +293,7 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
                   show_default=True)
     @click.option("--stage", "stages", multiple=True, callback=stage_option,
                   help="NetState stage (repeatable; a,b is two stages, as in Caffe).")
-    @click.option("--level", type=int, default=0, show_default=True)
+    @click.option("--level", type=click.IntRange(*LEVEL_RANGE), default=0, show_default=True)
     @device_opt
     @user_errors
     def test(net, weights, iterations, phase, stages, level, device) -> None:
@@ -306,7 +307,7 @@ def register(main: click.Group, user_errors: Callable[[Callable], Callable]) -> 
                   show_default=True)
     @click.option("--stage", "stages", multiple=True, callback=stage_option,
                   help="NetState stage (repeatable; a,b is two stages, as in Caffe).")
-    @click.option("--level", type=int, default=0, show_default=True)
+    @click.option("--level", type=click.IntRange(*LEVEL_RANGE), default=0, show_default=True)
     @device_opt
     @user_errors
     def time_(net, iterations, phase, stages, level, device) -> None:

@@ -6,6 +6,7 @@ matches; otherwise it exists unless an ``exclude`` rule matches. Having both kin
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,20 @@ def stages_from_flags(values: Iterable[str]) -> tuple[str, ...]:
     """``--stage`` values as Caffe's tools read them (``get_stages_from_flags``: each split at commas), so
     ``--stage a,b`` is two stages as in ``caffe train --stage=a,b``; empty pieces are dropped."""
     return tuple(s for v in values for s in v.split(",") if s)
+
+
+#: ``NetState.level`` is an int32: the CLI's ``--level`` range (``click.IntRange(*LEVEL_RANGE)``).
+LEVEL_RANGE = (-(2**31), 2**31 - 1)
+
+
+def _integer(value: Any, what: str) -> int:
+    """``value`` as an int (numpy integers too); floats, strings and bools refused."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise GraphError(f"{what} must be an integer, got {value!r}") from None
 
 
 def stage_option(_ctx: Any, _param: Any, value: Iterable[str]) -> tuple[str, ...]:
@@ -48,7 +63,14 @@ class State:
             if key not in PHASES:
                 raise GraphError(f"unknown phase {phase!r} (expected TRAIN or TEST)")
             phase = PHASES[key]
-        return cls(phase=int(phase), level=None if level is None else int(level), stages=list(stages))
+        if isinstance(phase, bool) or phase not in (TRAIN, TEST):  # ints only: 2.5 or 7 would filter both out
+            raise GraphError(f"unknown phase {phase!r} (expected TRAIN or TEST)")
+        if level is not None:
+            level = _integer(level, "level")
+        names = None if isinstance(stages, (str, bytes)) or not isinstance(stages, Iterable) else list(stages)
+        if names is None or not all(isinstance(s, str) for s in names):
+            raise GraphError(f"stages must be a list of strings, got {stages!r}")
+        return cls(phase=int(phase), level=level, stages=names)
 
     @classmethod
     def of(cls, message: Any) -> State:

@@ -165,3 +165,28 @@ def test_caffe_train_cli_sets_the_train_states_level(tmp_path: Path, monkeypatch
         outputs[tuple(flags)] = {line.split(": ")[1].split(" =")[0]
                                  for line in result.stderr.splitlines() if "Train net output #" in line}
     assert outputs == {(): {"loss", "train_only"}, ("--level", "1"): {"hi_loss", "loss", "train_only"}}
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"phase": 7}, "unknown phase 7"), ({"phase": 2.5}, "unknown phase 2.5"), ({"phase": True}, "unknown phase True"),
+    ({"level": "x"}, "level must be an integer, got 'x'"), ({"level": 1.5}, "level must be an integer, got 1.5"),
+    ({"stages": 5}, "stages must be a list of strings, got 5"), ({"stages": "ab"}, "stages must be a list of strings"),
+])
+def test_api_state_arguments_are_checked(tmp_path: Path, kwargs: dict, message: str) -> None:
+    """An integer phase other than TRAIN/TEST would filter out every phase-ruled layer without a word."""
+    import prototxt2py
+    from prototxt2py.errors import GraphError
+
+    path = tmp_path / "levels.prototxt"
+    path.write_text(LEVELS)
+    with pytest.raises(GraphError, match=message):
+        prototxt2py.graph(str(path), **kwargs)
+
+
+@pytest.mark.parametrize("level", ["2147483648", "-2147483649"])
+def test_cli_level_is_an_int32(tmp_path: Path, level: str) -> None:
+    """NetState.level is an int32: a value beyond is a usage error (train wrote it into the solver: exit 3)."""
+    solver = _solver(tmp_path)
+    for args in (["train", str(solver)], ["summary", str(tmp_path / "net.prototxt")]):
+        result = CliRunner().invoke(main, [*args, "--level", level])
+        assert result.exit_code == 2 and "--level" in result.output, result.output

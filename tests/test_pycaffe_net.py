@@ -723,3 +723,19 @@ layer {{ name: "loss" type: "EuclideanLoss" bottom: "{top}" bottom: "t" top: "lo
     want = (2 * dy - (2 * dy).mean() - xn * (2 * dy * xn).mean()) / std
     np.testing.assert_allclose(net.blobs["x"].diff, want, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(net.params["bn"][0].diff.ravel(), [(xn * dy).sum()], rtol=1e-5)
+
+
+def test_net_arguments_and_all_methods_misused_raise_usage_errors(tmp_path: Path) -> None:
+    path = tmp_path / "net.prototxt"
+    path.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+                    'layer { name: "r" type: "ReLU" bottom: "x" top: "y" }\n')
+    for kwargs, message in (({"level": None}, "level must be an integer, got None"),
+                            ({"level": "x"}, "level must be an integer, got 'x'"),
+                            ({"stages": 5}, "stages must be a list of strings, got 5")):
+        with pytest.raises(caffe.CaffeUsageError, match=message):
+            caffe.Net(str(path), caffe.TEST, **kwargs)
+    net = caffe.Net(str(path), caffe.TEST)
+    with pytest.raises(caffe.CaffeUsageError, match="forward_all needs the arrays"):
+        net.forward_all()
+    with pytest.raises(caffe.CaffeUsageError, match="forward_backward_all needs the arrays"):
+        net.forward_backward_all()

@@ -342,10 +342,12 @@ def test_time_names_the_layer_a_batch_breaks(tmp_path: Path) -> None:
         "(a label outside 0..C-1 of the prediction's channels?) (bottoms ip (2, 3), label (2,))")
 
 
-def test_opencvs_own_warnings_stay_out_of_the_log(tmp_path: Path) -> None:
-    """A truncated image in an ImageData list is one error line; OpenCV's "[ WARN:0 ] ... PNG input buffer is
-    incomplete" (its own logging, on the process's stderr) no longer prints beside it. A real process: the
-    warning is native output, which no in-process runner captures."""
+@pytest.mark.parametrize("broken", ["truncated", "bad_header"])
+def test_opencvs_own_warnings_stay_out_of_the_log(tmp_path: Path, broken: str) -> None:
+    """A broken image in an ImageData list is one error line; OpenCV's own "[ WARN:0 ] ... PNG input buffer is
+    incomplete" (a truncated file) or "[ERROR:0] ... IHDR chunk shall be first" (a bad header), its logging on the
+    process's stderr, no longer prints beside it. A real process: that is native output, which no in-process
+    runner captures."""
     import shutil
 
     from golden import GOLDEN
@@ -356,7 +358,8 @@ def test_opencvs_own_warnings_stay_out_of_the_log(tmp_path: Path) -> None:
     (tmp_path / "im").mkdir()
     for i in range(3):
         shutil.copy(png, tmp_path / "im" / f"a{i}.png")
-    (tmp_path / "im" / "a3.png").write_bytes(png.read_bytes()[:100])
+    bad = png.read_bytes()[:100] if broken == "truncated" else b"\x89PNG\r\n\x1a\nxxxx"
+    (tmp_path / "im" / "a3.png").write_bytes(bad)
     (tmp_path / "list.txt").write_text("a0.png 1\na1.png 1\na2.png 0\na3.png 1\n")
     (tmp_path / "net.prototxt").write_text(
         'layer { name: "data" type: "ImageData" top: "data" top: "label" image_data_param { source: "list.txt" '

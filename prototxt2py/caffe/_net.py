@@ -34,8 +34,9 @@ import prototxt2py
 
 from ..backends.forward_errors import layer_error, unfit_blobs
 from ..backends.fusion import INPUT
-from ..errors import InputFileError, Location, Prototxt2pyError, WeightsError
+from ..errors import GraphError, InputFileError, Location, Prototxt2pyError, WeightsError
 from ..fsutil import atomic_output
+from ..netstate import State
 from ..reader import NetSource, read_net
 from . import _inplace, _mode
 from ._backward import Split, layer_gradients, need_backward
@@ -107,8 +108,13 @@ class Net:
         _check_file(network_file)
         _check_file(weights)
         self._phase = _phase_name(phase)
-        self._level = int(level)
-        self._stages = tuple(stages or ())
+        try:  # boost.python's int and list of str, refused as one error
+            if level is None:
+                raise GraphError("level must be an integer, got None")
+            state = State.from_args(self._phase, level, stages or ())
+        except GraphError as e:
+            raise CaffeUsageError(str(e)) from None
+        self._level, self._stages = int(state.level), tuple(state.stages)
         self._source: NetSource = read_net(network_file)
         self._device = _mode.device()
         self._callbacks: dict[str, list[Callable[[int], Any]]] = {k: [] for k in ("bf", "af", "bb", "ab")}
@@ -539,6 +545,7 @@ class Net:
     def forward_all(self, blobs: Iterable[str] | None = None, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
         """``forward`` over arrays of any length, batch by batch; outputs concatenated, padding dropped."""
         blobs = list(blobs or [])
+        self._need_arrays(kwargs, "forward_all")
         all_outs: dict[str, list] = {out: [] for out in set(self.outputs + blobs)}
         for batch in self._batch(kwargs):
             for out, value in self.forward(blobs=blobs, **batch).items():
@@ -551,6 +558,7 @@ class Net:
                              **kwargs: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """``forward`` + ``backward`` batch by batch: inputs and output diffs from ``kwargs``."""
         blobs, diffs = list(blobs or []), list(diffs or [])
+        self._need_arrays(kwargs, "forward_backward_all")
         all_outs: dict[str, list] = {out: [] for out in set(self.outputs + blobs)}
         all_diffs: dict[str, list] = {d: [] for d in set(self.inputs + diffs)}
         fwd = self._batch({k: kwargs[k] for k in self.inputs if k in kwargs}) if any(
@@ -569,6 +577,13 @@ class Net:
             outs = {k: v[:-pad] for k, v in outs.items()}
             grads = {k: v[:-pad] for k, v in grads.items()}
         return outs, grads
+
+    @staticmethod
+    def _need_arrays(kwargs: Mapping[str, Any], method: str) -> None:
+        """pycaffe's ``*_all`` methods size their result from the arrays given (pycaffe itself raises a bare
+        ``StopIteration`` without any)."""
+        if not kwargs:
+            raise CaffeUsageError(f"{method} needs the arrays to run over, as keyword arguments (e.g. data=...)")
 
     def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
         """Feed a ``MemoryData`` first layer: ``forward()`` then takes the next batch of ``data``/``labels``."""
