@@ -19,8 +19,8 @@ The transformation works on the upgraded ``NetParameter`` (protobuf level, befor
 4. **Inputs**: the data layers' surviving tops become one ``Input`` layer (named after its top when it has one,
    as in the shipped deploy files). Each shape is ``--input`` if given, else what the prototxt fixes: batch
    from ``batch_size``, height/width from ``crop_size`` (or ImageData's resize, or a readable mean file's size),
-   channels from the ``mean_value`` count, a readable ``mean_file``, ImageData's ``is_color`` or (other data
-   layers, whose encoded records obey them) ``force_color``/``force_gray``. Whatever only the data knows is an
+   channels from the ``mean_value`` count, a readable ``mean_file``, ImageData's ``is_color`` or (Data layers,
+   whose encoded records obey them) ``force_color``/``force_gray``. Whatever only the data knows is an
    error naming the layer and the ``--input`` to give.
 
 Training-only fields of kept layers (``param`` multipliers, fillers) are left as written: BVLC's own deploy
@@ -384,10 +384,8 @@ def _image_dims(layer: Any, file: str) -> tuple[int | None, int | None, int | No
         channels = len(tp.mean_value)
     if layer.type in ("ImageData", "ImageLabelmapData"):  # Transform(cv::Mat) never reads force_color/gray
         channels = channels or (3 if layer.image_data_param.is_color else 1)
-    elif tp.force_color:  # only an encoded Datum obeys them; a raw one keeps its channels (not known here)
-        channels = 3
-    elif tp.force_gray:
-        channels = 1
+    elif layer.type in ("Data", "AnnotatedData") and (tp.force_color or tp.force_gray):
+        channels = 3 if tp.force_color else 1  # what an encoded Datum decodes to; a raw one keeps its own
     if layer.type == "ImageData" and layer.image_data_param.new_height > 0:
         height, width = layer.image_data_param.new_height, layer.image_data_param.new_width
     if tp.HasField("resize_param") and tp.resize_param.height > 0 and tp.resize_param.width > 0:

@@ -63,10 +63,12 @@ class State:
             if key not in PHASES:
                 raise GraphError(f"unknown phase {phase!r} (expected TRAIN or TEST)")
             phase = PHASES[key]
-        if isinstance(phase, bool) or phase not in (TRAIN, TEST):  # ints only: 2.5 or 7 would filter both out
+        if isinstance(phase, (bool, float)) or phase not in (TRAIN, TEST):  # 2.5 or 7 would filter both out
             raise GraphError(f"unknown phase {phase!r} (expected TRAIN or TEST)")
         if level is not None:
             level = _integer(level, "level")
+            if not LEVEL_RANGE[0] <= level <= LEVEL_RANGE[1]:
+                raise GraphError(f"level {level} is outside NetState's int32 range")
         names = None if isinstance(stages, (str, bytes)) or not isinstance(stages, Iterable) else list(stages)
         if names is None or not all(isinstance(s, str) for s in names):
             raise GraphError(f"stages must be a list of strings, got {stages!r}")

@@ -48,19 +48,28 @@ class NetSource:
     def warnings(self) -> list[str]:
         """The fields dropped (except a registered spec's own parameter block, which it reads) and the upgrade's
         warnings and errors."""
-        out = [d.warning() for d in self.info.dropped if id(d) not in self._claimed()] if self.info else []
+        claimed = self._claimed() if self.info and self.info.dropped else set()
+        out = [d.warning() for d in self.info.dropped if id(d) not in claimed] if self.info else []
         if self.report:
             out += self.report.warnings + self.report.errors
         return out
 
 
     def _claimed(self) -> set[int]:
+        """Dropped layer-level fields that the layer's spec declares as its own parameter block."""
+        from .errors import Prototxt2pyError
         from .layers import get_spec
 
         claimed = set()
         for layer, dropped in zip(self.net.layer, self.dropped, strict=False):
-            spec = get_spec(layer.type) if any(len(d.path) == 3 for d in dropped) else None
-            claimed.update(id(d) for d in dropped if spec is not None and len(d.path) == 3 and spec.own_field(d.name))
+            top_level = [d for d in dropped if len(d.path) == 3]
+            if not top_level:
+                continue
+            try:
+                spec = get_spec(layer.type)
+            except Prototxt2pyError:  # a plugin that fails to load: reported where a spec is needed, not here
+                spec = None
+            claimed.update(id(d) for d in top_level if spec is not None and spec.own_field(d.name))
         return claimed
 
 

@@ -169,6 +169,7 @@ def test_caffe_train_cli_sets_the_train_states_level(tmp_path: Path, monkeypatch
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"phase": 7}, "unknown phase 7"), ({"phase": 2.5}, "unknown phase 2.5"), ({"phase": True}, "unknown phase True"),
+    ({"phase": 1.0}, "unknown phase 1.0"), ({"level": 2**40}, "level 1099511627776 is outside NetState's int32"),
     ({"level": "x"}, "level must be an integer, got 'x'"), ({"level": 1.5}, "level must be an integer, got 1.5"),
     ({"stages": 5}, "stages must be a list of strings, got 5"), ({"stages": "ab"}, "stages must be a list of strings"),
 ])

@@ -128,16 +128,31 @@ def test_plugin_reads_its_unknown_param_block(registry) -> None:
 
 
 
-def test_a_specs_own_unknown_param_block_is_not_warned_about(registry) -> None:
-    """``test_gate_param`` is ``TestGate``'s own block (Caffe's naming), which the spec reads: no "dropped" warning;
-    another unknown field still gets one, and so does the block when no spec claims the type."""
+class _ClaimingGate(_TestGate):
+    param_field = "test_gate_param"
+
+
+def test_a_specs_declared_param_block_is_not_warned_about(registry) -> None:
+    """``test_gate_param`` is the block a spec declares as its own (``param_field``) and reads: no "dropped"
+    warning; another unknown field still gets one, and so does the block while no spec declares it."""
     text = GATE_NET.replace("inner { k: 3 } }", "inner { k: 3 } } other_param { x: 1 }")
+    both = ["dropped unknown field 'test_gate_param' in caffe.LayerParameter",
+            "dropped unknown field 'other_param' in caffe.LayerParameter"]
+    assert [w.split(": ", 1)[1] for w in read_net_text(text).warnings] == both
+    register(_TestGate)  # reads the block without declaring it
+    assert [w.split(": ", 1)[1] for w in read_net_text(text).warnings] == both
+    register(_ClaimingGate, replace=True)
+    assert [w.split(": ", 1)[1] for w in read_net_text(text).warnings] == both[1:]
+
+
+def test_a_built_in_types_misplaced_block_is_still_warned_about() -> None:
+    """``deconvolution_param`` is no field of Caffe's LayerParameter: dropped, and said so."""
+    text = ('layer { name: "up" type: "Deconvolution" bottom: "x" top: "up" deconvolution_param { num_output: 6 } '
+            'convolution_param { num_output: 4 kernel_size: 1 } }\n'
+            'layer { name: "r" type: "ReLU" bottom: "up" top: "r" re_lu_param { negative_slope: 0.5 } }\n')
     assert [w.split(": ", 1)[1] for w in read_net_text(text).warnings] == [
-        "dropped unknown field 'test_gate_param' in caffe.LayerParameter",
-        "dropped unknown field 'other_param' in caffe.LayerParameter"]
-    register(_TestGate)
-    assert [w.split(": ", 1)[1] for w in read_net_text(text).warnings] == [
-        "dropped unknown field 'other_param' in caffe.LayerParameter"]
+        "dropped unknown field 'deconvolution_param' in caffe.LayerParameter",
+        "dropped unknown field 're_lu_param' in caffe.LayerParameter"]
 
 @pytest.mark.parametrize(("block", "at", "message"), [
     ("scale: abc", "abc", "expected a number for field 'scale' of test_gate_param, got 'abc'"),
@@ -371,6 +386,7 @@ PLUGIN_FILES = {
             family = "demo"
             summary = "x * scale * tanh|sigmoid(gate[c]) (p2p-demo-plugin)"
             blob_names = ("gate",)
+            param_field = "channel_gate_param"  # its own block, read from layer.unknown: not warned about
 
             def attrs(self, layer):
                 p = layer.unknown.get_message("channel_gate_param", required=True)
@@ -474,6 +490,8 @@ cli("draw", "net.prototxt", "net.dot")
 report["label"] = "(ChannelGate)\\nscale: 2\\nSIGMOID" in open("net.dot").read()
 from prototxt2py.layer_table import layer_table
 report["listed"] = [line for line in layer_table().splitlines() if line.startswith("ChannelGate")]
+from prototxt2py.reader import read_net
+report["warnings"] = read_net("net.prototxt").warnings
 print("REPORT " + json.dumps(report))
 '''
 
@@ -516,6 +534,7 @@ def test_installed_plugin_package_runs_exports_and_generates_code(tmp_path: Path
     assert report["generated_mentions_plugin"] is False  # the helper's source is copied, not imported
     assert report["label"] is True
     assert len(report["listed"]) == 1 and report["listed"][0].split()[-1] == "demo"
+    assert report["warnings"] == []  # the declared channel_gate_param is the plugin's, not a dropped field
     assert not np.isnan(report["onnx_vs_runtime"])
 
 

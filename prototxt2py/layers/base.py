@@ -24,7 +24,6 @@ never hand-maintained. Plugins add types with :func:`register` (or the ``prototx
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -262,11 +261,11 @@ class LayerSpec:
         return self.param_field or param_field_for(self.type)
 
     def own_field(self, name: str) -> bool:
-        """Whether ``name``, a layer-level field our schema lacks, is this type's own parameter block (its
-        ``param_field``, or Caffe's convention: ``ChannelGate`` -> ``channel_gate_param``), which this spec
-        reads from ``layer.unknown``: the reader then does not warn that it was dropped."""
-        snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", self.type).lower()
-        return name in (self.field_name(), f"{snake}_param")
+        """Whether ``name``, a layer-level field our schema lacks, is the parameter block this spec declares as
+        its own (``param_field``) and reads from ``layer.unknown``: the reader then does not warn that it was
+        dropped. Only a declared name counts, so a misspelt or misplaced block (``deconvolution_param``) is
+        still reported."""
+        return self.param_field is not None and name == self.param_field
 
     def attrs(self, layer: Any) -> Any:
         """Normalised attributes as plain frozen values, read once from the ``LayerParameter``. Default: the
