@@ -46,6 +46,7 @@ def build_graph(
     unknown: list[str] = []
     names_seen: set[str] = set()
     duplicate_names: list[str] = []
+    force = net.force_backward
     loss_read: set[str] = set()  # values with a written nonzero loss_weight: Caffe's InsertSplits counts a reader
 
     for index, layer in enumerate(net.layer):
@@ -91,8 +92,9 @@ def build_graph(
             values[vid].consumers.append(len(nodes))  # this layer's position once appended below
         for t, vid in zip(tops, outputs, strict=True):
             current[t] = vid
-        written = min(len(layer.top), len(layer.loss_weight))  # InsertSplits: automatic tops have no weight
-        loss_read.update(vid for vid, w in zip(outputs[:written], layer.loss_weight[:written], strict=True) if w)
+        if layer.loss_weight:  # InsertSplits counts a written nonzero weight (automatic tops have none)
+            written = min(len(layer.top), len(layer.loss_weight))
+            loss_read.update(vid for vid, w in zip(outputs[:written], layer.loss_weight[:written], strict=True) if w)
         node = Node(
             name=name,
             type=layer.type,
@@ -106,7 +108,7 @@ def build_graph(
             location=loc,
             loss_weights=_loss_weights(layer, spec, len(tops), loc, name),
             params=[_param_info(p) for p in layer.param],
-            stop_gradient=_stop_gradient(layer, spec, net.force_backward, len(bottoms), loc, name),
+            stop_gradient=_stop_gradient(layer, spec, force, len(bottoms), loc, name) if layer.propagate_down else (),
             own_phase=layer.phase if layer.HasField("phase") else None,
             dropped=list(dropped[index]) if dropped and index < len(dropped) else [],
         )
@@ -153,7 +155,10 @@ def _check_unsplit(
     included; its top then keeps the old name and ``AppendTop`` finds it taken ("produced by multiple
     sources"). Readers are the earlier layers' bottoms, this layer's own bottoms and a written loss weight.
     """
-    readers = [f"'{nodes[c].name}'" for c in values[vid].consumers] + [f"'{name}'"] * inputs.count(vid)
+    consumers = values[vid].consumers
+    if len(consumers) + (vid in loss_read) == 0 and inputs.count(vid) == 1:  # the common case: this layer alone
+        return
+    readers = [f"'{nodes[c].name}'" for c in consumers] + [f"'{name}'"] * inputs.count(vid)
     readers += ["a loss_weight"] if vid in loss_read else []
     if len(readers) > 1:
         raise GraphError(
