@@ -178,10 +178,10 @@ def layer_gradients(node: Node, module: nn.Module, proto: Any, bottoms: Sequence
         if g is not None:
             bottom_grads[0] = g
             return bottom_grads, param_grads
-    if node.type in _inplace.SAVES_INPUT and single and saved is not None:
+    if node.spec.backward_reads == "forward_input" and single and saved is not None:
         bottom_grads[0] = _inplace.swish_private(saved[0][0], tops[0], top_diffs[0], proto.swish_param.beta)
         return bottom_grads, param_grads
-    if node.type in _inplace.PRIVATE and saved is not None and saved[1] is not None:
+    if node.spec.backward_reads == "forward" and saved is not None and saved[1] is not None:
         leaves, produced = saved
     else:  # recompute from the blobs' current bottom data
         leaves = []

@@ -14,14 +14,14 @@ pycaffe API (:mod:`prototxt2py.caffe._net`) therefore computes each layer's grad
   Power) or whose in-place form aliases ``top_diff`` and ``bottom_diff`` so that the top diff is
   overwritten before it is used (Power, Log): a transcription of Caffe's formula applied to the blobs'
   current values;
-* **private** (:data:`PRIVATE`): types that keep their own copy of what they need from the forward pass
-  (BatchNorm's normalised values, Scale's and PReLU's input copy when in place, Dropout's mask, RNN's and
-  LSTM's unrolled net, which starts from the state carried into that pass): the autograd graph of the forward
-  call itself is kept and replayed. Swish mixes both: its private sigmoid
-  comes from the forward-time input (:data:`SAVES_INPUT`), its top data is read at backward time.
+* **private** (a spec's ``backward_reads = "forward"``): types that keep their own copy of what they need from
+  the forward pass (BatchNorm's normalised values, Scale's and PReLU's input copy when in place, Dropout's mask,
+  RNN's and LSTM's unrolled net, which starts from the state carried into that pass): the autograd graph of the
+  forward call itself is kept and replayed. Swish (``"forward_input"``) mixes both: its private sigmoid comes
+  from the forward-time input, its top data is read at backward time.
 
-This knowledge is per layer type and belongs with the layer specs; it lives here, in one table, until the
-specs can declare it. (Caffe's ``AllowForceBackward`` exceptions already are: ``LayerSpec.force_backward_refused``.)
+The specs declare which (``LayerSpec.backward_reads``), as they declare Caffe's ``AllowForceBackward``
+exceptions (``LayerSpec.force_backward_refused``); the formulas, torch code of this package, live here.
 """
 
 from __future__ import annotations
@@ -31,12 +31,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
-#: Types whose gradient comes from the forward pass's own autograd graph (Caffe's private copies).
-PRIVATE: frozenset[str] = frozenset({"BatchNorm", "BN", "Scale", "PReLU", "Dropout", "RNN", "LSTM"})
-
-#: Types that keep a copy of their forward-time input for a formula that also reads current top data.
-SAVES_INPUT: frozenset[str] = frozenset({"Swish"})
 
 #: ``formula(bottom_data, top_data, top_diff, layer_param, in_place) -> bottom_diff`` (None: recompute).
 Formula = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any, bool], "torch.Tensor | None"]

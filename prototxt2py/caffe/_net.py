@@ -38,7 +38,7 @@ from ..errors import GraphError, InputFileError, Location, Prototxt2pyError, Wei
 from ..fsutil import atomic_output
 from ..netstate import State
 from ..reader import NetSource, read_net
-from . import _inplace, _mode
+from . import _mode
 from ._backward import Split, layer_gradients, need_backward
 from ._blob import Blob
 
@@ -343,9 +343,9 @@ class Net:
             return  # Input and data layers: their tops hold what the caller wrote
         module = self._net.layers[key]
         bottoms = [self._value_blob[v].tensor() for v in ins]
-        if self._layer_need[i] and (node.type in _inplace.PRIVATE or node.type in _inplace.SAVES_INPUT):
+        if self._layer_need[i] and node.spec.backward_reads != "blobs":
             leaves = [b.detach().clone() for b in bottoms]
-            if node.type in _inplace.PRIVATE:
+            if node.spec.backward_reads == "forward":
                 for leaf, need in zip(leaves, self._bottom_need[i], strict=True):
                     if need and leaf.is_floating_point():
                         leaf.requires_grad_(True)

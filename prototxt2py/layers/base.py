@@ -239,6 +239,12 @@ class LayerSpec:
     #: Bottoms ``force_backward`` does not reach (Caffe's ``AllowForceBackward`` false: loss labels, recurrent
     #: ``cont`` flags); a ``propagate_down: false`` on any other bottom is overridden by ``force_backward``.
     force_backward_refused: ClassVar[frozenset[int]] = frozenset()
+    #: What Caffe's ``Backward_cpu`` of this type reads, which pycaffe's layer-by-layer ``Net.backward`` follows:
+    #: ``"blobs"``, the bottom/top blobs as they are when backward runs (after later in-place layers);
+    #: ``"forward"``, private copies its forward saved (BatchNorm's normalised values, Dropout's mask, an
+    #: unrolled net's state), so the forward's own autograd graph is replayed; ``"forward_input"``, a copy of
+    #: the forward-time input beside the current top data (Swish).
+    backward_reads: ClassVar[str] = "blobs"
     #: Names of the parameter blobs in Caffe order, used as attribute names on torch modules and as
     #: state_dict keys (``<layer>.<blob name>``).
     blob_names: ClassVar[tuple[str, ...]] = ()

@@ -203,6 +203,7 @@ class ELU(_ElementwiseSpec):
 @register
 class Swish(_ElementwiseSpec):
     type = "Swish"
+    backward_reads = "forward_input"  # a private sigmoid of the forward-time input, and the current top data
     layout_agnostic = True
     summary = "x * sigmoid(beta * x)"
 
@@ -349,6 +350,7 @@ class Log(_ElementwiseSpec):
 @register
 class PReLU(_ElementwiseSpec):
     type = "PReLU"
+    backward_reads = "forward"  # its Backward_cpu works from private copies its forward saved
     layout_agnostic = True
     blob_names = ("weight",)
     summary = "max(x, 0) + slope[c] * min(x, 0), one learned slope per channel (axis 1) or one shared"
@@ -386,6 +388,7 @@ class PReLU(_ElementwiseSpec):
 @register
 class Dropout(_ElementwiseSpec):
     type = "Dropout"
+    backward_reads = "forward"  # its Backward_cpu works from private copies its forward saved
     layout_agnostic = True
     summary = "inverted dropout: zero with dropout_ratio and scale by 1/(1-ratio) in TRAIN, identity in TEST"
 

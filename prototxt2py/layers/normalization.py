@@ -67,6 +67,7 @@ class BatchNormAttrs:
 @register
 class BatchNorm(LayerSpec):
     type = "BatchNorm"
+    backward_reads = "forward"  # its Backward_cpu works from private copies its forward saved
     onnx_dynamic_sizes = True
     blob_names = ("mean", "variance", "scale_factor")
     family = FAMILY
@@ -208,6 +209,7 @@ class _BroadcastSpec(LayerSpec):
 @register
 class Scale(_BroadcastSpec):
     type = "Scale"
+    backward_reads = "forward"  # its Backward_cpu works from private copies its forward saved
     layout_agnostic = True
     blob_names = ("weight", "bias")
     family = FAMILY

@@ -66,6 +66,7 @@ class LSTMUnit(LayerSpec):
 # -- RNN / LSTM ---------------------------------------------------------------------------------------------
 class _RecurrentSpec(LayerSpec):
     """RNN/LSTM: counts of bottoms and tops depend on ``expose_hidden`` (Caffe's Min/MaxBottomBlobs)."""
+    backward_reads = "forward"  # its Backward_cpu works from private copies its forward saved
 
     param_field = "recurrent_param"
     family = FAMILY

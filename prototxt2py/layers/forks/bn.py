@@ -36,6 +36,7 @@ class BNAttrs:
 @register
 class BN(LayerSpec):
     type = "BN"
+    backward_reads = "forward"  # its Backward_cpu works from private copies its forward saved
     tops = (1, 3)
     family = FAMILY
     blob_names = ("scale", "shift", "mean", "variance")
