@@ -37,6 +37,11 @@ def _integer(value: Any, what: str) -> int:
         raise GraphError(f"{what} must be an integer, got {value!r}") from None
 
 
+def phase_name(phase: int | None) -> str:
+    """A Caffe ``Phase`` value as the name the CLI and readers use (unset reads as TEST, NetState's default)."""
+    return "TRAIN" if phase == TRAIN else "TEST"
+
+
 def stage_option(_ctx: Any, _param: Any, value: Iterable[str]) -> tuple[str, ...]:
     """The CLI's ``--stage`` callback (click's signature): :func:`stages_from_flags`."""
     return stages_from_flags(value)
@@ -102,7 +107,7 @@ class State:
 
     @property
     def phase_name(self) -> str:
-        return "TRAIN" if self.phase == TRAIN else "TEST"
+        return phase_name(self.phase)
 
 
 def solver_state(phase: int, net: Any, override: Any = None) -> State:

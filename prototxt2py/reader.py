@@ -54,7 +54,6 @@ class NetSource:
             out += self.report.warnings + self.report.errors
         return out
 
-
     def _claimed(self) -> set[int]:
         """Dropped layer-level fields that the layer's spec declares as its own parameter block."""
         from .errors import Prototxt2pyError

@@ -133,11 +133,9 @@ class Net:
         next batch when ``forward`` runs them, as Caffe's data layers read their sources. ``links_grad``: the
         parameter diffs are the tensors' ``.grad`` (the TRAIN net, whose gradients the solver applies); a TEST
         net's parameters are the TRAIN net's tensors, but its diffs are its own, as in Caffe."""
-        from ..netstate import TRAIN as STATE_TRAIN
-
         state = runtime.graph.state
         net = cls.__new__(cls)
-        net._phase = "TRAIN" if state.phase == STATE_TRAIN else "TEST"
+        net._phase = state.phase_name
         net._level, net._stages = int(state.level), tuple(state.stages)
         net._source = source
         first = next(iter(runtime.parameters()), None)

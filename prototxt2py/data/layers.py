@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..netstate import TRAIN, State, layer_included
+from ..netstate import State, layer_included, phase_name
 from ..plain import plain
 from . import DataLayer
 
@@ -29,7 +29,7 @@ def data_layer(layer: Any, phase: str, rank: int = 0, world: int = 1) -> DataLay
     field = PARAM_FIELDS.get(layer.type)
     param = plain(getattr(layer, field)) if field else None
     if layer.HasField("phase"):  # Net::Init keeps a layer's own phase (its transformer crops by it)
-        phase = "TRAIN" if layer.phase == TRAIN else "TEST"
+        phase = phase_name(layer.phase)
     return DataLayer(
         name=layer.name,
         type=layer.type,

@@ -15,7 +15,7 @@ import torch
 
 from ..data import DataLayer
 from ..data.layers import PARAM_FIELDS, top_shapes
-from ..netstate import TRAIN
+from ..netstate import phase_name
 
 #: readers whose batches are copies from memory: worker processes would only add transfer costs
 IN_MEMORY = frozenset({"HDF5Data", "MemoryData", "DummyData"})
@@ -27,7 +27,7 @@ def data_layer_for(node: Any, phase: str, rank: int = 0, world: int = 1) -> Data
     ``transform_param`` there as ``param`` and ``transform``, so training never reads protobuf messages."""
     a = node.attrs
     if node.own_phase is not None:  # Net::Init keeps a layer's own phase (its transformer crops by it)
-        phase = "TRAIN" if node.own_phase == TRAIN else "TEST"
+        phase = phase_name(node.own_phase)
     return DataLayer(node.name, node.type, tuple(node.tops), a.param, a.transform, phase, rank, world)
 
 
