@@ -29,6 +29,7 @@ from .weights import (
     _fits,
     _InlineRef,
     _open_refs,
+    as_float32,
     check_blobless,
     check_matches,
     extra_layers,
@@ -57,7 +58,7 @@ def read_stored(path: str | os.PathLike) -> dict[str, list[Blob]]:
             else:
                 array = np.frombuffer(mm, dtype=ref.dtype, count=ref.count, offset=ref.offset)
                 if ref.dtype != "<f4":
-                    array = array.astype(_FLOAT)
+                    array = as_float32(array)
             arrays.append(Blob(array.reshape(ref.shape), ref.legacy))
         out[name] = arrays
     return out

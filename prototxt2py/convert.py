@@ -13,7 +13,7 @@ import os
 import tempfile
 from typing import Any
 
-from .errors import Location, Prototxt2pyError
+from .errors import InputFileError, Location, Prototxt2pyError
 from .fsutil import atomic_output, output_target, write_bytes_atomic
 
 #: Targets :func:`convert_graph` writes without torch.
@@ -92,18 +92,16 @@ def arrays_by_layer_name(graph: Any, blobs: Any) -> dict[str, Any]:
 def write_python(net: Any, outdir: str | os.PathLike, *, with_weights: bool = True) -> tuple[str, str | None]:
     """``OUTDIR/<net>.py`` (generated source, see :mod:`.backends.codegen`) and, with weights,
     ``OUTDIR/<net>.pt``: a state_dict keyed like the generated module (``torch.load(..., weights_only=True)``).
-    Both are written to temporary files and renamed only once both are complete."""
+    Both are written to temporary files and renamed only once both are complete; folders made for them are
+    removed again when that fails."""
     from pathlib import Path
 
-    from .backends.codegen import file_stem, generate
+    from .backends.codegen import generate
 
     code = generate(net.graph)
     folder = Path(outdir)
     if folder.exists() and not folder.is_dir():
         raise Prototxt2pyError("--to python writes a folder; this path is a file", Location(str(folder)))
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = file_stem(net.graph.name)
-    py_path, pt_path = output_target(folder / f"{stem}.py"), output_target(folder / f"{stem}.pt")
     weights = None
     if with_weights:
         import torch
@@ -116,16 +114,37 @@ def write_python(net: Any, outdir: str | os.PathLike, *, with_weights: bool = Tr
         weights = {new: copies[id(state[old])] for old, new in code.keys.items()}
         buf = io.BytesIO()
         torch.save(weights, buf)
-    with contextlib.ExitStack() as stack:
-        files = [(py_path, code.source.encode())] + ([(pt_path, buf.getvalue())] if weights is not None else [])
-        temps = []
-        for path, data in files:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-            stack.callback(lambda t=tmp: os.path.exists(t) and os.unlink(t))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            temps.append((tmp, path))
-        for tmp, path in temps:
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-    return str(py_path), str(pt_path) if weights is not None else None
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        return _write_python_files(net, folder, code.source.encode(), None if weights is None else buf.getvalue())
+    except BaseException:
+        for made_dir in made:
+            with contextlib.suppress(OSError):
+                made_dir.rmdir()
+        raise
+
+
+def _write_python_files(net: Any, folder: Any, source: bytes, state: bytes | None) -> tuple[str, str | None]:
+    """Write the source (and the state_dict) of :func:`write_python` into ``folder``, made here if needed."""
+    from .backends.codegen import file_stem
+
+    path = folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = file_stem(net.graph.name)
+        py_path, pt_path = output_target(folder / f"{stem}.py"), output_target(folder / f"{stem}.pt")
+        files = [(py_path, source)] + ([(pt_path, state)] if state is not None else [])
+        with contextlib.ExitStack() as stack:
+            temps = []
+            for path, data in files:
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+                stack.callback(lambda t=tmp: os.path.exists(t) and os.unlink(t))
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                temps.append((tmp, path))
+            for tmp, path in temps:
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+    except OSError as e:  # a full disk, a file-size limit: one line naming the output
+        raise InputFileError(f"cannot write the output: {e.strerror or e}", Location(str(path))) from None
+    return str(py_path), str(pt_path) if state is not None else None

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputFileError, Location, WeightsError
+from . import limits
+from .errors import InputFileError, Location, Prototxt2pyError, WeightsError
 from .fsutil import open_regular
-from .weights import Blob, filled_layers
+from .weights import MAX_BLOB_AXES, Blob, filled_layers
 
 #: the first 8 bytes of an HDF5 file (Caffe's files have no user block before it)
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -47,12 +48,41 @@ def expect_group(h5py: Any, obj: Any, loc: Location) -> Any:
     return obj
 
 
-def blob_array(h5py: Any, obj: Any, loc: Location) -> np.ndarray:
-    """One parameter blob as float32: only real numbers are a Caffe blob (no strings, compound or complex)."""
+def member(h5py: Any, group: Any, name: str, loc: Location, error: type[Prototxt2pyError] = WeightsError) -> Any:
+    """``group[name]``, refusing what Caffe's writers never make and a hostile file can: an external link (which
+    would open another file of this machine) and a link that leads nowhere (h5py raises ``KeyError`` or yields
+    None for it)."""
+    where = f"'{group.name.rstrip('/')}/{name}'"
+    link = group.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise error(f"{where} is an external link to {link.filename!r}: the file must hold its own data", loc)
+    try:
+        obj = group[name]
+    except (KeyError, OSError, ValueError):
+        obj = None
+    if obj is None:
+        raise error(f"{where} cannot be opened (a link that leads nowhere?)", loc)
+    return obj
+
+
+def blob_dataset(h5py: Any, obj: Any, loc: Location, error: type[Prototxt2pyError] = WeightsError,
+                 layout: str = LAYOUT) -> Any:
+    """``obj`` if it can be a Caffe blob, checked without reading it: a dataset of real numbers (no strings,
+    compound or complex, as ``hdf5_load_nd_dataset`` refuses them) with at most ``kMaxBlobAxes`` axes and a shape
+    within the blob limits (a file of a few KB may declare a never-written dataset of billions of values)."""
     if not isinstance(obj, h5py.Dataset):
-        raise WeightsError(f"'{obj.name}' is a {type(obj).__name__.lower()}, expected a dataset ({LAYOUT})", loc)
+        raise error(f"'{obj.name}' is a {type(obj).__name__.lower()}, expected a dataset ({layout})", loc)
     if obj.dtype.kind not in "biuf":
-        raise WeightsError(f"dataset '{obj.name}' has dtype {obj.dtype}, expected real numbers ({LAYOUT})", loc)
+        raise error(f"dataset '{obj.name}' has dtype {obj.dtype}, expected real numbers ({layout})", loc)
+    if len(obj.shape) > MAX_BLOB_AXES:
+        raise error(f"dataset '{obj.name}' has {len(obj.shape)} axes (Caffe allows {MAX_BLOB_AXES})", loc)
+    limits.check_shape(tuple(obj.shape), f"dataset '{obj.name}'", location=loc)
+    return obj
+
+
+def read_blob(obj: Any) -> np.ndarray:
+    """The values of a dataset :func:`blob_dataset` accepted, as float32 (read only once its shape is known to
+    fit: the read allocates what the file declares)."""
     return np.asarray(obj, dtype=np.float32)
 
 
@@ -96,24 +126,47 @@ def _owned(node: Any, blobs: Any) -> list[tuple[int, Any]]:
 
 def read_caffemodel_h5(path: str | os.PathLike, graph: Any) -> dict[str, list[Blob]]:
     """Layer name -> blobs, as a binary caffemodel gives them: the blobs a layer shares are filled in from their
-    owners (the file stores them with the owner only), so the count a reader checks is the layer's own."""
+    owners (the file stores them with the owner only), so the count a reader checks is the layer's own.
+
+    As ``CopyTrainedLayersFromHDF5``, only the groups of layers the net fills are read, each dataset once its
+    shape is found equal to the blob's (``hdf5_load_nd_dataset`` without reshape); a group the net lacks is
+    listed (its layer is reported as extra) with zero-stride stand-ins of its datasets' shapes, never read."""
     h5py = require_h5py("reading HDF5 weights")
     file = os.fspath(path)
     loc = Location(file)
-    stored: dict[str, dict[int, np.ndarray]] = {}
     try:
         with h5py.File(file, "r") as h5:
             if "data" not in h5:
                 raise WeightsError(f"no 'data' group (not a Caffe HDF5 weights file; {LAYOUT})", loc)
-            for name, group in expect_group(h5py, h5["data"], loc).items():
-                group = expect_group(h5py, group, loc)
-                stored[name] = _layer_blobs(h5py, group, loc)
+            data = expect_group(h5py, member(h5py, h5, "data", loc), loc)
+            stored = {name: _layer_datasets(h5py, expect_group(h5py, member(h5py, data, name, loc), loc), loc)
+                      for name in data}
+            return _match(graph, stored, loc)
     except OSError as e:
         raise WeightsError(f"not a readable HDF5 weights file: {e}", loc) from None
-    out: dict[str, list[Blob]] = {}
+
+
+def _match(graph: Any, stored: dict[str, dict[int, Any]], loc: Location) -> dict[str, list[Blob]]:
+    """Line the datasets up with the graph's layers (see :func:`read_caffemodel_h5`), reading the ones it uses."""
     filled = filled_layers(graph, hdf5=True)  # a repeated name's group fills its last layer (layer_names_index_)
     named = [(node, u) for node, u in zip(graph.nodes, graph.unique_names(), strict=True) if u in filled]
     groups = {u: node.name for node, u in named}  # unique name of a filled layer -> its group
+    by_group = {node.name: node for node, _ in named}
+    values: dict[tuple[str, int], np.ndarray] = {}
+
+    def read(group: str, k: int) -> np.ndarray:
+        """Dataset ``k`` of a filled layer's group, read once, after its shape is checked against that layer's."""
+        if (group, k) not in values:
+            ds, node = stored[group][k], by_group[group]
+            shape = node.param_shapes[k] if k < len(node.param_shapes) else None
+            want = None if shape is None else tuple(shape)
+            if want is not None and tuple(ds.shape) != want:
+                raise WeightsError(f"blob {k} has shape {tuple(ds.shape)} in the weights file, the net expects "
+                                   f"{want} (Caffe: dimensions mismatch)", loc, layer=node.name)
+            values[group, k] = read_blob(ds)
+        return values[group, k]
+
+    out: dict[str, list[Blob]] = {}
     for node, _ in named:
         arrays = stored.get(node.name)
         if arrays is None:
@@ -124,29 +177,29 @@ def read_caffemodel_h5(path: str | os.PathLike, graph: Any) -> dict[str, list[Bl
         blobs = []
         for i in range(len(node.param_shapes)):
             owner = node.params[i].owner if i < len(node.params) else None
-            held = stored.get(groups.get(owner[0], ""), {}) if owner is not None else {}
+            group = groups.get(owner[0], "") if owner is not None else ""
             if i in arrays:
-                blobs.append(Blob(arrays[i]))
-            elif owner is not None and owner[1] in held:  # shared: stored with its owner (Net::ToHDF5)
-                blobs.append(Blob(held[owner[1]]))
+                blobs.append(Blob(read(node.name, i)))
+            elif owner is not None and owner[1] in stored.get(group, {}):  # shared: stored with its owner
+                blobs.append(Blob(read(group, owner[1])))
             else:  # a blob of its own the file lacks; or a shared one its owner's group lacks, which Caffe keeps
                 why = " (shared, and its owner's group lacks it)" if owner is not None else ""
                 raise WeightsError(f"Incompatible number of blobs for layer {node.name}: dataset {i} is missing{why}",
                                    loc, layer=node.name)
         out[node.name] = blobs
-    out.update({name: [Blob(arrays[k]) for k in sorted(arrays)] for name, arrays in stored.items()
-                if name not in out})
+    out.update({name: [Blob(np.broadcast_to(np.float32(0), datasets[k].shape)) for k in sorted(datasets)]
+                for name, datasets in stored.items() if name not in out})
     return out
 
 
-def _layer_blobs(h5py: Any, group: Any, loc: Location) -> dict[int, np.ndarray]:
-    """A layer group's datasets by blob index. Caffe reads datasets ``0``, ``1``, ... by number, skipping one a
-    layer shares from another (``Net::ToHDF5`` stored it with its owner), so only numbered links are a layout
-    it reads: another link (a nested group from a layer name with ``/``) is refused."""
-    blobs: dict[int, np.ndarray] = {}
+def _layer_datasets(h5py: Any, group: Any, loc: Location) -> dict[int, Any]:
+    """A layer group's datasets by blob index, checked but not read. Caffe reads datasets ``0``, ``1``, ... by
+    number, skipping one a layer shares from another (``Net::ToHDF5`` stored it with its owner), so only numbered
+    links are a layout it reads: another link (a nested group from a layer name with ``/``) is refused."""
+    blobs: dict[int, Any] = {}
     for name in group:
         if not name.isdigit() or str(int(name)) != name:
             raise WeightsError(f"group '{group.name}' holds '{name}', expected datasets named 0, 1, ... ({LAYOUT}; a "
                                "layer name with '/' nests groups)", loc)
-        blobs[int(name)] = blob_array(h5py, group[name], loc)
+        blobs[int(name)] = blob_dataset(h5py, member(h5py, group, name, loc), loc)
     return blobs

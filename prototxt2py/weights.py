@@ -255,6 +255,13 @@ class _InlineRef(BlobRef):
     values: np.ndarray | None = None
 
 
+def as_float32(values: Any) -> np.ndarray:
+    """Values (``double_data`` included) as the float blob Caffe fills with them: a double beyond float32's range
+    becomes inf, as the C++ cast gives it, without numpy's two-line overflow warning on stderr."""
+    with np.errstate(over="ignore"):
+        return np.asarray(values, dtype=np.float32)
+
+
 def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
     """Slow path for files the framing walk does not handle (unpacked arrays); real corruption is reported."""
     from .proto import caffe_pb2
@@ -274,7 +281,7 @@ def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
             for b in layer.blobs:  # Blob::FromProto's precedence, as in _blob_ref
                 legacy = any(b.HasField(f) for f in ("num", "channels", "height", "width"))
                 shape = (b.num, b.channels, b.height, b.width) if legacy else tuple(b.shape.dim)
-                values = np.asarray(b.double_data if len(b.double_data) else b.data, dtype=np.float32)
+                values = as_float32(b.double_data if len(b.double_data) else b.data)
                 refs.append(_InlineRef(tuple(int(d) for d in shape), legacy, "<f4", 0, values.size, values))
             out[name] = refs
     return out  # no layers at all is valid (Caffe copies nothing); load_weights says if the net needed some
@@ -301,7 +308,7 @@ def _convert_into(fd: int, ref: BlobRef, flat: torch.Tensor) -> None:
         values = ref.values.reshape(-1)
     else:
         size = 4 if ref.dtype == "<f4" else 8
-        values = np.frombuffer(os.pread(fd, ref.count * size, ref.offset), dtype=ref.dtype).astype(np.float32)
+        values = as_float32(np.frombuffer(os.pread(fd, ref.count * size, ref.offset), dtype=ref.dtype))
     flat.copy_(torch.from_numpy(values))
 
 

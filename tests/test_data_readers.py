@@ -387,7 +387,8 @@ def test_an_error_in_a_loader_worker_is_its_own_line(tmp_path: Path) -> None:
         feed.next()
         with pytest.raises(DataError) as e:
             feed.next()  # the second batch comes from worker 1
-    assert str(e.value) == "layer 'data': record '3' holds 7 bytes, its shape 3x4x5 needs 60"
+    db = tmp_path / "db"
+    assert str(e.value) == f"layer 'data': database '{db}': record '3' holds 7 bytes, its shape 3x4x5 needs 60"
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import Location, WeightsError
 from ..fsutil import atomic_output
-from ..hdf5_weights import blob_array, expect_group, require_h5py, write_weights_h5
+from ..hdf5_weights import blob_dataset, expect_group, member, read_blob, require_h5py, write_weights_h5
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._net import Net
@@ -42,10 +42,11 @@ def load_params(net: Net, filename: str | os.PathLike) -> None:
         if "data" not in h5:
             raise WeightsError("no 'data' group (not a Caffe HDF5 weights file)", loc)
         plan = []
-        for name, group in expect_group(h5py, h5["data"], loc).items():
+        data = expect_group(h5py, member(h5py, h5, "data", loc), loc)
+        for name in data:
             if name not in net._layer_names:
                 continue  # Caffe ignores layers the net lacks
-            expect_group(h5py, group, loc)
+            group = expect_group(h5py, member(h5py, data, name, loc), loc)
             # the last layer of the name, as Net::Init's layer_names_index_ (a binary file fills the first)
             i = len(net._layer_names) - 1 - net._layer_names[::-1].index(name)
             blobs, node = net.layers[i].blobs, net._graph.nodes[i]
@@ -58,11 +59,11 @@ def load_params(net: Net, filename: str | os.PathLike) -> None:
                         continue
                     raise WeightsError(f"Incompatible number of blobs for layer {name}: blob {k} is missing",
                                        loc, layer=name)
-                arr = blob_array(h5py, group[str(k)], loc)
-                if list(arr.shape) != blob.shape:
-                    raise WeightsError(f"blob {k} has shape {arr.shape} in the file, the net expects "
+                dataset = blob_dataset(h5py, member(h5py, group, str(k), loc), loc)
+                if list(dataset.shape) != blob.shape:  # checked before the read: the file may declare any size
+                    raise WeightsError(f"blob {k} has shape {dataset.shape} in the file, the net expects "
                                        f"{tuple(blob.shape)}", loc, layer=name)
-                plan.append((blob, arr))
+                plan.append((blob, read_blob(dataset)))
         with torch.no_grad():
             for blob, arr in plan:
                 blob.tensor().copy_(torch.from_numpy(arr))

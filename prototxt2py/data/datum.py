@@ -7,9 +7,13 @@ a JPEG/PNG file that Caffe decodes with OpenCV (:mod:`prototxt2py.data.images`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from .. import limits
+from ..errors import ResourceLimitError
 from ..fsutil import open_regular
 from ..limits import INT32_MAX
 from ..proto import caffe_pb2
@@ -118,13 +122,16 @@ def read_mean(path: str, layer: str | None = None) -> np.ndarray:
     except DecodeError:
         raise DataError(f"mean_file '{path}' is not a BlobProto (.binaryproto)", layer=layer) from None
     shape = blob_shape(blob)
+    try:  # Blob::Reshape's checks (no negative dim, at most INT_MAX values), before any product is taken
+        count = limits.check_shape(shape, f"mean_file '{path}' shape", layer=layer) if shape else 0
+    except ResourceLimitError as e:
+        raise DataError(e.message, layer=layer) from None
     values = np.asarray(blob.double_data if len(blob.double_data) else blob.data, dtype=np.float32)
-    count = int(np.prod(shape)) if shape else 0
     if count == 0 or values.size != count:
         raise DataError(f"mean_file '{path}': {values.size} values for shape {'x'.join(map(str, shape))}", layer=layer)
     if len(shape) == 4:  # Caffe reads channels/height/width only: the mean is the first C*H*W values
         shape = shape[1:]
-        values = values[: int(np.prod(shape))]
+        values = values[: math.prod(shape)]
     if len(shape) != 3:  # a C x H x W blob is taken as such (Caffe's legacy accessors would misread it)
         raise DataError(f"mean_file '{path}': expected an NxCxHxW blob, got {'x'.join(map(str, shape))}", layer=layer)
     return values.reshape(shape)

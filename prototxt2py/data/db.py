@@ -156,7 +156,18 @@ class Cursor:
         try:
             yield
         except errors as e:
-            raise DataError(f"cannot read database '{self.path}' (corrupt?): {e}", layer=self.layer) from None
+            why = " ".join(a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a) for a in e.args) or str(e)
+            raise DataError(f"cannot read database '{self.path}' (corrupt?): {why}", layer=self.layer) from None
+
+    @contextlib.contextmanager
+    def naming_records(self) -> Iterator[None]:
+        """Errors about a record (not a Datum, a broken image, an odd size) name the database it came from."""
+        try:
+            yield
+        except DataError as e:
+            if self.path in e.message:
+                raise
+            raise DataError(f"database '{self.path}': {e.message}", e.location, e.layer) from None
 
     def valid(self) -> bool:
         return self._item is not None

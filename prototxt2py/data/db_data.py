@@ -63,12 +63,13 @@ class DbData:
         for i in range(self.batch_size):
             self._to_kept()
             key = self.cursor.key().decode("utf-8", "replace")
-            datum = parse_datum(self.cursor.value(), key, self.layer.name)
-            if (force_color or force_gray) and not datum.encoded and not self._warned:
-                self._warned = True  # Caffe logs this too, and ignores the flags
-                warnings.warn(f"layer '{self.layer.name}': force_color and force_gray only apply to encoded "
-                              "Datums", stacklevel=2)
-            imgs.append(datum_image(datum, force_color, force_gray, key, self.layer.name))
+            with self.cursor.naming_records():
+                datum = parse_datum(self.cursor.value(), key, self.layer.name)
+                if (force_color or force_gray) and not datum.encoded and not self._warned:
+                    self._warned = True  # Caffe logs this too, and ignores the flags
+                    warnings.warn(f"layer '{self.layer.name}': force_color and force_gray only apply to encoded "
+                                  "Datums", stacklevel=2)
+                imgs.append(datum_image(datum, force_color, force_gray, key, self.layer.name))
             labels[i] = datum.label
             self._next()
         return [self.transformer.batch(imgs), labels][: len(self.layer.tops)]

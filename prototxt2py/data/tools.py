@@ -158,12 +158,13 @@ def compute_image_mean(db_path: str, backend: str | None = None) -> np.ndarray:
         count = 0
         while cursor.valid():
             key = cursor.key().decode("utf-8", "replace")
-            img = datum_image(parse_datum(cursor.value(), key), key=key)
-            if total is None:
-                total = np.zeros(img.shape, dtype=np.float32)
-            elif img.size != total.size:  # Caffe checks the size only, and sums the values flat
-                raise DataError(f"record '{key}' holds {img.size} values, the first record {total.size} "
-                                f"({'x'.join(map(str, total.shape))})")
+            with cursor.naming_records():
+                img = datum_image(parse_datum(cursor.value(), key), key=key)
+                if total is None:
+                    total = np.zeros(img.shape, dtype=np.float32)
+                elif img.size != total.size:  # Caffe checks the size only, and sums the values flat
+                    raise DataError(f"record '{key}' holds {img.size} values, the first record {total.size} "
+                                    f"({'x'.join(map(str, total.shape))})")
             total += img.astype(np.float32).reshape(total.shape)
             count += 1
             cursor.next()

@@ -12,6 +12,7 @@ Layouts, as Caffe's ``Net::ToHDF5`` and ``SnapshotSolverStateToHDF5`` write them
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -66,21 +67,63 @@ def _write_c_string(h5py: Any, h5: Any, name: str, value: bytes) -> None:
     dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(value + b"\0", dtype=f"S{len(value) + 1}"))
 
 
-def read_solverstate_h5(path: str | os.PathLike) -> SolverState:
+STATE_LAYOUT = ("Caffe's layout is int datasets iter and current_step, a string dataset learned_net and a group "
+                "history of float datasets 0, 1, ...")
+
+
+def read_solverstate_h5(path: str | os.PathLike, sizes: Sequence[int] | None = None) -> SolverState:
+    """Caffe's ``RestoreSolverStateFromHDF5`` reads. ``sizes``: the element counts of the solver's history blobs;
+    a history dataset of another count (or any, when the count of datasets differs) is not read but stood in for
+    by a zero-stride array of its shape, which the caller refuses by that shape: a file of a few KB may declare
+    a never-written dataset of billions of values."""
+    from ..hdf5_weights import blob_dataset, member, read_blob
+
     h5py = _h5py()
     file = str(path)
+    loc = Location(file)
     if not Path(file).is_file():
-        raise SolverError("solver state file not found", Location(file))
+        raise SolverError("solver state file not found", loc)
     try:
         with h5py.File(file, "r") as h5:
-            it = int(np.asarray(h5["iter"]).ravel()[0])
-            step = int(np.asarray(h5["current_step"]).ravel()[0])
-            learned = None
-            if "learned_net" in h5:
-                raw = h5["learned_net"][()]
-                learned = os.fsdecode(raw) if isinstance(raw, bytes) else str(raw)  # a file name, any bytes
-            group = h5["history"]
-            history = [np.asarray(group[str(i)], dtype=np.float32) for i in range(len(group))]
-    except (OSError, KeyError) as e:
-        raise SolverError(f"not a Caffe HDF5 solver state: {e}", Location(file)) from None
+            it = _int_dataset(h5py, h5, "iter", loc)
+            step = _int_dataset(h5py, h5, "current_step", loc)
+            learned = _string_dataset(h5py, h5, "learned_net", loc) if "learned_net" in h5 else None
+            group = member(h5py, h5, "history", loc, SolverError) if "history" in h5 else None
+            if not isinstance(group, h5py.Group):
+                raise SolverError(f"'history' is missing or not a group ({STATE_LAYOUT})", loc)
+            fits = sizes is None or len(group) == len(sizes)
+            history = []
+            for i in range(len(group)):
+                if str(i) not in group:
+                    raise SolverError(f"group 'history' has no dataset '{i}' ({STATE_LAYOUT})", loc)
+                ds = blob_dataset(h5py, member(h5py, group, str(i), loc, SolverError), loc, SolverError, STATE_LAYOUT)
+                read = fits and (sizes is None or ds.size == sizes[i])
+                history.append(read_blob(ds) if read else np.broadcast_to(np.float32(0), ds.shape))
+    except OSError as e:
+        raise SolverError(f"not a Caffe HDF5 solver state: {e}", loc) from None
     return SolverState(it, learned, step, history)
+
+
+def _int_dataset(h5py: Any, h5: Any, name: str, loc: Location) -> int:
+    """``hdf5_load_int``: one integer (Caffe's ``H5LTread_dataset_int`` converts a float dataset's value)."""
+    from ..hdf5_weights import member
+
+    obj = member(h5py, h5, name, loc, SolverError) if name in h5 else None
+    if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "biuf" or obj.size != 1:
+        raise SolverError(f"'{name}' is not one number ({STATE_LAYOUT})", loc)
+    value = np.asarray(obj).ravel()[0]
+    if not (np.isfinite(value) and float(value).is_integer() and -2**31 <= value < 2**31):
+        raise SolverError(f"'{name}' is {value}, not a 32-bit integer", loc)
+    return int(value)
+
+
+def _string_dataset(h5py: Any, h5: Any, name: str, loc: Location) -> str:
+    """``hdf5_load_string``: a file name, any bytes, up to its NUL."""
+    from ..hdf5_weights import member
+
+    obj = member(h5py, h5, name, loc, SolverError)
+    if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "SOU" or obj.size != 1:
+        raise SolverError(f"'{name}' is not one string ({STATE_LAYOUT})", loc)
+    raw = np.asarray(obj).ravel()[0]
+    raw = raw.encode() if isinstance(raw, str) else bytes(raw)
+    return os.fsdecode(raw.split(b"\0", 1)[0])

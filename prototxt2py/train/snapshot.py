@@ -105,15 +105,16 @@ def _blob_array(blob, file: str, i: int) -> np.ndarray:
     return arr.reshape(shape)
 
 
-def read_solverstate(path: str | os.PathLike) -> SolverState:
-    """Read a ``.solverstate`` (binary proto, or HDF5 when the name ends in ``.h5``, as Caffe decides)."""
+def read_solverstate(path: str | os.PathLike, sizes: Sequence[int] | None = None) -> SolverState:
+    """Read a ``.solverstate`` (binary proto, or HDF5 when the name ends in ``.h5``, as Caffe decides); ``sizes``:
+    the solver's history blob sizes, which HDF5 datasets are checked against before they are read."""
     from ..proto import caffe_pb2
 
     file = str(path)
     if file.endswith(".h5"):
         from .hdf5_snapshot import read_solverstate_h5
 
-        return read_solverstate_h5(file)
+        return read_solverstate_h5(file, sizes)
     p = Path(file)
     if not p.is_file():
         raise SolverError("solver state file not found", Location(file))

@@ -715,9 +715,9 @@ class Solver:
         Everything is checked before anything changes: a state of another net leaves the solver as it was."""
         from ..weights import WeightsError
 
-        state = read_solverstate(path)
-        file = Location(str(path))
         ours = self.update.history
+        state = read_solverstate(path, [h.numel() for h in ours])
+        file = Location(str(path))
         if len(state.history) != len(ours):
             raise SolverError(f"the solver state holds {len(state.history)} history blobs, this {self.type} solver on "
                               f"this net needs {len(ours)} (a state of another net or solver type?)", file)

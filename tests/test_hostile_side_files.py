@@ -1,0 +1,287 @@
+"""Hostile side files: HDF5 weights and solver states, mean files, database records, and outputs that cannot be
+written. Sizes a file declares are checked before anything is read; every bad file is one error line naming it."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from prototxt2py.cli import main
+
+h5py = pytest.importorskip("h5py")
+
+NET = """name: "t"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 2 } }
+"""
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stderr
+
+
+def run_net(net: Path, weights: Path) -> tuple[int, str]:
+    """``run`` of the net on ``in.npz`` with these weights, into ``o.npz`` beside it."""
+    return run("run", str(net), "--inputs", str(net.parent / "in.npz"), "--weights", str(weights), "-o",
+               str(net.parent / "o.npz"))
+
+
+def convert_net(net: Path, weights: Path) -> tuple[int, str]:
+    """``convert --to caffemodel`` (torch-free) of the net with these weights, into ``o.caffemodel`` beside it."""
+    out = net.parent / "o.caffemodel"
+    return run("convert", str(net), "--weights", str(weights), "--to", "caffemodel", "-o", str(out))
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Path:
+    """The net, and ``in.npz`` beside it for ``run --inputs``."""
+    path = tmp_path / "net.prototxt"
+    path.write_text(NET)
+    np.savez(tmp_path / "in.npz", data=np.ones((1, 2), "f4"))
+    return path
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The HDF5 datasets whose values are read (every reader goes through ``read_blob``)."""
+    import prototxt2py.hdf5_weights as hdf5_weights
+
+    seen: list[str] = []
+    real = hdf5_weights.read_blob
+
+    def spy(obj: object) -> np.ndarray:
+        seen.append(obj.name)  # type: ignore[attr-defined]
+        return real(obj)
+
+    monkeypatch.setattr(hdf5_weights, "read_blob", spy)
+    return seen
+
+
+def weights_h5(path: Path, ip: dict[str, object], **extra: dict[str, object]) -> Path:
+    """``data/ip`` (and other layer groups) with datasets given as arrays or as shapes of never-written ones."""
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.create_group("data")
+        for layer, datasets in {"ip": ip, **extra}.items():
+            group = data.create_group(layer)
+            for name, value in datasets.items():
+                if isinstance(value, tuple):  # declared, never written: HDF5 keeps no bytes for it
+                    group.create_dataset(name, shape=value, dtype="f4", chunks=(1 << 16,))
+                else:
+                    group[name] = value
+    return path
+
+
+GOOD = {"0": np.arange(4, dtype="f4").reshape(2, 2), "1": np.ones(2, "f4")}
+
+
+def test_hdf5_weights_shapes_are_checked_before_the_values_are_read(net: Path, tmp_path: Path,
+                                                                   reads: list[str]) -> None:
+    """A few KB may declare 500M values: Caffe's ``hdf5_load_nd_dataset`` compares the dims first (it was read
+    whole, 2 GB, before the mismatch was found)."""
+    big = weights_h5(tmp_path / "big.caffemodel.h5", {"0": (500_000_000,), "1": np.ones(2, "f4")})
+    for command in (run_net, convert_net):
+        code, err = command(net, big)
+        assert code == 1, err
+        assert err.strip().endswith("big.caffemodel.h5: layer 'ip': blob 0 has shape (500000000,) in the weights "
+                                    "file, the net expects (2, 2) (Caffe: dimensions mismatch)"), err
+    assert "/data/ip/0" not in reads
+    assert not (tmp_path / "o.npz").exists() and not (tmp_path / "o.caffemodel").exists()
+
+
+def test_hdf5_groups_the_net_lacks_are_never_read(net: Path, tmp_path: Path, reads: list[str]) -> None:
+    """``CopyTrainedLayersFromHDF5`` skips a source layer the net lacks ("Ignoring source layer")."""
+    w = weights_h5(tmp_path / "w.caffemodel.h5", GOOD, old_fc={"0": (500_000_000,)})
+    code, err = convert_net(net, w)
+    assert code == 0, err
+    assert "layers in the weights file that the net does not have (ignored): old_fc" in err
+    assert sorted(reads) == ["/data/ip/0", "/data/ip/1"]
+    from prototxt2py.weights import read_caffemodel
+
+    assert np.array_equal(read_caffemodel(tmp_path / "o.caffemodel")["ip"][0].array, GOOD["0"])
+
+
+def test_hdf5_dataset_beyond_caffe_int_dims_is_a_limit(net: Path, tmp_path: Path) -> None:
+    w = weights_h5(tmp_path / "w.caffemodel.h5", {"0": (3_000_000_000,), "1": np.ones(2, "f4")})
+    code, err = run_net(net, w)
+    assert code == 1, err
+    assert "dataset '/data/ip/0': dim 0 = 3000000000 is beyond Caffe's 32-bit int dims" in err
+
+
+def test_pycaffe_load_hdf5_checks_the_shape_before_reading(net: Path, tmp_path: Path, reads: list[str]) -> None:
+    from prototxt2py import caffe
+    from prototxt2py.errors import WeightsError
+
+    big = weights_h5(tmp_path / "big.caffemodel.h5", {"0": (500_000_000,), "1": np.ones(2, "f4")})
+    pnet = caffe.Net(str(net), caffe.TEST)
+    with pytest.raises(WeightsError, match=r"blob 0 has shape \(500000000,\) in the file, the net expects \(2, 2\)"):
+        pnet.load_hdf5(str(big))
+    assert reads == []
+    pnet.load_hdf5(str(weights_h5(tmp_path / "good.caffemodel.h5", GOOD)))
+    assert np.array_equal(pnet.params["ip"][0].data, GOOD["0"])
+
+
+def test_hdf5_links_that_lead_nowhere_or_outside_are_one_line(net: Path, tmp_path: Path) -> None:
+    """h5py yields None or raises ``KeyError`` for a dangling link (exit 3 before), and follows an external
+    link into another file of the machine: both refused, naming the link."""
+    cases = {
+        "layer": lambda f: f["data"].__setitem__("ghost", h5py.SoftLink("/nowhere")),
+        "blob": lambda f: (f["data/ip"].__delitem__("1"), f["data/ip"].__setitem__("1", h5py.SoftLink("/nowhere"))),
+        "external": lambda f: f["data"].__setitem__("ghost", h5py.ExternalLink(str(tmp_path / "x.h5"), "/x")),
+    }
+    expected = {"layer": "'/data/ghost' cannot be opened (a link that leads nowhere?)",
+                "blob": "'/data/ip/1' cannot be opened (a link that leads nowhere?)",
+                "external": "'/data/ghost' is an external link to '" + str(tmp_path / "x.h5") + "'"}
+    for name, damage in cases.items():
+        w = weights_h5(tmp_path / f"{name}.caffemodel.h5", GOOD)
+        with h5py.File(w, "a") as f:
+            damage(f)
+        code, err = run_net(net, w)
+        assert code == 1, (name, err)
+        assert f"{name}.caffemodel.h5: {expected[name]}" in err, (name, err)
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def solver_case(tmp_path: Path) -> Path:
+    from train_util import make_case
+
+    return make_case(tmp_path)
+
+
+def state_h5(path: Path, it: object = np.array([1], "i4"), history: object = "good",
+             learned: object = None) -> Path:
+    with h5py.File(path, "w") as f:
+        if isinstance(it, str):
+            f.create_group("iter")
+        else:
+            f["iter"] = it
+        f["current_step"] = np.array([0], "i4")
+        if learned == "group":
+            f.create_group("learned_net")
+        if history == "dataset":
+            f["history"] = np.zeros(3, "f4")
+        else:
+            g = f.create_group("history")
+            shapes = [(10, 8), (10,), (3, 10), (3,)]
+            if history == "big":
+                shapes[0] = (400_000_000,)
+            for i, shape in enumerate(shapes):
+                if shape == (400_000_000,):
+                    g.create_dataset(str(i), shape=shape, dtype="f4", chunks=(1 << 16,))
+                else:
+                    g[str(i)] = np.zeros(shape, "f4")
+    return path
+
+
+def test_malformed_hdf5_solver_states_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   reads: list[str]) -> None:
+    """Each was exit 3 (IndexError, ValueError, TypeError); a 400M-value history dataset was read (1.6 GB) before
+    its size was compared with the parameter's."""
+    solver = solver_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    cases = {
+        "empty": ({"it": np.zeros(0, "i4")}, "'iter' is not one number (Caffe's layout is int datasets iter"),
+        "nan": ({"it": np.array([np.nan])}, "'iter' is nan, not a 32-bit integer"),
+        "text": ({"it": np.array([b"abc"])}, "'iter' is not one number"),
+        "group": ({"it": "group"}, "'iter' is not one number"),
+        "history": ({"history": "dataset"}, "'history' is missing or not a group"),
+        "learned": ({"learned": "group"}, "'learned_net' is not one string"),
+        "big": ({"history": "big"}, "history blob 0 has shape (400000000,), parameter 0 of layer 'ip1' has (10, 8)"),
+    }
+    for name, (kwargs, message) in cases.items():
+        state = state_h5(tmp_path / f"{name}.solverstate.h5", **kwargs)
+        code, err = run("train", solver.name, "--snapshot", state.name, "--quiet")
+        assert code == 1, (name, err)
+        assert f"error: {name}.solverstate.h5: {message}" in err, (name, err)
+    assert not any(r.startswith("/history/0") for r in reads), reads
+    good = state_h5(tmp_path / "good.solverstate.h5", it=np.array([3], "i4"))
+    code, err = run("train", solver.name, "--snapshot", good.name, "--iterations", "4", "--quiet")
+    assert code == 0, err
+
+
+def test_mean_file_with_negative_or_wrapping_dims_names_the_file(tmp_path: Path) -> None:
+    """``Blob::Reshape`` refuses a negative dim and a count over INT_MAX; a product taken in int64 wrapped to the
+    number of values stored (exit 3 before)."""
+    from prototxt2py.data import DataError
+    from prototxt2py.data.datum import read_mean
+    from prototxt2py.proto import caffe_pb2
+
+    a, b = 5249979066121302519, 1714306180857713984  # a * b == 192 (mod 2**64)
+    for name, dims, message in (("neg", [-1, -1, 192], r"dim 0 is negative \(-1\)"),
+                                ("wrap", [1, a, b], r"dim 1 = 5249979066121302519 is beyond Caffe's 32-bit int dims"),
+                                ("neg4", [-1, -1, 3, 64], r"dim 0 is negative")):
+        blob = caffe_pb2.BlobProto(data=np.zeros(192, "f4"))
+        blob.shape.dim.extend(dims)
+        path = tmp_path / f"{name}.binaryproto"
+        path.write_bytes(blob.SerializeToString())
+        with pytest.raises(DataError, match=rf"^layer 'data': mean_file '.*{name}.binaryproto' shape: {message}"):
+            read_mean(str(path), "data")
+
+
+def test_double_data_beyond_float_range_is_inf_without_a_numpy_warning(net: Path, tmp_path: Path) -> None:
+    """Caffe's cast gives inf; numpy printed a two-line RuntimeWarning on stderr."""
+    from prototxt2py.proto import caffe_pb2
+
+    model = caffe_pb2.NetParameter()
+    layer = model.layer.add(name="ip", type="InnerProduct")
+    layer.blobs.add(double_data=[1e300, 0, 0, 0]).shape.dim.extend([2, 2])
+    layer.blobs.add(data=[0, 0]).shape.dim.extend([2])
+    w = tmp_path / "w.caffemodel"
+    w.write_bytes(model.SerializeToString())
+    for to in ("safetensors", "pytorch"):
+        out = tmp_path / f"o.{to}"
+        proc = subprocess.run([sys.executable, "-W", "default", "-m", "prototxt2py", "convert", str(net), "--weights",
+                               str(w), "--to", to, "-o", str(out)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "RuntimeWarning" not in proc.stderr and "overflow" not in proc.stderr, proc.stderr
+    import torch
+
+    assert torch.load(tmp_path / "o.pytorch", weights_only=True)["layers.ip.weight"][0, 0] == float("inf")
+
+
+def test_convert_to_python_that_cannot_be_written_names_the_file_and_leaves_no_folder(net: Path,
+                                                                                      tmp_path: Path) -> None:
+    """Under a file-size limit the message blamed standard output, and the new folder stayed behind, empty."""
+    from prototxt2py.proto import caffe_pb2
+
+    model = caffe_pb2.NetParameter()
+    layer = model.layer.add(name="ip", type="InnerProduct")
+    layer.blobs.add(data=np.zeros(4)).shape.dim.extend([2, 2])
+    layer.blobs.add(data=np.zeros(2)).shape.dim.extend([2])
+    big = "\n".join(f'layer {{ name: "r{i}" type: "ReLU" bottom: "ip" top: "ip" }}' for i in range(400))
+    (tmp_path / "big.prototxt").write_text(NET + big)
+    (tmp_path / "w.caffemodel").write_bytes(model.SerializeToString())
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    out = tmp_path / "new" / "py"
+    proc = subprocess.run([sys.executable, "-m", "prototxt2py", "convert", str(tmp_path / "big.prototxt"),
+                           "--weights", str(tmp_path / "w.caffemodel"), "--to", "python", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {out}/t.py: cannot write the output: File too "
+                                                           "large"), proc.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_bad_database_records_name_the_database(tmp_path: Path) -> None:
+    lmdb = pytest.importorskip("lmdb")
+    from prototxt2py.data.datum import image_datum
+
+    db = tmp_path / "db"
+    env = lmdb.open(str(db), map_size=1 << 22)
+    with env.begin(write=True) as txn:
+        txn.put(b"a", image_datum(np.zeros((1, 2, 2), np.uint8), 0).SerializeToString())
+        txn.put(b"zz", b"\xff\xff\xff")
+    env.close()
+    code, err = run("compute-image-mean", str(db), str(tmp_path / "mean.binaryproto"))
+    assert code == 1, err
+    assert err.strip() == f"error: database '{db}': record 'zz' is not a Caffe Datum", err
