@@ -10,11 +10,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 from typing import Any
 
 from .errors import InputFileError, Location, Prototxt2pyError
-from .fsutil import atomic_output, output_target, write_bytes_atomic
+from .fsutil import atomic_output, output_target, temp_beside, write_bytes_atomic
 
 #: Targets :func:`convert_graph` writes without torch.
 ARRAY_TARGETS = ("onnx", "caffemodel", "safetensors")
@@ -137,7 +136,7 @@ def _write_python_files(net: Any, folder: Any, source: bytes, state: bytes | Non
         with contextlib.ExitStack() as stack:
             temps = []
             for path, data in files:
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+                fd, tmp = temp_beside(path)  # beside the file a symlink leads to: the rename stays on its device
                 stack.callback(lambda t=tmp: os.path.exists(t) and os.unlink(t))
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)

@@ -101,13 +101,20 @@ def output_target(path: str | os.PathLike) -> Path:
     return target
 
 
+def temp_beside(target: str | os.PathLike, suffix: str = ".tmp") -> tuple[int, str]:
+    """A new temporary file in ``target``'s directory (so that renaming it onto ``target`` cannot cross devices),
+    named after ``target`` but short enough for any name that fits itself: ``.<first 40 chars>.XXXXXXXX.tmp``."""
+    target = Path(target)
+    return tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=suffix, dir=target.parent)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Write to a temporary file next to ``path`` and rename it into place only on success; what
     :func:`output_target` refuses is refused before anything is written."""
     target = output_target(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = temp_beside(target)
     except OSError as e:
         raise InputFileError(f"cannot write the output: {e.strerror or e}", Location(str(path))) from None
     try:

@@ -319,6 +319,24 @@ def test_hostile_names_stay_data(tmp_path: Path) -> None:
     torch.testing.assert_close(module(torch.ones(1, 2)), net(torch.ones(1, 2))["print"])
 
 
+def test_net_names_that_would_hide_a_keyword_builtin_or_import_get_another_class_name() -> None:
+    """``none`` wrote ``class None`` (a SyntaxError), ``f`` a class ``F`` that replaced ``torch.nn.functional``
+    for the helpers (InnerProduct), ``ordered dict`` one that replaced ``OrderedDict``."""
+    pool = ('layer { name: "relu" type: "ReLU" bottom: "conv3" top: "conv3" }\n'
+            'layer { name: "pool" type: "Pooling" bottom: "conv3" top: "conv3" '
+            'pooling_param { pool: STOCHASTIC kernel_size: 2 } }\n')  # its helper imports typing's Any
+    body = NET.split("\n", 1)[1].replace('layer { name: "fc"', pool + 'layer { name: "fc"')
+    for name, cls in (("none", "NoneNet"), ("true", "TrueNet"), ("f", "FNet"), ("ordered dict", "OrderedDictNet"),
+                      ("exception", "ExceptionNet"), ("any", "AnyNet"), ("torch", "Torch")):
+        net = prototxt2py.load(read_net_text(f'name: "{name}"\n' + body)).eval()
+        code = generate(net.graph)
+        assert code.class_name == cls, (name, code.class_name)
+        module = _generated_from_runtime(net, code.source, code)
+        x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), net(x)["fc"], rtol=1e-5, atol=1e-6)
+
+
 def test_unsupported_layers_reported_together_nothing_written(tmp_path: Path) -> None:
     python = 'type: "Python" python_param { module: "m" layer: "L" } }\n'
     text = NET + f'layer {{ name: "p1" bottom: "fc" top: "p1" {python}'

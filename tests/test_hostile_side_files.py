@@ -3,6 +3,7 @@ written. Sizes a file declares are checked before anything is read; every bad fi
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -285,3 +286,48 @@ def test_bad_database_records_name_the_database(tmp_path: Path) -> None:
     code, err = run("compute-image-mean", str(db), str(tmp_path / "mean.binaryproto"))
     assert code == 1, err
     assert err.strip() == f"error: database '{db}': record 'zz' is not a Caffe Datum", err
+
+
+def test_outputs_with_names_near_the_file_name_limit_are_written(net: Path, tmp_path: Path) -> None:
+    """A temporary named ``.<name>.XXXXXXXX.tmp`` was 14 characters longer than a name that fits (255 bytes)."""
+    name = "n" * 245
+    (tmp_path / "long.prototxt").write_text(f'name: "{name}"\n' + NET.split("\n", 1)[1])
+    code, err = run("convert", str(tmp_path / "long.prototxt"), "--to", "python", "-o", str(tmp_path / "py"))
+    assert code == 0, err
+    assert (tmp_path / "py" / f"{name}.py").is_file()
+    out = tmp_path / ("w" * 243 + ".caffemodel")
+    code, err = run("convert", str(net), "--to", "caffemodel", "-o", str(out))
+    assert code == 0, err
+    assert out.is_file()
+
+
+def test_convert_to_python_writes_through_a_symlink_to_another_device(net: Path, tmp_path: Path) -> None:
+    """The temporary was made in the output folder and renamed onto the link's target on another file system
+    (EXDEV), after the .py had already been replaced: a mismatched pair and a message naming the temporary."""
+    other = Path("/dev/shm")
+    if not other.is_dir() or other.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second file system to link to")
+    from prototxt2py.proto import caffe_pb2
+
+    model = caffe_pb2.NetParameter()
+    layer = model.layer.add(name="ip", type="InnerProduct")
+    layer.blobs.add(data=[1, 2, 3, 4]).shape.dim.extend([2, 2])
+    layer.blobs.add(data=[5, 6]).shape.dim.extend([2])
+    (tmp_path / "w.caffemodel").write_bytes(model.SerializeToString())
+    folder = tmp_path / "py"
+    folder.mkdir()
+    target = other / f"prototxt2py-test-{os.getpid()}.pt"
+    target.write_bytes(b"old")
+    try:
+        (folder / "t.pt").symlink_to(target)
+        code, err = run("convert", str(net), "--weights", str(tmp_path / "w.caffemodel"), "--to", "python", "-o",
+                        str(folder))
+        assert code == 0, err
+        assert (folder / "t.pt").is_symlink()
+        import torch
+
+        state = torch.load(target, weights_only=True)
+        assert state and next(iter(state.values())).flatten().tolist() == [1.0, 2.0, 3.0, 4.0]
+        assert not list(folder.glob(".*.tmp")) and not list(other.glob(".t.pt.*.tmp"))
+    finally:
+        target.unlink()

@@ -155,11 +155,15 @@ layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "s" eltwise_par
 def test_permissive_sharing_of_another_shape_is_refused_naming_both_layers(tmp_path: Path) -> None:
     from test_onnx_export import PERMISSIVE
 
+    expected = (f"{tmp_path / 'net.prototxt'}:6:7: layer 'ip_b': parameter 'w' has shape (12, 2) here and (4, 6) "
+                "in layer 'ip_a' (share_mode: PERMISSIVE): the PyTorch runtime shares parameters of one shape only")
     with pytest.raises(UnsupportedLayerError) as caught:
         build(tmp_path, PERMISSIVE)
-    assert str(caught.value) == (f"{tmp_path / 'net.prototxt'}:6:7: layer 'ip_b': parameter 'w' has shape (12, 2) "
-                                 "here and (4, 6) in layer 'ip_a' (share_mode: PERMISSIVE): the PyTorch runtime "
-                                 "shares parameters of one shape only")
+    assert str(caught.value) == expected
+    # the generated source refuses it too (it tied the tensors and crashed on the first forward)
+    with pytest.raises(UnsupportedLayerError) as caught:
+        prototxt2py.python_source(tmp_path / "net.prototxt")
+    assert str(caught.value) == expected
 
 
 def test_shared_params_stay_tied_and_gradients_add_up(tmp_path: Path) -> None:

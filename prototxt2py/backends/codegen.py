@@ -261,6 +261,16 @@ def _imported_names(tree: ast.Module) -> dict[str, str]:
     return out
 
 
+def _import_bound(defs: Sequence[_Definition]) -> set[str]:
+    """The names the import statements of these definitions bind in the generated file."""
+    out = set()
+    for statement in {imp for d in defs for imp in d.imports}:
+        for node in ast.parse(statement).body:
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                out |= {a.asname or a.name.partition(".")[0] for a in node.names}
+    return out
+
+
 def _import_block(statements: set[str]) -> list[str]:
     """Import lines in isort's order: the standard library, then torch; plain imports before ``from``."""
     def key(line: str) -> tuple:
@@ -423,7 +433,9 @@ def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
     cls = class_name(name if name is not None else graph.name)
     helpers = sorted({s.call.target for s in steps if s.call is not None and not s.call.target.startswith("nn.")})
     defs, heads = _helpers_for(helpers)
-    if cls in helper_definitions() or any(cls == d.name for d in defs):  # a net named like a helper class
+    # a net named like a keyword, a builtin, a helper or a name the file imports ("none", "f", "ordered dict")
+    bound = _FILE_GLOBALS | set(helper_definitions()) | {d.name for d in defs} | _import_bound(defs)
+    while keyword.iskeyword(cls) or keyword.issoftkeyword(cls) or hasattr(builtins, cls) or cls in bound:
         cls += "Net"
     attrs = Namespace(MODULE_ATTRS | _FILE_GLOBALS | {cls})
     local = Namespace(_FILE_GLOBALS | {cls})
@@ -543,6 +555,7 @@ def _ties(graph: Graph, ident_of: Mapping[int, str]) -> list[str]:
             if p.owner is None or i >= len(names) or id(by_unique[p.owner[0]]) not in ident_of:
                 continue
             owner = by_unique[p.owner[0]]
+            p.check_one_tensor(node.param_shapes[i], owner.param_shapes[p.owner[1]], node)
             owner_blob = owner.spec.node_blob_names(owner)[p.owner[1]]
             lines.append(f"        self.{ident_of[id(node)]}.{names[i]} = self.{ident_of[id(owner)]}.{owner_blob}")
     return lines

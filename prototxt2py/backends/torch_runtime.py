@@ -192,12 +192,7 @@ class CaffeNet(nn.Module):
                     continue
                 owner = self.layers[by_unique[p.owner[0]]]
                 tensor = getattr(owner, owner.blob_names[p.owner[1]])
-                mine = tuple(getattr(module, module.blob_names[i]).shape)
-                if tuple(tensor.shape) != mine:
-                    raise UnsupportedLayerError(
-                        f"parameter '{p.name}' has shape {mine} here and {tuple(tensor.shape)} in layer "
-                        f"'{p.owner[0]}' (share_mode: PERMISSIVE): the PyTorch runtime shares parameters of one "
-                        "shape only", node.location, layer=node.name)
+                p.check_one_tensor(getattr(module, module.blob_names[i]).shape, tensor.shape, node)
                 setattr(module, module.blob_names[i], tensor)
 
     def layer(self, caffe_name: str) -> nn.Module:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Location
+from ..errors import Location, UnsupportedLayerError
 from ..netstate import State
 from ..textformat import DroppedField
 
@@ -59,6 +59,16 @@ class ParamInfo:
     decay_mult_set: bool = False
     share_mode: int = 0  # 0 STRICT, 1 PERMISSIVE
     owner: tuple[str, int] | None = None  # (layer's unique name, blob index) this blob is shared from, if not its own
+
+    def check_one_tensor(self, mine: Iterable[int], owners: Iterable[int], node: Node) -> None:
+        """Refuse a share the torch backends cannot hold as one tensor: Caffe's ``share_mode: PERMISSIVE`` lets
+        blobs of one count and different shapes share (``Net::AppendParam``), each layer seeing its own shape."""
+        mine, owners = tuple(mine), tuple(owners)
+        if mine != owners:
+            owner = self.owner[0] if self.owner else ""
+            raise UnsupportedLayerError(
+                f"parameter '{self.name}' has shape {mine} here and {owners} in layer '{owner}' (share_mode: "
+                "PERMISSIVE): the PyTorch runtime shares parameters of one shape only", node.location, layer=node.name)
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from .. import limits
 from ..errors import Location, ResourceLimitError
-from ..fsutil import output_target
+from ..fsutil import output_target, temp_beside
 from ..weights import MAX_BLOB_AXES
 from .errors import SolverError
 
@@ -141,7 +140,7 @@ def check_writable(prefix: str) -> None:
     if not directory.is_dir():
         raise SolverError(f"cannot write snapshots to prefix '{prefix}': directory '{directory}' does not exist")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{Path(prefix).name}.", suffix=".tempfile", dir=directory)
+        fd, probe = temp_beside(directory / Path(prefix).name, ".tempfile")
     except OSError as e:
         raise SolverError(f"cannot write snapshots to prefix '{prefix}': {e.strerror}") from None
     os.close(fd)
@@ -154,9 +153,8 @@ def write_together(files: Sequence[tuple[str, Callable[[IO[bytes]], None]]]) -> 
     try:
         for name, writer in files:
             target = output_target(name)
-            directory = target.parent
             try:
-                fd, tmp = tempfile.mkstemp(prefix=f".{Path(target).name}.", suffix=".tmp", dir=directory)
+                fd, tmp = temp_beside(target)
             except OSError as e:
                 raise SolverError(f"cannot write snapshot {target}: {e.strerror}") from None
             temps.append((tmp, target))
