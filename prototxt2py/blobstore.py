@@ -25,6 +25,7 @@ from .errors import Location, Prototxt2pyError, ShapeError, WeightsError
 from .fillers import fill_array
 from .weights import (
     Blob,
+    LayerRefs,
     LoadReport,
     _fits,
     _InlineRef,
@@ -32,6 +33,7 @@ from .weights import (
     as_float32,
     check_blobless,
     check_matches,
+    check_repeats,
     extra_layers,
     filled_layers,
 )
@@ -47,7 +49,8 @@ def read_stored(path: str | os.PathLike) -> dict[str, list[Blob]]:
     if mm is None:
         return {}
     os.close(fd)  # the map keeps the file open
-    out: dict[str, list[Blob]] = {}
+    out = LayerRefs()
+    out.repeats = refs.repeats
     for name, blobs in refs.items():
         arrays = []
         for ref in blobs:
@@ -143,6 +146,8 @@ class GraphBlobs:
         report = self.report
         for node in self.graph.nodes:
             filled = self._unique(node) in self._filled
+            if filled:
+                check_repeats(stored, node.name, loc)
             if not node.param_shapes:
                 check_blobless(node, stored.get(node.name) if filled else None, loc)
                 continue

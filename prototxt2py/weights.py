@@ -157,6 +157,37 @@ def _layer(buf, start: int, end: int, name_field: int, blobs_field: int) -> tupl
     return name, blobs
 
 
+class LayerRefs(dict):
+    """Layer name -> the blobs of its last entry in the file (what ``CopyTrainedLayersFrom``, copying every entry
+    in turn, leaves), and ``repeats``: names held more than once with blobs of other shapes -> the message that
+    loading them into a net gives (Caffe stops at the entry that does not fit; a net without the layer ignores
+    them all, and so does reading the file on its own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.repeats: dict[str, str] = {}
+
+    def put(self, name: str, blobs: list[BlobRef]) -> None:
+        before = self.get(name)
+        if before is not None and [b.shape for b in before] != [b.shape for b in blobs] and name not in self.repeats:
+            self.repeats[name] = (f"the weights file holds this layer more than once, with blobs {_shapes(before)} and "
+                                  f"then {_shapes(blobs)}: Caffe copies each in turn and stops at the one that does "
+                                  "not fit")
+        self[name] = blobs
+
+
+def _shapes(blobs: Sequence[BlobRef]) -> str:
+    return "[" + ", ".join(_short_shape(b.shape) for b in blobs) + "]"
+
+
+def check_repeats(stored: Mapping[str, Any], name: str, loc: Location | None) -> None:
+    """Refuse loading layer ``name`` from a file that holds it several times with other shapes (see
+    :class:`LayerRefs`)."""
+    message = getattr(stored, "repeats", {}).get(name)
+    if message:
+        raise WeightsError(message, loc, layer=name)
+
+
 class MixedVersions(ValueError):
     """V2 ``layer`` and V1 ``layers`` entries in one file: Caffe's ``UpgradeV1Net`` refuses to merge them."""
 
@@ -164,10 +195,10 @@ class MixedVersions(ValueError):
                "(\"inconsistent NetParameter\")")
 
 
-def scan_caffemodel(buf) -> dict[str, list[BlobRef]]:
+def scan_caffemodel(buf) -> LayerRefs:
     """Walk a binary NetParameter's framing: layer name -> blob references (every layer, blob-less ones too,
     whose count Caffe checks as well; the last layer of a name wins)."""
-    out: dict[str, list[BlobRef]] = {}
+    out = LayerRefs()
     layers = 0
     kinds: set[int] = set()
     for number, wire, value in _fields(buf, 0, len(buf)):
@@ -181,13 +212,13 @@ def scan_caffemodel(buf) -> dict[str, list[BlobRef]]:
             raise _Corrupt(f"more than {MAX_LAYERS:,} layers")
         name, blobs = _layer(buf, *value, name_field=1 if number == 100 else 4,
                              blobs_field=7 if number == 100 else 6)
-        out[name] = blobs  # CopyTrainedLayersFrom copies every source layer in turn: the last of a name wins
+        out.put(name, blobs)  # CopyTrainedLayersFrom copies every source layer in turn: the last of a name wins
     if layers == 0:  # valid (Caffe copies nothing) if protobuf agrees it is a NetParameter at all
         raise _NonCanonical("no layers")
     return out
 
 
-def _open_refs(path: str | os.PathLike) -> tuple[int, mmap.mmap | None, dict[str, list[BlobRef]]]:
+def _open_refs(path: str | os.PathLike) -> tuple[int, mmap.mmap | None, LayerRefs]:
     file = str(path)
     try:
         fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
@@ -202,7 +233,7 @@ def _open_refs(path: str | os.PathLike) -> tuple[int, mmap.mmap | None, dict[str
         raise WeightsError("not a regular file", Location(file))
     if info.st_size == 0:  # the serialisation of a NetParameter without layers: Caffe reads it as one
         os.close(fd)
-        return -1, None, {}
+        return -1, None, LayerRefs()
     mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     try:
         _refuse_text(mm, file)
@@ -262,7 +293,7 @@ def as_float32(values: Any) -> np.ndarray:
         return np.asarray(values, dtype=np.float32)
 
 
-def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
+def _protobuf_refs(buf, file: str, why: str) -> LayerRefs:
     """Slow path for files the framing walk does not handle (unpacked arrays); real corruption is reported."""
     from .proto import caffe_pb2
 
@@ -273,7 +304,7 @@ def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
         raise WeightsError(f"not a valid .caffemodel (truncated or corrupt: {why})", Location(file)) from None
     if len(net.layer) and len(net.layers):
         raise WeightsError(MixedVersions.MESSAGE, Location(file))
-    out: dict[str, list[BlobRef]] = {}
+    out = LayerRefs()
     for entries in (net.layer, net.layers):
         for layer in entries:
             name = layer.name if isinstance(layer.name, str) else layer.name.decode("utf-8", "replace")  # proto2
@@ -283,7 +314,7 @@ def _protobuf_refs(buf, file: str, why: str) -> dict[str, list[BlobRef]]:
                 shape = (b.num, b.channels, b.height, b.width) if legacy else tuple(b.shape.dim)
                 values = as_float32(b.double_data if len(b.double_data) else b.data)
                 refs.append(_InlineRef(tuple(int(d) for d in shape), legacy, "<f4", 0, values.size, values))
-            out[name] = refs
+            out.put(name, refs)
     return out  # no layers at all is valid (Caffe copies nothing); load_weights says if the net needed some
 
 
@@ -432,6 +463,8 @@ def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike
         filled = filled_layers(net.graph, hdf5)
         for (node, module), unique in zip(net.node_layers(), net.graph.unique_names(), strict=True):
             names = getattr(module, "blob_names", ())
+            if unique in filled:
+                check_repeats(refs, node.name, loc)
             if not names:
                 check_blobless(node, refs.get(node.name) if unique in filled else None, loc)
                 continue

@@ -463,3 +463,47 @@ def test_a_file_mixing_v1_and_v2_layers_is_refused(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match=r"w.caffemodel: the file has both 'layer' \(V2\) and 'layers' \(V1\) "
                                            "entries, which Caffe refuses to upgrade"):
         prototxt2py.load(tmp_path / "net.prototxt", weights=tmp_path / "w.caffemodel")
+
+
+def test_a_layer_held_twice_with_other_shapes_is_refused_as_caffe_stops(tmp_path: Path) -> None:
+    """``CopyTrainedLayersFrom`` copies every entry of a name in turn, so an earlier entry that does not fit stops
+    Caffe; only the last one was checked here. Entries of equal shapes load, the last one's values winning."""
+    net = tmp_path / "net.prototxt"
+    net.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 } } }\n'
+                   'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+                   'inner_product_param { num_output: 2 } }\n')
+
+    def model(*entries: list[tuple[int, ...]]) -> Path:
+        m = caffe_pb2.NetParameter()
+        for k, shapes in enumerate(entries):
+            layer = m.layer.add(name="ip", type="InnerProduct")
+            for shape in shapes:
+                layer.blobs.add(data=[k] * int(np.prod(shape))).shape.dim.extend(shape)
+        path = tmp_path / f"w{len(list(tmp_path.iterdir()))}.caffemodel"
+        path.write_bytes(m.SerializeToString())
+        return path
+
+    cases = ((([(3, 2), (3,)], [(2, 2), (2,)]), "[(3, 2), (3,)]"), (([(2, 2)], [(2, 2), (2,)]), "[(2, 2)]"))
+    for entries, first in cases:
+        with pytest.raises(WeightsError) as caught:
+            prototxt2py.load(net, weights=model(*entries))
+        assert str(caught.value).endswith(f"layer 'ip': the weights file holds this layer more than once, with blobs "
+                                          f"{first} and then [(2, 2), (2,)]: Caffe copies each in turn and stops at "
+                                          "the one that does not fit"), caught.value
+        result = CliRunner().invoke(main, ["convert", str(net), "--weights", str(model(*entries)), "--to",
+                                           "caffemodel", "-o", str(tmp_path / "o.caffemodel")])  # torch-free
+        assert result.exit_code == 1 and "holds this layer more than once" in result.stderr, result.stderr
+        assert not (tmp_path / "o.caffemodel").exists()
+    loaded = prototxt2py.load(net, weights=model([(2, 2), (2,)], [(2, 2), (2,)]))
+    assert loaded.layer("ip").weight.detach().eq(1).all()  # the second entry's values
+    # a net without the layer ignores its entries, as Caffe's copy does; reading the file alone keeps the last
+    other = model([(3, 2), (3,)], [(2, 2), (2,)])
+    assert read_caffemodel(other)["ip"][0].array.shape == (2, 2)
+    with_fc = caffe_pb2.NetParameter.FromString(other.read_bytes())
+    fc = with_fc.layer.add(name="fc", type="InnerProduct")
+    fc.blobs.add(data=[7, 7, 7, 7]).shape.dim.extend([2, 2])
+    fc.blobs.add(data=[7, 7]).shape.dim.extend([2])
+    other.write_bytes(with_fc.SerializeToString())
+    renamed = tmp_path / "renamed.prototxt"
+    renamed.write_text(net.read_text().replace('name: "ip"', 'name: "fc"'))
+    assert prototxt2py.load(renamed, weights=other).load_report.extra == ["ip"]
