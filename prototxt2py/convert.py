@@ -97,6 +97,8 @@ def write_python(net: Any, outdir: str | os.PathLike, *, with_weights: bool = Tr
 
     from .backends.codegen import generate
 
+    if not os.fspath(outdir):  # Path("") is the working directory
+        raise InputFileError("the output folder name is empty", Location("''"))
     code = generate(net.graph)
     folder = Path(outdir)
     if folder.exists() and not folder.is_dir():

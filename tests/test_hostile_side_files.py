@@ -331,3 +331,12 @@ def test_convert_to_python_writes_through_a_symlink_to_another_device(net: Path,
         assert not list(folder.glob(".*.tmp")) and not list(other.glob(".t.pt.*.tmp"))
     finally:
         target.unlink()
+
+
+def test_convert_to_python_into_an_empty_folder_name_is_refused(net: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-o ''`` wrote into the working directory (``Path("")`` is ``.``)."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run("convert", str(net), "--to", "python", "-o", "")
+    assert code == 1 and err.strip() == "error: '': the output folder name is empty", err
+    assert not (tmp_path / "t.py").exists()
