@@ -340,3 +340,25 @@ def test_convert_to_python_into_an_empty_folder_name_is_refused(net: Path, tmp_p
     code, err = run("convert", str(net), "--to", "python", "-o", "")
     assert code == 1 and err.strip() == "error: '': the output folder name is empty", err
     assert not (tmp_path / "t.py").exists()
+
+
+def test_hdf5_data_sizes_are_checked_before_the_rows_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A never-written 3e9-row dataset (beyond Caffe's INT_MAX blob) was read into 12 GB before any check."""
+    from prototxt2py.data import DataError
+    from prototxt2py.data.hdf5 import load_file
+
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", shape=(3_000_000_000, 1), dtype="f4", chunks=(1 << 16, 1))
+        f.create_dataset("label", shape=(3,), dtype="f4")
+    with pytest.raises(DataError, match=r"^layer 'd': dataset 'data' of .*d.h5: dim 0 = 3000000000 is beyond "
+                                        r"Caffe's 32-bit int dims"):
+        load_file(str(path), ("data", "label"), "d")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", shape=(100_000_000, 4), dtype="f4", chunks=(1 << 16, 4))  # 1.6 GB declared
+        f.create_dataset("label", shape=(3,), dtype="f4")
+    read = []
+    monkeypatch.setattr(np, "ascontiguousarray", lambda *a, **k: read.append(a) or np.zeros(1))
+    with pytest.raises(DataError, match=r"different row counts \('data' 100000000, 'label' 3\)"):
+        load_file(str(path), ("data", "label"), "d")
+    assert read == []

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import limits
+from ..errors import ResourceLimitError
 from ..fsutil import open_regular
 from . import DataError, DataLayer, register_reader
 from .seeding import base_seed, stream
@@ -61,7 +63,7 @@ def load_file(filename: str, tops: tuple[str, ...], layer: str) -> list[np.ndarr
                         f"directory {os.getcwd()})", layer=layer)
     try:
         with h5py.File(filename, "r") as f:
-            arrays = []
+            datasets = []
             for top in tops:
                 if top in f and not isinstance(f[top], h5py.Dataset):
                     raise DataError(f"'{top}' in HDF5 file {filename} is a {type(f[top]).__name__.lower()}, not a "
@@ -75,15 +77,20 @@ def load_file(filename: str, tops: tuple[str, ...], layer: str) -> list[np.ndarr
                                     layer=layer)
                 if ds.ndim < 1:
                     raise DataError(f"dataset '{top}' of {filename} must have at least 1 axis", layer=layer)
-                arrays.append(np.ascontiguousarray(ds[()], dtype=np.float32))
+                try:  # Blob::Reshape's limits, before the read allocates what the file declares
+                    limits.check_shape(ds.shape, f"dataset '{top}' of {filename}", layer=layer)
+                except ResourceLimitError as e:
+                    raise DataError(e.message, layer=layer) from None
+                datasets.append(ds)
+            rows = {top: ds.shape[0] for top, ds in zip(tops, datasets, strict=True)}
+            if len(set(rows.values())) > 1:
+                first, other = next(iter(rows)), next(t for t in rows if rows[t] != rows[tops[0]])
+                raise DataError(f"datasets of {filename} have different row counts ('{first}' {rows[first]}, "
+                                f"'{other}' {rows[other]})", layer=layer)
+            arrays = [np.ascontiguousarray(ds[()], dtype=np.float32) for ds in datasets]
     except (OSError, KeyError) as e:  # KeyError: a soft or external link to nothing under a top's name
         raise DataError(f"cannot read HDF5 file {filename}: {e}", layer=layer) from None
-    num = arrays[0].shape[0]
-    for top, a in zip(tops, arrays, strict=True):
-        if a.shape[0] != num:
-            raise DataError(f"datasets of {filename} have different row counts ('{tops[0]}' {num}, '{top}' "
-                            f"{a.shape[0]})", layer=layer)
-    if num == 0:
+    if arrays[0].shape[0] == 0:
         raise DataError(f"HDF5 file {filename} has no rows", layer=layer)
     return arrays
 
