@@ -421,7 +421,9 @@ def python_layer_spec(name: str, target: Any) -> LayerSpec:
     * a ``torch.nn.Module`` class or any factory ``f(param_str) -> nn.Module``: called with the layer's
       ``python_param.param_str`` (what Caffe hands the layer's ``setup``); ``forward`` takes the bottoms and
       returns one tensor or a tuple, one per top. Shapes are inferred by running the module on meta tensors;
-      the module's direct parameters are the layer's blobs, in registration order.
+      the module's direct parameters are the layer's blobs, in registration order;
+    * a pycaffe layer class (``class L(caffe.Layer)`` with ``setup``, ``reshape``, ``forward``, ``backward``):
+      run as Caffe's ``PythonLayer`` runs it (see :mod:`prototxt2py.caffe._python_layer`).
     """
     from .layers.base import LayerSpec
 
@@ -432,6 +434,11 @@ def python_layer_spec(name: str, target: Any) -> LayerSpec:
     if not callable(target):
         raise PluginError(f"python_layers['{name}'] must be a LayerSpec subclass, an nn.Module class or a factory "
                           f"returning an nn.Module, got {type(target).__name__}")
+    if isinstance(target, type) and all(hasattr(target, m) for m in ("setup", "reshape", "forward", "backward")):
+        from .caffe._python_layer import PycaffePythonLayer, is_pycaffe_layer
+
+        if is_pycaffe_layer(target):
+            return PycaffePythonLayer(name, target)
     from .layers.python import ModulePythonLayer
 
     return ModulePythonLayer(name, target)

@@ -33,7 +33,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,16 +116,17 @@ def _read_net(path: str, solver_file: str) -> Any:
 
 def build_fed_net(source: Any, phase: str, stages: tuple[str, ...], level: int, rank: int, world: int,
                   device: torch.device, seed: int | None = None, workers: int | None = None,
-                  hold_inputs: bool = False) -> tuple[Any, Feeder]:
+                  hold_inputs: bool = False, python_layers: Mapping[str, Any] | None = None) -> tuple[Any, Feeder]:
     """Open the net's readers (their first batches give the input shapes), then build the module.
 
     ``hold_inputs``: Input layers' blobs are held by the feeder, zeros until a caller writes them (pycaffe's
-    ``solver.net.blobs['data'].data[...] = batch`` before ``step``); otherwise such a net is refused."""
+    ``solver.net.blobs['data'].data[...] = batch`` before ``step``); otherwise such a net is refused.
+    ``python_layers``: what the net's ``Python`` layers compute (see :func:`prototxt2py.graph`)."""
     from .. import graph, load
 
-    skeleton = graph(source, phase, stages, level, infer=False)
+    skeleton = graph(source, phase, stages, level, infer=False, python_layers=python_layers)
     feeder = Feeder(skeleton, phase, rank, world, seed, workers)
-    g = graph(source, phase, stages, level, input_shapes=feeder.shapes())
+    g = graph(source, phase, stages, level, input_shapes=feeder.shapes(), python_layers=python_layers)
     missing = [v for v in g.inputs if g.values[v].blob not in feeder.shapes()]
     if missing and not hold_inputs:
         names = ", ".join(g.values[v].blob for v in missing)
@@ -143,14 +144,16 @@ class Solver:
     as in Caffe) or a ``SolverParameter`` message. ``solver_type`` overrides the file's ``type`` (pycaffe's
     ``caffe.AdamSolver(path)`` builds an Adam solver whatever the file says); so does the ``solver_type``
     argument. ``hold_inputs``: nets with Input layers train on what the caller writes into their blobs
-    (``feeder.held``, zeros at first, as Caffe's blobs); otherwise they are refused."""
+    (``feeder.held``, zeros at first, as Caffe's blobs); otherwise they are refused. ``python_layers``: what the
+    nets' ``Python`` layers compute (``{"module.Layer": cls}``, see :func:`prototxt2py.graph`)."""
 
     solver_type: str | None = None
 
     def __init__(self, solver: str | os.PathLike | Any, *, rank: int | None = None, world: int | None = None,
                  device: str | torch.device = "cpu", data_workers: int | None = None,
                  solver_type: str | None = None, warn: Callable[[str], None] | None = None,
-                 file: str | None = None, hold_inputs: bool = False):
+                 file: str | None = None, hold_inputs: bool = False,
+                 python_layers: Mapping[str, Any] | None = None):
         from ..proto import caffe_pb2
 
         if not isinstance(solver, (str, os.PathLike, caffe_pb2.SolverParameter)):
@@ -160,6 +163,7 @@ class Solver:
         self.param = read_solver_param(solver, self.warn) if isinstance(solver, (str, os.PathLike)) else solver
         # errors name the solver file (``file``: where a SolverParameter given as a message was read from)
         self.hold_inputs = hold_inputs
+        self.python_layers = dict(python_layers or {})
         self.file = file or (str(solver) if isinstance(solver, (str, os.PathLike)) else "<solver>")
         if rank is None or world is None:
             rank, world = _dist_rank_world()
@@ -280,7 +284,8 @@ class Solver:
         self.net_source = source
         state = solver_state(TRAIN, source.net, p.train_state)  # the net's or train_state's phase may be TEST
         net, feeder = build_fed_net(source, state.phase_name, tuple(state.stages), state.level, self.rank,
-                                    self.world, self.device, self.data_seed, self.data_workers, self.hold_inputs)
+                                    self.world, self.device, self.data_seed, self.data_workers, self.hold_inputs,
+                                    self.python_layers)
         net.train(state.phase == TRAIN)
         return net, feeder
 
@@ -306,7 +311,8 @@ class Solver:
         for i, source in enumerate(sources):
             state = solver_state(TEST, source.net, p.test_state[i] if p.test_state else None)
             net, feeder = build_fed_net(source, state.phase_name, tuple(state.stages), state.level, self.rank,
-                                        self.world, self.device, self.data_seed, self.data_workers, self.hold_inputs)
+                                        self.world, self.device, self.data_seed, self.data_workers, self.hold_inputs,
+                                    self.python_layers)
             net.train(state.phase == TRAIN)
             self._share_trained_layers(net)
             self.test_nets.append(net)

@@ -1,0 +1,135 @@
+"""pycaffe's own Python layers, run by the PyTorch runtime: a script's ``class L(caffe.Layer)`` with ``setup``,
+``reshape``, ``forward`` and ``backward`` working on blobs, mapped with ``python_layers={'module.L': L}``.
+
+Caffe's ``PythonLayer`` builds one instance per layer, sets ``param_str`` and ``phase``, calls ``setup(bottom,
+top)`` once, then ``reshape`` and ``forward`` on every pass, and ``backward(top, propagate_down, bottom)`` with the
+tops' diffs holding the gradient. Here the same calls run on pycaffe :class:`~._blob.Blob` objects (float32 numpy
+arrays, on the CPU) inside an autograd function, so such a layer trains in a solver and its gradient reaches the
+layers below: what ``backward`` writes into ``bottom[i].diff`` is the bottom's gradient, exactly as Caffe would
+use it (a loss layer that ignores its top diff ignores a ``loss_weight`` in Caffe too). The class comes from the
+caller's script; the module the model file names is never imported. Learnable blobs of a Python layer
+(``self.blobs``) are not supported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layers.python import ModulePythonLayer
+from ..nn import register_object
+from ._blob import Blob
+
+TRAIN, TEST = 0, 1
+_METHODS = ("setup", "reshape", "forward", "backward")
+
+
+def is_pycaffe_layer(target: Any) -> bool:
+    """A pycaffe-style layer class: not a torch module, with all four of pycaffe's layer methods."""
+    return (isinstance(target, type) and not issubclass(target, nn.Module)
+            and all(callable(getattr(target, m, None)) for m in _METHODS))
+
+
+class _NoBlobs(list):
+    """``self.blobs`` of a Python layer: empty; adding learnable blobs is refused in one line."""
+
+    def add_blob(self, *shape: int) -> None:
+        from ._net import CaffeUsageError
+
+        raise CaffeUsageError("learnable blobs of Python layers (self.blobs.add_blob) are not supported; write the "
+                              "layer as an nn.Module with parameters instead")
+
+
+class PycaffeLayer(nn.Module):
+    """One Python layer instance of ``cls`` behind the runtime's module interface: ``forward(*bottoms)`` returns
+    one tensor per top (a tuple when there are several)."""
+
+    def __init__(self, cls: type, param_str: str, tops: int):
+        super().__init__()
+        layer = cls.__new__(cls)  # Caffe constructs it from the LayerParameter, never through our Layer.__init__
+        layer.param_str = param_str
+        layer.blobs = _NoBlobs()
+        layer.phase = TRAIN
+        self.layer, self.cls = layer, cls
+        self.tops = [Blob(torch.zeros(0)) for _ in range(tops)]
+        self._set_up = False
+
+    def extra_repr(self) -> str:
+        return f"{self.cls.__qualname__}, param_str={self.layer.param_str!r}"
+
+    def shapes(self, bottom_shapes: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+        """The tops' shapes for bottoms of these shapes: ``setup`` (the first time) and ``reshape``, on zeros."""
+        bottoms = [Blob(torch.zeros(tuple(s))) for s in bottom_shapes]
+        self.prepare(bottoms)
+        return [tuple(t.shape) for t in self.tops]
+
+    def prepare(self, bottoms: list[Blob]) -> None:
+        """Caffe's ``LayerSetUp`` once, then ``Reshape`` (which ``Layer::Forward`` calls before every pass)."""
+        self.layer.phase = TRAIN if self.training else TEST
+        if not self._set_up:
+            self.layer.setup(bottoms, self.tops)
+            self._set_up = True
+        self.layer.reshape(bottoms, self.tops)
+
+    def forward(self, *bottoms: torch.Tensor) -> Any:
+        outs = _Run.apply(self, *bottoms)
+        return outs[0] if len(outs) == 1 else outs
+
+
+class _Run(torch.autograd.Function):
+    """``forward`` and ``backward`` of a Python layer as one autograd node."""
+
+    @staticmethod
+    def forward(ctx: Any, module: PycaffeLayer, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        bottoms = [Blob(x.detach().to("cpu", torch.float32, copy=True)) for x in inputs]
+        module.prepare(bottoms)
+        module.layer.forward(bottoms, module.tops)
+        ctx.module, ctx.bottoms = module, bottoms  # backward sees these blobs, as Caffe's does
+        ctx.like = [(x.device, x.dtype) for x in inputs]
+        like = inputs[0] if inputs else torch.zeros(0)
+        return tuple(t.tensor().detach().clone().to(like.device, like.dtype if like.is_floating_point()
+                                                      else torch.float32) for t in module.tops)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        module, bottoms = ctx.module, ctx.bottoms
+        for top, grad in zip(module.tops, grads, strict=True):
+            top.diff[...] = 0 if grad is None else grad.detach().to("cpu", torch.float32).numpy()
+        for bottom in bottoms:
+            bottom.diff[...] = 0
+        down = [bool(n) for n in ctx.needs_input_grad[1:]]
+        module.layer.backward(module.tops, down, bottoms)
+        out = [torch.from_numpy(b.diff.copy()).to(device, dtype) if d else None
+               for b, d, (device, dtype) in zip(bottoms, down, ctx.like, strict=True)]
+        return (None, *out)
+
+
+class PycaffePythonLayer(ModulePythonLayer):
+    """The spec of ``Python`` layers mapped to a pycaffe layer class: shapes from ``setup``/``reshape`` on zeros
+    (never a forward), no blobs, the runtime module a :class:`PycaffeLayer`. No ONNX or generated code: the
+    layer is the script's numpy code."""
+
+    summary = "a Python layer mapped to a pycaffe layer class (setup/reshape/forward/backward) by the caller"
+
+    def __init__(self, name: str, cls: type):
+        self.python_name = name
+        self.factory = cls
+        module = getattr(cls, "__module__", None) or "__main__"
+        self.target = register_object(f"{module}:{cls.__qualname__}.pycaffe", self._instance)
+
+    def _instance(self, param_str: str, tops: int) -> PycaffeLayer:
+        return PycaffeLayer(self.factory, param_str, tops)
+
+    def _build(self, node: Any, device: str = "meta") -> nn.Module:
+        return PycaffeLayer(self.factory, node.attrs.param_str, len(node.tops))
+
+    def infer_shapes(self, node: Any, in_shapes: Sequence[Any]) -> list[Any]:
+        return self._build(node).shapes(in_shapes)
+
+    def module(self, node: Any) -> Any:
+        from ..layers.base import call
+
+        return call(self.target, node.attrs.param_str, len(node.tops), build_on_meta=False)
