@@ -120,7 +120,7 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     try:
         with os.fdopen(fd, mode) as f:
             yield f
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a normal output file follows the umask
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; a normal output file follows the umask
         os.replace(tmp, target)
     except OSError as e:  # a full disk, a file-size limit, a quota: one line naming the output, nothing left
         with contextlib.suppress(OSError):
@@ -132,7 +132,8 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting it and back): outputs made by ``mkstemp`` (0600) follow it."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

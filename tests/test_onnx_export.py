@@ -523,6 +523,52 @@ def test_external_data_for_big_models(tmp_path: Path, monkeypatch: pytest.Monkey
             m.get("atol", 1e-6))
 
 
+def test_external_data_export_again_guards_and_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exporting over an earlier export was exit 3 (onnx looked for an existing data file in the working directory);
+    the data file could replace an input (the weights) and was made 0600; write errors blamed standard output."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from prototxt2py.cli import main
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_LIMIT", 1000)
+    net = tmp_path / "small.prototxt"
+    net.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 30 } } }\n'
+                   'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { '
+                   'num_output: 30 weight_filler { type: "gaussian" } } }\n')
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        for _ in range(2):
+            result = CliRunner().invoke(main, ["convert", str(net), "--to", "onnx", "-o", "m.onnx"])
+            assert result.exit_code == 0, result.stderr
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "m.onnx.data").stat().st_mode & 0o777) == "0o644"
+    onnx.checker.check_model(str(tmp_path / "m.onnx"), full_check=True)
+    # the data file's name is the weights file read: refused, the weights untouched
+    (tmp_path / "d").mkdir()
+    assert CliRunner().invoke(main, ["convert", str(net), "--to", "caffemodel", "-o", "d/w.onnx.data"]).exit_code == 0
+    before = (tmp_path / "d" / "w.onnx.data").read_bytes()
+    result = CliRunner().invoke(main, ["convert", str(net), "--weights", "d/w.onnx.data", "--to", "onnx", "-o",
+                                       "d/w.onnx"])
+    assert result.exit_code == 1 and "d/w.onnx.data: refusing to overwrite an input file" in result.stderr
+    assert (tmp_path / "d" / "w.onnx.data").read_bytes() == before and not (tmp_path / "d" / "w.onnx").exists()
+    # a write that fails names the data file (a subprocess: the file-size limit is per process)
+    script = ("import sys; from prototxt2py.backends import onnx_export; onnx_export.EXTERNAL_DATA_LIMIT = 1000; "
+              "from prototxt2py.cli import main; sys.argv = ['prototxt2py'] + sys.argv[1:]; main()")
+    proc = subprocess.run([sys.executable, "-c", script, "convert", str(net), "--to", "onnx", "-o", "big.onnx"],
+                          capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048)))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "error: big.onnx.data: cannot write the output: File too large"
+    assert not list(tmp_path.glob("big.onnx*")) and not list(tmp_path.glob(".onnx.*"))
+
+
 def test_unknown_shapes_are_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "net.prototxt"
     path.write_text('layer { name: "data" type: "Input" top: "data" }\n'

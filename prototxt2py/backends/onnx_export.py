@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 
 from ..blobstore import GraphBlobs, blobs_for
-from ..errors import Location, Prototxt2pyError, ShapeError, UnsupportedLayerError
-from ..fsutil import output_target, write_bytes_atomic
+from ..errors import InputFileError, Location, Prototxt2pyError, ShapeError, UnsupportedLayerError
+from ..fsutil import current_umask, output_target, write_bytes_atomic
 from ..ir import Node
 from ..ir.shapes import reinferred
 from ..layers.base import Shape
@@ -840,22 +840,42 @@ def export_onnx(net: Any, output: str | os.PathLike, opset: int | None = None, d
 
 
 def _write_with_external_data(model: onnx.ModelProto, target: Path) -> None:
-    """Save model + ``<name>.data`` in a temporary folder next to ``target``, check the saved model (the
-    checker reads external data only from files), then move both into place."""
+    """Stage model + ``<name>.data`` in a temporary folder next to ``target``, check the staged model (the checker
+    reads external data only from files), then move both into place, each guarded as any output (never over an
+    input) and following the umask. The data file is written here, not by ``onnx.save_model``, whose check for an
+    existing data file looks in the working directory instead of the model's folder."""
     target = output_target(target)
-    directory = target.parent
     location = f"{target.name}.data"
-    import onnx  # only for > 2 GB of weights: writing external data is onnx's own code
+    data_target = output_target(target.parent / location)
+    import onnx  # only for > 2 GB of weights
+    from onnx.external_data_helper import set_external_data
 
-    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=directory) as tmp:
-        staged = Path(tmp) / target.name
-        onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=location, size_threshold=1024)
-        onnx.checker.check_model(staged, full_check=True)
-        os.replace(Path(tmp) / location, directory / location)
-        try:
-            os.replace(staged, target)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(directory / location)
-            raise
+    where = target
+    try:
+        with tempfile.TemporaryDirectory(prefix=".onnx.", dir=target.parent) as tmp:
+            staged, staged_data = Path(tmp) / target.name, Path(tmp) / location
+            where = data_target
+            with open(staged_data, "wb") as f:
+                for tensor in model.graph.initializer:
+                    if tensor.HasField("raw_data") and len(tensor.raw_data) > 1024:
+                        set_external_data(tensor, location, f.tell(), len(tensor.raw_data))
+                        f.write(tensor.raw_data)
+                        tensor.data_location = onnx.TensorProto.EXTERNAL
+                        tensor.ClearField("raw_data")
+            where = target
+            onnx.save_model(model, staged)
+            onnx.checker.check_model(staged, full_check=True)
+            mode = 0o666 & ~current_umask()
+            for path in (staged, staged_data):
+                os.chmod(path, mode)
+            where = data_target
+            os.replace(staged_data, data_target)
+            where = target
+            try:
+                os.replace(staged, target)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(data_target)
+                raise
+    except OSError as e:  # a full disk, a file-size limit, a folder in the way: one line naming the output
+        raise InputFileError(f"cannot write the output: {e.strerror or e}", Location(str(where))) from None
