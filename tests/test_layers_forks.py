@@ -752,6 +752,8 @@ ONNX_CASES = {
                     "roi_pooling_param { pooled_h: 3 pooled_w: 2 spatial_scale: 0.25 }"),
     "bn_segnet": ({"x": _normal(3, 2, 2, 3)}, 'type: "BN" bottom: "x" bn_param { bn_mode: INFERENCE }'),
     "bn_pspnet": ({"x": _normal(3, 2, 2, 3)}, 'type: "BN" bottom: "x" bn_param { frozen: true eps: 0.001 }'),
+    "bn_segnet_learn": ({"x": _normal(3, 2, 2, 3) * 3 + 1}, 'type: "BN" bottom: "x" top: "m" top: "v" '
+                        'bn_param { bn_mode: LEARN }'),
     "axpy": ({"a": _normal(2, 3), "x": _normal(2, 3, 2, 2), "b": _normal(2, 3, 2, 2)},
              'type: "Axpy" bottom: "a" bottom: "x" bottom: "b"'),
     "prior_box": ({"x": _normal(1, 1, 3, 2), "img": _normal(1, 3, 30, 20)}, 'type: "PriorBox" bottom: "x" '
@@ -776,8 +778,10 @@ def test_onnx_export_matches_runtime(case: str) -> None:
         with torch.no_grad():
             getattr(net.layer("l"), name).uniform_(0.5, 1.5, generator=gen)
     session = ort.InferenceSession(to_onnx_model(net).SerializeToString())
-    (got,) = session.run(["y"], {k: v.numpy() for k, v in feed.items()})
-    np.testing.assert_allclose(got, net(**feed)["y"].detach().numpy(), rtol=1e-5, atol=1e-6)
+    tops = [o.name for o in session.get_outputs()]
+    want = net(**feed)
+    for top, got in zip(tops, session.run(tops, {k: v.numpy() for k, v in feed.items()}), strict=True):
+        np.testing.assert_allclose(got, want[top].detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=top)
 
 
 def _detection_net(param: str, shapes: dict[str, tuple[int, ...]]) -> prototxt2py.backends.torch_runtime.CaffeNet:

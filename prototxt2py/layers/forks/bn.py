@@ -97,17 +97,29 @@ class BN(LayerSpec):
         return [a.scale_filler, a.shift_filler, *(stats if a.pspnet else [])]
 
     def to_onnx(self, node, ctx):
-        """Inference forms only: SegNet's ``x * scale + shift``, PSPNet's stored statistics (TEST or frozen)
-        as ``(x - mean) * (var + eps)^-0.5 * scale + shift``, the inverse std computed in float32 as Caffe."""
+        """SegNet's ``x * scale + shift`` (INFERENCE) or its LEARN mode, which normalises with the batch's
+        statistics in every phase (``E[x^2] - E[x]^2``, ``+ 1e-9``, its extra tops the mean and variance); PSPNet's
+        stored statistics (TEST or frozen) as ``(x - mean) * (var + eps)^-0.5 * scale + shift``, the inverse std
+        computed in float32 as Caffe. PSPNet's TRAIN form updates its statistics: not exported."""
         a: BNAttrs = node.attrs
-        if a.learn or (a.pspnet and ctx.training and not a.frozen):
-            ctx.unsupported("BN normalising with batch statistics (SegNet LEARN mode, PSPNet TRAIN unfrozen)")
+        if a.pspnet and ctx.training and not a.frozen:
+            ctx.unsupported("BN normalising with batch statistics and updating its own (PSPNet TRAIN unfrozen)")
         rank = len(ctx.in_shape(0))
 
         def per_channel(array: np.ndarray, hint: str) -> str:
             return ctx.broadcast_const(array.reshape(-1), 1, rank, hint)
 
         x = ctx.input(0)
+        if a.learn:
+            if len(node.tops) > 1 and rank != 4:
+                ctx.unsupported("BN's statistics tops of a blob without 4 axes")
+            axes = [0, *range(2, rank)]
+            mean = ctx.reduce("ReduceMean", x, axes)
+            var = ctx.add("Sub", [ctx.reduce("ReduceMean", ctx.add("Mul", [x, x]), axes), ctx.add("Mul", [mean, mean])])
+            std = ctx.add("Sqrt", [ctx.add("Add", [var, ctx.scalar(1e-9)])])
+            x = ctx.add("Div", [ctx.add("Sub", [x, mean]), std])
+            for i, stat in enumerate((mean, var)[: len(node.tops) - 1], 1):
+                ctx.add("Identity", [stat], ctx.output(i))
         if a.pspnet:
             var = ctx.param(3).astype(np.float32)
             inv_std = np.power(var + np.float32(a.eps), np.float32(-0.5), dtype=np.float32)
