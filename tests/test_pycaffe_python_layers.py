@@ -166,3 +166,14 @@ def test_learnable_blobs_of_a_python_layer_are_refused_in_one_line(tmp_path: Pat
         'layer { name: "s" type: "Python" bottom: "x" top: "y" python_param { module: "m" layer: "W" } }\n')
     with pytest.raises(caffe.CaffeUsageError, match="learnable blobs of Python layers .* are not supported"):
         caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, python_layers={"m.W": WithBlob})
+
+
+def test_file_errors_are_the_exception_types_pycaffe_raises(tmp_path: Path) -> None:
+    """pycaffe's ``CheckFile`` throws a C++ ``runtime_error`` (a ``RuntimeError`` in Python) and ``load_image``'s
+    scikit-image an ``OSError``: scripts catch those (they were only ``InputFileError``, an ``Exception``)."""
+    with pytest.raises(RuntimeError, match="Could not open file"):
+        caffe.Net(str(tmp_path / "missing.prototxt"), caffe.TEST)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    for name in ("missing.jpg", "bad.jpg"):
+        with pytest.raises(IOError, match="Could not open or decode the image file"):
+            caffe.io.load_image(str(tmp_path / name))

@@ -63,10 +63,15 @@ class Layer:
         return f"<caffe.Layer '{self.name}' type={self.type}>"
 
 
+class NetFileError(InputFileError, RuntimeError):
+    """A net or weights file ``caffe.Net`` cannot open. Also a ``RuntimeError``, what pycaffe's ``CheckFile``
+    raises (a C++ ``std::runtime_error``), so scripts catching it keep working."""
+
+
 def _check_file(path: str | os.PathLike | None) -> None:
     """Caffe's ``CheckFile``: a clear error before any parsing when a model file is missing."""
     if path is not None and not os.path.isfile(os.fspath(path)):
-        raise InputFileError(f"Could not open file {os.fspath(path)}", Location(os.fspath(path)))
+        raise NetFileError(f"Could not open file {os.fspath(path)}", Location(os.fspath(path)))
 
 
 def _phase_name(phase: Any) -> str:

@@ -202,6 +202,10 @@ class Transformer:
 
 
 # -- image IO --------------------------------------------------------------------------------------------------
+class ImageFileError(InputFileError, OSError):
+    """An image ``load_image`` cannot open or decode. Also an ``OSError``, what scikit-image raises in pycaffe,
+    so scripts that skip bad images with ``except IOError`` keep working."""
+
 
 _GREY = np.array([0.2125, 0.7154, 0.0721], dtype=np.float64)  # skimage's rgb2gray weights
 
@@ -216,9 +220,9 @@ def load_image(filename: str | os.PathLike, color: bool = True) -> np.ndarray:
     try:
         img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw is not None and raw.size else None
     except cv2.error as e:  # a decompression bomb (over CV_IO_MAX_IMAGE_PIXELS), say
-        raise InputFileError(f"cannot decode the image: {opencv_reason(e)}", Location(path)) from None
+        raise ImageFileError(f"cannot decode the image: {opencv_reason(e)}", Location(path)) from None
     if img is None:
-        raise InputFileError("Could not open or decode the image file", Location(path))
+        raise ImageFileError("Could not open or decode the image file", Location(path))
     scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype, 1.0)
     img = img.astype(np.float64) / scale
     if img.ndim == 3:
