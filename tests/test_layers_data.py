@@ -177,7 +177,8 @@ def test_python_data_layer_tops_are_net_inputs() -> None:
     g = graph_of(text)
     assert [g.values[v].blob for v in g.inputs] == ["data", "label"]
     assert g.unresolved() == {"data": f"Python data layer {module}.VOCSegDataLayer is user code and is not run: its "
-                                      "tops are net inputs of unknown shape; give --input data=... --input label=..."}
+                                      "tops are net inputs of unknown shape; give --input data=... --input label=... "
+                                      "(from Python: input_shapes={...})"}
     g = graph_of(text, input_shapes={"data": (2, 4, 3, 5), "label": (2, 1, 3, 5)})
     assert g.unresolved() == {} and g.blob_shapes()["score"] == (2, 3, 3, 5)
     net = prototxt2py.load(g)

@@ -52,6 +52,10 @@ def crop_size(layer: Any) -> int:
     return layer.transform_param.crop_size
 
 
+#: appended to the ``--input`` hints: what a caller of the Python API (``graph``, ``load``, ``caffe.Net``) passes
+PYTHON_HINT = " (from Python: input_shapes={...})"
+
+
 def input_hint(shape: Sequence[int | None]) -> str:
     """An ``--input`` value for a shape: known dims as numbers, unknown ones as N/C/H/W by position."""
     return ",".join(str(d) if d is not None else "NCHW"[i] for i, d in enumerate(shape))
@@ -88,7 +92,7 @@ class DataLayerSpec(LayerSpec):
             hints = " ".join(f"--input {t}={input_hint(s)}" for t, s in zip(node.tops, shapes, strict=True))
             raise Unknowable(
                 f"layer reads {a.source or '(no source)'} ({a.kind}), {' and '.join(missing)} unknown without the "
-                f"data; give {hints}",
+                f"data; give {hints}{PYTHON_HINT}",
                 shapes=[None, *(s if None not in s else None for s in shapes[1:])],  # a label may be known
             )
         return shapes
@@ -182,7 +186,7 @@ class HDF5Data(LayerSpec):
         hints = " ".join(f"--input {t}={p.batch_size},..." for t in node.tops)
         raise Unknowable(
             f"layer reads {p.source or '(no source)'} (HDF5 file list), dataset shapes unknown without the data; "
-            f"give {hints}"
+            f"give {hints}{PYTHON_HINT}"
         )
 
 
@@ -234,7 +238,7 @@ class Python(LayerSpec):
         if self.is_input(node):
             hints = " ".join(f"--input {t}=..." for t in node.tops)
             raise Unknowable(f"Python data layer {p.module}.{p.layer} is user code and is not run: its tops are net "
-                             f"inputs of unknown shape; give {hints}")
+                             f"inputs of unknown shape; give {hints}{PYTHON_HINT}")
         raise Unknowable(f"Python layer {p.module}.{p.layer} is user code and is not run; "
                          + self.unsupported_note(node))
 
