@@ -147,7 +147,7 @@ class GraphBlobs:
         for node in self.graph.nodes:
             filled = self._unique(node) in self._filled
             if filled:
-                check_repeats(stored, node.name, loc)
+                check_repeats(stored, node.name, [t for _, t in self._targets(node)], loc)
             if not node.param_shapes:
                 check_blobless(node, stored.get(node.name) if filled else None, loc)
                 continue

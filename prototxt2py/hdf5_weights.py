@@ -74,6 +74,8 @@ def blob_dataset(h5py: Any, obj: Any, loc: Location, error: type[Prototxt2pyErro
         raise error(f"'{obj.name}' is a {type(obj).__name__.lower()}, expected a dataset ({layout})", loc)
     if obj.dtype.kind not in "biuf":
         raise error(f"dataset '{obj.name}' has dtype {obj.dtype}, expected real numbers ({layout})", loc)
+    if obj.shape is None:  # a null dataspace (h5py.Empty)
+        raise error(f"dataset '{obj.name}' is empty (a null dataspace, no values at all)", loc)
     if len(obj.shape) > MAX_BLOB_AXES:
         raise error(f"dataset '{obj.name}' has {len(obj.shape)} axes (Caffe allows {MAX_BLOB_AXES})", loc)
     limits.check_shape(tuple(obj.shape), f"dataset '{obj.name}'", location=loc)
@@ -139,9 +141,18 @@ def read_caffemodel_h5(path: str | os.PathLike, graph: Any) -> dict[str, list[Bl
             if "data" not in h5:
                 raise WeightsError(f"no 'data' group (not a Caffe HDF5 weights file; {LAYOUT})", loc)
             data = expect_group(h5py, member(h5py, h5, "data", loc), loc)
-            stored = {name: _layer_datasets(h5py, expect_group(h5py, member(h5py, data, name, loc), loc), loc)
-                      for name in data}
-            return _match(graph, stored, loc)
+            in_net = {node.name for node in graph.nodes}
+            stored, unread = {}, []
+            for name in data:
+                try:
+                    stored[name] = _layer_datasets(h5py, expect_group(h5py, member(h5py, data, name, loc), loc), loc)
+                except Prototxt2pyError:
+                    if name in in_net:
+                        raise
+                    unread.append(name)  # Caffe never opens a layer the net lacks ("Ignoring source layer")
+            out = _match(graph, stored, loc)
+            out.update({name: [Blob(np.zeros(0, np.float32))] for name in unread})  # listed as extra, ignored
+            return out
     except OSError as e:
         raise WeightsError(f"not a readable HDF5 weights file: {e}", loc) from None
 

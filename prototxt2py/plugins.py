@@ -434,7 +434,7 @@ def python_layer_spec(name: str, target: Any) -> LayerSpec:
     if not callable(target):
         raise PluginError(f"python_layers['{name}'] must be a LayerSpec subclass, an nn.Module class or a factory "
                           f"returning an nn.Module, got {type(target).__name__}")
-    if isinstance(target, type) and all(hasattr(target, m) for m in ("setup", "reshape", "forward", "backward")):
+    if isinstance(target, type) and any(hasattr(target, m) for m in ("setup", "reshape", "forward", "backward")):
         from .caffe._python_layer import PycaffePythonLayer, is_pycaffe_layer
 
         if is_pycaffe_layer(target):

@@ -159,33 +159,37 @@ def _layer(buf, start: int, end: int, name_field: int, blobs_field: int) -> tupl
 
 class LayerRefs(dict):
     """Layer name -> the blobs of its last entry in the file (what ``CopyTrainedLayersFrom``, copying every entry
-    in turn, leaves), and ``repeats``: names held more than once with blobs of other shapes -> the message that
-    loading them into a net gives (Caffe stops at the entry that does not fit; a net without the layer ignores
-    them all, and so does reading the file on its own)."""
+    in turn, leaves), and ``repeats``: the earlier entries of names the file holds more than once, which loading
+    into a net checks too (Caffe stops at an entry that does not fit; a net without the layer ignores them all,
+    and so does reading the file on its own)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.repeats: dict[str, str] = {}
+        self.repeats: dict[str, list[list[BlobRef]]] = {}
 
     def put(self, name: str, blobs: list[BlobRef]) -> None:
-        before = self.get(name)
-        if before is not None and [b.shape for b in before] != [b.shape for b in blobs] and name not in self.repeats:
-            self.repeats[name] = (f"the weights file holds this layer more than once, with blobs {_shapes(before)} and "
-                                  f"then {_shapes(blobs)}: Caffe copies each in turn and stops at the one that does "
-                                  "not fit")
+        if name in self:
+            self.repeats.setdefault(name, []).append(self[name])
         self[name] = blobs
 
 
-def _shapes(blobs: Sequence[BlobRef]) -> str:
-    return "[" + ", ".join(_short_shape(b.shape) for b in blobs) + "]"
-
-
-def check_repeats(stored: Mapping[str, Any], name: str, loc: Location | None) -> None:
-    """Refuse loading layer ``name`` from a file that holds it several times with other shapes (see
-    :class:`LayerRefs`)."""
-    message = getattr(stored, "repeats", {}).get(name)
-    if message:
-        raise WeightsError(message, loc, layer=name)
+def check_repeats(stored: Mapping[str, Any], name: str, targets: Sequence[tuple[int, ...]],
+                  loc: Location | None) -> None:
+    """Refuse loading layer ``name`` (blobs of shapes ``targets``) from a file holding it more than once where an
+    earlier entry does not fit (see :class:`LayerRefs`): its blob count or a shape (``Blob::ShapeEquals``, legacy
+    4-D dims included)."""
+    for entry in getattr(stored, "repeats", {}).get(name, ()):
+        why = None
+        if len(entry) != len(targets):
+            why = f"{len(entry)} blobs where the net expects {len(targets)}"
+        else:
+            for i, (ref, target) in enumerate(zip(entry, targets, strict=True)):
+                if not _fits(tuple(target), ref.shape, ref.legacy):
+                    why = f"blob {i} of shape {_short_shape(ref.shape)} where the net expects {tuple(target)}"
+                    break
+        if why:
+            raise WeightsError(f"the weights file holds this layer more than once, and an earlier entry has {why}: "
+                               "Caffe copies each entry in turn and stops at that one", loc, layer=name)
 
 
 class MixedVersions(ValueError):
@@ -464,7 +468,7 @@ def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike
         for (node, module), unique in zip(net.node_layers(), net.graph.unique_names(), strict=True):
             names = getattr(module, "blob_names", ())
             if unique in filled:
-                check_repeats(refs, node.name, loc)
+                check_repeats(refs, node.name, [tuple(getattr(module, n).shape) for n in names], loc)
             if not names:
                 check_blobless(node, refs.get(node.name) if unique in filled else None, loc)
                 continue

@@ -567,6 +567,14 @@ def test_external_data_export_again_guards_and_modes(tmp_path: Path, monkeypatch
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "error: big.onnx.data: cannot write the output: File too large"
     assert not list(tmp_path.glob("big.onnx*")) and not list(tmp_path.glob(".onnx.*"))
+    # through a symbolic link, a reader opening the link would look for the data beside the link: refused
+    (tmp_path / "store").mkdir()
+    (tmp_path / "link.onnx").symlink_to(tmp_path / "store" / "real.onnx")
+    (tmp_path / "old.onnx.data").symlink_to(tmp_path / "store" / "real.onnx.data")
+    for out, what in (("link.onnx", "the output"), ("old.onnx", "old.onnx.data")):
+        result = CliRunner().invoke(main, ["convert", str(net), "--to", "onnx", "-o", out])
+        assert result.exit_code == 1 and f"{what} is a symbolic link: a model with external data" in result.stderr
+    assert not list((tmp_path / "store").iterdir())
 
 
 def test_unknown_shapes_are_a_clear_error(tmp_path: Path) -> None:

@@ -177,3 +177,101 @@ def test_file_errors_are_the_exception_types_pycaffe_raises(tmp_path: Path) -> N
     for name in ("missing.jpg", "bad.jpg"):
         with pytest.raises(IOError, match="Could not open or decode the image file"):
             caffe.io.load_image(str(tmp_path / name))
+
+
+class Noisy(caffe.Layer):
+    """y = r * x with r drawn in forward (state its backward reads), counting its calls."""
+
+    calls: list[str] = []
+
+    def setup(self, bottom, top):
+        Noisy.calls.append(f"setup:{self.phase}")
+        self.batch = 4 if self.phase == caffe.TRAIN else 1
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        Noisy.calls.append("forward")
+        self.r = np.random.default_rng(len(Noisy.calls)).standard_normal(bottom[0].data.shape).astype(np.float32)
+        top[0].data[...] = self.r * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        Noisy.calls.append("backward")
+        bottom[0].diff[...] = self.r * top[0].diff
+
+
+NOISY_NET = ('force_backward: true\n'
+             'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+             'layer { name: "n" type: "Python" bottom: "x" top: "y" python_param { module: "m" layer: "Noisy" } }\n')
+
+
+def test_pycaffe_backward_does_not_run_a_python_layer_forward_again(tmp_path: Path) -> None:
+    """Caffe calls forward once a pass; pycaffe's backward replayed it, so the gradient used another ``r``."""
+    (tmp_path / "net.prototxt").write_text(NOISY_NET)
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, python_layers={"m.Noisy": Noisy})
+    Noisy.calls.clear()
+    net.blobs["x"].data[...] = 1
+    net.forward()
+    net.blobs["y"].diff[...] = 1
+    net.backward()
+    assert [c for c in Noisy.calls if not c.startswith("setup")] == ["forward", "backward"]
+    np.testing.assert_array_equal(net.blobs["x"].diff, net.blobs["y"].data)  # r, the forward's own
+
+
+def test_setup_sees_the_net_phase_while_shapes_are_inferred(tmp_path: Path) -> None:
+    """Caffe sets ``phase`` before ``setup``; shape inference ran setup in TRAIN for a TEST net."""
+    (tmp_path / "net.prototxt").write_text(NOISY_NET)
+    Noisy.calls.clear()
+    caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, python_layers={"m.Noisy": Noisy})
+    assert Noisy.calls and all(c == f"setup:{caffe.TEST}" for c in Noisy.calls if c.startswith("setup"))
+
+
+def test_a_backward_after_a_later_forward_is_refused(tmp_path: Path) -> None:
+    """The layer keeps one pass's state (as pyloss keeps ``self.diff``): a backward through an earlier pass would
+    silently use the later one's."""
+    import torch
+
+    import prototxt2py
+
+    (tmp_path / "net.prototxt").write_text(NOISY_NET)
+    net = prototxt2py.load(tmp_path / "net.prototxt", python_layers={"m.Noisy": Noisy})
+    a, b = torch.ones(2, 3, requires_grad=True), torch.ones(2, 3, requires_grad=True)
+    with pytest.raises(caffe.CaffeUsageError, match="ran forward again before the backward of an earlier pass"):
+        (net(a)["y"].sum() + net(b)["y"].sum()).backward()
+
+
+def test_a_python_layer_without_bottoms_follows_the_net_dtype(tmp_path: Path) -> None:
+    import torch
+
+    import prototxt2py
+
+    class Source(caffe.Layer):
+        def setup(self, bottom, top):
+            pass
+
+        def reshape(self, bottom, top):
+            top[0].reshape(2, 3)
+
+        def forward(self, bottom, top):
+            top[0].data[...] = 0.5
+
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "s" type: "Python" top: "x" python_param { module: "m" layer: "Source" } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 2 } }\n')
+    net = prototxt2py.load(tmp_path / "net.prototxt", python_layers={"m.Source": Source}).to(torch.float64)
+    out = net(all_blobs=True)
+    assert out["y"].dtype == torch.float64 and out["x"].dtype == torch.float64
+    assert out["x"].eq(0.5).all()  # a forward-only layer (no backward) runs, as in Caffe until a gradient is needed
+
+
+def test_a_solver_net_reshape_keeps_the_python_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``solver.net.reshape()`` built the graph without the mapping: the Python layer's shapes went stale."""
+    monkeypatch.chdir(tmp_path)
+    Path("net.prototxt").write_text(NOISY_NET + 'layer { name: "ip" type: "InnerProduct" bottom: "y" top: "z" '
+                                    'inner_product_param { num_output: 4 } }\n')
+    Path("s.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 5\n')
+    solver = caffe.SGDSolver("s.prototxt", python_layers={"m.Noisy": Noisy})
+    solver.net.blobs["x"].reshape(5, 3)
+    solver.net.reshape()
+    assert solver.net.blobs["y"].data.shape == (5, 3) and solver.net.blobs["z"].data.shape == (5, 4)

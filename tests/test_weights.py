@@ -483,19 +483,30 @@ def test_a_layer_held_twice_with_other_shapes_is_refused_as_caffe_stops(tmp_path
         path.write_bytes(m.SerializeToString())
         return path
 
-    cases = ((([(3, 2), (3,)], [(2, 2), (2,)]), "[(3, 2), (3,)]"), (([(2, 2)], [(2, 2), (2,)]), "[(2, 2)]"))
-    for entries, first in cases:
+    cases = ((([(3, 2), (3,)], [(2, 2), (2,)]), "blob 0 of shape (3, 2) where the net expects (2, 2)"),
+             (([(2, 2)], [(2, 2), (2,)]), "1 blobs where the net expects 2"))
+    for entries, why in cases:
         with pytest.raises(WeightsError) as caught:
             prototxt2py.load(net, weights=model(*entries))
-        assert str(caught.value).endswith(f"layer 'ip': the weights file holds this layer more than once, with blobs "
-                                          f"{first} and then [(2, 2), (2,)]: Caffe copies each in turn and stops at "
-                                          "the one that does not fit"), caught.value
+        assert str(caught.value).endswith(f"layer 'ip': the weights file holds this layer more than once, and an "
+                                          f"earlier entry has {why}: Caffe copies each entry in turn and stops at "
+                                          "that one"), caught.value
         result = CliRunner().invoke(main, ["convert", str(net), "--weights", str(model(*entries)), "--to",
                                            "caffemodel", "-o", str(tmp_path / "o.caffemodel")])  # torch-free
         assert result.exit_code == 1 and "holds this layer more than once" in result.stderr, result.stderr
         assert not (tmp_path / "o.caffemodel").exists()
     loaded = prototxt2py.load(net, weights=model([(2, 2), (2,)], [(2, 2), (2,)]))
     assert loaded.layer("ip").weight.detach().eq(1).all()  # the second entry's values
+    # an earlier entry with legacy 4-D dims fits as Blob::ShapeEquals takes them (V1 files carry such blobs)
+    legacy = caffe_pb2.NetParameter.FromString(model([(2, 2), (2,)], [(2, 2), (2,)]).read_bytes())
+    for blob, dims in zip(legacy.layer[0].blobs, ((1, 1, 2, 2), (1, 1, 1, 2)), strict=True):
+        blob.ClearField("shape")
+        blob.num, blob.channels, blob.height, blob.width = dims
+    (tmp_path / "legacy.caffemodel").write_bytes(legacy.SerializeToString())
+    assert prototxt2py.load(net, weights=tmp_path / "legacy.caffemodel").layer("ip").weight.detach().eq(1).all()
+    result = CliRunner().invoke(main, ["convert", str(net), "--weights", str(tmp_path / "legacy.caffemodel"), "--to",
+                                       "caffemodel", "-o", str(tmp_path / "o.caffemodel")])
+    assert result.exit_code == 0, result.stderr
     # a net without the layer ignores its entries, as Caffe's copy does; reading the file alone keeps the last
     other = model([(3, 2), (3,)], [(2, 2), (2,)])
     assert read_caffemodel(other)["ip"][0].array.shape == (2, 2)

@@ -844,6 +844,11 @@ def _write_with_external_data(model: onnx.ModelProto, target: Path) -> None:
     reads external data only from files), then move both into place, each guarded as any output (never over an
     input) and following the umask. The data file is written here, not by ``onnx.save_model``, whose check for an
     existing data file looks in the working directory instead of the model's folder."""
+    side = target.parent / f"{target.name}.data"
+    if target.is_symlink() or side.is_symlink():  # readers look for the data beside the path they open, by name
+        raise InputFileError(f"{'the output' if target.is_symlink() else side.name} is a symbolic link: a model with "
+                             "external data is found beside the path it is opened by, so write it to a plain path",
+                             Location(str(target)))
     target = output_target(target)
     location = f"{target.name}.data"
     data_target = output_target(target.parent / location)

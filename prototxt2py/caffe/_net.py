@@ -132,12 +132,14 @@ class Net:
         self._adopt(graph, prototxt2py.load(graph, weights=weights).to(self._device))
 
     @classmethod
-    def _over(cls, runtime: Any, source: NetSource, feeder: Any = None, links_grad: bool = True) -> Net:
+    def _over(cls, runtime: Any, source: NetSource, feeder: Any = None, links_grad: bool = True,
+              python_layers: Mapping[str, Any] | None = None) -> Net:
         """A Net over a runtime built elsewhere (a solver's TRAIN or TEST net): its modules and parameter tensors
         are shared, not copied. ``feeder`` (a :class:`~prototxt2py.train.feeding.Feeder`) gives the data layers'
         next batch when ``forward`` runs them, as Caffe's data layers read their sources. ``links_grad``: the
         parameter diffs are the tensors' ``.grad`` (the TRAIN net, whose gradients the solver applies); a TEST
-        net's parameters are the TRAIN net's tensors, but its diffs are its own, as in Caffe."""
+        net's parameters are the TRAIN net's tensors, but its diffs are its own, as in Caffe. ``python_layers``: the
+        mapping the runtime was built with (a ``reshape`` builds the graph again)."""
         state = runtime.graph.state
         net = cls.__new__(cls)
         net._phase = state.phase_name
@@ -147,7 +149,7 @@ class Net:
         net._device = first.device if first is not None else torch.device("cpu")
         net._callbacks = {k: [] for k in ("bf", "af", "bb", "ab")}
         net._memory_data = None
-        net._python_layers = {}
+        net._python_layers = dict(python_layers or {})  # reshape rebuilds the graph with them
         net._feeder = feeder
         net._links_grad = links_grad
         net._adopt(runtime.graph, runtime)

@@ -28,9 +28,23 @@ _METHODS = ("setup", "reshape", "forward", "backward")
 
 
 def is_pycaffe_layer(target: Any) -> bool:
-    """A pycaffe-style layer class: not a torch module, with all four of pycaffe's layer methods."""
-    return (isinstance(target, type) and not issubclass(target, nn.Module)
-            and all(callable(getattr(target, m, None)) for m in _METHODS))
+    """A pycaffe-style layer class: a subclass of ``caffe.Layer``, or any class (not a torch module) with
+    pycaffe's ``setup``, ``reshape`` and ``forward`` (``backward`` is needed only when a gradient is)."""
+    from ._net import Layer
+
+    if not isinstance(target, type) or issubclass(target, nn.Module):
+        return False
+    return issubclass(target, Layer) or all(callable(getattr(target, m, None)) for m in _METHODS[:3])
+
+
+def _method(layer: Any, name: str) -> Any:
+    """The layer's ``name`` method, or one line saying it has none (Caffe's call would fail there too)."""
+    method = getattr(layer, name, None)
+    if not callable(method):
+        from ._net import CaffeUsageError
+
+        raise CaffeUsageError(f"Python layer {type(layer).__qualname__} has no {name}() method")
+    return method
 
 
 class _NoBlobs(list):
@@ -47,32 +61,36 @@ class PycaffeLayer(nn.Module):
     """One Python layer instance of ``cls`` behind the runtime's module interface: ``forward(*bottoms)`` returns
     one tensor per top (a tuple when there are several)."""
 
-    def __init__(self, cls: type, param_str: str, tops: int):
+    def __init__(self, cls: type, param_str: str, tops: int, phase: int | None = None):
         super().__init__()
         layer = cls.__new__(cls)  # Caffe constructs it from the LayerParameter, never through our Layer.__init__
         layer.param_str = param_str
         layer.blobs = _NoBlobs()
-        layer.phase = TRAIN
+        layer.phase = TRAIN if phase is None else phase
         self.layer, self.cls = layer, cls
         self.tops = [Blob(torch.zeros(0)) for _ in range(tops)]
         self._set_up = False
+        self.passes = 0  # forward passes so far: a backward belongs to the latest one only (the layer's state)
+        # follows .to(dtype/device), so tops of a layer without bottoms come out like the rest of the net
+        self.register_buffer("like", torch.zeros(0), persistent=False)
 
     def extra_repr(self) -> str:
         return f"{self.cls.__qualname__}, param_str={self.layer.param_str!r}"
 
-    def shapes(self, bottom_shapes: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    def shapes(self, bottom_shapes: Sequence[Sequence[int]], phase: int | None) -> list[tuple[int, ...]]:
         """The tops' shapes for bottoms of these shapes: ``setup`` (the first time) and ``reshape``, on zeros."""
         bottoms = [Blob(torch.zeros(tuple(s))) for s in bottom_shapes]
-        self.prepare(bottoms)
+        self.prepare(bottoms, phase)
         return [tuple(t.shape) for t in self.tops]
 
-    def prepare(self, bottoms: list[Blob]) -> None:
-        """Caffe's ``LayerSetUp`` once, then ``Reshape`` (which ``Layer::Forward`` calls before every pass)."""
-        self.layer.phase = TRAIN if self.training else TEST
+    def prepare(self, bottoms: list[Blob], phase: int | None = None) -> None:
+        """Caffe's ``LayerSetUp`` once, then ``Reshape`` (which ``Layer::Forward`` calls before every pass).
+        ``phase``: the layer's (shape inference); else the module's mode, as the runtime's phase follows it."""
+        self.layer.phase = phase if phase is not None else TRAIN if self.training else TEST
         if not self._set_up:
-            self.layer.setup(bottoms, self.tops)
+            _method(self.layer, "setup")(bottoms, self.tops)
             self._set_up = True
-        self.layer.reshape(bottoms, self.tops)
+        _method(self.layer, "reshape")(bottoms, self.tops)
 
     def forward(self, *bottoms: torch.Tensor) -> Any:
         outs = _Run.apply(self, *bottoms)
@@ -86,22 +104,29 @@ class _Run(torch.autograd.Function):
     def forward(ctx: Any, module: PycaffeLayer, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         bottoms = [Blob(x.detach().to("cpu", torch.float32, copy=True)) for x in inputs]
         module.prepare(bottoms)
-        module.layer.forward(bottoms, module.tops)
-        ctx.module, ctx.bottoms = module, bottoms  # backward sees these blobs, as Caffe's does
+        _method(module.layer, "forward")(bottoms, module.tops)
+        module.passes += 1
+        ctx.module, ctx.bottoms, ctx.pass_ = module, bottoms, module.passes  # backward sees these blobs, as Caffe's
         ctx.like = [(x.device, x.dtype) for x in inputs]
-        like = inputs[0] if inputs else torch.zeros(0)
-        return tuple(t.tensor().detach().clone().to(like.device, like.dtype if like.is_floating_point()
-                                                      else torch.float32) for t in module.tops)
+        like = inputs[0] if inputs else module.like
+        dtype = like.dtype if like.is_floating_point() else torch.float32
+        return tuple(t.tensor().detach().clone().to(like.device, dtype) for t in module.tops)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         module, bottoms = ctx.module, ctx.bottoms
+        if ctx.pass_ != module.passes:  # the layer's state (and its tops) are a later pass's now
+            from ._net import CaffeUsageError
+
+            raise CaffeUsageError(f"Python layer {module.cls.__qualname__} ran forward again before the backward of "
+                                  "an earlier pass: its backward reads the state of its latest forward only, as "
+                                  "in Caffe (run backward after each forward)")
         for top, grad in zip(module.tops, grads, strict=True):
             top.diff[...] = 0 if grad is None else grad.detach().to("cpu", torch.float32).numpy()
         for bottom in bottoms:
             bottom.diff[...] = 0
         down = [bool(n) for n in ctx.needs_input_grad[1:]]
-        module.layer.backward(module.tops, down, bottoms)
+        _method(module.layer, "backward")(module.tops, down, bottoms)
         out = [torch.from_numpy(b.diff.copy()).to(device, dtype) if d else None
                for b, d, (device, dtype) in zip(bottoms, down, ctx.like, strict=True)]
         return (None, *out)
@@ -113,6 +138,7 @@ class PycaffePythonLayer(ModulePythonLayer):
     layer is the script's numpy code."""
 
     summary = "a Python layer mapped to a pycaffe layer class (setup/reshape/forward/backward) by the caller"
+    backward_reads = "forward"  # Caffe calls forward once a pass: pycaffe's backward must not run it again
 
     def __init__(self, name: str, cls: type):
         self.python_name = name
@@ -124,10 +150,10 @@ class PycaffePythonLayer(ModulePythonLayer):
         return PycaffeLayer(self.factory, param_str, tops)
 
     def _build(self, node: Any, device: str = "meta") -> nn.Module:
-        return PycaffeLayer(self.factory, node.attrs.param_str, len(node.tops))
+        return PycaffeLayer(self.factory, node.attrs.param_str, len(node.tops), node.phase)
 
     def infer_shapes(self, node: Any, in_shapes: Sequence[Any]) -> list[Any]:
-        return self._build(node).shapes(in_shapes)
+        return self._build(node).shapes(in_shapes, node.phase)
 
     def module(self, node: Any) -> Any:
         from ..layers.base import call

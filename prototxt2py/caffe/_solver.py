@@ -47,8 +47,8 @@ class Solver:
         kwargs.setdefault("hold_inputs", True)  # Input blobs written through solver.net.blobs are trained on
         self.trainer = Trainer(filename, solver_type=self._type, **kwargs)
         t = self.trainer
-        self.net = Net._over(t.net, t.net_source, t.feeder)
-        self.test_nets = [Net._over(n, src, f, links_grad=False)
+        self.net = Net._over(t.net, t.net_source, t.feeder, python_layers=t.python_layers)
+        self.test_nets = [Net._over(n, src, f, links_grad=False, python_layers=t.python_layers)
                           for n, src, f in zip(t.test_nets, t.test_sources, t.test_feeders, strict=True)]
         views = {id(t.net): self.net, **{id(n): v for n, v in zip(t.test_nets, self.test_nets, strict=True)}}
 

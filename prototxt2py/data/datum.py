@@ -17,6 +17,7 @@ from ..errors import ResourceLimitError
 from ..fsutil import open_regular
 from ..limits import INT32_MAX
 from ..proto import caffe_pb2
+from ..weights import as_float32
 from . import DataError
 from . import images as _images
 
@@ -126,7 +127,7 @@ def read_mean(path: str, layer: str | None = None) -> np.ndarray:
         count = limits.check_shape(shape, f"mean_file '{path}' shape", layer=layer) if shape else 0
     except ResourceLimitError as e:
         raise DataError(e.message, layer=layer) from None
-    values = np.asarray(blob.double_data if len(blob.double_data) else blob.data, dtype=np.float32)
+    values = as_float32(blob.double_data if len(blob.double_data) else blob.data)
     if count == 0 or values.size != count:
         raise DataError(f"mean_file '{path}': {values.size} values for shape {'x'.join(map(str, shape))}", layer=layer)
     if len(shape) == 4:  # Caffe reads channels/height/width only: the mean is the first C*H*W values

@@ -110,6 +110,7 @@ def build_graph(
             params=[_param_info(p) for p in layer.param],
             stop_gradient=_stop_gradient(layer, spec, force, len(bottoms), loc, name) if layer.propagate_down else (),
             own_phase=layer.phase if layer.HasField("phase") else None,
+            phase=layer.phase if layer.HasField("phase") else state.phase,
             dropped=list(dropped[index]) if dropped and index < len(dropped) else [],
         )
         try:

@@ -94,6 +94,8 @@ class Node:
     stop_gradient: tuple[int, ...] = ()
     #: the layer's own ``phase`` (netstate's TRAIN/TEST), which ``Net::Init`` keeps over the net's; else None
     own_phase: int | None = None
+    #: the phase the layer runs in (its own, else the net's): what a Python layer's ``self.phase`` reads in setup
+    phase: int | None = None
 
     @property
     def in_place(self) -> bool:

@@ -125,5 +125,7 @@ def _string_dataset(h5py: Any, h5: Any, name: str, loc: Location) -> str:
     if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "SOU" or obj.size != 1:
         raise SolverError(f"'{name}' is not one string ({STATE_LAYOUT})", loc)
     raw = np.asarray(obj).ravel()[0]
+    if not isinstance(raw, (bytes, str)):  # an object reference or a variable-length array, not text
+        raise SolverError(f"'{name}' is not one string ({STATE_LAYOUT})", loc)
     raw = raw.encode() if isinstance(raw, str) else bytes(raw)
     return os.fsdecode(raw.split(b"\0", 1)[0])

@@ -22,7 +22,7 @@ import torch
 from .. import limits
 from ..errors import Location, ResourceLimitError
 from ..fsutil import output_target, temp_beside
-from ..weights import MAX_BLOB_AXES
+from ..weights import MAX_BLOB_AXES, as_float32
 from .errors import SolverError
 
 _LEN, _VARINT = 2, 0
@@ -97,8 +97,7 @@ def _blob_array(blob, file: str, i: int) -> np.ndarray:
         count = limits.check_shape(shape, f"history blob {i}", location=Location(file))
     except ResourceLimitError as e:
         raise SolverError(e.message, Location(file)) from None
-    values = blob.double_data if len(blob.double_data) else blob.data
-    arr = np.asarray(values, dtype=np.float32)
+    arr = as_float32(blob.double_data if len(blob.double_data) else blob.data)
     if arr.size != count:
         raise SolverError(f"history blob {i} holds {arr.size} values for shape {shape}", Location(file))
     return arr.reshape(shape)
