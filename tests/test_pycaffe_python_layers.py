@@ -275,3 +275,40 @@ def test_a_solver_net_reshape_keeps_the_python_layers(tmp_path: Path, monkeypatc
     solver.net.blobs["x"].reshape(5, 3)
     solver.net.reshape()
     assert solver.net.blobs["y"].data.shape == (5, 3) and solver.net.blobs["z"].data.shape == (5, 4)
+
+
+def test_net_layers_hold_the_script_s_own_layer_set_up_once(tmp_path: Path) -> None:
+    """py-faster-rcnn hands its data layer the roidb through ``solver.net.layers[0].set_roidb(roidb)``: pycaffe's
+    ``net.layers[i]`` is the instance Caffe runs. ``setup`` runs once, at construction (a global RNG used there
+    gives Caffe's order); here it ran again at the first forward."""
+
+    class Feed(caffe.Layer):
+        setups = 0
+
+        def setup(self, bottom, top):
+            Feed.setups += 1
+            self.order = np.random.permutation(10)
+            self.value = 0.0
+
+        def set_value(self, value):
+            self.value = value
+
+        def reshape(self, bottom, top):
+            top[0].reshape(2, 3)
+
+        def forward(self, bottom, top):
+            top[0].data[...] = self.value
+
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "feed" type: "Python" top: "x" python_param { module: "m" layer: "Feed" } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 2 } }\n')
+    np.random.seed(0)
+    first = np.random.permutation(10)
+    np.random.seed(0)
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, python_layers={"m.Feed": Feed})
+    layer = net.layers[list(net._layer_names).index("feed")]
+    assert isinstance(layer, Feed) and layer.type == "Python"
+    layer.set_value(0.75)
+    net.forward()
+    assert Feed.setups == 1 and np.array_equal(layer.order, first)
+    assert net.blobs["x"].data.ravel().tolist() == [0.75] * 6

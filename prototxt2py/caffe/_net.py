@@ -184,7 +184,10 @@ class Net:
                         seen[id(t)] = Blob(t, torch.zeros_like(t))
                 blobs.append(seen[id(t)])
             self._node_params.append(blobs)
-        self.layers = [Layer(n.name, n.type, b) for n, b in zip(graph.nodes, self._node_params, strict=True)]
+        # a pycaffe Python layer is its own object, as boost.python hands back the instance Caffe runs (scripts
+        # call their own methods on it: py-faster-rcnn's solver.net.layers[0].set_roidb(roidb))
+        self.layers = [getattr(m, "pycaffe_layer", None) or Layer(n.name, n.type, b)
+                       for (n, m), b in zip(runtime.node_layers(), self._node_params, strict=True)]
         self._fixed_tops = self._dummy_fixed_tops()
         self._compute_need_backward()
         self._loss_weight = self._blob_seeds()

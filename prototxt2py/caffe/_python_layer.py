@@ -13,6 +13,7 @@ caller's script; the module the model file names is never imported. Learnable bl
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,6 +67,8 @@ class PycaffeLayer(nn.Module):
         layer = cls.__new__(cls)  # Caffe constructs it from the LayerParameter, never through our Layer.__init__
         layer.param_str = param_str
         layer.blobs = _NoBlobs()
+        with contextlib.suppress(AttributeError):  # pycaffe's layer.type (unless the class defines its own)
+            layer.type = "Python"
         layer.phase = TRAIN if phase is None else phase
         self.layer, self.cls = layer, cls
         self.tops = [Blob(torch.zeros(0)) for _ in range(tops)]
@@ -73,6 +76,11 @@ class PycaffeLayer(nn.Module):
         self.passes = 0  # forward passes so far: a backward belongs to the latest one only (the layer's state)
         # follows .to(dtype/device), so tops of a layer without bottoms come out like the rest of the net
         self.register_buffer("like", torch.zeros(0), persistent=False)
+
+    @property
+    def pycaffe_layer(self) -> Any:
+        """The script's layer object (what pycaffe's ``net.layers[i]`` is for a Python layer)."""
+        return self.layer
 
     def extra_repr(self) -> str:
         return f"{self.cls.__qualname__}, param_str={self.layer.param_str!r}"
@@ -145,17 +153,23 @@ class PycaffePythonLayer(ModulePythonLayer):
         self.factory = cls
         module = getattr(cls, "__module__", None) or "__main__"
         self.target = register_object(f"{module}:{cls.__qualname__}.pycaffe", self._instance)
+        #: the instance shape inference set up, per node, handed to the first runtime built from the graph: Caffe
+        #: runs ``setup`` once, at ``Net::Init``, on the object it then runs
+        self._set_up: dict[int, PycaffeLayer] = {}
 
-    def _instance(self, param_str: str, tops: int) -> PycaffeLayer:
-        return PycaffeLayer(self.factory, param_str, tops)
+    def _instance(self, param_str: str, tops: int, key: int | None = None) -> PycaffeLayer:
+        built = self._set_up.pop(key, None) if key is not None else None
+        return built if built is not None else PycaffeLayer(self.factory, param_str, tops)
 
     def _build(self, node: Any, device: str = "meta") -> nn.Module:
         return PycaffeLayer(self.factory, node.attrs.param_str, len(node.tops), node.phase)
 
     def infer_shapes(self, node: Any, in_shapes: Sequence[Any]) -> list[Any]:
-        return self._build(node).shapes(in_shapes, node.phase)
+        module = self._set_up.get(id(node)) or self._build(node)
+        self._set_up[id(node)] = module
+        return module.shapes(in_shapes, node.phase)
 
     def module(self, node: Any) -> Any:
         from ..layers.base import call
 
-        return call(self.target, node.attrs.param_str, len(node.tops), build_on_meta=False)
+        return call(self.target, node.attrs.param_str, len(node.tops), id(node), build_on_meta=False)
