@@ -53,7 +53,7 @@ def read_stored(path: str | os.PathLike) -> dict[str, list[Blob]]:
     out.repeats = refs.repeats
     for name, blobs in refs.items():
         arrays = []
-        for ref in blobs:
+        for i, ref in enumerate(blobs):
             if isinstance(ref, _InlineRef):
                 array = np.asarray(ref.values, dtype=_FLOAT)
             elif ref.count == 0:
@@ -62,7 +62,11 @@ def read_stored(path: str | os.PathLike) -> dict[str, list[Blob]]:
                 array = np.frombuffer(mm, dtype=ref.dtype, count=ref.count, offset=ref.offset)
                 if ref.dtype != "<f4":
                     array = as_float32(array)
-            arrays.append(Blob(array.reshape(ref.shape), ref.legacy))
+            try:
+                arrays.append(Blob(array.reshape(ref.shape), ref.legacy))
+            except ValueError:  # no values, dims whose product of sizes numpy cannot index (0 x INT_MAX x INT_MAX)
+                raise WeightsError(f"blob {i} has shape {ref.shape}, which numpy cannot hold even empty",
+                                   Location(str(path)), layer=name) from None
         out[name] = arrays
     return out
 

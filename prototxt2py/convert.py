@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from .errors import InputFileError, Location, Prototxt2pyError
-from .fsutil import atomic_output, output_target, temp_beside, write_bytes_atomic
+from .fsutil import atomic_output, output_target, replace_together, temp_beside, write_bytes_atomic
 
 #: Targets :func:`convert_graph` writes without torch.
 ARRAY_TARGETS = ("onnx", "caffemodel", "safetensors")
@@ -129,7 +129,7 @@ def _write_python_files(net: Any, folder: Any, source: bytes, state: bytes | Non
     """Write the source (and the state_dict) of :func:`write_python` into ``folder``, made here if needed."""
     from .backends.codegen import file_stem
 
-    path = folder
+    path = py_path = pt_path = folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
         stem = file_stem(net.graph.name)
@@ -143,9 +143,11 @@ def _write_python_files(net: Any, folder: Any, source: bytes, state: bytes | Non
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                 temps.append((tmp, path))
-            for tmp, path in temps:
+            for tmp, _ in temps:
                 os.chmod(tmp, 0o644)
-                os.replace(tmp, path)
-    except OSError as e:  # a full disk, a file-size limit: one line naming the output
-        raise InputFileError(f"cannot write the output: {e.strerror or e}", Location(str(path))) from None
+            replace_together(temps)  # both or neither: never a new .py beside an old .pt
+    except OSError as e:  # a full disk, a file-size limit: one line naming the output (the one renaming failed on)
+        named = [str(p) for p in (py_path, pt_path) if str(p) in (e.filename, e.filename2)]
+        where = named[0] if named else str(path)
+        raise InputFileError(f"cannot write the output: {e.strerror or e}", Location(where)) from None
     return str(py_path), str(pt_path) if state is not None else None

@@ -108,6 +108,41 @@ def temp_beside(target: str | os.PathLike, suffix: str = ".tmp") -> tuple[int, s
     return tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=suffix, dir=target.parent)
 
 
+def replace_together(moves: list[tuple[str | os.PathLike, str | os.PathLike]]) -> None:
+    """Rename each finished temporary onto its target, all or none: the files a target replaces are first moved
+    aside (beside it), and put back if any rename fails, so a pair (a model and its weights) is never left half
+    old, half new. ``OSError`` propagates, naming nothing: callers say which output it was."""
+    aside: list[tuple[str, Path]] = []
+    placed: list[Path] = []
+    try:
+        for _, target in moves:
+            target = Path(target)
+            if target.exists():
+                fd, backup = temp_beside(target, ".old")
+                os.close(fd)
+                try:
+                    os.replace(target, backup)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(backup)
+                    raise
+                aside.append((backup, target))
+        for tmp, target in moves:
+            os.replace(tmp, target)
+            placed.append(Path(target))
+    except BaseException:
+        for target in placed:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+        for backup, target in aside:
+            with contextlib.suppress(OSError):
+                os.replace(backup, target)
+        raise
+    for backup, _ in aside:
+        with contextlib.suppress(OSError):
+            os.unlink(backup)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Write to a temporary file next to ``path`` and rename it into place only on success; what

@@ -58,7 +58,7 @@ def member(h5py: Any, group: Any, name: str, loc: Location, error: type[Prototxt
         raise error(f"{where} is an external link to {link.filename!r}: the file must hold its own data", loc)
     try:
         obj = group[name]
-    except (KeyError, OSError, ValueError):
+    except (KeyError, OSError, ValueError, RuntimeError):  # RuntimeError: a soft link that loops
         obj = None
     if obj is None:
         raise error(f"{where} cannot be opened (a link that leads nowhere?)", loc)
@@ -209,7 +209,7 @@ def _layer_datasets(h5py: Any, group: Any, loc: Location) -> dict[int, Any]:
     links are a layout it reads: another link (a nested group from a layer name with ``/``) is refused."""
     blobs: dict[int, Any] = {}
     for name in group:
-        if not name.isdigit() or str(int(name)) != name:
+        if not (name.isascii() and name.isdigit()) or str(int(name)) != name:
             raise WeightsError(f"group '{group.name}' holds '{name}', expected datasets named 0, 1, ... ({LAYOUT}; a "
                                "layer name with '/' nests groups)", loc)
         blobs[int(name)] = blob_dataset(h5py, member(h5py, group, name, loc), loc)

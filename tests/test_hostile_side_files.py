@@ -415,3 +415,58 @@ def test_double_data_overflow_is_silent_in_mean_files_and_states(tmp_path: Path)
         warnings.simplefilter("error")
         assert read_mean(str(tmp_path / "m.binaryproto"))[0, 0, 0] == np.inf
         assert read_solverstate(tmp_path / "s.solverstate").history[0][0, 0, 0] == np.inf
+
+
+def test_fuzz_findings_are_one_line(net: Path, tmp_path: Path) -> None:
+    """A dataset named with a non-ASCII digit ('²'.isdigit() is true, int('²') raises), a soft link that loops
+    (h5py raises RuntimeError), and a blob of no values in a shape numpy cannot index: each was exit 3."""
+    from prototxt2py.data import DataError
+    from prototxt2py.data.hdf5 import load_file
+    from prototxt2py.proto import caffe_pb2
+
+    sup = weights_h5(tmp_path / "sup.caffemodel.h5", {**GOOD, "²": np.ones(2, "f4")})
+    code, err = run_net(net, sup)
+    assert code == 1 and "group '/data/ip' holds '²', expected datasets named 0, 1" in err, err
+    loop = weights_h5(tmp_path / "loop.caffemodel.h5", GOOD)
+    with h5py.File(loop, "a") as f:
+        del f["data/ip/0"]
+        f["data/ip/0"] = h5py.SoftLink("/data/ip/0")
+    code, err = run_net(net, loop)
+    assert code == 1 and "'/data/ip/0' cannot be opened" in err, err
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["data"] = h5py.SoftLink("/data")
+        f["label"] = np.zeros(2, "f4")
+    with pytest.raises(DataError, match="cannot read HDF5 file .*d.h5"):
+        load_file(str(tmp_path / "d.h5"), ("data", "label"), "d")
+    model = caffe_pb2.NetParameter()
+    model.layer.add(name="ip", type="InnerProduct").blobs.add().shape.dim.extend([0, 2147483647, 2147483647])
+    (tmp_path / "zero.caffemodel").write_bytes(model.SerializeToString())
+    code, err = convert_net(net, tmp_path / "zero.caffemodel")
+    assert code == 1 and "blob 0 has shape (0, 2147483647, 2147483647), which numpy cannot hold" in err, err
+
+
+def test_a_pair_of_outputs_is_replaced_both_or_neither(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``convert --to python`` (.py + .pt), ONNX with external data and solver snapshots replace two files; when
+    the second rename failed, the first was already new (or, for ONNX, the earlier data file was deleted)."""
+    from prototxt2py import fsutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("old a")
+    b.write_text("old b")
+    (tmp_path / "new_a").write_text("new a")
+    (tmp_path / "new_b").write_text("new b")
+    real = fsutil.os.replace
+
+    def failing(src: object, dst: object) -> None:
+        if Path(dst) == b and Path(src).name == "new_b":
+            raise PermissionError(1, "Operation not permitted", str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(fsutil.os, "replace", failing)
+    with pytest.raises(PermissionError):
+        fsutil.replace_together([(tmp_path / "new_a", a), (tmp_path / "new_b", b)])
+    assert a.read_text() == "old a" and b.read_text() == "old b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "new_b"]  # new_a went in and was taken out
+    monkeypatch.setattr(fsutil.os, "replace", real)
+    fsutil.replace_together([(tmp_path / "new_b", b)])
+    assert b.read_text() == "new b" and sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]

@@ -575,6 +575,10 @@ def test_external_data_export_again_guards_and_modes(tmp_path: Path, monkeypatch
         result = CliRunner().invoke(main, ["convert", str(net), "--to", "onnx", "-o", out])
         assert result.exit_code == 1 and f"{what} is a symbolic link: a model with external data" in result.stderr
     assert not list((tmp_path / "store").iterdir())
+    # a name onnx's checker reads as a parent path ('..x.onnx.data'): one line (it was exit 3), nothing left
+    result = CliRunner().invoke(main, ["convert", str(net), "--to", "onnx", "-o", "..x.onnx"])
+    assert result.exit_code == 1 and "onnx's checker refuses the model written with external data" in result.stderr
+    assert not list(tmp_path.glob("..x*")) and not list(tmp_path.glob(".onnx.*"))
 
 
 def test_unknown_shapes_are_a_clear_error(tmp_path: Path) -> None:

@@ -312,3 +312,31 @@ def test_net_layers_hold_the_script_s_own_layer_set_up_once(tmp_path: Path) -> N
     net.forward()
     assert Feed.setups == 1 and np.array_equal(layer.order, first)
     assert net.blobs["x"].data.ravel().tolist() == [0.75] * 6
+
+
+def test_each_call_gets_fresh_blob_lists(tmp_path: Path) -> None:
+    """boost.python hands a Python layer new lists every call: a layer that pops from ``top`` broke every later
+    pass here (and its first pass returned zeros)."""
+
+    class Popper(caffe.Layer):
+        def setup(self, bottom, top):
+            self.k = 0
+
+        def reshape(self, bottom, top):
+            top[0].reshape(*bottom[0].data.shape)
+
+        def forward(self, bottom, top):
+            self.k += 1
+            top[0].data[...] = bottom[0].data * 2 * self.k + (self.k - 1) * 2
+            top.pop()
+
+        def backward(self, top, propagate_down, bottom):
+            pass
+
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
+        'layer { name: "p" type: "Python" bottom: "x" top: "y" python_param { module: "m" layer: "Popper" } }\n')
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, python_layers={"m.Popper": Popper})
+    net.blobs["x"].data[...] = 1
+    assert net.forward()["y"].ravel().tolist() == [2.0] * 6
+    assert net.forward()["y"].ravel().tolist() == [6.0] * 6

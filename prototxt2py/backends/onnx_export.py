@@ -53,7 +53,7 @@ import numpy as np
 
 from ..blobstore import GraphBlobs, blobs_for
 from ..errors import InputFileError, Location, Prototxt2pyError, ShapeError, UnsupportedLayerError
-from ..fsutil import current_umask, output_target, write_bytes_atomic
+from ..fsutil import current_umask, output_target, replace_together, write_bytes_atomic
 from ..ir import Node
 from ..ir.shapes import reinferred
 from ..layers.base import Shape
@@ -869,18 +869,14 @@ def _write_with_external_data(model: onnx.ModelProto, target: Path) -> None:
                         tensor.ClearField("raw_data")
             where = target
             onnx.save_model(model, staged)
-            onnx.checker.check_model(staged, full_check=True)
+            try:
+                onnx.checker.check_model(staged, full_check=True)
+            except onnx.checker.ValidationError as e:  # e.g. a data file name the checker reads as a parent path
+                raise InputFileError(f"onnx's checker refuses the model written with external data "
+                                     f"'{location}': {str(e).splitlines()[0]}", Location(str(target))) from None
             mode = 0o666 & ~current_umask()
             for path in (staged, staged_data):
                 os.chmod(path, mode)
-            where = data_target
-            os.replace(staged_data, data_target)
-            where = target
-            try:
-                os.replace(staged, target)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.unlink(data_target)
-                raise
+            replace_together([(staged_data, data_target), (staged, target)])  # an earlier pair stays whole
     except OSError as e:  # a full disk, a file-size limit, a folder in the way: one line naming the output
         raise InputFileError(f"cannot write the output: {e.strerror or e}", Location(str(where))) from None

@@ -96,9 +96,9 @@ class PycaffeLayer(nn.Module):
         ``phase``: the layer's (shape inference); else the module's mode, as the runtime's phase follows it."""
         self.layer.phase = phase if phase is not None else TRAIN if self.training else TEST
         if not self._set_up:
-            _method(self.layer, "setup")(bottoms, self.tops)
+            _method(self.layer, "setup")(list(bottoms), list(self.tops))  # fresh lists each call, as boost's
             self._set_up = True
-        _method(self.layer, "reshape")(bottoms, self.tops)
+        _method(self.layer, "reshape")(list(bottoms), list(self.tops))
 
     def forward(self, *bottoms: torch.Tensor) -> Any:
         outs = _Run.apply(self, *bottoms)
@@ -112,7 +112,7 @@ class _Run(torch.autograd.Function):
     def forward(ctx: Any, module: PycaffeLayer, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         bottoms = [Blob(x.detach().to("cpu", torch.float32, copy=True)) for x in inputs]
         module.prepare(bottoms)
-        _method(module.layer, "forward")(bottoms, module.tops)
+        _method(module.layer, "forward")(list(bottoms), list(module.tops))
         module.passes += 1
         ctx.module, ctx.bottoms, ctx.pass_ = module, bottoms, module.passes  # backward sees these blobs, as Caffe's
         ctx.like = [(x.device, x.dtype) for x in inputs]
@@ -134,7 +134,7 @@ class _Run(torch.autograd.Function):
         for bottom in bottoms:
             bottom.diff[...] = 0
         down = [bool(n) for n in ctx.needs_input_grad[1:]]
-        _method(module.layer, "backward")(module.tops, down, bottoms)
+        _method(module.layer, "backward")(list(module.tops), down, list(bottoms))
         out = [torch.from_numpy(b.diff.copy()).to(device, dtype) if d else None
                for b, d, (device, dtype) in zip(bottoms, down, ctx.like, strict=True)]
         return (None, *out)

@@ -88,7 +88,7 @@ def load_file(filename: str, tops: tuple[str, ...], layer: str) -> list[np.ndarr
                 raise DataError(f"datasets of {filename} have different row counts ('{first}' {rows[first]}, "
                                 f"'{other}' {rows[other]})", layer=layer)
             arrays = [np.ascontiguousarray(ds[()], dtype=np.float32) for ds in datasets]
-    except (OSError, KeyError) as e:  # KeyError: a soft or external link to nothing under a top's name
+    except (OSError, KeyError, RuntimeError) as e:  # a soft or external link to nothing, or one that loops
         raise DataError(f"cannot read HDF5 file {filename}: {e}", layer=layer) from None
     if arrays[0].shape[0] == 0:
         raise DataError(f"HDF5 file {filename} has no rows", layer=layer)

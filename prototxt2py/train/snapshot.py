@@ -21,7 +21,7 @@ import torch
 
 from .. import limits
 from ..errors import Location, ResourceLimitError
-from ..fsutil import output_target, temp_beside
+from ..fsutil import output_target, replace_together, temp_beside
 from ..weights import MAX_BLOB_AXES, as_float32
 from .errors import SolverError
 
@@ -161,9 +161,9 @@ def write_together(files: Sequence[tuple[str, Callable[[IO[bytes]], None]]]) -> 
                 writer(f)
         mask = os.umask(0)
         os.umask(mask)
-        for tmp, target in temps:
+        for tmp, _ in temps:
             os.chmod(tmp, 0o666 & ~mask)
-            os.replace(tmp, target)
+        replace_together(temps)  # the weights and the state, both or neither
     except OSError as e:
         raise SolverError(f"cannot write snapshot: {e}") from None
     finally:
