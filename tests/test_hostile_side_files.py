@@ -470,3 +470,14 @@ def test_a_pair_of_outputs_is_replaced_both_or_neither(tmp_path: Path, monkeypat
     monkeypatch.setattr(fsutil.os, "replace", real)
     fsutil.replace_together([(tmp_path / "new_b", b)])
     assert b.read_text() == "new b" and sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_a_state_naming_a_folder_as_its_weights_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    solver = solver_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for learned, why in ((str(tmp_path), "are not a regular file"), ("gone.caffemodel", "do not exist")):
+        state = state_h5(tmp_path / "s.solverstate.h5")
+        with h5py.File(state, "a") as f:
+            f["learned_net"] = np.bytes_(learned.encode())
+        code, err = run("train", solver.name, "--snapshot", state.name, "--quiet")
+        assert code == 1 and f"the weights it names, {learned}, {why}" in err, err

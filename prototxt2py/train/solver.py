@@ -734,7 +734,8 @@ class Solver:
                                   f"'{lp.layer}' has {tuple(mine.shape)} (a state of another net?)", file)
         if state.learned_net:
             if not Path(state.learned_net).is_file():
-                raise SolverError(f"the weights it names, {state.learned_net}, do not exist (paths are relative to "
+                why = "are not a regular file" if Path(state.learned_net).exists() else "do not exist"
+                raise SolverError(f"the weights it names, {state.learned_net}, {why} (paths are relative to "
                                   "the working directory)", file)
             try:
                 self.load_weights(state.learned_net)
