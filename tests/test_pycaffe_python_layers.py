@@ -340,3 +340,34 @@ def test_each_call_gets_fresh_blob_lists(tmp_path: Path) -> None:
     net.blobs["x"].data[...] = 1
     assert net.forward()["y"].ravel().tolist() == [2.0] * 6
     assert net.forward()["y"].ravel().tolist() == [6.0] * 6
+
+
+def test_an_in_place_python_layer_gets_one_blob_as_bottom_and_top(tmp_path: Path) -> None:
+    """Caffe hands an in-place layer one Blob as ``bottom[0]`` and ``top[0]``: after its forward the bottom holds the
+    output, which a backward like ``top.diff / bottom.data`` reads (here it read a private copy of the input)."""
+
+    class Log(caffe.Layer):
+        def setup(self, bottom, top):
+            assert bottom[0] is top[0]
+
+        def reshape(self, bottom, top):
+            top[0].reshape(*bottom[0].data.shape)
+
+        def forward(self, bottom, top):
+            top[0].data[...] = np.log(bottom[0].data)
+
+        def backward(self, top, propagate_down, bottom):
+            bottom[0].diff[...] = top[0].diff / bottom[0].data
+
+    (tmp_path / "net.prototxt").write_text(
+        'force_backward: true\n'
+        'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } }\n'
+        'layer { name: "s" type: "Power" bottom: "x" top: "y" }\n'
+        'layer { name: "l" type: "Python" bottom: "y" top: "y" python_param { module: "m" layer: "Log" } }\n')
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, python_layers={"m.Log": Log})
+    x = np.array([[4.0, 10.0]], np.float32)
+    net.blobs["x"].data[...] = x
+    np.testing.assert_allclose(net.forward()["y"], np.log(x), rtol=1e-6)
+    net.blobs["y"].diff[...] = 1
+    net.backward()
+    np.testing.assert_allclose(net.blobs["x"].diff, 1 / np.log(x), rtol=1e-6)  # Caffe's: 0.7213, 0.4343

@@ -62,7 +62,8 @@ class PycaffeLayer(nn.Module):
     """One Python layer instance of ``cls`` behind the runtime's module interface: ``forward(*bottoms)`` returns
     one tensor per top (a tuple when there are several)."""
 
-    def __init__(self, cls: type, param_str: str, tops: int, phase: int | None = None):
+    def __init__(self, cls: type, param_str: str, tops: int, phase: int | None = None,
+                 in_place: Sequence[tuple[int, int]] = ()):
         super().__init__()
         layer = cls.__new__(cls)  # Caffe constructs it from the LayerParameter, never through our Layer.__init__
         layer.param_str = param_str
@@ -72,6 +73,8 @@ class PycaffeLayer(nn.Module):
         layer.phase = TRAIN if phase is None else phase
         self.layer, self.cls = layer, cls
         self.tops = [Blob(torch.zeros(0)) for _ in range(tops)]
+        #: (bottom, top) positions naming one blob: Caffe hands the layer that one Blob as both
+        self.in_place = tuple((int(b), int(t)) for b, t in in_place)
         self._set_up = False
         self.passes = 0  # forward passes so far: a backward belongs to the latest one only (the layer's state)
         # follows .to(dtype/device), so tops of a layer without bottoms come out like the rest of the net
@@ -89,16 +92,23 @@ class PycaffeLayer(nn.Module):
         """The tops' shapes for bottoms of these shapes: ``setup`` (the first time) and ``reshape``, on zeros."""
         bottoms = [Blob(torch.zeros(tuple(s))) for s in bottom_shapes]
         self.prepare(bottoms, phase)
-        return [tuple(t.shape) for t in self.tops]
+        return [tuple(t.shape) for t in self.top_blobs(bottoms)]
+
+    def top_blobs(self, bottoms: list[Blob]) -> list[Blob]:
+        """The tops this pass: the bottom's own Blob where a top names the same blob (in place), as in Caffe."""
+        tops = list(self.tops)
+        for b, t in self.in_place:
+            tops[t] = bottoms[b]
+        return tops
 
     def prepare(self, bottoms: list[Blob], phase: int | None = None) -> None:
         """Caffe's ``LayerSetUp`` once, then ``Reshape`` (which ``Layer::Forward`` calls before every pass).
         ``phase``: the layer's (shape inference); else the module's mode, as the runtime's phase follows it."""
         self.layer.phase = phase if phase is not None else TRAIN if self.training else TEST
         if not self._set_up:
-            _method(self.layer, "setup")(list(bottoms), list(self.tops))  # fresh lists each call, as boost's
+            _method(self.layer, "setup")(list(bottoms), self.top_blobs(bottoms))  # fresh lists each call, as boost's
             self._set_up = True
-        _method(self.layer, "reshape")(list(bottoms), list(self.tops))
+        _method(self.layer, "reshape")(list(bottoms), self.top_blobs(bottoms))
 
     def forward(self, *bottoms: torch.Tensor) -> Any:
         outs = _Run.apply(self, *bottoms)
@@ -112,13 +122,13 @@ class _Run(torch.autograd.Function):
     def forward(ctx: Any, module: PycaffeLayer, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         bottoms = [Blob(x.detach().to("cpu", torch.float32, copy=True)) for x in inputs]
         module.prepare(bottoms)
-        _method(module.layer, "forward")(list(bottoms), list(module.tops))
+        _method(module.layer, "forward")(list(bottoms), module.top_blobs(bottoms))
         module.passes += 1
         ctx.module, ctx.bottoms, ctx.pass_ = module, bottoms, module.passes  # backward sees these blobs, as Caffe's
         ctx.like = [(x.device, x.dtype) for x in inputs]
         like = inputs[0] if inputs else module.like
         dtype = like.dtype if like.is_floating_point() else torch.float32
-        return tuple(t.tensor().detach().clone().to(like.device, dtype) for t in module.tops)
+        return tuple(t.tensor().detach().clone().to(like.device, dtype) for t in module.top_blobs(bottoms))
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -129,12 +139,15 @@ class _Run(torch.autograd.Function):
             raise CaffeUsageError(f"Python layer {module.cls.__qualname__} ran forward again before the backward of "
                                   "an earlier pass: its backward reads the state of its latest forward only, as "
                                   "in Caffe (run backward after each forward)")
-        for top, grad in zip(module.tops, grads, strict=True):
+        tops = module.top_blobs(bottoms)
+        shared = {b for b, _ in module.in_place}
+        for i, bottom in enumerate(bottoms):
+            if i not in shared:  # an in-place bottom's diff is its top's, set next
+                bottom.diff[...] = 0
+        for top, grad in zip(tops, grads, strict=True):
             top.diff[...] = 0 if grad is None else grad.detach().to("cpu", torch.float32).numpy()
-        for bottom in bottoms:
-            bottom.diff[...] = 0
         down = [bool(n) for n in ctx.needs_input_grad[1:]]
-        _method(module.layer, "backward")(list(module.tops), down, list(bottoms))
+        _method(module.layer, "backward")(tops, down, list(bottoms))
         out = [torch.from_numpy(b.diff.copy()).to(device, dtype) if d else None
                for b, d, (device, dtype) in zip(bottoms, down, ctx.like, strict=True)]
         return (None, *out)
@@ -157,12 +170,18 @@ class PycaffePythonLayer(ModulePythonLayer):
         #: runs ``setup`` once, at ``Net::Init``, on the object it then runs
         self._set_up: dict[int, PycaffeLayer] = {}
 
-    def _instance(self, param_str: str, tops: int, key: int | None = None) -> PycaffeLayer:
+    def _instance(self, param_str: str, tops: int, key: int | None = None,
+                  in_place: Sequence[tuple[int, int]] = ()) -> PycaffeLayer:
         built = self._set_up.pop(key, None) if key is not None else None
-        return built if built is not None else PycaffeLayer(self.factory, param_str, tops)
+        return built if built is not None else PycaffeLayer(self.factory, param_str, tops, in_place=in_place)
+
+    @staticmethod
+    def _in_place(node: Any) -> tuple[tuple[int, int], ...]:
+        return tuple((b, t) for t, top in enumerate(node.tops) for b, bottom in enumerate(node.bottoms)
+                     if top == bottom)
 
     def _build(self, node: Any, device: str = "meta") -> nn.Module:
-        return PycaffeLayer(self.factory, node.attrs.param_str, len(node.tops), node.phase)
+        return PycaffeLayer(self.factory, node.attrs.param_str, len(node.tops), node.phase, self._in_place(node))
 
     def infer_shapes(self, node: Any, in_shapes: Sequence[Any]) -> list[Any]:
         module = self._set_up.get(id(node)) or self._build(node)
@@ -172,4 +191,5 @@ class PycaffePythonLayer(ModulePythonLayer):
     def module(self, node: Any) -> Any:
         from ..layers.base import call
 
-        return call(self.target, node.attrs.param_str, len(node.tops), id(node), build_on_meta=False)
+        return call(self.target, node.attrs.param_str, len(node.tops), id(node), self._in_place(node),
+                    build_on_meta=False)
