@@ -19,7 +19,9 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from .. import hdf5_weights
 from ..errors import Location
+from ..hdf5_weights import blob_dataset, member
 from .errors import SolverError
 from .snapshot import SolverState
 
@@ -76,8 +78,6 @@ def read_solverstate_h5(path: str | os.PathLike, sizes: Sequence[int] | None = N
     a history dataset of another count (or any, when the count of datasets differs) is not read but stood in for
     by a zero-stride array of its shape, which the caller refuses by that shape: a file of a few KB may declare
     a never-written dataset of billions of values."""
-    from ..hdf5_weights import blob_dataset, member, read_blob
-
     h5py = _h5py()
     file = str(path)
     loc = Location(file)
@@ -98,7 +98,7 @@ def read_solverstate_h5(path: str | os.PathLike, sizes: Sequence[int] | None = N
                     raise SolverError(f"group 'history' has no dataset '{i}' ({STATE_LAYOUT})", loc)
                 ds = blob_dataset(h5py, member(h5py, group, str(i), loc, SolverError), loc, SolverError, STATE_LAYOUT)
                 read = fits and (sizes is None or ds.size == sizes[i])
-                history.append(read_blob(ds) if read else np.broadcast_to(np.float32(0), ds.shape))
+                history.append(hdf5_weights.read_blob(ds) if read else np.broadcast_to(np.float32(0), ds.shape))
     except OSError as e:
         raise SolverError(f"not a Caffe HDF5 solver state: {e}", loc) from None
     return SolverState(it, learned, step, history)
@@ -106,8 +106,6 @@ def read_solverstate_h5(path: str | os.PathLike, sizes: Sequence[int] | None = N
 
 def _int_dataset(h5py: Any, h5: Any, name: str, loc: Location) -> int:
     """``hdf5_load_int``: one integer (Caffe's ``H5LTread_dataset_int`` converts a float dataset's value)."""
-    from ..hdf5_weights import member
-
     obj = member(h5py, h5, name, loc, SolverError) if name in h5 else None
     if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "biuf" or obj.size != 1:
         raise SolverError(f"'{name}' is not one number ({STATE_LAYOUT})", loc)
@@ -119,8 +117,6 @@ def _int_dataset(h5py: Any, h5: Any, name: str, loc: Location) -> int:
 
 def _string_dataset(h5py: Any, h5: Any, name: str, loc: Location) -> str:
     """``hdf5_load_string``: a file name, any bytes, up to its NUL."""
-    from ..hdf5_weights import member
-
     obj = member(h5py, h5, name, loc, SolverError)
     if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "SOU" or obj.size != 1:
         raise SolverError(f"'{name}' is not one string ({STATE_LAYOUT})", loc)

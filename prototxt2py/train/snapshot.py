@@ -21,7 +21,7 @@ import torch
 
 from .. import limits
 from ..errors import Location, ResourceLimitError
-from ..fsutil import output_target, replace_together, temp_beside
+from ..fsutil import current_umask, output_target, replace_together, temp_beside
 from ..weights import MAX_BLOB_AXES, as_float32
 from .errors import SolverError
 
@@ -159,8 +159,7 @@ def write_together(files: Sequence[tuple[str, Callable[[IO[bytes]], None]]]) -> 
             temps.append((tmp, target))
             with os.fdopen(fd, "w+b") as f:  # h5py needs to read what it writes
                 writer(f)
-        mask = os.umask(0)
-        os.umask(mask)
+        mask = current_umask()
         for tmp, _ in temps:
             os.chmod(tmp, 0o666 & ~mask)
         replace_together(temps)  # the weights and the state, both or neither
