@@ -104,7 +104,7 @@ def _parse_inputs(values: tuple[str, ...]) -> dict[str, list[int]]:
     for v in values:
         name, sep, dims = v.partition("=")
         try:
-            shape = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
+            shape = [int(d) for d in dims.replace("x", ",").split(",")]  # an empty field is an error, not skipped
         except ValueError:
             shape = []
         if not sep or not name or not shape or any(d <= 0 for d in shape):

@@ -140,6 +140,7 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
     quiet_image_decoders()
     from .train import get_solver, read_solver_param
     from .train.errors import SolverError
+    from .train.snapshot import check_writable
 
     if weights and snapshot:
         raise SolverError("give --snapshot to resume training or --weights to fine-tune, not both")
@@ -151,16 +152,23 @@ def train_command(solver: str, weights: str | None, snapshot: str | None, iterat
             del param.weights[:]
         if weights:
             param.weights.append(weights)
+        if rank == 0 and param.snapshot_after_train and not param.snapshot:
+            # the run ends with a snapshot: its folder is checked now, not after the training (Caffe checks only
+            # with a snapshot interval)
+            check_writable(param.snapshot_prefix)
         log = _echo(rank, glog=glog)
         for name in (n.strip() for w in param.weights for n in w.split(",")):
             log(f"Finetuning from {name}")
-        s = get_solver(param, rank=rank, world=world, device=device, data_workers=data_workers,
-                       warn=_echo(rank, "warning: ", glog), file=solver)
-        s.log = log
-        batch = next(iter(s.feeder.shapes().values()), [1])[0]
-        progress = _Progress(batch * param.iter_size * world, param.display or 20) if rank == 0 and not quiet else None
-        s.on_iteration = progress
+        # Caffe's handler is in place before the solver is built: a signal during set-up is acted on at the
+        # first iteration (SIGHUP: a snapshot), not the end of the process
         with _Signals(sigint_effect, sighup_effect) as signals:
+            s = get_solver(param, rank=rank, world=world, device=device, data_workers=data_workers,
+                           warn=_echo(rank, "warning: ", glog), file=solver)
+            s.log = log
+            batch = next(iter(s.feeder.shapes().values()), [1])[0]
+            progress = (_Progress(batch * param.iter_size * world, param.display or 20) if rank == 0 and not quiet
+                        else None)
+            s.on_iteration = progress
             s.action_request = signals.request
             try:
                 if snapshot:  # caffe train restores before solving (Solve itself is given no resume file)
@@ -185,7 +193,7 @@ def test_command(net: str, weights: str | None, iterations: int, phase: str, sta
     import torch
 
     from .reader import read_net
-    from .train.solver import build_fed_net, forward_for_loss
+    from .train.solver import build_fed_net, check_output_sizes, forward_for_loss
 
     module, feeder = build_fed_net(read_net(net), phase.upper(), stages, level, 0, 1, torch.device(device),
                                    hold_inputs=True)
@@ -208,12 +216,14 @@ def test_command(net: str, weights: str | None, iterations: int, phase: str, sta
         with torch.no_grad():
             blobs = forward_for_loss(module, {k: v.to(device) for k, v in feeder.next_pass().items()})
             loss = f32(loss + f32(module.loss(blobs).item()))
-        flat = [(n, f32(x)) for n in module.output_names for x in blobs[n].detach().cpu().numpy().ravel()]
+        values = [(n, blobs[n].detach().cpu().numpy().ravel()) for n in module.output_names]
+        flat = [(n, f32(x)) for n, v in values for x in v]
         for n, x in flat:
             click.echo(f"Batch {i}, {n} = {x:g}", err=True)
         if i == 0:
             names, scores = [n for n, _ in flat], [x for _, x in flat]
         else:
+            check_output_sizes(names, values, i, "the net")
             scores = [f32(s + x) for s, (_, x) in zip(scores, flat, strict=True)]
     feeder.close()
     loss = f32(loss / f32(iterations))

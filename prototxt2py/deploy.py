@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import GraphError, Location
-from .netstate import TEST, State, layer_included
+from .netstate import TEST, TRAIN, State, layer_included
 from .proto import caffe_pb2
 from .reader import NetSource, read_net
 
@@ -100,8 +100,15 @@ def derive_deploy(
     shapes = {k: [int(d) for d in v] for k, v in (input_shapes or {}).items()}
     notes: list[str] = []
     main = _main_loss_weight(layers)
-    layers = _convert_heads(layers, main, notes)
-    kept, live_tops = _prune(layers, main)
+    was_read = {(i, t) for i, tops in enumerate(_readers(layers)[0]) for t, readers in enumerate(tops) if readers}
+    layers, outputs = _convert_heads(layers, main, notes)
+    kept, live_tops = _prune(layers, main, was_read, outputs)
+    if all(is_data_layer(layers[i]) for i in kept):  # every output silenced: what a Silence reads is what the
+        # net is for (a script reads those blobs; the colorization deploy net ends in Silence(class8_ab))
+        kept, live_tops = _prune(layers, main, was_read, outputs, silenced_live=True)
+    if all(is_data_layer(layers[i]) for i in kept):
+        raise GraphError("the deploy net would compute nothing: no layer of the TEST net leads to an output",
+                         Location(source.file))
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net)
     del out.layer[:]
@@ -171,13 +178,16 @@ def deploy_file(
 
 def _select_layers(net: Any, locations: list[Location], state: State) -> list[int]:
     """Indices of the layers of the TEST net, plus what a deploy net needs from other phases: the losses when
-    the TEST net has none (SqueezeNet puts its loss in TRAIN only), and a data layer for each blob that no
-    TEST layer produces (a train.prototxt whose only data layer is TRAIN's). Caffe's NetState rules decide."""
+    the TEST net has none (SqueezeNet puts its loss in TRAIN only; a loss the stage or level excludes, as a
+    DIGITS net's ``exclude { stage: "deploy" }``, stays out), and a data layer for each blob that no TEST layer
+    produces (a train.prototxt whose only data layer is TRAIN's). Caffe's NetState rules decide."""
     included = [i for i, (lay, loc) in enumerate(zip(net.layer, locations, strict=False))
                 if layer_included(lay, state, loc)]
     chosen = set(included)
     if not any(is_loss(net.layer[i]) for i in included):
-        chosen |= {i for i, lay in enumerate(net.layer) if is_loss(lay)}
+        train = replace(state, phase=TRAIN)
+        chosen |= {i for i, (lay, loc) in enumerate(zip(net.layer, locations, strict=False))
+                   if is_loss(lay) and layer_included(lay, train, loc)}
     produced: set[str] = set()
     for i in sorted(chosen):
         for b in net.layer[i].bottom:
@@ -198,13 +208,32 @@ def _main_loss_weight(layers: list[Any]) -> float | None:
     return max(weights) if weights else None
 
 
-def _convert_heads(layers: list[Any], main: float | None, notes: list[str]) -> list[Any]:
-    """Replace the main ``SoftmaxWithLoss`` layers by ``Softmax`` layers; other layers are left alone."""
+def _twin_softmax(layers: list[Any], head: Any) -> Any:
+    """The net's own ``Softmax`` of a loss's scores (same bottom and parameters) whose probabilities only
+    metrics read (Caffe's ``imagenet_val.prototxt``: ``prob`` for Accuracy beside the loss), or None."""
+    for layer in layers:
+        if (layer.type == "Softmax" and list(layer.bottom) == [head.bottom[0]] and len(layer.top) == 1
+                and layer.softmax_param == head.softmax_param
+                and all(other.type in METRIC_TYPES for other in layers if layer.top[0] in other.bottom)):
+            return layer
+    return None
+
+
+def _convert_heads(layers: list[Any], main: float | None, notes: list[str]) -> tuple[list[Any], set[str]]:
+    """Replace the main ``SoftmaxWithLoss`` layers by ``Softmax`` layers; other layers are left alone. Where
+    the net computes those probabilities itself (:func:`_twin_softmax`), the loss is dropped and that Softmax's
+    top, returned, stays an output under its own name."""
     heads = [lay for lay in layers if is_loss(lay) and lay.type == "SoftmaxWithLoss" and loss_weight(lay) == main]
+    twins = {id(h): twin for h in heads if (twin := _twin_softmax(layers, h)) is not None}
+    heads = [h for h in heads if id(h) not in twins]
     taken = {lay.name for lay in layers} | {b for lay in layers for b in (*lay.top, *lay.bottom)}
     single = len(heads) == 1 and "prob" not in taken
     out = []
     for layer in layers:
+        twin = twins.get(id(layer))
+        if twin is not None:
+            notes.append(f"SoftmaxWithLoss '{layer.name}' dropped: the net's Softmax '{twin.name}' gives its "
+                         f"probabilities ({layer.bottom[0]} -> {twin.top[0]})")
         if any(layer is h for h in heads):
             soft = caffe_pb2.LayerParameter()
             soft.type = "Softmax"
@@ -220,7 +249,7 @@ def _convert_heads(layers: list[Any], main: float | None, notes: list[str]) -> l
             notes.append(f"SoftmaxWithLoss '{layer.name}' -> Softmax '{soft.name}' ({layer.bottom[0]} -> {top})")
             layer = soft
         out.append(layer)
-    return out
+    return out, {twin.top[0] for twin in twins.values()}
 
 
 def _is_dropped_kind(layer: Any) -> bool:
@@ -228,9 +257,8 @@ def _is_dropped_kind(layer: Any) -> bool:
 
 
 # -- pruning -------------------------------------------------------------------------------------------------
-def _prune(layers: list[Any], main: float | None) -> tuple[list[int], dict[int, list[str]]]:
-    """Indices of the layers to keep (in order) and, for data layers, their tops that are still read."""
-    n = len(layers)
+def _readers(layers: list[Any]) -> tuple[list[list[set[int]]], list[set[int]]]:
+    """Who reads what: per layer and top, the layers reading it; per layer, the layers it reads from."""
     consumers: list[list[set[int]]] = [[set() for _ in lay.top] for lay in layers]
     producers: list[set[int]] = [set() for _ in layers]
     writer: dict[str, tuple[int, int]] = {}
@@ -242,7 +270,20 @@ def _prune(layers: list[Any], main: float | None) -> tuple[list[int], dict[int, 
                 producers[j].add(i)
         for t, top in enumerate(layer.top):
             writer[top] = (j, t)
+    return consumers, producers
+
+
+def _prune(layers: list[Any], main: float | None, was_read: set[tuple[int, int]], outputs: set[str],
+           silenced_live: bool = False) -> tuple[list[int], dict[int, list[str]]]:
+    """Indices of the layers to keep (in order) and, for data layers, their tops that are still read.
+    ``was_read``: the (layer, top) pairs some layer read before the heads were converted (a label only the
+    converted loss read is no output of the deploy net); ``outputs``: Softmax tops that stay outputs;
+    ``silenced_live``: blobs that only Silence layers read stay (with their Silence)."""
+    n = len(layers)
+    consumers, producers = _readers(layers)
     wanted = _wanted_tops(layers, main)
+    wanted |= {(i, t) for i, lay in enumerate(layers) if lay.type == "Softmax"
+               for t, top in enumerate(lay.top) if top in outputs}
     dropped = {i for i, lay in enumerate(layers) if _is_dropped_kind(lay)}
     silence = {i for i, lay in enumerate(layers) if lay.type == "Silence"}
 
@@ -250,8 +291,10 @@ def _prune(layers: list[Any], main: float | None) -> tuple[list[int], dict[int, 
         readers = consumers[i][t] - silence
         if (i, t) in wanted:
             return True
-        if not readers:
-            return not is_data_layer(layers[i]) and not consumers[i][t]  # an output nobody reads (not silenced)
+        if not readers:  # an output nobody reads, nor read before (not silenced, not the converted loss's label)
+            if is_data_layer(layers[i]):
+                return False
+            return (not consumers[i][t] and (i, t) not in was_read) or (silenced_live and bool(consumers[i][t]))
         return bool(readers - dropped)
 
     changed = True
@@ -264,8 +307,9 @@ def _prune(layers: list[Any], main: float | None) -> tuple[list[int], dict[int, 
             if dead_inputs or (len(layers[i].top) and not any(top_live(i, t) for t in range(len(layers[i].top)))):
                 dropped.add(i)
                 changed = True
-    for i in silence:
-        if producers[i] & dropped:
+    for i in silence:  # a Silence stays only over blobs that stay
+        if producers[i] & dropped or not all(top_live(j, t) for j in producers[i] for t, readers
+                                             in enumerate(consumers[j]) if i in readers):
             dropped.add(i)
     kept = [i for i in range(n) if i not in dropped]
     live_tops = {
@@ -284,14 +328,23 @@ def _wanted_tops(layers: list[Any], main: float | None) -> set[tuple[int, int]]:
         head = is_loss(layer) and loss_weight(layer) == main
         if main is None:  # no loss in any phase: the predictions are what the metrics measure
             head = layer.type in METRIC_TYPES
-        if head:  # a loss's predictions: every bottom except labels read straight from a data layer
-            bottoms = layer.bottom if main is not None else layer.bottom[:1]
+        if head:  # a loss's predictions (as its spec declares; else every bottom but labels read from data)
+            bottoms = layer.bottom[:_prediction_bottoms(layer.type)] if main is not None else layer.bottom[:1]
             for b in bottoms:
                 if b in writer and not is_data_layer(layers[writer[b][0]]):
                     wanted.add(writer[b])
         for t, top in enumerate(layer.top):
             writer[top] = (j, t)
     return wanted
+
+
+def _prediction_bottoms(layer_type: str) -> int | None:
+    """How many leading bottoms of a loss of ``layer_type`` are predictions (its spec's
+    ``prediction_bottoms``); None (every bottom) for a type without a spec or a declaration."""
+    from .layers import REGISTRY
+
+    spec = REGISTRY.get(layer_type)
+    return getattr(spec, "prediction_bottoms", None)
 
 
 # -- the Input layer -----------------------------------------------------------------------------------------

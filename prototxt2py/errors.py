@@ -82,6 +82,14 @@ class ShapeError(Prototxt2pyError):
     """Shape inference failed: incompatible bottoms or parameters."""
 
 
+class UnknownInputError(ShapeError):
+    """A shape given for a blob that is no input of the net (``blob``; the net's ``inputs``)."""
+
+    def __init__(self, message: str, location: Location | None, blob: str, inputs: list[str]):
+        super().__init__(message, location)
+        self.blob, self.inputs = blob, inputs
+
+
 class ForwardError(ShapeError, RuntimeError):
     """A forward pass failed at a layer, typically on inputs of a shape the net's weights or layers do not take.
     Also a ``RuntimeError``, which is what torch raises for such a failure."""

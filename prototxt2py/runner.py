@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputFileError, Location
+from .errors import InputFileError, Location, UnknownInputError
 from .fsutil import write_bytes_atomic
 from .reader import read_bytes
 
@@ -52,7 +52,11 @@ def read_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def run_npz(make_net: Callable[[dict], Any], inputs_path: str, output: str, all_blobs: bool) -> None:
     """Build the net for the given input shapes, run it, write an .npz atomically."""
     arrays = read_inputs(inputs_path)
-    net = make_net({k: list(v.shape) for k, v in arrays.items()})
+    try:
+        net = make_net({k: list(v.shape) for k, v in arrays.items()})
+    except UnknownInputError as e:  # said of the .npz's array, not of an --input option run does not have
+        raise InputFileError(f"array '{e.blob}' matches no input blob (the net's inputs: {e.inputs}): leave it "
+                             "out of the file", Location(inputs_path)) from None
     unknown = [k for k in arrays if k not in net.input_names]
     if unknown:
         raise InputFileError(

@@ -96,7 +96,8 @@ def test_a_directory_given_for_an_input_file_is_one_line(args: tuple[str, ...], 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.prototxt", "net.prototxt"]  # nothing written
 
 
-@pytest.mark.parametrize("value", ["data=1,1,0,28", "data=-1,3", "data=a,b", "data", "=1,2"])
+@pytest.mark.parametrize("value", ["data=1,1,0,28", "data=-1,3", "data=a,b", "data", "=1,2", "data=1,,28,28",
+                                   "data=1,1,28x"])
 def test_a_malformed_input_shape_is_a_usage_error(value: str, tmp_path: Path) -> None:
     """A bad ``--input`` value is a command-line mistake: click's usage error (exit 2), not an internal error."""
     net = write(tmp_path, GOOD_HEAD)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 from data_helpers import DATASETS, data_net, image_net, layer_from
 
 from prototxt2py.data import DataError, open_source
-from prototxt2py.data.db import _lmdb_pages_end
+from prototxt2py.data.lmdb_check import check_file, read_meta
 from prototxt2py.data.loader import open_reader
 from prototxt2py.data.transformer import DataTransformer
 from prototxt2py.plain import plain
@@ -120,13 +122,15 @@ def test_a_truncated_lmdb_is_refused_before_it_is_mapped(tmp_path: Path) -> None
     copy = tmp_path / "copy_lmdb"
     shutil.copytree(COLOR_LMDB, copy)
     data = copy / "data.mdb"
-    assert _lmdb_pages_end(str(data)) == data.stat().st_size  # an intact database ends on its last page
+    with data.open("rb") as f:
+        end = read_meta(f.fileno()).end
+    assert end == data.stat().st_size  # an intact database ends on its last page
     with data.open("r+b") as f:
         f.truncate(5000)
     with pytest.raises(DataError) as e:
         open_source(layer_from(data_net(str(copy))))
     assert str(e.value) == (f"layer 'data': LMDB '{copy}' is truncated: {data} holds 5000 bytes, its last page "
-                            f"ends at byte {_lmdb_pages_end(str(data))} (an interrupted copy?)")
+                            f"ends at byte {end} (an interrupted copy?)")
 
 
 def test_ranks_read_disjoint_strides_in_train_and_everything_in_test() -> None:
@@ -342,11 +346,82 @@ def test_a_corrupt_lmdb_page_is_a_data_error(tmp_path: Path) -> None:
     raw = bytearray((db / "data.mdb").read_bytes())
     raw[8192 + 10] = 0  # the first leaf page's P_LEAF flag
     (db / "data.mdb").write_bytes(bytes(raw))
-    with pytest.raises(DataError, match=r"layer 'data': cannot read database '.*db' \(corrupt\?\): .*MDB_CORRUPTED"):
+    why = f"LMDB '{db}' is corrupt: {db / 'data.mdb'}: page 2 should be a leaf page, its flags are 0x0"
+    with pytest.raises(DataError) as e:
         Cursor(str(db), "lmdb", layer="data")
+    assert str(e.value) == f"layer 'data': {why}"
     result = CliRunner().invoke(main, ["compute-image-mean", str(db), str(tmp_path / "mean.binaryproto")])
-    assert result.exit_code == 1 and "MDB_CORRUPTED" in result.output and "internal error" not in result.output
+    assert result.exit_code == 1 and result.output == f"error: {why}\n"
     assert not (tmp_path / "mean.binaryproto").exists()
+
+
+def _lmdb_of(path: Path, sizes: list[int]) -> list[int]:
+    """An LMDB of records of ``sizes`` bytes (keys 00000000, ...); returns its leaf pages' numbers."""
+    import struct
+
+    import lmdb
+
+    env = lmdb.open(str(path), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for i, n in enumerate(sizes):
+            txn.put(b"%08d" % i, bytes([i % 251]) * n)
+    env.close()
+    raw = (path / "data.mdb").read_bytes()
+    return [p for p in range(2, len(raw) // 4096) if struct.unpack_from("<QH", raw, p * 4096 + 2)[1] == 2
+            and struct.unpack_from("<Q", raw, p * 4096)[0] == p]
+
+
+def _read_all(db: Path) -> subprocess.CompletedProcess:
+    """Read every record of ``db`` in a child process (the lmdb library kills the process it reads in)."""
+    code = ("import sys\nfrom prototxt2py.data import DataError\nfrom prototxt2py.data.db import Cursor\n"
+            "try:\n    c = Cursor(sys.argv[1], 'lmdb', layer='data')\n"
+            "    while c.valid():\n        c.value(); c.next()\n"
+            "except DataError as e:\n    sys.exit(str(e))\n")
+    return subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize("corruption", ["record size past the file", "a leaf stamped as a branch"])
+def test_an_lmdb_that_would_kill_the_lmdb_library_is_refused(tmp_path: Path, corruption: str) -> None:
+    """LMDB reads its pages through a memory map and trusts them: a big record whose size reaches past the file
+    died with SIGBUS while its value was copied, and a second leaf page whose type flag says "branch" failed
+    LMDB's assertion ``IS_LEAF(mp)`` in ``mdb_cursor_next`` (SIGABRT). The tree is checked before LMDB maps it:
+    one line naming the database, the page and what is wrong."""
+    import struct
+
+    db = tmp_path / "db"
+    leaves = _lmdb_of(db, [6000 if i % 4 == 0 else 300 for i in range(120)])  # big and small records, 8 leaves
+    raw = bytearray((db / "data.mdb").read_bytes())
+    if corruption == "record size past the file":
+        page = leaves[0]
+        node = struct.unpack_from("<H", raw, page * 4096 + 16)[0]  # the page's first node: a big record
+        assert struct.unpack_from("<HHHH", raw, page * 4096 + node)[2] == 1  # F_BIGDATA
+        struct.pack_into("<HH", raw, page * 4096 + node, 0xFFFF, 0x7FFF)  # its size: 2 GiB
+        what = f"page {page}: record 0 (2147483647 bytes from page "
+    else:
+        page = leaves[1]
+        struct.pack_into("<H", raw, page * 4096 + 10, 1)  # P_BRANCH
+        what = f"page {page} should be a leaf page, its flags are 0x1"
+    (db / "data.mdb").write_bytes(bytes(raw))
+    result = _read_all(db)
+    assert result.returncode == 1, (result.returncode, result.stderr[-500:])
+    assert result.stderr.startswith(f"layer 'data': LMDB '{db}' is corrupt: {db / 'data.mdb'}: {what}")
+    assert result.stderr.count("\n") == 1
+
+
+def test_the_lmdb_check_passes_databases_caffe_and_the_lmdb_library_wrote(tmp_path: Path) -> None:
+    """No false alarm: the golden LMDBs Caffe 1.0 wrote, and multi-level trees the lmdb library writes (small
+    and big records, an empty database) pass, and are read whole."""
+    for data in sorted(DATASETS.glob("*_lmdb/data.mdb")):
+        check_file(str(data))
+    _lmdb_of(tmp_path / "empty", [])
+    check_file(str(tmp_path / "empty" / "data.mdb"))
+    sizes = [6000 if i % 50 == 0 else (i * 7919) % 300 + 1 for i in range(10000)]
+    _lmdb_of(tmp_path / "deep", sizes)
+    with (tmp_path / "deep" / "data.mdb").open("rb") as f:
+        assert read_meta(f.fileno()).depth >= 3
+    result = _read_all(tmp_path / "deep")
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_leveldb_source_is_read_by_one_worker(tmp_path: Path) -> None:

@@ -237,3 +237,86 @@ def test_image_data_channels_ignore_force_color_and_gray(is_color: str, force: s
     layer {{ name: "r" type: "ReLU" bottom: "data" top: "r" }}"""
     shape = derive_deploy(read_net_text(text)).net.layer[0].input_param.shape[0]
     assert list(shape.dim) == [10, channels, 5, 5]
+
+
+def _outputs(text: str, **shapes: list[int]) -> tuple[list[str], list[str]]:
+    g = prototxt2py.graph(deploy_source(read_net_text(text), shapes or None))
+    return [g.values[v].blob for v in g.inputs], [g.values[v].blob for v in g.outputs]
+
+
+def test_targets_a_net_computes_from_the_label_go_with_the_loss() -> None:
+    """A loss's prediction is its bottom 0 (two for ContrastiveLoss, three for SSD's MultiBoxLoss: the specs'
+    ``prediction_bottoms``). Every bottom not read straight from a data layer was kept: a target computed from
+    the label (py-faster-rcnn's anchor targets, an autoencoder's flattened input) stayed an output, and made
+    the label an input of the deploy net."""
+    text = """layer { name: "d" type: "Input" top: "data" top: "label"
+      input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 1 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "pred" inner_product_param { num_output: 1 } }
+    layer { name: "scaled" type: "Power" bottom: "label" top: "target" power_param { scale: 2 } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "pred" bottom: "target" top: "loss" }"""
+    assert _outputs(text) == (["data"], ["pred"])
+    siamese = """layer { name: "d" type: "Input" top: "a" top: "b" top: "sim"
+      input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 3 } shape { dim: 4 } } }
+    layer { name: "fa" type: "InnerProduct" bottom: "a" top: "fa" inner_product_param { num_output: 2 } }
+    layer { name: "fb" type: "InnerProduct" bottom: "b" top: "fb" inner_product_param { num_output: 2 } }
+    layer { name: "loss" type: "ContrastiveLoss" bottom: "fa" bottom: "fb" bottom: "sim" top: "loss" }"""
+    assert _outputs(siamese) == (["a", "b"], ["fa", "fb"])
+
+
+def test_the_nets_own_softmax_stays_the_probability_output() -> None:
+    """Caffe's ``imagenet_val.prototxt`` computes ``prob = Softmax(fc8)`` for its Accuracy beside the
+    SoftmaxWithLoss: ``prob`` was dropped with the accuracy and the loss became a Softmax named ``loss``."""
+    text = """layer { name: "d" type: "Input" top: "data" top: "label"
+      input_param { shape { dim: 2 dim: 5 } shape { dim: 2 } } }
+    layer { name: "fc8" type: "InnerProduct" bottom: "data" top: "fc8" inner_product_param { num_output: 3 } }
+    layer { name: "prob" type: "Softmax" bottom: "fc8" top: "prob" }
+    layer { name: "accuracy" type: "Accuracy" bottom: "prob" bottom: "label" top: "accuracy" }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss" }"""
+    result = derive_deploy(read_net_text(text))
+    assert [(lay.name, lay.type, list(lay.top)) for lay in result.net.layer] == [
+        ("data", "Input", ["data"]), ("fc8", "InnerProduct", ["fc8"]), ("prob", "Softmax", ["prob"])]
+    assert result.notes == ["SoftmaxWithLoss 'loss' dropped: the net's Softmax 'prob' gives its probabilities "
+                            "(fc8 -> prob)"]
+
+
+def test_a_net_whose_outputs_are_all_silenced_keeps_them() -> None:
+    """Silence(feat) at the end of a net (the colorization deploy net's Silence(class8_ab)): the derivation
+    dropped every layer and wrote an empty net, exit 0. What only a Silence reads is then what the net is for;
+    a net with nothing left is an error."""
+    text = """layer { name: "d" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "feat"
+      convolution_param { num_output: 4 kernel_size: 3 } }
+    layer { name: "mute" type: "Silence" bottom: "feat" }"""
+    result = derive_deploy(read_net_text(text))
+    assert [lay.name for lay in result.net.layer] == ["data", "conv", "mute"]
+    only_data = """layer { name: "d" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }
+    layer { name: "mute" type: "Silence" bottom: "data" }"""
+    with pytest.raises(GraphError, match="the deploy net would compute nothing: no layer of the TEST net leads to "
+                                         "an output"):
+        derive_deploy(read_net_text(only_data))
+
+
+def test_a_loss_the_stage_excludes_stays_out() -> None:
+    """Losses come back from other phases only when the TEST net has none by phase (SqueezeNet's TRAIN-only
+    loss): a DIGITS net's ``exclude { stage: "deploy" }`` loss came back as a second Softmax under --stage
+    deploy, which ``Net::FilterNet`` removes."""
+    text = """layer { name: "d" type: "Input" top: "data" top: "label"
+      input_param { shape { dim: 1 dim: 5 } shape { dim: 1 } } }
+    layer { name: "ip2" type: "InnerProduct" bottom: "data" top: "ip2" inner_product_param { num_output: 3 } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss"
+      exclude { stage: "deploy" } }
+    layer { name: "softmax" type: "Softmax" bottom: "ip2" top: "softmax" include { stage: "deploy" } }"""
+    g = prototxt2py.graph(deploy_source(read_net_text(text), stages=["deploy"]))
+    assert [n.name for n in g.nodes] == ["data", "ip2", "softmax"]
+    assert [g.values[v].blob for v in g.outputs] == ["softmax"]
+
+
+def test_run_names_the_array_that_matches_no_input(tmp_path: Path) -> None:
+    """A train-set .npz usually holds the label too: the error named an ``--input`` option ``run`` lacks."""
+    lenet = str(corpus("examples/mnist/lenet_train_test.prototxt"))
+    np.savez(tmp_path / "in.npz", data=np.zeros((2, 1, 28, 28), np.float32), label=np.zeros(2, np.float32))
+    r = CliRunner().invoke(main, ["run", "--deploy", lenet, "--inputs", str(tmp_path / "in.npz"),
+                                  "-o", str(tmp_path / "out.npz")])
+    assert r.exit_code == 1 and not (tmp_path / "out.npz").exists()
+    assert r.stderr == (f"error: {tmp_path / 'in.npz'}: array 'label' matches no input blob (the net's inputs: "
+                        "['data']): leave it out of the file\n")

@@ -155,7 +155,7 @@ def test_python_layer_is_never_imported() -> None:
     g = graph_of(text)
     why = g.unresolved()["py"]
     assert why.startswith(f"Python layer {module}.Evil is user code and is not run; map it explicitly: ")
-    assert f"python_layers={{'{module}.Evil': MyModule}}" in why
+    assert f"python_layers={{'{module}.Evil': MyLayer}}" in why
     assert g.blob_shapes()["r"] is None  # downstream shapes stay unknown, the reason sits on the Python layer
     with pytest.raises(UnsupportedLayerError, match=f"layer 'py' at .*python_layers={{'{module}.Evil'"):
         prototxt2py.load(g)
@@ -178,7 +178,9 @@ def test_python_data_layer_tops_are_net_inputs() -> None:
     assert [g.values[v].blob for v in g.inputs] == ["data", "label"]
     assert g.unresolved() == {"data": f"Python data layer {module}.VOCSegDataLayer is user code and is not run: its "
                                       "tops are net inputs of unknown shape; give --input data=... --input label=... "
-                                      "(from Python: input_shapes={...})"}
+                                      "(from Python: input_shapes={...}), or run the class: python_layers="
+                                      f"{{'{module}.VOCSegDataLayer': VOCSegDataLayer}} (caffe.Net, caffe.SGDSolver, "
+                                      "prototxt2py.load)"}
     g = graph_of(text, input_shapes={"data": (2, 4, 3, 5), "label": (2, 1, 3, 5)})
     assert g.unresolved() == {} and g.blob_shapes()["score"] == (2, 3, 3, 5)
     net = prototxt2py.load(g)

@@ -292,7 +292,8 @@ def test_unmapped_python_layer_says_how_to_map_it() -> None:
     g = graph_of(PY_NET)
     with pytest.raises(UnsupportedLayerError, match=r"no PyTorch implementation for: 'Python' \(layer 'py' at "
                        r"net.prototxt:4:7; map it explicitly: prototxt2py.load\(\.\.\., python_layers="
-                       r"\{'user_layers.SplitScale': MyModule\}"):
+                       r"\{'user_layers.SplitScale': MyLayer\}\) \(also caffe.Net and caffe.SGDSolver\) with a "
+                       r"caffe.Layer class"):
         prototxt2py.load(g)
     with pytest.raises(PluginError, match="python_layers keys are 'module.Layer'"):
         graph_of(PY_NET, python_layers={"SplitScale": SplitScale})

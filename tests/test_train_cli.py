@@ -88,6 +88,13 @@ def test_train_cli_logs_snapshots_and_learns(tmp_path: Path, monkeypatch: pytest
         assert re.search(rf"^\s*{layer}\tforward: [\d.e-]+ ms\.$", out, re.M), out
         assert re.search(rf"^\s*{layer}\tbackward: [\d.e-]+ ms\.$", out, re.M), out
     assert "Average Forward-Backward:" in out
+    # and caffe time's frame: the clean pass with its loss, then one line per timed iteration (caffe.cpp: time)
+    lines = out.splitlines()
+    assert lines[:5] == ["Performing Forward", lines[1], "Performing Backward", "*** Benchmark begins ***",
+                         "Testing for 2 iterations."] and re.fullmatch(r"Initial loss: [\d.e-]+", lines[1]), lines
+    assert [re.sub(r"[\d.e-]+ ms", "T ms", x) for x in lines[5:7]] == [
+        "Iteration: 1 forward-backward time: T ms.", "Iteration: 2 forward-backward time: T ms."]
+    assert lines[-1] == "*** Benchmark ends ***" and lines[-2].startswith("Total Time: ")
     # a deploy net: no loss reaches any layer, yet caffe time runs (and times) every layer's backward
     (tmp_path / "deploy.prototxt").write_text(
         'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 dim: 8 } } }\n'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,80 @@ def test_unwritable_snapshot_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         get_solver(solver.name)
     code, out = _cli("train", solver.name, "--quiet")
     assert code == 1 and "cannot write snapshots" in out
+
+
+@pytest.mark.parametrize(("prefix", "why"), [
+    ("nodir/", "directory 'nodir' does not exist"),  # a prefix ending in "/" names a folder (probe nodir/_iter_0...)
+    ("train_list.txt/p", "'train_list.txt' is not a directory"),
+])
+def test_snapshot_prefix_folders_are_probed_as_caffe_probes_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  prefix: str, why: str) -> None:
+    """``CheckSnapshotWritePermissions`` probes ``prefix + "_iter_0.tempfile"``: with "nodir/" its folder is
+    nodir. The probe went to the working directory, and training died at its first snapshot."""
+    solver = make_case(tmp_path, snapshot=5, prefix=prefix)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SolverError) as e:
+        get_solver(solver.name)
+    assert str(e.value) == f"cannot write snapshots to prefix '{prefix}': {why}"
+
+
+def test_the_final_snapshot_folder_is_checked_before_training(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a snapshot interval, ``train`` still ends with a snapshot (``snapshot_after_train``): a missing
+    folder was found after the whole run (Caffe too: it probes only with an interval). pycaffe's solver, which
+    scripts often only ``step``, is built as Caffe builds it."""
+    solver = make_case(tmp_path, snapshot=0, prefix="missing/tiny")
+    monkeypatch.chdir(tmp_path)
+    code, out = _cli("train", solver.name, "--quiet")
+    assert (code, out.splitlines()[-1]) == (1, "error: cannot write snapshots to prefix 'missing/tiny': directory "
+                                               "'missing' does not exist")
+    get_solver(solver.name).step(1)
+
+
+def test_an_empty_snapshot_prefix_stays_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``UpgradeSnapshotPrefixProperty`` appends the solver's name only to a prefix that is a directory, and
+    boost's ``is_directory("")`` is false: the files are ``_iter_N.caffemodel`` in the working directory (the
+    solver's name was appended, as for ".")."""
+    solver = make_case(tmp_path, snapshot=0, prefix="")
+    monkeypatch.chdir(tmp_path)
+    s = get_solver(solver.name)
+    s.step(2)
+    assert s.snapshot() == ("_iter_2.caffemodel", "_iter_2.solverstate")
+
+
+def test_resuming_from_a_folder_or_a_caffemodel_says_what_it_is(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    solver = make_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    s = get_solver(solver.name)
+    s.step(1)
+    model, _ = s.snapshot()
+    code, out = _cli("train", solver.name, "--snapshot", "snaps", "--quiet")
+    assert (code, out.splitlines()[-1]) == (1, "error: snaps: is a directory, not a solver state file")
+    code, out = _cli("train", solver.name, "--snapshot", model, "--quiet")
+    assert (code, out.splitlines()[-1]) == (1, f"error: {model}: holds a net's weights (a .caffemodel), not a "
+                                               "solver state: start from weights with --weights (pycaffe: "
+                                               "net.copy_from)")
+
+
+def test_a_test_output_whose_size_changes_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caffe sums test outputs element by element over the batches (and writes past its vector when an output
+    grows, a Filter's top): ``test`` and a solver's test pass exited 3 (``zip(strict=True)``)."""
+    (tmp_path / "filt.prototxt").write_text("""
+layer { name: "data" type: "DummyData" top: "data" top: "sel"
+  dummy_data_param { shape { dim: 8 dim: 2 } shape { dim: 8 } data_filler { type: "gaussian" std: 1 }
+                     data_filler { type: "uniform" min: -1 max: 1 } } }
+layer { name: "thr" type: "Threshold" bottom: "sel" top: "mask" threshold_param { threshold: 0 } }
+layer { name: "filter" type: "Filter" bottom: "data" bottom: "mask" top: "kept" }""")
+    monkeypatch.chdir(tmp_path)
+    import torch
+
+    torch.manual_seed(3)  # batches keep 4, 6, ... of 8 rows: the sizes differ by the second batch
+    code, out = _cli("test", "filt.prototxt", "--iterations", "5")
+    assert code == 1
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: the net output 'kept' has \d+ values in batch \d but \d+ in batch 0: outputs are "
+                        r"averaged element by element over the batches, so their sizes must not change", last), last
 
 
 def test_failed_snapshot_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

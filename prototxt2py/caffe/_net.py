@@ -15,8 +15,10 @@ Split layer, emulated here without a name: each reader writes its own copy of th
 the value's diff when it runs, just before its producer (see :class:`._backward.Split`). Parameter diffs accumulate,
 as in Caffe, until ``clear_param_diffs()``.
 
-Data layers (Data, ImageData, HDF5Data, ...) do not read their sources here: their tops are blobs the caller
-fills (``net.blobs[name].data[...] = ...``), or ``set_input_arrays`` for a MemoryData layer.
+Data layers (Data, ImageData, HDF5Data, WindowData) read their sources as Caffe's do, one batch per forward pass
+that runs them (:mod:`._data`); a layer whose source does not exist reads nothing and its tops are blobs the
+caller fills (``net.blobs[name].data[...] = ...``), as Input blobs are; ``set_input_arrays`` feeds a MemoryData
+layer.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ..reader import NetSource, read_net
 from . import _mode
 from ._backward import Split, layer_gradients, need_backward
 from ._blob import Blob
+from ._data import open_readers
 
 TRAIN, TEST = 0, 1
 _PHASES = {TRAIN: "TRAIN", TEST: "TEST", "TRAIN": "TRAIN", "TEST": "TEST"}
@@ -125,8 +128,12 @@ class Net:
         self._callbacks: dict[str, list[Callable[[int], Any]]] = {k: [] for k in ("bf", "af", "bb", "ab")}
         self._memory_data: tuple[np.ndarray, np.ndarray, int] | None = None
         self._python_layers = dict(python_layers or {})
-        self._feeder: Any = None
         self._links_grad = True
+        skeleton = prototxt2py.graph(self._source, self._phase, self._stages, self._level, infer=False,
+                                     python_layers=self._python_layers)
+        self._feeder: Any = open_readers(skeleton, self._phase, set(input_shapes or ()))
+        if self._feeder is not None:  # the data's shapes win, as in Caffe, whose data layers reshape their tops
+            input_shapes = {**(input_shapes or {}), **self._feeder.shapes()}
         graph = prototxt2py.graph(self._source, self._phase, self._stages, self._level, input_shapes=input_shapes,
                                   python_layers=self._python_layers)
         self._adopt(graph, prototxt2py.load(graph, weights=weights).to(self._device))

@@ -8,55 +8,39 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 from collections.abc import Iterator
 from typing import Any
 
 from ..fsutil import note_input
-from . import DataError
+from . import DataError, lmdb_check
 from ._deps import require
 
 BACKENDS = ("LMDB", "LEVELDB")
-_LMDB_MAGIC = 0xBEEFC0DE
 
 #: LMDB environments open in this process, by real path: [environment, users]. The lmdb package refuses to
 #: open one environment twice in a process, and a TRAIN and a TEST net often read the same database.
 _LMDB_ENVS: dict[str, list[Any]] = {}
+#: LMDB data files found sound by :func:`_check_lmdb`: (real path, size, modification time, inode)
+_LMDB_CHECKED: set[tuple[str, int, int, int]] = set()
 
 
-def _lmdb_pages_end(data_file: str) -> int | None:
-    """Where the last page of an LMDB data file's newest transaction ends, read from its two meta pages (each a
-    16-byte page header, then ``MDB_meta``: magic at 16, page size at 40, last page number and transaction id at
-    136 and 144, 64-bit builds); None if they cannot be read as such (``lmdb.open`` then says what is wrong)."""
-    try:
-        with open(data_file, "rb") as f:
-            first = f.read(152)
-            if len(first) < 152 or struct.unpack_from("<I", first, 16)[0] != _LMDB_MAGIC:
-                return None
-            page = struct.unpack_from("<I", first, 40)[0]
-            if page < 152:
-                return None
-            f.seek(page)
-            second = f.read(152)
-    except OSError:
-        return None
-    metas = [struct.unpack_from("<QQ", meta, 136) for meta in (first, second) if len(meta) == 152]
-    last_page = max(metas, key=lambda m: m[1])[0] if len(metas) == 2 else 1  # a cut second meta: 2 pages at least
-    return (last_page + 1) * page
-
-
-def _check_lmdb_size(path: str, layer: str | None) -> None:
-    """A data file cut short (an interrupted copy) is refused: LMDB maps the file and reading a page past its
-    end kills the process with SIGBUS, with no message at all."""
+def _check_lmdb(path: str, layer: str | None) -> None:
+    """Refuse a data file cut short or with a corrupt tree before LMDB maps it (:mod:`.lmdb_check`: LMDB would
+    kill the process with SIGBUS, SIGSEGV or SIGABRT). A file checked once is not walked again while its size,
+    time and inode stay the same (the training feeder's workers open the database again)."""
     data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
-    end = _lmdb_pages_end(data_file)
     try:
-        size = os.path.getsize(data_file)
+        st = os.stat(data_file)
     except OSError:
+        return  # lmdb.open says what is wrong
+    key = (os.path.realpath(data_file), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key in _LMDB_CHECKED:
         return
-    if end is not None and size < end:
-        raise DataError(f"LMDB '{path}' is truncated: {data_file} holds {size} bytes, its last page ends at byte "
-                        f"{end} (an interrupted copy?)", layer=layer)
+    try:
+        lmdb_check.check_file(data_file)
+    except lmdb_check.LmdbCorrupt as e:
+        raise DataError(f"LMDB '{path}' {e}", layer=layer) from None
+    _LMDB_CHECKED.add(key)
 
 
 def _lmdb_env(path: str, layer: str | None) -> Any:
@@ -64,7 +48,7 @@ def _lmdb_env(path: str, layer: str | None) -> Any:
     key = os.path.realpath(path)
     entry = _LMDB_ENVS.get(key)
     if entry is None:
-        _check_lmdb_size(path, layer)
+        _check_lmdb(path, layer)
         try:
             # lock=False: Caffe's sources are written once and only read afterwards; no lock file is needed (so
             # read-only folders work), and readers in several processes never block each other.

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from .. import limits
-from ..errors import Location, Prototxt2pyError, ShapeError
+from ..errors import Location, Prototxt2pyError, ShapeError, UnknownInputError
 from ..layers.base import Unknowable
 from .graph import Graph, Node, Shape, _prod
 
@@ -22,9 +22,9 @@ def infer_shapes(graph: Graph, input_shapes: Mapping[str, Sequence[int]]) -> Non
     known_inputs = {graph.values[v].blob for v in graph.inputs}
     for k in overrides:
         if k not in known_inputs:
-            raise ShapeError(
+            raise UnknownInputError(
                 f"--input {k}: the net has no input blob named '{k}' (inputs: {', '.join(sorted(known_inputs))})",
-                Location(graph.file),
+                Location(graph.file), k, sorted(known_inputs),
             )
     by_name = dict(zip(graph.unique_names(), graph.nodes, strict=True))  # owners of shared params go by these
     param_elements = 0

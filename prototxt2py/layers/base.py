@@ -234,6 +234,10 @@ class LayerSpec:
     tops: ClassVar[tuple[int, int | None]] = (1, 1)
     #: Loss layers get loss_weight 1 on their first top unless the prototxt says otherwise (Caffe's LossLayer).
     is_loss: ClassVar[bool] = False
+    #: A loss's leading bottoms that are the net's predictions; the others are its targets (labels, or values a
+    #: net computes from them), which ``deploy`` drops with the loss. ``None``: not declared (``deploy`` then
+    #: keeps every bottom that is not read straight from a data layer).
+    prediction_bottoms: ClassVar[int | None] = None
     #: Layers that read data from files (Data, ImageData...): in a deployed net their tops become inputs.
     is_data: ClassVar[bool] = False
     #: Bottoms ``force_backward`` does not reach (Caffe's ``AllowForceBackward`` false: loss labels, recurrent

@@ -237,8 +237,10 @@ class Python(LayerSpec):
         p = node.attrs
         if self.is_input(node):
             hints = " ".join(f"--input {t}=..." for t in node.tops)
-            raise Unknowable(f"Python data layer {p.module}.{p.layer} is user code and is not run: its tops are net "
-                             f"inputs of unknown shape; give {hints}{PYTHON_HINT}")
+            name = f"{p.module}.{p.layer}"
+            raise Unknowable(f"Python data layer {name} is user code and is not run: its tops are net inputs of "
+                             f"unknown shape; give {hints}{PYTHON_HINT}, or run the class: python_layers="
+                             f"{{'{name}': {p.layer}}} (caffe.Net, caffe.SGDSolver, prototxt2py.load)")
         raise Unknowable(f"Python layer {p.module}.{p.layer} is user code and is not run; "
                          + self.unsupported_note(node))
 

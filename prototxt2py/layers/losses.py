@@ -114,6 +114,7 @@ class _LossSpec(LayerSpec):
 
     bottoms = (2, 2)
     is_loss = True
+    prediction_bottoms = 1  # LossLayer: bottom 0 is the prediction, bottom 1 the label or target
     family = FAMILY
     force_backward_refused = frozenset({1})  # LossLayer::AllowForceBackward: the labels
 
@@ -290,6 +291,7 @@ class MultinomialLogisticLoss(_LossSpec):
 class ContrastiveLoss(_LossSpec):
     type = "ContrastiveLoss"
     bottoms = (3, 3)
+    prediction_bottoms = 2  # the two feature vectors; bottom 2 is the similarity label
     force_backward_refused = frozenset({2})  # the similarity labels
     summary = ("siamese contrastive loss on features a, b and similarity y (margin; legacy_version uses "
                "max(margin - d^2, 0))")

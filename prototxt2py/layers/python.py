@@ -24,9 +24,9 @@ if TYPE_CHECKING:  # pragma: no cover
 FAMILY = "python"
 
 #: Appended to "no implementation" errors for unmapped Python layers.
-HOW_TO_MAP = ("map it explicitly: prototxt2py.load(..., python_layers={'%s': MyModule}) with an nn.Module class or "
-              "factory(param_str), or a plugin spec with python_layer = '%s' (the model's module is never "
-              "imported)")
+HOW_TO_MAP = ("map it explicitly: prototxt2py.load(..., python_layers={'%s': MyLayer}) (also caffe.Net and "
+              "caffe.SGDSolver) with a caffe.Layer class, an nn.Module class or factory(param_str), or a plugin spec "
+              "with python_layer = '%s' (the model's module is never imported)")
 
 
 class PythonLayerSpec(LayerSpec):

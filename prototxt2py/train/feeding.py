@@ -9,6 +9,7 @@ prefetch thread), handing out the batches in the order one reader produces them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -42,10 +43,12 @@ class Feeder:
     ``workers``: loader processes per data layer (``None``: 2, or 0 when every reader copies from memory)."""
 
     def __init__(self, graph: Any, phase: str, rank: int = 0, world: int = 1, seed: int | None = None,
-                 workers: int | None = None):
+                 workers: int | None = None, nodes: Iterable[Any] | None = None):
+        """``nodes``: the data nodes to read (by default every one of ``graph``)."""
         from ..data.loader import DataFeed
 
-        self.layers = [data_layer_for(n, phase, rank, world) for n in graph.nodes if is_data_node(n)]
+        nodes = [n for n in graph.nodes if is_data_node(n)] if nodes is None else list(nodes)
+        self.layers = [data_layer_for(n, phase, rank, world) for n in nodes]
         self._shapes = top_shapes(self.layers) if self.layers else {}
         if workers is None:
             workers = 0 if all(layer.type in IN_MEMORY for layer in self.layers) else 2

@@ -115,17 +115,35 @@ def read_solverstate(path: str | os.PathLike, sizes: Sequence[int] | None = None
         return read_solverstate_h5(file, sizes)
     p = Path(file)
     if not p.is_file():
-        raise SolverError("solver state file not found", Location(file))
+        raise SolverError("is a directory, not a solver state file" if p.is_dir() else "solver state file not found",
+                          Location(file))
     state = caffe_pb2.SolverState()
+    raw = p.read_bytes()
     try:
-        state.ParseFromString(p.read_bytes())
+        state.ParseFromString(raw)
     except Exception:  # protobuf's DecodeError classes differ across versions
         raise SolverError("not a valid binary SolverState (truncated or not a .solverstate?)", Location(file)) from None
+    if not state.history and _holds_layers(raw):
+        raise SolverError("holds a net's weights (a .caffemodel), not a solver state: start from weights with "
+                          "--weights (pycaffe: net.copy_from)", Location(file))
     history = [_blob_array(b, file, i) for i, b in enumerate(state.history)]
     learned = state.learned_net if state.HasField("learned_net") else None
     if isinstance(learned, bytes):  # not UTF-8 (protobuf hands back the bytes): a file name, as Caffe takes it
         learned = os.fsdecode(learned)
     return SolverState(state.iter, learned, state.current_step, history)
+
+
+def _holds_layers(raw: bytes) -> bool:
+    """Whether ``raw`` reads as a NetParameter with layers (a ``.caffemodel`` given where a state belongs: as a
+    SolverState it holds no history, and would only be refused for its blob count)."""
+    from ..proto import caffe_pb2
+
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(raw)
+    except Exception:  # protobuf's DecodeError classes differ across versions
+        return False
+    return bool(len(net.layer) or len(net.layers))
 
 
 def snapshot_filename(prefix: str, it: int, extension: str) -> str:
@@ -134,12 +152,16 @@ def snapshot_filename(prefix: str, it: int, extension: str) -> str:
 
 
 def check_writable(prefix: str) -> None:
-    """Caffe's ``CheckSnapshotWritePermissions``: fail at start, not after hours of training."""
-    directory = Path(prefix).parent if Path(prefix).parent != Path("") else Path(".")
-    if not directory.is_dir():
-        raise SolverError(f"cannot write snapshots to prefix '{prefix}': directory '{directory}' does not exist")
+    """Caffe's ``CheckSnapshotWritePermissions``: fail at start, not after hours of training. Like Caffe, it
+    probes the folder of ``prefix_iter_0.tempfile`` (a prefix ending in "/" names a folder of its own)."""
+    probe_name = snapshot_filename(prefix, 0, ".tempfile")
+    directory = os.path.dirname(probe_name) or "."
+    if not os.path.isdir(directory):
+        why = f"'{directory}' is not a directory" if os.path.exists(directory) else \
+            f"directory '{directory}' does not exist"
+        raise SolverError(f"cannot write snapshots to prefix '{prefix}': {why}")
     try:
-        fd, probe = temp_beside(directory / Path(prefix).name, ".tempfile")
+        fd, probe = temp_beside(Path(probe_name), ".tempfile")
     except OSError as e:
         raise SolverError(f"cannot write snapshots to prefix '{prefix}': {e.strerror}") from None
     os.close(fd)

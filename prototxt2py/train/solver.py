@@ -33,7 +33,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,7 @@ def read_solver_param(path: str | os.PathLike, warn: Callable[[str], None] | Non
         (warn or _user_warning)(line)
     if not param.HasField("snapshot_prefix"):
         param.snapshot_prefix = str(Path(path).with_suffix(""))
-    elif Path(param.snapshot_prefix).is_dir():
+    elif param.snapshot_prefix and Path(param.snapshot_prefix).is_dir():  # (boost: "" is no directory)
         param.snapshot_prefix = str(Path(param.snapshot_prefix) / Path(path).stem)
     return param
 
@@ -672,6 +672,7 @@ class Solver:
                 names = [name for name, _ in flat]
                 scores = [f32(x) for _, x in flat]
             else:
+                check_output_sizes(names, values, i, f"test net #{test_net_id}")
                 scores = [f32(s + x) for s, (_, x) in zip(scores, flat, strict=True)]
         if self.requested_early_exit:
             self.log("Test interrupted.")
@@ -766,6 +767,19 @@ def uninterrupted() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if pending:
         raise KeyboardInterrupt
+
+
+def check_output_sizes(names: Sequence[str], values: Sequence[tuple[str, Sized]], batch: int, net: str) -> None:
+    """Caffe sums a test net's outputs element by element over the batches (``test_score[idx++] += ...``, one
+    slot per element of the first batch): an output whose size changes between batches (a Filter's top) has no
+    such sum, and Caffe writes past its vector. ``names``: the first batch's output name per element;
+    ``values``: this batch's (output name, values)."""
+    for name, v in values:
+        first = names.count(name)
+        if len(v) != first:
+            raise SolverError(f"{net} output '{name}' has {len(v)} values in batch {batch} but {first} in batch 0: "
+                              "outputs are averaged element by element over the batches, so their sizes must not "
+                              "change")
 
 
 def forward_for_loss(net: Any, inputs: dict[str, torch.Tensor], all_blobs: bool = False) -> dict[str, torch.Tensor]:

@@ -59,9 +59,11 @@ def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cp
     steps = list(zip(net._plan, g.nodes, strict=True))
     forward = [0.0] * len(steps)
     backward = [0.0] * len(steps)
-    for _ in range(iterations + 1):  # the first pass warms up (allocations, oneDNN primitives) and is not counted
-        warm = _ == 0
-        t0 = time.perf_counter()
+    lines = ["Performing Forward"]
+    total = 0.0  # the timed iterations, whole (Caffe's total_timer)
+    for j in range(iterations + 1):  # the first pass warms up (allocations, oneDNN primitives) and is not counted
+        warm = j == 0
+        iteration_start = t0 = time.perf_counter()
         inputs = _inputs(net, feeder, dev)
         data_time = time.perf_counter() - t0
         env: dict[str, torch.Tensor] = {}
@@ -91,9 +93,13 @@ def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cp
                 env[vid] = t
             leaves.append((bottoms, ins))
         grads: dict[str, torch.Tensor] = {}
+        loss = 0.0
         for blob, w in net.loss_weights.items():
             vid = g.final_value(blob).id
             grads[vid] = torch.full_like(env[vid], float(w))
+            loss += float(w) * float(env[vid].detach().sum())
+        if warm:  # caffe time's clean pass, then its benchmark
+            lines += [f"Initial loss: {loss:g}", "Performing Backward"]
         for i in range(len(steps) - 1, -1, -1):
             step, node = steps[i]
             kind, key, ins, outs = step.kind, step.key, step.inputs, step.outputs
@@ -112,14 +118,21 @@ def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cp
             for leaf, vid in zip(bottoms, in_ids, strict=True):
                 if leaf.grad is not None:
                     grads[vid] = grads[vid] + leaf.grad if vid in grads else leaf.grad
+        if warm:
+            lines += ["*** Benchmark begins ***", f"Testing for {iterations} iterations."]
+        else:
+            took = time.perf_counter() - iteration_start
+            total += took
+            lines.append(f"Iteration: {j} forward-backward time: {took * 1e3:.5g} ms.")
     if feeder is not None:
         feeder.close()
     ms = 1000.0 / iterations
-    lines = ["Average time per layer:"]
+    lines.append("Average time per layer:")
     for i, (_, node) in enumerate(steps):
         lines.append(f"{node.name:>10}\tforward: {forward[i] * ms:.5g} ms.")
         lines.append(f"{node.name:>10}\tbackward: {backward[i] * ms:.5g} ms.")
     fwd, bwd = sum(forward) * ms, sum(backward) * ms
     lines += [f"Average Forward pass: {fwd:.5g} ms.", f"Average Backward pass: {bwd:.5g} ms.",
-              f"Average Forward-Backward: {fwd + bwd:.5g} ms.", f"Total Time: {(fwd + bwd) * iterations:.5g} ms."]
+              f"Average Forward-Backward: {total * ms:.5g} ms.", f"Total Time: {total * 1e3:.5g} ms.",
+              "*** Benchmark ends ***"]
     return "\n".join(lines)

@@ -330,6 +330,7 @@ class MultiBoxLoss(LayerSpec):
     type = "MultiBoxLoss"
     bottoms = (4, 4)
     is_loss = True
+    prediction_bottoms = 3  # loc, conf and the priors; bottom 3 is the ground truth
     force_backward_refused = frozenset({1})  # LossLayer's default, which the fork keeps
     family = FAMILY
     summary = "SSD training loss (matching, hard negative mining): shapes only, no backend"

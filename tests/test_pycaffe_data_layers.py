@@ -1,0 +1,89 @@
+"""A ``caffe.Net``'s data layers read their sources as Caffe's do: each ``forward()`` gives the next batch, the
+same blobs as Caffe 1.0's own forward passes over the golden data cases (``../shared/golden/data``). They
+read nothing before: a TEST net's accuracy loop scored zeros (BVLC's 02-fine-tuning notebook printed 0%
+and 100% accuracies computed on all-zero images)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from golden import GOLDEN, case_params, meta, npz
+
+from prototxt2py import caffe
+from prototxt2py.caffe._data import READ_SOURCE
+from prototxt2py.reader import read_net_text
+
+pytest.importorskip("lmdb")
+pytest.importorskip("cv2")
+
+
+def _reading_cases() -> list:
+    """The non-random golden data cases whose layers all read a source."""
+    out = []
+    for param in case_params("data"):
+        case = param.values[0] if hasattr(param, "values") else param
+        net = read_net_text((case / "net.prototxt").read_text()).net
+        if {layer.type for layer in net.layer} <= READ_SOURCE and not meta(case).get("random"):
+            out.append(param)
+    return out
+
+
+@pytest.mark.parametrize("case", _reading_cases())
+def test_forward_reads_the_next_batch_as_caffe(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = meta(case)
+    monkeypatch.chdir(case)  # the case's paths are relative to its folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every source exists: no warning
+        net = caffe.Net("net.prototxt", caffe.TEST)
+    for k in range(m["forward_passes"]):
+        net.forward()
+        want = npz(case / m["outputs"][k])
+        for blob, w in want.items():
+            got = net.blobs[blob].data
+            np.testing.assert_array_equal(got.reshape(w.shape), w, err_msg=f"{case.name} pass {k} blob {blob}")
+            assert got.shape == w.shape
+
+
+def test_a_range_after_the_data_layer_reads_nothing(tmp_path: Path) -> None:
+    """``forward(start=...)`` past the data layer runs on what the blobs hold (what a script wrote), and the
+    next pass that runs the data layer reads the batch after the last one read."""
+    case = GOLDEN / "data" / "lmdb_jpg_crop"
+    text = (case / "net.prototxt").read_text().replace('"../datasets/', f'"{GOLDEN / "data" / "datasets"}/')
+    (tmp_path / "net.prototxt").write_text(text + """
+layer { name: "double" type: "Power" bottom: "data" top: "double" power_param { scale: 2 } }""")
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)
+    first, second = (npz(case / f"outputs_{k}.npz")["data"] for k in (0, 1))
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"].data, first)
+    net.blobs["data"].data[...] = 1.0
+    net.forward(start="double")
+    assert (net.blobs["double"].data == 2.0).all() and (net.blobs["data"].data == 1.0).all()
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"].data, second)
+    np.testing.assert_array_equal(net.blobs["double"].data, second * 2)
+
+
+def test_a_missing_source_is_left_to_the_caller_with_a_warning(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caffe stops at a missing source; here the tops are blobs the caller fills (net surgery on a train_val
+    far from its data), said once, unless the caller gave their shapes."""
+    monkeypatch.chdir(tmp_path)
+    Path("net.prototxt").write_text("""
+layer { name: "data" type: "ImageData" top: "data" top: "label"
+        image_data_param { source: "no_list.txt" batch_size: 2 new_height: 4 new_width: 5 } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 3 } }""")
+    with pytest.warns(UserWarning) as record:
+        net = caffe.Net("net.prototxt", caffe.TEST)
+    assert [str(w.message) for w in record] == [
+        "caffe.Net: ImageData layer 'data' reads nothing: its source 'no_list.txt' does not exist (Caffe would "
+        "stop here); fill net.blobs['data'], net.blobs['label'] yourself"]
+    net.blobs["data"].data[...] = 1.0
+    net.forward()
+    np.testing.assert_allclose(net.blobs["ip"].data, np.broadcast_to(
+        net.params["ip"][0].data.sum(1) + net.params["ip"][1].data, (2, 3)), rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        caffe.Net("net.prototxt", caffe.TEST, input_shapes={"data": [2, 3, 4, 5], "label": [2]})
