@@ -7,15 +7,22 @@ The transformation works on the upgraded ``NetParameter`` (protobuf level, befor
    the net's), then drop every ``include``/``exclude`` rule and write ``state { phase: TEST }``.
 2. **Heads**: losses (types ending in ``Loss``, or any layer with a non-zero ``loss_weight``), ``Accuracy`` and
    other metric or sink layers are dropped. The *main* losses — those with the largest loss weight, so that
-   GoogLeNet's 0.3-weighted auxiliary heads do not count — define the outputs: a main ``SoftmaxWithLoss``
-   becomes a ``Softmax`` over its scores (named ``prob`` with top ``prob`` when there is one such head and the
-   name is free, as in BVLC's deploy files, otherwise after the loss layer; its top is the loss's second top,
-   the probabilities, where it has one), and the
-   predictions of any other main loss (its bottoms except labels straight from a data layer) stay outputs.
+   GoogLeNet's 0.3-weighted auxiliary heads do not count — define the outputs. A main loss whose spec names a
+   ``deploy_head`` becomes that layer over its scores (``SoftmaxWithLoss`` -> ``Softmax``,
+   ``SigmoidCrossEntropyLoss`` -> ``Sigmoid``), named ``prob`` with top ``prob`` when there is one such head
+   and the name is free, as in BVLC's deploy files, otherwise after the loss layer (a SoftmaxWithLoss's second
+   top, the probabilities, keeps its name); where the net computes that head itself for its metrics (Caffe's
+   ``imagenet_val.prototxt``: ``prob`` for Accuracy), that layer stays the output instead. The predictions of
+   any other main loss stay outputs: its leading ``prediction_bottoms`` (bottom 0 for most losses, two for
+   ContrastiveLoss, three for SSD's MultiBoxLoss), or for a type that does not declare them, every bottom
+   but labels read straight from a data layer.
 3. **Label-only branches**: a layer whose tops all feed dropped layers is dropped too (repeatedly, so
-   auxiliary classifiers vanish whole), and so is a layer that reads a dropped layer's top. Layers whose tops
-   feed nothing at all are genuine outputs and stay. ``Silence`` never keeps a blob alive; it stays only if
-   everything it silences does.
+   auxiliary classifiers and targets computed from labels vanish whole), and so is a layer that reads a
+   dropped layer's top. Layers whose tops feed nothing at all (and fed nothing before the heads were
+   converted) are genuine outputs and stay. ``Silence`` keeps no blob alive and stays only if everything it
+   silences does, unless every output of the net is silenced: then what the Silence layers read is what the
+   net is for (the colorization deploy net ends in ``Silence(class8_ab)``, read from pycaffe) and stays. A net
+   left with nothing to compute is an error.
 4. **Inputs**: the data layers' surviving tops become one ``Input`` layer (named after its top when it has one,
    as in the shipped deploy files). Each shape is ``--input`` if given, else what the prototxt fixes: batch
    from ``batch_size``, height/width from ``crop_size`` (or ImageData's resize, or a readable mean file's size),
@@ -208,46 +215,75 @@ def _main_loss_weight(layers: list[Any]) -> float | None:
     return max(weights) if weights else None
 
 
-def _twin_softmax(layers: list[Any], head: Any) -> Any:
-    """The net's own ``Softmax`` of a loss's scores (same bottom and parameters) whose probabilities only
-    metrics read (Caffe's ``imagenet_val.prototxt``: ``prob`` for Accuracy beside the loss), or None."""
+def _spec(layer_type: str) -> Any:
+    from .layers import REGISTRY
+
+    return REGISTRY.get(layer_type)
+
+
+def _deploy_head(layer: Any) -> str | None:
+    """The layer type a deploy net computes a loss's prediction with (its spec's ``deploy_head``), or None."""
+    return getattr(_spec(layer.type), "deploy_head", None)
+
+
+def _head_param(layer: Any, head: str) -> Any:
+    """The loss's parameters of its deploy head's type (SoftmaxWithLoss's ``softmax_param``), or None."""
+    from .layers.base import param_field_for
+
+    field = param_field_for(head)
+    return getattr(layer, field) if field and layer.HasField(field) else None
+
+
+def _twin(layers: list[Any], loss: Any, head: str) -> Any:
+    """The net's own layer of type ``head`` over a loss's scores (same bottom and parameters) whose top only
+    losses and metrics read (Caffe's ``imagenet_val.prototxt``: ``prob`` for its Accuracy beside the loss; the
+    autoencoder's Sigmoid ``decode1neuron`` for its 0-weighted EuclideanLoss), or None."""
+    field_param = _head_param(loss, head)
     for layer in layers:
-        if (layer.type == "Softmax" and list(layer.bottom) == [head.bottom[0]] and len(layer.top) == 1
-                and layer.softmax_param == head.softmax_param
-                and all(other.type in METRIC_TYPES for other in layers if layer.top[0] in other.bottom)):
+        if (layer.type == head and list(layer.bottom) == [loss.bottom[0]] and len(layer.top) == 1
+                and _head_param(layer, head) == field_param
+                and all(_is_dropped_kind(other) for other in layers if layer.top[0] in other.bottom)):
             return layer
     return None
 
 
 def _convert_heads(layers: list[Any], main: float | None, notes: list[str]) -> tuple[list[Any], set[str]]:
-    """Replace the main ``SoftmaxWithLoss`` layers by ``Softmax`` layers; other layers are left alone. Where
-    the net computes those probabilities itself (:func:`_twin_softmax`), the loss is dropped and that Softmax's
-    top, returned, stays an output under its own name."""
-    heads = [lay for lay in layers if is_loss(lay) and lay.type == "SoftmaxWithLoss" and loss_weight(lay) == main]
-    twins = {id(h): twin for h in heads if (twin := _twin_softmax(layers, h)) is not None}
-    heads = [h for h in heads if id(h) not in twins]
+    """Replace each main loss whose spec names a ``deploy_head`` (SoftmaxWithLoss: Softmax) by that layer over
+    its scores; other layers are left alone. Where the net computes the head itself (:func:`_twin`), the loss
+    is dropped and that layer's top, returned, stays an output under its own name. One head is named ``prob``
+    (BVLC's deploy files) when the name is free; several keep their losses' names."""
+    heads = {id(lay): head for lay in layers
+             if is_loss(lay) and loss_weight(lay) == main and (head := _deploy_head(lay)) is not None}
+    twins = {id(lay): twin for lay in layers if id(lay) in heads
+             and (twin := _twin(layers, lay, heads[id(lay)])) is not None}
+    for key in twins:
+        del heads[key]
     taken = {lay.name for lay in layers} | {b for lay in layers for b in (*lay.top, *lay.bottom)}
     single = len(heads) == 1 and "prob" not in taken
     out = []
     for layer in layers:
         twin = twins.get(id(layer))
         if twin is not None:
-            notes.append(f"SoftmaxWithLoss '{layer.name}' dropped: the net's Softmax '{twin.name}' gives its "
-                         f"probabilities ({layer.bottom[0]} -> {twin.top[0]})")
-        if any(layer is h for h in heads):
-            soft = caffe_pb2.LayerParameter()
-            soft.type = "Softmax"
-            soft.bottom.append(layer.bottom[0])
-            soft.name = "prob" if single else layer.name
-            if len(layer.top) > 1:  # the loss's optional second top already names the probabilities
+            notes.append(f"{layer.type} '{layer.name}' dropped: the net's {twin.type} '{twin.name}' gives its "
+                         f"prediction ({layer.bottom[0]} -> {twin.top[0]})")
+        head = heads.get(id(layer))
+        if head is not None:
+            new = caffe_pb2.LayerParameter()
+            new.type = head
+            new.bottom.append(layer.bottom[0])
+            new.name = "prob" if single else layer.name
+            if len(layer.top) > 1:  # SoftmaxWithLoss's optional second top already names the probabilities
                 top = layer.top[1]
             else:
                 top = "prob" if single else layer.top[0]
-            soft.top.append(top)
-            if layer.HasField("softmax_param"):
-                soft.softmax_param.CopyFrom(layer.softmax_param)
-            notes.append(f"SoftmaxWithLoss '{layer.name}' -> Softmax '{soft.name}' ({layer.bottom[0]} -> {top})")
-            layer = soft
+            new.top.append(top)
+            param = _head_param(layer, head)
+            if param is not None:
+                from .layers.base import param_field_for
+
+                getattr(new, param_field_for(head)).CopyFrom(param)
+            notes.append(f"{layer.type} '{layer.name}' -> {head} '{new.name}' ({layer.bottom[0]} -> {top})")
+            layer = new
         out.append(layer)
     return out, {twin.top[0] for twin in twins.values()}
 
@@ -277,13 +313,12 @@ def _prune(layers: list[Any], main: float | None, was_read: set[tuple[int, int]]
            silenced_live: bool = False) -> tuple[list[int], dict[int, list[str]]]:
     """Indices of the layers to keep (in order) and, for data layers, their tops that are still read.
     ``was_read``: the (layer, top) pairs some layer read before the heads were converted (a label only the
-    converted loss read is no output of the deploy net); ``outputs``: Softmax tops that stay outputs;
+    converted loss read is no output of the deploy net); ``outputs``: the heads' own tops that stay outputs;
     ``silenced_live``: blobs that only Silence layers read stay (with their Silence)."""
     n = len(layers)
     consumers, producers = _readers(layers)
     wanted = _wanted_tops(layers, main)
-    wanted |= {(i, t) for i, lay in enumerate(layers) if lay.type == "Softmax"
-               for t, top in enumerate(lay.top) if top in outputs}
+    wanted |= {(i, t) for i, lay in enumerate(layers) for t, top in enumerate(lay.top) if top in outputs}
     dropped = {i for i, lay in enumerate(layers) if _is_dropped_kind(lay)}
     silence = {i for i, lay in enumerate(layers) if lay.type == "Silence"}
 
@@ -341,10 +376,7 @@ def _wanted_tops(layers: list[Any], main: float | None) -> set[tuple[int, int]]:
 def _prediction_bottoms(layer_type: str) -> int | None:
     """How many leading bottoms of a loss of ``layer_type`` are predictions (its spec's
     ``prediction_bottoms``); None (every bottom) for a type without a spec or a declaration."""
-    from .layers import REGISTRY
-
-    spec = REGISTRY.get(layer_type)
-    return getattr(spec, "prediction_bottoms", None)
+    return getattr(_spec(layer_type), "prediction_bottoms", None)
 
 
 # -- the Input layer -----------------------------------------------------------------------------------------

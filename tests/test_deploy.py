@@ -275,7 +275,7 @@ def test_the_nets_own_softmax_stays_the_probability_output() -> None:
     result = derive_deploy(read_net_text(text))
     assert [(lay.name, lay.type, list(lay.top)) for lay in result.net.layer] == [
         ("data", "Input", ["data"]), ("fc8", "InnerProduct", ["fc8"]), ("prob", "Softmax", ["prob"])]
-    assert result.notes == ["SoftmaxWithLoss 'loss' dropped: the net's Softmax 'prob' gives its probabilities "
+    assert result.notes == ["SoftmaxWithLoss 'loss' dropped: the net's Softmax 'prob' gives its prediction "
                             "(fc8 -> prob)"]
 
 
@@ -320,3 +320,22 @@ def test_run_names_the_array_that_matches_no_input(tmp_path: Path) -> None:
     assert r.exit_code == 1 and not (tmp_path / "out.npz").exists()
     assert r.stderr == (f"error: {tmp_path / 'in.npz'}: array 'label' matches no input blob (the net's inputs: "
                         "['data']): leave it out of the file\n")
+
+
+def test_a_sigmoid_cross_entropy_head_becomes_a_sigmoid() -> None:
+    """The loss's spec names its deploy head (``deploy_head``): SigmoidCrossEntropyLoss's prediction is the
+    Sigmoid of its scores, as HED's and multi-label nets' own deploy files compute it; the logits were the
+    output. Where the net has that Sigmoid already (the MNIST autoencoder's ``decode1neuron``, read by a
+    0-weighted EuclideanLoss), it stays the output."""
+    text = """layer { name: "d" type: "Input" top: "data" top: "label"
+      input_param { shape { dim: 2 dim: 5 } shape { dim: 2 dim: 4 } } }
+    layer { name: "score" type: "InnerProduct" bottom: "data" top: "score" inner_product_param { num_output: 4 } }
+    layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "score" bottom: "label" top: "loss" }"""
+    result = derive_deploy(read_net_text(text))
+    assert [(lay.name, lay.type, list(lay.bottom), list(lay.top)) for lay in result.net.layer][1:] == [
+        ("score", "InnerProduct", ["data"], ["score"]), ("prob", "Sigmoid", ["score"], ["prob"])]
+    assert result.notes == ["SigmoidCrossEntropyLoss 'loss' -> Sigmoid 'prob' (score -> prob)"]
+    path = corpus("examples/mnist/mnist_autoencoder.prototxt")
+    g = prototxt2py.graph(deploy_source(read_net(path), {"data": [2, 1, 28, 28]}))
+    assert [g.values[v].blob for v in g.outputs] == ["decode1neuron"]
+    assert [n.name for n in g.nodes][-2:] == ["decode1", "decode1neuron"]

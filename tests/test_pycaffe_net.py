@@ -418,8 +418,10 @@ def test_pycaffe_script_deletes_prototxt_after_construction(tmp_path: Path) -> N
 
 def test_train_val_with_data_layers_needs_shapes_once() -> None:
     path = str(CORPUS / "BVLC__caffe/examples/mnist/lenet_train_test.prototxt")
-    with pytest.raises(Prototxt2pyError, match="cannot size this layer's parameters"):
-        caffe.Net(path, caffe.TRAIN)  # the LMDB is not read: one clear line, no traceback from the runtime
+    with pytest.raises(Prototxt2pyError, match="cannot size this layer's parameters"), \
+            pytest.warns(UserWarning, match="Data layer 'mnist' reads nothing: its source "
+                                            "'examples/mnist/mnist_train_lmdb' does not exist"):
+        caffe.Net(path, caffe.TRAIN)  # the LMDB is absent: one clear line, no traceback from the runtime
     net = caffe.Net(path, caffe.TRAIN, input_shapes={"data": [4, 1, 28, 28], "label": [4]})
     assert net.inputs == [] and net.blobs["ip2"].shape == [4, 10]
     net.blobs["data"].data[...] = np.random.default_rng(8).uniform(size=(4, 1, 28, 28))

@@ -238,6 +238,9 @@ class LayerSpec:
     #: net computes from them), which ``deploy`` drops with the loss. ``None``: not declared (``deploy`` then
     #: keeps every bottom that is not read straight from a data layer).
     prediction_bottoms: ClassVar[int | None] = None
+    #: For a loss: the layer type that computes its prediction in a deploy net (SoftmaxWithLoss: Softmax, sharing
+    #: its ``softmax_param``); ``deploy`` replaces a main loss by it. ``None``: its predictions stay outputs.
+    deploy_head: ClassVar[str | None] = None
     #: Layers that read data from files (Data, ImageData...): in a deployed net their tops become inputs.
     is_data: ClassVar[bool] = False
     #: Bottoms ``force_backward`` does not reach (Caffe's ``AllowForceBackward`` false: loss labels, recurrent

@@ -139,6 +139,7 @@ class _LossSpec(LayerSpec):
 class SoftmaxWithLoss(_LossSpec):
     type = "SoftmaxWithLoss"
     tops = (1, 2)
+    deploy_head = "Softmax"
     summary = ("softmax over softmax_param.axis + mean negative log-likelihood of the labels "
                "(loss_param ignore_label, normalization FULL/VALID/BATCH_SIZE/NONE, legacy normalize)")
 
@@ -210,6 +211,7 @@ class InfogainLoss(_LossSpec):
 @register
 class SigmoidCrossEntropyLoss(_LossSpec):
     type = "SigmoidCrossEntropyLoss"
+    deploy_head = "Sigmoid"  # HED's and multi-label nets' deploy files add it
     summary = ("binary cross-entropy on logits with (soft) targets; ignore_label; normalization defaults to "
                "BATCH_SIZE for this layer")
 
