@@ -4,6 +4,7 @@ names and order, layer ranges, live views, backward semantics (also Caffe's in-p
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -741,3 +742,39 @@ def test_net_arguments_and_all_methods_misused_raise_usage_errors(tmp_path: Path
         net.forward_all()
     with pytest.raises(caffe.CaffeUsageError, match="forward_backward_all needs the arrays"):
         net.forward_backward_all()
+
+
+def test_the_runtime_sees_parameters_written_through_pycaffe_views() -> None:
+    """``net.runtime`` runs an inference plan with BatchNorm/Scale folded into the convolution and the result
+    packed for oneDNN, cached by the tensors' version counters, which numpy writes do not bump: after
+    ``net.params['conv'][0].data[...] *= -2`` (net surgery through the arrays the README invites writing into),
+    ``net.runtime`` kept computing with the old weights while ``net.forward()`` used the new ones."""
+    text = """input: "data" input_shape { dim: 1 dim: 16 dim: 32 dim: 32 }
+    layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+            convolution_param { num_output: 32 kernel_size: 3 pad: 1 } }
+    layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+    layer { name: "sc" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+    layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }"""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "net.prototxt")
+        Path(path).write_text(text)
+        net = caffe.Net(path, caffe.TEST)
+    rng = np.random.default_rng(0)
+    for blobs in net.params.values():
+        for blob in blobs:
+            blob.data[...] = rng.uniform(0.5, 1.5, blob.data.shape)
+    x = rng.standard_normal((1, 16, 32, 32)).astype(np.float32)
+    runtime = net.runtime.eval()
+
+    def both() -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            fused = runtime(torch.from_numpy(x))["conv"].numpy().copy()
+        net.blobs["data"].data[...] = x
+        return fused, net.forward()["conv"].copy()
+
+    fused, layered = both()
+    np.testing.assert_allclose(fused, layered, rtol=1e-4, atol=1e-4)
+    net.params["conv"][0].data[...] *= -2.0  # surgery through the numpy view
+    net.params["bn"][1].data[...] *= 4.0  # and a BatchNorm statistic (a buffer, folded too)
+    fused, layered = both()
+    np.testing.assert_allclose(fused, layered, rtol=1e-4, atol=1e-4)

@@ -87,6 +87,7 @@ class CudaGraphForward:
         return [*net.parameters(), *net.buffers()]
 
     def _stamp(self, blobs: list[torch.Tensor]) -> list[Any]:
+        self.net._fusion_cache.sync()
         return [*blob_stamp(blobs), self.net._fusion_cache.generation, registrations()]
 
     def _capture(self) -> None:

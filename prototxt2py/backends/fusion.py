@@ -145,6 +145,17 @@ ONEDNN_PACK = _onednn_op("_reorder_convolution_weight")
 #: ``other = unary(conv(X) + other)`` in place: a residual addition without a new activation buffer
 ONEDNN_CONV_INTO = getattr(_onednn_op("_convolution_pointwise_"), "binary", None)
 
+#: How many writable numpy views of parameters pycaffe has handed out (``net.params[...][0].data``). numpy
+#: writes bump no version counter, so a fold or packing made before a view was handed out may be stale: each
+#: cache forgets its entries when this changed since it last looked (:meth:`FusionCache.sync`).
+_PARAM_VIEWS = [0]
+
+
+def note_param_view() -> None:
+    """A parameter's memory was handed out for writing outside torch (pycaffe's ``.data``)."""
+    _PARAM_VIEWS[0] += 1
+
+
 #: Chain results of at least this many bytes are kept between passes and written again (see
 #: :meth:`FusionCache.take_output`). glibc serves blocks above 32 MiB (its largest mmap threshold) with fresh
 #: pages from the OS and unmaps them on free: ResNet-50's 51 MB first activations at batch 16 cost 12 ms of page
@@ -377,6 +388,15 @@ class FusionCache:
         #: :meth:`clear` calls so far: what was derived from this cache (a captured CUDA graph reading its folds)
         #: is stale once this differs
         self.generation = 0
+        #: :data:`_PARAM_VIEWS` when this cache last looked
+        self.param_views = _PARAM_VIEWS[0]
+
+    def sync(self) -> None:
+        """Forget everything if pycaffe handed out parameter views since the last look (see
+        :data:`_PARAM_VIEWS`); called before each pass that reads the cache."""
+        if self.param_views != _PARAM_VIEWS[0]:
+            self.clear()
+            self.param_views = _PARAM_VIEWS[0]
 
     def clear(self) -> None:
         self.generation += 1

@@ -310,6 +310,7 @@ class CaffeNet(nn.Module):
         """The oneDNN plan, or the plain plan where oneDNN would not run anyway: when no input is one it takes
         (CPU float32 outside autocast; other inputs, such as integer indices, may sit beside one), and, without
         autograd, for input shapes whose last pass made no oneDNN call."""
+        self._fusion_cache.sync()
         if not env:  # the net reads its own data
             return self._execute(self._inference_plan, env, tracing)
         if not any(isinstance(t, torch.Tensor) and fusion.onednn_allowed(t) for t in env.values()):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..backends.fusion import note_param_view
 from ..limits import check_shape
 
 _HOST, _DEVICE, _SYNCED = "host", "device", "synced"
@@ -82,13 +83,17 @@ class Blob:
     """pycaffe's ``caffe.Blob``: ``.data``, ``.diff`` (float32 numpy views), ``.shape``, ``.count``, legacy
     ``.num/.channels/.height/.width``, ``.reshape(*dims)``."""
 
-    def __init__(self, data: torch.Tensor, diff: torch.Tensor | None = None):
+    def __init__(self, data: torch.Tensor, diff: torch.Tensor | None = None, param: bool = False):
         self._data = _Synced(data)
         self._diff = _Synced(diff if diff is not None else torch.zeros_like(data))
+        #: a layer's blob (weights, BatchNorm statistics: what the runtime folds and packs for inference)
+        self._param = param
 
     # -- pycaffe's interface --------------------------------------------------------------------------------
     @property
     def data(self) -> np.ndarray:
+        if self._param:  # numpy writes bump no version counter: the runtime's folded weights must be remade
+            note_param_view()
         return self._data.host()
 
     @property

@@ -186,9 +186,9 @@ class Net:
                     if isinstance(t, torch.nn.Parameter) and self._links_grad:
                         if t.grad is None or t.grad.shape != t.shape:
                             t.grad = torch.zeros_like(t)
-                        seen[id(t)] = Blob(t, t.grad)
+                        seen[id(t)] = Blob(t, t.grad, param=True)
                     else:
-                        seen[id(t)] = Blob(t, torch.zeros_like(t))
+                        seen[id(t)] = Blob(t, torch.zeros_like(t), param=True)
                 blobs.append(seen[id(t)])
             self._node_params.append(blobs)
         # a pycaffe Python layer is its own object, as boost.python hands back the instance Caffe runs (scripts
