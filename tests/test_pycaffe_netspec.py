@@ -149,3 +149,20 @@ def test_draw_net_signatures(tmp_path: Path) -> None:
     conv.param.add(lr_mult=3)
     with pytest.raises(ValueError, match="Could not parse the learning rate multiplier"):
         caffe.draw.get_layer_label(conv, "LR", display_lrm=True)
+
+
+def test_the_ssd_forks_netspec_additions() -> None:
+    """weiliu89/caffe's ``model_libs.py`` (SSD's net generator: VGGNetBody, CreateMultiBoxHead) calls
+    ``net.keys()``, ``net.update(name, params)`` and ``del net[name]``, which its ``net_spec.py`` adds to BVLC's;
+    they raised here (``keys``: no such top)."""
+    net = caffe.NetSpec()
+    net.data = L.Input(shape=dict(dim=[1, 3, 8, 8]))
+    net.conv = L.Convolution(net.data, num_output=4, kernel_size=3)
+    net.extra = L.ReLU(net.conv)
+    assert net.keys() == ["data", "conv", "extra"] and net.vals() == [net.data, net.conv, net.extra]
+    net.update("conv", {"dilation": 2})
+    del net["extra"]
+    proto = net.to_proto()
+    assert [layer.name for layer in proto.layer] == ["data", "conv"]
+    assert list(proto.layer[1].convolution_param.dilation) == [2]
+    assert proto.layer[1].convolution_param.num_output == 4

@@ -156,6 +156,22 @@ class NetSpec:
     def __getitem__(self, item: str) -> Any:
         return self.__getattr__(item)
 
+    # The SSD fork's additions (weiliu89/caffe ``net_spec.py``), which its ``model_libs.py`` builds nets with.
+    def __delitem__(self, name: str) -> None:
+        del self.tops[name]
+
+    def keys(self) -> list[str]:
+        """The assigned names, in assignment order."""
+        return list(self.tops)
+
+    def vals(self) -> list[Any]:
+        """The assigned Tops, in assignment order."""
+        return list(self.tops.values())
+
+    def update(self, name: str, params: dict[str, Any]) -> None:
+        """Merge ``params`` into the parameters of the layer that makes top ``name``."""
+        self.tops[name].fn.params.update(params)
+
     def to_proto(self) -> Any:
         names = {v: k for k, v in self.tops.items()}
         autonames: Counter = Counter()
