@@ -371,3 +371,31 @@ def test_an_in_place_python_layer_gets_one_blob_as_bottom_and_top(tmp_path: Path
     net.blobs["y"].diff[...] = 1
     net.backward()
     np.testing.assert_allclose(net.blobs["x"].diff, 1 / np.log(x), rtol=1e-6)  # Caffe's: 0.7213, 0.4343
+
+
+def test_py_faster_rcnn_layers_read_param_str_underscore_and_the_phase_by_name(tmp_path: Path) -> None:
+    """py-faster-rcnn's layers (``rpn/proposal_layer.py``) were written for caffe-fast-rcnn: they read
+    ``self.param_str_`` and index their configuration by ``str(self.phase)`` ('TRAIN'/'TEST', the printed
+    enum). Both failed (AttributeError, then ``cfg['1']``). ``caffe.TEST`` prints as BVLC master's enum does."""
+    cfg = {"TRAIN": {"post_nms": 2000}, "TEST": {"post_nms": 300}}
+
+    class Proposal(caffe.Layer):
+        def setup(self, bottom, top):
+            self.feat_stride = int(self.param_str_)
+            self.post_nms = cfg[str(self.phase)]["post_nms"]
+            top[0].reshape(1, 5)
+
+        def reshape(self, bottom, top):
+            pass
+
+        def forward(self, bottom, top):
+            top[0].data[...] = [self.feat_stride, self.post_nms, self.phase == caffe.TEST, 0, 0]
+
+    (tmp_path / "net.prototxt").write_text(
+        'input: "x" input_shape { dim: 1 dim: 2 }\n'
+        'layer { name: "proposal" type: "Python" bottom: "x" top: "rois" '
+        'python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "16" } }\n')
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST,
+                    python_layers={"rpn.proposal_layer.ProposalLayer": Proposal})
+    assert net.forward()["rois"].tolist() == [[16, 300, 1, 0, 0]]
+    assert (str(caffe.TRAIN), str(caffe.TEST), caffe.TRAIN == 0, caffe.TEST == 1) == ("TRAIN", "TEST", True, True)

@@ -44,8 +44,8 @@ from . import _mode
 from ._backward import Split, layer_gradients, need_backward
 from ._blob import Blob
 from ._data import open_readers
+from ._phase import TEST, TRAIN
 
-TRAIN, TEST = 0, 1
 _PHASES = {TRAIN: "TRAIN", TEST: "TEST", "TRAIN": "TRAIN", "TEST": "TEST"}
 
 

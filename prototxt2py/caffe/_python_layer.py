@@ -23,8 +23,8 @@ from torch import nn
 from ..layers.python import ModulePythonLayer
 from ..nn import register_object
 from ._blob import Blob
+from ._phase import TEST, TRAIN, Phase
 
-TRAIN, TEST = 0, 1
 _METHODS = ("setup", "reshape", "forward", "backward")
 
 
@@ -67,10 +67,11 @@ class PycaffeLayer(nn.Module):
         super().__init__()
         layer = cls.__new__(cls)  # Caffe constructs it from the LayerParameter, never through our Layer.__init__
         layer.param_str = param_str
+        layer.param_str_ = param_str  # caffe-fast-rcnn's name for it (py-faster-rcnn's layers read this one)
         layer.blobs = _NoBlobs()
         with contextlib.suppress(AttributeError):  # pycaffe's layer.type (unless the class defines its own)
             layer.type = "Python"
-        layer.phase = TRAIN if phase is None else phase
+        layer.phase = TRAIN if phase is None else Phase(phase)
         self.layer, self.cls = layer, cls
         self.tops = [Blob(torch.zeros(0)) for _ in range(tops)]
         #: (bottom, top) positions naming one blob: Caffe hands the layer that one Blob as both
@@ -104,7 +105,7 @@ class PycaffeLayer(nn.Module):
     def prepare(self, bottoms: list[Blob], phase: int | None = None) -> None:
         """Caffe's ``LayerSetUp`` once, then ``Reshape`` (which ``Layer::Forward`` calls before every pass).
         ``phase``: the layer's (shape inference); else the module's mode, as the runtime's phase follows it."""
-        self.layer.phase = phase if phase is not None else TRAIN if self.training else TEST
+        self.layer.phase = Phase(phase) if phase is not None else TRAIN if self.training else TEST
         if not self._set_up:
             _method(self.layer, "setup")(list(bottoms), self.top_blobs(bottoms))  # fresh lists each call, as boost's
             self._set_up = True
