@@ -11,11 +11,13 @@ The transformation works on the upgraded ``NetParameter`` (protobuf level, befor
    ``deploy_head`` becomes that layer over its scores (``SoftmaxWithLoss`` -> ``Softmax``,
    ``SigmoidCrossEntropyLoss`` -> ``Sigmoid``), named ``prob`` with top ``prob`` when there is one such head
    and the name is free, as in BVLC's deploy files, otherwise after the loss layer (a SoftmaxWithLoss's second
-   top, the probabilities, keeps its name); where the net computes that head itself for its metrics (Caffe's
-   ``imagenet_val.prototxt``: ``prob`` for Accuracy), that layer stays the output instead. The predictions of
-   any other main loss stay outputs: its leading ``prediction_bottoms`` (bottom 0 for most losses, two for
-   ContrastiveLoss, three for SSD's MultiBoxLoss), or for a type that does not declare them, every bottom
-   but labels read straight from a data layer.
+   top, the probabilities, keeps its name); where the net computes that head itself, acting alike (Caffe's
+   ``imagenet_val.prototxt``: ``prob`` for Accuracy; py-faster-rcnn's ``rpn_cls_prob``), the loss is dropped
+   and that layer stays (an output if nothing else reads it). The predictions of any other main loss stay
+   outputs: its leading ``prediction_bottoms`` (bottom 0, as Caffe's ``LossLayer`` takes predictions then
+   labels, also for types without a spec; two for ContrastiveLoss, three for SSD's MultiBoxLoss; for a loss
+   whose bottoms commute, EuclideanLoss, one not computed from labels alone), unless read straight from a
+   data layer.
 3. **Label-only branches**: a layer whose tops all feed dropped layers is dropped too (repeatedly, so
    auxiliary classifiers and targets computed from labels vanish whole), and so is a layer that reads a
    dropped layer's top. Layers whose tops feed nothing at all (and fed nothing before the heads were
@@ -234,15 +236,27 @@ def _head_param(layer: Any, head: str) -> Any:
     return getattr(layer, field) if field and layer.HasField(field) else None
 
 
+def _effective(param: Any, head: str) -> dict[str, Any]:
+    """A head's parameters as they act (unset fields at their defaults; the engine, which computes the same,
+    left out), for comparing a loss's with a layer's."""
+    from .layers.base import param_field_for
+
+    if param is None:
+        field = param_field_for(head)
+        param = getattr(caffe_pb2.LayerParameter(), field) if field else None
+    if param is None:
+        return {}
+    return {f.name: getattr(param, f.name) for f in param.DESCRIPTOR.fields if f.name != "engine"}
+
+
 def _twin(layers: list[Any], loss: Any, head: str) -> Any:
-    """The net's own layer of type ``head`` over a loss's scores (same bottom and parameters) whose top only
-    losses and metrics read (Caffe's ``imagenet_val.prototxt``: ``prob`` for its Accuracy beside the loss; the
-    autoencoder's Sigmoid ``decode1neuron`` for its 0-weighted EuclideanLoss), or None."""
-    field_param = _head_param(loss, head)
+    """The net's own layer of type ``head`` over a loss's scores, acting as the loss's own does (Caffe's
+    ``imagenet_val.prototxt``: ``prob`` for its Accuracy beside the loss; py-faster-rcnn's ``rpn_cls_prob`` for
+    its proposals; the autoencoder's Sigmoid ``decode1neuron``), or None."""
+    acts = _effective(_head_param(loss, head), head)
     for layer in layers:
         if (layer.type == head and list(layer.bottom) == [loss.bottom[0]] and len(layer.top) == 1
-                and _head_param(layer, head) == field_param
-                and all(_is_dropped_kind(other) for other in layers if layer.top[0] in other.bottom)):
+                and _effective(_head_param(layer, head), head) == acts):
             return layer
     return None
 
@@ -256,11 +270,12 @@ def _convert_heads(layers: list[Any], main: float | None, notes: list[str]) -> t
              if is_loss(lay) and loss_weight(lay) == main and (head := _deploy_head(lay)) is not None}
     twins = {id(lay): twin for lay in layers if id(lay) in heads
              and (twin := _twin(layers, lay, heads[id(lay)])) is not None}
+    taken = {lay.name for lay in layers} | {b for lay in layers for b in (*lay.top, *lay.bottom)}
+    single = len(heads) == 1 and "prob" not in taken  # (twins count: with one, another head is not 'prob')
     for key in twins:
         del heads[key]
-    taken = {lay.name for lay in layers} | {b for lay in layers for b in (*lay.top, *lay.bottom)}
-    single = len(heads) == 1 and "prob" not in taken
     out = []
+    converted: set[str] = set()
     for layer in layers:
         twin = twins.get(id(layer))
         if twin is not None:
@@ -283,9 +298,10 @@ def _convert_heads(layers: list[Any], main: float | None, notes: list[str]) -> t
 
                 getattr(new, param_field_for(head)).CopyFrom(param)
             notes.append(f"{layer.type} '{layer.name}' -> {head} '{new.name}' ({layer.bottom[0]} -> {top})")
+            converted.add(top)
             layer = new
         out.append(layer)
-    return out, {twin.top[0] for twin in twins.values()}
+    return out, converted | {twin.top[0] for twin in twins.values()}
 
 
 def _is_dropped_kind(layer: Any) -> bool:
@@ -318,7 +334,8 @@ def _prune(layers: list[Any], main: float | None, was_read: set[tuple[int, int]]
     n = len(layers)
     consumers, producers = _readers(layers)
     wanted = _wanted_tops(layers, main)
-    wanted |= {(i, t) for i, lay in enumerate(layers) for t, top in enumerate(lay.top) if top in outputs}
+    wanted |= {(i, t) for i, lay in enumerate(layers) for t, top in enumerate(lay.top) if top in outputs
+               and all(_is_dropped_kind(layers[j]) for j in consumers[i][t])}  # (a read head stays as it is)
     dropped = {i for i, lay in enumerate(layers) if _is_dropped_kind(lay)}
     silence = {i for i, lay in enumerate(layers) if lay.type == "Silence"}
 
@@ -354,29 +371,40 @@ def _prune(layers: list[Any], main: float | None, was_read: set[tuple[int, int]]
 
 
 def _wanted_tops(layers: list[Any], main: float | None) -> set[tuple[int, int]]:
-    """(layer, top) pairs that must stay outputs: what the main losses left (those not turned into a Softmax)
-    read, except labels straight from data layers (SSD's MultiBoxLoss reads loc, conf and priors), or the
-    predictions the metrics measure in a net without losses."""
+    """(layer, top) pairs that must stay outputs: the predictions the main losses left (those not turned into
+    a head) read, their leading ``prediction_bottoms`` (SSD's MultiBoxLoss reads loc, conf and priors; a loss
+    whose bottoms commute, EuclideanLoss, predicts whichever does not come from labels alone), not read
+    straight from a data layer; or the predictions the metrics measure in a net without losses."""
     wanted: set[tuple[int, int]] = set()
     writer: dict[str, tuple[int, int]] = {}
+    from_labels: set[str] = set()  # blobs computed from data layers' label tops alone (their top 1 and later)
     for j, layer in enumerate(layers):
         head = is_loss(layer) and loss_weight(layer) == main
         if main is None:  # no loss in any phase: the predictions are what the metrics measure
             head = layer.type in METRIC_TYPES
-        if head:  # a loss's predictions (as its spec declares; else every bottom but labels read from data)
-            bottoms = layer.bottom[:_prediction_bottoms(layer.type)] if main is not None else layer.bottom[:1]
-            for b in bottoms:
+        if head:
+            count = _prediction_bottoms(layer.type) if main is not None else 1
+            bottoms = list(layer.bottom)
+            if getattr(_spec(layer.type), "commutative_bottoms", False) and bottoms[0] in from_labels:
+                bottoms = bottoms[1:] + bottoms[:1]
+            for b in bottoms[:count]:
                 if b in writer and not is_data_layer(layers[writer[b][0]]):
                     wanted.add(writer[b])
         for t, top in enumerate(layer.top):
             writer[top] = (j, t)
+            labels = t > 0 if is_data_layer(layer) else bool(layer.bottom) and all(b in from_labels
+                                                                                  for b in layer.bottom)
+            if labels:
+                from_labels.add(top)
+            else:
+                from_labels.discard(top)
     return wanted
 
 
-def _prediction_bottoms(layer_type: str) -> int | None:
-    """How many leading bottoms of a loss of ``layer_type`` are predictions (its spec's
-    ``prediction_bottoms``); None (every bottom) for a type without a spec or a declaration."""
-    return getattr(_spec(layer_type), "prediction_bottoms", None)
+def _prediction_bottoms(layer_type: str) -> int:
+    """How many leading bottoms of a loss of ``layer_type`` are predictions: its spec's ``prediction_bottoms``;
+    1 for a type without a spec (Caffe's ``LossLayer``: predictions, then labels)."""
+    return getattr(_spec(layer_type), "prediction_bottoms", 1)
 
 
 # -- the Input layer -----------------------------------------------------------------------------------------

@@ -339,3 +339,69 @@ def test_a_sigmoid_cross_entropy_head_becomes_a_sigmoid() -> None:
     g = prototxt2py.graph(deploy_source(read_net(path), {"data": [2, 1, 28, 28]}))
     assert [g.values[v].blob for v in g.outputs] == ["decode1neuron"]
     assert [n.name for n in g.nodes][-2:] == ["decode1", "decode1neuron"]
+
+
+HEAD = """layer { name: "d" type: "Input" top: "data" top: "label"
+  input_param { shape { dim: 2 dim: 5 } shape { dim: 2 } } }
+layer { name: "fc8" type: "InnerProduct" bottom: "data" top: "fc8" inner_product_param { num_output: 3 } }
+"""
+
+
+@pytest.mark.parametrize(("extra", "outputs"), [
+    # the net's own Softmax read by a live layer: it stays as it is, the loss goes (no second Softmax)
+    ("""layer { name: "prob" type: "Softmax" bottom: "fc8" top: "prob" }
+        layer { name: "argmax" type: "ArgMax" bottom: "prob" top: "argmax" }""", ["argmax"]),
+    # read by a 0-weighted loss, with softmax_param's default axis written out: the same Softmax
+    ("""layer { name: "prob" type: "Softmax" bottom: "fc8" top: "prob" softmax_param { axis: 1 } }
+        layer { name: "mon" type: "MultinomialLogisticLoss" bottom: "prob" bottom: "label" top: "mon"
+                loss_weight: 0 }""", ["prob"]),
+])
+def test_the_nets_own_softmax_is_found_whatever_reads_it(extra: str, outputs: list[str]) -> None:
+    """A twin was recognised only when metrics alone read it: otherwise a second Softmax named after the loss
+    appeared (py-faster-rcnn's end2end nets: ``rpn_cls_prob`` feeds the proposals) or ``prob`` was lost."""
+    text = HEAD + extra + """
+        layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss" }"""
+    assert _outputs(text) == (["data"], outputs)
+    assert "Softmax" not in [lay.type for lay in derive_deploy(read_net_text(text)).net.layer if lay.name == "loss"]
+
+
+def test_a_softmax_with_loss_whose_probabilities_a_metric_reads_keeps_them() -> None:
+    """SoftmaxWithLoss's second top is its probabilities (``softmax_loss_layer.cpp``: ShareData(prob_)); read by
+    an Accuracy, the converted Softmax was pruned with the Accuracy, and the prediction vanished."""
+    text = HEAD + """
+    layer { name: "emb" type: "InnerProduct" bottom: "data" top: "embedding" inner_product_param { num_output: 2 } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss" top: "prob"
+            loss_weight: 1 loss_weight: 0 }
+    layer { name: "acc" type: "Accuracy" bottom: "prob" bottom: "label" top: "acc" }"""
+    assert _outputs(text) == (["data"], ["embedding", "prob"])
+
+
+def test_losses_take_their_prediction_first_unless_their_bottoms_commute() -> None:
+    """A loss type without a spec (a fork's L1Loss) predicts with bottom 0, as Caffe's LossLayer: the target it
+    was given (a pooled ground truth) stayed an output and the ground truth an input. EuclideanLoss is
+    commutative (``euclidean_loss_layer.hpp``): with the target first, the prediction is its other bottom."""
+    flow = """layer { name: "d" type: "Input" top: "img" top: "flow_gt"
+      input_param { shape { dim: 2 dim: 6 dim: 16 dim: 16 } shape { dim: 2 dim: 2 dim: 16 dim: 16 } } }
+    layer { name: "pred" type: "Convolution" bottom: "img" top: "predict_flow"
+            convolution_param { num_output: 2 kernel_size: 1 } }
+    layer { name: "down" type: "Pooling" bottom: "flow_gt" top: "gt" pooling_param { pool: AVE kernel_size: 1 } }
+    layer { name: "loss" type: "L1Loss" bottom: "predict_flow" bottom: "gt" top: "loss" }"""
+    assert _outputs(flow) == (["img"], ["predict_flow"])
+    swapped = """layer { name: "d" type: "Input" top: "data" top: "label"
+      input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 1 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "pred" inner_product_param { num_output: 1 } }
+    layer { name: "scaled" type: "Power" bottom: "label" top: "target" power_param { scale: 2 } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "target" bottom: "pred" top: "loss" }"""
+    assert _outputs(swapped) == (["data"], ["pred"])
+
+
+def test_with_the_nets_own_head_beside_a_converted_one_neither_is_named_prob() -> None:
+    """Two main heads keep their names (siftflow's ``loss``/``loss_geo``): where one of them is the net's own
+    Softmax, the other was renamed ``prob`` beside ``prob_sem``."""
+    text = HEAD + """
+    layer { name: "geo" type: "InnerProduct" bottom: "data" top: "score_geo" inner_product_param { num_output: 4 } }
+    layer { name: "prob_sem" type: "Softmax" bottom: "fc8" top: "prob_sem" }
+    layer { name: "acc" type: "Accuracy" bottom: "prob_sem" bottom: "label" top: "acc" }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss" }
+    layer { name: "loss_geo" type: "SoftmaxWithLoss" bottom: "score_geo" bottom: "label" top: "loss_geo" }"""
+    assert _outputs(text) == (["data"], ["loss_geo", "prob_sem"])

@@ -235,9 +235,12 @@ class LayerSpec:
     #: Loss layers get loss_weight 1 on their first top unless the prototxt says otherwise (Caffe's LossLayer).
     is_loss: ClassVar[bool] = False
     #: A loss's leading bottoms that are the net's predictions; the others are its targets (labels, or values a
-    #: net computes from them), which ``deploy`` drops with the loss. ``None``: not declared (``deploy`` then
-    #: keeps every bottom that is not read straight from a data layer).
-    prediction_bottoms: ClassVar[int | None] = None
+    #: net computes from them), which ``deploy`` drops with the loss. Caffe's ``LossLayer`` takes predictions,
+    #: then labels: 1 unless declared (ContrastiveLoss: its two feature vectors).
+    prediction_bottoms: ClassVar[int] = 1
+    #: A loss whose bottoms commute (EuclideanLoss: "the result is the same regardless of the order"): nets
+    #: list the target first too, so ``deploy`` takes as prediction a bottom not computed from labels alone.
+    commutative_bottoms: ClassVar[bool] = False
     #: For a loss: the layer type that computes its prediction in a deploy net (SoftmaxWithLoss: Softmax, sharing
     #: its ``softmax_param``); ``deploy`` replaces a main loss by it. ``None``: its predictions stay outputs.
     deploy_head: ClassVar[str | None] = None

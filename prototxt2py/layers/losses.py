@@ -114,7 +114,6 @@ class _LossSpec(LayerSpec):
 
     bottoms = (2, 2)
     is_loss = True
-    prediction_bottoms = 1  # LossLayer: bottom 0 is the prediction, bottom 1 the label or target
     family = FAMILY
     force_backward_refused = frozenset({1})  # LossLayer::AllowForceBackward: the labels
 
@@ -236,6 +235,7 @@ class SigmoidCrossEntropyLoss(_LossSpec):
 @register
 class EuclideanLoss(_LossSpec):
     type = "EuclideanLoss"
+    commutative_bottoms = True  # euclidean_loss_layer.hpp: gradients to both, the same whatever the order
     summary = "sum((a - b)^2) / (2 N); gradient to both bottoms"
     force_backward_refused = frozenset()  # EuclideanLossLayer::AllowForceBackward: both bottoms
 

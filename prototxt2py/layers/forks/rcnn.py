@@ -97,7 +97,6 @@ class SmoothL1Loss(LayerSpec):
     type = "SmoothL1Loss"
     bottoms = (2, 4)
     is_loss = True
-    prediction_bottoms = 1  # the box deltas; then the targets and their inside/outside weights
     family = FAMILY
     summary = "Faster R-CNN smooth L1 (sigma), optional inside/outside weights (4 bottoms), divided by num"
 
