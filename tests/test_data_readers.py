@@ -536,3 +536,29 @@ def test_raw_datums_ignore_force_color_and_force_gray_together() -> None:
         both = open_source(layer_from(data_net(COLOR_LMDB, 4, "force_color: true force_gray: true"))).next_batch()
     plain_batch = open_source(layer_from(data_net(COLOR_LMDB, 4))).next_batch()
     np.testing.assert_array_equal(both[0], plain_batch[0])
+
+
+def test_an_lmdb_check_names_what_is_wrong_with_meta_pages_and_sub_databases(tmp_path: Path) -> None:
+    """A newer meta page with another page size made the check itself fail (``struct.error``: exit 3); a sound
+    LMDB holding named sub-databases was called corrupt, where it is only no Caffe database."""
+    import struct
+
+    import lmdb
+
+    _lmdb_of(tmp_path / "db", [10])
+    raw = bytearray((tmp_path / "db" / "data.mdb").read_bytes())
+    struct.pack_into("<I", raw, 4096 + 40, 1)  # meta page 1 (the newer one): its page size
+    (tmp_path / "db" / "data.mdb").write_bytes(bytes(raw))
+    with pytest.raises(DataError) as e:
+        open_source(layer_from(data_net(str(tmp_path / "db"))))
+    assert str(e.value) == (f"layer 'data': LMDB '{tmp_path / 'db'}' is corrupt: {tmp_path / 'db' / 'data.mdb'}: "
+                            "its meta pages give page sizes 4096 and 1")
+    env = lmdb.open(str(tmp_path / "named"), map_size=1 << 22, max_dbs=2)
+    with env.begin(write=True, db=env.open_db(b"images")) as txn:
+        txn.put(b"0", b"x")
+    env.close()
+    with pytest.raises(DataError) as e:
+        open_source(layer_from(data_net(str(tmp_path / "named"))))
+    assert str(e.value).startswith(f"layer 'data': LMDB '{tmp_path / 'named'}' is not a Caffe database: ")
+    assert str(e.value).endswith("is a named sub-database or a set of duplicate values, which Caffe's databases "
+                                 "never hold")

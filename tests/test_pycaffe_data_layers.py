@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,3 +88,73 @@ layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_p
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         caffe.Net("net.prototxt", caffe.TEST, input_shapes={"data": [2, 3, 4, 5], "label": [2]})
+
+
+TWO_READERS = """
+layer {{ name: "d1" type: "Data" top: "data" top: "label"
+        data_param {{ source: "{db}" batch_size: 2 backend: LMDB }} }}
+layer {{ name: "d2" type: "Data" top: "data2" top: "label2"
+        data_param {{ source: "{db}" batch_size: 2 backend: LMDB }} }}
+layer {{ name: "{third}" type: "{third_type}" top: "{third}" {third_param} }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param {{ num_output: 2 }} }}
+"""
+
+
+def _two_readers(tmp_path: Path, third: str = "inp", third_type: str = "Input",
+                 third_param: str = "input_param { shape { dim: 2 dim: 1 } }") -> Any:
+    db = GOLDEN / "data" / "datasets" / "color_raw_lmdb"
+    (tmp_path / "net.prototxt").write_text(TWO_READERS.format(db=db, third=third, third_type=third_type,
+                                                              third_param=third_param))
+    return caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)
+
+
+def test_only_the_data_layers_a_range_runs_advance(tmp_path: Path) -> None:
+    """Each data layer reads its next batch when it runs (Caffe's ``ForwardFromTo``): a range that ran d1 only
+    advanced d2 too, and a range starting at the Input layer after them advanced both."""
+    net = _two_readers(tmp_path)
+    # the database's labels in key order: Caffe's batches of the same database (lmdb_raw_plain reads it too)
+    want = [float(v) for k in range(3) for v in npz(GOLDEN / "data" / "lmdb_raw_plain" / f"outputs_{k}.npz")["label"]]
+    net.forward(end="d1")
+    assert list(net.blobs["label"].data) == want[0:2] and list(net.blobs["label2"].data) == [0, 0]
+    net.forward(start="d2", end="d2")
+    assert list(net.blobs["label2"].data) == want[0:2]
+    net.forward(start="inp")
+    net.forward()
+    assert list(net.blobs["label"].data) == want[2:4] and list(net.blobs["label2"].data) == want[2:4]
+
+
+def test_set_input_arrays_beside_a_reading_data_layer(tmp_path: Path) -> None:
+    """A MemoryData layer first and a Data layer reading its source: set_input_arrays went to the readers
+    ("not an in-process data layer of this net")."""
+    db = GOLDEN / "data" / "datasets" / "color_raw_lmdb"
+    (tmp_path / "net.prototxt").write_text(f"""
+layer {{ name: "mem" type: "MemoryData" top: "mdata" top: "mlabel"
+        memory_data_param {{ batch_size: 2 channels: 1 height: 1 width: 1 }} }}
+layer {{ name: "d" type: "Data" top: "data" top: "label"
+        data_param {{ source: "{db}" batch_size: 2 backend: LMDB }} }}""")
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)
+    net.set_input_arrays(np.arange(4, dtype=np.float32).reshape(4, 1, 1, 1), np.arange(4, dtype=np.float32))
+    net.forward()
+    assert list(net.blobs["mlabel"].data.ravel()) == [0, 1] and net.blobs["data"].data.shape == (2, 3, 20, 24)
+
+
+def test_loader_workers_fork_while_a_net_holds_the_database(tmp_path: Path) -> None:
+    """A ``caffe.Net`` reading an LMDB keeps its environment open; the loader workers of a solver built next
+    were then started with forkserver, which re-runs a script without a ``__main__`` guard (most pycaffe
+    scripts): "DataLoader worker exited unexpectedly". Forked workers read through the inherited environment."""
+    from prototxt2py.data.layers import data_layers
+    from prototxt2py.data.loader import DataFeed, _context
+    from prototxt2py.reader import read_net
+
+    net = _two_readers(tmp_path)
+    net.forward()
+    assert _context().get_start_method() == "fork"
+    layers = data_layers(read_net(tmp_path / "net.prototxt").net, "TEST")
+    with DataFeed(layers[:1], workers=2) as feed:
+        labels = [feed.next()["label"].tolist() for _ in range(3)]
+    net2 = _two_readers(tmp_path)
+    want = []
+    for _ in range(3):
+        net2.forward(end="d1")
+        want.append(net2.blobs["label"].data.tolist())
+    assert labels == want

@@ -88,7 +88,8 @@ class Net:
     weights, phase)``. The prototxt is read once, so it may be deleted right after construction.
 
     Beyond pycaffe, ``input_shapes={'data': [64, 1, 28, 28], 'label': [64]}`` sizes input or data-layer blobs
-    whose shapes the file alone does not give (Caffe reads them from the data source, which is not opened here),
+    whose shapes the file alone does not give, where the data source is absent (an existing source is read, and
+    its shapes win, as Caffe's data layers reshape their tops),
     and ``python_layers={'module.Layer': MyModule}`` says what ``Python`` layers compute (pycaffe imports the
     module the file names; this never does, see :func:`prototxt2py.graph`)."""
 
@@ -620,8 +621,10 @@ class Net:
             raise CaffeUsageError("data and labels must have the same first dimension")
         if len(data) % p.batch_size:
             raise CaffeUsageError("first dimensions of input arrays must be a multiple of batch size")
-        if self._feeder is not None:  # a solver's net: its reader serves the training steps and forward() alike
-            self._feeder.feed.source(self._graph.nodes[0].name).reset(data, labels)
+        name = self._graph.nodes[0].name
+        if self._feeder is not None and any(layer.name == name for layer in self._feeder.layers):
+            # a solver's net: its reader serves the training steps and forward() alike
+            self._feeder.feed.source(name).reset(data, labels)
             return
         self._memory_data = (np.ascontiguousarray(data), np.ascontiguousarray(labels), 0)
 
@@ -634,11 +637,12 @@ class Net:
 
     # -- a solver's net -----------------------------------------------------------------------------------------
     def _feed(self, start: int, end: int) -> None:
-        """The data layers among layers ``start``..``end`` take their next batch from the solver's readers (one
-        batch for the whole net, the cursor shared with training and testing, as in Caffe)."""
-        tops = {t for i in range(start, end + 1) if self._plan[i].kind == INPUT for t in self._graph.nodes[i].tops}
-        if tops:
-            self._take_blobs({name: value for name, value in self._feeder.next().items() if name in tops})
+        """The data layers among layers ``start``..``end`` take their next batch from the net's readers (a
+        solver's, whose cursors training and testing share, as in Caffe; or this net's own)."""
+        read = {layer.name for layer in self._feeder.layers}
+        names = {self._graph.nodes[i].name for i in range(start, end + 1) if self._plan[i].kind == INPUT} & read
+        if names:  # only the data layers in the range read their next batch, as each runs in Caffe
+            self._take_blobs(self._feeder.next(names))
 
     def _take_blobs(self, blobs: Mapping[str, torch.Tensor]) -> None:
         """Copy a forward pass's results (by blob name) into the persistent blobs, as if this net had run it."""

@@ -28,13 +28,17 @@ _HEADER = 16
 _NODE = 8
 _P_BRANCH, _P_LEAF, _P_OVERFLOW, _P_META, _P_LEAF2, _P_SUBP = 0x01, 0x02, 0x04, 0x08, 0x20, 0x40
 _PAGE_TYPES = _P_BRANCH | _P_LEAF | _P_OVERFLOW | _P_META | _P_LEAF2 | _P_SUBP
-_F_BIGDATA = 0x01
+_F_BIGDATA, _F_SUBDATA, _F_DUPDATA = 0x01, 0x02, 0x04
 _NO_ROOT = (1 << 64) - 1  # P_INVALID: an empty database
 _MAX_DEPTH = 32  # LMDB's CURSOR_STACK: a deeper tree (or a cycle) is corrupt
 
 
 class LmdbCorrupt(Exception):
     """What is wrong with the file, as one sentence (the caller adds the database's name)."""
+
+
+class NotCaffeDatabase(LmdbCorrupt):
+    """A sound LMDB that holds named sub-databases or duplicate keys: Caffe's readers see neither."""
 
 
 class Meta(NamedTuple):
@@ -67,7 +71,11 @@ def read_meta(fd: int) -> Meta | None:
     if first is None or not 152 <= first.page_size <= 1 << 16 or first.page_size & (first.page_size - 1):
         return None
     second = _meta(os.pread(fd, 152, first.page_size))
-    return second if second is not None and second.txnid > first.txnid else first
+    if second is None or second.txnid <= first.txnid:
+        return first
+    if second.page_size != first.page_size:  # (the newer one is read; LMDB never changes a file's page size)
+        raise LmdbCorrupt(f"its meta pages give page sizes {first.page_size} and {second.page_size}")
+    return second
 
 
 def check_file(data_file: str) -> None:
@@ -78,7 +86,10 @@ def check_file(data_file: str) -> None:
     except OSError:
         return
     try:
-        meta = read_meta(fd)
+        try:
+            meta = read_meta(fd)
+        except LmdbCorrupt as e:
+            raise LmdbCorrupt(f"is corrupt: {data_file}: {e}") from None
         if meta is None:
             return
         size = os.fstat(fd).st_size
@@ -87,6 +98,8 @@ def check_file(data_file: str) -> None:
                               f"{meta.end} (an interrupted copy?)")
         try:
             check_tree(fd, meta)
+        except NotCaffeDatabase as e:
+            raise NotCaffeDatabase(f"is not a Caffe database: {data_file}: {e}") from None
         except LmdbCorrupt as e:
             raise LmdbCorrupt(f"is corrupt: {data_file}: {e}") from None
     except OSError:  # (a read error: lmdb.open or the cursor will say what it is)
@@ -153,6 +166,9 @@ def _check_page(fd: int, meta: Meta, number: int, leaf: bool, below: list[int]) 
         data = offset + _NODE + key_size
         if leaf:
             if node_flags & ~_F_BIGDATA:
+                if node_flags in (_F_SUBDATA, _F_DUPDATA | _F_SUBDATA, _F_DUPDATA):
+                    raise NotCaffeDatabase(f"record {i} of page {number} is a named sub-database or a set of "
+                                           "duplicate values, which Caffe's databases never hold")
                 raise LmdbCorrupt(f"page {number}: record {i} has flags {node_flags:#x} (a Caffe database holds "
                                   "plain records)")
             length = lo | hi << 16

@@ -11,9 +11,12 @@ reader's job (``DataLayer.rank``/``world``).
 :class:`DataFeed` runs every data layer of a net and returns ``{top: tensor}`` per step. MemoryData, which is fed
 from Python, always runs in this process (``feed.source(name).reset(data, labels)``).
 
-Workers are forked when that is safe (no LMDB environment open in this process: a forked child can neither use
-nor reopen its parent's), else started with ``forkserver``/``spawn``, which costs seconds per worker (importing
-torch). The start method is chosen when the loader is made; its workers start at its first ``iter()``.
+Workers are forked where the platform can (``forkserver``/``spawn`` cost seconds per worker, importing torch,
+and re-run a script without a ``__main__`` guard). An LMDB environment this process holds (a pycaffe
+``caffe.Net`` reading the same database) is inherited: the ``lmdb`` package refuses to open a path twice in one
+process, which a forked child still is to it, so a child reads through the inherited environment (read-only,
+without a lock table: only the memory map, which the child shares). The start method is chosen when the loader
+is made; its workers start at its first ``iter()``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import inspect
 import math
 import multiprocessing
 import pickle
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import torch
@@ -132,12 +135,9 @@ def _ensure_plain_class(name: str) -> None:
 
 
 def _context() -> Any:
-    """``fork`` (fast: no re-import of torch) unless this process holds an LMDB environment, which a forked child
-    could neither reuse nor reopen; then ``forkserver`` or ``spawn`` (seconds per worker to start)."""
-    from .db import _LMDB_ENVS
-
+    """``fork`` (fast: no re-import of torch), else ``forkserver`` or ``spawn`` (seconds per worker to start)."""
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and not _LMDB_ENVS:
+    if "fork" in methods:
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
@@ -204,11 +204,15 @@ class DataFeed:
             raise DataError("not an in-process data layer of this net", layer=layer)
         return self._sources[layer]
 
-    def next(self) -> dict[str, torch.Tensor]:
+    def next(self, layers: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """The next batch of every data layer, or of ``layers`` only (the others do not advance: pycaffe's
+        ``forward(start=...)`` runs only the data layers in its range, as Caffe's ``ForwardFromTo``)."""
         if self._tops and not (self._sources or self._iters):
             raise DataError("the data readers are closed (the solver or feed was closed): no more batches")
         out: dict[str, torch.Tensor] = {}
         for name, tops in self._tops.items():
+            if layers is not None and name not in layers:
+                continue
             if name in self._sources:
                 batch = tuple(torch.from_numpy(a) for a in self._sources[name].next_batch())
             else:

@@ -9,7 +9,7 @@ prefetch thread), handing out the batches in the order one reader produces them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import torch
@@ -62,9 +62,9 @@ class Feeder:
         """Top shapes of the data layers, for building the net (``input_shapes``)."""
         return dict(self._shapes)
 
-    def next(self) -> dict[str, torch.Tensor]:
-        """The data layers' next batch."""
-        return self.feed.next()
+    def next(self, layers: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+        """The data layers' next batch (of ``layers`` only, when given: the others do not advance)."""
+        return self.feed.next(layers)
 
     def next_pass(self) -> dict[str, torch.Tensor]:
         """The inputs of the next forward pass: the data layers' next batch and the held Input blobs."""
