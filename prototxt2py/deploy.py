@@ -286,7 +286,7 @@ def _convert_heads(layers: list[Any], main: float | None, notes: list[str]) -> t
             new = caffe_pb2.LayerParameter()
             new.type = head
             new.bottom.append(layer.bottom[0])
-            new.name = "prob" if single else layer.name
+            new.name = "prob" if single else layer.name or layer.top[0]  # (HED's losses have no names)
             if len(layer.top) > 1:  # SoftmaxWithLoss's optional second top already names the probabilities
                 top = layer.top[1]
             else:

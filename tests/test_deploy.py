@@ -405,3 +405,17 @@ def test_with_the_nets_own_head_beside_a_converted_one_neither_is_named_prob() -
     layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss" }
     layer { name: "loss_geo" type: "SoftmaxWithLoss" bottom: "score_geo" bottom: "label" top: "loss_geo" }"""
     assert _outputs(text) == (["data"], ["loss_geo", "prob_sem"])
+
+
+def test_hed_side_outputs_become_named_sigmoids() -> None:
+    """HED's six SigmoidCrossEntropyLoss heads (equal weights, no layer names): six Sigmoid outputs, as its
+    own deploy file computes them, named after their tops (the logits were the only output)."""
+    path = CORPUS / "s9xie__hed/examples/hed/train_val.prototxt"
+    if not path.is_file():
+        pytest.skip("corpus file missing")
+    result = derive_deploy(read_net(path), {"data": [1, 3, 64, 64]})
+    heads = [(lay.name, lay.type, lay.bottom[0]) for lay in result.net.layer if lay.type == "Sigmoid"]
+    assert heads == [(f"dsn{k}_loss", "Sigmoid", f"upscore-dsn{k}") for k in range(1, 6)] + [
+        ("fuse_loss", "Sigmoid", "upscore-fuse")]
+    g = prototxt2py.graph(deploy_source(read_net(path), {"data": [1, 3, 64, 64]}))
+    assert [g.values[v].blob for v in g.outputs] == [f"dsn{k}_loss" for k in range(1, 6)] + ["fuse_loss"]
