@@ -228,24 +228,19 @@ def _deploy_head(layer: Any) -> str | None:
     return getattr(_spec(layer.type), "deploy_head", None)
 
 
-def _head_param(layer: Any, head: str) -> Any:
-    """The loss's parameters of its deploy head's type (SoftmaxWithLoss's ``softmax_param``), or None."""
+def _head_field(head: str) -> str | None:
+    """The LayerParameter field of a head type's parameters (Softmax: ``softmax_param``), if it has one."""
     from .layers.base import param_field_for
 
-    field = param_field_for(head)
-    return getattr(layer, field) if field and layer.HasField(field) else None
+    return param_field_for(head)
 
 
-def _effective(param: Any, head: str) -> dict[str, Any]:
-    """A head's parameters as they act (unset fields at their defaults; the engine, which computes the same,
-    left out), for comparing a loss's with a layer's."""
-    from .layers.base import param_field_for
-
-    if param is None:
-        field = param_field_for(head)
-        param = getattr(caffe_pb2.LayerParameter(), field) if field else None
-    if param is None:
+def _acts(layer: Any, field: str | None) -> dict[str, Any]:
+    """A layer's parameters of a head's type as they act (unset fields at their defaults; the engine, which
+    computes the same, left out), for comparing a loss's with a layer's."""
+    if field is None:
         return {}
+    param = getattr(layer, field)
     return {f.name: getattr(param, f.name) for f in param.DESCRIPTOR.fields if f.name != "engine"}
 
 
@@ -253,10 +248,11 @@ def _twin(layers: list[Any], loss: Any, head: str) -> Any:
     """The net's own layer of type ``head`` over a loss's scores, acting as the loss's own does (Caffe's
     ``imagenet_val.prototxt``: ``prob`` for its Accuracy beside the loss; py-faster-rcnn's ``rpn_cls_prob`` for
     its proposals; the autoencoder's Sigmoid ``decode1neuron``), or None."""
-    acts = _effective(_head_param(loss, head), head)
+    field = _head_field(head)
+    acts = _acts(loss, field)
     for layer in layers:
         if (layer.type == head and list(layer.bottom) == [loss.bottom[0]] and len(layer.top) == 1
-                and _effective(_head_param(layer, head), head) == acts):
+                and _acts(layer, field) == acts):
             return layer
     return None
 
@@ -292,11 +288,9 @@ def _convert_heads(layers: list[Any], main: float | None, notes: list[str]) -> t
             else:
                 top = "prob" if single else layer.top[0]
             new.top.append(top)
-            param = _head_param(layer, head)
-            if param is not None:
-                from .layers.base import param_field_for
-
-                getattr(new, param_field_for(head)).CopyFrom(param)
+            field = _head_field(head)
+            if field is not None and layer.HasField(field):
+                getattr(new, field).CopyFrom(getattr(layer, field))
             notes.append(f"{layer.type} '{layer.name}' -> {head} '{new.name}' ({layer.bottom[0]} -> {top})")
             converted.add(top)
             layer = new

@@ -244,17 +244,20 @@ def _outputs(text: str, **shapes: list[int]) -> tuple[list[str], list[str]]:
     return [g.values[v].blob for v in g.inputs], [g.values[v].blob for v in g.outputs]
 
 
+#: a regression net whose EuclideanLoss target is computed from the label; its bottoms in the order given
+TARGET_FROM_LABEL = """layer {{ name: "d" type: "Input" top: "data" top: "label"
+  input_param {{ shape {{ dim: 4 dim: 3 }} shape {{ dim: 4 dim: 1 }} }} }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "pred" inner_product_param {{ num_output: 1 }} }}
+layer {{ name: "scaled" type: "Power" bottom: "label" top: "target" power_param {{ scale: 2 }} }}
+layer {{ name: "loss" type: "EuclideanLoss" bottom: "{first}" bottom: "{second}" top: "loss" }}"""
+
+
 def test_targets_a_net_computes_from_the_label_go_with_the_loss() -> None:
     """A loss's prediction is its bottom 0 (two for ContrastiveLoss, three for SSD's MultiBoxLoss: the specs'
     ``prediction_bottoms``). Every bottom not read straight from a data layer was kept: a target computed from
     the label (py-faster-rcnn's anchor targets, an autoencoder's flattened input) stayed an output, and made
     the label an input of the deploy net."""
-    text = """layer { name: "d" type: "Input" top: "data" top: "label"
-      input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 1 } } }
-    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "pred" inner_product_param { num_output: 1 } }
-    layer { name: "scaled" type: "Power" bottom: "label" top: "target" power_param { scale: 2 } }
-    layer { name: "loss" type: "EuclideanLoss" bottom: "pred" bottom: "target" top: "loss" }"""
-    assert _outputs(text) == (["data"], ["pred"])
+    assert _outputs(TARGET_FROM_LABEL.format(first="pred", second="target")) == (["data"], ["pred"])
     siamese = """layer { name: "d" type: "Input" top: "a" top: "b" top: "sim"
       input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 3 } shape { dim: 4 } } }
     layer { name: "fa" type: "InnerProduct" bottom: "a" top: "fa" inner_product_param { num_output: 2 } }
@@ -387,12 +390,7 @@ def test_losses_take_their_prediction_first_unless_their_bottoms_commute() -> No
     layer { name: "down" type: "Pooling" bottom: "flow_gt" top: "gt" pooling_param { pool: AVE kernel_size: 1 } }
     layer { name: "loss" type: "L1Loss" bottom: "predict_flow" bottom: "gt" top: "loss" }"""
     assert _outputs(flow) == (["img"], ["predict_flow"])
-    swapped = """layer { name: "d" type: "Input" top: "data" top: "label"
-      input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 1 } } }
-    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "pred" inner_product_param { num_output: 1 } }
-    layer { name: "scaled" type: "Power" bottom: "label" top: "target" power_param { scale: 2 } }
-    layer { name: "loss" type: "EuclideanLoss" bottom: "target" bottom: "pred" top: "loss" }"""
-    assert _outputs(swapped) == (["data"], ["pred"])
+    assert _outputs(TARGET_FROM_LABEL.format(first="target", second="pred")) == (["data"], ["pred"])
 
 
 def test_with_the_nets_own_head_beside_a_converted_one_neither_is_named_prob() -> None:
