@@ -43,7 +43,7 @@ from ..reader import NetSource, read_net
 from . import _mode
 from ._backward import Split, layer_gradients, need_backward
 from ._blob import Blob
-from ._data import open_readers
+from ._data import READ_SOURCE, open_readers
 from ._phase import TEST, TRAIN
 
 _PHASES = {TRAIN: "TRAIN", TEST: "TEST", "TRAIN": "TRAIN", "TEST": "TEST"}
@@ -130,9 +130,11 @@ class Net:
         self._memory_data: tuple[np.ndarray, np.ndarray, int] | None = None
         self._python_layers = dict(python_layers or {})
         self._links_grad = True
-        skeleton = prototxt2py.graph(self._source, self._phase, self._stages, self._level, infer=False,
-                                     python_layers=self._python_layers)
-        self._feeder: Any = open_readers(skeleton, self._phase, set(input_shapes or ()))
+        self._feeder: Any = None
+        if any(layer.type in READ_SOURCE for layer in self._source.net.layer):  # (a deploy net: no second graph)
+            skeleton = prototxt2py.graph(self._source, self._phase, self._stages, self._level, infer=False,
+                                         python_layers=self._python_layers)
+            self._feeder = open_readers(skeleton, self._phase, set(input_shapes or ()))
         if self._feeder is not None:  # the data's shapes win, as in Caffe, whose data layers reshape their tops
             input_shapes = {**(input_shapes or {}), **self._feeder.shapes()}
         graph = prototxt2py.graph(self._source, self._phase, self._stages, self._level, input_shapes=input_shapes,
