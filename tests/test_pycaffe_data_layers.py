@@ -158,3 +158,24 @@ def test_loader_workers_fork_while_a_net_holds_the_database(tmp_path: Path) -> N
         net2.forward(end="d1")
         want.append(net2.blobs["label"].data.tolist())
     assert labels == want
+
+
+def test_two_train_nets_draw_their_own_crops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caffe's transformers seed themselves from its global RNG: two TRAIN nets over one database crop and
+    mirror differently. They drew the same (the seed was torch's initial seed and the layer name); a seed set
+    before each still makes them equal."""
+    case = GOLDEN / "data" / "lmdb_raw_train_mirror_crop"
+    monkeypatch.chdir(case)
+    first, second = (caffe.Net("net.prototxt", caffe.TRAIN) for _ in range(2))
+    batches = []
+    for net in (first, second):
+        net.forward()
+        batches.append(net.blobs["data"].data.copy())
+    assert not np.array_equal(*batches)
+    again = []
+    for _ in range(2):
+        caffe.set_random_seed(5)
+        net = caffe.Net("net.prototxt", caffe.TRAIN)
+        net.forward()
+        again.append(net.blobs["data"].data.copy())
+    np.testing.assert_array_equal(*again)

@@ -7,7 +7,9 @@ zeros. So the readers a solver's nets use (:class:`~prototxt2py.train.feeding.Fe
 these nets too. Caffe stops at a source that does not exist; here such a layer reads nothing and its tops are
 blobs the caller fills (net surgery on a train_val far from its data), with a warning unless the caller gave
 their shapes (``input_shapes``), which says that intent. ``MemoryData`` (``set_input_arrays``) and
-``DummyData`` (its own fill) are served by the net itself.
+``DummyData`` (its own fill) are served by the net itself. Each net's readers draw their seed from torch's
+generator, as Caffe's transformers and shuffles seed themselves from its global RNG: two TRAIN nets crop and
+mirror differently, and ``caffe.set_random_seed`` (``torch.manual_seed``) makes both reproducible.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import os
 import warnings
 from collections.abc import Collection
 from typing import Any
+
+import torch
 
 #: the data layer types that read a ``source`` (a database, an image or HDF5 list, a window file)
 READ_SOURCE = frozenset({"Data", "ImageData", "HDF5Data", "WindowData"})
@@ -38,4 +42,7 @@ def open_readers(skeleton: Any, phase: str, given: Collection[str]) -> Any:
             tops = ", ".join(f"net.blobs['{t}']" for t in node.tops)
             warnings.warn(f"caffe.Net: {node.type} layer '{node.name}' reads nothing: its source '{source}' does "
                           f"not exist (Caffe would stop here); fill {tops} yourself", UserWarning, stacklevel=3)
-    return Feeder(skeleton, phase, workers=0, nodes=readable) if readable else None
+    if not readable:
+        return None
+    seed = int(torch.randint(0, 1 << 31, (1,)).item())
+    return Feeder(skeleton, phase, seed=seed, workers=0, nodes=readable)
