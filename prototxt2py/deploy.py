@@ -272,6 +272,7 @@ def _convert_heads(layers: list[Any], main: float | None, notes: list[str]) -> t
         del heads[key]
     out = []
     converted: set[str] = set()
+    names = {lay.name for lay in layers}  # layer names stay unique: Caffe copies weights by them
     for layer in layers:
         twin = twins.get(id(layer))
         if twin is not None:
@@ -282,11 +283,16 @@ def _convert_heads(layers: list[Any], main: float | None, notes: list[str]) -> t
             new = caffe_pb2.LayerParameter()
             new.type = head
             new.bottom.append(layer.bottom[0])
-            new.name = "prob" if single else layer.name or layer.top[0]  # (HED's losses have no names)
+            # a loss may have no name (HED's) and no top (Caffe adds an automatic one): then the other, or the
+            # head's type, names it; never a name another layer has (Caffe copies weights by layer name)
+            own = (layer.top[0] if len(layer.top) else layer.name) or head.lower()
+            new.name = "prob" if single else _unused(layer.name or own, names - {layer.name})  # (it replaces it)
             if len(layer.top) > 1:  # SoftmaxWithLoss's optional second top already names the probabilities
                 top = layer.top[1]
             else:
-                top = "prob" if single else layer.top[0]
+                top = "prob" if single else own if len(layer.top) else _unused(own, taken)
+            names.add(new.name)
+            taken.add(top)
             new.top.append(top)
             field = _head_field(head)
             if field is not None and layer.HasField(field):
@@ -296,6 +302,15 @@ def _convert_heads(layers: list[Any], main: float | None, notes: list[str]) -> t
             layer = new
         out.append(layer)
     return out, converted | {twin.top[0] for twin in twins.values()}
+
+
+def _unused(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_1``, ``name_2``... the first that no layer or blob has."""
+    candidate, k = name, 0
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}_{k}"
+    return candidate
 
 
 def _is_dropped_kind(layer: Any) -> bool:
@@ -372,6 +387,9 @@ def _wanted_tops(layers: list[Any], main: float | None) -> set[tuple[int, int]]:
     wanted: set[tuple[int, int]] = set()
     writer: dict[str, tuple[int, int]] = {}
     from_labels: set[str] = set()  # blobs computed from data layers' label tops alone (their top 1 and later)
+
+    def _target(blob: str) -> bool:  # a data layer's top, or computed from labels alone
+        return blob in from_labels or (blob in writer and is_data_layer(layers[writer[blob][0]]))
     for j, layer in enumerate(layers):
         head = is_loss(layer) and loss_weight(layer) == main
         if main is None:  # no loss in any phase: the predictions are what the metrics measure
@@ -379,7 +397,8 @@ def _wanted_tops(layers: list[Any], main: float | None) -> set[tuple[int, int]]:
         if head:
             count = _prediction_bottoms(layer.type) if main is not None else 1
             bottoms = list(layer.bottom)
-            if getattr(_spec(layer.type), "commutative_bottoms", False) and bottoms[0] in from_labels:
+            if getattr(_spec(layer.type), "commutative_bottoms", False) and _target(bottoms[0]) \
+                    and not _target(bottoms[-1]):
                 bottoms = bottoms[1:] + bottoms[:1]
             for b in bottoms[:count]:
                 if b in writer and not is_data_layer(layers[writer[b][0]]):

@@ -417,3 +417,31 @@ def test_hed_side_outputs_become_named_sigmoids() -> None:
         ("fuse_loss", "Sigmoid", "upscore-fuse")]
     g = prototxt2py.graph(deploy_source(read_net(path), {"data": [1, 3, 64, 64]}))
     assert [g.values[v].blob for v in g.outputs] == [f"dsn{k}_loss" for k in range(1, 6)] + ["fuse_loss"]
+
+
+def test_unnamed_losses_without_tops_get_free_names() -> None:
+    """Caffe gives a loss without a top an automatic one (``LossLayer::AutoTopBlobs``): two such heads were an
+    IndexError (exit 3). A head named after a top never takes another layer's name (Caffe copies weights by
+    layer name)."""
+    two = HEAD + """
+    layer { name: "fc9" type: "InnerProduct" bottom: "data" top: "fc9" inner_product_param { num_output: 3 } }
+    layer { type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" }
+    layer { type: "SoftmaxWithLoss" bottom: "fc9" bottom: "label" }"""
+    heads = [(lay.name, list(lay.top)) for lay in derive_deploy(read_net_text(two)).net.layer if lay.type == "Softmax"]
+    assert heads == [("softmax", ["softmax"]), ("softmax_1", ["softmax_1"])]
+    clash = HEAD + """
+    layer { name: "fc9" type: "InnerProduct" bottom: "data" top: "fc9" inner_product_param { num_output: 3 } }
+    layer { type: "SigmoidCrossEntropyLoss" bottom: "fc8" bottom: "label" top: "fc9_loss" }
+    layer { name: "fc9_loss" type: "SigmoidCrossEntropyLoss" bottom: "fc9" bottom: "label" top: "l2" }"""
+    names = [lay.name for lay in derive_deploy(read_net_text(clash)).net.layer]
+    assert names == ["data", "fc8", "fc9", "fc9_loss_1", "fc9_loss"]
+
+
+def test_a_euclidean_target_read_straight_from_a_data_layer_may_come_first() -> None:
+    """A regression net reading its targets from a second data layer (two LMDBs): with the target as bottom 0
+    the prediction branch was pruned ("would compute nothing")."""
+    text = """layer { name: "d1" type: "Input" top: "data" input_param { shape { dim: 4 dim: 3 } } }
+    layer { name: "d2" type: "Input" top: "target" input_param { shape { dim: 4 dim: 1 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "pred" inner_product_param { num_output: 1 } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "target" bottom: "pred" top: "loss" }"""
+    assert _outputs(text) == (["data"], ["pred"])

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from golden import GOLDEN, case_params, meta, npz
 
 from prototxt2py import caffe
@@ -179,3 +180,26 @@ def test_two_train_nets_draw_their_own_crops(monkeypatch: pytest.MonkeyPatch) ->
         net.forward()
         again.append(net.blobs["data"].data.copy())
     np.testing.assert_array_equal(*again)
+
+
+def test_a_solvers_weights_do_not_depend_on_its_loader_workers(tmp_path: Path) -> None:
+    """Each DataLoader's ``iter()`` drew a base seed from torch's global generator before the fillers ran: the
+    same ``random_seed`` gave other starting weights with ``--data-workers 0`` and with workers."""
+    from prototxt2py.train import get_solver
+
+    db = GOLDEN / "data" / "datasets" / "color_raw_lmdb"
+    (tmp_path / "net.prototxt").write_text(f"""
+layer {{ name: "d" type: "Data" top: "data" top: "label" data_param {{ source: "{db}" batch_size: 4 backend: LMDB }}
+        transform_param {{ scale: 0.00390625 }} }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param {{ num_output: 3 weight_filler {{ type: "gaussian" std: 0.1 }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}""")
+    (tmp_path / "solver.prototxt").write_text(f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0.1\n'
+                                              'lr_policy: "fixed"\nmax_iter: 1\nrandom_seed: 3\n'
+                                              f'snapshot_prefix: "{tmp_path / "s"}"\n')
+    weights = []
+    for workers in (0, 2):
+        solver = get_solver(str(tmp_path / "solver.prototxt"), data_workers=workers)
+        weights.append(solver.net.layer("ip").weight.detach().clone())
+        solver.close()
+    assert torch.equal(*weights)

@@ -158,8 +158,12 @@ def make_loader(
     if one_opener(layer):
         workers = min(workers, 1)
     dataset = LayerBatches(layer, seed)
+    # the loader's own generator: iter() draws a base seed from it (the workers seed themselves from ``seed``),
+    # which from torch's global generator would change the weights fillers draw after it (Caffe's data layers
+    # never touch the fillers' generator): a solver's weights would depend on its number of loader workers
+    generator = torch.Generator().manual_seed(0)
     if workers <= 0:
-        return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=pin_memory)
+        return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=pin_memory, generator=generator)
     return DataLoader(
         dataset,
         batch_size=None,
@@ -168,6 +172,7 @@ def make_loader(
         persistent_workers=True,
         multiprocessing_context=_context(),
         pin_memory=pin_memory,
+        generator=generator,
     )
 
 
@@ -220,6 +225,11 @@ class DataFeed:
                     batch = next(self._iters[name])
                 except Prototxt2pyError as e:
                     raise _from_worker(e) from None
+                except RuntimeError as e:  # a worker killed from outside (the OOM killer, kill -9)
+                    if not str(e).startswith("DataLoader worker"):
+                        raise
+                    raise DataError(f"its data loader worker died: {str(e).splitlines()[0]} (out of memory?)",
+                                    layer=name) from None
             out.update(zip(tops, batch, strict=True))
         return out
 
