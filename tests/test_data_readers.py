@@ -562,3 +562,30 @@ def test_an_lmdb_check_names_what_is_wrong_with_meta_pages_and_sub_databases(tmp
     assert str(e.value).startswith(f"layer 'data': LMDB '{tmp_path / 'named'}' is not a Caffe database: ")
     assert str(e.value).endswith("is a named sub-database or a set of duplicate values, which Caffe's databases "
                                  "never hold")
+
+
+def test_an_lmdb_rebuilt_while_a_reader_holds_it_is_not_read_stale(tmp_path: Path) -> None:
+    """The lmdb package opens no second environment on a path while the first is held: a database rebuilt at
+    the same path (``convert-imageset`` again) was read from the old environment, old records and all, by every
+    later reader of the process. Refused with one line until the holder is gone; then the new one is read."""
+    import lmdb
+
+    from prototxt2py.data.db import Cursor
+
+    def build(first: bytes) -> None:
+        shutil.rmtree(tmp_path / "db", ignore_errors=True)
+        env = lmdb.open(str(tmp_path / "db"), map_size=1 << 20)
+        with env.begin(write=True) as txn:
+            txn.put(b"0", first)
+        env.close()
+
+    build(b"old")
+    holder = Cursor(str(tmp_path / "db"), "lmdb")
+    assert holder.value() == b"old"
+    build(b"new record")
+    with pytest.raises(DataError, match=r"LMDB '.*db' changed on disk while this process still holds the copy it "
+                                        r"opened \(a net or solver made before\): let those go \(del net\)"):
+        Cursor(str(tmp_path / "db"), "lmdb")
+    holder.close()
+    with Cursor(str(tmp_path / "db"), "lmdb") as fresh:
+        assert fresh.value() == b"new record"

@@ -17,8 +17,9 @@ from ._deps import require
 
 BACKENDS = ("LMDB", "LEVELDB")
 
-#: LMDB environments open in this process, by real path: [environment, users]. The lmdb package refuses to
-#: open one environment twice in a process, and a TRAIN and a TEST net often read the same database.
+#: LMDB environments open in this process, by real path: [environment, users, the data file's stamp when opened].
+#: The lmdb package refuses to open one environment twice in a process, and a TRAIN and a TEST net often read
+#: the same database.
 _LMDB_ENVS: dict[str, list[Any]] = {}
 #: LMDB data files found sound by :func:`_check_lmdb`: (real path, size, modification time, inode)
 _LMDB_CHECKED: set[tuple[str, int, int, int]] = set()
@@ -43,10 +44,24 @@ def _check_lmdb(path: str, layer: str | None) -> None:
     _LMDB_CHECKED.add(key)
 
 
+def _data_file_stamp(path: str) -> tuple[int, int, int] | None:
+    """The data file's inode, size and modification time (None if it cannot be read)."""
+    try:
+        st = os.stat(os.path.join(path, "data.mdb") if os.path.isdir(path) else path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def _lmdb_env(path: str, layer: str | None) -> Any:
     lmdb = require("lmdb", "reading an LMDB data source", layer)
     key = os.path.realpath(path)
     entry = _LMDB_ENVS.get(key)
+    if entry is not None and entry[2] != _data_file_stamp(path):
+        # rebuilt since a net of this process opened it: the lmdb package opens no second environment on one
+        # path while the first is held, and reading the old one would give the old records without a word
+        raise DataError(f"LMDB '{path}' changed on disk while this process still holds the copy it opened (a net "
+                        "or solver made before): let those go (del net) before reading it again", layer=layer)
     if entry is None:
         _check_lmdb(path, layer)
         try:
@@ -55,7 +70,7 @@ def _lmdb_env(path: str, layer: str | None) -> Any:
             env = lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=os.path.isdir(path))
         except lmdb.Error as e:
             raise DataError(f"cannot open LMDB '{path}': {e}", layer=layer) from None
-        entry = _LMDB_ENVS[key] = [env, 0]
+        entry = _LMDB_ENVS[key] = [env, 0, _data_file_stamp(path)]
     entry[1] += 1
     return entry[0]
 
