@@ -85,6 +85,15 @@ def test_forward_and_backward_equal_caffe_builtin_layer(nets: tuple[Path, Path])
     np.testing.assert_allclose(a.blobs["ipx"].diff, b.blobs["ipx"].diff, rtol=1e-5, atol=1e-8)
 
 
+def _input_net(tmp_path: Path, dims: tuple[int, ...], layers: str, python_layers: dict) -> caffe.Net:
+    """A TEST ``caffe.Net`` under ``force_backward``: an Input ``x`` of ``dims``, then ``layers`` (prototxt)."""
+    shape = " ".join(f"dim: {d}" for d in dims)
+    (tmp_path / "net.prototxt").write_text(
+        f'force_backward: true\nlayer {{ name: "in" type: "Input" top: "x" input_param {{ shape {{ {shape} }} }} }}\n'
+        + layers)
+    return caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, python_layers=python_layers)
+
+
 def test_setup_runs_once_and_param_str_and_phase_are_caffe_s(tmp_path: Path) -> None:
     calls: list[tuple[str, str, int]] = []
 
@@ -103,12 +112,8 @@ def test_setup_runs_once_and_param_str_and_phase_are_caffe_s(tmp_path: Path) -> 
         def backward(self, top, propagate_down, bottom):
             bottom[0].diff[...] = self.k * top[0].diff
 
-    (tmp_path / "net.prototxt").write_text(
-        'force_backward: true\n'
-        'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }\n'
-        'layer { name: "s" type: "Python" bottom: "x" top: "y" '
-        'python_param { module: "m" layer: "Scale" param_str: "2.5" } }\n')
-    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, python_layers={"m.Scale": Scale})
+    net = _input_net(tmp_path, (2, 3), 'layer { name: "s" type: "Python" bottom: "x" top: "y" '
+                     'python_param { module: "m" layer: "Scale" param_str: "2.5" } }\n', {"m.Scale": Scale})
     net.blobs["x"].data[...] = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(net.forward()["y"], 2.5 * np.arange(6).reshape(2, 3))
     net.forward()
@@ -359,12 +364,10 @@ def test_an_in_place_python_layer_gets_one_blob_as_bottom_and_top(tmp_path: Path
         def backward(self, top, propagate_down, bottom):
             bottom[0].diff[...] = top[0].diff / bottom[0].data
 
-    (tmp_path / "net.prototxt").write_text(
-        'force_backward: true\n'
-        'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 2 } } }\n'
-        'layer { name: "s" type: "Power" bottom: "x" top: "y" }\n'
-        'layer { name: "l" type: "Python" bottom: "y" top: "y" python_param { module: "m" layer: "Log" } }\n')
-    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST, python_layers={"m.Log": Log})
+    net = _input_net(tmp_path, (1, 2), 'layer { name: "s" type: "Power" bottom: "x" top: "y" }\n'
+                     'layer { name: "l" type: "Python" bottom: "y" top: "y" '
+                     'python_param { module: "m" layer: "Log" } }\n',
+                     {"m.Log": Log})
     x = np.array([[4.0, 10.0]], np.float32)
     net.blobs["x"].data[...] = x
     np.testing.assert_allclose(net.forward()["y"], np.log(x), rtol=1e-6)
@@ -391,11 +394,8 @@ def test_py_faster_rcnn_layers_read_param_str_underscore_and_the_phase_by_name(t
         def forward(self, bottom, top):
             top[0].data[...] = [self.feat_stride, self.post_nms, self.phase == caffe.TEST, 0, 0]
 
-    (tmp_path / "net.prototxt").write_text(
-        'input: "x" input_shape { dim: 1 dim: 2 }\n'
-        'layer { name: "proposal" type: "Python" bottom: "x" top: "rois" '
-        'python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "16" } }\n')
-    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST,
-                    python_layers={"rpn.proposal_layer.ProposalLayer": Proposal})
+    net = _input_net(tmp_path, (1, 2), 'layer { name: "proposal" type: "Python" bottom: "x" top: "rois" '
+                     'python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "16" } }\n',
+                     {"rpn.proposal_layer.ProposalLayer": Proposal})
     assert net.forward()["rois"].tolist() == [[16, 300, 1, 0, 0]]
     assert (str(caffe.TRAIN), str(caffe.TEST), caffe.TRAIN == 0, caffe.TEST == 1) == ("TRAIN", "TEST", True, True)
