@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..lazy_numpy import np
+from ..floatmath import powf
 from ..plain import Filler
 from .base import Call, LayerSpec, PostOp, Shape, call, register
 
@@ -261,8 +261,7 @@ def power_constant(power: float, scale: float, shift: float) -> float | None:
         return None
     if power == 0.0:
         return 1.0
-    with np.errstate(all="ignore"):
-        return float(np.power(np.float32(shift), np.float32(power)))
+    return float(powf(shift, power))
 
 
 @register

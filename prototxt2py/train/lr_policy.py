@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import Location
+from ..floatmath import powf
 from .errors import SolverError
 
 f32 = np.float32
@@ -55,12 +56,6 @@ def _pow(base: float, exponent: float) -> float:
         return float(np.power(np.float64(base), np.float64(exponent)))
 
 
-def _powf(base: np.float32, exponent: np.float32) -> np.float32:
-    """C's ``powf`` (``pow`` of two floats), with C's inf and NaN."""
-    with np.errstate(all="ignore"):
-        return np.power(f32(base), f32(exponent))
-
-
 def learning_rate(p: LrParams, it: int, current_step: int) -> tuple[float, int]:
     """``(rate, current_step)`` Caffe uses for the update at iteration ``it`` (rate rounded to float32)."""
     base = float(f32(p.base_lr))
@@ -75,7 +70,7 @@ def learning_rate(p: LrParams, it: int, current_step: int) -> tuple[float, int]:
         rate = base * _pow(gamma, it)
     elif policy == "inv":
         with np.errstate(all="ignore"):
-            rate = float(f32(base) * _powf(f32(1.0) + f32(gamma) * f32(it), -f32(p.power)))
+            rate = float(f32(base) * powf(f32(1.0) + f32(gamma) * f32(it), -f32(p.power)))
     elif policy == "multistep":
         if current_step < len(p.stepvalue) and it >= p.stepvalue[current_step]:
             current_step += 1
@@ -83,7 +78,7 @@ def learning_rate(p: LrParams, it: int, current_step: int) -> tuple[float, int]:
     elif policy == "poly":
         frac = f32(1.0) - f32(it) / f32(p.max_iter)
         with np.errstate(all="ignore"):
-            rate = float(f32(base) * _powf(frac, f32(p.power)))
+            rate = float(f32(base) * powf(frac, f32(p.power)))
     elif policy == "sigmoid":
         z = -f32(gamma) * (f32(it) - f32(p.stepsize))
         with np.errstate(all="ignore"):  # exp overflows to inf and the rate to 0, as in Caffe
