@@ -95,6 +95,9 @@ def test_train_cli_logs_snapshots_and_learns(tmp_path: Path, monkeypatch: pytest
     assert [re.sub(r"[\d.e-]+ ms", "T ms", x) for x in lines[5:7]] == [
         "Iteration: 1 forward-backward time: T ms.", "Iteration: 2 forward-backward time: T ms."]
     assert lines[-1] == "*** Benchmark ends ***" and lines[-2].startswith("Total Time: ")
+    # times print as caffe's float through an ostream: 6 significant digits (some end in a zero, dropped)
+    digits = [len(m.replace(".", "").lstrip("0")) for m in re.findall(r"([\d.]+)(?:e-\d+)? ms\.$", out, re.M)]
+    assert len(digits) > 10 and max(digits) == 6, digits
     # a deploy net: no loss reaches any layer, yet caffe time runs (and times) every layer's backward
     (tmp_path / "deploy.prototxt").write_text(
         'layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 dim: 8 } } }\n'

@@ -123,16 +123,16 @@ def time_net(path: str, iterations: int, phase: str = "TRAIN", device: str = "cp
         else:
             took = time.perf_counter() - iteration_start
             total += took
-            lines.append(f"Iteration: {j} forward-backward time: {took * 1e3:.5g} ms.")
+            lines.append(f"Iteration: {j} forward-backward time: {took * 1e3:.6g} ms.")
     if feeder is not None:
         feeder.close()
     ms = 1000.0 / iterations
     lines.append("Average time per layer:")
     for i, (_, node) in enumerate(steps):
-        lines.append(f"{node.name:>10}\tforward: {forward[i] * ms:.5g} ms.")
-        lines.append(f"{node.name:>10}\tbackward: {backward[i] * ms:.5g} ms.")
+        lines.append(f"{node.name:>10}\tforward: {forward[i] * ms:.6g} ms.")
+        lines.append(f"{node.name:>10}\tbackward: {backward[i] * ms:.6g} ms.")
     fwd, bwd = sum(forward) * ms, sum(backward) * ms
-    lines += [f"Average Forward pass: {fwd:.5g} ms.", f"Average Backward pass: {bwd:.5g} ms.",
-              f"Average Forward-Backward: {total * ms:.5g} ms.", f"Total Time: {total * 1e3:.5g} ms.",
+    lines += [f"Average Forward pass: {fwd:.6g} ms.", f"Average Backward pass: {bwd:.6g} ms.",
+              f"Average Forward-Backward: {total * ms:.6g} ms.", f"Total Time: {total * 1e3:.6g} ms.",
               "*** Benchmark ends ***"]
     return "\n".join(lines)
