@@ -1,10 +1,11 @@
-"""C's float maths where Caffe's results depend on its last bit.
+"""C's maths where Caffe's results depend on the last bit.
 
-Caffe's learning-rate policies and Power's constant top call the C library's ``powf``. numpy's float32 ``power``
-dispatches to SIMD approximations on CPUs with AVX-512 and is then an ulp off on one input in five, so
-learning rates compared bit for bit against Caffe's drift with the CPU. The C library's own ``powf`` is called
-where it can be loaded; elsewhere float64 ``pow`` rounded once to float32 (glibc's ``powf`` is not always
-correctly rounded: the two differ on about one input in two thousand, by one ulp).
+Caffe's learning-rate policies and Power's constant top call the C library's ``pow``/``powf``. numpy's
+``power`` dispatches to SIMD approximations on CPUs with AVX-512 and its float32 result is then an ulp off on
+one input in five, so learning rates compared bit for bit against Caffe's drifted with the CPU. The C library's
+own functions are called where they can be loaded; elsewhere float64 ``pow`` (rounded once to float32 for
+``powf``; glibc's ``powf`` is not always correctly rounded: the two differ on about one input in two thousand,
+by one ulp).
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from .lazy_numpy import np
 
 
 @cache
-def _libm_powf() -> Callable[[float, float], float] | None:
-    """The C library's ``powf``, or None where no C maths library can be loaded."""
-    for name in ("libm.so.6", "libSystem.dylib", ctypes.util.find_library("m")):
+def _libm(name: str, ctype: type) -> Callable[[float, float], float] | None:
+    """The C library's two-argument function ``name`` on ``ctype`` values, or None where none loads."""
+    for lib in ("libm.so.6", "libSystem.dylib", ctypes.util.find_library("m")):
         try:
-            fn = ctypes.CDLL(name).powf if name else None
+            fn = getattr(ctypes.CDLL(lib), name) if lib else None
         except (OSError, AttributeError):
             continue
         if fn is not None:
-            fn.restype = ctypes.c_float
-            fn.argtypes = [ctypes.c_float, ctypes.c_float]
+            fn.restype = ctype
+            fn.argtypes = [ctype, ctype]
             return fn
     return None
 
@@ -35,8 +36,18 @@ def _libm_powf() -> Callable[[float, float], float] | None:
 def powf(base: float, exponent: float) -> np.float32:
     """C's ``powf`` of two float32 values, with its inf and NaN (no warnings)."""
     b, e = np.float32(base), np.float32(exponent)
-    fn = _libm_powf()
+    fn = _libm("powf", ctypes.c_float)
     if fn is not None:
         return np.float32(fn(b, e))
     with np.errstate(all="ignore"):
         return np.float32(np.power(np.float64(b), np.float64(e)))
+
+
+def pow_(base: float, exponent: float) -> float:
+    """C's ``pow`` of two doubles: inf on overflow, NaN for a negative base and a fractional exponent (Python's
+    ``**`` raises or goes complex)."""
+    fn = _libm("pow", ctypes.c_double)
+    if fn is not None:
+        return float(fn(float(base), float(exponent)))
+    with np.errstate(all="ignore"):
+        return float(np.power(np.float64(base), np.float64(exponent)))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import Location
-from ..floatmath import powf
+from ..floatmath import pow_, powf
 from .errors import SolverError
 
 f32 = np.float32
@@ -49,13 +49,6 @@ class LrParams:
             raise SolverError("lr_policy 'poly' needs max_iter > 0", where)
 
 
-def _pow(base: float, exponent: float) -> float:
-    """C's ``pow``: inf on overflow, NaN for a negative base and a fractional exponent (Python raises or goes
-    complex)."""
-    with np.errstate(all="ignore"):
-        return float(np.power(np.float64(base), np.float64(exponent)))
-
-
 def learning_rate(p: LrParams, it: int, current_step: int) -> tuple[float, int]:
     """``(rate, current_step)`` Caffe uses for the update at iteration ``it`` (rate rounded to float32)."""
     base = float(f32(p.base_lr))
@@ -65,16 +58,16 @@ def learning_rate(p: LrParams, it: int, current_step: int) -> tuple[float, int]:
         rate = base
     elif policy == "step":
         current_step = it // p.stepsize
-        rate = base * _pow(gamma, current_step)
+        rate = base * pow_(gamma, current_step)
     elif policy == "exp":
-        rate = base * _pow(gamma, it)
+        rate = base * pow_(gamma, it)
     elif policy == "inv":
         with np.errstate(all="ignore"):
             rate = float(f32(base) * powf(f32(1.0) + f32(gamma) * f32(it), -f32(p.power)))
     elif policy == "multistep":
         if current_step < len(p.stepvalue) and it >= p.stepvalue[current_step]:
             current_step += 1
-        rate = base * _pow(gamma, current_step)
+        rate = base * pow_(gamma, current_step)
     elif policy == "poly":
         frac = f32(1.0) - f32(it) / f32(p.max_iter)
         with np.errstate(all="ignore"):
