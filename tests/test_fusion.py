@@ -538,9 +538,11 @@ def test_layout_agnostic_layers_give_the_same_on_channels_last_values(tmp_path: 
         fused = net(x)
         torch.manual_seed(0)
         reference = net(x, all_blobs=True)
+    # the two paths' convolutions sum in other orders (oneDNN's ISA decides: ~2e-6 on values ~10 without AVX);
+    # products of such values (PROD, Power) carry that error into elements near zero, hence the absolute 1e-4
     for name, value in fused.items():
         assert value.is_contiguous()
-        torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-4, msg=name)
 
 
 def test_small_layers_skip_onednn(net: CaffeNet, monkeypatch: pytest.MonkeyPatch) -> None:
