@@ -111,6 +111,28 @@ def test_power_constant_of_a_net_input_without_grad() -> None:
     assert not y.requires_grad
 
 
+@pytest.mark.parametrize(("lo", "hi", "want"), [(-1.0, 1.0, [-1.0, -1.0, 0.25, 1.0, 1.0]),
+                                                 (1.0, -1.0, [1.0, 1.0, 1.0, 1.0, 1.0])])
+def test_clip_of_nan_is_min_with_zero_gradient(lo: float, hi: float, want: list[float]) -> None:
+    """clip_layer.cpp: ``std::max(min, std::min(x, max))`` is ``min`` for NaN (each comparison with NaN fails and
+    std::min/std::max return their first argument); the bottom diff is ``x >= min && x <= max``, 0 for NaN. The
+    layer alone and fused after a convolution (oneDNN's post-op) give the same."""
+    x = torch.tensor([float("nan"), -3.0, 0.25, 2.0, float("inf")], requires_grad=True)
+    y = Clip(lo, hi)(x)
+    assert y.tolist() == want
+    y.sum().backward()
+    assert x.grad.tolist() == ([0.0, 0.0, 1.0, 0.0, 0.0] if lo <= hi else [0.0] * 5)
+    net = net_of('layer { name: "c" type: "Convolution" bottom: "x" top: "c" convolution_param { num_output: 16 '
+                 'kernel_size: 3 pad: 1 } }\n'
+                 f'layer {{ name: "cl" type: "Clip" bottom: "c" top: "c" clip_param {{ min: {lo} max: {hi} }} }}',
+                 (1, 8, 32, 32)).eval()
+    x = torch.randn(1, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    x[0, 0, 5, 5] = float("nan")
+    with torch.no_grad():
+        for out in (net(x)["c"], net(x, all_blobs=True)["c"]):
+            assert not out.isnan().any() and bool((out[0, :, 4:7, 4:7] == lo).all())
+
+
 def test_fork_dropout_through_the_net() -> None:
     """``scale_train: false``: TEST scales by 1 - ratio (Faster R-CNN's deploy nets rely on it)."""
     net = net_of(ELEMENTWISE_NET, SHAPE)

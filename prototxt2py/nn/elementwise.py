@@ -71,7 +71,9 @@ class Clip(nn.Module):
     """Caffe's Clip: ``max(min, min(x, max))``, the gradient passing on the closed
     interval ``[min, max]`` as ``torch.clamp`` does (``nn.Hardtanh`` passes it on the
     open one only). With min > max every output is ``min`` (Caffe's order), where one
-    clamp would give ``max``."""
+    clamp would give ``max``. NaN comes out as ``min`` with a zero gradient: ``std::min``
+    and ``std::max`` return their first argument when a comparison fails (a clamp,
+    oneDNN's fused one aside, keeps NaN)."""
 
     def __init__(self, min_val: float, max_val: float) -> None:
         super().__init__()
@@ -79,8 +81,10 @@ class Clip(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.min_val <= self.max_val:
-            return torch.clamp(x, self.min_val, self.max_val)
-        return torch.clamp(torch.clamp(x, max=self.max_val), min=self.min_val)
+            y = torch.clamp(x, self.min_val, self.max_val)
+        else:
+            y = torch.clamp(torch.clamp(x, max=self.max_val), min=self.min_val)
+        return torch.nan_to_num(y, nan=self.min_val)
 
     def extra_repr(self) -> str:
         return f"min_val={self.min_val}, max_val={self.max_val}"
