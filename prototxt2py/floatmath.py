@@ -10,18 +10,29 @@ by one ulp).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 
 from .lazy_numpy import np
 
 
+def _maths_libraries() -> Iterator[str | None]:
+    """Names of the C maths library to try, the usual ones first (``find_library`` runs ``ldconfig``)."""
+    yield "libm.so.6"
+    yield "libSystem.dylib"
+    import ctypes.util
+
+    yield ctypes.util.find_library("m")
+
+
 @cache
-def _libm(name: str, ctype: type) -> Callable[[float, float], float] | None:
-    """The C library's two-argument function ``name`` on ``ctype`` values, or None where none loads."""
-    for lib in ("libm.so.6", "libSystem.dylib", ctypes.util.find_library("m")):
+def _libm(name: str, double: bool) -> Callable[[float, float], float] | None:
+    """The C library's two-argument function ``name`` on doubles or floats, or None where none loads. ctypes is
+    imported here, on first use: the CLI's start-up never needs it."""
+    import ctypes
+
+    ctype = ctypes.c_double if double else ctypes.c_float
+    for lib in _maths_libraries():
         try:
             fn = getattr(ctypes.CDLL(lib), name) if lib else None
         except (OSError, AttributeError):
@@ -36,7 +47,7 @@ def _libm(name: str, ctype: type) -> Callable[[float, float], float] | None:
 def powf(base: float, exponent: float) -> np.float32:
     """C's ``powf`` of two float32 values, with its inf and NaN (no warnings)."""
     b, e = np.float32(base), np.float32(exponent)
-    fn = _libm("powf", ctypes.c_float)
+    fn = _libm("powf", False)
     if fn is not None:
         return np.float32(fn(b, e))
     with np.errstate(all="ignore"):
@@ -46,7 +57,7 @@ def powf(base: float, exponent: float) -> np.float32:
 def pow_(base: float, exponent: float) -> float:
     """C's ``pow`` of two doubles: inf on overflow, NaN for a negative base and a fractional exponent (Python's
     ``**`` raises or goes complex)."""
-    fn = _libm("pow", ctypes.c_double)
+    fn = _libm("pow", True)
     if fn is not None:
         return float(fn(float(base), float(exponent)))
     with np.errstate(all="ignore"):
