@@ -1,4 +1,5 @@
-"""SSD (weiliu89/caffe, branch ``ssd``): Permute, PriorBox, DetectionOutput, MultiBoxLoss, AnnotatedData.
+"""SSD (weiliu89/caffe, branch ``ssd``): Permute, PriorBox, DetectionOutput, DetectionEvaluate, MultiBoxLoss,
+AnnotatedData.
 
 Written as a third-party plugin: public plugin API only, torch helpers in :mod:`.ssd_nn`, the standard-op ONNX
 graphs of DetectionOutput in :mod:`.ssd_onnx`. Quirks kept: PriorBox truncates ``min_size``/``max_size`` to
@@ -323,6 +324,41 @@ class DetectionOutput(LayerSpec):
 
     def to_onnx(self, node, ctx):
         ssd_onnx.detection_output(node, ctx)
+
+
+@register
+class DetectionEvaluate(LayerSpec):
+    type = "DetectionEvaluate"
+    bottoms = (2, 2)
+    family = FAMILY
+    summary = ("SSD TEST metric: per-class ground-truth counts and per-detection true/false positives, the rows "
+               "mAP is computed from (1, 1, classes + detections, 5); dynamic size")
+
+    def attrs(self, layer):
+        p = plain(layer.detection_evaluate_param)
+        if not p.has("num_classes"):
+            raise ValueError("detection_evaluate_param.num_classes is required")
+        if not p.overlap_threshold > 0:
+            raise ValueError(f"overlap_threshold must be > 0, got {p.overlap_threshold}")
+        return p
+
+    def infer_shapes(self, node, in_shapes):
+        det, gt = (legacy_shape(s) for s in in_shapes)
+        if det[:2] != (1, 1) or det[3] != 7 or gt[:2] != (1, 1) or gt[3] != 8:
+            raise self.fail(node, f"needs detections (1, 1, D, 7) and ground truth (1, 1, G, 8), got "
+                                  f"{tuple(in_shapes[0])} and {tuple(in_shapes[1])}")
+        raise Unknowable("DetectionEvaluate has one row per class and one per detection: top is (1, 1, R, 5)")
+
+    def module(self, node):
+        p = node.attrs
+        if p.name_size_file:
+            raise self.fail(node, "name_size_file (evaluating boxes scaled to each image's original size) is not "
+                                  "supported; without it the normalised boxes are evaluated")
+        given = {"background_label_id": p.background_label_id, "overlap_threshold": p.overlap_threshold,
+                 "evaluate_difficult_gt": p.evaluate_difficult_gt}
+        defaults = {"background_label_id": 0, "overlap_threshold": 0.5, "evaluate_difficult_gt": True}
+        return call(f"{NN}:DetectionEvaluate", p.num_classes,
+                    **{k: v for k, v in given.items() if v != defaults[k]})
 
 
 @register

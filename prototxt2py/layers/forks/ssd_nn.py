@@ -1,4 +1,4 @@
-"""SSD's torch modules (weiliu89/caffe ``ssd``): Permute, PriorBox, DetectionOutput.
+"""SSD's torch modules (weiliu89/caffe ``ssd``): Permute, PriorBox, DetectionOutput, DetectionEvaluate.
 
 PriorBox sizes are float32 values with edges computed in double, as the C++ does.
 """
@@ -112,14 +112,19 @@ def _ssd_box_size(b: torch.Tensor) -> torch.Tensor:
 
 def _ssd_jaccard(b: torch.Tensor) -> torch.Tensor:
     """Pairwise SSD ``JaccardOverlap`` (normalised) of boxes ``(..., K, 4)`` -> ``(..., K, K)``."""
-    p, q = b.unsqueeze(-2), b.unsqueeze(-3)
+    return _ssd_overlap(b, b)
+
+
+def _ssd_overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """SSD's ``JaccardOverlap`` (normalised, in float32) of every box of ``a`` ``(..., K, 4)`` with every
+    box of ``b`` ``(..., M, 4)`` -> ``(..., K, M)``."""
+    p, q = a.unsqueeze(-2), b.unsqueeze(-3)
     disjoint = (q[..., 0] > p[..., 2]) | (q[..., 2] < p[..., 0])
     disjoint = disjoint | (q[..., 1] > p[..., 3]) | (q[..., 3] < p[..., 1])
     iw = torch.minimum(p[..., 2], q[..., 2]) - torch.maximum(p[..., 0], q[..., 0])
     ih = torch.minimum(p[..., 3], q[..., 3]) - torch.maximum(p[..., 1], q[..., 1])
     inter = iw * ih
-    size = _ssd_box_size(b)
-    union = size.unsqueeze(-1) + size.unsqueeze(-2) - inter
+    union = _ssd_box_size(a).unsqueeze(-1) + _ssd_box_size(b).unsqueeze(-2) - inter
     hit = ~disjoint & (iw > 0) & (ih > 0)
     safe = torch.where(hit, union, torch.ones_like(union))
     return torch.where(hit, inter / safe, torch.zeros_like(inter))
@@ -273,3 +278,108 @@ class DetectionOutput(nn.Module):
             out = torch.full((n, 7), -1.0)
             out[:, 0] = torch.arange(n, dtype=torch.float32)
         return out.view(1, 1, -1, 7).to(device)
+
+
+class DetectionEvaluate(nn.Module):
+    """SSD's DetectionEvaluate (TEST nets): detections ``(1, 1, D, 7)`` from DetectionOutput against the
+    ground truth ``(1, 1, G, 8)`` rows ``[image, label, instance, xmin, ymin, xmax, ymax, difficult]``
+    (normalised boxes). Rows ``[image, label, score, true_pos, false_pos]``: first ``[-1, c, number of
+    ground-truth boxes of c, -1, -1]`` per class ``c`` but the background, then one per detection, by
+    image then label; where the image has ground truth of the label, by descending score (a stable sort:
+    ``std::sort`` leaves ties unordered), each matched to its best-overlapping box (the first of equal
+    overlaps): a true positive if the overlap reaches ``overlap_threshold`` and the box was not matched
+    before, neither (0, 0) if that box is difficult and ``evaluate_difficult_gt`` is off. The solver's
+    detection evaluation computes the mean average precision from these rows. No gradient."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        background_label_id: int = 0,
+        overlap_threshold: float = 0.5,
+        evaluate_difficult_gt: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.background_label_id = num_classes, background_label_id
+        self.overlap_threshold = overlap_threshold
+        self.evaluate_difficult_gt = evaluate_difficult_gt
+
+    def _groups(self, rows: torch.Tensor, stop: bool, what: str) -> dict:
+        """``{image: {label: [row indices]}}`` in ``std::map`` order (GetDetectionResults skips rows of image
+        -1, GetGroundTruth stops at the first)."""
+        groups: dict = {}
+        for i, (image, label) in enumerate(rows[:, :2].tolist()):
+            if int(image) == -1:
+                if stop:
+                    break
+                continue
+            if int(label) == self.background_label_id:
+                raise ValueError(f"found the background label in the {what}")
+            groups.setdefault(int(image), {}).setdefault(int(label), []).append(i)
+        return {k: dict(sorted(v.items())) for k, v in sorted(groups.items())}
+
+    @torch.no_grad()
+    def forward(self, det: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        if (
+            det.shape[:2] != (1, 1)
+            or det.shape[3] != 7
+            or gt.shape[:2] != (1, 1)
+            or gt.shape[3] != 8
+        ):
+            raise ValueError(
+                f"needs detections (1, 1, D, 7) and ground truth (1, 1, G, 8), got "
+                f"{tuple(det.shape)} and {tuple(gt.shape)}"
+            )
+        device = det.device
+        det, gt = det.detach().float().cpu()[0, 0], gt.detach().float().cpu()[0, 0]
+        detections = self._groups(det, False, "detection results")
+        truth = self._groups(gt, True, "dataset")
+        classes = [c for c in range(self.num_classes) if c != self.background_label_id]
+        valid = int((det[:, 1] != -1).sum())
+        out = torch.zeros(len(classes) + valid, 5)
+        difficult = gt[:, 7] != 0
+        counted = (
+            ~difficult if not self.evaluate_difficult_gt else torch.ones_like(difficult)
+        )
+        for row, c in enumerate(classes):
+            n = sum(int(counted[labels.get(c, [])].sum()) for labels in truth.values())
+            out[row] = torch.tensor([-1.0, c, n, -1.0, -1.0])
+        row = len(classes)
+        for image, labels in detections.items():
+            for label, index in labels.items():
+                if label == -1:
+                    continue
+                scores = det[index, 2]
+                boxes_gt = truth.get(image, {}).get(label)
+                if (
+                    boxes_gt is None
+                ):  # no ground truth of this label: every detection is a false positive
+                    for score in scores.tolist():
+                        out[row] = torch.tensor([image, label, score, 0.0, 1.0])
+                        row += 1
+                    continue
+                order = torch.sort(scores, descending=True, stable=True).indices
+                index = [index[k] for k in order.tolist()]
+                overlap = _ssd_overlap(det[index, 3:7], gt[boxes_gt, 3:7])
+                overlap = torch.nan_to_num(
+                    overlap, nan=-1.0
+                )  # a NaN overlap never wins
+                jbest = overlap.argmax(
+                    dim=1
+                )  # the first of equal overlaps, as the C++ loop's ``>``
+                best = overlap.gather(1, jbest.unsqueeze(1)).squeeze(1)
+                visited = [False] * len(boxes_gt)
+                for k, i in enumerate(index):
+                    out[row, :3] = torch.tensor([image, label, float(det[i, 2])])
+                    if float(best[k]) >= self.overlap_threshold:
+                        j = int(jbest[k])
+                        if self.evaluate_difficult_gt or not bool(
+                            difficult[boxes_gt[j]]
+                        ):
+                            out[row, 3:] = torch.tensor(
+                                [0.0, 1.0] if visited[j] else [1.0, 0.0]
+                            )
+                            visited[j] = True
+                    else:
+                        out[row, 3:] = torch.tensor([0.0, 1.0])
+                    row += 1
+        return out.view(1, 1, -1, 5).to(device)

@@ -1,0 +1,130 @@
+"""SSD's DetectionEvaluate (weiliu89/caffe ``ssd``, detection_evaluate_layer.cpp and bbox_util.cpp's
+GetDetectionResults/GetGroundTruth/JaccardOverlap), on a case whose every row follows from the C++ by hand."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from golden import SHARED
+
+import prototxt2py
+from prototxt2py.errors import Prototxt2pyError
+from prototxt2py.reader import read_net_text
+
+
+def _net(params: str, det_rows: int = 9, gt_rows: int = 5) -> prototxt2py.CaffeNet:
+    text = f"""
+layer {{ name: "in" type: "Input" top: "det" top: "gt"
+  input_param {{ shape {{ dim: 1 dim: 1 dim: {det_rows} dim: 7 }} shape {{ dim: 1 dim: 1 dim: {gt_rows} dim: 8 }} }} }}
+layer {{ name: "eval" type: "DetectionEvaluate" bottom: "det" bottom: "gt" top: "eval"
+  detection_evaluate_param {{ num_classes: 3 {params} }} }}
+"""
+    return prototxt2py.load(read_net_text(text))
+
+
+GT = [  # image, label, instance, xmin, ymin, xmax, ymax, difficult
+    [0, 1, 0, 0.1, 0.1, 0.5, 0.5, 0],
+    [0, 1, 1, 0.6, 0.6, 0.9, 0.9, 1],  # difficult
+    [1, 2, 0, 0.0, 0.0, 0.4, 0.4, 0],
+    [-1, 0, 0, 0, 0, 0, 0, 0],  # GetGroundTruth stops here (break) ...
+    [1, 2, 1, 0.5, 0.5, 0.9, 0.9, 0],  # ... so this box, which d4 would match, is not ground truth
+]
+DET = [  # image, label, score, xmin, ymin, xmax, ymax
+    [0, 1, 0.6, 0.1, 0.1, 0.5, 0.5],  # d0: g0 exactly, but after d1 took it: a false positive
+    [0, 1, 0.9, 0.12, 0.1, 0.5, 0.5],  # d1: g0 at 0.95, the highest score: the true positive
+    [0, 1, 0.7, 0.6, 0.6, 0.9, 0.9],  # d2: the difficult g1
+    [0, 2, 0.8, 0.1, 0.1, 0.2, 0.2],  # d3: image 0 has no ground truth of label 2
+    [1, 2, 0.3, 0.5, 0.5, 0.9, 0.9],  # d4: disjoint from g2
+    [2, 1, 0.5, 0.1, 0.1, 0.2, 0.2],  # d5: image 2 has no ground truth
+    [-1, 1, 0.4, 0, 0, 1, 1],  # skipped (image -1), yet counted in the top's size: a row of zeros
+    [3, -1, -1, -1, -1, -1, -1],  # DetectionOutput's "nothing found" row: skipped, not counted
+    [0, 2, 0.2, 0.1, 0.1, 0.2, 0.2],  # d8: a second false positive of image 0, label 2 (kept in input order)
+]
+
+
+def _run(net: prototxt2py.CaffeNet) -> np.ndarray:
+    det = torch.tensor(DET, dtype=torch.float32).view(1, 1, -1, 7)
+    gt = torch.tensor(GT, dtype=torch.float32).view(1, 1, -1, 8)
+    return net(det=det, gt=gt)["eval"].numpy()
+
+
+def _rows(rows: list[list[float]]) -> np.ndarray:
+    return np.array(rows, dtype=np.float32).reshape(1, 1, -1, 5)
+
+
+@pytest.mark.parametrize(("difficult", "pos1", "d2"), [("false", 1, [0, 0]), ("true", 2, [1, 0])])
+def test_rows_follow_caffe(difficult: str, pos1: int, d2: list[int]) -> None:
+    got = _run(_net(f"background_label_id: 0 overlap_threshold: 0.5 evaluate_difficult_gt: {difficult}"))
+    want = _rows([
+        [-1, 1, pos1, -1, -1],  # ground-truth boxes of label 1 (the difficult one counted only when evaluated)
+        [-1, 2, 1, -1, -1],  # label 2: g2 only (the box after the -1 row is never read)
+        [0, 1, 0.9, 1, 0],  # image 0, label 1 by descending score: d1 takes g0
+        [0, 1, 0.7, *d2],  # d2 on the difficult box: neither, or a true positive when difficult boxes count
+        [0, 1, 0.6, 0, 1],  # d0: g0 already matched
+        [0, 2, 0.8, 0, 1],  # no ground truth of the label in the image: input order
+        [0, 2, 0.2, 0, 1],
+        [1, 2, 0.3, 0, 1],  # overlap 0 with g2
+        [2, 1, 0.5, 0, 1],  # no ground truth in the image
+        [0, 0, 0, 0, 0],  # the image -1 detection's row
+    ])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_overlap_threshold_is_inclusive_and_defaults_hold() -> None:
+    """``overlap_max >= overlap_threshold``: d1's overlap with g0 is 0.95 in float32, a true positive at exactly
+    that threshold and a false positive just above it; the defaults (background 0, 0.5, difficult boxes
+    evaluated) give the ``evaluate_difficult_gt: true`` rows."""
+    x1, y1, x2, y2 = (np.float32(v) for v in (0.12, 0.1, 0.5, 0.5))
+    inter = (x2 - x1) * (y2 - y1)
+    size = (np.float32(0.5) - np.float32(0.1)) * (np.float32(0.5) - np.float32(0.1))
+    iou = inter / (inter + size - inter)
+    at = _run(_net(f"overlap_threshold: {float(iou)!r}"))
+    above = _run(_net(f"overlap_threshold: {float(np.nextafter(iou, np.float32(1)))!r}"))
+    assert at[0, 0, 2].tolist() == pytest.approx([0, 1, 0.9, 1, 0])
+    assert above[0, 0, 2].tolist() == pytest.approx([0, 1, 0.9, 0, 1])
+    np.testing.assert_array_equal(_run(_net("")), _run(_net("evaluate_difficult_gt: true")))
+
+
+def test_background_label_in_the_inputs_is_one_error() -> None:
+    """The C++ CHECKs the detections first (GetDetectionResults), then the ground truth."""
+    with pytest.raises(Prototxt2pyError, match=r"layer 'eval'.*background label in the detection results"):
+        _run(_net("background_label_id: 2"))  # d3, d4, d8 and g2 have label 2
+    det = torch.tensor([[0, 1, 0.5, 0, 0, 1, 1]], dtype=torch.float32).view(1, 1, 1, 7)
+    gt = torch.tensor([[0, 2, 0, 0, 0, 1, 1, 0]], dtype=torch.float32).view(1, 1, 1, 8)
+    with pytest.raises(Prototxt2pyError, match=r"layer 'eval'.*background label in the dataset"):
+        _net("background_label_id: 2", 1, 1)(det=det, gt=gt)
+
+
+def test_name_size_file_is_refused_by_name() -> None:
+    with pytest.raises(Prototxt2pyError, match=r"layer 'eval'.*name_size_file .* is not supported"):
+        _net('name_size_file: "test_name_size.txt"')
+
+
+def test_bad_bottom_shapes_and_params_are_one_line() -> None:
+    with pytest.raises(Prototxt2pyError, match=r"needs detections \(1, 1, D, 7\) and ground truth \(1, 1, G, 8\)"):
+        prototxt2py.load(read_net_text(
+            'layer { name: "in" type: "Input" top: "det" top: "gt" input_param { shape { dim: 1 dim: 1 dim: 3 '
+            'dim: 6 } shape { dim: 1 dim: 1 dim: 2 dim: 8 } } }\n'
+            'layer { name: "eval" type: "DetectionEvaluate" bottom: "det" bottom: "gt" top: "eval" '
+            'detection_evaluate_param { num_classes: 3 } }'))
+    with pytest.raises(Prototxt2pyError, match="num_classes is required"):
+        prototxt2py.load(read_net_text(
+            'layer { name: "in" type: "Input" top: "det" top: "gt" input_param { shape { dim: 1 dim: 1 dim: 3 '
+            'dim: 7 } shape { dim: 1 dim: 1 dim: 2 dim: 8 } } }\n'
+            'layer { name: "eval" type: "DetectionEvaluate" bottom: "det" bottom: "gt" top: "eval" }'))
+    with pytest.raises(Prototxt2pyError, match="overlap_threshold must be > 0"):
+        _net("overlap_threshold: 0")
+
+
+def test_mobilenet_ssd_test_net_summarises() -> None:
+    """chuanqi305's MobileNet-SSD TEST net ends in DetectionEvaluate: it was an unknown layer type."""
+    net = SHARED / "corpus/chuanqi305__MobileNet-SSD/voc/MobileNetSSD_test.prototxt"
+    r = subprocess.run([sys.executable, "-m", "prototxt2py", "summary", str(net)], capture_output=True, text=True,
+                       timeout=120, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0, r.stderr
+    assert "detection_eval (DetectionEvaluate)" in r.stdout and "Outputs: detection_eval" in r.stdout
