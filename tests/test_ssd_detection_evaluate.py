@@ -100,9 +100,63 @@ def test_background_label_in_the_inputs_is_one_error() -> None:
         _net("background_label_id: 2", 1, 1)(det=det, gt=gt)
 
 
-def test_name_size_file_is_refused_by_name() -> None:
-    with pytest.raises(Prototxt2pyError, match=r"layer 'eval'.*name_size_file .* is not supported"):
-        _net('name_size_file: "test_name_size.txt"')
+def _one(net: prototxt2py.CaffeNet, det_box: list[float], gt_box: list[float]) -> list[float]:
+    """The (true_pos, false_pos) of one detection of label 1 against one ground-truth box, image 0."""
+    det = torch.tensor([[0, 1, 0.9, *det_box]], dtype=torch.float32).view(1, 1, 1, 7)
+    gt = torch.tensor([[0, 1, 0, *gt_box, 0]], dtype=torch.float32).view(1, 1, 1, 8)
+    return net(det=det, gt=gt)["eval"][0, 0, -1, 3:].tolist()
+
+
+def _sized(tmp_path: Path, params: str, sizes: str = "img0 100 200\nimg1 50 50\n") -> prototxt2py.CaffeNet:
+    (tmp_path / "name_size.txt").write_text(sizes)
+    return _net(f'name_size_file: "{tmp_path / "name_size.txt"}" {params}', 1, 1)
+
+
+D, G = [0.12, 0.1, 0.5, 0.5], [0.1, 0.1, 0.5, 0.5]  # normalised overlap 0.95
+
+
+def test_name_size_file_compares_pixel_boxes_image_by_image(tmp_path: Path) -> None:
+    """With a name size file, OutputBBox scales the boxes to each image's size and JaccardOverlap counts
+    pixels with both edges: in 200 x 100, D and G overlap 77 * 41 / (81 * 41) = 0.9506; in 50 x 50, 20 * 21 /
+    (21 * 21) = 0.9524. Each image with detections takes the next size (count_), wrapping around."""
+    assert _one(_net("overlap_threshold: 0.951", 1, 1), D, G) == [0, 1]  # normalised: 0.95
+    net = _sized(tmp_path, "overlap_threshold: 0.951")
+    assert [_one(net, D, G) for _ in range(3)] == [[0, 1], [1, 0], [0, 1]]  # sizes 0, 1, then 0 again
+    net = _sized(tmp_path, "overlap_threshold: 0.9505")
+    assert _one(net, D, G) == [1, 0]
+    # disjoint boxes: the intersection [0, 0, 0, 0] still counts one pixel, 1 / (61 * 31 + 81 * 41 - 1)
+    net = _sized(tmp_path, "overlap_threshold: 0.00019")
+    assert _one(net, [0.6, 0.6, 0.9, 0.9], G) == [1, 0]
+    assert _one(_net("overlap_threshold: 0.00019", 1, 1), [0.6, 0.6, 0.9, 0.9], G) == [0, 1]
+
+
+@pytest.mark.parametrize(("resize", "threshold"), [
+    ("", 2626 / 5151),  # WARP or none: (0, 25, 100, 50) against (0, 25, 100, 75) in 200 x 100
+    ("resize_param { resize_mode: WARP height: 300 width: 300 }", 2626 / 5151),
+    # the 2:1 image letterboxed into 300 x 300: rows 75-225 are the image, so y 0.25-0.75 spans it
+    ("resize_param { resize_mode: FIT_LARGE_SIZE_AND_PAD height: 300 width: 300 }", 5151 / 10201),
+    # scaled to height_scale x width_scale pixels, then clipped to the image: (0, 25, 50, 50) against
+    # (0, 25, 50, 75), sizes w * h (ClipBBox's), the intersection with both edges: 51 * 26 / (50 * 25 + 50 * 50
+    # - 51 * 26)
+    ("resize_param { resize_mode: FIT_SMALL_SIZE height: 300 width: 300 height_scale: 100 width_scale: 100 }",
+     51 * 26 / (50 * 25 + 50 * 50 - 51 * 26)),
+])
+def test_name_size_file_undoes_the_resize(tmp_path: Path, resize: str, threshold: float) -> None:
+    det, gt = [0.0, 0.25, 0.5, 0.5], [0.0, 0.25, 0.5, 0.75]  # normalised overlap 0.5
+    below = float(np.nextafter(np.float32(threshold), np.float32(0)))
+    above = float(np.nextafter(np.float32(threshold), np.float32(1)))
+    assert _one(_sized(tmp_path, f"overlap_threshold: {below!r} {resize}", "a 100 200\n"), det, gt) == [1, 0]
+    assert _one(_sized(tmp_path, f"overlap_threshold: {above!r} {resize}", "a 100 200\n"), det, gt) == [0, 1]
+
+
+def test_name_size_file_problems_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(Prototxt2pyError, match=r"layer 'eval'.*failed to open name size file '.*missing.txt'"):
+        _net(f'name_size_file: "{tmp_path / "missing.txt"}"')
+    with pytest.raises(Prototxt2pyError, match=r"resize_param needs height and width > 0, got 0 x 300"):
+        _sized(tmp_path, "resize_param { resize_mode: WARP width: 300 }")
+    # the C++ loop ends at the first entry that is not two integers: one size, then normalised boxes never
+    net = _sized(tmp_path, "overlap_threshold: 0.951", "a 50 50\nb 10.5 7\nc 100 200\n")
+    assert [_one(net, D, G) for _ in range(2)] == [[1, 0], [1, 0]]
 
 
 def test_bad_bottom_shapes_and_params_are_one_line() -> None:

@@ -351,14 +351,42 @@ class DetectionEvaluate(LayerSpec):
 
     def module(self, node):
         p = node.attrs
-        if p.name_size_file:
-            raise self.fail(node, "name_size_file (evaluating boxes scaled to each image's original size) is not "
-                                  "supported; without it the normalised boxes are evaluated")
         given = {"background_label_id": p.background_label_id, "overlap_threshold": p.overlap_threshold,
                  "evaluate_difficult_gt": p.evaluate_difficult_gt}
         defaults = {"background_label_id": 0, "overlap_threshold": 0.5, "evaluate_difficult_gt": True}
-        return call(f"{NN}:DetectionEvaluate", p.num_classes,
-                    **{k: v for k, v in given.items() if v != defaults[k]})
+        given = {k: v for k, v in given.items() if v != defaults[k]}
+        if p.name_size_file:
+            given["sizes"] = self._name_sizes(node, p.name_size_file)
+            if given["sizes"] and p.has("resize_param"):
+                r = p.resize_param
+                if r.height <= 0 or r.width <= 0:
+                    raise self.fail(node, f"resize_param needs height and width > 0, got {r.height} x {r.width}")
+                given["resize"] = (r.resize_mode, r.height, r.width, r.height_scale, r.width_scale)
+        return call(f"{NN}:DetectionEvaluate", p.num_classes, **given)
+
+    #: a name size file longer than this is refused (VOC's test set takes 100 KB, COCO's test-dev 600 KB)
+    NAME_SIZE_BYTES = 64 << 20
+
+    def _name_sizes(self, node, path: str) -> tuple[tuple[int, int], ...]:
+        """``name height width`` per image, read as the C++ ``infile >> name >> height >> width`` loop does
+        (relative to the working directory; the first entry that is not two integers ends it)."""
+        from prototxt2py.fsutil import open_regular
+
+        try:
+            with open_regular(path) as f:
+                text = f.read(self.NAME_SIZE_BYTES + 1)
+        except OSError as e:
+            raise self.fail(node, f"failed to open name size file '{path}': {e.strerror or e}") from None
+        if len(text) > self.NAME_SIZE_BYTES:
+            raise self.fail(node, f"name size file '{path}' is over {self.NAME_SIZE_BYTES >> 20} MB")
+        words = text.split()
+        sizes = []
+        for i in range(0, len(words) - 2, 3):
+            try:
+                sizes.append((int(words[i + 1]), int(words[i + 2])))
+            except ValueError:
+                break
+        return tuple(sizes)
 
 
 @register

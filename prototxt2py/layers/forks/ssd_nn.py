@@ -104,10 +104,13 @@ class PriorBox(nn.Module):
         return self.priors(layer_h, layer_w, img_h, img_w).to(feature.device)
 
 
-def _ssd_box_size(b: torch.Tensor) -> torch.Tensor:
-    """SSD's ``BBoxSize`` of normalised boxes: 0 for inverted boxes."""
+def _ssd_box_size(b: torch.Tensor, normalized: bool = True) -> torch.Tensor:
+    """SSD's ``BBoxSize``: 0 for inverted boxes; pixel boxes (not normalised) count both edges."""
     w, h = b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]
-    return torch.where((w < 0) | (h < 0), torch.zeros_like(w), w * h)
+    if not normalized:
+        w, h = w + 1, h + 1
+    invalid = (b[..., 2] < b[..., 0]) | (b[..., 3] < b[..., 1])
+    return torch.where(invalid, torch.zeros_like(w), w * h)
 
 
 def _ssd_jaccard(b: torch.Tensor) -> torch.Tensor:
@@ -115,17 +118,31 @@ def _ssd_jaccard(b: torch.Tensor) -> torch.Tensor:
     return _ssd_overlap(b, b)
 
 
-def _ssd_overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """SSD's ``JaccardOverlap`` (normalised, in float32) of every box of ``a`` ``(..., K, 4)`` with every
-    box of ``b`` ``(..., M, 4)`` -> ``(..., K, M)``."""
+def _ssd_overlap(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    sizes: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pixel: bool = False,
+) -> torch.Tensor:
+    """SSD's ``JaccardOverlap`` (in float32) of every box of ``a`` ``(..., K, 4)`` with every box of ``b``
+    ``(..., M, 4)`` -> ``(..., K, M)``. ``sizes``: the boxes' stored sizes (default: normalised
+    ``BBoxSize``); ``pixel``: the intersection counts both edges, so that disjoint boxes, whose
+    intersection is the box ``[0, 0, 0, 0]``, still overlap by one pixel, as in the C++."""
     p, q = a.unsqueeze(-2), b.unsqueeze(-3)
     disjoint = (q[..., 0] > p[..., 2]) | (q[..., 2] < p[..., 0])
     disjoint = disjoint | (q[..., 1] > p[..., 3]) | (q[..., 3] < p[..., 1])
+    zero = torch.zeros((), dtype=a.dtype)
     iw = torch.minimum(p[..., 2], q[..., 2]) - torch.maximum(p[..., 0], q[..., 0])
     ih = torch.minimum(p[..., 3], q[..., 3]) - torch.maximum(p[..., 1], q[..., 1])
+    iw, ih = torch.where(disjoint, zero, iw), torch.where(disjoint, zero, ih)
+    if pixel:
+        iw, ih = iw + 1, ih + 1
     inter = iw * ih
-    union = _ssd_box_size(a).unsqueeze(-1) + _ssd_box_size(b).unsqueeze(-2) - inter
-    hit = ~disjoint & (iw > 0) & (ih > 0)
+    size_a, size_b = (
+        sizes if sizes is not None else (_ssd_box_size(a), _ssd_box_size(b))
+    )
+    union = size_a.unsqueeze(-1) + size_b.unsqueeze(-2) - inter
+    hit = (iw > 0) & (ih > 0)
     safe = torch.where(hit, union, torch.ones_like(union))
     return torch.where(hit, inter / safe, torch.zeros_like(inter))
 
@@ -288,8 +305,12 @@ class DetectionEvaluate(nn.Module):
     image then label; where the image has ground truth of the label, by descending score (a stable sort:
     ``std::sort`` leaves ties unordered), each matched to its best-overlapping box (the first of equal
     overlaps): a true positive if the overlap reaches ``overlap_threshold`` and the box was not matched
-    before, neither (0, 0) if that box is difficult and ``evaluate_difficult_gt`` is off. The solver's
-    detection evaluation computes the mean average precision from these rows. No gradient."""
+    before, neither (0, 0) if that box is difficult and ``evaluate_difficult_gt`` is off. The mean
+    average precision is computed from these rows. No gradient.
+
+    ``sizes`` (the ``name_size_file``'s ``(height, width)`` per image, in the test set's order): boxes are
+    compared in those pixels (``OutputBBox``, after undoing ``resize``: ``(mode, height, width,
+    height_scale, width_scale)``), each image with detections taking the next size, as the C++ counts."""
 
     def __init__(
         self,
@@ -297,11 +318,15 @@ class DetectionEvaluate(nn.Module):
         background_label_id: int = 0,
         overlap_threshold: float = 0.5,
         evaluate_difficult_gt: bool = True,
+        sizes: tuple[tuple[int, int], ...] = (),
+        resize: tuple[str, int, int, int, int] | None = None,
     ) -> None:
         super().__init__()
         self.num_classes, self.background_label_id = num_classes, background_label_id
         self.overlap_threshold = overlap_threshold
         self.evaluate_difficult_gt = evaluate_difficult_gt
+        self.sizes, self.resize = sizes, resize
+        self.count = 0  # the size the next image takes (the C++ ``count_``)
 
     def _groups(self, rows: torch.Tensor, stop: bool, what: str) -> dict:
         """``{image: {label: [row indices]}}`` in ``std::map`` order (GetDetectionResults skips rows of image
@@ -316,6 +341,36 @@ class DetectionEvaluate(nn.Module):
                 raise ValueError(f"found the background label in the {what}")
             groups.setdefault(int(image), {}).setdefault(int(label), []).append(i)
         return {k: dict(sorted(v.items())) for k, v in sorted(groups.items())}
+
+    def _in_pixels(self, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SSD's ``OutputBBox`` of normalised boxes ``(K, 4)`` for the current image: the boxes in its
+        pixels and their sizes, in float32."""
+        height, width = self.sizes[self.count]
+        mode, rh, rw, hs, ws = self.resize or ("WARP", 0, 0, 0, 0)
+        f = torch.float32
+        if mode == "FIT_LARGE_SIZE_AND_PAD":
+            aspect = torch.tensor(width, dtype=f) / height
+            r_h, r_w = torch.tensor(rh, dtype=f), torch.tensor(rw, dtype=f)
+            zero, one = torch.zeros((), dtype=f), torch.ones((), dtype=f)
+            if aspect > r_w / r_h:
+                pad = (r_h - r_w / aspect) / 2
+                src = torch.stack([zero, pad / r_h, one, 1 - pad / r_h])
+            else:
+                pad = (r_w - r_h * aspect) / 2
+                src = torch.stack([pad / r_w, zero, 1 - pad / r_w, one])
+            outside = (b[:, 0] >= src[2]) | (b[:, 2] <= src[0])
+            outside = outside | (b[:, 1] >= src[3]) | (b[:, 3] <= src[1])
+            extent = torch.stack([src[2] - src[0], src[3] - src[1]] * 2)
+            projected = ((b - src[[0, 1, 0, 1]]) / extent).clamp(0, 1)
+            b = torch.where(outside.unsqueeze(1), b, projected)
+        if mode == "FIT_SMALL_SIZE" and hs and ws:
+            b = b * torch.tensor([ws, hs, ws, hs], dtype=f)
+            b = torch.minimum(b, torch.tensor([width, height] * 2, dtype=f)).clamp(
+                min=0
+            )
+            return b, _ssd_box_size(b)  # ClipBBox's size: normalised
+        b = b.clamp(0, 1) * torch.tensor([width, height, width, height], dtype=f)
+        return b, _ssd_box_size(b, normalized=not (width > 1 or height > 1))
 
     @torch.no_grad()
     def forward(self, det: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -334,52 +389,49 @@ class DetectionEvaluate(nn.Module):
         detections = self._groups(det, False, "detection results")
         truth = self._groups(gt, True, "dataset")
         classes = [c for c in range(self.num_classes) if c != self.background_label_id]
-        valid = int((det[:, 1] != -1).sum())
-        out = torch.zeros(len(classes) + valid, 5)
-        difficult = gt[:, 7] != 0
-        counted = (
-            ~difficult if not self.evaluate_difficult_gt else torch.ones_like(difficult)
-        )
+        out = torch.zeros(len(classes) + int((det[:, 1] != -1).sum()), 5)
+        difficult = (gt[:, 7] != 0).tolist()
         for row, c in enumerate(classes):
-            n = sum(int(counted[labels.get(c, [])].sum()) for labels in truth.values())
+            boxes = [i for labels in truth.values() for i in labels.get(c, [])]
+            n = sum(1 for i in boxes if self.evaluate_difficult_gt or not difficult[i])
             out[row] = torch.tensor([-1.0, c, n, -1.0, -1.0])
         row = len(classes)
         for image, labels in detections.items():
             for label, index in labels.items():
                 if label == -1:
                     continue
-                scores = det[index, 2]
                 boxes_gt = truth.get(image, {}).get(label)
-                if (
-                    boxes_gt is None
-                ):  # no ground truth of this label: every detection is a false positive
-                    for score in scores.tolist():
+                if boxes_gt is None:
+                    # no ground truth of this label: every detection is a false positive, in input order
+                    for score in det[index, 2].tolist():
                         out[row] = torch.tensor([image, label, score, 0.0, 1.0])
                         row += 1
                     continue
-                order = torch.sort(scores, descending=True, stable=True).indices
+                order = torch.sort(det[index, 2], descending=True, stable=True).indices
                 index = [index[k] for k in order.tolist()]
-                overlap = _ssd_overlap(det[index, 3:7], gt[boxes_gt, 3:7])
-                overlap = torch.nan_to_num(
-                    overlap, nan=-1.0
-                )  # a NaN overlap never wins
-                jbest = overlap.argmax(
-                    dim=1
-                )  # the first of equal overlaps, as the C++ loop's ``>``
-                best = overlap.gather(1, jbest.unsqueeze(1)).squeeze(1)
+                found, truths = det[index, 3:7], gt[boxes_gt, 3:7]
+                if self.sizes:
+                    found, found_size = self._in_pixels(found)
+                    truths, truth_size = self._in_pixels(truths)
+                    sizes = (found_size, truth_size)
+                    overlap = _ssd_overlap(found, truths, sizes, pixel=True)
+                else:
+                    overlap = _ssd_overlap(found, truths)
+                # the first of equal overlaps wins (the C++ loop's ``>``), a NaN one never
+                overlap = torch.nan_to_num(overlap, nan=-1.0)
+                jbest = overlap.argmax(dim=1)
+                best = overlap.gather(1, jbest.unsqueeze(1)).squeeze(1).tolist()
                 visited = [False] * len(boxes_gt)
                 for k, i in enumerate(index):
                     out[row, :3] = torch.tensor([image, label, float(det[i, 2])])
-                    if float(best[k]) >= self.overlap_threshold:
-                        j = int(jbest[k])
-                        if self.evaluate_difficult_gt or not bool(
-                            difficult[boxes_gt[j]]
-                        ):
-                            out[row, 3:] = torch.tensor(
-                                [0.0, 1.0] if visited[j] else [1.0, 0.0]
-                            )
-                            visited[j] = True
-                    else:
+                    j = int(jbest[k])
+                    if best[k] < self.overlap_threshold:
                         out[row, 3:] = torch.tensor([0.0, 1.0])
+                    elif self.evaluate_difficult_gt or not difficult[boxes_gt[j]]:
+                        tp_fp = [0.0, 1.0] if visited[j] else [1.0, 0.0]
+                        out[row, 3:] = torch.tensor(tp_fp)
+                        visited[j] = True
                     row += 1
+            if self.sizes:
+                self.count = (self.count + 1) % len(self.sizes)
         return out.view(1, 1, -1, 5).to(device)
