@@ -44,6 +44,7 @@ import torch
 from ..errors import Location, WeightsError
 from ..ir.graph import ParamInfo
 from ..netstate import TEST, TRAIN, solver_state
+from .detection_eval import AP_VERSIONS, DetectionScores
 from .errors import DivergedError, SolverError
 from .feeding import Feeder
 from .lr_policy import LrParams, learning_rate
@@ -181,6 +182,10 @@ class Solver:
         self.lr.check(Location(self.file))
         if p.average_loss < 1:
             raise SolverError("average_loss should be at least 1", Location(self.file))
+        if p.eval_type not in ("classification", "detection"):  # Caffe stops at the first test
+            raise SolverError(f"unknown eval_type '{p.eval_type}' (classification or detection)", Location(self.file))
+        if p.eval_type == "detection" and p.ap_version not in AP_VERSIONS:
+            raise SolverError(f"unknown ap_version '{p.ap_version}' ({', '.join(AP_VERSIONS)})", Location(self.file))
         if p.iter_size < 1:
             raise SolverError("iter_size should be at least 1", Location(self.file))
         if self.is_root and p.snapshot:
@@ -647,6 +652,7 @@ class Solver:
         scores: list[np.float32] = []
         names: list[str] = []
         per_batch = []
+        detection = DetectionScores() if p.eval_type == "detection" else None
         loss = f32(0)
         for i in range(n_iter):
             request = self._requested_action()
@@ -667,6 +673,10 @@ class Solver:
             values = [(name, blobs[name].detach().cpu().numpy().astype(np.float32).ravel())
                       for name in net.output_names]
             per_batch.append({name: v.tolist() for name, v in values})
+            if detection is not None:  # SSD's TestDetection: rows gathered, scored once all batches are in
+                for j, (name, v) in enumerate(values):
+                    detection.add(j, name, v)
+                continue
             flat = [(name, x) for name, v in values for x in v]
             if i == 0:
                 names = [name for name, _ in flat]
@@ -682,6 +692,13 @@ class Solver:
         if p.test_compute_loss:
             result.loss = float(f32(loss / f32(n_iter)))
             self.log(f"Test loss: {result.loss:g}")
+        if detection is not None:
+            per_class = self.log if p.show_per_class_result else None
+            for k, m_ap in enumerate(detection.mean_ap(p.ap_version, self.warn, per_class)):
+                result.outputs.append((net.output_names[k], m_ap))
+                self.log(f"    Test net output #{k}: {net.output_names[k]} = {m_ap:g}")
+            self.test_results.append(result)
+            return result
         for k, (name, s) in enumerate(zip(names, scores, strict=True)):
             mean = float(f32(s / f32(n_iter)))
             result.outputs.append((name, mean))
