@@ -90,6 +90,12 @@ def test_overlap_threshold_is_inclusive_and_defaults_hold() -> None:
     np.testing.assert_array_equal(_run(_net("")), _run(_net("evaluate_difficult_gt: true")))
 
 
+def test_threshold_is_compared_in_float32() -> None:
+    """``float overlap_threshold_``: 0.7 is 0.69999999 in float32, and an overlap of exactly that (0.7 of the
+    unit box) reaches it; in double it would fall short (a finding of a differential check)."""
+    assert _one(_net("overlap_threshold: 0.7", 1, 1), [0.0, 0.0, 0.7, 1.0], [0.0, 0.0, 1.0, 1.0]) == [1, 0]
+
+
 def test_background_label_in_the_inputs_is_one_error() -> None:
     """The C++ CHECKs the detections first (GetDetectionResults), then the ground truth."""
     with pytest.raises(Prototxt2pyError, match=r"layer 'eval'.*background label in the detection results"):

@@ -23,7 +23,8 @@ EPS = f32(1e-6)
 def average_precision(true_pos: Sequence[tuple[float, int]], false_pos: Sequence[tuple[float, int]],
                       num_pos: int, ap_version: str) -> float:
     """``ComputeAP``: the (score, 0 or 1) pairs of one label's detections over the test set, and its number of
-    ground-truth boxes."""
+    ground-truth boxes. ``p * fabs(r1 - r2)`` is float arithmetic as GCC 6 and later compile it (``fabs(float)``
+    from ``<math.h>``); a Caffe built with GCC 5 or older did it in double and may differ in the last bit."""
     if len(true_pos) != len(false_pos):
         raise SolverError("detection evaluation: true and false positives differ in number")
     if not true_pos or num_pos == 0:

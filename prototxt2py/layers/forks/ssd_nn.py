@@ -302,8 +302,9 @@ class DetectionEvaluate(nn.Module):
     ground truth ``(1, 1, G, 8)`` rows ``[image, label, instance, xmin, ymin, xmax, ymax, difficult]``
     (normalised boxes). Rows ``[image, label, score, true_pos, false_pos]``: first ``[-1, c, number of
     ground-truth boxes of c, -1, -1]`` per class ``c`` but the background, then one per detection, by
-    image then label; where the image has ground truth of the label, by descending score (a stable sort:
-    ``std::sort`` leaves ties unordered), each matched to its best-overlapping box (the first of equal
+    image then label; where the image has ground truth of the label, by descending score (a stable sort,
+    as libstdc++'s ``std::sort`` is for up to 16 boxes; beyond, its introsort reorders equal scores), each
+    matched to its best-overlapping box (the first of equal
     overlaps): a true positive if the overlap reaches ``overlap_threshold`` and the box was not matched
     before, neither (0, 0) if that box is difficult and ``evaluate_difficult_gt`` is off. The mean
     average precision is computed from these rows. No gradient.
@@ -421,11 +422,15 @@ class DetectionEvaluate(nn.Module):
                 overlap = torch.nan_to_num(overlap, nan=-1.0)
                 jbest = overlap.argmax(dim=1)
                 best = overlap.gather(1, jbest.unsqueeze(1)).squeeze(1).tolist()
+                # ``float overlap_threshold_``: 0.7 is 0.69999999 there, which an overlap may equal
+                threshold = torch.tensor(
+                    self.overlap_threshold, dtype=torch.float32
+                ).item()
                 visited = [False] * len(boxes_gt)
                 for k, i in enumerate(index):
                     out[row, :3] = torch.tensor([image, label, float(det[i, 2])])
                     j = int(jbest[k])
-                    if best[k] < self.overlap_threshold:
+                    if best[k] < threshold:
                         out[row, 3:] = torch.tensor([0.0, 1.0])
                     elif self.evaluate_difficult_gt or not difficult[boxes_gt[j]]:
                         tp_fp = [0.0, 1.0] if visited[j] else [1.0, 0.0]
