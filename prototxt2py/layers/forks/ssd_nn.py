@@ -304,10 +304,10 @@ class DetectionEvaluate(nn.Module):
     ground-truth boxes of c, -1, -1]`` per class ``c`` but the background, then one per detection, by
     image then label; where the image has ground truth of the label, by descending score (a stable sort,
     as libstdc++'s ``std::sort`` is for up to 16 boxes; beyond, its introsort reorders equal scores), each
-    matched to its best-overlapping box (the first of equal
-    overlaps): a true positive if the overlap reaches ``overlap_threshold`` and the box was not matched
-    before, neither (0, 0) if that box is difficult and ``evaluate_difficult_gt`` is off. The mean
-    average precision is computed from these rows. No gradient.
+    matched to its best-overlapping box (the first of equal overlaps): a true positive if the overlap
+    reaches ``overlap_threshold`` (in float32) and the box was not matched before, neither (0, 0) if that
+    box is difficult and ``evaluate_difficult_gt`` is off. The mean average precision is computed from
+    these rows. No gradient.
 
     ``sizes`` (the ``name_size_file``'s ``(height, width)`` per image, in the test set's order): boxes are
     compared in those pixels (``OutputBBox``, after undoing ``resize``: ``(mode, height, width,
