@@ -390,6 +390,8 @@ class DetectionEvaluate(nn.Module):
         detections = self._groups(det, False, "detection results")
         truth = self._groups(gt, True, "dataset")
         classes = [c for c in range(self.num_classes) if c != self.background_label_id]
+        # ``float overlap_threshold_``: 0.7 is 0.69999999 there, which an overlap may equal
+        threshold = torch.tensor(self.overlap_threshold, dtype=torch.float32).item()
         out = torch.zeros(len(classes) + int((det[:, 1] != -1).sum()), 5)
         difficult = (gt[:, 7] != 0).tolist()
         for row, c in enumerate(classes):
@@ -422,10 +424,6 @@ class DetectionEvaluate(nn.Module):
                 overlap = torch.nan_to_num(overlap, nan=-1.0)
                 jbest = overlap.argmax(dim=1)
                 best = overlap.gather(1, jbest.unsqueeze(1)).squeeze(1).tolist()
-                # ``float overlap_threshold_``: 0.7 is 0.69999999 there, which an overlap may equal
-                threshold = torch.tensor(
-                    self.overlap_threshold, dtype=torch.float32
-                ).item()
                 visited = [False] * len(boxes_gt)
                 for k, i in enumerate(index):
                     out[row, :3] = torch.tensor([image, label, float(det[i, 2])])
