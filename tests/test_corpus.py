@@ -11,7 +11,7 @@ import pytest
 from golden import CORPUS
 
 import prototxt2py
-from prototxt2py.errors import GraphError, ParseError
+from prototxt2py.errors import GraphError, ParseError, ShapeError
 from prototxt2py.reader import read_net, read_solver
 
 ROWS = list(csv.DictReader((CORPUS / "MANIFEST.tsv").open(), delimiter="\t")) if CORPUS.is_dir() else []
@@ -25,6 +25,12 @@ BROKEN = {
     "soeaver__caffe-model@afa5e22/det/rfcn/models/pascal_voc/resnext101-32x4d/"
     "rfcn_voc_resnext101-32x4d-merge-ohem.prototxt": (5079, 1),
     "chuanqi305__MobileNet-SSD/template/MobileNetSSD_deploy_template.prototxt": (2397, 17),
+}
+# Inconsistent as committed: Caffe's own set-up fails on these (a COCO R-FCN deploy net whose 81 class scores
+# are reshaped to rows of VOC's 21).
+SHAPE_BROKEN = {
+    "soeaver__caffe-model/det/rfcn/models/coco/resnext101-32x4d/deploy_rfcn_coco_resnext101-32x4d-merge.prototxt":
+        "4930:7: layer 'cls_prob_reshape': bottom count 81 is not divisible by the given dims' product 21",
 }
 LOC_RE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): ")
 
@@ -50,13 +56,16 @@ def test_corpus_net_parses_and_builds(rel: str) -> None:
     for phase in ("TEST", "TRAIN"):
         try:
             g = prototxt2py.graph(source, phase=phase, allow_unknown_types=True)
+        except ShapeError as e:
+            assert rel in SHAPE_BROKEN and SHAPE_BROKEN[rel] in str(e), str(e)
+            continue
         except GraphError as e:  # e.g. a phase that needs a stage to have data layers: Caffe refuses it too
             assert LOC_RE.match(str(e)) and "layer '" in str(e), str(e)
             continue
         built += 1
         for layer, why in g.unresolved().items():
             assert why, f"layer {layer} unresolved without a reason"
-    assert built, "the net builds in neither phase"
+    assert built or rel in SHAPE_BROKEN, "the net builds in neither phase"
 
 
 @pytest.mark.parametrize("rel", SOLVERS)

@@ -108,13 +108,17 @@ def test_fast_rcnn_shapes() -> None:
 
 
 @needs_corpus
-def test_faster_rcnn_python_proposal_is_named() -> None:
+def test_faster_rcnn_python_proposal_is_built_in() -> None:
+    """py-faster-rcnn's proposal layer is a built-in spec: the test net's shapes are Caffe's after set-up (one
+    ROI), its parameters all known."""
     g = prototxt2py.graph(
         CORPUS / "rbgirshick__py-faster-rcnn/models/pascal_voc/VGG16/faster_rcnn_end2end/test.prototxt")
-    why = g.unresolved()
-    assert list(why) == ["proposal"]
-    assert "rpn.proposal_layer.ProposalLayer" in why["proposal"] and "not run" in why["proposal"]
-    assert g.blob_shapes()["rpn_cls_prob_reshape"] == (1, 18, 14, 14)
+    assert g.unresolved() == {}
+    assert type(g.node("proposal").spec).__name__ == "ProposalLayer"
+    s = g.blob_shapes()
+    assert s["rpn_cls_prob_reshape"] == (1, 18, 14, 14) and s["rois"] == (1, 5)
+    assert s["pool5"] == (1, 512, 7, 7) and s["cls_prob"] == (1, 21) and s["bbox_pred"] == (1, 84)
+    assert g.node("fc6").param_shapes == [(4096, 25088), (4096,)]
 
 
 @needs_corpus

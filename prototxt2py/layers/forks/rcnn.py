@@ -1,5 +1,5 @@
 """Faster R-CNN / R-FCN (rbgirshick/caffe-fast-rcnn ``faster-rcnn``, daijifeng001/caffe-rfcn): ROIPooling,
-PSROIPooling, SmoothL1Loss.
+PSROIPooling, SmoothL1Loss, and py-faster-rcnn's RPN ``ProposalLayer`` (a ``Python`` layer its test nets need).
 
 Written as a third-party plugin: public plugin API only, torch helpers in :mod:`.rcnn_nn`, PSROIPooling's ONNX
 graph in :mod:`.ssd_onnx`. Quirks kept: ROI corners round half away from zero and a bin's maximum is its
@@ -8,9 +8,12 @@ first in row-major order.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from prototxt2py.layers import LayerSpec, Shape, call, count, legacy_shape, plain, register
+from prototxt2py.layers import LayerSpec, PythonLayerSpec, Shape, call, count, legacy_shape, plain, register
+from prototxt2py.netstate import TEST, TRAIN
 
 from . import ssd_onnx
 
@@ -112,3 +115,107 @@ class SmoothL1Loss(LayerSpec):
     def module(self, node):
         sigma = node.attrs.sigma
         return call(f"{NN}:SmoothL1Loss", **({} if sigma == 1.0 else {"sigma": sigma}))
+
+
+#: py-faster-rcnn's RPN settings by phase (``cfg.TRAIN``/``cfg.TEST`` in lib/fast_rcnn/config.py): boxes kept
+#: before and after NMS, the NMS overlap threshold, the smallest box side at the input image's scale.
+RPN_SETTINGS = {TRAIN: (12000, 2000, 0.7, 16), TEST: (6000, 300, 0.7, 16)}
+
+
+@dataclass(frozen=True)
+class ProposalAttrs:
+    """The plain ``python_param`` of a ProposalLayer plus what its ``param_str`` (YAML) says."""
+
+    module: str
+    layer: str
+    param_str: str
+    share_in_parallel: bool
+    feat_stride: float
+    scales: tuple[float, ...]
+    ratios: tuple[float, ...]
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"python_param.param_str: {what} must be a positive number, got {value!r}")
+    return value
+
+
+def _numbers(value: Any, what: str) -> tuple[float, ...]:
+    if not isinstance(value, list | tuple) or not 0 < len(value) <= 64:
+        raise ValueError(f"python_param.param_str: {what} must be a list of 1 to 64 numbers, got {value!r}")
+    return tuple(_number(v, what) for v in value)
+
+
+def yaml_mapping(text: str) -> dict:
+    """The mapping a py-faster-rcnn ``param_str`` holds (``'feat_stride': 16``, or a ``{...}`` flow mapping),
+    read as Python literals: the YAML these layers write is also Python's literal syntax, and nothing in it is
+    ever executed. A block of ``key: value`` lines becomes one mapping."""
+    import ast
+
+    body = text.strip()
+    if not body.startswith("{"):
+        body = "{" + ", ".join(line for line in body.splitlines() if line.strip()) + "}"
+    try:
+        value = ast.literal_eval(body) if len(body) <= 4096 else None
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError) as e:
+        raise ValueError(f"python_param.param_str {text[:80]!r} is not a YAML mapping of literals ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"python_param.param_str {text[:80]!r} is not a YAML mapping of literals (at most 4096 "
+                         "characters)")
+    return value
+
+
+@register
+class ProposalLayer(PythonLayerSpec):
+    """py-faster-rcnn's ``rpn.proposal_layer.ProposalLayer`` (also R-FCN's), built in so that Faster R-CNN test
+    nets run without their Python code: its settings are the ``cfg`` defaults of the layer's phase
+    (:data:`RPN_SETTINGS`), as ``tools/test_net.py`` runs it without a ``--cfg`` file."""
+
+    python_layer = "rpn.proposal_layer.ProposalLayer"
+    bottoms = (3, 3)
+    tops = (1, 2)
+    family = FAMILY
+    summary = ("py-faster-rcnn RPN proposals (R, 5) from anchor scores, deltas and im_info: clip, min size, "
+               "top N, NMS; dynamic size")
+
+    def attrs(self, layer):
+        p = plain(layer.python_param)
+        given = yaml_mapping(p.param_str)
+        if "feat_stride" not in given:
+            raise ValueError("python_param.param_str needs 'feat_stride' (py-faster-rcnn's ProposalLayer reads it)")
+        return ProposalAttrs(p.module, p.layer, p.param_str, p.share_in_parallel,
+                             _number(given["feat_stride"], "feat_stride"),
+                             _numbers(given.get("scales", (8, 16, 32)), "scales"),
+                             _numbers(given.get("ratios", (0.5, 1, 2)), "ratios"))
+
+    def infer_shapes(self, node, in_shapes):
+        a: ProposalAttrs = node.attrs
+        anchors = len(a.scales) * len(a.ratios)
+        scores, deltas, info = in_shapes
+        if len(scores) != 4 or len(deltas) != 4:
+            raise self.fail(node, f"scores {tuple(scores)} and deltas {tuple(deltas)} must be (N, C, H, W)")
+        if scores[0] != 1:
+            raise self.fail(node, f"ProposalLayer takes one image (py-faster-rcnn asserts it), got a batch of "
+                                  f"{scores[0]}")
+        if scores[1] != 2 * anchors or tuple(deltas) != (deltas[0], 4 * anchors, *scores[2:]):
+            raise self.fail(node, f"{anchors} anchors need scores (1, {2 * anchors}, H, W) and deltas "
+                                  f"(1, {4 * anchors}, H, W), got {tuple(scores)} and {tuple(deltas)}")
+        if not info or count(info, 1) < 3:
+            raise self.fail(node, f"im_info {tuple(info)} needs (height, width, scale) per image")
+        # Caffe's shapes after set-up (one ROI); each forward pass reshapes to the ROIs it keeps
+        return [(1, 5), (1, 1, 1, 1)][: len(node.tops)]
+
+    def unsupported_note(self, node):
+        return ("py-faster-rcnn's rpn.proposal_layer.ProposalLayer runs in the PyTorch runtime and generated code; "
+                "ONNX's NonMaxSuppression measures boxes without Caffe's +1 pixel, so it has no exact mapping")
+
+    def module(self, node):
+        a: ProposalAttrs = node.attrs
+        pre, post, thresh, min_size = RPN_SETTINGS[TEST if node.phase is None else node.phase]
+        given = {"scales": None if a.scales == (8, 16, 32) else a.scales,
+                 "ratios": None if a.ratios == (0.5, 1, 2) else a.ratios,
+                 "pre_nms_top_n": None if pre == 6000 else pre, "post_nms_top_n": None if post == 300 else post,
+                 "scores": len(node.tops) == 2 or None}
+        return call(f"{NN}:ProposalLayer", a.feat_stride, **{k: v for k, v in given.items() if v is not None},
+                    **({} if (thresh, min_size) == (0.7, 16) else {"nms_thresh": thresh, "min_size": min_size}))

@@ -269,3 +269,145 @@ class SmoothL1Loss(nn.Module):
         if weights:
             err = weights[1].detach() * err
         return err.sum() / a.shape[0]
+
+
+def _rpn_anchors(scales, ratios, base_size: int = 16) -> list[list[float]]:
+    """py-faster-rcnn's ``generate_anchors``: for each ratio (outer) and scale (inner), a box around the
+    centre of the ``base_size`` square, corners counting both edges. Widths and heights round half to even,
+    as ``np.round`` does (Python's ``round`` agrees)."""
+    centre = 0.5 * (base_size - 1)
+    out = []
+    for ratio in ratios:
+        w = float(round(math.sqrt(base_size * base_size / ratio)))
+        h = float(round(w * ratio))
+        # the ratio box's own centre, as _whctrs recomputes it from the box's corners
+        cx = (centre - 0.5 * (w - 1)) + 0.5 * (w - 1)
+        cy = (centre - 0.5 * (h - 1)) + 0.5 * (h - 1)
+        for scale in scales:
+            sw, sh = w * scale, h * scale
+            out.append(
+                [
+                    cx - 0.5 * (sw - 1),
+                    cy - 0.5 * (sh - 1),
+                    cx + 0.5 * (sw - 1),
+                    cy + 0.5 * (sh - 1),
+                ]
+            )
+    return out
+
+
+def _rpn_descending(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argsort()[::-1]``: an ascending sort reversed, so equal scores come latest index first (what
+    numpy's sort gives where it is stable; NaN sorts last, so comes first)."""
+    return torch.sort(scores, stable=True).indices.flip(0)
+
+
+def _rpn_nms(boxes: torch.Tensor, threshold: float, limit: int) -> torch.Tensor:
+    """Greedy NMS over ``boxes`` ``(R, 4)`` already in processing order, as py-faster-rcnn's ``gpu_nms``
+    (its test default): areas count both edges, a later box is dropped when its float32 overlap with a kept
+    one is above ``threshold``. Stops after ``limit`` kept boxes (<= 0: no limit), which gives the prefix the
+    full pass would. Returns the kept rows in order."""
+    x1, y1, x2, y2 = boxes.unbind(1)
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    removed = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    thr = torch.tensor(threshold, dtype=torch.float32)
+    zero = torch.zeros((), dtype=boxes.dtype, device=boxes.device)
+    keep: list[int] = []
+    i = 0
+    while i < boxes.shape[0] and (limit <= 0 or len(keep) < limit):
+        keep.append(i)
+        j = slice(i + 1, None)
+        w = torch.fmax(
+            torch.minimum(x2[i], x2[j]) - torch.maximum(x1[i], x1[j]) + 1, zero
+        )
+        h = torch.fmax(
+            torch.minimum(y2[i], y2[j]) - torch.maximum(y1[i], y1[j]) + 1, zero
+        )
+        inter = w * h
+        removed[j] |= inter / (area[i] + area[j] - inter) > thr
+        left = (~removed[j]).nonzero()
+        i = i + 1 + int(left[0]) if left.numel() else boxes.shape[0]
+    return torch.tensor(keep, dtype=torch.long, device=boxes.device)
+
+
+class ProposalLayer(nn.Module):
+    """py-faster-rcnn's RPN ``ProposalLayer`` (``rpn.proposal_layer``): anchors at every feature position
+    moved by the predicted deltas, clipped to the image, boxes under ``min_size`` (at the input scale) dropped,
+    the ``pre_nms_top_n`` best by foreground score kept, greedy NMS, the first ``post_nms_topN`` of what
+    survives. Bottoms: scores ``(1, 2A, H, W)`` (background then foreground), deltas ``(1, 4A, H, W)``,
+    ``im_info`` (height, width, scale). Tops: ROIs ``(R, 5)`` (batch index 0, x1, y1, x2, y2) and, with
+    ``scores``, their scores ``(R, 1)``. Arithmetic in float32 as numpy does it on float32 blobs."""
+
+    def __init__(
+        self,
+        feat_stride: float,
+        scales: tuple[float, ...] = (8, 16, 32),
+        ratios: tuple[float, ...] = (0.5, 1, 2),
+        pre_nms_top_n: int = 6000,
+        post_nms_top_n: int = 300,
+        nms_thresh: float = 0.7,
+        min_size: float = 16,
+        scores: bool = False,
+    ) -> None:
+        super().__init__()
+        self.feat_stride, self.scales, self.ratios = feat_stride, scales, ratios
+        self.pre_nms_top_n, self.post_nms_top_n = pre_nms_top_n, post_nms_top_n
+        self.nms_thresh, self.min_size, self.scores = nms_thresh, min_size, scores
+        self.anchors = _rpn_anchors(scales, ratios)
+
+    def shifted_anchors(self, height: int, width: int) -> torch.Tensor:
+        """Anchors at every position ``(H * W * A, 4)``: position-major, row by row (float64, then float32,
+        as ``bbox_transform_inv`` casts them)."""
+        base = torch.tensor(self.anchors, dtype=torch.float64)
+        sx = torch.arange(width, dtype=torch.float64) * self.feat_stride
+        sy = torch.arange(height, dtype=torch.float64) * self.feat_stride
+        gy, gx = torch.meshgrid(sy, sx, indexing="ij")
+        shifts = torch.stack([gx, gy, gx, gy], dim=-1).reshape(-1, 1, 4)
+        return (base.unsqueeze(0) + shifts).reshape(-1, 4).float()
+
+    @torch.no_grad()
+    def forward(
+        self, scores: torch.Tensor, deltas: torch.Tensor, im_info: torch.Tensor
+    ):
+        if scores.shape[0] != 1:
+            raise ValueError(
+                f"ProposalLayer takes one image (py-faster-rcnn asserts it), got a batch of {scores.shape[0]}"
+            )
+        a = len(self.anchors)
+        height, width = scores.shape[-2:]
+        anchors = self.shifted_anchors(height, width).to(scores.device)
+        fg = scores[:, a:].permute(0, 2, 3, 1).reshape(-1).float()
+        d = deltas.permute(0, 2, 3, 1).reshape(-1, 4).float()
+        info = im_info.reshape(im_info.shape[0], -1)[0].float()
+        w = anchors[:, 2] - anchors[:, 0] + 1.0
+        h = anchors[:, 3] - anchors[:, 1] + 1.0
+        cx, cy = anchors[:, 0] + 0.5 * w, anchors[:, 1] + 0.5 * h
+        px, py = d[:, 0] * w + cx, d[:, 1] * h + cy
+        # C's expf (what numpy called before its SIMD exp, which differs in the last bit on ~40% of inputs):
+        # the float64 exponential rounded once to float32
+        pw = torch.exp(d[:, 2].double()).float() * w
+        ph = torch.exp(d[:, 3].double()).float() * h
+        zero = torch.zeros((), dtype=torch.float32, device=scores.device)
+        xmax, ymax = info[1] - 1, info[0] - 1
+        boxes = torch.stack(
+            [
+                torch.maximum(torch.minimum(px - 0.5 * pw, xmax), zero),
+                torch.maximum(torch.minimum(py - 0.5 * ph, ymax), zero),
+                torch.maximum(torch.minimum(px + 0.5 * pw, xmax), zero),
+                torch.maximum(torch.minimum(py + 0.5 * ph, ymax), zero),
+            ],
+            dim=1,
+        )
+        least = self.min_size * info[2]
+        big = (boxes[:, 2] - boxes[:, 0] + 1 >= least) & (
+            boxes[:, 3] - boxes[:, 1] + 1 >= least
+        )
+        boxes, fg = boxes[big], fg[big]
+        order = _rpn_descending(fg)
+        if self.pre_nms_top_n > 0:
+            order = order[: self.pre_nms_top_n]
+        boxes, fg = boxes[order], fg[order]
+        order = _rpn_descending(fg)  # the NMS sorts again: ties flip back
+        kept = order[_rpn_nms(boxes[order], self.nms_thresh, self.post_nms_top_n)]
+        rois = torch.cat([torch.zeros_like(boxes[kept, :1]), boxes[kept]], dim=1)
+        return (rois, fg[kept].unsqueeze(1)) if self.scores else rois

@@ -1,0 +1,171 @@
+"""py-faster-rcnn's RPN ``ProposalLayer`` (``rpn.proposal_layer.ProposalLayer``), built in: anchors against the
+figures ``generate_anchors`` prints, hand-worked proposals (clip, size filter, NMS, top N), phase settings, the
+Faster R-CNN test nets of the corpus end to end (runtime and generated code), and its errors."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from golden import CORPUS
+
+import prototxt2py
+from prototxt2py.backends.codegen import generate
+from prototxt2py.errors import Prototxt2pyError
+from prototxt2py.layers.forks.rcnn_nn import ProposalLayer, _rpn_anchors
+from prototxt2py.reader import read_net_text
+
+#: py-faster-rcnn's ``generate_anchors()`` for its defaults (base 16, ratios 0.5/1/2, scales 8/16/32), as the
+#: module prints it when run
+PY_FASTER_RCNN_ANCHORS = [
+    [-84, -40, 99, 55], [-176, -88, 191, 103], [-360, -184, 375, 199],
+    [-56, -56, 71, 71], [-120, -120, 135, 135], [-248, -248, 263, 263],
+    [-36, -80, 51, 95], [-80, -168, 95, 183], [-168, -344, 183, 359],
+]
+
+ZF_TEST = CORPUS / "rbgirshick__py-faster-rcnn/models/pascal_voc/ZF/faster_rcnn_end2end/test.prototxt"
+RPN_TEST = CORPUS / "rbgirshick__py-faster-rcnn/models/pascal_voc/ZF/faster_rcnn_alt_opt/rpn_test.pt"
+
+
+def test_anchors_are_generate_anchors_figures() -> None:
+    assert _rpn_anchors((8, 16, 32), (0.5, 1, 2)) == PY_FASTER_RCNN_ANCHORS
+    # one ratio, one scale: the base square itself; ratio 0.5 rounds 22.6 up to 23 and 11.5 to even (12)
+    assert _rpn_anchors((1,), (1,)) == [[0, 0, 15, 15]]
+    assert _rpn_anchors((1,), (0.5,)) == [[-3.5, 2, 18.5, 13]]
+
+
+def _three_boxes(s: list[float], scale: float = 1.0, **kw):
+    """One anchor (the square [0, 0, 15, 15]) at three positions of a 1x3 map, image 16 x 48. Zero deltas
+    decode a box one pixel larger (``bbox_transform_inv`` takes the centre as x1 + w/2), clipped to y2 = 15:
+    box 0 is [0, 0, 16, 15]; box 1 moves to [1, 0, 17, 15] (overlap 256 / 288 = 0.89 with box 0); box 2 shrinks
+    to [36, 0, 44, 15] (9 wide)."""
+    m = ProposalLayer(16, scales=(1,), ratios=(1,), scores=True, **kw)
+    scores = torch.tensor([[0, 0, 0], s], dtype=torch.float32).reshape(1, 2, 1, 3)
+    deltas = torch.zeros(1, 4, 1, 3)
+    deltas[0, 0, 0, 1] = -0.9375  # centre 24 -> 9
+    deltas[0, 2, 0, 2] = float(np.log(np.float32(0.5)))  # width 16 -> 8
+    rois, kept = m(scores, deltas, torch.tensor([[16.0, 48.0, scale]]))
+    return rois.tolist(), kept.flatten().tolist()
+
+
+def test_hand_worked_proposals() -> None:
+    # box 2 is under 16 wide (9 px) and dropped; box 1 overlaps box 0 by 0.89 > 0.7 and goes
+    assert _three_boxes([0.9, 0.8, 0.95]) == ([[0, 0, 0, 16, 15]], [pytest.approx(0.9)])
+    assert _three_boxes([0.8, 0.9, 0.95]) == ([[0, 1, 0, 17, 15]], [pytest.approx(0.9)])
+    # at image scale 0.5 the least side is 8: box 2 stays and leads
+    assert _three_boxes([0.9, 0.8, 0.95], scale=0.5)[0] == [[0, 36, 0, 44, 15], [0, 0, 0, 16, 15]]
+    # a looser threshold keeps box 1; post_nms_top_n cuts the list, pre_nms_top_n cuts before the NMS
+    assert _three_boxes([0.9, 0.8, 0.95], nms_thresh=0.9)[0] == [[0, 0, 0, 16, 15], [0, 1, 0, 17, 15]]
+    assert _three_boxes([0.9, 0.8, 0.95], nms_thresh=0.9, post_nms_top_n=1)[0] == [[0, 0, 0, 16, 15]]
+    assert _three_boxes([0.8, 0.9, 0.95], nms_thresh=0.9, pre_nms_top_n=1)[0] == [[0, 1, 0, 17, 15]]
+    # equal scores: reversed argsort then the NMS's own reversed argsort put the earlier position first
+    assert _three_boxes([0.5, 0.5, 0.95])[0] == [[0, 0, 0, 16, 15]]
+    # ... but the cut to pre_nms_top_n, after the first sort alone, keeps the later one
+    assert _three_boxes([0.5, 0.5, 0.95], pre_nms_top_n=1)[0] == [[0, 1, 0, 17, 15]]
+
+
+def test_boxes_clip_to_the_image_and_deltas_use_float32() -> None:
+    m = ProposalLayer(16, scales=(4,), ratios=(1,), min_size=1)
+    deltas = torch.tensor([0.1, -0.2, 0.3, 0.301]).reshape(1, 4, 1, 1)  # float32 exp(0.301) is an ulp off expf
+    rois = m(torch.ones(1, 2, 1, 1), deltas, torch.tensor([[50.0, 40.0, 1.0]]))
+    # anchor [-24, -24, 39, 39] (64 wide, centre 8): x centre 8 + 0.1 * 64, height 64 * e^0.301
+    def expf(v: float) -> np.float32:  # C's expf: the float64 exponential of the float32 delta, rounded once
+        return np.float32(np.exp(np.float64(np.float32(v))))
+
+    w, h = expf(0.3) * np.float32(64), expf(0.301) * np.float32(64)
+    cx, cy = np.float32(0.1) * np.float32(64) + np.float32(8), np.float32(-0.2) * np.float32(64) + np.float32(8)
+    x1, x2 = cx - np.float32(0.5) * w, cx + np.float32(0.5) * w
+    y1, y2 = cy - np.float32(0.5) * h, cy + np.float32(0.5) * h
+    assert x1 < 0 and x2 > 39 and y1 < 0 and y2 < 49
+    assert rois.tolist() == [[0, 0, 0, 39, float(y2)]]  # x1, y1 clipped to 0, x2 to the image's 39
+
+
+NET = """
+input: "s" input_shape { dim: 1 dim: 18 dim: 4 dim: 5 }
+input: "d" input_shape { dim: 1 dim: 36 dim: 4 dim: 5 }
+input: "info" input_shape { dim: 1 dim: 3 }
+layer { name: "proposal" type: "Python" bottom: "s" bottom: "d" bottom: "info" top: "rois" %s
+  python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" param_str: "%s" } }
+"""
+
+
+def _net(tops: str = "", param_str: str = "'feat_stride': 16", phase: str = "TEST") -> prototxt2py.CaffeNet:
+    return prototxt2py.load(read_net_text(textwrap.dedent(NET % (tops, param_str)), "net.prototxt"), phase=phase)
+
+
+def test_phase_settings_and_param_str_forms() -> None:
+    test = _net().layer("proposal")
+    assert (test.pre_nms_top_n, test.post_nms_top_n, test.nms_thresh, test.min_size) == (6000, 300, 0.7, 16)
+    train = _net(phase="TRAIN").layer("proposal")
+    assert (train.pre_nms_top_n, train.post_nms_top_n) == (12000, 2000)
+    flow = _net(param_str="{'feat_stride': 8, 'scales': [4, 8, 16]}").layer("proposal")
+    assert flow.feat_stride == 8 and flow.scales == (4, 8, 16)
+    block = _net(param_str="'feat_stride': 16\\n'scales': (4, 8, 16)").layer("proposal")
+    assert block.scales == (4, 8, 16)
+    assert _net("top: \"scores\"").graph.blob_shapes()["scores"] == (1, 1, 1, 1)  # Caffe's shapes after set-up
+    assert _net().graph.blob_shapes()["rois"] == (1, 5)
+
+
+@pytest.mark.parametrize("param_str, message", [
+    ("'scales': [8]", "python_param.param_str needs 'feat_stride'"),
+    ("'feat_stride': -16", "feat_stride must be a positive number, got -16"),
+    ("'feat_stride': 16, 'scales': []", "scales must be a list of 1 to 64 numbers"),
+    ("__import__('os')", "is not a YAML mapping of literals"),
+    ("'feat_stride': 16, 'scales': [8, 16]", r"6 anchors need scores \(1, 12, H, W\) and deltas \(1, 24, H, W\), "
+                                             r"got \(1, 18, 4, 5\) and \(1, 36, 4, 5\)"),
+])
+def test_errors_name_the_layer(param_str: str, message: str) -> None:
+    with pytest.raises(Prototxt2pyError, match=message) as e:
+        _net(param_str=param_str)
+    assert "proposal" in str(e.value)
+
+
+def test_one_image_only() -> None:
+    with pytest.raises(Prototxt2pyError, match="ProposalLayer takes one image .* got a batch of 2"):
+        prototxt2py.load(read_net_text(textwrap.dedent(NET.replace("dim: 1 dim: 18", "dim: 2 dim: 18") % (
+            "", "'feat_stride': 16")), "net.prototxt"))
+    with pytest.raises(ValueError, match="got a batch of 2"):
+        ProposalLayer(16)(torch.zeros(2, 18, 2, 2), torch.zeros(2, 36, 2, 2), torch.ones(2, 3))
+
+
+def _random_weights(net: prototxt2py.CaffeNet) -> None:
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+
+
+@pytest.mark.skipif(not ZF_TEST.is_file(), reason="needs the shared corpus")
+def test_faster_rcnn_test_net_runs_and_generates_the_same_code() -> None:
+    net = prototxt2py.load(str(ZF_TEST)).eval()
+    _random_weights(net)
+    x = torch.randn(1, 3, 224, 320, generator=torch.Generator().manual_seed(1))
+    info = torch.tensor([[224.0, 320.0, 1.0]])
+    with torch.no_grad():
+        out = net(x, info, all_blobs=True)
+    rois = out["rois"]
+    assert rois.shape[1] == 5 and 0 < rois.shape[0] <= 300
+    assert out["cls_prob"].shape == (rois.shape[0], 21) and out["bbox_pred"].shape == (rois.shape[0], 84)
+    assert bool((rois[:, 0] == 0).all()) and bool((rois[:, 3] <= 319).all()) and bool((rois[:, 4] <= 223).all())
+    code = generate(net.graph)
+    assert "ProposalLayer(16)" in code.source
+    ns: dict = {}
+    exec(compile(code.source, "<generated>", "exec"), ns)  # noqa: S102 - our own generated code, in a test
+    module = ns[code.class_name]().eval()
+    state = net.state_dict()
+    module.load_state_dict({new: state[old] for old, new in code.keys.items()}, strict=True)
+    with torch.no_grad():
+        got = module(x, info)
+    torch.testing.assert_close(got["cls_prob"], out["cls_prob"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not RPN_TEST.is_file(), reason="needs the shared corpus")
+def test_rpn_test_net_gives_rois_and_scores() -> None:
+    net = prototxt2py.load(str(RPN_TEST)).eval()
+    _random_weights(net)
+    with torch.no_grad():
+        out = net(torch.randn(1, 3, 160, 192), torch.tensor([[160.0, 192.0, 1.0]]))
+    assert out["rois"].shape[0] == out["scores"].shape[0] and out["scores"].shape[1] == 1
+    assert bool((out["scores"][:-1, 0] >= out["scores"][1:, 0]).all())  # kept in descending score order
