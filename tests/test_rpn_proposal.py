@@ -14,7 +14,8 @@ from golden import CORPUS
 import prototxt2py
 from prototxt2py.backends.codegen import generate
 from prototxt2py.errors import Prototxt2pyError
-from prototxt2py.layers.forks.rcnn_nn import ProposalLayer, _rpn_anchors
+from prototxt2py.layers.forks.rcnn import rpn_anchors
+from prototxt2py.layers.forks.rcnn_nn import ProposalLayer
 from prototxt2py.reader import read_net_text
 
 #: py-faster-rcnn's ``generate_anchors()`` for its defaults (base 16, ratios 0.5/1/2, scales 8/16/32), as the
@@ -30,10 +31,10 @@ RPN_TEST = CORPUS / "rbgirshick__py-faster-rcnn/models/pascal_voc/ZF/faster_rcnn
 
 
 def test_anchors_are_generate_anchors_figures() -> None:
-    assert _rpn_anchors((8, 16, 32), (0.5, 1, 2)) == PY_FASTER_RCNN_ANCHORS
+    assert rpn_anchors((8, 16, 32), (0.5, 1, 2)) == tuple(map(tuple, PY_FASTER_RCNN_ANCHORS))
     # one ratio, one scale: the base square itself; ratio 0.5 rounds 22.6 up to 23 and 11.5 to even (12)
-    assert _rpn_anchors((1,), (1,)) == [[0, 0, 15, 15]]
-    assert _rpn_anchors((1,), (0.5,)) == [[-3.5, 2, 18.5, 13]]
+    assert rpn_anchors((1,), (1,)) == ((0, 0, 15, 15),)
+    assert rpn_anchors((1,), (0.5,)) == ((-3.5, 2, 18.5, 13),)
 
 
 def _three_boxes(s: list[float], scale: float = 1.0, **kw):
@@ -41,7 +42,7 @@ def _three_boxes(s: list[float], scale: float = 1.0, **kw):
     decode a box one pixel larger (``bbox_transform_inv`` takes the centre as x1 + w/2), clipped to y2 = 15:
     box 0 is [0, 0, 16, 15]; box 1 moves to [1, 0, 17, 15] (overlap 256 / 288 = 0.89 with box 0); box 2 shrinks
     to [36, 0, 44, 15] (9 wide)."""
-    m = ProposalLayer(16, scales=(1,), ratios=(1,), scores=True, **kw)
+    m = ProposalLayer(16, rpn_anchors((1,), (1,)), scores=True, **kw)
     scores = torch.tensor([[0, 0, 0], s], dtype=torch.float32).reshape(1, 2, 1, 3)
     deltas = torch.zeros(1, 4, 1, 3)
     deltas[0, 0, 0, 1] = -0.9375  # centre 24 -> 9
@@ -67,7 +68,7 @@ def test_hand_worked_proposals() -> None:
 
 
 def test_boxes_clip_to_the_image_and_deltas_use_float32() -> None:
-    m = ProposalLayer(16, scales=(4,), ratios=(1,), min_size=1)
+    m = ProposalLayer(16, rpn_anchors((4,), (1,)), min_size=1)
     deltas = torch.tensor([0.1, -0.2, 0.3, 0.301]).reshape(1, 4, 1, 1)  # float32 exp(0.301) is an ulp off expf
     rois = m(torch.ones(1, 2, 1, 1), deltas, torch.tensor([[50.0, 40.0, 1.0]]))
     # anchor [-24, -24, 39, 39] (64 wide, centre 8): x centre 8 + 0.1 * 64, height 64 * e^0.301
@@ -101,9 +102,9 @@ def test_phase_settings_and_param_str_forms() -> None:
     train = _net(phase="TRAIN").layer("proposal")
     assert (train.pre_nms_top_n, train.post_nms_top_n) == (12000, 2000)
     flow = _net(param_str="{'feat_stride': 8, 'scales': [4, 8, 16]}").layer("proposal")
-    assert flow.feat_stride == 8 and flow.scales == (4, 8, 16)
+    assert flow.feat_stride == 8 and flow.anchors == rpn_anchors((4, 8, 16), (0.5, 1, 2))
     block = _net(param_str="'feat_stride': 16\\n'scales': (4, 8, 16)").layer("proposal")
-    assert block.scales == (4, 8, 16)
+    assert block.anchors == flow.anchors
     assert _net("top: \"scores\"").graph.blob_shapes()["scores"] == (1, 1, 1, 1)  # Caffe's shapes after set-up
     assert _net().graph.blob_shapes()["rois"] == (1, 5)
 
@@ -127,7 +128,8 @@ def test_one_image_only() -> None:
         prototxt2py.load(read_net_text(textwrap.dedent(NET.replace("dim: 1 dim: 18", "dim: 2 dim: 18") % (
             "", "'feat_stride': 16")), "net.prototxt"))
     with pytest.raises(ValueError, match="got a batch of 2"):
-        ProposalLayer(16)(torch.zeros(2, 18, 2, 2), torch.zeros(2, 36, 2, 2), torch.ones(2, 3))
+        layer = ProposalLayer(16, rpn_anchors((8, 16, 32), (0.5, 1, 2)))
+        layer(torch.zeros(2, 18, 2, 2), torch.zeros(2, 36, 2, 2), torch.ones(2, 3))
 
 
 def _random_weights(net: prototxt2py.CaffeNet) -> None:
@@ -150,7 +152,7 @@ def test_faster_rcnn_test_net_runs_and_generates_the_same_code() -> None:
     assert out["cls_prob"].shape == (rois.shape[0], 21) and out["bbox_pred"].shape == (rois.shape[0], 84)
     assert bool((rois[:, 0] == 0).all()) and bool((rois[:, 3] <= 319).all()) and bool((rois[:, 4] <= 223).all())
     code = generate(net.graph)
-    assert "ProposalLayer(16)" in code.source
+    assert "ProposalLayer(" in code.source and "(-84.0, -40.0, 99.0, 55.0)" in code.source
     ns: dict = {}
     exec(compile(code.source, "<generated>", "exec"), ns)  # noqa: S102 - our own generated code, in a test
     module = ns[code.class_name]().eval()

@@ -413,18 +413,26 @@ def _classifier(graph: Graph, steps: list[_Step]) -> _Step | None:
     return found if shape is not None and len(shape) == 2 else None
 
 
+def _argument(value: Any) -> str | Expr:
+    """A constructor argument: a tuple of several tuples (a table, e.g. anchor boxes) as an expression that
+    wraps one row per line when it does not fit; anything else as its literal."""
+    if isinstance(value, tuple) and len(value) > 1 and all(isinstance(v, tuple) for v in value):
+        return Expr("", [literal(v) for v in value])
+    return literal(value)
+
+
 def _call_expr(call: Call, override: tuple[str | int, str] | None = None,
                heads: Mapping[str, str] | None = None) -> Expr:
     head = (heads or {}).get(call.target, call.target)
-    args = [literal(a) for a in call.args]
-    kwargs = [(k, literal(v)) for k, v in call.kwargs]
+    args: list[Any] = [_argument(a) for a in call.args]
+    kwargs: list[tuple[str, Any]] = [(k, _argument(v)) for k, v in call.kwargs]
     if override is not None:
         where, text = override
         if isinstance(where, int):
             args[where] = text
         else:
             kwargs = [(k, text if k == where else v) for k, v in kwargs]
-    return Expr(head, args + [f"{k}={v}" for k, v in kwargs])
+    return Expr(head, args + [(f"{k}=", v) if isinstance(v, Expr) else f"{k}={v}" for k, v in kwargs])
 
 
 def generate(graph: Graph, name: str | None = None) -> GeneratedCode:

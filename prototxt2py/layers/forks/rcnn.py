@@ -133,6 +133,27 @@ class ProposalAttrs:
     feat_stride: float
     scales: tuple[float, ...]
     ratios: tuple[float, ...]
+    #: ``generate_anchors(scales=..., ratios=...)``: boxes around the first feature position
+    anchors: tuple[tuple[float, float, float, float], ...]
+
+
+def rpn_anchors(scales: tuple[float, ...], ratios: tuple[float, ...], base_size: int = 16
+                ) -> tuple[tuple[float, float, float, float], ...]:
+    """py-faster-rcnn's ``generate_anchors``: for each ratio (outer) and scale (inner), a box around the centre
+    of the ``base_size`` square, corners counting both edges, in float64. Widths and heights round half to
+    even, as ``np.round`` does (Python's ``round`` agrees)."""
+    centre = 0.5 * (base_size - 1)
+    out = []
+    for ratio in ratios:
+        w = float(round(math.sqrt(base_size * base_size / ratio)))
+        h = float(round(w * ratio))
+        # the ratio box's centre as _whctrs recomputes it from that box's corners
+        cx = (centre - 0.5 * (w - 1)) + 0.5 * (w - 1)
+        cy = (centre - 0.5 * (h - 1)) + 0.5 * (h - 1)
+        for scale in scales:
+            sw, sh = w * scale, h * scale
+            out.append((cx - 0.5 * (sw - 1), cy - 0.5 * (sh - 1), cx + 0.5 * (sw - 1), cy + 0.5 * (sh - 1)))
+    return tuple(out)
 
 
 def _number(value: Any, what: str) -> float:
@@ -184,10 +205,11 @@ class ProposalLayer(PythonLayerSpec):
         given = yaml_mapping(p.param_str)
         if "feat_stride" not in given:
             raise ValueError("python_param.param_str needs 'feat_stride' (py-faster-rcnn's ProposalLayer reads it)")
+        scales = _numbers(given.get("scales", (8, 16, 32)), "scales")
+        ratios = _numbers(given.get("ratios", (0.5, 1, 2)), "ratios")
         return ProposalAttrs(p.module, p.layer, p.param_str, p.share_in_parallel,
-                             _number(given["feat_stride"], "feat_stride"),
-                             _numbers(given.get("scales", (8, 16, 32)), "scales"),
-                             _numbers(given.get("ratios", (0.5, 1, 2)), "ratios"))
+                             _number(given["feat_stride"], "feat_stride"), scales, ratios,
+                             rpn_anchors(scales, ratios))
 
     def infer_shapes(self, node, in_shapes):
         a: ProposalAttrs = node.attrs
@@ -210,12 +232,14 @@ class ProposalLayer(PythonLayerSpec):
         return ("py-faster-rcnn's rpn.proposal_layer.ProposalLayer runs in the PyTorch runtime and generated code; "
                 "ONNX's NonMaxSuppression measures boxes without Caffe's +1 pixel, so it has no exact mapping")
 
+    @staticmethod
+    def settings(node) -> dict[str, Any]:
+        """The module's and the ONNX graph's settings: the phase's cfg values (defaults left out)."""
+        pre, post, thresh, min_size = RPN_SETTINGS[TEST if node.phase is None else node.phase]
+        given = {"pre_nms_top_n": (pre, 6000), "post_nms_top_n": (post, 300), "nms_thresh": (thresh, 0.7),
+                 "min_size": (min_size, 16), "scores": (len(node.tops) == 2, False)}
+        return {k: v for k, (v, default) in given.items() if v != default}
+
     def module(self, node):
         a: ProposalAttrs = node.attrs
-        pre, post, thresh, min_size = RPN_SETTINGS[TEST if node.phase is None else node.phase]
-        given = {"scales": None if a.scales == (8, 16, 32) else a.scales,
-                 "ratios": None if a.ratios == (0.5, 1, 2) else a.ratios,
-                 "pre_nms_top_n": None if pre == 6000 else pre, "post_nms_top_n": None if post == 300 else post,
-                 "scores": len(node.tops) == 2 or None}
-        return call(f"{NN}:ProposalLayer", a.feat_stride, **{k: v for k, v in given.items() if v is not None},
-                    **({} if (thresh, min_size) == (0.7, 16) else {"nms_thresh": thresh, "min_size": min_size}))
+        return call(f"{NN}:ProposalLayer", a.feat_stride, a.anchors, **self.settings(node))

@@ -271,31 +271,6 @@ class SmoothL1Loss(nn.Module):
         return err.sum() / a.shape[0]
 
 
-def _rpn_anchors(scales, ratios, base_size: int = 16) -> list[list[float]]:
-    """py-faster-rcnn's ``generate_anchors``: for each ratio (outer) and scale (inner), a box around the
-    centre of the ``base_size`` square, corners counting both edges. Widths and heights round half to even,
-    as ``np.round`` does (Python's ``round`` agrees)."""
-    centre = 0.5 * (base_size - 1)
-    out = []
-    for ratio in ratios:
-        w = float(round(math.sqrt(base_size * base_size / ratio)))
-        h = float(round(w * ratio))
-        # the ratio box's own centre, as _whctrs recomputes it from the box's corners
-        cx = (centre - 0.5 * (w - 1)) + 0.5 * (w - 1)
-        cy = (centre - 0.5 * (h - 1)) + 0.5 * (h - 1)
-        for scale in scales:
-            sw, sh = w * scale, h * scale
-            out.append(
-                [
-                    cx - 0.5 * (sw - 1),
-                    cy - 0.5 * (sh - 1),
-                    cx + 0.5 * (sw - 1),
-                    cy + 0.5 * (sh - 1),
-                ]
-            )
-    return out
-
-
 def _rpn_descending(scores: torch.Tensor) -> torch.Tensor:
     """``scores.argsort()[::-1]``: an ascending sort reversed, so equal scores come latest index first (what
     numpy's sort gives where it is stable; NaN sorts last, so comes first)."""
@@ -331,18 +306,18 @@ def _rpn_nms(boxes: torch.Tensor, threshold: float, limit: int) -> torch.Tensor:
 
 
 class ProposalLayer(nn.Module):
-    """py-faster-rcnn's RPN ``ProposalLayer`` (``rpn.proposal_layer``): anchors at every feature position
-    moved by the predicted deltas, clipped to the image, boxes under ``min_size`` (at the input scale) dropped,
-    the ``pre_nms_top_n`` best by foreground score kept, greedy NMS, the first ``post_nms_topN`` of what
-    survives. Bottoms: scores ``(1, 2A, H, W)`` (background then foreground), deltas ``(1, 4A, H, W)``,
-    ``im_info`` (height, width, scale). Tops: ROIs ``(R, 5)`` (batch index 0, x1, y1, x2, y2) and, with
-    ``scores``, their scores ``(R, 1)``. Arithmetic in float32 as numpy does it on float32 blobs."""
+    """py-faster-rcnn's RPN ``ProposalLayer`` (``rpn.proposal_layer``): ``anchors`` (``generate_anchors``'
+    boxes around the first feature position) at every position, moved by the predicted deltas, clipped to the
+    image, boxes under ``min_size`` (at the input scale) dropped, the ``pre_nms_top_n`` best by foreground
+    score kept, greedy NMS, the first ``post_nms_top_n`` of what survives. Bottoms: scores ``(1, 2A, H, W)``
+    (background then foreground), deltas ``(1, 4A, H, W)``, ``im_info`` (height, width, scale). Tops: ROIs
+    ``(R, 5)`` (batch index 0, x1, y1, x2, y2) and, with ``scores``, their scores ``(R, 1)``. Arithmetic in
+    float32 as numpy does it on float32 blobs."""
 
     def __init__(
         self,
         feat_stride: float,
-        scales: tuple[float, ...] = (8, 16, 32),
-        ratios: tuple[float, ...] = (0.5, 1, 2),
+        anchors: tuple[tuple[float, float, float, float], ...],
         pre_nms_top_n: int = 6000,
         post_nms_top_n: int = 300,
         nms_thresh: float = 0.7,
@@ -350,10 +325,9 @@ class ProposalLayer(nn.Module):
         scores: bool = False,
     ) -> None:
         super().__init__()
-        self.feat_stride, self.scales, self.ratios = feat_stride, scales, ratios
+        self.feat_stride, self.anchors = feat_stride, anchors
         self.pre_nms_top_n, self.post_nms_top_n = pre_nms_top_n, post_nms_top_n
         self.nms_thresh, self.min_size, self.scores = nms_thresh, min_size, scores
-        self.anchors = _rpn_anchors(scales, ratios)
 
     def shifted_anchors(self, height: int, width: int) -> torch.Tensor:
         """Anchors at every position ``(H * W * A, 4)``: position-major, row by row (float64, then float32,
