@@ -105,7 +105,7 @@ def test_phase_settings_and_param_str_forms() -> None:
     assert flow.feat_stride == 8 and flow.anchors == rpn_anchors((4, 8, 16), (0.5, 1, 2))
     block = _net(param_str="'feat_stride': 16\\n'scales': (4, 8, 16)").layer("proposal")
     assert block.anchors == flow.anchors
-    assert _net("top: \"scores\"").graph.blob_shapes()["scores"] == (1, 1, 1, 1)  # Caffe's shapes after set-up
+    assert _net("top: \"scores\"").graph.blob_shapes()["scores"] == (1, 1)  # a pass's shapes with one ROI
     assert _net().graph.blob_shapes()["rois"] == (1, 5)
 
 
@@ -171,3 +171,56 @@ def test_rpn_test_net_gives_rois_and_scores() -> None:
         out = net(torch.randn(1, 3, 160, 192), torch.tensor([[160.0, 192.0, 1.0]]))
     assert out["rois"].shape[0] == out["scores"].shape[0] and out["scores"].shape[1] == 1
     assert bool((out["scores"][:-1, 0] >= out["scores"][1:, 0]).all())  # kept in descending score order
+
+
+def _session(net: prototxt2py.CaffeNet):
+    ort = pytest.importorskip("onnxruntime")
+    from prototxt2py.backends.onnx_export import to_onnx_model
+
+    model = to_onnx_model(net)
+    return model, ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_onnx_graph_gives_the_modules_rois_bit_for_bit(case: int) -> None:
+    """Random maps (every other one with tied scores), both phases' settings, extra scales: onnxruntime's
+    ROIs and scores equal the module's exactly (a one-off run of 200 such cases found no difference)."""
+    rng = np.random.default_rng(case)
+    h, w = (int(v) for v in rng.integers(1, 40, 2))
+    scales = (8, 16, 32) if case % 3 else (2, 4, 8, 16, 32)
+    a = 3 * len(scales)
+    text = NET.replace("dim: 18 dim: 4 dim: 5", f"dim: {2 * a} dim: {h} dim: {w}").replace(
+        "dim: 36 dim: 4 dim: 5", f"dim: {4 * a} dim: {h} dim: {w}")
+    param_str = "{'feat_stride': 16, 'scales': [" + ", ".join(map(str, scales)) + "]}"
+    net = prototxt2py.load(read_net_text(textwrap.dedent(text % ('top: "scores"', param_str)), "net.prototxt"),
+                           phase="TRAIN" if case % 2 else "TEST").eval()
+    s = rng.random((1, 2 * a, h, w), dtype=np.float32)
+    if case % 2 == 0:
+        s = np.round(s * 8) / 8  # many equal scores
+    d = (rng.standard_normal((1, 4 * a, h, w)) * [0.1, 0.5, 2][case % 3]).astype(np.float32)
+    info = np.array([[h * 16 * 0.9, w * 16 * 1.1, [1.0, 1.6, 0.6][case % 3]]], dtype=np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(s), torch.from_numpy(d), torch.from_numpy(info))
+    _, session = _session(net)
+    rois, scores = session.run(None, {"s": s, "d": d, "info": info})
+    assert rois.shape[0] > 0
+    np.testing.assert_array_equal(rois, want["rois"].numpy())
+    np.testing.assert_array_equal(scores, want["scores"].numpy())
+
+
+@pytest.mark.skipif(not ZF_TEST.is_file(), reason="needs the shared corpus")
+def test_faster_rcnn_test_net_whole_in_onnxruntime() -> None:
+    net = prototxt2py.load(str(ZF_TEST), input_shapes={"data": (1, 3, 224, 320)}).eval()
+    _random_weights(net)
+    model, session = _session(net)
+    dims = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    assert dims == {"bbox_pred": ["proposal_rois", 84], "cls_prob": ["proposal_rois", 21]}
+    x = torch.randn(1, 3, 224, 320, generator=torch.Generator().manual_seed(2))
+    info = torch.tensor([[224.0, 320.0, 1.6]])
+    with torch.no_grad():
+        want = net(x, info)
+    outputs = session.run(None, {"data": x.numpy(), "im_info": info.numpy()})
+    got = dict(zip([o.name for o in session.get_outputs()], outputs, strict=True))
+    assert got["cls_prob"].shape == tuple(want["cls_prob"].shape)
+    np.testing.assert_allclose(got["cls_prob"], want["cls_prob"].numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["bbox_pred"], want["bbox_pred"].numpy(), rtol=1e-4, atol=1e-6)

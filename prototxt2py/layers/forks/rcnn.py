@@ -225,17 +225,17 @@ class ProposalLayer(PythonLayerSpec):
                                   f"(1, {4 * anchors}, H, W), got {tuple(scores)} and {tuple(deltas)}")
         if not info or count(info, 1) < 3:
             raise self.fail(node, f"im_info {tuple(info)} needs (height, width, scale) per image")
-        # Caffe's shapes after set-up (one ROI); each forward pass reshapes to the ROIs it keeps
-        return [(1, 5), (1, 1, 1, 1)][: len(node.tops)]
+        # one ROI, as Caffe's set-up shapes rois; every forward pass reshapes the tops to the R kept, (R, 5) and
+        # (R, 1) (set-up gives the scores (1, 1, 1, 1), which no pass keeps)
+        return [(1, 5), (1, 1)][: len(node.tops)]
 
-    def unsupported_note(self, node):
-        return ("py-faster-rcnn's rpn.proposal_layer.ProposalLayer runs in the PyTorch runtime and generated code; "
-                "ONNX's NonMaxSuppression measures boxes without Caffe's +1 pixel, so it has no exact mapping")
+    def to_onnx(self, node, ctx):
+        ssd_onnx.rpn_proposals(node, ctx, *RPN_SETTINGS[TEST if node.phase is None else node.phase])
 
     @staticmethod
     def settings(node) -> dict[str, Any]:
         """The module's and the ONNX graph's settings: the phase's cfg values (defaults left out)."""
-        pre, post, thresh, min_size = RPN_SETTINGS[TEST if node.phase is None else node.phase]
+        pre, post, thresh, min_size = RPN_SETTINGS[TEST if node.phase is None else node.phase]  # as to_onnx reads
         given = {"pre_nms_top_n": (pre, 6000), "post_nms_top_n": (post, 300), "nms_thresh": (thresh, 0.7),
                  "min_size": (min_size, 16), "scores": (len(node.tops) == 2, False)}
         return {k: v for k, (v, default) in given.items() if v != default}

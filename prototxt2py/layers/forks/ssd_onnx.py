@@ -1,4 +1,5 @@
-"""Standard-op ONNX graphs for SSD's ``DetectionOutput`` and R-FCN's ``PSROIPooling``.
+"""Standard-op ONNX graphs for SSD's ``DetectionOutput``, R-FCN's ``PSROIPooling`` and py-faster-rcnn's
+``ProposalLayer``.
 
 Plain functions over the exporter's :class:`~prototxt2py.backends.onnx_export.OnnxContext`; the layer specs in
 :mod:`.ssd` and :mod:`.rcnn` delegate to them. Only numpy is imported, so the layer modules stay torch-
@@ -295,3 +296,73 @@ def psroi_pooling(node: Node, ctx: Any) -> None:
     mean = ctx.add("Div", [total, safe])
     zero = ctx.add("Cast", [ctx.scalar(0.0)], to=DOUBLE)
     ctx.add("Cast", [ctx.add("Where", [empty, zero, mean])], ctx.output(0), to=ctx.FLOAT)
+
+
+def rpn_proposals(node: Node, ctx: Any, pre: int, post: int, threshold: float, min_size: float) -> None:
+    """py-faster-rcnn's ``ProposalLayer`` as ONNX ops, step for step as :class:`.rcnn_nn.ProposalLayer`: the
+    shifted anchors are a constant (and their widths, heights and centres, computed in float32 as the module
+    does), the exponential in double; the size filter is ``NonZero``; the cut to ``pre`` is ``TopK`` over the
+    reversed scores (``TopK`` puts the lower index first on ties, numpy's reversed argsort the higher); the NMS is
+    ``NonMaxSuppression`` over boxes whose far corners move out by one pixel (Caffe counts both edges), fed in the
+    reverse of that order so that its own tie rule (lower index first) visits tied boxes as the module does.
+    ROIs come out with a first axis known only at run time."""
+    a = node.attrs
+    count = len(a.anchors)
+    _, _, height, width = _legacy(ctx.in_shape(0))
+    sx = np.arange(width, dtype=np.float64) * a.feat_stride
+    sy = np.arange(height, dtype=np.float64) * a.feat_stride
+    gy, gx = np.meshgrid(sy, sx, indexing="ij")
+    shifts = np.stack([gx, gy, gx, gy], axis=-1).reshape(-1, 1, 4)
+    anchors = (np.array(a.anchors, dtype=np.float64)[None] + shifts).reshape(-1, 4).astype(np.float32)
+    one, half = np.float32(1), np.float32(0.5)
+    w = anchors[:, 2] - anchors[:, 0] + one
+    h = anchors[:, 3] - anchors[:, 1] + one
+    cx, cy = anchors[:, 0] + half * w, anchors[:, 1] + half * h
+
+    fg = ctx.slice(ctx.input(0), [count], [2 * count], [1])
+    fg = ctx.add("Reshape", [ctx.add("Transpose", [fg], perm=[0, 2, 3, 1]), ctx.ints([-1])])
+    d = ctx.add("Reshape", [ctx.add("Transpose", [ctx.input(1)], perm=[0, 2, 3, 1]), ctx.ints([-1, 4])])
+    dx, dy, dw, dh = (ctx.add("Gather", [d, ctx.const(np.int64(i))], axis=1) for i in range(4))
+    px = ctx.add("Add", [ctx.add("Mul", [dx, ctx.const(w, "widths")]), ctx.const(cx, "centres_x")])
+    py = ctx.add("Add", [ctx.add("Mul", [dy, ctx.const(h, "heights")]), ctx.const(cy, "centres_y")])
+    pw = ctx.add("Mul", [_float(ctx, ctx.add("Exp", [_double(ctx, dw)])), ctx.const(w, "widths")])
+    ph = ctx.add("Mul", [_float(ctx, ctx.add("Exp", [_double(ctx, dh)])), ctx.const(h, "heights")])
+    info = ctx.add("Reshape", [ctx.input(2), ctx.ints([-1])])  # the first image's (height, width, scale)
+    item = [ctx.add("Gather", [info, ctx.const(np.int64(i))]) for i in range(3)]
+    limit_y, limit_x = (ctx.add("Sub", [item[i], ctx.scalar(1.0)]) for i in (0, 1))
+    zero = ctx.scalar(0.0)
+
+    def clipped(centre: str, size: str, sign: str, limit: str) -> str:
+        edge = ctx.add(sign, [centre, ctx.add("Mul", [ctx.scalar(0.5), size])])
+        return ctx.add("Max", [ctx.add("Min", [edge, limit]), zero])
+
+    x1, y1 = clipped(px, pw, "Sub", limit_x), clipped(py, ph, "Sub", limit_y)
+    x2, y2 = clipped(px, pw, "Add", limit_x), clipped(py, ph, "Add", limit_y)
+    least = ctx.add("Mul", [ctx.scalar(float(min_size)), item[2]])
+    sides = [ctx.add("Add", [ctx.add("Sub", [far, near]), ctx.scalar(1.0)]) for near, far in ((x1, x2), (y1, y2))]
+    big = ctx.add("And", [ctx.add("GreaterOrEqual", [s, least]) for s in sides])
+    kept = ctx.add("Squeeze", [ctx.add("NonZero", [big]), ctx.ints([0])])
+    boxes = ctx.add("Gather", [ctx.add("Concat", [ctx.add("Unsqueeze", [c, ctx.ints([1])]) for c in
+                                                  (x1, y1, x2, y2)], axis=1), kept], axis=0)
+    fg = ctx.add("Gather", [fg, kept])
+
+    total = ctx.shape_of(fg)
+    k = total if pre <= 0 else ctx.add("Min", [total, ctx.ints([pre])])
+    reverse = np.iinfo(np.int64).min
+    _, top = _sort(ctx, ctx.slice(fg, [-1], [reverse], [0], [-1]), k, largest=True)
+    top = ctx.add("Sub", [ctx.add("Sub", [total, ctx.ints([1])]), top])  # back to indices of fg
+    top = ctx.slice(top, [-1], [reverse], [0], [-1])
+    boxes, fg = ctx.add("Gather", [boxes, top], axis=0), ctx.add("Gather", [fg, top])
+    wide = ctx.add("Add", [boxes, ctx.const(np.array([0, 0, 1, 1], np.float32), "far_edges")])
+    most = post if post > 0 else np.iinfo(np.int64).max
+    chosen = ctx.add("NonMaxSuppression", [ctx.add("Unsqueeze", [wide, ctx.ints([0])]),
+                                           ctx.add("Unsqueeze", [fg, ctx.ints([0, 1])]), ctx.ints([most]),
+                                           ctx.const(np.array([threshold], np.float32), "threshold")])
+    pick = ctx.add("Gather", [chosen, ctx.const(np.int64(2))], axis=1)
+    picked = ctx.add("Gather", [boxes, pick], axis=0)
+    batch = ctx.add("ConstantOfShape", [ctx.concat_ints([ctx.shape_of(pick), [1]])])  # float32 zeros
+    ctx.add("Concat", [batch, picked], ctx.output(0), axis=1)
+    ctx.variable_first_axis(0, f"{node.name}_rois")
+    if ctx.num_outputs > 1:
+        ctx.add("Unsqueeze", [ctx.add("Gather", [fg, pick]), ctx.ints([1])], ctx.output(1))
+        ctx.variable_first_axis(1, f"{node.name}_rois")
