@@ -131,8 +131,6 @@ class ProposalAttrs:
     param_str: str
     share_in_parallel: bool
     feat_stride: float
-    scales: tuple[float, ...]
-    ratios: tuple[float, ...]
     #: ``generate_anchors(scales=..., ratios=...)``: boxes around the first feature position
     anchors: tuple[tuple[float, float, float, float], ...]
 
@@ -208,12 +206,11 @@ class ProposalLayer(PythonLayerSpec):
         scales = _numbers(given.get("scales", (8, 16, 32)), "scales")
         ratios = _numbers(given.get("ratios", (0.5, 1, 2)), "ratios")
         return ProposalAttrs(p.module, p.layer, p.param_str, p.share_in_parallel,
-                             _number(given["feat_stride"], "feat_stride"), scales, ratios,
-                             rpn_anchors(scales, ratios))
+                             _number(given["feat_stride"], "feat_stride"), rpn_anchors(scales, ratios))
 
     def infer_shapes(self, node, in_shapes):
         a: ProposalAttrs = node.attrs
-        anchors = len(a.scales) * len(a.ratios)
+        anchors = len(a.anchors)
         scores, deltas, info = in_shapes
         if len(scores) != 4 or len(deltas) != 4:
             raise self.fail(node, f"scores {tuple(scores)} and deltas {tuple(deltas)} must be (N, C, H, W)")
@@ -230,16 +227,16 @@ class ProposalLayer(PythonLayerSpec):
         return [(1, 5), (1, 1)][: len(node.tops)]
 
     def to_onnx(self, node, ctx):
-        ssd_onnx.rpn_proposals(node, ctx, *RPN_SETTINGS[TEST if node.phase is None else node.phase])
-
-    @staticmethod
-    def settings(node) -> dict[str, Any]:
-        """The module's and the ONNX graph's settings: the phase's cfg values (defaults left out)."""
-        pre, post, thresh, min_size = RPN_SETTINGS[TEST if node.phase is None else node.phase]  # as to_onnx reads
-        given = {"pre_nms_top_n": (pre, 6000), "post_nms_top_n": (post, 300), "nms_thresh": (thresh, 0.7),
-                 "min_size": (min_size, 16), "scores": (len(node.tops) == 2, False)}
-        return {k: v for k, (v, default) in given.items() if v != default}
+        ssd_onnx.rpn_proposals(node, ctx, *_rpn_settings(node))
 
     def module(self, node):
         a: ProposalAttrs = node.attrs
-        return call(f"{NN}:ProposalLayer", a.feat_stride, a.anchors, **self.settings(node))
+        pre, post, thresh, min_size = _rpn_settings(node)
+        given = {"pre_nms_top_n": (pre, 6000), "post_nms_top_n": (post, 300), "nms_thresh": (thresh, 0.7),
+                 "min_size": (min_size, 16), "scores": (len(node.tops) == 2, False)}
+        return call(f"{NN}:ProposalLayer", a.feat_stride, a.anchors,
+                    **{k: v for k, (v, default) in given.items() if v != default})
+
+
+def _rpn_settings(node: Node) -> tuple[int, int, float, float]:
+    return RPN_SETTINGS[TEST if node.phase is None else node.phase]
