@@ -187,6 +187,23 @@ def edge_input(batch: int) -> dict[str, np.ndarray]:
     return {"data": np.random.default_rng(batch).standard_normal((batch, 3, 7, 9)).astype(np.float32)}
 
 
+def test_clip_of_nan_is_min_as_in_caffe(tmp_path: Path) -> None:
+    """Caffe's Clip is ``std::max(min, std::min(x, max))``: NaN fails both comparisons and gives ``min``, as the
+    runtime does; onnxruntime's ``Clip``, ``Min`` and ``Max`` keep NaN, so the export needs its ``Where``."""
+    path = tmp_path / "clip.prototxt"
+    path.write_text('input: "x" input_shape { dim: 1 dim: 6 }\n'
+                    'layer { name: "c" type: "Clip" bottom: "x" top: "c" clip_param { min: -0.5 max: 1 } }\n'
+                    'layer { name: "d" type: "Clip" bottom: "x" top: "d" clip_param { min: 0.5 max: -0.5 } }\n')
+    net = prototxt2py.load(path)
+    x = np.array([[np.nan, -5, 0.25, 7, np.inf, -np.inf]], np.float32)
+    got = run_onnx(to_onnx_model(net), {"x": x})
+    np.testing.assert_array_equal(got["c"], [[-0.5, -0.5, 0.25, 1, 1, -0.5]])
+    np.testing.assert_array_equal(got["d"], np.full((1, 6), 0.5, np.float32))
+    want = net(torch.from_numpy(x))
+    np.testing.assert_array_equal(got["c"], want["c"].numpy())
+    np.testing.assert_array_equal(got["d"], want["d"].numpy())
+
+
 @pytest.mark.parametrize("opset", [MIN_OPSET, DEFAULT_OPSET, newest_opset()])
 def test_edges_match_the_runtime(tmp_path: Path, opset: int) -> None:
     net = edge_net(tmp_path)

@@ -239,12 +239,16 @@ class Clip(_ElementwiseSpec):
         return PostOp("clamp", (lo, hi)) if lo <= hi else None
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
-        """``Clip``; with min > max, Caffe's order (``min(x, max)`` first), which ONNX leaves undefined."""
+        """``Clip``; with min > max, Caffe's order (``min(x, max)`` first), which ONNX leaves undefined. NaN gives
+        ``min`` in Caffe (``std::max(min, std::min(x, max))``: both comparisons fail) and stays NaN in ONNX's
+        ``Clip``/``Min``/``Max``, hence the ``Where``."""
         lo, hi = ctx.scalar(node.attrs.min), ctx.scalar(node.attrs.max)
+        x = ctx.input(0)
         if node.attrs.min <= node.attrs.max:
-            onnx_chain(ctx, [("Clip", [lo, hi], {})])
+            y = ctx.add("Clip", [x, lo, hi])
         else:
-            onnx_chain(ctx, [("Min", [hi], {}), ("Max", [lo], {})])
+            y = ctx.add("Max", [ctx.add("Min", [x, hi]), lo])
+        ctx.add("Where", [ctx.add("IsNaN", [x]), lo, y], ctx.output(0))
 
 
 # -- Power / Exp / Log ------------------------------------------------------------------------------------
