@@ -224,3 +224,21 @@ def test_faster_rcnn_test_net_whole_in_onnxruntime() -> None:
     assert got["cls_prob"].shape == tuple(want["cls_prob"].shape)
     np.testing.assert_allclose(got["cls_prob"], want["cls_prob"].numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(got["bbox_pred"], want["bbox_pred"].numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not ZF_TEST.is_file(), reason="needs the shared corpus")
+def test_pycaffe_im_detect_flow() -> None:
+    """What py-faster-rcnn's ``im_detect`` does through pycaffe: reshape the input blobs, forward with keyword
+    inputs, read the proposals from ``net.blobs['rois']`` beside the outputs."""
+    from prototxt2py import caffe
+
+    net = caffe.Net(str(ZF_TEST), caffe.TEST)
+    data = np.random.default_rng(0).standard_normal((1, 3, 160, 240)).astype(np.float32)
+    info = np.array([[160, 240, 1.0]], np.float32)
+    net.blobs["data"].reshape(*data.shape)
+    net.blobs["im_info"].reshape(*info.shape)
+    out = net.forward(data=data, im_info=info)
+    rois = net.blobs["rois"].data.copy()
+    assert rois.shape[0] > 0 and rois.shape[1] == 5
+    assert out["cls_prob"].shape == (rois.shape[0], 21) and out["bbox_pred"].shape == (rois.shape[0], 84)
+    np.testing.assert_allclose(out["cls_prob"].sum(axis=1), 1, rtol=1e-5)
