@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 from golden import CORPUS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import prototxt2py
 from prototxt2py.backends.codegen import generate
 from prototxt2py.errors import Prototxt2pyError
-from prototxt2py.layers.forks.rcnn import rpn_anchors
+from prototxt2py.layers.forks.rcnn import rpn_anchors, yaml_mapping
 from prototxt2py.layers.forks.rcnn_nn import ProposalLayer
 from prototxt2py.reader import read_net_text
 
@@ -242,3 +244,34 @@ def test_pycaffe_im_detect_flow() -> None:
     assert rois.shape[0] > 0 and rois.shape[1] == 5
     assert out["cls_prob"].shape == (rois.shape[0], 21) and out["bbox_pred"].shape == (rois.shape[0], 84)
     np.testing.assert_allclose(out["cls_prob"].sum(axis=1), 1, rtol=1e-5)
+
+
+PARAM_STR_LIKE = r"\{?('[a-z_]{1,12}': [\[\(]?[-0-9., e]{0,20}[\]\)]?,? ?){0,4}\}?"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=200), st.from_regex(PARAM_STR_LIKE)))
+def test_param_str_reader_returns_a_mapping_or_one_error(text: str) -> None:
+    """Whatever a model file puts in ``param_str``: a mapping, or ValueError (the loader's one line)."""
+    try:
+        assert isinstance(yaml_mapping(text), dict)
+    except ValueError as e:
+        assert "python_param.param_str" in str(e)
+
+
+NUMBERS = st.one_of(st.floats(allow_nan=False), st.integers(-10, 10**6), st.just(5e-324), st.just(1e308))
+
+
+@settings(max_examples=200, deadline=None)
+@given(NUMBERS, st.lists(NUMBERS, max_size=3), st.lists(NUMBERS, max_size=3))
+def test_hostile_settings_build_or_fail_with_one_line(stride: float, scales: list, ratios: list) -> None:
+    """Extreme strides, scales and ratios in ``param_str``: the net builds (anchors may be huge) or the loader
+    names the layer; nothing else escapes."""
+    text = f"{{'feat_stride': {stride!r}, 'scales': {scales!r}, 'ratios': {ratios!r}}}"
+    try:
+        graph = prototxt2py.graph(read_net_text(textwrap.dedent(NET % ("", text.replace("'", "\\'"))),
+                                                "net.prototxt"))
+    except Prototxt2pyError as e:
+        assert "proposal" in str(e)
+        return
+    assert len(graph.node("proposal").attrs.anchors) == len(scales) * len(ratios) == 9

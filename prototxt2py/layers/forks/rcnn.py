@@ -143,7 +143,10 @@ def rpn_anchors(scales: tuple[float, ...], ratios: tuple[float, ...], base_size:
     centre = 0.5 * (base_size - 1)
     out = []
     for ratio in ratios:
-        w = float(round(math.sqrt(base_size * base_size / ratio)))
+        w = math.sqrt(base_size * base_size / ratio)
+        if not math.isfinite(w * ratio):
+            raise ValueError(f"python_param.param_str: ratio {ratio!r} gives no finite anchor")
+        w = float(round(w))
         h = float(round(w * ratio))
         # the ratio box's centre as _whctrs recomputes it from that box's corners
         cx = (centre - 0.5 * (w - 1)) + 0.5 * (w - 1)
