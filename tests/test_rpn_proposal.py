@@ -275,3 +275,25 @@ def test_hostile_settings_build_or_fail_with_one_line(stride: float, scales: lis
         assert "proposal" in str(e)
         return
     assert len(graph.node("proposal").attrs.anchors) == len(scales) * len(ratios) == 9
+
+
+@pytest.mark.skipif(not ZF_TEST.is_file(), reason="needs the shared corpus")
+def test_faster_rcnn_onnx_with_symbolic_sizes_runs_any_image_size() -> None:
+    """``--dynamic``: the anchors follow the score map's run-time size, so one export serves the image sizes
+    py-faster-rcnn feeds (shorter side scaled to 600, any aspect ratio)."""
+    ort = pytest.importorskip("onnxruntime")
+    from prototxt2py.backends.onnx_export import to_onnx_model
+
+    net = prototxt2py.load(str(ZF_TEST), input_shapes={"data": (1, 3, 224, 320)}).eval()
+    _random_weights(net)
+    session = ort.InferenceSession(to_onnx_model(net, dynamic=True).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    for height, width in ((160, 256), (288, 192)):
+        x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(height))
+        info = torch.tensor([[float(height), float(width), 1.0]])
+        with torch.no_grad():
+            want = net(x, info, all_blobs=True)
+        outputs = session.run(None, {"data": x.numpy(), "im_info": info.numpy()})
+        got = dict(zip([o.name for o in session.get_outputs()], outputs, strict=True))
+        assert got["cls_prob"].shape == (want["rois"].shape[0], 21)
+        np.testing.assert_allclose(got["cls_prob"], want["cls_prob"].numpy(), rtol=1e-4, atol=1e-6)

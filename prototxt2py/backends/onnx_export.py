@@ -385,6 +385,11 @@ class OnnxContext:
         self.initializer_bytes += array.nbytes
         return name
 
+    def double(self, value: Any, hint: str = "const") -> str:
+        """A float64 initializer (:meth:`const` stores floats as float32): exact operands for arithmetic the
+        original does in double."""
+        return self._add_initializer(np.asarray(value, dtype=np.float64), hint)
+
     def scalar(self, value: float) -> str:
         """A float32 scalar (0-D, broadcasts against anything)."""
         return self.const(np.array(value, dtype=_FLOAT), "scalar")

@@ -39,6 +39,7 @@ class ROIPooling(LayerSpec):
     type = "ROIPooling"
     bottoms = (2, 2)
     family = FAMILY
+    onnx_dynamic_sizes = True  # MaxRoiPool reads the feature map's size at run time
     summary = "Fast R-CNN ROI max pooling to (num_rois, C, pooled_h, pooled_w); rois are (batch, x1, y1, x2, y2)"
 
     def attrs(self, layer):
@@ -198,6 +199,7 @@ class ProposalLayer(PythonLayerSpec):
     bottoms = (3, 3)
     tops = (1, 2)
     family = FAMILY
+    onnx_dynamic_sizes = True  # anchors shifted over the score map's run-time size
     summary = ("py-faster-rcnn RPN proposals (R, 5) from anchor scores, deltas and im_info: clip, min size, "
                "top N, NMS; dynamic size")
 

@@ -300,46 +300,57 @@ def psroi_pooling(node: Node, ctx: Any) -> None:
 
 def rpn_proposals(node: Node, ctx: Any, pre: int, post: int, threshold: float, min_size: float) -> None:
     """py-faster-rcnn's ``ProposalLayer`` as ONNX ops, step for step as :class:`.rcnn_nn.ProposalLayer`: the
-    shifted anchors are a constant (and their widths, heights and centres, computed in float32 as the module
-    does), the exponential in double; the size filter is ``NonZero``; the cut to ``pre`` is ``TopK`` over the
-    reversed scores (``TopK`` puts the lower index first on ties, numpy's reversed argsort the higher); the NMS is
-    ``NonMaxSuppression`` over boxes whose far corners move out by one pixel (Caffe counts both edges), fed in the
-    reverse of that order so that its own tie rule (lower index first) visits tied boxes as the module does.
-    ROIs come out with a first axis known only at run time."""
+    anchors shifted over the score map's run-time size (in double, as the module), the exponential in double;
+    the size filter is ``NonZero``; the cut to ``pre`` is ``TopK`` over the reversed scores (``TopK`` puts the
+    lower index first on ties, numpy's reversed argsort the higher); the NMS is ``NonMaxSuppression`` over boxes
+    whose far corners move out by one pixel (Caffe counts both edges), fed in the reverse of that order so that
+    its own tie rule (lower index first) visits tied boxes as the module does. ROIs come out with a first axis
+    known only at run time; nothing depends on the export's input size."""
     a = node.attrs
     count = len(a.anchors)
-    _, _, height, width = _legacy(ctx.in_shape(0))
-    sx = np.arange(width, dtype=np.float64) * a.feat_stride
-    sy = np.arange(height, dtype=np.float64) * a.feat_stride
-    gy, gx = np.meshgrid(sy, sx, indexing="ij")
-    shifts = np.stack([gx, gy, gx, gy], axis=-1).reshape(-1, 1, 4)
-    anchors = (np.array(a.anchors, dtype=np.float64)[None] + shifts).reshape(-1, 4).astype(np.float32)
-    one, half = np.float32(1), np.float32(0.5)
-    w = anchors[:, 2] - anchors[:, 0] + one
-    h = anchors[:, 3] - anchors[:, 1] + one
-    cx, cy = anchors[:, 0] + half * w, anchors[:, 1] + half * h
+    # anchors at every position of the score map: (H * W * A, 4), float64 then float32
+    dims = ctx.shape_of(ctx.input(0))
+
+    def shifts(axis: int) -> str:
+        size = ctx.add("Squeeze", [ctx.slice(dims, [axis], [axis + 1], [0]), ctx.ints([0])])
+        steps = ctx.add("Range", [ctx.const(np.int64(0)), size, ctx.const(np.int64(1))])
+        return ctx.add("Mul", [_double(ctx, steps), ctx.double(a.feat_stride, "stride")])
+
+    sy = ctx.add("Unsqueeze", [shifts(2), ctx.ints([1])])  # (H, 1)
+    sx = ctx.add("Unsqueeze", [shifts(3), ctx.ints([0])])  # (1, W)
+    gx, gy = (ctx.add("Expand", [t, ctx.dims(ctx.input(0), 2, 4)]) for t in (sx, sy))
+    per_position = ctx.add("Concat", [ctx.add("Reshape", [t, ctx.ints([-1, 1, 1])]) for t in (gx, gy, gx, gy)],
+                           axis=2)  # (H * W, 1, 4)
+    anchors = ctx.add("Add", [per_position, ctx.double(np.array(a.anchors).reshape(1, count, 4), "anchors")])
+    anchors = _float(ctx, ctx.add("Reshape", [anchors, ctx.ints([-1, 4])]))
+    x1a, y1a, x2a, y2a = (ctx.add("Gather", [anchors, ctx.const(np.int64(i))], axis=1) for i in range(4))
+    one, half = ctx.scalar(1.0), ctx.scalar(0.5)
+    w = ctx.add("Add", [ctx.add("Sub", [x2a, x1a]), one])
+    h = ctx.add("Add", [ctx.add("Sub", [y2a, y1a]), one])
+    cx = ctx.add("Add", [x1a, ctx.add("Mul", [half, w])])
+    cy = ctx.add("Add", [y1a, ctx.add("Mul", [half, h])])
 
     fg = ctx.slice(ctx.input(0), [count], [2 * count], [1])
     fg = ctx.add("Reshape", [ctx.add("Transpose", [fg], perm=[0, 2, 3, 1]), ctx.ints([-1])])
     d = ctx.add("Reshape", [ctx.add("Transpose", [ctx.input(1)], perm=[0, 2, 3, 1]), ctx.ints([-1, 4])])
     dx, dy, dw, dh = (ctx.add("Gather", [d, ctx.const(np.int64(i))], axis=1) for i in range(4))
-    px = ctx.add("Add", [ctx.add("Mul", [dx, ctx.const(w, "widths")]), ctx.const(cx, "centres_x")])
-    py = ctx.add("Add", [ctx.add("Mul", [dy, ctx.const(h, "heights")]), ctx.const(cy, "centres_y")])
-    pw = ctx.add("Mul", [_float(ctx, ctx.add("Exp", [_double(ctx, dw)])), ctx.const(w, "widths")])
-    ph = ctx.add("Mul", [_float(ctx, ctx.add("Exp", [_double(ctx, dh)])), ctx.const(h, "heights")])
+    px = ctx.add("Add", [ctx.add("Mul", [dx, w]), cx])
+    py = ctx.add("Add", [ctx.add("Mul", [dy, h]), cy])
+    pw = ctx.add("Mul", [_float(ctx, ctx.add("Exp", [_double(ctx, dw)])), w])
+    ph = ctx.add("Mul", [_float(ctx, ctx.add("Exp", [_double(ctx, dh)])), h])
     info = ctx.add("Reshape", [ctx.input(2), ctx.ints([-1])])  # the first image's (height, width, scale)
     item = [ctx.add("Gather", [info, ctx.const(np.int64(i))]) for i in range(3)]
-    limit_y, limit_x = (ctx.add("Sub", [item[i], ctx.scalar(1.0)]) for i in (0, 1))
+    limit_y, limit_x = (ctx.add("Sub", [item[i], one]) for i in (0, 1))
     zero = ctx.scalar(0.0)
 
     def clipped(centre: str, size: str, sign: str, limit: str) -> str:
-        edge = ctx.add(sign, [centre, ctx.add("Mul", [ctx.scalar(0.5), size])])
+        edge = ctx.add(sign, [centre, ctx.add("Mul", [half, size])])
         return ctx.add("Max", [ctx.add("Min", [edge, limit]), zero])
 
     x1, y1 = clipped(px, pw, "Sub", limit_x), clipped(py, ph, "Sub", limit_y)
     x2, y2 = clipped(px, pw, "Add", limit_x), clipped(py, ph, "Add", limit_y)
     least = ctx.add("Mul", [ctx.scalar(float(min_size)), item[2]])
-    sides = [ctx.add("Add", [ctx.add("Sub", [far, near]), ctx.scalar(1.0)]) for near, far in ((x1, x2), (y1, y2))]
+    sides = [ctx.add("Add", [ctx.add("Sub", [far, near]), one]) for near, far in ((x1, x2), (y1, y2))]
     big = ctx.add("And", [ctx.add("GreaterOrEqual", [s, least]) for s in sides])
     kept = ctx.add("Squeeze", [ctx.add("NonZero", [big]), ctx.ints([0])])
     boxes = ctx.add("Gather", [ctx.add("Concat", [ctx.add("Unsqueeze", [c, ctx.ints([1])]) for c in
