@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import Location, Prototxt2pyError, ShapeError, WeightsError
+from .errors import Location, Prototxt2pyError, WeightsError
 from .fillers import fill_array
 from .weights import (
     Blob,
@@ -77,19 +77,6 @@ def read_blobs(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     return {name: [b.array for b in blobs] for name, blobs in read_stored(path).items() if blobs}
 
 
-def _check_shapes_known(graph: Any) -> None:
-    """Parameter shapes come from inferred blob shapes: name the layer that stopped inference (what the
-    runtime says when it cannot size a layer's blobs)."""
-    unresolved = graph.unresolved()
-    if not unresolved:
-        return
-    for node in graph.nodes:
-        if node.spec.blob_names and not node.param_shapes:
-            layer, why = next(iter(unresolved.items()))
-            raise ShapeError(f"cannot size this layer's parameters: shapes are unknown from layer '{layer}' on "
-                             f"({why})", node.location, layer=node.name)
-
-
 class GraphBlobs:
     """Every layer's parameter blobs for an IR graph, as float32 numpy arrays in Caffe's blob order.
 
@@ -103,7 +90,7 @@ class GraphBlobs:
         self.graph = graph
         self.report = LoadReport()
         self._rng = rng
-        _check_shapes_known(graph)
+        graph.require_param_shapes()
         # a layer named like an earlier one (Caffe allows it) keeps blobs of its own, under its unique name
         self._own_name = {id(n): u for n, u in zip(graph.nodes, graph.unique_names(), strict=True)}
         self._by_unique = {u: n for n, u in zip(graph.nodes, graph.unique_names(), strict=True)}  # param owners

@@ -501,3 +501,16 @@ layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "s" propagate_d
     # nothing reaches conv1: through a it is cut, through b (AbsVal) the sum cuts it
     assert all(p.grad is None or not p.grad.any() for n, p in net.named_parameters() if "conv1" in n)
     assert all(p.grad is None or not p.grad.any() for n, p in module.named_parameters() if "conv1" in n)
+
+
+def test_unknown_shapes_are_named_not_an_index_error() -> None:
+    """A net whose shapes stop at a data layer reading files: ``python_source`` names the layer that cannot be
+    sized and the one that stopped inference, as the runtime does (it raised IndexError)."""
+    text = ('layer { name: "data" type: "ImageData" top: "data" top: "label" image_data_param { source: "list.txt" '
+            'batch_size: 1 } }\n'
+            'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 2 '
+            'kernel_size: 1 } }\n')
+    g = prototxt2py.graph(read_net_text(text, "net.prototxt"))
+    with pytest.raises(Prototxt2pyError, match=r"net.prototxt:2:7: layer 'conv': cannot size this layer's "
+                                               r"parameters: shapes are unknown from layer 'data'"):
+        prototxt2py.python_source(g)

@@ -437,6 +437,7 @@ def _call_expr(call: Call, override: tuple[str | int, str] | None = None,
 
 def generate(graph: Graph, name: str | None = None) -> GeneratedCode:
     """The source of a module computing ``graph`` with the same modules as the runtime."""
+    graph.require_param_shapes()
     steps = _calls(graph)
     cls = class_name(name if name is not None else graph.name)
     helpers = sorted({s.call.target for s in steps if s.call is not None and not s.call.target.startswith("nn.")})

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import Prototxt2pyError, ShapeError, UnsupportedLayerError
+from ..errors import Prototxt2pyError, UnsupportedLayerError
 from ..fillers import fill_blob
 from ..ir import Graph, Node
 from ..layers.base import unsupported_entry
@@ -109,16 +109,8 @@ class CaffeNet(nn.Module):
         self.layer_keys: dict[str, str] = {}
         plan = []
         self._node_keys: list[str] = graph.layer_keys()  # per node (layer names may repeat; keys do not)
-        unresolved = graph.unresolved()
+        graph.require_param_shapes()
         for node, key in zip(graph.nodes, self._node_keys, strict=True):
-            if node.spec.blob_names and not node.param_shapes and unresolved:
-                # Parameter blobs are sized from inferred shapes; name the layer whose shapes are unknown.
-                layer, why = next(iter(unresolved.items()))
-                raise ShapeError(
-                    f"cannot size this layer's parameters: shapes are unknown from layer '{layer}' on ({why})",
-                    node.location,
-                    layer=node.name,
-                )
             try:
                 module = build_module(node)
             except Prototxt2pyError:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Location, UnsupportedLayerError
+from ..errors import Location, ShapeError, UnsupportedLayerError
 from ..netstate import State
 from ..textformat import DroppedField
 
@@ -191,6 +191,19 @@ class Graph:
     def unresolved(self) -> dict[str, str]:
         """Layers whose shapes could not be inferred, with the reason."""
         return {n.name: n.shape_note for n in self.nodes if n.shape_note}
+
+    def require_param_shapes(self) -> None:
+        """Raise a ShapeError naming the first layer with blobs whose shapes are unknown, and the layer that
+        stopped shape inference: parameter blobs are sized from inferred shapes (what the runtime, the blob
+        store and generated code all need)."""
+        unresolved = self.unresolved()
+        if not unresolved:
+            return
+        for node in self.nodes:
+            if node.spec.blob_names and not node.param_shapes:
+                layer, why = next(iter(unresolved.items()))
+                raise ShapeError(f"cannot size this layer's parameters: shapes are unknown from layer '{layer}' on "
+                                 f"({why})", node.location, layer=node.name)
 
 
 def _prod(shape: Iterable[int]) -> int:
