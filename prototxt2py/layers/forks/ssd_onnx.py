@@ -309,16 +309,17 @@ def rpn_proposals(node: Node, ctx: Any, pre: int, post: int, threshold: float, m
     a = node.attrs
     count = len(a.anchors)
     # anchors at every position of the score map: (H * W * A, 4), float64 then float32
-    dims = ctx.shape_of(ctx.input(0))
+    dims, stride = ctx.shape_of(ctx.input(0)), ctx.double(a.feat_stride, "stride")
 
     def shifts(axis: int) -> str:
         size = ctx.add("Squeeze", [ctx.slice(dims, [axis], [axis + 1], [0]), ctx.ints([0])])
         steps = ctx.add("Range", [ctx.const(np.int64(0)), size, ctx.const(np.int64(1))])
-        return ctx.add("Mul", [_double(ctx, steps), ctx.double(a.feat_stride, "stride")])
+        return ctx.add("Mul", [_double(ctx, steps), stride])
 
     sy = ctx.add("Unsqueeze", [shifts(2), ctx.ints([1])])  # (H, 1)
     sx = ctx.add("Unsqueeze", [shifts(3), ctx.ints([0])])  # (1, W)
-    gx, gy = (ctx.add("Expand", [t, ctx.dims(ctx.input(0), 2, 4)]) for t in (sx, sy))
+    plane = ctx.slice(dims, [2], [4], [0])
+    gx, gy = (ctx.add("Expand", [t, plane]) for t in (sx, sy))
     per_position = ctx.add("Concat", [ctx.add("Reshape", [t, ctx.ints([-1, 1, 1])]) for t in (gx, gy, gx, gy)],
                            axis=2)  # (H * W, 1, 4)
     anchors = ctx.add("Add", [per_position, ctx.double(np.array(a.anchors).reshape(1, count, 4), "anchors")])
