@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from golden import CORPUS
+from golden import CORPUS, DEVICE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -297,3 +297,19 @@ def test_faster_rcnn_onnx_with_symbolic_sizes_runs_any_image_size() -> None:
         got = dict(zip([o.name for o in session.get_outputs()], outputs, strict=True))
         assert got["cls_prob"].shape == (want["rois"].shape[0], 21)
         np.testing.assert_allclose(got["cls_prob"], want["cls_prob"].numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(DEVICE.type == "cpu", reason="needs PROTOTXT2PY_TEST_DEVICE naming another device (a GPU)")
+def test_proposals_on_the_test_device_equal_the_cpus() -> None:
+    """The module on a GPU (``scripts/gpu_checks.sh``): the same ROIs as on the CPU, bit for bit (every step is
+    an exactly rounded float operation; the exponential in double)."""
+    rng = np.random.default_rng(3)
+    s = torch.from_numpy(np.round(rng.random((1, 18, 24, 31), dtype=np.float32) * 16) / 16)
+    d = torch.from_numpy((rng.standard_normal((1, 36, 24, 31)) * 0.3).astype(np.float32))
+    info = torch.tensor([[384.0, 496.0, 1.6]])
+    layer = ProposalLayer(16, rpn_anchors((8, 16, 32), (0.5, 1, 2)), scores=True)
+    want = layer(s, d, info)
+    got = layer(s.to(DEVICE), d.to(DEVICE), info.to(DEVICE))
+    assert got[0].device.type == DEVICE.type
+    torch.testing.assert_close(got[0].cpu(), want[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1].cpu(), want[1], rtol=0, atol=0)
