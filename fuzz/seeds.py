@@ -109,7 +109,20 @@ def small_nets(rows: list[dict]) -> list[str]:
                 f'layer {{ name: "in{i}" type: "Input" top: "{b}" input_param {{ shape {{ dim: 1 dim: 4 dim: 8 '
                 f'dim: 8 }} }} }}\n' for i, b in enumerate(dict.fromkeys(layer.bottom)))
             out.append(f'name: "small"\n{inputs}layer {{ {body} }}\n')
-    return out
+    return [*out, PROPOSAL_NET]
+
+
+#: The built-in Python layer (py-faster-rcnn's proposals), which the corpus loop skips with the other Python
+#: layers: one anchor per position, so that mutated sizes and param_str reach its shapes, module and ONNX graph.
+PROPOSAL_NET = (
+    'name: "small"\n'
+    'layer { name: "in0" type: "Input" top: "s" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 5 } } }\n'
+    'layer { name: "in1" type: "Input" top: "d" input_param { shape { dim: 1 dim: 4 dim: 4 dim: 5 } } }\n'
+    'layer { name: "in2" type: "Input" top: "info" input_param { shape { dim: 1 dim: 3 } } }\n'
+    'layer { name: "proposal" type: "Python" bottom: "s" bottom: "d" bottom: "info" top: "rois" top: "scores" '
+    "python_param { module: \"rpn.proposal_layer\" layer: \"ProposalLayer\" "
+    "param_str: \"{'feat_stride': 16, 'scales': [1], 'ratios': [1]}\" } }\n"
+)
 
 
 if __name__ == "__main__":
