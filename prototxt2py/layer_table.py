@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .layers import REGISTRY, load_entry_points
+from .layers import PYTHON_REGISTRY, REGISTRY, load_entry_points
 
 BACKENDS = (("shape", "shapes"), ("torch", "PyTorch"), ("onnx", "ONNX"))
 
@@ -16,6 +16,9 @@ def layer_rows() -> list[tuple[str, str, dict[str, bool], str]]:
             continue
         support = {b: spec.supports(b) for b, _ in BACKENDS}
         rows.append((name, spec.family, support, spec.summary))
+    for name in sorted(PYTHON_REGISTRY, key=str.lower):  # Python layers with a spec, by module.Layer
+        spec = PYTHON_REGISTRY[name]
+        rows.append((f"Python: {name}", spec.family, {b: spec.supports(b) for b, _ in BACKENDS}, spec.summary))
     return rows
 
 
@@ -33,5 +36,6 @@ def layer_table(markdown: bool = False) -> str:
     for name, family, support, _ in rows:
         marks = "  ".join(f"{'yes' if support[b] else '-':<7}" for b, _ in BACKENDS)
         lines.append(f"{name:<{width}}  {marks}  {family}")
-    lines.append(f"{len(rows)} layer types")
+    python = sum(name.startswith("Python: ") for name, *_ in rows)
+    lines.append(f"{len(rows) - python} layer types, {python} Python layer(s) with a spec (by module.Layer)")
     return "\n".join(lines)

@@ -313,3 +313,10 @@ def test_proposals_on_the_test_device_equal_the_cpus() -> None:
     assert got[0].device.type == DEVICE.type
     torch.testing.assert_close(got[0].cpu(), want[0], rtol=0, atol=0)
     torch.testing.assert_close(got[1].cpu(), want[1], rtol=0, atol=0)
+
+
+def test_layers_listing_names_the_built_in_python_layer() -> None:
+    from prototxt2py.layer_table import layer_rows
+
+    rows = {name: (family, support) for name, family, support, _ in layer_rows()}
+    assert rows["Python: rpn.proposal_layer.ProposalLayer"] == ("forks", {"shape": True, "torch": True, "onnx": True})
