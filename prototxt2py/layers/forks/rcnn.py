@@ -1,9 +1,9 @@
 """Faster R-CNN / R-FCN (rbgirshick/caffe-fast-rcnn ``faster-rcnn``, daijifeng001/caffe-rfcn): ROIPooling,
 PSROIPooling, SmoothL1Loss, and py-faster-rcnn's RPN ``ProposalLayer`` (a ``Python`` layer its test nets need).
 
-Written as a third-party plugin: public plugin API only, torch helpers in :mod:`.rcnn_nn`, PSROIPooling's ONNX
-graph in :mod:`.ssd_onnx`. Quirks kept: ROI corners round half away from zero and a bin's maximum is its
-first in row-major order.
+Written as a third-party plugin: public plugin API only, torch helpers in :mod:`.rcnn_nn`, the ONNX graphs of
+PSROIPooling and the proposal layer in :mod:`.ssd_onnx`. Quirks kept: ROI corners round half away from zero and a
+bin's maximum is its first in row-major order; the proposal layer's own are on :class:`ProposalLayer`.
 """
 
 from __future__ import annotations
