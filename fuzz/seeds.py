@@ -109,7 +109,7 @@ def small_nets(rows: list[dict]) -> list[str]:
                 f'layer {{ name: "in{i}" type: "Input" top: "{b}" input_param {{ shape {{ dim: 1 dim: 4 dim: 8 '
                 f'dim: 8 }} }} }}\n' for i, b in enumerate(dict.fromkeys(layer.bottom)))
             out.append(f'name: "small"\n{inputs}layer {{ {body} }}\n')
-    return [*out, PROPOSAL_NET]
+    return [*out, PROPOSAL_NET, OPENCV_PROPOSAL_NET]
 
 
 #: The built-in Python layer (py-faster-rcnn's proposals), which the corpus loop skips with the other Python
@@ -122,6 +122,23 @@ PROPOSAL_NET = (
     'layer { name: "proposal" type: "Python" bottom: "s" bottom: "d" bottom: "info" top: "rois" top: "scores" '
     "python_param { module: \"rpn.proposal_layer\" layer: \"ProposalLayer\" "
     "param_str: \"{'feat_stride': 16, 'scales': [1], 'ratios': [1]}\" } }\n"
+)
+
+#: The same proposals spelled as OpenCV's samples do (``type: "Proposal"``), followed by OpenCV's detection
+#: stage: a ``DetectionOutput`` over the ROIs as pixel priors without variances.
+OPENCV_PROPOSAL_NET = (
+    PROPOSAL_NET.split('layer { name: "proposal"')[0]
+    + 'layer { name: "proposal" type: "Proposal" bottom: "s" bottom: "d" bottom: "info" top: "rois" '
+    "proposal_param { ratio: 1 scale: 1 post_nms_topn: 5 } }\n"
+    'layer { name: "crop" type: "Slice" bottom: "rois" top: "ids" top: "boxes" '
+    "slice_param { axis: 1 slice_point: 1 } }\n"
+    'layer { name: "priors" type: "Reshape" bottom: "boxes" top: "priors" '
+    "reshape_param { shape { dim: 1 dim: 1 dim: -1 } } }\n"
+    'layer { name: "conf" type: "Reshape" bottom: "ids" top: "conf" reshape_param { shape { dim: 1 dim: -1 } } }\n'
+    'layer { name: "loc" type: "Tile" bottom: "conf" top: "loc" tile_param { axis: 1 tiles: 4 } }\n'
+    'layer { name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "priors" top: "det" '
+    "detection_output_param { num_classes: 1 background_label_id: -1 share_location: false code_type: CENTER_SIZE "
+    "variance_encoded_in_target: true normalized_bbox: false nms_param { nms_threshold: 0.3 } } }\n"
 )
 
 

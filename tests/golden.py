@@ -207,3 +207,16 @@ def corpus_net_and_inputs(rel: str, data_dependent_outputs: bool = False):
             if name.endswith(".variance"):
                 blob.abs_()
     return net, random_inputs(net.graph)
+
+
+def generated_module(net) -> torch.nn.Module:
+    """``net``'s generated Python source, executed, with ``net``'s weights loaded (strict), in eval mode."""
+    from prototxt2py.backends.codegen import generate
+
+    code = generate(net.graph)
+    namespace: dict = {}
+    exec(compile(code.source, "<generated>", "exec"), namespace)  # noqa: S102 - our own generated code, in a test
+    module = namespace[code.class_name]().eval()
+    state = net.state_dict()
+    module.load_state_dict({new: state[old] for old, new in code.keys.items()}, strict=True)
+    return module

@@ -17,12 +17,13 @@ import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
-from golden import SHARED, assert_close, meta, npz
+from golden import SHARED, assert_close, assert_same_detections, detection_rows, meta, npz, recipe_weights
 
 import prototxt2py
 from prototxt2py.backends.onnx_export import MIN_OPSET, newest_opset, to_onnx_model
 from prototxt2py.cli import main
 from prototxt2py.errors import ShapeError, UnsupportedLayerError
+from prototxt2py.reader import read_net_text
 
 PNET = SHARED / "golden" / "nets" / "mtcnn_det1_pnet"
 
@@ -438,3 +439,27 @@ def test_layers_over_the_batch_axis_follow_a_dynamic_batch(tmp_path: Path, case:
     want = runtime(net, None, {"data": x})
     for name in got:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-7, err_msg=f"{case}: {name}")
+
+
+MOBILENET_SSD = SHARED / "corpus" / "chuanqi305__MobileNet-SSD" / "deploy.prototxt"
+
+
+@pytest.mark.skipif(not MOBILENET_SSD.is_file(), reason="needs the shared corpus")
+def test_ssd_detections_at_any_size() -> None:
+    """MobileNet-SSD, whole, with symbolic sizes: PriorBox computes its boxes and DetectionOutput its number of
+    priors at run time. Its last maps (1x1 at 300x300) keep their size under the small probes and change only
+    at sizes far from the export's, which the far probe catches (without it the 240x400 pass fails in a
+    Reshape). A low confidence threshold makes every size give detections (100, keep_top_k)."""
+    text = MOBILENET_SSD.read_text().replace("confidence_threshold: 0.25", "confidence_threshold: 0.01")
+    net = prototxt2py.load(read_net_text(text, "deploy.prototxt")).eval()
+    recipe_weights(net, 0)
+    sess = session(to_onnx_model(net, dynamic=True))
+    for hw in ((300, 300), (240, 400), (512, 384)):
+        x = np.random.default_rng(0).standard_normal((1, 3, *hw)).astype(np.float32)
+        sized = prototxt2py.load(read_net_text(text, "deploy.prototxt"), input_shapes={"data": (1, 3, *hw)}).eval()
+        recipe_weights(sized, 0)
+        with torch.no_grad():
+            want = detection_rows(sized(torch.from_numpy(x))["detection_out"].numpy(), False)
+        got = detection_rows(run(sess, {"data": x})["detection_out"], False)
+        assert len(want) == 100
+        assert_same_detections(got, want, f"{hw}")

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from golden import CORPUS, DEVICE
+from golden import CORPUS, DEVICE, generated_module
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -126,7 +126,7 @@ def test_errors_name_the_layer(param_str: str, message: str) -> None:
 
 
 def test_one_image_only() -> None:
-    with pytest.raises(Prototxt2pyError, match="ProposalLayer takes one image .* got a batch of 2"):
+    with pytest.raises(Prototxt2pyError, match="proposal layer takes one image .* got a batch of 2"):
         prototxt2py.load(read_net_text(textwrap.dedent(NET.replace("dim: 1 dim: 18", "dim: 2 dim: 18") % (
             "", "'feat_stride': 16")), "net.prototxt"))
     with pytest.raises(ValueError, match="got a batch of 2"):
@@ -155,11 +155,7 @@ def test_faster_rcnn_test_net_runs_and_generates_the_same_code() -> None:
     assert bool((rois[:, 0] == 0).all()) and bool((rois[:, 3] <= 319).all()) and bool((rois[:, 4] <= 223).all())
     code = generate(net.graph)
     assert "ProposalLayer(" in code.source and "(-84.0, -40.0, 99.0, 55.0)" in code.source
-    ns: dict = {}
-    exec(compile(code.source, "<generated>", "exec"), ns)  # noqa: S102 - our own generated code, in a test
-    module = ns[code.class_name]().eval()
-    state = net.state_dict()
-    module.load_state_dict({new: state[old] for old, new in code.keys.items()}, strict=True)
+    module = generated_module(net)
     with torch.no_grad():
         got = module(x, info)
     torch.testing.assert_close(got["cls_prob"], out["cls_prob"], rtol=1e-5, atol=1e-6)

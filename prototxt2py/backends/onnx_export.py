@@ -77,6 +77,10 @@ SPATIAL_SYMBOLS = ("H", "W", "D3", "D4", "D5")
 #: Input size changes (added to height, width) at which shapes are inferred again to find the blob axes that
 #: follow the input size: one of a pixel or two, one larger than common total strides (32 or 64).
 PROBE_DELTAS = ((1, 2), (67, 71))
+#: A further probe, far larger: the deepest maps of detection heads (SSD's last 1x1 and 2x2 maps) keep their
+#: size under the probes above yet change at other sizes. Only used where the net runs there (a net that cannot
+#: grow that much is still exported for the sizes around its own).
+FAR_PROBE_DELTA = (509, 521)
 
 _FLOAT = np.dtype(np.float32)
 #: ONNX element types (``TensorProto.DataType``, fixed by the standard).
@@ -602,6 +606,8 @@ def _varying_axes(graph: Any) -> tuple[dict[str, tuple[bool, ...]], list[tuple[N
     net is not fully convolutional there), or changing blobs with a spec that does not declare
     ``onnx_dynamic_sizes``."""
     probes = [_probe(graph, delta) for delta in PROBE_DELTAS]
+    with contextlib.suppress(Prototxt2pyError):
+        probes.append(_probe(graph, FAR_PROBE_DELTA))
     varying: dict[str, tuple[bool, ...]] = {}
     for vid, value in graph.values.items():
         shape = value.shape or ()

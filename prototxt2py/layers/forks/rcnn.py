@@ -1,5 +1,6 @@
 """Faster R-CNN / R-FCN (rbgirshick/caffe-fast-rcnn ``faster-rcnn``, daijifeng001/caffe-rfcn): ROIPooling,
-PSROIPooling, SmoothL1Loss, and py-faster-rcnn's RPN ``ProposalLayer`` (a ``Python`` layer its test nets need).
+PSROIPooling, SmoothL1Loss, and py-faster-rcnn's RPN ``ProposalLayer`` (a ``Python`` layer its test nets need;
+also spelled ``type: "Proposal"`` as in OpenCV's samples and C++ ports of it).
 
 Written as a third-party plugin: public plugin API only, torch helpers in :mod:`.rcnn_nn`, the ONNX graphs of
 PSROIPooling and the proposal layer in :mod:`.ssd_onnx`. Quirks kept: ROI corners round half away from zero and a
@@ -122,6 +123,9 @@ class SmoothL1Loss(LayerSpec):
 #: before and after NMS, the NMS overlap threshold, the smallest box side at the input image's scale.
 RPN_SETTINGS = {TRAIN: (12000, 2000, 0.7, 16), TEST: (6000, 300, 0.7, 16)}
 
+#: ``generate_anchors``' defaults (py-faster-rcnn's ``anchor_scales``, and its fixed ratios)
+RPN_SCALES, RPN_RATIOS = (8.0, 16.0, 32.0), (0.5, 1.0, 2.0)
+
 
 @dataclass(frozen=True)
 class ProposalAttrs:
@@ -136,8 +140,20 @@ class ProposalAttrs:
     anchors: tuple[tuple[float, float, float, float], ...]
 
 
-def rpn_anchors(scales: tuple[float, ...], ratios: tuple[float, ...], base_size: int = 16
-                ) -> tuple[tuple[float, float, float, float], ...]:
+@dataclass(frozen=True)
+class ProposalParamAttrs:
+    """A ``Proposal`` layer's plain ``proposal_param``: its anchors and its own RPN settings."""
+
+    feat_stride: float
+    anchors: tuple[tuple[float, float, float, float], ...]
+    pre_nms_topn: int
+    post_nms_topn: int
+    nms_thresh: float
+    min_size: float
+
+
+def rpn_anchors(scales: tuple[float, ...], ratios: tuple[float, ...], base_size: int = 16,
+                where: str = "python_param.param_str") -> tuple[tuple[float, float, float, float], ...]:
     """py-faster-rcnn's ``generate_anchors``: for each ratio (outer) and scale (inner), a box around the centre
     of the ``base_size`` square, corners counting both edges, in float64. Widths and heights round half to
     even, as ``np.round`` does (Python's ``round`` agrees)."""
@@ -146,7 +162,7 @@ def rpn_anchors(scales: tuple[float, ...], ratios: tuple[float, ...], base_size:
     for ratio in ratios:
         w = math.sqrt(base_size * base_size / ratio)
         if not math.isfinite(w * ratio):
-            raise ValueError(f"python_param.param_str: ratio {ratio!r} gives no finite anchor")
+            raise ValueError(f"{where}: ratio {ratio!r} gives no finite anchor")
         w = float(round(w))
         h = float(round(w * ratio))
         # the ratio box's centre as _whctrs recomputes it from that box's corners
@@ -158,16 +174,16 @@ def rpn_anchors(scales: tuple[float, ...], ratios: tuple[float, ...], base_size:
     return tuple(out)
 
 
-def _number(value: Any, what: str) -> float:
+def _number(value: Any, what: str, where: str = "python_param.param_str") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise ValueError(f"python_param.param_str: {what} must be a positive number, got {value!r}")
+        raise ValueError(f"{where}: {what} must be a positive number, got {value!r}")
     return value
 
 
-def _numbers(value: Any, what: str) -> tuple[float, ...]:
+def _numbers(value: Any, what: str, where: str = "python_param.param_str") -> tuple[float, ...]:
     if not isinstance(value, list | tuple) or not 0 < len(value) <= 64:
-        raise ValueError(f"python_param.param_str: {what} must be a list of 1 to 64 numbers, got {value!r}")
-    return tuple(_number(v, what) for v in value)
+        raise ValueError(f"{where}: {what} must be a list of 1 to 64 numbers, got {value!r}")
+    return tuple(_number(v, what, where) for v in value)
 
 
 def yaml_mapping(text: str) -> dict:
@@ -189,39 +205,28 @@ def yaml_mapping(text: str) -> dict:
     return value
 
 
-@register
-class ProposalLayer(PythonLayerSpec):
-    """py-faster-rcnn's ``rpn.proposal_layer.ProposalLayer`` (also R-FCN's), built in so that Faster R-CNN test
-    nets run without their Python code: its settings are the ``cfg`` defaults of the layer's phase
-    (:data:`RPN_SETTINGS`), as ``tools/test_net.py`` runs it without a ``--cfg`` file."""
+class _RpnProposals:
+    """What both spellings of the RPN proposal layer share: bottoms, shapes, the module and the ONNX graph. A
+    spec says where its settings come from (:meth:`settings`); ``node.attrs`` has ``feat_stride`` and
+    ``anchors``."""
 
-    python_layer = "rpn.proposal_layer.ProposalLayer"
     bottoms = (3, 3)
     tops = (1, 2)
     family = FAMILY
     onnx_dynamic_sizes = True  # anchors shifted over the score map's run-time size
-    summary = ("py-faster-rcnn RPN proposals (R, 5) from anchor scores, deltas and im_info: clip, min size, "
-               "top N, NMS; dynamic size")
 
-    def attrs(self, layer):
-        p = plain(layer.python_param)
-        given = yaml_mapping(p.param_str)
-        if "feat_stride" not in given:
-            raise ValueError("python_param.param_str needs 'feat_stride' (py-faster-rcnn's ProposalLayer reads it)")
-        scales = _numbers(given.get("scales", (8, 16, 32)), "scales")
-        ratios = _numbers(given.get("ratios", (0.5, 1, 2)), "ratios")
-        return ProposalAttrs(p.module, p.layer, p.param_str, p.share_in_parallel,
-                             _number(given["feat_stride"], "feat_stride"), rpn_anchors(scales, ratios))
+    def settings(self, node: Node) -> tuple[int, int, float, float]:
+        """Boxes kept before and after NMS (<= 0: all), the NMS overlap threshold, the smallest box side."""
+        raise NotImplementedError
 
     def infer_shapes(self, node, in_shapes):
-        a: ProposalAttrs = node.attrs
-        anchors = len(a.anchors)
+        anchors = len(node.attrs.anchors)
         scores, deltas, info = in_shapes
         if len(scores) != 4 or len(deltas) != 4:
             raise self.fail(node, f"scores {tuple(scores)} and deltas {tuple(deltas)} must be (N, C, H, W)")
         if scores[0] != 1:
-            raise self.fail(node, f"ProposalLayer takes one image (py-faster-rcnn asserts it), got a batch of "
-                                  f"{scores[0]}")
+            raise self.fail(node, f"the proposal layer takes one image (py-faster-rcnn asserts it), got a batch "
+                                  f"of {scores[0]}")
         if scores[1] != 2 * anchors or tuple(deltas) != (deltas[0], 4 * anchors, *scores[2:]):
             raise self.fail(node, f"{anchors} anchors need scores (1, {2 * anchors}, H, W) and deltas "
                                   f"(1, {4 * anchors}, H, W), got {tuple(scores)} and {tuple(deltas)}")
@@ -232,16 +237,69 @@ class ProposalLayer(PythonLayerSpec):
         return [(1, 5), (1, 1)][: len(node.tops)]
 
     def to_onnx(self, node, ctx):
-        ssd_onnx.rpn_proposals(node, ctx, *_rpn_settings(node))
+        ssd_onnx.rpn_proposals(node, ctx, *self.settings(node))
 
     def module(self, node):
-        a: ProposalAttrs = node.attrs
-        pre, post, thresh, min_size = _rpn_settings(node)
+        a = node.attrs
+        pre, post, thresh, min_size = self.settings(node)
         given = {"pre_nms_top_n": (pre, 6000), "post_nms_top_n": (post, 300), "nms_thresh": (thresh, 0.7),
                  "min_size": (min_size, 16), "scores": (len(node.tops) == 2, False)}
         return call(f"{NN}:ProposalLayer", a.feat_stride, a.anchors,
                     **{k: v for k, (v, default) in given.items() if v != default})
 
 
-def _rpn_settings(node: Node) -> tuple[int, int, float, float]:
-    return RPN_SETTINGS[TEST if node.phase is None else node.phase]
+@register
+class ProposalLayer(_RpnProposals, PythonLayerSpec):
+    """py-faster-rcnn's ``rpn.proposal_layer.ProposalLayer`` (also R-FCN's), built in so that Faster R-CNN test
+    nets run without their Python code: its settings are the ``cfg`` defaults of the layer's phase
+    (:data:`RPN_SETTINGS`), as ``tools/test_net.py`` runs it without a ``--cfg`` file."""
+
+    python_layer = "rpn.proposal_layer.ProposalLayer"
+    summary = ("py-faster-rcnn RPN proposals (R, 5) from anchor scores, deltas and im_info: clip, min size, "
+               "top N, NMS; dynamic size")
+
+    def attrs(self, layer):
+        p = plain(layer.python_param)
+        given = yaml_mapping(p.param_str)
+        if "feat_stride" not in given:
+            raise ValueError("python_param.param_str needs 'feat_stride' (py-faster-rcnn's ProposalLayer reads it)")
+        scales = _numbers(given.get("scales", RPN_SCALES), "scales")
+        ratios = _numbers(given.get("ratios", RPN_RATIOS), "ratios")
+        return ProposalAttrs(p.module, p.layer, p.param_str, p.share_in_parallel,
+                             _number(given["feat_stride"], "feat_stride"), rpn_anchors(scales, ratios))
+
+    def settings(self, node):
+        return RPN_SETTINGS[TEST if node.phase is None else node.phase]
+
+
+@register
+class Proposal(_RpnProposals, LayerSpec):
+    """The C++ spelling of py-faster-rcnn's proposal layer: ``type: "Proposal"`` with a ``proposal_param``, as
+    OpenCV's Faster R-CNN samples tell users to replace the ``Python`` layer with, and as C++ ports of the layer
+    in Caffe forks register it. The same arithmetic as :class:`ProposalLayer`, with the settings the layer
+    names (defaults 6000 / 300 / 0.7 / 16 in both phases; no ``ratio`` or ``scale`` means py-faster-rcnn's
+    0.5, 1, 2 and 8, 16, 32). OpenCV's own implementation differs: it skips the size filter and pads the ROIs
+    with zeros to ``post_nms_topn`` rows."""
+
+    type = "Proposal"
+    summary = ("RPN proposals (R, 5) from anchor scores, deltas and im_info (proposal_param): clip, min size, "
+               "top N, NMS; dynamic size")
+
+    def attrs(self, layer):
+        p = plain(layer.proposal_param)
+        where = "proposal_param"
+        stride = _number(p.feat_stride, "feat_stride", where)
+        base = int(_number(p.base_size, "base_size", where))
+        if base > 1 << 16:
+            raise ValueError(f"proposal_param: base_size {base} is larger than 65536")
+        scales = _numbers(list(p.scale) or RPN_SCALES, "scale", where)
+        ratios = _numbers(list(p.ratio) or RPN_RATIOS, "ratio", where)
+        if not 0 <= p.nms_thresh <= 1:  # also refuses NaN
+            raise ValueError(f"proposal_param: nms_thresh must be in [0, 1], got {p.nms_thresh!r}")
+        return ProposalParamAttrs(stride, rpn_anchors(scales, ratios, base, where), p.pre_nms_topn, p.post_nms_topn,
+                                  p.nms_thresh if p.has("nms_thresh") else 0.7, p.min_size)
+
+    def settings(self, node):
+        a: ProposalParamAttrs = node.attrs
+        return a.pre_nms_topn, a.post_nms_topn, a.nms_thresh, a.min_size
+

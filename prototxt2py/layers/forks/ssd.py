@@ -249,6 +249,7 @@ class DetectionOutputAttrs:
     nms_threshold: float
     eta: float
     top_k: int  # -1: no limit
+    normalized_bbox: bool = True  # OpenCV's field: False for priors in pixels (Faster R-CNN ROIs)
 
     @property
     def num_loc_classes(self) -> int:
@@ -260,6 +261,7 @@ class DetectionOutput(LayerSpec):
     type = "DetectionOutput"
     bottoms = (3, 4)
     family = FAMILY
+    onnx_dynamic_sizes = True  # the number of priors comes from the prior blob at run time when it changes
     summary = "SSD detections (1, 1, kept, 7): decode loc against priors, per-class NMS, keep_top_k; dynamic size"
 
     def attrs(self, layer):
@@ -283,6 +285,7 @@ class DetectionOutput(LayerSpec):
             nms_threshold=nms.nms_threshold,
             eta=nms.eta,
             top_k=nms.top_k if nms.has("top_k") else -1,
+            normalized_bbox=p.normalized_bbox,
         )
 
     def infer_shapes(self, node, in_shapes):
@@ -290,7 +293,11 @@ class DetectionOutput(LayerSpec):
         loc, conf, prior = in_shapes[:3]
         if loc[0] != conf[0]:
             raise self.fail(node, f"loc {tuple(loc)} and conf {tuple(conf)} must have the same batch size")
-        num_priors = legacy_shape(prior)[2] // 4
+        _, channels, height, _ = legacy_shape(prior)
+        num_priors = height // 4
+        if channels < 2 and not a.variance_encoded_in_target:
+            raise self.fail(node, f"priors {tuple(prior)} have no variances (1, 2, P*4 boxes then variances), "
+                                  f"which decoding needs without variance_encoded_in_target")
         # per image, Caffe reads exactly these many values (it checks channels(); the flattened SSD blobs are
         # (N, values), and any other layout would leave values unread or read past the image)
         per_image = (math.prod(loc[1:]), math.prod(conf[1:]))
@@ -316,6 +323,7 @@ class DetectionOutput(LayerSpec):
             "nms_threshold": a.nms_threshold,
             "eta": None if a.eta == 1.0 else a.eta,
             "top_k": None if a.top_k == -1 else a.top_k,
+            "normalized_bbox": None if a.normalized_bbox else False,
         }
         return call(f"{NN}:DetectionOutput", a.num_classes, **{k: v for k, v in given.items() if v is not None})
 

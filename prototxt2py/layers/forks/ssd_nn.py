@@ -147,6 +147,21 @@ def _ssd_overlap(
     return torch.where(hit, inter / safe, torch.zeros_like(inter))
 
 
+def _pixel_jaccard(b: torch.Tensor) -> torch.Tensor:
+    """Pairwise overlap of pixel boxes ``(..., K, 4)`` -> ``(..., K, K)`` as OpenCV's
+    ``JaccardOverlap<false>``: an intersection with ``xmax >= xmin`` and ``ymax >= ymin`` counts both edges
+    (touching boxes share a pixel), an inverted one is 0; areas as :func:`_ssd_box_size` of pixel boxes."""
+    p, q = b.unsqueeze(-2), b.unsqueeze(-3)
+    iw = torch.minimum(p[..., 2], q[..., 2]) - torch.maximum(p[..., 0], q[..., 0])
+    ih = torch.minimum(p[..., 3], q[..., 3]) - torch.maximum(p[..., 1], q[..., 1])
+    inter = (iw + 1) * (ih + 1)
+    size = _ssd_box_size(b, normalized=False)
+    union = size.unsqueeze(-1) + size.unsqueeze(-2) - inter
+    hit = (iw >= 0) & (ih >= 0) & (inter > 0)
+    safe = torch.where(hit, union, torch.ones_like(union))
+    return torch.where(hit, inter / safe, torch.zeros_like(inter))
+
+
 class DetectionOutput(nn.Module):
     """SSD's DetectionOutput: decode loc against the priors, per-class NMS, ``keep_top_k`` per image;
     rows ``[image, label, score, xmin, ymin, xmax, ymax]`` grouped by image, then label, then score, as
@@ -154,7 +169,12 @@ class DetectionOutput(nn.Module):
 
     ``code_type`` is "CORNER", "CENTER_SIZE" or "CORNER_SIZE"; ``confidence_threshold`` None lets every
     score pass; ``top_k`` -1 = no limit before NMS. ``keep_top_k`` ranks kept boxes with a stable sort
-    (Caffe's ``std::sort`` leaves the order of exactly equal scores unspecified)."""
+    (Caffe's ``std::sort`` leaves the order of exactly equal scores unspecified).
+
+    ``normalized_bbox`` False (OpenCV's field, for priors in pixels such as Faster R-CNN's ROIs): widths and
+    areas count both edges, a ``CENTER_SIZE`` prior's centre is ``xmin + width / 2``, and two boxes overlap
+    when their intersection is not inverted (OpenCV's ``JaccardOverlap<false>``). Priors may then come
+    without variances, ``(1, 1, P * 4)``, when ``variance_encoded_in_target``."""
 
     def __init__(
         self,
@@ -168,10 +188,12 @@ class DetectionOutput(nn.Module):
         nms_threshold: float = 0.3,
         eta: float = 1.0,
         top_k: int = -1,
+        normalized_bbox: bool = True,
     ) -> None:
         super().__init__()
         if code_type not in ("CORNER", "CENTER_SIZE", "CORNER_SIZE"):
             raise ValueError(f"unknown code_type {code_type}")
+        self.normalized_bbox = normalized_bbox
         self.num_classes, self.share_location = num_classes, share_location
         self.background_label_id, self.code_type = background_label_id, code_type
         self.variance_encoded_in_target = variance_encoded_in_target
@@ -191,8 +213,13 @@ class DetectionOutput(nn.Module):
         ph = prior[:, 3] - prior[:, 1]
         if self.code_type == "CORNER_SIZE":
             return prior + var * loc * torch.stack([pw, ph, pw, ph], dim=-1)
-        pcx = ((prior[:, 0] + prior[:, 2]).double() / 2.0).float()
-        pcy = ((prior[:, 1] + prior[:, 3]).double() / 2.0).float()
+        if self.normalized_bbox:
+            pcx = ((prior[:, 0] + prior[:, 2]).double() / 2.0).float()
+            pcy = ((prior[:, 1] + prior[:, 3]).double() / 2.0).float()
+        else:  # OpenCV: ``prior_width += 1``, centre ``xmin + prior_width * .5`` (in double, stored as float)
+            pw, ph = pw + 1, ph + 1
+            pcx = (prior[:, 0].double() + pw.double() * 0.5).float()
+            pcy = (prior[:, 1].double() + ph.double() * 0.5).float()
         cx = (var[:, 0] * loc[..., 0] * pw + pcx).double()
         cy = (var[:, 1] * loc[..., 1] * ph + pcy).double()
         # ``float decode_bbox_width = exp(...) * prior_width``: the product is rounded to float
@@ -228,7 +255,9 @@ class DetectionOutput(nn.Module):
         order = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :k]
         valid = above.gather(1, order)
         cand = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
-        overlap = _ssd_jaccard(cand)  # (C, K, K)
+        overlap = (
+            _ssd_jaccard(cand) if self.normalized_bbox else _pixel_jaccard(cand)
+        )  # (C, K, K)
         keep = torch.zeros_like(valid)
         threshold = torch.full(
             (scores.shape[0],), self.nms_threshold, dtype=torch.float32
@@ -261,7 +290,10 @@ class DetectionOutput(nn.Module):
         conf = (
             conf.detach().float().reshape(n, p, self.num_classes).transpose(1, 2).cpu()
         )
-        prior = prior.detach().float().reshape(2, p, 4).cpu()
+        prior = prior.detach().float().reshape(-1, p, 4)[:2].cpu()
+        # no variances: only with variance_encoded_in_target (the spec checks)
+        if len(prior) == 1:
+            prior = torch.cat([prior, torch.ones_like(prior)])
         labels = [c for c in range(self.num_classes) if c != self.background_label_id]
         classes = torch.tensor(labels, dtype=torch.long)
         rows = []

@@ -75,8 +75,15 @@ def _decode(ctx: Any, a: Any, loc: str, prior: str, var: str) -> str:
         size = ctx.add("Concat", [pw, ph, pw, ph], axis=-1)
         return ctx.add("Add", [prior, ctx.add("Mul", [scaled(loc), size])])
     two = ctx.scalar(2.0)
-    pcx = ctx.add("Div", [ctx.add("Add", [x1, x2]), two])  # float halving is exact, as the double one
-    pcy = ctx.add("Div", [ctx.add("Add", [y1, y2]), two])
+    if a.normalized_bbox:
+        pcx = ctx.add("Div", [ctx.add("Add", [x1, x2]), two])  # float halving is exact, as the double one
+        pcy = ctx.add("Div", [ctx.add("Add", [y1, y2]), two])
+    else:  # OpenCV: sides count both edges, centre xmin + side / 2 (the double sum, stored as float)
+        one = ctx.scalar(1.0)
+        pw, ph = ctx.add("Add", [pw, one]), ctx.add("Add", [ph, one])
+        half = ctx.double(0.5, "half")
+        pcx, pcy = (_float(ctx, ctx.add("Add", [_double(ctx, c), ctx.add("Mul", [_double(ctx, side), half])]))
+                    for c, side in ((x1, pw), (y1, ph)))
     v = scaled(loc)
     cx = ctx.add("Add", [ctx.add("Mul", [_col(ctx, v, 0), pw]), pcx])
     cy = ctx.add("Add", [ctx.add("Mul", [_col(ctx, v, 1), ph]), pcy])
@@ -93,10 +100,13 @@ def _decode(ctx: Any, a: Any, loc: str, prior: str, var: str) -> str:
     return _float(ctx, ctx.add("Concat", corners, axis=-1))
 
 
-def _nms_boxes(ctx: Any, boxes: str) -> str:
+def _nms_boxes(ctx: Any, boxes: str, normalized: bool = True) -> str:
     """The boxes ``NonMaxSuppression`` compares: SSD's ``JaccardOverlap`` of a box whose corners cross
     (``xmin > xmax`` or ``ymin > ymax``, from CORNER/CORNER_SIZE offsets) is 0 with every box, while ONNX
-    reorders corners first; such a box becomes the point at its first corner, whose overlap is 0 there too."""
+    reorders corners first; such a box becomes the point at its first corner, whose overlap is 0 there too.
+    Pixel boxes (``normalized_bbox: false``) count both edges: their far corners move out by one."""
+    if not normalized:
+        boxes = ctx.add("Add", [boxes, ctx.const(np.array([0, 0, 1, 1], np.float32), "far_corners")])
     x1, y1, x2, y2 = (_col(ctx, boxes, i) for i in range(4))
     crossed = ctx.add("Or", [ctx.add("Greater", [x1, x2]), ctx.add("Greater", [y1, y2])])
     point = ctx.add("Concat", [x1, y1, x1, y1], axis=-1)
@@ -144,18 +154,30 @@ def detection_output(node: Node, ctx: Any) -> None:
     batch = ctx.slice(ctx.add("Shape", [loc_in]), [0], [1], [0])  # (1,) int64
     if not labels or a.top_k == 0:  # no class besides the background, or no candidate: Caffe's empty rows
         return _finish(ctx, ctx.const(np.zeros((0, 7), np.float32), "none"), batch)
+    # the number of priors as an int list (static) or a (1,) tensor: priors whose count is known only at run
+    # time (SSD with symbolic sizes; Faster R-CNN's ROIs as priors, after a proposal layer) take it from the
+    # prior blob's third axis
+    p_dims: list[int] | str = [num_priors]
+    if ctx.sizes_vary or ctx.variable_first:
+        if len(ctx.in_shape(2)) < 3:
+            ctx.unsupported(f"priors {tuple(ctx.in_shape(2))} with a size known only at run time need 3 axes")
+        p_dims = ctx.add("Div", [ctx.dims(ctx.input(2), 2, 3), ctx.ints([4])])
 
-    # priors (Caffe reads the first 2 * P * 4 values: boxes, then variances)
+    # priors (Caffe reads the first 2 * P * 4 values: boxes, then variances; without variances (OpenCV's
+    # (1, 1, P * 4) priors) only with variance_encoded_in_target, which never reads them)
+    rows = 1 if _legacy(ctx.in_shape(2))[1] == 1 else 2
     prior = ctx.add("Reshape", [ctx.input(2), ctx.ints([-1])])
-    prior = ctx.add("Reshape", [ctx.slice(prior, [0], [8 * num_priors], [0]), ctx.ints([2, num_priors, 4])])
+    size = ctx.add("Mul", [p_dims, ctx.ints([4 * rows])]) if isinstance(p_dims, str) else [4 * rows * num_priors]
+    prior = ctx.add("Slice", [prior, ctx.ints([0]), ctx.concat_ints([size]), ctx.ints([0])])
+    prior = ctx.add("Reshape", [prior, ctx.concat_ints([[rows], p_dims, [4]])])
     boxes_p = ctx.add("Gather", [prior, ctx.const(np.int64(0))], axis=0)
-    var_p = ctx.add("Gather", [prior, ctx.const(np.int64(1))], axis=0)
-    loc = ctx.add("Reshape", [loc_in, ctx.ints([-1, num_priors, num_loc, 4])])
+    var_p = boxes_p if rows == 1 else ctx.add("Gather", [prior, ctx.const(np.int64(1))], axis=0)
+    loc = ctx.add("Reshape", [loc_in, ctx.concat_ints([[-1], p_dims, [num_loc, 4]])])
     loc = ctx.add("Transpose", [loc], perm=[0, 2, 1, 3])  # (N, L, P, 4)
     decoded = _decode(ctx, a, loc, boxes_p, var_p)
 
     # candidates per (image, class): scores sorted (stable), top_k of them, their boxes
-    conf = ctx.add("Reshape", [conf_in, ctx.ints([-1, num_priors, num_classes])])
+    conf = ctx.add("Reshape", [conf_in, ctx.concat_ints([[-1], p_dims, [num_classes]])])
     conf = ctx.add("Transpose", [conf], perm=[0, 2, 1])  # (N, C, P)
     label_table = ctx.const(np.array(labels, np.int64), "labels")
     if len(labels) < num_classes:
@@ -163,37 +185,42 @@ def detection_output(node: Node, ctx: Any) -> None:
         if num_loc > 1:
             decoded = ctx.add("Gather", [decoded, label_table], axis=1)
     n_lab = len(labels)
-    k = num_priors if a.top_k < 0 else min(a.top_k, num_priors)
+    if isinstance(p_dims, str):  # k as a (1,) tensor
+        k_dims = p_dims if a.top_k < 0 else ctx.add("Min", [p_dims, ctx.ints([a.top_k])])
+        k_scalar = ctx.add("Squeeze", [k_dims, ctx.ints([0])])
+    else:
+        k = num_priors if a.top_k < 0 else min(a.top_k, num_priors)
+        k_dims, k_scalar = ctx.ints([k]), ctx.const(np.int64(k))
     scores = ctx.tmp("scores")
     index = ctx.tmp("index")
-    ctx.add("TopK", [conf, ctx.ints([k])], [scores, index], axis=-1, largest=1, sorted=1)  # (N, C', K)
+    ctx.add("TopK", [conf, k_dims], [scores, index], axis=-1, largest=1, sorted=1)  # (N, C', K)
     if num_loc == 1:
         decoded = ctx.add("Expand", [decoded, ctx.ints([1, n_lab, 1, 1])])
     gather_at = ctx.add("Expand", [ctx.add("Unsqueeze", [index, ctx.ints([3])]), ctx.ints([1, 1, 1, 4])])
     cand = ctx.add("GatherElements", [decoded, gather_at], axis=2)  # (N, C', K, 4)
 
     # NMS with each (image, class) as its own batch entry
-    nms_in = [_nms_boxes(ctx, ctx.add("Reshape", [cand, ctx.ints([-1, k, 4])])),
-              ctx.add("Reshape", [scores, ctx.ints([-1, 1, k])]),
-              ctx.ints([k]), ctx.const(np.array([min(a.nms_threshold, 1.0)], np.float32), "iou")]
+    nms_in = [_nms_boxes(ctx, ctx.add("Reshape", [cand, ctx.concat_ints([[-1], k_dims, [4]])]), a.normalized_bbox),
+              ctx.add("Reshape", [scores, ctx.concat_ints([[-1, 1], k_dims])]),
+              k_dims, ctx.const(np.array([min(a.nms_threshold, 1.0)], np.float32), "iou")]
     if a.confidence_threshold > -3.4e38:
         nms_in.append(ctx.const(np.array([a.confidence_threshold], np.float32), "score_threshold"))
     selected = ctx.add("NonMaxSuppression", nms_in)  # (M, 3): entry, 0, rank among the candidates
     entry = ctx.add("Squeeze", [ctx.slice(selected, [0], [1], [1]), ctx.ints([1])])
     rank = ctx.add("Squeeze", [ctx.slice(selected, [2], [3], [1]), ctx.ints([1])])
     # Caffe's row order = (image, label, NMS order) = flat candidate index, ascending
-    flat = ctx.add("Add", [ctx.add("Mul", [entry, ctx.const(np.int64(k))]), rank])
+    flat = ctx.add("Add", [ctx.add("Mul", [entry, k_scalar]), rank])
     count = ctx.add("Shape", [flat])
     flat, _ = _sort(ctx, flat, count, largest=False)
     if a.keep_top_k > -1:
-        entry = ctx.add("Div", [flat, ctx.const(np.int64(k))])
+        entry = ctx.add("Div", [flat, k_scalar])
         image = ctx.add("Div", [entry, ctx.const(np.int64(n_lab))])
         score = ctx.add("Gather", [ctx.add("Reshape", [scores, ctx.ints([-1])]), flat])
         perm, place = _rank_in_image(ctx, image, score, count, batch)
         kept = ctx.add("Compress", [perm, ctx.add("Less", [place, ctx.const(np.int64(a.keep_top_k))])], axis=0)
         kept, _ = _sort(ctx, kept, ctx.add("Shape", [kept]), largest=False)  # back to Caffe's row order
         flat = ctx.add("Gather", [flat, kept])
-    entry = ctx.add("Div", [flat, ctx.const(np.int64(k))])
+    entry = ctx.add("Div", [flat, k_scalar])
     image = ctx.add("Div", [entry, ctx.const(np.int64(n_lab))])
     label = ctx.add("Gather", [label_table, ctx.add("Mod", [entry, ctx.const(np.int64(n_lab))])])
     score = ctx.add("Gather", [ctx.add("Reshape", [scores, ctx.ints([-1])]), flat])
