@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prototxt2py.layers import LayerSpec, Unknowable, call, legacy_shape, plain, register
+from prototxt2py.layers import LayerSpec, Unknowable, call, count, legacy_shape, plain, register
 from prototxt2py.layers.data import DataAttrs, DataLayerSpec, crop_size, input_hint
 
 from ...lazy_numpy import np
@@ -397,25 +397,110 @@ class DetectionEvaluate(LayerSpec):
         return tuple(sizes)
 
 
+@dataclass(frozen=True)
+class MultiBoxLossAttrs:
+    """The plain ``multibox_loss_param`` (enums as names) and the loss normalization of ``loss_param``."""
+
+    num_classes: int
+    share_location: bool
+    background_label_id: int
+    loc_loss_type: str  # "SMOOTH_L1" or "L2"
+    conf_loss_type: str  # "SOFTMAX" or "LOGISTIC"
+    loc_weight: float
+    match_type: str  # "PER_PREDICTION" or "BIPARTITE"
+    overlap_threshold: float
+    use_difficult_gt: bool
+    mining_type: str  # "MAX_NEGATIVE" or "NONE"
+    neg_pos_ratio: float
+    neg_overlap: float
+    code_type: str
+    encode_variance_in_target: bool
+    map_object_to_agnostic: bool
+    ignore_cross_boundary_bbox: bool
+    normalization: str  # loss_param: "VALID", "FULL", "BATCH_SIZE" or "NONE"
+
+
 @register
 class MultiBoxLoss(LayerSpec):
+    """SSD's training loss (weiliu89/caffe ``ssd``, ``MultiBoxLossLayer`` and ``bbox_util.cpp``): priors matched
+    to ground truth, hard negatives mined by confidence loss, smooth L1 (or L2) on the matched boxes' encoded
+    offsets plus softmax (or logistic) loss on the matched and mined priors, over the normalizer. Bottoms: loc,
+    conf, priors (1, 2, P*4), ground truth (1, 1, G, 8) rows ``[image, label, instance, xmin, ymin, xmax, ymax,
+    difficult]``. Refused: what the fork's SSD models do not use and no test pins (matching on decoded
+    predictions, HARD_EXAMPLE mining, NMS during mining, ``bp_inside``)."""
+
     type = "MultiBoxLoss"
     bottoms = (4, 4)
     is_loss = True
     prediction_bottoms = 3  # loc, conf and the priors; bottom 3 is the ground truth
     force_backward_refused = frozenset({1})  # LossLayer's default, which the fork keeps
     family = FAMILY
-    summary = "SSD training loss (matching, hard negative mining): shapes only, no backend"
+    summary = "SSD training loss: prior matching, hard negative mining, smooth L1 + softmax over the matches"
+
+    def attrs(self, layer):
+        p = plain(layer.multibox_loss_param)
+        if not p.has("num_classes") or p.num_classes < 1:
+            raise ValueError("multibox_loss_param.num_classes is required (at least 1)")
+        unsupported = [what for what, used in (
+            ("use_prior_for_matching: false (matching decoded predictions)", not p.use_prior_for_matching),
+            ("mining_type: HARD_EXAMPLE", p.mining_type == "HARD_EXAMPLE"),
+            ("nms_param (NMS while mining)", p.has("nms_param") and p.nms_param.nms_threshold > 0),
+            ("bp_inside", p.bp_inside)) if used]
+        if unsupported:
+            raise ValueError(f"MultiBoxLoss with {', '.join(unsupported)} is not implemented")
+        mining = p.mining_type
+        if p.has("do_neg_mining") and p.do_neg_mining != (mining != "NONE"):
+            raise ValueError(f"do_neg_mining {p.do_neg_mining} contradicts mining_type {mining} (the fork checks)")
+        if mining != "NONE" and not p.share_location:
+            raise ValueError("negative mining needs share_location (the fork checks)")
+        if p.conf_loss_type == "SOFTMAX" and not 0 <= p.background_label_id < p.num_classes:
+            raise ValueError(f"background_label_id {p.background_label_id} must be in [0, {p.num_classes}) for "
+                             "the softmax loss")
+        loss = plain(layer.loss_param)
+        if loss.has("normalization") or not loss.has("normalize"):
+            normalization = loss.normalization
+        else:
+            normalization = "VALID" if loss.normalize else "BATCH_SIZE"
+        return MultiBoxLossAttrs(
+            p.num_classes, p.share_location, p.background_label_id, p.loc_loss_type, p.conf_loss_type,
+            p.loc_weight, p.match_type, p.overlap_threshold, p.use_difficult_gt, mining, p.neg_pos_ratio,
+            p.neg_overlap, p.code_type, p.encode_variance_in_target, p.map_object_to_agnostic,
+            p.ignore_cross_boundary_bbox, normalization)
 
     def infer_shapes(self, node, in_shapes):
-        p = node.attrs
-        loc, conf, prior = in_shapes[:3]
+        p: MultiBoxLossAttrs = node.attrs
+        loc, conf, prior, truth = in_shapes
         num_priors = legacy_shape(prior)[2] // 4
         loc_classes = 1 if p.share_location else p.num_classes
         if legacy_shape(loc)[1] != num_priors * loc_classes * 4 or legacy_shape(conf)[1] != num_priors * p.num_classes:
             raise self.fail(node, f"loc {tuple(loc)} / conf {tuple(conf)} do not match {num_priors} priors and "
                                   f"{p.num_classes} classes")
+        if loc[0] != conf[0]:
+            raise self.fail(node, f"loc {tuple(loc)} and conf {tuple(conf)} must have the same batch size")
+        if legacy_shape(prior)[1] < 2 or count(prior) < 8 * num_priors:
+            raise self.fail(node, f"priors {tuple(prior)} need boxes then variances (1, 2, P*4)")
+        if count(truth) % 8 or legacy_shape(truth)[3] != 8:
+            raise self.fail(node, f"ground truth {tuple(truth)} needs rows of 8 (1, 1, G, 8)")
         return [()]
+
+    def module(self, node):
+        p: MultiBoxLossAttrs = node.attrs
+        defaults = MULTIBOX_DEFAULTS
+        given = {k: getattr(p, k) for k in defaults if getattr(p, k) != defaults[k]}
+        # propagate_down: false on loc or conf leaves that term out of the loss (the fork adds each only when
+        # it propagates)
+        given.update({k: False for k, i in (("loc_term", 0), ("conf_term", 1)) if i in node.stop_gradient})
+        return call(f"{NN}:MultiBoxLoss", p.num_classes, **given)
+
+
+#: The module's keyword defaults (the fork's proto defaults), left out of generated code.
+MULTIBOX_DEFAULTS = {
+    "share_location": True, "background_label_id": 0, "loc_loss_type": "SMOOTH_L1", "conf_loss_type": "SOFTMAX",
+    "loc_weight": 1.0, "match_type": "PER_PREDICTION", "overlap_threshold": 0.5, "use_difficult_gt": True,
+    "mining_type": "MAX_NEGATIVE", "neg_pos_ratio": 3.0, "neg_overlap": 0.5, "code_type": "CORNER",
+    "encode_variance_in_target": False, "map_object_to_agnostic": False, "ignore_cross_boundary_bbox": False,
+    "normalization": "VALID",
+}
 
 
 @register

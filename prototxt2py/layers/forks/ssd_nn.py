@@ -1,4 +1,5 @@
-"""SSD's torch modules (weiliu89/caffe ``ssd``): Permute, PriorBox, DetectionOutput, DetectionEvaluate.
+"""SSD's torch modules (weiliu89/caffe ``ssd``): Permute, PriorBox, DetectionOutput, DetectionEvaluate,
+MultiBoxLoss.
 
 PriorBox sizes are float32 values with edges computed in double, as the C++ does.
 """
@@ -470,3 +471,277 @@ class DetectionEvaluate(nn.Module):
             if self.sizes:
                 self.count = (self.count + 1) % len(self.sizes)
         return out.view(1, 1, -1, 5).to(device)
+
+
+def _ssd_encode(prior: torch.Tensor, box: torch.Tensor, code_type: str) -> torch.Tensor:
+    """SSD's ``EncodeBBox`` of ground-truth boxes ``(M, 4)`` against their priors ``(M, 4)`` before any
+    variance, in float32 as the C++ (centres halved in double, then stored as float)."""
+    if code_type == "CORNER":
+        return box - prior
+    pw, ph = prior[:, 2] - prior[:, 0], prior[:, 3] - prior[:, 1]
+    bw, bh = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
+    if not bool(
+        (pw > 0).all() and (ph > 0).all() and (bw > 0).all() and (bh > 0).all()
+    ):
+        raise ValueError(
+            "MultiBoxLoss: a matched prior or ground-truth box has no width or height (the fork's CHECK_GT)"
+        )
+    if code_type == "CORNER_SIZE":
+        return (box - prior) / torch.stack([pw, ph, pw, ph], dim=1)
+
+    def centre(b: torch.Tensor, lo: int) -> torch.Tensor:
+        return ((b[:, lo] + b[:, lo + 2]).double() / 2.0).float()
+
+    cx = (centre(box, 0) - centre(prior, 0)) / pw
+    cy = (centre(box, 1) - centre(prior, 1)) / ph
+    return torch.stack([cx, cy, torch.log(bw / pw), torch.log(bh / ph)], dim=1)
+
+
+def _ssd_match(
+    overlap: torch.Tensor, bipartite_only: bool, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSD's ``MatchBBox`` of priors to ground truth from their overlaps ``(P, G)``, with ignored priors'
+    rows at -1: returns each prior's ground-truth index (-1 none, -2 ignored) and its match overlap.
+
+    Only overlaps above 1e-6 count. Bipartite first: the largest remaining overlap (ties: lowest prior, then
+    lowest ground truth, the C++ scan order) pairs a prior with a ground truth until none is left; then, for
+    PER_PREDICTION, every other prior takes its best ground truth at ``overlap >= threshold`` (first on ties).
+    A prior's match overlap is its overlap with its match, else its largest overlap."""
+    ignored = overlap[:, 0] < 0
+    counted = overlap > 1e-6
+    best = torch.where(counted, overlap, torch.zeros_like(overlap)).amax(dim=1)
+    match = torch.full((overlap.shape[0],), -1, dtype=torch.long)
+    match[ignored] = -2
+    matched_overlap = best.clone()
+    pool = torch.where(counted, overlap, torch.full_like(overlap, -1.0))
+    pool[ignored] = -1.0
+    for _ in range(overlap.shape[1]):
+        flat = int(pool.argmax())
+        prior, truth = divmod(flat, overlap.shape[1])
+        if pool[prior, truth] <= 0:
+            break
+        match[prior], matched_overlap[prior] = truth, overlap[prior, truth]
+        pool[prior, :] = -1.0
+        pool[:, truth] = -1.0
+    if not bipartite_only:
+        free = match == -1
+        eligible = counted & (overlap >= threshold) & free.unsqueeze(1)
+        ranked = torch.where(eligible, overlap, torch.full_like(overlap, -1.0))
+        value, index = ranked.max(dim=1)
+        take = free & (value >= 0)
+        match[take], matched_overlap[take] = index[take], value[take]
+    return match, matched_overlap
+
+
+class MultiBoxLoss(nn.Module):
+    """SSD's MultiBoxLoss (weiliu89/caffe ``ssd``): priors matched to each image's ground truth (by overlap,
+    bipartite then per prediction), hard negatives mined among unmatched priors whose overlap is under
+    ``neg_overlap`` (the ``neg_pos_ratio`` times the matches with the largest background confidence loss; ties
+    by prior index), then ``loc_weight * L_loc / n + L_conf / n`` with ``n`` the normalizer (VALID: the
+    matches, at least 1). ``L_loc`` sums smooth L1 (or half squared) differences of the matched priors'
+    predictions from their encoded ground truth; ``L_conf`` sums softmax (or logistic) losses of the matched
+    and mined priors. Ground truth ``(1, 1, G, 8)`` rows ``[image, label, instance, xmin, ymin, xmax, ymax,
+    difficult]`` (image -1: padding). Gradients reach loc and conf only, as in the fork."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        share_location: bool = True,
+        background_label_id: int = 0,
+        loc_loss_type: str = "SMOOTH_L1",
+        conf_loss_type: str = "SOFTMAX",
+        loc_weight: float = 1.0,
+        match_type: str = "PER_PREDICTION",
+        overlap_threshold: float = 0.5,
+        use_difficult_gt: bool = True,
+        mining_type: str = "MAX_NEGATIVE",
+        neg_pos_ratio: float = 3.0,
+        neg_overlap: float = 0.5,
+        code_type: str = "CORNER",
+        encode_variance_in_target: bool = False,
+        map_object_to_agnostic: bool = False,
+        ignore_cross_boundary_bbox: bool = False,
+        normalization: str = "VALID",
+        loc_term: bool = True,
+        conf_term: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.share_location = num_classes, share_location
+        self.background_label_id = background_label_id
+        self.loc_loss_type, self.conf_loss_type = loc_loss_type, conf_loss_type
+        self.loc_weight, self.match_type = loc_weight, match_type
+        self.overlap_threshold, self.use_difficult_gt = (
+            overlap_threshold,
+            use_difficult_gt,
+        )
+        self.mining_type, self.neg_pos_ratio = mining_type, neg_pos_ratio
+        self.neg_overlap, self.code_type = neg_overlap, code_type
+        self.encode_variance_in_target = encode_variance_in_target
+        self.map_object_to_agnostic = map_object_to_agnostic
+        self.ignore_cross_boundary_bbox = ignore_cross_boundary_bbox
+        self.normalization = normalization
+        self.loc_term, self.conf_term = loc_term, conf_term
+
+    def ground_truth(self, truth: torch.Tensor, num: int) -> list[torch.Tensor]:
+        """Per image, its ground-truth rows ``(G_i, 8)`` in file order (``GetGroundTruth``)."""
+        rows = truth.detach().float().reshape(-1, 8).cpu()
+        rows = rows[rows[:, 0] != -1]
+        label = rows[:, 1].long()
+        if bool((label == self.background_label_id).any()):
+            raise ValueError(
+                f"MultiBoxLoss: a ground-truth box has the background label {self.background_label_id} "
+                "(the fork's 'Found background label in the dataset')"
+            )
+        if not self.use_difficult_gt:
+            rows = rows[rows[:, 7] == 0]
+        image = rows[:, 0].long()
+        return [rows[image == i] for i in range(num)]
+
+    def matches(
+        self, prior: torch.Tensor, truth: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``FindMatches`` with the priors, for one image: ground-truth index per prior and match overlaps."""
+        overlap = _ssd_overlap(prior, truth[:, 3:7])
+        if self.ignore_cross_boundary_bbox:
+            cross = ((prior < 0) | (prior > 1)).any(dim=1)
+            overlap[cross] = -1.0
+        return _ssd_match(
+            overlap, self.match_type == "BIPARTITE", self.overlap_threshold
+        )
+
+    def conf_losses(self, conf: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Per row, the confidence loss of ``label`` (``ComputeConfLoss``): ``-log max(p, FLT_MIN)`` of the
+        softmax, or the logistic loss of the one-hot target summed over classes."""
+        if self.conf_loss_type == "SOFTMAX":
+            logp = torch.log_softmax(conf, dim=1).gather(1, label.unsqueeze(1))[:, 0]
+            floor = math.log(1.1754943508222875e-38)
+            # the clamp changes the value only (Caffe's gradient is softmax - one-hot regardless)
+            return -(logp + (logp.clamp(min=floor) - logp).detach())
+        classes = torch.arange(self.num_classes, device=conf.device)
+        target = (classes == label.unsqueeze(1)).to(conf.dtype)
+        return self.logistic(conf, target).sum(dim=1)
+
+    @staticmethod
+    def logistic(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Caffe's stable sigmoid cross-entropy per element (its gradient is ``sigmoid(x) - target``)."""
+        pos = (x >= 0).to(x.dtype)
+        return -(x * (target - pos) - torch.log1p(torch.exp(x - 2 * x * pos)))
+
+    def forward(
+        self,
+        loc: torch.Tensor,
+        conf: torch.Tensor,
+        prior: torch.Tensor,
+        truth: torch.Tensor,
+    ) -> torch.Tensor:
+        num, c = loc.shape[0], self.num_classes
+        p = prior.shape[2] // 4
+        loc_classes = 1 if self.share_location else c
+        loc = loc.reshape(num, p, loc_classes, 4)
+        conf = conf.reshape(num, p, c)
+        boxes = prior.detach().float().reshape(-1, p, 4)[:2].cpu()
+        bg, mining = self.background_label_id, self.mining_type != "NONE"
+        loc_pred, loc_target, conf_rows, conf_labels = [], [], [], []
+        negative_rows, agnostic = [], self.map_object_to_agnostic
+        matched = 0
+        for i, truth_i in enumerate(self.ground_truth(truth, num)):
+            if len(truth_i) == 0:
+                if not mining:  # every prior is a background example
+                    conf_rows.append(conf[i])
+                    conf_labels.append(torch.full((p,), -1, dtype=torch.long))
+                continue
+            match, overlap = self.matches(boxes[0], truth_i)
+            labels = truth_i[:, 1].long()
+            # per loc class (the fork's map, ascending): which prior uses which ground truth
+            if self.share_location:
+                per_class = [(0, match)]
+            else:
+                per_class = [
+                    (
+                        k,
+                        torch.where(
+                            (match > -1) & (labels[match.clamp(min=0)] == k), match, -1
+                        ),
+                    )
+                    for k in range(c)
+                    if k != bg
+                ]
+            for k, m in per_class:
+                j = (m > -1).nonzero()[:, 0]
+                matched += len(j)
+                var = boxes[1][j]
+                pred = loc[i, j.to(loc.device), k]
+                if self.encode_variance_in_target:
+                    # both sides are divided by the variances; the fork copies the gradient of the divided
+                    # prediction back unchanged, so the division passes the gradient straight through
+                    pred = (
+                        pred + (pred / var.to(pred.device, pred.dtype) - pred).detach()
+                    )
+                loc_pred.append(pred)
+                encoded = _ssd_encode(boxes[0][j], truth_i[m[j], 3:7], self.code_type)
+                loc_target.append(encoded / var)
+                if mining:
+                    conf_rows.append(conf[i, j.to(conf.device)])
+                    conf_labels.append(labels[m[j]])
+            if not mining:
+                conf_rows.append(conf[i])
+                conf_labels.append(
+                    torch.where(match > -1, labels[match.clamp(min=0)], -1)
+                )
+                continue
+            eligible = ((match == -1) & (overlap < self.neg_overlap)).nonzero()[:, 0]
+            take = min(
+                int(
+                    torch.tensor(self.neg_pos_ratio, dtype=torch.float32)
+                    * int((match > -1).sum())
+                ),
+                len(eligible),
+            )
+            with torch.no_grad():
+                background = torch.full((len(eligible),), bg, dtype=torch.long)
+                loss = self.conf_losses(
+                    conf[i, eligible.to(conf.device)].float(),
+                    background.to(conf.device),
+                )
+            hardest = torch.sort(loss.cpu(), descending=True, stable=True).indices[
+                :take
+            ]
+            negatives = eligible[hardest].sort().values
+            negative_rows.append((i, negatives))
+            conf_rows.append(conf[i, negatives.to(conf.device)])
+            conf_labels.append(torch.full((len(negatives),), -1, dtype=torch.long))
+        normalizer = {"FULL": num * p, "VALID": matched, "BATCH_SIZE": num, "NONE": 1}[
+            self.normalization
+        ]
+        normalizer = max(1.0, float(normalizer))
+        # an empty sum: zero, in the graph of both predictions (zero gradients where nothing is selected)
+        total = loc.reshape(-1)[:0].sum() + conf.reshape(-1)[:0].sum()
+        if self.loc_term and matched:
+            d = torch.cat(loc_pred) - torch.cat(loc_target).to(loc.device, loc.dtype)
+            if self.loc_loss_type == "SMOOTH_L1":
+                err = torch.where(d.abs() < 1, 0.5 * d * d, d.abs() - 0.5)
+            else:
+                err = 0.5 * d * d
+            total = total + self.loc_weight * err.sum() / normalizer
+        rows = torch.cat(conf_rows) if conf_rows else conf.new_zeros((0, c))
+        if self.conf_term and len(rows):
+            labels = torch.cat(conf_labels).to(conf.device)
+            if agnostic:
+                labels = torch.where(
+                    labels >= 0, torch.full_like(labels, bg + 1), labels
+                )
+            if self.conf_loss_type == "SOFTMAX":
+                loss = self.conf_losses(
+                    rows, torch.where(labels >= 0, labels, torch.full_like(labels, bg))
+                )
+            else:
+                # targets as the fork fills them: every entry the background id's value, 1 at a match's
+                # label, 1 at the background column of a mined negative
+                target = torch.full_like(rows, float(bg))
+                hit = labels >= 0
+                target[hit, labels[hit]] = 1.0
+                if mining and 0 <= bg < c:
+                    target[~hit, bg] = 1.0
+                loss = self.logistic(rows, target).sum(dim=1)
+            total = total + loss.sum() / normalizer
+        return total
