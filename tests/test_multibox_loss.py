@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 from golden import CORPUS, generated_module
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import prototxt2py
 from prototxt2py.errors import Prototxt2pyError
@@ -355,10 +357,39 @@ def test_refusals_name_the_layer(param: str, message: str) -> None:
     assert "loss" in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_background_label_in_the_data_is_one_error() -> None:
+@pytest.mark.parametrize(("label", "message"), [
+    (0, "ground-truth box has the background label 0"),
+    (2, r"ground-truth label 2 is not a class in \[0, 2\)"),
+    (1.5, r"ground-truth label 1.5 is not a class"),
+])
+def test_bad_labels_in_the_data_are_one_error(label: float, message: str) -> None:
     net = prototxt2py.load(read_net_text(textwrap.dedent(NET.format(param="")), "net.prototxt"))
     boxes = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.3, 0.3, 0.7, 0.7]]).repeat(2, 1)
     prior = torch.stack([boxes, torch.full_like(boxes, 0.1)]).reshape(1, 2, 16)
-    gt = torch.tensor([[[[0, 0, 0, 0.1, 0.1, 0.5, 0.5, 0], [-1] * 8]]])
-    with pytest.raises(Prototxt2pyError, match="layer 'loss'.*ground-truth box has the background label 0"):
+    gt = torch.tensor([[[[0, label, 0, 0.1, 0.1, 0.5, 0.5, 0], [-1] * 8]]])
+    with pytest.raises(Prototxt2pyError, match=f"layer 'loss'.*{message}") as caught:
         net(torch.zeros(1, 16), torch.zeros(1, 8), prior, gt)
+    assert "\n" not in str(caught.value)
+
+
+VALUES = st.one_of(st.floats(-2, 2, width=32), st.sampled_from([math.nan, math.inf, -math.inf, 0.0, 1.0, -1.0]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from([-1, 0, 1, 2, 7]), st.sampled_from([1, 2, 3, 0, -3, 9]),
+                               VALUES, VALUES, VALUES, VALUES, VALUES, st.sampled_from([0, 1])), max_size=6),
+       variant=st.sampled_from(range(len(VARIANTS))))
+def test_hostile_ground_truth_gives_a_loss_or_one_error(rows: list, variant: int) -> None:
+    """Any ground-truth rows (NaN or infinite corners, unknown images, labels outside the classes, padding):
+    a loss, or a ValueError of one line; never another exception."""
+    o = {**DEFAULTS, **VARIANTS[variant]}
+    c = o["num_classes"]
+    loc, conf, prior, _ = _case(variant, 3, 12, c, 1 if o["share_location"] else c)
+    gt = torch.tensor([list(row) for row in rows] or [[-1.0] * 8])
+    try:
+        loss = MultiBoxLoss(**o)(torch.from_numpy(loc), torch.from_numpy(conf), torch.from_numpy(prior),
+                                 gt.reshape(1, 1, -1, 8).float())
+    except ValueError as e:
+        assert "\n" not in str(e)
+    else:
+        assert loss.shape == ()

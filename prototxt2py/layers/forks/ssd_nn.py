@@ -592,6 +592,12 @@ class MultiBoxLoss(nn.Module):
                 f"MultiBoxLoss: a ground-truth box has the background label {self.background_label_id} "
                 "(the fork's 'Found background label in the dataset')"
             )
+        outside = (label < 0) | (label >= self.num_classes) | (rows[:, 1] != label)
+        if bool(outside.any()):
+            bad = float(rows[outside][0, 1])
+            raise ValueError(
+                f"MultiBoxLoss: ground-truth label {bad:g} is not a class in [0, {self.num_classes})"
+            )
         if not self.use_difficult_gt:
             rows = rows[rows[:, 7] == 0]
         image = rows[:, 0].long()
