@@ -1,4 +1,5 @@
-"""Readers behind Caffe's data layers (Data, ImageData, HDF5Data, MemoryData, DummyData, WindowData).
+"""Readers behind Caffe's data layers (Data, ImageData, HDF5Data, MemoryData, DummyData, WindowData, and SSD's
+AnnotatedData).
 
 The IR and every inference backend treat a data layer's tops as net inputs; training (``prototxt2py.train``)
 feeds them from the readers registered here. A reader is made from plain values only (see
@@ -40,6 +41,7 @@ class DataLayer:
     phase: str  # "TRAIN" or "TEST"
     rank: int = 0  # this process's rank and the world size, for sharding under torchrun
     world: int = 1
+    extra: Any = None  # plain value of a second ``*_param`` (AnnotatedData's ``annotated_data_param``)
 
 
 #: layer type -> factory

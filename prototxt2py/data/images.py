@@ -92,12 +92,13 @@ def read(path: str, mode: Mode, layer: str | None = None) -> np.ndarray:
     return decode(buf, mode, what=f"image '{path}'", layer=layer)
 
 
-def resize(img: np.ndarray, height: int, width: int, layer: str | None = None, what: str = "image") -> np.ndarray:
-    """``cv::resize(img, Size(width, height))`` with its default bilinear interpolation (INTER_LINEAR).
-    ``what`` names the image in an error (a size OpenCV cannot make or allocate)."""
-    cv2 = require("cv2", "resizing images (new_height/new_width, WindowData)", layer)
+def resize(img: np.ndarray, height: int, width: int, layer: str | None = None, what: str = "image",
+           interpolation: str = "INTER_LINEAR") -> np.ndarray:
+    """``cv::resize(img, Size(width, height))`` with its default bilinear interpolation (INTER_LINEAR), or the
+    OpenCV flag named. ``what`` names the image in an error (a size OpenCV cannot make or allocate)."""
+    cv2 = require("cv2", "resizing images (new_height/new_width, WindowData, resize_param)", layer)
     try:
-        out = cv2.resize(img, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+        out = cv2.resize(img, (int(width), int(height)), interpolation=getattr(cv2, interpolation))
     except cv2.error as e:
         raise OpenCVError(f"cannot resize {what} to {height}x{width}: {opencv_reason(e)}", layer=layer) from None
     if img.ndim == 3 and out.ndim == 2:  # OpenCV drops a trailing axis of size 1

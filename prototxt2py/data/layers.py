@@ -21,7 +21,10 @@ PARAM_FIELDS = {
     "MemoryData": "memory_data_param",
     "DummyData": "dummy_data_param",
     "WindowData": "window_data_param",
+    "AnnotatedData": "data_param",
 }
+#: data layer type -> a second field its reader needs (``DataLayer.extra``)
+EXTRA_FIELDS = {"AnnotatedData": "annotated_data_param"}
 
 
 def data_layer(layer: Any, phase: str, rank: int = 0, world: int = 1) -> DataLayer:
@@ -39,6 +42,7 @@ def data_layer(layer: Any, phase: str, rank: int = 0, world: int = 1) -> DataLay
         phase=phase,
         rank=rank,
         world=world,
+        extra=plain(getattr(layer, EXTRA_FIELDS[layer.type])) if layer.type in EXTRA_FIELDS else None,
     )
 
 

@@ -70,11 +70,12 @@ class DataTransformer:
         out[...] = result
         return out
 
-    def batch(self, imgs: list[np.ndarray]) -> np.ndarray:
+    def batch(self, imgs: list[np.ndarray], placement: list[tuple[int, int, bool]] | None = None) -> np.ndarray:
         """Transform a batch of ``(C, H, W)`` images into one float32 ``(N, C', H', W')`` array. The batch is
         sized by its first image (as Caffe's data layers do); the others must give the same shape. Random
         draws are made per image in Caffe's order (mirror, then crop offsets); the arithmetic runs on the
-        whole batch at once, element for element the same float32 operations as Caffe's loop."""
+        whole batch at once, element for element the same float32 operations as Caffe's loop. ``placement``
+        receives each image's crop offsets and mirror flag ``(h_off, w_off, mirrored)`` (for its boxes)."""
         c, oh, ow = self.out_shape(imgs[0].shape)
         n = len(imgs)
         stacked = np.empty((n, c, oh, ow), dtype=np.result_type(*(im.dtype for im in imgs)))
@@ -115,6 +116,8 @@ class DataTransformer:
         elif self.mean_values is not None:
             out -= self._channel_means(c)[None, :, None, None]
         out *= self.scale
+        if placement is not None:
+            placement.extend((h, w, bool(m)) for (h, w), m in zip(offsets, mirrors, strict=True))
         if mirrors.any():
             out[mirrors] = out[mirrors][..., ::-1]
         return out

@@ -45,6 +45,7 @@ class DataAttrs:
     kind: str  # what ``source`` is, for messages ("LMDB", "image list", ...)
     param: Any = None  # the layer's ``*_param`` and ``transform_param`` as plain values, for the data readers
     transform: Any = None
+    extra: Any = None  # a second ``*_param`` some readers need (``DataLayerSpec.extra_field``)
 
 
 def crop_size(layer: Any) -> int:
@@ -68,6 +69,8 @@ class DataLayerSpec(LayerSpec):
     tops = (2, 2)
     is_data = True
     family = FAMILY
+    #: a second ``*_param`` field the reader gets as ``extra`` (SSD's AnnotatedData: ``annotated_data_param``)
+    extra_field: str | None = None
 
     def data_attrs(self, layer: Any) -> DataAttrs:
         raise NotImplementedError
@@ -82,7 +85,8 @@ class DataLayerSpec(LayerSpec):
             raise ValueError(f"batch_size must be positive, got {a.batch}")
         field = self.field_name()
         param = plain(getattr(layer, field)) if field else None
-        return replace(a, param=param, transform=plain(layer.transform_param))
+        extra = plain(getattr(layer, self.extra_field)) if self.extra_field else None
+        return replace(a, param=param, transform=plain(layer.transform_param), extra=extra)
 
     def infer_shapes(self, node: Node, in_shapes: Sequence[Shape]) -> list[Shape]:
         a: DataAttrs = node.attrs

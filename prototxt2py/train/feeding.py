@@ -29,7 +29,8 @@ def data_layer_for(node: Any, phase: str, rank: int = 0, world: int = 1) -> Data
     a = node.attrs
     if node.own_phase is not None:  # Net::Init keeps a layer's own phase (its transformer crops by it)
         phase = phase_name(node.own_phase)
-    return DataLayer(node.name, node.type, tuple(node.tops), a.param, a.transform, phase, rank, world)
+    return DataLayer(node.name, node.type, tuple(node.tops), a.param, a.transform, phase, rank, world,
+                     getattr(a, "extra", None))
 
 
 def is_data_node(node: Any) -> bool:

@@ -508,6 +508,8 @@ class AnnotatedData(DataLayerSpec):
     type = "AnnotatedData"
     family = FAMILY
     tops = (1, 2)
+    param_field = "data_param"
+    extra_field = "annotated_data_param"
     summary = "SSD: images + boxes from an LMDB of AnnotatedDatum (data_param, resize_param); a net input"
 
     def data_attrs(self, layer):
