@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from prototxt2py.data import DataError, open_source
-from prototxt2py.data.annotated_data import meets_emit, project, update_by_resize
+from prototxt2py.data.annotated_data import AnnotatedData
 from prototxt2py.data.db import Writer
 from prototxt2py.data.layers import data_layers
+from prototxt2py.data.ssd_augment import meets_emit, project, update_by_resize
 from prototxt2py.proto import caffe_pb2
 from prototxt2py.reader import read_net_text
 
@@ -128,14 +129,87 @@ def test_box_steps_by_hand() -> None:
     assert not meets_emit(crop, [F32(0.0), F32(0.3), F32(0.5), F32(0.5)], "MIN_OVERLAP", 0.5)
 
 
-@pytest.mark.parametrize(("transform", "anno", "message"), [
-    ("", "batch_sampler { max_sample: 1 max_trials: 1 }", "batch_sampler"),
-    ("distort_param { brightness_prob: 0.5 }", "", "distort_param"),
-    ("expand_param { prob: 0.5 max_expand_ratio: 4 }", "", "expand_param"),
-])
-def test_random_augmentation_is_refused_by_name(tmp_path: Path, transform: str, anno: str, message: str) -> None:
-    with pytest.raises(DataError, match=f"layer 'data'.*AnnotatedData with {message}.* is not implemented"):
-        _source(tmp_path, phase="TRAIN", transform=transform, anno=anno)
+def test_noise_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="layer 'data'.*AnnotatedData with noise_param is not implemented"):
+        _source(tmp_path, phase="TRAIN", transform="noise_param { prob: 0.5 }")
+
+
+def _square_annoset(path: Path) -> Path:
+    """Black 60x80 images (PNG) with one white rectangle each, annotated with its exact box."""
+    w = Writer(str(path), "lmdb")
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        img = np.zeros((60, 80, 3), np.uint8)
+        x0, y0 = int(rng.integers(5, 40)), int(rng.integers(5, 25))
+        x1, y1 = x0 + int(rng.integers(15, 35)), y0 + int(rng.integers(15, 30))
+        img[y0:y1, x0:x1] = 255
+        anno = caffe_pb2.AnnotatedDatum(type=caffe_pb2.AnnotatedDatum.BBOX)
+        anno.datum.data = cv2.imencode(".png", img)[1].tobytes()
+        anno.datum.encoded, anno.datum.height, anno.datum.width, anno.datum.channels = True, 60, 80, 3
+        anno.annotation_group.add(group_label=1).annotation.add(instance_id=0).bbox.CopyFrom(
+            caffe_pb2.NormalizedBBox(xmin=x0 / 80, ymin=y0 / 60, xmax=x1 / 80, ymax=y1 / 60))
+        w.put(f"{i:08d}".encode(), anno.SerializeToString())
+    w.close()
+    return path
+
+
+AUGMENTED = """
+layer {{ name: "data" type: "AnnotatedData" top: "data" top: "label" include {{ phase: TRAIN }}
+  data_param {{ source: "{source}" batch_size: 4 backend: LMDB }}
+  transform_param {{ mirror: true
+    resize_param {{ resize_mode: WARP height: 60 width: 80 interp_mode: NEAREST interp_mode: LINEAR }}
+    emit_constraint {{ emit_type: CENTER }}
+    distort_param {{ brightness_prob: 0.5 brightness_delta: 20 contrast_prob: 0.5 contrast_lower: 0.8
+      contrast_upper: 1.2 hue_prob: 0.5 hue_delta: 18 saturation_prob: 0.5 saturation_lower: 0.5
+      saturation_upper: 1.5 random_order_prob: 0.2 }}
+    expand_param {{ prob: 0.5 max_expand_ratio: 2.5 }} }}
+  annotated_data_param {{
+    batch_sampler {{ max_sample: 1 max_trials: 1 }}
+    batch_sampler {{ sampler {{ min_scale: 0.4 max_scale: 1 min_aspect_ratio: 0.5 max_aspect_ratio: 2 }}
+      sample_constraint {{ min_jaccard_overlap: 0.3 }} max_sample: 1 max_trials: 50 }} }} }}
+"""
+
+
+def test_training_augmentation_keeps_boxes_on_their_objects(tmp_path: Path) -> None:
+    """SSD's random stages (distortion, expansion on a black canvas, sampled crops, the emit constraint,
+    mirror, resize): every label row still frames its white rectangle in the output image, to within the
+    pixels the JPEG re-encoding of each stage and the whole-pixel crop corners move it (seeded); expansion and crops
+    happen (outputs whose rectangle is smaller or larger than the original's)."""
+    db = _square_annoset(tmp_path / "squares")
+    (layer,) = data_layers(read_net_text(textwrap.dedent(AUGMENTED.format(source=db)), "net.prototxt").net, "TRAIN")
+    source = AnnotatedData(layer, seed=7)
+    areas = []
+    for _ in range(6):
+        data, label = source.next_batch()
+        assert data.shape == (4, 3, 60, 80)
+        for row in label.reshape(-1, 8):
+            if row[0] < 0:
+                continue
+            item, lab, _, x0, y0, x1, y1, _ = row
+            assert lab == 1 and 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+            bright = data[int(item)].max(axis=0) > 128
+            ys, xs = np.nonzero(bright)
+            assert len(xs), row
+            got = np.array([xs.min() / 80, ys.min() / 60, (xs.max() + 1) / 80, (ys.max() + 1) / 60])
+            # the fork crops pixels at truncated corners but boxes at the exact window: up to a pixel of the
+            # cropped image, magnified by the resize back to 60x80
+            np.testing.assert_allclose(got, [x0, y0, x1, y1], atol=0.1, err_msg=str(row))
+            areas.append((x1 - x0) * (y1 - y0))
+    assert min(areas) < 0.05 < 0.2 < max(areas)  # shrunk by expansion, enlarged by crops
+
+
+def test_sample_constraint_keeps_the_forks_quirk() -> None:
+    """``SatisfySampleConstraint`` never resets ``found``: an object passing the jaccard check but failing the
+    coverage check still makes the sample positive at the end of the loop."""
+    from prototxt2py.data.ssd_augment import _satisfies
+    from prototxt2py.plain import plain
+
+    c = plain(caffe_pb2.SampleConstraint(min_jaccard_overlap=0.1, min_sample_coverage=0.99))
+    sample = [F32(0.0), F32(0.0), F32(0.5), F32(0.5)]
+    obj = [F32(0.25), F32(0.25), F32(0.75), F32(0.75)]  # jaccard 1/7, sample coverage 1/4
+    assert _satisfies(sample, [obj], c)
+    assert not _satisfies(sample, [[F32(0.8), F32(0.8), F32(0.9), F32(0.9)]], c)  # fails the first check
+    assert _satisfies(sample, [], plain(caffe_pb2.SampleConstraint()))  # no constraint: positive
 
 
 def test_a_batch_without_boxes_is_one_row_of_minus_one(tmp_path: Path) -> None:
@@ -210,3 +284,52 @@ def test_ssd_solver_trains_and_scores_detections(tmp_path: Path) -> None:
     scores = [float(line.rsplit("=", 1)[1]) for line in text.splitlines() if "output #0: detection_eval" in line]
     assert len(losses) == 5 and losses[-1] < losses[0], text  # it learns (three images, seeded fillers)
     assert len(scores) == 3 and 0 <= scores[0] < scores[-1] <= 1, text
+
+
+MOBILENET_SSD_TRAIN = Path(__file__).resolve().parents[2] / "shared/corpus/chuanqi305__MobileNet-SSD/train.prototxt"
+
+
+def test_mobilenet_ssd_trains_from_its_own_training_net(tmp_path: Path) -> None:
+    """The corpus MobileNet-SSD train.prototxt as written (every SSD augmentation: distortion, expansion, seven
+    batch samplers, five interpolations, emit constraint, mirror; MultiBoxLoss), only its LMDB path and batch
+    size changed: a solver runs it."""
+    import re
+
+    from click.testing import CliRunner
+
+    from prototxt2py.cli import main
+
+    if not MOBILENET_SSD_TRAIN.is_file():
+        pytest.skip("needs the shared corpus")
+    db = _square_annoset(tmp_path / "squares")
+    text = re.sub(r'source: "[^"]*"', f'source: "{db}"', MOBILENET_SSD_TRAIN.read_text())
+    (tmp_path / "train.prototxt").write_text(re.sub(r"batch_size: \d+", "batch_size: 2", text))
+    (tmp_path / "solver.prototxt").write_text(
+        f'train_net: "{tmp_path / "train.prototxt"}"\nbase_lr: 0.0005\nmomentum: 0.9\nlr_policy: "fixed"\n'
+        'max_iter: 2\ndisplay: 1\nrandom_seed: 3\nsnapshot_after_train: false\n')
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "solver.prototxt")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    losses = [float(v) for v in re.findall(r"mbox_loss = ([0-9.]+) ", result.output)]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and min(losses) > 0, result.output
+
+
+def test_expansion_places_the_image_and_its_boxes() -> None:
+    """``ExpandImage``: the image at a whole-pixel offset on a canvas of the mean values, its box moved with it
+    (box * image size + offset, over the canvas size)."""
+    from prototxt2py.data.ssd_augment import expand
+    from prototxt2py.plain import plain
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(10, 250, (10, 20, 3), dtype=np.uint8)
+    groups = [(4, [(7, [F32(0.25), F32(0.5), F32(0.75), F32(1.0)], True)])]
+    param = plain(caffe_pb2.ExpansionParameter(prob=1.0, max_expand_ratio=3.0))
+    canvas, moved = expand(img, groups, param, np.array([1, 2, 3], np.uint8), None, rng)
+    h, w = canvas.shape[:2]
+    assert (h, w) != (10, 20) and h / 10 == pytest.approx(w / 20, abs=0.1)
+    ys, xs = np.nonzero((canvas != [1, 2, 3]).any(axis=2))
+    y0, x0 = ys.min(), xs.min()
+    np.testing.assert_array_equal(canvas[y0:y0 + 10, x0:x0 + 20], img)
+    assert (canvas == [1, 2, 3]).all(axis=2).sum() == h * w - 200  # the rest is the fill
+    (label, [(instance, box, difficult)]), = moved
+    assert (label, instance, difficult) == (4, 7, True)
+    np.testing.assert_allclose(box, [(5 + x0) / w, (5 + y0) / h, (15 + x0) / w, (10 + y0) / h], rtol=1e-6)
