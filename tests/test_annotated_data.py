@@ -5,11 +5,14 @@ MultiBoxLoss training, DetectionOutput + DetectionEvaluate testing with ``eval_t
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prototxt2py.data import DataError, open_source
 from prototxt2py.data.annotated_data import AnnotatedData
@@ -333,3 +336,36 @@ def test_expansion_places_the_image_and_its_boxes() -> None:
     (label, [(instance, box, difficult)]), = moved
     assert (label, instance, difficult) == (4, 7, True)
     np.testing.assert_allclose(box, [(5 + x0) / w, (5 + y0) / h, (15 + x0) / w, (10 + y0) / h], rtol=1e-6)
+
+
+COORD = st.one_of(st.floats(-3, 3, width=32), st.sampled_from([math.nan, math.inf, -math.inf, 0.0, 1.0]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(boxes=st.lists(st.tuples(COORD, COORD, COORD, COORD, st.integers(-5, 5)), max_size=4),
+       size=st.tuples(st.integers(-2, 100), st.integers(-2, 100)), encoded=st.booleans())
+def test_hostile_records_give_a_batch_or_one_error(tmp_path_factory, boxes, size, encoded) -> None:
+    """Records with any box coordinates (NaN, infinite, inverted, outside), any stored size, raw or encoded,
+    through every augmentation stage: a batch with finite-shaped tops, or one DataError line."""
+    path = tmp_path_factory.mktemp("hostile") / "db"
+    w = Writer(str(path), "lmdb")
+    img = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    anno = caffe_pb2.AnnotatedDatum(type=caffe_pb2.AnnotatedDatum.BBOX)
+    if encoded:
+        anno.datum.data, anno.datum.encoded = cv2.imencode(".png", img)[1].tobytes(), True
+    else:
+        anno.datum.data = img.transpose(2, 0, 1).tobytes()
+    anno.datum.height, anno.datum.width, anno.datum.channels = size[0], size[1], 3
+    for x0, y0, x1, y1, label in boxes:
+        anno.annotation_group.add(group_label=label).annotation.add().bbox.CopyFrom(
+            caffe_pb2.NormalizedBBox(xmin=x0, ymin=y0, xmax=x1, ymax=y1))
+    w.put(b"0", anno.SerializeToString())
+    w.close()
+    text = AUGMENTED.format(source=path).replace("batch_size: 4", "batch_size: 2")
+    (layer,) = data_layers(read_net_text(textwrap.dedent(text), "net.prototxt").net, "TRAIN")
+    try:
+        data, label = AnnotatedData(layer, seed=1).next_batch()
+    except DataError as e:
+        assert "\n" not in str(e)
+    else:
+        assert data.shape == (2, 3, 60, 80) and label.shape[:2] == (1, 1) and label.shape[3] == 8

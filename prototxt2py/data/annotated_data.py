@@ -86,6 +86,11 @@ class AnnotatedData(DbData):
         return anno
 
     def next_batch(self) -> list[np.ndarray]:
+        # box arithmetic is float32 as the fork's: infinite or NaN coordinates in a record propagate silently
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._batch()
+
+    def _batch(self) -> list[np.ndarray]:
         imgs, annos = [], []
         for _ in range(self.batch_size):
             self._to_kept()
