@@ -369,3 +369,19 @@ def test_hostile_records_give_a_batch_or_one_error(tmp_path_factory, boxes, size
         assert "\n" not in str(e)
     else:
         assert data.shape == (2, 3, 60, 80) and label.shape[:2] == (1, 1) and label.shape[3] == 8
+
+
+def test_pycaffe_net_reads_the_annoset(tmp_path: Path) -> None:
+    """``caffe.Net(train_net, caffe.TRAIN)`` opens the AnnotatedData source as Caffe does: ``forward()`` reads a
+    batch (the label blob holds its boxes), ``backward()`` fills the parameter diffs."""
+    from prototxt2py import caffe
+
+    db = write_annoset(tmp_path / "annoset")
+    (tmp_path / "net.prototxt").write_text(TINY_SSD.format(db=db))
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN)
+    out = net.forward()
+    assert float(out["loss"]) > 0
+    assert net.blobs["data"].data.shape == (3, 3, 24, 32) and net.blobs["label"].data.shape == (1, 1, 3, 8)
+    np.testing.assert_array_equal(net.blobs["label"].data[0, 0, :, :3], [[0, 1, 0], [0, 3, 1], [1, 2, 0]])
+    net.backward()
+    assert np.abs(net.params["conv"][0].diff).sum() > 0

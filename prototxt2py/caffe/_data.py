@@ -21,8 +21,11 @@ from typing import Any
 
 import torch
 
-#: the data layer types that read a ``source`` (a database, an image or HDF5 list, a window file)
-READ_SOURCE = frozenset({"Data", "ImageData", "HDF5Data", "WindowData"})
+from ..data.layers import PARAM_FIELDS
+
+#: the data layer types that read a ``source`` (a database, an image or HDF5 list, a window file, an annoset):
+#: every reader type but the two the net serves itself
+READ_SOURCE = frozenset(PARAM_FIELDS) - {"MemoryData", "DummyData"}
 
 
 def open_readers(skeleton: Any, phase: str, given: Collection[str]) -> Any:
