@@ -45,7 +45,7 @@ status=0
 "$PY" -m pytest -q -p no:cacheprovider -m "" -o addopts="" \
     tests/test_golden_layers.py tests/test_golden_nets.py tests/test_train_golden.py tests/test_pycaffe_solver.py \
     tests/test_runtime.py::test_inference_plan_matches_caffe_on_the_zoo \
-    tests/test_inference_mode.py tests/test_precision.py tests/test_cuda_graph.py tests/test_rpn_proposal.py "$@" 2>&1 | tee "$LOGS/golden.txt" || status=1
+    tests/test_inference_mode.py tests/test_precision.py tests/test_cuda_graph.py tests/test_rpn_proposal.py tests/test_multibox_loss.py "$@" 2>&1 | tee "$LOGS/golden.txt" || status=1
 BENCH_ARGS=${BENCH_ARGS:---parts forward --batches 1 16 64 --rounds 15}
 # shellcheck disable=SC2086  # BENCH_ARGS: several words
 "$PY" benchmarks/runtime.py --device "$PROTOTXT2PY_TEST_DEVICE" $BENCH_ARGS 2>&1 | tee "$LOGS/forward.txt" || status=1

@@ -16,7 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from golden import CORPUS, generated_module
+from golden import CORPUS, DEVICE, generated_module
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -393,3 +393,22 @@ def test_hostile_ground_truth_gives_a_loss_or_one_error(rows: list, variant: int
         assert "\n" not in str(e)
     else:
         assert loss.shape == ()
+
+
+@pytest.mark.skipif(DEVICE.type == "cpu", reason="needs PROTOTXT2PY_TEST_DEVICE naming another device (a GPU)")
+def test_loss_and_gradients_on_the_test_device_equal_the_cpus() -> None:
+    """The module on a GPU (``scripts/gpu_checks.sh``): matching and mining run on the CPU from detached copies,
+    the losses on the device; the same loss and gradients as on the CPU."""
+    o = {**DEFAULTS, **VARIANTS[2]}
+    loc, conf, prior, gt = _case(4, 3, 40, o["num_classes"], 1)
+    results = []
+    for device in (torch.device("cpu"), DEVICE):
+        tloc = torch.from_numpy(loc).to(device).requires_grad_()
+        tconf = torch.from_numpy(conf).to(device).requires_grad_()
+        loss = MultiBoxLoss(**o)(tloc, tconf, torch.from_numpy(prior).to(device),
+                                 torch.from_numpy(gt.reshape(1, 1, -1, 8)).to(device))
+        loss.backward()
+        assert loss.device.type == device.type
+        results.append((loss.detach().cpu(), tloc.grad.cpu(), tconf.grad.cpu()))
+    for want, got in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
