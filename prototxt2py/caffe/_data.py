@@ -21,11 +21,13 @@ from typing import Any
 
 import torch
 
-from ..data.layers import PARAM_FIELDS
+from ..data.layers import reader_types
 
-#: the data layer types that read a ``source`` (a database, an image or HDF5 list, a window file, an annoset):
-#: every reader type but the two the net serves itself
-READ_SOURCE = frozenset(PARAM_FIELDS) - {"MemoryData", "DummyData"}
+#: the reader types the net serves itself (the others read a ``source``: a database, an image or HDF5 list, a
+#: window file, an annoset)
+SERVED_BY_THE_NET = frozenset({"MemoryData", "DummyData"})
+#: the data layer types whose reader opens a source
+READ_SOURCE = reader_types() - SERVED_BY_THE_NET
 
 
 def open_readers(skeleton: Any, phase: str, given: Collection[str]) -> Any:

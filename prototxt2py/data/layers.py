@@ -1,7 +1,8 @@
 """From a ``LayerParameter`` of a data layer to the plain :class:`DataLayer` a reader is opened with.
 
-This is the one place that knows which ``*_param`` field belongs to which data layer type; trainers, the
-loader and the tests build their :class:`DataLayer` values here.
+Which ``*_param`` fields a reader gets comes from the layer's spec (``field_name()``, and ``extra_field`` where a
+reader needs a second block, as SSD's AnnotatedData); which types have a reader, from the readers' registry.
+Trainers, the loader, pycaffe and the tests build their :class:`DataLayer` values here.
 """
 
 from __future__ import annotations
@@ -11,25 +12,29 @@ from typing import Any
 
 from ..netstate import State, layer_included, phase_name
 from ..plain import plain
-from . import DataLayer
+from . import READERS, DataLayer
 
-#: data layer type -> the LayerParameter field holding its parameters
-PARAM_FIELDS = {
-    "Data": "data_param",
-    "ImageData": "image_data_param",
-    "HDF5Data": "hdf5_data_param",
-    "MemoryData": "memory_data_param",
-    "DummyData": "dummy_data_param",
-    "WindowData": "window_data_param",
-    "AnnotatedData": "data_param",
-}
-#: data layer type -> a second field its reader needs (``DataLayer.extra``)
-EXTRA_FIELDS = {"AnnotatedData": "annotated_data_param"}
+
+def reader_types() -> frozenset[str]:
+    """The data layer types a reader is registered for (importing the built-in readers on first use)."""
+    from . import _readers  # noqa: F401  (registers the built-in readers)
+
+    return frozenset(READERS)
+
+
+def _fields(type_name: str) -> tuple[str | None, str | None]:
+    """A data layer type's parameter field and the second field its reader gets (its spec says both)."""
+    from ..layers import get_spec
+
+    spec = get_spec(type_name)
+    if spec is None:
+        return None, None
+    return spec.field_name(), getattr(spec, "extra_field", None)
 
 
 def data_layer(layer: Any, phase: str, rank: int = 0, world: int = 1) -> DataLayer:
     """The plain description of one data layer (a ``caffe_pb2.LayerParameter``) for ``phase``."""
-    field = PARAM_FIELDS.get(layer.type)
+    field, extra = _fields(layer.type)
     param = plain(getattr(layer, field)) if field else None
     if layer.HasField("phase"):  # Net::Init keeps a layer's own phase (its transformer crops by it)
         phase = phase_name(layer.phase)
@@ -42,7 +47,7 @@ def data_layer(layer: Any, phase: str, rank: int = 0, world: int = 1) -> DataLay
         phase=phase,
         rank=rank,
         world=world,
-        extra=plain(getattr(layer, EXTRA_FIELDS[layer.type])) if layer.type in EXTRA_FIELDS else None,
+        extra=plain(getattr(layer, extra)) if extra else None,
     )
 
 
@@ -55,7 +60,7 @@ def data_layers(
     return [
         data_layer(layer, phase, rank, world)
         for layer in net.layer
-        if layer.type in PARAM_FIELDS and layer_included(layer, state)
+        if layer.type in reader_types() and layer_included(layer, state)
     ]
 
 

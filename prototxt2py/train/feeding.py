@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..data import DataLayer
-from ..data.layers import PARAM_FIELDS, top_shapes
+from ..data.layers import reader_types, top_shapes
 from ..netstate import phase_name
 
 #: readers whose batches are copies from memory: worker processes would only add transfer costs
@@ -35,7 +35,7 @@ def data_layer_for(node: Any, phase: str, rank: int = 0, world: int = 1) -> Data
 
 def is_data_node(node: Any) -> bool:
     """A layer whose tops come from a reader (not an ``Input`` layer, whose blobs the caller provides)."""
-    return node.type in PARAM_FIELDS and node.spec.is_input(node)
+    return node.type in reader_types() and node.spec.is_input(node)
 
 
 class Feeder:
