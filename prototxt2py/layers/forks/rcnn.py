@@ -128,13 +128,31 @@ RPN_SCALES, RPN_RATIOS = (8.0, 16.0, 32.0), (0.5, 1.0, 2.0)
 
 
 @dataclass(frozen=True)
-class ProposalAttrs:
-    """The plain ``python_param`` of a ProposalLayer plus what its ``param_str`` (YAML) says."""
+class PythonParamAttrs:
+    """The plain ``python_param`` of a built-in py-faster-rcnn layer (subclasses add what its ``param_str``
+    says)."""
 
     module: str
     layer: str
     param_str: str
     share_in_parallel: bool
+
+
+def _python_settings(layer: Any, layer_name: str, required: str | None = "feat_stride") -> tuple[dict, dict]:
+    """A py-faster-rcnn layer's ``python_param`` fields (for :class:`PythonParamAttrs`) and its ``param_str``
+    mapping, which must hold ``required``."""
+    p = plain(layer.python_param)
+    given = yaml_mapping(p.param_str)
+    if required is not None and required not in given:
+        raise ValueError(f"python_param.param_str needs '{required}' (py-faster-rcnn's {layer_name} reads it)")
+    fields = {"module": p.module, "layer": p.layer, "param_str": p.param_str, "share_in_parallel": p.share_in_parallel}
+    return fields, given
+
+
+@dataclass(frozen=True)
+class ProposalAttrs(PythonParamAttrs):
+    """A ProposalLayer: what its ``param_str`` (YAML) says."""
+
     feat_stride: float
     #: ``generate_anchors(scales=..., ratios=...)``: boxes around the first feature position
     anchors: tuple[tuple[float, float, float, float], ...]
@@ -259,14 +277,11 @@ class ProposalLayer(_RpnProposals, PythonLayerSpec):
                "top N, NMS; dynamic size")
 
     def attrs(self, layer):
-        p = plain(layer.python_param)
-        given = yaml_mapping(p.param_str)
-        if "feat_stride" not in given:
-            raise ValueError("python_param.param_str needs 'feat_stride' (py-faster-rcnn's ProposalLayer reads it)")
+        fields, given = _python_settings(layer, "ProposalLayer")
         scales = _numbers(given.get("scales", RPN_SCALES), "scales")
         ratios = _numbers(given.get("ratios", RPN_RATIOS), "ratios")
-        return ProposalAttrs(p.module, p.layer, p.param_str, p.share_in_parallel,
-                             _number(given["feat_stride"], "feat_stride"), rpn_anchors(scales, ratios))
+        return ProposalAttrs(**fields, feat_stride=_number(given["feat_stride"], "feat_stride"),
+                             anchors=rpn_anchors(scales, ratios))
 
     def settings(self, node):
         return RPN_SETTINGS[TEST if node.phase is None else node.phase]
@@ -303,3 +318,101 @@ class Proposal(_RpnProposals, LayerSpec):
         a: ProposalParamAttrs = node.attrs
         return a.pre_nms_topn, a.post_nms_topn, a.nms_thresh, a.min_size
 
+
+
+#: py-faster-rcnn's training settings as its end-to-end recipe runs them (lib/fast_rcnn/config.py with
+#: experiments/cfgs/faster_rcnn_end2end.yml): anchor labelling and sampling, ROI sampling, target normalization
+RPN_TRAIN = {"positive": 0.7, "negative": 0.3, "fg_fraction": 0.5, "batch": 256}
+ROI_TRAIN = {"batch": 128, "fg_fraction": 0.25, "fg_thresh": 0.5, "bg_hi": 0.5, "bg_lo": 0.0,
+             "means": (0.0, 0.0, 0.0, 0.0), "stds": (0.1, 0.1, 0.2, 0.2)}
+
+
+@dataclass(frozen=True)
+class AnchorTargetAttrs(PythonParamAttrs):
+    """An AnchorTargetLayer: its ``param_str`` settings."""
+
+    feat_stride: float
+    anchors: tuple[tuple[float, float, float, float], ...]
+    allowed_border: float
+
+
+@register
+class AnchorTargetLayer(PythonLayerSpec):
+    """py-faster-rcnn's ``rpn.anchor_target_layer.AnchorTargetLayer`` (RPN training targets), built in: the
+    layer's code with the end-to-end recipe's settings (:data:`RPN_TRAIN`). Its random sampling draws from
+    torch's generator (``torch.manual_seed`` makes it repeatable; numpy's stream is not reproduced)."""
+
+    python_layer = "rpn.anchor_target_layer.AnchorTargetLayer"
+    bottoms = (3, 4)  # scores, gt_boxes, im_info (and data, which the layer never reads)
+    tops = (4, 4)
+    family = FAMILY
+    summary = ("py-faster-rcnn RPN training targets: anchor labels (1, 1, A*H, W), regression targets and weights "
+               "(1, 4A, H, W); random sampling")
+
+    def attrs(self, layer):
+        fields, given = _python_settings(layer, "AnchorTargetLayer")
+        scales = _numbers(given.get("scales", RPN_SCALES), "scales")
+        border = given.get("allowed_border", 0)
+        if isinstance(border, bool) or not isinstance(border, int | float) or not -1e9 < border < 1e9:
+            raise ValueError(f"python_param.param_str: allowed_border must be a number, got {border!r}")
+        return AnchorTargetAttrs(**fields, feat_stride=_number(given["feat_stride"], "feat_stride"),
+                                 anchors=rpn_anchors(scales, RPN_RATIOS), allowed_border=border)
+
+    def infer_shapes(self, node, in_shapes):
+        a: AnchorTargetAttrs = node.attrs
+        scores, truth, info = in_shapes[:3]
+        if len(scores) != 4 or scores[0] != 1:
+            raise self.fail(node, f"scores {tuple(scores)} must be (1, C, H, W): the layer takes one image")
+        if len(truth) < 1 or truth[-1] < 5:
+            raise self.fail(node, f"ground truth {tuple(truth)} needs rows (x1, y1, x2, y2, class)")
+        if not info or count(info, 1) < 3:
+            raise self.fail(node, f"im_info {tuple(info)} needs (height, width, scale) per image")
+        n, (h, w) = len(a.anchors), scores[2:]
+        return [(1, 1, n * h, w), (1, 4 * n, h, w), (1, 4 * n, h, w), (1, 4 * n, h, w)]
+
+    def module(self, node):
+        a: AnchorTargetAttrs = node.attrs
+        return call(f"{NN}:AnchorTargetLayer", a.feat_stride, a.anchors,
+                    **({"allowed_border": a.allowed_border} if a.allowed_border else {}))
+
+
+@dataclass(frozen=True)
+class ProposalTargetAttrs(PythonParamAttrs):
+    """A ProposalTargetLayer: its ``num_classes``."""
+
+    num_classes: int
+
+
+@register
+class ProposalTargetLayer(PythonLayerSpec):
+    """py-faster-rcnn's ``rpn.proposal_target_layer.ProposalTargetLayer`` (detection head training targets),
+    built in with the end-to-end recipe's settings (:data:`ROI_TRAIN`: 128 ROIs, a quarter foreground,
+    background overlap in [0, 0.5), targets normalised by the precomputed means and stds). Random sampling
+    from torch's generator."""
+
+    python_layer = "rpn.proposal_target_layer.ProposalTargetLayer"
+    bottoms = (2, 2)
+    tops = (5, 5)
+    family = FAMILY
+    summary = ("py-faster-rcnn ROI training targets: sampled ROIs (R, 5), labels (R,), class-specific targets and "
+               "weights (R, 4K); random sampling")
+
+    def attrs(self, layer):
+        fields, given = _python_settings(layer, "ProposalTargetLayer", required=None)
+        k = given.get("num_classes")
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= 1 << 16:
+            raise ValueError(f"python_param.param_str needs 'num_classes' (1 to 65536), got {k!r}")
+        return ProposalTargetAttrs(**fields, num_classes=k)
+
+    def infer_shapes(self, node, in_shapes):
+        k = node.attrs.num_classes
+        rois, truth = in_shapes
+        if count(rois) % 5 or (rois and rois[-1] != 5):
+            raise self.fail(node, f"ROIs {tuple(rois)} need rows (batch index, x1, y1, x2, y2)")
+        if len(truth) < 1 or truth[-1] < 5:
+            raise self.fail(node, f"ground truth {tuple(truth)} needs rows (x1, y1, x2, y2, class)")
+        # Caffe's set-up shapes; each pass gives up to 128 sampled ROIs
+        return [(1, 5), (1, 1), (1, 4 * k), (1, 4 * k), (1, 4 * k)]
+
+    def module(self, node):
+        return call(f"{NN}:ProposalTargetLayer", node.attrs.num_classes)

@@ -385,3 +385,215 @@ class ProposalLayer(nn.Module):
         kept = order[_rpn_nms(boxes[order], self.nms_thresh, self.post_nms_top_n)]
         rois = torch.cat([torch.zeros_like(boxes[kept, :1]), boxes[kept]], dim=1)
         return (rois, fg[kept].unsqueeze(1)) if self.scores else rois
+
+
+def _rpn_overlaps(boxes: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """py-faster-rcnn's ``bbox_overlaps`` (utils/bbox.pyx) in float64: ``(N, 4)`` x ``(K, 4)`` -> ``(N, K)``
+    intersection over union, sides counting both edges; 0 where the boxes do not meet."""
+    b, q = boxes.double().unsqueeze(1), query.double().unsqueeze(0)
+    iw = torch.minimum(b[..., 2], q[..., 2]) - torch.maximum(b[..., 0], q[..., 0]) + 1
+    ih = torch.minimum(b[..., 3], q[..., 3]) - torch.maximum(b[..., 1], q[..., 1]) + 1
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    area_q = (q[..., 2] - q[..., 0] + 1) * (q[..., 3] - q[..., 1] + 1)
+    inter = iw * ih
+    meet = (iw > 0) & (ih > 0)
+    return torch.where(
+        meet, inter / torch.where(meet, area_b + area_q - inter, 1.0), 0.0
+    )
+
+
+def _rpn_targets(ex: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """py-faster-rcnn's ``bbox_transform``: the deltas taking boxes ``ex`` to ``gt`` (``(N, 4)`` each), in the
+    dtypes numpy would use for them (the caller passes float64 or float32 tensors)."""
+    dtype = torch.promote_types(ex.dtype, gt.dtype)
+    ew, eh = ex[:, 2] - ex[:, 0] + 1.0, ex[:, 3] - ex[:, 1] + 1.0
+    ecx, ecy = ex[:, 0] + 0.5 * ew, ex[:, 1] + 0.5 * eh
+    gw, gh = gt[:, 2] - gt[:, 0] + 1.0, gt[:, 3] - gt[:, 1] + 1.0
+    gcx, gcy = gt[:, 0] + 0.5 * gw, gt[:, 1] + 0.5 * gh
+    ew, eh, ecx, ecy = (t.to(dtype) for t in (ew, eh, ecx, ecy))
+    gw, gh, gcx, gcy = (t.to(dtype) for t in (gw, gh, gcx, gcy))
+    return torch.stack(
+        [(gcx - ecx) / ew, (gcy - ecy) / eh, torch.log(gw / ew), torch.log(gh / eh)],
+        dim=1,
+    )
+
+
+def _rpn_subsample(index: torch.Tensor, keep: int) -> torch.Tensor:
+    """``npr.choice(index, size=keep, replace=False)``: ``keep`` of them at random, in random order (torch's
+    generator; numpy's own stream is not reproduced)."""
+    return index[torch.randperm(len(index))[:keep]]
+
+
+class AnchorTargetLayer(nn.Module):
+    """py-faster-rcnn's ``rpn.anchor_target_layer.AnchorTargetLayer`` (training): every anchor inside the image
+    (``allowed_border``) labelled 1 (the best anchor of each ground truth, and overlaps >= ``positive``), 0
+    (overlap < ``negative``, before the positives, as ``RPN_CLOBBER_POSITIVES`` False) or -1; positives
+    subsampled to ``fg_fraction * batch``, negatives to the rest of ``batch`` (at random); regression targets
+    of every inside anchor to its best ground truth; inside weights 1 on positives; outside weights
+    1 / (labelled anchors). Bottoms: scores ``(1, 2A, H, W)`` (for H and W), ground truth ``(G, 5)``,
+    ``im_info``. Tops: labels ``(1, 1, A*H, W)``, targets, inside and outside weights ``(1, 4A, H, W)``."""
+
+    def __init__(
+        self,
+        feat_stride: float,
+        anchors: tuple[tuple[float, float, float, float], ...],
+        allowed_border: float = 0,
+        positive: float = 0.7,
+        negative: float = 0.3,
+        fg_fraction: float = 0.5,
+        batch: int = 256,
+    ) -> None:
+        super().__init__()
+        self.feat_stride, self.anchors = feat_stride, anchors
+        self.allowed_border = allowed_border
+        self.positive, self.negative = positive, negative
+        self.fg_fraction, self.batch = fg_fraction, batch
+
+    @torch.no_grad()
+    def forward(
+        self,
+        scores: torch.Tensor,
+        gt_boxes: torch.Tensor,
+        im_info: torch.Tensor,
+        *_: torch.Tensor,
+    ):
+        if scores.shape[0] != 1:
+            raise ValueError(
+                f"AnchorTargetLayer takes one image (py-faster-rcnn asserts it), got {scores.shape[0]}"
+            )
+        device = scores.device
+        height, width = scores.shape[-2:]
+        a = len(self.anchors)
+        gt = gt_boxes.detach().reshape(-1, gt_boxes.shape[-1]).cpu()
+        if gt.shape[0] == 0 or gt.shape[1] < 4:
+            raise ValueError(
+                f"AnchorTargetLayer needs ground-truth boxes (G, 5), got {tuple(gt_boxes.shape)}"
+            )
+        info = im_info.detach().reshape(im_info.shape[0], -1)[0].cpu().double()
+        base = torch.tensor(self.anchors, dtype=torch.float64)
+        sy, sx = (
+            torch.arange(n, dtype=torch.float64) * self.feat_stride
+            for n in (height, width)
+        )
+        gy, gx = torch.meshgrid(sy, sx, indexing="ij")
+        shifts = torch.stack([gx, gy, gx, gy], dim=-1).reshape(-1, 1, 4)
+        anchors = (base.unsqueeze(0) + shifts).reshape(-1, 4)  # (H * W * A, 4), float64
+        border = self.allowed_border
+        inside = (
+            (anchors[:, 0] >= -border)
+            & (anchors[:, 1] >= -border)
+            & (anchors[:, 2] < info[1] + border)
+            & (anchors[:, 3] < info[0] + border)
+        ).nonzero()[:, 0]
+        overlaps = _rpn_overlaps(anchors[inside], gt[:, :4])
+        best, argmax = overlaps.max(dim=1)  # first maximum, as numpy's argmax
+        labels = torch.full((len(inside),), -1.0)
+        labels[best < self.negative] = 0
+        gt_best = overlaps.max(dim=0).values
+        # every anchor tying a ground truth's best overlap (all of them at 0 for a box no anchor meets)
+        labels[(overlaps == gt_best).any(dim=1)] = 1
+        labels[best >= self.positive] = 1
+        fg = (labels == 1).nonzero()[:, 0]
+        most_fg = int(self.fg_fraction * self.batch)
+        if len(fg) > most_fg:
+            labels[_rpn_subsample(fg, len(fg) - most_fg)] = -1
+        bg = (labels == 0).nonzero()[:, 0]
+        most_bg = self.batch - int((labels == 1).sum())
+        if len(bg) > most_bg:
+            labels[_rpn_subsample(bg, len(bg) - most_bg)] = -1
+        targets = _rpn_targets(anchors[inside], gt[argmax, :4]).float()
+        inside_w = torch.zeros(len(inside), 4)
+        inside_w[labels == 1] = 1.0
+        outside_w = torch.zeros(len(inside), 4)
+        outside_w[labels >= 0] = float(1.0 / (labels >= 0).sum().double())
+        total = len(anchors)
+
+        def unmap(values: torch.Tensor, fill: float) -> torch.Tensor:
+            out = torch.full((total, *values.shape[1:]), fill, dtype=torch.float32)
+            out[inside] = values.float()
+            return out
+
+        def planes(values: torch.Tensor, per_anchor: int) -> torch.Tensor:
+            v = values.reshape(1, height, width, a * per_anchor).permute(0, 3, 1, 2)
+            return v.contiguous().to(device)
+
+        label_top = planes(unmap(labels, -1.0), 1).reshape(1, 1, a * height, width)
+        return (
+            label_top,
+            planes(unmap(targets, 0.0), 4),
+            planes(unmap(inside_w, 0.0), 4),
+            planes(unmap(outside_w, 0.0), 4),
+        )
+
+
+class ProposalTargetLayer(nn.Module):
+    """py-faster-rcnn's ``rpn.proposal_target_layer.ProposalTargetLayer`` (training), with its end-to-end
+    settings: the proposals plus the ground-truth boxes, ``fg_fraction * batch`` foreground ROIs (overlap >=
+    ``fg_thresh``) and background ones (overlap in [``bg_lo``, ``bg_hi``)) sampled at random, labelled (0 for
+    background), class-specific regression targets normalised by ``means``/``stds``. Bottoms: ROIs
+    ``(R, 5)``, ground truth ``(G, 5)`` (x1, y1, x2, y2, class). Tops: ROIs ``(S, 5)``, labels ``(S,)``, targets,
+    inside and outside weights ``(S, 4 * num_classes)``."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        batch: int = 128,
+        fg_fraction: float = 0.25,
+        fg_thresh: float = 0.5,
+        bg_hi: float = 0.5,
+        bg_lo: float = 0.0,
+        means: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
+        stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2),
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.batch = num_classes, batch
+        self.fg_fraction, self.fg_thresh = fg_fraction, fg_thresh
+        self.bg_hi, self.bg_lo, self.means, self.stds = bg_hi, bg_lo, means, stds
+
+    @torch.no_grad()
+    def forward(self, rois: torch.Tensor, gt_boxes: torch.Tensor):
+        device = rois.device
+        gt = gt_boxes.detach().reshape(-1, gt_boxes.shape[-1]).float().cpu()
+        if gt.shape[0] == 0 or gt.shape[1] < 5:
+            raise ValueError(
+                f"ProposalTargetLayer needs ground-truth boxes (G, 5), got {tuple(gt_boxes.shape)}"
+            )
+        proposals = rois.detach().reshape(-1, 5).float().cpu()
+        all_rois = torch.cat(
+            [proposals, torch.cat([torch.zeros(len(gt), 1), gt[:, :4]], dim=1)]
+        )
+        if bool((all_rois[:, 0] != 0).any()):
+            raise ValueError(
+                "ProposalTargetLayer takes one image (py-faster-rcnn asserts ROI batch index 0)"
+            )
+        overlaps = _rpn_overlaps(all_rois[:, 1:5], gt[:, :4])
+        best, assignment = overlaps.max(dim=1)
+        labels = gt[assignment, 4]
+        per_image = float(self.batch)
+        fg_per_image = round(
+            self.fg_fraction * per_image
+        )  # np.round: halves to even, as Python's round
+        fg = (best >= self.fg_thresh).nonzero()[:, 0]
+        fg_count = int(min(fg_per_image, len(fg)))
+        fg = _rpn_subsample(fg, fg_count)
+        bg = ((best < self.bg_hi) & (best >= self.bg_lo)).nonzero()[:, 0]
+        bg = _rpn_subsample(bg, int(min(per_image - fg_count, len(bg))))
+        keep = torch.cat([fg, bg])
+        labels = labels[keep].clone()
+        labels[fg_count:] = 0
+        kept = all_rois[keep]
+        targets = _rpn_targets(
+            kept[:, 1:5], gt[assignment[keep], :4]
+        )  # float32, as numpy on float32 rows
+        mean = torch.tensor(self.means, dtype=torch.float64)
+        std = torch.tensor(self.stds, dtype=torch.float64)
+        targets = ((targets.double() - mean) / std).float()
+        cls = labels.long()
+        bbox = torch.zeros(len(keep), 4 * self.num_classes)
+        inside_w = torch.zeros_like(bbox)
+        for i in (cls > 0).nonzero()[:, 0].tolist():
+            c = int(cls[i])
+            bbox[i, 4 * c : 4 * c + 4] = targets[i]
+            inside_w[i, 4 * c : 4 * c + 4] = 1.0
+        outside_w = (inside_w > 0).float()
+        return tuple(t.to(device) for t in (kept, labels, bbox, inside_w, outside_w))
