@@ -109,7 +109,7 @@ def small_nets(rows: list[dict]) -> list[str]:
                 f'layer {{ name: "in{i}" type: "Input" top: "{b}" input_param {{ shape {{ dim: 1 dim: 4 dim: 8 '
                 f'dim: 8 }} }} }}\n' for i, b in enumerate(dict.fromkeys(layer.bottom)))
             out.append(f'name: "small"\n{inputs}layer {{ {body} }}\n')
-    return [*out, PROPOSAL_NET, OPENCV_PROPOSAL_NET]
+    return [*out, PROPOSAL_NET, OPENCV_PROPOSAL_NET, RCNN_TARGETS_NET]
 
 
 #: The built-in Python layer (py-faster-rcnn's proposals), which the corpus loop skips with the other Python
@@ -122,6 +122,21 @@ PROPOSAL_NET = (
     'layer { name: "proposal" type: "Python" bottom: "s" bottom: "d" bottom: "info" top: "rois" top: "scores" '
     "python_param { module: \"rpn.proposal_layer\" layer: \"ProposalLayer\" "
     "param_str: \"{'feat_stride': 16, 'scales': [1], 'ratios': [1]}\" } }\n"
+)
+
+#: py-faster-rcnn's training-target layers over fed inputs (one anchor per position, two classes).
+RCNN_TARGETS_NET = (
+    'name: "small"\n'
+    'layer { name: "in0" type: "Input" top: "s" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 5 } } }\n'
+    'layer { name: "in1" type: "Input" top: "gt" input_param { shape { dim: 2 dim: 5 } } }\n'
+    'layer { name: "in2" type: "Input" top: "info" input_param { shape { dim: 1 dim: 3 } } }\n'
+    'layer { name: "in3" type: "Input" top: "rois" input_param { shape { dim: 3 dim: 5 } } }\n'
+    'layer { name: "rpn" type: "Python" bottom: "s" bottom: "gt" bottom: "info" top: "l" top: "t" top: "i" top: "o" '
+    "python_param { module: \"rpn.anchor_target_layer\" layer: \"AnchorTargetLayer\" "
+    "param_str: \"{'feat_stride': 16, 'scales': [1]}\" } }\n"
+    'layer { name: "roi" type: "Python" bottom: "rois" bottom: "gt" top: "r" top: "rl" top: "rt" top: "ri" top: "ro" '
+    "python_param { module: \"rpn.proposal_target_layer\" layer: \"ProposalTargetLayer\" "
+    "param_str: \"'num_classes': 2\" } }\n"
 )
 
 #: The same proposals spelled as OpenCV's samples do (``type: "Proposal"``), followed by OpenCV's detection
