@@ -305,6 +305,22 @@ def _rpn_nms(boxes: torch.Tensor, threshold: float, limit: int) -> torch.Tensor:
     return torch.tensor(keep, dtype=torch.long, device=boxes.device)
 
 
+def _rpn_shifted_anchors(
+    anchors: tuple[tuple[float, float, float, float], ...],
+    stride: float,
+    height: int,
+    width: int,
+) -> torch.Tensor:
+    """The anchors at every feature position ``(H * W * A, 4)`` in float64: position-major, row by row, the
+    ``A`` anchors of a position together (py-faster-rcnn's ``shifts`` + ``anchors`` broadcast)."""
+    base = torch.tensor(anchors, dtype=torch.float64)
+    sx = torch.arange(width, dtype=torch.float64) * stride
+    sy = torch.arange(height, dtype=torch.float64) * stride
+    gy, gx = torch.meshgrid(sy, sx, indexing="ij")
+    shifts = torch.stack([gx, gy, gx, gy], dim=-1).reshape(-1, 1, 4)
+    return (base.unsqueeze(0) + shifts).reshape(-1, 4)
+
+
 class ProposalLayer(nn.Module):
     """py-faster-rcnn's RPN ``ProposalLayer`` (``rpn.proposal_layer``): ``anchors`` (``generate_anchors``'
     boxes around the first feature position) at every position, moved by the predicted deltas, clipped to the
@@ -330,14 +346,10 @@ class ProposalLayer(nn.Module):
         self.nms_thresh, self.min_size, self.scores = nms_thresh, min_size, scores
 
     def shifted_anchors(self, height: int, width: int) -> torch.Tensor:
-        """Anchors at every position ``(H * W * A, 4)``: position-major, row by row (float64, then float32,
-        as ``bbox_transform_inv`` casts them)."""
-        base = torch.tensor(self.anchors, dtype=torch.float64)
-        sx = torch.arange(width, dtype=torch.float64) * self.feat_stride
-        sy = torch.arange(height, dtype=torch.float64) * self.feat_stride
-        gy, gx = torch.meshgrid(sy, sx, indexing="ij")
-        shifts = torch.stack([gx, gy, gx, gy], dim=-1).reshape(-1, 1, 4)
-        return (base.unsqueeze(0) + shifts).reshape(-1, 4).float()
+        """Anchors at every position ``(H * W * A, 4)`` (float32, as ``bbox_transform_inv`` casts them)."""
+        return _rpn_shifted_anchors(
+            self.anchors, self.feat_stride, height, width
+        ).float()
 
     @torch.no_grad()
     def forward(
@@ -470,14 +482,7 @@ class AnchorTargetLayer(nn.Module):
                 f"AnchorTargetLayer needs ground-truth boxes (G, 5), got {tuple(gt_boxes.shape)}"
             )
         info = im_info.detach().reshape(im_info.shape[0], -1)[0].cpu().double()
-        base = torch.tensor(self.anchors, dtype=torch.float64)
-        sy, sx = (
-            torch.arange(n, dtype=torch.float64) * self.feat_stride
-            for n in (height, width)
-        )
-        gy, gx = torch.meshgrid(sy, sx, indexing="ij")
-        shifts = torch.stack([gx, gy, gx, gy], dim=-1).reshape(-1, 1, 4)
-        anchors = (base.unsqueeze(0) + shifts).reshape(-1, 4)  # (H * W * A, 4), float64
+        anchors = _rpn_shifted_anchors(self.anchors, self.feat_stride, height, width)
         border = self.allowed_border
         inside = (
             (anchors[:, 0] >= -border)
