@@ -109,7 +109,7 @@ def small_nets(rows: list[dict]) -> list[str]:
                 f'layer {{ name: "in{i}" type: "Input" top: "{b}" input_param {{ shape {{ dim: 1 dim: 4 dim: 8 '
                 f'dim: 8 }} }} }}\n' for i, b in enumerate(dict.fromkeys(layer.bottom)))
             out.append(f'name: "small"\n{inputs}layer {{ {body} }}\n')
-    return [*out, PROPOSAL_NET, OPENCV_PROPOSAL_NET, RCNN_TARGETS_NET]
+    return [*out, PROPOSAL_NET, OPENCV_PROPOSAL_NET, RCNN_TARGETS_NET, FCN_DATA_NET]
 
 
 #: The built-in Python layer (py-faster-rcnn's proposals), which the corpus loop skips with the other Python
@@ -137,6 +137,18 @@ RCNN_TARGETS_NET = (
     'layer { name: "roi" type: "Python" bottom: "rois" bottom: "gt" top: "r" top: "rl" top: "rt" top: "ri" top: "ro" '
     "python_param { module: \"rpn.proposal_target_layer\" layer: \"ProposalTargetLayer\" "
     "param_str: \"'num_classes': 2\" } }\n"
+)
+
+#: FCN's built-in VOC data layer (its param_str read as literals) feeding a small segmentation head.
+FCN_DATA_NET = (
+    'name: "small"\n'
+    'layer { name: "data" type: "Python" top: "data" top: "label" python_param { module: "voc_layers" '
+    "layer: \"VOCSegDataLayer\" param_str: \"{'voc_dir': 'voc', 'seed': 1337, 'split': 'train', "
+    "'mean': (104.0, 116.7, 122.7)}\" } }\n"
+    'layer { name: "score" type: "Convolution" bottom: "data" top: "score" '
+    "convolution_param { num_output: 2 kernel_size: 1 } }\n"
+    'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" '
+    "loss_param { ignore_label: 255 normalize: false } }\n"
 )
 
 #: The same proposals spelled as OpenCV's samples do (``type: "Proposal"``), followed by OpenCV's detection

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 import prototxt2py
 from prototxt2py.backends.codegen import generate
 from prototxt2py.errors import Prototxt2pyError
-from prototxt2py.layers.forks.rcnn import rpn_anchors, yaml_mapping
+from prototxt2py.layers import param_str_mapping
+from prototxt2py.layers.forks.rcnn import rpn_anchors
 from prototxt2py.layers.forks.rcnn_nn import ProposalLayer
 from prototxt2py.reader import read_net_text
 
@@ -250,7 +251,7 @@ PARAM_STR_LIKE = r"\{?('[a-z_]{1,12}': [\[\(]?[-0-9., e]{0,20}[\]\)]?,? ?){0,4}\
 def test_param_str_reader_returns_a_mapping_or_one_error(text: str) -> None:
     """Whatever a model file puts in ``param_str``: a mapping, or ValueError (the loader's one line)."""
     try:
-        assert isinstance(yaml_mapping(text), dict)
+        assert isinstance(param_str_mapping(text), dict)
     except ValueError as e:
         assert "python_param.param_str" in str(e)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..data.layers import reader_types
+from ..data.layers import node_reader_key, reader_types
 
 #: the reader types the net serves itself (the others read a ``source``: a database, an image or HDF5 list, a
 #: window file, an annoset)
@@ -38,7 +38,7 @@ def open_readers(skeleton: Any, phase: str, given: Collection[str]) -> Any:
 
     readable = []
     for node in skeleton.nodes:
-        if node.type not in READ_SOURCE or not is_data_node(node):
+        if node_reader_key(node) not in READ_SOURCE or not is_data_node(node):
             continue
         source = str(node.attrs.param.source)
         if source and os.path.exists(source):

@@ -36,6 +36,7 @@ import prototxt2py
 
 from ..backends.forward_errors import layer_error, unfit_blobs
 from ..backends.fusion import INPUT
+from ..data.layers import layer_reader_key
 from ..errors import GraphError, InputFileError, Location, Prototxt2pyError, WeightsError
 from ..fsutil import atomic_output
 from ..netstate import State
@@ -131,7 +132,8 @@ class Net:
         self._python_layers = dict(python_layers or {})
         self._links_grad = True
         self._feeder: Any = None
-        if any(layer.type in READ_SOURCE for layer in self._source.net.layer):  # (a deploy net: no second graph)
+        # (a deploy net: no second graph)
+        if any(layer_reader_key(layer) in READ_SOURCE for layer in self._source.net.layer):
             skeleton = prototxt2py.graph(self._source, self._phase, self._stages, self._level, infer=False,
                                          python_layers=self._python_layers)
             self._feeder = open_readers(skeleton, self._phase, set(input_shapes or ()))

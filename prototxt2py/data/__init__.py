@@ -1,5 +1,5 @@
-"""Readers behind Caffe's data layers (Data, ImageData, HDF5Data, MemoryData, DummyData, WindowData, and SSD's
-AnnotatedData).
+"""Readers behind Caffe's data layers (Data, ImageData, HDF5Data, MemoryData, DummyData, WindowData), SSD's
+AnnotatedData and FCN's ``Python`` data layers (registered under their ``module.Layer`` names).
 
 The IR and every inference backend treat a data layer's tops as net inputs; training (``prototxt2py.train``)
 feeds them from the readers registered here. A reader is made from plain values only (see

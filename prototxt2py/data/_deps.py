@@ -18,6 +18,7 @@ _PACKAGES = {
     "cv2": "opencv-python-headless",
     "PIL": "pillow",
     "h5py": "h5py",
+    "scipy.io": "scipy",
 }
 
 

@@ -22,6 +22,24 @@ def reader_types() -> frozenset[str]:
     return frozenset(READERS)
 
 
+def reader_key(type_name: str, python_layer: str = "") -> str:
+    """Which reader serves a layer: its type, or for a ``Python`` data layer the ``module.Layer`` name a built-in
+    spec reads it under (FCN's ``voc_layers.VOCSegDataLayer``, ...)."""
+    return python_layer if type_name == "Python" and python_layer else type_name
+
+
+def node_reader_key(node: Any) -> str:
+    """:func:`reader_key` of an IR node (a ``Python`` layer the caller mapped to their own class has none)."""
+    return reader_key(node.type, getattr(node.spec, "python_layer", ""))
+
+
+def layer_reader_key(layer: Any) -> str:
+    """:func:`reader_key` of a ``LayerParameter``."""
+    from ..plugins import python_layer_name
+
+    return reader_key(layer.type, python_layer_name(layer) if layer.type == "Python" else "")
+
+
 def _fields(type_name: str) -> tuple[str | None, str | None]:
     """A data layer type's parameter field and the second field its reader gets (its spec says both)."""
     from ..layers import get_spec
@@ -34,20 +52,29 @@ def _fields(type_name: str) -> tuple[str | None, str | None]:
 
 def data_layer(layer: Any, phase: str, rank: int = 0, world: int = 1) -> DataLayer:
     """The plain description of one data layer (a ``caffe_pb2.LayerParameter``) for ``phase``."""
-    field, extra = _fields(layer.type)
-    param = plain(getattr(layer, field)) if field else None
+    key = layer_reader_key(layer)
+    if key != layer.type:  # a built-in Python data layer: its spec reads the param_str
+        from ..layers import get_python_spec
+
+        attrs = get_python_spec(key).attrs(layer)
+        param, transform, extra = attrs.param, attrs.transform, None
+    else:
+        field, extra_field = _fields(layer.type)
+        param = plain(getattr(layer, field)) if field else None
+        transform = plain(layer.transform_param)
+        extra = plain(getattr(layer, extra_field)) if extra_field else None
     if layer.HasField("phase"):  # Net::Init keeps a layer's own phase (its transformer crops by it)
         phase = phase_name(layer.phase)
     return DataLayer(
         name=layer.name,
-        type=layer.type,
+        type=key,
         tops=tuple(layer.top),
         param=param,
-        transform=plain(layer.transform_param),
+        transform=transform,
         phase=phase,
         rank=rank,
         world=world,
-        extra=plain(getattr(layer, extra)) if extra else None,
+        extra=extra,
     )
 
 
@@ -60,7 +87,7 @@ def data_layers(
     return [
         data_layer(layer, phase, rank, world)
         for layer in net.layer
-        if layer.type in reader_types() and layer_included(layer, state)
+        if layer_reader_key(layer) in reader_types() and layer_included(layer, state)
     ]
 
 

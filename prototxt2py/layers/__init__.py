@@ -42,7 +42,7 @@ from .base import (
     legacy_shape,
     register,
 )
-from .python import PythonLayerSpec
+from .python import PythonLayerSpec, PythonParamAttrs, param_str_mapping, python_settings
 
 # isort: split
 # The families, after the API names above (they import them from here), in a fixed order.
@@ -74,6 +74,7 @@ __all__ = [
     "PluginError",
     "PostOp",
     "PythonLayerSpec",
+    "PythonParamAttrs",
     "RawField",
     "RawMessage",
     "RegistrationError",
@@ -85,9 +86,11 @@ __all__ = [
     "get_python_spec",
     "get_spec",
     "legacy_shape",
+    "param_str_mapping",
     "plain",
     "load_entry_points",
     "python_layer_name",
     "python_layer_spec",
+    "python_settings",
     "register",
 ]

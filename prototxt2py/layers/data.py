@@ -229,7 +229,7 @@ class Python(LayerSpec):
                "layer whose tops are net inputs")
 
     def is_input(self, node):
-        """A Python layer with tops and no bottoms is a data layer (FCN's VOC reader, py-faster-rcnn's RoI data):
+        """A Python layer with tops and no bottoms is a data layer (py-faster-rcnn's RoI data, a reader of your own):
         its tops become net inputs, as other data layers', so the rest of the net runs on arrays the caller
         gives. Python layers computing something from bottoms need a mapping (:mod:`.python`)."""
         return not node.bottoms and bool(node.tops)

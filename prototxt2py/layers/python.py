@@ -12,8 +12,10 @@ refused by every backend with an error saying how to map it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..plain import plain
 from .base import LayerSpec, Shape, call
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,6 +29,46 @@ FAMILY = "python"
 HOW_TO_MAP = ("map it explicitly: prototxt2py.load(..., python_layers={'%s': MyLayer}) (also caffe.Net and "
               "caffe.SGDSolver) with a caffe.Layer class, an nn.Module class or factory(param_str), or a plugin spec "
               "with python_layer = '%s' (the model's module is never imported)")
+
+
+@dataclass(frozen=True)
+class PythonParamAttrs:
+    """The plain ``python_param`` of a built-in ``Python`` layer (subclasses add what its ``param_str`` says)."""
+
+    module: str
+    layer: str
+    param_str: str
+    share_in_parallel: bool
+
+
+def param_str_mapping(text: str) -> dict:
+    """The mapping a ``param_str`` holds: a block of YAML ``key: value`` lines (py-faster-rcnn), or a ``{...}``
+    flow mapping, which is also a Python dict literal (FCN's ``str(dict(...))``), read as Python literals.
+    Nothing in it is ever executed (the layers themselves ``eval`` it)."""
+    import ast
+
+    body = text.strip()
+    if not body.startswith("{"):
+        body = "{" + ", ".join(line for line in body.splitlines() if line.strip()) + "}"
+    try:
+        value = ast.literal_eval(body) if len(body) <= 4096 else None
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError) as e:
+        raise ValueError(f"python_param.param_str {text[:80]!r} is not a YAML mapping of literals ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"python_param.param_str {text[:80]!r} is not a YAML mapping of literals (at most 4096 "
+                         "characters)")
+    return value
+
+
+def python_settings(layer: Any, layer_name: str, required: str | None = None) -> tuple[dict, dict]:
+    """A built-in ``Python`` layer's ``python_param`` fields (for :class:`PythonParamAttrs`) and its ``param_str``
+    mapping, which must hold ``required``; ``layer_name`` says whose layer it is in that error."""
+    p = plain(layer.python_param)
+    given = param_str_mapping(p.param_str)
+    if required is not None and required not in given:
+        raise ValueError(f"python_param.param_str needs '{required}' ({layer_name} reads it)")
+    fields = {"module": p.module, "layer": p.layer, "param_str": p.param_str, "share_in_parallel": p.share_in_parallel}
+    return fields, given
 
 
 class PythonLayerSpec(LayerSpec):

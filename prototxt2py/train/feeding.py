@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..data import DataLayer
-from ..data.layers import reader_types, top_shapes
+from ..data.layers import node_reader_key, reader_types, top_shapes
 from ..netstate import phase_name
 
 #: readers whose batches are copies from memory: worker processes would only add transfer costs
@@ -29,13 +29,13 @@ def data_layer_for(node: Any, phase: str, rank: int = 0, world: int = 1) -> Data
     a = node.attrs
     if node.own_phase is not None:  # Net::Init keeps a layer's own phase (its transformer crops by it)
         phase = phase_name(node.own_phase)
-    return DataLayer(node.name, node.type, tuple(node.tops), a.param, a.transform, phase, rank, world,
+    return DataLayer(node.name, node_reader_key(node), tuple(node.tops), a.param, a.transform, phase, rank, world,
                      getattr(a, "extra", None))
 
 
 def is_data_node(node: Any) -> bool:
     """A layer whose tops come from a reader (not an ``Input`` layer, whose blobs the caller provides)."""
-    return node.type in reader_types() and node.spec.is_input(node)
+    return node_reader_key(node) in reader_types() and node.spec.is_input(node)
 
 
 class Feeder:

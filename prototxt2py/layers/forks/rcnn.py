@@ -13,7 +13,18 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prototxt2py.layers import LayerSpec, PythonLayerSpec, Shape, call, count, legacy_shape, plain, register
+from prototxt2py.layers import (
+    LayerSpec,
+    PythonLayerSpec,
+    PythonParamAttrs,
+    Shape,
+    call,
+    count,
+    legacy_shape,
+    plain,
+    python_settings,
+    register,
+)
 from prototxt2py.netstate import TEST, TRAIN
 
 from . import ssd_onnx
@@ -128,28 +139,6 @@ RPN_SCALES, RPN_RATIOS = (8.0, 16.0, 32.0), (0.5, 1.0, 2.0)
 
 
 @dataclass(frozen=True)
-class PythonParamAttrs:
-    """The plain ``python_param`` of a built-in py-faster-rcnn layer (subclasses add what its ``param_str``
-    says)."""
-
-    module: str
-    layer: str
-    param_str: str
-    share_in_parallel: bool
-
-
-def _python_settings(layer: Any, layer_name: str, required: str | None = "feat_stride") -> tuple[dict, dict]:
-    """A py-faster-rcnn layer's ``python_param`` fields (for :class:`PythonParamAttrs`) and its ``param_str``
-    mapping, which must hold ``required``."""
-    p = plain(layer.python_param)
-    given = yaml_mapping(p.param_str)
-    if required is not None and required not in given:
-        raise ValueError(f"python_param.param_str needs '{required}' (py-faster-rcnn's {layer_name} reads it)")
-    fields = {"module": p.module, "layer": p.layer, "param_str": p.param_str, "share_in_parallel": p.share_in_parallel}
-    return fields, given
-
-
-@dataclass(frozen=True)
 class ProposalAttrs(PythonParamAttrs):
     """A ProposalLayer: what its ``param_str`` (YAML) says."""
 
@@ -202,25 +191,6 @@ def _numbers(value: Any, what: str, where: str = "python_param.param_str") -> tu
     if not isinstance(value, list | tuple) or not 0 < len(value) <= 64:
         raise ValueError(f"{where}: {what} must be a list of 1 to 64 numbers, got {value!r}")
     return tuple(_number(v, what, where) for v in value)
-
-
-def yaml_mapping(text: str) -> dict:
-    """The mapping a py-faster-rcnn ``param_str`` holds (``'feat_stride': 16``, or a ``{...}`` flow mapping),
-    read as Python literals: the YAML these layers write is also Python's literal syntax, and nothing in it is
-    ever executed. A block of ``key: value`` lines becomes one mapping."""
-    import ast
-
-    body = text.strip()
-    if not body.startswith("{"):
-        body = "{" + ", ".join(line for line in body.splitlines() if line.strip()) + "}"
-    try:
-        value = ast.literal_eval(body) if len(body) <= 4096 else None
-    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError) as e:
-        raise ValueError(f"python_param.param_str {text[:80]!r} is not a YAML mapping of literals ({e})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"python_param.param_str {text[:80]!r} is not a YAML mapping of literals (at most 4096 "
-                         "characters)")
-    return value
 
 
 class _RpnProposals:
@@ -277,7 +247,7 @@ class ProposalLayer(_RpnProposals, PythonLayerSpec):
                "top N, NMS; dynamic size")
 
     def attrs(self, layer):
-        fields, given = _python_settings(layer, "ProposalLayer")
+        fields, given = python_settings(layer, "py-faster-rcnn's ProposalLayer", "feat_stride")
         scales = _numbers(given.get("scales", RPN_SCALES), "scales")
         ratios = _numbers(given.get("ratios", RPN_RATIOS), "ratios")
         return ProposalAttrs(**fields, feat_stride=_number(given["feat_stride"], "feat_stride"),
@@ -350,7 +320,7 @@ class AnchorTargetLayer(PythonLayerSpec):
                "(1, 4A, H, W); random sampling")
 
     def attrs(self, layer):
-        fields, given = _python_settings(layer, "AnchorTargetLayer")
+        fields, given = python_settings(layer, "py-faster-rcnn's AnchorTargetLayer", "feat_stride")
         scales = _numbers(given.get("scales", RPN_SCALES), "scales")
         border = given.get("allowed_border", 0)
         if isinstance(border, bool) or not isinstance(border, int | float) or not -1e9 < border < 1e9:
@@ -398,7 +368,7 @@ class ProposalTargetLayer(PythonLayerSpec):
                "weights (R, 4K); random sampling")
 
     def attrs(self, layer):
-        fields, given = _python_settings(layer, "ProposalTargetLayer", required=None)
+        fields, given = python_settings(layer, "py-faster-rcnn's ProposalTargetLayer")
         k = given.get("num_classes")
         if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= 1 << 16:
             raise ValueError(f"python_param.param_str needs 'num_classes' (1 to 65536), got {k!r}")
