@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import prototxt2py.data.annotated_data  # noqa: F401  (AnnotatedData)
 import prototxt2py.data.db_data  # noqa: F401  (Data)
+import prototxt2py.data.dense_image_data  # noqa: F401  (SegNet's DenseImageData)
 import prototxt2py.data.dummy_data  # noqa: F401  (DummyData)
 import prototxt2py.data.fcn_data  # noqa: F401  (FCN's Python data layers)
 import prototxt2py.data.hdf5  # noqa: F401  (HDF5Data)

@@ -44,6 +44,13 @@ class LossAttrs:
 
 
 @dataclass(frozen=True)
+class SoftmaxLossAttrs(LossAttrs):
+    """SoftmaxWithLoss: SegNet's per-class weights (``weight_by_label_freqs`` + ``class_weighting``), or None."""
+
+    class_weighting: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
 class InfogainAttrs(LossAttrs):
     """InfogainLoss: ``source`` is the H file Caffe would read when H is not a third bottom."""
 
@@ -71,6 +78,9 @@ def _ignore_label(param: Any) -> int | None:
 def _normalization(loss_param: Any, default: str) -> str:
     """Caffe's choice: explicit ``normalization``, else legacy ``normalize`` (VALID/BATCH_SIZE), else default."""
     if loss_param.has("normalization"):
+        if loss_param.normalization == "PRE_FIXED":  # R-FCN's fork: divide by pre_fixed_normalizer
+            raise ValueError("loss_param normalization: PRE_FIXED (R-FCN's fork) is not supported; use "
+                             "normalization: NONE and a loss_weight of 1 / pre_fixed_normalizer")
         return loss_param.normalization
     if loss_param.has("normalize"):
         return "VALID" if loss_param.normalize else "BATCH_SIZE"
@@ -140,23 +150,35 @@ class SoftmaxWithLoss(_LossSpec):
     tops = (1, 2)
     deploy_head = "Softmax"
     summary = ("softmax over softmax_param.axis + mean negative log-likelihood of the labels "
-               "(loss_param ignore_label, normalization FULL/VALID/BATCH_SIZE/NONE, legacy normalize)")
+               "(loss_param ignore_label, normalization FULL/VALID/BATCH_SIZE/NONE, legacy normalize; SegNet's "
+               "class_weighting)")
 
-    def attrs(self, layer: Any) -> LossAttrs:
+    def attrs(self, layer: Any) -> SoftmaxLossAttrs:
+        """SegNet's fork weighs each position's log-likelihood by its label's ``class_weighting`` when
+        ``weight_by_label_freqs`` is set (the gradient by the same weight); the normalizer stays a count."""
         if len(layer.top) > 1:
             raise ValueError(
                 "SoftmaxWithLoss with a second top is rejected by BVLC Caffe (its internal Softmax inherits the "
                 "loss weights); add a separate Softmax layer for the probabilities"
             )
-        return _loss_attrs(layer, layer.softmax_param.axis, "VALID")
+        base = _loss_attrs(layer, layer.softmax_param.axis, "VALID")
+        loss = plain(layer.loss_param)
+        weights = tuple(float(w) for w in loss.class_weighting) if loss.weight_by_label_freqs else None
+        return SoftmaxLossAttrs(base.axis, base.ignore_label, base.normalization, weights)
 
     def infer_shapes(self, node: Node, in_shapes: Sequence[Shape]) -> list[Shape]:
         self.check_batch(node, in_shapes)
-        _check_label_count(self, node, in_shapes, node.attrs.axis)
+        axis = _check_label_count(self, node, in_shapes, node.attrs.axis)
+        weights = node.attrs.class_weighting
+        if weights is not None and len(weights) != in_shapes[0][axis]:
+            raise self.fail(node, f"{len(weights)} class_weighting values for {in_shapes[0][axis]} classes "
+                                  "(weight_by_label_freqs needs one per class)")
         return [()]
 
     def module(self, node: Node) -> Call:
-        return call("SoftmaxWithLoss", **_loss_kwargs(node.attrs, "VALID"))
+        weights = node.attrs.class_weighting
+        return call("SoftmaxWithLoss", **_loss_kwargs(node.attrs, "VALID"),
+                    **({"class_weighting": weights} if weights is not None else {}))
 
     def to_onnx(self, node: Node, ctx: Any) -> None:
         onnx_losses.softmax_with_loss(node, ctx, self)

@@ -123,12 +123,16 @@ def loss_top(ctx: Any, total: str, divisor: str, negate: bool = False) -> None:
 
 # -- the layers --------------------------------------------------------------------------------------------
 def softmax_with_loss(node: Node, ctx: Any, spec: Any) -> None:
-    """``-sum log(max(softmax(x)[label], FLT_MIN)) / normalizer`` over the positions not ignored."""
+    """``-sum log(max(softmax(x)[label], FLT_MIN)) / normalizer`` over the positions not ignored, each term
+    times its label's weight with SegNet's ``class_weighting``."""
     a = node.attrs
     x3, index, valid, outer, _, inner = class_split(ctx, node, spec, a.axis)
     prob = ctx.add("Softmax", [x3], axis=1)
     picked = ctx.add("GatherElements", [prob, index], axis=1)
     logp = ctx.add("Log", [ctx.add("Max", [picked, ctx.scalar(FLT_MIN)])])
+    if a.class_weighting is not None:
+        weights = ctx.const(np.asarray(a.class_weighting, dtype=np.float32), "class_weighting")
+        logp = ctx.add("Mul", [logp, ctx.add("Gather", [weights, index], axis=0)])
     total = masked_sum(ctx, logp, valid, 3)
     loss_top(ctx, total, normalizer(ctx, a.normalization, index, outer, inner, valid), negate=True)
 
@@ -240,13 +244,18 @@ def contrastive_loss(node: Node, ctx: Any) -> None:
 
 def accuracy(node: Node, ctx: Any, spec: Any) -> None:
     """A position is a hit when at most ``top_k`` scores are ``>=`` the label's (ties count against it);
-    accuracy = hits / counted positions (0 when none); top 1 = hits / count per class (0 for absent ones)."""
+    accuracy = hits / counted positions (0 when none); top 1 = hits / count per class (0 for absent ones). A
+    label outside the classes is counted, never a hit and in no class."""
     a = node.attrs
     x3, index, valid, _, classes, _ = class_split(ctx, node, spec, a.axis)
-    true_score = ctx.add("GatherElements", [x3, index], axis=1)
+    # a label outside the classes is counted and never a hit (as the runtime's Accuracy)
+    zero = ctx.const(np.array(0, dtype=np.int64), "zero")
+    known = ctx.add("And", [ctx.add("GreaterOrEqual", [index, zero]),
+                            ctx.add("Less", [index, ctx.const(np.array(classes, dtype=np.int64), "classes_n")])])
+    true_score = ctx.add("GatherElements", [x3, ctx.add("Where", [known, index, zero])], axis=1)
     better = ctx.add("Cast", [ctx.add("GreaterOrEqual", [x3, true_score])], to=ctx.INT64)
     ranks = ctx.reduce("ReduceSum", better, [1], keepdims=True)  # (outer, 1, inner)
-    hit = ctx.add("LessOrEqual", [ranks, ctx.const(np.array(a.top_k, np.int64), "top_k")])
+    hit = ctx.add("And", [ctx.add("LessOrEqual", [ranks, ctx.const(np.array(a.top_k, np.int64), "top_k")]), known])
     if valid is not None:
         hit = ctx.add("And", [hit, valid])
     hits = ctx.add("Cast", [hit], to=ctx.FLOAT)

@@ -50,15 +50,18 @@ def _loss_split(x: torch.Tensor, axis: int) -> tuple[int, int, int]:
 
 class _SoftmaxLossFn(torch.autograd.Function):
     """``-sum_l H[y, l] log(max(p_l, floor))`` over counted positions / normalizer, p = softmax over the
-    class axis; ``H`` = identity (``None``) for SoftmaxWithLoss. Caffe's gradient ignores the floor:
-    ``p * rowsum(H)[y] - H[y]`` (``p - onehot(y)`` without H), zero at ignored positions."""
+    class axis; ``H`` = identity (``None``) for SoftmaxWithLoss, each position weighted by ``w[y]`` when
+    ``w`` is given (SegNet). Caffe's gradient ignores the floor: ``p * rowsum(H)[y] - H[y]`` (``w[y] (p -
+    onehot(y))`` without H), zero at ignored positions."""
 
     @staticmethod
-    def forward(ctx, x3, index, valid, h, floor: float, norm):
+    def forward(ctx, x3, index, valid, h, floor: float, norm, w=None):
         prob = torch.softmax(x3, dim=1)
         if h is None:
             picked = prob.gather(1, index.unsqueeze(1)).squeeze(1)
             per = -torch.log(picked.clamp_min(floor))
+            if w is not None:
+                per = per * w[index]
         else:
             rows = h[index].permute(
                 0, 2, 1
@@ -66,20 +69,22 @@ class _SoftmaxLossFn(torch.autograd.Function):
             per = -(rows * torch.log(prob.clamp_min(floor))).sum(dim=1)
         if valid is not None:
             per = torch.where(valid, per, torch.zeros_like(per))
-        ctx.save_for_backward(prob, index, valid, h, norm)
+        ctx.save_for_backward(prob, index, valid, h, norm, w)
         return per.sum() / norm
 
     @staticmethod
     def backward(ctx, grad):
-        prob, index, valid, h, norm = ctx.saved_tensors
+        prob, index, valid, h, norm, w = ctx.saved_tensors
         if h is None:
             minus_one = torch.full_like(prob[:, :1], -1.0)
             diff = prob.scatter_add(1, index.unsqueeze(1), minus_one)
+            if w is not None:
+                diff = diff * w[index].unsqueeze(1)
         else:
             diff = prob * h.sum(dim=1)[index].unsqueeze(1) - h[index].permute(0, 2, 1)
         if valid is not None:
             diff = torch.where(valid.unsqueeze(1), diff, torch.zeros_like(diff))
-        return diff * (grad / norm), None, None, None, None, None
+        return diff * (grad / norm), None, None, None, None, None, None
 
 
 def _softmax_loss(
@@ -90,6 +95,7 @@ def _softmax_loss(
     ignore_label: int | None,
     normalization: str,
     floor: float,
+    w: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The loss of SoftmaxWithLoss (``h`` None) and InfogainLoss, flattened around the class axis."""
     axis = axis % x.dim()
@@ -99,27 +105,34 @@ def _softmax_loss(
     norm = _loss_normalizer(normalization, outer, inner, valid, x)
     if h is not None:
         h = h.detach().reshape(classes, classes).to(x.dtype)
-    return _SoftmaxLossFn.apply(x3, index, valid, h, floor, norm)
+    return _SoftmaxLossFn.apply(x3, index, valid, h, floor, norm, w)
 
 
 class SoftmaxWithLoss(nn.Module):
     """Caffe's SoftmaxWithLoss: softmax over ``axis``, then the mean negative log-likelihood of the labels
-    (probabilities clamped at FLT_MIN in the log only)."""
+    (probabilities clamped at FLT_MIN in the log only); ``class_weighting``: SegNet's per-class weights of
+    each position's term (float32, as the fork stores them)."""
 
     def __init__(
         self,
         axis: int = 1,
         ignore_label: int | None = None,
         normalization: str = "VALID",
+        class_weighting: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__()
         self.axis, self.ignore_label = axis, ignore_label
         self.normalization = normalization
+        self.class_weighting = class_weighting
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         flt_min = 1.1754943508222875e-38
+        w = None
+        if self.class_weighting is not None:
+            w = torch.tensor(self.class_weighting, dtype=torch.float32, device=x.device)
+            w = w.to(x.dtype)
         return _softmax_loss(
-            x, label, None, self.axis, self.ignore_label, self.normalization, flt_min
+            x, label, None, self.axis, self.ignore_label, self.normalization, flt_min, w
         )
 
 
@@ -296,7 +309,8 @@ class ContrastiveLoss(nn.Module):
 
 class Accuracy(nn.Module):
     """Caffe's Accuracy: a label is correct when at most ``top_k`` scores are ``>=`` its own (ties count
-    against it). With ``per_class`` a second top holds each class's accuracy. No gradient."""
+    against it); a label outside the classes counts as wrong. With ``per_class`` a second top holds each
+    class's accuracy. No gradient."""
 
     def __init__(
         self,
@@ -317,11 +331,15 @@ class Accuracy(nn.Module):
         outer, classes, inner = _loss_split(x, axis)
         x3 = x.reshape(outer, classes, inner)
         index, valid = _loss_int_labels(label.reshape(outer, inner), self.ignore_label)
+        # a label outside the classes (SegNet's void class 11 of 11, an Accuracy without ignore_label) is
+        # counted and never right (Caffe's release build reads past its scores there)
+        known = (index >= 0) & (index < classes)
+        index = torch.where(known, index, torch.zeros_like(index))
         true_score = x3.gather(1, index.unsqueeze(1))
         correct = (x3 >= true_score).sum(dim=1) <= self.top_k
         if valid is None:
             valid = torch.ones_like(correct)
-        correct = correct & valid
+        correct = correct & valid & known
         n = valid.sum().to(x.dtype)
         hit_rate = correct.sum().to(x.dtype) / n.clamp_min(1.0)
         acc = torch.where(n > 0, hit_rate, torch.zeros_like(n))
@@ -329,7 +347,7 @@ class Accuracy(nn.Module):
             return acc
         flat = index.reshape(-1)
         totals = torch.zeros(classes, dtype=x.dtype, device=x.device)
-        totals = totals.index_add_(0, flat, valid.reshape(-1).to(x.dtype))
+        totals = totals.index_add_(0, flat, (valid & known).reshape(-1).to(x.dtype))
         hits = torch.zeros_like(totals).index_add_(
             0, flat, correct.reshape(-1).to(x.dtype)
         )

@@ -62,7 +62,7 @@ class _FcnSegData(PythonLayerSpec):
     #: a fixed mean (the layer's own constants), or None where ``param_str`` must give one
     fixed_mean: tuple[float, ...] | None = None
 
-    def outputs(self, given: dict, tops: int) -> tuple[str, ...]:
+    def outputs(self, given: dict) -> tuple[str, ...]:
         return ("image", "label")
 
     def source(self, root: str, split: str) -> str:
@@ -90,7 +90,7 @@ class _FcnSegData(PythonLayerSpec):
             root=root,
             split=split,
             source=self.source(root, split),
-            outputs=self.outputs(given, len(layer.top)),
+            outputs=self.outputs(given),
             mean=mean,
             mean_float64=self.fixed_mean is None,
             random=bool(randomize) and "train" in split,  # the layers make any other split deterministic
@@ -159,7 +159,7 @@ class SIFTFlowSegDataLayer(_FcnSegData):
     summary = ("FCN's SIFT Flow reader: an image, its semantic and its geometric labels (.mat) per pass; a net "
                "input")
 
-    def outputs(self, given, tops):
+    def outputs(self, given):
         return ("image", "semantic", "geometric")
 
 
@@ -171,7 +171,7 @@ class NYUDSegDataLayer(_FcnSegData):
     fixed_mean = (116.190, 97.203, 92.318)
     summary = "FCN's NYUDv2 reader: the tops param_str 'tops' names (color, depth, hha, label) per pass; a net input"
 
-    def outputs(self, given, tops):
+    def outputs(self, given):
         kinds = given.get("tops")
         if (not isinstance(kinds, list | tuple) or not kinds
                 or not all(k in ("color", "depth", "hha", "label") for k in kinds)):
