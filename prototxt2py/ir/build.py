@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import GraphError, Location, Prototxt2pyError, UnsupportedLayerError
 from ..layers import LayerSpec, get_python_spec, get_spec
-from ..layers.base import REGISTRY, Unknowable
+from ..layers.base import REGISTRY, Unknowable, dialect_specs
 from ..netstate import State, layer_included
 from ..plugins import LayerSource, python_layer_name
 from ..textformat import DroppedField
@@ -48,13 +48,14 @@ def build_graph(
     duplicate_names: list[str] = []
     force = net.force_backward
     loss_read: set[str] = set()  # values with a written nonzero loss_weight: Caffe's InsertSplits counts a reader
+    dialect = dialect_specs(layer.type for layer in net.layer)  # a fork's meaning of built-in types
 
     for index, layer in enumerate(net.layer):
         loc = locations[index] if locations and index < len(locations) else Location(file)
         if not layer_included(layer, state, loc):
             continue
         spec = _python_spec(layer, python_layers) if layer.type == "Python" else None
-        spec = spec or get_spec(layer.type)
+        spec = spec or dialect.get(layer.type) or get_spec(layer.type)
         if spec is None:
             unknown.append(f"'{layer.type}' (layer '{layer.name}' at {loc})")
             spec = _opaque_spec(layer.type)

@@ -41,6 +41,7 @@ from .base import (
     get_spec,
     legacy_shape,
     register,
+    register_dialect,
 )
 from .python import PythonLayerSpec, PythonParamAttrs, param_str_mapping, python_settings
 
@@ -93,4 +94,5 @@ __all__ = [
     "python_layer_spec",
     "python_settings",
     "register",
+    "register_dialect",
 ]

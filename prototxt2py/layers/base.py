@@ -24,7 +24,7 @@ never hand-maintained. Plugins add types with :func:`register` (or the ``prototx
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -166,6 +166,30 @@ def register(cls: type[LayerSpec] | None = None, *, replace: bool = False) -> An
 
 def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+#: marker type -> {type: spec}. Some forks changed a built-in type without renaming it (HED's class-balanced
+#: ``SigmoidCrossEntropyLoss``); a net holding a layer of a type only that fork has (its marker: HED's
+#: ``ImageLabelmapData``) was written for it, so its layers of the changed types get the fork's spec.
+DIALECTS: dict[str, dict[str, LayerSpec]] = {}
+
+
+def register_dialect(marker: str) -> Any:
+    """Class decorator: the spec is its ``type``'s meaning in nets that hold a layer of type ``marker``."""
+
+    def apply(spec_cls: type[LayerSpec]) -> type[LayerSpec]:
+        DIALECTS.setdefault(marker, {})[spec_cls.type] = spec_cls()
+        return spec_cls
+
+    return apply
+
+
+def dialect_specs(types: Iterable[str]) -> dict[str, LayerSpec]:
+    """The fork specs that replace built-in ones in a net whose layers have these types."""
+    out: dict[str, LayerSpec] = {}
+    for t in dict.fromkeys(types):
+        out.update(DIALECTS.get(t, {}))
+    return out
 
 
 def get_spec(type_name: str) -> LayerSpec | None:
