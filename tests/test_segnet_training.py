@@ -15,8 +15,9 @@ import torch
 from golden import CORPUS, generated_module
 
 import prototxt2py
-from prototxt2py.data import DataError, open_source
+from prototxt2py.data import DataError
 from prototxt2py.data.layers import data_layers
+from prototxt2py.data.loader import open_reader
 from prototxt2py.errors import Prototxt2pyError
 from prototxt2py.reader import read_net_text
 
@@ -145,7 +146,7 @@ def _data_layer(source: Path, param: str = "", transform: str = "", batch: int =
 
 def _open(text: str, phase: str = "TRAIN"):
     (layer,) = data_layers(read_net_text(text).net, phase)
-    return open_source(layer)
+    return open_reader(layer, seed=0)
 
 
 def test_pairs_read_as_the_fork(tmp_path: Path) -> None:
