@@ -109,7 +109,7 @@ def small_nets(rows: list[dict]) -> list[str]:
                 f'layer {{ name: "in{i}" type: "Input" top: "{b}" input_param {{ shape {{ dim: 1 dim: 4 dim: 8 '
                 f'dim: 8 }} }} }}\n' for i, b in enumerate(dict.fromkeys(layer.bottom)))
             out.append(f'name: "small"\n{inputs}layer {{ {body} }}\n')
-    return [*out, PROPOSAL_NET, OPENCV_PROPOSAL_NET, RCNN_TARGETS_NET, FCN_DATA_NET]
+    return [*out, PROPOSAL_NET, OPENCV_PROPOSAL_NET, RCNN_TARGETS_NET, FCN_DATA_NET, ROI_DATA_NET]
 
 
 #: The built-in Python layer (py-faster-rcnn's proposals), which the corpus loop skips with the other Python
@@ -149,6 +149,16 @@ FCN_DATA_NET = (
     "convolution_param { num_output: 2 kernel_size: 1 } }\n"
     'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" '
     "loss_param { ignore_label: 255 normalize: false } }\n"
+)
+
+#: py-faster-rcnn's built-in RoIDataLayer naming a VOC imdb, feeding a small convolution.
+ROI_DATA_NET = (
+    'name: "small"\n'
+    'layer { name: "input-data" type: "Python" top: "data" top: "im_info" top: "gt_boxes" python_param { '
+    "module: \"roi_data_layer.layer\" layer: \"RoIDataLayer\" "
+    "param_str: \"'num_classes': 21, 'imdb': 'voc_2007_trainval', 'devkit': 'VOCdevkit2007'\" } }\n"
+    'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 2 '
+    "kernel_size: 3 } }\n"
 )
 
 #: The same proposals spelled as OpenCV's samples do (``type: "Proposal"``), followed by OpenCV's detection

@@ -45,8 +45,9 @@ def open_readers(skeleton: Any, phase: str, given: Collection[str]) -> Any:
             readable.append(node)
         elif not set(node.tops) <= set(given):
             tops = ", ".join(f"net.blobs['{t}']" for t in node.tops)
-            warnings.warn(f"caffe.Net: {node.type} layer '{node.name}' reads nothing: its source '{source}' does "
-                          f"not exist (Caffe would stop here); fill {tops} yourself", UserWarning, stacklevel=3)
+            what = f"its source '{source}' does not exist" if source else "it names no source"
+            warnings.warn(f"caffe.Net: {node.type} layer '{node.name}' reads nothing: {what} (Caffe would stop "
+                          f"here); fill {tops} yourself", UserWarning, stacklevel=3)
     if not readable:
         return None
     seed = int(torch.randint(0, 1 << 31, (1,)).item())

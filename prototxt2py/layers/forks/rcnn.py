@@ -10,6 +10,7 @@ bin's maximum is its first in row-major order; the proposal layer's own are on :
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from prototxt2py.layers import (
     PythonLayerSpec,
     PythonParamAttrs,
     Shape,
+    Unknowable,
     call,
     count,
     legacy_shape,
@@ -386,3 +388,68 @@ class ProposalTargetLayer(PythonLayerSpec):
 
     def module(self, node):
         return call(f"{NN}:ProposalTargetLayer", node.attrs.num_classes)
+
+
+@dataclass(frozen=True)
+class RoIDataParam:
+    """What the RoIDataLayer's reader is opened with (:mod:`prototxt2py.data.roi_data`)."""
+
+    imdb: str  # as train_net.py --imdb names it ("": not given)
+    data_path: str  # VOC's ``<devkit>/VOC<year>`` ("": not a VOC imdb)
+    split: str
+    source: str  # the image set file (the caller's check that the data is there)
+
+
+@dataclass(frozen=True)
+class RoIDataAttrs(PythonParamAttrs):
+    """A RoIDataLayer: its ``python_param`` and the dataset its ``param_str`` names."""
+
+    param: RoIDataParam
+    transform: Any = None
+
+
+@register
+class RoIDataLayer(PythonLayerSpec):
+    """py-faster-rcnn's training data layer. py-faster-rcnn hands it a roidb built from the ``--imdb`` of
+    ``train_net.py``; here its ``param_str`` names that imdb (``'imdb': 'voc_2007_trainval'``, optionally
+    ``'devkit': 'path/VOCdevkit2007'``) and the reader builds the roidb as py-faster-rcnn does. Without it the
+    tops are inputs the caller feeds, as before."""
+
+    python_layer = "roi_data_layer.layer.RoIDataLayer"
+    bottoms = (0, 0)
+    tops = (1, None)
+    is_data = True
+    family = FAMILY
+    summary = ("py-faster-rcnn's training data: PASCAL VOC images (short side 600), im_info and gt_boxes of the imdb "
+               "its param_str names; a net input")
+
+    def attrs(self, layer):
+        fields, given = python_settings(layer, "py-faster-rcnn's RoIDataLayer")
+        imdb, devkit = given.get("imdb", ""), given.get("devkit", "")
+        if not isinstance(imdb, str) or not isinstance(devkit, str):
+            raise ValueError(f"python_param.param_str: 'imdb' and 'devkit' must be strings, got {imdb!r}, {devkit!r}")
+        m = re.fullmatch(r"voc_(\d{4})_(\w+)", imdb)
+        data_path = f"{devkit or f'data/VOCdevkit{m[1]}'}/VOC{m[1]}" if m else ""
+        source = f"{data_path}/ImageSets/Main/{m[2]}.txt" if m else ""
+        return RoIDataAttrs(**fields, param=RoIDataParam(imdb, data_path, m[2] if m else "", source))
+
+    def is_input(self, node):
+        return True
+
+    def infer_shapes(self, node, in_shapes):
+        from prototxt2py.layers.data import PYTHON_HINT
+
+        known = {"data": "1,3,H,W", "im_info": "1,3", "gt_boxes": "G,5"}
+        hints = " ".join(f"--input {t}={known.get(t, '...')}" for t in node.tops)
+        if node.attrs.param.imdb:
+            raise Unknowable(f"layer reads the imdb {node.attrs.param.imdb} (py-faster-rcnn), image size and box "
+                             f"count known only from the data; give {hints}{PYTHON_HINT}")
+        raise Unknowable("layer reads the roidb py-faster-rcnn builds from train_net.py's --imdb: name it in the "
+                         "param_str ('imdb': 'voc_2007_trainval') to read PASCAL VOC, or feed the tops: give "
+                         f"{hints}{PYTHON_HINT}")
+
+    def module(self, node):
+        return call("NetInput", tuple(node.tops))
+
+    def to_onnx(self, node, ctx):
+        """The tops are graph inputs, which the exporter declares: nothing to compute."""
