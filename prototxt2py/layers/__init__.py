@@ -43,7 +43,7 @@ from .base import (
     register,
     register_dialect,
 )
-from .python import PythonLayerSpec, PythonParamAttrs, param_str_mapping, python_settings
+from .python import PythonDataLayerSpec, PythonLayerSpec, PythonParamAttrs, param_str_mapping, python_settings
 
 # isort: split
 # The families, after the API names above (they import them from here), in a fixed order.
@@ -74,6 +74,7 @@ __all__ = [
     "MaybeShape",
     "PluginError",
     "PostOp",
+    "PythonDataLayerSpec",
     "PythonLayerSpec",
     "PythonParamAttrs",
     "RawField",

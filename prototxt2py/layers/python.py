@@ -84,6 +84,24 @@ class PythonLayerSpec(LayerSpec):
     family = FAMILY
 
 
+
+class PythonDataLayerSpec(PythonLayerSpec):
+    """Base class of built-in ``Python`` data layers (FCN's readers, py-faster-rcnn's RoIDataLayer): no bottoms,
+    tops that are net inputs a registered reader fills (``register_reader`` under the same ``module.Layer`` name);
+    ``attrs`` gives ``param`` (what the reader is opened with) and ``transform`` (None)."""
+
+    bottoms = (0, 0)
+    is_data = True
+
+    def is_input(self, node: Node) -> bool:
+        return True
+
+    def module(self, node: Node):
+        return call("NetInput", tuple(node.tops))
+
+    def to_onnx(self, node: Node, ctx: Any) -> None:
+        """The tops are graph inputs, which the exporter declares: nothing to compute."""
+
 class ModulePythonLayer(PythonLayerSpec):
     """A ``Python`` layer computed by a caller's torch module: ``factory(param_str)`` builds it (an
     ``nn.Module`` class or any callable returning one) and ``forward(*bottoms)`` returns one tensor or a tuple

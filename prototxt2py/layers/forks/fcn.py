@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prototxt2py.layers import PythonLayerSpec, PythonParamAttrs, Unknowable, call, python_settings, register
+from prototxt2py.layers import PythonDataLayerSpec, PythonParamAttrs, Unknowable, python_settings, register
 from prototxt2py.layers.data import PYTHON_HINT, input_hint
 
 if TYPE_CHECKING:  # pragma: no cover
-    from prototxt2py.ir import Node
+    pass
 
 FAMILY = "forks"
 
@@ -50,12 +50,10 @@ class FcnDataAttrs(PythonParamAttrs):
     transform: Any = None  # (no transform_param: the layer subtracts its mean itself)
 
 
-class _FcnSegData(PythonLayerSpec):
+class _FcnSegData(PythonDataLayerSpec):
     """The settings every FCN data layer shares: a dataset directory (``root_key``), ``split``, ``randomize``,
     ``seed``; subclasses say where the split list is and what the tops hold."""
 
-    bottoms = (0, 0)
-    is_data = True
     family = FAMILY
     dataset = ""
     root_key = ""
@@ -102,21 +100,12 @@ class _FcnSegData(PythonLayerSpec):
                              f"({', '.join(param.outputs)}), the layer has {len(layer.top)}")
         return FcnDataAttrs(**fields, param=param)
 
-    def is_input(self, node: Node) -> bool:
-        return True
-
     def infer_shapes(self, node, in_shapes):
         p: FcnDataParam = node.attrs.param
         shapes = [(1, _CHANNELS.get(kind, 3), None, None) for kind in p.outputs]
         hints = " ".join(f"--input {t}={input_hint(s)}" for t, s in zip(node.tops, shapes, strict=True))
         raise Unknowable(f"layer reads {p.source} (FCN {p.dataset} split), image size unknown without the data (each "
                          f"image its own); give {hints}{PYTHON_HINT}")
-
-    def module(self, node):
-        return call("NetInput", tuple(node.tops))
-
-    def to_onnx(self, node, ctx):
-        """The tops are graph inputs, which the exporter declares: nothing to compute."""
 
 
 #: channels of each kind of top (the others are BGR images)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from prototxt2py.layers import (
     LayerSpec,
+    PythonDataLayerSpec,
     PythonLayerSpec,
     PythonParamAttrs,
     Shape,
@@ -409,16 +410,14 @@ class RoIDataAttrs(PythonParamAttrs):
 
 
 @register
-class RoIDataLayer(PythonLayerSpec):
+class RoIDataLayer(PythonDataLayerSpec):
     """py-faster-rcnn's training data layer. py-faster-rcnn hands it a roidb built from the ``--imdb`` of
     ``train_net.py``; here its ``param_str`` names that imdb (``'imdb': 'voc_2007_trainval'``, optionally
     ``'devkit': 'path/VOCdevkit2007'``) and the reader builds the roidb as py-faster-rcnn does. Without it the
     tops are inputs the caller feeds, as before."""
 
     python_layer = "roi_data_layer.layer.RoIDataLayer"
-    bottoms = (0, 0)
     tops = (1, None)
-    is_data = True
     family = FAMILY
     summary = ("py-faster-rcnn's training data: PASCAL VOC images (short side 600), im_info and gt_boxes of the imdb "
                "its param_str names; a net input")
@@ -433,9 +432,6 @@ class RoIDataLayer(PythonLayerSpec):
         source = f"{data_path}/ImageSets/Main/{m[2]}.txt" if m else ""
         return RoIDataAttrs(**fields, param=RoIDataParam(imdb, data_path, m[2] if m else "", source))
 
-    def is_input(self, node):
-        return True
-
     def infer_shapes(self, node, in_shapes):
         from prototxt2py.layers.data import PYTHON_HINT
 
@@ -447,9 +443,3 @@ class RoIDataLayer(PythonLayerSpec):
         raise Unknowable("layer reads the roidb py-faster-rcnn builds from train_net.py's --imdb: name it in the "
                          "param_str ('imdb': 'voc_2007_trainval') to read PASCAL VOC, or feed the tops: give "
                          f"{hints}{PYTHON_HINT}")
-
-    def module(self, node):
-        return call("NetInput", tuple(node.tops))
-
-    def to_onnx(self, node, ctx):
-        """The tops are graph inputs, which the exporter declares: nothing to compute."""
