@@ -210,3 +210,18 @@ def test_zf_end_to_end_net_trains_from_the_files(tmp_path: Path, monkeypatch) ->
         assert np.isfinite(losses).all() and losses[2] > 0
         gt = solver.net.blobs["gt_boxes"].data
         assert gt.shape[1] == 5 and set(gt[:, 4]) <= set(range(1, 21))
+
+
+def test_roidb_is_built_once_per_image_set(tmp_path: Path) -> None:
+    """A solver opens the reader several times (shapes, checks, loader workers): the roidb is parsed once, and
+    again only when the image set file changes."""
+    import os
+
+    devkit = make_devkit(tmp_path)
+    first, second = _open(devkit), _open(devkit)
+    assert first.roidb is second.roidb
+    index = devkit / "VOC2007" / "ImageSets" / "Main" / "trainval.txt"
+    index.write_text("000000\n000001\n")
+    os.utime(index, ns=(1, 1))
+    third = _open(devkit)
+    assert third.roidb is not first.roidb and len(third.roidb) == 4  # two images and their flips

@@ -23,6 +23,7 @@ library's XML parser (expat, which refuses entity expansion bombs); nothing in t
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,10 @@ VOC_CLASSES = ("__background__", "aeroplane", "bicycle", "bird", "boat", "bottle
 #: ``cfg.PIXEL_MEANS`` (BGR, float64) and the end-to-end recipe's ``TRAIN.SCALES``/``TRAIN.MAX_SIZE``
 PIXEL_MEANS = np.array([[[102.9801, 115.9465, 122.7717]]])
 SCALE, MAX_SIZE = 600, 1000
+#: (VOC directory, image set file, its mtime) -> roidb. py-faster-rcnn caches its gt roidb in a pickle file; here
+#: it is kept in memory for the readers this process (and the workers it forks) opens: parsing 5,000 annotations
+#: and image headers takes seconds, and a solver opens a reader several times (shapes, checks, workers)
+_ROIDBS: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
 
 
 class RoIData:
@@ -56,7 +61,13 @@ class RoIData:
             raise DataError(f"RoIDataLayer is read for end-to-end (RPN) training: tops data, im_info, gt_boxes; "
                             f"this one has {len(layer.tops)}", layer=self.name)
         self.data_path = p.data_path
-        self.roidb = self._roidb(p.source)
+        try:
+            key = (p.data_path, p.source, os.stat(p.source).st_mtime_ns)  # an edited image set is read again
+        except OSError as e:
+            raise self._fail(f"cannot read the image set '{p.source}': {e.strerror or e}") from None
+        if key not in _ROIDBS:  # built once per process (loader workers fork after the first reader opened)
+            _ROIDBS[key] = self._roidb(p.source)
+        self.roidb = _ROIDBS[key]
         self.rng = stream(base_seed(seed), self.name, "roidb order")
         self._shuffle()
 
