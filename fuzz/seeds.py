@@ -109,7 +109,8 @@ def small_nets(rows: list[dict]) -> list[str]:
                 f'layer {{ name: "in{i}" type: "Input" top: "{b}" input_param {{ shape {{ dim: 1 dim: 4 dim: 8 '
                 f'dim: 8 }} }} }}\n' for i, b in enumerate(dict.fromkeys(layer.bottom)))
             out.append(f'name: "small"\n{inputs}layer {{ {body} }}\n')
-    return [*out, PROPOSAL_NET, OPENCV_PROPOSAL_NET, RCNN_TARGETS_NET, FCN_DATA_NET, ROI_DATA_NET]
+    return [*out, PROPOSAL_NET, OPENCV_PROPOSAL_NET, RCNN_TARGETS_NET, FCN_DATA_NET, ROI_DATA_NET, SEGNET_LOSS_NET,
+            HED_LOSS_NET]
 
 
 #: The built-in Python layer (py-faster-rcnn's proposals), which the corpus loop skips with the other Python
@@ -159,6 +160,26 @@ ROI_DATA_NET = (
     "param_str: \"'num_classes': 21, 'imdb': 'voc_2007_trainval', 'devkit': 'VOCdevkit2007'\" } }\n"
     'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 2 '
     "kernel_size: 3 } }\n"
+)
+
+#: SegNet's class-weighted SoftmaxWithLoss and an Accuracy seeing a void label past the classes.
+SEGNET_LOSS_NET = (
+    'name: "small"\n'
+    'layer { name: "in0" type: "Input" top: "x" top: "label" input_param { shape { dim: 1 dim: 3 dim: 2 dim: 2 } '
+    "shape { dim: 1 dim: 1 dim: 2 dim: 2 } } }\n"
+    'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" loss_param { '
+    "weight_by_label_freqs: true class_weighting: 0.5 class_weighting: 2 class_weighting: 1 ignore_label: 3 } }\n"
+    'layer { name: "acc" type: "Accuracy" bottom: "x" bottom: "label" top: "acc" top: "per_class" }\n'
+)
+
+#: HED's class-balanced SigmoidCrossEntropyLoss (its dialect: the net holds an ImageLabelmapData layer).
+HED_LOSS_NET = (
+    'name: "small"\n'
+    'layer { name: "data" type: "ImageLabelmapData" top: "img" top: "edges" image_data_param { source: "l.lst" '
+    "batch_size: 1 new_height: 2 new_width: 2 } }\n"
+    'layer { name: "in0" type: "Input" top: "x" top: "t" input_param { shape { dim: 2 dim: 1 dim: 2 dim: 2 } '
+    "shape { dim: 2 dim: 1 dim: 2 dim: 2 } } }\n"
+    'layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" top: "loss" }\n'
 )
 
 #: The same proposals spelled as OpenCV's samples do (``type: "Proposal"``), followed by OpenCV's detection
