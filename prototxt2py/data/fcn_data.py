@@ -87,11 +87,12 @@ class FcnSegSource:
         p, root = self.p, self.p.root
         if p.dataset == "voc":
             return self._image(f"{root}/JPEGImages/{idx}.jpg") if kind == "image" else \
-                self._png_label(f"{root}/SegmentationClass/{idx}.png")
+                self._pixels(f"{root}/SegmentationClass/{idx}.png", 2, np.uint8)
         if p.dataset == "sbdd":
             if kind == "image":
                 return self._image(f"{root}/img/{idx}.jpg")
-            return self._mat_label(f"{root}/cls/{idx}.mat", "GTcls", lambda m: m["GTcls"][0]["Segmentation"][0])
+            label = self._mat(f"{root}/cls/{idx}.mat", "GTcls", lambda m: m["GTcls"][0]["Segmentation"][0])
+            return label.astype(np.uint8)
         if p.dataset == "siftflow":
             if kind == "image":
                 return self._image(f"{root}/Images/{_SIFTFLOW_DIR}/{idx}.jpg")
@@ -151,9 +152,6 @@ class FcnSegSource:
         in_ -= m  # float32 minus a float64 mean computes in float64, as the layer's in-place subtraction does
         return in_.transpose((2, 0, 1))
 
-    def _png_label(self, path: str) -> np.ndarray:
-        return self._pixels(path, 2, np.uint8)
-
     def _mat(self, path: str, name: str, pick: Any) -> np.ndarray:
         """The array ``pick(loadmat(path))`` (variable ``name`` only), 2-D."""
         sio = require("scipy.io", f"reading {path}", self.name)
@@ -171,9 +169,6 @@ class FcnSegSource:
         if value.ndim != 2 or value.dtype.kind not in "biuf":
             raise self._fail(f"'{path}': {name} is {value.dtype} of shape {value.shape}, expected a 2-D label map")
         return value
-
-    def _mat_label(self, path: str, name: str, pick: Any) -> np.ndarray:
-        return self._mat(path, name, pick).astype(np.uint8)
 
     def _context_labels(self) -> list[tuple[int, int]]:
         """PASCAL-Context's fold: (label in the 400-label map, its class among the 59), in the layer's order."""

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..fsutil import open_regular
 from . import DataError, DataLayer, register_reader
+from . import images as _images
 from ._deps import require
 from .seeding import base_seed, stream
 
@@ -166,9 +167,7 @@ class RoIData:
     def next_batch(self) -> list[np.ndarray]:
         entry = self.roidb[self._next_index()]
         cv2 = require("cv2", f"reading {entry['image']}", self.name)
-        from .images import read
-
-        im = read(entry["image"], "color", self.name)
+        im = _images.read(entry["image"], "color", self.name)
         if im.shape[1] != entry["width"] or im.shape[0] != entry["height"]:
             raise self._fail(f"'{entry['image']}' changed size since the roidb was built")
         if entry["flipped"]:
