@@ -110,7 +110,7 @@ def small_nets(rows: list[dict]) -> list[str]:
                 f'dim: 8 }} }} }}\n' for i, b in enumerate(dict.fromkeys(layer.bottom)))
             out.append(f'name: "small"\n{inputs}layer {{ {body} }}\n')
     return [*out, PROPOSAL_NET, OPENCV_PROPOSAL_NET, RCNN_TARGETS_NET, FCN_DATA_NET, ROI_DATA_NET, SEGNET_LOSS_NET,
-            HED_LOSS_NET]
+            HED_LOSS_NET, RFCN_OHEM_NET]
 
 
 #: The built-in Python layer (py-faster-rcnn's proposals), which the corpus loop skips with the other Python
@@ -138,6 +138,25 @@ RCNN_TARGETS_NET = (
     'layer { name: "roi" type: "Python" bottom: "rois" bottom: "gt" top: "r" top: "rl" top: "rt" top: "ri" top: "ro" '
     "python_param { module: \"rpn.proposal_target_layer\" layer: \"ProposalTargetLayer\" "
     "param_str: \"'num_classes': 2\" } }\n"
+)
+
+#: The same targets in py-R-FCN's OHEM recipe (the net holds PSROIPooling and BoxAnnotatorOHEM), ranked by the
+#: OHEM losses and annotated.
+RFCN_OHEM_NET = (
+    RCNN_TARGETS_NET
+    + 'layer { name: "in4" type: "Input" top: "f" input_param { shape { dim: 1 dim: 8 dim: 4 dim: 5 } } }\n'
+    'layer { name: "ps" type: "PSROIPooling" bottom: "f" bottom: "r" top: "ps" psroi_pooling_param { '
+    "spatial_scale: 0.0625 output_dim: 2 group_size: 2 } }\n"
+    'layer { name: "pool" type: "Pooling" bottom: "ps" top: "cls" pooling_param { pool: AVE global_pooling: true } }\n'
+    'layer { name: "cls_l" type: "SoftmaxWithLossOHEM" bottom: "cls" bottom: "rl" top: "lc" top: "pc" top: "per_c" '
+    "loss_weight: 0 loss_weight: 0 loss_weight: 0 loss_param { ignore_label: -1 } }\n"
+    'layer { name: "box_l" type: "SmoothL1LossOHEM" bottom: "rt" bottom: "rt" bottom: "ri" top: "lb" top: "per_b" '
+    "loss_weight: 0 loss_weight: 0 }\n"
+    'layer { name: "per" type: "Eltwise" bottom: "per_c" bottom: "per_b" top: "per" }\n'
+    'layer { name: "ohem" type: "BoxAnnotatorOHEM" bottom: "r" bottom: "per" bottom: "rl" bottom: "ri" top: "lo" '
+    "top: \"wo\" box_annotator_ohem_param { roi_per_img: 2 } }\n"
+    'layer { name: "loss" type: "SmoothL1LossOHEM" bottom: "rt" bottom: "ri" bottom: "wo" top: "loss" '
+    "loss_param { normalization: PRE_FIXED pre_fixed_normalizer: 2 } }\n"
 )
 
 #: FCN's built-in VOC data layer (its param_str read as literals) feeding a small segmentation head.

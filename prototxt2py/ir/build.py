@@ -54,7 +54,7 @@ def build_graph(
         loc = locations[index] if locations and index < len(locations) else Location(file)
         if not layer_included(layer, state, loc):
             continue
-        spec = _python_spec(layer, python_layers) if layer.type == "Python" else None
+        spec = _python_spec(layer, python_layers, dialect) if layer.type == "Python" else None
         spec = spec or dialect.get(layer.type) or get_spec(layer.type)
         if spec is None:
             unknown.append(f"'{layer.type}' (layer '{layer.name}' at {loc})")
@@ -187,12 +187,14 @@ def _stop_gradient(layer: Any, spec: LayerSpec, force: bool, bottoms: int, loc: 
     return tuple(j for j, down in enumerate(given) if not down and not (force and j not in spec.force_backward_refused))
 
 
-def _python_spec(layer: Any, mapping: Mapping[str, LayerSpec] | None) -> LayerSpec | None:
-    """The spec of a ``Python`` layer mapped by the caller or a plugin (None: the built-in ``Python`` spec)."""
+def _python_spec(layer: Any, mapping: Mapping[str, LayerSpec] | None,
+                 dialect: Mapping[str, LayerSpec]) -> LayerSpec | None:
+    """The spec of a ``Python`` layer mapped by the caller, a fork's dialect or a plugin (None: the built-in
+    ``Python`` spec)."""
     name = python_layer_name(layer)
     if mapping and name in mapping:
         return mapping[name]
-    return get_python_spec(name)
+    return dialect.get(name) or get_python_spec(name)
 
 
 def _check_counts(spec: LayerSpec, name: str, bottoms: list[str], tops: list[str], loc: Location) -> None:

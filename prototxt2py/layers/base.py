@@ -168,27 +168,33 @@ def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-#: marker type -> {type: spec}. Some forks changed a built-in type without renaming it (HED's class-balanced
-#: ``SigmoidCrossEntropyLoss``); a net holding a layer of a type only that fork has (its marker: HED's
+#: marker type -> {type or ``module.Layer``: spec}. Some forks changed a built-in type or a shared Python
+#: layer without renaming it (HED's class-balanced ``SigmoidCrossEntropyLoss``, R-FCN's settings of
+#: py-faster-rcnn's target layers); a net holding a layer of a type only that fork has (its marker: HED's
 #: ``ImageLabelmapData``) was written for it, so its layers of the changed types get the fork's spec.
 DIALECTS: dict[str, dict[str, LayerSpec]] = {}
 
 
 def register_dialect(marker: str) -> Any:
-    """Class decorator: the spec is its ``type``'s meaning in nets that hold a layer of type ``marker``."""
+    """Class decorator: the spec is its ``type``'s (a ``Python`` layer spec: its ``python_layer``'s) meaning in
+    nets that hold a layer of type ``marker``. Where a net holds several markers, the one registered last
+    wins (a fork's variant registers after its base)."""
 
     def apply(spec_cls: type[LayerSpec]) -> type[LayerSpec]:
-        DIALECTS.setdefault(marker, {})[spec_cls.type] = spec_cls()
+        DIALECTS.setdefault(marker, {})[spec_cls.python_layer or spec_cls.type] = spec_cls()
         return spec_cls
 
     return apply
 
 
 def dialect_specs(types: Iterable[str]) -> dict[str, LayerSpec]:
-    """The fork specs that replace built-in ones in a net whose layers have these types."""
+    """The fork specs that replace built-in ones in a net whose layers have these types, by type (``Python``
+    layers: by ``module.Layer``)."""
+    present = set(types)
     out: dict[str, LayerSpec] = {}
-    for t in dict.fromkeys(types):
-        out.update(DIALECTS.get(t, {}))
+    for marker, specs in DIALECTS.items():
+        if marker in present:
+            out.update(specs)
     return out
 
 

@@ -75,19 +75,28 @@ def _ignore_label(param: Any) -> int | None:
     return int(param.ignore_label) if param.has("ignore_label") else None
 
 
-def _normalization(loss_param: Any, default: str) -> str:
-    """Caffe's choice: explicit ``normalization``, else legacy ``normalize`` (VALID/BATCH_SIZE), else default."""
+def normalization_mode(loss_param: Any, default: str) -> str:
+    """Caffe's choice: explicit ``normalization``, else legacy ``normalize`` (VALID/BATCH_SIZE), else default.
+    The name may be R-FCN's ``PRE_FIXED``, which only that fork's SmoothL1LossOHEM reads."""
     if loss_param.has("normalization"):
-        if loss_param.normalization == "PRE_FIXED":  # R-FCN's fork: divide by pre_fixed_normalizer
-            raise ValueError("loss_param normalization: PRE_FIXED (R-FCN's fork) is not supported; use "
-                             "normalization: NONE and a loss_weight of 1 / pre_fixed_normalizer")
         return loss_param.normalization
     if loss_param.has("normalize"):
         return "VALID" if loss_param.normalize else "BATCH_SIZE"
     return default
 
 
-def _loss_attrs(layer: Any, axis: int, default: str) -> LossAttrs:
+def _normalization(loss_param: Any, default: str) -> str:
+    """:func:`normalization_mode` of the layers Caffe's ``get_normalizer`` serves (no ``PRE_FIXED``: fatal there)."""
+    mode = normalization_mode(loss_param, default)
+    if mode == "PRE_FIXED":  # R-FCN's fork: divide by pre_fixed_normalizer
+        raise ValueError("loss_param normalization: PRE_FIXED (R-FCN's fork) is not supported; use "
+                         "normalization: NONE and a loss_weight of 1 / pre_fixed_normalizer")
+    return mode
+
+
+def loss_attrs(layer: Any, axis: int, default: str) -> LossAttrs:
+    """A loss layer's ``loss_param`` with its class ``axis``, as Caffe's ``SoftmaxWithLoss`` reads it (no
+    ``PRE_FIXED``)."""
     loss = plain(layer.loss_param)
     return LossAttrs(int(axis), _ignore_label(loss), _normalization(loss, default))
 
@@ -161,7 +170,7 @@ class SoftmaxWithLoss(_LossSpec):
                 "SoftmaxWithLoss with a second top is rejected by BVLC Caffe (its internal Softmax inherits the "
                 "loss weights); add a separate Softmax layer for the probabilities"
             )
-        base = _loss_attrs(layer, layer.softmax_param.axis, "VALID")
+        base = loss_attrs(layer, layer.softmax_param.axis, "VALID")
         loss = plain(layer.loss_param)
         weights = tuple(float(w) for w in loss.class_weighting) if loss.weight_by_label_freqs else None
         return SoftmaxLossAttrs(base.axis, base.ignore_label, base.normalization, weights)
@@ -200,7 +209,7 @@ class InfogainLoss(_LossSpec):
             raise ValueError("InfogainLoss with two bottoms needs infogain_loss_param.source (the H matrix)")
         if len(layer.top) > 1 and len(layer.loss_weight) != len(layer.top):
             raise ValueError("InfogainLoss with a second top needs one loss_weight per top (Caffe's rule)")
-        base = _loss_attrs(layer, p.axis, "VALID")
+        base = loss_attrs(layer, p.axis, "VALID")
         return InfogainAttrs(base.axis, base.ignore_label, base.normalization, p.source)
 
     def infer_shapes(self, node: Node, in_shapes: Sequence[Shape]) -> list[Shape]:
@@ -237,7 +246,7 @@ class SigmoidCrossEntropyLoss(_LossSpec):
                "BATCH_SIZE for this layer")
 
     def attrs(self, layer: Any) -> LossAttrs:
-        return _loss_attrs(layer, 1, "BATCH_SIZE")
+        return loss_attrs(layer, 1, "BATCH_SIZE")
 
     def infer_shapes(self, node: Node, in_shapes: Sequence[Shape]) -> list[Shape]:
         self.check_batch(node, in_shapes)

@@ -11,6 +11,8 @@ generated code like built-in helpers). The built-in forks are therefore also the
 * :mod:`.segnet` -- SegNet (alexgkendall/caffe-segnet): Upsample, DenseImageData
 * :mod:`.bn` -- the ``BN`` type of SegNet and PSPNet (one type name, two layouts)
 * :mod:`.rcnn` -- Faster R-CNN / R-FCN: ROIPooling, PSROIPooling, SmoothL1Loss
+* :mod:`.rfcn` -- R-FCN: its OHEM layers (SoftmaxWithLossOHEM, SmoothL1LossOHEM, BoxAnnotatorOHEM), py-R-FCN's
+  training settings of py-faster-rcnn's Python layers
 * :mod:`.mobile` -- MobileNet / ShuffleNet ports: ConvolutionDepthwise, ShuffleChannel
 * :mod:`.senet` -- SENet ports: Axpy
 * :mod:`.hed` -- HED (s9xie/hed): ImageLabelmapData
@@ -20,6 +22,6 @@ generated code like built-in helpers). The built-in forks are therefore also the
 
 from __future__ import annotations
 
-from . import bn, fcn, hed, mobile, pspnet, rcnn, segnet, senet, ssd
+from . import bn, fcn, hed, mobile, pspnet, rcnn, rfcn, segnet, senet, ssd
 
-__all__ = ["bn", "fcn", "hed", "mobile", "pspnet", "rcnn", "segnet", "senet", "ssd"]
+__all__ = ["bn", "fcn", "hed", "mobile", "pspnet", "rcnn", "rfcn", "segnet", "senet", "ssd"]

@@ -41,6 +41,13 @@ FAMILY = "forks"
 NN = "prototxt2py.layers.forks.rcnn_nn"
 
 
+def _check_ground_truth(spec: LayerSpec, node: Node, truth: Shape) -> None:
+    """Rows (x1, y1, x2, y2, class): ``(G, 5)`` as py-faster-rcnn's RoIDataLayer gives them, or R-FCN's
+    ``(G, 5, 1, 1)``."""
+    if (count(truth, 1) if len(truth) == 4 else (truth[-1] if truth else 0)) < 5:
+        raise spec.fail(node, f"ground truth {tuple(truth)} needs rows (x1, y1, x2, y2, class)")
+
+
 def _check_rois(spec: LayerSpec, node: Node, rois: Shape, features: Shape) -> int:
     if len(features) != 4:  # Caffe would pad a 3-axis blob to (num, channels, height, 1); no real net does
         raise spec.fail(node, f"{spec.type} needs a 4-axis (N, C, H, W) feature bottom, got shape {tuple(features)}")
@@ -336,8 +343,7 @@ class AnchorTargetLayer(PythonLayerSpec):
         scores, truth, info = in_shapes[:3]
         if len(scores) != 4 or scores[0] != 1:
             raise self.fail(node, f"scores {tuple(scores)} must be (1, C, H, W): the layer takes one image")
-        if len(truth) < 1 or truth[-1] < 5:
-            raise self.fail(node, f"ground truth {tuple(truth)} needs rows (x1, y1, x2, y2, class)")
+        _check_ground_truth(self, node, truth)
         if not info or count(info, 1) < 3:
             raise self.fail(node, f"im_info {tuple(info)} needs (height, width, scale) per image")
         n, (h, w) = len(a.anchors), scores[2:]
@@ -382,8 +388,7 @@ class ProposalTargetLayer(PythonLayerSpec):
         rois, truth = in_shapes
         if count(rois) % 5 or (rois and rois[-1] != 5):
             raise self.fail(node, f"ROIs {tuple(rois)} need rows (batch index, x1, y1, x2, y2)")
-        if len(truth) < 1 or truth[-1] < 5:
-            raise self.fail(node, f"ground truth {tuple(truth)} needs rows (x1, y1, x2, y2, class)")
+        _check_ground_truth(self, node, truth)
         # Caffe's set-up shapes; each pass gives up to 128 sampled ROIs
         return [(1, 5), (1, 1), (1, 4 * k), (1, 4 * k), (1, 4 * k)]
 

@@ -328,7 +328,8 @@ class ProposalLayer(nn.Module):
     score kept, greedy NMS, the first ``post_nms_top_n`` of what survives. Bottoms: scores ``(1, 2A, H, W)``
     (background then foreground), deltas ``(1, 4A, H, W)``, ``im_info`` (height, width, scale). Tops: ROIs
     ``(R, 5)`` (batch index 0, x1, y1, x2, y2) and, with ``scores``, their scores ``(R, 1)``. Arithmetic in
-    float32 as numpy does it on float32 blobs."""
+    float32 as numpy does it on float32 blobs. ``delta_stds``/``delta_means``: R-FCN's OHEM recipe trains the
+    RPN on normalised targets, so its training pass takes the deltas back first (``d * stds + means``)."""
 
     def __init__(
         self,
@@ -339,11 +340,14 @@ class ProposalLayer(nn.Module):
         nms_thresh: float = 0.7,
         min_size: float = 16,
         scores: bool = False,
+        delta_means: tuple[float, float, float, float] | None = None,
+        delta_stds: tuple[float, float, float, float] | None = None,
     ) -> None:
         super().__init__()
         self.feat_stride, self.anchors = feat_stride, anchors
         self.pre_nms_top_n, self.post_nms_top_n = pre_nms_top_n, post_nms_top_n
         self.nms_thresh, self.min_size, self.scores = nms_thresh, min_size, scores
+        self.delta_means, self.delta_stds = delta_means, delta_stds
 
     def shifted_anchors(self, height: int, width: int) -> torch.Tensor:
         """Anchors at every position ``(H * W * A, 4)`` (float32, as ``bbox_transform_inv`` casts them)."""
@@ -364,6 +368,12 @@ class ProposalLayer(nn.Module):
         anchors = self.shifted_anchors(height, width).to(scores.device)
         fg = scores[:, a:].permute(0, 2, 3, 1).reshape(-1).float()
         d = deltas.permute(0, 2, 3, 1).reshape(-1, 4).float()
+        if (
+            self.delta_stds is not None
+        ):  # numpy's in-place float32 *= and += of float64 lists
+            stds = torch.tensor(self.delta_stds, dtype=torch.float64, device=d.device)
+            means = torch.tensor(self.delta_means, dtype=torch.float64, device=d.device)
+            d = ((d.double() * stds).float().double() + means).float()
         info = im_info.reshape(im_info.shape[0], -1)[0].float()
         w = anchors[:, 2] - anchors[:, 0] + 1.0
         h = anchors[:, 3] - anchors[:, 1] + 1.0
@@ -430,6 +440,13 @@ def _rpn_targets(ex: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _rpn_ground_truth(gt_boxes: torch.Tensor) -> torch.Tensor:
+    """Ground-truth rows ``(G, 5)`` on the CPU, from py-faster-rcnn's ``(G, 5)`` or R-FCN's ``(G, 5, 1, 1)``."""
+    g = gt_boxes.detach()
+    rows = g.reshape(g.shape[0], -1) if g.dim() == 4 else g.reshape(-1, g.shape[-1])
+    return rows.cpu()
+
+
 def _rpn_subsample(index: torch.Tensor, keep: int) -> torch.Tensor:
     """``npr.choice(index, size=keep, replace=False)``: ``keep`` of them at random, in random order (torch's
     generator; numpy's own stream is not reproduced)."""
@@ -442,8 +459,9 @@ class AnchorTargetLayer(nn.Module):
     (overlap < ``negative``, before the positives, as ``RPN_CLOBBER_POSITIVES`` False) or -1; positives
     subsampled to ``fg_fraction * batch``, negatives to the rest of ``batch`` (at random); regression targets
     of every inside anchor to its best ground truth; inside weights 1 on positives; outside weights
-    1 / (labelled anchors). Bottoms: scores ``(1, 2A, H, W)`` (for H and W), ground truth ``(G, 5)``,
-    ``im_info``. Tops: labels ``(1, 1, A*H, W)``, targets, inside and outside weights ``(1, 4A, H, W)``."""
+    1 / (labelled anchors). Bottoms: scores ``(1, 2A, H, W)`` (for H and W), ground truth ``(G, 5)`` (R-FCN:
+    ``(G, 5, 1, 1)``), ``im_info``. Tops: labels ``(1, 1, A*H, W)``, targets, inside and outside weights
+    ``(1, 4A, H, W)``. ``target_means``/``target_stds``: R-FCN's OHEM recipe normalises the targets."""
 
     def __init__(
         self,
@@ -454,12 +472,15 @@ class AnchorTargetLayer(nn.Module):
         negative: float = 0.3,
         fg_fraction: float = 0.5,
         batch: int = 256,
+        target_means: tuple[float, float, float, float] | None = None,
+        target_stds: tuple[float, float, float, float] | None = None,
     ) -> None:
         super().__init__()
         self.feat_stride, self.anchors = feat_stride, anchors
         self.allowed_border = allowed_border
         self.positive, self.negative = positive, negative
         self.fg_fraction, self.batch = fg_fraction, batch
+        self.target_means, self.target_stds = target_means, target_stds
 
     @torch.no_grad()
     def forward(
@@ -476,7 +497,7 @@ class AnchorTargetLayer(nn.Module):
         device = scores.device
         height, width = scores.shape[-2:]
         a = len(self.anchors)
-        gt = gt_boxes.detach().reshape(-1, gt_boxes.shape[-1]).cpu()
+        gt = _rpn_ground_truth(gt_boxes)
         if gt.shape[0] == 0 or gt.shape[1] < 4:
             raise ValueError(
                 f"AnchorTargetLayer needs ground-truth boxes (G, 5), got {tuple(gt_boxes.shape)}"
@@ -507,6 +528,12 @@ class AnchorTargetLayer(nn.Module):
         if len(bg) > most_bg:
             labels[_rpn_subsample(bg, len(bg) - most_bg)] = -1
         targets = _rpn_targets(anchors[inside], gt[argmax, :4]).float()
+        if (
+            self.target_stds is not None
+        ):  # numpy's in-place float32 -= and /= of float64 lists
+            means = torch.tensor(self.target_means, dtype=torch.float64)
+            stds = torch.tensor(self.target_stds, dtype=torch.float64)
+            targets = ((targets.double() - means).float().double() / stds).float()
         inside_w = torch.zeros(len(inside), 4)
         inside_w[labels == 1] = 1.0
         outside_w = torch.zeros(len(inside), 4)
@@ -537,7 +564,9 @@ class ProposalTargetLayer(nn.Module):
     ``fg_thresh``) and background ones (overlap in [``bg_lo``, ``bg_hi``)) sampled at random, labelled (0 for
     background), class-specific regression targets normalised by ``means``/``stds``. Bottoms: ROIs
     ``(R, 5)``, ground truth ``(G, 5)`` (x1, y1, x2, y2, class). Tops: ROIs ``(S, 5)``, labels ``(S,)``, targets,
-    inside and outside weights ``(S, 4 * num_classes)``."""
+    inside and outside weights ``(S, 4 * num_classes)``. R-FCN's variant: ``batch`` -1 keeps every ROI within
+    the thresholds (its OHEM recipe), ``agnostic`` puts every foreground target in columns 4-7 (its
+    ``cfg.TRAIN.AGNOSTIC``), ``legacy_4d`` gives the tops two more axes of 1 (its reshapes)."""
 
     def __init__(
         self,
@@ -549,16 +578,19 @@ class ProposalTargetLayer(nn.Module):
         bg_lo: float = 0.0,
         means: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
         stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2),
+        agnostic: bool = False,
+        legacy_4d: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes, self.batch = num_classes, batch
         self.fg_fraction, self.fg_thresh = fg_fraction, fg_thresh
         self.bg_hi, self.bg_lo, self.means, self.stds = bg_hi, bg_lo, means, stds
+        self.agnostic, self.legacy_4d = agnostic, legacy_4d
 
     @torch.no_grad()
     def forward(self, rois: torch.Tensor, gt_boxes: torch.Tensor):
         device = rois.device
-        gt = gt_boxes.detach().reshape(-1, gt_boxes.shape[-1]).float().cpu()
+        gt = _rpn_ground_truth(gt_boxes).float()
         if gt.shape[0] == 0 or gt.shape[1] < 5:
             raise ValueError(
                 f"ProposalTargetLayer needs ground-truth boxes (G, 5), got {tuple(gt_boxes.shape)}"
@@ -574,10 +606,10 @@ class ProposalTargetLayer(nn.Module):
         overlaps = _rpn_overlaps(all_rois[:, 1:5], gt[:, :4])
         best, assignment = overlaps.max(dim=1)
         labels = gt[assignment, 4]
-        per_image = float(self.batch)
-        fg_per_image = round(
-            self.fg_fraction * per_image
-        )  # np.round: halves to even, as Python's round
+        every = self.batch == -1  # np.inf ROIs per image: all of them
+        per_image = len(all_rois) if every else self.batch
+        # np.round: halves to even, as Python's round
+        fg_per_image = len(all_rois) if every else round(self.fg_fraction * per_image)
         fg = (best >= self.fg_thresh).nonzero()[:, 0]
         fg_count = int(min(fg_per_image, len(fg)))
         fg = _rpn_subsample(fg, fg_count)
@@ -597,8 +629,11 @@ class ProposalTargetLayer(nn.Module):
         bbox = torch.zeros(len(keep), 4 * self.num_classes)
         inside_w = torch.zeros_like(bbox)
         for i in (cls > 0).nonzero()[:, 0].tolist():
-            c = int(cls[i])
+            c = 1 if self.agnostic else int(cls[i])
             bbox[i, 4 * c : 4 * c + 4] = targets[i]
             inside_w[i, 4 * c : 4 * c + 4] = 1.0
         outside_w = (inside_w > 0).float()
-        return tuple(t.to(device) for t in (kept, labels, bbox, inside_w, outside_w))
+        tops = (kept, labels, bbox, inside_w, outside_w)
+        if self.legacy_4d:
+            tops = tuple(t.reshape(len(keep), -1, 1, 1) for t in tops)
+        return tuple(t.to(device) for t in tops)
