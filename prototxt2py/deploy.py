@@ -18,6 +18,9 @@ The transformation works on the upgraded ``NetParameter`` (protobuf level, befor
    labels, also for types without a spec; two for ContrastiveLoss, three for SSD's MultiBoxLoss; for a loss
    whose bottoms commute, EuclideanLoss, one not computed from labels alone), unless read straight from a
    data layer.
+   A training layer whose spec declares ``deploy_bypass`` (py-faster-rcnn's and R-FCN's proposal-target layer)
+   is dropped too, its readers of a top reading the bottom named instead (the head pools the proposals, as the
+   authors' test.prototxt does), so the ground truth it read is no input of the deploy net.
 3. **Label-only branches**: a layer whose tops all feed dropped layers is dropped too (repeatedly, so
    auxiliary classifiers and targets computed from labels vanish whole), and so is a layer that reads a
    dropped layer's top. Layers whose tops feed nothing at all (and fed nothing before the heads were
@@ -108,6 +111,7 @@ def derive_deploy(
     layers, locations = [net.layer[i] for i in chosen], [locs[i] for i in chosen]
     shapes = {k: [int(d) for d in v] for k, v in (input_shapes or {}).items()}
     notes: list[str] = []
+    layers = _bypass(layers, notes)
     main = _main_loss_weight(layers)
     was_read = {(i, t) for i, tops in enumerate(_readers(layers)[0]) for t, readers in enumerate(tops) if readers}
     layers, outputs = _convert_heads(layers, main, notes)
@@ -223,6 +227,40 @@ def _spec(layer_type: str) -> Any:
     return REGISTRY.get(layer_type)
 
 
+def _layer_spec(layer: Any) -> Any:
+    """A layer's spec: by type, or a ``Python`` layer's by its ``module.Layer`` (None: no built-in spec)."""
+    if layer.type == "Python":
+        from .layers import PYTHON_REGISTRY, python_layer_name
+
+        return PYTHON_REGISTRY.get(python_layer_name(layer))
+    return _spec(layer.type)
+
+
+def _bypass(layers: list[Any], notes: list[str]) -> list[Any]:
+    """Go around the training layers whose spec declares ``deploy_bypass``: later readers of such a top read
+    the named bottom instead (until a layer writes that name again). The layer itself stays, marked to be
+    dropped (:func:`_is_dropped_kind`), so what reads its other tops goes with it."""
+    renamed: dict[str, str] = {}
+    out = []
+    for layer in layers:
+        if any(b in renamed for b in layer.bottom):
+            new = caffe_pb2.LayerParameter()
+            new.CopyFrom(layer)
+            new.ClearField("bottom")
+            new.bottom.extend(renamed.get(b, b) for b in layer.bottom)
+            layer = new
+        for top in layer.top:
+            renamed.pop(top, None)
+        pairs = getattr(_layer_spec(layer), "deploy_bypass", ())
+        for t, b in pairs:
+            if t < len(layer.top) and b < len(layer.bottom) and layer.top[t] != layer.bottom[b]:
+                renamed[layer.top[t]] = layer.bottom[b]
+                notes.append(f"{layer.type} '{layer.name}' dropped (training only): its readers of "
+                             f"{layer.top[t]} read {layer.bottom[b]}")
+        out.append(layer)
+    return out
+
+
 def _deploy_head(layer: Any) -> str | None:
     """The layer type a deploy net computes a loss's prediction with (its spec's ``deploy_head``), or None."""
     return getattr(_spec(layer.type), "deploy_head", None)
@@ -314,7 +352,7 @@ def _unused(name: str, taken: set[str]) -> str:
 
 
 def _is_dropped_kind(layer: Any) -> bool:
-    return is_loss(layer) or layer.type in METRIC_TYPES
+    return is_loss(layer) or layer.type in METRIC_TYPES or bool(getattr(_layer_spec(layer), "deploy_bypass", ()))
 
 
 # -- pruning -------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from golden import CORPUS
 
@@ -445,3 +446,33 @@ def test_a_euclidean_target_read_straight_from_a_data_layer_may_come_first() -> 
     layer { name: "ip" type: "InnerProduct" bottom: "data" top: "pred" inner_product_param { num_output: 1 } }
     layer { name: "loss" type: "EuclideanLoss" bottom: "target" bottom: "pred" top: "loss" }"""
     assert _outputs(text) == (["data"], ["pred"])
+
+
+ZF_END2END = CORPUS / "rbgirshick__py-faster-rcnn/models/pascal_voc/ZF/faster_rcnn_end2end"
+
+
+@pytest.mark.skipif(not ZF_END2END.is_dir(), reason="needs the shared corpus")
+def test_faster_rcnn_train_net_deploys_to_its_test_net() -> None:
+    """py-faster-rcnn's ZF end-to-end train.prototxt: the proposal-target layer (training only) stayed, so the
+    deploy net needed gt_boxes and pooled sampled ROIs. Now the head pools the proposals, and the deploy net
+    computes what the authors' test.prototxt does (same weights by layer name, same input): same inputs,
+    class probabilities and box deltas."""
+    shapes = {"data": [1, 3, 224, 320], "im_info": [1, 3]}
+    result = derive_deploy(read_net(ZF_END2END / "train.prototxt"), shapes)
+    assert "Python 'roi-data' dropped (training only): its readers of rois read rpn_rois" in result.notes
+    derived = prototxt2py.load(prototxt2py.graph(deploy_source(read_net(ZF_END2END / "train.prototxt"), shapes)))
+    own = prototxt2py.load(str(ZF_END2END / "test.prototxt"), input_shapes=shapes)
+    assert [derived.graph.values[v].blob for v in derived.graph.inputs] == ["data", "im_info"]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for value in own.state_dict().values():
+            value.copy_(torch.randn(value.shape, generator=gen) * 0.02)
+    derived.load_state_dict(own.state_dict(), strict=True)
+    data = torch.randn(1, 3, 224, 320, generator=gen) * 50
+    info = torch.tensor([[224.0, 320.0, 1.0]])
+    with torch.no_grad():
+        mine, theirs = derived(data, info), own(data, info)
+    assert set(mine) == {"cls_loss", "bbox_pred"} and set(theirs) == {"cls_prob", "bbox_pred"}
+    assert mine["bbox_pred"].shape[0] > 10
+    torch.testing.assert_close(mine["cls_loss"], theirs["cls_prob"], rtol=0, atol=0)
+    torch.testing.assert_close(mine["bbox_pred"], theirs["bbox_pred"], rtol=0, atol=0)

@@ -274,6 +274,10 @@ class LayerSpec:
     #: For a loss: the layer type that computes its prediction in a deploy net (SoftmaxWithLoss: Softmax, sharing
     #: its ``softmax_param``); ``deploy`` replaces a main loss by it. ``None``: its predictions stay outputs.
     deploy_head: ClassVar[str | None] = None
+    #: A training layer a deploy net goes around: ``(top, bottom)`` pairs whose top's readers read that bottom
+    #: instead; the layer goes, with whatever reads its other tops (py-faster-rcnn's ProposalTargetLayer: the
+    #: ROIs it samples for training are, at test time, the proposals themselves).
+    deploy_bypass: ClassVar[tuple[tuple[int, int], ...]] = ()
     #: Layers that read data from files (Data, ImageData...): in a deployed net their tops become inputs.
     is_data: ClassVar[bool] = False
     #: Bottoms ``force_backward`` does not reach (Caffe's ``AllowForceBackward`` false: loss labels, recurrent

@@ -372,6 +372,7 @@ class ProposalTargetLayer(PythonLayerSpec):
     python_layer = "rpn.proposal_target_layer.ProposalTargetLayer"
     bottoms = (2, 2)
     tops = (5, 5)
+    deploy_bypass = ((0, 0),)  # test nets pool the proposals (test.prototxt: the proposal layer's top is 'rois')
     family = FAMILY
     summary = ("py-faster-rcnn ROI training targets: sampled ROIs (R, 5), labels (R,), class-specific targets and "
                "weights (R, 4K); random sampling")
