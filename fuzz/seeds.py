@@ -110,7 +110,7 @@ def small_nets(rows: list[dict]) -> list[str]:
                 f'dim: 8 }} }} }}\n' for i, b in enumerate(dict.fromkeys(layer.bottom)))
             out.append(f'name: "small"\n{inputs}layer {{ {body} }}\n')
     return [*out, PROPOSAL_NET, OPENCV_PROPOSAL_NET, RCNN_TARGETS_NET, FCN_DATA_NET, ROI_DATA_NET, SEGNET_LOSS_NET,
-            HED_LOSS_NET, RFCN_OHEM_NET]
+            HED_LOSS_NET, RFCN_OHEM_NET, CRF_RNN_NET]
 
 
 #: The built-in Python layer (py-faster-rcnn's proposals), which the corpus loop skips with the other Python
@@ -157,6 +157,17 @@ RFCN_OHEM_NET = (
     "top: \"wo\" box_annotator_ohem_param { roi_per_img: 2 } }\n"
     'layer { name: "loss" type: "SmoothL1LossOHEM" bottom: "rt" bottom: "ri" bottom: "wo" top: "loss" '
     "loss_param { normalization: PRE_FIXED pre_fixed_normalizer: 2 } }\n"
+)
+
+#: CRF-RNN's mean-field layer over a tiny image (its lattices built from positions and colours).
+CRF_RNN_NET = (
+    'name: "small"\n'
+    'layer { name: "in0" type: "Input" top: "u" top: "img" input_param { shape { dim: 1 dim: 2 dim: 3 dim: 4 } '
+    "shape { dim: 1 dim: 3 dim: 3 dim: 4 } } }\n"
+    'layer { name: "split" type: "Split" bottom: "u" top: "unary" top: "q0" }\n'
+    'layer { name: "crf" type: "MultiStageMeanfield" bottom: "unary" bottom: "q0" bottom: "img" top: "pred" '
+    "multi_stage_meanfield_param { num_iterations: 2 theta_alpha: 3 theta_beta: 5 theta_gamma: 2 "
+    'spatial_filter_weights_str: "3 3" bilateral_filter_weights_str: "5 5" } }\n'
 )
 
 #: FCN's built-in VOC data layer (its param_str read as literals) feeding a small segmentation head.

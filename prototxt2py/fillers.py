@@ -130,7 +130,17 @@ def fill_blob(out: torch.Tensor, filler: Any | None) -> None:
         _fill_into(out, filler, None)
 
 
-_KINDS = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")
+_KINDS = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear", "diagonal")
+
+
+@dataclass(frozen=True)
+class DiagonalFiller:
+    """Not a Caffe filler type: square matrices (the blob's last two axes) holding ``values`` on their diagonal
+    and zeros elsewhere, the initial value a fork's layer sets itself (CRF-RNN's kernel weights from
+    ``*_filter_weights_str``, its compatibility ``-1`` on the diagonal)."""
+
+    values: tuple[float, ...]
+    type: str = "diagonal"
 
 
 def _check(shape: tuple[int, ...], filler: Any | None) -> None:
@@ -141,6 +151,15 @@ def _check(shape: tuple[int, ...], filler: Any | None) -> None:
         raise ValueError(f"unknown filler type {filler.type!r}")
     if filler.type == "bilinear":
         _check_bilinear(shape)
+    if filler.type == "diagonal" and (len(shape) < 2 or shape[-1] != shape[-2] or len(filler.values) != shape[-1]):
+        raise ValueError(f"{len(filler.values)} diagonal values for a blob of shape {shape}")
+
+
+def _diagonal(shape: Sequence[int], values: Sequence[float]) -> np.ndarray:
+    out = np.zeros(tuple(shape), dtype=np.float32)
+    k = np.arange(len(values))
+    out[..., k, k] = np.asarray(values, dtype=np.float32)
+    return out
 
 
 def _check_bilinear(shape: Sequence[int]) -> None:
@@ -177,6 +196,8 @@ def _fill_into(out: torch.Tensor, filler: Any | None, generator: torch.Generator
     elif kind == "msra":
         std = math.sqrt(2.0 / _norm(shape, filler.variance_norm))
         out.normal_(0.0, std, generator=generator)
+    elif kind == "diagonal":
+        out.copy_(torch.from_numpy(_diagonal(shape, filler.values)))
     else:  # bilinear (_check refused every other type)
         out.copy_(bilinear_kernel(shape))
 
@@ -227,6 +248,8 @@ def fill_array(shape: Sequence[int], filler: Any | None, rng: np.random.Generato
         out = rng.uniform(-scale, scale, shape)
     elif kind == "msra":
         out = rng.normal(0.0, math.sqrt(2.0 / _norm(shape, filler.variance_norm)), shape)
+    elif kind == "diagonal":
+        return _diagonal(shape, filler.values)
     else:  # bilinear (_check refused every other type)
         return bilinear_array(shape)
     return np.asarray(out, dtype=np.float32)

@@ -12,6 +12,7 @@ type that is not registered (:func:`get_spec`).
 
 from __future__ import annotations
 
+from ..fillers import DiagonalFiller
 from ..plain import Filler, plain
 from ..plugins import (
     ENTRY_POINT_GROUP,
@@ -69,6 +70,7 @@ __all__ = [
     "REGISTRY",
     "Call",
     "ChannelAffine",
+    "DiagonalFiller",
     "LayerSource",
     "LayerSpec",
     "MaybeShape",
