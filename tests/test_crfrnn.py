@@ -260,6 +260,15 @@ def test_bad_settings_are_one_line(settings: dict, message: str) -> None:
     assert message in str(e.value) and "'inference1'" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_an_image_too_big_for_the_lattice_is_one_line() -> None:
+    """A 7000 x 7000 image: the lattice's keys would take 11 GiB; refused before anything is built."""
+    with pytest.raises(Prototxt2pyError) as e:
+        _crf_net(2, 7000, 7000, spatial="3 3")
+    message = str(e.value)
+    assert "MultiStageMeanfield's bilateral lattice would need 11.0 GiB, over the 8.0 GiB limit" in message
+    assert "'inference1'" in message and "\n" not in message
+
+
 @pytest.mark.skipif(not CRF_DEPLOY.is_file(), reason="needs the shared corpus")
 def test_crf_rnn_deploy_net_runs(tmp_path: Path) -> None:
     """The corpus's TVG_CRFRNN_new_deploy.prototxt (a GitHub page footer pasted after its last layer, cut here):

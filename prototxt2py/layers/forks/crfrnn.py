@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prototxt2py import limits
 from prototxt2py.layers import DiagonalFiller, LayerSpec, call, count, plain, register
 
 FAMILY = "forks"
@@ -74,6 +75,9 @@ class MultiStageMeanfield(LayerSpec):
         if len(image) != 4 or image[0] != 1 or image[1] < 3 or count(image, 2) < count(unary, 2):
             raise self.fail(node, f"the image {tuple(image)} needs 3 channels and at least the {unary[2]}x{unary[3]} "
                                   "pixels of the unaries (the fork reads its first H*W values per channel)")
+        # the bilateral lattice's vertex keys (6 vertices of 5 int64 coordinates per pixel), built every pass
+        limits.check_temporary(count(unary, 2) * 30, "MultiStageMeanfield's bilateral lattice", itemsize=8,
+                               layer=node.name, location=node.location)
         for name in ("spatial", "bilateral"):
             given = getattr(node.attrs, name)
             if isinstance(given, tuple) and len(given) < unary[1]:
