@@ -22,6 +22,7 @@ Written as a third-party plugin: public plugin API and the built-in specs it ext
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prototxt2py.layers import LayerSpec, call, legacy_shape, plain, register, register_dialect
 from prototxt2py.layers.losses import SoftmaxLossAttrs, SoftmaxWithLoss, loss_attrs, normalization_mode
@@ -34,6 +35,11 @@ FAMILY = "forks"
 #: The module holding this fork's torch helpers (imported only when a module is built).
 NN = "prototxt2py.layers.forks.rfcn_nn"
 RCNN_NN = "prototxt2py.layers.forks.rcnn_nn"
+
+
+def _changed(**given: tuple[Any, Any]) -> dict[str, Any]:
+    """The keyword arguments, given as ``(value, the helper's default)``, whose value is not the default."""
+    return {k: v for k, (v, default) in given.items() if v != default}
 
 
 # -- OHEM layers ---------------------------------------------------------------------------------------------------
@@ -57,9 +63,9 @@ class SoftmaxWithLossOHEM(SoftmaxWithLoss):
 
     def module(self, node):
         a: SoftmaxLossAttrs = node.attrs
-        given = {"tops": (len(node.tops), 1), "axis": (a.axis, 1), "ignore_label": (a.ignore_label, None),
-                 "normalization": (a.normalization, "VALID")}
-        return call(f"{NN}:SoftmaxWithLossOHEM", **{k: v for k, (v, default) in given.items() if v != default})
+        return call(f"{NN}:SoftmaxWithLossOHEM", **_changed(tops=(len(node.tops), 1), axis=(a.axis, 1),
+                                                            ignore_label=(a.ignore_label, None),
+                                                            normalization=(a.normalization, "VALID")))
 
 
 @dataclass(frozen=True)
@@ -94,9 +100,9 @@ class SmoothL1LossOHEM(LayerSpec):
 
     def module(self, node):
         a: SmoothL1OhemAttrs = node.attrs
-        given = {"tops": (len(node.tops), 1), "normalization": (a.normalization, "VALID"),
-                 "pre_fixed": (a.pre_fixed, 1.0)}
-        return call(f"{NN}:SmoothL1LossOHEM", **{k: v for k, (v, default) in given.items() if v != default})
+        return call(f"{NN}:SmoothL1LossOHEM", **_changed(tops=(len(node.tops), 1),
+                                                         normalization=(a.normalization, "VALID"),
+                                                         pre_fixed=(a.pre_fixed, 1.0)))
 
 
 @dataclass(frozen=True)

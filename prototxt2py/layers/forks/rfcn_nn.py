@@ -13,8 +13,12 @@ def _ohem_normalizer(
     ignore_label), PRE_FIXED is ``pre_fixed_normalizer``."""
     if mode == "VALID" and valid is not None:
         return valid.sum().to(like.dtype).clamp_min(1.0)
-    n = {"FULL": outer * inner, "VALID": outer * inner, "BATCH_SIZE": outer}
-    n["PRE_FIXED"] = fixed
+    n = {
+        "FULL": outer * inner,
+        "VALID": outer * inner,
+        "BATCH_SIZE": outer,
+        "PRE_FIXED": fixed,
+    }
     return torch.tensor(
         max(1.0, n.get(mode, 1.0)), dtype=like.dtype, device=like.device
     )
