@@ -110,7 +110,7 @@ def small_nets(rows: list[dict]) -> list[str]:
                 f'dim: 8 }} }} }}\n' for i, b in enumerate(dict.fromkeys(layer.bottom)))
             out.append(f'name: "small"\n{inputs}layer {{ {body} }}\n')
     return [*out, PROPOSAL_NET, OPENCV_PROPOSAL_NET, RCNN_TARGETS_NET, FCN_DATA_NET, ROI_DATA_NET, SEGNET_LOSS_NET,
-            HED_LOSS_NET, RFCN_OHEM_NET, CRF_RNN_NET]
+            HED_LOSS_NET, RFCN_OHEM_NET, CRF_RNN_NET, FLOWNET_NET]
 
 
 #: The built-in Python layer (py-faster-rcnn's proposals), which the corpus loop skips with the other Python
@@ -168,6 +168,26 @@ CRF_RNN_NET = (
     'layer { name: "crf" type: "MultiStageMeanfield" bottom: "unary" bottom: "q0" bottom: "img" top: "pred" '
     "multi_stage_meanfield_param { num_iterations: 2 theta_alpha: 3 theta_beta: 5 theta_gamma: 2 "
     'spatial_filter_weights_str: "3 3" bilateral_filter_weights_str: "5 5" } }\n'
+)
+
+#: FlowNet2's layers (lmb-freiburg/flownet2) in the shape of its deploy nets: a one-bottom Eltwise, the mean
+#: subtraction, resizing, correlation, Accum, warping and ChannelNorm.
+FLOWNET_NET = (
+    'name: "small"\n'
+    'layer { name: "in0" type: "Input" top: "a" top: "b" input_param { shape { dim: 1 dim: 3 dim: 6 dim: 8 } '
+    "shape { dim: 1 dim: 3 dim: 6 dim: 8 } } }\n"
+    'layer { name: "s" type: "Eltwise" bottom: "a" top: "as" eltwise_param { coeff: 0.5 } }\n'
+    'layer { name: "aug" type: "DataAugmentation" bottom: "as" top: "am" augmentation_param { recompute_mean: 2 '
+    "mean_per_pixel: false } }\n"
+    'layer { name: "r" type: "Resample" bottom: "am" top: "ar" resample_param { width: 8 height: 8 } }\n'
+    'layer { name: "rb" type: "Resample" bottom: "b" bottom: "ar" top: "br" resample_param { type: CUBIC } }\n'
+    'layer { name: "corr" type: "Correlation" bottom: "ar" bottom: "br" top: "c" correlation_param { pad: 2 '
+    "kernel_size: 1 max_displacement: 2 stride_2: 2 } }\n"
+    'layer { name: "f" type: "Convolution" bottom: "c" top: "f" convolution_param { num_output: 2 kernel_size: 1 '
+    'weight_filler { type: "diagonal" diag_val: 1 } } }\n'
+    'layer { name: "up" type: "Accum" bottom: "f" bottom: "ar" top: "fu" accum_param { have_reference: true } }\n'
+    'layer { name: "w" type: "FlowWarp" bottom: "br" bottom: "fu" top: "bw" }\n'
+    'layer { name: "n" type: "ChannelNorm" bottom: "bw" top: "n" }\n'
 )
 
 #: FCN's built-in VOC data layer (its param_str read as literals) feeding a small segmentation head.

@@ -30,6 +30,7 @@ from .weights import (
     _fits,
     _InlineRef,
     _open_refs,
+    adjusted_blobs,
     as_float32,
     check_blobless,
     check_matches,
@@ -150,6 +151,8 @@ class GraphBlobs:
                 report.missing.append(node.name)
                 continue
             names = self.names(node)
+            if node.spec.overrides("adjust_blobs"):
+                blobs = adjusted_blobs(node, [b.array if isinstance(b, Blob) else np.asarray(b) for b in blobs], loc)
             if len(blobs) != len(names):
                 raise WeightsError(f"weights file has {len(blobs)} blobs for this layer, the net expects "
                                    f"{len(names)}", loc, layer=node.name)

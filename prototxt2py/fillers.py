@@ -151,14 +151,30 @@ def _check(shape: tuple[int, ...], filler: Any | None) -> None:
         raise ValueError(f"unknown filler type {filler.type!r}")
     if filler.type == "bilinear":
         _check_bilinear(shape)
-    if filler.type == "diagonal" and (len(shape) < 2 or shape[-1] != shape[-2] or len(filler.values) != shape[-1]):
+    if filler.type != "diagonal":
+        return
+    if not isinstance(filler, DiagonalFiller):
+        if filler.sparse != -1:
+            raise ValueError("the diagonal filler does not support sparse")
+        return
+    if len(shape) < 2 or shape[-1] != shape[-2] or len(filler.values) != shape[-1]:
         raise ValueError(f"{len(filler.values)} diagonal values for a blob of shape {shape}")
 
 
-def _diagonal(shape: Sequence[int], values: Sequence[float]) -> np.ndarray:
+def _diagonal(shape: Sequence[int], filler: Any) -> np.ndarray:
+    """A :class:`DiagonalFiller`'s matrices, or FlowNet2's ``diagonal`` filler: zeros but for the kernels
+    ``[n, n]`` of each ``n`` below both the blob's num and channels, each ``diag_val[n]`` (1 past the
+    list) / the kernel's area (an identity mapping of the first channels, averaged over the kernel)."""
     out = np.zeros(tuple(shape), dtype=np.float32)
-    k = np.arange(len(values))
-    out[..., k, k] = np.asarray(values, dtype=np.float32)
+    if isinstance(filler, DiagonalFiller):
+        k = np.arange(len(filler.values))
+        out[..., k, k] = np.asarray(filler.values, dtype=np.float32)
+        return out
+    num, channels, height, width = (tuple(shape) + (1, 1, 1, 1))[:4] if len(shape) <= 4 else (0, 0, 1, 1)
+    legacy = out.reshape(num, channels, height * width) if num and channels else out.reshape(0, 0, 0)
+    for n in range(min(num, channels)):
+        value = np.float32(filler.diag_val[n]) if n < len(filler.diag_val) else np.float32(1)
+        legacy[n, n, :] = value / np.float32(height * width)
     return out
 
 
@@ -197,7 +213,7 @@ def _fill_into(out: torch.Tensor, filler: Any | None, generator: torch.Generator
         std = math.sqrt(2.0 / _norm(shape, filler.variance_norm))
         out.normal_(0.0, std, generator=generator)
     elif kind == "diagonal":
-        out.copy_(torch.from_numpy(_diagonal(shape, filler.values)))
+        out.copy_(torch.from_numpy(_diagonal(shape, filler)))
     else:  # bilinear (_check refused every other type)
         out.copy_(bilinear_kernel(shape))
 
@@ -249,7 +265,7 @@ def fill_array(shape: Sequence[int], filler: Any | None, rng: np.random.Generato
     elif kind == "msra":
         out = rng.normal(0.0, math.sqrt(2.0 / _norm(shape, filler.variance_norm)), shape)
     elif kind == "diagonal":
-        return _diagonal(shape, filler.values)
+        return _diagonal(shape, filler)
     else:  # bilinear (_check refused every other type)
         return bilinear_array(shape)
     return np.asarray(out, dtype=np.float32)

@@ -54,6 +54,7 @@ class Filler:
     std: float = 1.0
     sparse: int = -1
     variance_norm: str = "FAN_IN"
+    diag_val: tuple[float, ...] = ()  # FlowNet2's ``diagonal`` filler
 
 
 _CLASSES: dict[str, type] = {}
@@ -166,6 +167,7 @@ def filler(msg: Any) -> Filler | None:
         std=float(msg.std),
         sparse=int(msg.sparse),
         variance_norm=enum.values_by_number[msg.variance_norm].name,
+        diag_val=tuple(float(v) for v in msg.diag_val),
     )
 
 

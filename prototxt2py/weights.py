@@ -399,6 +399,19 @@ def _names(names: Iterable[str], limit: int = 5) -> str:
     return shown + (f", ... ({len(names)} layers)" if len(names) > limit else "")
 
 
+def adjusted_blobs(node: Any, arrays: list[np.ndarray], loc: Location | None) -> list[np.ndarray]:
+    """A layer's blobs as its spec's ``adjust_blobs`` makes them from the file's arrays (a fork's
+    ``CustomCopyBlobs``), the same number as the net's; a refusal is a ``WeightsError`` naming the layer."""
+    try:
+        out = node.spec.adjust_blobs(node, arrays)
+    except ValueError as e:
+        raise WeightsError(str(e), loc, layer=node.name) from None
+    if len(out) != len(node.param_shapes):
+        raise WeightsError(f"{len(out)} blobs adjusted from the weights file, the net expects "
+                           f"{len(node.param_shapes)}", loc, layer=node.name)
+    return out
+
+
 def _fits(target: tuple[int, ...], shape: tuple[int, ...], legacy: bool) -> bool:
     if target == shape:
         return True
@@ -464,6 +477,7 @@ def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike
     try:
         report = LoadReport()
         plan = []
+        custom: list[tuple[Any, list[torch.Tensor], list[torch.Tensor]]] = []  # (node, its blobs, file's arrays)
         filled = filled_layers(net.graph, hdf5)
         for (node, module), unique in zip(net.node_layers(), net.graph.unique_names(), strict=True):
             names = getattr(module, "blob_names", ())
@@ -478,6 +492,12 @@ def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike
             blobs = refs.get(node.name)
             if blobs is None:
                 report.missing.append(node.name)
+                continue
+            if node.spec.overrides("adjust_blobs"):  # read now, adjusted and copied after the others
+                staged = [(ref, torch.empty(ref.shape, dtype=torch.float32)) for ref in blobs]
+                plan += staged
+                custom.append((node, [getattr(module, n) for n in names], [t for _, t in staged]))
+                report.loaded.append(node.name)
                 continue
             if len(blobs) != len(names):
                 raise WeightsError(f"weights file has {len(blobs)} blobs for this layer, the net expects "
@@ -497,7 +517,16 @@ def load_weights(net: Any, weights: Mapping[str, list[Blob]] | str | os.PathLike
                     raise WeightsError("file is truncated", loc)
         with torch.no_grad():
             _read_all(fd, plan)
-        report.written = [target for _, target in plan]
+            staged = {id(t) for _, _, temps in custom for t in temps}
+            report.written = [target for _, target in plan if id(target) not in staged]
+            for node, targets, temps in custom:
+                arrays = adjusted_blobs(node, [t.numpy() for t in temps], loc)
+                for i, (target, array) in enumerate(zip(targets, arrays, strict=True)):
+                    if tuple(array.shape) != tuple(target.shape):
+                        raise WeightsError(f"blob {i} adjusted to shape {tuple(array.shape)}, the net expects "
+                                           f"{tuple(target.shape)}", loc, layer=node.name)
+                    target.copy_(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
+                report.written += targets
         report.extra = extra_layers(net.graph, refs)
         return report
     finally:

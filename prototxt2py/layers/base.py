@@ -355,6 +355,13 @@ class LayerSpec:
         first ``len(param_shapes)`` of :attr:`blob_names` (optional blobs such as a bias come last)."""
         return tuple(self.blob_names[: len(node.param_shapes)])
 
+    def adjust_blobs(self, node: Node, stored: Sequence[Any]) -> list[Any]:
+        """For a layer with a fork's ``CustomCopyBlobs`` (FlowNet2's DataAugmentation, whose file holds a mean
+        at the training crop's size): the blobs to load, float32 arrays in the net's shapes, made from the
+        weights file's arrays for this layer. Raise ``ValueError`` to refuse them. Not overridden: Caffe's
+        plain copy, which checks the count and every shape."""
+        raise NotImplementedError
+
     def to_onnx(self, node: Node, ctx: Any) -> None:
         raise NotImplementedError
 

@@ -540,6 +540,9 @@ class Eltwise(LayerSpec):
             return
         if a.operation == "SUM":
             xs = [x if c == 1 else ctx.add("Mul", [x, ctx.scalar(c)]) for x, c in zip(xs, a.coeffs, strict=True)]
+        if len(xs) == 1:  # a fork's one-bottom SUM (FlowNet2)
+            ctx.identity(xs[0], ctx.output(0))
+            return
         op = "Mul" if a.operation == "PROD" else "Add"
         top = xs[0]
         for i, x in enumerate(xs[1:], 2):
