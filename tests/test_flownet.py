@@ -370,6 +370,10 @@ REFUSED = [
      "max_displacement: 2 }", "do not fit in the 5x5 bottoms padded by 0"),
     ([(1, 2, 5, 9)] * 2, 'type: "Correlation1D" bottom: "x0" bottom: "x1" correlation_param { kernel_size: 1 '
      "max_displacement: 2 pad: 2 single_direction: -1 }", "single_direction -1 is not supported"),
+    ([(1, 2, 500, 500)] * 2, 'type: "Correlation" bottom: "x0" bottom: "x1" correlation_param { kernel_size: 1 '
+     "max_displacement: 200 pad: 200 }", "160,801 displacements .* over the 65,536 computed"),
+    ([(1, 1, 1, 300000)], 'type: "Resample" bottom: "x0" resample_param { width: 300000 height: 1 }',
+     "Resample's resizing matrices would need 335.3 GiB, over the 8.0 GiB limit"),
     ([(1, 2, 5, 5)], 'type: "Resample" bottom: "x0" resample_param { type: AREA width: 2 height: 2 }',
      "AREA is not supported"),
     ([(1, 2, 5, 5)], 'type: "Resample" bottom: "x0"', "the top must be at least 1x1, got 0x0"),

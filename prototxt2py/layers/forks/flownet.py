@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from prototxt2py import limits
 from prototxt2py.layers import LayerSpec, call, count, plain, register, register_dialect
 from prototxt2py.layers.structure import Eltwise
 
@@ -35,6 +36,15 @@ def _image(spec: LayerSpec, node, shape, what: str) -> tuple[int, int, int, int]
     if len(shape) != 4:
         raise spec.fail(node, f"{what} must be a 4-axis (N, C, H, W) blob, got shape {tuple(shape)}")
     return tuple(int(d) for d in shape)
+
+
+#: The most displacements a Correlation computes (one step, or ONNX node chain, each).
+MAX_DISPLACEMENTS = 1 << 16
+
+
+def _check_matrices(node, h: int, w: int, th: int, tw: int, what: str) -> None:
+    """The two resizing matrices (``th x h`` and ``tw x w``, float32) the runtime and the ONNX form build."""
+    limits.check_temporary(th * h + tw * w, f"{what}'s resizing matrices", layer=node.name, location=node.location)
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,10 @@ class Correlation(LayerSpec):
         if th < 1 or tw < 1:
             raise self.fail(node, f"the displacements (max {a.max_displacement}) and kernel ({a.kernel_size}) do "
                                   f"not fit in the {first[2]}x{first[3]} bottoms padded by {a.pad}")
+        if channels > MAX_DISPLACEMENTS:
+            raise self.fail(node, f"{channels:,} displacements (max_displacement {a.max_displacement}, stride_2 "
+                                  f"{a.stride2}) are over the {MAX_DISPLACEMENTS:,} computed, each a step of its "
+                                  "own (FlowNetC's are 21 x 21)")
         return [(first[0], channels, th, tw)]
 
     def macs(self, node, in_shapes, out_shapes):
@@ -201,6 +215,8 @@ class Accum(LayerSpec):
         if th < 2 or tw < 2:
             raise self.fail(node, f"a {th}x{tw} top is not computable (the fork divides by its height - 1 and "
                                   "width - 1)")
+        for s in stacked:
+            _check_matrices(node, s[2], s[3], th, tw, "Accum")
         return [(shapes[0][0], sum(s[1] for s in stacked), th, tw)]
 
     def macs(self, node, in_shapes, out_shapes):
@@ -242,6 +258,7 @@ class Resample(LayerSpec):
         if th < 1 or tw < 1:
             raise self.fail(node, f"the top must be at least 1x1, got {th}x{tw} (set resample_param.height and "
                                   "width, or give a second bottom of the wanted size)")
+        _check_matrices(node, h, w, th, tw, "Resample")
         if a.type == "NEAREST":
             fx, fy = np.float32(w) / np.float32(tw), np.float32(h) / np.float32(th)
             far_x = np.float32(np.float32(tw - 1) * fx) + np.float32(fy / np.float32(2)) - np.float32(0.5)
