@@ -224,10 +224,9 @@ class Accum(LayerSpec):
 
     def module(self, node):
         a = node.attrs
-        zero = a.has("size_divisible_by") and not a.size_divisible_by  # the bottoms' size, whatever top_* say
-        given = {"top_height": 0 if zero else a.top_height, "top_width": 0 if zero else a.top_width,
-                 "size_divisible_by": a.size_divisible_by, "have_reference": a.have_reference}
-        return call(f"{NN}:Accum", **{k: v for k, v in given.items() if v})
+        if a.have_reference:  # the last bottom's size, whatever it is at run time
+            return call(f"{NN}:Accum", have_reference=True)
+        return call(f"{NN}:Accum", size=accum_size([(s[2], s[3]) for s in node.in_shapes], a, False))
 
     def to_onnx(self, node, ctx):
         flownet_onnx.accum(node, ctx)
@@ -261,9 +260,9 @@ class Resample(LayerSpec):
         _check_matrices(node, h, w, th, tw, "Resample")
         if a.type == "NEAREST":
             fx, fy = np.float32(w) / np.float32(tw), np.float32(h) / np.float32(th)
-            far_x = np.float32(np.float32(tw - 1) * fx) + np.float32(fy / np.float32(2)) - np.float32(0.5)
-            far_y = np.float32(np.float32(th - 1) * fy) + np.float32(fx / np.float32(2)) - np.float32(0.5)
-            if np.floor(far_x + 0.5) > w - 1 or np.floor(far_y + 0.5) > h - 1:
+            last_x = flownet_onnx.round_away(flownet_onnx.resample_positions(tw, fx, fy)[-1])
+            last_y = flownet_onnx.round_away(flownet_onnx.resample_positions(th, fy, fx)[-1])
+            if last_x > w - 1 or last_y > h - 1:
                 raise self.fail(node, f"NEAREST from {h}x{w} to {th}x{tw} reads beyond the image (the fork's "
                                       "kernel mixes up the two scales and does not check)")
         return [(n, c, th, tw)]

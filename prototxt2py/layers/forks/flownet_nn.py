@@ -128,25 +128,6 @@ class FlowWarp(nn.Module):
         return torch.where(inside.unsqueeze(1), out, fill.to(out.device))
 
 
-def accum_size(
-    sizes: list[tuple[int, int]],
-    top_height: int,
-    top_width: int,
-    size_divisible_by: int,
-    have_reference: bool,
-) -> tuple[int, int]:
-    """The top's ``(height, width)`` from the bottoms' (the fork's ``AccumLayer::Reshape``)."""
-    if have_reference:
-        return sizes[-1]
-    h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
-    if size_divisible_by:
-        d = float(size_divisible_by)
-        top_height, top_width = int(-(-h // d) * d), int(-(-w // d) * d)
-    if top_height > h and top_width > w:
-        return top_height, top_width
-    return h, w
-
-
 def _corner_positions(size: int, top: int, device: torch.device) -> torch.Tensor:
     """``i / (top - 1) * (size - 1)`` in float32 for each of ``top`` positions (aligned corners)."""
     i = torch.arange(top, dtype=torch.float32, device=device)
@@ -154,32 +135,24 @@ def _corner_positions(size: int, top: int, device: torch.device) -> torch.Tensor
 
 
 class Accum(nn.Module):
-    """FlowNet2's Accum: each bottom resized bilinearly (aligned corners) to the top's size and stacked along
-    channels; the size is the last bottom's (``have_reference``) or the largest bottom's, or ``top_height`` x
-    ``top_width`` / the next multiple of ``size_divisible_by`` when both are larger. Neighbours are read as the
-    fork reads them, one element further in memory (their weight is 0 at the last row and column)."""
+    """FlowNet2's Accum: each bottom resized bilinearly (aligned corners) to ``size`` (the layer's rule, applied
+    when the net is built), or to the last bottom's size (``have_reference``), and stacked along channels.
+    Neighbours are read as the fork reads them, one element further in memory (their weight is 0 at the last row
+    and column)."""
 
     def __init__(
-        self,
-        top_height: int = 0,
-        top_width: int = 0,
-        size_divisible_by: int = 0,
-        have_reference: bool = False,
+        self, size: tuple[int, int] | None = None, have_reference: bool = False
     ) -> None:
         super().__init__()
-        self.top_height, self.top_width = top_height, top_width
-        self.size_divisible_by, self.have_reference = size_divisible_by, have_reference
+        self.size, self.have_reference = size, have_reference
 
     def forward(self, *bottoms: torch.Tensor) -> torch.Tensor:
-        th, tw = accum_size(
-            [(x.shape[2], x.shape[3]) for x in bottoms],
-            self.top_height,
-            self.top_width,
-            self.size_divisible_by,
-            self.have_reference,
-        )
-        resized = bottoms[:-1] if self.have_reference else bottoms
-        return torch.cat([self._upscale(x, th, tw) for x in resized], 1)
+        if self.have_reference:
+            th, tw = bottoms[-1].shape[2], bottoms[-1].shape[3]
+            bottoms = bottoms[:-1]
+        else:
+            th, tw = self.size
+        return torch.cat([self._upscale(x, th, tw) for x in bottoms], 1)
 
     @staticmethod
     def _upscale(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
