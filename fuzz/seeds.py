@@ -110,7 +110,7 @@ def small_nets(rows: list[dict]) -> list[str]:
                 f'dim: 8 }} }} }}\n' for i, b in enumerate(dict.fromkeys(layer.bottom)))
             out.append(f'name: "small"\n{inputs}layer {{ {body} }}\n')
     return [*out, PROPOSAL_NET, OPENCV_PROPOSAL_NET, RCNN_TARGETS_NET, FCN_DATA_NET, ROI_DATA_NET, SEGNET_LOSS_NET,
-            HED_LOSS_NET, RFCN_OHEM_NET, CRF_RNN_NET, FLOWNET_NET]
+            HED_LOSS_NET, RFCN_OHEM_NET, CRF_RNN_NET, FLOWNET_NET, YOLO_NET]
 
 
 #: The built-in Python layer (py-faster-rcnn's proposals), which the corpus loop skips with the other Python
@@ -188,6 +188,16 @@ FLOWNET_NET = (
     'layer { name: "up" type: "Accum" bottom: "f" bottom: "ar" top: "fu" accum_param { have_reference: true } }\n'
     'layer { name: "w" type: "FlowWarp" bottom: "br" bottom: "fu" top: "bw" }\n'
     'layer { name: "n" type: "ChannelNorm" bottom: "bw" top: "n" }\n'
+)
+
+#: MobileNet-YOLO's YOLOv3 detection output over two scales (one after a nearest Upsample).
+YOLO_NET = (
+    'name: "small"\n'
+    'layer { name: "in0" type: "Input" top: "a" input_param { shape { dim: 1 dim: 14 dim: 2 dim: 3 } } }\n'
+    'layer { name: "up" type: "Upsample" bottom: "a" top: "b" upsample_param { scale: 2 } }\n'
+    'layer { name: "det" type: "Yolov3DetectionOutput" bottom: "a" bottom: "b" top: "det" '
+    "yolov3_detection_output_param { num_classes: 2 num_box: 2 confidence_threshold: 0.3 biases: 10 biases: 14 "
+    "biases: 23 biases: 27 anchors_scale: 32 anchors_scale: 16 mask_group_num: 2 mask: 0 mask: 1 mask: 0 mask: 1 } }\n"
 )
 
 #: FCN's built-in VOC data layer (its param_str read as literals) feeding a small segmentation head.

@@ -19,12 +19,15 @@ generated code like built-in helpers). The built-in forks are therefore also the
 * :mod:`.crfrnn` -- CRF-RNN (torrvision/caffe ``crfrnn``): MultiStageMeanfield
 * :mod:`.flownet` -- FlowNet 2.0 (lmb-freiburg/flownet2): Correlation, ChannelNorm, FlowWarp, Accum, Resample,
   DataAugmentation (deploy nets)
+* :mod:`.yolo` -- YOLOv3 (eric612/MobileNet-YOLO): Yolov3DetectionOutput
 * :mod:`.fcn` -- FCN (shelhamer/fcn.berkeleyvision.org): its Python data layers (VOC, SBDD, SIFT Flow, NYUD,
   PASCAL-Context)
 """
 
 from __future__ import annotations
 
-from . import bn, crfrnn, fcn, flownet, hed, mobile, pspnet, rcnn, rfcn, segnet, senet, ssd
+from . import bn, crfrnn, fcn, flownet, hed, mobile, pspnet, rcnn, rfcn, segnet, senet, ssd, yolo
 
-__all__ = ["bn", "crfrnn", "fcn", "flownet", "hed", "mobile", "pspnet", "rcnn", "rfcn", "segnet", "senet", "ssd"]
+__all__ = [
+    "bn", "crfrnn", "fcn", "flownet", "hed", "mobile", "pspnet", "rcnn", "rfcn", "segnet", "senet", "ssd", "yolo",
+]

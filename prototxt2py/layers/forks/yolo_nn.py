@@ -1,0 +1,152 @@
+"""Torch helper of MobileNet-YOLO's fork (eric612/MobileNet-YOLO): ``Yolov3DetectionOutput``, YOLOv3's box
+decoding and class-agnostic NMS as the fork's CPU forward computes them, float32 and float64 steps included."""
+
+import torch
+from torch import nn
+
+
+def _sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """``1. / (1. + exp(-x))`` with a float ``exp`` and the rest in double, stored as float (the fork's)."""
+    return (1.0 / (1.0 + torch.exp(-x).double())).float()
+
+
+def _iou_with(boxes: torch.Tensor, i: int) -> torch.Tensor:
+    """IoU (float32, centre form ``x, y, w, h``) of box ``i`` with every box after it, as the fork's
+    ``box_iou``: overlaps of the half-width edges, 0 when either is negative."""
+    a, rest = boxes[i], boxes[i + 1 :]
+    left = torch.maximum(a[0] - a[2] / 2, rest[:, 0] - rest[:, 2] / 2)
+    right = torch.minimum(a[0] + a[2] / 2, rest[:, 0] + rest[:, 2] / 2)
+    top = torch.maximum(a[1] - a[3] / 2, rest[:, 1] - rest[:, 3] / 2)
+    bottom = torch.minimum(a[1] + a[3] / 2, rest[:, 1] + rest[:, 3] / 2)
+    w, h = right - left, bottom - top
+    inter = torch.where((w < 0) | (h < 0), torch.zeros_like(w), w * h)
+    union = a[2] * a[3] + rest[:, 2] * rest[:, 3] - inter
+    return inter / union
+
+
+class Yolov3DetectionOutput(nn.Module):
+    """YOLOv3's detection output (MobileNet-YOLO): for each bottom (one per scale, ``num_box`` anchors of ``4 +
+    1 + num_classes`` channels), sigmoid x, y, objectness and class scores; every class whose score times the
+    objectness passes ``confidence_threshold`` is a box ``((col + x) / W, (row + y) / H, exp(w) * anchor_w /
+    (W * scale), exp(h) * anchor_h / (H * scale))``; all boxes sorted by score (ties in the order found), then
+    greedy NMS over all classes together (IoU >= ``nms_threshold`` suppresses). Rows ``[0, label + 1, score,
+    xmin, ymin, xmax, ymax]`` (not clipped) as ``(1, 1, kept, 7)``, or one row ``[image, -1, ...]`` per image
+    when nothing is kept. No gradient (the fork has no backward)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_box: int,
+        confidence_threshold: float,
+        nms_threshold: float,
+        biases: tuple[float, ...],
+        anchors_scale: tuple[int, ...],
+        mask: tuple[int, ...],
+        groups: int,
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.num_box = num_classes, num_box
+        self.confidence_threshold, self.nms_threshold = (
+            confidence_threshold,
+            nms_threshold,
+        )
+        self.biases, self.anchors_scale = biases, anchors_scale
+        self.mask, self.groups = mask, groups
+
+    def forward(self, *bottoms: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            boxes, scores, labels = self._candidates(bottoms)
+            order = torch.sort(scores, descending=True, stable=True).indices
+            boxes, scores, labels = boxes[order], scores[order], labels[order]
+            kept = self._nms(boxes)
+            return self._rows(boxes[kept], scores[kept], labels[kept], bottoms[0])
+
+    def _candidates(
+        self, bottoms: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every (box, score, class) over the threshold, in the fork's order: bottom, image, position, anchor,
+        class."""
+        all_boxes, all_scores, all_labels = [], [], []
+        offset = 0
+        length = 5 + self.num_classes
+        for t, x in enumerate(bottoms):
+            n, _, h, w = x.shape
+            v = x.float().reshape(n, self.num_box, length, h * w)
+            sig = _sigmoid(v)
+            score = sig[:, :, 5:] * sig[:, :, 4:5]  # (N, A, C, S)
+            pos = torch.arange(h * w, device=x.device)
+            cols, rows = (
+                (pos % w).float(),
+                torch.div(pos, w, rounding_mode="floor").float(),
+            )
+            net_w, net_h = w * self.anchors_scale[t], h * self.anchors_scale[t]
+            anchors = [self.mask[offset + a] for a in range(self.num_box)]
+            bias_w = torch.tensor(
+                [self.biases[2 * m] for m in anchors], dtype=torch.float32
+            )
+            bias_h = torch.tensor(
+                [self.biases[2 * m + 1] for m in anchors], dtype=torch.float32
+            )
+            bias_w, bias_h = bias_w.to(x.device)[:, None], bias_h.to(x.device)[:, None]
+            bx = (cols + sig[:, :, 0]) / w
+            by = (rows + sig[:, :, 1]) / h
+            bw = torch.exp(v[:, :, 2]) * bias_w / net_w
+            bh = torch.exp(v[:, :, 3]) * bias_h / net_h
+            bx, by, bw, bh = self._letterbox(bx, by, bw, bh, w, h, net_w, net_h)
+            box = torch.stack([bx, by, bw, bh], -1)  # (N, A, S, 4)
+            hit = score.permute(0, 3, 1, 2) > self.confidence_threshold  # (N, S, A, C)
+            found = hit.nonzero()
+            all_boxes.append(box[found[:, 0], found[:, 2], found[:, 1]])
+            all_scores.append(score.permute(0, 3, 1, 2)[hit])
+            all_labels.append(found[:, 3])
+            offset += self.groups
+        return torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
+
+    @staticmethod
+    def _letterbox(bx, by, bw, bh, w: int, h: int, net_w: int, net_h: int):
+        """The fork's ``correct_yolo_boxes`` (relative): the identity when the net's input has the feature map's
+        aspect ratio, as it has for every scale of one net."""
+        if net_w / w < net_h / h:
+            new_w, new_h = net_w, (h * net_w) // w
+        else:
+            new_w, new_h = (w * net_h) // h, net_h
+        sx = torch.tensor(new_w, dtype=torch.float32) / net_w
+        sy = torch.tensor(new_h, dtype=torch.float32) / net_h
+        dx, dy = (net_w - new_w) / 2.0 / net_w, (net_h - new_h) / 2.0 / net_h
+        bx = ((bx.double() - dx) / sx.double()).float()
+        by = ((by.double() - dy) / sy.double()).float()
+        fw = torch.tensor(net_w, dtype=torch.float32) / new_w
+        fh = torch.tensor(net_h, dtype=torch.float32) / new_h
+        return bx, by, bw * fw.to(bw.device), bh * fh.to(bh.device)
+
+    def _nms(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Greedy: each box not yet suppressed suppresses every later one of IoU >= the threshold."""
+        count = boxes.shape[0]
+        suppressed = torch.zeros(count, dtype=torch.bool, device=boxes.device)
+        kept = []
+        for i in range(count):
+            if bool(suppressed[i]):
+                continue
+            kept.append(i)
+            if i + 1 < count:
+                suppressed[i + 1 :] |= _iou_with(boxes, i) >= self.nms_threshold
+        return torch.tensor(kept, dtype=torch.long, device=boxes.device)
+
+    @staticmethod
+    def _rows(
+        boxes: torch.Tensor,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        first: torch.Tensor,
+    ) -> torch.Tensor:
+        if boxes.shape[0] == 0:
+            rows = torch.full((first.shape[0], 7), -1.0, device=first.device)
+            rows[:, 0] = torch.arange(first.shape[0], device=first.device).float()
+            return rows.reshape(1, 1, -1, 7)
+        x, y = boxes[:, 0].double(), boxes[:, 1].double()
+        half_w, half_h = boxes[:, 2].double() / 2.0, boxes[:, 3].double() / 2.0
+        corners = torch.stack(
+            [x - half_w, y - half_h, x + half_w, y + half_h], 1
+        ).float()
+        head = torch.stack([torch.zeros_like(scores), labels.float() + 1, scores], 1)
+        return torch.cat([head, corners], 1).reshape(1, 1, -1, 7)
