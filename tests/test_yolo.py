@@ -73,6 +73,19 @@ def test_the_reference_port_passes_its_own_checks() -> None:
     ref._self_check()
 
 
+def test_thousands_of_candidates_match_the_fork() -> None:
+    """Hundreds of kept boxes out of thousands of candidates."""
+    p = dict(PARAMS, confidence_threshold=0.02, nms_threshold=0.5)
+    shapes = [(1, 16, 12, 16), (1, 16, 24, 32)]
+    xs = [RNG.normal(0, 2, size=s).astype(F32) for s in shapes]
+    net = _layer_net(shapes, p)
+    want = _reference(xs, p)
+    got = _run(net, *xs)
+    assert got.shape == want.shape and want.shape[2] > 300
+    np.testing.assert_array_equal(got[..., :2], want[..., :2])
+    np.testing.assert_allclose(got[..., 2:], want[..., 2:], rtol=1e-6, atol=1e-6)
+
+
 def test_nothing_over_the_threshold_gives_one_row_of_minus_ones_per_image() -> None:
     p = dict(PARAMS, confidence_threshold=0.999)
     shapes = [(1, 16, 3, 4), (1, 16, 6, 8)]
@@ -155,3 +168,48 @@ def test_num_classes_is_required() -> None:
     p = {k: v for k, v in PARAMS.items() if k != "num_classes"}
     with pytest.raises(Prototxt2pyError, match="num_classes is required"):
         _layer_net([(1, 16, 3, 4), (1, 16, 6, 8)], p)
+
+
+# -- ONNX ------------------------------------------------------------------------------------------------------------
+def _onnx_rows(net, tmp_path, *xs: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    from prototxt2py.backends.onnx_export import export_onnx
+
+    path = tmp_path / "yolo.onnx"
+    export_onnx(net, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = dict(zip([i.name for i in session.get_inputs()], xs, strict=True))
+    return session.run(None, feed)[0]
+
+
+@pytest.mark.parametrize(("threshold", "nms"), [(0.3, 0.45), (0.05, 0.3), (0.6, 0.7), (0.999, 0.45)])
+def test_onnxruntime_keeps_the_same_rows(tmp_path, threshold: float, nms: float) -> None:
+    p = dict(PARAMS, confidence_threshold=threshold, nms_threshold=nms)
+    shapes = [(1, 16, 3, 4), (1, 16, 6, 8)]
+    xs = [RNG.normal(0, 3, size=s).astype(F32) for s in shapes]
+    net = _layer_net(shapes, p)
+    want = _run(net, *xs)
+    got = _onnx_rows(net, tmp_path, *xs)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got[..., :2], want[..., :2])
+    np.testing.assert_allclose(got[..., 2:], want[..., 2:], rtol=1e-5, atol=1e-6)
+
+
+def test_a_yolov3_shaped_net_runs_whole_in_onnxruntime(tmp_path) -> None:
+    net = prototxt2py.load(read_net_text(YOLO_NET))
+    x = RNG.uniform(0, 1, size=(1, 3, 32, 32)).astype(F32)
+    want = _run(net, x)
+    got = _onnx_rows(net, tmp_path, x)
+    assert got.shape == want.shape and want.shape[2] > 1
+    np.testing.assert_array_equal(got[..., :2], want[..., :2])
+    np.testing.assert_allclose(got[..., 2:], want[..., 2:], rtol=1e-5, atol=1e-5)
+
+
+def test_a_zero_nms_threshold_has_no_onnx_form() -> None:
+    from prototxt2py.backends.onnx_export import to_onnx_model
+    from prototxt2py.errors import UnsupportedLayerError
+
+    net = _layer_net([(1, 16, 3, 4), (1, 16, 6, 8)], dict(PARAMS, nms_threshold=0))
+    with pytest.raises(UnsupportedLayerError, match="nms_threshold <= 0 suppresses boxes that do not overlap"):
+        to_onnx_model(net)

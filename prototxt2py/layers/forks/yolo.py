@@ -6,6 +6,10 @@ One image per pass: the fork gives every box image id 0 and runs one NMS over th
 reads later images at the first bottom's offsets), so a batch is refused. Gaussian YOLOv3's ``gaussian_box`` is
 refused; YOLOv2's ``Region`` / ``Reorg`` / ``YoloDetectionOutput`` have no spec.
 
+In ONNX the boxes are decoded with standard ops and suppressed by one class-agnostic ``NonMaxSuppression``
+(which suppresses at IoU ``>`` its threshold: the fork's ``>=`` becomes the next float below; it never suppresses
+boxes that do not overlap, so ``nms_threshold <= 0``, where the fork suppresses every later box, is refused).
+
 Written as a third-party plugin: public plugin API only; the torch helper in :mod:`.yolo_nn`.
 """
 
@@ -14,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prototxt2py.layers import LayerSpec, Unknowable, call, plain, register
+
+from ...lazy_numpy import np
 
 FAMILY = "forks"
 
@@ -83,3 +89,77 @@ class Yolov3DetectionOutput(LayerSpec):
         a: YoloAttrs = node.attrs
         return call(f"{NN}:Yolov3DetectionOutput", a.num_classes, a.num_box, a.confidence_threshold,
                     a.nms_threshold, a.biases, a.anchors_scale, a.mask, a.groups)
+
+    def onnx_top_shapes(self, node):
+        return [(1, 1, "detections", 7)]
+
+    def to_onnx(self, node, ctx):
+        """Candidates in the fork's order (bottom, position, anchor, class) with their boxes, scores and labels,
+        one ``NonMaxSuppression`` over all of them, the kept rows in score order; Caffe's -1 row when none is
+        kept (the rows with that row appended, cut to ``max(kept, 1)``)."""
+        a: YoloAttrs = node.attrs
+        if a.nms_threshold <= 0:
+            ctx.unsupported("nms_threshold <= 0 suppresses boxes that do not overlap, which ONNX's "
+                            "NonMaxSuppression never does")
+        boxes, scores, labels = [], [], []
+        for t in range(a.scales):
+            _n, _c, h, w = ctx.in_shape(t)
+            box, score, label = _yolo_candidates(ctx, a, t, h, w)
+            boxes.append(box)
+            scores.append(score)
+            labels.append(label)
+        box, score, label = (ctx.add("Concat", parts, axis=0) for parts in (boxes, scores, labels))
+        total = sum(ctx.in_shape(t)[2] * ctx.in_shape(t)[3] for t in range(a.scales)) * a.num_box * a.num_classes
+        below = np.nextafter(np.float32(a.nms_threshold), np.float32(-np.inf))  # IoU > below: IoU >= threshold
+        selected = ctx.add("NonMaxSuppression", [
+            ctx.add("Unsqueeze", [box, ctx.ints([0])]),
+            ctx.reshape(score, (total,), [1, 1, total]),
+            ctx.const(np.array([total], np.int64), "max_boxes"),
+            ctx.const(np.array([below], np.float32), "iou"),
+            ctx.const(np.array([a.confidence_threshold], np.float32), "score_threshold"),
+        ], center_point_box=1)
+        kept = ctx.add("Squeeze", [ctx.slice(selected, [2], [3], [1]), ctx.ints([1])])
+        kept_box = ctx.add("Gather", [box, kept], axis=0)
+        x, y, bw, bh = (ctx.slice(kept_box, [i], [i + 1], [1]) for i in range(4))
+        half_w, half_h = ctx.add("Div", [bw, ctx.scalar(2.0)]), ctx.add("Div", [bh, ctx.scalar(2.0)])
+        corners = [ctx.add("Sub", [x, half_w]), ctx.add("Sub", [y, half_h]), ctx.add("Add", [x, half_w]),
+                   ctx.add("Add", [y, half_h])]
+        kept_score = ctx.add("Unsqueeze", [ctx.add("Gather", [score, kept], axis=0), ctx.ints([1])])
+        kept_label = ctx.add("Unsqueeze", [ctx.add("Gather", [label, kept], axis=0), ctx.ints([1])])
+        image = ctx.add("Mul", [kept_score, ctx.scalar(0.0)])
+        rows = ctx.add("Concat", [image, kept_label, kept_score, *corners], axis=1)
+        none = ctx.const(np.array([[0, -1, -1, -1, -1, -1, -1]], np.float32), "no_detection")
+        count = ctx.add("Max", [ctx.add("Shape", [kept]), ctx.ints([1])])
+        rows = ctx.add("Slice", [ctx.add("Concat", [rows, none], axis=0), ctx.ints([0]), count, ctx.ints([0])])
+        ctx.add("Reshape", [rows, ctx.ints([1, 1, -1, 7])], ctx.output(0))
+
+
+def _yolo_candidates(ctx, a: YoloAttrs, t: int, h: int, w: int) -> tuple[str, str, str]:
+    """One bottom's candidates ``(S * A * C, 4)`` boxes (centre, size), scores and labels (class + 1, float),
+    positions outermost, then anchors, then classes, as the fork visits them."""
+    length, size, anchors = 5 + a.num_classes, h * w, a.num_box
+    x = ctx.reshape(ctx.input(t), ctx.in_shape(t), [anchors, length, size])
+    sig = ctx.add("Sigmoid", [x])
+    net_w, net_h = w * a.anchors_scale[t], h * a.anchors_scale[t]
+    masks = [a.mask[t * a.groups + n] for n in range(anchors)]
+    bias_w = np.array([a.biases[2 * m] for m in masks], np.float32).reshape(anchors, 1, 1)
+    bias_h = np.array([a.biases[2 * m + 1] for m in masks], np.float32).reshape(anchors, 1, 1)
+    pos = np.arange(size)
+    cols = (pos % w).astype(np.float32).reshape(1, 1, size)
+    rows = (pos // w).astype(np.float32).reshape(1, 1, size)
+    bx = ctx.add("Div", [ctx.add("Add", [ctx.const(cols, "cols"), ctx.slice(sig, [0], [1], [1])]), ctx.scalar(w)])
+    by = ctx.add("Div", [ctx.add("Add", [ctx.const(rows, "rows"), ctx.slice(sig, [1], [2], [1])]), ctx.scalar(h)])
+    bw = ctx.add("Div", [ctx.add("Mul", [ctx.add("Exp", [ctx.slice(x, [2], [3], [1])]), ctx.const(bias_w, "bias_w")]),
+                         ctx.scalar(net_w)])
+    bh = ctx.add("Div", [ctx.add("Mul", [ctx.add("Exp", [ctx.slice(x, [3], [4], [1])]), ctx.const(bias_h, "bias_h")]),
+                         ctx.scalar(net_h)])
+    box = ctx.add("Concat", [bx, by, bw, bh], axis=1)  # (A, 4, S)
+    box = ctx.add("Transpose", [box], perm=[2, 0, 1])  # (S, A, 4)
+    box = ctx.add("Expand", [ctx.add("Unsqueeze", [box, ctx.ints([2])]),
+                             ctx.ints([size, anchors, a.num_classes, 4])])
+    box = ctx.reshape(box, (size, anchors, a.num_classes, 4), [size * anchors * a.num_classes, 4])
+    score = ctx.add("Mul", [ctx.slice(sig, [5], [length], [1]), ctx.slice(sig, [4], [5], [1])])  # (A, C, S)
+    score = ctx.reshape(ctx.add("Transpose", [score], perm=[2, 0, 1]), (size, anchors, a.num_classes),
+                        [size * anchors * a.num_classes])
+    label = np.tile(np.arange(1, a.num_classes + 1, dtype=np.float32), size * anchors)
+    return box, score, ctx.const(label, "labels")

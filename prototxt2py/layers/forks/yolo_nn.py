@@ -10,17 +10,17 @@ def _sigmoid(x: torch.Tensor) -> torch.Tensor:
     return (1.0 / (1.0 + torch.exp(-x).double())).float()
 
 
-def _iou_with(boxes: torch.Tensor, i: int) -> torch.Tensor:
-    """IoU (float32, centre form ``x, y, w, h``) of box ``i`` with every box after it, as the fork's
-    ``box_iou``: overlaps of the half-width edges, 0 when either is negative."""
-    a, rest = boxes[i], boxes[i + 1 :]
-    left = torch.maximum(a[0] - a[2] / 2, rest[:, 0] - rest[:, 2] / 2)
-    right = torch.minimum(a[0] + a[2] / 2, rest[:, 0] + rest[:, 2] / 2)
-    top = torch.maximum(a[1] - a[3] / 2, rest[:, 1] - rest[:, 3] / 2)
-    bottom = torch.minimum(a[1] + a[3] / 2, rest[:, 1] + rest[:, 3] / 2)
+def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU ``(len(a), len(b))`` (float32, centre form ``x, y, w, h``) as the fork's ``box_iou``: overlaps of the
+    half-width edges, 0 when either is negative."""
+    a, b = a[:, None], b[None]
+    left = torch.maximum(a[..., 0] - a[..., 2] / 2, b[..., 0] - b[..., 2] / 2)
+    right = torch.minimum(a[..., 0] + a[..., 2] / 2, b[..., 0] + b[..., 2] / 2)
+    top = torch.maximum(a[..., 1] - a[..., 3] / 2, b[..., 1] - b[..., 3] / 2)
+    bottom = torch.minimum(a[..., 1] + a[..., 3] / 2, b[..., 1] + b[..., 3] / 2)
     w, h = right - left, bottom - top
     inter = torch.where((w < 0) | (h < 0), torch.zeros_like(w), w * h)
-    union = a[2] * a[3] + rest[:, 2] * rest[:, 3] - inter
+    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
     return inter / union
 
 
@@ -28,7 +28,8 @@ class Yolov3DetectionOutput(nn.Module):
     """YOLOv3's detection output (MobileNet-YOLO): for each bottom (one per scale, ``num_box`` anchors of ``4 +
     1 + num_classes`` channels), sigmoid x, y, objectness and class scores; every class whose score times the
     objectness passes ``confidence_threshold`` is a box ``((col + x) / W, (row + y) / H, exp(w) * anchor_w /
-    (W * scale), exp(h) * anchor_h / (H * scale))``; all boxes sorted by score (ties in the order found), then
+    (W * scale), exp(h) * anchor_h / (H * scale))`` (the fork's ``correct_yolo_boxes`` is the identity here: the
+    net's input and the map share their aspect ratio); all boxes sorted by score (ties in the order found), then
     greedy NMS over all classes together (IoU >= ``nms_threshold`` suppresses). Rows ``[0, label + 1, score,
     xmin, ymin, xmax, ymax]`` (not clipped) as ``(1, 1, kept, 7)``, or one row ``[image, -1, ...]`` per image
     when nothing is kept. No gradient (the fork has no backward)."""
@@ -92,7 +93,6 @@ class Yolov3DetectionOutput(nn.Module):
             by = (rows + sig[:, :, 1]) / h
             bw = torch.exp(v[:, :, 2]) * bias_w / net_w
             bh = torch.exp(v[:, :, 3]) * bias_h / net_h
-            bx, by, bw, bh = self._letterbox(bx, by, bw, bh, w, h, net_w, net_h)
             box = torch.stack([bx, by, bw, bh], -1)  # (N, A, S, 4)
             hit = score.permute(0, 3, 1, 2) > self.confidence_threshold  # (N, S, A, C)
             found = hit.nonzero()
@@ -102,35 +102,17 @@ class Yolov3DetectionOutput(nn.Module):
             offset += self.groups
         return torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
 
-    @staticmethod
-    def _letterbox(bx, by, bw, bh, w: int, h: int, net_w: int, net_h: int):
-        """The fork's ``correct_yolo_boxes`` (relative): the identity when the net's input has the feature map's
-        aspect ratio, as it has for every scale of one net."""
-        if net_w / w < net_h / h:
-            new_w, new_h = net_w, (h * net_w) // w
-        else:
-            new_w, new_h = (w * net_h) // h, net_h
-        sx = torch.tensor(new_w, dtype=torch.float32) / net_w
-        sy = torch.tensor(new_h, dtype=torch.float32) / net_h
-        dx, dy = (net_w - new_w) / 2.0 / net_w, (net_h - new_h) / 2.0 / net_h
-        bx = ((bx.double() - dx) / sx.double()).float()
-        by = ((by.double() - dy) / sy.double()).float()
-        fw = torch.tensor(net_w, dtype=torch.float32) / new_w
-        fh = torch.tensor(net_h, dtype=torch.float32) / new_h
-        return bx, by, bw * fw.to(bw.device), bh * fh.to(bh.device)
-
     def _nms(self, boxes: torch.Tensor) -> torch.Tensor:
-        """Greedy: each box not yet suppressed suppresses every later one of IoU >= the threshold."""
-        count = boxes.shape[0]
-        suppressed = torch.zeros(count, dtype=torch.bool, device=boxes.device)
+        """Greedy: each box not yet suppressed suppresses every later one of IoU >= the threshold. The boxes
+        still in play are kept compacted, so each kept box costs one pass over them (not over every box)."""
+        alive = torch.arange(boxes.shape[0], device=boxes.device)
+        rest = boxes
         kept = []
-        for i in range(count):
-            if bool(suppressed[i]):
-                continue
-            kept.append(i)
-            if i + 1 < count:
-                suppressed[i + 1 :] |= _iou_with(boxes, i) >= self.nms_threshold
-        return torch.tensor(kept, dtype=torch.long, device=boxes.device)
+        while alive.numel():
+            kept.append(alive[:1])
+            over = _iou(rest[:1], rest[1:])[0] >= self.nms_threshold
+            alive, rest = alive[1:][~over], rest[1:][~over]
+        return torch.cat(kept) if kept else alive
 
     @staticmethod
     def _rows(
