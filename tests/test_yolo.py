@@ -213,3 +213,117 @@ def test_a_zero_nms_threshold_has_no_onnx_form() -> None:
     net = _layer_net([(1, 16, 3, 4), (1, 16, 6, 8)], dict(PARAMS, nms_threshold=0))
     with pytest.raises(UnsupportedLayerError, match="nms_threshold <= 0 suppresses boxes that do not overlap"):
         to_onnx_model(net)
+
+
+# -- YOLOv2 ------------------------------------------------------------------------------------------------------------
+def _sigmoid(x) -> np.float32:
+    return np.float32(1.0 / (1.0 + float(np.exp(np.float32(-x)))))
+
+
+def _v2_reference(xs: list[np.ndarray], num_classes: int, num_box: int, threshold: float, nms: float,
+                  biases: list[float]) -> np.ndarray:
+    """YoloDetectionOutputLayer::Forward_cpu (yolo_detection_output_layer.cpp), cell by cell: side = width, anchors
+    of ``channels / num_box`` channels, the first-max softmax class, score = sigmoid(obj) x its probability kept at
+    ``>=`` the threshold; then the YOLOv3 port's sort, NMS and rows (the same ApplyNms and output code)."""
+    cands = []
+    for x in xs:
+        side, length = x.shape[3], x.shape[1] // num_box
+        for j in range(side):
+            for i in range(side):
+                for n in range(num_box):
+                    v = x[0, n * length:(n + 1) * length, j, i]
+                    bx = np.float32(np.float32(i + _sigmoid(v[0])) / np.float32(side))
+                    by = np.float32(np.float32(j + _sigmoid(v[1])) / np.float32(side))
+                    bw = np.float32(np.float32(np.exp(v[2]) * np.float32(biases[2 * n])) / np.float32(side))
+                    bh = np.float32(np.float32(np.exp(v[3]) * np.float32(biases[2 * n + 1])) / np.float32(side))
+                    logits = v[5:5 + num_classes]
+                    e = [np.float32(np.exp(np.float32(c - logits.max()))) for c in logits]
+                    total = np.float32(0)
+                    for value in e:
+                        total = np.float32(total + value)
+                    probs = [np.float32(value / total) for value in e]
+                    best = 0
+                    for c in range(num_classes):
+                        if probs[c] > probs[best]:
+                            best = c
+                    score = np.float32(_sigmoid(v[4]) * probs[best])
+                    if score >= np.float32(threshold):
+                        cands.append((score, best, (bx, by, bw, bh)))
+    cands.sort(key=lambda c: -c[0])  # stable: ties in the order found
+    boxes = np.array([c[2] for c in cands], F32).reshape(-1, 4)
+    kept, alive = [], list(range(len(cands)))
+    while alive:
+        k, alive = alive[0], alive[1:]
+        kept.append(k)
+        a, rest = boxes[k], boxes[alive]
+        left = np.maximum(a[0] - a[2] / 2, rest[:, 0] - rest[:, 2] / 2)
+        right = np.minimum(a[0] + a[2] / 2, rest[:, 0] + rest[:, 2] / 2)
+        top = np.maximum(a[1] - a[3] / 2, rest[:, 1] - rest[:, 3] / 2)
+        bottom = np.minimum(a[1] + a[3] / 2, rest[:, 1] + rest[:, 3] / 2)
+        w, h = right - left, bottom - top
+        inter = np.where((w < 0) | (h < 0), F32(0), w * h)
+        iou = inter / (a[2] * a[3] + rest[:, 2] * rest[:, 3] - inter)
+        alive = [m for m, over in zip(alive, iou >= np.float32(nms), strict=True) if not over]
+    if not kept:
+        return np.array([[[[0, -1, -1, -1, -1, -1, -1]]]], F32)
+    rows = []
+    for k in kept:
+        score, label, (x, y, w, h) = cands[k]
+        rows.append([0, label + 1, score, x - w / 2.0, y - h / 2.0, x + w / 2.0, y + h / 2.0])
+    return np.array(rows, F32).reshape(1, 1, -1, 7)
+
+
+V2_BIASES = [1.08, 1.19, 3.42, 4.41, 6.63, 11.38]
+
+
+def _v2_net(shapes, threshold: float, nms: float, extra: str = "") -> prototxt2py.CaffeNet:
+    inputs = "".join(f'input: "x{i}" input_shape {{ {" ".join(f"dim: {d}" for d in s)} }}\n'
+                     for i, s in enumerate(shapes))
+    bottoms = " ".join(f'bottom: "x{i}"' for i in range(len(shapes)))
+    biases = " ".join(f"biases: {b}" for b in V2_BIASES)
+    return prototxt2py.load(read_net_text(
+        inputs + f'layer {{ name: "det" type: "YoloDetectionOutput" {bottoms} top: "det" yolo_detection_output_param '
+        f"{{ num_classes: 4 num_box: 3 confidence_threshold: {threshold} nms_threshold: {nms} {biases} {extra} }} }}"))
+
+
+@pytest.mark.parametrize(("shapes", "threshold", "nms"), [([(1, 27, 5, 5)], 0.2, 0.45), ([(1, 27, 4, 4)], 0.05, 0.3),
+                                                         ([(1, 27, 3, 3), (1, 27, 6, 6)], 0.1, 0.5),
+                                                         ([(1, 27, 5, 5)], 0.99, 0.45)])
+def test_yolov2_detections_match_the_forks_cpu_forward(tmp_path, shapes, threshold: float, nms: float) -> None:
+    xs = [RNG.normal(0, 2, size=s).astype(F32) for s in shapes]
+    want = _v2_reference(xs, 4, 3, threshold, nms, V2_BIASES)
+    net = _v2_net(shapes, threshold, nms)
+    for got, tol in ((_run(net, *xs), 1e-6), (_onnx_rows(net, tmp_path, *xs), 1e-5)):
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got[..., :2], want[..., :2])
+        np.testing.assert_allclose(got[..., 2:], want[..., 2:], rtol=tol, atol=tol)
+    gen = generated_module(net)
+    with torch.no_grad():
+        again = gen(*[torch.from_numpy(x) for x in xs])
+    again = again["det"] if isinstance(again, dict) else again
+    np.testing.assert_array_equal(again.numpy(), _run(net, *xs))
+
+
+@pytest.mark.parametrize(("shapes", "extra", "message"), [
+    ([(1, 27, 4, 5)], "", "bottom 0 is 4x5: the fork takes its width as the side of a square grid"),
+    ([(2, 27, 4, 4)], "", "holds 2 images"),
+    ([(1, 26, 4, 4)], "", r"must be \(1, num_box x \(5 \+ num_classes\) = 27, S, S\)"),
+    ([(1, 27, 4, 4)], "coords: 5", "coords 5 is not supported"),
+])
+def test_yolov2_bad_settings_are_one_line(shapes, extra: str, message: str) -> None:
+    with pytest.raises(Prototxt2pyError) as e:
+        _v2_net(shapes, 0.2, 0.45, extra)
+    assert "\n" not in str(e.value) and "layer 'det'" in str(e.value)
+    assert re.search(message, str(e.value)), str(e.value)
+
+
+def test_yolov2_keeps_a_score_equal_to_the_threshold() -> None:
+    """The v2 layer keeps ``score >= threshold`` (v3's keeps ``>``): objectness 1 (a logit of 20) and four equal
+    class logits give every candidate exactly 0.25."""
+    x = np.zeros((1, 27, 3, 3), F32)
+    x[0, [4, 13, 22]] = 20.0
+    want = _v2_reference([x], 4, 3, 0.25, 0.45, V2_BIASES)
+    got = _run(_v2_net([x.shape], 0.25, 0.45), x)
+    assert want.shape[2] > 1 and np.all(want[0, 0, :, 2] == F32(0.25))
+    np.testing.assert_array_equal(got[..., :3], want[..., :3])
+    np.testing.assert_allclose(got[..., 3:], want[..., 3:], rtol=1e-6, atol=1e-6)

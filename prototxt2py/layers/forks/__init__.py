@@ -19,7 +19,7 @@ generated code like built-in helpers). The built-in forks are therefore also the
 * :mod:`.crfrnn` -- CRF-RNN (torrvision/caffe ``crfrnn``): MultiStageMeanfield
 * :mod:`.flownet` -- FlowNet 2.0 (lmb-freiburg/flownet2): Correlation, ChannelNorm, FlowWarp, Accum, Resample,
   DataAugmentation (deploy nets)
-* :mod:`.yolo` -- YOLOv3 (eric612/MobileNet-YOLO): Yolov3DetectionOutput
+* :mod:`.yolo` -- YOLOv2/v3 (eric612/MobileNet-YOLO): Yolov3DetectionOutput, YoloDetectionOutput
 * :mod:`.fcn` -- FCN (shelhamer/fcn.berkeleyvision.org): its Python data layers (VOC, SBDD, SIFT Flow, NYUD,
   PASCAL-Context)
 """

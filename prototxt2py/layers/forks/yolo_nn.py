@@ -132,3 +132,61 @@ class Yolov3DetectionOutput(nn.Module):
         ).float()
         head = torch.stack([torch.zeros_like(scores), labels.float() + 1, scores], 1)
         return torch.cat([head, corners], 1).reshape(1, 1, -1, 7)
+
+
+class YoloDetectionOutput(Yolov3DetectionOutput):
+    """YOLOv2's detection output (MobileNet-YOLO): per cell and anchor of each square bottom (``num_box`` blocks
+    of ``4 + 1 + num_classes`` channels), one candidate: the softmax's best class (the first of equal ones), its
+    probability times the sigmoid objectness as the score, kept when ``>= confidence_threshold``, the box
+    ``((col + sigmoid(x)) / S, (row + sigmoid(y)) / S, exp(w) * bias_w / S, exp(h) * bias_h / S)`` in grid
+    units of the side ``S``; then the same sort, NMS and rows as YOLOv3's output."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_box: int,
+        confidence_threshold: float,
+        nms_threshold: float,
+        biases: tuple[float, ...],
+    ) -> None:
+        super().__init__(
+            num_classes, num_box, confidence_threshold, nms_threshold, biases, (), (), 0
+        )
+
+    def _candidates(
+        self, bottoms: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        all_boxes, all_scores, all_labels = [], [], []
+        length = bottoms[0].shape[1] // self.num_box
+        for x in bottoms:
+            n, _, side, _ = x.shape
+            v = (
+                x.float()
+                .reshape(n, self.num_box, length, side * side)
+                .permute(0, 3, 1, 2)
+            )
+            sig = _sigmoid(v[..., :2])
+            classes = v[..., 5 : 5 + self.num_classes]
+            e = torch.exp(classes - classes.max(-1, keepdim=True).values)
+            prob = e / e.sum(-1, keepdim=True)
+            best, label = prob.max(-1)  # the first of equal maxima
+            score = _sigmoid(v[..., 4]) * best  # (N, S*S, A)
+            pos = torch.arange(side * side, device=x.device)
+            cols = (pos % side).float()[None, :, None]
+            rows = torch.div(pos, side, rounding_mode="floor").float()[None, :, None]
+            anchors = torch.tensor(self.biases[: 2 * self.num_box], dtype=torch.float32)
+            anchors = anchors.reshape(self.num_box, 2).to(x.device)
+            box = torch.stack(
+                [
+                    (cols + sig[..., 0]) / side,
+                    (rows + sig[..., 1]) / side,
+                    torch.exp(v[..., 2]) * anchors[:, 0] / side,
+                    torch.exp(v[..., 3]) * anchors[:, 1] / side,
+                ],
+                -1,
+            )
+            hit = score >= self.confidence_threshold
+            all_boxes.append(box[hit])
+            all_scores.append(score[hit])
+            all_labels.append(label[hit])
+        return torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
