@@ -29,12 +29,18 @@ NN = "prototxt2py.layers.forks.yolo_nn"
 
 
 @dataclass(frozen=True)
-class YoloAttrs:
+class YoloV2Attrs:
+    """YOLOv2's settings; YOLOv3's add the anchor masks and scales."""
+
     num_classes: int
     num_box: int
     confidence_threshold: float
     nms_threshold: float
     biases: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class YoloAttrs(YoloV2Attrs):
     anchors_scale: tuple[int, ...]
     mask: tuple[int, ...]
     groups: int  # masks per bottom: len(mask) // mask_group_num
@@ -165,15 +171,6 @@ def _yolo_candidates(ctx, a: YoloAttrs, t: int, h: int, w: int) -> tuple[str, st
                         [size * anchors * a.num_classes])
     label = np.tile(np.arange(1, a.num_classes + 1, dtype=np.float32), size * anchors)
     return box, score, ctx.const(label, "labels")
-
-
-@dataclass(frozen=True)
-class YoloV2Attrs:
-    num_classes: int
-    num_box: int
-    confidence_threshold: float
-    nms_threshold: float
-    biases: tuple[float, ...]
 
 
 @register

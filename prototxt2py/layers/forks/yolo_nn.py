@@ -24,15 +24,74 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union
 
 
-class Yolov3DetectionOutput(nn.Module):
+class _YoloOutput(nn.Module):
+    """What YOLO's detection outputs share (MobileNet-YOLO): candidates (each version's own) sorted by score, ties in
+    the order found; greedy NMS over all classes together (IoU >= ``nms_threshold`` suppresses); rows ``[0, label +
+    1, score, xmin, ymin, xmax, ymax]`` (not clipped) as ``(1, 1, kept, 7)``, or one row ``[image, -1, ...]`` per
+    image when nothing is kept. No gradient (the fork has no backward)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_box: int,
+        confidence_threshold: float,
+        nms_threshold: float,
+        biases: tuple[float, ...],
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.num_box = num_classes, num_box
+        self.confidence_threshold, self.nms_threshold = (
+            confidence_threshold,
+            nms_threshold,
+        )
+        self.biases = biases
+
+    def forward(self, *bottoms: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            boxes, scores, labels = self._candidates(bottoms)
+            order = torch.sort(scores, descending=True, stable=True).indices
+            boxes, scores, labels = boxes[order], scores[order], labels[order]
+            kept = self._nms(boxes)
+            return self._rows(boxes[kept], scores[kept], labels[kept], bottoms[0])
+
+    def _nms(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Greedy: each box not yet suppressed suppresses every later one of IoU >= the threshold. The boxes
+        still in play are kept compacted, so each kept box costs one pass over them (not over every box)."""
+        alive = torch.arange(boxes.shape[0], device=boxes.device)
+        rest = boxes
+        kept = []
+        while alive.numel():
+            kept.append(alive[:1])
+            over = _iou(rest[:1], rest[1:])[0] >= self.nms_threshold
+            alive, rest = alive[1:][~over], rest[1:][~over]
+        return torch.cat(kept) if kept else alive
+
+    @staticmethod
+    def _rows(
+        boxes: torch.Tensor,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        first: torch.Tensor,
+    ) -> torch.Tensor:
+        if boxes.shape[0] == 0:
+            rows = torch.full((first.shape[0], 7), -1.0, device=first.device)
+            rows[:, 0] = torch.arange(first.shape[0], device=first.device).float()
+            return rows.reshape(1, 1, -1, 7)
+        x, y = boxes[:, 0].double(), boxes[:, 1].double()
+        half_w, half_h = boxes[:, 2].double() / 2.0, boxes[:, 3].double() / 2.0
+        corners = torch.stack(
+            [x - half_w, y - half_h, x + half_w, y + half_h], 1
+        ).float()
+        head = torch.stack([torch.zeros_like(scores), labels.float() + 1, scores], 1)
+        return torch.cat([head, corners], 1).reshape(1, 1, -1, 7)
+
+
+class Yolov3DetectionOutput(_YoloOutput):
     """YOLOv3's detection output (MobileNet-YOLO): for each bottom (one per scale, ``num_box`` anchors of ``4 +
     1 + num_classes`` channels), sigmoid x, y, objectness and class scores; every class whose score times the
     objectness passes ``confidence_threshold`` is a box ``((col + x) / W, (row + y) / H, exp(w) * anchor_w /
     (W * scale), exp(h) * anchor_h / (H * scale))`` (the fork's ``correct_yolo_boxes`` is the identity here: the
-    net's input and the map share their aspect ratio); all boxes sorted by score (ties in the order found), then
-    greedy NMS over all classes together (IoU >= ``nms_threshold`` suppresses). Rows ``[0, label + 1, score,
-    xmin, ymin, xmax, ymax]`` (not clipped) as ``(1, 1, kept, 7)``, or one row ``[image, -1, ...]`` per image
-    when nothing is kept. No gradient (the fork has no backward)."""
+    net's input and the map share their aspect ratio); then the shared sort, NMS and rows."""
 
     def __init__(
         self,
@@ -45,22 +104,10 @@ class Yolov3DetectionOutput(nn.Module):
         mask: tuple[int, ...],
         groups: int,
     ) -> None:
-        super().__init__()
-        self.num_classes, self.num_box = num_classes, num_box
-        self.confidence_threshold, self.nms_threshold = (
-            confidence_threshold,
-            nms_threshold,
+        super().__init__(
+            num_classes, num_box, confidence_threshold, nms_threshold, biases
         )
-        self.biases, self.anchors_scale = biases, anchors_scale
-        self.mask, self.groups = mask, groups
-
-    def forward(self, *bottoms: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            boxes, scores, labels = self._candidates(bottoms)
-            order = torch.sort(scores, descending=True, stable=True).indices
-            boxes, scores, labels = boxes[order], scores[order], labels[order]
-            kept = self._nms(boxes)
-            return self._rows(boxes[kept], scores[kept], labels[kept], bottoms[0])
+        self.anchors_scale, self.mask, self.groups = anchors_scale, mask, groups
 
     def _candidates(
         self, bottoms: tuple[torch.Tensor, ...]
@@ -102,56 +149,13 @@ class Yolov3DetectionOutput(nn.Module):
             offset += self.groups
         return torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
 
-    def _nms(self, boxes: torch.Tensor) -> torch.Tensor:
-        """Greedy: each box not yet suppressed suppresses every later one of IoU >= the threshold. The boxes
-        still in play are kept compacted, so each kept box costs one pass over them (not over every box)."""
-        alive = torch.arange(boxes.shape[0], device=boxes.device)
-        rest = boxes
-        kept = []
-        while alive.numel():
-            kept.append(alive[:1])
-            over = _iou(rest[:1], rest[1:])[0] >= self.nms_threshold
-            alive, rest = alive[1:][~over], rest[1:][~over]
-        return torch.cat(kept) if kept else alive
 
-    @staticmethod
-    def _rows(
-        boxes: torch.Tensor,
-        scores: torch.Tensor,
-        labels: torch.Tensor,
-        first: torch.Tensor,
-    ) -> torch.Tensor:
-        if boxes.shape[0] == 0:
-            rows = torch.full((first.shape[0], 7), -1.0, device=first.device)
-            rows[:, 0] = torch.arange(first.shape[0], device=first.device).float()
-            return rows.reshape(1, 1, -1, 7)
-        x, y = boxes[:, 0].double(), boxes[:, 1].double()
-        half_w, half_h = boxes[:, 2].double() / 2.0, boxes[:, 3].double() / 2.0
-        corners = torch.stack(
-            [x - half_w, y - half_h, x + half_w, y + half_h], 1
-        ).float()
-        head = torch.stack([torch.zeros_like(scores), labels.float() + 1, scores], 1)
-        return torch.cat([head, corners], 1).reshape(1, 1, -1, 7)
-
-
-class YoloDetectionOutput(Yolov3DetectionOutput):
+class YoloDetectionOutput(_YoloOutput):
     """YOLOv2's detection output (MobileNet-YOLO): per cell and anchor of each square bottom (``num_box`` blocks
     of ``4 + 1 + num_classes`` channels), one candidate: the softmax's best class (the first of equal ones), its
     probability times the sigmoid objectness as the score, kept when ``>= confidence_threshold``, the box
     ``((col + sigmoid(x)) / S, (row + sigmoid(y)) / S, exp(w) * bias_w / S, exp(h) * bias_h / S)`` in grid
-    units of the side ``S``; then the same sort, NMS and rows as YOLOv3's output."""
-
-    def __init__(
-        self,
-        num_classes: int,
-        num_box: int,
-        confidence_threshold: float,
-        nms_threshold: float,
-        biases: tuple[float, ...],
-    ) -> None:
-        super().__init__(
-            num_classes, num_box, confidence_threshold, nms_threshold, biases, (), (), 0
-        )
+    units of the side ``S``; then the shared sort, NMS and rows."""
 
     def _candidates(
         self, bottoms: tuple[torch.Tensor, ...]
